@@ -1,0 +1,79 @@
+"""Dataset cards: ``card.md`` for each exported dataset — splits, TRL type, drops by step and
+reason, the steps with fingerprints, and the recipe hash. Deterministic: no times, no run ids."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pyarrow as pa
+
+from dataforge import __version__
+from dataforge.engine.plan import Plan, PlannedDataset
+from dataforge.formats import trl_dataset_type
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def render_card(plan: Plan, ds: PlannedDataset, tables: dict[str, pa.Table], reports: list) -> str:
+    by_name = plan.by_name
+    ancestors = plan.ancestors({r.step for r in ds.splits.values()})
+    steps = [s for s in plan.steps if s.name in ancestors]
+    first = next(iter(tables.values()))
+    trl_type = trl_dataset_type(first.column_names) or "none recognised"
+    drops = [
+        [r.name, reason, n]
+        for r in reports
+        if r.name in ancestors
+        for reason, n in sorted(r.drops.items())
+    ]
+    parts = [
+        f"# {ds.name}",
+        "",
+        ds.description or f"Built by dataforge from recipe `{plan.loaded.recipe.name}`.",
+        "",
+        f"- recipe: `{plan.loaded.path.name}` (sha256 `{plan.recipe_sha256}`)",
+        f"- dataforge: {__version__}",
+        f"- TRL dataset type: **{trl_type}**",
+        f"- columns: {', '.join(f'`{c}`' for c in first.column_names)}",
+        "",
+        "## Splits",
+        "",
+        _table(["split", "rows", "from"], [[s, t.num_rows, f"`{ds.splits[s]}`"] for s, t in tables.items()]),
+        "",
+        "## Rows dropped on the way",
+        "",
+        _table(["step", "reason", "rows"], drops) if drops else "No row was dropped.",
+        "",
+        "## Steps",
+        "",
+        _table(
+            ["step", "kind", "version", "fingerprint"],
+            [[s.name, s.kind, s.stepdef.version, f"`{s.fingerprint}`"] for s in steps],
+        ),
+        "",
+    ]
+    notes = [n for s in steps for n in _card_notes(s)]
+    if notes:
+        parts += ["## Notes", "", *[f"- {n}" for n in notes], ""]
+    parts += [
+        "## Use",
+        "",
+        "```python",
+        "from datasets import load_from_disk",
+        f'ds = load_from_disk("datasets/{ds.name}")',
+        "```",
+        "",
+        f"Every row's `_id` answers `dataforge why <_id>`; see `dataforge query` for SQL over the lineage.",
+        "",
+    ]
+    _ = by_name
+    return "\n".join(parts)
+
+
+def _card_notes(step: Any) -> list[str]:
+    note = getattr(step.stepdef.fn, "card_note", None)
+    return [note(step.cfg)] if note and note(step.cfg) else []

@@ -1,0 +1,1 @@
+"""The engine: step registry, planning, fingerprints, the Parquet store and the runner."""

@@ -1,0 +1,262 @@
+"""Planning: a loaded recipe → a validated DAG of steps with configs, columns and fingerprints.
+
+Everything a recipe can get wrong is found here, before any row is read: unknown kinds and
+keys, missing or cyclic inputs, inputs without the columns a step needs, datasets that name
+unknown outputs or columns.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from dataforge.engine.fingerprint import file_sha256, output_fingerprint, step_fingerprint
+from dataforge.engine.step import ColumnContractError, Columns, PlanInfo, StepConfig, StepDef, get_step
+from dataforge.errors import DataforgeError, RecipeError
+from dataforge.recipe import LoadedRecipe, load_recipe, parse_ref
+
+
+@dataclass(frozen=True)
+class Ref:
+    step: str
+    output: str
+
+    def __str__(self) -> str:
+        return f"{self.step}.{self.output}"
+
+
+@dataclass(frozen=True)
+class PlannedStep:
+    name: str
+    stepdef: StepDef
+    cfg: StepConfig
+    inputs: dict[str, Ref]
+    outputs: tuple[str, ...]
+    columns: dict[str, Columns]
+    fingerprint: str
+
+    @property
+    def kind(self) -> str:
+        return self.stepdef.kind
+
+    def config_json(self) -> dict[str, Any]:
+        return self.cfg.model_dump(mode="json")
+
+
+@dataclass(frozen=True)
+class PlannedDataset:
+    name: str
+    splits: dict[str, Ref]
+    columns: list[str] | None
+    description: str
+
+
+@dataclass
+class Plan:
+    loaded: LoadedRecipe
+    steps: list[PlannedStep]  # topological order
+    datasets: dict[str, PlannedDataset]
+
+    @property
+    def by_name(self) -> dict[str, PlannedStep]:
+        return {s.name: s for s in self.steps}
+
+    @property
+    def recipe_sha256(self) -> str:
+        return file_sha256(self.loaded.path)
+
+    def ancestors(self, names: set[str]) -> set[str]:
+        """``names`` and every step upstream of them."""
+        out = set(names)
+        for s in reversed(self.steps):
+            if s.name in out:
+                out.update(r.step for r in s.inputs.values())
+        return out
+
+    def descendants(self, names: set[str]) -> set[str]:
+        """``names`` and every step downstream of them."""
+        out = set(names)
+        for s in self.steps:  # topological order: one pass suffices
+            if any(r.step in out for r in s.inputs.values()):
+                out.add(s.name)
+        return out
+
+    def consumers(self) -> dict[str, int]:
+        """How many steps read each step output (the runner frees a table after its last reader)."""
+        counts: dict[str, int] = {}
+        for r in (r for s in self.steps for r in s.inputs.values()):
+            counts[str(r)] = counts.get(str(r), 0) + 1
+        return counts
+
+
+def plan_recipe(path: str | Path) -> Plan:
+    """Load and plan a recipe file; raises RecipeError naming file, line, step and key."""
+    return build_plan(load_recipe(path))
+
+
+def build_plan(loaded: LoadedRecipe) -> Plan:
+    recipe = loaded.recipe
+    defs: dict[str, StepDef] = {}
+    cfgs: dict[str, StepConfig] = {}
+    refs: dict[str, dict[str, Ref]] = {}
+    for name, spec in recipe.steps.items():
+        sd = get_step(spec.kind)
+        if sd is None:
+            from dataforge.engine.step import REGISTRY
+
+            close = difflib.get_close_matches(spec.kind, sorted(REGISTRY), n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else f"; known kinds: {', '.join(sorted(REGISTRY))}"
+            raise loaded.error(f"unknown step kind '{spec.kind}'{hint}", step=name, key="kind")
+        defs[name] = sd
+        cfgs[name] = _validate_config(loaded, name, sd, spec.config)
+        refs[name] = _parse_inputs(loaded, name, sd, spec.inputs, recipe.steps)
+
+    order = _toposort(loaded, refs)
+    info_base = loaded.base_dir
+    planned: dict[str, PlannedStep] = {}
+    for name in order:
+        sd, cfg = defs[name], cfgs[name]
+        in_cols: dict[str, Columns] = {}
+        in_fps: dict[str, str] = {}
+        for in_name, ref in refs[name].items():
+            up = planned[ref.step]
+            if ref.output not in up.outputs:
+                raise loaded.error(
+                    f"step '{ref.step}' has no output '{ref.output}' (its outputs: {', '.join(up.outputs)})",
+                    step=name,
+                    key=f"inputs.{in_name}",
+                )
+            in_cols[in_name] = up.columns.get(ref.output)
+            in_fps[in_name] = output_fingerprint(up.fingerprint, ref.output)
+        info = PlanInfo(base_dir=info_base, step=name)
+        outputs = sd.outputs(cfg, tuple(refs[name]))
+        try:
+            out_cols = sd.columns(cfg, in_cols, info)
+            data_fp = sd.data_fingerprint(cfg, info) if sd.data_fingerprint else None
+        except ColumnContractError as exc:
+            via = f" (input '{exc.input_name}' = {refs[name][exc.input_name]})" if exc.input_name else ""
+            raise loaded.error(f"{exc}{via}", step=name, key=exc.key) from None
+        except RecipeError as exc:  # a columns function that found a bad key value (e.g. a missing file)
+            raise loaded.error(exc.detail, step=name, key=exc.key) from None
+        except DataforgeError as exc:
+            raise loaded.error(str(exc), step=name) from None
+        fp = step_fingerprint(sd.kind, sd.version, cfg.model_dump(mode="json"), in_fps, data_fp)
+        planned[name] = PlannedStep(
+            name=name,
+            stepdef=sd,
+            cfg=cfg,
+            inputs=refs[name],
+            outputs=outputs,
+            columns={o: out_cols.get(o) for o in outputs},
+            fingerprint=fp,
+        )
+
+    datasets = {dn: _plan_dataset(loaded, dn, planned) for dn in recipe.datasets}
+    return Plan(loaded=loaded, steps=[planned[n] for n in order], datasets=datasets)
+
+
+def _validate_config(loaded: LoadedRecipe, name: str, sd: StepDef, raw: dict[str, Any]) -> StepConfig:
+    try:
+        return sd.config.model_validate(raw)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        key = ".".join(str(p) for p in err["loc"]) or None
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            known = ", ".join(sd.config.model_fields)
+            close = difflib.get_close_matches(str(err["loc"][0]), list(sd.config.model_fields), n=1)
+            msg = f"unknown key for kind '{sd.kind}'" + (
+                f" (did you mean '{close[0]}'?)" if close else f"; it takes: {known}"
+            )
+        elif err["type"] == "missing":
+            msg = f"required by kind '{sd.kind}' but missing"
+        raise loaded.error(msg, step=name, key=key) from None
+
+
+def _parse_inputs(
+    loaded: LoadedRecipe, name: str, sd: StepDef, raw: dict[str, str], steps: dict[str, Any]
+) -> dict[str, Ref]:
+    if sd.inputs is not None:
+        missing = [i for i in sd.inputs if i not in raw]
+        unknown = [i for i in raw if i not in sd.inputs]
+        if unknown:
+            takes = ", ".join(sd.inputs) if sd.inputs else "none (it is a source)"
+            raise loaded.error(
+                f"kind '{sd.kind}' has no input '{unknown[0]}'; it takes: {takes}", step=name, key=f"inputs.{unknown[0]}"
+            )
+        if missing:
+            raise loaded.error(f"kind '{sd.kind}' needs input '{missing[0]}'", step=name, key="inputs")
+    elif not raw:
+        raise loaded.error(f"kind '{sd.kind}' needs at least one input", step=name, key="inputs")
+    out: dict[str, Ref] = {}
+    for in_name, ref in raw.items():
+        up, output = parse_ref(ref)
+        if up not in steps:
+            close = difflib.get_close_matches(up, list(steps), n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise loaded.error(f"no step named '{up}'{hint}", step=name, key=f"inputs.{in_name}")
+        out[in_name] = Ref(up, output)
+    return out
+
+
+def _toposort(loaded: LoadedRecipe, refs: dict[str, dict[str, Ref]]) -> list[str]:
+    """Kahn's algorithm, ties broken by recipe order so the plan is stable."""
+    order_index = {n: i for i, n in enumerate(refs)}
+    deps = {n: {r.step for r in rs.values()} for n, rs in refs.items()}
+    done: list[str] = []
+    ready = [n for n in refs if not deps[n]]
+    while ready:
+        ready.sort(key=order_index.__getitem__)
+        n = ready.pop(0)
+        done.append(n)
+        for m in refs:
+            if n in deps[m]:
+                deps[m].discard(n)
+                if not deps[m] and m not in done and m not in ready:
+                    ready.append(m)
+    if len(done) < len(refs):
+        stuck = [n for n in refs if n not in done]
+        cycle = _find_cycle(stuck, refs)
+        raise loaded.error(f"inputs form a cycle: {' → '.join(cycle)}", step=cycle[0], key="inputs")
+    return done
+
+
+def _find_cycle(stuck: list[str], refs: dict[str, dict[str, Ref]]) -> list[str]:
+    start = stuck[0]
+    path = [start]
+    seen = {start}
+    node = start
+    while True:
+        node = next(r.step for r in refs[node].values() if r.step in stuck)
+        if node in seen:
+            return path[path.index(node) :] + [node]
+        path.append(node)
+        seen.add(node)
+
+
+def _plan_dataset(loaded: LoadedRecipe, name: str, planned: dict[str, PlannedStep]) -> PlannedDataset:
+    spec = loaded.recipe.datasets[name]
+    splits: dict[str, Ref] = {}
+    for split, ref_text in spec.splits.items():
+        at = ["datasets", name, "splits", split]
+        up, output = parse_ref(ref_text)
+        if up not in planned or output not in planned[up].outputs:
+            what = f"no step named '{up}'" if up not in planned else f"step '{up}' has no output '{output}'"
+            raise RecipeError(
+                what, file=str(loaded.path), line=loaded.line(*at), key=f"datasets.{name}.splits.{split}"
+            )
+        cols = planned[up].columns.get(output)
+        for c in spec.columns or []:
+            if cols is not None and c not in cols:
+                raise RecipeError(
+                    f"column '{c}' is not produced by {up}.{output} (it has: {', '.join(cols)})",
+                    file=str(loaded.path),
+                    line=loaded.line("datasets", name, "columns"),
+                    key=f"datasets.{name}.columns",
+                )
+        splits[split] = Ref(up, output)
+    return PlannedDataset(name=name, splits=splits, columns=spec.columns, description=spec.description)

@@ -1,0 +1,223 @@
+"""The step interface (contract): ``@step(kind, version)`` functions from named tables to a StepResult.
+
+A step is a pure function ``fn(inputs, cfg, ctx) -> StepResult``. It never reads artifacts or
+writes lineage: the runner does. It declares, through ``columns``, which columns it needs and
+which it produces, so the planner can reject a recipe that feeds it the wrong data before any
+row is processed.
+"""
+
+from __future__ import annotations
+
+import typing
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+from pydantic import BaseModel, ConfigDict
+
+from dataforge.errors import DataforgeError
+
+Columns = list[str] | None  # None: not known before the step runs (checks downstream are skipped)
+
+
+class StepConfig(BaseModel):
+    """Base of every step config: frozen, and a key the step does not know is an error."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ColumnContractError(DataforgeError):
+    """A step is fed a table that lacks a column it needs (raised by ``columns`` functions)."""
+
+    def __init__(self, column: str, key: str | None, available: Sequence[str], input_name: str | None = None):
+        self.column, self.key, self.available, self.input_name = column, key, list(available), input_name
+        super().__init__(f"needs column '{column}', which its input does not have (it has: {', '.join(available)})")
+
+
+def require(columns: Columns, needed: Iterable[str | None], key: str | None = None) -> None:
+    """Raise ColumnContractError if a needed column is absent from known ``columns``."""
+    if columns is None:
+        return
+    for col in needed:
+        if col is not None and col not in columns:
+            raise ColumnContractError(col, key, columns)
+
+
+def with_columns(columns: Columns, added: Iterable[str]) -> Columns:
+    """Columns after a step that adds ``added`` (kept in order, no repeats)."""
+    if columns is None:
+        return None
+    out = list(columns)
+    out.extend(c for c in added if c not in out)
+    return out
+
+
+class Progress(typing.Protocol):
+    """What a step may use to report progress; the runner supplies a rich implementation."""
+
+    def track(self, items: Iterable[Any], total: int | None = None, description: str = "") -> Iterator[Any]: ...
+
+
+class _SilentProgress:
+    def track(self, items: Iterable[Any], total: int | None = None, description: str = "") -> Iterator[Any]:
+        yield from items
+
+
+@dataclass
+class Context:
+    """What a step may use besides its inputs."""
+
+    step: str
+    fingerprint: str
+    base_dir: Path
+    scratch_dir: Path
+    progress: Progress = field(default_factory=_SilentProgress)
+    llm: Any = None
+
+    @property
+    def rng(self) -> np.random.Generator:
+        """A generator seeded from the step fingerprint: the same recipe gives the same draws."""
+        return np.random.default_rng(int(self.fingerprint[:16], 16))
+
+    def resolve(self, path: str | Path) -> Path:
+        """A path from the recipe, relative to the recipe's directory."""
+        p = Path(path).expanduser()
+        return p if p.is_absolute() else (self.base_dir / p)
+
+
+@dataclass
+class StepResult:
+    """Output tables by name, plus the lineage the step decided: events and edges frames."""
+
+    tables: dict[str, pl.DataFrame]
+    events: list[pl.DataFrame] = field(default_factory=list)
+    edges: list[pl.DataFrame] = field(default_factory=list)
+
+    def merge(self, other: StepResult) -> StepResult:
+        return StepResult({**self.tables, **other.tables}, self.events + other.events, self.edges + other.edges)
+
+
+@dataclass(frozen=True)
+class PlanInfo:
+    """What a ``columns`` or ``data_fingerprint`` function may know at plan time."""
+
+    base_dir: Path
+    step: str
+
+    def resolve(self, path: str | Path) -> Path:
+        p = Path(path).expanduser()
+        return p if p.is_absolute() else (self.base_dir / p)
+
+
+ColumnsFn = Callable[[Any, dict[str, Columns], PlanInfo], dict[str, Columns]]
+OutputsFn = Callable[[Any, Sequence[str]], tuple[str, ...]]
+
+
+@dataclass(frozen=True)
+class StepDef:
+    """A registered step kind."""
+
+    kind: str
+    version: int
+    fn: Callable[[dict[str, pl.DataFrame], Any, Context], StepResult]
+    config: type[StepConfig]
+    inputs: tuple[str, ...] | None  # None: any input names, each mapped to an output of the same name
+    outputs: OutputsFn
+    columns: ColumnsFn
+    data_fingerprint: Callable[[Any, PlanInfo], str] | None = None
+    doc: str = ""
+
+    @property
+    def is_source(self) -> bool:
+        return self.inputs == ()
+
+
+REGISTRY: dict[str, StepDef] = {}
+
+
+def _same_names(cfg: Any, input_names: Sequence[str]) -> tuple[str, ...]:
+    return tuple(input_names)
+
+
+def _unknown_columns(cfg: Any, cols: dict[str, Columns], info: PlanInfo) -> dict[str, Columns]:
+    return {}
+
+
+def step(
+    kind: str,
+    *,
+    version: int,
+    inputs: tuple[str, ...] | None = ("data",),
+    outputs: tuple[str, ...] | OutputsFn = ("data",),
+    columns: ColumnsFn | None = None,
+    per_table_columns: Callable[[Any, Columns, PlanInfo], Columns] | None = None,
+    data_fingerprint: Callable[[Any, PlanInfo], str] | None = None,
+) -> Callable[[Callable[..., StepResult]], Callable[..., StepResult]]:
+    """Register ``fn`` as step ``kind``. The config model is the annotation of its ``cfg`` parameter.
+
+    ``inputs=None`` makes a per-table step: it takes any named inputs and returns an output of
+    the same name for each; ``per_table_columns`` then says how one table's columns change.
+    """
+
+    def register(fn: Callable[..., StepResult]) -> Callable[..., StepResult]:
+        hints = typing.get_type_hints(fn)
+        config = hints.get("cfg")
+        if not (isinstance(config, type) and issubclass(config, StepConfig)):
+            raise TypeError(f"step {kind}: the cfg parameter must be annotated with a StepConfig subclass")
+        if kind in REGISTRY:
+            raise TypeError(f"step kind {kind!r} registered twice")
+        out_fn: OutputsFn
+        if inputs is None:
+            out_fn = _same_names
+        elif callable(outputs):
+            out_fn = outputs
+        else:
+            fixed = tuple(outputs)
+            out_fn = lambda cfg, names: fixed  # noqa: E731
+        col_fn = columns
+        if col_fn is None and per_table_columns is not None:
+            ptc = per_table_columns
+
+            def col_fn(cfg: Any, cols: dict[str, Columns], info: PlanInfo) -> dict[str, Columns]:
+                out: dict[str, Columns] = {}
+                for name, c in cols.items():
+                    try:
+                        out[name] = ptc(cfg, c, info)
+                    except ColumnContractError as exc:
+                        exc.input_name = name
+                        raise
+                return out
+
+        REGISTRY[kind] = StepDef(
+            kind=kind,
+            version=version,
+            fn=fn,
+            config=config,
+            inputs=inputs,
+            outputs=out_fn,
+            columns=col_fn or _unknown_columns,
+            data_fingerprint=data_fingerprint,
+            doc=(fn.__doc__ or "").strip(),
+        )
+        return fn
+
+    return register
+
+
+def get_step(kind: str) -> StepDef | None:
+    import dataforge.steps  # noqa: F401  (registers the built-in steps)
+
+    return REGISTRY.get(kind)
+
+
+def per_table(
+    inputs: dict[str, pl.DataFrame], one: Callable[[str, pl.DataFrame], StepResult]
+) -> StepResult:
+    """Run a one-table function over every named input and merge the results."""
+    result = StepResult({})
+    for name, df in inputs.items():
+        result = result.merge(one(name, df))
+    return result

@@ -1,0 +1,129 @@
+"""The artifact store: one directory per executed step, written under a temporary name and
+renamed into place, so a crash never leaves a half-written artifact that looks finished.
+
+Layout under the build directory::
+
+    .dataforge.json                         marks the directory as dataforge's
+    artifacts/<step>/<fingerprint>/
+        <output>.parquet                    one per step output (zstd Parquet)
+        events.parquet, edges.parquet       the step's lineage, so it can be re-recorded
+        meta.json                           written last: its presence means "complete"
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import polars as pl
+
+from dataforge import __version__
+from dataforge.engine.events import EDGE_SCHEMA, EVENT_SCHEMA, concat_edges, concat_events
+from dataforge.engine.fingerprint import file_sha256
+from dataforge.engine.step import StepResult
+from dataforge.errors import OutputDirError
+
+MARKER = ".dataforge.json"
+
+
+@dataclass(frozen=True)
+class StoredOutput:
+    output: str
+    path: Path
+    rows: int
+    sha256: str
+
+
+class Store:
+    """Reads and writes step artifacts under ``<out>/artifacts``."""
+
+    def __init__(self, out: Path):
+        self.out = out
+        self.root = out / "artifacts"
+
+    @classmethod
+    def open(cls, out: Path, create: bool = True) -> Store:
+        """Open a build directory; refuse one that exists, is not empty and is not dataforge's."""
+        out = Path(out)
+        marker = out / MARKER
+        if out.exists() and not out.is_dir():
+            raise OutputDirError(f"output path {out} exists and is not a directory")
+        if out.exists() and any(out.iterdir()) and not marker.exists():
+            raise OutputDirError(
+                f"output directory {out} is not empty and was not made by dataforge (no {MARKER}); "
+                "choose another --out or empty it"
+            )
+        if not out.exists() and not create:
+            raise OutputDirError(f"no build found at {out} (run `dataforge build` first or pass --out)")
+        if create and not marker.exists():
+            out.mkdir(parents=True, exist_ok=True)
+            marker.write_text(json.dumps({"dataforge": __version__}) + "\n")
+        store = cls(out)
+        if create:
+            store._remove_stale_temps()
+        return store
+
+    def _remove_stale_temps(self) -> None:
+        if self.root.exists():
+            for tmp in self.root.glob("*/.tmp-*"):
+                shutil.rmtree(tmp, ignore_errors=True)
+
+    def artifact_dir(self, step: str, fingerprint: str) -> Path:
+        return self.root / step / fingerprint
+
+    def has(self, step: str, fingerprint: str) -> bool:
+        return (self.artifact_dir(step, fingerprint) / "meta.json").exists()
+
+    def meta(self, step: str, fingerprint: str) -> dict:
+        return json.loads((self.artifact_dir(step, fingerprint) / "meta.json").read_text())
+
+    def write(self, step: str, fingerprint: str, result: StepResult, extra_meta: dict | None = None) -> list[StoredOutput]:
+        """Write every output table plus events and edges; rename into place when all are on disk."""
+        final = self.artifact_dir(step, fingerprint)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = final.parent / f".tmp-{fingerprint}-{uuid.uuid4().hex[:8]}"
+        tmp.mkdir()
+        try:
+            outputs = []
+            for name, df in result.tables.items():
+                path = tmp / f"{name}.parquet"
+                df.write_parquet(path, compression="zstd", statistics=True)
+                outputs.append(StoredOutput(name, final / path.name, df.height, file_sha256(path)))
+            concat_events(result.events).write_parquet(tmp / "events.parquet")
+            concat_edges(result.edges).write_parquet(tmp / "edges.parquet")
+            meta = {
+                "step": step,
+                "fingerprint": fingerprint,
+                "outputs": {o.output: {"rows": o.rows, "sha256": o.sha256} for o in outputs},
+                **(extra_meta or {}),
+            }
+            (tmp / "meta.json").write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
+            if final.exists():  # --force: replace the old artifact
+                trash = final.parent / f".tmp-old-{uuid.uuid4().hex[:8]}"
+                os.replace(final, trash)
+                shutil.rmtree(trash, ignore_errors=True)
+            os.replace(tmp, final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return outputs
+
+    def stored_outputs(self, step: str, fingerprint: str) -> list[StoredOutput]:
+        d = self.artifact_dir(step, fingerprint)
+        meta = self.meta(step, fingerprint)
+        return [StoredOutput(o, d / f"{o}.parquet", m["rows"], m["sha256"]) for o, m in meta["outputs"].items()]
+
+    def read_table(self, step: str, fingerprint: str, output: str) -> pl.DataFrame:
+        return pl.read_parquet(self.artifact_dir(step, fingerprint) / f"{output}.parquet")
+
+    def read_events(self, step: str, fingerprint: str) -> pl.DataFrame:
+        path = self.artifact_dir(step, fingerprint) / "events.parquet"
+        return pl.read_parquet(path) if path.exists() else pl.DataFrame(schema=EVENT_SCHEMA)
+
+    def read_edges(self, step: str, fingerprint: str) -> pl.DataFrame:
+        path = self.artifact_dir(step, fingerprint) / "edges.parquet"
+        return pl.read_parquet(path) if path.exists() else pl.DataFrame(schema=EDGE_SCHEMA)

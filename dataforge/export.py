@@ -1,0 +1,126 @@
+"""Export: the recipe's datasets → ``<out>/datasets/<name>/`` (a ``datasets.DatasetDict`` saved
+with ``save_to_disk``), with ``card.md`` and ``dataforge.json`` (fingerprint, run id, recipe hash).
+
+A dataset directory is written under a temporary name and renamed into place. One whose
+fingerprint (its split artifacts and column selection) is unchanged is left as it is, so an
+unchanged rebuild rewrites nothing. Exported splits keep ``_id`` (the lineage key) and the
+user's columns; other ``_`` columns stay in the artifacts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+import polars as pl
+import pyarrow as pa
+
+from dataforge import __version__
+from dataforge.card import render_card
+from dataforge.engine.fingerprint import canonical_json, file_sha256, hash_text, output_fingerprint
+from dataforge.engine.plan import Plan, PlannedDataset
+from dataforge.engine.store import Store
+from dataforge.lineage import LineageWriter
+
+EXPORT_VERSION = 1
+
+
+def dataset_fingerprint(plan: Plan, ds: PlannedDataset) -> str:
+    by_name = plan.by_name
+    splits = {s: output_fingerprint(by_name[r.step].fingerprint, r.output) for s, r in ds.splits.items()}
+    payload = {"splits": splits, "columns": ds.columns, "export_version": EXPORT_VERSION}
+    return hash_text(canonical_json(payload))[:16]
+
+
+def export_datasets(plan: Plan, store: Store, lineage: LineageWriter, run_id: str, reports: list) -> dict[str, dict[str, int]]:
+    """Write every dataset of the plan; returns rows per split per dataset."""
+    exported: dict[str, dict[str, int]] = {}
+    for ds in plan.datasets.values():
+        fp = dataset_fingerprint(plan, ds)
+        target = store.out / "datasets" / ds.name
+        meta_path = target / "dataforge.json"
+        if meta_path.exists() and json.loads(meta_path.read_text()).get("fingerprint") == fp:
+            meta = json.loads(meta_path.read_text())
+        else:
+            meta = _write_dataset(plan, store, ds, fp, target, run_id, reports)
+        exported[ds.name] = {s: v["rows"] for s, v in meta["splits"].items()}
+        lineage.record_artifacts(
+            run_id,
+            f"export:{ds.name}",
+            fp,
+            [(s, str(target / s), v["rows"], v["sha256"]) for s, v in meta["splits"].items()],
+        )
+    return exported
+
+
+def export_columns(df: pl.DataFrame, columns: list[str] | None) -> list[str]:
+    if columns is not None:
+        return ["_id"] + [c for c in columns if c != "_id"]
+    return ["_id"] + [c for c in df.columns if not c.startswith("_")]
+
+
+def _write_dataset(
+    plan: Plan, store: Store, ds: PlannedDataset, fp: str, target: Path, run_id: str, reports: list
+) -> dict:
+    from datasets import Dataset, DatasetDict, disable_progress_bars
+    from datasets.table import InMemoryTable
+
+    disable_progress_bars()  # the runner shows its own progress
+
+    by_name = plan.by_name
+    tables: dict[str, pa.Table] = {}
+    for split, ref in ds.splits.items():
+        df = store.read_table(ref.step, by_name[ref.step].fingerprint, ref.output)
+        tables[split] = plain_arrow(df.select(export_columns(df, ds.columns)).to_arrow())
+    dd = DatasetDict(
+        {s: Dataset(InMemoryTable(t), fingerprint=hash_text(f"{fp}:{s}")[:16]) for s, t in tables.items()}
+    )
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.parent / f".tmp-{ds.name}-{uuid.uuid4().hex[:8]}"
+    try:
+        dd.save_to_disk(str(tmp))
+        splits = {}
+        for s, t in tables.items():
+            files = sorted((tmp / s).glob("*.arrow"))
+            sha = hash_text("".join(file_sha256(f) for f in files))
+            splits[s] = {"rows": t.num_rows, "sha256": sha, "from": str(ds.splits[s])}
+        meta = {
+            "dataset": ds.name,
+            "fingerprint": fp,
+            "run_id": run_id,
+            "recipe": str(plan.loaded.path),
+            "recipe_sha256": plan.recipe_sha256,
+            "dataforge_version": __version__,
+            "splits": splits,
+            "steps": {n: by_name[n].fingerprint for n in sorted(plan.ancestors({r.step for r in ds.splits.values()}))},
+        }
+        (tmp / "card.md").write_text(render_card(plan, ds, tables, reports))
+        (tmp / "dataforge.json").write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
+        if target.exists():
+            trash = target.parent / f".tmp-old-{uuid.uuid4().hex[:8]}"
+            os.replace(target, trash)
+            shutil.rmtree(trash, ignore_errors=True)
+        os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return meta
+
+
+def plain_arrow(table: pa.Table) -> pa.Table:
+    """Large string/list types (polars' defaults) → the plain ones every consumer reads."""
+
+    def plain(t: pa.DataType) -> pa.DataType:
+        if pa.types.is_large_string(t) or pa.types.is_string_view(t):
+            return pa.string()
+        if pa.types.is_large_list(t) or pa.types.is_list(t):
+            return pa.list_(plain(t.value_type))
+        if pa.types.is_struct(t):
+            return pa.struct([pa.field(f.name, plain(f.type), f.nullable) for f in t])
+        return t
+
+    schema = pa.schema([pa.field(f.name, plain(f.type), f.nullable) for f in table.schema])
+    return table.cast(schema)

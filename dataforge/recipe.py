@@ -1,0 +1,159 @@
+"""Recipe files: YAML → frozen pydantic models, with the YAML line of every key kept for errors.
+
+A recipe::
+
+    name: gsm8k_reasoning
+    steps:                       # an ordered mapping: step name → kind, inputs and config
+      train_raw:
+        kind: source
+        path: data/gsm8k/train.jsonl
+      clean:
+        kind: clean.normalize
+        inputs: {train: train_raw}   # input name → "step" or "step.output"
+        fields: [question, answer]   # every other key is the step's config
+    datasets:                    # what is exported: dataset → split → "step.output"
+      gsm8k_sft:
+        splits: {train: sft.train, validation: sft.validation}
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from dataforge.errors import RecipeError
+from dataforge.yamlpos import Path_, load_yaml_with_lines
+
+NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
+RESERVED_STEP_KEYS = ("kind", "inputs")
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class StepSpec(_Frozen):
+    """One step as written: its kind, named inputs (input name → "step[.output]") and raw config."""
+
+    kind: str
+    inputs: dict[str, str] = Field(default_factory=dict)
+    config: dict[str, Any] = Field(default_factory=dict)
+
+
+class DatasetSpec(_Frozen):
+    """An exported dataset: split name → "step[.output]", optional column selection, a description."""
+
+    splits: dict[str, str]
+    columns: list[str] | None = None
+    description: str = ""
+
+    @field_validator("splits")
+    @classmethod
+    def _non_empty(cls, v: dict[str, str]) -> dict[str, str]:
+        if not v:
+            raise ValueError("a dataset needs at least one split")
+        for name in v:
+            if not NAME_RE.match(name):
+                raise ValueError(f"split name {name!r} must be letters, digits, '_' or '-'")
+        return v
+
+
+class Recipe(_Frozen):
+    name: str
+    description: str = ""
+    steps: dict[str, StepSpec]
+    datasets: dict[str, DatasetSpec] = Field(default_factory=dict)
+
+
+class LoadedRecipe:
+    """A parsed recipe plus where it came from, for errors and for the lineage ``runs`` row."""
+
+    def __init__(self, recipe: Recipe, path: Path, text: str, lines: dict[Path_, int]):
+        self.recipe, self.path, self.text, self.lines = recipe, path, text, lines
+
+    @property
+    def base_dir(self) -> Path:
+        return self.path.parent
+
+    def line(self, *at: str | int) -> int | None:
+        """The line of the deepest known key along ``at``."""
+        for n in range(len(at), 0, -1):
+            if at[:n] in self.lines:
+                return self.lines[at[:n]]
+        return None
+
+    def error(self, message: str, *, step: str | None = None, key: str | None = None) -> RecipeError:
+        at: list[str | int] = ["steps", step] if step else []
+        if key:
+            at.extend(_split_key(key))
+        return RecipeError(message, file=str(self.path), line=self.line(*at), step=step, key=key)
+
+
+def _split_key(key: str) -> list[str | int]:
+    return [int(p) if p.isdigit() else p for p in key.split(".")]
+
+
+def load_recipe(path: str | Path) -> LoadedRecipe:
+    """Read and validate the recipe's own structure (step configs are validated by the planner)."""
+    path = Path(path)
+    data, lines = load_yaml_with_lines(path)
+    text = path.read_text(encoding="utf-8")
+    file = str(path)
+    if not isinstance(data, dict):
+        raise RecipeError("a recipe must be a mapping with 'name', 'steps' and 'datasets'", file=file, line=1)
+    steps_raw = data.get("steps")
+    if not isinstance(steps_raw, dict) or not steps_raw:
+        raise RecipeError(
+            "'steps' must be a non-empty mapping of step name → step", file=file, line=lines.get(("steps",), 1)
+        )
+    steps: dict[str, Any] = {}
+    for name, body in steps_raw.items():
+        at = ("steps", name)
+        if not isinstance(name, str) or not NAME_RE.match(name):
+            raise RecipeError(
+                f"step name {name!r} must start with a letter and use letters, digits, '_' or '-'",
+                file=file,
+                line=lines.get(at),
+            )
+        if not isinstance(body, dict):
+            raise RecipeError("a step must be a mapping with a 'kind'", file=file, line=lines.get(at), step=name)
+        if "kind" not in body:
+            raise RecipeError("missing 'kind'", file=file, line=lines.get(at), step=name, key="kind")
+        inputs = body.get("inputs", {})
+        if isinstance(inputs, str):
+            inputs = {"data": inputs}
+        if not isinstance(inputs, dict) or not all(isinstance(v, str) for v in inputs.values()):
+            raise RecipeError(
+                "'inputs' must map input names to step references ('step' or 'step.output'), or be one reference",
+                file=file,
+                line=lines.get((*at, "inputs")),
+                step=name,
+                key="inputs",
+            )
+        config = {k: v for k, v in body.items() if k not in RESERVED_STEP_KEYS}
+        steps[name] = {"kind": body["kind"], "inputs": inputs, "config": config}
+    try:
+        recipe = Recipe.model_validate({**data, "steps": steps})
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = [p for p in err["loc"]]
+        step = loc[1] if len(loc) > 1 and loc[0] == "steps" else None
+        key = ".".join(str(p) for p in loc)
+        raise RecipeError(err["msg"], file=file, line=_line_of(lines, tuple(loc)), step=step, key=key) from None
+    return LoadedRecipe(recipe, path, text, lines)
+
+
+def _line_of(lines: dict[Path_, int], loc: tuple[Any, ...]) -> int | None:
+    for n in range(len(loc), 0, -1):
+        if loc[:n] in lines:
+            return lines[loc[:n]]
+    return None
+
+
+def parse_ref(ref: str) -> tuple[str, str]:
+    """``"step"`` → (step, "data"); ``"step.output"`` → (step, output)."""
+    step, _, output = ref.partition(".")
+    return step, output or "data"

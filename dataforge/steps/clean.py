@@ -1,0 +1,198 @@
+"""``clean.normalize`` and ``clean.filter``: per-table steps (any named inputs, one output each).
+
+clean.normalize — consumes the string columns in ``fields``; produces the same columns,
+normalized (Unicode form, whitespace, optional lowercasing). Each changed row gets a
+``revised`` event, reason ``clean:normalize``, with the changed fields in ``detail_json``.
+
+clean.filter — consumes ``fields`` (length rules), ``required``, and the keys of the regex
+maps; produces the kept rows unchanged. Each dropped row gets a ``dropped`` event with the
+first rule it failed: ``filter:required``, ``filter:min_length``, ``filter:max_length``,
+``filter:regex_keep``, ``filter:regex_drop`` (score = the measured length where one applies).
+
+Example::
+
+    filtered:
+      kind: clean.filter
+      inputs: {train: clean.train}
+      fields: [question, answer]
+      min_length: 20
+      max_length: 4000
+      unit: chars              # chars | words | tokens (with `tokenizer: <path or name>`)
+      required: [question, answer]
+      keep_regex: {answer: "####"}
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+import polars as pl
+from pydantic import field_validator, model_validator
+
+from dataforge.engine.events import events
+from dataforge.engine.step import Columns, Context, PlanInfo, StepConfig, StepResult, per_table, require, step
+from dataforge.errors import DataError
+from dataforge.text.normalize import UnicodeForm, Whitespace, normalize_expr
+
+
+def _string_column(df: pl.DataFrame, field: str) -> None:
+    if df.schema[field] != pl.String:
+        raise DataError(f"field '{field}' is {df.schema[field]}, not text")
+
+
+# -- clean.normalize ------------------------------------------------------------------------------
+
+
+class NormalizeConfig(StepConfig):
+    fields: list[str]
+    form: UnicodeForm | None = "NFKC"
+    whitespace: Whitespace = "collapse"
+    lowercase: bool = False
+
+    @field_validator("fields")
+    @classmethod
+    def _some(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError("name at least one field to normalize")
+        return v
+
+
+def _normalize_columns(cfg: NormalizeConfig, cols: Columns, info: PlanInfo) -> Columns:
+    require(cols, cfg.fields, "fields")
+    return cols
+
+
+@step("clean.normalize", version=1, inputs=None, per_table_columns=_normalize_columns)
+def normalize(inputs: dict[str, pl.DataFrame], cfg: NormalizeConfig, ctx: Context) -> StepResult:
+    """Normalize text fields; record a `revised` event for every row that changed."""
+
+    def one(name: str, df: pl.DataFrame) -> StepResult:
+        for f in cfg.fields:
+            _string_column(df, f)
+        new = df.with_columns(
+            normalize_expr(pl.col(f), cfg.form, cfg.whitespace, cfg.lowercase).alias(f) for f in cfg.fields
+        )
+        changed = [(new[f] != df[f]).fill_null(False) for f in cfg.fields]
+        mask = pl.DataFrame({f: c for f, c in zip(cfg.fields, changed, strict=True)})
+        detail = mask.select(
+            pl.concat_str(
+                pl.lit('{"fields":['),
+                pl.concat_list([pl.when(pl.col(f)).then(pl.lit(f'"{f}"')) for f in cfg.fields])
+                .list.drop_nulls()
+                .list.join(","),
+                pl.lit("]}"),
+            ).alias("d")
+        )["d"]
+        any_changed = mask.select(pl.any_horizontal(pl.all()).alias("c"))["c"]
+        ev = events(new["_id"].filter(any_changed), "revised", "clean:normalize", detail=detail.filter(any_changed))
+        return StepResult({name: new}, events=[ev])
+
+    return per_table(inputs, one)
+
+
+# -- clean.filter ---------------------------------------------------------------------------------
+
+
+class FilterConfig(StepConfig):
+    fields: list[str] = []
+    min_length: int | None = None
+    max_length: int | None = None
+    unit: Literal["chars", "words", "tokens"] = "chars"
+    tokenizer: str | None = None
+    required: list[str] = []
+    keep_regex: dict[str, str] = {}
+    drop_regex: dict[str, str] = {}
+
+    @field_validator("keep_regex", "drop_regex")
+    @classmethod
+    def _compiles(cls, v: dict[str, str]) -> dict[str, str]:
+        for field, pattern in v.items():
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"pattern for '{field}' does not compile: {exc}") from None
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> FilterConfig:
+        if (self.min_length is not None or self.max_length is not None) and not self.fields:
+            raise ValueError("length rules need 'fields' to measure")
+        if self.min_length is not None and self.max_length is not None and self.min_length > self.max_length:
+            raise ValueError(f"min_length {self.min_length} is above max_length {self.max_length}")
+        if self.unit == "tokens" and not self.tokenizer:
+            raise ValueError("unit 'tokens' needs 'tokenizer' (a local path or a model name)")
+        if not (self.fields or self.required or self.keep_regex or self.drop_regex):
+            raise ValueError("the filter has no rule: give lengths, 'required' or a regex")
+        return self
+
+
+def _filter_columns(cfg: FilterConfig, cols: Columns, info: PlanInfo) -> Columns:
+    require(cols, cfg.fields, "fields")
+    require(cols, cfg.required, "required")
+    require(cols, cfg.keep_regex, "keep_regex")
+    require(cols, cfg.drop_regex, "drop_regex")
+    return cols
+
+
+def _lengths(df: pl.DataFrame, field: str, cfg: FilterConfig, tokenizer: object) -> pl.Series:
+    col = df[field].fill_null("")
+    if cfg.unit == "chars":
+        return col.str.len_chars().cast(pl.Int64)
+    if cfg.unit == "words":
+        return col.str.count_matches(r"\S+").cast(pl.Int64)
+    encoded = tokenizer(col.to_list(), add_special_tokens=False)["input_ids"]  # type: ignore[operator]
+    return pl.Series([len(ids) for ids in encoded], dtype=pl.Int64)
+
+
+def _load_tokenizer(name: str, ctx: Context) -> object:
+    try:
+        from transformers import AutoTokenizer
+    except ImportError as exc:
+        raise DataError("unit 'tokens' needs the transformers package") from exc
+    path = ctx.resolve(name)
+    try:
+        return AutoTokenizer.from_pretrained(str(path) if path.exists() else name)
+    except Exception as exc:  # noqa: BLE001
+        raise DataError(f"cannot load tokenizer '{name}': {exc}") from None
+
+
+@step("clean.filter", version=1, inputs=None, per_table_columns=_filter_columns)
+def filter_rows(inputs: dict[str, pl.DataFrame], cfg: FilterConfig, ctx: Context) -> StepResult:
+    """Drop rows that fail a rule; each drop is an event naming the first rule it failed."""
+    tokenizer = _load_tokenizer(cfg.tokenizer, ctx) if cfg.unit == "tokens" and cfg.tokenizer else None
+
+    def one(name: str, df: pl.DataFrame) -> StepResult:
+        alive = pl.Series([True] * df.height)
+        found: list[pl.DataFrame] = []
+
+        def drop(mask: pl.Series, reason: str, score: pl.Series | None, detail: dict) -> None:
+            nonlocal alive
+            hit = mask.fill_null(True) & alive
+            if hit.any():
+                found.append(
+                    events(df["_id"].filter(hit), "dropped", reason,
+                           score=None if score is None else score.filter(hit).cast(pl.Float64), detail=detail)
+                )
+            alive = alive & ~hit
+
+        for f in cfg.required:
+            col = df[f]
+            empty = col.is_null() | (col.cast(pl.String).str.strip_chars() == "") if col.dtype == pl.String else col.is_null()
+            drop(empty, "filter:required", None, {"field": f})
+        for f in cfg.fields:
+            _string_column(df, f)
+            n = _lengths(df, f, cfg, tokenizer)
+            if cfg.min_length is not None:
+                drop(n < cfg.min_length, "filter:min_length", n, {"field": f, "min": cfg.min_length, "unit": cfg.unit})
+            if cfg.max_length is not None:
+                drop(n > cfg.max_length, "filter:max_length", n, {"field": f, "max": cfg.max_length, "unit": cfg.unit})
+        for f, pattern in cfg.keep_regex.items():
+            _string_column(df, f)
+            drop(~df[f].fill_null("").str.contains(pattern), "filter:regex_keep", None, {"field": f, "pattern": pattern})
+        for f, pattern in cfg.drop_regex.items():
+            _string_column(df, f)
+            drop(df[f].fill_null("").str.contains(pattern), "filter:regex_drop", None, {"field": f, "pattern": pattern})
+        return StepResult({name: df.filter(alive)}, events=found)
+
+    return per_table(inputs, one)

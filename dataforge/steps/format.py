@@ -1,0 +1,169 @@
+"""Steps that shape rows into TRL's dataset types (per-table steps).
+
+format.reasoning — consumes a reasoning column and an answer column; produces ``column``
+(default ``completion``) = ``<think>\\n…\\n</think>\\n<answer>…</answer>``.
+
+format — consumes the columns named by its keys; produces exactly one TRL dataset type, plus
+``_id`` (and other ``_`` columns) and the ``extra`` columns:
+
+| type              | columns                      | conversational form                      |
+|-------------------|------------------------------|------------------------------------------|
+| messages          | messages                     | [system?, user…, assistant]              |
+| prompt_completion | prompt, completion           | prompt: [system?, user…]; completion: [assistant] |
+| prompt_only       | prompt                       | prompt: [system?, user…]                 |
+| preference        | prompt, chosen, rejected     | prompt: [system?, user…]; chosen/rejected: [assistant] |
+
+A source column may be text (wrapped as one message) or already a list of messages. Rows
+whose needed fields are empty are dropped with ``format:missing_field``.
+
+Example::
+
+    sft:
+      kind: format
+      type: messages
+      inputs: {train: split.train, validation: split.validation}
+      prompt: question
+      completion: completion
+      extra: {answer: final_answer}      # output column ← input column
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import polars as pl
+from pydantic import model_validator
+
+from dataforge.engine.events import events
+from dataforge.engine.step import Columns, Context, PlanInfo, StepConfig, StepResult, per_table, require, step, with_columns
+from dataforge.errors import DataError
+from dataforge.steps.clean import _string_column
+from dataforge.steps.parse import MESSAGES
+from dataforge.text.reasoning import reasoning_expr
+
+# -- format.reasoning -------------------------------------------------------------------------------
+
+
+class ReasoningConfig(StepConfig):
+    think: str = "reasoning"
+    answer: str = "final_answer"
+    column: str = "completion"
+
+
+def _reasoning_columns(cfg: ReasoningConfig, cols: Columns, info: PlanInfo) -> Columns:
+    require(cols, [cfg.think], "think")
+    require(cols, [cfg.answer], "answer")
+    return with_columns(cols, [cfg.column])
+
+
+@step("format.reasoning", version=1, inputs=None, per_table_columns=_reasoning_columns)
+def format_reasoning(inputs: dict[str, pl.DataFrame], cfg: ReasoningConfig, ctx: Context) -> StepResult:
+    """Write the reasoning target ``<think>…</think><answer>…</answer>``."""
+
+    def one(name: str, df: pl.DataFrame) -> StepResult:
+        _string_column(df, cfg.think)
+        answer = pl.col(cfg.answer).cast(pl.String)
+        return StepResult({name: df.with_columns(reasoning_expr(pl.col(cfg.think), answer).alias(cfg.column))})
+
+    return per_table(inputs, one)
+
+
+# -- format -----------------------------------------------------------------------------------------
+
+TrlType = Literal["messages", "prompt_completion", "prompt_only", "preference"]
+FIELDS: dict[str, tuple[str, ...]] = {
+    "messages": ("prompt", "completion"),
+    "prompt_completion": ("prompt", "completion"),
+    "prompt_only": ("prompt",),
+    "preference": ("prompt", "chosen", "rejected"),
+}
+
+
+class FormatConfig(StepConfig):
+    type: TrlType
+    style: Literal["conversational", "standard"] = "conversational"
+    prompt: str | None = None
+    completion: str | None = None
+    chosen: str | None = None
+    rejected: str | None = None
+    system: str | None = None
+    extra: dict[str, str] = {}
+
+    @model_validator(mode="after")
+    def _fields_for_type(self) -> FormatConfig:
+        for f in FIELDS[self.type]:
+            if getattr(self, f) is None:
+                raise ValueError(f"type '{self.type}' needs '{f}' (the input column to use)")
+        unused = [f for f in ("prompt", "completion", "chosen", "rejected") if getattr(self, f) and f not in FIELDS[self.type]]
+        if unused:
+            raise ValueError(f"type '{self.type}' does not use '{unused[0]}'")
+        if self.type == "messages" and self.style == "standard":
+            raise ValueError("type 'messages' is conversational; for standard text use prompt_completion")
+        if self.system is not None and self.style == "standard":
+            raise ValueError("'system' needs the conversational style")
+        return self
+
+    def output_columns(self) -> list[str]:
+        return ["messages"] if self.type == "messages" else list(FIELDS[self.type])
+
+
+def _format_columns(cfg: FormatConfig, cols: Columns, info: PlanInfo) -> Columns:
+    for f in FIELDS[cfg.type]:
+        require(cols, [getattr(cfg, f)], f)
+    require(cols, cfg.extra.values(), "extra")
+    if cols is None:
+        return None
+    return [c for c in cols if c.startswith("_")] + cfg.output_columns() + list(cfg.extra)
+
+
+def _messages(df: pl.DataFrame, column: str, role: str, style: str) -> pl.Expr:
+    dtype = df.schema[column]
+    if dtype == pl.String:
+        if style == "standard":
+            return pl.col(column)
+        return pl.concat_list(pl.struct(pl.lit(role).alias("role"), pl.col(column).alias("content")))
+    if dtype == MESSAGES and style == "conversational":
+        return pl.col(column)
+    raise DataError(f"column '{column}' is {dtype}; the {style} style needs text or a list of {{role, content}} messages")
+
+
+def _empty(df: pl.DataFrame, column: str) -> pl.Expr:
+    if df.schema[column] == pl.String:
+        return pl.col(column).is_null() | (pl.col(column).str.strip_chars() == "")
+    return pl.col(column).is_null() | (pl.col(column).list.len() == 0)
+
+
+@step("format", version=1, inputs=None, per_table_columns=_format_columns)
+def format_trl(inputs: dict[str, pl.DataFrame], cfg: FormatConfig, ctx: Context) -> StepResult:
+    """Shape rows into one of TRL's dataset types."""
+    fields = {f: getattr(cfg, f) for f in FIELDS[cfg.type]}
+
+    def one(name: str, df: pl.DataFrame) -> StepResult:
+        missing = pl.any_horizontal([_empty(df, c) for c in fields.values()])
+        bad = df.filter(missing)
+        dropped = events(bad["_id"], "dropped", "format:missing_field", detail={"fields": list(fields.values())})
+        df = df.filter(~missing)
+        system = (
+            [pl.concat_list(pl.struct(pl.lit("system").alias("role"), pl.lit(cfg.system).alias("content")))]
+            if cfg.system
+            else []
+        )
+        prompt = _messages(df, fields["prompt"], "user", cfg.style)
+        prompt = pl.concat_list([*system, prompt]) if system else prompt
+        out: dict[str, pl.Expr] = {}
+        if cfg.type == "messages":
+            out["messages"] = pl.concat_list([prompt, _messages(df, fields["completion"], "assistant", cfg.style)])
+        else:
+            out["prompt"] = prompt
+            for f in ("completion", "chosen", "rejected"):
+                if f in fields:
+                    out[f] = _messages(df, fields[f], "assistant", cfg.style)
+        internal = [c for c in df.columns if c.startswith("_")]
+        shaped = df.select(
+            *internal,
+            *[e.alias(n) for n, e in out.items()],
+            *[pl.col(src).alias(dst) for dst, src in cfg.extra.items()],
+        )
+        return StepResult({name: shaped}, events=[dropped])
+
+    return per_table(inputs, one)

@@ -1,0 +1,304 @@
+"""``source``: read rows from JSONL (also .gz), JSON, Parquet, CSV, a local HF dataset directory
+(``load_from_disk``) or a hub name (``datasets.load_dataset``), and give each an ``_id``.
+
+Produces: ``_id`` = ``<name>:<id column value, or the row's 0-based ordinal>``, ``_ts`` (UTC)
+when ``timestamp_column`` is set, then the source's columns (after ``rename``/``columns``).
+
+Example::
+
+    train_raw:
+      kind: source
+      path: data/gsm8k/train.jsonl
+      name: gsm8k_train          # the _id prefix (default: the step name)
+      on_error: fail             # or skip: a malformed line becomes a `dropped` event (parse_error)
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import polars as pl
+from pydantic import model_validator
+
+from dataforge.engine.events import events
+from dataforge.engine.fingerprint import canonical_json, hash_text, path_fingerprint
+from dataforge.engine.step import Columns, Context, PlanInfo, StepConfig, StepResult, step
+from dataforge.errors import DataError, RecipeError, StepError
+
+Format = Literal["auto", "jsonl", "json", "parquet", "csv", "hf_disk"]
+PEEK_LINES = 1000
+
+
+class SourceConfig(StepConfig):
+    path: str | None = None
+    hub: str | None = None
+    hub_config: str | None = None
+    data_files: str | list[str] | dict[str, str | list[str]] | None = None
+    split: str | None = None
+    revision: str | None = None
+    format: Format = "auto"
+    name: str | None = None
+    id_column: str | None = None
+    timestamp_column: str | None = None
+    rename: dict[str, str] = {}
+    columns: list[str] | None = None
+    on_error: Literal["fail", "skip"] = "fail"
+    limit: int | None = None
+    allow_empty: bool = False
+
+    @model_validator(mode="after")
+    def _one_origin(self) -> SourceConfig:
+        if (self.path is None) == (self.hub is None):
+            raise ValueError("give exactly one of 'path' (a local file or directory) or 'hub' (a dataset name)")
+        if self.limit is not None and self.limit < 1:
+            raise ValueError("'limit' must be a positive number of rows")
+        return self
+
+
+def _format_of(cfg: SourceConfig, path: Path) -> str:
+    if cfg.format != "auto":
+        return cfg.format
+    if path.is_dir():
+        return "hf_disk"
+    name = path.name.lower().removesuffix(".gz")
+    for ext, fmt in ((".jsonl", "jsonl"), (".ndjson", "jsonl"), (".json", "json"), (".parquet", "parquet"), (".csv", "csv")):
+        if name.endswith(ext):
+            return fmt
+    raise RecipeError(f"cannot tell the format of {path.name}; set 'format' (jsonl, json, parquet, csv, hf_disk)", key="format")
+
+
+def _existing(cfg: SourceConfig, info: PlanInfo | Context) -> Path:
+    assert cfg.path is not None
+    path = info.resolve(cfg.path)
+    if not path.exists():
+        raise RecipeError(f"file not found: {path}", key="path")
+    return path
+
+
+def _read_bytes(path: Path) -> bytes:
+    data = path.read_bytes()
+    return gzip.decompress(data) if path.name.endswith(".gz") else data
+
+
+# -- plan time: columns without reading the data -----------------------------------------------
+
+
+def _peek_columns(cfg: SourceConfig, info: PlanInfo) -> Columns:
+    if cfg.hub is not None:
+        return None
+    path = _existing(cfg, info)
+    fmt = _format_of(cfg, path)
+    if fmt == "parquet":
+        return list(pl.read_parquet_schema(path))
+    if fmt == "csv":
+        return pl.read_csv(path, n_rows=0).columns
+    if fmt == "hf_disk":
+        return list(_load_hf_disk(cfg, path).column_names)
+    if fmt == "json":
+        records = _json_records(path)
+        return _keys(records[:PEEK_LINES])
+    opener = gzip.open if path.name.endswith(".gz") else open
+    records = []
+    with opener(path, "rt", encoding="utf-8") as fh:  # type: ignore[operator]
+        for line in fh:
+            if line.strip():
+                try:
+                    obj = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # reported with its line number when the step runs
+                if isinstance(obj, dict):
+                    records.append(obj)
+                if len(records) >= PEEK_LINES:
+                    break
+    return _keys(records)
+
+
+def _keys(records: list[Any]) -> list[str]:
+    keys: dict[str, None] = {}
+    for r in records:
+        if isinstance(r, dict):
+            keys.update(dict.fromkeys(r))
+    return list(keys)
+
+
+def source_columns(cfg: SourceConfig, inputs: dict[str, Columns], info: PlanInfo) -> dict[str, Columns]:
+    cols = _peek_columns(cfg, info)
+    if cols is None:
+        return {"data": None}
+    for old, new in cfg.rename.items():
+        if old not in cols:
+            raise RecipeError(f"renames column '{old}', which the source does not have (it has: {', '.join(cols)})", key=f"rename.{old}")
+        cols = [new if c == old else c for c in cols]
+    if cfg.columns is not None:
+        for c in cfg.columns:
+            if c not in cols:
+                raise RecipeError(f"column '{c}' is not in the source (it has: {', '.join(cols)})", key="columns")
+        cols = list(cfg.columns)
+    for key, c in (("id_column", cfg.id_column), ("timestamp_column", cfg.timestamp_column)):
+        if c is not None and c not in cols:
+            raise RecipeError(f"column '{c}' is not in the source (it has: {', '.join(cols)})", key=key)
+    return {"data": ["_id"] + (["_ts"] if cfg.timestamp_column else []) + [c for c in cols if not c.startswith("_")]}
+
+
+def source_fingerprint(cfg: SourceConfig, info: PlanInfo) -> str:
+    """The source's own content: its file bytes (or hub coordinates) and the _id prefix."""
+    name = cfg.name or info.step
+    if cfg.path is not None:
+        return hash_text(f"{name}:{path_fingerprint(_existing(cfg, info))}")
+    coords = {"hub": cfg.hub, "config": cfg.hub_config, "split": cfg.split, "revision": cfg.revision, "files": cfg.data_files}
+    return hash_text(f"{name}:{canonical_json(coords)}")
+
+
+# -- run time -----------------------------------------------------------------------------------
+
+
+@step("source", version=1, inputs=(), columns=source_columns, data_fingerprint=source_fingerprint)
+def source(inputs: dict[str, pl.DataFrame], cfg: SourceConfig, ctx: Context) -> StepResult:
+    """Read a file, directory or hub dataset into rows with stable ``_id``s."""
+    name = cfg.name or ctx.step
+    dropped: list[pl.DataFrame] = []
+    if cfg.hub is not None:
+        df, where = _load_hub(cfg), f"hub dataset {cfg.hub}"
+    else:
+        path = _existing(cfg, ctx)
+        where = str(path)
+        fmt = _format_of(cfg, path)
+        if fmt == "jsonl":
+            df, bad = _read_jsonl(path, cfg.on_error)
+            if bad:
+                ordinals = [b[0] for b in bad]
+                ids = pl.Series([f"{name}:{o}" for o in ordinals], dtype=pl.String)
+                details = pl.Series(
+                    [json.dumps({"file": str(path), "line": line, "error": err}) for _, line, err in bad], dtype=pl.String
+                )
+                dropped.append(events(ids, "dropped", "parse_error", detail=details))
+        elif fmt == "json":
+            df = _frame(_json_records(path), where)
+            df = df.with_columns(pl.int_range(pl.len(), dtype=pl.Int64).alias("_ordinal"))
+        elif fmt == "parquet":
+            df = pl.read_parquet(path).with_row_index("_ordinal")
+        elif fmt == "csv":
+            df = pl.read_csv(path, infer_schema_length=10_000).with_row_index("_ordinal")
+        else:
+            df = _arrow_frame(_load_hf_disk(cfg, path))
+    if "_ordinal" not in df.columns:
+        df = df.with_row_index("_ordinal")
+    if cfg.limit is not None:
+        df = df.head(cfg.limit)
+    if df.is_empty() and not cfg.allow_empty:
+        raise StepError(ctx.step, f"{where} has no rows (set allow_empty: true if that is expected)")
+    df = df.rename(cfg.rename) if cfg.rename else df
+    user_cols = [c for c in (cfg.columns or df.columns) if c != "_ordinal" and not c.startswith("_")]
+    for c in user_cols:
+        if c not in df.columns:
+            raise StepError(ctx.step, f"{where} has no column '{c}' (it has: {', '.join(df.columns)})")
+    id_expr = pl.col(cfg.id_column).cast(pl.String) if cfg.id_column else pl.col("_ordinal").cast(pl.String)
+    df = df.with_columns((pl.lit(f"{name}:") + id_expr).alias("_id"))
+    if cfg.id_column:
+        _check_ids(df, cfg.id_column, ctx.step, where)
+    lead = ["_id"]
+    if cfg.timestamp_column:
+        df = df.with_columns(_to_utc(df[cfg.timestamp_column], cfg.timestamp_column, ctx.step).alias("_ts"))
+        lead.append("_ts")
+    return StepResult({"data": df.select(lead + user_cols)}, events=dropped)
+
+
+def _read_jsonl(path: Path, on_error: str) -> tuple[pl.DataFrame, list[tuple[int, int, str]]]:
+    """Rows with ``_ordinal`` (the record's index among non-blank lines), plus the bad lines
+    as (ordinal, line number, error) when ``on_error`` is skip."""
+    data = _read_bytes(path)
+    try:
+        df = pl.read_ndjson(data, infer_schema_length=None)
+        return df.with_row_index("_ordinal"), []
+    except Exception:  # noqa: BLE001  (find the line and say which, below)
+        pass
+    records: list[dict[str, Any]] = []
+    ordinals: list[int] = []
+    bad: list[tuple[int, int, str]] = []
+    ordinal = 0
+    for lineno, line in enumerate(data.decode("utf-8", errors="replace").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+            if not isinstance(obj, dict):
+                raise ValueError(f"a JSONL line must be an object, found {type(obj).__name__}")
+        except ValueError as exc:
+            if on_error == "fail":
+                raise DataError(f"{path}:{lineno}: malformed JSON line: {exc} (set on_error: skip to drop such lines)") from None
+            bad.append((ordinal, lineno, str(exc)))
+        else:
+            records.append(obj)
+            ordinals.append(ordinal)
+        ordinal += 1
+    df = _frame(records, str(path))
+    return df.with_columns(pl.Series("_ordinal", ordinals, dtype=pl.UInt32)), bad
+
+
+def _frame(records: list[dict[str, Any]], where: str) -> pl.DataFrame:
+    try:
+        return pl.DataFrame(records, infer_schema_length=None)
+    except Exception as exc:  # noqa: BLE001
+        raise DataError(f"{where}: rows do not share a consistent schema: {exc}") from None
+
+
+def _json_records(path: Path) -> list[dict[str, Any]]:
+    try:
+        data = json.loads(_read_bytes(path))
+    except ValueError as exc:
+        raise DataError(f"{path}: malformed JSON: {exc}") from None
+    if isinstance(data, dict) and len(data) == 1 and isinstance(next(iter(data.values())), list):
+        data = next(iter(data.values()))
+    if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
+        raise DataError(f"{path}: a JSON source must hold a list of objects")
+    return data
+
+
+def _load_hf_disk(cfg: SourceConfig, path: Path) -> Any:
+    from datasets import DatasetDict, load_from_disk
+
+    ds = load_from_disk(str(path))
+    if isinstance(ds, DatasetDict):
+        if cfg.split is None or cfg.split not in ds:
+            raise RecipeError(f"{path} holds splits {', '.join(ds)}: name one with 'split'", key="split")
+        ds = ds[cfg.split]
+    return ds
+
+
+def _load_hub(cfg: SourceConfig) -> pl.DataFrame:
+    from datasets import DatasetDict, load_dataset
+
+    ds = load_dataset(cfg.hub, cfg.hub_config, split=cfg.split, revision=cfg.revision, data_files=cfg.data_files)
+    if isinstance(ds, DatasetDict):
+        raise DataError(f"hub dataset {cfg.hub} has splits {', '.join(ds)}: name one with 'split'")
+    return _arrow_frame(ds)
+
+
+def _arrow_frame(ds: Any) -> pl.DataFrame:
+    table = ds.with_format("arrow")[:]
+    return pl.from_arrow(table)  # type: ignore[return-value]
+
+
+def _check_ids(df: pl.DataFrame, column: str, step_name: str, where: str) -> None:
+    if df[column].null_count():
+        raise StepError(step_name, f"{where}: id column '{column}' has empty values")
+    if df["_id"].n_unique() != df.height:
+        dup = df.filter(pl.col("_id").is_duplicated())[column].head(1).to_list()
+        raise StepError(step_name, f"{where}: id column '{column}' repeats value {dup[0]!r}")
+
+
+def _to_utc(series: pl.Series, column: str, step_name: str) -> pl.Series:
+    try:
+        if series.dtype == pl.String:
+            return series.str.to_datetime(time_zone="UTC", time_unit="us")
+        if series.dtype.is_numeric():
+            return (series.cast(pl.Float64) * 1_000_000).cast(pl.Int64).cast(pl.Datetime("us", "UTC"))
+        if isinstance(series.dtype, pl.Datetime):
+            s = series.dt.cast_time_unit("us")
+            return s.dt.replace_time_zone("UTC") if s.dtype.time_zone is None else s.dt.convert_time_zone("UTC")  # type: ignore[union-attr]
+    except Exception as exc:  # noqa: BLE001
+        raise StepError(step_name, f"timestamp column '{column}' does not parse as a time: {exc}") from None
+    raise StepError(step_name, f"timestamp column '{column}' has type {series.dtype}, not a time, a number or text")

@@ -1,0 +1,1 @@
+"""Shared text primitives (normalization; later: shingles, MinHash, n-grams)."""

@@ -1,0 +1,21 @@
+"""The reasoning format ``<think>…</think><answer>…</answer>``, written and read in one place
+(the ``format.reasoning`` step writes it; verifiers and GRPO rewards read it)."""
+
+from __future__ import annotations
+
+import polars as pl
+
+THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+ANSWER_OPEN, ANSWER_CLOSE = "<answer>", "</answer>"
+REASONING_RE = r"(?s)^\s*<think>(.*?)</think>\s*<answer>(.*?)</answer>\s*$"
+
+
+def reasoning_expr(think: pl.Expr, answer: pl.Expr) -> pl.Expr:
+    """``<think>\\n{think}\\n</think>\\n<answer>{answer}</answer>`` as a polars expression."""
+    return pl.concat_str(
+        pl.lit(THINK_OPEN + "\n"), think, pl.lit("\n" + THINK_CLOSE + "\n" + ANSWER_OPEN), answer, pl.lit(ANSWER_CLOSE)
+    )
+
+
+def format_reasoning(think: str, answer: str) -> str:
+    return f"{THINK_OPEN}\n{think}\n{THINK_CLOSE}\n{ANSWER_OPEN}{answer}{ANSWER_CLOSE}"
