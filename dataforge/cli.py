@@ -77,21 +77,22 @@ def cmd_why(args: argparse.Namespace) -> int:
         return 0
     out_console.print(f"[bold]{h.row_id}[/]  (build {h.run_id})")
     out_console.print(f"source: {h.source or 'unknown'}")
-    table = Table(title="history")
-    for col in ("step", "kind", "present in", "decision", "reason", "score", "related", "detail"):
-        table.add_column(col)
+    out_console.print("[bold]history[/] (steps of the newest build that hold or decided about this row):")
     for s in h.steps:
         if not s["outputs"] and not s["events"]:
             continue
-        evs = s["events"] or [None]
-        for e in evs:
-            table.add_row(
-                s["step"], s["kind"], ", ".join(s["outputs"]) or "-",
-                e["action"] if e else "-", e["reason"] if e else "-",
-                f"{e['score']:g}" if e and e["score"] is not None else "-",
-                (e["related_id"] or "-") if e else "-", (e["detail_json"] or "-") if e else "-",
-            )
-    out_console.print(table)
+        held = f"in {', '.join(s['outputs'])}" if s["outputs"] else "not in its output"
+        cached = " (reused)" if s["cache_hit"] else ""
+        out_console.print(f"  [bold]{s['step']}[/] ({s['kind']}){cached}: {held}", highlight=False)
+        for e in s["events"]:
+            parts = [f"{e['action']}: {e['reason']}"]
+            if e["score"] is not None:
+                parts.append(f"score {e['score']:g}")
+            if e["related_id"]:
+                parts.append(f"related {e['related_id']}")
+            if e["detail_json"]:
+                parts.append(e["detail_json"])
+            out_console.print("    → " + " · ".join(parts), markup=False, highlight=False)
     for e in h.edges:
         out_console.print(f"edge ({e['step']}): {e['child_id']} ← {e['parent_id']} [{e['relation']}]")
     if h.related:

@@ -34,7 +34,7 @@ CREATE TABLE IF NOT EXISTS runs (
 CREATE TABLE IF NOT EXISTS steps (
     run_id VARCHAR, step VARCHAR, kind VARCHAR, version INTEGER, fingerprint VARCHAR,
     config_json VARCHAR, rows_in BIGINT, rows_out BIGINT, seconds DOUBLE, cache_hit BOOLEAN,
-    status VARCHAR, error VARCHAR);
+    status VARCHAR, error VARCHAR, position INTEGER);
 CREATE TABLE IF NOT EXISTS events (
     run_id VARCHAR, step VARCHAR, fingerprint VARCHAR, row_id VARCHAR, action VARCHAR,
     reason VARCHAR, related_id VARCHAR, score DOUBLE, detail_json VARCHAR);
@@ -44,6 +44,7 @@ CREATE TABLE IF NOT EXISTS edges (
 CREATE TABLE IF NOT EXISTS artifacts (
     run_id VARCHAR, step VARCHAR, output VARCHAR, fingerprint VARCHAR, path VARCHAR,
     rows BIGINT, sha256 VARCHAR);
+ALTER TABLE steps ADD COLUMN IF NOT EXISTS position INTEGER;
 CREATE OR REPLACE VIEW latest_run AS
     SELECT * FROM runs ORDER BY (status = 'succeeded') DESC, started_at DESC LIMIT 1;
 CREATE OR REPLACE VIEW latest_steps AS
@@ -106,11 +107,13 @@ class LineageWriter:
         cache_hit: bool,
         status: str = "ok",
         error: str | None = None,
+        position: int = 0,
     ) -> None:
+        """One ``steps`` row; ``position`` is the step's index in the plan's execution order."""
         self.con.execute(
-            "INSERT INTO steps VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO steps VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [run_id, step, kind, version, fingerprint, json.dumps(config, sort_keys=True), rows_in, rows_out,
-             seconds, cache_hit, status, error],
+             seconds, cache_hit, status, error, position],
         )
 
     def has_decisions(self, step: str, fingerprint: str) -> bool:

@@ -40,9 +40,12 @@ def row_history(out: str | Path, row_id: str) -> RowHistory:
     run = _records(con, "SELECT run_id FROM latest_run", [])
     if not run:
         raise DataforgeError(f"no build recorded in {out}")
-    steps = _records(con, "SELECT step, kind, fingerprint, cache_hit FROM latest_steps ORDER BY rowid", [])
+    steps = _records(con, "SELECT step, kind, fingerprint, cache_hit FROM latest_steps ORDER BY position", [])
     artifacts = _records(
-        con, "SELECT step, output, path FROM latest_artifacts WHERE path LIKE '%.parquet' ORDER BY rowid", []
+        con,
+        "SELECT a.step, a.output, a.path FROM latest_artifacts a JOIN latest_steps s USING (step) "
+        "WHERE a.path LIKE '%.parquet' ORDER BY s.position, a.output",
+        [],
     )
     by_path = {a["path"]: (a["step"], a["output"]) for a in artifacts if Path(a["path"]).exists()}
     present: dict[str, list[str]] = {}
@@ -61,17 +64,17 @@ def row_history(out: str | Path, row_id: str) -> RowHistory:
                 last_path = p
     events = _records(
         con,
-        "SELECT step, action, reason, related_id, score, detail_json FROM latest_events WHERE row_id = ? ORDER BY rowid",
+        "SELECT step, action, reason, related_id, score, detail_json FROM latest_events WHERE row_id = ?",
         [row_id],
     )
     related = _records(
         con,
-        "SELECT step, row_id, action, reason, score FROM latest_events WHERE related_id = ? ORDER BY rowid LIMIT 50",
+        "SELECT step, row_id, action, reason, score FROM latest_events WHERE related_id = ? ORDER BY step, row_id LIMIT 50",
         [row_id],
     )
     edges = _records(
         con,
-        "SELECT step, child_id, parent_id, relation FROM latest_edges WHERE child_id = ? OR parent_id = ? ORDER BY rowid",
+        "SELECT step, child_id, parent_id, relation FROM latest_edges WHERE child_id = ? OR parent_id = ? ORDER BY step, child_id, parent_id",
         [row_id, row_id],
     )
     datasets = []

@@ -67,6 +67,7 @@ class Runner:
         self.plan, self.out = plan, out
         self.console = console or Console(stderr=True)
         self.show_progress = show_progress
+        self.position = {s.name: i for i, s in enumerate(plan.steps)}
 
     def run(self, force: Iterable[str] = ()) -> BuildReport:
         force = set(force)
@@ -101,7 +102,8 @@ class Runner:
             message = str(exc) or type(exc).__name__
             if current is not None:
                 lineage.record_step(run_id, current.name, current.kind, current.stepdef.version, current.fingerprint,
-                                    current.config_json(), 0, 0, 0.0, False, "failed", message)
+                                    current.config_json(), 0, 0, 0.0, False, "failed", message,
+                                    self.position[current.name])
             lineage.finish_run(run_id, "failed", message)
             lineage.close()
             raise
@@ -122,7 +124,7 @@ class Runner:
         lineage.record_artifacts(run_id, ps.name, ps.fingerprint, [(o.output, str(o.path), o.rows, o.sha256) for o in stored])
         rows_out = sum(o.rows for o in stored)
         lineage.record_step(run_id, ps.name, ps.kind, ps.stepdef.version, ps.fingerprint, ps.config_json(),
-                            meta["rows_in"], rows_out, 0.0, True)
+                            meta["rows_in"], rows_out, 0.0, True, position=self.position[ps.name])
         for ref in ps.inputs.values():
             self._release(str(ref))
         return StepReport(ps.name, ps.kind, ps.fingerprint, meta["rows_in"], rows_out, 0.0, True, meta.get("drops", {}))
@@ -148,14 +150,17 @@ class Runner:
         self._check_result(ps, result)
         events = concat_events(result.events)
         drops = _drop_counts(events)
-        stored = store.write(ps.name, ps.fingerprint, result, {"rows_in": rows_in, "drops": drops, "kind": ps.kind})
+        try:
+            stored = store.write(ps.name, ps.fingerprint, result, {"rows_in": rows_in, "drops": drops, "kind": ps.kind})
+        except OSError as exc:
+            raise StepError(ps.name, f"storing its output failed: {exc}") from exc
         from dataforge.engine.events import concat_edges
 
         lineage.record_decisions(run_id, ps.name, ps.fingerprint, events, concat_edges(result.edges))
         lineage.record_artifacts(run_id, ps.name, ps.fingerprint, [(o.output, str(o.path), o.rows, o.sha256) for o in stored])
         rows_out = sum(o.rows for o in stored)
         lineage.record_step(run_id, ps.name, ps.kind, ps.stepdef.version, ps.fingerprint, ps.config_json(),
-                            rows_in, rows_out, seconds, False)
+                            rows_in, rows_out, seconds, False, position=self.position[ps.name])
         for ref in ps.inputs.values():
             self._release(str(ref))
         for name, df in result.tables.items():

@@ -113,7 +113,9 @@ def _peek_columns(cfg: SourceConfig, info: PlanInfo) -> Columns:
                     records.append(obj)
                 if len(records) >= PEEK_LINES:
                     break
-    return _keys(records)
+    if not records and not cfg.allow_empty:
+        raise RecipeError(f"{path} has no rows (set allow_empty: true if that is expected)", key="path")
+    return _keys(records) if records else None
 
 
 def _keys(records: list[Any]) -> list[str]:

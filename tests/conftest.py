@@ -1,0 +1,85 @@
+"""Shared fixtures: small recipes written into a temp dir, and the real shipped data."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+RECIPES = REPO / "recipes"
+GSM8K = RECIPES / "data" / "gsm8k"
+HH = RECIPES / "data" / "hh-rlhf-harmless-base"
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+class Workspace:
+    """A temp directory holding a recipe, its data and its build directory."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.out = root / "build"
+
+    def recipe(self, text: str, name: str = "recipe.yaml") -> Path:
+        path = self.root / name
+        path.write_text(textwrap.dedent(text).lstrip())
+        return path
+
+    def jsonl(self, name: str, rows: list[dict]) -> Path:
+        return write_jsonl(self.root / name, rows)
+
+
+@pytest.fixture
+def ws(tmp_path: Path) -> Workspace:
+    return Workspace(tmp_path)
+
+
+QA_ROWS = [
+    {"question": "What is two plus two, written as a number?", "answer": "2+2=<<2+2=4>>4\n#### 4"},
+    {"question": "How many legs do three cats have in total?", "answer": "3*4=<<3*4=12>>12\n#### 12"},
+    {"question": "short?", "answer": "1\n#### 1"},
+    {"question": "What is ten minus seven, as a whole number?", "answer": "10-7=<<10-7=3>>3\n#### 3"},
+]
+
+QA_RECIPE = """
+name: qa
+steps:
+  raw:
+    kind: source
+    path: qa.jsonl
+  clean:
+    kind: clean.normalize
+    inputs: {data: raw}
+    fields: [question, answer]
+  filtered:
+    kind: clean.filter
+    inputs: {data: clean}
+    fields: [question]
+    min_length: 10
+  parsed:
+    kind: parse.gsm8k
+    inputs: {data: filtered}
+  sft:
+    kind: format
+    type: prompt_completion
+    inputs: {data: parsed}
+    prompt: question
+    completion: reasoning
+datasets:
+  qa_sft:
+    splits: {train: sft}
+"""
+
+
+@pytest.fixture
+def qa(ws: Workspace) -> tuple[Workspace, Path]:
+    """A four-row QA recipe: normalize → filter (drops one row) → parse → format → export."""
+    ws.jsonl("qa.jsonl", QA_ROWS)
+    return ws, ws.recipe(QA_RECIPE)

@@ -1,0 +1,165 @@
+"""Every bad input stops with a message naming the file, line, step or key — before any row
+is processed where it can be found at plan time."""
+
+from __future__ import annotations
+
+import gzip
+import json
+
+import duckdb
+import polars as pl
+import pytest
+
+from dataforge.cli import main
+from dataforge.engine.plan import plan_recipe
+from dataforge.engine.runner import build
+from dataforge.errors import OutputDirError, RecipeError, StepError
+from tests.conftest import QA_RECIPE
+
+
+def _plan_error(ws, text: str) -> RecipeError:
+    ws.jsonl("qa.jsonl", [{"question": "q" * 20, "answer": "a\n#### 1"}])
+    recipe = ws.recipe(text)
+    with pytest.raises(RecipeError) as exc:
+        plan_recipe(recipe)
+    return exc.value
+
+
+def test_yaml_syntax_error_names_line(ws):
+    err = _plan_error(ws, "name: x\nsteps:\n  a:\n    kind: source\n   path: [unclosed\n")
+    assert err.file.endswith("recipe.yaml") and err.line == 5
+    assert "YAML syntax error" in str(err)
+
+
+def test_unknown_kind_suggests(ws):
+    err = _plan_error(ws, QA_RECIPE.replace("kind: clean.normalize", "kind: clean.normalise"))
+    assert err.step == "clean" and err.key == "kind" and err.line == 7
+    assert "did you mean 'clean.normalize'" in str(err)
+
+
+def test_unknown_config_key_names_key_and_line(ws):
+    err = _plan_error(ws, QA_RECIPE.replace("min_length: 10", "min_lenght: 10"))
+    assert (err.step, err.key, err.line) == ("filtered", "min_lenght", 14)
+    assert "did you mean 'min_length'" in str(err)
+    assert str(err).startswith(f"{err.file}:14: step 'filtered', key 'min_lenght'")
+
+
+def test_bad_config_value(ws):
+    err = _plan_error(ws, QA_RECIPE.replace("min_length: 10", "min_length: ten"))
+    assert err.key == "min_length" and "integer" in str(err)
+
+
+def test_missing_input_step(ws):
+    err = _plan_error(ws, QA_RECIPE.replace("inputs: {data: filtered}", "inputs: {data: filterd}"))
+    assert err.step == "parsed" and err.key == "inputs.data"
+    assert "no step named 'filterd'" in str(err) and "did you mean 'filtered'" in str(err)
+
+
+def test_missing_output_of_input_step(ws):
+    err = _plan_error(ws, QA_RECIPE.replace("inputs: {data: filtered}", "inputs: {data: filtered.train}"))
+    assert "step 'filtered' has no output 'train'" in str(err)
+
+
+def test_cyclic_inputs(ws):
+    text = QA_RECIPE.replace("inputs: {data: raw}", "inputs: {data: sft}")
+    err = _plan_error(ws, text)
+    assert "cycle" in str(err) and "clean" in str(err) and "sft" in str(err)
+
+
+def test_step_fed_missing_column(ws):
+    err = _plan_error(ws, QA_RECIPE.replace("fields: [question]", "fields: [questoin]"))
+    assert (err.step, err.key) == ("filtered", "fields")
+    assert "needs column 'questoin'" in str(err) and "it has: _id, question, answer" in str(err)
+
+
+def test_missing_column_found_through_the_chain(ws):
+    err = _plan_error(ws, QA_RECIPE.replace("completion: reasoning", "completion: solution"))
+    assert err.step == "sft" and "needs column 'solution'" in str(err)
+
+
+def test_missing_file(ws):
+    err = _plan_error(ws, QA_RECIPE.replace("path: qa.jsonl", "path: nope.jsonl"))
+    assert (err.step, err.key) == ("raw", "path") and "file not found" in str(err)
+
+
+def test_dataset_names_unknown_output(ws):
+    err = _plan_error(ws, QA_RECIPE.replace("splits: {train: sft}", "splits: {train: sft.test}"))
+    assert err.key == "datasets.qa_sft.splits.train" and "has no output 'test'" in str(err)
+
+
+def test_split_fractions_must_sum_to_one(ws):
+    text = QA_RECIPE + "  # unused\n"
+    text = text.replace(
+        "datasets:",
+        "  sp:\n    kind: split\n    inputs: sft\n    by: random\n    fractions: {train: 0.8, test: 0.3}\ndatasets:",
+    )
+    err = _plan_error(ws, text.replace("datasets:\n  qa_sft", "datasets:\n  qa_sft"))
+    assert err.step == "sp" and err.key == "fractions" and "sum to 1" in str(err)
+
+
+def test_malformed_jsonl_line_stops_build_with_line_number(ws):
+    path = ws.root / "qa.jsonl"
+    path.write_text('{"question": "a fine question here", "answer": "x\\n#### 1"}\n{"question": broken\n')
+    recipe = ws.recipe(QA_RECIPE)
+    with pytest.raises(StepError) as exc:
+        build(recipe, ws.out, show_progress=False)
+    assert f"{path}:2: malformed JSON line" in str(exc.value) and "step 'raw'" in str(exc.value)
+    con = duckdb.connect(str(ws.out / "lineage.duckdb"), read_only=True)
+    assert con.execute("SELECT status FROM runs").fetchone() == ("failed",)
+
+
+def test_malformed_jsonl_line_skipped_and_recorded(ws):
+    good = {"question": "What is one plus one, in digits?", "answer": "1+1=2\n#### 2"}
+    path = ws.root / "qa.jsonl.gz"
+    lines = [json.dumps(good), "", '{"question": broken', json.dumps({**good, "question": good["question"] + " Now?"})]
+    path.write_bytes(gzip.compress(("\n".join(lines) + "\n").encode()))
+    recipe = ws.recipe(QA_RECIPE.replace("path: qa.jsonl", "path: qa.jsonl.gz\n    on_error: skip"))
+    build(recipe, ws.out, show_progress=False)
+    con = duckdb.connect(str(ws.out / "lineage.duckdb"), read_only=True)
+    row = con.execute("SELECT row_id, reason, detail_json FROM events WHERE step = 'raw'").fetchone()
+    assert row[0] == "raw:1" and row[1] == "parse_error"
+    assert json.loads(row[2])["line"] == 3
+    # ids keep the record ordinals: the row after the bad line is raw:2
+    (path,) = con.execute("SELECT path FROM artifacts WHERE step = 'raw'").fetchone()
+    assert pl.read_parquet(path)["_id"].to_list() == ["raw:0", "raw:2"]
+
+
+def test_empty_input(ws):
+    (ws.root / "qa.jsonl").write_text("\n")
+    recipe = ws.recipe(QA_RECIPE)
+    with pytest.raises(RecipeError) as exc:
+        build(recipe, ws.out, show_progress=False)
+    assert (exc.value.step, exc.value.key) == ("raw", "path") and "has no rows" in str(exc.value)
+
+
+def test_empty_parquet_input_fails_at_run_time(ws):
+    pl.DataFrame({"question": [], "answer": []}, schema={"question": pl.String, "answer": pl.String}).write_parquet(
+        ws.root / "qa.parquet"
+    )
+    recipe = ws.recipe(QA_RECIPE.replace("qa.jsonl", "qa.parquet"))
+    with pytest.raises(StepError, match="step 'raw'.*has no rows"):
+        build(recipe, ws.out, show_progress=False)
+
+
+def test_output_directory_not_dataforges(qa):
+    ws, recipe = qa
+    ws.out.mkdir()
+    (ws.out / "precious.txt").write_text("keep me")
+    with pytest.raises(OutputDirError, match="not made by dataforge"):
+        build(recipe, ws.out, show_progress=False)
+    assert (ws.out / "precious.txt").read_text() == "keep me"
+
+
+def test_force_unknown_step(qa):
+    ws, recipe = qa
+    with pytest.raises(RecipeError, match="--force names no step"):
+        build(recipe, ws.out, force=["nope"], show_progress=False)
+
+
+def test_cli_prints_error_without_traceback(qa, capsys):
+    ws, recipe = qa
+    recipe.write_text(QA_RECIPE.replace("min_length: 10", "min_lenght: 10"))
+    assert main(["build", str(recipe), "--out", str(ws.out)]) == 2
+    err = capsys.readouterr().err
+    assert "error:" in err and "min_lenght" in err and "Traceback" not in err
+    assert not ws.out.exists()  # nothing ran, nothing was written
