@@ -19,17 +19,11 @@ def _table(header: list[str], rows: list[list[Any]]) -> str:
 
 
 def render_card(plan: Plan, ds: PlannedDataset, tables: dict[str, pa.Table], reports: list) -> str:
-    by_name = plan.by_name
     ancestors = plan.ancestors({r.step for r in ds.splits.values()})
     steps = [s for s in plan.steps if s.name in ancestors]
     first = next(iter(tables.values()))
     trl_type = trl_dataset_type(first.column_names) or "none recognised"
-    drops = [
-        [r.name, reason, n]
-        for r in reports
-        if r.name in ancestors
-        for reason, n in sorted(r.drops.items())
-    ]
+    drops = [[r.name, reason, n] for r in reports if r.name in ancestors for reason, n in sorted(r.drops.items())]
     parts = [
         f"# {ds.name}",
         "",
@@ -67,10 +61,9 @@ def render_card(plan: Plan, ds: PlannedDataset, tables: dict[str, pa.Table], rep
         f'ds = load_from_disk("datasets/{ds.name}")',
         "```",
         "",
-        f"Every row's `_id` answers `dataforge why <_id>`; see `dataforge query` for SQL over the lineage.",
+        "Every row's `_id` answers `dataforge why <_id>`; see `dataforge query` for SQL over the lineage.",
         "",
     ]
-    _ = by_name
     return "\n".join(parts)
 
 

@@ -15,8 +15,15 @@ from rich.table import Table
 from dataforge import __version__
 from dataforge.errors import DataforgeError, RecipeError
 
-out_console = Console()
-err_console = Console(stderr=True)
+
+def _console(stderr: bool = False) -> Console:
+    """Rich console; piped output (CI logs, files) gets 140 columns rather than rich's 80."""
+    console = Console(stderr=stderr)
+    return console if console.is_terminal else Console(stderr=stderr, width=140)
+
+
+out_console = _console()
+err_console = _console(stderr=True)
 
 
 def _fmt_drops(drops: dict[str, int]) -> str:
@@ -31,8 +38,15 @@ def cmd_build(args: argparse.Namespace) -> int:
     for col in ("step", "kind", "rows in", "rows out", "dropped", "seconds", "cached"):
         table.add_column(col, justify="right" if col in ("rows in", "rows out", "seconds") else "left")
     for s in report.steps:
-        table.add_row(s.name, s.kind, f"{s.rows_in:,}", f"{s.rows_out:,}", _fmt_drops(s.drops),
-                      f"{s.seconds:.2f}", "yes" if s.cache_hit else "no")
+        table.add_row(
+            s.name,
+            s.kind,
+            f"{s.rows_in:,}",
+            f"{s.rows_out:,}",
+            _fmt_drops(s.drops),
+            f"{s.seconds:.2f}",
+            "yes" if s.cache_hit else "no",
+        )
     out_console.print(table)
     ds_table = Table(title="datasets")
     for col in ("dataset", "split", "rows", "path"):
@@ -42,7 +56,9 @@ def cmd_build(args: argparse.Namespace) -> int:
             ds_table.add_row(name, split, f"{rows:,}", str(report.out / "datasets" / name))
     out_console.print(ds_table)
     if report.executed:
-        out_console.print(f"{len(report.executed)} step(s) executed, {len(report.steps) - len(report.executed)} reused from cache.")
+        out_console.print(
+            f"{len(report.executed)} step(s) executed, {len(report.steps) - len(report.executed)} reused from cache."
+        )
     else:
         out_console.print("Nothing to execute: every step was reused from cache.")
     return 0
@@ -149,25 +165,48 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     sub = p.add_subparsers(dest="command", required=True)
 
-    b = sub.add_parser("build", help="build every dataset of a recipe", description="Run a recipe: execute the steps whose fingerprint is not stored, reuse the rest, export its datasets.")
+    b = sub.add_parser(
+        "build",
+        help="build every dataset of a recipe",
+        description="Run a recipe: execute the steps whose fingerprint is not stored, reuse the rest, "
+        "export its datasets.",
+    )
     b.add_argument("recipe", help="the recipe YAML file")
     b.add_argument("--out", default="build", help="build directory (default: build/)")
-    b.add_argument("--force", action="append", metavar="STEP", help="re-execute STEP and every step downstream of it (repeatable)")
+    b.add_argument(
+        "--force", action="append", metavar="STEP", help="re-execute STEP and every step downstream of it (repeatable)"
+    )
     b.add_argument("--quiet", action="store_true", help="no progress bars")
     b.set_defaults(fn=cmd_build)
 
-    pl_ = sub.add_parser("plan", help="show the step DAG, fingerprints and cache state; runs nothing", description="Validate a recipe and print its steps in execution order with fingerprints and whether each is cached in --out.")
+    pl_ = sub.add_parser(
+        "plan",
+        help="show the step DAG, fingerprints and cache state; runs nothing",
+        description="Validate a recipe and print its steps in execution order with fingerprints "
+        "and whether each is cached in --out.",
+    )
     pl_.add_argument("recipe", help="the recipe YAML file")
     pl_.add_argument("--out", default="build", help="build directory to check the cache in (default: build/)")
     pl_.set_defaults(fn=cmd_plan)
 
-    w = sub.add_parser("why", help="the history of one row", description="Print a row's source, every step that touched it, its fate with reason, score and related row.")
+    w = sub.add_parser(
+        "why",
+        help="the history of one row",
+        description="Print a row's source, every step that touched it, its fate with reason, score and related row.",
+    )
     w.add_argument("row_id", help="a row id (the _id column), e.g. gsm8k_train:17")
     w.add_argument("--out", default="build", help="build directory (default: build/)")
     w.add_argument("--json", action="store_true", help="print the history as JSON")
     w.set_defaults(fn=cmd_why)
 
-    q = sub.add_parser("query", help="run SQL over the lineage, artifacts and datasets", description="Run SQL on <out>/lineage.duckdb (tables runs, steps, events, edges, artifacts; views latest_run, latest_steps, latest_events, latest_edges, latest_artifacts) plus views artifact_<step>_<output> over the newest build's Parquet artifacts and dataset_<name>_<split> over the exported datasets.")
+    q = sub.add_parser(
+        "query",
+        help="run SQL over the lineage, artifacts and datasets",
+        description="Run SQL on <out>/lineage.duckdb (tables runs, steps, events, edges, artifacts; "
+        "views latest_run, latest_steps, latest_events, latest_edges, latest_artifacts) plus views "
+        "artifact_<step>_<output> over the newest build's Parquet artifacts and dataset_<name>_<split> "
+        "over the exported datasets.",
+    )
     q.add_argument("sql", help="the SQL query")
     q.add_argument("--out", default="build", help="build directory (default: build/)")
     q.add_argument("--format", choices=("table", "csv", "json"), default="table", help="output format (default: table)")

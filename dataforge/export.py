@@ -35,7 +35,9 @@ def dataset_fingerprint(plan: Plan, ds: PlannedDataset) -> str:
     return hash_text(canonical_json(payload))[:16]
 
 
-def export_datasets(plan: Plan, store: Store, lineage: LineageWriter, run_id: str, reports: list) -> dict[str, dict[str, int]]:
+def export_datasets(
+    plan: Plan, store: Store, lineage: LineageWriter, run_id: str, reports: list
+) -> dict[str, dict[str, int]]:
     """Write every dataset of the plan; returns rows per split per dataset."""
     exported: dict[str, dict[str, int]] = {}
     for ds in plan.datasets.values():
@@ -75,9 +77,7 @@ def _write_dataset(
     for split, ref in ds.splits.items():
         df = store.read_table(ref.step, by_name[ref.step].fingerprint, ref.output)
         tables[split] = plain_arrow(df.select(export_columns(df, ds.columns)).to_arrow())
-    dd = DatasetDict(
-        {s: Dataset(InMemoryTable(t), fingerprint=hash_text(f"{fp}:{s}")[:16]) for s, t in tables.items()}
-    )
+    dd = DatasetDict({s: Dataset(InMemoryTable(t), fingerprint=hash_text(f"{fp}:{s}")[:16]) for s, t in tables.items()})
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.parent / f".tmp-{ds.name}-{uuid.uuid4().hex[:8]}"
     try:

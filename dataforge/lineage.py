@@ -112,8 +112,21 @@ class LineageWriter:
         """One ``steps`` row; ``position`` is the step's index in the plan's execution order."""
         self.con.execute(
             "INSERT INTO steps VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [run_id, step, kind, version, fingerprint, json.dumps(config, sort_keys=True), rows_in, rows_out,
-             seconds, cache_hit, status, error, position],
+            [
+                run_id,
+                step,
+                kind,
+                version,
+                fingerprint,
+                json.dumps(config, sort_keys=True),
+                rows_in,
+                rows_out,
+                seconds,
+                cache_hit,
+                status,
+                error,
+                position,
+            ],
         )
 
     def has_decisions(self, step: str, fingerprint: str) -> bool:

@@ -69,12 +69,14 @@ def row_history(out: str | Path, row_id: str) -> RowHistory:
     )
     related = _records(
         con,
-        "SELECT step, row_id, action, reason, score FROM latest_events WHERE related_id = ? ORDER BY step, row_id LIMIT 50",
+        "SELECT step, row_id, action, reason, score FROM latest_events WHERE related_id = ? "
+        "ORDER BY step, row_id LIMIT 50",
         [row_id],
     )
     edges = _records(
         con,
-        "SELECT step, child_id, parent_id, relation FROM latest_edges WHERE child_id = ? OR parent_id = ? ORDER BY step, child_id, parent_id",
+        "SELECT step, child_id, parent_id, relation FROM latest_edges WHERE child_id = ? OR parent_id = ? "
+        "ORDER BY step, child_id, parent_id",
         [row_id, row_id],
     )
     datasets = []
@@ -82,7 +84,9 @@ def row_history(out: str | Path, row_id: str) -> RowHistory:
         if "_id" in table.column_names and pc.any(pc.equal(table["_id"], row_id)).as_py():
             datasets.append((name, split))
     if not present and not events and not edges:
-        raise DataforgeError(f"row '{row_id}' does not appear in the newest build in {out} (no artifact or event names it)")
+        raise DataforgeError(
+            f"row '{row_id}' does not appear in the newest build in {out} (no artifact or event names it)"
+        )
     content = None
     if last_path is not None:
         rows = _records(con, "SELECT * FROM read_parquet(?) WHERE _id = ?", [last_path, row_id])

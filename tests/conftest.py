@@ -83,3 +83,15 @@ def qa(ws: Workspace) -> tuple[Workspace, Path]:
     """A four-row QA recipe: normalize → filter (drops one row) → parse → format → export."""
     ws.jsonl("qa.jsonl", QA_ROWS)
     return ws, ws.recipe(QA_RECIPE)
+
+
+def make_ctx(root: Path, step: str = "test", fingerprint: str = "0123456789abcdef"):
+    """A Context for calling a step function directly (steps are pure functions)."""
+    from dataforge.engine.step import Context
+
+    return Context(step=step, fingerprint=fingerprint, base_dir=root, scratch_dir=root / "scratch")
+
+
+@pytest.fixture
+def ctx(tmp_path: Path):
+    return make_ctx(tmp_path)

@@ -186,7 +186,9 @@ def _parse_inputs(
         if unknown:
             takes = ", ".join(sd.inputs) if sd.inputs else "none (it is a source)"
             raise loaded.error(
-                f"kind '{sd.kind}' has no input '{unknown[0]}'; it takes: {takes}", step=name, key=f"inputs.{unknown[0]}"
+                f"kind '{sd.kind}' has no input '{unknown[0]}'; it takes: {takes}",
+                step=name,
+                key=f"inputs.{unknown[0]}",
             )
         if missing:
             raise loaded.error(f"kind '{sd.kind}' needs input '{missing[0]}'", step=name, key="inputs")
@@ -233,7 +235,7 @@ def _find_cycle(stuck: list[str], refs: dict[str, dict[str, Ref]]) -> list[str]:
     while True:
         node = next(r.step for r in refs[node].values() if r.step in stuck)
         if node in seen:
-            return path[path.index(node) :] + [node]
+            return [*path[path.index(node) :], node]
         path.append(node)
         seen.add(node)
 
@@ -246,9 +248,7 @@ def _plan_dataset(loaded: LoadedRecipe, name: str, planned: dict[str, PlannedSte
         up, output = parse_ref(ref_text)
         if up not in planned or output not in planned[up].outputs:
             what = f"no step named '{up}'" if up not in planned else f"step '{up}' has no output '{output}'"
-            raise RecipeError(
-                what, file=str(loaded.path), line=loaded.line(*at), key=f"datasets.{name}.splits.{split}"
-            )
+            raise RecipeError(what, file=str(loaded.path), line=loaded.line(*at), key=f"datasets.{name}.splits.{split}")
         cols = planned[up].columns.get(output)
         for c in spec.columns or []:
             if cols is not None and c not in cols:

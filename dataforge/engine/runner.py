@@ -73,7 +73,9 @@ class Runner:
         force = set(force)
         unknown = sorted(force - set(self.plan.by_name))
         if unknown:
-            raise RecipeError(f"--force names no step of this recipe: {', '.join(unknown)}", file=str(self.plan.loaded.path))
+            raise RecipeError(
+                f"--force names no step of this recipe: {', '.join(unknown)}", file=str(self.plan.loaded.path)
+            )
         forced = self.plan.descendants(force)
         store = Store.open(self.out)
         lineage = LineageWriter(self.out)
@@ -101,9 +103,21 @@ class Runner:
         except BaseException as exc:
             message = str(exc) or type(exc).__name__
             if current is not None:
-                lineage.record_step(run_id, current.name, current.kind, current.stepdef.version, current.fingerprint,
-                                    current.config_json(), 0, 0, 0.0, False, "failed", message,
-                                    self.position[current.name])
+                lineage.record_step(
+                    run_id,
+                    current.name,
+                    current.kind,
+                    current.stepdef.version,
+                    current.fingerprint,
+                    current.config_json(),
+                    0,
+                    0,
+                    0.0,
+                    False,
+                    "failed",
+                    message,
+                    self.position[current.name],
+                )
             lineage.finish_run(run_id, "failed", message)
             lineage.close()
             raise
@@ -118,13 +132,29 @@ class Runner:
         stored = store.stored_outputs(ps.name, ps.fingerprint)
         if not lineage.has_decisions(ps.name, ps.fingerprint):  # artifact stored, lineage write lost
             lineage.record_decisions(
-                run_id, ps.name, ps.fingerprint, store.read_events(ps.name, ps.fingerprint),
+                run_id,
+                ps.name,
+                ps.fingerprint,
+                store.read_events(ps.name, ps.fingerprint),
                 store.read_edges(ps.name, ps.fingerprint),
             )
-        lineage.record_artifacts(run_id, ps.name, ps.fingerprint, [(o.output, str(o.path), o.rows, o.sha256) for o in stored])
+        lineage.record_artifacts(
+            run_id, ps.name, ps.fingerprint, [(o.output, str(o.path), o.rows, o.sha256) for o in stored]
+        )
         rows_out = sum(o.rows for o in stored)
-        lineage.record_step(run_id, ps.name, ps.kind, ps.stepdef.version, ps.fingerprint, ps.config_json(),
-                            meta["rows_in"], rows_out, 0.0, True, position=self.position[ps.name])
+        lineage.record_step(
+            run_id,
+            ps.name,
+            ps.kind,
+            ps.stepdef.version,
+            ps.fingerprint,
+            ps.config_json(),
+            meta["rows_in"],
+            rows_out,
+            0.0,
+            True,
+            position=self.position[ps.name],
+        )
         for ref in ps.inputs.values():
             self._release(str(ref))
         return StepReport(ps.name, ps.kind, ps.fingerprint, meta["rows_in"], rows_out, 0.0, True, meta.get("drops", {}))
@@ -135,8 +165,13 @@ class Runner:
         inputs = {name: self._load(ref.step, ref.output, store) for name, ref in ps.inputs.items()}
         rows_in = sum(df.height for df in inputs.values())
         scratch = self.out / "scratch" / ps.name
-        ctx = Context(step=ps.name, fingerprint=ps.fingerprint, base_dir=self.plan.loaded.base_dir,
-                      scratch_dir=scratch, progress=progress)
+        ctx = Context(
+            step=ps.name,
+            fingerprint=ps.fingerprint,
+            base_dir=self.plan.loaded.base_dir,
+            scratch_dir=scratch,
+            progress=progress,
+        )
         started = time.perf_counter()
         try:
             result = ps.stepdef.fn(inputs, ps.cfg, ctx)
@@ -157,10 +192,23 @@ class Runner:
         from dataforge.engine.events import concat_edges
 
         lineage.record_decisions(run_id, ps.name, ps.fingerprint, events, concat_edges(result.edges))
-        lineage.record_artifacts(run_id, ps.name, ps.fingerprint, [(o.output, str(o.path), o.rows, o.sha256) for o in stored])
+        lineage.record_artifacts(
+            run_id, ps.name, ps.fingerprint, [(o.output, str(o.path), o.rows, o.sha256) for o in stored]
+        )
         rows_out = sum(o.rows for o in stored)
-        lineage.record_step(run_id, ps.name, ps.kind, ps.stepdef.version, ps.fingerprint, ps.config_json(),
-                            rows_in, rows_out, seconds, False, position=self.position[ps.name])
+        lineage.record_step(
+            run_id,
+            ps.name,
+            ps.kind,
+            ps.stepdef.version,
+            ps.fingerprint,
+            ps.config_json(),
+            rows_in,
+            rows_out,
+            seconds,
+            False,
+            position=self.position[ps.name],
+        )
         for ref in ps.inputs.values():
             self._release(str(ref))
         for name, df in result.tables.items():

@@ -213,9 +213,7 @@ def get_step(kind: str) -> StepDef | None:
     return REGISTRY.get(kind)
 
 
-def per_table(
-    inputs: dict[str, pl.DataFrame], one: Callable[[str, pl.DataFrame], StepResult]
-) -> StepResult:
+def per_table(inputs: dict[str, pl.DataFrame], one: Callable[[str, pl.DataFrame], StepResult]) -> StepResult:
     """Run a one-table function over every named input and merge the results."""
     result = StepResult({})
     for name, df in inputs.items():

@@ -81,7 +81,9 @@ class Store:
     def meta(self, step: str, fingerprint: str) -> dict:
         return json.loads((self.artifact_dir(step, fingerprint) / "meta.json").read_text())
 
-    def write(self, step: str, fingerprint: str, result: StepResult, extra_meta: dict | None = None) -> list[StoredOutput]:
+    def write(
+        self, step: str, fingerprint: str, result: StepResult, extra_meta: dict | None = None
+    ) -> list[StoredOutput]:
         """Write every output table plus events and edges; rename into place when all are on disk."""
         final = self.artifact_dir(step, fingerprint)
         final.parent.mkdir(parents=True, exist_ok=True)

@@ -35,7 +35,17 @@ import polars as pl
 from pydantic import model_validator
 
 from dataforge.engine.events import events
-from dataforge.engine.step import Columns, Context, PlanInfo, StepConfig, StepResult, per_table, require, step, with_columns
+from dataforge.engine.step import (
+    Columns,
+    Context,
+    PlanInfo,
+    StepConfig,
+    StepResult,
+    per_table,
+    require,
+    step,
+    with_columns,
+)
 from dataforge.errors import DataError
 from dataforge.steps.clean import _string_column
 from dataforge.steps.parse import MESSAGES
@@ -94,7 +104,9 @@ class FormatConfig(StepConfig):
         for f in FIELDS[self.type]:
             if getattr(self, f) is None:
                 raise ValueError(f"type '{self.type}' needs '{f}' (the input column to use)")
-        unused = [f for f in ("prompt", "completion", "chosen", "rejected") if getattr(self, f) and f not in FIELDS[self.type]]
+        unused = [
+            f for f in ("prompt", "completion", "chosen", "rejected") if getattr(self, f) and f not in FIELDS[self.type]
+        ]
         if unused:
             raise ValueError(f"type '{self.type}' does not use '{unused[0]}'")
         if self.type == "messages" and self.style == "standard":
@@ -124,7 +136,9 @@ def _messages(df: pl.DataFrame, column: str, role: str, style: str) -> pl.Expr:
         return pl.concat_list(pl.struct(pl.lit(role).alias("role"), pl.col(column).alias("content")))
     if dtype == MESSAGES and style == "conversational":
         return pl.col(column)
-    raise DataError(f"column '{column}' is {dtype}; the {style} style needs text or a list of {{role, content}} messages")
+    raise DataError(
+        f"column '{column}' is {dtype}; the {style} style needs text or a list of {{role, content}} messages"
+    )
 
 
 def _empty(df: pl.DataFrame, column: str) -> pl.Expr:

@@ -20,7 +20,17 @@ import re
 import polars as pl
 
 from dataforge.engine.events import events
-from dataforge.engine.step import Columns, Context, PlanInfo, StepConfig, StepResult, per_table, require, step, with_columns
+from dataforge.engine.step import (
+    Columns,
+    Context,
+    PlanInfo,
+    StepConfig,
+    StepResult,
+    per_table,
+    require,
+    step,
+    with_columns,
+)
 from dataforge.steps.clean import _string_column
 
 MESSAGE = pl.Struct({"role": pl.String, "content": pl.String})

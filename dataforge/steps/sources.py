@@ -64,10 +64,18 @@ def _format_of(cfg: SourceConfig, path: Path) -> str:
     if path.is_dir():
         return "hf_disk"
     name = path.name.lower().removesuffix(".gz")
-    for ext, fmt in ((".jsonl", "jsonl"), (".ndjson", "jsonl"), (".json", "json"), (".parquet", "parquet"), (".csv", "csv")):
+    for ext, fmt in (
+        (".jsonl", "jsonl"),
+        (".ndjson", "jsonl"),
+        (".json", "json"),
+        (".parquet", "parquet"),
+        (".csv", "csv"),
+    ):
         if name.endswith(ext):
             return fmt
-    raise RecipeError(f"cannot tell the format of {path.name}; set 'format' (jsonl, json, parquet, csv, hf_disk)", key="format")
+    raise RecipeError(
+        f"cannot tell the format of {path.name}; set 'format' (jsonl, json, parquet, csv, hf_disk)", key="format"
+    )
 
 
 def _existing(cfg: SourceConfig, info: PlanInfo | Context) -> Path:
@@ -132,7 +140,10 @@ def source_columns(cfg: SourceConfig, inputs: dict[str, Columns], info: PlanInfo
         return {"data": None}
     for old, new in cfg.rename.items():
         if old not in cols:
-            raise RecipeError(f"renames column '{old}', which the source does not have (it has: {', '.join(cols)})", key=f"rename.{old}")
+            raise RecipeError(
+                f"renames column '{old}', which the source does not have (it has: {', '.join(cols)})",
+                key=f"rename.{old}",
+            )
         cols = [new if c == old else c for c in cols]
     if cfg.columns is not None:
         for c in cfg.columns:
@@ -150,7 +161,13 @@ def source_fingerprint(cfg: SourceConfig, info: PlanInfo) -> str:
     name = cfg.name or info.step
     if cfg.path is not None:
         return hash_text(f"{name}:{path_fingerprint(_existing(cfg, info))}")
-    coords = {"hub": cfg.hub, "config": cfg.hub_config, "split": cfg.split, "revision": cfg.revision, "files": cfg.data_files}
+    coords = {
+        "hub": cfg.hub,
+        "config": cfg.hub_config,
+        "split": cfg.split,
+        "revision": cfg.revision,
+        "files": cfg.data_files,
+    }
     return hash_text(f"{name}:{canonical_json(coords)}")
 
 
@@ -174,7 +191,8 @@ def source(inputs: dict[str, pl.DataFrame], cfg: SourceConfig, ctx: Context) -> 
                 ordinals = [b[0] for b in bad]
                 ids = pl.Series([f"{name}:{o}" for o in ordinals], dtype=pl.String)
                 details = pl.Series(
-                    [json.dumps({"file": str(path), "line": line, "error": err}) for _, line, err in bad], dtype=pl.String
+                    [json.dumps({"file": str(path), "line": line, "error": err}) for _, line, err in bad],
+                    dtype=pl.String,
                 )
                 dropped.append(events(ids, "dropped", "parse_error", detail=details))
         elif fmt == "json":
@@ -215,7 +233,7 @@ def _read_jsonl(path: Path, on_error: str) -> tuple[pl.DataFrame, list[tuple[int
     try:
         df = pl.read_ndjson(data, infer_schema_length=None)
         return df.with_row_index("_ordinal"), []
-    except Exception:  # noqa: BLE001  (find the line and say which, below)
+    except Exception:
         pass
     records: list[dict[str, Any]] = []
     ordinals: list[int] = []
@@ -230,7 +248,9 @@ def _read_jsonl(path: Path, on_error: str) -> tuple[pl.DataFrame, list[tuple[int
                 raise ValueError(f"a JSONL line must be an object, found {type(obj).__name__}")
         except ValueError as exc:
             if on_error == "fail":
-                raise DataError(f"{path}:{lineno}: malformed JSON line: {exc} (set on_error: skip to drop such lines)") from None
+                raise DataError(
+                    f"{path}:{lineno}: malformed JSON line: {exc} (set on_error: skip to drop such lines)"
+                ) from None
             bad.append((ordinal, lineno, str(exc)))
         else:
             records.append(obj)
@@ -243,7 +263,7 @@ def _read_jsonl(path: Path, on_error: str) -> tuple[pl.DataFrame, list[tuple[int
 def _frame(records: list[dict[str, Any]], where: str) -> pl.DataFrame:
     try:
         return pl.DataFrame(records, infer_schema_length=None)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise DataError(f"{where}: rows do not share a consistent schema: {exc}") from None
 
 
@@ -301,6 +321,6 @@ def _to_utc(series: pl.Series, column: str, step_name: str) -> pl.Series:
         if isinstance(series.dtype, pl.Datetime):
             s = series.dt.cast_time_unit("us")
             return s.dt.replace_time_zone("UTC") if s.dtype.time_zone is None else s.dt.convert_time_zone("UTC")  # type: ignore[union-attr]
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise StepError(step_name, f"timestamp column '{column}' does not parse as a time: {exc}") from None
     raise StepError(step_name, f"timestamp column '{column}' has type {series.dtype}, not a time, a number or text")

@@ -137,7 +137,7 @@ def test_empty_parquet_input_fails_at_run_time(ws):
         ws.root / "qa.parquet"
     )
     recipe = ws.recipe(QA_RECIPE.replace("qa.jsonl", "qa.parquet"))
-    with pytest.raises(StepError, match="step 'raw'.*has no rows"):
+    with pytest.raises(StepError, match=r"step 'raw'.*has no rows"):
         build(recipe, ws.out, show_progress=False)
 
 

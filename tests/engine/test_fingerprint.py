@@ -14,7 +14,7 @@ def test_canonical_json_ignores_key_order():
 
 
 def test_same_recipe_same_fingerprints_in_another_process(qa):
-    ws, recipe = qa
+    _ws, recipe = qa
     here = {s.name: s.fingerprint for s in plan_recipe(recipe).steps}
     code = (
         "import json,sys; from dataforge.engine.plan import plan_recipe;"
@@ -35,7 +35,7 @@ def test_version_bump_changes_fingerprint():
 
 
 def test_config_change_propagates_downstream_only(qa):
-    ws, recipe = qa
+    _ws, recipe = qa
     before = {s.name: s.fingerprint for s in plan_recipe(recipe).steps}
     recipe.write_text(recipe.read_text().replace("min_length: 10", "min_length: 11"))
     after = {s.name: s.fingerprint for s in plan_recipe(recipe).steps}

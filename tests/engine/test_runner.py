@@ -136,7 +136,7 @@ def _tree_hashes(root: Path) -> dict[str, str]:
 
 
 def test_two_fresh_builds_are_byte_identical(qa, tmp_path):
-    ws, recipe = qa
+    _ws, recipe = qa
     a, b = tmp_path / "a", tmp_path / "b"
     build(recipe, a, show_progress=False)
     build(recipe, b, show_progress=False)

@@ -1,0 +1,127 @@
+"""Every shipped recipe, built end to end on the shipped data, and what its outputs promise."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import duckdb
+import pytest
+from datasets import DatasetDict, load_from_disk
+
+from dataforge.cli import main
+from dataforge.engine.runner import build
+from dataforge.text.normalize import normalize_expr
+from tests.conftest import RECIPES
+
+ALL = sorted(p.name for p in RECIPES.glob("*.yaml"))
+_builds: dict[str, Path] = {}
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    def get(name: str) -> Path:
+        if name not in _builds:
+            out = tmp_path_factory.mktemp(name.removesuffix(".yaml"))
+            build(RECIPES / name, out, show_progress=False)
+            _builds[name] = out
+        return _builds[name]
+
+    return get
+
+
+@pytest.mark.parametrize("recipe", ALL)
+def test_recipe_builds_and_every_dataset_loads(recipe, built):
+    out = built(recipe)
+    datasets = sorted((out / "datasets").iterdir())
+    assert datasets
+    for ds_dir in datasets:
+        dd = load_from_disk(str(ds_dir))
+        assert isinstance(dd, DatasetDict) and all(len(s) > 0 for s in dd.values())
+        assert (ds_dir / "card.md").exists()
+    # a second build executes no step
+    report = build(RECIPES / recipe, out, show_progress=False)
+    assert report.executed == []
+    con = duckdb.connect(str(out / "lineage.duckdb"), read_only=True)
+    assert con.execute("SELECT bool_and(cache_hit) FROM latest_steps").fetchone() == (True,)
+
+
+def test_gsm8k_reasoning_outputs(built):
+    out = built("gsm8k_reasoning.yaml")
+    sft = load_from_disk(str(out / "datasets" / "gsm8k_sft"))
+    grpo = load_from_disk(str(out / "datasets" / "gsm8k_grpo"))
+    assert set(sft) == {"train", "validation"} and set(grpo) == {"train", "test"}
+    assert sft["train"].column_names == ["_id", "messages"]
+    msgs = sft["train"][0]["messages"]
+    assert [m["role"] for m in msgs] == ["user", "assistant"]
+    assert msgs[1]["content"].startswith("<think>\n") and msgs[1]["content"].endswith("</answer>")
+    assert "<<" not in msgs[1]["content"]
+    assert len(sft["train"]) + len(sft["validation"]) == 7473 - 5  # five terse solutions filtered out
+    assert len(grpo["test"]) == 1319 and grpo["test"].column_names == ["_id", "prompt", "answer"]
+    assert grpo["test"][0]["prompt"][0]["role"] == "system"
+    # the SFT splits share no normalized question
+    import polars as pl
+
+    def questions(split: str) -> set[str]:
+        qs = [m[-2]["content"] for m in sft[split]["messages"]]
+        return set(pl.select(normalize_expr(pl.lit(pl.Series(qs)), lowercase=True)).to_series().to_list())
+
+    assert not questions("train") & questions("validation")
+    card = (out / "datasets" / "gsm8k_sft" / "card.md").read_text()
+    assert "| filtered | filter:min_length | 5 |" in card and "language_modeling" in card
+    meta = json.loads((out / "datasets" / "gsm8k_sft" / "dataforge.json").read_text())
+    assert meta["splits"]["train"]["rows"] == len(sft["train"])
+
+
+def test_gsm8k_why_and_query_answer(built, capsys):
+    out = built("gsm8k_reasoning.yaml")
+    assert (
+        main(
+            [
+                "query",
+                "--out",
+                str(out),
+                "--format",
+                "json",
+                "SELECT row_id, reason FROM latest_events WHERE action = 'dropped' ORDER BY row_id",
+            ]
+        )
+        == 0
+    )
+    drops = json.loads(capsys.readouterr().out)
+    assert {d["reason"] for d in drops} == {"filter:min_length"} and len(drops) == 5
+    assert main(["why", drops[0]["row_id"], "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "dropped by step 'filtered': filter:min_length" in text and "source: train_raw" in text
+    assert main(["why", "gsm8k_train:0", "--out", str(out), "--json"]) == 0
+    history = json.loads(capsys.readouterr().out)
+    assert ["gsm8k_grpo", "train"] in history["datasets"] and ["gsm8k_sft", "train"] in history["datasets"]
+    # query reads the artifacts and the exported datasets too
+    assert (
+        main(
+            [
+                "query",
+                "--out",
+                str(out),
+                "--format",
+                "csv",
+                "SELECT count(*) AS n FROM dataset_gsm8k_grpo_test JOIN artifact_test_raw_data USING (_id)",
+            ]
+        )
+        == 0
+    )
+    assert capsys.readouterr().out.split() == ["n", "1319"]
+
+
+def test_hh_preferences_outputs(built):
+    out = built("hh_preferences.yaml")
+    dpo = load_from_disk(str(out / "datasets" / "hh_dpo"))
+    assert dpo["train"].column_names == ["_id", "prompt", "chosen", "rejected"]
+    assert len(dpo["train"]) + len(dpo["test"]) == 2312 - 9
+    row = dpo["train"][0]
+    assert row["prompt"][-1]["role"] == "user" and row["chosen"][0]["role"] == "assistant"
+    card = (out / "datasets" / "hh_dpo" / "card.md").read_text()
+    assert "preference" in card and "random splits can leak" in card
+    con = duckdb.connect(str(out / "lineage.duckdb"), read_only=True)
+    reasons = con.execute("SELECT reason, count(*) FROM latest_events WHERE action='dropped' GROUP BY 1").fetchall()
+    assert reasons == [("parse:hh_roles_not_alternating", 9)]

@@ -1,0 +1,99 @@
+"""clean.normalize and clean.filter on direct calls: outputs and the events they record."""
+
+from __future__ import annotations
+
+import json
+
+import polars as pl
+import pytest
+from pydantic import ValidationError
+
+from dataforge.steps.clean import FilterConfig, NormalizeConfig, filter_rows, normalize
+
+
+def _df(**cols):
+    n = len(next(iter(cols.values())))
+    return pl.DataFrame({"_id": [f"s:{i}" for i in range(n)], **cols})
+
+
+def test_normalize_nfkc_and_whitespace(ctx):
+    df = _df(q=["ﬁve  apples\u00a0and\t２ pears ", "line one \r\n  line two\n\n\n\nend", "same"])
+    res = normalize({"data": df}, NormalizeConfig(fields=["q"]), ctx)
+    out = res.tables["data"]["q"].to_list()
+    assert out == ["five apples and 2 pears", "line one\nline two\n\nend", "same"]
+    ev = res.events[0]
+    assert ev["row_id"].to_list() == ["s:0", "s:1"]  # the unchanged row has no event
+    assert set(ev["action"]) == {"revised"} and set(ev["reason"]) == {"clean:normalize"}
+    assert json.loads(ev["detail_json"][0]) == {"fields": ["q"]}
+    assert df["q"][0].startswith("ﬁ")  # the input is not mutated
+
+
+def test_normalize_lowercase_only_named_fields(ctx):
+    df = _df(q=["HeLLo"], a=["KEEP"])
+    out = normalize({"x": df}, NormalizeConfig(fields=["q"], lowercase=True), ctx).tables["x"]
+    assert out.row(0) == ("s:0", "hello", "KEEP")
+
+
+def test_normalize_rejects_non_text_field(ctx):
+    from dataforge.errors import DataError
+
+    with pytest.raises(DataError, match="field 'n' is Int64, not text"):
+        normalize({"data": _df(n=[1, 2])}, NormalizeConfig(fields=["n"]), ctx)
+
+
+def test_filter_rules_and_first_failing_reason(ctx):
+    df = _df(
+        q=["a good long question", "short", None, "a question with a URL http://x", "no marker here at all"],
+        a=["#### 1", "#### 2", "#### 3", "#### 4", "nothing"],
+    )
+    cfg = FilterConfig(
+        fields=["q"], min_length=10, max_length=100, required=["q"], keep_regex={"a": "####"}, drop_regex={"q": "http"}
+    )
+    res = filter_rows({"data": df}, cfg, ctx)
+    assert res.tables["data"]["_id"].to_list() == ["s:0"]
+    ev = pl.concat(res.events).sort("row_id")
+    assert dict(zip(ev["row_id"], ev["reason"], strict=True)) == {
+        "s:1": "filter:min_length",
+        "s:2": "filter:required",
+        "s:3": "filter:regex_drop",
+        "s:4": "filter:regex_keep",
+    }
+    assert ev.filter(pl.col("row_id") == "s:1")["score"].item() == 5.0
+    assert len(ev) == 4  # one event per dropped row, never two
+
+
+def test_filter_words_unit(ctx):
+    df = _df(q=["one two three", "one"])
+    res = filter_rows({"data": df}, FilterConfig(fields=["q"], min_length=2, unit="words"), ctx)
+    assert res.tables["data"]["_id"].to_list() == ["s:0"]
+    assert res.events[0]["score"].to_list() == [1.0]
+
+
+def test_filter_tokens_unit_with_a_local_tokenizer(ctx, tmp_path):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"[UNK]": 0, "one": 1, "two": 2, "three": 3}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]").save_pretrained(tmp_path / "tok")
+    df = _df(q=["one two three four", "one two"])
+    cfg = FilterConfig(fields=["q"], max_length=3, unit="tokens", tokenizer=str(tmp_path / "tok"))
+    res = filter_rows({"data": df}, cfg, ctx)
+    assert res.tables["data"]["_id"].to_list() == ["s:1"]
+    assert res.events[0]["score"].to_list() == [4.0]
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"fields": ["q"], "min_length": 5, "max_length": 2}, "above max_length"),
+        ({"fields": ["q"], "unit": "tokens", "min_length": 1}, "needs 'tokenizer'"),
+        ({"keep_regex": {"q": "("}}, "does not compile"),
+        ({}, "no rule"),
+        ({"min_length": 3}, "need 'fields'"),
+    ],
+)
+def test_filter_config_errors(kwargs, message):
+    with pytest.raises(ValidationError, match=message):
+        FilterConfig(**kwargs)

@@ -1,0 +1,98 @@
+"""format and format.reasoning: each TRL dataset type, conversational and standard."""
+
+from __future__ import annotations
+
+import polars as pl
+import pytest
+from pydantic import ValidationError
+
+from dataforge.formats import trl_dataset_type
+from dataforge.steps.format import FormatConfig, ReasoningConfig, format_reasoning, format_trl
+from dataforge.steps.parse import MESSAGES
+from dataforge.text.reasoning import REASONING_RE
+
+DF = pl.DataFrame(
+    {
+        "_id": ["r:0", "r:1", "r:2"],
+        "q": ["What is 2+2?", "Name a colour.", "  "],
+        "a": ["4", "blue", "x"],
+        "b": ["5", "loud", "y"],
+        "gold": ["4", "blue", "x"],
+    }
+)
+
+
+def _run(ctx, **cfg) -> pl.DataFrame:
+    res = format_trl({"data": DF}, FormatConfig(**cfg), ctx)
+    dropped = res.events[0]
+    assert dropped["row_id"].to_list() == ["r:2"] and dropped["reason"][0] == "format:missing_field"
+    return res.tables["data"]
+
+
+def test_messages_with_system_prompt(ctx):
+    out = _run(ctx, type="messages", prompt="q", completion="a", system="Be brief.")
+    assert out.columns == ["_id", "messages"] and out.schema["messages"] == MESSAGES
+    assert out["messages"][0].to_list() == [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "What is 2+2?"},
+        {"role": "assistant", "content": "4"},
+    ]
+    assert trl_dataset_type(out.columns) == "language_modeling"
+
+
+def test_prompt_completion_standard_and_conversational(ctx):
+    std = _run(ctx, type="prompt_completion", style="standard", prompt="q", completion="a")
+    assert std.row(0) == ("r:0", "What is 2+2?", "4")
+    conv = _run(ctx, type="prompt_completion", prompt="q", completion="a")
+    assert conv["completion"][0].to_list() == [{"role": "assistant", "content": "4"}]
+    assert trl_dataset_type(conv.columns) == "prompt_completion"
+
+
+def test_prompt_only_keeps_extra_columns(ctx):
+    out = _run(ctx, type="prompt_only", prompt="q", extra={"answer": "gold"})
+    assert out.columns == ["_id", "prompt", "answer"]
+    assert out["answer"].to_list() == ["4", "blue"]
+    assert trl_dataset_type(out.columns) == "prompt_only"
+
+
+def test_preference_from_text_and_from_messages(ctx):
+    out = _run(ctx, type="preference", prompt="q", chosen="a", rejected="b")
+    assert trl_dataset_type(out.columns) == "preference"
+    assert out["rejected"][1].to_list() == [{"role": "assistant", "content": "loud"}]
+    # columns that already hold messages pass through unchanged
+    again = format_trl(
+        {"data": out}, FormatConfig(type="preference", prompt="prompt", chosen="chosen", rejected="rejected"), ctx
+    ).tables["data"]
+    assert again.equals(out)
+
+
+def test_standard_style_refuses_messages(ctx):
+    from dataforge.errors import DataError
+
+    msgs = pl.DataFrame({"_id": ["a"], "p": [[{"role": "user", "content": "x"}]], "c": ["y"]})
+    with pytest.raises(DataError, match="standard style needs text"):
+        format_trl(
+            {"data": msgs}, FormatConfig(type="prompt_completion", style="standard", prompt="p", completion="c"), ctx
+        )
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"type": "preference", "prompt": "q", "chosen": "a"}, "needs 'rejected'"),
+        ({"type": "prompt_only", "prompt": "q", "completion": "a"}, "does not use 'completion'"),
+        ({"type": "messages", "style": "standard", "prompt": "q", "completion": "a"}, "conversational"),
+        ({"type": "prompt_only", "style": "standard", "prompt": "q", "system": "s"}, "conversational"),
+    ],
+)
+def test_format_config_errors(kwargs, message):
+    with pytest.raises(ValidationError, match=message):
+        FormatConfig(**kwargs)
+
+
+def test_reasoning_format(ctx):
+    df = pl.DataFrame({"_id": ["a"], "reasoning": ["2+2 is 4."], "final_answer": ["4"]})
+    out = format_reasoning({"d": df}, ReasoningConfig(), ctx).tables["d"]
+    text = out["completion"][0]
+    assert text == "<think>\n2+2 is 4.\n</think>\n<answer>4</answer>"
+    assert pl.Series([text]).str.contains(REASONING_RE)[0]
