@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import polars as pl
@@ -21,9 +22,8 @@ import pyarrow as pa
 from dataforge import __version__
 from dataforge.card import render_card
 from dataforge.engine.fingerprint import canonical_json, file_sha256, hash_text, output_fingerprint
-from dataforge.engine.plan import Plan, PlannedDataset
+from dataforge.engine.plan import Plan, PlannedDataset, Ref
 from dataforge.engine.store import Store
-from dataforge.lineage import LineageWriter
 
 EXPORT_VERSION = 1
 
@@ -36,9 +36,15 @@ def dataset_fingerprint(plan: Plan, ds: PlannedDataset) -> str:
 
 
 def export_datasets(
-    plan: Plan, store: Store, lineage: LineageWriter, run_id: str, reports: list
+    plan: Plan,
+    store: Store,
+    load: Callable[[Ref], pl.DataFrame],
+    reports: list,
+    record: Callable[[str, str, list[tuple[str, str, int, str]]], None],
+    run_id: str = "",
 ) -> dict[str, dict[str, int]]:
-    """Write every dataset of the plan; returns rows per split per dataset."""
+    """Write every dataset of the plan, reading split tables through ``load`` and reporting each
+    export's (split, path, rows, sha256) through ``record``; returns rows per split per dataset."""
     exported: dict[str, dict[str, int]] = {}
     for ds in plan.datasets.values():
         fp = dataset_fingerprint(plan, ds)
@@ -47,14 +53,9 @@ def export_datasets(
         if meta_path.exists() and json.loads(meta_path.read_text()).get("fingerprint") == fp:
             meta = json.loads(meta_path.read_text())
         else:
-            meta = _write_dataset(plan, store, ds, fp, target, run_id, reports)
+            meta = _write_dataset(plan, ds, fp, target, run_id, reports, load)
         exported[ds.name] = {s: v["rows"] for s, v in meta["splits"].items()}
-        lineage.record_artifacts(
-            run_id,
-            f"export:{ds.name}",
-            fp,
-            [(s, str(target / s), v["rows"], v["sha256"]) for s, v in meta["splits"].items()],
-        )
+        record(ds.name, fp, [(s, str(target / s), v["rows"], v["sha256"]) for s, v in meta["splits"].items()])
     return exported
 
 
@@ -65,7 +66,13 @@ def export_columns(df: pl.DataFrame, columns: list[str] | None) -> list[str]:
 
 
 def _write_dataset(
-    plan: Plan, store: Store, ds: PlannedDataset, fp: str, target: Path, run_id: str, reports: list
+    plan: Plan,
+    ds: PlannedDataset,
+    fp: str,
+    target: Path,
+    run_id: str,
+    reports: list,
+    load: Callable[[Ref], pl.DataFrame],
 ) -> dict:
     from datasets import Dataset, DatasetDict, disable_progress_bars
     from datasets.table import InMemoryTable
@@ -75,7 +82,7 @@ def _write_dataset(
     by_name = plan.by_name
     tables: dict[str, pa.Table] = {}
     for split, ref in ds.splits.items():
-        df = store.read_table(ref.step, by_name[ref.step].fingerprint, ref.output)
+        df = load(ref)
         tables[split] = plain_arrow(df.select(export_columns(df, ds.columns)).to_arrow())
     dd = DatasetDict({s: Dataset(InMemoryTable(t), fingerprint=hash_text(f"{fp}:{s}")[:16]) for s, t in tables.items()})
     target.parent.mkdir(parents=True, exist_ok=True)

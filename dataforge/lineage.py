@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import re
 import uuid
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -77,93 +78,112 @@ class LineageWriter:
         self.con = _connect(self.path)
         self.con.execute(SCHEMA)
 
+    @staticmethod
+    def new_run_id() -> str:
+        return _now().strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
+
     def close(self) -> None:
         self.con.close()
 
-    def start_run(self, recipe_path: str, recipe_sha256: str, version: str) -> str:
-        run_id = _now().strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
+    def start_run(self, run_id: str, recipe_path: str, recipe_sha256: str, version: str) -> None:
         self.con.execute(
             "INSERT INTO runs VALUES (?, ?, NULL, 'running', ?, ?, ?, NULL)",
             [run_id, _now(), recipe_path, recipe_sha256, version],
         )
-        return run_id
 
     def finish_run(self, run_id: str, status: str, error: str | None = None) -> None:
         self.con.execute(
             "UPDATE runs SET finished_at = ?, status = ?, error = ? WHERE run_id = ?", [_now(), status, error, run_id]
         )
 
-    def record_step(
-        self,
-        run_id: str,
-        step: str,
-        kind: str,
-        version: int,
-        fingerprint: str,
-        config: dict,
-        rows_in: int,
-        rows_out: int,
-        seconds: float,
-        cache_hit: bool,
-        status: str = "ok",
-        error: str | None = None,
-        position: int = 0,
-    ) -> None:
-        """One ``steps`` row; ``position`` is the step's index in the plan's execution order."""
-        self.con.execute(
-            "INSERT INTO steps VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [
-                run_id,
-                step,
-                kind,
-                version,
-                fingerprint,
-                json.dumps(config, sort_keys=True),
-                rows_in,
-                rows_out,
-                seconds,
-                cache_hit,
-                status,
-                error,
-                position,
-            ],
-        )
+    def record_step(self, run_id: str, row: StepRow) -> None:
+        """One ``steps`` row (used alone for a step that failed)."""
+        self.con.execute("INSERT INTO steps VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", row.values(run_id))
 
     def has_decisions(self, step: str, fingerprint: str) -> bool:
-        """Whether the events/edges of this step execution are recorded (any run)."""
+        """Whether the events/edges of this step execution are recorded (by any run)."""
         row = self.con.execute(
             "SELECT count(*) FROM artifacts WHERE step = ? AND fingerprint = ?", [step, fingerprint]
         ).fetchone()
         return bool(row and row[0])
 
-    def record_decisions(
-        self, run_id: str, step: str, fingerprint: str, events: pl.DataFrame, edges: pl.DataFrame
+    def record_execution(
+        self,
+        run_id: str,
+        row: StepRow,
+        artifacts: list[tuple[str, str, int, str]],
+        events: pl.DataFrame | None,
+        edges: pl.DataFrame | None,
     ) -> None:
-        """Replace the events and edges of one step execution, in one transaction, as two batches."""
+        """Everything one step adds to the lineage, in one transaction: its decisions (replacing
+        any earlier record of the same fingerprint; ``None`` keeps them), its artifacts
+        ((output, path, rows, sha256) each) and its ``steps`` row. Rows go in as Arrow batches."""
         self.con.execute("BEGIN")
         try:
-            self.con.execute("DELETE FROM events WHERE step = ? AND fingerprint = ?", [step, fingerprint])
-            self.con.execute("DELETE FROM edges WHERE step = ? AND fingerprint = ?", [step, fingerprint])
-            ev, ed = events.to_arrow(), edges.to_arrow()  # noqa: F841  (scanned by name below)
-            self.con.execute(
-                "INSERT INTO events SELECT ?, ?, ?, row_id, action, reason, related_id, score, detail_json FROM ev",
-                [run_id, step, fingerprint],
-            )
-            self.con.execute(
-                "INSERT INTO edges SELECT ?, ?, ?, child_id, parent_id, relation FROM ed", [run_id, step, fingerprint]
-            )
+            if events is not None and edges is not None:
+                key = [row.step, row.fingerprint]
+                self.con.execute("DELETE FROM events WHERE step = ? AND fingerprint = ?", key)
+                self.con.execute("DELETE FROM edges WHERE step = ? AND fingerprint = ?", key)
+                params = [run_id, *key]
+                if events.height:
+                    ev = events.to_arrow()  # noqa: F841  (scanned by name below)
+                    self.con.execute(
+                        "INSERT INTO events SELECT ?, ?, ?, row_id, action, reason, related_id, score, detail_json "
+                        "FROM ev",
+                        params,
+                    )
+                if edges.height:
+                    ed = edges.to_arrow()  # noqa: F841
+                    self.con.execute("INSERT INTO edges SELECT ?, ?, ?, child_id, parent_id, relation FROM ed", params)
+            self.record_artifacts(run_id, row.step, row.fingerprint, artifacts)
+            if row.kind:
+                self.record_step(run_id, row)
             self.con.execute("COMMIT")
         except BaseException:
             self.con.execute("ROLLBACK")
             raise
 
     def record_artifacts(self, run_id: str, step: str, fingerprint: str, rows: list[tuple[str, str, int, str]]) -> None:
-        """``rows``: (output, path, rows, sha256) for each stored output."""
+        """``rows``: (output, path, rows, sha256) for each stored output, inserted as one batch."""
         if rows:
-            self.con.executemany(
-                "INSERT INTO artifacts VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [[run_id, step, o, fingerprint, p, n, sha] for o, p, n, sha in rows],
-            )
+            values = ", ".join(["(?, ?, ?, ?, ?, ?, ?)"] * len(rows))
+            flat = [v for o, p, n, sha in rows for v in (run_id, step, o, fingerprint, p, n, sha)]
+            self.con.execute(f"INSERT INTO artifacts VALUES {values}", flat)
+
+
+@dataclass(frozen=True)
+class StepRow:
+    """A ``steps`` row, less its run id."""
+
+    step: str
+    kind: str
+    version: int
+    fingerprint: str
+    config: dict
+    rows_in: int = 0
+    rows_out: int = 0
+    seconds: float = 0.0
+    cache_hit: bool = False
+    status: str = "ok"
+    error: str | None = None
+    position: int = 0
+
+    def values(self, run_id: str) -> list:
+        return [
+            run_id,
+            self.step,
+            self.kind,
+            self.version,
+            self.fingerprint,
+            json.dumps(self.config, sort_keys=True),
+            self.rows_in,
+            self.rows_out,
+            self.seconds,
+            self.cache_hit,
+            self.status,
+            self.error,
+            self.position,
+        ]
 
 
 def _view_name(*parts: str) -> str:

@@ -86,9 +86,12 @@ class Plan:
         return out
 
     def consumers(self) -> dict[str, int]:
-        """How many steps read each step output (the runner frees a table after its last reader)."""
+        """How many steps and dataset splits read each step output (the runner frees a table
+        held in memory after its last reader)."""
         counts: dict[str, int] = {}
-        for r in (r for s in self.steps for r in s.inputs.values()):
+        refs = [r for s in self.steps for r in s.inputs.values()]
+        refs += [r for d in self.datasets.values() for r in d.splits.values()]
+        for r in refs:
             counts[str(r)] = counts.get(str(r), 0) + 1
         return counts
 

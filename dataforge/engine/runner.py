@@ -4,26 +4,32 @@ For each step: cache hit → reuse the artifact (and its recorded decisions); ot
 step function, check its result against its contract, store it atomically and record its
 lineage. Afterwards, export the recipe's datasets. A failure marks the run ``failed`` with the
 error and leaves every finished artifact in place for the next run.
+
+Storing artifacts and writing lineage happen on one background thread, in step order, while
+the next step computes (its inputs are still in memory); the build waits for that thread
+before it exports, and a failed write fails the build like a failed step.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 from rich.console import Console
 
 from dataforge import __version__
-from dataforge.engine.events import ACTIONS, concat_events
-from dataforge.engine.plan import Plan, PlannedStep, plan_recipe
+from dataforge.engine.events import ACTIONS, concat_edges, concat_events
+from dataforge.engine.plan import Plan, PlannedStep, Ref, plan_recipe
 from dataforge.engine.progress import StepProgress, make_progress
 from dataforge.engine.step import Context, StepResult
 from dataforge.engine.store import Store
 from dataforge.errors import DataforgeError, RecipeError, StepError
-from dataforge.lineage import LineageWriter
+from dataforge.lineage import LineageWriter, StepRow
 
 
 @dataclass
@@ -44,10 +50,18 @@ class BuildReport:
     out: Path
     steps: list[StepReport]
     datasets: dict[str, dict[str, int]]
+    timings: dict[str, float] = field(default_factory=dict)  # plan, run, steps, export (seconds)
 
     @property
     def executed(self) -> list[str]:
         return [s.name for s in self.steps if not s.cache_hit]
+
+    @property
+    def engine_seconds(self) -> float:
+        """Time the engine spent on its own work: planning, loading, storing, lineage (not the
+        steps' functions, not writing the exported datasets)."""
+        t = self.timings
+        return t.get("plan", 0.0) + t.get("run", 0.0) - t.get("steps", 0.0) - t.get("export", 0.0)
 
 
 def build(
@@ -58,8 +72,37 @@ def build(
     show_progress: bool = True,
 ) -> BuildReport:
     """Plan and run a recipe into ``out``; returns what ran, what was reused and what was exported."""
+    started = time.perf_counter()
     plan = plan_recipe(recipe_path)
-    return Runner(plan, Path(out), console=console, show_progress=show_progress).run(force)
+    planned = time.perf_counter() - started
+    report = Runner(plan, Path(out), console=console, show_progress=show_progress).run(force)
+    report.timings["plan"] = planned
+    return report
+
+
+class _Background:
+    """One worker thread; jobs run in submission order. ``wait`` re-raises the first failure."""
+
+    def __init__(self) -> None:
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dataforge-store")
+        self.pending: list[Future[Any]] = []
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> None:
+        self.pending.append(self.pool.submit(fn, *args))
+
+    def wait(self) -> None:
+        pending, self.pending = self.pending, []
+        errors = []
+        for f in pending:
+            try:
+                f.result()
+            except BaseException as exc:
+                errors.append(exc)
+        if errors:
+            raise errors[0]
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True)
 
 
 class Runner:
@@ -68,8 +111,11 @@ class Runner:
         self.console = console or Console(stderr=True)
         self.show_progress = show_progress
         self.position = {s.name: i for i, s in enumerate(plan.steps)}
+        self.memory: dict[str, pl.DataFrame] = {}
+        self.remaining: dict[str, int] = {}
 
     def run(self, force: Iterable[str] = ()) -> BuildReport:
+        run_started = time.perf_counter()
         force = set(force)
         unknown = sorted(force - set(self.plan.by_name))
         if unknown:
@@ -77,11 +123,11 @@ class Runner:
                 f"--force names no step of this recipe: {', '.join(unknown)}", file=str(self.plan.loaded.path)
             )
         forced = self.plan.descendants(force)
-        store = Store.open(self.out)
-        lineage = LineageWriter(self.out)
-        run_id = lineage.start_run(str(self.plan.loaded.path), self.plan.recipe_sha256, __version__)
-        self.memory: dict[str, pl.DataFrame] = {}
+        self.store = Store.open(self.out)
+        self.run_id = LineageWriter.new_run_id()
         self.remaining = self.plan.consumers()
+        self.background = _Background()
+        self.background.submit(self._open_lineage)  # the first job: every later one writes through it
         reports: list[StepReport] = []
         current: PlannedStep | None = None
         try:
@@ -90,86 +136,94 @@ class Runner:
                 for ps in self.plan.steps:
                     current = ps
                     progress.update(overall, description=f"build · {ps.name}")
-                    if ps.name not in forced and store.has(ps.name, ps.fingerprint):
-                        reports.append(self._reuse(ps, store, lineage, run_id))
+                    if ps.name not in forced and self.store.has(ps.name, ps.fingerprint):
+                        reports.append(self._reuse(ps))
                     else:
-                        reports.append(self._execute(ps, store, lineage, run_id, StepProgress(progress, ps.name)))
+                        reports.append(self._execute(ps, StepProgress(progress, ps.name)))
                     progress.advance(overall)
                 current = None
                 from dataforge.export import export_datasets
 
                 progress.update(overall, description="build · export")
-                exported = export_datasets(self.plan, store, lineage, run_id, reports)
-        except BaseException as exc:
-            message = str(exc) or type(exc).__name__
-            if current is not None:
-                lineage.record_step(
-                    run_id,
-                    current.name,
-                    current.kind,
-                    current.stepdef.version,
-                    current.fingerprint,
-                    current.config_json(),
-                    0,
-                    0,
-                    0.0,
-                    False,
-                    "failed",
-                    message,
-                    self.position[current.name],
+                export_started = time.perf_counter()
+                exported = export_datasets(
+                    self.plan, self.store, self._export_table, reports, self._record_export, self.run_id
                 )
-            lineage.finish_run(run_id, "failed", message)
-            lineage.close()
+                export_seconds = time.perf_counter() - export_started
+                self.background.wait()
+        except BaseException as exc:
+            self._fail(current, exc)
             raise
-        lineage.finish_run(run_id, "succeeded")
-        lineage.close()
-        return BuildReport(run_id=run_id, out=self.out, steps=reports, datasets=exported)
+        finally:
+            self.background.close()
+        self.lineage.finish_run(self.run_id, "succeeded")
+        self.lineage.close()
+        timings = {
+            "run": time.perf_counter() - run_started,
+            "steps": sum(r.seconds for r in reports),
+            "export": export_seconds,
+        }
+        return BuildReport(run_id=self.run_id, out=self.out, steps=reports, datasets=exported, timings=timings)
 
-    # -- one step ---------------------------------------------------------------------------
+    def _open_lineage(self) -> None:
+        self.lineage = LineageWriter(self.out)
+        self.lineage.start_run(self.run_id, str(self.plan.loaded.path), self.plan.recipe_sha256, __version__)
 
-    def _reuse(self, ps: PlannedStep, store: Store, lineage: LineageWriter, run_id: str) -> StepReport:
-        meta = store.meta(ps.name, ps.fingerprint)
-        stored = store.stored_outputs(ps.name, ps.fingerprint)
-        if not lineage.has_decisions(ps.name, ps.fingerprint):  # artifact stored, lineage write lost
-            lineage.record_decisions(
-                run_id,
-                ps.name,
-                ps.fingerprint,
-                store.read_events(ps.name, ps.fingerprint),
-                store.read_edges(ps.name, ps.fingerprint),
-            )
-        lineage.record_artifacts(
-            run_id, ps.name, ps.fingerprint, [(o.output, str(o.path), o.rows, o.sha256) for o in stored]
-        )
-        rows_out = sum(o.rows for o in stored)
-        lineage.record_step(
-            run_id,
+    def _fail(self, current: PlannedStep | None, exc: BaseException) -> None:
+        """Finish what the background thread holds (finished artifacts stay reusable), then
+        record the failed step and run."""
+        try:
+            self.background.wait()
+        except BaseException as bg_exc:  # the step's own error, if any, is the one to report
+            exc = exc if current is not None else bg_exc
+        if not hasattr(self, "lineage"):  # the lineage database itself could not be opened
+            return
+        message = str(exc) or type(exc).__name__
+        if current is not None:
+            row = self._row(current, status="failed", error=message)
+            self.lineage.record_step(self.run_id, row)
+        self.lineage.finish_run(self.run_id, "failed", message)
+        self.lineage.close()
+
+    def _row(self, ps: PlannedStep, **kw: Any) -> StepRow:
+        return StepRow(
             ps.name,
             ps.kind,
             ps.stepdef.version,
             ps.fingerprint,
             ps.config_json(),
-            meta["rows_in"],
-            rows_out,
-            0.0,
-            True,
             position=self.position[ps.name],
+            **kw,
         )
+
+    # -- one step ---------------------------------------------------------------------------
+
+    def _reuse(self, ps: PlannedStep) -> StepReport:
+        meta = self.store.meta(ps.name, ps.fingerprint)
+        stored = self.store.stored_outputs(ps.name, ps.fingerprint)
+        rows_out = sum(o.rows for o in stored)
+        row = self._row(ps, rows_in=meta["rows_in"], rows_out=rows_out, cache_hit=True)
+        artifacts = [(o.output, str(o.path), o.rows, o.sha256) for o in stored]
+        self.background.submit(self._record_reuse, row, artifacts)
         for ref in ps.inputs.values():
             self._release(str(ref))
         return StepReport(ps.name, ps.kind, ps.fingerprint, meta["rows_in"], rows_out, 0.0, True, meta.get("drops", {}))
 
-    def _execute(
-        self, ps: PlannedStep, store: Store, lineage: LineageWriter, run_id: str, progress: StepProgress
-    ) -> StepReport:
-        inputs = {name: self._load(ref.step, ref.output, store) for name, ref in ps.inputs.items()}
+    def _record_reuse(self, row: StepRow, artifacts: list[tuple[str, str, int, str]]) -> None:
+        events = edges = None
+        if not self.lineage.has_decisions(row.step, row.fingerprint):  # artifact stored, lineage lost
+            events = self.store.read_events(row.step, row.fingerprint)
+            edges = self.store.read_edges(row.step, row.fingerprint)
+        self.lineage.record_execution(self.run_id, row, artifacts, events, edges)
+
+    def _execute(self, ps: PlannedStep, progress: StepProgress) -> StepReport:
+        inputs = {name: self._load(ref) for name, ref in ps.inputs.items()}
         rows_in = sum(df.height for df in inputs.values())
-        scratch = self.out / "scratch" / ps.name
         ctx = Context(
             step=ps.name,
             fingerprint=ps.fingerprint,
             base_dir=self.plan.loaded.base_dir,
-            scratch_dir=scratch,
+            scratch_dir=self.out / "scratch" / ps.name,
             progress=progress,
         )
         started = time.perf_counter()
@@ -183,38 +237,38 @@ class Runner:
             raise StepError(ps.name, f"{type(exc).__name__}: {exc}") from exc
         seconds = time.perf_counter() - started
         self._check_result(ps, result)
-        events = concat_events(result.events)
+        events, edges = concat_events(result.events), concat_edges(result.edges)
         drops = _drop_counts(events)
-        try:
-            stored = store.write(ps.name, ps.fingerprint, result, {"rows_in": rows_in, "drops": drops, "kind": ps.kind})
-        except OSError as exc:
-            raise StepError(ps.name, f"storing its output failed: {exc}") from exc
-        from dataforge.engine.events import concat_edges
-
-        lineage.record_decisions(run_id, ps.name, ps.fingerprint, events, concat_edges(result.edges))
-        lineage.record_artifacts(
-            run_id, ps.name, ps.fingerprint, [(o.output, str(o.path), o.rows, o.sha256) for o in stored]
-        )
-        rows_out = sum(o.rows for o in stored)
-        lineage.record_step(
-            run_id,
-            ps.name,
-            ps.kind,
-            ps.stepdef.version,
-            ps.fingerprint,
-            ps.config_json(),
-            rows_in,
-            rows_out,
-            seconds,
-            False,
-            position=self.position[ps.name],
-        )
+        rows_out = sum(df.height for df in result.tables.values())
+        row = self._row(ps, rows_in=rows_in, rows_out=rows_out, seconds=seconds)
+        self.background.submit(self._persist, ps, result, events, edges, row, drops)
         for ref in ps.inputs.values():
             self._release(str(ref))
         for name, df in result.tables.items():
             if self.remaining.get(f"{ps.name}.{name}"):
                 self.memory[f"{ps.name}.{name}"] = df
         return StepReport(ps.name, ps.kind, ps.fingerprint, rows_in, rows_out, seconds, False, drops)
+
+    def _persist(
+        self,
+        ps: PlannedStep,
+        result: StepResult,
+        events: pl.DataFrame,
+        edges: pl.DataFrame,
+        row: StepRow,
+        drops: dict[str, int],
+    ) -> None:
+        try:
+            stored = self.store.write(
+                ps.name,
+                ps.fingerprint,
+                StepResult(result.tables, [events], [edges]),
+                {"rows_in": row.rows_in, "drops": drops, "kind": ps.kind},
+            )
+        except OSError as exc:
+            raise StepError(ps.name, f"storing its output failed: {exc}") from exc
+        artifacts = [(o.output, str(o.path), o.rows, o.sha256) for o in stored]
+        self.lineage.record_execution(self.run_id, row, artifacts, events, edges)
 
     def _check_result(self, ps: PlannedStep, result: StepResult) -> None:
         if not isinstance(result, StepResult):
@@ -238,12 +292,22 @@ class Runner:
 
     # -- tables in memory -------------------------------------------------------------------
 
-    def _load(self, step: str, output: str, store: Store) -> pl.DataFrame:
-        key = f"{step}.{output}"
+    def _load(self, ref: Ref) -> pl.DataFrame:
+        key = str(ref)
         if key in self.memory:
             return self.memory[key]
-        ps = self.plan.by_name[step]
-        return store.read_table(step, ps.fingerprint, output)
+        return self.store.read_table(ref.step, self.plan.by_name[ref.step].fingerprint, ref.output)
+
+    def _export_table(self, ref: Ref) -> pl.DataFrame:
+        df = self._load(ref)
+        self._release(str(ref))
+        return df
+
+    def _record_export(self, name: str, fingerprint: str, artifacts: list[tuple[str, str, int, str]]) -> None:
+        def record() -> None:  # runs on the background thread, where the lineage connection lives
+            self.lineage.record_artifacts(self.run_id, f"export:{name}", fingerprint, artifacts)
+
+        self.background.submit(record)
 
     def _release(self, key: str) -> None:
         self.remaining[key] = self.remaining.get(key, 1) - 1

@@ -93,10 +93,11 @@ class Store:
             outputs = []
             for name, df in result.tables.items():
                 path = tmp / f"{name}.parquet"
-                df.write_parquet(path, compression="zstd", statistics=True)
+                df.write_parquet(path, compression="zstd", compression_level=1, statistics=True)
                 outputs.append(StoredOutput(name, final / path.name, df.height, file_sha256(path)))
-            concat_events(result.events).write_parquet(tmp / "events.parquet")
-            concat_edges(result.edges).write_parquet(tmp / "edges.parquet")
+            for name, frame in (("events", concat_events(result.events)), ("edges", concat_edges(result.edges))):
+                if frame.height:  # an absent file reads as no rows
+                    frame.write_parquet(tmp / f"{name}.parquet", compression="zstd", compression_level=1)
             meta = {
                 "step": step,
                 "fingerprint": fingerprint,
