@@ -122,8 +122,9 @@ class LineageWriter:
         try:
             if events is not None and edges is not None:
                 key = [row.step, row.fingerprint]
-                self.con.execute("DELETE FROM events WHERE step = ? AND fingerprint = ?", key)
-                self.con.execute("DELETE FROM edges WHERE step = ? AND fingerprint = ?", key)
+                if self.has_decisions(row.step, row.fingerprint):  # a forced re-run: replace, never double
+                    self.con.execute("DELETE FROM events WHERE step = ? AND fingerprint = ?", key)
+                    self.con.execute("DELETE FROM edges WHERE step = ? AND fingerprint = ?", key)
                 params = [run_id, *key]
                 if events.height:
                     ev = events.to_arrow()  # noqa: F841  (scanned by name below)

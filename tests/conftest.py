@@ -95,3 +95,11 @@ def make_ctx(root: Path, step: str = "test", fingerprint: str = "0123456789abcde
 @pytest.fixture
 def ctx(tmp_path: Path):
     return make_ctx(tmp_path)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_hash_cache(tmp_path_factory):
+    """Keep the file-hash cache of test runs out of the user's ~/.cache."""
+    import os
+
+    os.environ["DATAFORGE_CACHE_DIR"] = str(tmp_path_factory.mktemp("dataforge-cache"))

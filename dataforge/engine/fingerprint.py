@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -46,12 +47,44 @@ def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def _hash_cache_path() -> Path:
+    root = os.environ.get("DATAFORGE_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "dataforge"
+    )
+    return Path(root) / "file_sha256.json"
+
+
+def cached_file_sha256(path: Path) -> str:
+    """``file_sha256`` remembered by (path, size, mtime, inode), as git and DVC do, so planning a
+    recipe over a large source does not re-read it when it has not changed."""
+    st = path.stat()
+    key = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{st.st_ino}"
+    cache_file = _hash_cache_path()
+    try:
+        cache = json.loads(cache_file.read_text())
+    except (OSError, ValueError):
+        cache = {}
+    if key in cache:
+        return cache[key]
+    digest = file_sha256(path)
+    if st.st_size >= 1 << 20:  # small files hash faster than the cache is read
+        cache[key] = digest
+        try:
+            cache_file.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cache_file.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(cache))
+            os.replace(tmp, cache_file)
+        except OSError:
+            pass  # a read-only home only costs speed
+    return digest
+
+
 def path_fingerprint(path: Path) -> str:
     """Content hash of a file, or of every file below a directory (names and bytes)."""
     if path.is_file():
-        return file_sha256(path)
+        return cached_file_sha256(path)
     h = hashlib.sha256()
     for f in sorted(p for p in path.rglob("*") if p.is_file()):
         h.update(str(f.relative_to(path)).encode())
-        h.update(file_sha256(f).encode())
+        h.update(cached_file_sha256(f).encode())
     return h.hexdigest()

@@ -29,7 +29,7 @@ from dataforge.engine.step import Columns, Context, PlanInfo, StepConfig, StepRe
 from dataforge.errors import DataError, RecipeError, StepError
 
 Format = Literal["auto", "jsonl", "json", "parquet", "csv", "hf_disk"]
-PEEK_LINES = 1000
+PEEK_LINES = 100  # records read at plan time to learn a JSON(L) source's columns
 
 
 class SourceConfig(StepConfig):

@@ -49,3 +49,15 @@ def test_source_fingerprint_follows_file_content(qa):
     path = ws.root / "qa.jsonl"
     path.write_text(path.read_text().replace("two plus two", "two plus 2"))
     assert plan_recipe(recipe).steps[0].fingerprint != before
+
+
+def test_file_hash_cache_follows_changes(tmp_path, monkeypatch):
+    from dataforge.engine.fingerprint import cached_file_sha256, file_sha256
+
+    monkeypatch.setenv("DATAFORGE_CACHE_DIR", str(tmp_path / "cache"))
+    big = tmp_path / "big.bin"
+    big.write_bytes(b"a" * (2 << 20))
+    assert cached_file_sha256(big) == file_sha256(big)
+    assert (tmp_path / "cache" / "file_sha256.json").exists()
+    big.write_bytes(b"b" * (2 << 20))  # same size, new content and mtime
+    assert cached_file_sha256(big) == file_sha256(big)
