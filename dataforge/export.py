@@ -10,9 +10,6 @@ user's columns; other ``_`` columns stay in the artifacts.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -23,7 +20,7 @@ from dataforge import __version__
 from dataforge.card import render_card
 from dataforge.engine.fingerprint import canonical_json, file_sha256, hash_text, output_fingerprint
 from dataforge.engine.plan import Plan, PlannedDataset, Ref
-from dataforge.engine.store import Store
+from dataforge.engine.store import Store, atomic_directory
 
 EXPORT_VERSION = 1
 
@@ -85,15 +82,14 @@ def _write_dataset(
         df = load(ref)
         tables[split] = plain_arrow(df.select(export_columns(df, ds.columns)).to_arrow())
     dd = DatasetDict({s: Dataset(InMemoryTable(t), fingerprint=hash_text(f"{fp}:{s}")[:16]) for s, t in tables.items()})
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.parent / f".tmp-{ds.name}-{uuid.uuid4().hex[:8]}"
-    try:
+    with atomic_directory(target) as tmp:
         dd.save_to_disk(str(tmp))
         splits = {}
         for s, t in tables.items():
             files = sorted((tmp / s).glob("*.arrow"))
             sha = hash_text("".join(file_sha256(f) for f in files))
             splits[s] = {"rows": t.num_rows, "sha256": sha, "from": str(ds.splits[s])}
+        ancestors = sorted(plan.ancestors({r.step for r in ds.splits.values()}))
         meta = {
             "dataset": ds.name,
             "fingerprint": fp,
@@ -102,18 +98,10 @@ def _write_dataset(
             "recipe_sha256": plan.recipe_sha256,
             "dataforge_version": __version__,
             "splits": splits,
-            "steps": {n: by_name[n].fingerprint for n in sorted(plan.ancestors({r.step for r in ds.splits.values()}))},
+            "steps": {n: by_name[n].fingerprint for n in ancestors},
         }
         (tmp / "card.md").write_text(render_card(plan, ds, tables, reports))
         (tmp / "dataforge.json").write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
-        if target.exists():
-            trash = target.parent / f".tmp-old-{uuid.uuid4().hex[:8]}"
-            os.replace(target, trash)
-            shutil.rmtree(trash, ignore_errors=True)
-        os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return meta
 
 

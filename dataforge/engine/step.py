@@ -46,6 +46,14 @@ def require(columns: Columns, needed: Iterable[str | None], key: str | None = No
             raise ColumnContractError(col, key, columns)
 
 
+def require_text(df: pl.DataFrame, field: str) -> None:
+    """Raise DataError unless column ``field`` of ``df`` holds text (checked when a step runs)."""
+    from dataforge.errors import DataError
+
+    if df.schema[field] != pl.String:
+        raise DataError(f"field '{field}' is {df.schema[field]}, not text")
+
+
 def with_columns(columns: Columns, added: Iterable[str]) -> Columns:
     """Columns after a step that adds ``added`` (kept in order, no repeats)."""
     if columns is None:

@@ -16,6 +16,8 @@ import json
 import os
 import shutil
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +38,26 @@ class StoredOutput:
     path: Path
     rows: int
     sha256: str
+
+
+@contextmanager
+def atomic_directory(final: Path) -> Iterator[Path]:
+    """Yield an empty temporary directory beside ``final``; when the block ends without error,
+    it replaces ``final`` by rename (atomic on one filesystem), else it is removed. Readers see
+    the old directory or the complete new one, never a half-written one."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.parent / f".tmp-{final.name}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        yield tmp
+        if final.exists():  # a forced or changed rewrite: move the old one aside, then drop it
+            trash = final.parent / f".tmp-old-{uuid.uuid4().hex[:8]}"
+            os.replace(final, trash)
+            shutil.rmtree(trash, ignore_errors=True)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 class Store:
@@ -68,8 +90,8 @@ class Store:
         return store
 
     def _remove_stale_temps(self) -> None:
-        if self.root.exists():
-            for tmp in self.root.glob("*/.tmp-*"):
+        for pattern in ("artifacts/*/.tmp-*", "datasets/.tmp-*"):
+            for tmp in self.out.glob(pattern):
                 shutil.rmtree(tmp, ignore_errors=True)
 
     def artifact_dir(self, step: str, fingerprint: str) -> Path:
@@ -86,10 +108,7 @@ class Store:
     ) -> list[StoredOutput]:
         """Write every output table plus events and edges; rename into place when all are on disk."""
         final = self.artifact_dir(step, fingerprint)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = final.parent / f".tmp-{fingerprint}-{uuid.uuid4().hex[:8]}"
-        tmp.mkdir()
-        try:
+        with atomic_directory(final) as tmp:
             outputs = []
             for name, df in result.tables.items():
                 path = tmp / f"{name}.parquet"
@@ -105,14 +124,6 @@ class Store:
                 **(extra_meta or {}),
             }
             (tmp / "meta.json").write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
-            if final.exists():  # --force: replace the old artifact
-                trash = final.parent / f".tmp-old-{uuid.uuid4().hex[:8]}"
-                os.replace(final, trash)
-                shutil.rmtree(trash, ignore_errors=True)
-            os.replace(tmp, final)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         return outputs
 
     def stored_outputs(self, step: str, fingerprint: str) -> list[StoredOutput]:

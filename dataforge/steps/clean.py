@@ -30,15 +30,19 @@ import polars as pl
 from pydantic import field_validator, model_validator
 
 from dataforge.engine.events import events
-from dataforge.engine.step import Columns, Context, PlanInfo, StepConfig, StepResult, per_table, require, step
+from dataforge.engine.step import (
+    Columns,
+    Context,
+    PlanInfo,
+    StepConfig,
+    StepResult,
+    per_table,
+    require,
+    require_text,
+    step,
+)
 from dataforge.errors import DataError
 from dataforge.text.normalize import UnicodeForm, Whitespace, normalize_expr
-
-
-def _string_column(df: pl.DataFrame, field: str) -> None:
-    if df.schema[field] != pl.String:
-        raise DataError(f"field '{field}' is {df.schema[field]}, not text")
-
 
 # -- clean.normalize ------------------------------------------------------------------------------
 
@@ -68,7 +72,7 @@ def normalize(inputs: dict[str, pl.DataFrame], cfg: NormalizeConfig, ctx: Contex
 
     def one(name: str, df: pl.DataFrame) -> StepResult:
         for f in cfg.fields:
-            _string_column(df, f)
+            require_text(df, f)
         new = df.with_columns(
             normalize_expr(pl.col(f), cfg.form, cfg.whitespace, cfg.lowercase).alias(f) for f in cfg.fields
         )
@@ -190,19 +194,19 @@ def filter_rows(inputs: dict[str, pl.DataFrame], cfg: FilterConfig, ctx: Context
             )
             drop(empty, "filter:required", None, {"field": f})
         for f in cfg.fields:
-            _string_column(df, f)
+            require_text(df, f)
             n = _lengths(df, f, cfg, tokenizer)
             if cfg.min_length is not None:
                 drop(n < cfg.min_length, "filter:min_length", n, {"field": f, "min": cfg.min_length, "unit": cfg.unit})
             if cfg.max_length is not None:
                 drop(n > cfg.max_length, "filter:max_length", n, {"field": f, "max": cfg.max_length, "unit": cfg.unit})
         for f, pattern in cfg.keep_regex.items():
-            _string_column(df, f)
+            require_text(df, f)
             drop(
                 ~df[f].fill_null("").str.contains(pattern), "filter:regex_keep", None, {"field": f, "pattern": pattern}
             )
         for f, pattern in cfg.drop_regex.items():
-            _string_column(df, f)
+            require_text(df, f)
             drop(df[f].fill_null("").str.contains(pattern), "filter:regex_drop", None, {"field": f, "pattern": pattern})
         return StepResult({name: df.filter(alive)}, events=found)
 

@@ -43,11 +43,11 @@ from dataforge.engine.step import (
     StepResult,
     per_table,
     require,
+    require_text,
     step,
     with_columns,
 )
 from dataforge.errors import DataError
-from dataforge.steps.clean import _string_column
 from dataforge.steps.parse import MESSAGES
 from dataforge.text.reasoning import reasoning_expr
 
@@ -71,7 +71,7 @@ def format_reasoning(inputs: dict[str, pl.DataFrame], cfg: ReasoningConfig, ctx:
     """Write the reasoning target ``<think>…</think><answer>…</answer>``."""
 
     def one(name: str, df: pl.DataFrame) -> StepResult:
-        _string_column(df, cfg.think)
+        require_text(df, cfg.think)
         answer = pl.col(cfg.answer).cast(pl.String)
         return StepResult({name: df.with_columns(reasoning_expr(pl.col(cfg.think), answer).alias(cfg.column))})
 

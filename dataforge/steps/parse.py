@@ -28,10 +28,10 @@ from dataforge.engine.step import (
     StepResult,
     per_table,
     require,
+    require_text,
     step,
     with_columns,
 )
-from dataforge.steps.clean import _string_column
 
 MESSAGE = pl.Struct({"role": pl.String, "content": pl.String})
 MESSAGES = pl.List(MESSAGE)
@@ -55,7 +55,7 @@ def parse_gsm8k(inputs: dict[str, pl.DataFrame], cfg: Gsm8kConfig, ctx: Context)
     """Split GSM8K solutions into reasoning (annotations removed) and the numeric final answer."""
 
     def one(name: str, df: pl.DataFrame) -> StepResult:
-        _string_column(df, cfg.answer)
+        require_text(df, cfg.answer)
         ans = pl.col(cfg.answer)
         parsed = df.with_columns(
             ans.str.replace_all(r"<<[^>]*>>", "")
@@ -109,8 +109,8 @@ def parse_hh_rlhf(inputs: dict[str, pl.DataFrame], cfg: HhConfig, ctx: Context) 
     """HH-RLHF transcript pairs → conversational prompt / chosen / rejected."""
 
     def one(name: str, df: pl.DataFrame) -> StepResult:
-        _string_column(df, cfg.chosen)
-        _string_column(df, cfg.rejected)
+        require_text(df, cfg.chosen)
+        require_text(df, cfg.rejected)
         prompts, chosen, rejected, keep, drop_ids, reasons = [], [], [], [], [], []
         for rid, c_text, r_text in ctx.progress.track(
             zip(df["_id"], df[cfg.chosen], df[cfg.rejected], strict=True), total=df.height, description="parse"
