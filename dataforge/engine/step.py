@@ -159,15 +159,16 @@ def step(
     *,
     version: int,
     inputs: tuple[str, ...] | None = ("data",),
-    outputs: tuple[str, ...] | OutputsFn = ("data",),
+    outputs: tuple[str, ...] | OutputsFn | None = None,
     columns: ColumnsFn | None = None,
     per_table_columns: Callable[[Any, Columns, PlanInfo], Columns] | None = None,
     data_fingerprint: Callable[[Any, PlanInfo], str] | None = None,
 ) -> Callable[[Callable[..., StepResult]], Callable[..., StepResult]]:
     """Register ``fn`` as step ``kind``. The config model is the annotation of its ``cfg`` parameter.
 
-    ``inputs=None`` makes a per-table step: it takes any named inputs and returns an output of
-    the same name for each; ``per_table_columns`` then says how one table's columns change.
+    ``inputs=None`` takes any named inputs. Unless ``outputs`` says otherwise, such a step is
+    per-table: it returns an output of the same name for each input, and ``per_table_columns``
+    says how one table's columns change.
     """
 
     def register(fn: Callable[..., StepResult]) -> Callable[..., StepResult]:
@@ -178,8 +179,8 @@ def step(
         if kind in REGISTRY:
             raise TypeError(f"step kind {kind!r} registered twice")
         out_fn: OutputsFn
-        if inputs is None:
-            out_fn = _same_names
+        if outputs is None:  # default: per-table steps mirror their inputs, others give "data"
+            out_fn = _same_names if inputs is None else (lambda cfg, names: ("data",))
         elif callable(outputs):
             out_fn = outputs
         else:

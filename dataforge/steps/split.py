@@ -1,25 +1,36 @@
-"""``split``: assign every row to one named split, deterministically and independently of row order.
+"""``split``: assign every row to exactly one named split, so that nothing that should stay
+together crosses a split boundary.
 
-Consumes one input ``data``; produces one output per split name (``fractions`` keys). Each row's
-split is chosen by hashing ``seed`` with its key into [0, 1) and cutting at the cumulative
-fractions, so shuffling the input changes nothing and a key never straddles two splits:
+Consumes one input ``data``; produces one output per split. The unit of assignment is a set of
+rows that must stay together — rows sharing a ``group`` key (normalized text of one or more
+columns: a prompt, a conversation id, a source document id) and rows of one near-duplicate
+``cluster`` (a cluster id column from a dedup step, or clusters computed here with MinHash LSH
+over text fields) are joined into one unit, transitively. Each unit then goes to one split:
 
-- ``by: group`` — the key is the ``key`` column (normalized: Unicode NFKC, case, whitespace),
-  so "the same prompt with another target" always lands in the same split;
-- ``by: random`` — the key is the row's ``_id``: a seeded random split, which can leak
-  near-duplicates across splits (the dataset card says so).
+- by ``fractions``: a seeded hash of the unit's key into [0, 1), cut at the cumulative
+  fractions; with ``stratify: column`` units are ordered by that hash within each stratum and
+  cut by row counts, so every stratum is split in the same proportions;
+- by ``time``: the unit's earliest ``_ts`` against ``cutoffs`` (or ``quantiles`` of the
+  timestamps); ``missing`` names the split for rows without a timestamp (else an error).
 
-Lineage: one ``split`` event per row, reason ``split:<by>``, ``detail_json`` = ``{"split": name}``.
-(The leakage-safe modes — time, cluster, stratified — and the split audit come with the splits issue.)
+Assignment depends only on the rows' values, never on their order: shuffling the input gives
+the same splits. A split without group, cluster or time must say ``random: true`` (the unit is
+the row; the dataset card then warns that random splits can leak).
+
+Several datasets from one pool: carve them in one step (``fractions: {ft_train: …, rm_train: …,
+rl_train: …, final_eval: …}``) and no group or cluster crosses between any two of them.
+
+Lineage: one ``split`` event per row, reason ``split:<rule>`` (e.g. ``split:group+cluster``,
+``split:time``, ``split:random``), ``detail_json`` = ``{"split": name, "unit_rows": n}``.
 
 Example::
 
     split:
       kind: split
       inputs: parsed.train
-      by: group
-      key: question
       fractions: {train: 0.95, validation: 0.05}
+      group: question                       # the same question never in two splits
+      cluster: {fields: [question], threshold: 0.8}   # nor two near-duplicate ones
       seed: 13
 """
 
@@ -28,31 +39,104 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Sequence
-from typing import Literal
+from datetime import datetime, timezone
 
+import numpy as np
 import polars as pl
 from pydantic import field_validator, model_validator
 
+from dataforge.cluster import components, near_duplicate_pairs
 from dataforge.engine.events import events
 from dataforge.engine.step import Columns, Context, PlanInfo, StepConfig, StepResult, require, step
+from dataforge.errors import DataError
 from dataforge.recipe import NAME_RE
+from dataforge.text.fields import text_expr
 from dataforge.text.normalize import normalize_expr
 
 
+def _check_names(names: Sequence[str]) -> None:
+    for name in names:
+        if not NAME_RE.match(name):
+            raise ValueError(f"split name {name!r} must be letters, digits, '_' or '-'")
+    if len(set(names)) != len(names):
+        raise ValueError("split names repeat")
+
+
+class ClusterSpec(StepConfig):
+    """Keep near-duplicates together: take cluster ids from ``column`` (e.g. ``_cluster_id`` from a
+    dedup step) or compute MinHash LSH clusters over the text of ``fields``."""
+
+    column: str | None = None
+    fields: list[str] | None = None
+    threshold: float = 0.8
+    ngram: int = 3
+    num_perm: int = 128
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ClusterSpec:
+        if (self.column is None) == (not self.fields):
+            raise ValueError("give exactly one of 'column' (cluster ids) or 'fields' (text to cluster)")
+        if not 0 < self.threshold < 1:
+            raise ValueError(f"threshold must be between 0 and 1, not {self.threshold}")
+        return self
+
+
+class TimeSpec(StepConfig):
+    """Split by time: ``splits`` in time order, cut at ``cutoffs`` (one fewer than splits; a row
+    at or after a cut-off goes to the later split) or at ``quantiles`` of the timestamps."""
+
+    splits: list[str]
+    cutoffs: list[datetime] | None = None
+    quantiles: list[float] | None = None
+    missing: str | None = None
+    column: str = "_ts"
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TimeSpec:
+        _check_names(self.splits)
+        if len(self.splits) < 2:
+            raise ValueError("name at least two splits")
+        if (self.cutoffs is None) == (self.quantiles is None):
+            raise ValueError("give exactly one of 'cutoffs' or 'quantiles'")
+        cuts = self.cutoffs if self.cutoffs is not None else self.quantiles
+        assert cuts is not None
+        if len(cuts) != len(self.splits) - 1:
+            raise ValueError(f"{len(self.splits)} splits need {len(self.splits) - 1} cut-offs, got {len(cuts)}")
+        if list(cuts) != sorted(cuts) or len(set(cuts)) != len(cuts):
+            raise ValueError("cut-offs must increase")
+        if self.quantiles is not None and not all(0 < q < 1 for q in self.quantiles):
+            raise ValueError("quantiles must be between 0 and 1")
+        if self.missing is not None and not NAME_RE.match(self.missing):
+            raise ValueError(f"split name {self.missing!r} must be letters, digits, '_' or '-'")
+        return self
+
+    def utc_cutoffs(self) -> list[datetime]:
+        return [c if c.tzinfo else c.replace(tzinfo=timezone.utc) for c in self.cutoffs or []]
+
+
 class SplitConfig(StepConfig):
-    fractions: dict[str, float]
-    by: Literal["group", "random"]
-    key: str | None = None
+    fractions: dict[str, float] | None = None
+    time: TimeSpec | None = None
+    group: list[str] | None = None
+    cluster: ClusterSpec | None = None
+    stratify: str | None = None
+    random: bool = False
     seed: int = 0
+
+    @field_validator("group", mode="before")
+    @classmethod
+    def _one_or_many(cls, v: object) -> object:
+        return [v] if isinstance(v, str) else v
 
     @field_validator("fractions")
     @classmethod
-    def _valid_fractions(cls, v: dict[str, float]) -> dict[str, float]:
+    def _valid_fractions(cls, v: dict[str, float] | None) -> dict[str, float] | None:
+        if v is None:
+            return v
         if len(v) < 2:
             raise ValueError("name at least two splits")
+        _check_names(list(v))
         for name, f in v.items():
-            if not NAME_RE.match(name):
-                raise ValueError(f"split name {name!r} must be letters, digits, '_' or '-'")
             if not 0 < f < 1:
                 raise ValueError(f"fraction of '{name}' must be between 0 and 1, not {f}")
         total = sum(v.values())
@@ -61,21 +145,55 @@ class SplitConfig(StepConfig):
         return v
 
     @model_validator(mode="after")
-    def _key_for_group(self) -> SplitConfig:
-        if self.by == "group" and not self.key:
-            raise ValueError("by: group needs 'key' (the column whose equal values stay together)")
-        if self.by == "random" and self.key:
-            raise ValueError("by: random hashes each row's _id; 'key' is for by: group")
+    def _one_rule(self) -> SplitConfig:
+        if (self.fractions is None) == (self.time is None):
+            raise ValueError("give exactly one of 'fractions' (hash-based splits) or 'time' (cut-offs on _ts)")
+        linked = bool(self.group or self.cluster)
+        if self.random and (linked or self.time):
+            raise ValueError("'random: true' splits row by row; it does not combine with group, cluster or time")
+        if self.fractions is not None and not linked and not self.random:
+            raise ValueError(
+                "a split by fractions needs 'group' and/or 'cluster' (rows that must stay together); "
+                "random splits can leak, so ask for one explicitly with 'random: true'"
+            )
+        if self.stratify and self.time:
+            raise ValueError("'stratify' goes with fractions, not with time cut-offs")
         return self
+
+    @property
+    def split_names(self) -> tuple[str, ...]:
+        if self.fractions is not None:
+            return tuple(self.fractions)
+        assert self.time is not None
+        names = list(self.time.splits)
+        if self.time.missing and self.time.missing not in names:
+            names.append(self.time.missing)
+        return tuple(names)
+
+    @property
+    def rule(self) -> str:
+        if self.random:
+            return "random"
+        parts = [p for p, on in (("time", self.time), ("group", self.group), ("cluster", self.cluster)) if on]
+        if self.stratify:
+            parts.append("stratified")
+        return "+".join(parts)
 
 
 def _outputs(cfg: SplitConfig, input_names: Sequence[str]) -> tuple[str, ...]:
-    return tuple(cfg.fractions)
+    return cfg.split_names
 
 
 def _columns(cfg: SplitConfig, cols: dict[str, Columns], info: PlanInfo) -> dict[str, Columns]:
-    require(cols["data"], [cfg.key], "key")
-    return {name: cols["data"] for name in cfg.fractions}
+    data = cols["data"]
+    require(data, cfg.group or [], "group")
+    if cfg.cluster:
+        require(data, [cfg.cluster.column], "cluster.column")
+        require(data, cfg.cluster.fields or [], "cluster.fields")
+    require(data, [cfg.stratify], "stratify")
+    if cfg.time:
+        require(data, [cfg.time.column], "time.column")
+    return {name: data for name in cfg.split_names}
 
 
 def unit_hash(seed: int, key: str) -> float:
@@ -84,40 +202,149 @@ def unit_hash(seed: int, key: str) -> float:
     return int.from_bytes(digest, "big") / 2**64
 
 
-def assign(keys: pl.Series, fractions: dict[str, float], seed: int) -> pl.Series:
-    """The split name of each key: equal keys get equal splits."""
-    uniq = keys.unique()
-    u = pl.Series([unit_hash(seed, k) for k in uniq.to_list()], dtype=pl.Float64)
-    names = list(fractions)
-    bounds = []
-    acc = 0.0
-    for n in names[:-1]:
-        acc += fractions[n]
-        bounds.append(acc)
-    idx = pl.Series([sum(x >= b for b in bounds) for x in u.to_list()], dtype=pl.UInt32)
-    lookup = pl.DataFrame({"k": uniq, "s": idx.replace_strict(list(range(len(names))), names, return_dtype=pl.String)})
-    return pl.DataFrame({"k": keys}).join(lookup, on="k", how="left", maintain_order="left")["s"]
+def text_key(df: pl.DataFrame, fields: Sequence[str]) -> pl.Series:
+    """Normalized (NFKC, whitespace, lowercase) text of ``fields``, joined; the grouping key."""
+    parts = [normalize_expr(text_expr(df, f), lowercase=True) for f in fields]
+    return df.select(pl.concat_str(parts, separator="\x1f").alias("k"))["k"]
+
+
+def _link_equal(keys: pl.Series) -> np.ndarray:
+    """Pairs linking every row to the first row with the same (non-null) key."""
+    frame = pl.DataFrame({"k": keys}).with_row_index("i").filter(pl.col("k").is_not_null())
+    first = frame.group_by("k").agg(pl.col("i").min().alias("f"))
+    linked = frame.join(first, on="k").filter(pl.col("i") != pl.col("f"))
+    return np.column_stack([linked["f"].to_numpy(), linked["i"].to_numpy()]).astype(np.int64)
+
+
+def units_of(df: pl.DataFrame, cfg: SplitConfig) -> np.ndarray:
+    """Unit label per row: rows joined by equal group keys and by near-duplicate clusters."""
+    pairs = [np.zeros((0, 2), dtype=np.int64)]
+    if cfg.group:
+        pairs.append(_link_equal(text_key(df, cfg.group)))
+    if cfg.cluster and cfg.cluster.column:
+        pairs.append(_link_equal(df[cfg.cluster.column].cast(pl.String)))
+    elif cfg.cluster and cfg.cluster.fields:
+        c = cfg.cluster
+        texts = text_key(df, c.fields).to_list()
+        pairs.append(near_duplicate_pairs(texts, c.threshold, c.num_perm, c.ngram, seed=cfg.seed or 1))
+    return components(df.height, np.concatenate(pairs))
+
+
+def _cut(u: np.ndarray, fractions: dict[str, float]) -> np.ndarray:
+    bounds = np.cumsum(list(fractions.values()))[:-1]
+    return np.searchsorted(bounds, u, side="right")
+
+
+def assign(df: pl.DataFrame, cfg: SplitConfig) -> tuple[pl.Series, pl.Series]:
+    """(split name, unit size) for every row of ``df``."""
+    unit = units_of(df, cfg) if not cfg.random else np.arange(df.height)
+    row_key = text_key(df, cfg.group) if cfg.group else df["_id"]
+    frame = pl.DataFrame({"unit": unit, "key": row_key}).with_row_index("i")
+    per_unit = frame.group_by("unit").agg(pl.col("key").min().alias("ukey"), pl.len().alias("size"))
+    names = list(cfg.split_names)
+    if cfg.time is not None:
+        idx = _time_index(df, frame, per_unit, cfg.time, names)
+    else:
+        assert cfg.fractions is not None
+        per_unit = per_unit.with_columns(
+            pl.Series("u", [unit_hash(cfg.seed, k) for k in per_unit["ukey"].to_list()], dtype=pl.Float64)
+        )
+        if cfg.stratify:
+            idx = _stratified_index(df, frame, per_unit, cfg)
+        else:
+            per_unit = per_unit.with_columns(pl.Series("s", _cut(per_unit["u"].to_numpy(), cfg.fractions)))
+            idx = frame.join(per_unit, on="unit", how="left").sort("i")["s"]
+    size = frame.join(per_unit.select("unit", "size"), on="unit", how="left").sort("i")["size"]
+    which = pl.Series(idx.cast(pl.Int64)).replace_strict(list(range(len(names))), names, return_dtype=pl.String)
+    return which, size
+
+
+def _stratified_index(df: pl.DataFrame, frame: pl.DataFrame, per_unit: pl.DataFrame, cfg: SplitConfig) -> pl.Series:
+    """Within each stratum, units in hash order take consecutive shares of the stratum's rows."""
+    assert cfg.fractions is not None and cfg.stratify is not None
+    strata = frame.with_columns(df[cfg.stratify].cast(pl.String).fill_null("∅").alias("stratum"))
+    # a unit's stratum: its most frequent value (ties: the smallest)
+    mode = (
+        strata.group_by("unit", "stratum")
+        .len()
+        .sort(["unit", "len", "stratum"], descending=[False, True, False])
+        .group_by("unit", maintain_order=True)
+        .first()
+        .select("unit", "stratum")
+    )
+    units = per_unit.join(mode, on="unit").sort(["stratum", "u", "ukey"])
+    units = units.with_columns(
+        ((pl.col("size").cum_sum().over("stratum") - pl.col("size") / 2) / pl.col("size").sum().over("stratum")).alias(
+            "pos"
+        )
+    )
+    units = units.with_columns(pl.Series("s", _cut(units["pos"].to_numpy(), cfg.fractions)))
+    return frame.join(units.select("unit", "s"), on="unit", how="left").sort("i")["s"]
+
+
+def _time_index(
+    df: pl.DataFrame, frame: pl.DataFrame, per_unit: pl.DataFrame, spec: TimeSpec, names: list[str]
+) -> pl.Series:
+    ts = df[spec.column]
+    if not isinstance(ts.dtype, pl.Datetime):
+        raise DataError(f"time.column '{spec.column}' is {ts.dtype}, not a timestamp")
+    ts = ts.dt.convert_time_zone("UTC") if ts.dtype.time_zone else ts.dt.replace_time_zone("UTC")  # type: ignore[union-attr]
+    earliest = frame.with_columns(ts.alias("ts")).group_by("unit").agg(pl.col("ts").min().alias("uts"))
+    present = ts.drop_nulls()
+    if present.is_empty():
+        raise DataError(f"no row has a timestamp in '{spec.column}'")
+    lo, hi = present.min(), present.max()
+    if spec.quantiles is not None:
+        cuts = [present.quantile(q, interpolation="lower") for q in spec.quantiles]
+        if len(set(cuts)) != len(cuts) or cuts[0] == lo:
+            raise DataError(f"time.quantiles {spec.quantiles} give empty splits: too few distinct timestamps")
+    else:
+        cuts = spec.utc_cutoffs()
+        for c in cuts:
+            if not lo < c <= hi:  # type: ignore[operator]
+                raise DataError(
+                    f"time.cutoffs: cut-off {c.isoformat()} is outside the data's range "
+                    f"({lo.isoformat()} … {hi.isoformat()}), so a split would be empty"  # type: ignore[union-attr]
+                )
+    cut_series = pl.Series(cuts).cast(pl.Datetime("us", "UTC"))
+    uts = earliest["uts"]
+    idx = np.searchsorted(cut_series.to_numpy(), uts.cast(pl.Datetime("us", "UTC")).to_numpy(), side="right")
+    missing = uts.is_null().to_numpy()
+    if missing.any():
+        if spec.missing is None:
+            n = int(frame.join(earliest.filter(pl.col("uts").is_null()), on="unit").height)
+            raise DataError(f"{n} row(s) have no timestamp in '{spec.column}'; name a split for them with time.missing")
+        idx = np.where(missing, names.index(spec.missing), idx)
+    per = earliest.with_columns(pl.Series("s", idx))
+    return frame.join(per.select("unit", "s"), on="unit", how="left").sort("i")["s"]
 
 
 def _note(cfg: SplitConfig) -> str | None:
-    if cfg.by == "random":
+    if cfg.random:
         return "This dataset was split at random (seeded): random splits can leak near-duplicates across splits."
-    return f"Split by group on normalized `{cfg.key}`: rows with the same key are always in the same split."
+    said = []
+    if cfg.time:
+        said.append(f"by time on `{cfg.time.column}`")
+    if cfg.group:
+        said.append(f"so that rows with the same normalized {', '.join(f'`{g}`' for g in cfg.group)} share a split")
+    if cfg.cluster:
+        what = f"`{cfg.cluster.column}`" if cfg.cluster.column else f"MinHash Jaccard ≥ {cfg.cluster.threshold}"
+        said.append(f"keeping near-duplicate clusters ({what}) together")
+    if cfg.stratify:
+        said.append(f"stratified by `{cfg.stratify}`")
+    return "Split " + ", ".join(said) + "."
 
 
-@step("split", version=1, outputs=_outputs, columns=_columns)
+@step("split", version=2, outputs=_outputs, columns=_columns)
 def split(inputs: dict[str, pl.DataFrame], cfg: SplitConfig, ctx: Context) -> StepResult:
-    """Assign each row to a split by a seeded hash of its group key (or its _id)."""
+    """Assign each row to one split; rows that must stay together always share one."""
     df = inputs["data"]
-    if cfg.by == "group":
-        assert cfg.key is not None
-        keys = df.select(normalize_expr(pl.col(cfg.key).cast(pl.String).fill_null(""), lowercase=True))[cfg.key]
-    else:
-        keys = df["_id"]
-    which = assign(keys, cfg.fractions, cfg.seed)
-    tables = {name: df.filter(which == name) for name in cfg.fractions}
-    detail = pl.select(pl.concat_str(pl.lit('{"split":"'), pl.lit(which), pl.lit('"}'))).to_series()
-    ev = events(df["_id"], "split", f"split:{cfg.by}", detail=detail)
+    which, size = assign(df, cfg)
+    tables = {name: df.filter(which == name) for name in cfg.split_names}
+    detail = pl.select(
+        pl.concat_str(pl.lit('{"split":"'), pl.lit(which), pl.lit('","unit_rows":'), pl.lit(size), pl.lit("}"))
+    ).to_series()
+    ev = events(df["_id"], "split", f"split:{cfg.rule}", detail=detail)
     return StepResult(tables, events=[ev])
 
 

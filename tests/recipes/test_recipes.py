@@ -121,7 +121,7 @@ def test_hh_preferences_outputs(built):
     row = dpo["train"][0]
     assert row["prompt"][-1]["role"] == "user" and row["chosen"][0]["role"] == "assistant"
     card = (out / "datasets" / "hh_dpo" / "card.md").read_text()
-    assert "preference" in card and "random splits can leak" in card
+    assert "preference" in card and "same normalized `prompt` share a split" in card
     con = duckdb.connect(str(out / "lineage.duckdb"), read_only=True)
     reasons = con.execute("SELECT reason, count(*) FROM latest_events WHERE action='dropped' GROUP BY 1").fetchall()
     assert reasons == [("parse:hh_roles_not_alternating", 9)]

@@ -1,62 +1,194 @@
-"""split: deterministic, independent of row order, groups never cross splits."""
+"""split: every mode; deterministic, independent of row order; nothing that belongs together
+crosses a split, across several datasets carved from one pool."""
 
 from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta, timezone
+from itertools import combinations
 
 import polars as pl
 import pytest
 from pydantic import ValidationError
 
+from dataforge.errors import DataError
 from dataforge.steps.split import SplitConfig, split
 
 
 def _pool(n: int = 2000) -> pl.DataFrame:
-    # every question appears with three different targets, in different surface forms
-    qs = [f"Question number {i // 3}?" for i in range(n)]
-    qs = [q.upper() if i % 3 == 1 else (q + "  " if i % 3 == 2 else q) for i, q in enumerate(qs)]
-    return pl.DataFrame({"_id": [f"p:{i}" for i in range(n)], "q": qs, "target": [f"t{i}" for i in range(n)]})
+    """Every question three times with different targets, in different surface forms; every
+    fifth question also has a near-duplicate rewording; a difficulty column to stratify on."""
+    rows = []
+    for i in range(n):
+        q = f"Question number {i // 3} asks about apples and pears in the market today?"
+        q = q.upper() if i % 3 == 1 else (q + "  " if i % 3 == 2 else q)
+        rows.append({"_id": f"p:{i}", "q": q, "target": f"t{i}", "level": ["easy", "mid", "hard"][(i // 3) % 3]})
+    for i in range(0, n // 3, 5):
+        rows.append(
+            {
+                "_id": f"n:{i}",
+                "q": f"Question number {i} asks about apples and pears in the market today!!",
+                "target": "x",
+                "level": "easy",
+            }
+        )
+    return pl.DataFrame(rows)
 
 
 def _assignment(res) -> dict[str, str]:
     return {rid: name for name, df in res.tables.items() for rid in df["_id"].to_list()}
 
 
-def test_group_split_keeps_groups_together(ctx):
-    cfg = SplitConfig(by="group", key="q", fractions={"train": 0.8, "validation": 0.1, "test": 0.1}, seed=3)
-    res = split({"data": _pool()}, cfg, ctx)
+def _groups_do_not_cross(res, key=lambda q: q.lower().strip(" !?")) -> None:
     seen: dict[str, str] = {}
     for name, df in res.tables.items():
-        for q in df["q"].str.to_lowercase().str.strip_chars().to_list():
-            assert seen.setdefault(q, name) == name
+        for q in df["q"].to_list():
+            assert seen.setdefault(key(q), name) == name, f"{q!r} in {seen[key(q)]} and {name}"
+
+
+def test_group_split_keeps_groups_together(ctx):
+    cfg = SplitConfig(group="q", fractions={"train": 0.8, "validation": 0.1, "test": 0.1}, seed=3)
+    res = split({"data": _pool()}, cfg, ctx)
+    _groups_do_not_cross(res, key=lambda q: q.lower().strip())
     sizes = {k: v.height for k, v in res.tables.items()}
-    assert sum(sizes.values()) == 2000
-    assert 0.75 < sizes["train"] / 2000 < 0.85
+    assert sum(sizes.values()) == _pool().height
+    assert 0.75 < sizes["train"] / sum(sizes.values()) < 0.85
     ev = res.events[0]
-    assert ev.height == 2000 and set(ev["action"]) == {"split"} and set(ev["reason"]) == {"split:group"}
+    assert ev.height == _pool().height and set(ev["reason"]) == {"split:group"}
+    assert json.loads(ev["detail_json"][0])["unit_rows"] == 3
 
 
-def test_assignment_independent_of_row_order(ctx):
-    cfg = SplitConfig(by="group", key="q", fractions={"train": 0.5, "test": 0.5}, seed=1)
-    df = _pool()
+def test_cluster_keeps_near_duplicates_together(ctx):
+    df = _pool(600)
+    group_only = split({"data": df}, SplitConfig(group="q", fractions={"a": 0.5, "b": 0.5}, seed=2), ctx)
+    a = _assignment(group_only)
+    crossing = [i for i in range(0, 200, 5) if a[f"n:{i}"] != a[f"p:{3 * i}"]]
+    assert crossing  # with groups alone, rewordings land on the other side of the cut
+    cfg = SplitConfig(group="q", cluster={"fields": ["q"], "threshold": 0.7}, fractions={"a": 0.5, "b": 0.5}, seed=2)
+    res = split({"data": df}, cfg, ctx)
+    _groups_do_not_cross(res)
+    assert set(res.events[0]["reason"]) == {"split:group+cluster"}
+
+
+def test_cluster_from_an_id_column(ctx):
+    df = pl.DataFrame({"_id": [f"r{i}" for i in range(100)], "_cluster_id": [i // 4 for i in range(100)]})
+    res = split({"data": df}, SplitConfig(cluster={"column": "_cluster_id"}, fractions={"a": 0.5, "b": 0.5}), ctx)
+    for t in res.tables.values():
+        others = pl.concat([o for o in res.tables.values() if o is not t])
+        assert not set(t["_cluster_id"]) & set(others["_cluster_id"])
+
+
+def test_several_datasets_from_one_pool_never_cross(ctx):
+    fractions = {
+        "ft_train": 0.4,
+        "ft_validation": 0.05,
+        "ft_test": 0.05,
+        "rm_train": 0.15,
+        "rm_test": 0.05,
+        "rl_train": 0.15,
+        "rl_test": 0.05,
+        "final_eval": 0.1,
+    }
+    cfg = SplitConfig(group="q", cluster={"fields": ["q"], "threshold": 0.7}, fractions=fractions, seed=11)
+    res = split({"data": _pool()}, cfg, ctx)
+    assert set(res.tables) == set(fractions) and all(t.height for t in res.tables.values())
+    keys = {n: {q.lower().strip(" !?") for q in t["q"]} for n, t in res.tables.items()}
+    for a, b in combinations(fractions, 2):
+        assert not keys[a] & keys[b], (a, b)
+
+
+def test_stratified_split_keeps_proportions_per_stratum(ctx):
+    cfg = SplitConfig(group="q", stratify="level", fractions={"train": 0.7, "test": 0.3}, seed=4)
+    res = split({"data": _pool(3000)}, cfg, ctx)
+    _groups_do_not_cross(res, key=lambda q: q.lower().strip())
+    both = pl.concat([t.with_columns(pl.lit(n).alias("s")) for n, t in res.tables.items()])
+    shares = both.group_by("level").agg((pl.col("s") == "test").mean().alias("share"))
+    for share in shares["share"]:
+        assert abs(share - 0.3) < 0.01
+    assert set(res.events[0]["reason"]) == {"split:group+stratified"}
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        SplitConfig(group="q", fractions={"train": 0.5, "test": 0.5}, seed=1),
+        SplitConfig(group="q", cluster={"fields": ["q"], "threshold": 0.7}, fractions={"a": 0.6, "b": 0.4}, seed=1),
+        SplitConfig(group="q", stratify="level", fractions={"a": 0.6, "b": 0.4}, seed=1),
+        SplitConfig(random=True, fractions={"a": 0.6, "b": 0.4}, seed=1),
+    ],
+    ids=["group", "cluster", "stratified", "random"],
+)
+def test_assignment_independent_of_row_order(ctx, cfg):
+    df = _pool(900)
     a = _assignment(split({"data": df}, cfg, ctx))
     b = _assignment(split({"data": df.sample(fraction=1.0, shuffle=True, seed=99)}, cfg, ctx))
     assert a == b
 
 
-def test_random_split_is_seeded(ctx):
+def test_random_split_is_seeded_and_says_so(ctx):
     df = _pool(500)
-    cfg = SplitConfig(by="random", fractions={"train": 0.9, "test": 0.1}, seed=5)
+    cfg = SplitConfig(random=True, fractions={"train": 0.9, "test": 0.1}, seed=5)
     assert _assignment(split({"data": df}, cfg, ctx)) == _assignment(split({"data": df}, cfg, ctx))
-    other = SplitConfig(by="random", fractions={"train": 0.9, "test": 0.1}, seed=6)
+    other = SplitConfig(random=True, fractions={"train": 0.9, "test": 0.1}, seed=6)
     assert _assignment(split({"data": df}, cfg, ctx)) != _assignment(split({"data": df}, other, ctx))
+    assert "can leak" in split.card_note(cfg)
+
+
+def _timed(n: int = 400) -> pl.DataFrame:
+    start = datetime(2023, 1, 1, tzinfo=timezone.utc)
+    return pl.DataFrame(
+        {
+            "_id": [f"t:{i}" for i in range(n)],
+            "_ts": [start + timedelta(days=i) if i % 50 else None for i in range(n)],
+            "q": [f"question {i % 370}" for i in range(n)],  # the last 30 rows repeat early questions
+        }
+    ).with_columns(pl.col("_ts").cast(pl.Datetime("us", "UTC")))
+
+
+def test_time_split_by_cutoffs(ctx):
+    cfg = SplitConfig(
+        time={"splits": ["train", "validation", "test"], "cutoffs": ["2023-07-01", "2023-10-01"], "missing": "undated"}
+    )
+    res = split({"data": _timed()}, cfg, ctx)
+    assert set(res.tables) == {"train", "validation", "test", "undated"}
+    cut1, cut2 = datetime(2023, 7, 1, tzinfo=timezone.utc), datetime(2023, 10, 1, tzinfo=timezone.utc)
+    assert res.tables["train"]["_ts"].max() < cut1 <= res.tables["validation"]["_ts"].min()
+    assert res.tables["validation"]["_ts"].max() < cut2 <= res.tables["test"]["_ts"].min()
+    assert res.tables["undated"]["_ts"].null_count() == res.tables["undated"].height == 8
+
+
+def test_time_split_with_groups_uses_each_groups_earliest_time(ctx):
+    cfg = SplitConfig(group="q", time={"splits": ["train", "test"], "quantiles": [0.8], "missing": "train"})
+    res = split({"data": _timed()}, cfg, ctx)
+    # a question first seen early stays in train even when it is repeated late
+    assert set(res.tables["train"]["q"]) >= {f"question {i}" for i in range(1, 30)}  # row 0 is undated
+    assert not set(res.tables["train"]["q"]) & set(res.tables["test"]["q"])
+
+
+def test_time_split_errors(ctx):
+    no_missing = SplitConfig(time={"splits": ["a", "b"], "cutoffs": ["2023-06-01"]})
+    with pytest.raises(DataError, match=r"have no timestamp.*time\.missing"):
+        split({"data": _timed()}, no_missing, ctx)
+    outside = SplitConfig(time={"splits": ["a", "b"], "cutoffs": ["2030-01-01"], "missing": "a"})
+    with pytest.raises(DataError, match=r"time\.cutoffs: cut-off 2030-01-01.*outside the data.s range"):
+        split({"data": _timed()}, outside, ctx)
 
 
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"by": "group", "key": "q", "fractions": {"a": 0.5, "b": 0.6}}, "sum to 1"),
-        ({"by": "group", "fractions": {"a": 0.5, "b": 0.5}}, "needs 'key'"),
-        ({"by": "random", "fractions": {"a": 1.0}}, "at least two"),
-        ({"by": "random", "fractions": {"a": 0.0, "b": 1.0}}, "between 0 and 1"),
+        ({"group": "q", "fractions": {"a": 0.5, "b": 0.6}}, "sum to 1"),
+        ({"fractions": {"a": 0.5, "b": 0.5}}, "ask for one explicitly with 'random: true'"),
+        ({"random": True, "group": "q", "fractions": {"a": 0.5, "b": 0.5}}, "does not combine"),
+        ({"random": True, "fractions": {"a": 1.0}}, "at least two"),
+        ({"random": True, "fractions": {"a": 0.0, "b": 1.0}}, "between 0 and 1"),
+        ({"time": {"splits": ["a", "b"], "cutoffs": ["2023-01-01", "2023-02-01"]}}, "need 1 cut-offs"),
+        ({"time": {"splits": ["a", "b", "c"], "cutoffs": ["2023-02-01", "2023-01-01"]}}, "must increase"),
+        ({"cluster": {"fields": ["q"], "threshold": 1.5}, "fractions": {"a": 0.5, "b": 0.5}}, "between 0 and 1"),
+        (
+            {"group": "q", "fractions": {"a": 0.5, "b": 0.5}, "time": {"splits": ["a", "b"], "quantiles": [0.5]}},
+            "exactly one of 'fractions'",
+        ),
     ],
 )
 def test_split_config_errors(kwargs, message):

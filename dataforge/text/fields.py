@@ -1,0 +1,31 @@
+"""The text of a column, whatever its shape: plain text, or a list of ``{role, content}``
+messages (each turn as ``role: content`` on its own line). Shared by every step that compares
+rows by their text (splits, audits, dedup, leakage)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import polars as pl
+
+from dataforge.errors import DataError
+
+MESSAGES = pl.List(pl.Struct({"role": pl.String, "content": pl.String}))
+
+
+def text_expr(df: pl.DataFrame, column: str, roles: Sequence[str] | None = None) -> pl.Expr:
+    """An expression giving the text of ``column`` of ``df``; for messages, only ``roles`` if given."""
+    dtype = df.schema[column]
+    if dtype == pl.String:
+        return pl.col(column).fill_null("")
+    if isinstance(dtype, pl.List) and isinstance(dtype.inner, pl.Struct):
+        turns = pl.col(column).list.eval(
+            pl.when(pl.element().struct.field("role").is_in(list(roles)) if roles else pl.lit(True))
+            .then(pl.concat_str(pl.element().struct.field("role"), pl.lit(": "), pl.element().struct.field("content")))
+            .otherwise(None)
+            .drop_nulls()
+        )
+        return turns.list.join("\n").fill_null("")
+    if dtype.is_numeric() or dtype in (pl.Boolean, pl.Date) or isinstance(dtype, pl.Datetime):
+        return pl.col(column).cast(pl.String).fill_null("")
+    raise DataError(f"column '{column}' is {dtype}: neither text nor a list of messages")
