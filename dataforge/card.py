@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import polars as pl
 import pyarrow as pa
 
 from dataforge import __version__
@@ -18,7 +19,13 @@ def _table(header: list[str], rows: list[list[Any]]) -> str:
     return "\n".join(lines)
 
 
-def render_card(plan: Plan, ds: PlannedDataset, tables: dict[str, pa.Table], reports: list) -> str:
+def render_card(
+    plan: Plan, ds: PlannedDataset, tables: dict[str, pa.Table], reports: list, frames: dict[str, pl.DataFrame]
+) -> str:
+    """The card; ``tables`` are the exported splits, ``frames`` the same rows with dataforge's
+    internal columns (``_ts``) for the split audit."""
+    from dataforge.steps.audit import dataset_audit_section
+
     ancestors = plan.ancestors({r.step for r in ds.splits.values()})
     steps = [s for s in plan.steps if s.name in ancestors]
     first = next(iter(tables.values()))
@@ -37,6 +44,10 @@ def render_card(plan: Plan, ds: PlannedDataset, tables: dict[str, pa.Table], rep
         "## Splits",
         "",
         _table(["split", "rows", "from"], [[s, t.num_rows, f"`{ds.splits[s]}`"] for s, t in tables.items()]),
+        "",
+        "## Split audit",
+        "",
+        *(dataset_audit_section(frames) if len(frames) > 1 else ["One split: nothing to compare."]),
         "",
         "## Rows dropped on the way",
         "",

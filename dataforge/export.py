@@ -78,8 +78,9 @@ def _write_dataset(
 
     by_name = plan.by_name
     tables: dict[str, pa.Table] = {}
+    frames: dict[str, pl.DataFrame] = {}
     for split, ref in ds.splits.items():
-        df = load(ref)
+        frames[split] = df = load(ref)
         tables[split] = plain_arrow(df.select(export_columns(df, ds.columns)).to_arrow())
     dd = DatasetDict({s: Dataset(InMemoryTable(t), fingerprint=hash_text(f"{fp}:{s}")[:16]) for s, t in tables.items()})
     with atomic_directory(target) as tmp:
@@ -100,7 +101,7 @@ def _write_dataset(
             "splits": splits,
             "steps": {n: by_name[n].fingerprint for n in ancestors},
         }
-        (tmp / "card.md").write_text(render_card(plan, ds, tables, reports))
+        (tmp / "card.md").write_text(render_card(plan, ds, tables, reports, frames))
         (tmp / "dataforge.json").write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
     return meta
 

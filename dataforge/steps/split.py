@@ -11,7 +11,10 @@ over text fields) are joined into one unit, transitively. Each unit then goes to
   fractions; with ``stratify: column`` units are ordered by that hash within each stratum and
   cut by row counts, so every stratum is split in the same proportions;
 - by ``time``: the unit's earliest ``_ts`` against ``cutoffs`` (or ``quantiles`` of the
-  timestamps); ``missing`` names the split for rows without a timestamp (else an error).
+  timestamps); ``missing`` names the split for rows without a timestamp (else an error). A row
+  of a unit dated past its unit's split (a later copy or rewording of an earlier item) is
+  dropped, reason ``split:late_duplicate``, ``related_id`` = the unit's earliest row: so every
+  split stays strictly older than the next, and the item stays in the split it first appeared in.
 
 Assignment depends only on the rows' values, never on their order: shuffling the input gives
 the same splits. A split without group, cluster or time must say ``random: true`` (the unit is
@@ -235,15 +238,17 @@ def _cut(u: np.ndarray, fractions: dict[str, float]) -> np.ndarray:
     return np.searchsorted(bounds, u, side="right")
 
 
-def assign(df: pl.DataFrame, cfg: SplitConfig) -> tuple[pl.Series, pl.Series]:
-    """(split name, unit size) for every row of ``df``."""
+def assign(df: pl.DataFrame, cfg: SplitConfig) -> tuple[pl.Series, pl.Series, pl.Series]:
+    """(split name, unit size, earlier copy) for every row of ``df``; the last is null except,
+    in a time split, for a row dated after its unit's split: the id of the unit's earliest row."""
     unit = units_of(df, cfg) if not cfg.random else np.arange(df.height)
     row_key = text_key(df, cfg.group) if cfg.group else df["_id"]
     frame = pl.DataFrame({"unit": unit, "key": row_key}).with_row_index("i")
     per_unit = frame.group_by("unit").agg(pl.col("key").min().alias("ukey"), pl.len().alias("size"))
     names = list(cfg.split_names)
+    earlier = pl.Series([None] * df.height, dtype=pl.String)
     if cfg.time is not None:
-        idx = _time_index(df, frame, per_unit, cfg.time, names)
+        idx, earlier = _time_index(df, frame, per_unit, cfg.time, names)
     else:
         assert cfg.fractions is not None
         per_unit = per_unit.with_columns(
@@ -256,7 +261,7 @@ def assign(df: pl.DataFrame, cfg: SplitConfig) -> tuple[pl.Series, pl.Series]:
             idx = frame.join(per_unit, on="unit", how="left").sort("i")["s"]
     size = frame.join(per_unit.select("unit", "size"), on="unit", how="left").sort("i")["size"]
     which = pl.Series(idx.cast(pl.Int64)).replace_strict(list(range(len(names))), names, return_dtype=pl.String)
-    return which, size
+    return which, size, earlier
 
 
 def _stratified_index(df: pl.DataFrame, frame: pl.DataFrame, per_unit: pl.DataFrame, cfg: SplitConfig) -> pl.Series:
@@ -284,7 +289,9 @@ def _stratified_index(df: pl.DataFrame, frame: pl.DataFrame, per_unit: pl.DataFr
 
 def _time_index(
     df: pl.DataFrame, frame: pl.DataFrame, per_unit: pl.DataFrame, spec: TimeSpec, names: list[str]
-) -> pl.Series:
+) -> tuple[pl.Series, pl.Series]:
+    """Each row's split by its unit's earliest timestamp, and for each row that is a later copy
+    (its own time falls in a later split than its unit's) the id of the unit's earliest row."""
     ts = df[spec.column]
     if not isinstance(ts.dtype, pl.Datetime):
         raise DataError(f"time.column '{spec.column}' is {ts.dtype}, not a timestamp")
@@ -306,9 +313,9 @@ def _time_index(
                     f"time.cutoffs: cut-off {c.isoformat()} is outside the data's range "
                     f"({lo.isoformat()} … {hi.isoformat()}), so a split would be empty"  # type: ignore[union-attr]
                 )
-    cut_series = pl.Series(cuts).cast(pl.Datetime("us", "UTC"))
+    cut_np = pl.Series(cuts).cast(pl.Datetime("us", "UTC")).to_numpy()
     uts = earliest["uts"]
-    idx = np.searchsorted(cut_series.to_numpy(), uts.cast(pl.Datetime("us", "UTC")).to_numpy(), side="right")
+    idx = np.searchsorted(cut_np, uts.cast(pl.Datetime("us", "UTC")).to_numpy(), side="right")
     missing = uts.is_null().to_numpy()
     if missing.any():
         if spec.missing is None:
@@ -316,7 +323,12 @@ def _time_index(
             raise DataError(f"{n} row(s) have no timestamp in '{spec.column}'; name a split for them with time.missing")
         idx = np.where(missing, names.index(spec.missing), idx)
     per = earliest.with_columns(pl.Series("s", idx))
-    return frame.join(per.select("unit", "s"), on="unit", how="left").sort("i")["s"]
+    rows = frame.with_columns(ts.alias("ts"), df["_id"].alias("_id")).join(per, on="unit", how="left").sort("i")
+    own = np.searchsorted(cut_np, rows["ts"].fill_null(rows["uts"]).cast(pl.Datetime("us", "UTC")).to_numpy(), "right")
+    late = pl.Series((own > rows["s"].to_numpy()) & rows["ts"].is_not_null().to_numpy())
+    first = rows.sort(["ts", "_id"], nulls_last=True).group_by("unit", maintain_order=True).agg(pl.col("_id").first())
+    first_id = rows.join(first.rename({"_id": "first"}), on="unit", how="left").sort("i")["first"]
+    return rows["s"], first_id.zip_with(late, pl.Series([None] * len(late), dtype=pl.String))
 
 
 def _note(cfg: SplitConfig) -> str | None:
@@ -339,13 +351,21 @@ def _note(cfg: SplitConfig) -> str | None:
 def split(inputs: dict[str, pl.DataFrame], cfg: SplitConfig, ctx: Context) -> StepResult:
     """Assign each row to one split; rows that must stay together always share one."""
     df = inputs["data"]
-    which, size = assign(df, cfg)
-    tables = {name: df.filter(which == name) for name in cfg.split_names}
+    which, size, earlier = assign(df, cfg)
+    late = earlier.is_not_null()
+    tables = {name: df.filter((which == name) & ~late) for name in cfg.split_names}
     detail = pl.select(
         pl.concat_str(pl.lit('{"split":"'), pl.lit(which), pl.lit('","unit_rows":'), pl.lit(size), pl.lit("}"))
     ).to_series()
-    ev = events(df["_id"], "split", f"split:{cfg.rule}", detail=detail)
-    return StepResult(tables, events=[ev])
+    placed = events(df["_id"].filter(~late), "split", f"split:{cfg.rule}", detail=detail.filter(~late))
+    dropped = events(
+        df["_id"].filter(late),
+        "dropped",
+        "split:late_duplicate",
+        related_id=earlier.filter(late),
+        detail=detail.filter(late),
+    )
+    return StepResult(tables, events=[placed, dropped])
 
 
 split.card_note = _note  # type: ignore[attr-defined]

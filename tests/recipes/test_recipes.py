@@ -125,3 +125,25 @@ def test_hh_preferences_outputs(built):
     con = duckdb.connect(str(out / "lineage.duckdb"), read_only=True)
     reasons = con.execute("SELECT reason, count(*) FROM latest_events WHERE action='dropped' GROUP BY 1").fetchall()
     assert reasons == [("parse:hh_roles_not_alternating", 9)]
+
+
+def test_gsm8k_time_split_outputs(built):
+    out = built("gsm8k_time_split.yaml")
+    from dataforge.lineage import open_read
+
+    con = open_read(out)  # the artifact views of `dataforge query`
+    ranges = con.execute(
+        "SELECT json_extract_string(e.detail_json, '$.split') AS s, min(a._ts), max(a._ts) "
+        "FROM latest_events e JOIN artifact_dated_data a ON a._id = e.row_id "
+        "WHERE e.step = 'split' AND e.action = 'split' GROUP BY 1 ORDER BY 2"
+    ).fetchall()
+    assert [r[0] for r in ranges] == ["train", "validation", "test"]
+    assert ranges[0][2] < ranges[1][1] and ranges[1][2] < ranges[2][1]  # strictly ordered in time
+    assert con.execute("SELECT count(*) FROM latest_events WHERE step = 'audit'").fetchone() == (0,)
+    card = (out / "datasets" / "gsm8k_sft_by_time" / "card.md").read_text()
+    assert "| train | test | 0 | 0 | 0 | 0 |" in card and "Timestamps are synthetic" in card
+
+
+def test_demo_splits_share_no_prompt_or_near_duplicate(built):
+    card = (built("gsm8k_reasoning.yaml") / "datasets" / "gsm8k_sft" / "card.md").read_text()
+    assert "| train | validation | 0 | 0 | 0 | 0 |" in card

@@ -160,9 +160,13 @@ def test_time_split_by_cutoffs(ctx):
 def test_time_split_with_groups_uses_each_groups_earliest_time(ctx):
     cfg = SplitConfig(group="q", time={"splits": ["train", "test"], "quantiles": [0.8], "missing": "train"})
     res = split({"data": _timed()}, cfg, ctx)
-    # a question first seen early stays in train even when it is repeated late
+    # a question first seen early stays in train; its late repeats are dropped, not moved
     assert set(res.tables["train"]["q"]) >= {f"question {i}" for i in range(1, 30)}  # row 0 is undated
     assert not set(res.tables["train"]["q"]) & set(res.tables["test"]["q"])
+    assert res.tables["train"]["_ts"].max() < res.tables["test"]["_ts"].min()
+    dropped = res.events[1]
+    assert set(dropped["reason"]) == {"split:late_duplicate"} and dropped.height == 29
+    assert dropped.filter(pl.col("row_id") == "t:371")["related_id"].item() == "t:1"
 
 
 def test_time_split_errors(ctx):

@@ -1,0 +1,288 @@
+"""``split.audit``: check that splits (of one dataset or several) do not leak into each other.
+
+Consumes any named inputs (each a split: ``{train: split.train, test: grpo.test, …}``), reading
+the ``prompt`` fields (and ``target`` fields, if given) of each; produces ``findings``: one row
+per leak found, with ``finding``, ``input_a``, ``row_a``, ``input_b``, ``row_b``, ``score``.
+
+For every pair of inputs it finds:
+- ``exact_overlap``: the same normalized prompt (and the same target, or no target given);
+- ``same_prompt_different_target``: the same normalized prompt with another target;
+- ``near_overlap``: prompts whose word-shingle Jaccard reaches ``threshold`` (MinHash LSH
+  candidates, verified exactly), not already an exact overlap;
+- ``time_order`` (with ``time_order: [train, validation, test]``): a row of a later input
+  dated at or before the newest row of an earlier one (``_ts``).
+
+Each finding flags the row of the later input (``flagged`` event, reason ``audit:<finding>``,
+``related_id`` = the row it collides with). With ``strict: true`` any finding fails the build,
+naming the rows. Every dataset card carries the same audit for its own splits.
+
+Example::
+
+    audit:
+      kind: split.audit
+      inputs: {train: split.train, validation: split.validation, eval: parsed.test}
+      prompt: question
+      target: final_answer
+      strict: true
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from itertools import combinations
+
+import numpy as np
+import polars as pl
+from pydantic import field_validator
+
+from dataforge.cluster import near_duplicate_pairs
+from dataforge.engine.events import events
+from dataforge.engine.step import ColumnContractError, Columns, Context, PlanInfo, StepConfig, StepResult, step
+from dataforge.errors import DataError, RecipeError
+from dataforge.text.fields import text_expr
+from dataforge.text.normalize import normalize_expr
+
+FINDINGS_SCHEMA = {
+    "_id": pl.String,
+    "finding": pl.String,
+    "input_a": pl.String,
+    "row_a": pl.String,
+    "input_b": pl.String,
+    "row_b": pl.String,
+    "score": pl.Float64,
+}
+
+
+class AuditConfig(StepConfig):
+    prompt: list[str]
+    target: list[str] | None = None
+    near: bool = True
+    threshold: float = 0.8
+    ngram: int = 3
+    num_perm: int = 128
+    time_order: list[str] | None = None
+    strict: bool = False
+
+    @field_validator("prompt", "target", mode="before")
+    @classmethod
+    def _one_or_many(cls, v: object) -> object:
+        return [v] if isinstance(v, str) else v
+
+    @field_validator("threshold")
+    @classmethod
+    def _unit(cls, v: float) -> float:
+        if not 0 < v < 1:
+            raise ValueError(f"threshold must be between 0 and 1, not {v}")
+        return v
+
+
+def _columns(cfg: AuditConfig, cols: dict[str, Columns], info: PlanInfo) -> dict[str, Columns]:
+    if len(cols) < 2:
+        raise RecipeError("an audit needs at least two inputs to compare", key="inputs")
+    for name, c in cols.items():
+        for key, fields in (("prompt", cfg.prompt), ("target", cfg.target or [])):
+            for f in fields:
+                if c is not None and f not in c:
+                    raise ColumnContractError(f, key, c, name)
+    for name in cfg.time_order or []:
+        if name not in cols:
+            raise RecipeError(f"names input '{name}', which the audit does not have", key="time_order")
+        c = cols[name]
+        if c is not None and "_ts" not in c:
+            raise ColumnContractError("_ts", "time_order", c, name)
+    return {"findings": list(FINDINGS_SCHEMA)}
+
+
+def _key(df: pl.DataFrame, fields: Sequence[str], roles: Sequence[str] | None = None) -> pl.Expr:
+    parts = [normalize_expr(text_expr(df, f, roles), lowercase=True) for f in fields]
+    return pl.concat_str(parts, separator="\x1f")
+
+
+def audit_frames(
+    tables: dict[str, pl.DataFrame],
+    prompt: Sequence[str],
+    target: Sequence[str] | None = None,
+    *,
+    near: bool = True,
+    threshold: float = 0.8,
+    ngram: int = 3,
+    num_perm: int = 128,
+    time_order: Sequence[str] | None = None,
+    prompt_roles: Sequence[str] | None = None,
+    target_roles: Sequence[str] | None = None,
+) -> pl.DataFrame:
+    """Every leak between the named tables (see the module doc), as a findings frame."""
+    order = {name: i for i, name in enumerate(tables)}
+    rows = pl.concat(
+        [
+            df.select(
+                pl.lit(name).alias("input"),
+                pl.col("_id").alias("row"),
+                _key(df, prompt, prompt_roles).alias("p"),
+                (_key(df, target, target_roles) if target else pl.lit("")).alias("t"),
+            )
+            for name, df in tables.items()
+        ]
+    ).with_columns(pl.col("input").replace_strict(order, return_dtype=pl.Int32).alias("k"))
+    found: list[pl.DataFrame] = []
+    exact = (
+        rows.join(rows, on="p", suffix="_b")
+        .filter(pl.col("k") < pl.col("k_b"))
+        .select(
+            pl.when(pl.col("t") == pl.col("t_b"))
+            .then(pl.lit("exact_overlap"))
+            .otherwise(pl.lit("same_prompt_different_target"))
+            .alias("finding"),
+            pl.col("input").alias("input_a"),
+            pl.col("row").alias("row_a"),
+            pl.col("input_b"),
+            pl.col("row_b"),
+            pl.lit(1.0).alias("score"),
+        )
+    )
+    found.append(exact)
+    if near and rows.height:
+        from dataforge.cluster import jaccard
+        from dataforge.text.shingles import shingles
+
+        pairs = near_duplicate_pairs(rows["p"].to_list(), threshold, num_perm, ngram)
+        if len(pairs):
+            a, b = rows[pairs[:, 0]], rows[pairs[:, 1]]
+            keep = (a["k"] != b["k"]).to_numpy() & (a["p"] != b["p"]).to_numpy()
+            a, b = a.filter(keep), b.filter(keep)
+            swap = (a["k"] > b["k"]).to_numpy()
+            first = pl.DataFrame({c: np.where(swap, b[c].to_numpy(), a[c].to_numpy()) for c in ("input", "row", "p")})
+            second = pl.DataFrame({c: np.where(swap, a[c].to_numpy(), b[c].to_numpy()) for c in ("input", "row", "p")})
+            scores = [
+                jaccard(shingles(x, ngram), shingles(y, ngram)) for x, y in zip(first["p"], second["p"], strict=True)
+            ]
+            found.append(
+                pl.DataFrame(
+                    {
+                        "finding": "near_overlap",
+                        "input_a": first["input"],
+                        "row_a": first["row"],
+                        "input_b": second["input"],
+                        "row_b": second["row"],
+                        "score": pl.Series(scores, dtype=pl.Float64),
+                    }
+                )
+            )
+    for earlier, later in combinations(time_order or [], 2):
+        e, l_ = tables[earlier], tables[later]
+        newest = e.filter(pl.col("_ts") == pl.col("_ts").max()).sort("_id").head(1)
+        if newest.is_empty():
+            continue
+        late = l_.filter(pl.col("_ts") <= newest["_ts"][0])
+        found.append(
+            pl.DataFrame(
+                {
+                    "finding": pl.Series(["time_order"] * late.height, dtype=pl.String),
+                    "input_a": pl.Series([earlier] * late.height, dtype=pl.String),
+                    "row_a": pl.Series([newest["_id"][0]] * late.height, dtype=pl.String),
+                    "input_b": pl.Series([later] * late.height, dtype=pl.String),
+                    "row_b": late["_id"],
+                    "score": pl.Series([None] * late.height, dtype=pl.Float64),
+                }
+            )
+        )
+    out = pl.concat([f.cast({"score": pl.Float64}) for f in found]).sort(["finding", "input_b", "row_b", "row_a"])
+    return out.with_columns(pl.format("audit:{}", pl.int_range(pl.len())).alias("_id")).select(list(FINDINGS_SCHEMA))
+
+
+def summarize(findings: pl.DataFrame, names: Sequence[str]) -> list[list[object]]:
+    """Rows (split a, split b, exact, same prompt different target, near, time order) per pair."""
+    out = []
+    for a, b in combinations(names, 2):
+        pair = findings.filter((pl.col("input_a") == a) & (pl.col("input_b") == b))
+        counts = dict(zip(*pair.group_by("finding").len().to_dict(as_series=False).values(), strict=True))
+        out.append(
+            [
+                a,
+                b,
+                *(
+                    counts.get(k, 0)
+                    for k in ("exact_overlap", "same_prompt_different_target", "near_overlap", "time_order")
+                ),
+            ]
+        )
+    return out
+
+
+@step("split.audit", version=1, inputs=None, outputs=("findings",), columns=_columns)
+def split_audit(inputs: dict[str, pl.DataFrame], cfg: AuditConfig, ctx: Context) -> StepResult:
+    """Find rows that leak between splits; flag them, and fail when ``strict``."""
+    findings = audit_frames(
+        inputs,
+        cfg.prompt,
+        cfg.target,
+        near=cfg.near,
+        threshold=cfg.threshold,
+        ngram=cfg.ngram,
+        num_perm=cfg.num_perm,
+        time_order=cfg.time_order,
+    )
+    if cfg.strict and findings.height:
+        examples = "; ".join(
+            f"{r['finding']}: {r['input_b']}:{r['row_b']} ~ {r['input_a']}:{r['row_a']}"
+            for r in findings.head(10).iter_rows(named=True)
+        )
+        counts = ", ".join(f"{k}: {n}" for k, n in findings.group_by("finding").len().sort("finding").iter_rows())
+        raise DataError(f"split audit (strict) found {findings.height} leak(s) ({counts}), e.g. {examples}")
+    detail = findings.select(
+        pl.concat_str(pl.lit('{"input_a":"'), "input_a", pl.lit('","input_b":"'), "input_b", pl.lit('"}'))
+    ).to_series()
+    ev = events(
+        findings["row_b"],
+        "flagged",
+        "audit:" + findings["finding"],
+        related_id=findings["row_a"],
+        score=findings["score"],
+        detail=detail,
+    )
+    return StepResult({"findings": findings}, events=[ev])
+
+
+def dataset_audit_section(frames: dict[str, pl.DataFrame]) -> list[str]:
+    """The "Split audit" section of a dataset card: the audit above over the dataset's own
+    splits, its prompt and target found from TRL's column names, plus each split's time range."""
+    cols = set.intersection(*(set(f.columns) for f in frames.values()))
+    prompt_roles = target_roles = None
+    if "prompt" in cols:
+        prompt = ["prompt"]
+    elif "messages" in cols:
+        prompt, prompt_roles, target_roles = ["messages"], ["system", "user"], ["assistant"]
+    elif "text" in cols:
+        prompt = ["text"]
+    else:
+        return ["No prompt column (`prompt`, `messages` or `text`) to audit."]
+    target = next(([c] for c in ("completion", "chosen", "answer") if c in cols), None)
+    if prompt == ["messages"]:
+        target = ["messages"]
+    timed = "_ts" in cols
+    findings = audit_frames(
+        frames,
+        prompt,
+        target,
+        prompt_roles=prompt_roles,
+        target_roles=target_roles,
+        time_order=list(frames) if timed else None,
+    )
+    header = (
+        "| split a | split b | exact prompt overlap | same prompt, other target | near-duplicate prompts | time order |"
+    )
+    lines = [
+        f"Prompts compared: normalized `{prompt[0]}`"
+        + (f", targets: `{target[0]}`" if target else "")
+        + "; near-duplicates: word 3-gram Jaccard ≥ 0.8 (MinHash LSH, verified).",
+        "",
+        header,
+        "|---|---|---|---|---|---|",
+    ]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in summarize(findings, list(frames))]
+    if timed:
+        lines += ["", "| split | earliest `_ts` | latest `_ts` |", "|---|---|---|"]
+        for name, f in frames.items():
+            lo, hi = f["_ts"].min(), f["_ts"].max()
+            lines.append(f"| {name} | {lo} | {hi} |")
+    return lines
