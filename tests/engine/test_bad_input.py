@@ -163,3 +163,11 @@ def test_cli_prints_error_without_traceback(qa, capsys):
     err = capsys.readouterr().err
     assert "error:" in err and "min_lenght" in err and "Traceback" not in err
     assert not ws.out.exists()  # nothing ran, nothing was written
+
+
+def test_split_unknown_group_column_is_a_plan_error(ws):
+    text = QA_RECIPE.replace(
+        "datasets:", "  sp:\n    kind: split\n    inputs: sft\n    group: questoin\n    fractions: {a: 0.5, b: 0.5}\ndatasets:"
+    )
+    err = _plan_error(ws, text)
+    assert (err.step, err.key) == ("sp", "group") and "needs column 'questoin'" in str(err)
