@@ -167,7 +167,8 @@ def test_cli_prints_error_without_traceback(qa, capsys):
 
 def test_split_unknown_group_column_is_a_plan_error(ws):
     text = QA_RECIPE.replace(
-        "datasets:", "  sp:\n    kind: split\n    inputs: sft\n    group: questoin\n    fractions: {a: 0.5, b: 0.5}\ndatasets:"
+        "datasets:",
+        "  sp:\n    kind: split\n    inputs: sft\n    group: questoin\n    fractions: {a: 0.5, b: 0.5}\ndatasets:",
     )
     err = _plan_error(ws, text)
     assert (err.step, err.key) == ("sp", "group") and "needs column 'questoin'" in str(err)
