@@ -1,8 +1,8 @@
 """Clustering primitives shared by splits, the split audit and dedup: connected components over
 pairs of linked rows, and near-duplicate clusters from MinHash LSH.
 
-``near_duplicate_pairs`` uses datasketch (``MinHash.bulk`` + ``MinHashLSH``) today; the dedup issue
-brings a vectorised, datasketch-compatible MinHash that can replace it behind the same function.
+``near_duplicate_pairs`` runs on the vectorised, datasketch-compatible MinHash of
+``dataforge.text.minhash`` (the same one ``dedup.minhash`` uses).
 """
 
 from __future__ import annotations
@@ -12,8 +12,6 @@ from collections.abc import Sequence
 import numpy as np
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
-
-from dataforge.text.shingles import shingles
 
 
 def components(n: int, pairs: np.ndarray) -> np.ndarray:
@@ -41,25 +39,16 @@ def near_duplicate_pairs(
     seed: int = 1,
     verify: bool = True,
 ) -> np.ndarray:
-    """Pairs (i, j), i < j, of texts whose shingle sets are near-duplicates: LSH candidates at
-    ``threshold``, kept only if their exact Jaccard reaches it when ``verify``."""
-    from datasketch import MinHash, MinHashLSH
+    """Pairs (i, j) of texts whose word-shingle sets are near-duplicates: MinHash LSH candidates
+    (``dataforge.text.minhash``, datasketch-compatible) at ``threshold``, kept only if their exact
+    Jaccard reaches it when ``verify``. Pairs link each bucket to its smallest index."""
+    from dataforge.text.minhash import candidate_pairs, exact_jaccard, lsh_params, signatures
 
-    sets = [shingles(t or "", ngram) for t in texts]
-    hashes = MinHash.bulk([[s.encode() for s in sh] for sh in sets], num_perm=num_perm, seed=seed)
-    lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
-    for i, m in enumerate(hashes):
-        if sets[i]:
-            lsh.insert(i, m)
-    found = set()
-    for i, m in enumerate(hashes):
-        if not sets[i]:
-            continue
-        for j in lsh.query(m):
-            if j > i and (not verify or jaccard(sets[i], sets[j]) >= threshold):
-                found.add((i, j))
-    return np.array(sorted(found), dtype=np.int64).reshape(-1, 2)
-
-
-def jaccard(a: set[str], b: set[str]) -> float:
-    return len(a & b) / len(a | b) if a or b else 1.0
+    texts = list(texts)
+    if not texts:
+        return np.zeros((0, 2), dtype=np.int64)
+    sigs = signatures(texts, num_perm, seed, ngram)
+    pairs = candidate_pairs(sigs, *lsh_params(threshold, num_perm))
+    if verify and len(pairs):
+        pairs = pairs[exact_jaccard(texts, pairs, ngram) >= threshold]
+    return np.sort(pairs, axis=1)

@@ -142,20 +142,18 @@ def audit_frames(
     )
     found.append(exact)
     if near and rows.height:
-        from dataforge.cluster import jaccard
-        from dataforge.text.shingles import shingles
+        from dataforge.text.minhash import exact_jaccard
 
-        pairs = near_duplicate_pairs(rows["p"].to_list(), threshold, num_perm, ngram)
+        texts = rows["p"].to_list()
+        pairs = near_duplicate_pairs(texts, threshold, num_perm, ngram)
         if len(pairs):
             a, b = rows[pairs[:, 0]], rows[pairs[:, 1]]
             keep = (a["k"] != b["k"]).to_numpy() & (a["p"] != b["p"]).to_numpy()
             a, b = a.filter(keep), b.filter(keep)
+            scores = exact_jaccard(texts, pairs[keep], ngram)
             swap = (a["k"] > b["k"]).to_numpy()
             first = pl.DataFrame({c: np.where(swap, b[c].to_numpy(), a[c].to_numpy()) for c in ("input", "row", "p")})
             second = pl.DataFrame({c: np.where(swap, a[c].to_numpy(), b[c].to_numpy()) for c in ("input", "row", "p")})
-            scores = [
-                jaccard(shingles(x, ngram), shingles(y, ngram)) for x, y in zip(first["p"], second["p"], strict=True)
-            ]
             found.append(
                 pl.DataFrame(
                     {

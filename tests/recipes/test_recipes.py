@@ -56,7 +56,8 @@ def test_gsm8k_reasoning_outputs(built):
     assert [m["role"] for m in msgs] == ["user", "assistant"]
     assert msgs[1]["content"].startswith("<think>\n") and msgs[1]["content"].endswith("</answer>")
     assert "<<" not in msgs[1]["content"]
-    assert len(sft["train"]) + len(sft["validation"]) == 7473 - 5  # five terse solutions filtered out
+    # five terse solutions filtered out, one near-duplicate question dropped
+    assert len(sft["train"]) + len(sft["validation"]) == 7473 - 5 - 1
     assert len(grpo["test"]) == 1319 and grpo["test"].column_names == ["_id", "prompt", "answer"]
     assert grpo["test"][0]["prompt"][0]["role"] == "system"
     # the SFT splits share no normalized question
@@ -83,7 +84,7 @@ def test_gsm8k_why_and_query_answer(built, capsys):
                 str(out),
                 "--format",
                 "json",
-                "SELECT row_id, reason FROM latest_events WHERE action = 'dropped' ORDER BY row_id",
+                "SELECT row_id, reason FROM latest_events WHERE step = 'filtered' ORDER BY row_id",
             ]
         )
         == 0
@@ -147,3 +148,10 @@ def test_gsm8k_time_split_outputs(built):
 def test_demo_splits_share_no_prompt_or_near_duplicate(built):
     card = (built("gsm8k_reasoning.yaml") / "datasets" / "gsm8k_sft" / "card.md").read_text()
     assert "| train | validation | 0 | 0 | 0 | 0 |" in card
+
+
+def test_demo_lineage_holds_duplicates_with_representatives(built):
+    con = duckdb.connect(str(built("gsm8k_reasoning.yaml") / "lineage.duckdb"), read_only=True)
+    rows = con.execute("SELECT row_id, related_id, score FROM latest_events WHERE reason = 'near_duplicate'").fetchall()
+    assert rows and all(r[1].startswith("gsm8k_") and 0.8 <= r[2] < 1 for r in rows)
+    assert ("gsm8k_train:6691", "gsm8k_train:2483") in {(r[0], r[1]) for r in rows}

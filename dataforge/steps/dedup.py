@@ -1,0 +1,333 @@
+"""Deduplication: ``dedup.exact`` and ``dedup.minhash`` (near-duplicates, MinHash LSH).
+
+Both consume ``data`` (and optionally ``against``: a second input whose rows are never touched,
+such as a validation split or a released dataset) and read the text of ``fields`` — plain
+text columns or ``messages`` lists (``roles`` picks the turns). Before comparing, the text is
+cleaned: chat-template tokens (``<|im_start|>``, ``[INST]``, ``<s>`` …) are removed, a system
+prompt shared by at least ``shared_system`` of the rows is ignored, and the text is normalized
+(NFKC, whitespace, case). With ``template_aware: true`` numbers and capitalized names are masked
+too, so "Alice has 3 apples" and "Bob has 7 apples" are one item.
+
+They produce ``data``: the kept rows (with ``_cluster_id``/``_cluster_size`` when
+``cluster_columns: true``), and for ``dedup.minhash`` with ``keep_signatures: true`` also
+``signatures`` (``_id``, ``signature`` list<uint32>). In each cluster the representative is
+chosen by a rule, never by row order: ``keep: smallest_id`` (default), ``earliest_ts`` or
+``highest`` (with ``keep_column``). Every other row is dropped with an event: reason
+``exact_duplicate`` / ``near_duplicate`` / ``template_duplicate``, ``related_id`` = the kept
+representative (or the matched ``against`` row), ``score`` = Jaccard (1.0 for exact).
+
+Example::
+
+    dedup:
+      kind: dedup.minhash
+      inputs: {data: parsed.train, against: parsed.test}
+      fields: [question]
+      threshold: 0.8          # bands x rows derived from it (datasketch's optimum) unless given
+      num_perm: 128
+      ngram: 3
+      verify: exact           # exact Jaccard of candidate pairs removes LSH false positives
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Literal
+
+import numpy as np
+import polars as pl
+from pydantic import model_validator
+
+from dataforge.cluster import components
+from dataforge.engine.events import events
+from dataforge.engine.step import Columns, Context, PlanInfo, StepConfig, StepResult, require, step, with_columns
+from dataforge.text.fields import text_expr
+from dataforge.text.normalize import normalize_expr
+
+TEMPLATE_TOKENS = (
+    r"<\|im_start\|>\s*(?:system|user|assistant)?|<\|[^|>\s]{1,40}\|>|\[/?INST\]|<</?SYS>>|</?s>"
+    r"|<(?:start|end)_of_turn>|<bos>|<eos>"
+)
+_NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
+_CAPITALIZED = re.compile(r"\b[A-Z][a-z]+\b")
+_NOT_NAMES = frozenset(
+    "a an the if how what when where which who whom whose why each every there then this that these those "
+    "he she they it we you i his her their its our your my in on at for from to of and or but so after before "
+    "during while since until suppose assume given find calculate compute determine mr mrs ms dr monday tuesday "
+    "wednesday thursday friday saturday sunday january february march april may june july august september "
+    "october november december".split()
+)
+
+
+class DedupConfig(StepConfig):
+    fields: list[str]
+    roles: list[str] | None = None
+    shared_system: float | None = 0.1
+    strip_template: bool = True
+    template_aware: bool = False
+    keep: Literal["smallest_id", "earliest_ts", "highest"] = "smallest_id"
+    keep_column: str | None = None
+    on_empty: Literal["keep", "drop"] = "keep"
+    cluster_columns: bool = False
+
+    @model_validator(mode="after")
+    def _keep_rule(self) -> DedupConfig:
+        if not self.fields:
+            raise ValueError("name at least one field to compare")
+        if (self.keep == "highest") != (self.keep_column is not None):
+            raise ValueError("keep: highest needs keep_column (and keep_column goes with keep: highest)")
+        if self.shared_system is not None and not 0 < self.shared_system <= 1:
+            raise ValueError("shared_system is a share of rows, between 0 and 1")
+        return self
+
+
+class MinhashConfig(DedupConfig):
+    threshold: float = 0.8
+    num_perm: int = 128
+    bands: int | None = None
+    rows: int | None = None
+    ngram: int = 3
+    seed: int = 1
+    verify: Literal["exact", "estimate", "none"] = "exact"
+    keep_signatures: bool = False
+
+    @model_validator(mode="after")
+    def _lsh(self) -> MinhashConfig:
+        if not 0 < self.threshold < 1:
+            raise ValueError(f"threshold must be between 0 and 1, not {self.threshold}")
+        if self.num_perm < 2 or self.ngram < 1:
+            raise ValueError("num_perm must be at least 2 and ngram at least 1")
+        if (self.bands is None) != (self.rows is None):
+            raise ValueError("give both bands and rows, or neither (then they follow from threshold)")
+        if self.bands is not None and self.rows is not None and self.bands * self.rows > self.num_perm:
+            raise ValueError(f"bands x rows = {self.bands * self.rows} is more than num_perm = {self.num_perm}")
+        return self
+
+
+# -- text -------------------------------------------------------------------------------------------
+
+
+def _shared_system_prompts(df: pl.DataFrame, field: str, share: float) -> list[str]:
+    dtype = df.schema[field]
+    if not (isinstance(dtype, pl.List) and isinstance(dtype.inner, pl.Struct)) or df.is_empty():
+        return []
+    turns = df.select(pl.col(field).alias("m")).with_row_index("r").explode("m").unnest("m")
+    system = turns.filter(pl.col("role") == "system").group_by("content").agg(pl.col("r").n_unique().alias("n"))
+    return system.filter(pl.col("n") >= share * df.height)["content"].to_list()
+
+
+def _mask_template(text: str) -> str:
+    text = _NUMBER.sub("0", text)
+    return _CAPITALIZED.sub(lambda m: m.group(0) if m.group(0).lower() in _NOT_NAMES else "Name", text)
+
+
+def dedup_text(df: pl.DataFrame, cfg: DedupConfig) -> pl.Series:
+    """The cleaned, normalized text each row is compared by."""
+    parts = []
+    for f in cfg.fields:
+        expr = text_expr(df, f, cfg.roles)
+        shared = _shared_system_prompts(df, f, cfg.shared_system) if cfg.shared_system else []
+        for prompt in shared:
+            expr = expr.str.replace_all("system: " + prompt, "", literal=True)
+        parts.append(expr)
+    expr = pl.concat_str(parts, separator="\n")
+    if cfg.strip_template:
+        expr = expr.str.replace_all(TEMPLATE_TOKENS, " ")
+    text = df.select(expr.alias("t"))["t"]
+    if cfg.template_aware:
+        text = pl.Series("t", [_mask_template(t) for t in text.to_list()], dtype=pl.String)
+    folded = normalize_expr(pl.lit(text), lowercase=True).str.replace_all(r"\s+", " ")  # line breaks too
+    return pl.select(folded.alias("t"))["t"]
+
+
+def keep_rank(df: pl.DataFrame, cfg: DedupConfig) -> np.ndarray:
+    """Each row's rank under the keep rule (0 = kept first); ties by ``_id``."""
+    if cfg.keep == "earliest_ts":
+        by, desc = ["_ts", "_id"], [False, False]
+    elif cfg.keep == "highest":
+        by, desc = [cfg.keep_column, "_id"], [True, False]
+    else:
+        by, desc = ["_id"], [False]
+    order = df.with_row_index("i").sort(by, descending=desc, nulls_last=True)["i"].to_numpy()
+    rank = np.empty(df.height, dtype=np.int64)
+    rank[order] = np.arange(df.height)
+    return rank
+
+
+def _columns(cfg: DedupConfig, cols: dict[str, Columns], info: PlanInfo) -> dict[str, Columns]:
+    for side, c in cols.items():
+        require(c, cfg.fields, "fields")
+        if side == "data":
+            require(c, [cfg.keep_column], "keep_column")
+            require(c, ["_ts"] if cfg.keep == "earliest_ts" else [], "keep")
+    data = with_columns(cols["data"], ["_cluster_id", "_cluster_size"]) if cfg.cluster_columns else cols["data"]
+    out: dict[str, Columns] = {"data": data}
+    if getattr(cfg, "keep_signatures", False):
+        out["signatures"] = ["_id", "signature"]
+    return out
+
+
+def _outputs(cfg: DedupConfig, names: object) -> tuple[str, ...]:
+    return ("data", "signatures") if getattr(cfg, "keep_signatures", False) else ("data",)
+
+
+def _empty_drops(df: pl.DataFrame, text: pl.Series, cfg: DedupConfig) -> tuple[pl.Series, list[pl.DataFrame]]:
+    empty = text.str.len_chars() == 0
+    if cfg.on_empty == "drop" and empty.any():
+        return ~empty, [events(df["_id"].filter(empty), "dropped", "dedup:empty_text", detail={"fields": cfg.fields})]
+    return pl.Series([True] * df.height), []
+
+
+def _finish(
+    df: pl.DataFrame,
+    cfg: DedupConfig,
+    alive: pl.Series,
+    labels: np.ndarray,
+    rank: np.ndarray,
+    score_of: Callable[[np.ndarray], np.ndarray],
+    reason: str,
+    found: list[pl.DataFrame],
+) -> pl.DataFrame:
+    """Keep the best-ranked ``alive`` row of each cluster; drop the others with an event whose
+    score is ``score_of`` the (representative, dropped) index pairs."""
+    idx = np.nonzero(alive.to_numpy())[0]
+    lab = labels[idx]
+    order = np.lexsort((rank[idx], lab))
+    first = np.concatenate(([True], lab[order][1:] != lab[order][:-1])) if len(order) else np.zeros(0, bool)
+    rep_of_sorted = idx[order][np.maximum.accumulate(np.where(first, np.arange(len(order)), 0))]
+    rep = np.empty(len(idx), dtype=np.int64)
+    rep[order] = rep_of_sorted
+    dup = rep != idx
+    ids = df["_id"]
+    if dup.any():
+        found.append(
+            events(
+                ids.gather(idx[dup]),
+                "dropped",
+                reason,
+                related_id=ids.gather(rep[dup]),
+                score=pl.Series(score_of(np.column_stack([rep[dup], idx[dup]])), dtype=pl.Float64),
+            )
+        )
+    keep_mask = np.zeros(df.height, dtype=bool)
+    keep_mask[idx[~dup]] = True
+    kept = df.filter(pl.Series(keep_mask))
+    if cfg.cluster_columns:
+        sizes = np.bincount(lab, minlength=labels.max() + 1 if len(labels) else 0)
+        rep_id = np.asarray(ids.gather(rep).to_list(), dtype=object)
+        kept = kept.with_columns(
+            pl.Series("_cluster_id", rep_id[~dup].tolist(), dtype=pl.String),
+            pl.Series("_cluster_size", sizes[lab[~dup]], dtype=pl.Int64),
+        )
+    return kept
+
+
+# -- dedup.exact --------------------------------------------------------------------------------------
+
+
+@step("dedup.exact", version=1, inputs=None, outputs=_outputs, columns=_columns)
+def dedup_exact(inputs: dict[str, pl.DataFrame], cfg: DedupConfig, ctx: Context) -> StepResult:
+    """Drop rows whose cleaned text equals another's (or an ``against`` row's)."""
+    df = inputs["data"]
+    text = dedup_text(df, cfg)
+    alive, found = _empty_drops(df, text, cfg)
+    reason = "template_duplicate" if cfg.template_aware else "exact_duplicate"
+    if "against" in inputs:
+        other = inputs["against"]
+        other_text = dedup_text(other, cfg)
+        first = (
+            pl.DataFrame({"t": other_text, "o": other["_id"]})
+            .filter(pl.col("t") != "")
+            .group_by("t")
+            .agg(pl.col("o").min())
+        )
+        hit = pl.DataFrame({"t": text, "i": np.arange(df.height)}).join(first, on="t").sort("i")
+        mask = np.zeros(df.height, dtype=bool)
+        mask[hit["i"].to_numpy()] = True
+        mask &= alive.to_numpy()
+        if mask.any():
+            rows = hit.filter(pl.Series(mask[hit["i"].to_numpy()]))
+            found.append(
+                events(
+                    df["_id"].gather(rows["i"]),
+                    "dropped",
+                    reason,
+                    related_id=rows["o"],
+                    score=1.0,
+                    detail={"against": True},
+                )
+            )
+        alive = alive & pl.Series(~mask)
+    labels = pl.DataFrame({"t": text}).select(pl.col("t").rank("dense"))["t"].to_numpy().astype(np.int64) - 1
+    labels = np.where(text.str.len_chars().to_numpy() == 0, labels.max() + 1 + np.arange(df.height), labels)
+    kept = _finish(df, cfg, alive, labels, keep_rank(df, cfg), lambda p: np.ones(len(p)), reason, found)
+    return StepResult({"data": kept}, events=found)
+
+
+# -- dedup.minhash ------------------------------------------------------------------------------------
+
+
+@step("dedup.minhash", version=1, inputs=None, outputs=_outputs, columns=_columns)
+def dedup_minhash(inputs: dict[str, pl.DataFrame], cfg: MinhashConfig, ctx: Context) -> StepResult:
+    """Drop near-duplicates: MinHash LSH candidates, verified, clustered, one kept per cluster."""
+    from dataforge.text.minhash import candidate_pairs, estimated_jaccard, exact_jaccard, lsh_params, signatures
+
+    df = inputs["data"]
+    other = inputs.get("against")
+    text = dedup_text(df, cfg)
+    alive, found = _empty_drops(df, text, cfg)
+    all_text = text if other is None else pl.concat([text, dedup_text(other, cfg)])
+    sigs = signatures(all_text.to_arrow(), cfg.num_perm, cfg.seed, cfg.ngram)
+    bands, rows = (cfg.bands, cfg.rows) if cfg.bands and cfg.rows else lsh_params(cfg.threshold, cfg.num_perm)
+    n = df.height
+    rank = keep_rank(df, cfg)
+    # rows of `against` rank after every data row, by their own id order
+    full_rank = np.concatenate([rank, n + (keep_rank(other, cfg) if other is not None else np.zeros(0, np.int64))])
+    pairs = candidate_pairs(sigs, bands, rows, full_rank)
+    texts = all_text.to_list() if cfg.verify == "exact" else []
+    if cfg.verify == "exact":
+        score = exact_jaccard(texts, pairs, cfg.ngram)
+    else:
+        score = estimated_jaccard(sigs, pairs)
+    if cfg.verify != "none":
+        pairs, score = pairs[score >= cfg.threshold], score[score >= cfg.threshold]
+    reason = "template_duplicate" if cfg.template_aware else "near_duplicate"
+    if other is not None:  # a data row that matches any `against` row goes, related to its best match
+        cross = (pairs[:, 0] < n) != (pairs[:, 1] < n)
+        c_pairs, c_score = pairs[cross], score[cross]
+        mine = np.where(c_pairs[:, 0] < n, c_pairs[:, 0], c_pairs[:, 1])
+        theirs = np.where(c_pairs[:, 0] < n, c_pairs[:, 1], c_pairs[:, 0]) - n
+        best = pl.DataFrame({"i": mine, "o": theirs, "s": c_score})
+        best = best.sort(["i", "s", "o"], descending=[False, True, False])
+        best = best.unique("i", keep="first", maintain_order=True)
+        best = best.filter(pl.Series(alive.to_numpy()[best["i"].to_numpy()]) if best.height else pl.lit(True))
+        if best.height:
+            found.append(
+                events(
+                    df["_id"].gather(best["i"]),
+                    "dropped",
+                    reason,
+                    related_id=other["_id"].gather(best["o"]),
+                    score=best["s"],
+                    detail={"against": True},
+                )
+            )
+            gone = np.zeros(n, dtype=bool)
+            gone[best["i"].to_numpy()] = True
+            alive = alive & pl.Series(~gone)
+        inner = ~cross & (pairs[:, 0] < n)
+        pairs, score = pairs[inner], score[inner]
+    labels = components(n, pairs)
+
+    def score_of(rep_dup: np.ndarray) -> np.ndarray:
+        if cfg.verify == "exact":
+            return exact_jaccard(texts, rep_dup, cfg.ngram)
+        return estimated_jaccard(sigs, rep_dup)
+
+    kept = _finish(df, cfg, alive, labels, rank, score_of, reason, found)
+    tables = {"data": kept}
+    if cfg.keep_signatures:
+        tables["signatures"] = pl.DataFrame(
+            {"_id": df["_id"], "signature": pl.Series(sigs[:n].tolist(), dtype=pl.List(pl.UInt32))}
+        )
+    return StepResult(tables, events=found)

@@ -1,0 +1,243 @@
+"""Vectorised MinHash signatures, compatible with datasketch 2.0's default ``affine32`` scheme.
+
+One compiled pass per document reads its UTF-8 bytes, splits words, hashes each word (FNV-1a,
+32 bit), combines ``ngram`` consecutive word hashes into a shingle hash, and keeps, for each of
+``num_perm`` permutations, the minimum of ``a_k * fmix32(h) + b_k mod 2^32`` — exactly what
+``datasketch.MinHash(num_perm, seed, hashfunc=shingle_hash)`` computes for the same shingles
+(its ``affine32`` scheme: MurmurHash3 finalizer, then odd-multiplier affine maps mod 2^32, with
+the permutation parameters drawn from ``numpy.random.RandomState(seed)``). The test suite checks
+the hash values are equal.
+
+Words are runs of ASCII letters, digits, ``_`` and any non-ASCII byte; ASCII is lowercased.
+A document with fewer than ``ngram`` words has one shingle (all its words); one with no words
+has the empty signature (all 2^32 - 1), which matches nothing.
+
+The per-shingle hash is our own (FNV-1a words, multiplicative combine) because datasketch's
+default, SHA-1 of each shingle's bytes, cannot be computed without a Python call per shingle;
+pass ``hashfunc=shingle_hash_of`` to datasketch to get identical signatures from it.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Sequence
+
+import numpy as np
+import pyarrow as pa
+from numba import njit, prange
+
+MAX_HASH = np.uint32(0xFFFFFFFF)
+_M32 = 0xFFFFFFFF
+_FNV_OFFSET = 0x811C9DC5
+_FNV_PRIME = 0x01000193
+_COMBINE = 0x9E3779B1
+_WORD = re.compile(rb"[0-9a-z_\x80-\xff]+")
+
+
+def permutations(num_perm: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """datasketch's affine32 permutation parameters (a odd, b) for ``num_perm`` and ``seed``."""
+    gen = np.random.RandomState(seed)
+    a = gen.randint(0, 1 << 31, num_perm, dtype=np.uint32) * np.uint32(2) + np.uint32(1)
+    b = gen.randint(0, 1 << 32, num_perm, dtype=np.uint32)
+    return a, b
+
+
+# -- the Python reference (for datasketch and for exact Jaccard) -------------------------------
+
+
+def words_of(text: str) -> list[bytes]:
+    return _WORD.findall(text.encode("utf-8").lower())
+
+
+def word_hash(word: bytes) -> int:
+    h = _FNV_OFFSET
+    for c in word:
+        h = ((h ^ c) * _FNV_PRIME) & _M32
+    return h
+
+
+def shingle_hash_of(words: Sequence[bytes]) -> int:
+    h = 0
+    for w in words:
+        h = ((h * _COMBINE) & _M32) ^ word_hash(w)
+    return h
+
+
+def shingle_hashes(text: str, ngram: int) -> set[int]:
+    """The set of shingle hashes of ``text``, as the compiled kernel sees them."""
+    ws = words_of(text)
+    if not ws:
+        return set()
+    if len(ws) < ngram:
+        return {shingle_hash_of(ws)}
+    return {shingle_hash_of(ws[i : i + ngram]) for i in range(len(ws) - ngram + 1)}
+
+
+def datasketch_minhash(text: str, num_perm: int, seed: int, ngram: int):
+    """The datasketch MinHash of ``text`` with our shingles: its hashvalues equal ours."""
+    from datasketch import MinHash
+
+    m = MinHash(num_perm=num_perm, seed=seed, hashfunc=int, scheme="affine32")
+    for h in shingle_hashes(text, ngram):
+        m.update(h)
+    return m
+
+
+# -- the compiled kernel --------------------------------------------------------------------------
+
+
+@njit(cache=True, inline="always")
+def _fmix32(h):
+    h ^= h >> 16
+    h = (h * 0x85EBCA6B) & 0xFFFFFFFF
+    h ^= h >> 13
+    h = (h * 0xC2B2AE35) & 0xFFFFFFFF
+    h ^= h >> 16
+    return h
+
+
+@njit(cache=True, inline="always")
+def _update(sig, a, b, shingle):
+    hv = np.uint64(_fmix32(np.uint64(shingle)))
+    for k in range(a.shape[0]):
+        v = (a[k] * hv + b[k]) & np.uint64(0xFFFFFFFF)
+        if v < sig[k]:
+            sig[k] = v
+
+
+@njit(cache=True, parallel=True)
+def _signatures(data, offsets, ngram, a, b, out):
+    n_docs = offsets.shape[0] - 1
+    for d in prange(n_docs):
+        sig = np.full(a.shape[0], np.uint64(0xFFFFFFFF), dtype=np.uint64)
+        ring = np.zeros(ngram, dtype=np.uint64)
+        count = 0
+        i = offsets[d]
+        end = offsets[d + 1]
+        while i < end:
+            c = data[i]
+            if 65 <= c <= 90:
+                c += 32
+            if not ((48 <= c <= 57) or (97 <= c <= 122) or c == 95 or c >= 128):
+                i += 1
+                continue
+            h = np.uint64(0x811C9DC5)
+            while i < end:
+                c = data[i]
+                if 65 <= c <= 90:
+                    c += 32
+                if not ((48 <= c <= 57) or (97 <= c <= 122) or c == 95 or c >= 128):
+                    break
+                h = ((h ^ np.uint64(c)) * np.uint64(0x01000193)) & np.uint64(0xFFFFFFFF)
+                i += 1
+            ring[count % ngram] = h
+            count += 1
+            if count >= ngram:
+                s = np.uint64(0)
+                for j in range(ngram):
+                    s = ((s * np.uint64(0x9E3779B1)) & np.uint64(0xFFFFFFFF)) ^ ring[(count - ngram + j) % ngram]
+                _update(sig, a, b, s)
+        if 0 < count < ngram:
+            s = np.uint64(0)
+            for j in range(count):
+                s = ((s * np.uint64(0x9E3779B1)) & np.uint64(0xFFFFFFFF)) ^ ring[j]
+            _update(sig, a, b, s)
+        for k in range(a.shape[0]):
+            out[d, k] = sig[k]
+
+
+def signatures(texts: pa.Array | Sequence[str], num_perm: int = 128, seed: int = 1, ngram: int = 3) -> np.ndarray:
+    """(n, num_perm) uint32 MinHash signatures of ``texts`` (an Arrow string array or strings)."""
+    arr = texts if isinstance(texts, pa.Array | pa.ChunkedArray) else pa.array(list(texts), type=pa.large_string())
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks()
+    arr = arr.cast(pa.large_string()).fill_null("")
+    offsets = np.frombuffer(arr.buffers()[1], dtype=np.int64)[arr.offset : arr.offset + len(arr) + 1]
+    data_buf = arr.buffers()[2]
+    data = np.frombuffer(data_buf, dtype=np.uint8) if data_buf is not None else np.zeros(0, dtype=np.uint8)
+    a, b = permutations(num_perm, seed)
+    out = np.empty((len(arr), num_perm), dtype=np.uint32)
+    _signatures(data, offsets.copy(), ngram, a.astype(np.uint64), b.astype(np.uint64), out)
+    return out
+
+
+# -- LSH ---------------------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=64)
+def lsh_params(threshold: float, num_perm: int, fp_weight: float = 0.5, fn_weight: float = 0.5) -> tuple[int, int]:
+    """(bands, rows) minimising the weighted areas under the false-positive and false-negative
+    curves — datasketch's ``MinHashLSH`` choice, computed the same way (scipy ``quad``) without
+    importing datasketch (whose import costs half a second)."""
+    from scipy.integrate import quad
+
+    best, opt = float("inf"), (0, 0)
+    for b in range(1, num_perm + 1):
+        for r in range(1, num_perm // b + 1):
+            fp = quad(lambda s, b=b, r=r: 1 - (1 - s ** float(r)) ** float(b), 0.0, threshold)[0]
+            fn = quad(lambda s, b=b, r=r: 1 - (1 - (1 - s ** float(r)) ** float(b)), threshold, 1.0)[0]
+            err = fp * fp_weight + fn * fn_weight
+            if err < best:
+                best, opt = err, (b, r)
+    return opt
+
+
+def band_keys(sigs: np.ndarray, bands: int, rows: int) -> np.ndarray:
+    """(n, bands) uint64 keys: each band's rows of the signature folded into one number."""
+    gen = np.random.RandomState(0x5EED)
+    mult = (gen.randint(0, 1 << 62, rows, dtype=np.int64).astype(np.uint64) << np.uint64(1)) | np.uint64(1)
+    keys = np.zeros((sigs.shape[0], bands), dtype=np.uint64)
+    for band in range(bands):
+        block = sigs[:, band * rows : (band + 1) * rows].astype(np.uint64)
+        keys[:, band] = (block * mult).sum(axis=1, dtype=np.uint64) ^ np.uint64(band)
+    return keys
+
+
+def candidate_pairs(sigs: np.ndarray, bands: int, rows: int, rank: np.ndarray | None = None) -> np.ndarray:
+    """Pairs (head, member) of documents sharing a band: each bucket links its members to its
+    head, the member of smallest ``rank`` (default: index), so the pairs do not depend on the
+    order of the rows when ``rank`` is a canonical order. Empty signatures never match."""
+    n = sigs.shape[0]
+    rank = np.arange(n) if rank is None else rank
+    live = ~(sigs == MAX_HASH).all(axis=1)
+    keys = band_keys(sigs, bands, rows)
+    out = []
+    for band in range(bands):
+        idx = np.nonzero(live)[0]
+        k = keys[idx, band]
+        order = np.lexsort((rank[idx], k))
+        ks, ids = k[order], idx[order]
+        if len(ks) < 2:
+            continue
+        starts = np.concatenate(([True], ks[1:] != ks[:-1]))
+        head = ids[np.maximum.accumulate(np.where(starts, np.arange(len(ks)), 0))]
+        member = ~starts
+        out.append(np.column_stack([head[member], ids[member]]))
+    if not out:
+        return np.zeros((0, 2), dtype=np.int64)
+    pairs = np.unique(np.concatenate(out), axis=0)
+    return pairs.astype(np.int64)
+
+
+def estimated_jaccard(sigs: np.ndarray, pairs: np.ndarray) -> np.ndarray:
+    """Share of equal signature positions of each pair: the MinHash Jaccard estimate."""
+    if len(pairs) == 0:
+        return np.zeros(0)
+    return (sigs[pairs[:, 0]] == sigs[pairs[:, 1]]).mean(axis=1)
+
+
+def exact_jaccard(texts: Sequence[str], pairs: np.ndarray, ngram: int) -> np.ndarray:
+    """Exact Jaccard of the shingle-hash sets of each pair (Python; for candidates only)."""
+    cache: dict[int, set[int]] = {}
+
+    def sh(i: int) -> set[int]:
+        if i not in cache:
+            cache[i] = shingle_hashes(texts[i], ngram)
+        return cache[i]
+
+    out = np.empty(len(pairs))
+    for n, (i, j) in enumerate(pairs):
+        a, b = sh(int(i)), sh(int(j))
+        out[n] = len(a & b) / len(a | b) if (a or b) else 1.0
+    return out

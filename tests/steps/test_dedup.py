@@ -1,0 +1,160 @@
+"""dedup.exact and dedup.minhash: datasketch compatibility, clusters, keep rules, against,
+template-aware matching, and the events they record."""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+import pytest
+from pydantic import ValidationError
+
+from dataforge.steps.dedup import DedupConfig, MinhashConfig, dedup_exact, dedup_minhash
+from dataforge.text.minhash import datasketch_minhash, lsh_params, signatures
+from tests.conftest import GSM8K
+
+QUESTIONS = pl.read_ndjson(GSM8K / "train.jsonl")["question"]
+
+
+@pytest.mark.parametrize("num_perm, seed, ngram", [(128, 1, 3), (64, 42, 1), (256, 7, 5)])
+def test_signatures_equal_datasketch_hashvalues(num_perm, seed, ngram):
+    texts = [*QUESTIONS.head(40).to_list(), "", "one", "Ünïcödé wörds and MIXED case", "a b"]
+    ours = signatures(texts, num_perm=num_perm, seed=seed, ngram=ngram)
+    for text, sig in zip(texts, ours, strict=True):
+        theirs = datasketch_minhash(text, num_perm, seed, ngram)
+        assert theirs.scheme == "affine32"  # datasketch 2.0's default scheme
+        assert np.array_equal(theirs.hashvalues, sig), text
+
+
+def test_lsh_params_equal_datasketch():
+    from datasketch.lsh import _optimal_param
+
+    for threshold in (0.5, 0.8, 0.9):
+        assert lsh_params(threshold, 128) == _optimal_param(threshold, 128, 0.5, 0.5)
+
+
+def _frame(texts: list[str], prefix: str = "r", **extra) -> pl.DataFrame:
+    return pl.DataFrame({"_id": [f"{prefix}:{i:03d}" for i in range(len(texts))], "q": texts, **extra})
+
+
+def _near_copy(text: str) -> str:
+    """The text with one word appended: word 3-gram Jaccard ~0.93-0.97 for GSM8K questions."""
+    return text + " Thanks"
+
+
+def test_exact_dedup_keeps_smallest_id_and_records_representative(ctx):
+    df = _frame(["Same  question?", "other question", "same question?", "SAME QUESTION?"])
+    res = dedup_exact({"data": df}, DedupConfig(fields=["q"]), ctx)
+    assert res.tables["data"]["_id"].to_list() == ["r:000", "r:001"]
+    ev = res.events[0].sort("row_id")
+    assert ev["row_id"].to_list() == ["r:002", "r:003"]
+    assert set(ev["reason"]) == {"exact_duplicate"} and set(ev["related_id"]) == {"r:000"}
+    assert set(ev["score"]) == {1.0}
+
+
+def test_minhash_finds_planted_near_duplicates_only(ctx):
+    base = QUESTIONS.head(300).to_list()
+    planted = [_near_copy(base[i]) for i in range(0, 300, 10)]
+    df = _frame(base + planted)
+    res = dedup_minhash({"data": df}, MinhashConfig(fields=["q"], threshold=0.7), ctx)
+    dropped = dict(zip(res.events[0]["row_id"], res.events[0]["related_id"], strict=True))
+    expected = {f"r:{300 + k:03d}": f"r:{i:03d}" for k, i in enumerate(range(0, 300, 10))}
+    assert dropped == expected  # every planted copy found, related to its original, nothing else
+    assert (res.events[0]["score"] >= 0.7).all() and (res.events[0]["score"] < 1).all()
+    assert res.tables["data"].height == 300
+
+
+def test_minhash_is_independent_of_row_order(ctx):
+    base = QUESTIONS.head(200).to_list()
+    df = _frame(base + [_near_copy(t) for t in base[:50]] + base[:20])
+    cfg = MinhashConfig(fields=["q"], threshold=0.7)
+    a = dedup_minhash({"data": df}, cfg, ctx)
+    b = dedup_minhash({"data": df.sample(fraction=1.0, shuffle=True, seed=3)}, cfg, ctx)
+    assert sorted(a.tables["data"]["_id"]) == sorted(b.tables["data"]["_id"])
+    assert a.events[0].sort("row_id").equals(b.events[0].sort("row_id"))
+
+
+def test_keep_rules(ctx):
+    df = _frame(
+        ["a question about ducks", "A question about ducks", "a question  about ducks"], quality=[0.1, 0.9, 0.5]
+    )
+    highest = dedup_exact({"data": df}, DedupConfig(fields=["q"], keep="highest", keep_column="quality"), ctx)
+    assert highest.tables["data"]["_id"].to_list() == ["r:001"]
+    ts = pl.Series([3, 1, 2]).cast(pl.Datetime("us", "UTC"))
+    earliest = dedup_exact(
+        {"data": df.with_columns(ts.alias("_ts"))}, DedupConfig(fields=["q"], keep="earliest_ts"), ctx
+    )
+    assert earliest.tables["data"]["_id"].to_list() == ["r:001"]
+
+
+def test_against_drops_only_the_main_side(ctx):
+    test = _frame(QUESTIONS.slice(1000, 20).to_list(), prefix="test")
+    train = _frame([*QUESTIONS.head(50).to_list(), _near_copy(test["q"][3]), test["q"][7]], prefix="train")
+    res = dedup_minhash({"data": train, "against": test}, MinhashConfig(fields=["q"], threshold=0.7), ctx)
+    ev = pl.concat(res.events).sort("row_id")
+    assert dict(zip(ev["row_id"], ev["related_id"], strict=True)) == {"train:050": "test:003", "train:051": "test:007"}
+    assert '"against": true' in ev["detail_json"][0]
+    assert res.tables["data"].height == 50
+    exact = dedup_exact({"data": train, "against": test}, DedupConfig(fields=["q"]), ctx)
+    assert pl.concat(exact.events)["row_id"].to_list() == ["train:051"]
+
+
+def test_template_aware_clusters_renamed_renumbered_problems(ctx):
+    df = _frame(
+        [
+            "Alice has 3 apples and buys 5 more. How many apples does Alice have now?",
+            "Bob has 7 apples and buys 2 more. How many apples does Bob have now?",
+            "Alice has 3 pears and gives 1 away. How many pears are left with Alice?",
+        ]
+    )
+    plain = dedup_minhash({"data": df}, MinhashConfig(fields=["q"], threshold=0.8), ctx)
+    assert plain.tables["data"].height == 3
+    templ = dedup_minhash({"data": df}, MinhashConfig(fields=["q"], threshold=0.8, template_aware=True), ctx)
+    assert templ.tables["data"]["_id"].to_list() == ["r:000", "r:002"]
+    assert templ.events[0]["reason"].to_list() == ["template_duplicate"]
+
+
+def test_chat_template_tokens_and_shared_system_prompt_are_ignored(ctx):
+    sys_prompt = "You are a helpful assistant. Answer carefully and show your work step by step."
+    qs = QUESTIONS.head(30).to_list()
+    msgs = [[{"role": "system", "content": sys_prompt}, {"role": "user", "content": q}] for q in qs]
+    msgs.append([{"role": "user", "content": "<|im_start|>user\n" + qs[4] + "<|im_end|>"}])
+    df = pl.DataFrame({"_id": [f"m:{i:02d}" for i in range(31)], "messages": msgs})
+    res = dedup_exact({"data": df}, DedupConfig(fields=["messages"]), ctx)
+    assert res.events[0].select("row_id", "related_id").rows() == [("m:30", "m:04")]
+
+
+def test_empty_text_kept_or_dropped(ctx):
+    df = _frame(["", "", "a real question here"])
+    kept = dedup_minhash({"data": df}, MinhashConfig(fields=["q"]), ctx)
+    assert kept.tables["data"].height == 3
+    dropped = dedup_minhash({"data": df}, MinhashConfig(fields=["q"], on_empty="drop"), ctx)
+    assert dropped.tables["data"]["_id"].to_list() == ["r:002"]
+    assert set(pl.concat(dropped.events)["reason"]) == {"dedup:empty_text"}
+
+
+def test_cluster_columns_and_signature_artifact(ctx):
+    base = QUESTIONS.head(20).to_list()
+    df = _frame([*base, _near_copy(base[0])])
+    res = dedup_minhash(
+        {"data": df}, MinhashConfig(fields=["q"], threshold=0.7, cluster_columns=True, keep_signatures=True), ctx
+    )
+    kept = res.tables["data"]
+    assert kept.filter(pl.col("_id") == "r:000")["_cluster_size"].item() == 2
+    assert kept["_cluster_id"].to_list() == kept["_id"].to_list()
+    sig = res.tables["signatures"]
+    assert sig.schema["signature"] == pl.List(pl.UInt32) and sig.height == 21
+    assert np.array_equal(np.array(sig["signature"].to_list()), signatures(df["q"].str.to_lowercase().to_list()))
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"threshold": 1.2}, "between 0 and 1"),
+        ({"bands": 20, "rows": 10}, "more than num_perm"),
+        ({"bands": 4}, "give both bands and rows"),
+        ({"keep": "highest"}, "keep_column"),
+    ],
+)
+def test_minhash_config_errors(kwargs, message):
+    with pytest.raises(ValidationError, match=message):
+        MinhashConfig(fields=["q"], **kwargs)
