@@ -10,14 +10,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
 
 
 def components(n: int, pairs: np.ndarray) -> np.ndarray:
     """Component label (0..k-1) of each of ``n`` nodes linked by ``pairs`` (an (m, 2) int array);
     labels are numbered in order of each component's smallest node, so they do not depend on
     the order of the pairs."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
     if n == 0:
         return np.zeros(0, dtype=np.int64)
     pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)

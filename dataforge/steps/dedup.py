@@ -121,8 +121,11 @@ def _mask_template(text: str) -> str:
     return _CAPITALIZED.sub(lambda m: m.group(0) if m.group(0).lower() in _NOT_NAMES else "Name", text)
 
 
-def dedup_text(df: pl.DataFrame, cfg: DedupConfig) -> pl.Series:
-    """The cleaned, normalized text each row is compared by."""
+def dedup_text(df: pl.DataFrame, cfg: DedupConfig, exact: bool = True) -> pl.Series:
+    """The cleaned text each row is compared by. For exact comparison it is fully normalized
+    (NFKC, case, all whitespace folded to one space). For MinHash, whose kernel already splits
+    words and lowercases ASCII, only rows holding non-ASCII text are NFKC-normalized and
+    lowercased: the same shingles, at a fraction of the cost."""
     parts = []
     for f in cfg.fields:
         expr = text_expr(df, f, cfg.roles)
@@ -130,14 +133,20 @@ def dedup_text(df: pl.DataFrame, cfg: DedupConfig) -> pl.Series:
         for prompt in shared:
             expr = expr.str.replace_all("system: " + prompt, "", literal=True)
         parts.append(expr)
-    expr = pl.concat_str(parts, separator="\n")
+    expr = pl.concat_str(parts, separator="\n") if len(parts) > 1 else parts[0]
     if cfg.strip_template:
         expr = expr.str.replace_all(TEMPLATE_TOKENS, " ")
     text = df.select(expr.alias("t"))["t"]
     if cfg.template_aware:
         text = pl.Series("t", [_mask_template(t) for t in text.to_list()], dtype=pl.String)
-    folded = normalize_expr(pl.lit(text), lowercase=True).str.replace_all(r"\s+", " ")  # line breaks too
-    return pl.select(folded.alias("t"))["t"]
+    if exact:
+        folded = normalize_expr(pl.lit(text), lowercase=True).str.replace_all(r"\s+", " ")  # line breaks too
+        return pl.select(folded.alias("t"))["t"]
+    wide = text.str.contains(r"[^\x00-\x7f]").fill_null(False)
+    if wide.any():
+        idx = wide.arg_true()
+        text = text.scatter(idx, text.gather(idx).str.normalize("NFKC").str.to_lowercase())
+    return text.fill_null("")
 
 
 def keep_rank(df: pl.DataFrame, cfg: DedupConfig) -> np.ndarray:
@@ -172,7 +181,7 @@ def _outputs(cfg: DedupConfig, names: object) -> tuple[str, ...]:
 
 
 def _empty_drops(df: pl.DataFrame, text: pl.Series, cfg: DedupConfig) -> tuple[pl.Series, list[pl.DataFrame]]:
-    empty = text.str.len_chars() == 0
+    empty = ~text.str.contains(r"[0-9A-Za-z_]|[^\x00-\x7f]").fill_null(False)  # no word: matches nothing
     if cfg.on_empty == "drop" and empty.any():
         return ~empty, [events(df["_id"].filter(empty), "dropped", "dedup:empty_text", detail={"fields": cfg.fields})]
     return pl.Series([True] * df.height), []
@@ -274,9 +283,9 @@ def dedup_minhash(inputs: dict[str, pl.DataFrame], cfg: MinhashConfig, ctx: Cont
 
     df = inputs["data"]
     other = inputs.get("against")
-    text = dedup_text(df, cfg)
+    text = dedup_text(df, cfg, exact=False)
     alive, found = _empty_drops(df, text, cfg)
-    all_text = text if other is None else pl.concat([text, dedup_text(other, cfg)])
+    all_text = text if other is None else pl.concat([text, dedup_text(other, cfg, exact=False)])
     sigs = signatures(all_text.to_arrow(), cfg.num_perm, cfg.seed, cfg.ngram)
     bands, rows = (cfg.bands, cfg.rows) if cfg.bands and cfg.rows else lsh_params(cfg.threshold, cfg.num_perm)
     n = df.height
@@ -284,7 +293,7 @@ def dedup_minhash(inputs: dict[str, pl.DataFrame], cfg: MinhashConfig, ctx: Cont
     # rows of `against` rank after every data row, by their own id order
     full_rank = np.concatenate([rank, n + (keep_rank(other, cfg) if other is not None else np.zeros(0, np.int64))])
     pairs = candidate_pairs(sigs, bands, rows, full_rank)
-    texts = all_text.to_list() if cfg.verify == "exact" else []
+    texts = all_text.to_arrow()
     if cfg.verify == "exact":
         score = exact_jaccard(texts, pairs, cfg.ngram)
     else:

@@ -28,8 +28,9 @@ def test_signatures_equal_datasketch_hashvalues(num_perm, seed, ngram):
 def test_lsh_params_equal_datasketch():
     from datasketch.lsh import _optimal_param
 
-    for threshold in (0.5, 0.8, 0.9):
-        assert lsh_params(threshold, 128) == _optimal_param(threshold, 128, 0.5, 0.5)
+    for threshold in (0.3, 0.5, 0.7, 0.8, 0.85, 0.9, 0.95):
+        for num_perm in (32, 128, 256):
+            assert lsh_params(threshold, num_perm) == _optimal_param(threshold, num_perm, 0.5, 0.5)
 
 
 def _frame(texts: list[str], prefix: str = "r", **extra) -> pl.DataFrame:
