@@ -92,11 +92,10 @@ def shingle_set(text: str, n: int = 3) -> set[bytes]:
 # -- the two methods, each run in a child process --------------------------------------------
 
 
-def run_dataforge(docs: list[str], threshold: float, num_perm: int, verify: str) -> tuple[np.ndarray, int]:
+def run_dataforge(df: pl.DataFrame, threshold: float, num_perm: int, verify: str) -> tuple[np.ndarray, int]:
     from dataforge.engine.step import Context
     from dataforge.steps.dedup import MinhashConfig, dedup_minhash
 
-    df = pl.DataFrame({"_id": [f"d:{i:08d}" for i in range(len(docs))], "text": docs})
     ctx = Context(step="bench", fingerprint="0" * 16, base_dir=REPO, scratch_dir=Path(tempfile.mkdtemp()))
     cfg = MinhashConfig(fields=["text"], threshold=threshold, num_perm=num_perm, verify=verify)
     res = dedup_minhash({"data": df}, cfg, ctx)
@@ -137,12 +136,12 @@ def run_datasketch(docs: list[str], threshold: float, num_perm: int) -> tuple[np
 
 
 def child(args: argparse.Namespace) -> None:
-    docs = json.loads(Path(args.corpus).read_text())
+    frame = pl.read_parquet(args.corpus)  # the table a build would hand the step
     t = time.perf_counter()
     if args.method == "datasketch":
-        pairs, kept = run_datasketch(docs, args.threshold, args.num_perm)
+        pairs, kept = run_datasketch(frame["text"].to_list(), args.threshold, args.num_perm)
     else:
-        pairs, kept = run_dataforge(docs, args.threshold, args.num_perm, args.method.split(":")[1])
+        pairs, kept = run_dataforge(frame, args.threshold, args.num_perm, args.method.split(":")[1])
     seconds = time.perf_counter() - t
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # MiB on Linux
     np.save(args.pairs, pairs)
@@ -217,8 +216,8 @@ def main() -> None:
     n_words = sum(len(d.split()) for d in docs[:2000]) / 2000
     print(f"corpus: {len(docs):,} documents (mean {n_words:.0f} words), {len(planted):,} planted near-duplicates")
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "corpus.json"
-        path.write_text(json.dumps(docs))
+        path = Path(tmp) / "corpus.parquet"
+        pl.DataFrame({"_id": [f"d:{i:08d}" for i in range(len(docs))], "text": docs}).write_parquet(path)
         methods = ["dataforge:exact"] if args.memory else ["dataforge:exact", "dataforge:none", "datasketch"]
         results = {m: spawn(m, path, args) for m in methods}
     for m, (r, _) in results.items():

