@@ -24,7 +24,7 @@ Example::
       fields: [question]
       threshold: 0.8          # bands x rows derived from it (datasketch's optimum) unless given
       num_perm: 128
-      ngram: 3
+      ngram: 3                # word 3-grams (shingle: char for character n-grams)
       verify: exact           # exact Jaccard of candidate pairs removes LSH false positives
 """
 
@@ -90,6 +90,7 @@ class MinhashConfig(DedupConfig):
     bands: int | None = None
     rows: int | None = None
     ngram: int = 3
+    shingle: Literal["word", "char"] = "word"
     seed: int = 1
     verify: Literal["exact", "estimate", "none"] = "exact"
     keep_signatures: bool = False
@@ -321,7 +322,7 @@ def dedup_minhash(inputs: dict[str, pl.DataFrame], cfg: MinhashConfig, ctx: Cont
     starts = list(range(0, total, SIGNATURE_BATCH))
     for start in ctx.progress.track(starts, total=len(starts), description="signatures"):
         index = np.arange(start, min(total, start + SIGNATURE_BATCH))
-        sigs[index] = signatures(texts_of(index).to_arrow(), cfg.num_perm, cfg.seed, cfg.ngram)
+        sigs[index] = signatures(texts_of(index).to_arrow(), cfg.num_perm, cfg.seed, cfg.ngram, cfg.shingle)
     no_words = (sigs[:n] == MAX_HASH).all(axis=1)
     alive, found = pl.Series([True] * n), []
     if cfg.on_empty == "drop" and no_words.any():
@@ -334,7 +335,7 @@ def dedup_minhash(inputs: dict[str, pl.DataFrame], cfg: MinhashConfig, ctx: Cont
         """Exact Jaccard of pairs, reading the text of only the rows they name."""
         needed = np.unique(pairs)
         local = np.searchsorted(needed, pairs)
-        return exact_jaccard(texts_of(needed).to_arrow(), local, cfg.ngram)
+        return exact_jaccard(texts_of(needed).to_arrow(), local, cfg.ngram, cfg.shingle)
 
     bands, rows = (cfg.bands, cfg.rows) if cfg.bands and cfg.rows else lsh_params(cfg.threshold, cfg.num_perm)
     rank = keep_rank(df, cfg)

@@ -8,9 +8,10 @@ One compiled pass per document reads its UTF-8 bytes, splits words, hashes each 
 the permutation parameters drawn from ``numpy.random.RandomState(seed)``). The test suite checks
 the hash values are equal.
 
-Words are runs of ASCII letters, digits, ``_`` and any non-ASCII byte; ASCII is lowercased.
-A document with fewer than ``ngram`` words has one shingle (all its words); one with no words
-has the empty signature (all 2^32 - 1), which matches nothing.
+Tokens are words (runs of ASCII letters, digits, ``_`` and any non-ASCII byte) or, with
+``unit="char"``, characters (whitespace runs folded to one space); ASCII is lowercased. A
+document with fewer than ``ngram`` tokens has one shingle (all its tokens); one with none has
+the empty signature (all 2^32 - 1), which matches nothing.
 
 The per-shingle hash is our own (FNV-1a words, multiplicative combine) because datasketch's
 default, SHA-1 of each shingle's bytes, cannot be computed without a Python call per shingle;
@@ -22,6 +23,7 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Sequence
+from typing import Literal
 
 import numpy as np
 import pyarrow as pa
@@ -33,6 +35,7 @@ _FNV_OFFSET = 0x811C9DC5
 _FNV_PRIME = 0x01000193
 _COMBINE = 0x9E3779B1
 _WORD = re.compile(rb"[0-9a-z_\x80-\xff]+")
+Unit = Literal["word", "char"]
 
 
 def permutations(num_perm: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -46,40 +49,44 @@ def permutations(num_perm: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 # -- the Python reference (for datasketch and for exact Jaccard) -------------------------------
 
 
-def words_of(text: str) -> list[bytes]:
-    return _WORD.findall(text.encode("utf-8").lower())
+def tokens_of(text: str, unit: Unit = "word") -> list[bytes]:
+    """The tokens the kernel sees: words (runs of ASCII letters, digits, ``_`` and non-ASCII
+    bytes) or characters (whitespace runs folded to one space), ASCII lowercased."""
+    data = text.encode("utf-8").lower()  # bytes.lower: ASCII only, like the kernel
+    if unit == "word":
+        return _WORD.findall(data)
+    return [ch.encode("utf-8") for ch in b" ".join(data.split()).decode("utf-8")]
 
 
-def word_hash(word: bytes) -> int:
+def token_hash(token: bytes) -> int:
     h = _FNV_OFFSET
-    for c in word:
+    for c in token:
         h = ((h ^ c) * _FNV_PRIME) & _M32
     return h
 
 
-def shingle_hash_of(words: Sequence[bytes]) -> int:
+def shingle_hash_of(tokens: Sequence[bytes]) -> int:
     h = 0
-    for w in words:
-        h = ((h * _COMBINE) & _M32) ^ word_hash(w)
+    for t in tokens:
+        h = ((h * _COMBINE) & _M32) ^ token_hash(t)
     return h
 
 
-def shingle_hashes(text: str, ngram: int) -> set[int]:
+def shingle_hashes(text: str, ngram: int, unit: Unit = "word") -> set[int]:
     """The set of shingle hashes of ``text``, as the compiled kernel sees them."""
-    ws = words_of(text)
-    if not ws:
+    ts = tokens_of(text, unit)
+    if not ts:
         return set()
-    if len(ws) < ngram:
-        return {shingle_hash_of(ws)}
-    return {shingle_hash_of(ws[i : i + ngram]) for i in range(len(ws) - ngram + 1)}
+    width = min(ngram, len(ts))
+    return {shingle_hash_of(ts[i : i + width]) for i in range(len(ts) - width + 1)}
 
 
-def datasketch_minhash(text: str, num_perm: int, seed: int, ngram: int):
+def datasketch_minhash(text: str, num_perm: int, seed: int, ngram: int, unit: Unit = "word"):
     """The datasketch MinHash of ``text`` with our shingles: its hashvalues equal ours."""
     from datasketch import MinHash
 
     m = MinHash(num_perm=num_perm, seed=seed, hashfunc=int, scheme="affine32")
-    for h in shingle_hashes(text, ngram):
+    for h in shingle_hashes(text, ngram, unit):
         m.update(h)
     return m
 
@@ -106,95 +113,95 @@ def _update(sig, a, b, shingle):
             sig[k] = v
 
 
-@njit(cache=True, parallel=True)
-def _signatures(data, offsets, ngram, a, b, out):
-    n_docs = offsets.shape[0] - 1
-    for d in prange(n_docs):
-        sig = np.full(a.shape[0], np.uint64(0xFFFFFFFF), dtype=np.uint64)
-        ring = np.zeros(ngram, dtype=np.uint64)
-        count = 0
-        i = offsets[d]
-        end = offsets[d + 1]
-        while i < end:
-            c = data[i]
-            if 65 <= c <= 90:
-                c += 32
-            if not ((48 <= c <= 57) or (97 <= c <= 122) or c == 95 or c >= 128):
-                i += 1
-                continue
-            h = np.uint64(0x811C9DC5)
-            while i < end:
-                c = data[i]
-                if 65 <= c <= 90:
-                    c += 32
-                if not ((48 <= c <= 57) or (97 <= c <= 122) or c == 95 or c >= 128):
-                    break
-                h = ((h ^ np.uint64(c)) * np.uint64(0x01000193)) & np.uint64(0xFFFFFFFF)
-                i += 1
-            ring[count % ngram] = h
-            count += 1
-            if count >= ngram:
-                s = np.uint64(0)
-                for j in range(ngram):
-                    s = ((s * np.uint64(0x9E3779B1)) & np.uint64(0xFFFFFFFF)) ^ ring[(count - ngram + j) % ngram]
-                _update(sig, a, b, s)
-        if 0 < count < ngram:
-            s = np.uint64(0)
-            for j in range(count):
-                s = ((s * np.uint64(0x9E3779B1)) & np.uint64(0xFFFFFFFF)) ^ ring[j]
-            _update(sig, a, b, s)
-        for k in range(a.shape[0]):
-            out[d, k] = sig[k]
+@njit(cache=True, inline="always")
+def _is_word_byte(c):
+    return (48 <= c <= 57) or (97 <= c <= 122) or (65 <= c <= 90) or c == 95 or c >= 128
 
 
 @njit(cache=True)
-def _shingles_of(data, start, end, ngram, out):
-    """Write the shingle hashes of one document's bytes into ``out``; return how many."""
-    ring = np.zeros(ngram, dtype=np.uint64)
-    count = 0
+def _tokens(data, start, end, chars, out):
+    """Write the token hashes (FNV-1a of each word, or of each character with whitespace runs
+    folded into one space) of one document's bytes into ``out``; return how many."""
     m = 0
     i = start
+    prime, mask = np.uint64(0x01000193), np.uint64(0xFFFFFFFF)
+    if chars:
+        pending_space = False
+        while i < end:
+            c = data[i]
+            if c == 32 or 9 <= c <= 13:
+                pending_space = m > 0
+                i += 1
+                continue
+            if pending_space:
+                out[m] = ((np.uint64(0x811C9DC5) ^ np.uint64(32)) * prime) & mask
+                m += 1
+                pending_space = False
+            n = 1 if c < 0xC0 else (2 if c < 0xE0 else (3 if c < 0xF0 else 4))
+            h = np.uint64(0x811C9DC5)
+            for k in range(n):
+                if i + k < end:
+                    b = data[i + k]
+                    if 65 <= b <= 90:
+                        b += 32
+                    h = ((h ^ np.uint64(b)) * prime) & mask
+            out[m] = h
+            m += 1
+            i += n
+        return m
     while i < end:
-        c = data[i]
-        if 65 <= c <= 90:
-            c += 32
-        if not ((48 <= c <= 57) or (97 <= c <= 122) or c == 95 or c >= 128):
+        if not _is_word_byte(data[i]):
             i += 1
             continue
         h = np.uint64(0x811C9DC5)
-        while i < end:
+        while i < end and _is_word_byte(data[i]):
             c = data[i]
             if 65 <= c <= 90:
                 c += 32
-            if not ((48 <= c <= 57) or (97 <= c <= 122) or c == 95 or c >= 128):
-                break
-            h = ((h ^ np.uint64(c)) * np.uint64(0x01000193)) & np.uint64(0xFFFFFFFF)
+            h = ((h ^ np.uint64(c)) * prime) & mask
             i += 1
-        ring[count % ngram] = h
-        count += 1
-        if count >= ngram:
-            s = np.uint64(0)
-            for j in range(ngram):
-                s = ((s * np.uint64(0x9E3779B1)) & np.uint64(0xFFFFFFFF)) ^ ring[(count - ngram + j) % ngram]
-            out[m] = s
-            m += 1
-    if 0 < count < ngram:
-        s = np.uint64(0)
-        for j in range(count):
-            s = ((s * np.uint64(0x9E3779B1)) & np.uint64(0xFFFFFFFF)) ^ ring[j]
-        out[m] = s
+        out[m] = h
         m += 1
     return m
 
 
+@njit(cache=True)
+def _shingles_of(data, start, end, ngram, chars, out):
+    """Write the shingle hashes (``ngram`` consecutive tokens combined) into ``out``; return how many."""
+    toks = np.empty(end - start + 1, dtype=np.uint64)
+    t = _tokens(data, start, end, chars, toks)
+    if t == 0:
+        return 0
+    width = min(ngram, t)
+    count = t - width + 1
+    for s in range(count):
+        h = np.uint64(0)
+        for j in range(width):
+            h = ((h * np.uint64(0x9E3779B1)) & np.uint64(0xFFFFFFFF)) ^ toks[s + j]
+        out[s] = h
+    return count
+
+
 @njit(cache=True, parallel=True)
-def _pair_jaccard(data, offsets, ngram, pairs, out):
+def _signatures(data, offsets, ngram, chars, a, b, out):
+    for d in prange(offsets.shape[0] - 1):
+        buf = np.empty(offsets[d + 1] - offsets[d] + 1, dtype=np.uint64)
+        m = _shingles_of(data, offsets[d], offsets[d + 1], ngram, chars, buf)
+        sig = np.full(a.shape[0], np.uint64(0xFFFFFFFF), dtype=np.uint64)
+        for s in range(m):
+            _update(sig, a, b, buf[s])
+        for k in range(a.shape[0]):
+            out[d, k] = sig[k]
+
+
+@njit(cache=True, parallel=True)
+def _pair_jaccard(data, offsets, ngram, chars, pairs, out):
     for p in prange(pairs.shape[0]):
         i, j = pairs[p, 0], pairs[p, 1]
         a = np.empty(offsets[i + 1] - offsets[i] + 1, dtype=np.uint64)
         b = np.empty(offsets[j + 1] - offsets[j] + 1, dtype=np.uint64)
-        na = _shingles_of(data, offsets[i], offsets[i + 1], ngram, a)
-        nb = _shingles_of(data, offsets[j], offsets[j + 1], ngram, b)
+        na = _shingles_of(data, offsets[i], offsets[i + 1], ngram, chars, a)
+        nb = _shingles_of(data, offsets[j], offsets[j + 1], ngram, chars, b)
         a = np.unique(a[:na])
         b = np.unique(b[:nb])
         x = y = inter = 0
@@ -225,12 +232,15 @@ def _arrow_bytes(texts: pa.Array | pa.ChunkedArray | Sequence[str]) -> tuple[int
     return len(arr), data, offsets
 
 
-def signatures(texts: pa.Array | Sequence[str], num_perm: int = 128, seed: int = 1, ngram: int = 3) -> np.ndarray:
-    """(n, num_perm) uint32 MinHash signatures of ``texts`` (an Arrow string array or strings)."""
+def signatures(
+    texts: pa.Array | Sequence[str], num_perm: int = 128, seed: int = 1, ngram: int = 3, unit: Unit = "word"
+) -> np.ndarray:
+    """(n, num_perm) uint32 MinHash signatures of ``texts`` (an Arrow string array or strings)
+    over word or character ``ngram`` shingles."""
     n, data, offsets = _arrow_bytes(texts)
     a, b = permutations(num_perm, seed)
     out = np.empty((n, num_perm), dtype=np.uint32)
-    _signatures(data, offsets, ngram, a.astype(np.uint64), b.astype(np.uint64), out)
+    _signatures(data, offsets, ngram, unit == "char", a.astype(np.uint64), b.astype(np.uint64), out)
     return out
 
 
@@ -310,11 +320,11 @@ def estimated_jaccard(sigs: np.ndarray, pairs: np.ndarray) -> np.ndarray:
     return (sigs[pairs[:, 0]] == sigs[pairs[:, 1]]).mean(axis=1)
 
 
-def exact_jaccard(texts: pa.Array | Sequence[str], pairs: np.ndarray, ngram: int) -> np.ndarray:
+def exact_jaccard(texts: pa.Array | Sequence[str], pairs: np.ndarray, ngram: int, unit: Unit = "word") -> np.ndarray:
     """Exact Jaccard of the shingle-hash sets of each pair (compiled; for candidate pairs)."""
     if len(pairs) == 0:
         return np.zeros(0)
     _, data, offsets = _arrow_bytes(texts)
     out = np.empty(len(pairs))
-    _pair_jaccard(data, offsets, ngram, np.ascontiguousarray(pairs, dtype=np.int64), out)
+    _pair_jaccard(data, offsets, ngram, unit == "char", np.ascontiguousarray(pairs, dtype=np.int64), out)
     return out

@@ -15,12 +15,14 @@ from tests.conftest import GSM8K
 QUESTIONS = pl.read_ndjson(GSM8K / "train.jsonl")["question"]
 
 
-@pytest.mark.parametrize("num_perm, seed, ngram", [(128, 1, 3), (64, 42, 1), (256, 7, 5)])
-def test_signatures_equal_datasketch_hashvalues(num_perm, seed, ngram):
-    texts = [*QUESTIONS.head(40).to_list(), "", "one", "Ünïcödé wörds and MIXED case", "a b"]
-    ours = signatures(texts, num_perm=num_perm, seed=seed, ngram=ngram)
+@pytest.mark.parametrize(
+    "num_perm, seed, ngram, unit", [(128, 1, 3, "word"), (64, 42, 1, "word"), (256, 7, 5, "word"), (128, 3, 5, "char")]
+)
+def test_signatures_equal_datasketch_hashvalues(num_perm, seed, ngram, unit):
+    texts = [*QUESTIONS.head(40).to_list(), "", "one", "Ünïcödé wörds and  MIXED\n case", "a b", " \t "]
+    ours = signatures(texts, num_perm=num_perm, seed=seed, ngram=ngram, unit=unit)
     for text, sig in zip(texts, ours, strict=True):
-        theirs = datasketch_minhash(text, num_perm, seed, ngram)
+        theirs = datasketch_minhash(text, num_perm, seed, ngram, unit)
         assert theirs.scheme == "affine32"  # datasketch 2.0's default scheme
         assert np.array_equal(theirs.hashvalues, sig), text
 
@@ -62,6 +64,14 @@ def test_minhash_finds_planted_near_duplicates_only(ctx):
     assert dropped == expected  # every planted copy found, related to its original, nothing else
     assert (res.events[0]["score"] >= 0.7).all() and (res.events[0]["score"] < 1).all()
     assert res.tables["data"].height == 300
+
+
+def test_character_shingles_catch_typos(ctx):
+    df = _frame(["the quick brown fox jumps over the lazy dog", "the quikc brown fox jumsp over the lazy dgo"])
+    words = dedup_minhash({"data": df}, MinhashConfig(fields=["q"], threshold=0.5), ctx)
+    assert words.tables["data"].height == 2  # three typos break most word 3-grams
+    chars = dedup_minhash({"data": df}, MinhashConfig(fields=["q"], threshold=0.5, shingle="char", ngram=4), ctx)
+    assert chars.tables["data"]["_id"].to_list() == ["r:000"]
 
 
 def test_minhash_is_independent_of_row_order(ctx):
