@@ -245,6 +245,40 @@ def _finish(
     return kept
 
 
+def _drop_matches(
+    df: pl.DataFrame,
+    other: pl.DataFrame,
+    alive: pl.Series,
+    mine: np.ndarray,
+    theirs: np.ndarray,
+    score: np.ndarray,
+    reason: str,
+    found: list[pl.DataFrame],
+) -> pl.Series:
+    """Drop every alive data row ``mine[k]`` that matches row ``theirs[k]`` of ``against``,
+    related to its best match (highest score, then smallest id); returns the rows still alive."""
+    best = pl.DataFrame({"i": mine, "o": theirs, "s": score}, schema={"i": pl.Int64, "o": pl.Int64, "s": pl.Float64})
+    best = best.with_columns(other["_id"].gather(best["o"]).alias("oid"))  # ties: the smallest id, not row order
+    best = best.sort(["i", "s", "oid"], descending=[False, True, False]).unique("i", keep="first", maintain_order=True)
+    if best.height:
+        best = best.filter(pl.Series(alive.to_numpy()[best["i"].to_numpy()]))
+    if best.is_empty():
+        return alive
+    found.append(
+        events(
+            df["_id"].gather(best["i"]),
+            "dropped",
+            reason,
+            related_id=other["_id"].gather(best["o"]),
+            score=best["s"],
+            detail={"against": True},
+        )
+    )
+    gone = np.zeros(df.height, dtype=bool)
+    gone[best["i"].to_numpy()] = True
+    return alive & pl.Series(~gone)
+
+
 # -- dedup.exact --------------------------------------------------------------------------------------
 
 
@@ -257,30 +291,11 @@ def dedup_exact(inputs: dict[str, pl.DataFrame], cfg: DedupConfig, ctx: Context)
     reason = "template_duplicate" if cfg.template_aware else "exact_duplicate"
     if "against" in inputs:
         other = inputs["against"]
-        other_text = dedup_text(other, cfg)
-        first = (
-            pl.DataFrame({"t": other_text, "o": other["_id"]})
-            .filter(pl.col("t") != "")
-            .group_by("t")
-            .agg(pl.col("o").min())
-        )
-        hit = pl.DataFrame({"t": text, "i": np.arange(df.height)}).join(first, on="t").sort("i")
-        mask = np.zeros(df.height, dtype=bool)
-        mask[hit["i"].to_numpy()] = True
-        mask &= alive.to_numpy()
-        if mask.any():
-            rows = hit.filter(pl.Series(mask[hit["i"].to_numpy()]))
-            found.append(
-                events(
-                    df["_id"].gather(rows["i"]),
-                    "dropped",
-                    reason,
-                    related_id=rows["o"],
-                    score=1.0,
-                    detail={"against": True},
-                )
-            )
-        alive = alive & pl.Series(~mask)
+        theirs = pl.DataFrame({"t": dedup_text(other, cfg), "o": other["_id"]}).with_row_index("j")
+        theirs = theirs.filter(pl.col("t") != "").sort("o")
+        hit = pl.DataFrame({"t": text, "i": np.arange(df.height)}).join(theirs, on="t")
+        ones = np.ones(hit.height)
+        alive = _drop_matches(df, other, alive, hit["i"].to_numpy(), hit["j"].to_numpy(), ones, reason, found)
     labels = pl.DataFrame({"t": text}).select(pl.col("t").rank("dense"))["t"].to_numpy().astype(np.int64) - 1
     labels = np.where(text.str.len_chars().to_numpy() == 0, labels.max() + 1 + np.arange(df.height), labels)
     kept = _finish(df, cfg, alive, labels, keep_rank(df, cfg), lambda p: np.ones(len(p)), reason, found)
@@ -354,24 +369,7 @@ def dedup_minhash(inputs: dict[str, pl.DataFrame], cfg: MinhashConfig, ctx: Cont
         c_pairs, c_score = pairs[cross], score[cross]
         mine = np.where(c_pairs[:, 0] < n, c_pairs[:, 0], c_pairs[:, 1])
         theirs = np.where(c_pairs[:, 0] < n, c_pairs[:, 1], c_pairs[:, 0]) - n
-        best = pl.DataFrame({"i": mine, "o": theirs, "s": c_score})
-        best = best.sort(["i", "s", "o"], descending=[False, True, False])
-        best = best.unique("i", keep="first", maintain_order=True)
-        best = best.filter(pl.Series(alive.to_numpy()[best["i"].to_numpy()]) if best.height else pl.lit(True))
-        if best.height:
-            found.append(
-                events(
-                    df["_id"].gather(best["i"]),
-                    "dropped",
-                    reason,
-                    related_id=other["_id"].gather(best["o"]),
-                    score=best["s"],
-                    detail={"against": True},
-                )
-            )
-            gone = np.zeros(n, dtype=bool)
-            gone[best["i"].to_numpy()] = True
-            alive = alive & pl.Series(~gone)
+        alive = _drop_matches(df, other, alive, mine, theirs, c_score, reason, found)
         inner = ~cross & (pairs[:, 0] < n)
         pairs, score = pairs[inner], score[inner]
     labels = components(n, pairs)
@@ -422,25 +420,7 @@ def dedup_semantic(inputs: dict[str, pl.DataFrame], cfg: SemanticConfig, ctx: Co
     if other is not None and other.height:
         other_vecs = embed(dedup_text(other, cfg).to_list(), cfg.model, cfg.batch_size, ctx.progress, cfg.device)
         cross, cos = cosine_pairs(vecs, other_vecs, cfg.threshold)
-        best = pl.DataFrame({"i": cross[:, 0], "o": cross[:, 1], "s": cos})
-        best = best.sort(["i", "s", "o"], descending=[False, True, False]).unique(
-            "i", keep="first", maintain_order=True
-        )
-        best = best.filter(pl.Series(alive.to_numpy()[best["i"].to_numpy()]) if best.height else pl.lit(True))
-        if best.height:
-            found.append(
-                events(
-                    df["_id"].gather(best["i"]),
-                    "dropped",
-                    "semantic_duplicate",
-                    related_id=other["_id"].gather(best["o"]),
-                    score=best["s"],
-                    detail={"against": True},
-                )
-            )
-            gone = np.zeros(n, dtype=bool)
-            gone[best["i"].to_numpy()] = True
-            alive = alive & pl.Series(~gone)
+        alive = _drop_matches(df, other, alive, cross[:, 0], cross[:, 1], cos, "semantic_duplicate", found)
     pairs, _ = cosine_pairs(vecs, None, cfg.threshold)
     labels = components(n, pairs)
 
