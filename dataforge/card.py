@@ -79,5 +79,7 @@ def render_card(
 
 
 def _card_notes(step: Any) -> list[str]:
+    """A step's own line for the card: its function's ``card_note(cfg)``, when it has one."""
     note = getattr(step.stepdef.fn, "card_note", None)
-    return [note(step.cfg)] if note and note(step.cfg) else []
+    text = note(step.cfg) if note else None
+    return [text] if text else []

@@ -50,7 +50,8 @@ def embed(
 ) -> np.ndarray:
     """(n, d) float32 unit-length embeddings of ``texts``."""
     m = load_model(model, device)
-    out = np.zeros((len(texts), m.get_sentence_embedding_dimension() or 0), dtype=np.float32)
+    dim = getattr(m, "get_embedding_dimension", None) or m.get_sentence_embedding_dimension  # renamed in 6.x
+    out = np.zeros((len(texts), dim() or 0), dtype=np.float32)
     starts = range(0, len(texts), batch_size)
     if progress is not None:
         starts = progress.track(starts, total=len(starts), description="embed")
