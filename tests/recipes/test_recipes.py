@@ -155,3 +155,20 @@ def test_demo_lineage_holds_duplicates_with_representatives(built):
     rows = con.execute("SELECT row_id, related_id, score FROM latest_events WHERE reason = 'near_duplicate'").fetchall()
     assert rows and all(r[1].startswith("gsm8k_") and 0.8 <= r[2] < 1 for r in rows)
     assert ("gsm8k_train:6691", "gsm8k_train:2483") in {(r[0], r[1]) for r in rows}
+
+
+def test_gsm8k_data_plan_keeps_every_dataset_apart(built):
+    out = built("gsm8k_data_plan.yaml")
+    prompts: dict[str, set[str]] = {}
+    for name in ("plan_sft", "plan_rm_prompts", "plan_rl", "plan_final_eval"):
+        for split, rows in load_from_disk(str(out / "datasets" / name)).items():
+            column = "messages" if name == "plan_sft" else "prompt"
+            texts = [next(m["content"] for m in r if m["role"] == "user") for r in rows[column]]
+            prompts[f"{name}/{split}"] = {" ".join(t.lower().split()) for t in texts}
+    assert len(prompts) == 8 and sum(len(p) for p in prompts.values()) > 7000
+    names = sorted(prompts)
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            assert not prompts[a] & prompts[b], (a, b)
+    con = duckdb.connect(str(out / "lineage.duckdb"), read_only=True)
+    assert con.execute("SELECT count(*) FROM latest_events WHERE step = 'audit'").fetchone() == (0,)
