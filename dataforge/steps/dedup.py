@@ -40,7 +40,9 @@ from pydantic import model_validator
 
 from dataforge.cluster import components
 from dataforge.engine.events import events
+from dataforge.engine.fingerprint import canonical_json
 from dataforge.engine.step import Columns, Context, PlanInfo, StepConfig, StepResult, require, step, with_columns
+from dataforge.errors import DataError, RecipeError
 from dataforge.text.fields import text_expr
 from dataforge.text.normalize import normalize_expr
 
@@ -178,7 +180,19 @@ def keep_rank(df: pl.DataFrame, cfg: DedupConfig) -> np.ndarray:
 
 
 def _columns(cfg: DedupConfig, cols: dict[str, Columns], info: PlanInfo) -> dict[str, Columns]:
+    allowed = ("data", "against", "signatures") if isinstance(cfg, MinhashConfig) else ("data", "against")
+    unknown = [name for name in cols if name not in allowed]
+    if unknown or "data" not in cols:
+        what = f"has no input '{unknown[0]}'" if unknown else "needs input 'data'"
+        raise RecipeError(
+            f"this dedup step {what}; it takes: {', '.join(allowed)}",
+            key=f"inputs.{unknown[0]}" if unknown else "inputs",
+        )
+    if "signatures" in cols:
+        require(cols["signatures"], ["_id", "signature", "minhash_params"], "inputs.signatures")
     for side, c in cols.items():
+        if side == "signatures":
+            continue
         require(c, cfg.fields, "fields")
         if side == "data":
             require(c, [cfg.keep_column], "keep_column")
@@ -186,7 +200,7 @@ def _columns(cfg: DedupConfig, cols: dict[str, Columns], info: PlanInfo) -> dict
     data = with_columns(cols["data"], ["_cluster_id", "_cluster_size"]) if cfg.cluster_columns else cols["data"]
     out: dict[str, Columns] = {"data": data}
     if getattr(cfg, "keep_signatures", False):
-        out["signatures"] = ["_id", "signature"]
+        out["signatures"] = ["_id", "signature", "minhash_params"]
     return out
 
 
@@ -332,11 +346,15 @@ def dedup_minhash(inputs: dict[str, pl.DataFrame], cfg: MinhashConfig, ctx: Cont
             parts.append(dedup_text(other[theirs], cfg, exact=False, shared=shared[1]))
         return pl.concat(parts)
 
-    # signatures batch by batch: the text of one batch at a time is ever held in memory
+    # signatures: reused from a `signatures` input where it has the row, else computed batch by
+    # batch (the prepared text of one batch at a time is ever held in memory)
     sigs = np.empty((total, cfg.num_perm), dtype=np.uint32)
-    starts = list(range(0, total, SIGNATURE_BATCH))
+    todo = np.arange(total)
+    if "signatures" in inputs:
+        todo = _reuse_signatures(inputs["signatures"], sides, cfg, sigs)
+    starts = list(range(0, len(todo), SIGNATURE_BATCH))
     for start in ctx.progress.track(starts, total=len(starts), description="signatures"):
-        index = np.arange(start, min(total, start + SIGNATURE_BATCH))
+        index = todo[start : start + SIGNATURE_BATCH]
         sigs[index] = signatures(texts_of(index).to_arrow(), cfg.num_perm, cfg.seed, cfg.ngram, cfg.shingle)
     no_words = (sigs[:n] == MAX_HASH).all(axis=1)
     alive, found = pl.Series([True] * n), []
@@ -382,8 +400,44 @@ def dedup_minhash(inputs: dict[str, pl.DataFrame], cfg: MinhashConfig, ctx: Cont
     if cfg.keep_signatures:
         tables["signatures"] = pl.DataFrame(
             {"_id": df["_id"], "signature": pl.Series(sigs[:n].tolist(), dtype=pl.List(pl.UInt32))}
-        )
+        ).with_columns(pl.lit(signature_params(cfg)).alias("minhash_params"))
     return StepResult(tables, events=found)
+
+
+def signature_params(cfg: MinhashConfig) -> str:
+    """Everything a stored signature depends on, as canonical JSON: reuse only on a match."""
+    keys = (
+        "fields",
+        "roles",
+        "shared_system",
+        "strip_template",
+        "template_aware",
+        "num_perm",
+        "ngram",
+        "shingle",
+        "seed",
+    )
+    return canonical_json({k: getattr(cfg, k) for k in keys} | {"kernel": 1})
+
+
+def _reuse_signatures(
+    stored: pl.DataFrame, sides: list[pl.DataFrame], cfg: MinhashConfig, sigs: np.ndarray
+) -> np.ndarray:
+    """Fill ``sigs`` rows from a stored ``signatures`` table (checked to match ``cfg``); return
+    the global indices still to compute."""
+    params = stored["minhash_params"].unique().to_list()
+    if params and params != [signature_params(cfg)]:
+        raise DataError(
+            "inputs.signatures were computed with other MinHash settings than this step's "
+            f"(stored: {params[0]}; here: {signature_params(cfg)})"
+        )
+    ids = pl.concat([side["_id"] for side in sides]).to_frame("_id").with_row_index("g")
+    hit = ids.join(stored.select("_id", "signature"), on="_id", how="inner")
+    if hit.height:
+        sigs[hit["g"].to_numpy()] = np.array(hit["signature"].to_list(), dtype=np.uint32)
+    done = np.zeros(len(sigs), dtype=bool)
+    done[hit["g"].to_numpy()] = True
+    return np.nonzero(~done)[0]
 
 
 # -- dedup.semantic -----------------------------------------------------------------------------------

@@ -172,3 +172,12 @@ def test_split_unknown_group_column_is_a_plan_error(ws):
     )
     err = _plan_error(ws, text)
     assert (err.step, err.key) == ("sp", "group") and "needs column 'questoin'" in str(err)
+
+
+def test_dedup_unknown_input_name_is_a_plan_error(ws):
+    text = QA_RECIPE.replace(
+        "datasets:",
+        "  dd:\n    kind: dedup.minhash\n    inputs: {data: sft, againts: raw}\n    fields: [prompt]\ndatasets:",
+    )
+    err = _plan_error(ws, text)
+    assert (err.step, err.key) == ("dd", "inputs.againts") and "it takes: data, against, signatures" in str(err)

@@ -199,3 +199,25 @@ def test_semantic_unknown_model_is_a_clear_error(ctx):
 
     with pytest.raises(DataError, match="cannot load embedding model '/no/such/model'"):
         dedup_semantic({"data": _frame(["x y z"])}, SemanticConfig(fields=["q"], model="/no/such/model"), ctx)
+
+
+def test_stored_signatures_are_reused_and_checked(ctx, monkeypatch):
+    import dataforge.text.minhash as mh
+    from dataforge.errors import DataError
+
+    base = QUESTIONS.head(100).to_list()
+    df = _frame(base + [_near_copy(t) for t in base[:10]])
+    first = dedup_minhash({"data": df}, MinhashConfig(fields=["q"], threshold=0.7, keep_signatures=True), ctx)
+    stored = first.tables["signatures"]
+    calls = []
+    real = mh.signatures
+    monkeypatch.setattr(mh, "signatures", lambda texts, *a, **k: calls.append(len(texts)) or real(texts, *a, **k))
+    again = dedup_minhash({"data": df, "signatures": stored}, MinhashConfig(fields=["q"], threshold=0.7), ctx)
+    assert calls == []  # every row's signature came from the stored table
+    assert again.tables["data"].equals(first.tables["data"])
+    partial = dedup_minhash(
+        {"data": df, "signatures": stored.head(50)}, MinhashConfig(fields=["q"], threshold=0.7), ctx
+    )
+    assert calls == [60] and partial.tables["data"].equals(first.tables["data"])
+    with pytest.raises(DataError, match="other MinHash settings"):
+        dedup_minhash({"data": df, "signatures": stored}, MinhashConfig(fields=["q"], ngram=5), ctx)
