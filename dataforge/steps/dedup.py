@@ -366,6 +366,8 @@ def dedup_minhash(inputs: dict[str, pl.DataFrame], cfg: MinhashConfig, ctx: Cont
 
     def exact_scores(pairs: np.ndarray) -> np.ndarray:
         """Exact Jaccard of pairs, reading the text of only the rows they name."""
+        if len(pairs) == 0:
+            return np.zeros(0)
         needed = np.unique(pairs)
         local = np.searchsorted(needed, pairs)
         return exact_jaccard(texts_of(needed).to_arrow(), local, cfg.ngram, cfg.shingle)
