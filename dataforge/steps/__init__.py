@@ -1,3 +1,3 @@
 """Built-in step families. Importing this package registers every kind."""
 
-from dataforge.steps import audit, clean, dedup, format, parse, sources, split, timestamps  # noqa: F401
+from dataforge.steps import audit, clean, dedup, format, leakage, parse, sources, split, timestamps  # noqa: F401

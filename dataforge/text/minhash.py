@@ -218,6 +218,26 @@ def _pair_jaccard(data, offsets, ngram, chars, pairs, out):
         out[p] = inter / union if union else 1.0
 
 
+@njit(cache=True)
+def _all_shingles(data, offsets, ngram, chars, hashes, docs):
+    m = 0
+    for d in range(offsets.shape[0] - 1):
+        k = _shingles_of(data, offsets[d], offsets[d + 1], ngram, chars, hashes[m:])
+        docs[m : m + k] = d
+        m += k
+    return m
+
+
+def all_shingles(texts: pa.Array | Sequence[str], ngram: int, unit: Unit = "word") -> tuple[np.ndarray, np.ndarray]:
+    """Every shingle hash of every text, with the index of its text: (hashes uint64, docs int64).
+    Repeats within a text are kept; a text shorter than ``ngram`` gives one shingle."""
+    n, data, offsets = _arrow_bytes(texts)
+    hashes = np.empty(len(data) + n, dtype=np.uint64)  # at most one shingle per byte, plus one per text
+    docs = np.empty(len(data) + n, dtype=np.int64)
+    m = _all_shingles(data, offsets, ngram, unit == "char", hashes, docs)
+    return hashes[:m], docs[:m]
+
+
 def _arrow_bytes(texts: pa.Array | pa.ChunkedArray | Sequence[str]) -> tuple[int, np.ndarray, np.ndarray]:
     """(count, UTF-8 bytes, int64 offsets) of a string array, without copying the text."""
     arr = texts if isinstance(texts, pa.Array | pa.ChunkedArray) else pa.array(list(texts), type=pa.large_string())

@@ -1,0 +1,320 @@
+"""``leakage.check``: find training rows that contain an eval item — verbatim, lightly edited, or
+rephrased — and drop, flag or report them.
+
+Consumes ``train`` and one or more eval inputs (any other names: ``{train: …, gsm8k_test: …,
+mmlu: …}``), reading ``train_fields`` / ``eval_fields`` (text or ``messages``) and, where given,
+``train_answer`` / ``eval_answer`` (final answers). Produces ``data`` (train without the dropped
+rows) and ``matches`` (one row per contaminated train row: its best eval match, the deciding
+detector and every detector's score, both texts).
+
+The cascade, cheap first; only candidates reach the transformer:
+1. ``exact``: equal normalized text (NFKC, case, whitespace).
+2. ``ngram``: a shared word n-gram (``ngram``, default 13; ``short_ngram`` for eval texts shorter
+   than ``2 * ngram`` words), as in lm-eval / GPT-3 decontamination.
+3. candidates for rephrases: TF-IDF (word 1–2 grams) cosine top-``top_k`` eval items per train
+   row, kept above ``tfidf_min``;
+4. ``embedding``: MiniLM cosine (offline by default) of candidate pairs only, with the
+   agreement signals that tell a rephrase from a similar problem: the share of the eval item's
+   numbers (digits or words) the train text repeats, and whether the final answers agree.
+
+Decision rule (defaults chosen on planted GSM8K data, figures in BENCHMARKS.md): a candidate is a
+leak when cosine ≥ ``cosine_alone``; or cosine ≥ ``cosine_numbers`` and every number of the eval
+item reappears (agreement ≥ ``numbers_min``) and the answers, when both are known, agree; or the
+answers agree and cosine ≥ ``cosine_answer`` with number agreement ≥ ``answer_numbers_min``.
+
+Action ``drop`` (default): dropped events; ``flag``: kept, flagged events; ``report``: kept, no
+events. Reason ``leakage:<detector>``, ``related_id`` = the eval row, ``score`` = the deciding
+detector's score, ``detail_json`` = all scores. A markdown and Parquet report is written to
+``<out>/reports/leakage_<step>.{md,parquet}`` and dataset cards carry a contamination table.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Literal
+
+import numpy as np
+import polars as pl
+from pydantic import field_validator
+
+from dataforge.engine.events import events
+from dataforge.engine.step import ColumnContractError, Columns, Context, PlanInfo, StepConfig, StepResult, step
+from dataforge.errors import DataError, RecipeError
+from dataforge.text.fields import text_expr
+from dataforge.text.normalize import normalize_expr
+from dataforge.text.numbers import agreement, numbers_in, parse_number
+
+MATCH_COLUMNS = [
+    "_id",
+    "train_id",
+    "eval_input",
+    "eval_id",
+    "detector",
+    "score",
+    "exact",
+    "ngram",
+    "tfidf",
+    "cosine",
+    "numbers",
+    "answers_agree",
+    "train_text",
+    "eval_text",
+]
+
+
+class LeakageConfig(StepConfig):
+    train_fields: list[str]
+    eval_fields: list[str]
+    train_answer: str | None = None
+    eval_answer: str | None = None
+    action: Literal["drop", "flag", "report"] = "drop"
+    ngram: int = 13
+    short_ngram: int = 8
+    ngram_coverage: float = 0.5
+    candidate_numbers_min: float = 0.5
+    top_k: int = 3
+    tfidf_min: float = 0.3
+    embed: bool = True
+    model: str | None = None
+    batch_size: int = 64
+    cosine_alone: float = 0.97
+    cosine_numbers: float = 0.80
+    numbers_min: float = 1.0
+    cosine_answer: float = 0.70
+    answer_numbers_min: float = 0.5
+
+    @field_validator("train_fields", "eval_fields", mode="before")
+    @classmethod
+    def _one_or_many(cls, v: object) -> object:
+        return [v] if isinstance(v, str) else v
+
+
+def _columns(cfg: LeakageConfig, cols: dict[str, Columns], info: PlanInfo) -> dict[str, Columns]:
+    if "train" not in cols:
+        raise RecipeError("needs an input named 'train' (the data to clean)", key="inputs")
+    if len(cols) < 2:
+        raise RecipeError("needs at least one eval input besides 'train'", key="inputs")
+    for name, c in cols.items():
+        fields = cfg.train_fields if name == "train" else cfg.eval_fields
+        answer = cfg.train_answer if name == "train" else cfg.eval_answer
+        for f in [*fields, answer]:
+            if f is not None and c is not None and f not in c:
+                raise ColumnContractError(f, "train_fields" if name == "train" else "eval_fields", c, name)
+    return {"data": cols["train"], "matches": MATCH_COLUMNS}
+
+
+def _text(df: pl.DataFrame, fields: list[str]) -> pl.Series:
+    parts = [text_expr(df, f) for f in fields]
+    return df.select(pl.concat_str(parts, separator="\n").alias("t"))["t"]
+
+
+def _normalized(text: pl.Series) -> pl.Series:
+    return pl.select(normalize_expr(pl.lit(text), lowercase=True).str.replace_all(r"\s+", " ")).to_series()
+
+
+def _ngram_hits(train: pl.Series, evals: pl.Series, cfg: LeakageConfig) -> pl.DataFrame:
+    """(t, e, shared) for train/eval pairs sharing word n-grams; short eval texts use short_ngram."""
+    from dataforge.text.minhash import all_shingles
+
+    words = evals.str.count_matches(r"\w+").to_numpy()
+    out = []
+    for n, mask in ((cfg.ngram, words >= 2 * cfg.ngram), (cfg.short_ngram, words < 2 * cfg.ngram)):
+        if not mask.any():
+            continue
+        e_idx = np.nonzero(mask)[0]
+        eh, ed = all_shingles(evals.gather(e_idx).to_arrow(), n)
+        th, td = all_shingles(train.to_arrow(), n)
+        e_frame = pl.DataFrame({"h": eh, "e": e_idx[ed]}).unique()
+        sizes = e_frame.group_by("e").agg(pl.len().alias("eval_ngrams"))
+        t_frame = pl.DataFrame({"h": th, "t": td}).unique()
+        shared = t_frame.join(e_frame, on="h").group_by("t", "e").agg(pl.len().alias("shared"))
+        out.append(
+            shared.join(sizes, on="e").with_columns((pl.col("shared") / pl.col("eval_ngrams")).alias("coverage"))
+        )
+    if not out:
+        return pl.DataFrame(schema={"t": pl.Int64, "e": pl.Int64, "shared": pl.UInt32, "coverage": pl.Float64})
+    return pl.concat(out).select("t", "e", "shared", "coverage").cast({"t": pl.Int64, "e": pl.Int64})
+
+
+def _tfidf_candidates(train: list[str], evals: list[str], top_k: int, floor: float) -> pl.DataFrame:
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    vec = TfidfVectorizer(ngram_range=(1, 2), min_df=1, sublinear_tf=True)
+    vec.fit(evals + train)
+    t, e = vec.transform(train), vec.transform(evals)
+    rows, cols, vals = [], [], []
+    chunk = 2048
+    for s in range(0, t.shape[0], chunk):
+        sims = (t[s : s + chunk] @ e.T).toarray()
+        k = min(top_k, sims.shape[1])
+        top = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+        best = np.take_along_axis(sims, top, axis=1)
+        keep = best >= floor
+        r = np.nonzero(keep)
+        rows.append(r[0] + s)
+        cols.append(top[keep])
+        vals.append(best[keep])
+    if not rows:
+        return pl.DataFrame(schema={"t": pl.Int64, "e": pl.Int64, "tfidf": pl.Float64})
+    return pl.DataFrame({"t": np.concatenate(rows), "e": np.concatenate(cols), "tfidf": np.concatenate(vals)})
+
+
+def decide(row: dict[str, Any], cfg: LeakageConfig) -> str | None:
+    """The detector that calls this candidate pair a leak, or None (the documented rule)."""
+    if row["exact"]:
+        return "exact"
+    cos, num, ans = row["cosine"], row["numbers"], row["answers_agree"]
+    numbers_ok = num is None or num >= cfg.numbers_min
+    if row["ngram"] and (row["coverage"] >= cfg.ngram_coverage or (numbers_ok and ans is not False)):
+        return "ngram"
+    if cos is None:
+        return None
+    if cos >= cfg.cosine_alone:
+        return "embedding"
+    if cos >= cfg.cosine_numbers and numbers_ok and ans is not False:
+        return "embedding"
+    if ans is True and cos >= cfg.cosine_answer and (num is None or num >= cfg.answer_numbers_min):
+        return "embedding"
+    return None
+
+
+def _answers(df: pl.DataFrame, column: str | None) -> list[float | None]:
+    if column is None:
+        return [None] * df.height
+    return [parse_number(v) for v in df[column].cast(pl.String).to_list()]
+
+
+@step("leakage.check", version=1, inputs=None, outputs=("data", "matches"), columns=_columns)
+def leakage_check(inputs: dict[str, pl.DataFrame], cfg: LeakageConfig, ctx: Context) -> StepResult:
+    """Find train rows that contain an eval item (verbatim, edited or rephrased)."""
+    train = inputs["train"]
+    t_text = _text(train, cfg.train_fields)
+    t_norm = _normalized(t_text)
+    t_nums = [numbers_in(x) for x in t_text.to_list()]
+    t_ans = _answers(train, cfg.train_answer)
+    found: list[dict[str, Any]] = []
+    for name, ev in inputs.items():
+        if name == "train":
+            continue
+        if ev.is_empty():
+            raise DataError(f"eval input '{name}' has no rows")
+        e_text = _text(ev, cfg.eval_fields)
+        e_norm = _normalized(e_text)
+        e_ans = _answers(ev, cfg.eval_answer)
+        exact = (
+            pl.DataFrame({"k": t_norm, "t": np.arange(train.height)})
+            .join(pl.DataFrame({"k": e_norm, "e": np.arange(ev.height)}), on="k")
+            .select("t", "e")
+            .with_columns(pl.lit(True).alias("exact"))
+        )
+        ngram = _ngram_hits(t_norm, e_norm, cfg)
+        tfidf = _tfidf_candidates(t_norm.to_list(), e_norm.to_list(), cfg.top_k, cfg.tfidf_min)
+        pairs = (
+            pl.concat([exact.select("t", "e"), ngram.select("t", "e"), tfidf.select("t", "e")])
+            .unique()
+            .join(exact, on=["t", "e"], how="left")
+            .join(ngram, on=["t", "e"], how="left")
+            .join(tfidf, on=["t", "e"], how="left")
+            .with_columns(pl.col("exact").fill_null(False), pl.col("shared").fill_null(0))
+            .sort("t", "e")
+        )
+        e_nums = [numbers_in(x) for x in e_text.to_list()]
+        t_idx, e_idx = pairs["t"].to_list(), pairs["e"].to_list()
+        num = [agreement(t_nums[t], e_nums[e]) for t, e in zip(t_idx, e_idx, strict=True)]
+        ans = [
+            None if t_ans[t] is None or e_ans[e] is None else abs(t_ans[t] - e_ans[e]) < 1e-9
+            for t, e in zip(t_idx, e_idx, strict=True)
+        ]
+        cos = np.full(pairs.height, np.nan)
+        # only rephrase candidates whose numbers or answer could agree reach the transformer
+        plausible = np.array(
+            [(a is True) or n is None or n >= cfg.candidate_numbers_min for n, a in zip(num, ans, strict=True)],
+            dtype=bool,
+        )
+        todo = ~(pairs["exact"] | (pairs["shared"] > 0)).to_numpy() & plausible
+        if cfg.embed and todo.any():
+            from dataforge.embed import embed
+
+            ti = pairs["t"].to_numpy()[todo]
+            ei = pairs["e"].to_numpy()[todo]
+            ut, ue = np.unique(ti), np.unique(ei)
+            tv = embed(t_text.gather(ut).to_list(), cfg.model, cfg.batch_size, ctx.progress)
+            evv = embed(e_text.gather(ue).to_list(), cfg.model, cfg.batch_size, ctx.progress)
+            cos[todo] = (tv[np.searchsorted(ut, ti)] * evv[np.searchsorted(ue, ei)]).sum(axis=1)
+        for k, r in enumerate(pairs.iter_rows(named=True)):
+            t, e = r["t"], r["e"]
+            row = {
+                "t": t,
+                "eval_input": name,
+                "e": e,
+                "exact": r["exact"],
+                "ngram": int(r["shared"]),
+                "coverage": r["coverage"] or 0.0,
+                "tfidf": r["tfidf"],
+                "cosine": None if np.isnan(cos[k]) else float(cos[k]),
+                "numbers": num[k],
+                "answers_agree": ans[k],
+                "eval_id": ev["_id"][e],
+                "eval_text": e_text[e],
+            }
+            detector = decide(row, cfg)
+            if detector:
+                score = 1.0 if detector == "exact" else (r["shared"] if detector == "ngram" else row["cosine"])
+                found.append({**row, "detector": detector, "score": float(score)})
+    matches = _best_matches(found, train, t_text)
+    hit = train["_id"].is_in(matches["train_id"].implode()) if matches.height else pl.Series([False] * train.height)
+    kept = train.filter(~hit) if cfg.action == "drop" else train
+    ev_frames = []
+    if cfg.action != "report" and matches.height:
+        detail = [
+            json.dumps(
+                {k: r[k] for k in ("eval_input", "exact", "ngram", "tfidf", "cosine", "numbers", "answers_agree")}
+            )
+            for r in matches.iter_rows(named=True)
+        ]
+        ev_frames.append(
+            events(
+                matches["train_id"],
+                "dropped" if cfg.action == "drop" else "flagged",
+                "leakage:" + matches["detector"],
+                related_id=matches["eval_id"],
+                score=matches["score"],
+                detail=pl.Series(detail, dtype=pl.String),
+            )
+        )
+    return StepResult({"data": kept, "matches": matches}, events=ev_frames)
+
+
+def _best_matches(found: list[dict[str, Any]], train: pl.DataFrame, t_text: pl.Series) -> pl.DataFrame:
+    """One match per train row: exact before ngram before embedding, then the highest score."""
+    schema = {
+        "_id": pl.String,
+        "train_id": pl.String,
+        "eval_input": pl.String,
+        "eval_id": pl.String,
+        "detector": pl.String,
+        "score": pl.Float64,
+        "exact": pl.Boolean,
+        "ngram": pl.Int64,
+        "tfidf": pl.Float64,
+        "cosine": pl.Float64,
+        "numbers": pl.Float64,
+        "answers_agree": pl.Boolean,
+        "train_text": pl.String,
+        "eval_text": pl.String,
+    }
+    if not found:
+        return pl.DataFrame(schema=schema)
+    rank = {"exact": 0, "ngram": 1, "embedding": 2}
+    frame = pl.DataFrame(found, infer_schema_length=None).with_columns(
+        pl.col("detector").replace_strict(rank, return_dtype=pl.Int8).alias("_r")
+    )
+    best = frame.sort(["t", "_r", "score", "eval_id"], descending=[False, False, True, False]).unique(
+        "t", keep="first", maintain_order=True
+    )
+    best = best.with_columns(
+        train["_id"].gather(best["t"]).alias("train_id"),
+        t_text.gather(best["t"]).alias("train_text"),
+        pl.format("leak:{}", train["_id"].gather(best["t"])).alias("_id"),
+    )
+    return best.select([pl.col(c).cast(t) for c, t in schema.items()])

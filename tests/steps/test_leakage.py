@@ -1,0 +1,102 @@
+"""leakage.check on GSM8K: planted copies (verbatim, edited, rephrased) are caught, merely similar
+problems and clean rows are not, and the actions drop, flag or only report."""
+
+from __future__ import annotations
+
+import polars as pl
+import pytest
+
+from dataforge.steps.leakage import LeakageConfig, leakage_check
+from dataforge.steps.parse import Gsm8kConfig, parse_gsm8k
+from tests.conftest import GSM8K
+
+
+@pytest.fixture(scope="module")
+def gsm8k():
+    from pathlib import Path
+
+    from tests.conftest import make_ctx
+
+    ctx = make_ctx(Path("."))
+
+    def load(split: str, prefix: str, n: int) -> pl.DataFrame:
+        df = pl.read_ndjson(GSM8K / f"{split}.jsonl").head(n)
+        df = df.with_columns(pl.format(prefix + ":{}", pl.int_range(pl.len())).alias("_id"))
+        return parse_gsm8k({"d": df}, Gsm8kConfig(), ctx).tables["d"]
+
+    return load("train", "tr", 1500), load("test", "te", 300)
+
+
+def _plant(train: pl.DataFrame, rows: list[tuple[str, str, str]]) -> pl.DataFrame:
+    extra = pl.DataFrame(
+        {"_id": [r[0] for r in rows], "question": [r[1] for r in rows], "final_answer": [r[2] for r in rows]}
+    )
+    return pl.concat([train.select("_id", "question", "final_answer"), extra])
+
+
+CFG = LeakageConfig(
+    train_fields=["question"], eval_fields=["question"], train_answer="final_answer", eval_answer="final_answer"
+)
+
+
+def test_planted_copies_are_caught_and_similar_problems_are_not(gsm8k, ctx):
+    train, test = gsm8k
+    q = test["question"].to_list()
+    a = test["final_answer"].to_list()
+    rephrase = (
+        "Every day, the ducks that Janet owns lay sixteen eggs. Each morning three are eaten at breakfast and four "
+        "go into muffins she bakes for friends. The rest she sells at the farmers' market at $2 for each fresh egg. "
+        "How many dollars does she earn each day at the market?"
+    )
+    similar = q[0].replace("16", "22").replace("three", "five").replace("$2", "$3")
+    planted = _plant(
+        train,
+        [
+            ("p:verbatim", q[5], a[5]),
+            ("p:edited", q[6].upper().replace(",", "").replace("  ", " "), a[6]),
+            ("p:dropped_word", " ".join(w for i, w in enumerate(q[7].split()) if i != 4), a[7]),
+            ("p:rephrased", rephrase, a[0]),
+            ("p:no_answer", rephrase, None),
+            ("p:similar", similar, "30"),
+        ],
+    )
+    res = leakage_check({"train": planted, "gsm8k_test": test}, CFG, ctx)
+    m = res.tables["matches"]
+    found = dict(zip(m["train_id"], m["eval_id"], strict=True))
+    for rid, eid in [
+        ("p:verbatim", "te:5"),
+        ("p:edited", "te:6"),
+        ("p:dropped_word", "te:7"),
+        ("p:rephrased", "te:0"),
+        ("p:no_answer", "te:0"),
+    ]:
+        assert found.get(rid) == eid, rid
+    assert "p:similar" not in found  # same story, other numbers and answer: a different problem
+    clean = [r for r in found if r.startswith("tr:")]
+    assert len(clean) <= 0.001 * train.height + 1, clean
+    detectors = dict(zip(m["train_id"], m["detector"], strict=True))
+    assert detectors["p:verbatim"] == "exact" and detectors["p:rephrased"] == "embedding"
+    ev = res.events[0]
+    assert (
+        set(ev["action"]) == {"dropped"} and ev.filter(pl.col("row_id") == "p:rephrased")["related_id"].item() == "te:0"
+    )
+    assert '"cosine"' in ev["detail_json"][0]
+    assert not res.tables["data"]["_id"].is_in(list(found)).any()
+
+
+def test_flag_keeps_rows_and_report_records_nothing(gsm8k, ctx):
+    train, test = gsm8k
+    planted = _plant(train.head(50), [("p:verbatim", test["question"][3], test["final_answer"][3])])
+    flag = leakage_check({"train": planted, "t": test}, CFG.model_copy(update={"action": "flag"}), ctx)
+    assert flag.tables["data"].height == planted.height
+    assert set(flag.events[0]["action"]) == {"flagged"}
+    report = leakage_check({"train": planted, "t": test}, CFG.model_copy(update={"action": "report"}), ctx)
+    assert report.events == [] and report.tables["matches"].height >= 1
+
+
+def test_empty_eval_input_is_an_error(gsm8k, ctx):
+    from dataforge.errors import DataError
+
+    train, test = gsm8k
+    with pytest.raises(DataError, match="eval input 't' has no rows"):
+        leakage_check({"train": train.head(5), "t": test.head(0)}, CFG, ctx)
