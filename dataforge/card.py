@@ -9,7 +9,7 @@ import polars as pl
 import pyarrow as pa
 
 from dataforge import __version__
-from dataforge.engine.plan import Plan, PlannedDataset
+from dataforge.engine.plan import Plan, PlannedDataset, Ref
 from dataforge.formats import trl_dataset_type
 
 
@@ -20,7 +20,12 @@ def _table(header: list[str], rows: list[list[Any]]) -> str:
 
 
 def render_card(
-    plan: Plan, ds: PlannedDataset, tables: dict[str, pa.Table], reports: list, frames: dict[str, pl.DataFrame]
+    plan: Plan,
+    ds: PlannedDataset,
+    tables: dict[str, pa.Table],
+    reports: list,
+    frames: dict[str, pl.DataFrame],
+    load: Any = None,
 ) -> str:
     """The card; ``tables`` are the exported splits, ``frames`` the same rows with dataforge's
     internal columns (``_ts``) for the split audit."""
@@ -61,6 +66,14 @@ def render_card(
         ),
         "",
     ]
+    sections = [
+        line
+        for s in steps
+        if load is not None and hasattr(s.stepdef.fn, "card_section")
+        for line in [*s.stepdef.fn.card_section(s.name, lambda o, s=s: load(Ref(s.name, o))), ""]
+    ]
+    if sections:
+        parts += ["## Contamination", "", *sections]
     notes = [n for s in steps for n in _card_notes(s)]
     if notes:
         parts += ["## Notes", "", *[f"- {n}" for n in notes], ""]

@@ -39,9 +39,11 @@ def export_datasets(
     reports: list,
     record: Callable[[str, str, list[tuple[str, str, int, str]]], None],
     run_id: str = "",
+    peek: Callable[[Ref], pl.DataFrame] | None = None,
 ) -> dict[str, dict[str, int]]:
     """Write every dataset of the plan, reading split tables through ``load`` and reporting each
-    export's (split, path, rows, sha256) through ``record``; returns rows per split per dataset."""
+    export's (split, path, rows, sha256) through ``record``; returns rows per split per dataset.
+    ``peek`` reads any step output without releasing it (cards read other steps' tables)."""
     exported: dict[str, dict[str, int]] = {}
     for ds in plan.datasets.values():
         fp = dataset_fingerprint(plan, ds)
@@ -50,10 +52,29 @@ def export_datasets(
         if meta_path.exists() and json.loads(meta_path.read_text()).get("fingerprint") == fp:
             meta = json.loads(meta_path.read_text())
         else:
-            meta = _write_dataset(plan, ds, fp, target, run_id, reports, load)
+            meta = _write_dataset(plan, ds, fp, target, run_id, reports, load, peek or load)
         exported[ds.name] = {s: v["rows"] for s, v in meta["splits"].items()}
         record(ds.name, fp, [(s, str(target / s), v["rows"], v["sha256"]) for s, v in meta["splits"].items()])
     return exported
+
+
+def write_reports(plan: Plan, store: Store, load: Callable[[Ref], pl.DataFrame]) -> None:
+    """``<out>/reports/<name>``: what each step's ``report(step, cfg, tables)`` returns (markdown
+    text or a table, written as Parquet), each file written under a temporary name and renamed."""
+    for ps in plan.steps:
+        make = getattr(ps.stepdef.fn, "report", None)
+        if make is None:
+            continue
+        tables = {o: load(Ref(ps.name, o)) for o in ps.outputs}
+        root = store.out / "reports"
+        root.mkdir(parents=True, exist_ok=True)
+        for name, content in make(ps.name, ps.cfg, tables).items():
+            tmp = root / f".tmp-{name}"
+            if isinstance(content, pl.DataFrame):
+                content.write_parquet(tmp)
+            else:
+                tmp.write_text(content + "\n")
+            tmp.replace(root / name)
 
 
 def export_columns(df: pl.DataFrame, columns: list[str] | None) -> list[str]:
@@ -70,6 +91,7 @@ def _write_dataset(
     run_id: str,
     reports: list,
     load: Callable[[Ref], pl.DataFrame],
+    peek: Callable[[Ref], pl.DataFrame],
 ) -> dict:
     from datasets import Dataset, DatasetDict, disable_progress_bars
     from datasets.table import InMemoryTable
@@ -101,7 +123,7 @@ def _write_dataset(
             "splits": splits,
             "steps": {n: by_name[n].fingerprint for n in ancestors},
         }
-        (tmp / "card.md").write_text(render_card(plan, ds, tables, reports, frames))
+        (tmp / "card.md").write_text(render_card(plan, ds, tables, reports, frames, peek))
         (tmp / "dataforge.json").write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
     return meta
 

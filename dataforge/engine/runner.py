@@ -142,12 +142,13 @@ class Runner:
                         reports.append(self._execute(ps, StepProgress(progress, ps.name)))
                     progress.advance(overall)
                 current = None
-                from dataforge.export import export_datasets
+                from dataforge.export import export_datasets, write_reports
 
                 progress.update(overall, description="build · export")
                 export_started = time.perf_counter()
+                write_reports(self.plan, self.store, self._load)
                 exported = export_datasets(
-                    self.plan, self.store, self._export_table, reports, self._record_export, self.run_id
+                    self.plan, self.store, self._export_table, reports, self._record_export, self.run_id, self._load
                 )
                 export_seconds = time.perf_counter() - export_started
                 self.background.wait()
@@ -296,6 +297,7 @@ class Runner:
         key = str(ref)
         if key in self.memory:
             return self.memory[key]
+        self.background.wait()  # the artifact may still be on its way to disk
         return self.store.read_table(ref.step, self.plan.by_name[ref.step].fingerprint, ref.output)
 
     def _export_table(self, ref: Ref) -> pl.DataFrame:

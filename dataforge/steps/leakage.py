@@ -318,3 +318,63 @@ def _best_matches(found: list[dict[str, Any]], train: pl.DataFrame, t_text: pl.S
         pl.format("leak:{}", train["_id"].gather(best["t"])).alias("_id"),
     )
     return best.select([pl.col(c).cast(t) for c, t in schema.items()])
+
+
+# -- report and card ----------------------------------------------------------------------------------
+
+
+def contamination_table(matches: pl.DataFrame) -> list[str]:
+    """Markdown rows: per eval input, contaminated eval items and train rows, by detector."""
+    if matches.is_empty():
+        return ["No training row matched an eval item."]
+    lines = [
+        "| eval input | eval items contaminated | train rows | exact | ngram | embedding |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name in sorted(matches["eval_input"].unique().to_list()):
+        m = matches.filter(pl.col("eval_input") == name)
+        by = dict(zip(*m.group_by("detector").len().to_dict(as_series=False).values(), strict=True))
+        lines.append(
+            f"| {name} | {m['eval_id'].n_unique()} | {m.height} | {by.get('exact', 0)} | {by.get('ngram', 0)} "
+            f"| {by.get('embedding', 0)} |"
+        )
+    return lines
+
+
+def _cell(text: str | None, width: int = 160) -> str:
+    text = " ".join((text or "").split()).replace("|", "\\\\|")
+    return text if len(text) <= width else text[:width] + "…"
+
+
+def report(step_name: str, cfg: LeakageConfig, tables: dict[str, pl.DataFrame]) -> dict[str, str | pl.DataFrame]:
+    """``reports/leakage_<step>.md`` (summary and the top examples side by side) and ``.parquet``
+    (every match)."""
+    m = tables["matches"]
+    lines = [f"# Leakage report: step `{step_name}`", "", f"Action: `{cfg.action}`.", "", *contamination_table(m), ""]
+    for detector in ("exact", "ngram", "embedding"):
+        top = m.filter(pl.col("detector") == detector).sort("score", descending=True).head(10)
+        if top.is_empty():
+            continue
+        lines += [
+            f"## Top `{detector}` matches",
+            "",
+            "| train row | eval row | score | cosine | numbers | train text | eval text |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for r in top.iter_rows(named=True):
+            cos = "-" if r["cosine"] is None else f"{r['cosine']:.3f}"
+            num = "-" if r["numbers"] is None else f"{r['numbers']:.2f}"
+            lines.append(
+                f"| {r['train_id']} | {r['eval_input']}:{r['eval_id']} | {r['score']:.3f} | {cos} | {num} "
+                f"| {_cell(r['train_text'])} | {_cell(r['eval_text'])} |"
+            )
+        lines.append("")
+    return {f"leakage_{step_name}.md": "\n".join(lines), f"leakage_{step_name}.parquet": m}
+
+
+def card_section(step_name: str, load: Any) -> list[str]:
+    return [f"From step `{step_name}` (leakage.check):", "", *contamination_table(load("matches"))]
+
+
+leakage_check.report = report  # type: ignore[attr-defined]
+leakage_check.card_section = card_section  # type: ignore[attr-defined]

@@ -56,8 +56,8 @@ def test_gsm8k_reasoning_outputs(built):
     assert [m["role"] for m in msgs] == ["user", "assistant"]
     assert msgs[1]["content"].startswith("<think>\n") and msgs[1]["content"].endswith("</answer>")
     assert "<<" not in msgs[1]["content"]
-    # five terse solutions filtered out, one near-duplicate question dropped
-    assert len(sft["train"]) + len(sft["validation"]) == 7473 - 5 - 1
+    # five terse solutions filtered out, two rows leaking a test item, one near-duplicate question
+    assert len(sft["train"]) + len(sft["validation"]) == 7473 - 5 - 2 - 1
     assert len(grpo["test"]) == 1319 and grpo["test"].column_names == ["_id", "prompt", "answer"]
     assert grpo["test"][0]["prompt"][0]["role"] == "system"
     # the SFT splits share no normalized question
@@ -172,3 +172,22 @@ def test_gsm8k_data_plan_keeps_every_dataset_apart(built):
             assert not prompts[a] & prompts[b], (a, b)
     con = duckdb.connect(str(out / "lineage.duckdb"), read_only=True)
     assert con.execute("SELECT count(*) FROM latest_events WHERE step = 'audit'").fetchone() == (0,)
+
+
+def test_demo_leakage_decisions_report_and_card(built, capsys):
+    out = built("gsm8k_reasoning.yaml")
+    sql = (
+        "SELECT related_id AS eval_item, count(*) AS train_rows FROM latest_events "
+        "WHERE reason LIKE 'leakage:%' GROUP BY 1 ORDER BY 1"
+    )
+    assert main(["query", "--out", str(out), "--format", "json", sql]) == 0
+    items = json.loads(capsys.readouterr().out)
+    assert items and all(i["eval_item"].startswith("gsm8k_test:") for i in items)
+    report = (out / "reports" / "leakage_leakage.md").read_text()
+    assert "| gsm8k_test |" in report and "## Top" in report
+    import polars as pl
+
+    matches = pl.read_parquet(out / "reports" / "leakage_leakage.parquet")
+    assert set(matches["eval_id"]) == {i["eval_item"] for i in items}
+    card = (out / "datasets" / "gsm8k_sft" / "card.md").read_text()
+    assert "## Contamination" in card and "| gsm8k_test |" in card
