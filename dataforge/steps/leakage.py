@@ -165,7 +165,10 @@ def decide(row: dict[str, Any], cfg: LeakageConfig) -> str | None:
         return "exact"
     cos, num, ans = row["cosine"], row["numbers"], row["answers_agree"]
     numbers_ok = num is None or num >= cfg.numbers_min
-    if row["ngram"] and (row["coverage"] >= cfg.ngram_coverage or (numbers_ok and ans is not False)):
+    # 13 shared consecutive words are strong evidence: a hit counts unless it is a template reused
+    # with other numbers and another answer (light edits can mangle a number or two)
+    loose_numbers = num is None or num >= cfg.answer_numbers_min
+    if row["ngram"] and (row["coverage"] >= cfg.ngram_coverage or ans is True or (loose_numbers and ans is not False)):
         return "ngram"
     if cos is None:
         return None
