@@ -5,7 +5,7 @@ and its fate (exported to which dataset split, or dropped by which step and why)
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,6 @@ class RowHistory:
     datasets: list[tuple[str, str]]
     content: dict[str, Any] | None = None
     fate: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def _records(con: Any, sql: str, params: list[Any]) -> list[dict[str, Any]]:

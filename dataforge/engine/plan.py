@@ -8,6 +8,7 @@ unknown outputs or columns.
 from __future__ import annotations
 
 import difflib
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -65,7 +66,7 @@ class Plan:
     def by_name(self) -> dict[str, PlannedStep]:
         return {s.name: s for s in self.steps}
 
-    @property
+    @functools.cached_property
     def recipe_sha256(self) -> str:
         return file_sha256(self.loaded.path)
 

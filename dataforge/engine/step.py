@@ -12,15 +12,23 @@ import typing
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import polars as pl
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, BeforeValidator, ConfigDict
 
 from dataforge.errors import DataforgeError
 
 Columns = list[str] | None  # None: not known before the step runs (checks downstream are skipped)
+
+
+def _as_list(v: object) -> object:
+    return [v] if isinstance(v, str) else v
+
+
+# A config key naming columns: one name or a list of names (always a list once validated).
+Fields = Annotated[list[str], BeforeValidator(_as_list)]
 
 
 class StepConfig(BaseModel):

@@ -37,10 +37,9 @@ from pydantic import field_validator
 
 from dataforge.cluster import near_duplicate_pairs
 from dataforge.engine.events import events
-from dataforge.engine.step import ColumnContractError, Columns, Context, PlanInfo, StepConfig, StepResult, step
+from dataforge.engine.step import ColumnContractError, Columns, Context, Fields, PlanInfo, StepConfig, StepResult, step
 from dataforge.errors import DataError, RecipeError
-from dataforge.text.fields import text_expr
-from dataforge.text.normalize import normalize_expr
+from dataforge.text.fields import key_expr
 
 FINDINGS_SCHEMA = {
     "_id": pl.String,
@@ -54,19 +53,14 @@ FINDINGS_SCHEMA = {
 
 
 class AuditConfig(StepConfig):
-    prompt: list[str]
-    target: list[str] | None = None
+    prompt: Fields
+    target: Fields | None = None
     near: bool = True
     threshold: float = 0.8
     ngram: int = 3
     num_perm: int = 128
     time_order: list[str] | None = None
     strict: bool = False
-
-    @field_validator("prompt", "target", mode="before")
-    @classmethod
-    def _one_or_many(cls, v: object) -> object:
-        return [v] if isinstance(v, str) else v
 
     @field_validator("threshold")
     @classmethod
@@ -93,11 +87,6 @@ def _columns(cfg: AuditConfig, cols: dict[str, Columns], info: PlanInfo) -> dict
     return {"findings": list(FINDINGS_SCHEMA)}
 
 
-def _key(df: pl.DataFrame, fields: Sequence[str], roles: Sequence[str] | None = None) -> pl.Expr:
-    parts = [normalize_expr(text_expr(df, f, roles), lowercase=True) for f in fields]
-    return pl.concat_str(parts, separator="\x1f")
-
-
 def audit_frames(
     tables: dict[str, pl.DataFrame],
     prompt: Sequence[str],
@@ -118,8 +107,8 @@ def audit_frames(
             df.select(
                 pl.lit(name).alias("input"),
                 pl.col("_id").alias("row"),
-                _key(df, prompt, prompt_roles).alias("p"),
-                (_key(df, target, target_roles) if target else pl.lit("")).alias("t"),
+                key_expr(df, prompt, prompt_roles).alias("p"),
+                (key_expr(df, target, target_roles) if target else pl.lit("")).alias("t"),
             )
             for name, df in tables.items()
         ]

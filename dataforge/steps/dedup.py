@@ -42,10 +42,20 @@ from pydantic import model_validator
 from dataforge.cluster import components
 from dataforge.engine.events import events
 from dataforge.engine.fingerprint import canonical_json
-from dataforge.engine.step import Columns, Context, PlanInfo, StepConfig, StepResult, require, step, with_columns
+from dataforge.engine.step import (
+    Columns,
+    Context,
+    Fields,
+    PlanInfo,
+    StepConfig,
+    StepResult,
+    require,
+    step,
+    with_columns,
+)
 from dataforge.errors import DataError, RecipeError
 from dataforge.text.fields import text_expr
-from dataforge.text.normalize import normalize_expr
+from dataforge.text.normalize import comparable_expr
 
 TEMPLATE_TOKENS = (
     r"<\|im_start\|>\s*(?:system|user|assistant)?|<\|[^|>\s]{1,40}\|>|\[/?INST\]|<</?SYS>>|</?s>"
@@ -66,7 +76,7 @@ SIGNATURE_BATCH = 100_000  # rows whose text is prepared and hashed at once
 
 
 class DedupConfig(StepConfig):
-    fields: list[str]
+    fields: Fields
     roles: list[str] | None = None
     shared_system: float | None = 0.1
     strip_template: bool = True
@@ -157,8 +167,7 @@ def dedup_text(
     if cfg.template_aware:
         text = pl.Series("t", [_mask_template(t) for t in text.to_list()], dtype=pl.String)
     if exact:
-        folded = normalize_expr(pl.lit(text), lowercase=True).str.replace_all(r"\s+", " ")  # line breaks too
-        return pl.select(folded.alias("t"))["t"]
+        return pl.select(comparable_expr(pl.lit(text)).alias("t"))["t"]
     wide = text.str.contains(r"[^\x00-\x7f]").fill_null(False)
     if wide.any():
         idx = wide.arg_true()

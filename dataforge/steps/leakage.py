@@ -30,18 +30,19 @@ detector's score, ``detail_json`` = all scores. A markdown and Parquet report is
 
 from __future__ import annotations
 
+import functools
 import json
+from collections import Counter
 from typing import Any, Literal
 
 import numpy as np
 import polars as pl
-from pydantic import field_validator
 
 from dataforge.engine.events import events
-from dataforge.engine.step import ColumnContractError, Columns, Context, PlanInfo, StepConfig, StepResult, step
+from dataforge.engine.step import ColumnContractError, Columns, Context, Fields, PlanInfo, StepConfig, StepResult, step
 from dataforge.errors import DataError, RecipeError
 from dataforge.text.fields import text_expr
-from dataforge.text.normalize import normalize_expr
+from dataforge.text.normalize import comparable_expr
 from dataforge.text.numbers import agreement, numbers_in, parse_number
 
 MATCH_COLUMNS = [
@@ -63,8 +64,8 @@ MATCH_COLUMNS = [
 
 
 class LeakageConfig(StepConfig):
-    train_fields: list[str]
-    eval_fields: list[str]
+    train_fields: Fields
+    eval_fields: Fields
     train_answer: str | None = None
     eval_answer: str | None = None
     action: Literal["drop", "flag", "report"] = "drop"
@@ -82,11 +83,6 @@ class LeakageConfig(StepConfig):
     numbers_min: float = 1.0
     cosine_answer: float = 0.70
     answer_numbers_min: float = 0.5
-
-    @field_validator("train_fields", "eval_fields", mode="before")
-    @classmethod
-    def _one_or_many(cls, v: object) -> object:
-        return [v] if isinstance(v, str) else v
 
 
 def _columns(cfg: LeakageConfig, cols: dict[str, Columns], info: PlanInfo) -> dict[str, Columns]:
@@ -109,7 +105,7 @@ def _text(df: pl.DataFrame, fields: list[str]) -> pl.Series:
 
 
 def _normalized(text: pl.Series) -> pl.Series:
-    return pl.select(normalize_expr(pl.lit(text), lowercase=True).str.replace_all(r"\s+", " ")).to_series()
+    return pl.select(comparable_expr(pl.lit(text))).to_series()
 
 
 def _ngram_hits(train: pl.Series, evals: pl.Series, cfg: LeakageConfig) -> pl.DataFrame:
@@ -193,8 +189,18 @@ def leakage_check(inputs: dict[str, pl.DataFrame], cfg: LeakageConfig, ctx: Cont
     train = inputs["train"]
     t_text = _text(train, cfg.train_fields)
     t_norm = _normalized(t_text)
-    t_nums = [numbers_in(x) for x in t_text.to_list()]
-    t_ans = _answers(train, cfg.train_answer)
+    # train-side signals are read only for rows that reach a candidate pair, once each
+    t_list = t_text.to_list()
+    t_answer_text = train[cfg.train_answer].cast(pl.String).to_list() if cfg.train_answer else None
+
+    @functools.cache
+    def t_nums(t: int) -> Counter[float]:
+        return numbers_in(t_list[t])
+
+    @functools.cache
+    def t_ans(t: int) -> float | None:
+        return parse_number(t_answer_text[t]) if t_answer_text is not None else None
+
     found: list[dict[str, Any]] = []
     for name, ev in inputs.items():
         if name == "train":
@@ -223,9 +229,9 @@ def leakage_check(inputs: dict[str, pl.DataFrame], cfg: LeakageConfig, ctx: Cont
         )
         e_nums = [numbers_in(x) for x in e_text.to_list()]
         t_idx, e_idx = pairs["t"].to_list(), pairs["e"].to_list()
-        num = [agreement(t_nums[t], e_nums[e]) for t, e in zip(t_idx, e_idx, strict=True)]
+        num = [agreement(t_nums(t), e_nums[e]) for t, e in zip(t_idx, e_idx, strict=True)]
         ans = [
-            None if t_ans[t] is None or e_ans[e] is None else abs(t_ans[t] - e_ans[e]) < 1e-9
+            None if t_ans(t) is None or e_ans[e] is None else abs(t_ans(t) - e_ans[e]) < 1e-9
             for t, e in zip(t_idx, e_idx, strict=True)
         ]
         cos = np.full(pairs.height, np.nan)

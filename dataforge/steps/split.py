@@ -50,11 +50,10 @@ from pydantic import field_validator, model_validator
 
 from dataforge.cluster import components, near_duplicate_pairs
 from dataforge.engine.events import events
-from dataforge.engine.step import Columns, Context, PlanInfo, StepConfig, StepResult, require, step
+from dataforge.engine.step import Columns, Context, Fields, PlanInfo, StepConfig, StepResult, require, step
 from dataforge.errors import DataError
 from dataforge.recipe import NAME_RE
-from dataforge.text.fields import text_expr
-from dataforge.text.normalize import normalize_expr
+from dataforge.text.fields import key_expr
 
 
 def _check_names(names: Sequence[str]) -> None:
@@ -120,16 +119,11 @@ class TimeSpec(StepConfig):
 class SplitConfig(StepConfig):
     fractions: dict[str, float] | None = None
     time: TimeSpec | None = None
-    group: list[str] | None = None
+    group: Fields | None = None
     cluster: ClusterSpec | None = None
     stratify: str | None = None
     random: bool = False
     seed: int = 0
-
-    @field_validator("group", mode="before")
-    @classmethod
-    def _one_or_many(cls, v: object) -> object:
-        return [v] if isinstance(v, str) else v
 
     @field_validator("fractions")
     @classmethod
@@ -207,8 +201,7 @@ def unit_hash(seed: int, key: str) -> float:
 
 def text_key(df: pl.DataFrame, fields: Sequence[str]) -> pl.Series:
     """Normalized (NFKC, whitespace, lowercase) text of ``fields``, joined; the grouping key."""
-    parts = [normalize_expr(text_expr(df, f), lowercase=True) for f in fields]
-    return df.select(pl.concat_str(parts, separator="\x1f").alias("k"))["k"]
+    return df.select(key_expr(df, fields).alias("k"))["k"]
 
 
 def _link_equal(keys: pl.Series) -> np.ndarray:

@@ -13,6 +13,15 @@ from dataforge.errors import DataError
 MESSAGES = pl.List(pl.Struct({"role": pl.String, "content": pl.String}))
 
 
+def key_expr(df: pl.DataFrame, fields: Sequence[str], roles: Sequence[str] | None = None) -> pl.Expr:
+    """The normalized (NFKC, whitespace, lowercase) text of ``fields`` joined by a unit separator:
+    the key rows are grouped (splits) and matched (audits) by."""
+    from dataforge.text.normalize import normalize_expr
+
+    parts = [normalize_expr(text_expr(df, f, roles), lowercase=True) for f in fields]
+    return pl.concat_str(parts, separator="\x1f")
+
+
 def text_expr(df: pl.DataFrame, column: str, roles: Sequence[str] | None = None) -> pl.Expr:
     """An expression giving the text of ``column`` of ``df``; for messages, only ``roles`` if given."""
     dtype = df.schema[column]

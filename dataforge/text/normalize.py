@@ -16,6 +16,12 @@ Whitespace = Literal["collapse", "strip", "keep"]
 _HSPACE = r"[ \t\f\v\u00a0\u1680\u2000-\u200a\u202f\u205f\u3000]+"
 
 
+def comparable_expr(expr: pl.Expr) -> pl.Expr:
+    """The text two rows are compared by for equality: NFKC, lowercase, every run of whitespace
+    (line breaks included) folded to one space."""
+    return normalize_expr(expr, lowercase=True).str.replace_all(r"\s+", " ")
+
+
 def normalize_expr(
     expr: pl.Expr, form: UnicodeForm | None = "NFKC", whitespace: Whitespace = "collapse", lowercase: bool = False
 ) -> pl.Expr:

@@ -15,7 +15,3 @@ def reasoning_expr(think: pl.Expr, answer: pl.Expr) -> pl.Expr:
     return pl.concat_str(
         pl.lit(THINK_OPEN + "\n"), think, pl.lit("\n" + THINK_CLOSE + "\n" + ANSWER_OPEN), answer, pl.lit(ANSWER_CLOSE)
     )
-
-
-def format_reasoning(think: str, answer: str) -> str:
-    return f"{THINK_OPEN}\n{think}\n{THINK_CLOSE}\n{ANSWER_OPEN}{answer}{ANSWER_CLOSE}"
