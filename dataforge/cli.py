@@ -33,7 +33,15 @@ def _fmt_drops(drops: dict[str, int]) -> str:
 def cmd_build(args: argparse.Namespace) -> int:
     from dataforge.engine.runner import build
 
-    report = build(args.recipe, out=args.out, force=args.force or (), console=err_console, show_progress=not args.quiet)
+    report = build(
+        args.recipe,
+        out=args.out,
+        force=args.force or (),
+        console=err_console,
+        show_progress=not args.quiet,
+        models=_model_overrides(args.model),
+        settings=args.set or [],
+    )
     table = Table(title=f"build {report.run_id} → {report.out}")
     for col in ("step", "kind", "rows in", "rows out", "dropped", "seconds", "cached"):
         table.add_column(col, justify="right" if col in ("rows in", "rows out", "seconds") else "left")
@@ -64,11 +72,40 @@ def cmd_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def _model_overrides(items: list[str] | None) -> dict[str, dict[str, str]]:
+    from dataforge.llm.spec import parse_model_override
+
+    out = {}
+    for item in items or []:
+        try:
+            name, fields = parse_model_override(item)
+        except ValueError as exc:
+            raise RecipeError(str(exc)) from None
+        out[name] = fields
+    return out
+
+
+def _add_override_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--model",
+        action="append",
+        metavar="NAME=BACKEND:MODEL",
+        help="replace the recipe's model NAME, e.g. policy=transformers:/models/qwen or "
+        "judge=openai:my-judge@http://localhost:8000/v1 (repeatable)",
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        metavar="STEP.KEY=VALUE",
+        help="replace a step's config key with a YAML value, e.g. solve.n=8 (repeatable)",
+    )
+
+
 def cmd_plan(args: argparse.Namespace) -> int:
     from dataforge.engine.plan import plan_recipe
     from dataforge.engine.store import Store
 
-    plan = plan_recipe(args.recipe)
+    plan = plan_recipe(args.recipe, _model_overrides(args.model), args.set or [])
     out = Path(args.out)
     store = Store(out) if out.exists() else None
     table = Table(title=f"plan of {plan.loaded.path} (out: {out})")
@@ -177,6 +214,7 @@ def make_parser() -> argparse.ArgumentParser:
         "--force", action="append", metavar="STEP", help="re-execute STEP and every step downstream of it (repeatable)"
     )
     b.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_override_options(b)
     b.set_defaults(fn=cmd_build)
 
     pl_ = sub.add_parser(
@@ -187,6 +225,7 @@ def make_parser() -> argparse.ArgumentParser:
     )
     pl_.add_argument("recipe", help="the recipe YAML file")
     pl_.add_argument("--out", default="build", help="build directory to check the cache in (default: build/)")
+    _add_override_options(pl_)
     pl_.set_defaults(fn=cmd_plan)
 
     w = sub.add_parser(

@@ -14,6 +14,8 @@ A recipe::
     datasets:                    # what is exported: dataset → split → "step.output"
       gsm8k_sft:
         splits: {train: sft.train, validation: sft.validation}
+    models:                      # optional: model name → ModelSpec; steps say `model: <name>`
+      policy: {backend: vllm, model: Qwen/Qwen2.5-Math-1.5B-Instruct}
 """
 
 from __future__ import annotations
@@ -66,6 +68,7 @@ class Recipe(_Frozen):
     description: str = ""
     steps: dict[str, StepSpec]
     datasets: dict[str, DatasetSpec] = Field(default_factory=dict)
+    models: dict[str, dict[str, Any]] = Field(default_factory=dict)  # validated as ModelSpec by the planner
 
 
 class LoadedRecipe:

@@ -103,3 +103,48 @@ def _isolated_hash_cache(tmp_path_factory):
     import os
 
     os.environ["DATAFORGE_CACHE_DIR"] = str(tmp_path_factory.mktemp("dataforge-cache"))
+
+
+@pytest.fixture(scope="session")
+def tiny_lm(tmp_path_factory) -> Path:
+    """A tiny random causal LM (2 layers, hidden 64) with a chat template, saved to disk. Its
+    outputs are noise: tests with it check plumbing, not quality."""
+    from dataforge.tiny import make_tiny_causal_lm
+
+    return make_tiny_causal_lm(tmp_path_factory.mktemp("tiny-lm") / "model")
+
+
+@pytest.fixture(scope="session")
+def tiny_rm(tmp_path_factory) -> Path:
+    """A tiny random reward model (sequence classification, one label)."""
+    from dataforge.tiny import make_tiny_reward_model
+
+    return make_tiny_reward_model(tmp_path_factory.mktemp("tiny-rm") / "model")
+
+
+def start_server(model: Path, name: str = "tiny") -> tuple[object, str]:
+    """``python -m dataforge.llm.server`` in its own process on a free loopback port; returns
+    (process, base url). The caller terminates it."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dataforge.llm.server", "--model", str(model), "--name", name, "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    line = proc.stdout.readline()  # "serving <name> on http://127.0.0.1:PORT/v1"
+    if " on " not in line:
+        proc.kill()
+        raise RuntimeError(f"the model server did not start: {line!r}")
+    return proc, line.strip().rsplit(" ", 1)[1]
+
+
+@pytest.fixture(scope="session")
+def model_server(tiny_lm):
+    """The OpenAI-compatible server around the tiny model, as a real process on loopback."""
+    proc, url = start_server(tiny_lm)
+    yield url
+    proc.terminate()
+    proc.wait(timeout=10)

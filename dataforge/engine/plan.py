@@ -97,13 +97,75 @@ class Plan:
         return counts
 
 
-def plan_recipe(path: str | Path) -> Plan:
-    """Load and plan a recipe file; raises RecipeError naming file, line, step and key."""
-    return build_plan(load_recipe(path))
+def plan_recipe(
+    path: str | Path, models: dict[str, dict[str, Any]] | None = None, settings: list[str] | None = None
+) -> Plan:
+    """Load and plan a recipe file; raises RecipeError naming file, line, step and key.
+
+    ``models`` replaces entries of the recipe's ``models:`` (name → ModelSpec fields);
+    ``settings`` are ``STEP.KEY=VALUE`` strings (VALUE in YAML) that replace step config keys."""
+    return build_plan(load_recipe(path), models, settings)
 
 
-def build_plan(loaded: LoadedRecipe) -> Plan:
+def parse_settings(loaded: LoadedRecipe, settings: list[str]) -> dict[str, dict[str, Any]]:
+    """``["solve.n=2", "questions.limit=8"]`` → {"solve": {"n": 2}, "questions": {"limit": 8}}."""
+    import yaml
+
+    out: dict[str, dict[str, Any]] = {}
+    for item in settings:
+        target, eq, raw = item.partition("=")
+        step_name, dot, key = target.partition(".")
+        if not (eq and dot and key):
+            raise RecipeError(f"--set {item!r}: expected STEP.KEY=VALUE (e.g. solve.max_tokens=64)")
+        if step_name not in loaded.recipe.steps:
+            raise RecipeError(f"--set {item!r}: the recipe has no step '{step_name}'", file=str(loaded.path))
+        if key in ("kind", "inputs"):
+            raise RecipeError(f"--set {item!r}: '{key}' cannot be set from the command line")
+        try:
+            out.setdefault(step_name, {})[key] = yaml.safe_load(raw)
+        except yaml.YAMLError as exc:
+            raise RecipeError(f"--set {item!r}: the value is not YAML: {exc}") from None
+    return out
+
+
+def _model_specs(loaded: LoadedRecipe, overrides: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The recipe's ``models:`` with overrides applied, each validated as a ModelSpec."""
+    from dataforge.llm.spec import ModelSpec
+
+    specs: dict[str, dict[str, Any]] = {}
+    for name, raw in {**loaded.recipe.models, **overrides}.items():
+        where = "the --model option" if name in overrides else None
+        try:
+            specs[name] = ModelSpec.model_validate(raw).model_dump(mode="json")
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            key = ".".join(["models", name, *(str(p) for p in err["loc"])])
+            if where:
+                raise RecipeError(f"{where}, model '{name}': {key}: {err['msg']}") from None
+            line = loaded.line(*key.split("."))
+            raise RecipeError(err["msg"], file=str(loaded.path), line=line, key=key) from None
+    return specs
+
+
+def _resolve_model(
+    loaded: LoadedRecipe, name: str, raw: dict[str, Any], specs: dict[str, dict[str, Any]]
+) -> dict[str, Any]:
+    """A step's ``model: <name>`` replaced by that model's spec (so the spec is fingerprinted)."""
+    ref = raw.get("model")
+    if not isinstance(ref, str):
+        return raw
+    if ref not in specs:
+        known = ", ".join(sorted(specs)) or "none"
+        raise loaded.error(f"unknown model '{ref}' (the recipe's models: {known})", step=name, key="model")
+    return {**raw, "model": specs[ref]}
+
+
+def build_plan(
+    loaded: LoadedRecipe, models: dict[str, dict[str, Any]] | None = None, settings: list[str] | None = None
+) -> Plan:
     recipe = loaded.recipe
+    specs = _model_specs(loaded, models or {})
+    overrides = parse_settings(loaded, settings or [])
     defs: dict[str, StepDef] = {}
     cfgs: dict[str, StepConfig] = {}
     refs: dict[str, dict[str, Ref]] = {}
@@ -116,7 +178,8 @@ def build_plan(loaded: LoadedRecipe) -> Plan:
             hint = f" (did you mean '{close[0]}'?)" if close else f"; known kinds: {', '.join(sorted(REGISTRY))}"
             raise loaded.error(f"unknown step kind '{spec.kind}'{hint}", step=name, key="kind")
         defs[name] = sd
-        cfgs[name] = _validate_config(loaded, name, sd, spec.config)
+        raw = {**spec.config, **overrides.get(name, {})}
+        cfgs[name] = _validate_config(loaded, name, sd, _resolve_model(loaded, name, raw, specs))
         refs[name] = _parse_inputs(loaded, name, sd, spec.inputs, recipe.steps)
 
     order = _toposort(loaded, refs)

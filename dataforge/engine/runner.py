@@ -30,6 +30,7 @@ from dataforge.engine.step import Context, StepResult
 from dataforge.engine.store import Store
 from dataforge.errors import DataforgeError, RecipeError, StepError
 from dataforge.lineage import LineageWriter, StepRow
+from dataforge.llm.client import ModelPool
 
 
 @dataclass
@@ -70,10 +71,15 @@ def build(
     force: Iterable[str] = (),
     console: Console | None = None,
     show_progress: bool = True,
+    models: dict[str, dict[str, Any]] | None = None,
+    settings: list[str] | None = None,
 ) -> BuildReport:
-    """Plan and run a recipe into ``out``; returns what ran, what was reused and what was exported."""
+    """Plan and run a recipe into ``out``; returns what ran, what was reused and what was exported.
+
+    ``models`` replaces entries of the recipe's ``models:`` (e.g. a tiny local model in tests);
+    ``settings`` (``STEP.KEY=VALUE``) replace step config keys."""
     started = time.perf_counter()
-    plan = plan_recipe(recipe_path)
+    plan = plan_recipe(recipe_path, models, settings)
     planned = time.perf_counter() - started
     report = Runner(plan, Path(out), console=console, show_progress=show_progress).run(force)
     report.timings["plan"] = planned
@@ -127,6 +133,7 @@ class Runner:
         self.run_id = LineageWriter.new_run_id()
         self.remaining = self.plan.consumers()
         self.background = _Background()
+        self.llm = ModelPool(self.out / "cache" / "llm.sqlite")
         self.background.submit(self._open_lineage)  # the first job: every later one writes through it
         reports: list[StepReport] = []
         current: PlannedStep | None = None
@@ -157,6 +164,7 @@ class Runner:
             raise
         finally:
             self.background.close()
+            self.llm.close()
         self.lineage.finish_run(self.run_id, "succeeded")
         self.lineage.close()
         timings = {
@@ -226,6 +234,7 @@ class Runner:
             base_dir=self.plan.loaded.base_dir,
             scratch_dir=self.out / "scratch" / ps.name,
             progress=progress,
+            llm=self.llm,
         )
         started = time.perf_counter()
         try:

@@ -1,3 +1,18 @@
 """Built-in step families. Importing this package registers every kind."""
 
-from dataforge.steps import audit, clean, dedup, format, leakage, parse, sources, split, timestamps  # noqa: F401
+from dataforge.steps import (  # noqa: F401
+    audit,
+    clean,
+    dedup,
+    format,
+    generate,
+    leakage,
+    parse,
+    preference,
+    rollout,
+    score,
+    sources,
+    split,
+    timestamps,
+    verify,
+)

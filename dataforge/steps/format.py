@@ -48,7 +48,7 @@ from dataforge.engine.step import (
     with_columns,
 )
 from dataforge.errors import DataError
-from dataforge.steps.parse import MESSAGES
+from dataforge.text.fields import MESSAGES
 from dataforge.text.reasoning import reasoning_expr
 
 # -- format.reasoning -------------------------------------------------------------------------------

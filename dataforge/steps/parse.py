@@ -32,9 +32,7 @@ from dataforge.engine.step import (
     step,
     with_columns,
 )
-
-MESSAGE = pl.Struct({"role": pl.String, "content": pl.String})
-MESSAGES = pl.List(MESSAGE)
+from dataforge.text.fields import MESSAGES
 
 # -- GSM8K ------------------------------------------------------------------------------------------
 

@@ -15,3 +15,18 @@ def reasoning_expr(think: pl.Expr, answer: pl.Expr) -> pl.Expr:
     return pl.concat_str(
         pl.lit(THINK_OPEN + "\n"), think, pl.lit("\n" + THINK_CLOSE + "\n" + ANSWER_OPEN), answer, pl.lit(ANSWER_CLOSE)
     )
+
+
+# The system-prompt instruction of ``generate`` with ``reasoning: true``.
+REASONING_INSTRUCTION = (
+    "Think through the problem step by step inside <think></think> tags, then give only the final "
+    "answer inside <answer></answer> tags: <think>\n…\n</think>\n<answer>…</answer>"
+)
+
+
+def split_reasoning(text: str) -> tuple[str | None, str | None]:
+    """``(think, answer)`` of a completion in the reasoning format, or ``(None, None)``."""
+    import re
+
+    m = re.match(REASONING_RE, text or "")
+    return (m.group(1).strip(), m.group(2).strip()) if m else (None, None)

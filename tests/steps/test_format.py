@@ -8,7 +8,7 @@ from pydantic import ValidationError
 
 from dataforge.formats import trl_dataset_type
 from dataforge.steps.format import FormatConfig, ReasoningConfig, format_reasoning, format_trl
-from dataforge.steps.parse import MESSAGES
+from dataforge.text.fields import MESSAGES
 from dataforge.text.reasoning import REASONING_RE
 
 DF = pl.DataFrame(

@@ -1,0 +1,120 @@
+"""``LLMClient``: a backend behind the request cache; ``ModelPool``: the clients of one build.
+
+Steps get a ``ModelPool`` as ``ctx.llm`` and ask it for the client of a ``ModelSpec``. The pool
+loads each model once per build and shares one cache file.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from dataforge.llm.base import Backend, Generation, Request
+from dataforge.llm.cache import RequestCache, request_key
+from dataforge.llm.spec import ModelSpec
+
+Track = Callable[[Iterable[Any], int, str], Iterator[Any]]
+
+
+@dataclass
+class ClientStats:
+    """Counters of one client: what was asked, what the cache answered, what failed, and the
+    seconds spent inside the backend (the rest of a step's time is dataforge's overhead)."""
+
+    requests: int = 0
+    cache_hits: int = 0
+    failures: int = 0
+    completion_tokens: int = 0
+    backend_seconds: float = 0.0
+
+
+def load_backend(spec: ModelSpec) -> Backend:
+    """The backend a spec names, with its model loaded."""
+    if spec.backend == "transformers":
+        from dataforge.llm.hf import TransformersBackend
+
+        return TransformersBackend(spec)
+    if spec.backend == "openai":
+        from dataforge.llm.openai_compat import OpenAIBackend
+
+        return OpenAIBackend(spec)
+    from dataforge.llm.vllm_backend import VLLMBackend
+
+    return VLLMBackend(spec)
+
+
+class LLMClient:
+    """Generation through the cache: cached requests are answered from it, the others are sent
+    in chunks and each chunk's answers are committed before the next chunk is sent."""
+
+    def __init__(self, spec: ModelSpec, backend: Backend, cache: RequestCache | None):
+        self.spec, self.backend, self.cache = spec, backend, cache
+        self.stats = ClientStats()
+        self._model_key = spec.identity()
+
+    def _chunk_size(self) -> int:
+        return self.spec.max_concurrency * 4 if self.spec.backend == "openai" else self.spec.batch_size
+
+    def generate(
+        self, requests: list[Request], track: Track | None = None, description: str = "generate"
+    ) -> list[Generation]:
+        """One Generation per request, in order."""
+        keys = [request_key(self._model_key, r.payload()) for r in requests]
+        found = self.cache.get_many(keys) if self.cache is not None else {}
+        out: list[Generation | None] = [None] * len(requests)
+        todo: list[int] = []
+        for i, key in enumerate(keys):
+            if key in found:
+                out[i] = Generation(**found[key], cached=True)
+            else:
+                todo.append(i)
+        self.stats.requests += len(requests)
+        self.stats.cache_hits += len(requests) - len(todo)
+        size = self._chunk_size()
+        chunks = [todo[i : i + size] for i in range(0, len(todo), size)]
+        for chunk in track(chunks, len(chunks), description) if track else chunks:
+            started = time.perf_counter()
+            answers = self.backend.generate([requests[i] for i in chunk])
+            self.stats.backend_seconds += time.perf_counter() - started
+            fresh = []
+            for i, gen in zip(chunk, answers, strict=True):
+                out[i] = gen
+                self.stats.completion_tokens += gen.completion_tokens
+                if gen.ok:
+                    fresh.append((keys[i], gen.to_json()))
+                else:
+                    self.stats.failures += 1
+            if self.cache is not None and fresh:
+                self.cache.put_many(self.spec.model, fresh)
+        return [g for g in out if g is not None]
+
+    def logprobs(self, prompts: list[str], completions: list[str]) -> list[float]:
+        return self.backend.logprobs(prompts, completions)
+
+
+class ModelPool:
+    """The clients of one build, by model spec; one cache file for all of them."""
+
+    def __init__(self, cache_path: Path | None):
+        self.cache_path = cache_path
+        self.cache: RequestCache | None = None  # opened by the first client: builds without models make no file
+        self._clients: dict[str, LLMClient] = {}
+
+    def client(self, spec: ModelSpec) -> LLMClient:
+        key = json.dumps(spec.model_dump(mode="json"), sort_keys=True)
+        if key not in self._clients:
+            if self.cache is None and self.cache_path is not None:
+                self.cache = RequestCache(self.cache_path)
+            self._clients[key] = LLMClient(spec, load_backend(spec), self.cache)
+        return self._clients[key]
+
+    def close(self) -> None:
+        for c in self._clients.values():
+            c.backend.close()
+        self._clients.clear()
+        if self.cache is not None:
+            self.cache.close()

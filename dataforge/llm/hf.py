@@ -1,0 +1,127 @@
+"""The transformers backend: batched generation with left padding, on CPU or GPU.
+
+Chat requests go through the tokenizer's chat template (``add_generation_prompt=True``);
+prompt requests are tokenized as they are. Requests with the same sampling params are batched
+together (``spec.batch_size`` prompts, ``n`` samples each); each batch is seeded from the
+params' seed and its prompts, so the same batch gives the same samples.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import defaultdict
+from typing import Any
+
+from dataforge.llm.base import Generation, LLMError, Request, truncate_at_stop
+from dataforge.llm.spec import ModelSpec
+
+
+def pick_device(requested: str | None) -> str:
+    import torch
+
+    return requested or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def torch_dtype(name: str, device: str) -> Any:
+    import torch
+
+    if name == "auto":
+        return torch.bfloat16 if device.startswith("cuda") else torch.float32
+    return getattr(torch, name)
+
+
+class TransformersBackend:
+    """``AutoModelForCausalLM`` + ``AutoTokenizer`` from a local path or the hub."""
+
+    def __init__(self, spec: ModelSpec):
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.spec = spec
+        self.device = pick_device(spec.device)
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(spec.model)
+            self.model = AutoModelForCausalLM.from_pretrained(spec.model, dtype=torch_dtype(spec.dtype, self.device))
+        except (OSError, ValueError) as exc:
+            raise LLMError(f"cannot load model '{spec.model}' with transformers: {exc}") from exc
+        self.model.to(self.device).eval()
+        self.tokenizer.padding_side = "left"
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+
+    def render(self, request: Request) -> tuple[str, bool]:
+        """The prompt text, and whether the tokenizer should add its special tokens to it."""
+        if request.messages is None:
+            return request.prompt or "", True
+        if not self.tokenizer.chat_template:
+            raise LLMError(f"model '{self.spec.model}' has no chat template; use prompt mode or give it one")
+        text = self.tokenizer.apply_chat_template(list(request.messages), add_generation_prompt=True, tokenize=False)
+        return text, False
+
+    def generate(self, requests: list[Request]) -> list[Generation]:
+        groups: dict[str, list[int]] = defaultdict(list)
+        for i, r in enumerate(requests):
+            groups[r.params.model_dump_json()].append(i)
+        out: list[Generation | None] = [None] * len(requests)
+        for idx in groups.values():
+            for start in range(0, len(idx), self.spec.batch_size):
+                batch = idx[start : start + self.spec.batch_size]
+                for i, gen in zip(batch, self._generate_batch([requests[i] for i in batch]), strict=True):
+                    out[i] = gen
+        return [g for g in out if g is not None]
+
+    def _generate_batch(self, requests: list[Request]) -> list[Generation]:
+        import torch
+
+        params = requests[0].params
+        rendered = [self.render(r) for r in requests]
+        add_special = rendered[0][1]
+        enc = self.tokenizer(
+            [t for t, _ in rendered], return_tensors="pt", padding=True, add_special_tokens=add_special
+        ).to(self.device)
+        seed_src = f"{params.seed}|" + "|".join(t for t, _ in rendered)
+        torch.manual_seed(int(hashlib.sha256(seed_src.encode()).hexdigest()[:8], 16))
+        sample = params.temperature > 0
+        kwargs: dict[str, Any] = {"do_sample": sample}
+        if sample:
+            kwargs.update(temperature=params.temperature, top_p=params.top_p, top_k=0)
+        with torch.no_grad():
+            seqs = self.model.generate(
+                **enc,
+                max_new_tokens=params.max_tokens,
+                num_return_sequences=params.n,
+                pad_token_id=self.tokenizer.pad_token_id,
+                eos_token_id=self.tokenizer.eos_token_id,
+                **kwargs,
+            )
+        new = seqs[:, enc["input_ids"].shape[1] :].tolist()
+        eos = self.tokenizer.eos_token_id
+        results = []
+        for r_i in range(len(requests)):
+            texts, reasons, tokens = [], [], 0
+            for row in new[r_i * params.n : (r_i + 1) * params.n]:
+                ended = eos in row
+                row = row[: row.index(eos)] if ended else row
+                tokens += len(row)
+                text, stopped = truncate_at_stop(self.tokenizer.decode(row, skip_special_tokens=True), params.stop)
+                texts.append(text)
+                reasons.append("stop" if ended or stopped else "length")
+            results.append(Generation(texts=texts, finish_reasons=reasons, completion_tokens=tokens))
+        return results
+
+    def logprobs(self, prompts: list[str], completions: list[str]) -> list[float]:
+        """Sum of log p(completion tokens | prompt), one forward pass per pair."""
+        import torch
+
+        scores = []
+        with torch.no_grad():
+            for prompt, completion in zip(prompts, completions, strict=True):
+                p_ids = self.tokenizer(prompt, add_special_tokens=True)["input_ids"]
+                c_ids = self.tokenizer(completion, add_special_tokens=False)["input_ids"]
+                ids = torch.tensor([p_ids + c_ids], device=self.device)
+                logits = self.model(ids).logits[0, len(p_ids) - 1 : -1].float()
+                logp = torch.log_softmax(logits, dim=-1).gather(1, ids[0, len(p_ids) :, None]).sum()
+                scores.append(float(logp))
+        return scores
+
+    def close(self) -> None:
+        del self.model

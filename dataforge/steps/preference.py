@@ -1,0 +1,251 @@
+"""``preference.pairs``: preference pairs ``(prompt, chosen, rejected)`` from several responses per
+prompt, by one of four rules.
+
+Consumes ``data``: one row per response, grouped by ``group`` (default ``_parent_id``: the prompt
+row ``generate`` linked it to), with ``prompt``, ``completion`` and the rule's ``column``:
+
+| rule       | column            | pairs (``pairs:``)                                                  |
+|------------|-------------------|---------------------------------------------------------------------|
+| `ranking`  | rank (1 = best)   | `all` (1≻2, 1≻3, 2≻3 …, default) or `best_vs_rest`                   |
+| `scores`   | score (higher is better) | `best_vs_worst` (default), `all` (every pair with a gap > `margin`) |
+| `verifier` | grader score      | every correct (≥ `correct_at`) × incorrect response (`all`)          |
+| `revision` | –                 | one pair per row: ``chosen`` column ≻ ``rejected`` column (critique-revise) |
+
+``max_pairs`` keeps, per prompt, the pairs with the largest margins. ``agree`` names a second
+score column (e.g. a reward model's): a pair is kept only when it also prefers the chosen side.
+
+Produces ``data``: ``_id``, ``prompt``, ``chosen``, ``rejected``, ``score_chosen``,
+``score_rejected``, ``margin``, ``group_id``, ``chosen_id``, ``rejected_id``, in TRL's
+``conversational`` (message lists) or ``standard`` (text) style. Lineage: each pair has edges to
+its two responses (``chosen``, ``rejected``) and a ``paired`` event. What could not be paired is
+recorded as ``dropped``: ``pair:tie`` and ``pair:below_margin`` (the would-be pair),
+``pair:no_contrast`` (a prompt whose responses are all correct or all wrong),
+``pair:single_response``, ``pair:invalid_ranking`` (repeated ranks), ``pair:missing_score``,
+``pair:disagree`` (``agree`` prefers the rejected side), ``pair:over_max_pairs``.
+"""
+
+from __future__ import annotations
+
+import json
+from itertools import combinations
+from typing import Any, Literal
+
+import polars as pl
+from pydantic import Field, model_validator
+
+from dataforge.engine.events import edges, events
+from dataforge.engine.step import Columns, Context, PlanInfo, StepConfig, StepResult, require, step
+from dataforge.graders import completion_text
+from dataforge.text.fields import MESSAGES
+
+PAIR_COLUMNS = [
+    "_id",
+    "prompt",
+    "chosen",
+    "rejected",
+    "score_chosen",
+    "score_rejected",
+    "margin",
+    "group_id",
+    "chosen_id",
+    "rejected_id",
+]
+DEFAULT_PAIRS = {"ranking": "all", "scores": "best_vs_worst", "verifier": "all", "revision": "all"}
+
+
+class PairsConfig(StepConfig):
+    rule: Literal["ranking", "scores", "verifier", "revision"]
+    column: str | None = None  # rank / score column (not for revision)
+    pairs: Literal["all", "best_vs_rest", "best_vs_worst"] | None = None
+    group: str = "_parent_id"
+    prompt: str = "prompt"
+    completion: str = "completion"
+    chosen: str = "revision"  # revision rule: the preferred text
+    rejected: str = "original"  # revision rule: the other
+    margin: float = Field(0.0, ge=0)
+    max_pairs: int | None = Field(None, ge=1)
+    correct_at: float = 1.0
+    agree: str | None = None
+    style: Literal["conversational", "standard"] = "conversational"
+
+    @model_validator(mode="after")
+    def _check(self) -> PairsConfig:
+        if self.rule != "revision" and self.column is None:
+            raise ValueError(f"rule '{self.rule}' needs 'column' (the {self.rule} column)")
+        allowed = {"ranking": {"all", "best_vs_rest"}, "scores": {"all", "best_vs_worst"}}
+        if self.pairs and self.pairs not in allowed.get(self.rule, {"all"}):
+            raise ValueError(f"rule '{self.rule}' does not take pairs: {self.pairs}")
+        return self
+
+    @property
+    def mode(self) -> str:
+        return self.pairs or DEFAULT_PAIRS[self.rule]
+
+
+def _columns(cfg: PairsConfig, cols: dict[str, Columns], info: PlanInfo) -> dict[str, Columns]:
+    data = cols["data"]
+    require(data, [cfg.prompt], "prompt")
+    if cfg.rule == "revision":
+        require(data, [cfg.chosen], "chosen")
+        require(data, [cfg.rejected], "rejected")
+    else:
+        require(data, [cfg.group], "group")
+        require(data, [cfg.completion], "completion")
+        require(data, [cfg.column], "column")
+    require(data, [cfg.agree], "agree")
+    return {"data": PAIR_COLUMNS}
+
+
+class _Decisions:
+    """The pairs chosen so far and the rows / would-be pairs dropped, with reasons."""
+
+    def __init__(self) -> None:
+        self.pairs: list[tuple[dict[str, Any], dict[str, Any], float, float]] = []  # chosen, rejected, s_c, s_r
+        self.dropped: list[tuple[str, str, str | None, dict[str, Any]]] = []  # row_id, reason, related, detail
+
+    def drop_pair(self, a: dict[str, Any], b: dict[str, Any], reason: str, **detail: Any) -> None:
+        self.dropped.append((f"{a['_id']}~{b['_id']}", reason, b["_id"], detail))
+
+    def drop_rows(self, rows: list[dict[str, Any]], reason: str, **detail: Any) -> None:
+        self.dropped.extend((r["_id"], reason, None, detail) for r in rows)
+
+
+def _candidates(cfg: PairsConfig, rows: list[dict[str, Any]], d: _Decisions) -> list[tuple[dict, dict, float, float]]:
+    """(chosen, rejected, chosen score, rejected score) candidates of one prompt's responses."""
+    col = cfg.column or ""
+    missing = [r for r in rows if r[col] is None]
+    if missing:
+        d.drop_rows(missing, "pair:missing_score", column=col)
+        rows = [r for r in rows if r[col] is not None]
+    if len(rows) < 2:
+        d.drop_rows(rows, "pair:single_response")
+        return []
+    if cfg.rule == "ranking":
+        ranks = [r[col] for r in rows]
+        if len(set(ranks)) != len(ranks):
+            d.drop_rows(rows, "pair:invalid_ranking", ranks=sorted(ranks))
+            return []
+        ordered = sorted(rows, key=lambda r: r[col])  # rank 1 first
+        score = {r["_id"]: -float(r[col]) for r in rows}  # a better rank is a higher score
+        if cfg.mode == "best_vs_rest":
+            return [(ordered[0], r, score[ordered[0]["_id"]], score[r["_id"]]) for r in ordered[1:]]
+        return [(a, b, score[a["_id"]], score[b["_id"]]) for a, b in combinations(ordered, 2)]
+    ordered = sorted(rows, key=lambda r: (-float(r[col]), r["_id"]))
+    if cfg.rule == "verifier":
+        good = [r for r in ordered if r[col] >= cfg.correct_at]
+        bad = [r for r in ordered if r[col] < cfg.correct_at]
+        if not good or not bad:
+            d.drop_rows(rows, "pair:no_contrast", correct=len(good), incorrect=len(bad))
+            return []
+        return [(g, b, float(g[col]), float(b[col])) for g in good for b in bad]
+    out = []
+    options = [(ordered[0], ordered[-1])] if cfg.mode == "best_vs_worst" else list(combinations(ordered, 2))
+    for a, b in options:
+        gap = float(a[col]) - float(b[col])
+        if gap == 0:
+            d.drop_pair(a, b, "pair:tie", score=float(a[col]))
+        elif gap <= cfg.margin:
+            d.drop_pair(a, b, "pair:below_margin", margin=gap)
+        else:
+            out.append((a, b, float(a[col]), float(b[col])))
+    return out
+
+
+def _keep(cfg: PairsConfig, cands: list[tuple[dict, dict, float, float]], d: _Decisions) -> None:
+    agreed = []
+    for a, b, sa, sb in cands:
+        if cfg.agree and not (a[cfg.agree] is not None and b[cfg.agree] is not None and a[cfg.agree] > b[cfg.agree]):
+            d.drop_pair(a, b, "pair:disagree", column=cfg.agree, chosen=a[cfg.agree], rejected=b[cfg.agree])
+        else:
+            agreed.append((a, b, sa, sb))
+    agreed.sort(key=lambda p: (-(p[2] - p[3]), p[0]["_id"], p[1]["_id"]))
+    limit = cfg.max_pairs or len(agreed)
+    for a, b, _, _ in agreed[limit:]:
+        d.drop_pair(a, b, "pair:over_max_pairs", max_pairs=cfg.max_pairs)
+    d.pairs.extend(agreed[:limit])
+
+
+def _as_messages(value: Any, role: str) -> list[dict[str, str]]:
+    if isinstance(value, str):
+        return [{"role": role, "content": value}]
+    return [{"role": str(m["role"]), "content": str(m["content"])} for m in value or []]
+
+
+def _as_text(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    return "\n".join(str(m["content"]) for m in value or [] if m["role"] != "system")
+
+
+@step("preference.pairs", version=1, columns=_columns)
+def preference_pairs(inputs: dict[str, pl.DataFrame], cfg: PairsConfig, ctx: Context) -> StepResult:
+    """Pairs from rankings, scores, verifier outcomes or revisions; ties and the rest recorded."""
+    df = inputs["data"]
+    d = _Decisions()
+    if cfg.rule == "revision":
+        for r in df.to_dicts():
+            chosen = {"_id": r["_id"], cfg.completion: r[cfg.chosen], cfg.prompt: r[cfg.prompt], cfg.group: r["_id"]}
+            rejected = {"_id": f"{r['_id']}#{cfg.rejected}", cfg.completion: r[cfg.rejected]}
+            if completion_text(r[cfg.chosen]).strip() == completion_text(r[cfg.rejected]).strip():
+                d.drop_rows([r], "pair:tie", reason="revision equals the original")
+            else:
+                _keep(cfg, [(chosen, rejected, 1.0, 0.0)], d)
+    else:
+        groups = df.partition_by(cfg.group, maintain_order=True, as_dict=False)
+        for g in ctx.progress.track(groups, total=len(groups), description="pairs"):
+            _keep(cfg, _candidates(cfg, g.to_dicts(), d), d)
+    conv = cfg.style == "conversational"
+    rows = []
+    for a, b, sa, sb in d.pairs:
+        prompt = a[cfg.prompt]
+        rows.append(
+            {
+                "_id": f"{ctx.step}:{a['_id']}>{b['_id']}",
+                "prompt": _as_messages(prompt, "user") if conv else _as_text(prompt),
+                "chosen": _as_messages(a[cfg.completion], "assistant") if conv else _as_text(a[cfg.completion]),
+                "rejected": _as_messages(b[cfg.completion], "assistant") if conv else _as_text(b[cfg.completion]),
+                "score_chosen": sa,
+                "score_rejected": sb,
+                "margin": sa - sb,
+                "group_id": str(a[cfg.group]),
+                "chosen_id": a["_id"],
+                "rejected_id": b["_id"],
+            }
+        )
+    text = MESSAGES if conv else pl.String
+    schema = {
+        "_id": pl.String,
+        "prompt": text,
+        "chosen": text,
+        "rejected": text,
+        "score_chosen": pl.Float64,
+        "score_rejected": pl.Float64,
+        "margin": pl.Float64,
+        "group_id": pl.String,
+        "chosen_id": pl.String,
+        "rejected_id": pl.String,
+    }
+    out = pl.DataFrame(rows, schema=schema)
+    dropped = pl.DataFrame(
+        {
+            "row_id": [x[0] for x in d.dropped],
+            "reason": [x[1] for x in d.dropped],
+            "related_id": [x[2] for x in d.dropped],
+            "detail": [json.dumps(x[3], sort_keys=True, default=str) for x in d.dropped],
+        },
+        schema={"row_id": pl.String, "reason": pl.String, "related_id": pl.String, "detail": pl.String},
+    )
+    return StepResult(
+        {"data": out},
+        events=[
+            events(out["_id"], "paired", f"pair:{cfg.rule}", related_id=out["rejected_id"], score=out["margin"]),
+            events(
+                dropped["row_id"],
+                "dropped",
+                dropped["reason"],
+                related_id=dropped["related_id"],
+                detail=dropped["detail"],
+            ),
+        ],
+        edges=[edges(out["_id"], out["chosen_id"], "chosen"), edges(out["_id"], out["rejected_id"], "rejected")],
+    )

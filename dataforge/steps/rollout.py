@@ -1,0 +1,94 @@
+"""``rollout``: graded samples grouped per prompt → RL trajectories ``{prompt, completion, reward,
+group_id}`` with GRPO-style group statistics, and pass@k per prompt.
+
+Consumes ``data`` with ``group`` (default ``_parent_id``: the prompt row each completion came
+from, as ``generate`` writes it), ``reward``, ``prompt`` and ``completion``.
+
+Produces ``data``: the rows with ``reward`` (a copy of the column named by ``reward``),
+``group_id``, ``group_size``, ``group_mean``, ``group_std`` (population std, as GRPO) and
+``advantage`` = (reward − group_mean) / (group_std + ``epsilon``); and ``groups``: one row per
+prompt (``_id`` = group id) with ``n``, ``correct`` (reward ≥ ``correct_at``), ``mean_reward``
+and ``pass@k`` for each ``k`` ≤ n, by the unbiased estimator 1 − C(n−c, k) / C(n, k) (Chen et
+al., 2021). The card shows the mean pass@k over prompts. No row is dropped.
+"""
+
+from __future__ import annotations
+
+from math import comb
+from typing import Any
+
+import polars as pl
+from pydantic import Field
+
+from dataforge.engine.step import Columns, Context, PlanInfo, StepConfig, StepResult, require, step, with_columns
+
+
+class RolloutConfig(StepConfig):
+    group: str = "_parent_id"
+    reward: str = "reward"
+    prompt: str = "prompt"
+    completion: str = "completion"
+    correct_at: float = 1.0
+    k: list[int] = Field(default_factory=lambda: [1], min_length=1)
+    epsilon: float = Field(1e-4, gt=0)
+
+
+GROUP_STATS = ["reward", "group_id", "group_size", "group_mean", "group_std", "advantage"]
+
+
+def _columns(cfg: RolloutConfig, cols: dict[str, Columns], info: PlanInfo) -> dict[str, Columns]:
+    data = cols["data"]
+    for key in ("group", "reward", "prompt", "completion"):
+        require(data, [getattr(cfg, key)], key)
+    groups = ["_id", "n", "correct", "mean_reward", *(f"pass@{k}" for k in cfg.k)]
+    return {"data": with_columns(data, GROUP_STATS), "groups": groups}
+
+
+def pass_at_k(n: int, c: int, k: int) -> float | None:
+    """Unbiased pass@k from n samples of which c are correct; None when k > n."""
+    if k > n:
+        return None
+    if n - c < k:
+        return 1.0
+    return 1.0 - comb(n - c, k) / comb(n, k)
+
+
+@step("rollout", version=1, outputs=("data", "groups"), columns=_columns)
+def rollout(inputs: dict[str, pl.DataFrame], cfg: RolloutConfig, ctx: Context) -> StepResult:
+    """Group statistics and advantages per prompt; pass@k per prompt."""
+    df = inputs["data"]
+    r = pl.col(cfg.reward).cast(pl.Float64)
+    g = pl.col(cfg.group)
+    data = df.with_columns(
+        r.alias("reward"),
+        g.alias("group_id"),
+        pl.len().over(g).cast(pl.Int64).alias("group_size"),
+        r.mean().over(g).alias("group_mean"),
+        r.std(ddof=0).over(g).alias("group_std"),
+    ).with_columns(((r - pl.col("group_mean")) / (pl.col("group_std") + cfg.epsilon)).alias("advantage"))
+    stats = (
+        data.group_by("group_id", maintain_order=True)
+        .agg(pl.len().alias("n"), (r >= cfg.correct_at).sum().alias("correct"), r.mean().alias("mean_reward"))
+        .rename({"group_id": "_id"})
+    )
+    groups = stats.with_columns(
+        pl.Series(f"pass@{k}", [pass_at_k(n, c, k) for n, c in zip(stats["n"], stats["correct"], strict=True)]).cast(
+            pl.Float64
+        )
+        for k in cfg.k
+    )
+    return StepResult({"data": data, "groups": groups})
+
+
+def card_section(step_name: str, load: Any) -> list[str]:
+    groups = load("groups")
+    ks = [c for c in groups.columns if c.startswith("pass@")]
+    lines = [f"From step `{step_name}` (rollout): {groups.height:,} prompts.", "", "| metric | mean over prompts |"]
+    lines.append("|---|---|")
+    for c in ["mean_reward", *ks]:
+        mean = groups[c].mean()
+        lines.append(f"| {c} | {'-' if mean is None else f'{mean:.3f}'} |")
+    return lines
+
+
+rollout.card_section = card_section  # type: ignore[attr-defined]

@@ -1,0 +1,101 @@
+"""The backend protocol, run against every backend that can run here: transformers on a tiny
+random model, the OpenAI-compatible client against a real server process on loopback, and vLLM
+where it imports (GPU machines). The model is noise: these tests check plumbing, not quality."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from dataforge.llm import ModelSpec, Request, SamplingParams
+from dataforge.llm.base import LLMError
+from dataforge.llm.client import ModelPool, load_backend
+
+CHAT = ({"role": "user", "content": "What is two plus two?"},)
+
+
+@pytest.fixture(params=["transformers", "openai", "vllm"])
+def spec(request, tiny_lm) -> ModelSpec:
+    if request.param == "vllm":
+        pytest.importorskip("vllm", reason="vLLM is installed on GPU machines only")
+        return ModelSpec(backend="vllm", model=str(tiny_lm), gpu_memory_utilization=0.3)
+    if request.param == "openai":
+        url = request.getfixturevalue("model_server")
+        return ModelSpec(backend="openai", model="tiny", base_url=url, timeout=60)
+    return ModelSpec(backend="transformers", model=str(tiny_lm), device="cpu", batch_size=2)
+
+
+def test_n_samples_per_request_in_order(spec):
+    backend = load_backend(spec)
+    params = SamplingParams(n=3, max_tokens=6, temperature=1.0, seed=1)
+    requests = [
+        Request(params, messages=CHAT),
+        Request(params, prompt="Once upon a time"),
+        Request(params, messages=({"role": "user", "content": "Name a colour."},)),
+    ]
+    gens = backend.generate(requests)
+    assert len(gens) == 3
+    for g in gens:
+        assert g.ok and len(g.texts) == 3 and len(g.finish_reasons) == 3
+        assert all(isinstance(t, str) for t in g.texts)
+        assert set(g.finish_reasons) <= {"stop", "length"}
+        assert 0 < g.completion_tokens <= 3 * 6
+    backend.close()
+
+
+def test_greedy_is_deterministic_and_max_tokens_bounds_length(spec):
+    backend = load_backend(spec)
+    params = SamplingParams(n=1, max_tokens=5, temperature=0.0)
+    a = backend.generate([Request(params, messages=CHAT)])[0]
+    b = backend.generate([Request(params, messages=CHAT)])[0]
+    assert a.texts == b.texts
+    assert a.completion_tokens <= 5
+    backend.close()
+
+
+def test_stop_strings_cut_the_completion(spec):
+    backend = load_backend(spec)
+    free = backend.generate([Request(SamplingParams(max_tokens=12, temperature=0.0), prompt="hello")])[0].texts[0]
+    words = free.split()
+    assert len(words) >= 3, free
+    stop = " " + words[2]
+    cut = backend.generate([Request(SamplingParams(max_tokens=12, temperature=0.0, stop=[stop]), prompt="hello")])[0]
+    assert stop not in cut.texts[0] and free.startswith(cut.texts[0])
+    backend.close()
+
+
+def test_cache_answers_repeated_requests(spec, tmp_path):
+    pool = ModelPool(tmp_path / "llm.sqlite")
+    client = pool.client(spec)
+    params = SamplingParams(n=2, max_tokens=4, temperature=1.0)
+    requests = [Request(params, messages=CHAT), Request(params, prompt="abc")]
+    first = client.generate(requests)
+    second = client.generate(requests)
+    assert [g.texts for g in first] == [g.texts for g in second]
+    assert not any(g.cached for g in first) and all(g.cached for g in second)
+    assert client.stats.requests == 4 and client.stats.cache_hits == 2
+    assert len(pool.cache) == 2
+    pool.close()
+
+
+def test_transformers_logprobs_are_log_probabilities(tiny_lm):
+    backend = load_backend(ModelSpec(backend="transformers", model=str(tiny_lm), device="cpu"))
+    short, longer = backend.logprobs(["the cat", "the cat"], [" sat", " sat on the mat"])
+    assert math.isfinite(short) and short < 0
+    assert longer < short  # more tokens, each with probability < 1
+
+
+def test_unloadable_model_is_a_clear_error(tmp_path):
+    with pytest.raises(LLMError, match="cannot load model"):
+        load_backend(ModelSpec(backend="transformers", model=str(tmp_path / "nope")))
+
+
+def test_vllm_backend_without_vllm_says_how_to_install():
+    try:
+        import vllm  # noqa: F401
+    except ImportError:
+        with pytest.raises(LLMError, match=r"dataforge\[vllm\]"):
+            load_backend(ModelSpec(backend="vllm", model="x"))
+    else:
+        pytest.skip("vLLM is installed here")

@@ -1,0 +1,126 @@
+"""Graders on real data: every GSM8K test solution scores 1.0 against its own answer, perturbed
+answers score as specified, and the TRL reward adapter gives the same numbers."""
+
+from __future__ import annotations
+
+import json
+import sys
+import textwrap
+
+import pytest
+
+from dataforge.graders import (
+    as_trl_reward,
+    extract_answer,
+    format_reward,
+    language_consistency,
+    length_reward,
+    load_grader,
+    math_answer,
+)
+from tests.conftest import GSM8K
+
+
+@pytest.fixture(scope="module")
+def gsm8k_test() -> list[dict]:
+    rows = [json.loads(line) for line in (GSM8K / "test.jsonl").read_text().splitlines()]
+    assert len(rows) == 1319
+    return rows
+
+
+def final(row: dict) -> str:
+    return row["answer"].rsplit("####", 1)[1].strip().replace(",", "")
+
+
+def test_every_gsm8k_test_solution_scores_one_against_its_answer(gsm8k_test):
+    scores = [math_answer(r["answer"], final(r)) for r in gsm8k_test]
+    assert scores == [1.0] * 1319
+
+
+def test_every_gsm8k_answer_in_reasoning_format_scores_one(gsm8k_test):
+    for r in gsm8k_test:
+        completion = f"<think>\n{r['answer'].rsplit('####', 1)[0]}\n</think>\n<answer>{final(r)}</answer>"
+        assert math_answer(completion, final(r)) == 1.0
+        assert format_reward(completion) == 1.0
+
+
+@pytest.mark.parametrize(
+    ("factor", "expected"),
+    [(1.0, 1.0), (1.005, 1.0), (1.05, 0.8), (0.93, 0.8), (1.2, 0.5), (0.75, 0.5), (1.5, 0.0), (3.0, 0.0)],
+)
+def test_perturbed_gsm8k_answers_score_by_relative_error(gsm8k_test, factor, expected):
+    checked = 0
+    for r in gsm8k_test:
+        ref = float(final(r))
+        if ref == 0:
+            continue
+        stated = ref * factor
+        assert math_answer(f"<answer>{stated!r}</answer>", final(r)) == expected, (stated, ref)
+        checked += 1
+    assert checked > 1300
+
+
+def test_answer_extraction_forms():
+    assert extract_answer("so <answer> 42 </answer>") == "42"
+    assert extract_answer("work\n#### 1,234") == "1,234"
+    assert extract_answer(r"thus \boxed{7}") == "7"
+    assert extract_answer("The answer is: 12 apples") == "12 apples"
+    assert extract_answer("3 then 5 then 8") == "8"
+    assert extract_answer("no numbers here") is None
+    assert math_answer("The answer is $1,200.", "1200") == 1.0
+    assert math_answer("no answer", "5") == 0.0
+    assert math_answer("<answer>0</answer>", "0") == 1.0
+    assert math_answer("<answer>1</answer>", "0") == 0.0
+    assert math_answer(["ignored", {"role": "assistant", "content": "#### 9"}], "9") == 1.0
+
+
+def test_format_reward_needs_both_tags_in_order():
+    assert format_reward("<think>a</think><answer>b</answer>") == 1.0
+    assert format_reward("<answer>b</answer><think>a</think>") == 0.0
+    assert format_reward("<think>a</think>") == 0.0
+    assert format_reward("prefix <think>a</think><answer>b</answer>") == 0.0
+
+
+def test_language_and_length():
+    assert language_consistency("All English here.") == 1.0
+    assert language_consistency("Привет мир") == 0.0
+    assert language_consistency("Привет мир", script="cyrillic") == 1.0
+    assert language_consistency("12 + 3") == 1.0
+    with pytest.raises(ValueError, match="unknown script"):
+        language_consistency("x", script="klingon")
+    assert length_reward("a b c", min_words=2, max_words=4) == 1.0
+    assert length_reward("a b c d e f", max_words=4) == 0.5
+    assert length_reward("a", min_words=4) == 0.0
+    assert length_reward("a b c", min_words=4) == 0.5
+
+
+def test_user_grader_by_module_path(tmp_path, monkeypatch):
+    (tmp_path / "my_graders.py").write_text(
+        textwrap.dedent(
+            """
+            def mentions(completion, keyword):
+                return 1.0 if keyword in completion else 0.0
+            """
+        )
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    fn = load_grader("my_graders:mentions")
+    assert fn("a cat", keyword="cat") == 1.0
+    with pytest.raises(ValueError, match="cannot import grader"):
+        load_grader("my_graders:absent")
+    with pytest.raises(ValueError, match="unknown grader"):
+        load_grader("nonsense")
+    sys.modules.pop("my_graders", None)
+
+
+def test_trl_reward_adapter_matches_the_grader(gsm8k_test):
+    reward = as_trl_reward(math_answer, columns={"answer": "final_answer"})
+    rows = gsm8k_test[:20]
+    completions = [[{"role": "assistant", "content": r["answer"]}] for r in rows]
+    got = reward(prompts=[None] * 20, completions=completions, final_answer=[final(r) for r in rows])
+    assert got == [1.0] * 20
+    assert reward.__name__ == "math_answer"
+    wrong = reward(prompts=[None], completions=["#### 99999"], final_answer=["1"])
+    assert wrong == [0.0]
+    length = as_trl_reward(length_reward, max_words=2)
+    assert length(prompts=[None, None], completions=["a b", "a b c d"]) == [1.0, 0.0]
