@@ -106,7 +106,8 @@ def _write_dataset(
         tables[split] = plain_arrow(df.select(export_columns(df, ds.columns)).to_arrow())
     dd = DatasetDict({s: Dataset(InMemoryTable(t), fingerprint=hash_text(f"{fp}:{s}")[:16]) for s, t in tables.items()})
     with atomic_directory(target) as tmp:
-        dd.save_to_disk(str(tmp))
+        # an empty split still gets one (empty) shard: with none, load_from_disk cannot read it
+        dd.save_to_disk(str(tmp), num_shards={s: 1 for s, t in tables.items() if t.num_rows == 0} or None)
         splits = {}
         for s, t in tables.items():
             files = sorted((tmp / s).glob("*.arrow"))

@@ -1,0 +1,214 @@
+"""verify, filter, score.reward_model, score.judge, rollout and preference.pairs as functions."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import polars as pl
+import pytest
+from pydantic import ValidationError
+
+from dataforge.engine.step import ColumnContractError, PlanInfo
+from dataforge.errors import RecipeError
+from dataforge.llm.client import ModelPool
+from dataforge.steps.preference import PairsConfig, preference_pairs
+from dataforge.steps.rollout import RolloutConfig, pass_at_k, rollout
+from dataforge.steps.score import (
+    JudgeConfig,
+    RewardModelConfig,
+    parse_judge_score,
+    score_judge,
+    score_reward_model,
+)
+from dataforge.steps.verify import FilterConfig, VerifyConfig, _verify_columns, score_filter, verify
+from tests.conftest import make_ctx
+
+SOLUTIONS = pl.DataFrame(
+    {
+        "_id": ["s:0", "s:1", "s:2", "s:3"],
+        "_parent_id": ["q:0", "q:0", "q:1", "q:1"],
+        "prompt": ["2+2?", "2+2?", "10*10?", "10*10?"],
+        "completion": [
+            "<think>two and two</think><answer>4</answer>",
+            "the answer is 5",
+            "<think>ten tens</think><answer>100</answer>",
+            "#### 120",
+        ],
+        "final_answer": ["4", "4", "100", "100"],
+    }
+)
+
+
+def test_verify_adds_scores_and_a_weighted_reward(ctx):
+    cfg = VerifyConfig(
+        graders=[{"name": "math", "inputs": {"answer": "final_answer"}}, {"name": "format"}],
+        weights={"math": 1.0, "format": 0.5},
+    )
+    out = verify({"data": SOLUTIONS}, cfg, ctx).tables["data"]
+    assert out["score_math"].to_list() == [1.0, 0.5, 1.0, 0.5]  # 5 vs 4: 25% off; 120 vs 100: 20%
+    assert out["score_format"].to_list() == [1.0, 0.0, 1.0, 0.0]
+    assert out["reward"].to_list() == [1.5, 0.5, 1.5, 0.5]
+
+
+def test_verify_checks_grader_inputs_at_plan_time():
+    info = PlanInfo(base_dir=".", step="v")
+    cols = list(SOLUTIONS.columns)
+    with pytest.raises(ColumnContractError, match="'answer'"):
+        _verify_columns(VerifyConfig(graders=[{"name": "math"}]), cols, info)
+    with pytest.raises(RecipeError, match="takes no parameter max_words"):
+        _verify_columns(VerifyConfig(graders=[{"name": "format", "options": {"max_words": 3}}]), cols, info)
+    with pytest.raises(RecipeError, match="unknown grader"):
+        _verify_columns(VerifyConfig(graders=[{"name": "nope"}]), cols, info)
+    with pytest.raises(ValidationError, match="weights name graders"):
+        VerifyConfig(graders=[{"name": "format"}], weights={"math": 1})
+
+
+def test_filter_drops_with_reason_and_score(ctx):
+    df = SOLUTIONS.with_columns(pl.Series("score", [1.0, 0.8, None, 0.5]))
+    res = score_filter({"data": df}, FilterConfig(column="score", min=1.0, reason="verifier:wrong_answer"), ctx)
+    assert res.tables["data"]["_id"].to_list() == ["s:0"]
+    ev = pl.concat(res.events).sort("row_id")
+    assert ev.select("row_id", "reason", "score").rows() == [
+        ("s:1", "verifier:wrong_answer", 0.8),
+        ("s:2", "verifier:wrong_answer:missing", None),
+        ("s:3", "verifier:wrong_answer", 0.5),
+    ]
+    with pytest.raises(ValidationError, match="give 'min', 'max'"):
+        FilterConfig(column="score")
+
+
+def test_rollout_group_statistics_and_pass_at_k(ctx):
+    df = SOLUTIONS.with_columns(pl.Series("reward", [1.0, 0.0, 1.0, 1.0]))
+    res = rollout({"data": df}, RolloutConfig(k=[1, 2]), ctx)
+    data, groups = res.tables["data"], res.tables["groups"]
+    q0 = data.filter(pl.col("group_id") == "q:0")
+    assert q0["group_mean"].to_list() == [0.5, 0.5] and q0["group_std"].to_list() == [0.5, 0.5]
+    assert q0["advantage"].to_list() == pytest.approx([0.5 / 0.5001, -0.5 / 0.5001])
+    assert data.filter(pl.col("group_id") == "q:1")["advantage"].to_list() == [0.0, 0.0]
+    assert groups.sort("_id").select("_id", "n", "correct", "pass@1", "pass@2").rows() == [
+        ("q:0", 2, 1, 0.5, 1.0),
+        ("q:1", 2, 2, 1.0, 1.0),
+    ]
+    assert pass_at_k(10, 3, 1) == pytest.approx(0.3)
+    assert pass_at_k(5, 0, 2) == 0.0 and pass_at_k(3, 1, 4) is None
+    assert pass_at_k(4, 2, 2) == pytest.approx(1 - math.comb(2, 2) / math.comb(4, 2))
+
+
+def test_reward_model_scores_every_pair(tiny_rm, ctx):
+    out = score_reward_model({"data": SOLUTIONS}, RewardModelConfig(reward_model=str(tiny_rm), device="cpu"), ctx)
+    scores = out.tables["data"]["score_rm"].to_list()
+    assert len(scores) == 4 and all(math.isfinite(s) for s in scores)
+    assert len(set(scores)) > 1  # different texts, different scores
+
+
+def test_judge_score_parsing():
+    assert parse_judge_score("Reasoning… Score: 7", 1, 10) == 7.0
+    assert parse_judge_score("[[8.5]]", 1, 10) == 8.5
+    assert parse_judge_score(" 9 ", 1, 10) == 9.0
+    assert parse_judge_score("6/10", 1, 10) == 6.0
+    assert parse_judge_score("Score: 11", 1, 10) is None
+    assert parse_judge_score("I like it", 1, 10) is None
+
+
+def test_judge_records_unparseable_answers(tiny_lm, tmp_path):
+    ctx = make_ctx(tmp_path)
+    ctx.llm = ModelPool(tmp_path / "llm.sqlite")
+    cfg = JudgeConfig(
+        model={"backend": "transformers", "model": str(tiny_lm), "device": "cpu"},
+        template="Rate 1-10. Q: {{ prompt }} A: {{ completion }}. Reply 'Score: N'.",
+        max_tokens=6,
+    )
+    res = score_judge({"data": SOLUTIONS}, cfg, ctx)
+    out = res.tables["data"]
+    assert out.height == 4 and out["score_judge_text"].null_count() == 0
+    ev = pl.concat(res.events)
+    unparsed = out.filter(pl.col("score_judge").is_null())["_id"].to_list()
+    assert sorted(ev["row_id"].to_list()) == sorted(unparsed)  # the random model rarely states a score
+    assert set(ev["reason"]) <= {"judge:unparseable"}
+    for d in ev["detail_json"]:
+        assert "answer" in json.loads(d)
+    with pytest.raises(ValidationError, match="rubric 'template'"):
+        JudgeConfig(model=cfg.model, prompt="prompt")
+    ctx.llm.close()
+
+
+# -- preference pairs ---------------------------------------------------------------------------
+
+
+def responses(column: str, values: list, groups: list[str] | None = None) -> pl.DataFrame:
+    n = len(values)
+    return pl.DataFrame(
+        {
+            "_id": [f"r:{i}" for i in range(n)],
+            "_parent_id": groups or ["q:0"] * n,
+            "prompt": ["the prompt"] * n,
+            "completion": [f"response {i}" for i in range(n)],
+            column: values,
+        }
+    )
+
+
+def pairs(df: pl.DataFrame, ctx, **cfg):
+    res = preference_pairs({"data": df}, PairsConfig(**cfg), ctx)
+    out = res.tables["data"]
+    drops = pl.concat(res.events).filter(pl.col("action") == "dropped")
+    return [(c, r) for c, r in out.select("chosen_id", "rejected_id").rows()], drops, res
+
+
+def test_ranking_of_three_gives_all_pairs_or_best_vs_rest(ctx):
+    df = responses("rank", [1, 3, 2])
+    got, _, _ = pairs(df, ctx, rule="ranking", column="rank")
+    assert sorted(got) == [("r:0", "r:1"), ("r:0", "r:2"), ("r:2", "r:1")]
+    got, _, _ = pairs(df, ctx, rule="ranking", column="rank", pairs="best_vs_rest")
+    assert sorted(got) == [("r:0", "r:1"), ("r:0", "r:2")]
+
+
+def test_duplicate_ranks_are_recorded_not_guessed(ctx):
+    got, drops, _ = pairs(responses("rank", [1, 2, 2]), ctx, rule="ranking", column="rank")
+    assert got == [] and set(drops["reason"]) == {"pair:invalid_ranking"} and drops.height == 3
+
+
+def test_scores_best_vs_worst_ties_margins_and_k(ctx):
+    df = responses("score", [0.9, 0.1, 0.5, 0.5])
+    got, _, res = pairs(df, ctx, rule="scores", column="score")
+    assert got == [("r:0", "r:1")]
+    assert res.tables["data"]["margin"].to_list() == pytest.approx([0.8])
+    got, drops, _ = pairs(df, ctx, rule="scores", column="score", pairs="all", margin=0.45)
+    assert got == [("r:0", "r:1")]  # the four gaps of 0.4 are below the margin, 0.5 vs 0.5 is a tie
+    assert drops.group_by("reason").len().sort("reason").rows() == [("pair:below_margin", 4), ("pair:tie", 1)]
+    got, drops, _ = pairs(df, ctx, rule="scores", column="score", pairs="all", max_pairs=2)
+    assert got == [("r:0", "r:1"), ("r:0", "r:2")]  # largest margins first, then by id
+    assert (drops["reason"] == "pair:over_max_pairs").sum() == 3
+    tie, drops, _ = pairs(responses("score", [0.5, 0.5]), ctx, rule="scores", column="score")
+    assert tie == [] and drops["reason"].to_list() == ["pair:tie"]
+
+
+def test_verifier_pairs_correct_against_incorrect(ctx):
+    df = responses("score_math", [1.0, 0.0, 0.5, 1.0, 1.0, 1.0], groups=["a", "a", "a", "b", "b", "c"])
+    got, drops, _ = pairs(df, ctx, rule="verifier", column="score_math")
+    assert sorted(got) == [("r:0", "r:1"), ("r:0", "r:2")]
+    assert drops.group_by("reason").len().sort("reason").rows() == [
+        ("pair:no_contrast", 2),
+        ("pair:single_response", 1),
+    ]
+
+
+def test_agreement_with_a_second_score(ctx):
+    df = responses("score_math", [1.0, 0.0, 0.0]).with_columns(pl.Series("score_rm", [0.9, 0.2, 1.5]))
+    got, drops, _ = pairs(df, ctx, rule="verifier", column="score_math", agree="score_rm")
+    assert got == [("r:0", "r:1")]
+    assert drops["reason"].to_list() == ["pair:disagree"] and drops["related_id"].to_list() == ["r:2"]
+
+
+def test_pairs_in_both_trl_styles_with_lineage(ctx):
+    df = responses("score", [0.9, 0.1])
+    _, _, res = pairs(df, ctx, rule="scores", column="score")
+    row = res.tables["data"].row(0, named=True)
+    assert row["prompt"] == [{"role": "user", "content": "the prompt"}]
+    assert row["chosen"] == [{"role": "assistant", "content": "response 0"}]
+    edges = pl.concat(res.edges).sort("relation").select("parent_id", "relation").rows()
+    assert edges == [("r:0", "chosen"), ("r:1", "rejected")]
+    _, _, res = pairs(df, ctx, rule="scores", column="score", style="standard")
+    row = res.tables["data"].row(0, named=True)
+    assert (row["prompt"], row["chosen"], row["rejected"]) == ("the prompt", "response 0", "response 1")
