@@ -191,6 +191,73 @@ def cmd_query(args: argparse.Namespace) -> int:
     return 0
 
 
+_TRAIN_FLAGS = {  # flag → TrainConfig key
+    "learning_rate": "learning_rate",
+    "epochs": "epochs",
+    "max_steps": "max_steps",
+    "batch_size": "batch_size",
+    "grad_accum": "grad_accum",
+    "max_length": "max_length",
+    "seed": "seed",
+    "output_dir": "output_dir",
+}
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from trainers.config import load_train_config
+    from trainers.run import preflight, train
+
+    overrides: dict[str, Any] = {k: getattr(args, f) for f, k in _TRAIN_FLAGS.items() if getattr(args, f) is not None}
+    if args.bf16:
+        overrides["bf16"] = True
+    lora = {k: v for k, v in (("r", args.lora_r), ("alpha", args.lora_alpha)) if v is not None}
+    if args.lora_target_modules:
+        mods = args.lora_target_modules.split(",")
+        lora["target_modules"] = mods[0] if mods == ["all-linear"] else mods
+    if lora or args.lora:
+        overrides["lora"] = lora
+    cfg = load_train_config(args.config, overrides)
+    report, _, meta = preflight(args.trainer, args.data, args.model, cfg)
+    table = Table(title=f"pre-flight: {args.trainer} on {args.data}")
+    table.add_column("check")
+    table.add_column("result")
+    for name, found in report.checks:
+        table.add_row(name, found)
+    if meta:
+        table.add_row("built by", f"run {meta['run_id']} of {meta['recipe']}")
+    out_console.print(table)
+    sizes = Table(title=f"token lengths (max_length {cfg.max_length})")
+    for col in ("split", "rows", "min", "median", "p95", "max", f"> {cfg.max_length} (truncated)"):
+        sizes.add_column(col, justify="right")
+    for name, st in report.splits.items():
+        sizes.add_row(
+            name,
+            f"{st.rows:,}",
+            str(st.min_tokens),
+            f"{st.median_tokens:.0f}",
+            f"{st.p95_tokens:.0f}",
+            str(st.max_tokens),
+            f"{st.over_max_length:,}",
+        )
+    out_console.print(sizes)
+    if args.check:
+        out_console.print("pre-flight passed; nothing trained (--check).")
+        return 0
+    result = train(args.trainer, args.data, args.model, cfg)
+    summary = Table(title=f"trained {args.trainer} → {result.output_dir}")
+    for col in ("steps", "train loss", "trainable params", "total params", "provenance"):
+        summary.add_column(col)
+    summary.add_row(
+        str(result.steps),
+        f"{result.train_loss:.4f}",
+        f"{result.trainable_params:,}",
+        f"{result.total_params:,}",
+        str(result.provenance),
+    )
+    out_console.print(summary)
+    return 0
+
+
 def _cell(v: Any) -> str:
     text = "NULL" if v is None else str(v)
     return text if len(text) <= 200 else text[:200] + "…"
@@ -251,6 +318,33 @@ def make_parser() -> argparse.ArgumentParser:
     q.add_argument("--format", choices=("table", "csv", "json"), default="table", help="output format (default: table)")
     q.add_argument("--limit", type=int, default=0, help="print at most this many rows (default: all)")
     q.set_defaults(fn=cmd_query)
+
+    t = sub.add_parser(
+        "train",
+        help="train on a built dataset with TRL (sft, dpo, grpo, reward); pre-flight first",
+        description="Run TRL's SFT, DPO, GRPO or reward-model trainer on a dataset built by dataforge. "
+        "A pre-flight check (dataset type, chat template, doubled BOS, token lengths) runs first; "
+        "the output directory gets the checkpoint and dataforge_provenance.json.",
+    )
+    t.add_argument("trainer", choices=("sft", "dpo", "grpo", "reward"), help="which TRL trainer")
+    t.add_argument("--data", required=True, help="a built dataset directory, e.g. build/datasets/gsm8k_sft")
+    t.add_argument("--model", required=True, help="model path or hub name to start from")
+    t.add_argument("--config", help="a YAML training config (keys of trainers.config.TrainConfig); flags win")
+    t.add_argument("--output-dir", help="where the checkpoint goes (default: runs/<trainer>-<dataset>)")
+    t.add_argument("--learning-rate", type=float, help="learning rate (default 2e-5)")
+    t.add_argument("--epochs", type=float, help="epochs (default 1)")
+    t.add_argument("--max-steps", type=int, help="optimizer steps; overrides --epochs when > 0")
+    t.add_argument("--batch-size", type=int, help="per-device batch size (default 4)")
+    t.add_argument("--grad-accum", type=int, help="gradient accumulation steps (default 1)")
+    t.add_argument("--max-length", type=int, help="max tokens per example (default 1024)")
+    t.add_argument("--lora", action="store_true", help="train LoRA adapters (r 16, alpha 32, all linear layers)")
+    t.add_argument("--lora-r", type=int, help="LoRA rank (implies --lora)")
+    t.add_argument("--lora-alpha", type=int, help="LoRA alpha (implies --lora)")
+    t.add_argument("--lora-target-modules", help="comma-separated module names, or all-linear (implies --lora)")
+    t.add_argument("--bf16", action="store_true", help="train in bfloat16 (GPU)")
+    t.add_argument("--seed", type=int, help="random seed (default 0)")
+    t.add_argument("--check", action="store_true", help="run the pre-flight check only; train nothing")
+    t.set_defaults(fn=cmd_train)
     return p
 
 

@@ -1,0 +1,202 @@
+"""Each trainer runs 2 steps on CPU on a tiny random model over datasets built by a recipe from
+the shipped data. The model is noise: these tests check that the data trains (plumbing), that
+LoRA trains only adapters, that GRPO is rewarded by the verifier, and that a misfit is caught
+before any training."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+from datasets import Dataset, DatasetDict
+
+from dataforge.cli import main
+from dataforge.engine.runner import build
+from tests.conftest import RECIPES
+from trainers import TrainConfig, load_train_config
+from trainers.config import TrainConfigError
+from trainers.preflight import PreflightError, check
+from trainers.run import load_tokenizer, train
+
+RECIPE = f"""
+name: train_data
+steps:
+  gsm8k:
+    kind: source
+    path: {RECIPES}/data/gsm8k/train.jsonl
+    limit: 24
+  parsed:
+    kind: parse.gsm8k
+    inputs: {{data: gsm8k}}
+  reasoning:
+    kind: format.reasoning
+    inputs: {{data: parsed}}
+    think: reasoning
+    answer: final_answer
+  sft:
+    kind: format
+    type: messages
+    inputs: {{train: reasoning}}
+    prompt: question
+    completion: completion
+  sft_pc:
+    kind: format
+    type: prompt_completion
+    inputs: {{train: reasoning}}
+    prompt: question
+    completion: completion
+  grpo:
+    kind: format
+    type: prompt_only
+    inputs: {{train: reasoning}}
+    prompt: question
+    extra: {{answer: final_answer}}
+  hh:
+    kind: source
+    path: {RECIPES}/data/hh-rlhf-harmless-base/test.jsonl.gz
+    limit: 24
+  hh_parsed:
+    kind: parse.hh_rlhf
+    inputs: {{data: hh}}
+  dpo:
+    kind: format
+    type: preference
+    inputs: {{train: hh_parsed}}
+    prompt: prompt
+    chosen: chosen
+    rejected: rejected
+datasets:
+  sft: {{splits: {{train: sft.train}}}}
+  sft_pc: {{splits: {{train: sft_pc.train}}}}
+  grpo: {{splits: {{train: grpo.train}}}}
+  dpo: {{splits: {{train: dpo.train}}}}
+"""
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("train-data")
+    (root / "recipe.yaml").write_text(RECIPE)
+    build(root / "recipe.yaml", root / "build", show_progress=False)
+    return root / "build" / "datasets"
+
+
+def cfg(tmp_path: Path, **kw) -> TrainConfig:
+    base = {"max_steps": 2, "batch_size": 2, "max_length": 128, "logging_steps": 1, "output_dir": str(tmp_path / "run")}
+    return TrainConfig(**{**base, **kw})
+
+
+def assert_trained(result, data_dir: Path) -> None:
+    assert result.steps == 2 and math.isfinite(result.train_loss)
+    assert (result.output_dir / "model.safetensors").exists() or (
+        result.output_dir / "adapter_model.safetensors"
+    ).exists()
+    prov = json.loads(result.provenance.read_text())
+    meta = json.loads((data_dir / "dataforge.json").read_text())
+    assert prov["dataset"]["run_id"] == meta["run_id"]
+    assert prov["dataset"]["recipe_sha256"] == meta["recipe_sha256"]
+    assert prov["dataset"]["fingerprint"] == meta["fingerprint"]
+    assert prov["dataset"]["lineage"].endswith("lineage.duckdb")
+
+
+def test_sft_on_chat_messages(data, tiny_lm, tmp_path):
+    result = train("sft", data / "sft", str(tiny_lm), cfg(tmp_path))
+    assert_trained(result, data / "sft")
+    assert result.trainable_params == result.total_params
+
+
+def test_sft_lora_trains_only_the_adapters(data, tiny_lm, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    lora = {"r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]}
+    result = train("sft", data / "sft_pc", str(tiny_lm), cfg(tmp_path, lora=lora))
+    assert_trained(result, data / "sft_pc")
+    base = AutoModelForCausalLM.from_pretrained(tiny_lm)
+    # per adapted layer: A is r × in, B is out × r; q_proj 64→64, v_proj 64→32 (2 KV heads of 16), 2 layers
+    expected = 2 * (4 * (64 + 64) + 4 * (64 + 32))
+    assert result.trainable_params == expected
+    assert result.total_params == sum(p.numel() for p in base.parameters()) + expected
+
+
+def test_dpo_on_preference_pairs(data, tiny_lm, tmp_path):
+    assert_trained(train("dpo", data / "dpo", str(tiny_lm), cfg(tmp_path)), data / "dpo")
+
+
+def test_reward_model_on_preference_pairs(data, tiny_lm, tmp_path):
+    result = train("reward", data / "dpo", str(tiny_lm), cfg(tmp_path))
+    assert_trained(result, data / "dpo")
+
+
+def test_grpo_is_rewarded_by_the_gsm8k_verifier(data, tiny_lm, tmp_path):
+    result = train(
+        "grpo",
+        data / "grpo",
+        str(tiny_lm),
+        cfg(tmp_path, num_generations=2, max_completion_length=8),
+    )
+    assert_trained(result, data / "grpo")
+    logged = {k for entry in result.log_history for k in entry}
+    assert "rewards/math_answer/mean" in logged and "rewards/format_reward/mean" in logged
+
+
+def test_preflight_catches_a_mismatched_dataset(data, tiny_lm):
+    from datasets import load_from_disk
+
+    tok = load_tokenizer(str(tiny_lm))
+    with pytest.raises(PreflightError, match=r"`sft` trains on .* this dataset is preference.*dataforge train dpo"):
+        check(load_from_disk(str(data / "dpo")), "sft", tok, 128)
+    with pytest.raises(PreflightError, match="`grpo` trains on prompt_only"):
+        check(load_from_disk(str(data / "sft")), "grpo", tok, 128)
+    with pytest.raises(PreflightError, match="columns the dataset lacks: final"):
+        check(load_from_disk(str(data / "grpo")), "grpo", tok, 128, ["final"])
+    report = check(load_from_disk(str(data / "sft")), "sft", tok, 64)
+    st = report.splits["train"]
+    assert st.rows == 24 and st.max_tokens > 64 and 0 < st.over_max_length <= 24
+
+
+def test_preflight_catches_doubled_bos_and_a_missing_chat_template(tiny_lm):
+    tok = load_tokenizer(str(tiny_lm))
+    doubled = DatasetDict({"train": Dataset.from_dict({"text": ["[CLS] a document that starts with BOS"]})})
+    with pytest.raises(PreflightError, match="doubled BOS"):
+        check(doubled, "sft", tok, 128)
+    fine = DatasetDict({"train": Dataset.from_dict({"text": ["a document"]})})
+    assert ("BOS", "not doubled") in check(fine, "sft", tok, 128).checks
+    tok.chat_template = None
+    chat = DatasetDict({"train": Dataset.from_dict({"messages": [[{"role": "user", "content": "hi"}]]})})
+    with pytest.raises(PreflightError, match="no chat template"):
+        check(chat, "sft", tok, 128)
+
+
+def test_cli_check_and_mismatch(data, tiny_lm, capsys):
+    assert main(["train", "sft", "--data", str(data / "sft"), "--model", str(tiny_lm), "--check"]) == 0
+    out = capsys.readouterr().out
+    assert "language_modeling (conversational)" in out and "nothing trained" in out
+    assert main(["train", "grpo", "--data", str(data / "dpo"), "--model", str(tiny_lm), "--check"]) == 1
+    assert "this dataset is preference" in capsys.readouterr().err
+
+
+def test_cli_trains_with_lora_flags(data, tiny_lm, tmp_path, capsys):
+    args = ["train", "sft", "--data", str(data / "sft"), "--model", str(tiny_lm), "--max-steps", "2"]
+    args += ["--batch-size", "2", "--max-length", "96", "--lora-r", "2", "--output-dir", str(tmp_path / "o")]
+    assert main(args) == 0
+    assert "trained sft" in capsys.readouterr().out
+    prov = json.loads((tmp_path / "o" / "dataforge_provenance.json").read_text())
+    assert prov["config"]["lora"]["r"] == 2 and prov["config"]["max_steps"] == 2
+
+
+def test_training_config_errors_name_file_and_key(tmp_path):
+    path = tmp_path / "train.yaml"
+    path.write_text("learning_rate: 1e-5\nepochz: 2\n")
+    with pytest.raises(TrainConfigError, match=r"train.yaml: key 'epochz'"):
+        load_train_config(path)
+    path.write_text("lora: {r: 0}\n")
+    with pytest.raises(TrainConfigError, match=r"key 'lora.r'"):
+        load_train_config(path)
+    assert load_train_config(path, {"lora": {"r": 8}}).lora.r == 8
+
+
+def test_grpo_batch_must_hold_whole_groups(data, tiny_lm, tmp_path):
+    with pytest.raises(TrainConfigError, match="multiple of num_generations"):
+        train("grpo", data / "grpo", str(tiny_lm), cfg(tmp_path, batch_size=3, num_generations=2))

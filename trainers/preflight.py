@@ -1,0 +1,166 @@
+"""Pre-flight: does this built dataset fit this trainer and this tokenizer? Runs before every
+training (``dataforge train … --check`` runs only it).
+
+Checks, in order (the first failure raises ``PreflightError`` with what to do):
+1. the dataset's TRL type (from its columns) is one the trainer takes (TRL's table of dataset
+   types: SFT ← language modeling or prompt-completion; DPO and reward ← preference; GRPO ←
+   prompt-only); a ``train`` split exists and is not empty;
+2. conversational data: the tokenizer has a chat template and it renders the first rows;
+3. no doubled BOS: the first example tokenized the way TRL will does not start with BOS twice;
+4. GRPO: every column a reward grader reads is in the dataset.
+Then it reports, per split, rows and token-length statistics against ``max_length`` (how many
+rows would be truncated).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from dataforge.errors import DataforgeError
+from dataforge.formats import trl_dataset_type
+
+ACCEPTS: dict[str, tuple[str, ...]] = {
+    "sft": ("language_modeling", "prompt_completion"),
+    "dpo": ("preference", "implicit_preference"),
+    "reward": ("preference", "implicit_preference"),
+    "grpo": ("prompt_only",),
+}
+SUGGEST = {
+    "language_modeling": "`dataforge train sft`",
+    "prompt_completion": "`dataforge train sft`",
+    "preference": "`dataforge train dpo` or `dataforge train reward`",
+    "implicit_preference": "`dataforge train dpo` or `dataforge train reward`",
+    "prompt_only": "`dataforge train grpo`",
+}
+MAX_ROWS_MEASURED = 20_000
+
+
+class PreflightError(DataforgeError):
+    """The dataset does not fit the trainer or the tokenizer."""
+
+
+@dataclass
+class SplitStats:
+    rows: int
+    measured: int
+    min_tokens: int
+    median_tokens: float
+    p95_tokens: float
+    max_tokens: int
+    over_max_length: int
+
+
+@dataclass
+class PreflightReport:
+    trainer: str
+    trl_type: str
+    conversational: bool
+    max_length: int
+    checks: list[tuple[str, str]] = field(default_factory=list)  # (check, what was found)
+    splits: dict[str, SplitStats] = field(default_factory=dict)
+
+
+def _is_messages(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and isinstance(value[0], dict) and "role" in value[0]
+
+
+def _token_ids(tokenizer: Any, example: dict[str, Any], trl_type: str) -> list[list[int]]:
+    """The token ids TRL will see for one example: the full sequence(s) — prompt + completion, or
+    prompt + chosen and prompt + rejected; just the prompt for prompt-only data."""
+    if trl_type == "language_modeling":
+        parts = [example["messages"]] if "messages" in example else [example["text"]]
+    elif trl_type == "prompt_only":
+        parts = [example["prompt"]]
+    elif trl_type == "prompt_completion":
+        parts = [_join(example["prompt"], example["completion"])]
+    else:
+        prompt = example.get("prompt")
+        parts = [_join(prompt, example["chosen"]), _join(prompt, example["rejected"])]
+    out = []
+    for p in parts:
+        if _is_messages(p):
+            prompt_only = trl_type == "prompt_only"
+            ids = tokenizer.apply_chat_template(p, tokenize=True, add_generation_prompt=prompt_only)
+            if isinstance(ids, dict) or hasattr(ids, "keys"):
+                ids = ids["input_ids"]
+            out.append(list(ids))
+        else:
+            out.append(tokenizer(p)["input_ids"])
+    return out
+
+
+def _join(prompt: Any, completion: Any) -> Any:
+    if prompt is None:
+        return completion
+    if _is_messages(prompt) or _is_messages(completion):
+        as_list = lambda v: v if _is_messages(v) else [{"role": "user", "content": str(v)}]  # noqa: E731
+        return as_list(prompt) + as_list(completion)
+    return str(prompt) + str(completion)
+
+
+def check(
+    dataset: Any, trainer: str, tokenizer: Any, max_length: int, reward_columns: list[str] = ()
+) -> PreflightReport:
+    """Check a ``DatasetDict`` against a trainer and tokenizer; raises PreflightError on a misfit."""
+    if "train" not in dataset or len(dataset["train"]) == 0:
+        raise PreflightError(f"the dataset has no non-empty 'train' split (splits: {', '.join(dataset) or 'none'})")
+    columns = dataset["train"].column_names
+    trl_type = trl_dataset_type(columns) or "unknown"
+    if trl_type not in ACCEPTS[trainer]:
+        hint = f"; it fits {SUGGEST[trl_type]}" if trl_type in SUGGEST else ""
+        raise PreflightError(
+            f"`{trainer}` trains on {' or '.join(ACCEPTS[trainer])} data, but this dataset is {trl_type} "
+            f"(columns: {', '.join(columns)}){hint}"
+        )
+    first = dataset["train"][0]
+    conversational = any(_is_messages(first.get(c)) for c in ("messages", "prompt", "chosen", "completion"))
+    report = PreflightReport(trainer, trl_type, conversational, max_length)
+    report.checks.append(("dataset type", f"{trl_type} ({'conversational' if conversational else 'standard'})"))
+    if conversational:
+        if not tokenizer.chat_template:
+            raise PreflightError("the data is conversational but the tokenizer has no chat template")
+        try:
+            for i in range(min(3, len(dataset["train"]))):
+                _token_ids(tokenizer, dataset["train"][i], trl_type)
+        except Exception as exc:
+            raise PreflightError(f"the chat template does not render row {i} of train: {exc}") from exc
+        report.checks.append(("chat template", "renders"))
+    ids = _token_ids(tokenizer, first, trl_type)[0]
+    bos = tokenizer.bos_token_id
+    if bos is not None and len(ids) >= 2 and ids[0] == bos and ids[1] == bos:
+        raise PreflightError(
+            f"doubled BOS: the first train row starts with {tokenizer.bos_token!r} twice once tokenized "
+            "(the text or the chat template already holds BOS and the tokenizer adds another)"
+        )
+    report.checks.append(("BOS", "not doubled" if bos is not None else "the tokenizer has no BOS"))
+    missing = sorted(set(reward_columns) - set(columns))
+    if missing:
+        raise PreflightError(f"the rewards read columns the dataset lacks: {', '.join(missing)}")
+    if reward_columns:
+        report.checks.append(("reward columns", ", ".join(sorted(set(reward_columns)))))
+    for name, split in dataset.items():
+        report.splits[name] = _split_stats(split, tokenizer, trl_type, max_length)
+    return report
+
+
+def _split_stats(split: Any, tokenizer: Any, trl_type: str, max_length: int) -> SplitStats:
+    n = len(split)
+    if n == 0:
+        return SplitStats(0, 0, 0, 0.0, 0.0, 0, 0)
+    rows = range(n)
+    if n > MAX_ROWS_MEASURED:  # a seeded sample; the truncated count is scaled up
+        rows = sorted(np.random.default_rng(0).choice(n, MAX_ROWS_MEASURED, replace=False).tolist())
+    lengths = np.array([max(len(ids) for ids in _token_ids(tokenizer, split[i], trl_type)) for i in rows])
+    over = int((lengths > max_length).sum() * n / len(lengths))
+    return SplitStats(
+        rows=n,
+        measured=len(lengths),
+        min_tokens=int(lengths.min()),
+        median_tokens=float(np.median(lengths)),
+        p95_tokens=float(np.percentile(lengths, 95)),
+        max_tokens=int(lengths.max()),
+        over_max_length=over,
+    )

@@ -1,0 +1,264 @@
+"""What every trainer shares: load the built dataset and the tokenizer, pre-flight, TRL
+arguments, LoRA, training, the checkpoint, and ``dataforge_provenance.json``."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Literal
+
+from dataforge.errors import DataforgeError
+from trainers.config import TrainConfig, TrainConfigError
+from trainers.preflight import PreflightReport, check
+
+Kind = Literal["sft", "dpo", "grpo", "reward"]
+PROVENANCE = "dataforge_provenance.json"
+
+
+@dataclass
+class TrainResult:
+    output_dir: Path
+    train_loss: float
+    steps: int
+    trainable_params: int
+    total_params: int
+    preflight: PreflightReport
+    provenance: Path
+    metrics: dict[str, float]
+    log_history: list[dict[str, Any]]
+
+
+def load_built(data: str | Path) -> tuple[Any, dict[str, Any] | None]:
+    """The ``DatasetDict`` of a dataset directory written by dataforge, and its ``dataforge.json``."""
+    from datasets import DatasetDict, load_from_disk
+
+    path = Path(data)
+    if not path.is_dir():
+        raise DataforgeError(f"--data {path}: no such dataset directory (built datasets are in <out>/datasets/<name>)")
+    try:
+        dd = load_from_disk(str(path))
+    except (FileNotFoundError, ValueError) as exc:
+        raise DataforgeError(f"--data {path}: not a dataset saved with save_to_disk: {exc}") from None
+    if not isinstance(dd, DatasetDict):
+        raise DataforgeError(f"--data {path}: a single split; dataforge exports a DatasetDict with named splits")
+    meta_path = path / "dataforge.json"
+    meta = json.loads(meta_path.read_text()) if meta_path.exists() else None
+    return dd, meta
+
+
+def load_tokenizer(model: str) -> Any:
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(model)
+    except (OSError, ValueError) as exc:
+        raise DataforgeError(f"--model {model}: cannot load its tokenizer: {exc}") from None
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def reward_functions(cfg: TrainConfig) -> tuple[list[Any], list[float], list[str]]:
+    """GRPO rewards: dataforge graders as TRL reward functions, their weights, the columns read."""
+    from dataforge.graders import as_trl_reward, grader_parameters, load_grader
+
+    funcs, weights, columns = [], [], []
+    for r in cfg.rewards:
+        try:
+            fn = load_grader(r.name)
+        except ValueError as exc:
+            raise TrainConfigError(f"rewards: {exc}") from None
+        params = [p for p in grader_parameters(fn) if p not in r.options]
+        columns.extend(r.inputs.get(p, p) for p in params)
+        funcs.append(as_trl_reward(fn, columns=r.inputs, **r.options))
+        weights.append(r.weight)
+    return funcs, weights, columns
+
+
+def _load_model(kind: Kind, model: str, cfg: TrainConfig, tok: Any) -> Any:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    dtype = torch.bfloat16 if cfg.bf16 else torch.float32
+    try:
+        if kind == "reward":
+            m = AutoModelForSequenceClassification.from_pretrained(model, num_labels=1, dtype=dtype)
+        else:
+            m = AutoModelForCausalLM.from_pretrained(model, dtype=dtype)
+    except (OSError, ValueError) as exc:
+        raise DataforgeError(f"--model {model}: cannot load it: {exc}") from None
+    if m.config.pad_token_id is None:
+        m.config.pad_token_id = tok.pad_token_id
+    return m
+
+
+def _lora(kind: Kind, cfg: TrainConfig) -> Any:
+    if cfg.lora is None:
+        return None
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=cfg.lora.r,
+        lora_alpha=cfg.lora.alpha,
+        lora_dropout=cfg.lora.dropout,
+        target_modules=cfg.lora.target_modules,
+        task_type="SEQ_CLS" if kind == "reward" else "CAUSAL_LM",
+    )
+
+
+def _args(kind: Kind, cfg: TrainConfig, output_dir: Path) -> Any:
+    import torch
+    import trl
+
+    common: dict[str, Any] = {
+        "output_dir": str(output_dir),
+        "learning_rate": cfg.learning_rate,
+        "num_train_epochs": cfg.epochs,
+        "max_steps": cfg.max_steps,
+        "per_device_train_batch_size": cfg.batch_size,
+        "gradient_accumulation_steps": cfg.grad_accum,
+        "bf16": cfg.bf16,
+        "seed": cfg.seed,
+        "logging_steps": cfg.logging_steps,
+        "save_strategy": "steps" if cfg.save_steps else "no",
+        "save_steps": cfg.save_steps or 500,
+        "report_to": [],
+        "use_cpu": not torch.cuda.is_available(),
+        "disable_tqdm": True,
+    }
+    if cfg.gradient_checkpointing:
+        common["gradient_checkpointing"] = True
+    if kind == "sft":
+        return trl.SFTConfig(max_length=cfg.max_length, **common)
+    if kind == "dpo":
+        return trl.DPOConfig(max_length=cfg.max_length, beta=cfg.beta, **common)
+    if kind == "reward":
+        return trl.RewardConfig(max_length=cfg.max_length, **common)
+    if (cfg.batch_size * cfg.grad_accum) % cfg.num_generations:
+        raise TrainConfigError(
+            f"grpo: batch_size × grad_accum ({cfg.batch_size} × {cfg.grad_accum}) must be a multiple of "
+            f"num_generations ({cfg.num_generations})"
+        )
+    _, weights, _ = reward_functions(cfg)
+    return trl.GRPOConfig(
+        num_generations=cfg.num_generations,
+        max_completion_length=cfg.max_completion_length,
+        temperature=cfg.temperature,
+        reward_weights=weights,
+        **common,
+    )
+
+
+def preflight(kind: Kind, data: str | Path, model: str, cfg: TrainConfig) -> tuple[PreflightReport, Any, dict | None]:
+    dd, meta = load_built(data)
+    tok = load_tokenizer(model)
+    columns = reward_functions(cfg)[2] if kind == "grpo" else []
+    return check(dd, kind, tok, cfg.max_length, columns), dd, meta
+
+
+def train(kind: Kind, data: str | Path, model: str, cfg: TrainConfig) -> TrainResult:
+    """Pre-flight, then TRL training of ``kind`` on the built dataset ``data``, then the
+    checkpoint and the provenance file in the output directory."""
+    import trl
+
+    report, dd, meta = preflight(kind, data, model, cfg)
+    tok = load_tokenizer(model)
+    output_dir = Path(cfg.output_dir or f"runs/{kind}-{Path(data).name}")
+    args = _args(kind, cfg, output_dir)
+    m = _load_model(kind, model, cfg, tok)
+    kwargs: dict[str, Any] = {
+        "model": m,
+        "args": args,
+        "train_dataset": dd["train"],
+        "processing_class": tok,
+        "peft_config": _lora(kind, cfg),
+    }
+    trainer_cls = {"sft": trl.SFTTrainer, "dpo": trl.DPOTrainer, "reward": trl.RewardTrainer}.get(kind)
+    if kind == "grpo":
+        trainer_cls = trl.GRPOTrainer
+        kwargs["reward_funcs"] = reward_functions(cfg)[0]
+    started = datetime.now(timezone.utc)
+    t0 = time.perf_counter()
+    trainer = trainer_cls(**kwargs)
+    result = trainer.train()
+    seconds = time.perf_counter() - t0
+    trainer.save_model(str(output_dir))
+    trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in trainer.model.parameters())
+    metrics = {k: float(v) for k, v in result.metrics.items() if isinstance(v, int | float)}
+    provenance = output_dir / PROVENANCE
+    provenance.write_text(
+        json.dumps(
+            _provenance(kind, data, model, cfg, meta, report, started, seconds, metrics, trainable, total),
+            indent=1,
+            sort_keys=True,
+            default=str,
+        )
+        + "\n"
+    )
+    return TrainResult(
+        output_dir=output_dir,
+        train_loss=float(result.training_loss),
+        steps=int(result.global_step),
+        trainable_params=trainable,
+        total_params=total,
+        preflight=report,
+        provenance=provenance,
+        metrics=metrics,
+        log_history=list(trainer.state.log_history),
+    )
+
+
+def _provenance(
+    kind: Kind,
+    data: str | Path,
+    model: str,
+    cfg: TrainConfig,
+    meta: dict | None,
+    report: PreflightReport,
+    started: datetime,
+    seconds: float,
+    metrics: dict[str, float],
+    trainable: int,
+    total: int,
+) -> dict[str, Any]:
+    import peft
+    import torch
+    import transformers
+    import trl
+
+    from dataforge import __version__
+
+    data_path = Path(data).resolve()
+    lineage = data_path.parent.parent / "lineage.duckdb"
+    return {
+        "trainer": kind,
+        "model": model,
+        "dataset": {
+            "path": str(data_path),
+            "built_by_dataforge": meta is not None,
+            **(
+                {k: meta[k] for k in ("dataset", "fingerprint", "run_id", "recipe", "recipe_sha256", "splits", "steps")}
+                if meta
+                else {}
+            ),
+            "lineage": str(lineage) if lineage.exists() else None,
+        },
+        "config": cfg.model_dump(mode="json"),
+        "preflight": {"checks": report.checks, "splits": {k: asdict(v) for k, v in report.splits.items()}},
+        "started_at": started.isoformat(),
+        "seconds": seconds,
+        "metrics": metrics,
+        "trainable_params": trainable,
+        "total_params": total,
+        "versions": {
+            "dataforge": __version__,
+            "trl": trl.__version__,
+            "transformers": transformers.__version__,
+            "torch": torch.__version__,
+            "peft": peft.__version__,
+        },
+    }
