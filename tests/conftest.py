@@ -148,3 +148,35 @@ def model_server(tiny_lm):
     yield url
     proc.terminate()
     proc.wait(timeout=10)
+
+
+@pytest.fixture
+def scripted_model():
+    """Start an OpenAI-compatible server on loopback whose answers the test scripts: ``start(fn)``
+    with ``fn(messages) -> str`` (or an int: answer with that HTTP status) returns the ModelSpec
+    fields of a model served by it. The HTTP,
+    client, cache and retries are real; only the model is a script, so a test knows each answer."""
+    import json as _json
+    import threading
+
+    from dataforge.llm.server import ModelServer
+
+    servers = []
+
+    def start(fn) -> dict:
+        def answer(path, body, number):
+            texts = [fn(body["messages"]) for _ in range(body.get("n", 1))]
+            if isinstance(texts[0], int):
+                return texts[0], b"{}"
+            choices = [{"index": i, "finish_reason": "stop", "message": {"content": t}} for i, t in enumerate(texts)]
+            return 200, _json.dumps({"choices": choices}).encode()
+
+        server = ModelServer(("127.0.0.1", 0), backend=None, model_name="scripted", fault=answer)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return {"backend": "openai", "model": "scripted", "base_url": server.url, "max_retries": 0}
+
+    yield start
+    for s in servers:
+        s.shutdown()
+        s.server_close()

@@ -3,7 +3,9 @@
 from dataforge.steps import (  # noqa: F401
     audit,
     clean,
+    critique,
     dedup,
+    feedback,
     format,
     generate,
     leakage,

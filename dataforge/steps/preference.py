@@ -1,7 +1,7 @@
 """``preference.pairs``: preference pairs ``(prompt, chosen, rejected)`` from several responses per
 prompt, by one of four rules.
 
-Consumes ``data``: one row per response, grouped by ``group`` (default ``_parent_id``: the prompt
+Consumes any named inputs (per table): one row per response, grouped by ``group`` (default ``_parent_id``: the prompt
 row ``generate`` linked it to), with ``prompt``, ``completion`` and the rule's ``column``:
 
 | rule       | column            | pairs (``pairs:``)                                                  |
@@ -9,12 +9,15 @@ row ``generate`` linked it to), with ``prompt``, ``completion`` and the rule's `
 | `ranking`  | rank (1 = best)   | `all` (1≻2, 1≻3, 2≻3 …, default) or `best_vs_rest`                   |
 | `scores`   | score (higher is better) | `best_vs_worst` (default), `all` (every pair with a gap > `margin`) |
 | `verifier` | grader score      | every correct (≥ `correct_at`) × incorrect response (`all`)          |
-| `revision` | –                 | one pair per row: ``chosen`` column ≻ ``rejected`` column (critique-revise) |
+| `revision` | –                 | one pair per row: ``chosen`` column ≻ ``rejected`` column            |
+
+With ``revision`` (after ``critique_revise``) a pair links to the revision row and, through
+``group`` (``_parent_id``), to the original response.
 
 ``max_pairs`` keeps, per prompt, the pairs with the largest margins. ``agree`` names a second
 score column (e.g. a reward model's): a pair is kept only when it also prefers the chosen side.
 
-Produces ``data``: ``_id``, ``prompt``, ``chosen``, ``rejected``, ``score_chosen``,
+Produces, per input, ``_id``, ``prompt``, ``chosen``, ``rejected``, ``score_chosen``,
 ``score_rejected``, ``margin``, ``group_id``, ``chosen_id``, ``rejected_id``, in TRL's
 ``conversational`` (message lists) or ``standard`` (text) style. Lineage: each pair has edges to
 its two responses (``chosen``, ``rejected``) and a ``paired`` event. What could not be paired is
@@ -22,6 +25,10 @@ recorded as ``dropped``: ``pair:tie`` and ``pair:below_margin`` (the would-be pa
 ``pair:no_contrast`` (a prompt whose responses are all correct or all wrong),
 ``pair:single_response``, ``pair:invalid_ranking`` (repeated ranks), ``pair:missing_score``,
 ``pair:disagree`` (``agree`` prefers the rejected side), ``pair:over_max_pairs``.
+
+Also here: ``preference.responses`` (ranked response columns → one row per response, to pair
+again by rank) and ``preference.rm_pairs`` (pairs → reward-model rows ``{input, output_a,
+output_b, preference}``).
 """
 
 from __future__ import annotations
@@ -34,7 +41,7 @@ import polars as pl
 from pydantic import Field, model_validator
 
 from dataforge.engine.events import edges, events
-from dataforge.engine.step import Columns, Context, PlanInfo, StepConfig, StepResult, require, step
+from dataforge.engine.step import Columns, Context, PlanInfo, StepConfig, StepResult, per_table, require, step
 from dataforge.graders import completion_text
 from dataforge.text.fields import MESSAGES
 
@@ -82,8 +89,7 @@ class PairsConfig(StepConfig):
         return self.pairs or DEFAULT_PAIRS[self.rule]
 
 
-def _columns(cfg: PairsConfig, cols: dict[str, Columns], info: PlanInfo) -> dict[str, Columns]:
-    data = cols["data"]
+def _columns(cfg: PairsConfig, data: Columns, info: PlanInfo) -> Columns:
     require(data, [cfg.prompt], "prompt")
     if cfg.rule == "revision":
         require(data, [cfg.chosen], "chosen")
@@ -93,7 +99,7 @@ def _columns(cfg: PairsConfig, cols: dict[str, Columns], info: PlanInfo) -> dict
         require(data, [cfg.completion], "completion")
         require(data, [cfg.column], "column")
     require(data, [cfg.agree], "agree")
-    return {"data": PAIR_COLUMNS}
+    return PAIR_COLUMNS
 
 
 class _Decisions:
@@ -172,20 +178,28 @@ def _as_messages(value: Any, role: str) -> list[dict[str, str]]:
 
 
 def _as_text(value: Any) -> str:
+    """Text of a prompt or response: a single message's content; several as ``role: content`` lines."""
     if isinstance(value, str):
         return value
-    return "\n".join(str(m["content"]) for m in value or [] if m["role"] != "system")
+    turns = [m for m in value or [] if m["role"] != "system"]
+    if len(turns) == 1:
+        return str(turns[0]["content"])
+    return "\n".join(f"{m['role']}: {m['content']}" for m in turns)
 
 
-@step("preference.pairs", version=1, columns=_columns)
+@step("preference.pairs", version=1, inputs=None, per_table_columns=_columns)
 def preference_pairs(inputs: dict[str, pl.DataFrame], cfg: PairsConfig, ctx: Context) -> StepResult:
     """Pairs from rankings, scores, verifier outcomes or revisions; ties and the rest recorded."""
-    df = inputs["data"]
+    return per_table(inputs, lambda name, df: _pairs_of(name, df, cfg, ctx))
+
+
+def _pairs_of(name: str, df: pl.DataFrame, cfg: PairsConfig, ctx: Context) -> StepResult:
     d = _Decisions()
     if cfg.rule == "revision":
         for r in df.to_dicts():
-            chosen = {"_id": r["_id"], cfg.completion: r[cfg.chosen], cfg.prompt: r[cfg.prompt], cfg.group: r["_id"]}
-            rejected = {"_id": f"{r['_id']}#{cfg.rejected}", cfg.completion: r[cfg.rejected]}
+            original = r.get(cfg.group) or r["_id"]  # critique_revise: _parent_id is the original response
+            chosen = {"_id": r["_id"], cfg.completion: r[cfg.chosen], cfg.prompt: r[cfg.prompt], cfg.group: original}
+            rejected = {"_id": original, cfg.completion: r[cfg.rejected]}
             if completion_text(r[cfg.chosen]).strip() == completion_text(r[cfg.rejected]).strip():
                 d.drop_rows([r], "pair:tie", reason="revision equals the original")
             else:
@@ -236,7 +250,7 @@ def preference_pairs(inputs: dict[str, pl.DataFrame], cfg: PairsConfig, ctx: Con
         schema={"row_id": pl.String, "reason": pl.String, "related_id": pl.String, "detail": pl.String},
     )
     return StepResult(
-        {"data": out},
+        {name: out},
         events=[
             events(out["_id"], "paired", f"pair:{cfg.rule}", related_id=out["rejected_id"], score=out["margin"]),
             events(
@@ -249,3 +263,89 @@ def preference_pairs(inputs: dict[str, pl.DataFrame], cfg: PairsConfig, ctx: Con
         ],
         edges=[edges(out["_id"], out["chosen_id"], "chosen"), edges(out["_id"], out["rejected_id"], "rejected")],
     )
+
+
+# -- preference.responses ---------------------------------------------------------------------------
+
+
+class ResponsesConfig(StepConfig):
+    responses: list[str] = Field(min_length=2)  # columns holding responses, best first
+    prompt: str = "prompt"
+    completion: str = "completion"
+    rank: str = "rank"
+
+
+def _responses_columns(cfg: ResponsesConfig, cols: Columns, info: PlanInfo) -> Columns:
+    require(cols, [cfg.prompt, *cfg.responses], "responses")
+    if cols is None:
+        return None
+    kept = [c for c in cols if c not in cfg.responses]
+    return [*kept, *(c for c in ("_parent_id", cfg.completion, cfg.rank) if c not in kept)]
+
+
+@step("preference.responses", version=1, inputs=None, per_table_columns=_responses_columns)
+def preference_responses(inputs: dict[str, pl.DataFrame], cfg: ResponsesConfig, ctx: Context) -> StepResult:
+    """One row per response of a ranked set of columns (e.g. HH-RLHF's ``chosen``, ``rejected``):
+    ``_id`` = ``<step>:<row>:<column>``, ``_parent_id`` = the row, ``completion``, ``rank`` (1 =
+    the first column). ``preference.pairs`` with ``rule: ranking`` pairs them again."""
+
+    def one(name: str, df: pl.DataFrame) -> StepResult:
+        base = df.drop(cfg.responses).rename({"_id": "_parent_id"})
+        parts = [
+            base.with_columns(
+                (pl.lit(f"{ctx.step}:") + pl.col("_parent_id") + pl.lit(f":{col}")).alias("_id"),
+                df[col].alias(cfg.completion),
+                pl.lit(rank, dtype=pl.Int32).alias(cfg.rank),
+            )
+            for rank, col in enumerate(cfg.responses, start=1)
+        ]
+        out = pl.concat(parts).sort("_parent_id", cfg.rank, maintain_order=True)
+        return StepResult({name: out}, edges=[edges(out["_id"], out["_parent_id"], "response_of")])
+
+    return per_table(inputs, one)
+
+
+# -- preference.rm_pairs ----------------------------------------------------------------------------
+
+
+class RmPairsConfig(StepConfig):
+    prompt: str = "prompt"
+    chosen: str = "chosen"
+    rejected: str = "rejected"
+
+
+def _rm_columns(cfg: RmPairsConfig, cols: Columns, info: PlanInfo) -> Columns:
+    require(cols, [cfg.prompt, cfg.chosen, cfg.rejected], "chosen")
+    return ["_id", "input", "output_a", "output_b", "preference"]
+
+
+@step("preference.rm_pairs", version=1, inputs=None, per_table_columns=_rm_columns)
+def rm_pairs(inputs: dict[str, pl.DataFrame], cfg: RmPairsConfig, ctx: Context) -> StepResult:
+    """Pairs → reward-model rows ``{input, output_a, output_b, preference}`` (text; ``preference``
+    0 = ``output_a`` is preferred, 1 = ``output_b``). Which side the chosen response lands on is a
+    seeded hash of the row id, so the label is balanced and stable across builds."""
+
+    def one(name: str, df: pl.DataFrame) -> StepResult:
+        prompts = [_as_text(p) for p in df[cfg.prompt].to_list()]
+        chosen = [_as_text(c) for c in df[cfg.chosen].to_list()]
+        rejected = [_as_text(r) for r in df[cfg.rejected].to_list()]
+        flip = (df["_id"].hash(seed=int(ctx.fingerprint[:8], 16)) % 2 == 1).to_list()
+        out = pl.DataFrame(
+            {
+                "_id": df["_id"],
+                "input": prompts,
+                "output_a": [r if f else c for c, r, f in zip(chosen, rejected, flip, strict=True)],
+                "output_b": [c if f else r for c, r, f in zip(chosen, rejected, flip, strict=True)],
+                "preference": pl.Series([1 if f else 0 for f in flip], dtype=pl.Int8),
+            },
+            schema={
+                "_id": pl.String,
+                "input": pl.String,
+                "output_a": pl.String,
+                "output_b": pl.String,
+                "preference": pl.Int8,
+            },
+        )
+        return StepResult({name: out})
+
+    return per_table(inputs, one)

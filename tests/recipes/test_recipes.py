@@ -17,7 +17,10 @@ from tests.conftest import RECIPES
 ALL = sorted(p.name for p in RECIPES.glob("*.yaml"))
 _builds: dict[str, Path] = {}
 # Recipes that call models are built on the tiny random model (plumbing, not quality), smaller:
-SMALL = {"gsm8k_rejection_sampling.yaml": ["questions.limit=8", "solve.max_tokens=16"]}
+SMALL = {
+    "gsm8k_rejection_sampling.yaml": ["questions.limit=8", "solve.max_tokens=16"],
+    "hh_constitutional.yaml": ["hh_raw.limit=10", "initial.max_tokens=12", "revised.max_tokens=12"],
+}
 
 
 def model_names(name: str) -> list[str]:
@@ -132,8 +135,25 @@ def test_gsm8k_why_and_query_answer(built, capsys):
 def test_hh_preferences_outputs(built):
     out = built("hh_preferences.yaml")
     dpo = load_from_disk(str(out / "datasets" / "hh_dpo"))
+    rm = load_from_disk(str(out / "datasets" / "hh_rm"))
+    rm_pairwise = load_from_disk(str(out / "datasets" / "hh_rm_pairwise"))
     assert dpo["train"].column_names == ["_id", "prompt", "chosen", "rejected"]
-    assert len(dpo["train"]) + len(dpo["test"]) == 2312 - 9
+    assert sum(len(d[s]) for d in (dpo, rm) for s in ("train", "test")) == 2312 - 9
+    raw = {r["_id"]: r for r in rm["train"]}
+    assert rm_pairwise["train"].column_names == ["_id", "input", "output_a", "output_b", "preference"]
+    for r in rm_pairwise["train"].select(range(50)):
+        src = raw[r["_id"]]
+        chosen, rejected = (r["output_a"], r["output_b"]) if r["preference"] == 0 else (r["output_b"], r["output_a"])
+        assert (chosen, rejected) == (src["chosen"][0]["content"], src["rejected"][0]["content"])
+    assert 0.35 < sum(rm_pairwise["train"]["preference"]) / len(rm_pairwise["train"]) < 0.65
+    # no prompt in two of the four splits (DPO train/test, RM train/test)
+    parts = {f"{n}.{s}": {json.dumps(p) for p in d[s]["prompt"]} for n, d in (("dpo", dpo), ("rm", rm)) for s in d}
+    for a in parts:
+        for b in parts:
+            assert a == b or not parts[a] & parts[b], (a, b)
+    # the ranking path (chosen = rank 1, rejected = rank 2 → pairs) gives back the human pair
+    first = dpo["train"][0]
+    assert first["_id"].startswith("ranked:responses:") and first["_id"].endswith(":rejected")
     row = dpo["train"][0]
     assert row["prompt"][-1]["role"] == "user" and row["chosen"][0]["role"] == "assistant"
     card = (out / "datasets" / "hh_dpo" / "card.md").read_text()
@@ -276,3 +296,38 @@ def test_rejection_sampling_keeps_right_answers_and_pairs_them_against_wrong_one
     assert chosen_parent.startswith("gsm8k_train:")
     card = (tmp_path / "datasets" / "gsm8k_rs_rollouts" / "card.md").read_text()
     assert "| pass@1 | 0.250 |" in card and "| pass@4 | 1.000 |" in card
+
+
+def test_constitutional_lineage_names_the_original_and_the_principles(built):
+    """hh_constitutional on the tiny model: every response revised (a random model never says
+    "No violation found"), SFT answers are the revisions, each DPO pair is revision vs original,
+    and one lineage query walks from a chosen response to its original and its principles."""
+    out = built("hh_constitutional.yaml")
+    sft = load_from_disk(str(out / "datasets" / "hh_cai_sft"))
+    dpo = load_from_disk(str(out / "datasets" / "hh_cai_dpo"))
+    assert sum(len(s) for s in sft.values()) == 10 and sum(len(s) for s in dpo.values()) == 10
+    con = duckdb.connect(str(out / "lineage.duckdb"), read_only=True)
+    rows = con.execute(
+        """
+        SELECT pair.child_id, orig.parent_id AS original_response, ev.detail_json
+        FROM latest_edges pair
+        JOIN latest_edges orig ON orig.child_id = pair.parent_id AND orig.relation = 'revised_from'
+        JOIN latest_events ev ON ev.row_id = pair.parent_id AND ev.reason = 'critique_revise'
+        WHERE pair.relation = 'chosen'
+        ORDER BY 1
+        """
+    ).fetchall()
+    assert len(rows) == 10
+    principles = {"harmful", "dangerous_advice", "respectful", "honest"}
+    for _pair, original, detail in rows:
+        assert original.startswith("initial:hh_harmless_test:")
+        d = json.loads(detail)
+        assert d["rounds"] == 2 and set(d["principles"]) <= principles
+    rounds = con.execute("SELECT count(*) FROM latest_events WHERE reason LIKE 'critique:%' AND action = 'revised'")
+    assert rounds.fetchone() == (20,)
+    rejected = con.execute(
+        "SELECT count(*) FROM latest_edges WHERE relation = 'rejected' AND parent_id LIKE 'initial:%'"
+    )
+    assert rejected.fetchone() == (10,)
+    card = (out / "datasets" / "hh_cai_sft" / "card.md").read_text()
+    assert "critique_revise" in card and "20 revisions" in card

@@ -1,0 +1,215 @@
+"""``ai_feedback`` (RLAIF): an LLM judge compares or ranks the responses of each prompt.
+
+Consumes ``data``: responses grouped by ``group`` (default ``_parent_id``) with ``prompt`` and
+``completion``. Two modes (for one score per response, use ``score.judge``):
+
+- ``pairwise``: every pair of a prompt's responses is judged twice, in both orders (A/B, then
+  B/A). Only a verdict that names the same response both times counts; one that flips with the
+  order is discarded as position bias (``feedback:position_bias``), one that cannot be parsed as
+  ``feedback:unparseable``. ``ai_wins`` counts each response's consistent wins.
+- ``ranking``: the judge sees all K responses, numbered, and answers an order such as
+  ``2 > 1 > 3``; ``ai_rank`` holds each response's place (1 = best). An answer that is not a
+  permutation of 1…K leaves the ranks null (``feedback:invalid_ranking``).
+
+Produces ``data`` (the responses with ``ai_wins`` / ``ai_rank``) and ``verdicts``: every judge
+answer kept (``group_id``, the two or K response ids, the raw answers, the parsed verdict, the
+``status``). Then ``preference.pairs`` turns ranks (``rule: ranking``) or wins (``rule: scores``)
+into pairs.
+
+The judge's prompt is a Jinja2 ``template`` (defaults below) over ``prompt`` (text) and
+``response_a`` / ``response_b`` (pairwise) or ``responses`` (a list, ranking).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from itertools import combinations
+from typing import Any, Literal
+
+import polars as pl
+from pydantic import Field
+
+from dataforge.engine.events import events
+from dataforge.engine.step import Columns, Context, PlanInfo, StepConfig, StepResult, require, step, with_columns
+from dataforge.graders import completion_text
+from dataforge.llm.base import Request
+from dataforge.llm.spec import ModelSpec, SamplingParams
+from dataforge.llm.templates import render, template_variables
+from dataforge.steps.prompting import track
+
+PAIRWISE_TEMPLATE = (
+    "Which response answers the user better: more helpful, honest and harmless?\n\n"
+    "User: {{ prompt }}\n\nResponse A: {{ response_a }}\n\nResponse B: {{ response_b }}\n\n"
+    'Reply with "[[A]]" or "[[B]]".'
+)
+RANKING_TEMPLATE = (
+    "Rank these responses to the user from best to worst (helpful, honest, harmless).\n\n"
+    "User: {{ prompt }}\n\n{% for r in responses %}[{{ loop.index }}] {{ r }}\n\n{% endfor %}"
+    'Reply with the order only, best first, e.g. "[2] > [1] > [3]".'
+)
+VERDICT_SCHEMA = {
+    "_id": pl.String,
+    "group_id": pl.String,
+    "response_ids": pl.List(pl.String),
+    "answers": pl.List(pl.String),
+    "verdict": pl.List(pl.Int32),  # pairwise: [winner index in response_ids]; ranking: the order
+    "status": pl.String,
+}
+_AB = (re.compile(r"\[\[\s*([AB])\s*\]\]"), re.compile(r"(?i)\b(?:response|answer|verdict)\s*(?:is\s*)?:?\s*([AB])\b"))
+
+
+class FeedbackConfig(StepConfig):
+    model: ModelSpec
+    mode: Literal["pairwise", "ranking"] = "pairwise"
+    group: str = "_parent_id"
+    prompt: str = "prompt"
+    completion: str = "completion"
+    template: str | None = None
+    temperature: float = Field(0.0, ge=0)
+    max_tokens: int = Field(64, ge=1)
+    seed: int = 0
+
+    def source(self) -> str:
+        return self.template or (PAIRWISE_TEMPLATE if self.mode == "pairwise" else RANKING_TEMPLATE)
+
+
+def _columns(cfg: FeedbackConfig, cols: dict[str, Columns], info: PlanInfo) -> dict[str, Columns]:
+    for key in ("group", "prompt", "completion"):
+        require(cols["data"], [getattr(cfg, key)], key)
+    allowed = {"prompt", "response_a", "response_b"} if cfg.mode == "pairwise" else {"prompt", "responses"}
+    unknown = template_variables(cfg.source()) - allowed
+    if unknown:
+        from dataforge.errors import RecipeError
+
+        raise RecipeError(
+            f"the {cfg.mode} template may use {', '.join(sorted(allowed))}; not {', '.join(sorted(unknown))}",
+            key="template",
+        )
+    added = ["ai_wins", "ai_comparisons"] if cfg.mode == "pairwise" else ["ai_rank"]
+    return {"data": with_columns(cols["data"], added), "verdicts": list(VERDICT_SCHEMA)}
+
+
+def parse_ab(text: str) -> str | None:
+    """ "A" or "B" from a pairwise verdict, or None."""
+    for pattern in _AB:
+        found = pattern.findall(text or "")
+        if found:
+            return found[-1].upper()
+    stripped = (text or "").strip().strip(".").upper()
+    return stripped if stripped in ("A", "B") else None
+
+
+def parse_ranking(text: str, k: int) -> list[int] | None:
+    """The order (0-based indices, best first) in an answer like "[2] > [1] > [3]", if it is a
+    permutation of 1…k; else None."""
+    numbers = [int(n) - 1 for n in re.findall(r"\d+", text or "")]
+    return numbers if sorted(numbers) == list(range(k)) else None
+
+
+@step("ai_feedback", version=1, outputs=("data", "verdicts"), columns=_columns)
+def ai_feedback(inputs: dict[str, pl.DataFrame], cfg: FeedbackConfig, ctx: Context) -> StepResult:
+    """Pairwise verdicts in both orders, or listwise rankings, from an LLM judge."""
+    df = inputs["data"]
+    client = ctx.llm.client(cfg.model)
+    params = SamplingParams(temperature=cfg.temperature, max_tokens=cfg.max_tokens, seed=cfg.seed)
+    groups = [g.to_dicts() for g in df.partition_by(cfg.group, maintain_order=True)]
+    text = lambda r, col: completion_text(r[col])  # noqa: E731
+    jobs: list[tuple[str, list[dict[str, Any]], list[str]]] = []  # (group id, responses, prompts)
+    for g in groups:
+        if cfg.mode == "pairwise":
+            for a, b in combinations(g, 2):
+                shown = [(a, b), (b, a)]
+                prompts = [
+                    render(
+                        cfg.source(),
+                        {
+                            "prompt": text(a, cfg.prompt),
+                            "response_a": text(x, cfg.completion),
+                            "response_b": text(y, cfg.completion),
+                        },
+                    )
+                    for x, y in shown
+                ]
+                jobs.append((str(a[cfg.group]), [a, b], prompts))
+        elif len(g) >= 2:
+            responses = [text(r, cfg.completion) for r in g]
+            jobs.append(
+                (
+                    str(g[0][cfg.group]),
+                    g,
+                    [render(cfg.source(), {"prompt": text(g[0], cfg.prompt), "responses": responses})],
+                )
+            )
+    requests = [Request(params, messages=({"role": "user", "content": p},)) for _, _, ps in jobs for p in ps]
+    answers = client.generate(requests, track(ctx), f"ai feedback · {cfg.model.model}")
+    pos = 0
+    verdicts: list[dict[str, Any]] = []
+    wins: dict[str, int] = {}
+    comparisons: dict[str, int] = {}
+    ranks: dict[str, int] = {}
+    for gid, members, prompts in jobs:
+        gens = answers[pos : pos + len(prompts)]
+        pos += len(prompts)
+        ids = [m["_id"] for m in members]
+        raw = [g.texts[0] if g.ok else f"<request failed: {g.error}>" for g in gens]
+        order: list[int] | None = None
+        if any(not g.ok for g in gens):
+            status = "failed"
+        elif cfg.mode == "pairwise":
+            first, swapped = parse_ab(raw[0]), parse_ab(raw[1])
+            if first is None or swapped is None:
+                status = "unparseable"
+            elif first == swapped:  # "A" both times names two different responses
+                status = "position_bias"
+            else:
+                status, order = "consistent", [0 if first == "A" else 1]
+                wins[ids[order[0]]] = wins.get(ids[order[0]], 0) + 1
+            for i in ids:
+                comparisons[i] = comparisons.get(i, 0) + (status == "consistent")
+        else:
+            order = parse_ranking(raw[0], len(ids))
+            status = "consistent" if order is not None else "invalid_ranking"
+            for place, idx in enumerate(order or []):
+                ranks[ids[idx]] = place + 1
+        verdicts.append(
+            {
+                "_id": f"{ctx.step}:" + "~".join(ids),
+                "group_id": gid,
+                "response_ids": ids,
+                "answers": raw,
+                "verdict": order,
+                "status": status,
+            }
+        )
+    table = pl.DataFrame(verdicts, schema=VERDICT_SCHEMA)
+    if cfg.mode == "pairwise":
+        out = df.with_columns(
+            pl.col("_id").replace_strict(wins, default=0, return_dtype=pl.Int32).alias("ai_wins"),
+            pl.col("_id").replace_strict(comparisons, default=0, return_dtype=pl.Int32).alias("ai_comparisons"),
+        )
+    else:
+        out = df.with_columns(pl.col("_id").replace_strict(ranks, default=None, return_dtype=pl.Int32).alias("ai_rank"))
+    bad = table.filter(pl.col("status") != "consistent")
+    detail = pl.Series([json.dumps({"answers": a}) for a in bad["answers"].to_list()], dtype=pl.String)
+    return StepResult(
+        {"data": out, "verdicts": table},
+        events=[
+            events(bad["_id"], "dropped", "feedback:" + bad["status"], related_id=bad["group_id"], detail=detail),
+        ],
+    )
+
+
+def card_section(step_name: str, load: Any) -> list[str]:
+    v = load("verdicts")
+    counts = v.group_by("status").len().sort("status")
+    return [
+        f"From step `{step_name}` (ai_feedback): {v.height:,} judgements.",
+        "",
+        "| status | judgements |",
+        "|---|---|",
+        *(f"| {s} | {n:,} |" for s, n in counts.iter_rows()),
+    ]
+
+
+ai_feedback.card_section = card_section  # type: ignore[attr-defined]

@@ -1,0 +1,209 @@
+"""Constitution validation, critique_revise and ai_feedback, with scripted models behind a real
+OpenAI-compatible server (so each answer, and so each decision, is known)."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+
+import polars as pl
+import pytest
+
+from dataforge.constitution import load_constitution
+from dataforge.errors import RecipeError
+from dataforge.llm.client import ModelPool
+from dataforge.steps.critique import CritiqueConfig, critique_revise
+from dataforge.steps.feedback import FeedbackConfig, ai_feedback, parse_ab, parse_ranking
+from tests.conftest import RECIPES, make_ctx
+
+CONSTITUTION = """
+name: test
+no_violation: "(?i)no violation"
+principles:
+  - id: harm
+    critique: CRITIQUE-HARM
+    revision: REVISE-HARM
+  - id: honesty
+    critique: CRITIQUE-HONESTY
+    revision: REVISE-HONESTY
+"""
+
+
+def write(tmp_path, text: str, name: str = "constitution.yaml"):
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text).lstrip())
+    return path
+
+
+def test_shipped_constitution_is_valid():
+    c = load_constitution(RECIPES / "constitution_harmless.yaml")
+    assert [p.id for p in c.principles] == ["harmful", "dangerous_advice", "respectful", "honest"]
+    assert c.found_no_violation("No violation found.") and not c.found_no_violation("This is harmful.")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("principles: []\n", r"constitution.yaml:1: principles: List should have at least 1 item"),
+        ("name: x\n", "principles: required but missing"),
+        (
+            "principles:\n  - id: a\n    critique: c\n",
+            r"constitution.yaml:2: principle 1 \('a'\), 'revision': required but missing",
+        ),
+        (
+            "principles:\n  - {id: a, critique: c, revision: r}\n  - {id: a, critique: c, revision: r}\n",
+            "principle ids repeat: a",
+        ),
+        ("no_violation: '('\nprinciples:\n  - {id: a, critique: c, revision: r}\n", "not a regular expression"),
+        ("principles:\n  - {id: a, critique: c, revision: r, extra: 1}\n", "'extra': Extra inputs"),
+    ],
+)
+def test_bad_constitutions_are_clear_errors(tmp_path, text, message):
+    with pytest.raises(RecipeError, match=message):
+        load_constitution(write(tmp_path, text))
+
+
+def test_constitution_is_checked_at_plan_time(ws):
+    from dataforge.engine.plan import plan_recipe
+
+    ws.jsonl("r.jsonl", [{"prompt": "p", "completion": "c"}])
+    write(ws.root, "principles: []\n")
+    recipe = ws.recipe(
+        """
+        name: cai
+        models: {m: {backend: transformers, model: x}}
+        steps:
+          r: {kind: source, path: r.jsonl}
+          rev: {kind: critique_revise, inputs: r, model: m, constitution: constitution.yaml}
+        """
+    )
+    with pytest.raises(RecipeError, match=r"step 'rev', key 'constitution'.*constitution.yaml:1"):
+        plan_recipe(recipe)
+    write(ws.root, CONSTITUTION)
+    plan_recipe(recipe)
+    with pytest.raises(RecipeError, match="no principle 'kindness'"):
+        plan_recipe(recipe, settings=["rev.principle=kindness"])
+
+
+RESPONSES = pl.DataFrame(
+    {
+        "_id": ["g:0", "g:1", "g:2"],
+        "_parent_id": ["q:0", "q:0", "q:1"],
+        "prompt": [[{"role": "user", "content": "How do I pick a lock?"}]] * 2 + [[{"role": "user", "content": "Hi"}]],
+        "completion": ["Use a tension wrench.", "Here is how.", "Hello!"],
+    }
+)
+
+
+def ctx_with_pool(tmp_path):
+    ctx = make_ctx(tmp_path)
+    ctx.llm = ModelPool(tmp_path / "llm.sqlite")
+    return ctx
+
+
+def critic(messages) -> str:
+    """A scripted policy: finds no violation in 'Hello!', revises everything else."""
+    last = messages[-1]["content"]
+    if last.startswith("CRITIQUE"):
+        return "No violation." if messages[-2]["content"] == "Hello!" else f"Problem under {last}"
+    return f"revised({messages[-4]['content']}) after {last}"
+
+
+def test_critique_revise_rounds_principles_and_early_stop(tmp_path, scripted_model):
+    ctx = ctx_with_pool(tmp_path)
+    write(tmp_path, CONSTITUTION)
+    cfg = CritiqueConfig(model=scripted_model(critic), constitution=str(write(tmp_path, CONSTITUTION)), rounds=2)
+    res = critique_revise({"data": RESPONSES}, cfg, ctx)
+    data, rounds = res.tables["data"].sort("_id"), res.tables["rounds"].sort("_id")
+    assert data["_id"].to_list() == ["test:g:0", "test:g:1", "test:g:2"]
+    assert data["rounds"].to_list() == [2, 2, 0]
+    assert data["revision"][2] == "Hello!" and data["original"][0] == "Use a tension wrench."
+    first_principle = data["principles"][0][0]
+    assert data["revision"][0].startswith(
+        f"revised(revised(Use a tension wrench.) after REVISE-{first_principle.upper()})"
+    )
+    assert rounds.height == 4 and set(rounds["principle"]) <= {"harm", "honesty"}
+    r2 = rounds.filter(pl.col("_id") == "test:g:0:r2").row(0, named=True)
+    assert r2["_parent_id"] == "test:g:0:r1" and r2["_original_id"] == "g:0"
+    ev = pl.concat(res.events)
+    assert ev.filter(pl.col("reason") == "critique:no_violation")["row_id"].to_list() == ["g:2"]
+    revised = ev.filter(pl.col("reason").str.starts_with("critique:") & (pl.col("action") == "revised"))
+    assert sorted(json.loads(d)["round"] for d in revised["detail_json"]) == [1, 1, 2, 2]
+    edges = pl.concat(res.edges)
+    assert ("test:g:0", "g:0", "revised_from") in edges.rows()
+    assert ("test:g:0:r1", "g:0", "revision_of") in edges.rows()
+    # the principles come from the seeded RNG: the same fingerprint draws the same ones
+    again = critique_revise({"data": RESPONSES}, cfg, ctx_with_pool(tmp_path / "again"))
+    assert again.tables["data"].sort("_id")["principles"].to_list() == data["principles"].to_list()
+
+
+def test_fixed_principle_and_failed_requests(tmp_path, scripted_model):
+    ctx = ctx_with_pool(tmp_path)
+
+    def flaky(messages):
+        """Fails every request about 'Here is how.'; and the second-round revision of g:0."""
+        if "Here is how." in json.dumps(messages) or (
+            messages[-1]["content"] == "REVISE-HONESTY" and "revised(" in (messages[-4]["content"])
+        ):
+            return 503
+        return critic(messages)
+
+    path = str(write(tmp_path, CONSTITUTION))
+    cfg = CritiqueConfig(model=scripted_model(flaky), constitution=path, principle="honesty", rounds=2)
+    res = critique_revise({"data": RESPONSES}, cfg, ctx)
+    data = res.tables["data"].sort("_id")
+    # g:1 failed before any revision: dropped with the reason; g:0 keeps its first-round revision
+    assert data["_id"].to_list() == ["test:g:0", "test:g:2"]
+    assert data["principles"].to_list() == [["honesty"], []] and data["rounds"].to_list() == [1, 0]
+    dropped = pl.concat(res.events).filter(pl.col("action") == "dropped")
+    assert dropped.select("row_id", "reason").rows() == [("g:1", "generation_failed:http_503")]
+
+
+def judge_preferring(word: str):
+    """A scripted judge that prefers the response containing ``word``, or (``word`` = "A") always
+    answers A, which is position bias."""
+
+    def judge(messages) -> str:
+        text = messages[-1]["content"]
+        if word == "A":
+            return "[[A]]"
+        a = text.split("Response A:")[1].split("Response B:")[0]
+        return "[[A]]" if word in a else "[[B]]"
+
+    return judge
+
+
+def test_pairwise_feedback_swaps_order_and_discards_position_bias(tmp_path, scripted_model):
+    ctx = ctx_with_pool(tmp_path)
+    cfg = FeedbackConfig(model=scripted_model(judge_preferring("tension")))
+    res = ai_feedback({"data": RESPONSES}, cfg, ctx)
+    out = res.tables["data"].sort("_id")
+    assert out["ai_wins"].to_list() == [1, 0, 0] and out["ai_comparisons"].to_list() == [1, 1, 0]
+    v = res.tables["verdicts"].row(0, named=True)
+    assert v["status"] == "consistent" and v["response_ids"] == ["g:0", "g:1"] and len(v["answers"]) == 2
+
+    biased = ai_feedback({"data": RESPONSES}, FeedbackConfig(model=scripted_model(judge_preferring("A"))), ctx)
+    assert biased.tables["data"]["ai_wins"].to_list() == [0, 0, 0]
+    ev = pl.concat(biased.events)
+    assert ev.select("row_id", "reason").rows() == [("test:g:0~g:1", "feedback:position_bias")]
+    assert json.loads(ev["detail_json"][0])["answers"] == ["[[A]]", "[[A]]"]
+
+
+def test_ranking_feedback_and_unparseable_rankings(tmp_path, scripted_model):
+    ctx = ctx_with_pool(tmp_path)
+    res = ai_feedback(
+        {"data": RESPONSES}, FeedbackConfig(model=scripted_model(lambda m: "[2] > [1]"), mode="ranking"), ctx
+    )
+    assert res.tables["data"].sort("_id")["ai_rank"].to_list() == [2, 1, None]
+    bad = ai_feedback(
+        {"data": RESPONSES}, FeedbackConfig(model=scripted_model(lambda m: "[1] > [1]"), mode="ranking"), ctx
+    )
+    assert bad.tables["data"]["ai_rank"].null_count() == 3
+    assert pl.concat(bad.events)["reason"].to_list() == ["feedback:invalid_ranking"]
+
+
+def test_verdict_parsers():
+    assert parse_ab("After thought, [[B]]") == "B" and parse_ab("The answer is: A") == "A" and parse_ab(" b. ") == "B"
+    assert parse_ab("both are fine") is None
+    assert parse_ranking("[3] > [1] > [2]", 3) == [2, 0, 1]
+    assert parse_ranking("1 > 2", 3) is None and parse_ranking("[1] > [1] > [2]", 3) is None
