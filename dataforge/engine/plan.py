@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import functools
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -147,17 +148,28 @@ def _model_specs(loaded: LoadedRecipe, overrides: dict[str, dict[str, Any]]) -> 
     return specs
 
 
-def _resolve_model(
-    loaded: LoadedRecipe, name: str, raw: dict[str, Any], specs: dict[str, dict[str, Any]]
+def model_keys(config: type[StepConfig]) -> list[str]:
+    """The config keys of a step that hold a ModelSpec (a recipe names a model there)."""
+    from dataforge.llm.spec import ModelSpec
+
+    return [k for k, f in config.model_fields.items() if ModelSpec in (f.annotation, *typing.get_args(f.annotation))]
+
+
+def _resolve_models(
+    loaded: LoadedRecipe, name: str, sd: StepDef, raw: dict[str, Any], specs: dict[str, dict[str, Any]]
 ) -> dict[str, Any]:
-    """A step's ``model: <name>`` replaced by that model's spec (so the spec is fingerprinted)."""
-    ref = raw.get("model")
-    if not isinstance(ref, str):
-        return raw
-    if ref not in specs:
-        known = ", ".join(sorted(specs)) or "none"
-        raise loaded.error(f"unknown model '{ref}' (the recipe's models: {known})", step=name, key="model")
-    return {**raw, "model": specs[ref]}
+    """A step's ``model: <name>`` (any ModelSpec key) replaced by that model's spec, so the spec
+    is validated and fingerprinted. Keys that name other models (embeddings) are left alone."""
+    out = dict(raw)
+    for key in model_keys(sd.config):
+        ref = raw.get(key)
+        if not isinstance(ref, str):
+            continue
+        if ref not in specs:
+            known = ", ".join(sorted(specs)) or "none"
+            raise loaded.error(f"unknown model '{ref}' (the recipe's models: {known})", step=name, key=key)
+        out[key] = specs[ref]
+    return out
 
 
 def build_plan(
@@ -179,7 +191,7 @@ def build_plan(
             raise loaded.error(f"unknown step kind '{spec.kind}'{hint}", step=name, key="kind")
         defs[name] = sd
         raw = {**spec.config, **overrides.get(name, {})}
-        cfgs[name] = _validate_config(loaded, name, sd, _resolve_model(loaded, name, raw, specs))
+        cfgs[name] = _validate_config(loaded, name, sd, _resolve_models(loaded, name, sd, raw, specs))
         refs[name] = _parse_inputs(loaded, name, sd, spec.inputs, recipe.steps)
 
     order = _toposort(loaded, refs)

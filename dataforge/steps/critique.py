@@ -27,7 +27,7 @@ Example::
       kind: critique_revise
       inputs: {data: responses}
       model: policy
-      constitution: constitution_harmless.yaml
+      constitution: constitutions/harmless.yaml
       prompt: prompt
       response: completion
       rounds: 2

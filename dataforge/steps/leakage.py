@@ -22,6 +22,12 @@ leak when cosine ≥ ``cosine_alone``; or cosine ≥ ``cosine_numbers`` and ever
 item reappears (agreement ≥ ``numbers_min``) and the answers, when both are known, agree; or the
 answers agree and cosine ≥ ``cosine_answer`` with number agreement ≥ ``answer_numbers_min``.
 
+Optional LLM judge (``judge: <model name>`` from the recipe's ``models:``): candidates the rule
+leaves undecided that share an n-gram or have cosine ≥ ``judge_min_cosine`` are asked "is A a rephrase of B?"
+(``judge_template``, answered ``[[YES]]``/``[[NO]]``), most similar first, at most
+``judge_max_calls``; a YES is a leak with detector ``judge``. Verdicts are cached with every LLM
+request (per train text and eval text), so a rebuild asks nothing twice.
+
 Action ``drop`` (default): dropped events; ``flag``: kept, flagged events; ``report``: kept, no
 events. Reason ``leakage:<detector>``, ``related_id`` = the eval row, ``score`` = the deciding
 detector's score, ``detail_json`` = all scores. A markdown and Parquet report is written to
@@ -32,6 +38,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 from collections import Counter
 from typing import Any, Literal
 
@@ -41,9 +48,17 @@ import polars as pl
 from dataforge.engine.events import events
 from dataforge.engine.step import ColumnContractError, Columns, Context, Fields, PlanInfo, StepConfig, StepResult, step
 from dataforge.errors import DataError, RecipeError
+from dataforge.llm.spec import ModelSpec
 from dataforge.text.fields import text_expr
 from dataforge.text.normalize import comparable_expr
 from dataforge.text.numbers import agreement, numbers_in, parse_number
+
+JUDGE_TEMPLATE = (
+    "Are these two texts the same problem, one a copy or a rephrasing of the other (same question, "
+    "same quantities), even if worded differently?\n\nText A: {{ train }}\n\nText B: {{ eval }}\n\n"
+    'Answer "[[YES]]" or "[[NO]]".'
+)
+_VERDICT = re.compile(r"\[\[\s*(YES|NO)\s*\]\]|^\s*(YES|NO)\b", re.IGNORECASE)
 
 MATCH_COLUMNS = [
     "_id",
@@ -83,6 +98,10 @@ class LeakageConfig(StepConfig):
     numbers_min: float = 1.0
     cosine_answer: float = 0.70
     answer_numbers_min: float = 0.5
+    judge: ModelSpec | None = None  # optional LLM judge (`judge: <model name>`) on borderline candidates
+    judge_min_cosine: float = 0.60
+    judge_max_calls: int = 200
+    judge_template: str = JUDGE_TEMPLATE
 
 
 def _columns(cfg: LeakageConfig, cols: dict[str, Columns], info: PlanInfo) -> dict[str, Columns]:
@@ -202,6 +221,7 @@ def leakage_check(inputs: dict[str, pl.DataFrame], cfg: LeakageConfig, ctx: Cont
         return parse_number(t_answer_text[t]) if t_answer_text is not None else None
 
     found: list[dict[str, Any]] = []
+    borderline: list[dict[str, Any]] = []  # undecided candidates for the optional judge
     for name, ev in inputs.items():
         if name == "train":
             continue
@@ -270,6 +290,10 @@ def leakage_check(inputs: dict[str, pl.DataFrame], cfg: LeakageConfig, ctx: Cont
             if detector:
                 score = 1.0 if detector == "exact" else (r["shared"] if detector == "ngram" else row["cosine"])
                 found.append({**row, "detector": detector, "score": float(score)})
+            elif cfg.judge is not None and (row["ngram"] or (row["cosine"] or 0.0) >= cfg.judge_min_cosine):
+                borderline.append({**row, "train_text": t_list[t]})
+    if borderline:
+        found.extend(_judge(borderline, cfg, ctx))
     matches = _best_matches(found, train, t_text)
     hit = train["_id"].is_in(matches["train_id"].implode()) if matches.height else pl.Series([False] * train.height)
     kept = train.filter(~hit) if cfg.action == "drop" else train
@@ -294,6 +318,46 @@ def leakage_check(inputs: dict[str, pl.DataFrame], cfg: LeakageConfig, ctx: Cont
     return StepResult({"data": kept, "matches": matches}, events=ev_frames)
 
 
+def parse_verdict(text: str) -> bool | None:
+    """True for a YES verdict, False for NO, None when the answer says neither."""
+    m = _VERDICT.search(text or "")
+    return None if m is None else (m.group(1) or m.group(2)).upper() == "YES"
+
+
+def _judge(borderline: list[dict[str, Any]], cfg: LeakageConfig, ctx: Context) -> list[dict[str, Any]]:
+    """Ask the LLM judge about the borderline candidates, most similar first, at most
+    ``judge_max_calls`` of them (the request cache answers repeated pairs for free). A YES is a
+    leak with detector ``judge``; the judge's answer goes into the match detail."""
+    from dataforge.llm.base import Request
+    from dataforge.llm.spec import SamplingParams
+    from dataforge.llm.templates import render
+    from dataforge.steps.prompting import track
+
+    strength = lambda r: max(r["cosine"] or 0.0, r["coverage"])  # noqa: E731
+    ranked = sorted(borderline, key=lambda r: (-strength(r), r["t"], r["e"]))[: cfg.judge_max_calls]
+    params = SamplingParams(temperature=0.0, max_tokens=16)
+    requests = [
+        Request(
+            params,
+            messages=(
+                {
+                    "role": "user",
+                    "content": render(cfg.judge_template, {"train": r["train_text"], "eval": r["eval_text"]}),
+                },
+            ),
+        )
+        for r in ranked
+    ]
+    answers = ctx.llm.client(cfg.judge).generate(requests, track(ctx), "leakage judge")
+    leaks = []
+    for r, gen in zip(ranked, answers, strict=True):
+        verdict = parse_verdict(gen.texts[0]) if gen.ok else None
+        if verdict:
+            row = {k: v for k, v in r.items() if k != "train_text"}
+            leaks.append({**row, "detector": "judge", "score": strength(r)})
+    return leaks
+
+
 def _best_matches(found: list[dict[str, Any]], train: pl.DataFrame, t_text: pl.Series) -> pl.DataFrame:
     """One match per train row: exact before ngram before embedding, then the highest score."""
     schema = {
@@ -314,7 +378,7 @@ def _best_matches(found: list[dict[str, Any]], train: pl.DataFrame, t_text: pl.S
     }
     if not found:
         return pl.DataFrame(schema=schema)
-    rank = {"exact": 0, "ngram": 1, "embedding": 2}
+    rank = {"exact": 0, "ngram": 1, "embedding": 2, "judge": 3}
     frame = pl.DataFrame(found, infer_schema_length=None).with_columns(
         pl.col("detector").replace_strict(rank, return_dtype=pl.Int8).alias("_r")
     )
@@ -337,15 +401,15 @@ def contamination_table(matches: pl.DataFrame) -> list[str]:
     if matches.is_empty():
         return ["No training row matched an eval item."]
     lines = [
-        "| eval input | eval items contaminated | train rows | exact | ngram | embedding |",
-        "|---|---|---|---|---|---|",
+        "| eval input | eval items contaminated | train rows | exact | ngram | embedding | judge |",
+        "|---|---|---|---|---|---|---|",
     ]
     for name in sorted(matches["eval_input"].unique().to_list()):
         m = matches.filter(pl.col("eval_input") == name)
         by = dict(zip(*m.group_by("detector").len().to_dict(as_series=False).values(), strict=True))
         lines.append(
             f"| {name} | {m['eval_id'].n_unique()} | {m.height} | {by.get('exact', 0)} | {by.get('ngram', 0)} "
-            f"| {by.get('embedding', 0)} |"
+            f"| {by.get('embedding', 0)} | {by.get('judge', 0)} |"
         )
     return lines
 
@@ -360,7 +424,7 @@ def report(step_name: str, cfg: LeakageConfig, tables: dict[str, pl.DataFrame]) 
     (every match)."""
     m = tables["matches"]
     lines = [f"# Leakage report: step `{step_name}`", "", f"Action: `{cfg.action}`.", "", *contamination_table(m), ""]
-    for detector in ("exact", "ngram", "embedding"):
+    for detector in ("exact", "ngram", "embedding", "judge"):
         top = m.filter(pl.col("detector") == detector).sort("score", descending=True).head(10)
         if top.is_empty():
             continue

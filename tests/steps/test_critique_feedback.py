@@ -36,7 +36,7 @@ def write(tmp_path, text: str, name: str = "constitution.yaml"):
 
 
 def test_shipped_constitution_is_valid():
-    c = load_constitution(RECIPES / "constitution_harmless.yaml")
+    c = load_constitution(RECIPES / "constitutions" / "harmless.yaml")
     assert [p.id for p in c.principles] == ["harmful", "dangerous_advice", "respectful", "honest"]
     assert c.found_no_violation("No violation found.") and not c.found_no_violation("This is harmful.")
 

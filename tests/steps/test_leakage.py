@@ -6,6 +6,7 @@ from __future__ import annotations
 import polars as pl
 import pytest
 
+from dataforge.llm.spec import ModelSpec
 from dataforge.steps.leakage import LeakageConfig, leakage_check
 from dataforge.steps.parse import Gsm8kConfig, parse_gsm8k
 from tests.conftest import GSM8K
@@ -100,3 +101,41 @@ def test_empty_eval_input_is_an_error(gsm8k, ctx):
     train, test = gsm8k
     with pytest.raises(DataError, match="eval input 't' has no rows"):
         leakage_check({"train": train.head(5), "t": test.head(0)}, CFG, ctx)
+
+
+def test_llm_judge_decides_borderline_candidates_within_its_cap(gsm8k, tmp_path, scripted_model):
+    """A similar problem with other numbers is not a leak by the rule; the optional judge sees it
+    (it shares an n-gram) and its verdict decides. The judge is scripted (real HTTP)."""
+    from dataforge.llm.client import ModelPool
+    from dataforge.steps.leakage import parse_verdict
+    from tests.conftest import make_ctx
+
+    train, test = gsm8k
+    q = test["question"].to_list()
+    similar = q[0].replace("16", "22").replace("three", "five").replace("$2", "$3")
+    planted = _plant(train.head(200), [("p:similar", similar, "30")])
+    asked: list[str] = []
+
+    def judge(answer: str):
+        def fn(messages):
+            asked.append(messages[-1]["content"])
+            return answer
+
+        return fn
+
+    def run(answer: str, **kw):
+        ctx = make_ctx(tmp_path / answer / str(kw))
+        ctx.llm = ModelPool(None)
+        cfg = CFG.model_copy(update={"judge": ModelSpec(**scripted_model(judge(answer))), **kw})
+        return leakage_check({"train": planted, "gsm8k_test": test}, cfg, ctx).tables["matches"]
+
+    yes = run("[[YES]]")
+    row = yes.filter(pl.col("train_id") == "p:similar").row(0, named=True)
+    assert row["detector"] == "judge" and row["eval_id"] == "te:0" and row["ngram"] > 0
+    assert any("Janet" in a for a in asked)
+    assert "p:similar" not in run("[[NO]]")["train_id"].to_list()
+    asked.clear()
+    capped = run("[[YES]]", judge_max_calls=1)
+    assert len(asked) == 1 and capped.filter(pl.col("detector") == "judge").height <= 1
+    assert parse_verdict("Thinking… [[yes]]") is True and parse_verdict("NO.") is False
+    assert parse_verdict("maybe") is None
