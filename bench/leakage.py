@@ -78,12 +78,12 @@ def rephrase(q: str, rng: random.Random) -> str:
 
     def rename(m: re.Match[str]) -> str:
         w = m.group(0)
-        if w.lower() in FUNCTION:
+        if w.lower() in FUNCTION or w.lower() in WORDS or w.lower() in TENS:  # not "Four boats" → "Priya boats"
             return w
         return names.setdefault(w, NAMES[len(names) % len(NAMES)])
 
     text = re.sub(r"\b[A-Z][a-z]+\b", rename, q)
-    text = re.sub(r"\b\d+\b", number_words, text)
+    text = re.sub(r"(?<![\d.,/])\b\d+\b(?![.,/]\d)", number_words, text)  # whole numbers, not parts of 1.5 or 1/3
     text = " ".join(SYNONYMS.get(w, w) for w in text.split())
     sentences = re.split(r"(?<=[.?!])\s+", text)
     if len(sentences) > 2:  # clause reordering: the question first, then the facts in another order

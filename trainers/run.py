@@ -109,7 +109,7 @@ def _lora(kind: Kind, cfg: TrainConfig) -> Any:
     )
 
 
-def _args(kind: Kind, cfg: TrainConfig, output_dir: Path) -> Any:
+def _args(kind: Kind, cfg: TrainConfig, output_dir: Path, trl_type: str) -> Any:
     import torch
     import trl
 
@@ -131,8 +131,8 @@ def _args(kind: Kind, cfg: TrainConfig, output_dir: Path) -> Any:
     }
     if cfg.gradient_checkpointing:
         common["gradient_checkpointing"] = True
-    if kind == "sft":
-        return trl.SFTConfig(max_length=cfg.max_length, **common)
+    if kind == "sft":  # the loss on the completion only, for prompt/completion data
+        return trl.SFTConfig(max_length=cfg.max_length, completion_only_loss=trl_type == "prompt_completion", **common)
     if kind == "dpo":
         return trl.DPOConfig(max_length=cfg.max_length, beta=cfg.beta, **common)
     if kind == "reward":
@@ -167,7 +167,7 @@ def train(kind: Kind, data: str | Path, model: str, cfg: TrainConfig) -> TrainRe
     report, dd, meta = preflight(kind, data, model, cfg)
     tok = load_tokenizer(model)
     output_dir = Path(cfg.output_dir or f"runs/{kind}-{Path(data).name}")
-    args = _args(kind, cfg, output_dir)
+    args = _args(kind, cfg, output_dir, report.trl_type)
     m = _load_model(kind, model, cfg, tok)
     kwargs: dict[str, Any] = {
         "model": m,
@@ -248,6 +248,7 @@ def _provenance(
             "lineage": str(lineage) if lineage.exists() else None,
         },
         "config": cfg.model_dump(mode="json"),
+        "completion_only_loss": report.trl_type == "prompt_completion" if kind == "sft" else None,
         "preflight": {"checks": report.checks, "splits": {k: asdict(v) for k, v in report.splits.items()}},
         "started_at": started.isoformat(),
         "seconds": seconds,

@@ -17,10 +17,18 @@ The cascade, cheap first; only candidates reach the transformer:
    agreement signals that tell a rephrase from a similar problem: the share of the eval item's
    numbers (digits or words) the train text repeats, and whether the final answers agree.
 
-Decision rule (defaults chosen on planted GSM8K data, figures in BENCHMARKS.md): a candidate is a
-leak when cosine ≥ ``cosine_alone``; or cosine ≥ ``cosine_numbers`` and every number of the eval
-item reappears (agreement ≥ ``numbers_min``) and the answers, when both are known, agree; or the
-answers agree and cosine ≥ ``cosine_answer`` with number agreement ≥ ``answer_numbers_min``.
+Decision rule (defaults chosen on planted GSM8K data, figures in BENCHMARKS.md). A shared n-gram
+is a leak unless the pair is a template with other numbers and another answer. Otherwise, and
+never when both answers are known and differ, a candidate is a leak when:
+- cosine ≥ ``cosine_alone``, or near-verbatim (TF-IDF ≥ ``tfidf_near`` and cosine ≥
+  ``cosine_near``), with number agreement ≥ ``alone_numbers_min`` (the same wording with other
+  numbers is another problem); or
+- cosine ≥ ``cosine_numbers`` and every number of the eval item reappears (≥ ``numbers_min``); or
+- the answers agree, cosine ≥ ``cosine_answer`` and number agreement ≥ ``answer_numbers_min``; or
+- the eval item has ≥ ``many_numbers`` numbers and cosine ≥ ``cosine_many_numbers`` with
+  agreement ≥ ``many_numbers_min``, or cosine ≥ ``cosine_all_numbers`` with all of them.
+Numbers are read as digits or words ("twenty-five"); one that only reappears with its
+punctuation stripped ("$129.00" → "12900") still agrees.
 
 Optional LLM judge (``judge: <model name>`` from the recipe's ``models:``): candidates the rule
 leaves undecided that share an n-gram or have cosine ≥ ``judge_min_cosine`` are asked "is A a rephrase of B?"
@@ -98,6 +106,13 @@ class LeakageConfig(StepConfig):
     numbers_min: float = 1.0
     cosine_answer: float = 0.70
     answer_numbers_min: float = 0.5
+    alone_numbers_min: float = 0.75
+    tfidf_near: float = 0.70
+    cosine_near: float = 0.88
+    cosine_many_numbers: float = 0.65
+    many_numbers: int = 3
+    many_numbers_min: float = 0.8
+    cosine_all_numbers: float = 0.55
     judge: ModelSpec | None = None  # optional LLM judge (`judge: <model name>`) on borderline candidates
     judge_min_cosine: float = 0.60
     judge_max_calls: int = 200
@@ -174,24 +189,41 @@ def _tfidf_candidates(train: list[str], evals: list[str], top_k: int, floor: flo
     return pl.DataFrame({"t": np.concatenate(rows), "e": np.concatenate(cols), "tfidf": np.concatenate(vals)})
 
 
+def ngram_decides(coverage: float, num: float | None, ans: bool | None, cfg: LeakageConfig) -> bool:
+    """Whether a shared n-gram is a leak: 13 shared consecutive words are strong evidence, so a hit
+    counts unless it is a template reused with other numbers and another answer (light edits can
+    mangle a number or two)."""
+    loose_numbers = num is None or num >= cfg.answer_numbers_min
+    return coverage >= cfg.ngram_coverage or ans is True or (loose_numbers and ans is not False)
+
+
 def decide(row: dict[str, Any], cfg: LeakageConfig) -> str | None:
     """The detector that calls this candidate pair a leak, or None (the documented rule)."""
     if row["exact"]:
         return "exact"
     cos, num, ans = row["cosine"], row["numbers"], row["answers_agree"]
     numbers_ok = num is None or num >= cfg.numbers_min
-    # 13 shared consecutive words are strong evidence: a hit counts unless it is a template reused
-    # with other numbers and another answer (light edits can mangle a number or two)
-    loose_numbers = num is None or num >= cfg.answer_numbers_min
-    if row["ngram"] and (row["coverage"] >= cfg.ngram_coverage or ans is True or (loose_numbers and ans is not False)):
+    if row["ngram"] and ngram_decides(row["coverage"], num, ans, cfg):
         return "ngram"
     if cos is None:
         return None
-    if cos >= cfg.cosine_alone:
+    # same wording: still a different problem when most numbers differ ("John orders 3 pizzas…" vs
+    # "Henry orders 7 pizzas…") or both answers are known and differ
+    same_problem = ans is not False and (num is None or num >= cfg.alone_numbers_min)
+    if cos >= cfg.cosine_alone and same_problem:
+        return "embedding"
+    # near-verbatim: the same words (TF-IDF) and meaning
+    if (row["tfidf"] or 0.0) >= cfg.tfidf_near and cos >= cfg.cosine_near and same_problem:
         return "embedding"
     if cos >= cfg.cosine_numbers and numbers_ok and ans is not False:
         return "embedding"
     if ans is True and cos >= cfg.cosine_answer and (num is None or num >= cfg.answer_numbers_min):
+        return "embedding"
+    # an eval item with several numbers, nearly all of them repeated: a rephrase even when worded far apart
+    many = row.get("eval_numbers", 0) >= cfg.many_numbers and num is not None and ans is not False
+    if many and num >= cfg.many_numbers_min and cos >= cfg.cosine_many_numbers:
+        return "embedding"
+    if many and num >= 0.999 and cos >= cfg.cosine_all_numbers:
         return "embedding"
     return None
 
@@ -259,8 +291,18 @@ def leakage_check(inputs: dict[str, pl.DataFrame], cfg: LeakageConfig, ctx: Cont
         plausible = np.array(
             [(a is True) or n is None or n >= cfg.candidate_numbers_min for n, a in zip(num, ans, strict=True)],
             dtype=bool,
+        ) | (pairs["tfidf"].fill_null(0.0).to_numpy() >= cfg.tfidf_near)
+        # n-gram hits are decided without the transformer, unless near-verbatim by TF-IDF (the n-gram
+        # rule may still turn those down when punctuation loss mangled their numbers)
+        near = pairs["tfidf"].fill_null(0.0).to_numpy() >= cfg.tfidf_near
+        ngram_no = np.array(
+            [
+                shared > 0 and not ngram_decides(cov or 0.0, n, a, cfg)
+                for shared, cov, n, a in zip(pairs["shared"], pairs["coverage"], num, ans, strict=True)
+            ],
+            dtype=bool,
         )
-        todo = ~(pairs["exact"] | (pairs["shared"] > 0)).to_numpy() & plausible
+        todo = ~pairs["exact"].to_numpy() & ((pairs["shared"] == 0).to_numpy() | (near & ngram_no)) & plausible
         if cfg.embed and todo.any():
             from dataforge.embed import embed
 
@@ -282,6 +324,7 @@ def leakage_check(inputs: dict[str, pl.DataFrame], cfg: LeakageConfig, ctx: Cont
                 "tfidf": r["tfidf"],
                 "cosine": None if np.isnan(cos[k]) else float(cos[k]),
                 "numbers": num[k],
+                "eval_numbers": sum(e_nums[e].values()),
                 "answers_agree": ans[k],
                 "eval_id": ev["_id"][e],
                 "eval_text": e_text[e],

@@ -139,3 +139,46 @@ def test_llm_judge_decides_borderline_candidates_within_its_cap(gsm8k, tmp_path,
     assert len(asked) == 1 and capped.filter(pl.col("detector") == "judge").height <= 1
     assert parse_verdict("Thinking… [[yes]]") is True and parse_verdict("NO.") is False
     assert parse_verdict("maybe") is None
+
+
+@pytest.mark.parametrize(
+    ("text", "numbers"),
+    [
+        ("one/three of the paper", [1, 3]),
+        ("twenty-five eggs and five six", [5, 6, 25]),
+        ("two hundred and five, then three thousand two hundred", [205, 3200]),
+        ("one hundred twenty", [120]),
+        ("$3,000.50 for 7 days", [7, 3000.5]),
+        ("half of a dozen", [0.5, 12]),
+        ("ninety nine bottles", [99]),
+    ],
+)
+def test_numbers_in_reads_digits_and_words(text, numbers):
+    from dataforge.text.numbers import numbers_in
+
+    assert sorted(numbers_in(text).elements()) == numbers
+
+
+def test_stripped_punctuation_and_far_rephrases_with_all_numbers_are_caught(gsm8k, ctx):
+    """Light edits that strip punctuation mangle decimals ("$19.50" → "1950"); a prompt-only
+    rephrase with every number of a many-number problem is caught at a lower cosine."""
+    train, test = gsm8k
+    q = test["question"].to_list()
+    stripped = q[25].replace(",", "").replace(".", "").lower()  # "$1.50" → "$150", "$8.50" → "$850"
+    rephrase = (
+        "Question: How many boxes of pizza did Lena get if every box is $8.50? Facts: Lena paid $50 in all. "
+        "Lena got a chicken meal for $12, five packs of milk at $3 apiece, four apples at $1.50 apiece, "
+        "and some boxes of pizza."
+    )
+    planted = _plant(train.head(400), [("p:stripped", stripped, None), ("p:far", rephrase, None)])
+    m = leakage_check({"train": planted, "gsm8k_test": test}, CFG, ctx).tables["matches"]
+    found = dict(zip(m["train_id"], m["eval_id"], strict=True))
+    assert found.get("p:stripped") == "te:25"
+    assert found.get("p:far") == "te:25"
+
+
+def test_number_agreement_survives_stripped_punctuation():
+    from dataforge.text.numbers import agreement, numbers_in
+
+    assert agreement(numbers_in("costs 12900 and 3 more"), numbers_in("costs $129.00 and 3 more")) == 1.0
+    assert agreement(numbers_in("5 and 100"), numbers_in("5 and 1")) == 0.5  # one digit left: no loose match

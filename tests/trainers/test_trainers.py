@@ -105,6 +105,7 @@ def test_sft_on_chat_messages(data, tiny_lm, tmp_path):
     result = train("sft", data / "sft", str(tiny_lm), cfg(tmp_path))
     assert_trained(result, data / "sft")
     assert result.trainable_params == result.total_params
+    assert json.loads(result.provenance.read_text())["completion_only_loss"] is False
 
 
 def test_sft_lora_trains_only_the_adapters(data, tiny_lm, tmp_path):
@@ -113,6 +114,7 @@ def test_sft_lora_trains_only_the_adapters(data, tiny_lm, tmp_path):
     lora = {"r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]}
     result = train("sft", data / "sft_pc", str(tiny_lm), cfg(tmp_path, lora=lora))
     assert_trained(result, data / "sft_pc")
+    assert json.loads(result.provenance.read_text())["completion_only_loss"] is True  # prompt/completion data
     base = AutoModelForCausalLM.from_pretrained(tiny_lm)
     # per adapted layer: A is r × in, B is out × r; q_proj 64→64, v_proj 64→32 (2 KV heads of 16), 2 layers
     expected = 2 * (4 * (64 + 64) + 4 * (64 + 32))
