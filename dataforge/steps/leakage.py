@@ -18,7 +18,8 @@ The cascade, cheap first; only candidates reach the transformer:
    numbers (digits or words) the train text repeats, and whether the final answers agree.
 
 Decision rule (defaults chosen on planted GSM8K data, figures in BENCHMARKS.md). A shared n-gram
-is a leak unless the pair is a template with other numbers and another answer. Otherwise, and
+is a leak unless the pair is a template with other numbers and another answer, or a template
+filled with other names (capitalized words inside sentences) whose numbers do not all repeat. Otherwise, and
 never when both answers are known and differ, a candidate is a leak when:
 - cosine ≥ ``cosine_alone``, or near-verbatim (TF-IDF ≥ ``tfidf_near`` and cosine ≥
   ``cosine_near``), with number agreement ≥ ``alone_numbers_min`` (the same wording with other
@@ -66,6 +67,27 @@ JUDGE_TEMPLATE = (
     "same quantities), even if worded differently?\n\nText A: {{ train }}\n\nText B: {{ eval }}\n\n"
     'Answer "[[YES]]" or "[[NO]]".'
 )
+_WORD = re.compile(r"[A-Za-z][A-Za-z'-]*")
+# capitalized words that are not names
+_NOT_NAMES = frozenset("i i'm i've i'll i'd a an the what how why when where who which is are can do does".split())
+
+
+def names_in(text: str) -> frozenset[str]:
+    """Capitalized words that do not start a sentence or a turn (people, places, companies), lowercased."""
+    names = set()
+    for m in re.finditer(r"(?<![.!?:\n]\s)(?<!^)(?<![.!?:\n])\b([A-Z][a-z][A-Za-z'-]*)", text or ""):
+        w = m.group(1).lower()
+        if w not in _NOT_NAMES:
+            names.add(w)
+    return frozenset(names)
+
+
+def name_agreement(train_words: frozenset[str], names: frozenset[str]) -> float | None:
+    """Share of the eval text's names found among the train text's words (any case); None when
+    the eval text names nothing."""
+    return len(names & train_words) / len(names) if names else None
+
+
 _VERDICT = re.compile(r"\[\[\s*(YES|NO)\s*\]\]|^\s*(YES|NO)\b", re.IGNORECASE)
 
 MATCH_COLUMNS = [
@@ -95,6 +117,7 @@ class LeakageConfig(StepConfig):
     ngram: int = 13
     short_ngram: int = 8
     ngram_coverage: float = 0.5
+    entities_min: float = 0.5
     candidate_numbers_min: float = 0.5
     top_k: int = 3
     tfidf_min: float = 0.3
@@ -189,12 +212,15 @@ def _tfidf_candidates(train: list[str], evals: list[str], top_k: int, floor: flo
     return pl.DataFrame({"t": np.concatenate(rows), "e": np.concatenate(cols), "tfidf": np.concatenate(vals)})
 
 
-def ngram_decides(coverage: float, num: float | None, ans: bool | None, cfg: LeakageConfig) -> bool:
+def ngram_decides(coverage: float, num: float | None, ans: bool | None, ent: float | None, cfg: LeakageConfig) -> bool:
     """Whether a shared n-gram is a leak: 13 shared consecutive words are strong evidence, so a hit
     counts unless it is a template reused with other numbers and another answer (light edits can
-    mangle a number or two)."""
+    mangle a number or two), or a template filled with other names ("the address of Marc Rowan,
+    CEO of Apollo" vs "… of Harold Hamm, CEO of Continental")."""
     loose_numbers = num is None or num >= cfg.answer_numbers_min
-    return coverage >= cfg.ngram_coverage or ans is True or (loose_numbers and ans is not False)
+    # other names with every number repeated is a rephrase that renamed people, not a template
+    same_names = ent is None or ent >= cfg.entities_min or (num is not None and num >= cfg.numbers_min)
+    return coverage >= cfg.ngram_coverage or ans is True or (loose_numbers and same_names and ans is not False)
 
 
 def decide(row: dict[str, Any], cfg: LeakageConfig) -> str | None:
@@ -203,7 +229,7 @@ def decide(row: dict[str, Any], cfg: LeakageConfig) -> str | None:
         return "exact"
     cos, num, ans = row["cosine"], row["numbers"], row["answers_agree"]
     numbers_ok = num is None or num >= cfg.numbers_min
-    if row["ngram"] and ngram_decides(row["coverage"], num, ans, cfg):
+    if row["ngram"] and ngram_decides(row["coverage"], num, ans, row.get("entities"), cfg):
         return "ngram"
     if cos is None:
         return None
@@ -245,6 +271,10 @@ def leakage_check(inputs: dict[str, pl.DataFrame], cfg: LeakageConfig, ctx: Cont
     t_answer_text = train[cfg.train_answer].cast(pl.String).to_list() if cfg.train_answer else None
 
     @functools.cache
+    def t_words(t: int) -> frozenset[str]:
+        return frozenset(w.lower() for w in _WORD.findall(t_list[t]))
+
+    @functools.cache
     def t_nums(t: int) -> Counter[float]:
         return numbers_in(t_list[t])
 
@@ -280,6 +310,7 @@ def leakage_check(inputs: dict[str, pl.DataFrame], cfg: LeakageConfig, ctx: Cont
             .sort("t", "e")
         )
         e_nums = [numbers_in(x) for x in e_text.to_list()]
+        e_ents = [names_in(x) for x in e_text.to_list()]
         t_idx, e_idx = pairs["t"].to_list(), pairs["e"].to_list()
         num = [agreement(t_nums(t), e_nums[e]) for t, e in zip(t_idx, e_idx, strict=True)]
         ans = [
@@ -295,10 +326,14 @@ def leakage_check(inputs: dict[str, pl.DataFrame], cfg: LeakageConfig, ctx: Cont
         # n-gram hits are decided without the transformer, unless near-verbatim by TF-IDF (the n-gram
         # rule may still turn those down when punctuation loss mangled their numbers)
         near = pairs["tfidf"].fill_null(0.0).to_numpy() >= cfg.tfidf_near
+        ent = [
+            name_agreement(t_words(t), e_ents[e]) if shared else None
+            for t, e, shared in zip(t_idx, e_idx, pairs["shared"], strict=True)
+        ]
         ngram_no = np.array(
             [
-                shared > 0 and not ngram_decides(cov or 0.0, n, a, cfg)
-                for shared, cov, n, a in zip(pairs["shared"], pairs["coverage"], num, ans, strict=True)
+                shared > 0 and not ngram_decides(cov or 0.0, n, a, en, cfg)
+                for shared, cov, n, a, en in zip(pairs["shared"], pairs["coverage"], num, ans, ent, strict=True)
             ],
             dtype=bool,
         )
@@ -324,6 +359,7 @@ def leakage_check(inputs: dict[str, pl.DataFrame], cfg: LeakageConfig, ctx: Cont
                 "tfidf": r["tfidf"],
                 "cosine": None if np.isnan(cos[k]) else float(cos[k]),
                 "numbers": num[k],
+                "entities": ent[k],
                 "eval_numbers": sum(e_nums[e].values()),
                 "answers_agree": ans[k],
                 "eval_id": ev["_id"][e],

@@ -138,7 +138,18 @@ def test_hh_preferences_outputs(built):
     rm = load_from_disk(str(out / "datasets" / "hh_rm"))
     rm_pairwise = load_from_disk(str(out / "datasets" / "hh_rm_pairwise"))
     assert dpo["train"].column_names == ["_id", "prompt", "chosen", "rejected"]
-    assert sum(len(d[s]) for d in (dpo, rm) for s in ("train", "test")) == 2312 - 9
+    from dataforge.lineage import open_read
+
+    con = open_read(out)  # with the artifact views
+    leaks = con.execute("SELECT count(*) FROM latest_events WHERE reason LIKE 'leakage:%'").fetchone()[0]
+    assert leaks > 0  # HH conversations that open like an evaluation conversation
+    assert sum(len(d[s]) for d in (dpo, rm) for s in ("train", "test")) + leaks == 2312 - 9
+    matched = con.execute(
+        "SELECT count(*) FROM latest_events e JOIN artifact_split_test t ON t._id = e.related_id "
+        "WHERE e.reason LIKE 'leakage:%'"
+    )
+    assert matched.fetchone()[0] > 0  # the related row is the evaluation conversation
+    con.close()
     raw = {r["_id"]: r for r in rm["train"]}
     assert rm_pairwise["train"].column_names == ["_id", "input", "output_a", "output_b", "preference"]
     for r in rm_pairwise["train"].select(range(50)):
@@ -159,7 +170,9 @@ def test_hh_preferences_outputs(built):
     card = (out / "datasets" / "hh_dpo" / "card.md").read_text()
     assert "preference" in card and "same normalized `prompt` share a split" in card
     con = duckdb.connect(str(out / "lineage.duckdb"), read_only=True)
-    reasons = con.execute("SELECT reason, count(*) FROM latest_events WHERE action='dropped' GROUP BY 1").fetchall()
+    reasons = con.execute(
+        "SELECT reason, count(*) FROM latest_events WHERE action='dropped' AND step = 'pairs' GROUP BY 1"
+    ).fetchall()
     assert reasons == [("parse:hh_roles_not_alternating", 9)]
 
 
