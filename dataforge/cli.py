@@ -129,7 +129,9 @@ def cmd_why(args: argparse.Namespace) -> int:
         out_console.print_json(json.dumps(h.__dict__, default=str))
         return 0
     out_console.print(f"[bold]{h.row_id}[/]  (build {h.run_id})")
-    out_console.print(f"source: {h.source or 'unknown'}")
+    derived = any(e["child_id"] == h.row_id for e in h.edges)
+    origin = h.source or ("derived from other rows (see the edges below)" if derived else "unknown")
+    out_console.print(f"source: {origin}", markup=False)
     out_console.print("[bold]history[/] (steps of the newest build that hold or decided about this row):")
     for s in h.steps:
         if not s["outputs"] and not s["events"]:
@@ -147,7 +149,9 @@ def cmd_why(args: argparse.Namespace) -> int:
                 parts.append(e["detail_json"])
             out_console.print("    → " + " · ".join(parts), markup=False, highlight=False)
     for e in h.edges:
-        out_console.print(f"edge ({e['step']}): {e['child_id']} ← {e['parent_id']} [{e['relation']}]")
+        out_console.print(
+            f"edge ({e['step']}): {e['child_id']} ← {e['parent_id']} [{e['relation']}]", markup=False, highlight=False
+        )
     if h.related:
         out_console.print(f"{len(h.related)} decision(s) about other rows name this row, e.g.:")
         for r in h.related[:5]:

@@ -311,7 +311,7 @@ def test_rejection_sampling_keeps_right_answers_and_pairs_them_against_wrong_one
     assert "| pass@1 | 0.250 |" in card and "| pass@4 | 1.000 |" in card
 
 
-def test_constitutional_lineage_names_the_original_and_the_principles(built):
+def test_constitutional_lineage_names_the_original_and_the_principles(built, capsys):
     """hh_constitutional on the tiny model: every response revised (a random model never says
     "No violation found"), SFT answers are the revisions, each DPO pair is revision vs original,
     and one lineage query walks from a chosen response to its original and its principles."""
@@ -344,3 +344,7 @@ def test_constitutional_lineage_names_the_original_and_the_principles(built):
     assert rejected.fetchone() == (10,)
     card = (out / "datasets" / "hh_cai_sft" / "card.md").read_text()
     assert "critique_revise" in card and "20 revisions" in card
+    con.close()
+    assert main(["why", rows[0][0], "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "derived from other rows" in text and "[chosen]" in text and "[rejected]" in text
