@@ -262,6 +262,38 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_trace(args: argparse.Namespace) -> int:
+    from trainers.provenance import trace
+
+    t = trace(args.model_dir)
+    p, ds = t.provenance, t.provenance["dataset"]
+    table = Table(title=f"trace of {args.model_dir}")
+    table.add_column("what")
+    table.add_column("value")
+    loss = p.get("metrics", {}).get("train_loss")
+    table.add_row(
+        "trained", f"{p['trainer']} from {p['model']}" + (f", train loss {loss:.4f}" if loss is not None else "")
+    )
+    table.add_row("dataset", f"{ds.get('dataset', '?')} at {ds['path']}")
+    if ds.get("built_by_dataforge"):
+        table.add_row("build", f"run {ds['run_id']} of {ds['recipe']} (recipe sha256 {ds['recipe_sha256'][:16]}…)")
+        splits = ", ".join(f"{k}: {v['rows']:,} rows" for k, v in ds["splits"].items())
+        table.add_row("splits", splits)
+        table.add_row("steps", ", ".join(f"{k}={v}" for k, v in sorted(ds["steps"].items())))
+    for check, found in t.findings:
+        table.add_row(check, found)
+    out_console.print(table)
+    if t.build_dir is not None and ds.get("built_by_dataforge"):
+        out_console.print(
+            f"Ask the lineage: dataforge query --out {t.build_dir} "
+            f'"SELECT e.step, e.action, e.reason, count(*) FROM steps s JOIN events e USING (step, fingerprint) '
+            f"WHERE s.run_id = '{t.run_id}' GROUP BY ALL ORDER BY ALL\"",
+            markup=False,
+            highlight=False,
+        )
+    return 0
+
+
 def _cell(v: Any) -> str:
     text = "NULL" if v is None else str(v)
     return text if len(text) <= 200 else text[:200] + "…"
@@ -349,6 +381,15 @@ def make_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, help="random seed (default 0)")
     t.add_argument("--check", action="store_true", help="run the pre-flight check only; train nothing")
     t.set_defaults(fn=cmd_train)
+
+    tr = sub.add_parser(
+        "trace",
+        help="from a trained model back to its data: run, recipe, dataset, lineage",
+        description="Read dataforge_provenance.json in a training output directory and check it against "
+        "the build it names: is the run still in the lineage, is the dataset unchanged since training.",
+    )
+    tr.add_argument("model_dir", help="a training output directory written by `dataforge train`")
+    tr.set_defaults(fn=cmd_trace)
     return p
 
 

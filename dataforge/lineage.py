@@ -223,7 +223,10 @@ def iter_dataset_tables(out: Path):
         if not dd.exists():
             continue
         for split in json.loads(dd.read_text())["splits"]:
-            files = sorted((ds_dir / split).glob("*.arrow"))
+            # the data files the split's state.json lists: a `datasets` map over a loaded copy can
+            # leave cache-*.arrow files of other schemas beside them
+            state = json.loads((ds_dir / split / "state.json").read_text())
+            files = [ds_dir / split / f["filename"] for f in state["_data_files"]]
             tables = [pa.ipc.open_stream(pa.memory_map(str(f))).read_all() for f in files]
             if tables:
                 yield ds_dir.name, split, pa.concat_tables(tables)

@@ -162,6 +162,18 @@ def preflight(kind: Kind, data: str | Path, model: str, cfg: TrainConfig) -> tup
 def train(kind: Kind, data: str | Path, model: str, cfg: TrainConfig) -> TrainResult:
     """Pre-flight, then TRL training of ``kind`` on the built dataset ``data``, then the
     checkpoint and the provenance file in the output directory."""
+    from datasets import disable_caching, enable_caching, is_caching_enabled
+
+    caching = is_caching_enabled()
+    disable_caching()  # TRL's tokenizing maps go to temporary files, not cache-*.arrow in the build's dataset
+    try:
+        return _train(kind, data, model, cfg)
+    finally:
+        if caching:
+            enable_caching()
+
+
+def _train(kind: Kind, data: str | Path, model: str, cfg: TrainConfig) -> TrainResult:
     import trl
 
     report, dd, meta = preflight(kind, data, model, cfg)

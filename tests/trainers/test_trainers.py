@@ -202,3 +202,26 @@ def test_training_config_errors_name_file_and_key(tmp_path):
 def test_grpo_batch_must_hold_whole_groups(data, tiny_lm, tmp_path):
     with pytest.raises(TrainConfigError, match="multiple of num_generations"):
         train("grpo", data / "grpo", str(tiny_lm), cfg(tmp_path, batch_size=3, num_generations=2))
+
+
+def test_trace_goes_from_a_model_back_to_its_build(data, tiny_lm, tmp_path, capsys):
+    import shutil
+
+    build_dir = tmp_path / "build"
+    shutil.copytree(data.parent, build_dir)  # a build of our own: this test edits it
+    sft = build_dir / "datasets" / "sft"
+    result = train("sft", sft, str(tiny_lm), cfg(tmp_path))
+    assert not list(sft.glob("*/cache-*.arrow"))  # TRL's tokenized copies stay out of the build
+    meta = json.loads((sft / "dataforge.json").read_text())
+
+    assert main(["trace", str(result.output_dir)]) == 0
+    text = capsys.readouterr().out
+    assert meta["run_id"] in text and "unchanged since training" in text and "(succeeded)" in text
+
+    (sft / "dataforge.json").write_text(json.dumps({**meta, "fingerprint": "0" * 16}))
+    (build_dir / "lineage.duckdb").unlink()
+    assert main(["trace", str(result.output_dir)]) == 0
+    text = capsys.readouterr().out
+    assert "rebuilt since training" in text and "lineage" in text and "missing" in text
+    assert main(["trace", str(tmp_path)]) == 1
+    assert "no dataforge_provenance.json" in capsys.readouterr().err
