@@ -141,6 +141,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--items", type=int, default=300)
     ap.add_argument("--ours-only", action="store_true", help="skip the (slow) embed-everything baseline")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a leakage.check option")
     args = ap.parse_args()
     from dataforge.engine.step import Context
     from dataforge.steps.leakage import LeakageConfig, leakage_check
@@ -155,6 +156,7 @@ def main() -> None:
         train_answer="final_answer",
         eval_answer="final_answer",
         action="flag",
+        **{k: float(v) if "." in v else int(v) for k, v in (kv.split("=", 1) for kv in args.set)},
     )
     t = time.perf_counter()
     res = leakage_check({"train": train, "gsm8k_test": test}, cfg, ctx)

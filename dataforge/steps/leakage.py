@@ -213,14 +213,20 @@ def _tfidf_candidates(train: list[str], evals: list[str], top_k: int, floor: flo
 
 
 def ngram_decides(coverage: float, num: float | None, ans: bool | None, ent: float | None, cfg: LeakageConfig) -> bool:
-    """Whether a shared n-gram is a leak: 13 shared consecutive words are strong evidence, so a hit
-    counts unless it is a template reused with other numbers and another answer (light edits can
-    mangle a number or two), or a template filled with other names ("the address of Marc Rowan,
-    CEO of Apollo" vs "… of Harold Hamm, CEO of Continental")."""
+    """Whether a shared n-gram is a leak. 13 shared consecutive words are strong evidence, so a hit
+    counts unless it is a template: reused with other numbers and another answer ("A train travels
+    270 miles in 3 hours…" vs "A plane travels 1200 miles in 3 hours…"), or filled with other names
+    ("the address of Marc Rowan, CEO of Apollo" vs "… of Harold Hamm, CEO of Continental") while
+    its numbers do not all repeat. Light edits can mangle a number or two."""
+    if ans is True:
+        return True
+    all_numbers = num is not None and num >= cfg.numbers_min
+    if ans is False and not all_numbers and num is not None:
+        return False
+    if ent is not None and ent < cfg.entities_min and not all_numbers:
+        return False
     loose_numbers = num is None or num >= cfg.answer_numbers_min
-    # other names with every number repeated is a rephrase that renamed people, not a template
-    same_names = ent is None or ent >= cfg.entities_min or (num is not None and num >= cfg.numbers_min)
-    return coverage >= cfg.ngram_coverage or ans is True or (loose_numbers and same_names and ans is not False)
+    return coverage >= cfg.ngram_coverage or (loose_numbers and ans is not False)
 
 
 def decide(row: dict[str, Any], cfg: LeakageConfig) -> str | None:

@@ -74,8 +74,9 @@ def test_gsm8k_reasoning_outputs(built):
     assert [m["role"] for m in msgs] == ["user", "assistant"]
     assert msgs[1]["content"].startswith("<think>\n") and msgs[1]["content"].endswith("</answer>")
     assert "<<" not in msgs[1]["content"]
-    # five terse solutions filtered out, two rows leaking a test item, one near-duplicate question
-    assert len(sft["train"]) + len(sft["validation"]) == 7473 - 5 - 2 - 1
+    # five terse solutions filtered out, one near-duplicate question; no train question is a GSM8K
+    # test item (the two n-gram hits are templates with other numbers and answers, tested below)
+    assert len(sft["train"]) + len(sft["validation"]) == 7473 - 5 - 1
     assert len(grpo["test"]) == 1319 and grpo["test"].column_names == ["_id", "prompt", "answer"]
     assert grpo["test"][0]["prompt"][0]["role"] == "system"
     # the SFT splits share no normalized question
@@ -222,23 +223,39 @@ def test_gsm8k_data_plan_keeps_every_dataset_apart(built):
     assert con.execute("SELECT count(*) FROM latest_events WHERE step = 'audit'").fetchone() == (0,)
 
 
-def test_demo_leakage_decisions_report_and_card(built, capsys):
+def test_demo_leakage_report_and_card_say_gsm8k_train_is_clean(built):
+    """GSM8K train holds templates of test items ("A train travels 270 miles in 3 hours…" vs "A plane
+    travels 1200 miles in 3 hours…") but no test item: the check finds none, and says so."""
     out = built("gsm8k_reasoning.yaml")
+    con = duckdb.connect(str(out / "lineage.duckdb"), read_only=True)
+    assert con.execute("SELECT count(*) FROM latest_events WHERE reason LIKE 'leakage:%'").fetchone() == (0,)
+    report = (out / "reports" / "leakage_leakage.md").read_text()
+    assert "No training row matched an eval item." in report
+    card = (out / "datasets" / "gsm8k_sft" / "card.md").read_text()
+    assert "## Contamination" in card and "No training row matched an eval item." in card
+
+
+def test_leakage_decisions_are_lineage_and_query_lists_contaminated_items(built, capsys):
+    """hh_preferences: training conversations that open like an evaluation one are dropped; the
+    lineage names the matched evaluation row, `dataforge query` lists the contaminated items, and
+    the report and card show them."""
+    out = built("hh_preferences.yaml")
     sql = (
-        "SELECT related_id AS eval_item, count(*) AS train_rows FROM latest_events "
-        "WHERE reason LIKE 'leakage:%' GROUP BY 1 ORDER BY 1"
+        "SELECT step, related_id AS eval_item, count(*) AS train_rows FROM latest_events "
+        "WHERE reason LIKE 'leakage:%' GROUP BY ALL ORDER BY ALL"
     )
     assert main(["query", "--out", str(out), "--format", "json", sql]) == 0
     items = json.loads(capsys.readouterr().out)
-    assert items and all(i["eval_item"].startswith("gsm8k_test:") for i in items)
-    report = (out / "reports" / "leakage_leakage.md").read_text()
-    assert "| gsm8k_test |" in report and "## Top" in report
+    assert items and {i["step"] for i in items} == {"dpo_clean", "rm_clean"}
+    assert all(i["eval_item"].startswith("hh_harmless_test:") for i in items)
+    report = (out / "reports" / "leakage_dpo_clean.md").read_text()
+    assert "| test |" in report and "## Top" in report
     import polars as pl
 
-    matches = pl.read_parquet(out / "reports" / "leakage_leakage.parquet")
-    assert set(matches["eval_id"]) == {i["eval_item"] for i in items}
-    card = (out / "datasets" / "gsm8k_sft" / "card.md").read_text()
-    assert "## Contamination" in card and "| gsm8k_test |" in card
+    matches = pl.read_parquet(out / "reports" / "leakage_dpo_clean.parquet")
+    assert set(matches["eval_id"]) == {i["eval_item"] for i in items if i["step"] == "dpo_clean"}
+    card = (out / "datasets" / "hh_dpo" / "card.md").read_text()
+    assert "## Contamination" in card and "| test |" in card
 
 
 def test_rejection_sampling_on_the_tiny_model(built):

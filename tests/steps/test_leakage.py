@@ -203,3 +203,31 @@ def test_a_template_filled_with_other_names_is_not_a_leak(ctx):
     cfg = LeakageConfig(train_fields=["prompt"], eval_fields=["prompt"], embed=False)
     m = leakage_check({"train": train, "hh_test": ev}, cfg, ctx).tables["matches"]
     assert m["train_id"].to_list() == ["tr:same"]
+
+
+def test_a_template_with_other_numbers_and_answer_is_not_a_leak_even_with_high_overlap(ctx):
+    """The two GSM8K train rows the demo once flagged: the same sentence frame as a test item,
+    other numbers, another answer. Most of their n-grams are shared; they are still other problems."""
+    ev = pl.DataFrame(
+        {
+            "_id": ["te:0"],
+            "question": [
+                "A plane travels 1200 miles in 3 hours. At the same rate, how many additional hours would it "
+                "take to travel an additional 2000 miles?"
+            ],
+            "final_answer": ["5"],
+        }
+    )
+    train = pl.DataFrame(
+        {
+            "_id": ["tr:template", "tr:copy"],
+            "question": [
+                "A train travels 270 miles in 3 hours. At the same rate, how many additional hours would it "
+                "take to travel an additional 180 miles?",
+                ev["question"][0].lower(),
+            ],
+            "final_answer": ["2", "5"],
+        }
+    )
+    m = leakage_check({"train": train, "gsm8k_test": ev}, CFG.model_copy(update={"embed": False}), ctx)
+    assert m.tables["matches"]["train_id"].to_list() == ["tr:copy"]
