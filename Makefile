@@ -14,7 +14,9 @@ $(BIN)/python:
 # dependency's bare "torch" would pull several GB of CUDA packages.
 TORCH ?= torch==2.13.0
 
-$(STAMP): pyproject.toml | $(BIN)/python
+# setup.py compiles dataforge/text/_kernels.c into the package (a C compiler is needed): a changed
+# kernel re-runs the install, which rebuilds it.
+$(STAMP): pyproject.toml setup.py dataforge/text/_kernels.c | $(BIN)/python
 	$(BIN)/python -m pip install -q "$(TORCH)"
 	$(BIN)/python -m pip install -q -e ".[test]"
 	rm -f $(VENV)/.installed-*
