@@ -27,12 +27,80 @@ def test_signatures_equal_datasketch_hashvalues(num_perm, seed, ngram, unit):
         assert np.array_equal(theirs.hashvalues, sig), text
 
 
+def test_signatures_split_over_cores_equal_one_document_at_a_time():
+    answers = pl.read_ndjson(GSM8K / "train.jsonl")["answer"]
+    texts = pl.concat([QUESTIONS, answers]).head(6000)  # > 2 x 2048 rows: one chunk per core
+    together = signatures(texts.to_arrow(), num_perm=64, seed=3, ngram=3)
+    for i in range(0, 6000, 97):
+        assert np.array_equal(together[i], signatures([texts[i]], num_perm=64, seed=3, ngram=3)[0]), i
+
+
+def test_kernels_reject_buffers_that_are_too_small():
+    from dataforge.text import _kernels
+
+    data, offsets = np.frombuffer(b"one two", dtype=np.uint8), np.array([0, 7], dtype=np.int64)
+    a = b = np.ones(8, dtype=np.uint32)
+    with pytest.raises(ValueError, match="out"):
+        _kernels.signatures(data, offsets, 0, 1, 3, False, a, b, np.empty(4, dtype=np.uint32))
+    with pytest.raises(ValueError, match="offsets"):
+        _kernels.signatures(data, offsets, 0, 2, 3, False, a, b, np.empty(16, dtype=np.uint32))
+    with pytest.raises(IndexError):
+        _kernels.pair_jaccard(data, offsets, 3, False, np.array([[0, 1]], dtype=np.int64), 0, 1, np.empty(1))
+
+
+def test_minhash_text_normalizes_exactly_what_nfkc_and_lowercase_change():
+    """Only texts with a non-ASCII run that NFKC or lowercasing changes are normalized, and
+    the shingles are those of the fully normalized text."""
+    import unicodedata
+
+    from dataforge.steps.dedup import dedup_text
+
+    texts = [
+        "cafe\u0301 au lait",  # a combining accent composes with the ASCII letter before it
+        "Ｆｕｌｌ width letters",
+        "ÉCOLE Normale",
+        "ΑΣ ΟΔΟΣ",  # final sigma
+        "ﬁne ﬂow",
+        "\u1100\u1161 jamo compose",
+        "I’m here — “quoted”",  # non-ASCII that neither changes
+        "non\u00a0breaking space",
+        "½ cup",
+        "Plain ASCII Text",
+    ]
+    df = _frame(texts)
+    ours = dedup_text(df, MinhashConfig(fields=["q"]), exact=False)
+    full = [unicodedata.normalize("NFKC", t).lower() for t in texts]
+    assert np.array_equal(signatures(ours.to_arrow()), signatures(full))
+    assert ours[6] == texts[6] and ours[9] == texts[9]  # left alone: the kernel lowercases ASCII itself
+
+
+def test_candidate_pairs_link_each_bucket_to_its_best_ranked_member():
+    from dataforge.text.minhash import candidate_pairs
+
+    rng = np.random.default_rng(0)
+    sigs = rng.integers(0, 3, (400, 8), dtype=np.uint32)  # few values: many shared bands
+    sigs[7] = sigs[11] = 0xFFFFFFFF  # empty documents match nothing
+    rank = rng.permutation(400)
+    expected = set()
+    for band in range(4):
+        buckets: dict[tuple, list[int]] = {}
+        for d in range(400):
+            if d not in (7, 11):
+                buckets.setdefault(tuple(sigs[d, band * 2 : band * 2 + 2]), []).append(d)
+        for members in buckets.values():
+            head = min(members, key=lambda d: rank[d])
+            expected |= {(head, d) for d in members if d != head}
+    got = candidate_pairs(sigs, 4, 2, rank)
+    assert {tuple(p) for p in got.tolist()} == expected and len(got) == len(expected)
+
+
 def test_lsh_params_equal_datasketch():
     from datasketch.lsh import _optimal_param
 
-    for threshold in (0.3, 0.5, 0.7, 0.8, 0.85, 0.9, 0.95):
-        for num_perm in (32, 128, 256):
+    for threshold in (0.1, 0.3, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95):
+        for num_perm in (16, 32, 128, 200, 256):
             assert lsh_params(threshold, num_perm) == _optimal_param(threshold, num_perm, 0.5, 0.5)
+    assert lsh_params(0.7, 128, 0.3, 0.7) == _optimal_param(0.7, 128, 0.3, 0.7)
 
 
 def _frame(texts: list[str], prefix: str = "r", **extra) -> pl.DataFrame:
