@@ -225,8 +225,9 @@ def step(
 
 
 def get_step(kind: str) -> StepDef | None:
-    import dataforge.steps  # noqa: F401  (registers the built-in steps)
+    from dataforge.steps import load_builtin
 
+    load_builtin()
     return REGISTRY.get(kind)
 
 

@@ -162,3 +162,16 @@ def test_stale_temp_dirs_are_cleaned(qa):
     stale.mkdir()
     build(recipe, ws.out, show_progress=False)
     assert not stale.exists()
+
+
+def test_every_step_module_is_a_builtin_family():
+    """A module of dataforge/steps that registers kinds must be in FAMILIES, or its kinds would
+    be unknown to recipes."""
+    from pathlib import Path
+
+    import dataforge.steps
+    from dataforge.steps import FAMILIES
+
+    folder = Path(dataforge.steps.__file__).parent
+    registering = {p.stem for p in folder.glob("*.py") if "@step(" in p.read_text()}
+    assert registering == set(FAMILIES)
