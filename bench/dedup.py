@@ -7,13 +7,14 @@ real documents at known edit rates (words replaced or dropped at 3 %, 8 % and 15
 Compared in one run, same word-3-gram shingles, num_perm and threshold:
   (a) dataforge `dedup.minhash`, end to end (text → signatures → LSH → clusters → filtered table);
   (b) datasketch 2.0: Python shingling, `MinHash.bulk`, `MinHashLSH` insert + query, union-find.
-Each runs in its own process (peak RSS from getrusage). Quality: pairs each method reports as
+Each runs in its own process (peak RSS from getrusage), ``--repeat`` times, interleaved; the
+median time is reported with every run's. Quality: pairs each method reports as
 duplicates against the truth = every pair among all candidates (both methods' and the planted
 ones) whose exact Jaccard reaches the threshold.
 
 Usage:
-  .venv/bin/python bench/dedup.py --docs 100000            # (a) vs (b), quality and speed
-  .venv/bin/python bench/dedup.py --memory --docs 1000000  # dataforge alone, 1M docs of ~200 words
+  .venv/bin/python bench/dedup.py --docs 100000            # (a) vs (b), quality and speed, 3 runs each
+  .venv/bin/python bench/dedup.py --memory --docs 1000000 --repeat 1  # dataforge alone, 1M docs of ~200 words
 """
 
 from __future__ import annotations
@@ -205,6 +206,7 @@ def main() -> None:
     ap.add_argument("--threshold", type=float, default=0.7)
     ap.add_argument("--num-perm", type=int, default=128)
     ap.add_argument("--memory", action="store_true", help="dataforge alone on documents of ~200 words")
+    ap.add_argument("--repeat", type=int, default=3, help="runs of each method; the median time is reported")
     ap.add_argument("--child", action="store_true")
     ap.add_argument("--method", default="dataforge:exact")
     ap.add_argument("--corpus")
@@ -219,11 +221,19 @@ def main() -> None:
         path = Path(tmp) / "corpus.parquet"
         pl.DataFrame({"_id": [f"d:{i:08d}" for i in range(len(docs))], "text": docs}).write_parquet(path)
         methods = ["dataforge:exact"] if args.memory else ["dataforge:exact", "dataforge:none", "datasketch"]
-        results = {m: spawn(m, path, args) for m in methods}
-    for m, (r, _) in results.items():
+        runs: dict[str, list[tuple[dict, np.ndarray]]] = {m: [] for m in methods}
+        for _ in range(args.repeat):  # interleaved, so a slow spell of the machine hits every method
+            for m in methods:
+                runs[m].append(spawn(m, path, args))
+    results = {}
+    for m, rs in runs.items():
+        times = sorted(r["seconds"] for r, _ in rs)
+        r = dict(rs[0][0], seconds=float(np.median(times)), rss_mib=max(r["rss_mib"] for r, _ in rs))
+        results[m] = (r, rs[0][1])
+        spread = f"  (runs: {', '.join(f'{t:.2f}' for t in times)})" if len(times) > 1 else ""
         print(
             f"{m:16s} {r['seconds']:8.2f} s  {len(docs) / r['seconds']:10,.0f} docs/s  "
-            f"peak RSS {r['rss_mib']:7,.0f} MiB  kept {r['kept']:,}"
+            f"peak RSS {r['rss_mib']:7,.0f} MiB  kept {r['kept']:,}{spread}"
         )
     if args.memory:
         return
@@ -233,7 +243,7 @@ def main() -> None:
         scores = f"precision {q['precision']:.4f}  recall {q['recall']:.4f}  F1 {q['f1']:.4f}"
         print(f"{m:16s} {scores}  ({len(pairs):,} pairs reported)")
     ours, theirs = results["dataforge:exact"][0]["seconds"], results["datasketch"][0]["seconds"]
-    print(f"speed-up, dataforge (exact verify) over datasketch end to end: {theirs / ours:.1f}x")
+    print(f"speed-up, dataforge (exact verify) over datasketch end to end (medians): {theirs / ours:.1f}x")
 
 
 if __name__ == "__main__":
