@@ -183,10 +183,15 @@ _NON_ASCII_RUN = r"[\x00-\x7f]?[^\x00-\x7f]+"  # a run of non-ASCII characters a
 def _changed_by_nfkc_lower(text: pl.Series) -> pl.Series:
     """Which texts NFKC + lowercasing would change beyond the ASCII lowercasing the MinHash
     kernel does itself. Decided per distinct non-ASCII run (with the character before it, the
-    only one a combining mark can compose with), not per row: ASCII never changes under NFKC, so
-    a text changes only where one of its runs does. On the dedup benchmark's corpus 42 % of the
+    only one a combining mark can compose with), not per row, and only in texts with more bytes
+    than characters: ASCII never changes under NFKC, so a text changes only where one of its
+    runs does. On the dedup benchmark's corpus 42 % of the
     rows hold non-ASCII text and 0.1 % need normalizing."""
-    runs = text.str.extract_all(_NON_ASCII_RUN)
+    changed = np.zeros(len(text), dtype=bool)
+    wide = np.nonzero((text.str.len_bytes() != text.str.len_chars()).fill_null(False).to_numpy())[0]
+    if not len(wide):
+        return pl.Series(changed)
+    runs = text.gather(wide).str.extract_all(_NON_ASCII_RUN)
     distinct = runs.explode().drop_nulls().unique().to_list()
 
     def changes(run: str) -> bool:
@@ -194,9 +199,9 @@ def _changed_by_nfkc_lower(text: pl.Series) -> pl.Series:
         return unicodedata.normalize("NFKC", run).lower() != head + run[1:]
 
     changing = [run for run in distinct if changes(run)]
-    if not changing:
-        return pl.Series([False] * len(text))
-    return runs.list.eval(pl.element().is_in(changing)).list.any().fill_null(False)
+    if changing:
+        changed[wide] = runs.list.eval(pl.element().is_in(changing)).list.any().fill_null(False).to_numpy()
+    return pl.Series(changed)
 
 
 def keep_rank(df: pl.DataFrame, cfg: DedupConfig) -> np.ndarray:
