@@ -6,14 +6,20 @@ real documents at known edit rates (words replaced or dropped at 3 %, 8 % and 15
 
 Compared in one run, same word-3-gram shingles, num_perm and threshold:
   (a) dataforge `dedup.minhash`, end to end (text → signatures → LSH → clusters → filtered table);
-  (b) datasketch 2.0: Python shingling, `MinHash.bulk`, `MinHashLSH` insert + query, union-find.
+  (b) datasketch 2.0: Python shingling, `MinHash.bulk`, `MinHashLSH` insert + query, union-find;
+  (c) with --text-dedup-python, text-dedup's MinHash (`text_dedup.minhash`, one worker per core,
+      its own word 3-grams split on \\W, SHA-1 shingle hashes) from a `save_to_disk` dataset to the
+      deduplicated dataset on disk. text-dedup pins other versions of shared libraries (rich), so
+      it gets a virtual environment of its own:
+        python3 -m venv /tmp/tdvenv && /tmp/tdvenv/bin/pip install text-dedup polars
 Each runs in its own process (peak RSS from getrusage), ``--repeat`` times, interleaved; the
 median time is reported with every run's. Quality: pairs each method reports as
-duplicates against the truth = every pair among all candidates (both methods' and the planted
-ones) whose exact Jaccard reaches the threshold.
+duplicates against the truth = every pair among all candidates (every method's and the planted
+ones) whose exact Jaccard (dataforge's word 3-grams) reaches the threshold.
 
 Usage:
   .venv/bin/python bench/dedup.py --docs 100000            # (a) vs (b), quality and speed, 3 runs each
+  .venv/bin/python bench/dedup.py --docs 100000 --text-dedup-python /tmp/tdvenv/bin/python   # + (c)
   .venv/bin/python bench/dedup.py --memory --docs 1000000 --repeat 1  # dataforge alone, 1M docs of ~200 words
 """
 
@@ -136,15 +142,38 @@ def run_datasketch(docs: list[str], threshold: float, num_perm: int) -> tuple[np
     return pairs_a, n_clusters
 
 
+def run_text_dedup(dataset_dir: str, threshold: float, num_perm: int, work: str) -> tuple[np.ndarray, int]:
+    """text-dedup's MinHash (its `text_dedup.minhash` command, run in this process on a
+    `save_to_disk` dataset, one worker per core); pairs = each row and its union-find root."""
+    import text_dedup.minhash as td
+
+    out = Path(work) / "text_dedup_out"
+    argv = ["--path", dataset_dir, "--local", "--column", "text", "--output", str(out), "--cache_dir", work]
+    argv += ["--num_perm", str(num_perm), "--threshold", str(threshold), "--ngram", "3", "--min_length", "0"]
+    td.main(argv, standalone_mode=False)
+    n = len(pl.read_parquet(Path(dataset_dir).parent / "rows.parquet", columns=["_id"]))
+    roots = np.array([td.uf.find(i) for i in range(n)], dtype=np.int64)
+    linked = roots != np.arange(n)
+    return np.column_stack([roots[linked], np.arange(n)[linked]]), int((~linked).sum())
+
+
 def child(args: argparse.Namespace) -> None:
     frame = pl.read_parquet(args.corpus)  # the table a build would hand the step
+    work = tempfile.mkdtemp()
+    if args.method == "text-dedup":  # its input is a datasets directory: written before the clock starts
+        from datasets import Dataset
+
+        Dataset.from_polars(frame.select("text")).save_to_disk(Path(work) / "ds" / "data")
+        frame.select("_id").write_parquet(Path(work) / "ds" / "rows.parquet")
     t = time.perf_counter()
     if args.method == "datasketch":
         pairs, kept = run_datasketch(frame["text"].to_list(), args.threshold, args.num_perm)
+    elif args.method == "text-dedup":
+        pairs, kept = run_text_dedup(str(Path(work) / "ds" / "data"), args.threshold, args.num_perm, work)
     else:
         pairs, kept = run_dataforge(frame, args.threshold, args.num_perm, args.method.split(":")[1])
     seconds = time.perf_counter() - t
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # MiB on Linux
+    rss = max(resource.getrusage(who).ru_maxrss for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)) / 1024
     np.save(args.pairs, pairs)
     print(json.dumps({"seconds": seconds, "rss_mib": rss, "kept": int(kept)}))
 
@@ -181,8 +210,9 @@ def quality(docs: list[str], predicted: np.ndarray, candidates: np.ndarray, thre
 
 def spawn(method: str, corpus_path: Path, args: argparse.Namespace) -> tuple[dict, np.ndarray]:
     pairs_path = corpus_path.with_suffix(f".{method.replace(':', '_')}.npy")
+    python = args.text_dedup_python if method == "text-dedup" else sys.executable
     cmd = [
-        sys.executable,
+        python,
         __file__,
         "--child",
         "--method",
@@ -207,6 +237,7 @@ def main() -> None:
     ap.add_argument("--num-perm", type=int, default=128)
     ap.add_argument("--memory", action="store_true", help="dataforge alone on documents of ~200 words")
     ap.add_argument("--repeat", type=int, default=3, help="runs of each method; the median time is reported")
+    ap.add_argument("--text-dedup-python", help="a Python with `text-dedup` installed: adds text-dedup's MinHash")
     ap.add_argument("--child", action="store_true")
     ap.add_argument("--method", default="dataforge:exact")
     ap.add_argument("--corpus")
@@ -221,6 +252,8 @@ def main() -> None:
         path = Path(tmp) / "corpus.parquet"
         pl.DataFrame({"_id": [f"d:{i:08d}" for i in range(len(docs))], "text": docs}).write_parquet(path)
         methods = ["dataforge:exact"] if args.memory else ["dataforge:exact", "dataforge:none", "datasketch"]
+        if args.text_dedup_python and not args.memory:
+            methods.append("text-dedup")
         runs: dict[str, list[tuple[dict, np.ndarray]]] = {m: [] for m in methods}
         for _ in range(args.repeat):  # interleaved, so a slow spell of the machine hits every method
             for m in methods:
@@ -244,6 +277,8 @@ def main() -> None:
         print(f"{m:16s} {scores}  ({len(pairs):,} pairs reported)")
     ours, theirs = results["dataforge:exact"][0]["seconds"], results["datasketch"][0]["seconds"]
     print(f"speed-up, dataforge (exact verify) over datasketch end to end (medians): {theirs / ours:.1f}x")
+    if "text-dedup" in results:
+        print(f"speed-up over text-dedup end to end (medians): {results['text-dedup'][0]['seconds'] / ours:.1f}x")
 
 
 if __name__ == "__main__":
