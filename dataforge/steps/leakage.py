@@ -48,7 +48,6 @@ from __future__ import annotations
 import functools
 import json
 import re
-from collections import Counter
 from typing import Any, Literal
 
 import numpy as np
@@ -60,7 +59,14 @@ from dataforge.errors import DataError, RecipeError
 from dataforge.llm.spec import ModelSpec
 from dataforge.text.fields import text_expr
 from dataforge.text.normalize import comparable_expr
-from dataforge.text.numbers import agreement, numbers_in, parse_number
+from dataforge.text.numbers import (
+    Readings,
+    canonical_words,
+    digits_joined,
+    number_readings,
+    parse_number,
+    readings_agreement,
+)
 
 JUDGE_TEMPLATE = (
     "Are these two texts the same problem, one a copy or a rephrasing of the other (same question, "
@@ -90,6 +96,7 @@ def name_agreement(train_words: frozenset[str], names: frozenset[str]) -> float 
 
 _VERDICT = re.compile(r"\[\[\s*(YES|NO)\s*\]\]|^\s*(YES|NO)\b", re.IGNORECASE)
 
+SIGNALS = ("exact", "ngram", "tfidf", "canonical", "cosine", "numbers", "answers_agree")  # every detector's score
 MATCH_COLUMNS = [
     "_id",
     "train_id",
@@ -97,15 +104,11 @@ MATCH_COLUMNS = [
     "eval_id",
     "detector",
     "score",
-    "exact",
-    "ngram",
-    "tfidf",
-    "cosine",
-    "numbers",
-    "answers_agree",
+    *SIGNALS,
     "train_text",
     "eval_text",
 ]
+DETECTORS = ("exact", "ngram", "canonical", "embedding", "judge")  # in the order a train row's best match is chosen
 
 
 class LeakageConfig(StepConfig):
@@ -136,6 +139,9 @@ class LeakageConfig(StepConfig):
     many_numbers: int = 3
     many_numbers_min: float = 0.8
     cosine_all_numbers: float = 0.55
+    canonical_min: float = 0.65
+    canonical_candidate_min: float = 0.3
+    canonical_numbers_min: float = 0.8
     judge: ModelSpec | None = None  # optional LLM judge (`judge: <model name>`) on borderline candidates
     judge_min_cosine: float = 0.60
     judge_max_calls: int = 200
@@ -163,6 +169,11 @@ def _text(df: pl.DataFrame, fields: list[str]) -> pl.Series:
 
 def _normalized(text: pl.Series) -> pl.Series:
     return pl.select(comparable_expr(pl.lit(text))).to_series()
+
+
+def _joined(text: pl.Series) -> pl.Series:
+    """``digits_joined`` of every text: n-grams that survive a copy with its punctuation stripped."""
+    return pl.Series(text.name, [digits_joined(t) for t in text.to_list()], dtype=pl.String)
 
 
 def _ngram_hits(train: pl.Series, evals: pl.Series, cfg: LeakageConfig) -> pl.DataFrame:
@@ -229,6 +240,17 @@ def ngram_decides(coverage: float, num: float | None, ans: bool | None, ent: flo
     return coverage >= cfg.ngram_coverage or (loose_numbers and ans is not False)
 
 
+def canonical_decides(canonical: float | None, num: float | None, ans: bool | None, cfg: LeakageConfig) -> bool:
+    """Whether the same words, once numbers are read alike and names left out (``canonical``:
+    TF-IDF cosine of ``canonical_words``), with the same numbers make a rephrase: "Olu is
+    twenty-six" for "Deanna is 26", clauses reordered. Only for eval items with numbers: without
+    them a template filled with other names ("the address of <name>, CEO of <company>") would
+    read the same."""
+    if canonical is None or num is None or ans is False:
+        return False
+    return canonical >= cfg.canonical_min and num >= cfg.canonical_numbers_min
+
+
 def decide(row: dict[str, Any], cfg: LeakageConfig) -> str | None:
     """The detector that calls this candidate pair a leak, or None (the documented rule)."""
     if row["exact"]:
@@ -237,6 +259,8 @@ def decide(row: dict[str, Any], cfg: LeakageConfig) -> str | None:
     numbers_ok = num is None or num >= cfg.numbers_min
     if row["ngram"] and ngram_decides(row["coverage"], num, ans, row.get("entities"), cfg):
         return "ngram"
+    if canonical_decides(row.get("canonical"), num, ans, cfg):
+        return "canonical"
     if cos is None:
         return None
     # same wording: still a different problem when most numbers differ ("John orders 3 pizzas…" vs
@@ -272,6 +296,8 @@ def leakage_check(inputs: dict[str, pl.DataFrame], cfg: LeakageConfig, ctx: Cont
     train = inputs["train"]
     t_text = _text(train, cfg.train_fields)
     t_norm = _normalized(t_text)
+    t_joined = _joined(t_norm)
+    t_canon = [canonical_words(x) for x in t_text.to_list()]
     # train-side signals are read only for rows that reach a candidate pair, once each
     t_list = t_text.to_list()
     t_answer_text = train[cfg.train_answer].cast(pl.String).to_list() if cfg.train_answer else None
@@ -281,8 +307,8 @@ def leakage_check(inputs: dict[str, pl.DataFrame], cfg: LeakageConfig, ctx: Cont
         return frozenset(w.lower() for w in _WORD.findall(t_list[t]))
 
     @functools.cache
-    def t_nums(t: int) -> Counter[float]:
-        return numbers_in(t_list[t])
+    def t_nums(t: int) -> Readings:
+        return number_readings(t_list[t])
 
     @functools.cache
     def t_ans(t: int) -> float | None:
@@ -304,21 +330,25 @@ def leakage_check(inputs: dict[str, pl.DataFrame], cfg: LeakageConfig, ctx: Cont
             .select("t", "e")
             .with_columns(pl.lit(True).alias("exact"))
         )
-        ngram = _ngram_hits(t_norm, e_norm, cfg)
+        ngram = _ngram_hits(t_joined, _joined(e_norm), cfg)
         tfidf = _tfidf_candidates(t_norm.to_list(), e_norm.to_list(), cfg.top_k, cfg.tfidf_min)
+        e_canon = [canonical_words(x) for x in e_text.to_list()]
+        canon = _tfidf_candidates(t_canon, e_canon, cfg.top_k, cfg.canonical_candidate_min)
+        canon = canon.rename({"tfidf": "canonical"})
         pairs = (
-            pl.concat([exact.select("t", "e"), ngram.select("t", "e"), tfidf.select("t", "e")])
+            pl.concat([exact.select("t", "e"), ngram.select("t", "e"), tfidf.select("t", "e"), canon.select("t", "e")])
             .unique()
             .join(exact, on=["t", "e"], how="left")
             .join(ngram, on=["t", "e"], how="left")
             .join(tfidf, on=["t", "e"], how="left")
+            .join(canon, on=["t", "e"], how="left")
             .with_columns(pl.col("exact").fill_null(False), pl.col("shared").fill_null(0))
             .sort("t", "e")
         )
-        e_nums = [numbers_in(x) for x in e_text.to_list()]
+        e_nums = [number_readings(x) for x in e_text.to_list()]
         e_ents = [names_in(x) for x in e_text.to_list()]
         t_idx, e_idx = pairs["t"].to_list(), pairs["e"].to_list()
-        num = [agreement(t_nums(t), e_nums[e]) for t, e in zip(t_idx, e_idx, strict=True)]
+        num = [readings_agreement(t_nums(t), e_nums[e]) for t, e in zip(t_idx, e_idx, strict=True)]
         ans = [
             None if t_ans(t) is None or e_ans[e] is None else abs(t_ans(t) - e_ans[e]) < 1e-9
             for t, e in zip(t_idx, e_idx, strict=True)
@@ -343,7 +373,11 @@ def leakage_check(inputs: dict[str, pl.DataFrame], cfg: LeakageConfig, ctx: Cont
             ],
             dtype=bool,
         )
+        by_canonical = np.array(
+            [canonical_decides(c, n, a, cfg) for c, n, a in zip(pairs["canonical"], num, ans, strict=True)], dtype=bool
+        )
         todo = ~pairs["exact"].to_numpy() & ((pairs["shared"] == 0).to_numpy() | (near & ngram_no)) & plausible
+        todo &= ~by_canonical  # decided without the transformer
         if cfg.embed and todo.any():
             from dataforge.embed import embed
 
@@ -363,17 +397,18 @@ def leakage_check(inputs: dict[str, pl.DataFrame], cfg: LeakageConfig, ctx: Cont
                 "ngram": int(r["shared"]),
                 "coverage": r["coverage"] or 0.0,
                 "tfidf": r["tfidf"],
+                "canonical": r["canonical"],
                 "cosine": None if np.isnan(cos[k]) else float(cos[k]),
                 "numbers": num[k],
                 "entities": ent[k],
-                "eval_numbers": sum(e_nums[e].values()),
+                "eval_numbers": sum(e_nums[e][0].values()),
                 "answers_agree": ans[k],
                 "eval_id": ev["_id"][e],
                 "eval_text": e_text[e],
             }
             detector = decide(row, cfg)
             if detector:
-                score = 1.0 if detector == "exact" else (r["shared"] if detector == "ngram" else row["cosine"])
+                score = {"exact": 1.0, "ngram": r["shared"], "canonical": row["canonical"]}.get(detector, row["cosine"])
                 found.append({**row, "detector": detector, "score": float(score)})
             elif cfg.judge is not None and (row["ngram"] or (row["cosine"] or 0.0) >= cfg.judge_min_cosine):
                 borderline.append({**row, "train_text": t_list[t]})
@@ -384,12 +419,7 @@ def leakage_check(inputs: dict[str, pl.DataFrame], cfg: LeakageConfig, ctx: Cont
     kept = train.filter(~hit) if cfg.action == "drop" else train
     ev_frames = []
     if cfg.action != "report" and matches.height:
-        detail = [
-            json.dumps(
-                {k: r[k] for k in ("eval_input", "exact", "ngram", "tfidf", "cosine", "numbers", "answers_agree")}
-            )
-            for r in matches.iter_rows(named=True)
-        ]
+        detail = [json.dumps({k: r[k] for k in ("eval_input", *SIGNALS)}) for r in matches.iter_rows(named=True)]
         ev_frames.append(
             events(
                 matches["train_id"],
@@ -444,7 +474,7 @@ def _judge(borderline: list[dict[str, Any]], cfg: LeakageConfig, ctx: Context) -
 
 
 def _best_matches(found: list[dict[str, Any]], train: pl.DataFrame, t_text: pl.Series) -> pl.DataFrame:
-    """One match per train row: exact before ngram before embedding, then the highest score."""
+    """One match per train row: the first of ``DETECTORS`` that matched, then the highest score."""
     schema = {
         "_id": pl.String,
         "train_id": pl.String,
@@ -455,6 +485,7 @@ def _best_matches(found: list[dict[str, Any]], train: pl.DataFrame, t_text: pl.S
         "exact": pl.Boolean,
         "ngram": pl.Int64,
         "tfidf": pl.Float64,
+        "canonical": pl.Float64,
         "cosine": pl.Float64,
         "numbers": pl.Float64,
         "answers_agree": pl.Boolean,
@@ -463,7 +494,7 @@ def _best_matches(found: list[dict[str, Any]], train: pl.DataFrame, t_text: pl.S
     }
     if not found:
         return pl.DataFrame(schema=schema)
-    rank = {"exact": 0, "ngram": 1, "embedding": 2, "judge": 3}
+    rank = {detector: k for k, detector in enumerate(DETECTORS)}
     frame = pl.DataFrame(found, infer_schema_length=None).with_columns(
         pl.col("detector").replace_strict(rank, return_dtype=pl.Int8).alias("_r")
     )
@@ -486,16 +517,14 @@ def contamination_table(matches: pl.DataFrame) -> list[str]:
     if matches.is_empty():
         return ["No training row matched an eval item."]
     lines = [
-        "| eval input | eval items contaminated | train rows | exact | ngram | embedding | judge |",
-        "|---|---|---|---|---|---|---|",
+        "| eval input | eval items contaminated | train rows | " + " | ".join(DETECTORS) + " |",
+        "|---|---|---|" + "---|" * len(DETECTORS),
     ]
     for name in sorted(matches["eval_input"].unique().to_list()):
         m = matches.filter(pl.col("eval_input") == name)
         by = dict(zip(*m.group_by("detector").len().to_dict(as_series=False).values(), strict=True))
-        lines.append(
-            f"| {name} | {m['eval_id'].n_unique()} | {m.height} | {by.get('exact', 0)} | {by.get('ngram', 0)} "
-            f"| {by.get('embedding', 0)} | {by.get('judge', 0)} |"
-        )
+        counts = " | ".join(str(by.get(d, 0)) for d in DETECTORS)
+        lines.append(f"| {name} | {m['eval_id'].n_unique()} | {m.height} | {counts} |")
     return lines
 
 
@@ -509,7 +538,7 @@ def report(step_name: str, cfg: LeakageConfig, tables: dict[str, pl.DataFrame]) 
     (every match)."""
     m = tables["matches"]
     lines = [f"# Leakage report: step `{step_name}`", "", f"Action: `{cfg.action}`.", "", *contamination_table(m), ""]
-    for detector in ("exact", "ngram", "embedding", "judge"):
+    for detector in DETECTORS:
         top = m.filter(pl.col("detector") == detector).sort("score", descending=True).head(10)
         if top.is_empty():
             continue

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from collections.abc import Callable
 
 _UNITS = {
     "zero": 0,
@@ -36,9 +37,10 @@ _TOKEN = re.compile(r"\d+(?:,\d{3})*(?:\.\d+)?|[a-z]+", re.IGNORECASE)
 
 class _WordNumber:
     """English number words read left to right: "two hundred and five" → 205, "twenty five" → 25,
-    "three thousand two hundred" → 3200, while "one three" or "five six" are two numbers."""
+    "three thousand two hundred" → 3200, while "one three" or "five six" are two numbers. Each
+    number read is passed to ``found``."""
 
-    def __init__(self, found: Counter[float]):
+    def __init__(self, found: Callable[[float], None]):
         self.found = found
         self.total = 0.0  # the thousands / millions read so far
         self.group: float | None = None  # the part under the last thousand / million
@@ -50,7 +52,7 @@ class _WordNumber:
 
     def emit(self) -> None:
         if self.value is not None:
-            self.found[self.value] += 1
+            self.found(self.value)
         self.total, self.group, self.last = 0.0, None, ""
 
     def unit(self, v: float) -> None:
@@ -79,15 +81,15 @@ class _WordNumber:
             self.last = "scale"
 
 
-def numbers_in(text: str) -> Counter[float]:
-    """The multiset of numbers a text mentions, digits and English number words alike."""
-    found: Counter[float] = Counter()
-    words = _WordNumber(found)
+def _read(text: str, number: Callable[[float], None], word: Callable[[str], None]) -> None:
+    """Read ``text`` in order, passing each number (digits or words) to ``number`` and every other
+    word to ``word``."""
+    words = _WordNumber(number)
     for tok in _TOKEN.findall(text or ""):
         low = tok.lower()
         if tok[0].isdigit():
             words.emit()
-            found[float(tok.replace(",", ""))] += 1
+            number(float(tok.replace(",", "")))
         elif low in _UNITS:
             words.unit(_UNITS[low])
         elif low in _TENS:
@@ -96,13 +98,29 @@ def numbers_in(text: str) -> Counter[float]:
             words.scale(_SCALES[low])
         elif low in _ALONE:
             words.emit()
-            found[_ALONE[low]] += 1
+            number(_ALONE[low])
         elif low == "and" and words.last in ("hundred", "scale"):
             continue
         else:
             words.emit()
+            word(tok)
     words.emit()
+
+
+def numbers_in(text: str) -> Counter[float]:
+    """The multiset of numbers a text mentions, digits and English number words alike."""
+    found: Counter[float] = Counter()
+    _read(text, lambda v: found.update((v,)), lambda w: None)
     return found
+
+
+def canonical_words(text: str) -> str:
+    """The text as a rephrase leaves it recognisable: lowercase words, every number (digits or
+    words) as ``n<value>`` ("twenty-six" and "26" → "n26"), capitalized words (names, which a
+    rephrase changes, and sentence starts) left out. For candidate search, not for display."""
+    out: list[str] = []
+    _read(text, lambda v: out.append(f"n{v:g}"), lambda w: None if w[0].isupper() else out.append(w.lower()))
+    return " ".join(out)
 
 
 def digit_key(x: float) -> str:
@@ -125,6 +143,30 @@ def agreement(train: Counter[float], reference: Counter[float]) -> float | None:
     rest_ref = Counter(digit_key(x) for x in (reference - same).elements() if x != int(x) or len(digit_key(x)) >= 2)
     rest_train = Counter(digit_key(x) for x in (train - same).elements())
     return (sum(same.values()) + sum((rest_ref & rest_train).values())) / total
+
+
+_INSIDE_NUMBER = re.compile(r"(?<=\d)[.,:](?=\d)")
+
+
+def digits_joined(text: str) -> str:
+    """The text with the punctuation inside numbers removed ("8:00" → "800", "$6.50" → "$650",
+    "5:6" → "56", "1,000" → "1000"): what a light edit that strips punctuation leaves."""
+    return _INSIDE_NUMBER.sub("", text or "")
+
+
+Readings = tuple[Counter[float], Counter[float]]
+
+
+def number_readings(text: str) -> Readings:
+    """The numbers of a text read as written and read from ``digits_joined(text)``."""
+    return numbers_in(text), numbers_in(digits_joined(text))
+
+
+def readings_agreement(train: Readings, reference: Readings) -> float | None:
+    """``agreement`` of the two texts read alike, the better of the two readings: a copy whose
+    punctuation was stripped ("800 am" for "8:00 AM") agrees in full on the joined reading."""
+    found = [a for a in (agreement(train[0], reference[0]), agreement(train[1], reference[1])) if a is not None]
+    return max(found) if found else None
 
 
 def parse_number(text: str | None) -> float | None:

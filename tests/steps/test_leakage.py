@@ -231,3 +231,74 @@ def test_a_template_with_other_numbers_and_answer_is_not_a_leak_even_with_high_o
     )
     m = leakage_check({"train": train, "gsm8k_test": ev}, CFG.model_copy(update={"embed": False}), ctx)
     assert m.tables["matches"]["train_id"].to_list() == ["tr:copy"]
+
+
+def test_readings_and_canonical_words():
+    from dataforge.text.numbers import canonical_words, digits_joined, number_readings, readings_agreement
+
+    assert digits_joined("from 8:00 AM, ratio 5:6, $6.50 and 1,000 apples. Done.") == (
+        "from 800 AM, ratio 56, $650 and 1000 apples. Done."
+    )
+    stripped, original = number_readings("from 800 am until 1100 pm"), number_readings("from 8:00 AM until 11:00 PM")
+    assert readings_agreement(stripped, original) == 1.0
+    assert readings_agreement(number_readings("from 9 to 5"), original) == 0.0
+    assert canonical_words("Olu is twenty-six. Priya is half his age.") == "is n26 is n0.5 his age"
+    assert canonical_words("Deanna is 26. Marcus is half his age.") == "is n26 is n0.5 his age"
+
+
+def test_light_edits_that_strip_times_and_ratios_are_caught(gsm8k, ctx):
+    """Stripping punctuation turns "8:00 AM" into "800 am" and "5:6" into "56": the n-grams and
+    numbers are compared with the punctuation inside numbers removed on both sides."""
+    ev = pl.DataFrame(
+        {
+            "_id": ["te:time", "te:ratio"],
+            "question": [
+                "Vince can staple 30 reports every 15 minutes.  If he was stapling reports from 8:00 AM until "
+                "11:00 PM, how many reports did he staple altogether?",
+                "The ratio of popsicles that Betty and Sam have is 5:6. If the total number of popsicles they have "
+                "together is 165, how many more popsicles does Sam have more than Betty?",
+            ],
+            "final_answer": ["1800", "15"],
+        }
+    )
+    stripped = [
+        "vince  can  staple  30  reports  every  15  minutes  he  was  stapling  reports  from  800  am  until  "
+        "1100  pm  how  many  reports  did  he  staple  altogether",
+        "the  ratio  of  popsicles  that  betty  and  have  is  56  if  the  total  number  of  popsicles  they  "
+        "have  together  is  165  how  many  more  popsicles  does  sam  have  more  than  betty",
+    ]
+    train, _ = gsm8k
+    planted = _plant(train.head(300), [("p:time", stripped[0], None), ("p:ratio", stripped[1], None)])
+    m = leakage_check({"train": planted, "gsm8k_test": ev}, CFG, ctx).tables["matches"]
+    assert dict(zip(m["train_id"], m["eval_id"], strict=True)) == {"p:time": "te:time", "p:ratio": "te:ratio"}
+
+
+def test_a_rephrase_with_other_names_number_words_and_reordered_clauses_is_caught_without_the_transformer(ctx):
+    """Renamed people, numbers as words and the question moved first leave a MiniLM cosine near
+    0.5, but the canonical words (numbers read alike, names left out) and every number agree. The
+    same frame with other numbers is another problem."""
+    ev = pl.DataFrame(
+        {
+            "_id": ["te:0"],
+            "question": [
+                "Marcus is half of Leo’s age and five years younger than Deanna. Deanna is 26. How old is Leo?"
+            ],
+            "final_answer": ["42"],
+        }
+    )
+    train = pl.DataFrame(
+        {
+            "_id": ["tr:rephrase", "tr:other_numbers"],
+            "question": [
+                "Question: How old is Mateo? Facts: Priya is half of Mateo’s age and five years younger than Olu. "
+                "Olu is twenty-six.",
+                "Question: How old is Mateo? Facts: Priya is a third of Mateo’s age and nine years younger than Olu. "
+                "Olu is thirty-one.",
+            ],
+            "final_answer": [None, None],
+        }
+    )
+    res = leakage_check({"train": train, "gsm8k_test": ev}, CFG.model_copy(update={"embed": False}), ctx)
+    m = res.tables["matches"]
+    assert m["train_id"].to_list() == ["tr:rephrase"]
+    assert m["detector"].to_list() == ["canonical"] and m["canonical"][0] >= CFG.canonical_min
