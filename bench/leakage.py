@@ -2,8 +2,11 @@
 
 Planted set: GSM8K test items copied into GSM8K train three ways — verbatim, lightly edited
 (case, whitespace, punctuation, a word dropped) and rephrased by rules (synonyms, clause
-reordering, renamed people, numbers written as words) — each in three forms: with the full
-worked answer, with only the final answer, and with no answer (prompt-only RL data). Clean
+reordering, renamed people, numbers written as words) — plus 40 test items paraphrased in an
+LLM's own words (`bench/data/gsm8k_test_paraphrases.jsonl`: written by the language model that
+developed this check, as an LLM rephrase would read — restructured sentences, other verbs, the
+same quantities — not by rules and not tuned against the detector); each in three forms: with the
+full worked answer, with only the final answer, and with no answer (prompt-only RL data). Clean
 rows: all of GSM8K train (question + worked solution), none of which is a test item.
 
 Compared in one run on the same rows:
@@ -27,6 +30,7 @@ import polars as pl
 
 REPO = Path(__file__).resolve().parents[1]
 GSM8K = REPO / "recipes" / "data" / "gsm8k"
+PARAPHRASES = REPO / "bench" / "data" / "gsm8k_test_paraphrases.jsonl"
 SYNONYMS = {
     "has": "owns",
     "have": "own",
@@ -122,17 +126,32 @@ def build(items: int, seed: int = 0) -> tuple[pl.DataFrame, pl.DataFrame, dict[s
                 )
                 rows.append({"_id": pid, "text": text, "final_answer": r["final_answer"] if form != "none" else None})
                 truth[pid] = (kind, form, r["_id"])
+    # paraphrases in an LLM's own words (bench/data): harder than the rules, planted the same three ways
+    by_index = test.with_row_index("i")
+    for p in pl.read_ndjson(PARAPHRASES).iter_rows(named=True):
+        r = by_index.row(p["test_index"], named=True)
+        for form in ("full", "final", "none"):
+            pid = f"plant:paraphrased:{form}:{r['_id']}"
+            tail = {"full": "\n" + r["answer"], "final": f"\nAnswer: {r['final_answer']}", "none": ""}[form]
+            rows.append(
+                {
+                    "_id": pid,
+                    "text": p["question"] + tail,
+                    "final_answer": r["final_answer"] if form != "none" else None,
+                }
+            )
+            truth[pid] = ("paraphrased", form, r["_id"])
     return pl.DataFrame(rows), test.select("_id", "question", "final_answer"), truth
 
 
 def score(flagged: dict[str, str], truth: dict[str, tuple[str, str, str]], n_clean: int) -> None:
-    for kind in ("verbatim", "light", "rephrased"):
+    for kind in ("verbatim", "light", "rephrased", "paraphrased"):
         cells = []
         for form in ("full", "final", "none"):
             ids = [p for p, (k, f, _) in truth.items() if k == kind and f == form]
             hit = sum(flagged.get(p) == truth[p][2] for p in ids)
             cells.append(f"{form} {hit / len(ids):.3f}")
-        print(f"    recall {kind:9s}: " + ", ".join(cells))
+        print(f"    recall {kind:11s}: " + ", ".join(cells) + f"  ({len(ids)} items)")
     clean = sum(1 for p in flagged if p.startswith("tr:"))
     print(f"    clean train rows flagged: {clean} of {n_clean} = {clean / n_clean:.3%}")
 
