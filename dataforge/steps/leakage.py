@@ -10,17 +10,26 @@ detector and every detector's score, both texts).
 The cascade, cheap first; only candidates reach the transformer:
 1. ``exact``: equal normalized text (NFKC, case, whitespace).
 2. ``ngram``: a shared word n-gram (``ngram``, default 13; ``short_ngram`` for eval texts shorter
-   than ``2 * ngram`` words), as in lm-eval / GPT-3 decontamination.
+   than ``2 * ngram`` words), as in lm-eval / GPT-3 decontamination, on both texts with the
+   punctuation inside numbers removed ("8:00" → "800"), so a copy stripped of punctuation
+   still shares its n-grams.
 3. candidates for rephrases: TF-IDF (word 1–2 grams) cosine top-``top_k`` eval items per train
-   row, kept above ``tfidf_min``;
-4. ``embedding``: MiniLM cosine (offline by default) of candidate pairs only, with the
-   agreement signals that tell a rephrase from a similar problem: the share of the eval item's
-   numbers (digits or words) the train text repeats, and whether the final answers agree.
+   row, kept above ``tfidf_min``, over the normalized texts and over their ``canonical_words``
+   (numbers as ``n<value>`` whether written in digits or words, capitalized words — names —
+   left out; kept above ``canonical_candidate_min``);
+4. ``canonical``: the canonical-words TF-IDF cosine with the numbers agreeing decides a rephrase
+   by itself (renamed people, numbers written out, clauses reordered), without the transformer;
+5. ``embedding``: MiniLM cosine (offline by default) of the remaining candidate pairs only, with
+   the agreement signals that tell a rephrase from a similar problem: the share of the eval
+   item's numbers (digits or words) the train text repeats, and whether the final answers agree.
 
 Decision rule (defaults chosen on planted GSM8K data, figures in BENCHMARKS.md). A shared n-gram
 is a leak unless the pair is a template with other numbers and another answer, or a template
-filled with other names (capitalized words inside sentences) whose numbers do not all repeat. Otherwise, and
-never when both answers are known and differ, a candidate is a leak when:
+filled with other names (capitalized words inside sentences) whose numbers do not all repeat.
+Otherwise, and never when both answers are known and differ, a candidate is a leak when:
+- its canonical-words cosine ≥ ``canonical_min`` and number agreement ≥ ``canonical_numbers_min``
+  (only for eval items with numbers: without them a template filled with other names reads the
+  same); or
 - cosine ≥ ``cosine_alone``, or near-verbatim (TF-IDF ≥ ``tfidf_near`` and cosine ≥
   ``cosine_near``), with number agreement ≥ ``alone_numbers_min`` (the same wording with other
   numbers is another problem); or
@@ -29,7 +38,8 @@ never when both answers are known and differ, a candidate is a leak when:
 - the eval item has ≥ ``many_numbers`` numbers and cosine ≥ ``cosine_many_numbers`` with
   agreement ≥ ``many_numbers_min``, or cosine ≥ ``cosine_all_numbers`` with all of them.
 Numbers are read as digits or words ("twenty-five"); one that only reappears with its
-punctuation stripped ("$129.00" → "12900") still agrees.
+punctuation stripped ("$129.00" → "12900", "8:00" → "800") still agrees: agreement is the better
+of the texts read as written and read with the punctuation inside numbers removed.
 
 Optional LLM judge (``judge: <model name>`` from the recipe's ``models:``): candidates the rule
 leaves undecided that share an n-gram or have cosine ≥ ``judge_min_cosine`` are asked "is A a rephrase of B?"
