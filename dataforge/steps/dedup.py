@@ -73,6 +73,7 @@ _NOT_NAMES = frozenset(
 
 
 SIGNATURE_BATCH = 100_000  # rows whose text is prepared and hashed at once
+_SCORED = {"a": pl.Int64, "b": pl.Int64, "s": pl.Float64}
 
 
 class DedupConfig(StepConfig):
@@ -185,8 +186,8 @@ def _changed_by_nfkc_lower(text: pl.Series) -> pl.Series:
     kernel does itself. Decided per distinct non-ASCII run (with the character before it, the
     only one a combining mark can compose with), not per row, and only in texts with more bytes
     than characters: ASCII never changes under NFKC, so a text changes only where one of its
-    runs does. On the dedup benchmark's corpus 42 % of the
-    rows hold non-ASCII text and 0.1 % need normalizing."""
+    runs does. On the dedup benchmark's corpus 42 % of the rows hold non-ASCII text and 0.1 %
+    need normalizing."""
     changed = np.zeros(len(text), dtype=bool)
     wide = np.nonzero((text.str.len_bytes() != text.str.len_chars()).fill_null(False).to_numpy())[0]
     if not len(wide):
@@ -446,13 +447,11 @@ def dedup_minhash(inputs: dict[str, pl.DataFrame], cfg: MinhashConfig, ctx: Cont
         already scored; only pairs joined through a third row are computed."""
         if cfg.verify != "exact":
             return estimated_jaccard(sigs, rep_dup)
-        known = pairs[:, 0] * total + pairs[:, 1]
-        order = np.argsort(known)
-        wanted = rep_dup[:, 0] * total + rep_dup[:, 1]
-        at = order[np.minimum(np.searchsorted(known, wanted, sorter=order), max(len(order) - 1, 0))]
-        hit = known[at] == wanted if len(known) else np.zeros(len(wanted), dtype=bool)
-        out = np.where(hit, score[at] if len(known) else 0.0, 0.0)
-        out[~hit] = exact_scores(rep_dup[~hit])
+        scored = pl.DataFrame({"a": pairs[:, 0], "b": pairs[:, 1], "s": score}, schema=_SCORED)
+        wanted = pl.DataFrame({"a": rep_dup[:, 0], "b": rep_dup[:, 1]}, schema={"a": pl.Int64, "b": pl.Int64})
+        out = wanted.join(scored, on=["a", "b"], how="left", maintain_order="left")["s"].to_numpy().copy()
+        missing = np.isnan(out)
+        out[missing] = exact_scores(rep_dup[missing])
         return out
 
     kept = _finish(df, cfg, alive, labels, rank, score_of, reason, found)
