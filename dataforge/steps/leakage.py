@@ -300,7 +300,7 @@ def _answers(df: pl.DataFrame, column: str | None) -> list[float | None]:
     return [parse_number(v) for v in df[column].cast(pl.String).to_list()]
 
 
-@step("leakage.check", version=1, inputs=None, outputs=("data", "matches"), columns=_columns)
+@step("leakage.check", version=2, inputs=None, outputs=("data", "matches"), columns=_columns)
 def leakage_check(inputs: dict[str, pl.DataFrame], cfg: LeakageConfig, ctx: Context) -> StepResult:
     """Find train rows that contain an eval item (verbatim, edited or rephrased)."""
     train = inputs["train"]
