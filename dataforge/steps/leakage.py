@@ -29,7 +29,10 @@ filled with other names (capitalized words inside sentences) whose numbers do no
 Otherwise, and never when both answers are known and differ, a candidate is a leak when:
 - its canonical-words cosine ≥ ``canonical_min`` and number agreement ≥ ``canonical_numbers_min``
   (only for eval items with numbers: without them a template filled with other names reads the
-  same); or
+  same); or, for the remaining pairs,
+- if neither TF-IDF cosine reaches ``tfidf_min`` (a pair found only by the lower canonical
+  floor: little shared wording), only cosine ≥ ``weak_cosine`` with number agreement ≥
+  ``canonical_numbers_min`` makes a leak; otherwise
 - cosine ≥ ``cosine_alone``, or near-verbatim (TF-IDF ≥ ``tfidf_near`` and cosine ≥
   ``cosine_near``), with number agreement ≥ ``alone_numbers_min`` (the same wording with other
   numbers is another problem); or
@@ -150,7 +153,8 @@ class LeakageConfig(StepConfig):
     many_numbers_min: float = 0.8
     cosine_all_numbers: float = 0.55
     canonical_min: float = 0.65
-    canonical_candidate_min: float = 0.3
+    canonical_candidate_min: float = 0.2
+    weak_cosine: float = 0.80
     canonical_numbers_min: float = 0.8
     judge: ModelSpec | None = None  # optional LLM judge (`judge: <model name>`) on borderline candidates
     judge_min_cosine: float = 0.60
@@ -273,6 +277,10 @@ def decide(row: dict[str, Any], cfg: LeakageConfig) -> str | None:
         return "canonical"
     if cos is None:
         return None
+    if max(row["tfidf"] or 0.0, row.get("canonical") or 0.0) < cfg.tfidf_min:
+        # found only by the lower canonical floor: little shared wording, so the meaning must carry it
+        numbers_agree = num is None or num >= cfg.canonical_numbers_min
+        return "embedding" if cos >= cfg.weak_cosine and numbers_agree and ans is not False else None
     # same wording: still a different problem when most numbers differ ("John orders 3 pizzas…" vs
     # "Henry orders 7 pizzas…") or both answers are known and differ
     same_problem = ans is not False and (num is None or num >= cfg.alone_numbers_min)

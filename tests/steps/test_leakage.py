@@ -302,3 +302,26 @@ def test_a_rephrase_with_other_names_number_words_and_reordered_clauses_is_caugh
     m = res.tables["matches"]
     assert m["train_id"].to_list() == ["tr:rephrase"]
     assert m["detector"].to_list() == ["canonical"] and m["canonical"][0] >= CFG.canonical_min
+
+
+def test_a_pair_with_little_shared_wording_needs_a_strong_cosine():
+    """A candidate found only by the low canonical floor (both TF-IDF cosines under tfidf_min)
+    is a leak only at cosine ≥ weak_cosine: agreeing numbers and a coincident answer are weak
+    evidence against a train row that holds a long worked solution."""
+    from dataforge.steps.leakage import decide
+
+    row = {
+        "exact": False,
+        "ngram": 0,
+        "coverage": 0.0,
+        "tfidf": None,
+        "canonical": 0.25,
+        "cosine": 0.75,
+        "numbers": 1.0,
+        "eval_numbers": 4,
+        "answers_agree": True,
+    }
+    assert decide(row, CFG) is None
+    assert decide({**row, "cosine": 0.85}, CFG) == "embedding"
+    assert decide({**row, "cosine": 0.85, "numbers": 0.5}, CFG) is None
+    assert decide({**row, "tfidf": 0.45}, CFG) == "embedding"  # shared wording: the usual rule
