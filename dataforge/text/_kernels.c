@@ -218,8 +218,8 @@ static PyObject *py_signatures(PyObject *self, PyObject *args) {
     int failed = 0;
     Py_BEGIN_ALLOW_THREADS;
     int64_t room = longest(offsets, first, last) + 1;
-    uint32_t *toks = malloc(room * sizeof(uint32_t)), *sh = malloc(room * sizeof(uint32_t));
-    if (!toks || !sh) {
+    uint32_t *toks = malloc(2 * room * sizeof(uint32_t)), *sh = toks + room;
+    if (!toks) {
         failed = 1;
     } else {
         for (int64_t d = first; d < last; d++) {
@@ -228,7 +228,6 @@ static PyObject *py_signatures(PyObject *self, PyObject *args) {
         }
     }
     free(toks);
-    free(sh);
     Py_END_ALLOW_THREADS;
     release(bufs, 5);
     if (failed) return PyErr_NoMemory();
@@ -266,8 +265,8 @@ static PyObject *py_pair_jaccard(PyObject *self, PyObject *args) {
     int failed = 0;
     Py_BEGIN_ALLOW_THREADS;
     int64_t room = longest(offsets, 0, n_docs) + 1;
-    uint32_t *toks = malloc(room * 4), *x = malloc(room * 4), *y = malloc(room * 4);
-    if (!toks || !x || !y) {
+    uint32_t *toks = malloc(3 * room * sizeof(uint32_t)), *x = toks + room, *y = x + room;
+    if (!toks) {
         failed = 1;
     } else {
         for (int64_t p = first; p < last; p++) {
@@ -291,8 +290,6 @@ static PyObject *py_pair_jaccard(PyObject *self, PyObject *args) {
         }
     }
     free(toks);
-    free(x);
-    free(y);
     Py_END_ALLOW_THREADS;
     release(bufs, 4);
     if (failed) return PyErr_NoMemory();
@@ -321,8 +318,8 @@ static PyObject *py_all_shingles(PyObject *self, PyObject *args) {
     int failed = 0;
     Py_BEGIN_ALLOW_THREADS;
     int64_t room = longest(offsets, 0, n_docs) + 1;
-    uint32_t *toks = malloc(room * 4), *sh = malloc(room * 4);
-    if (!toks || !sh) {
+    uint32_t *toks = malloc(2 * room * sizeof(uint32_t)), *sh = toks + room;
+    if (!toks) {
         failed = 1;
     } else {
         for (int64_t d = 0; d < n_docs; d++) {
@@ -335,7 +332,6 @@ static PyObject *py_all_shingles(PyObject *self, PyObject *args) {
         }
     }
     free(toks);
-    free(sh);
     Py_END_ALLOW_THREADS;
     release(bufs, 4);
     if (failed) return PyErr_NoMemory();
