@@ -2,17 +2,19 @@
 
 Planted set: GSM8K test items copied into GSM8K train three ways — verbatim, lightly edited
 (case, whitespace, punctuation, a word dropped) and rephrased by rules (synonyms, clause
-reordering, renamed people, numbers written as words) — plus 40 test items paraphrased in an
-LLM's own words (`bench/data/gsm8k_test_paraphrases.jsonl`: written by the language model that
-developed this check, as an LLM rephrase would read — restructured sentences, other verbs, the
-same quantities — not by rules and not tuned against the detector); each in three forms: with the
+reordering, renamed people, numbers written as words) — plus 80 test items paraphrased in an
+LLM's own words (`bench/data/`: written by the language model that developed this check, as an
+LLM rephrase would read — restructured sentences, other verbs, the same quantities — not by
+rules): 40 "paraphrased" items the thresholds were chosen on, and 40 "held-out" items written
+before any tuning on them and only scored; each in three forms: with the
 full worked answer, with only the final answer, and with no answer (prompt-only RL data). Clean
 rows: all of GSM8K train (question + worked solution), none of which is a test item.
 
 Compared in one run on the same rows:
   (a) dataforge `leakage.check` (default thresholds);
   (b) the llm-decontaminator method: MiniLM-embed every train row and every eval item, flag a
-      train row whose top-1 cosine reaches a threshold (shown at 0.80 and 0.90).
+      train row whose top-1 cosine reaches a threshold (shown at 0.80 and 0.90); once with the
+      whole text (the model's 256-token limit) and once with the first 128 tokens, as (a) embeds.
 
 Usage: .venv/bin/python bench/leakage.py [--items 300]
 """
@@ -30,7 +32,12 @@ import polars as pl
 
 REPO = Path(__file__).resolve().parents[1]
 GSM8K = REPO / "recipes" / "data" / "gsm8k"
-PARAPHRASES = REPO / "bench" / "data" / "gsm8k_test_paraphrases.jsonl"
+# LLM-style paraphrases: the dev set the thresholds were chosen on, and a held-out set written before
+# any tuning on it and only scored
+PARAPHRASES = {
+    "paraphrased": REPO / "bench" / "data" / "gsm8k_test_paraphrases.jsonl",
+    "held-out": REPO / "bench" / "data" / "gsm8k_test_paraphrases_heldout.jsonl",
+}
 SYNONYMS = {
     "has": "owns",
     "have": "own",
@@ -60,6 +67,9 @@ FUNCTION = set(
     "a an the if how what when where which who why each every there then this that he she they it we "
     "you i his her their its in on at for from to of and or but so after before".split()
 )
+# quantities at a sentence start are not names: renaming "Half of them…" to "Sven of them…" would
+# delete a number, and the plant would no longer be the same problem
+QUANTITIES = set("all both some most none half several many few another other others twice double".split())
 
 
 def number_words(m: re.Match[str]) -> str:
@@ -82,7 +92,7 @@ def rephrase(q: str, rng: random.Random) -> str:
 
     def rename(m: re.Match[str]) -> str:
         w = m.group(0)
-        if w.lower() in FUNCTION or w.lower() in WORDS or w.lower() in TENS:  # not "Four boats" → "Priya boats"
+        if w.lower() in FUNCTION | QUANTITIES | set(WORDS) | set(TENS):  # not "Four boats" → "Priya boats"
             return w
         return names.setdefault(w, NAMES[len(names) % len(NAMES)])
 
@@ -128,24 +138,25 @@ def build(items: int, seed: int = 0) -> tuple[pl.DataFrame, pl.DataFrame, dict[s
                 truth[pid] = (kind, form, r["_id"])
     # paraphrases in an LLM's own words (bench/data): harder than the rules, planted the same three ways
     by_index = test.with_row_index("i")
-    for p in pl.read_ndjson(PARAPHRASES).iter_rows(named=True):
-        r = by_index.row(p["test_index"], named=True)
-        for form in ("full", "final", "none"):
-            pid = f"plant:paraphrased:{form}:{r['_id']}"
-            tail = {"full": "\n" + r["answer"], "final": f"\nAnswer: {r['final_answer']}", "none": ""}[form]
-            rows.append(
-                {
-                    "_id": pid,
-                    "text": p["question"] + tail,
-                    "final_answer": r["final_answer"] if form != "none" else None,
-                }
-            )
-            truth[pid] = ("paraphrased", form, r["_id"])
+    for kind, path in PARAPHRASES.items():
+        for p in pl.read_ndjson(path).iter_rows(named=True):
+            r = by_index.row(p["test_index"], named=True)
+            for form in ("full", "final", "none"):
+                pid = f"plant:{kind}:{form}:{r['_id']}"
+                tail = {"full": "\n" + r["answer"], "final": f"\nAnswer: {r['final_answer']}", "none": ""}[form]
+                rows.append(
+                    {
+                        "_id": pid,
+                        "text": p["question"] + tail,
+                        "final_answer": r["final_answer"] if form != "none" else None,
+                    }
+                )
+                truth[pid] = (kind, form, r["_id"])
     return pl.DataFrame(rows), test.select("_id", "question", "final_answer"), truth
 
 
 def score(flagged: dict[str, str], truth: dict[str, tuple[str, str, str]], n_clean: int) -> None:
-    for kind in ("verbatim", "light", "rephrased", "paraphrased"):
+    for kind in ("verbatim", "light", "rephrased", *PARAPHRASES):
         cells = []
         for form in ("full", "final", "none"):
             ids = [p for p, (k, f, _) in truth.items() if k == kind and f == form]
@@ -156,13 +167,50 @@ def score(flagged: dict[str, str], truth: dict[str, tuple[str, str, str]], n_cle
     print(f"    clean train rows flagged: {clean} of {n_clean} = {clean / n_clean:.3%}")
 
 
+def margins(rows: list[dict], ids: list[str], truth: dict[str, tuple[str, str, str]], cfg, decide) -> None:
+    """Clean rows flagged and the lowest recall over the rephrased kinds as one threshold moves
+    (the others at their defaults), by re-deciding the candidate pairs of the run. Pairs the
+    ``canonical`` detector decides are not embedded, so above its default the recall shown for
+    ``canonical_min`` is a lower bound. ``decide`` is the rule itself (not the recording wrapper)."""
+
+    def outcome(**change: float) -> str:
+        c = cfg.model_copy(update=change)
+        flagged: dict[str, set[str]] = {}
+        for r in rows:
+            if decide(r, c):
+                flagged.setdefault(ids[r["t"]], set()).add(r["eval_id"])
+        clean = sum(1 for i in flagged if i.startswith("tr:"))
+        recall = {}
+        for p, (kind, form, eid) in truth.items():
+            if kind in ("rephrased", *PARAPHRASES):
+                hit, n = recall.get((kind, form), (0, 0))
+                recall[kind, form] = (hit + (eid in flagged.get(p, ())), n + 1)
+        worst = min(recall, key=lambda k: recall[k][0] / recall[k][1])
+        hit, n = recall[worst]
+        return f"clean {clean:2d}, lowest recall {hit / n:.3f} ({worst[0]}, {worst[1]})"
+
+    print("margins (re-deciding the candidate pairs of (a)):")
+    for key, values in (
+        ("cosine_numbers", (0.86, 0.84, 0.82, 0.80, 0.78, 0.76, 0.74, 0.72, 0.70, 0.65)),
+        ("canonical_min", (0.70, 0.65, 0.62, 0.60, 0.58, 0.55, 0.52, 0.50, 0.45)),
+        ("canonical_numbers_min", (1.0, 0.9, 0.8, 0.7, 0.6)),
+    ):
+        for v in values:
+            mark = " (default)" if getattr(cfg, key) == v else ""
+            print(f"    {key} {v:.2f}: {outcome(**{key: v})}{mark}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--items", type=int, default=300)
     ap.add_argument("--ours-only", action="store_true", help="skip the (slow) embed-everything baseline")
+    ap.add_argument(
+        "--margins", action="store_true", help="re-decide the candidate pairs of (a) with the main thresholds varied"
+    )
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a leakage.check option")
     args = ap.parse_args()
     from dataforge.engine.step import Context
+    from dataforge.steps import leakage
     from dataforge.steps.leakage import LeakageConfig, leakage_check
 
     train, test, truth = build(args.items)
@@ -177,6 +225,10 @@ def main() -> None:
         action="flag",
         **{k: float(v) if "." in v else int(v) for k, v in (kv.split("=", 1) for kv in args.set)},
     )
+    decided: list[dict] = []  # every candidate pair the rule saw, for --margins
+    rule = leakage.decide
+    if args.margins:
+        leakage.decide = lambda row, cfg: decided.append(row) or rule(row, cfg)  # type: ignore[assignment]
     t = time.perf_counter()
     res = leakage_check({"train": train, "gsm8k_test": test}, cfg, ctx)
     ours = time.perf_counter() - t
@@ -184,25 +236,29 @@ def main() -> None:
     print(f"(a) dataforge leakage.check: {ours:.1f} s")
     score(dict(zip(m["train_id"], m["eval_id"], strict=True)), truth, n_clean)
 
+    if args.margins:
+        leakage.decide = rule  # type: ignore[assignment]
+        margins(decided, train["_id"].to_list(), truth, cfg, rule)
     if args.ours_only:
         return
     from dataforge.embed import embed
 
-    t = time.perf_counter()
-    tv = embed(train["text"].to_list())
-    ev = embed(test["question"].to_list())
-    best = np.zeros(len(tv))
-    arg = np.zeros(len(tv), dtype=np.int64)
-    for s in range(0, len(tv), 1024):
-        sims = tv[s : s + 1024] @ ev.T
-        best[s : s + 1024], arg[s : s + 1024] = sims.max(axis=1), sims.argmax(axis=1)
-    theirs = time.perf_counter() - t
-    print(f"(b) embed every train row, top-1 cosine: {theirs:.1f} s")
     ids, eids = train["_id"].to_list(), test["_id"].to_list()
-    for threshold in (0.80, 0.90):
-        print(f"  at cosine >= {threshold}:")
-        score({ids[i]: eids[arg[i]] for i in np.nonzero(best >= threshold)[0]}, truth, n_clean)
-    print(f"speed-up of (a) over (b): {theirs / ours:.1f}x")
+    for label, max_tokens in (("the model's limit, 256 tokens", None), ("the first 128 tokens", 128)):
+        t = time.perf_counter()
+        tv = embed(train["text"].to_list(), max_tokens=max_tokens)
+        ev = embed(test["question"].to_list(), max_tokens=max_tokens)
+        best = np.zeros(len(tv))
+        arg = np.zeros(len(tv), dtype=np.int64)
+        for s in range(0, len(tv), 1024):
+            sims = tv[s : s + 1024] @ ev.T
+            best[s : s + 1024], arg[s : s + 1024] = sims.max(axis=1), sims.argmax(axis=1)
+        theirs = time.perf_counter() - t
+        print(f"(b) embed every train row ({label}), top-1 cosine: {theirs:.1f} s")
+        for threshold in (0.80, 0.90):
+            print(f"  at cosine >= {threshold}:")
+            score({ids[i]: eids[arg[i]] for i in np.nonzero(best >= threshold)[0]}, truth, n_clean)
+        print(f"speed-up of (a) over (b): {theirs / ours:.1f}x")
 
 
 if __name__ == "__main__":

@@ -47,19 +47,33 @@ def embed(
     batch_size: int = 64,
     progress: Any = None,
     device: str | None = None,
+    max_tokens: int | None = None,
 ) -> np.ndarray:
-    """(n, d) float32 unit-length embeddings of ``texts``."""
+    """(n, d) float32 unit-length embeddings of ``texts``, in their order. Texts are batched
+    longest first (little padding per batch); ``max_tokens`` truncates each text to its first
+    tokens (the model's own limit when None)."""
     m = load_model(model, device)
     dim = getattr(m, "get_embedding_dimension", None) or m.get_sentence_embedding_dimension  # renamed in 6.x
     out = np.zeros((len(texts), dim() or 0), dtype=np.float32)
+    order = np.argsort([-len(t) for t in texts], kind="stable")
     starts = range(0, len(texts), batch_size)
     if progress is not None:
         starts = progress.track(starts, total=len(starts), description="embed")
-    for s in starts:
-        batch = list(texts[s : s + batch_size])
-        out[s : s + len(batch)] = m.encode(
-            batch, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
-        )
+    limit = m.max_seq_length
+    if max_tokens is not None:
+        m.max_seq_length = min(limit, max_tokens)
+    try:
+        for s in starts:
+            idx = order[s : s + batch_size]
+            out[idx] = m.encode(
+                [texts[i] for i in idx],
+                batch_size=batch_size,
+                normalize_embeddings=True,
+                convert_to_numpy=True,
+                show_progress_bar=False,
+            )
+    finally:
+        m.max_seq_length = limit
     return out
 
 

@@ -13,36 +13,34 @@ The cascade, cheap first; only candidates reach the transformer:
    than ``2 * ngram`` words), as in lm-eval / GPT-3 decontamination, on both texts with the
    punctuation inside numbers removed ("8:00" → "800"), so a copy stripped of punctuation
    still shares its n-grams.
-3. candidates for rephrases: TF-IDF (word 1–2 grams) cosine top-``top_k`` eval items per train
-   row, kept above ``tfidf_min``, over the normalized texts and over their ``canonical_words``
-   (numbers as ``n<value>`` whether written in digits or words, capitalized words — names —
-   left out; kept above ``canonical_candidate_min``);
+3. candidates for rephrases: TF-IDF (words) cosine top-``top_k`` eval items per train row, kept
+   above ``tfidf_min``, over the normalized texts and over their ``canonical_words`` (numbers as
+   ``n<value>`` whether written in digits or words, capitalized words — names — left out; kept
+   above ``canonical_candidate_min``);
 4. ``canonical``: the canonical-words TF-IDF cosine with the numbers agreeing decides a rephrase
    by itself (renamed people, numbers written out, clauses reordered), without the transformer;
-5. ``embedding``: MiniLM cosine (offline by default) of the remaining candidate pairs only, with
-   the agreement signals that tell a rephrase from a similar problem: the share of the eval
-   item's numbers (digits or words) the train text repeats, and whether the final answers agree.
+5. ``embedding``: MiniLM cosine (offline by default; the first ``max_tokens`` tokens of each text,
+   where a question stands before its worked answer) of the remaining candidate pairs whose
+   agreement signals the rule could still accept — the share of the eval item's numbers (digits
+   or words) the train text repeats, and whether the final answers agree.
 
 Decision rule (defaults chosen on planted GSM8K data, figures in BENCHMARKS.md). A shared n-gram
 is a leak unless the pair is a template with other numbers and another answer, or a template
 filled with other names (capitalized words inside sentences) whose numbers do not all repeat.
 Otherwise, and never when both answers are known and differ, a candidate is a leak when:
-- its canonical-words cosine ≥ ``canonical_min`` and number agreement ≥ ``canonical_numbers_min``
-  (only for eval items with numbers: without them a template filled with other names reads the
-  same); or, for the remaining pairs,
-- if neither TF-IDF cosine reaches ``tfidf_min`` (a pair found only by the lower canonical
-  floor: little shared wording), only cosine ≥ ``weak_cosine`` with number agreement ≥
-  ``canonical_numbers_min`` makes a leak; otherwise
-- cosine ≥ ``cosine_alone``, or near-verbatim (TF-IDF ≥ ``tfidf_near`` and cosine ≥
-  ``cosine_near``), with number agreement ≥ ``alone_numbers_min`` (the same wording with other
-  numbers is another problem); or
-- cosine ≥ ``cosine_numbers`` and every number of the eval item reappears (≥ ``numbers_min``); or
-- the answers agree, cosine ≥ ``cosine_answer`` and number agreement ≥ ``answer_numbers_min``; or
-- the eval item has ≥ ``many_numbers`` numbers and cosine ≥ ``cosine_many_numbers`` with
-  agreement ≥ ``many_numbers_min``, or cosine ≥ ``cosine_all_numbers`` with all of them.
-Numbers are read as digits or words ("twenty-five"); one that only reappears with its
-punctuation stripped ("$129.00" → "12900", "8:00" → "800") still agrees: agreement is the better
-of the texts read as written and read with the punctuation inside numbers removed.
+- ``canonical``: its canonical-words cosine ≥ ``canonical_min`` and number agreement ≥
+  ``canonical_numbers_min`` (only for eval items with numbers: without them a template filled
+  with other names reads the same);
+- ``embedding``: cosine ≥ ``cosine_numbers`` and every number of the eval item reappears
+  (agreement ≥ ``numbers_min``) — the same meaning with other numbers ("John orders 3 pizzas…" vs
+  "Henry orders 7 pizzas…") is another problem; or cosine ≥ ``cosine_alone`` with agreement ≥
+  ``alone_numbers_min`` (a near copy with a number mangled); or, when the eval item has no
+  number to agree on (dialogue, open questions), cosine ≥ ``cosine_text``.
+Number agreement is the share of the eval item's distinct numbers the train text has (a lone
+counting "one" left out), read as digits or words ("twenty-five", "three quarters", "1/4", ".5");
+one that only reappears with its punctuation stripped ("$129.00" → "12900", "8:00" → "800") still
+agrees: agreement is the better of the texts read as written and read with the punctuation
+inside numbers removed.
 
 Optional LLM judge (``judge: <model name>`` from the recipe's ``models:``): candidates the rule
 leaves undecided that share an n-gram or have cosine ≥ ``judge_min_cosine`` are asked "is A a rephrase of B?"
@@ -134,27 +132,22 @@ class LeakageConfig(StepConfig):
     short_ngram: int = 8
     ngram_coverage: float = 0.5
     entities_min: float = 0.5
-    candidate_numbers_min: float = 0.5
     top_k: int = 3
     tfidf_min: float = 0.3
     embed: bool = True
+    embed_search: bool = False  # also embed every train row and search its top_k eval items by cosine
     model: str | None = None
     batch_size: int = 64
-    cosine_alone: float = 0.97
-    cosine_numbers: float = 0.80
+    max_tokens: int | None = 128
+    cosine_numbers: float = 0.76
     numbers_min: float = 1.0
-    cosine_answer: float = 0.70
-    answer_numbers_min: float = 0.5
+    cosine_text: float = 0.80
+    cosine_alone: float = 0.97
     alone_numbers_min: float = 0.75
+    answer_numbers_min: float = 0.5
     tfidf_near: float = 0.70
-    cosine_near: float = 0.88
-    cosine_many_numbers: float = 0.65
-    many_numbers: int = 3
-    many_numbers_min: float = 0.8
-    cosine_all_numbers: float = 0.55
-    canonical_min: float = 0.65
+    canonical_min: float = 0.58
     canonical_candidate_min: float = 0.2
-    weak_cosine: float = 0.80
     canonical_numbers_min: float = 0.8
     judge: ModelSpec | None = None  # optional LLM judge (`judge: <model name>`) on borderline candidates
     judge_min_cosine: float = 0.60
@@ -167,6 +160,8 @@ def _columns(cfg: LeakageConfig, cols: dict[str, Columns], info: PlanInfo) -> di
         raise RecipeError("needs an input named 'train' (the data to clean)", key="inputs")
     if len(cols) < 2:
         raise RecipeError("needs at least one eval input besides 'train'", key="inputs")
+    if cfg.embed_search and not cfg.embed:
+        raise RecipeError("embed_search needs embed: true (it searches by the embedding cosine)", key="embed_search")
     for name, c in cols.items():
         fields = cfg.train_fields if name == "train" else cfg.eval_fields
         answer = cfg.train_answer if name == "train" else cfg.eval_answer
@@ -217,7 +212,7 @@ def _ngram_hits(train: pl.Series, evals: pl.Series, cfg: LeakageConfig) -> pl.Da
 def _tfidf_candidates(train: list[str], evals: list[str], top_k: int, floor: float) -> pl.DataFrame:
     from sklearn.feature_extraction.text import TfidfVectorizer
 
-    vec = TfidfVectorizer(ngram_range=(1, 2), min_df=1, sublinear_tf=True)
+    vec = TfidfVectorizer(min_df=1, sublinear_tf=True)
     vec.fit(evals + train)
     t, e = vec.transform(train), vec.transform(evals)
     rows, cols, vals = [], [], []
@@ -235,6 +230,28 @@ def _tfidf_candidates(train: list[str], evals: list[str], top_k: int, floor: flo
     if not rows:
         return pl.DataFrame(schema={"t": pl.Int64, "e": pl.Int64, "tfidf": pl.Float64})
     return pl.DataFrame({"t": np.concatenate(rows), "e": np.concatenate(cols), "tfidf": np.concatenate(vals)})
+
+
+def _vectors(texts: list[str], cfg: LeakageConfig, ctx: Context) -> np.ndarray:
+    from dataforge.embed import embed
+
+    return embed(texts, cfg.model, cfg.batch_size, ctx.progress, max_tokens=cfg.max_tokens)
+
+
+def _cosine_candidates(tv: np.ndarray, ev: np.ndarray, top_k: int, floor: float) -> pl.DataFrame:
+    """(t, e) for each train row's ``top_k`` eval items by cosine, kept at ≥ ``floor``: exact
+    search, 1,024 train rows at a time (memory: 1,024 × eval rows floats)."""
+    rows, cols = [], []
+    for s in range(0, len(tv), 1024):
+        sims = tv[s : s + 1024] @ ev.T
+        k = min(top_k, sims.shape[1])
+        top = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+        keep = np.take_along_axis(sims, top, axis=1) >= floor
+        rows.append(np.nonzero(keep)[0] + s)
+        cols.append(top[keep])
+    if not rows:
+        return pl.DataFrame(schema={"t": pl.Int64, "e": pl.Int64})
+    return pl.DataFrame({"t": np.concatenate(rows), "e": np.concatenate(cols)}).cast(pl.Int64)
 
 
 def ngram_decides(coverage: float, num: float | None, ans: bool | None, ent: float | None, cfg: LeakageConfig) -> bool:
@@ -270,36 +287,27 @@ def decide(row: dict[str, Any], cfg: LeakageConfig) -> str | None:
     if row["exact"]:
         return "exact"
     cos, num, ans = row["cosine"], row["numbers"], row["answers_agree"]
-    numbers_ok = num is None or num >= cfg.numbers_min
     if row["ngram"] and ngram_decides(row["coverage"], num, ans, row.get("entities"), cfg):
         return "ngram"
     if canonical_decides(row.get("canonical"), num, ans, cfg):
         return "canonical"
-    if cos is None:
+    if cos is None or ans is False:
         return None
-    if max(row["tfidf"] or 0.0, row.get("canonical") or 0.0) < cfg.tfidf_min:
-        # found only by the lower canonical floor: little shared wording, so the meaning must carry it
-        numbers_agree = num is None or num >= cfg.canonical_numbers_min
-        return "embedding" if cos >= cfg.weak_cosine and numbers_agree and ans is not False else None
-    # same wording: still a different problem when most numbers differ ("John orders 3 pizzas…" vs
-    # "Henry orders 7 pizzas…") or both answers are known and differ
-    same_problem = ans is not False and (num is None or num >= cfg.alone_numbers_min)
-    if cos >= cfg.cosine_alone and same_problem:
+    if num is None:  # nothing to count: the meaning alone
+        return "embedding" if cos >= cfg.cosine_text else None
+    # the same meaning and every number: a rephrase; the same meaning with other numbers ("John
+    # orders 3 pizzas…" vs "Henry orders 7 pizzas…") is another problem, unless nearly identical
+    if cos >= cfg.cosine_numbers and num >= cfg.numbers_min:
         return "embedding"
-    # near-verbatim: the same words (TF-IDF) and meaning
-    if (row["tfidf"] or 0.0) >= cfg.tfidf_near and cos >= cfg.cosine_near and same_problem:
-        return "embedding"
-    if cos >= cfg.cosine_numbers and numbers_ok and ans is not False:
-        return "embedding"
-    if ans is True and cos >= cfg.cosine_answer and (num is None or num >= cfg.answer_numbers_min):
-        return "embedding"
-    # an eval item with several numbers, nearly all of them repeated: a rephrase even when worded far apart
-    many = row.get("eval_numbers", 0) >= cfg.many_numbers and num is not None and ans is not False
-    if many and num >= cfg.many_numbers_min and cos >= cfg.cosine_many_numbers:
-        return "embedding"
-    if many and num >= 0.999 and cos >= cfg.cosine_all_numbers:
+    if cos >= cfg.cosine_alone and num >= cfg.alone_numbers_min:
         return "embedding"
     return None
+
+
+def _embeddable(num: float | None, ans: bool | None, cfg: LeakageConfig) -> bool:
+    """Whether ``decide`` could call a pair with these agreement signals a leak by its cosine:
+    only such pairs are embedded."""
+    return ans is not False and (num is None or num >= min(cfg.numbers_min, cfg.alone_numbers_min))
 
 
 def _answers(df: pl.DataFrame, column: str | None) -> list[float | None]:
@@ -308,7 +316,7 @@ def _answers(df: pl.DataFrame, column: str | None) -> list[float | None]:
     return [parse_number(v) for v in df[column].cast(pl.String).to_list()]
 
 
-@step("leakage.check", version=2, inputs=None, outputs=("data", "matches"), columns=_columns)
+@step("leakage.check", version=3, inputs=None, outputs=("data", "matches"), columns=_columns)
 def leakage_check(inputs: dict[str, pl.DataFrame], cfg: LeakageConfig, ctx: Context) -> StepResult:
     """Find train rows that contain an eval item (verbatim, edited or rephrased)."""
     train = inputs["train"]
@@ -319,6 +327,10 @@ def leakage_check(inputs: dict[str, pl.DataFrame], cfg: LeakageConfig, ctx: Cont
     # train-side signals are read only for rows that reach a candidate pair, once each
     t_list = t_text.to_list()
     t_answer_text = train[cfg.train_answer].cast(pl.String).to_list() if cfg.train_answer else None
+
+    @functools.cache
+    def t_vectors() -> np.ndarray:
+        return _vectors(t_list, cfg, ctx)
 
     @functools.cache
     def t_words(t: int) -> frozenset[str]:
@@ -353,8 +365,13 @@ def leakage_check(inputs: dict[str, pl.DataFrame], cfg: LeakageConfig, ctx: Cont
         e_canon = [canonical_words(x) for x in e_text.to_list()]
         canon = _tfidf_candidates(t_canon, e_canon, cfg.top_k, cfg.canonical_candidate_min)
         canon = canon.rename({"tfidf": "canonical"})
+        sources = [exact, ngram, tfidf, canon]
+        if cfg.embed_search:
+            tv_all = t_vectors()
+            ev_all = _vectors(e_text.to_list(), cfg, ctx)
+            sources.append(_cosine_candidates(tv_all, ev_all, cfg.top_k, min(cfg.cosine_numbers, cfg.cosine_text)))
         pairs = (
-            pl.concat([exact.select("t", "e"), ngram.select("t", "e"), tfidf.select("t", "e"), canon.select("t", "e")])
+            pl.concat([frame.select("t", "e") for frame in sources])
             .unique()
             .join(exact, on=["t", "e"], how="left")
             .join(ngram, on=["t", "e"], how="left")
@@ -372,11 +389,8 @@ def leakage_check(inputs: dict[str, pl.DataFrame], cfg: LeakageConfig, ctx: Cont
             for t, e in zip(t_idx, e_idx, strict=True)
         ]
         cos = np.full(pairs.height, np.nan)
-        # only rephrase candidates whose numbers or answer could agree reach the transformer
-        plausible = np.array(
-            [(a is True) or n is None or n >= cfg.candidate_numbers_min for n, a in zip(num, ans, strict=True)],
-            dtype=bool,
-        ) | (pairs["tfidf"].fill_null(0.0).to_numpy() >= cfg.tfidf_near)
+        # only candidates the rule could still call a leak by their cosine reach the transformer
+        plausible = np.array([_embeddable(n, a, cfg) for n, a in zip(num, ans, strict=True)], dtype=bool)
         # n-gram hits are decided without the transformer, unless near-verbatim by TF-IDF (the n-gram
         # rule may still turn those down when punctuation loss mangled their numbers)
         near = pairs["tfidf"].fill_null(0.0).to_numpy() >= cfg.tfidf_near
@@ -397,14 +411,15 @@ def leakage_check(inputs: dict[str, pl.DataFrame], cfg: LeakageConfig, ctx: Cont
         todo = ~pairs["exact"].to_numpy() & ((pairs["shared"] == 0).to_numpy() | (near & ngram_no)) & plausible
         todo &= ~by_canonical  # decided without the transformer
         if cfg.embed and todo.any():
-            from dataforge.embed import embed
-
             ti = pairs["t"].to_numpy()[todo]
             ei = pairs["e"].to_numpy()[todo]
-            ut, ue = np.unique(ti), np.unique(ei)
-            tv = embed(t_text.gather(ut).to_list(), cfg.model, cfg.batch_size, ctx.progress)
-            evv = embed(e_text.gather(ue).to_list(), cfg.model, cfg.batch_size, ctx.progress)
-            cos[todo] = (tv[np.searchsorted(ut, ti)] * evv[np.searchsorted(ue, ei)]).sum(axis=1)
+            if cfg.embed_search:  # every text is embedded already
+                cos[todo] = (tv_all[ti] * ev_all[ei]).sum(axis=1)
+            else:
+                ut, ue = np.unique(ti), np.unique(ei)
+                tv = _vectors(t_text.gather(ut).to_list(), cfg, ctx)
+                evv = _vectors(e_text.gather(ue).to_list(), cfg, ctx)
+                cos[todo] = (tv[np.searchsorted(ut, ti)] * evv[np.searchsorted(ue, ei)]).sum(axis=1)
         for k, r in enumerate(pairs.iter_rows(named=True)):
             t, e = r["t"], r["e"]
             row = {

@@ -29,10 +29,34 @@ _UNITS = {
     "eighteen": 18,
     "nineteen": 19,
 }
-_ALONE = {"dozen": 12, "twice": 2, "double": 2, "triple": 3, "half": 0.5}  # never part of a compound
+# never part of a compound
+_ALONE = {
+    "dozen": 12,
+    "dozens": 12,
+    "twice": 2,
+    "double": 2,
+    "triple": 3,
+    "thrice": 3,
+    "half": 0.5,
+    "quarter": 0.25,
+    "quarters": 0.25,
+}
+# after a number, a fraction of it: "three quarters" = 0.75 (as "3/4" reads), "two thirds", "one half"
+_DENOMINATORS = {
+    "half": 2,
+    "halves": 2,
+    "third": 3,
+    "thirds": 3,
+    "quarter": 4,
+    "quarters": 4,
+    "fourth": 4,
+    "fourths": 4,
+    "fifth": 5,
+    "fifths": 5,
+}
 _TENS = {"twenty": 20, "thirty": 30, "forty": 40, "fifty": 50, "sixty": 60, "seventy": 70, "eighty": 80, "ninety": 90}
 _SCALES = {"hundred": 100, "thousand": 1000, "million": 1_000_000}
-_TOKEN = re.compile(r"\d+(?:,\d{3})*(?:\.\d+)?|[a-z]+", re.IGNORECASE)
+_TOKEN = re.compile(r"(?<![\d/])\d+/\d+(?![\d/]|[.,]\d)|\d+(?:,\d{3})*(?:\.\d+)?|(?<![\d.])\.\d+|[a-z]+", re.IGNORECASE)
 
 
 class _WordNumber:
@@ -71,6 +95,11 @@ class _WordNumber:
             self.group = v
         self.last = "tens"
 
+    def fraction(self, denominator: int) -> None:
+        """ "three quarters": the number just read, divided."""
+        self.group = (self.group or 0) / denominator
+        self.emit()
+
     def scale(self, v: float) -> None:
         if v == 100:
             self.group = (self.group or 1) * 100
@@ -81,21 +110,30 @@ class _WordNumber:
             self.last = "scale"
 
 
+def _digits_value(token: str) -> float:
+    """ "3,000" → 3000, ".5" → 0.5, "3/4" → 0.75 (a fraction as its value: "1/4 pound" reads as
+    "a quarter of a pound" does)."""
+    top, _, bottom = token.replace(",", "").partition("/")
+    return float(top) / float(bottom) if bottom and float(bottom) else float(top)
+
+
 def _read(text: str, number: Callable[[float], None], word: Callable[[str], None]) -> None:
     """Read ``text`` in order, passing each number (digits or words) to ``number`` and every other
     word to ``word``."""
     words = _WordNumber(number)
     for tok in _TOKEN.findall(text or ""):
         low = tok.lower()
-        if tok[0].isdigit():
+        if not tok[0].isalpha():
             words.emit()
-            number(float(tok.replace(",", "")))
+            number(_digits_value(tok))
         elif low in _UNITS:
             words.unit(_UNITS[low])
         elif low in _TENS:
             words.tens(_TENS[low])
         elif low in _SCALES and words.value is not None:
             words.scale(_SCALES[low])
+        elif low in _DENOMINATORS and words.last in ("unit", "tens") and not words.total:
+            words.fraction(_DENOMINATORS[low])
         elif low in _ALONE:
             words.emit()
             number(_ALONE[low])
@@ -132,17 +170,22 @@ def digit_key(x: float) -> str:
 
 
 def agreement(train: Counter[float], reference: Counter[float]) -> float | None:
-    """Share of the reference's numbers (with repeats) that the train text also has; None when the
-    reference mentions no number (the signal says nothing then). A number the train text only has
-    with its punctuation stripped ("$129.00" → "12900", "$0.8" → "08") still counts, when it is a
-    decimal or at least two digits are left to compare (so 1, 10 and 100 stay apart)."""
-    total = sum(reference.values())
-    if not total:
+    """Share of the reference's distinct numbers that the train text also has; None when the
+    reference mentions no number (the signal says nothing then). Distinct, because a rephrase
+    merges repeats ("3 pairs of shorts, 3 pairs of pants" → "3 pairs each of shorts and pants");
+    a 1 is left out when the reference has other numbers, because English counts with it ("One
+    glass costs $5" → "$5 apiece"). A number the train text only has with its punctuation
+    stripped ("$129.00" → "12900", "$0.8" → "08") still counts, when it is a decimal or at least
+    two digits are left to compare (so 1, 10 and 100 stay apart)."""
+    values = set(reference)
+    if len(values) > 1:
+        values.discard(1.0)
+    if not values:
         return None
-    same = train & reference
-    rest_ref = Counter(digit_key(x) for x in (reference - same).elements() if x != int(x) or len(digit_key(x)) >= 2)
-    rest_train = Counter(digit_key(x) for x in (train - same).elements())
-    return (sum(same.values()) + sum((rest_ref & rest_train).values())) / total
+    missing = values - set(train)
+    stripped = {digit_key(x) for x in set(train) - values}
+    recovered = sum(1 for x in missing if (x != int(x) or len(digit_key(x)) >= 2) and digit_key(x) in stripped)
+    return (len(values) - len(missing) + recovered) / len(values)
 
 
 _INSIDE_NUMBER = re.compile(r"(?<=\d)[.,:](?=\d)")
