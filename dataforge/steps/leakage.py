@@ -162,6 +162,10 @@ def _columns(cfg: LeakageConfig, cols: dict[str, Columns], info: PlanInfo) -> di
         raise RecipeError("needs at least one eval input besides 'train'", key="inputs")
     if cfg.embed_search and not cfg.embed:
         raise RecipeError("embed_search needs embed: true (it searches by the embedding cosine)", key="embed_search")
+    if cfg.embed:
+        from dataforge.embed import check_model
+
+        check_model(cfg.model, info.base_dir)
     for name, c in cols.items():
         fields = cfg.train_fields if name == "train" else cfg.eval_fields
         answer = cfg.train_answer if name == "train" else cfg.eval_answer
@@ -233,9 +237,10 @@ def _tfidf_candidates(train: list[str], evals: list[str], top_k: int, floor: flo
 
 
 def _vectors(texts: list[str], cfg: LeakageConfig, ctx: Context) -> np.ndarray:
-    from dataforge.embed import embed
+    from dataforge.embed import embed, resolve_model
 
-    return embed(texts, cfg.model, cfg.batch_size, ctx.progress, max_tokens=cfg.max_tokens)
+    model = resolve_model(cfg.model, ctx.base_dir)
+    return embed(texts, model, cfg.batch_size, ctx.progress, max_tokens=cfg.max_tokens)
 
 
 def _cosine_candidates(tv: np.ndarray, ev: np.ndarray, top_k: int, floor: float) -> pl.DataFrame:

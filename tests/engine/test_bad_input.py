@@ -181,3 +181,29 @@ def test_dedup_unknown_input_name_is_a_plan_error(ws):
     )
     err = _plan_error(ws, text)
     assert (err.step, err.key) == ("dd", "inputs.againts") and "it takes: data, against, signatures" in str(err)
+
+
+@pytest.mark.parametrize(
+    "step",
+    [
+        "kind: leakage.check\n    inputs: {train: parsed, eval: parsed}\n    train_fields: [question]\n"
+        "    eval_fields: [question]",
+        "kind: dedup.semantic\n    inputs: {data: parsed}\n    fields: [question]",
+    ],
+)
+def test_an_embedding_model_path_that_does_not_exist_is_a_plan_error(ws, step):
+    """A local model path is resolved against the recipe's folder and checked before any row is
+    read; the bundled default passes."""
+    text = QA_RECIPE.replace("datasets:", f"  check:\n    {step}\n    model: ./models/minilm\ndatasets:")
+    err = _plan_error(ws, text)
+    assert (err.step, err.key) == ("check", "model")
+    assert "embedding model './models/minilm' not found at" in str(err) and str(ws.root) in str(err)
+    ws.jsonl("qa.jsonl", [{"question": "q" * 20, "answer": "a\n#### 1"}])
+    plan_recipe(ws.recipe(text.replace("    model: ./models/minilm\n", "")))  # the bundled MiniLM
+    from dataforge.embed import model_path, resolve_model
+
+    (ws.root / "models").mkdir()
+    (ws.root / "models" / "minilm").symlink_to(model_path(None))
+    plan_recipe(ws.recipe(text))
+    assert resolve_model("./models/minilm", ws.root) == str(ws.root / "models" / "minilm")
+    assert resolve_model("org/name", ws.root) == "org/name"  # a hub id stays as given
