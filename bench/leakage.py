@@ -194,6 +194,7 @@ def margins(rows: list[dict], ids: list[str], truth: dict[str, tuple[str, str, s
         ("cosine_numbers", (0.86, 0.84, 0.82, 0.80, 0.78, 0.76, 0.74, 0.72, 0.70, 0.65)),
         ("canonical_min", (0.70, 0.65, 0.62, 0.60, 0.58, 0.55, 0.52, 0.50, 0.45)),
         ("canonical_numbers_min", (1.0, 0.9, 0.8, 0.7, 0.6)),
+        ("minhash_min", (0.7, 0.6, 0.5)),  # pairs under the default are not kept: no lower values
     ):
         for v in values:
             mark = " (default)" if getattr(cfg, key) == v else ""

@@ -13,13 +13,15 @@ The cascade, cheap first; only candidates reach the transformer:
    than ``2 * ngram`` words), as in lm-eval / GPT-3 decontamination, on both texts with the
    punctuation inside numbers removed ("8:00" → "800"), so a copy stripped of punctuation
    still shares its n-grams.
-3. candidates for rephrases: TF-IDF (words) cosine top-``top_k`` eval items per train row, kept
+3. ``minhash``: word 3-gram shingle Jaccard ≥ ``minhash_min`` through a MinHash LSH index of
+   the eval side (candidates verified exactly): a copy edited so often that no n-gram survives;
+4. candidates for rephrases: TF-IDF (words) cosine top-``top_k`` eval items per train row, kept
    above ``tfidf_min``, over the normalized texts and over their ``canonical_words`` (numbers as
    ``n<value>`` whether written in digits or words, capitalized words — names — left out; kept
    above ``canonical_candidate_min``);
-4. ``canonical``: the canonical-words TF-IDF cosine with the numbers agreeing decides a rephrase
+5. ``canonical``: the canonical-words TF-IDF cosine with the numbers agreeing decides a rephrase
    by itself (renamed people, numbers written out, clauses reordered), without the transformer;
-5. ``embedding``: MiniLM cosine (offline by default; the first ``max_tokens`` tokens of each text,
+6. ``embedding``: MiniLM cosine (offline by default; the first ``max_tokens`` tokens of each text,
    where a question stands before its worked answer) of the remaining candidate pairs whose
    agreement signals the rule could still accept — the share of the eval item's numbers (digits
    or words) the train text repeats, and whether the final answers agree.
@@ -28,6 +30,9 @@ Decision rule (defaults chosen on planted GSM8K data, figures in BENCHMARKS.md).
 is a leak unless the pair is a template with other numbers and another answer, or a template
 filled with other names (capitalized words inside sentences) whose numbers do not all repeat.
 Otherwise, and never when both answers are known and differ, a candidate is a leak when:
+- ``minhash``: its shingle Jaccard ≥ ``minhash_min`` with number agreement ≥
+  ``alone_numbers_min`` and, unless every number repeats, the eval item's names (where it has
+  any) found in the train text;
 - ``canonical``: its canonical-words cosine ≥ ``canonical_min`` and number agreement ≥
   ``canonical_numbers_min`` (only for eval items with numbers: without them a template filled
   with other names reads the same);
@@ -107,7 +112,16 @@ def name_agreement(train_words: frozenset[str], names: frozenset[str]) -> float 
 
 _VERDICT = re.compile(r"\[\[\s*(YES|NO)\s*\]\]|^\s*(YES|NO)\b", re.IGNORECASE)
 
-SIGNALS = ("exact", "ngram", "tfidf", "canonical", "cosine", "numbers", "answers_agree")  # every detector's score
+SIGNALS = (
+    "exact",
+    "ngram",
+    "minhash",
+    "tfidf",
+    "canonical",
+    "cosine",
+    "numbers",
+    "answers_agree",
+)  # every detector's score
 MATCH_COLUMNS = [
     "_id",
     "train_id",
@@ -119,7 +133,14 @@ MATCH_COLUMNS = [
     "train_text",
     "eval_text",
 ]
-DETECTORS = ("exact", "ngram", "canonical", "embedding", "judge")  # in the order a train row's best match is chosen
+DETECTORS = (
+    "exact",
+    "ngram",
+    "minhash",
+    "canonical",
+    "embedding",
+    "judge",
+)  # in the order a train row's best match is chosen
 
 
 class LeakageConfig(StepConfig):
@@ -131,6 +152,10 @@ class LeakageConfig(StepConfig):
     ngram: int = 13
     short_ngram: int = 8
     ngram_coverage: float = 0.5
+    minhash: bool = True
+    minhash_ngram: int = 3
+    minhash_min: float = 0.5
+    num_perm: int = 128
     entities_min: float = 0.5
     top_k: int = 3
     tfidf_min: float = 0.3
@@ -213,6 +238,36 @@ def _ngram_hits(train: pl.Series, evals: pl.Series, cfg: LeakageConfig) -> pl.Da
     return pl.concat(out).select("t", "e", "shared", "coverage").cast({"t": pl.Int64, "e": pl.Int64})
 
 
+def _minhash_hits(train: pl.Series, evals: pl.Series, cfg: LeakageConfig) -> pl.DataFrame:
+    """(t, e, minhash) for train/eval pairs whose word ``minhash_ngram``-shingle sets have Jaccard
+    ≥ ``minhash_min``: the eval side's MinHash signatures indexed in LSH buckets with the train
+    side's (``dataforge.text.minhash``, datasketch-compatible), candidates verified by exact
+    Jaccard. Catches a copy edited so often that no ``short_ngram`` words survive in a row."""
+    import pyarrow as pa
+
+    from dataforge.text.minhash import candidate_pairs, exact_jaccard, lsh_params, signatures
+
+    empty = pl.DataFrame(schema={"t": pl.Int64, "e": pl.Int64, "minhash": pl.Float64})
+    if not cfg.minhash:
+        return empty
+    texts = pa.concat_arrays([evals.to_arrow().cast(pa.large_string()), train.to_arrow().cast(pa.large_string())])
+    sigs = signatures(texts, cfg.num_perm, 1, cfg.minhash_ngram)
+    n_eval = len(evals)
+    # each bucket links its members to its head, the lowest index: an eval item where the bucket has one.
+    # Bands weighted toward recall (97 % of pairs at Jaccard 0.5 instead of datasketch's 55 %): exact
+    # verification removes the extra candidates.
+    pairs = candidate_pairs(sigs, *lsh_params(cfg.minhash_min, cfg.num_perm, 0.05, 0.95))
+    pairs = pairs[(pairs[:, 0] < n_eval) & (pairs[:, 1] >= n_eval)]
+    if not len(pairs):
+        return empty
+    jaccard = exact_jaccard(texts, pairs, cfg.minhash_ngram)
+    keep = jaccard >= cfg.minhash_min
+    return pl.DataFrame(
+        {"t": pairs[keep, 1] - n_eval, "e": pairs[keep, 0], "minhash": jaccard[keep]},
+        schema={"t": pl.Int64, "e": pl.Int64, "minhash": pl.Float64},
+    )
+
+
 def _tfidf_candidates(train: list[str], evals: list[str], top_k: int, floor: float) -> pl.DataFrame:
     from sklearn.feature_extraction.text import TfidfVectorizer
 
@@ -276,6 +331,20 @@ def ngram_decides(coverage: float, num: float | None, ans: bool | None, ent: flo
     return coverage >= cfg.ngram_coverage or (loose_numbers and ans is not False)
 
 
+def minhash_decides(
+    jaccard: float | None, num: float | None, ans: bool | None, ent: float | None, cfg: LeakageConfig
+) -> bool:
+    """Whether a near copy by shingle Jaccard (≥ ``minhash_min``) is a leak: unless it is a template
+    with other numbers ("John orders 3 pizzas…" vs "Henry orders 7 pizzas…" share most shingles),
+    another final answer, or other names while its numbers do not all repeat."""
+    if jaccard is None or jaccard < cfg.minhash_min or ans is False:
+        return False
+    if num is not None and num < cfg.alone_numbers_min:
+        return False
+    all_numbers = num is not None and num >= cfg.numbers_min
+    return all_numbers or ent is None or ent >= cfg.entities_min
+
+
 def canonical_decides(canonical: float | None, num: float | None, ans: bool | None, cfg: LeakageConfig) -> bool:
     """Whether the same words, once numbers are read alike and names left out (``canonical``:
     TF-IDF cosine of ``canonical_words``), with the same numbers make a rephrase: "Olu is
@@ -294,6 +363,8 @@ def decide(row: dict[str, Any], cfg: LeakageConfig) -> str | None:
     cos, num, ans = row["cosine"], row["numbers"], row["answers_agree"]
     if row["ngram"] and ngram_decides(row["coverage"], num, ans, row.get("entities"), cfg):
         return "ngram"
+    if minhash_decides(row.get("minhash"), num, ans, row.get("entities"), cfg):
+        return "minhash"
     if canonical_decides(row.get("canonical"), num, ans, cfg):
         return "canonical"
     if cos is None or ans is False:
@@ -371,6 +442,8 @@ def leakage_check(inputs: dict[str, pl.DataFrame], cfg: LeakageConfig, ctx: Cont
         canon = _tfidf_candidates(t_canon, e_canon, cfg.top_k, cfg.canonical_candidate_min)
         canon = canon.rename({"tfidf": "canonical"})
         sources = [exact, ngram, tfidf, canon]
+        near_copies = _minhash_hits(t_joined, _joined(e_norm), cfg)
+        sources.append(near_copies)
         if cfg.embed_search:
             tv_all = t_vectors()
             ev_all = _vectors(e_text.to_list(), cfg, ctx)
@@ -382,6 +455,7 @@ def leakage_check(inputs: dict[str, pl.DataFrame], cfg: LeakageConfig, ctx: Cont
             .join(ngram, on=["t", "e"], how="left")
             .join(tfidf, on=["t", "e"], how="left")
             .join(canon, on=["t", "e"], how="left")
+            .join(near_copies, on=["t", "e"], how="left")
             .with_columns(pl.col("exact").fill_null(False), pl.col("shared").fill_null(0))
             .sort("t", "e")
         )
@@ -400,8 +474,8 @@ def leakage_check(inputs: dict[str, pl.DataFrame], cfg: LeakageConfig, ctx: Cont
         # rule may still turn those down when punctuation loss mangled their numbers)
         near = pairs["tfidf"].fill_null(0.0).to_numpy() >= cfg.tfidf_near
         ent = [
-            name_agreement(t_words(t), e_ents[e]) if shared else None
-            for t, e, shared in zip(t_idx, e_idx, pairs["shared"], strict=True)
+            name_agreement(t_words(t), e_ents[e]) if shared or mh is not None else None
+            for t, e, shared, mh in zip(t_idx, e_idx, pairs["shared"], pairs["minhash"], strict=True)
         ]
         ngram_no = np.array(
             [
@@ -414,7 +488,11 @@ def leakage_check(inputs: dict[str, pl.DataFrame], cfg: LeakageConfig, ctx: Cont
             [canonical_decides(c, n, a, cfg) for c, n, a in zip(pairs["canonical"], num, ans, strict=True)], dtype=bool
         )
         todo = ~pairs["exact"].to_numpy() & ((pairs["shared"] == 0).to_numpy() | (near & ngram_no)) & plausible
-        todo &= ~by_canonical  # decided without the transformer
+        by_minhash = np.array(
+            [minhash_decides(j, n, a, en, cfg) for j, n, a, en in zip(pairs["minhash"], num, ans, ent, strict=True)],
+            dtype=bool,
+        )
+        todo &= ~by_canonical & ~by_minhash  # decided without the transformer
         if cfg.embed and todo.any():
             ti = pairs["t"].to_numpy()[todo]
             ei = pairs["e"].to_numpy()[todo]
@@ -433,6 +511,7 @@ def leakage_check(inputs: dict[str, pl.DataFrame], cfg: LeakageConfig, ctx: Cont
                 "e": e,
                 "exact": r["exact"],
                 "ngram": int(r["shared"]),
+                "minhash": r["minhash"],
                 "coverage": r["coverage"] or 0.0,
                 "tfidf": r["tfidf"],
                 "canonical": r["canonical"],
@@ -446,7 +525,9 @@ def leakage_check(inputs: dict[str, pl.DataFrame], cfg: LeakageConfig, ctx: Cont
             }
             detector = decide(row, cfg)
             if detector:
-                score = {"exact": 1.0, "ngram": r["shared"], "canonical": row["canonical"]}.get(detector, row["cosine"])
+                score = {"exact": 1.0, "ngram": r["shared"], "minhash": r["minhash"], "canonical": r["canonical"]}.get(
+                    detector, row["cosine"]
+                )
                 found.append({**row, "detector": detector, "score": float(score)})
             elif cfg.judge is not None and (row["ngram"] or (row["cosine"] or 0.0) >= cfg.judge_min_cosine):
                 borderline.append({**row, "train_text": t_list[t]})
@@ -522,6 +603,7 @@ def _best_matches(found: list[dict[str, Any]], train: pl.DataFrame, t_text: pl.S
         "score": pl.Float64,
         "exact": pl.Boolean,
         "ngram": pl.Int64,
+        "minhash": pl.Float64,
         "tfidf": pl.Float64,
         "canonical": pl.Float64,
         "cosine": pl.Float64,

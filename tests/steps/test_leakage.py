@@ -378,3 +378,21 @@ def test_embed_search_finds_a_rephrase_the_word_candidates_miss(gsm8k, ctx):
     assert all(r == "p:paraphrase" for r in m["train_id"]), m
     with pytest.raises(RecipeError, match="embed_search"):
         _columns(search.model_copy(update={"embed": False}), {"train": ["question"], "e": ["question"]}, None)
+
+
+def test_minhash_catches_a_copy_edited_too_often_for_any_ngram(gsm8k, ctx):
+    """Every 12th word replaced: no 13 words in a row survive, but most word 3-grams do. The
+    MinHash index of the eval side finds it; the same text with other numbers is not a leak."""
+    train, test = gsm8k
+    words = test["question"][0].split()
+    edited = " ".join("thing" if k % 12 == 5 else w for k, w in enumerate(words))
+    other_numbers = edited.replace("16", "22").replace("three", "five").replace("$2", "$3")
+    planted = _plant(train.head(300), [("p:edited", edited, None), ("p:other_numbers", other_numbers, None)])
+    cfg = CFG.model_copy(update={"embed": False, "canonical_min": 1.01})  # only the cheap detectors
+    m = leakage_check({"train": planted, "gsm8k_test": test}, cfg, ctx).tables["matches"]
+    assert m["train_id"].to_list() == ["p:edited"]
+    row = m.row(0, named=True)
+    assert (row["eval_id"], row["detector"], row["ngram"]) == ("te:0", "minhash", 0)
+    assert cfg.minhash_min <= row["minhash"] == row["score"] < 1
+    off = leakage_check({"train": planted, "gsm8k_test": test}, cfg.model_copy(update={"minhash": False}), ctx)
+    assert off.tables["matches"].is_empty()
