@@ -238,6 +238,12 @@ def _ngram_hits(train: pl.Series, evals: pl.Series, cfg: LeakageConfig) -> pl.Da
     return pl.concat(out).select("t", "e", "shared", "coverage").cast({"t": pl.Int64, "e": pl.Int64})
 
 
+def _rows_per_chunk(eval_rows: int, budget: int = 256 << 20) -> int:
+    """Train rows per block of a dense train × eval similarity matrix, so one block of float64
+    stays within ``budget`` bytes (256 MiB) whatever the size of the eval side."""
+    return int(min(2048, max(1, budget // (8 * max(eval_rows, 1)))))
+
+
 def _minhash_hits(train: pl.Series, evals: pl.Series, cfg: LeakageConfig) -> pl.DataFrame:
     """(t, e, minhash) for train/eval pairs whose word ``minhash_ngram``-shingle sets have Jaccard
     ≥ ``minhash_min``: the eval side's MinHash signatures indexed in LSH buckets with the train
@@ -275,7 +281,7 @@ def _tfidf_candidates(train: list[str], evals: list[str], top_k: int, floor: flo
     vec.fit(evals + train)
     t, e = vec.transform(train), vec.transform(evals)
     rows, cols, vals = [], [], []
-    chunk = 2048
+    chunk = _rows_per_chunk(e.shape[0])
     for s in range(0, t.shape[0], chunk):
         sims = (t[s : s + chunk] @ e.T).toarray()
         k = min(top_k, sims.shape[1])
@@ -300,10 +306,11 @@ def _vectors(texts: list[str], cfg: LeakageConfig, ctx: Context) -> np.ndarray:
 
 def _cosine_candidates(tv: np.ndarray, ev: np.ndarray, top_k: int, floor: float) -> pl.DataFrame:
     """(t, e) for each train row's ``top_k`` eval items by cosine, kept at ≥ ``floor``: exact
-    search, 1,024 train rows at a time (memory: 1,024 × eval rows floats)."""
+    search over as many train rows at a time as ``_rows_per_chunk`` allows (no ANN index)."""
     rows, cols = [], []
-    for s in range(0, len(tv), 1024):
-        sims = tv[s : s + 1024] @ ev.T
+    chunk = _rows_per_chunk(len(ev))
+    for s in range(0, len(tv), chunk):
+        sims = tv[s : s + chunk] @ ev.T
         k = min(top_k, sims.shape[1])
         top = np.argpartition(-sims, k - 1, axis=1)[:, :k]
         keep = np.take_along_axis(sims, top, axis=1) >= floor

@@ -396,3 +396,19 @@ def test_minhash_catches_a_copy_edited_too_often_for_any_ngram(gsm8k, ctx):
     assert cfg.minhash_min <= row["minhash"] == row["score"] < 1
     off = leakage_check({"train": planted, "gsm8k_test": test}, cfg.model_copy(update={"minhash": False}), ctx)
     assert off.tables["matches"].is_empty()
+
+
+def test_similarity_blocks_bound_memory_without_changing_candidates(gsm8k, ctx, monkeypatch):
+    """The dense train × eval blocks shrink with the eval side (256 MiB each); blocks of 7 rows
+    find the same matches as blocks of 2,048."""
+    import dataforge.steps.leakage as leakage
+
+    assert leakage._rows_per_chunk(1_319) == 2048 and leakage._rows_per_chunk(10_000_000) == 3
+    train, test = gsm8k
+    q = test["question"].to_list()
+    planted = _plant(train.head(300), [("p:verbatim", q[3], None), ("p:upper", q[4].upper(), None)])
+    cfg = CFG.model_copy(update={"embed": False})
+    whole = leakage_check({"train": planted, "gsm8k_test": test}, cfg, ctx).tables["matches"]
+    monkeypatch.setattr(leakage, "_rows_per_chunk", lambda eval_rows: 7)
+    blocks = leakage_check({"train": planted, "gsm8k_test": test}, cfg, ctx).tables["matches"]
+    assert whole.height >= 2 and whole.equals(blocks)
