@@ -14,7 +14,8 @@ The cascade, cheap first; only candidates reach the transformer:
    punctuation inside numbers removed ("8:00" → "800"), so a copy stripped of punctuation
    still shares its n-grams.
 3. ``minhash``: word 3-gram shingle Jaccard ≥ ``minhash_min`` through a MinHash LSH index of
-   the eval side (candidates verified exactly): a copy edited so often that no n-gram survives;
+   the eval side (candidates verified exactly; eval items of ``2 * short_ngram`` words or more): a
+   copy edited so often that no n-gram survives;
 4. candidates for rephrases: TF-IDF (words) cosine top-``top_k`` eval items per train row, kept
    above ``tfidf_min``, over the normalized texts and over their ``canonical_words`` (numbers as
    ``n<value>`` whether written in digits or words, capitalized words — names — left out; kept
@@ -34,8 +35,8 @@ Otherwise, and never when both answers are known and differ, a candidate is a le
   ``alone_numbers_min`` and, unless every number repeats, the eval item's names (where it has
   any) found in the train text;
 - ``canonical``: its canonical-words cosine ≥ ``canonical_min`` and number agreement ≥
-  ``canonical_numbers_min`` (only for eval items with numbers: without them a template filled
-  with other names reads the same);
+  ``canonical_numbers_min`` (only for eval items with two numbers or more: without them a
+  template filled with other names reads the same, and one shared number is a coincidence);
 - ``embedding``: cosine ≥ ``cosine_numbers`` and every number of the eval item reappears
   (agreement ≥ ``numbers_min``) — the same meaning with other numbers ("John orders 3 pizzas…" vs
   "Henry orders 7 pizzas…") is another problem; or cosine ≥ ``cosine_alone`` with agreement ≥
@@ -78,6 +79,7 @@ from dataforge.text.normalize import comparable_expr
 from dataforge.text.numbers import (
     Readings,
     canonical_words,
+    counted,
     digits_joined,
     number_readings,
     parse_number,
@@ -248,7 +250,9 @@ def _minhash_hits(train: pl.Series, evals: pl.Series, cfg: LeakageConfig) -> pl.
     """(t, e, minhash) for train/eval pairs whose word ``minhash_ngram``-shingle sets have Jaccard
     ≥ ``minhash_min``: the eval side's MinHash signatures indexed in LSH buckets with the train
     side's (``dataforge.text.minhash``, datasketch-compatible), candidates verified by exact
-    Jaccard. Catches a copy edited so often that no ``short_ngram`` words survive in a row."""
+    Jaccard. Catches a copy edited so often that no ``short_ngram`` words survive in a row. Eval
+    items shorter than ``2 * short_ngram`` words are left out: there one changed word moves the
+    Jaccard by a third ("What do you think of Trump?" / "… of women")."""
     import pyarrow as pa
 
     from dataforge.text.minhash import candidate_pairs, exact_jaccard, lsh_params, signatures
@@ -263,7 +267,9 @@ def _minhash_hits(train: pl.Series, evals: pl.Series, cfg: LeakageConfig) -> pl.
     # Bands weighted toward recall (97 % of pairs at Jaccard 0.5 instead of datasketch's 55 %): exact
     # verification removes the extra candidates.
     pairs = candidate_pairs(sigs, *lsh_params(cfg.minhash_min, cfg.num_perm, 0.05, 0.95))
+    long_enough = evals.str.count_matches(r"\w+").to_numpy() >= 2 * cfg.short_ngram
     pairs = pairs[(pairs[:, 0] < n_eval) & (pairs[:, 1] >= n_eval)]
+    pairs = pairs[long_enough[pairs[:, 0]]]
     if not len(pairs):
         return empty
     jaccard = exact_jaccard(texts, pairs, cfg.minhash_ngram)
@@ -352,13 +358,16 @@ def minhash_decides(
     return all_numbers or ent is None or ent >= cfg.entities_min
 
 
-def canonical_decides(canonical: float | None, num: float | None, ans: bool | None, cfg: LeakageConfig) -> bool:
+def canonical_decides(
+    canonical: float | None, num: float | None, ans: bool | None, eval_numbers: int, cfg: LeakageConfig
+) -> bool:
     """Whether the same words, once numbers are read alike and names left out (``canonical``:
     TF-IDF cosine of ``canonical_words``), with the same numbers make a rephrase: "Olu is
-    twenty-six" for "Deanna is 26", clauses reordered. Only for eval items with numbers: without
-    them a template filled with other names ("the address of <name>, CEO of <company>") would
-    read the same."""
-    if canonical is None or num is None or ans is False:
+    twenty-six" for "Deanna is 26", clauses reordered. Only for eval items with at least two
+    numbers: without them a template filled with other names ("the address of <name>, CEO of
+    <company>") reads the same, and one shared number is a coincidence ("what is the 4 letter
+    word for…" vs "what are all of the 4 letter words")."""
+    if canonical is None or num is None or ans is False or eval_numbers < 2:
         return False
     return canonical >= cfg.canonical_min and num >= cfg.canonical_numbers_min
 
@@ -372,7 +381,7 @@ def decide(row: dict[str, Any], cfg: LeakageConfig) -> str | None:
         return "ngram"
     if minhash_decides(row.get("minhash"), num, ans, row.get("entities"), cfg):
         return "minhash"
-    if canonical_decides(row.get("canonical"), num, ans, cfg):
+    if canonical_decides(row.get("canonical"), num, ans, row.get("eval_numbers", 0), cfg):
         return "canonical"
     if cos is None or ans is False:
         return None
@@ -399,7 +408,7 @@ def _answers(df: pl.DataFrame, column: str | None) -> list[float | None]:
     return [parse_number(v) for v in df[column].cast(pl.String).to_list()]
 
 
-@step("leakage.check", version=3, inputs=None, outputs=("data", "matches"), columns=_columns)
+@step("leakage.check", version=4, inputs=None, outputs=("data", "matches"), columns=_columns)
 def leakage_check(inputs: dict[str, pl.DataFrame], cfg: LeakageConfig, ctx: Context) -> StepResult:
     """Find train rows that contain an eval item (verbatim, edited or rephrased)."""
     train = inputs["train"]
@@ -468,6 +477,7 @@ def leakage_check(inputs: dict[str, pl.DataFrame], cfg: LeakageConfig, ctx: Cont
         )
         e_nums = [number_readings(x) for x in e_text.to_list()]
         e_ents = [names_in(x) for x in e_text.to_list()]
+        e_counted = [len(counted(n[0])) for n in e_nums]
         t_idx, e_idx = pairs["t"].to_list(), pairs["e"].to_list()
         num = [readings_agreement(t_nums(t), e_nums[e]) for t, e in zip(t_idx, e_idx, strict=True)]
         ans = [
@@ -492,7 +502,11 @@ def leakage_check(inputs: dict[str, pl.DataFrame], cfg: LeakageConfig, ctx: Cont
             dtype=bool,
         )
         by_canonical = np.array(
-            [canonical_decides(c, n, a, cfg) for c, n, a in zip(pairs["canonical"], num, ans, strict=True)], dtype=bool
+            [
+                canonical_decides(c, n, a, e_counted[e], cfg)
+                for c, n, a, e in zip(pairs["canonical"], num, ans, e_idx, strict=True)
+            ],
+            dtype=bool,
         )
         todo = ~pairs["exact"].to_numpy() & ((pairs["shared"] == 0).to_numpy() | (near & ngram_no)) & plausible
         by_minhash = np.array(
@@ -525,7 +539,7 @@ def leakage_check(inputs: dict[str, pl.DataFrame], cfg: LeakageConfig, ctx: Cont
                 "cosine": None if np.isnan(cos[k]) else float(cos[k]),
                 "numbers": num[k],
                 "entities": ent[k],
-                "eval_numbers": sum(e_nums[e][0].values()),
+                "eval_numbers": e_counted[e],
                 "answers_agree": ans[k],
                 "eval_id": ev["_id"][e],
                 "eval_text": e_text[e],

@@ -169,6 +169,14 @@ def digit_key(x: float) -> str:
     return text.strip("0") or "0"
 
 
+def counted(reference: Counter[float]) -> set[float]:
+    """The numbers ``agreement`` counts: distinct, a lone counting 1 left out when there are others."""
+    values = set(reference)
+    if len(values) > 1:
+        values.discard(1.0)
+    return values
+
+
 def agreement(train: Counter[float], reference: Counter[float]) -> float | None:
     """Share of the reference's distinct numbers that the train text also has; None when the
     reference mentions no number (the signal says nothing then). Distinct, because a rephrase
@@ -177,9 +185,7 @@ def agreement(train: Counter[float], reference: Counter[float]) -> float | None:
     glass costs $5" → "$5 apiece"). A number the train text only has with its punctuation
     stripped ("$129.00" → "12900", "$0.8" → "08") still counts, when it is a decimal or at least
     two digits are left to compare (so 1, 10 and 100 stay apart)."""
-    values = set(reference)
-    if len(values) > 1:
-        values.discard(1.0)
+    values = counted(reference)
     if not values:
         return None
     missing = values - set(train)

@@ -343,6 +343,7 @@ def test_decision_rule_for_the_embedding_cosine():
         "canonical": 0.3,
         "cosine": CFG.cosine_numbers + 0.01,
         "numbers": 1.0,
+        "eval_numbers": 2,
         "answers_agree": None,
     }
     assert decide(row, CFG) == "embedding"
@@ -354,6 +355,8 @@ def test_decision_rule_for_the_embedding_cosine():
     assert decide({**row, "numbers": None, "cosine": CFG.cosine_text}, CFG) == "embedding"
     assert decide({**row, "canonical": CFG.canonical_min, "cosine": None}, CFG) == "canonical"
     assert decide({**row, "canonical": CFG.canonical_min, "cosine": None, "numbers": 0.5}, CFG) is None
+    one_number = {**row, "canonical": CFG.canonical_min, "cosine": None, "eval_numbers": 1}
+    assert decide(one_number, CFG) is None  # "the 4 letter word for…" vs "all of the 4 letter words"
 
 
 def test_embed_search_finds_a_rephrase_the_word_candidates_miss(gsm8k, ctx):
@@ -412,3 +415,15 @@ def test_similarity_blocks_bound_memory_without_changing_candidates(gsm8k, ctx, 
     monkeypatch.setattr(leakage, "_rows_per_chunk", lambda eval_rows: 7)
     blocks = leakage_check({"train": planted, "gsm8k_test": test}, cfg, ctx).tables["matches"]
     assert whole.height >= 2 and whole.equals(blocks)
+
+
+def test_minhash_leaves_short_eval_items_to_the_other_detectors(ctx):
+    """In a six-word prompt one changed word keeps two thirds of the 3-grams: "What do you think
+    of Trump?" is not a copy of "What do you think of women"."""
+    ev = pl.DataFrame({"_id": ["e:0"], "question": ["What do you think of women"], "final_answer": [None]})
+    train = pl.DataFrame(
+        {"_id": ["t:0"], "question": ["What do you think of Trump?"], "final_answer": [None]},
+        schema={"_id": pl.String, "question": pl.String, "final_answer": pl.String},
+    )
+    cfg = CFG.model_copy(update={"embed": False})
+    assert leakage_check({"train": train, "gsm8k_test": ev}, cfg, ctx).tables["matches"].is_empty()
