@@ -3,7 +3,8 @@ together crosses a split boundary.
 
 Consumes one input ``data``; produces one output per split. The unit of assignment is a set of
 rows that must stay together — rows sharing a ``group`` key (normalized text of one or more
-columns: a prompt, a conversation id, a source document id) and rows of one near-duplicate
+columns: a prompt, a conversation id, a source document id; for a messages column,
+``group_turns: N`` keys on its first N user turns only) and rows of one near-duplicate
 ``cluster`` (a cluster id column from a dedup step, or clusters computed here with MinHash LSH
 over text fields) are joined into one unit, transitively. Each unit then goes to one split:
 
@@ -120,6 +121,7 @@ class SplitConfig(StepConfig):
     fractions: dict[str, float] | None = None
     time: TimeSpec | None = None
     group: Fields | None = None
+    group_turns: int | None = None  # messages in ``group``: only the first N user turns make the key
     cluster: ClusterSpec | None = None
     stratify: str | None = None
     random: bool = False
@@ -153,6 +155,8 @@ class SplitConfig(StepConfig):
                 "a split by fractions needs 'group' and/or 'cluster' (rows that must stay together); "
                 "random splits can leak, so ask for one explicitly with 'random: true'"
             )
+        if self.group_turns is not None and (not self.group or self.group_turns < 1):
+            raise ValueError("'group_turns' needs 'group' and counts user turns from 1")
         if self.stratify and self.time:
             raise ValueError("'stratify' goes with fractions, not with time cut-offs")
         return self
@@ -199,9 +203,12 @@ def unit_hash(seed: int, key: str) -> float:
     return int.from_bytes(digest, "big") / 2**64
 
 
-def text_key(df: pl.DataFrame, fields: Sequence[str]) -> pl.Series:
-    """Normalized (NFKC, whitespace, lowercase) text of ``fields``, joined; the grouping key."""
-    return df.select(key_expr(df, fields).alias("k"))["k"]
+def text_key(df: pl.DataFrame, fields: Sequence[str], first_turns: int | None = None) -> pl.Series:
+    """Normalized (NFKC, whitespace, lowercase) text of ``fields``, joined; the grouping key. With
+    ``first_turns``, a messages column gives only its first user turns: conversations that open
+    with the same request share a key however they go on."""
+    roles = ("user",) if first_turns is not None else None
+    return df.select(key_expr(df, fields, roles, first_turns).alias("k"))["k"]
 
 
 def _link_equal(keys: pl.Series) -> np.ndarray:
@@ -216,7 +223,7 @@ def units_of(df: pl.DataFrame, cfg: SplitConfig) -> np.ndarray:
     """Unit label per row: rows joined by equal group keys and by near-duplicate clusters."""
     pairs = [np.zeros((0, 2), dtype=np.int64)]
     if cfg.group:
-        pairs.append(_link_equal(text_key(df, cfg.group)))
+        pairs.append(_link_equal(text_key(df, cfg.group, cfg.group_turns)))
     if cfg.cluster and cfg.cluster.column:
         pairs.append(_link_equal(df[cfg.cluster.column].cast(pl.String)))
     elif cfg.cluster and cfg.cluster.fields:
@@ -235,7 +242,7 @@ def assign(df: pl.DataFrame, cfg: SplitConfig) -> tuple[pl.Series, pl.Series, pl
     """(split name, unit size, earlier copy) for every row of ``df``; the last is null except,
     in a time split, for a row dated after its unit's split: the id of the unit's earliest row."""
     unit = units_of(df, cfg) if not cfg.random else np.arange(df.height)
-    row_key = text_key(df, cfg.group) if cfg.group else df["_id"]
+    row_key = text_key(df, cfg.group, cfg.group_turns) if cfg.group else df["_id"]
     frame = pl.DataFrame({"unit": unit, "key": row_key}).with_row_index("i")
     per_unit = frame.group_by("unit").agg(pl.col("key").min().alias("ukey"), pl.len().alias("size"))
     names = list(cfg.split_names)

@@ -13,17 +13,22 @@ from dataforge.errors import DataError
 MESSAGES = pl.List(pl.Struct({"role": pl.String, "content": pl.String}))
 
 
-def key_expr(df: pl.DataFrame, fields: Sequence[str], roles: Sequence[str] | None = None) -> pl.Expr:
+def key_expr(
+    df: pl.DataFrame, fields: Sequence[str], roles: Sequence[str] | None = None, first_turns: int | None = None
+) -> pl.Expr:
     """The normalized (NFKC, whitespace, lowercase) text of ``fields`` joined by a unit separator:
     the key rows are grouped (splits) and matched (audits) by."""
     from dataforge.text.normalize import normalize_expr
 
-    parts = [normalize_expr(text_expr(df, f, roles), lowercase=True) for f in fields]
+    parts = [normalize_expr(text_expr(df, f, roles, first_turns), lowercase=True) for f in fields]
     return pl.concat_str(parts, separator="\x1f")
 
 
-def text_expr(df: pl.DataFrame, column: str, roles: Sequence[str] | None = None) -> pl.Expr:
-    """An expression giving the text of ``column`` of ``df``; for messages, only ``roles`` if given."""
+def text_expr(
+    df: pl.DataFrame, column: str, roles: Sequence[str] | None = None, first_turns: int | None = None
+) -> pl.Expr:
+    """An expression giving the text of ``column`` of ``df``; for messages, only ``roles`` if given,
+    and only the first ``first_turns`` of those turns if given (text columns are whole)."""
     dtype = df.schema[column]
     if dtype == pl.String:
         return pl.col(column).fill_null("")
@@ -34,6 +39,8 @@ def text_expr(df: pl.DataFrame, column: str, roles: Sequence[str] | None = None)
             .otherwise(None)
             .drop_nulls()
         )
+        if first_turns is not None:
+            turns = turns.list.head(first_turns)
         return turns.list.join("\n").fill_null("")
     if dtype.is_numeric() or dtype in (pl.Boolean, pl.Date) or isinstance(dtype, pl.Datetime):
         return pl.col(column).cast(pl.String).fill_null("")

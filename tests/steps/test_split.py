@@ -193,8 +193,35 @@ def test_time_split_errors(ctx):
             {"group": "q", "fractions": {"a": 0.5, "b": 0.5}, "time": {"splits": ["a", "b"], "quantiles": [0.5]}},
             "exactly one of 'fractions'",
         ),
+        ({"cluster": {"column": "c"}, "group_turns": 1, "fractions": {"a": 0.5, "b": 0.5}}, "'group_turns' needs"),
+        ({"group": "q", "group_turns": 0, "fractions": {"a": 0.5, "b": 0.5}}, "counts user turns from 1"),
     ],
 )
 def test_split_config_errors(kwargs, message):
     with pytest.raises(ValidationError, match=message):
         SplitConfig(**kwargs)
+
+
+def test_group_turns_keeps_conversations_that_open_alike_together(ctx):
+    """HH-style prompts: 60 requests, each opening two conversations that go on differently. By
+    the whole prompt they are 120 groups and pairs straddle splits; by the first user turn, 60."""
+    from dataforge.text.fields import MESSAGES
+
+    rows = []
+    for i in range(60):
+        for j in range(2):
+            turns = [
+                {"role": "user", "content": f"Request number {i}: how do I fix my bike?"},
+                {"role": "assistant", "content": f"Which part is broken ({j})?"},
+                {"role": "user", "content": ["The chain.", "The brakes, and the light too."][j]},
+            ]
+            rows.append({"_id": f"c:{i}:{j}", "prompt": turns})
+    df = pl.DataFrame(rows, schema={"_id": pl.String, "prompt": MESSAGES})
+
+    def crossing(**group) -> int:
+        res = split({"data": df}, SplitConfig(fractions={"a": 0.5, "b": 0.5}, seed=1, **group), ctx)
+        where = _assignment(res)
+        return sum(where[f"c:{i}:0"] != where[f"c:{i}:1"] for i in range(60))
+
+    assert crossing(group="prompt") > 10
+    assert crossing(group="prompt", group_turns=1) == 0
