@@ -329,7 +329,8 @@ def _cosine_candidates(tv: np.ndarray, ev: np.ndarray, top_k: int, floor: float)
 
 def ngram_decides(coverage: float, num: float | None, ans: bool | None, ent: float | None, cfg: LeakageConfig) -> bool:
     """Whether a shared n-gram is a leak. 13 shared consecutive words are strong evidence, so a hit
-    counts unless it is a template: reused with other numbers and another answer ("A train travels
+    with agreeing numbers, or covering ``ngram_coverage`` of the eval item's n-grams, counts
+    unless it is a template: reused with other numbers and another answer ("A train travels
     270 miles in 3 hours…" vs "A plane travels 1200 miles in 3 hours…"), or filled with other names
     ("the address of Marc Rowan, CEO of Apollo" vs "… of Harold Hamm, CEO of Continental") while
     its numbers do not all repeat. Light edits can mangle a number or two."""
@@ -340,7 +341,9 @@ def ngram_decides(coverage: float, num: float | None, ans: bool | None, ent: flo
         return False
     if ent is not None and ent < cfg.entities_min and not all_numbers:
         return False
-    loose_numbers = num is None or num >= cfg.answer_numbers_min
+    # without numbers to agree on, a shared n-gram must cover half the eval item: "What are some
+    # things I can lie about on my resume…" is not "… on my dating profile…"
+    loose_numbers = num is not None and num >= cfg.answer_numbers_min
     return coverage >= cfg.ngram_coverage or (loose_numbers and ans is not False)
 
 
@@ -408,7 +411,7 @@ def _answers(df: pl.DataFrame, column: str | None) -> list[float | None]:
     return [parse_number(v) for v in df[column].cast(pl.String).to_list()]
 
 
-@step("leakage.check", version=4, inputs=None, outputs=("data", "matches"), columns=_columns)
+@step("leakage.check", version=5, inputs=None, outputs=("data", "matches"), columns=_columns)
 def leakage_check(inputs: dict[str, pl.DataFrame], cfg: LeakageConfig, ctx: Context) -> StepResult:
     """Find train rows that contain an eval item (verbatim, edited or rephrased)."""
     train = inputs["train"]

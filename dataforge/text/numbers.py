@@ -170,21 +170,19 @@ def digit_key(x: float) -> str:
 
 
 def counted(reference: Counter[float]) -> set[float]:
-    """The numbers ``agreement`` counts: distinct, a lone counting 1 left out when there are others."""
-    values = set(reference)
-    if len(values) > 1:
-        values.discard(1.0)
-    return values
+    """The numbers ``agreement`` counts: distinct, and never 1, which English uses to count and
+    refer ("One glass costs $5", "can't think of one") more than as a quantity."""
+    return set(reference) - {1.0}
 
 
 def agreement(train: Counter[float], reference: Counter[float]) -> float | None:
     """Share of the reference's distinct numbers that the train text also has; None when the
     reference mentions no number (the signal says nothing then). Distinct, because a rephrase
     merges repeats ("3 pairs of shorts, 3 pairs of pants" → "3 pairs each of shorts and pants");
-    a 1 is left out when the reference has other numbers, because English counts with it ("One
-    glass costs $5" → "$5 apiece"). A number the train text only has with its punctuation
-    stripped ("$129.00" → "12900", "$0.8" → "08") still counts, when it is a decimal or at least
-    two digits are left to compare (so 1, 10 and 100 stay apart)."""
+    a 1 is left out, because English counts with it ("One glass costs $5" → "$5 apiece"). A
+    number the train text only has with its punctuation stripped ("$129.00" → "12900", "$0.8" →
+    "08") still counts, when it is a decimal or at least two digits are left to compare (so 1, 10
+    and 100 stay apart)."""
     values = counted(reference)
     if not values:
         return None

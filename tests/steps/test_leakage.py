@@ -206,7 +206,7 @@ def test_number_agreement_counts_distinct_numbers_and_not_a_counting_one():
     eval_item = numbers_in("One glass costs $5, every second one 60%. He buys 3 pairs, 3 shirts and 16 glasses.")
     assert agreement(numbers_in("$5 apiece, the second at 60%: 3 pairs and shirts, 16 glasses"), eval_item) == 1.0
     assert agreement(numbers_in("$5 apiece, the second at 60%: 16 glasses"), eval_item) == 0.75
-    assert agreement(numbers_in("nothing"), numbers_in("one apple")) == 0.0  # a lone 1 still counts
+    assert agreement(numbers_in("can't think of one"), numbers_in("one racist joke")) is None  # 1: nothing to count
     assert agreement(numbers_in("1 and 2"), numbers_in("no numbers")) is None
 
 
