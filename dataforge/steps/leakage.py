@@ -42,8 +42,8 @@ Otherwise, and never when both answers are known and differ, a candidate is a le
   "Henry orders 7 pizzas…") is another problem; or cosine ≥ ``cosine_alone`` with agreement ≥
   ``alone_numbers_min`` (a near copy with a number mangled); or, when the eval item has no
   number to agree on (dialogue, open questions), cosine ≥ ``cosine_text``.
-Number agreement is the share of the eval item's distinct numbers the train text has (a lone
-counting "one" left out), read as digits or words ("twenty-five", "three quarters", "1/4", ".5");
+Number agreement is the share of the eval item's distinct numbers the train text has (a 1 never
+counts: English counts and refers with "one"), read as digits or words ("twenty-five", "three quarters", "1/4", ".5");
 one that only reappears with its punctuation stripped ("$129.00" → "12900", "8:00" → "800") still
 agrees: agreement is the better of the texts read as written and read with the punctuation
 inside numbers removed.
@@ -280,27 +280,37 @@ def _minhash_hits(train: pl.Series, evals: pl.Series, cfg: LeakageConfig) -> pl.
     )
 
 
+def _top_k(similarities: Any, n_train: int, n_eval: int, top_k: int, floor: float) -> pl.DataFrame:
+    """(t, e, score): each train row's ``top_k`` eval items by ``similarities(first, last)`` (the
+    dense block of train rows first..last × every eval item), kept at ≥ ``floor``; blocks of
+    ``_rows_per_chunk`` train rows."""
+    rows, cols, vals = [], [], []
+    chunk = _rows_per_chunk(n_eval)
+    k = min(top_k, n_eval)
+    for s in range(0, n_train, chunk):
+        sims = similarities(s, min(s + chunk, n_train))
+        top = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+        best = np.take_along_axis(sims, top, axis=1)
+        keep = best >= floor
+        rows.append(np.nonzero(keep)[0] + s)
+        cols.append(top[keep])
+        vals.append(best[keep])
+    if not rows:
+        return pl.DataFrame(schema={"t": pl.Int64, "e": pl.Int64, "score": pl.Float64})
+    return pl.DataFrame(
+        {"t": np.concatenate(rows), "e": np.concatenate(cols), "score": np.concatenate(vals).astype(np.float64)}
+    ).cast({"t": pl.Int64, "e": pl.Int64})
+
+
 def _tfidf_candidates(train: list[str], evals: list[str], top_k: int, floor: float) -> pl.DataFrame:
+    """(t, e, tfidf): each train row's ``top_k`` eval items by TF-IDF (words) cosine ≥ ``floor``."""
     from sklearn.feature_extraction.text import TfidfVectorizer
 
     vec = TfidfVectorizer(min_df=1, sublinear_tf=True)
     vec.fit(evals + train)
     t, e = vec.transform(train), vec.transform(evals)
-    rows, cols, vals = [], [], []
-    chunk = _rows_per_chunk(e.shape[0])
-    for s in range(0, t.shape[0], chunk):
-        sims = (t[s : s + chunk] @ e.T).toarray()
-        k = min(top_k, sims.shape[1])
-        top = np.argpartition(-sims, k - 1, axis=1)[:, :k]
-        best = np.take_along_axis(sims, top, axis=1)
-        keep = best >= floor
-        r = np.nonzero(keep)
-        rows.append(r[0] + s)
-        cols.append(top[keep])
-        vals.append(best[keep])
-    if not rows:
-        return pl.DataFrame(schema={"t": pl.Int64, "e": pl.Int64, "tfidf": pl.Float64})
-    return pl.DataFrame({"t": np.concatenate(rows), "e": np.concatenate(cols), "tfidf": np.concatenate(vals)})
+    found = _top_k(lambda a, b: (t[a:b] @ e.T).toarray(), t.shape[0], e.shape[0], top_k, floor)
+    return found.rename({"score": "tfidf"})
 
 
 def _vectors(texts: list[str], cfg: LeakageConfig, ctx: Context) -> np.ndarray:
@@ -311,20 +321,9 @@ def _vectors(texts: list[str], cfg: LeakageConfig, ctx: Context) -> np.ndarray:
 
 
 def _cosine_candidates(tv: np.ndarray, ev: np.ndarray, top_k: int, floor: float) -> pl.DataFrame:
-    """(t, e) for each train row's ``top_k`` eval items by cosine, kept at ≥ ``floor``: exact
-    search over as many train rows at a time as ``_rows_per_chunk`` allows (no ANN index)."""
-    rows, cols = [], []
-    chunk = _rows_per_chunk(len(ev))
-    for s in range(0, len(tv), chunk):
-        sims = tv[s : s + chunk] @ ev.T
-        k = min(top_k, sims.shape[1])
-        top = np.argpartition(-sims, k - 1, axis=1)[:, :k]
-        keep = np.take_along_axis(sims, top, axis=1) >= floor
-        rows.append(np.nonzero(keep)[0] + s)
-        cols.append(top[keep])
-    if not rows:
-        return pl.DataFrame(schema={"t": pl.Int64, "e": pl.Int64})
-    return pl.DataFrame({"t": np.concatenate(rows), "e": np.concatenate(cols)}).cast(pl.Int64)
+    """(t, e) for each train row's ``top_k`` eval items by embedding cosine ≥ ``floor``: exact
+    search in memory-bounded blocks (no ANN index)."""
+    return _top_k(lambda a, b: tv[a:b] @ ev.T, len(tv), len(ev), top_k, floor).select("t", "e")
 
 
 def ngram_decides(coverage: float, num: float | None, ans: bool | None, ent: float | None, cfg: LeakageConfig) -> bool:
