@@ -216,11 +216,10 @@ def _joined(text: pl.Series) -> pl.Series:
     return pl.Series(text.name, [digits_joined(t) for t in text.to_list()], dtype=pl.String)
 
 
-def _ngram_hits(train: pl.Series, evals: pl.Series, cfg: LeakageConfig) -> pl.DataFrame:
+def _ngram_hits(train: pl.Series, evals: pl.Series, words: np.ndarray, cfg: LeakageConfig) -> pl.DataFrame:
     """(t, e, shared) for train/eval pairs sharing word n-grams; short eval texts use short_ngram."""
     from dataforge.text.minhash import all_shingles
 
-    words = evals.str.count_matches(r"\w+").to_numpy()
     out = []
     for n, mask in ((cfg.ngram, words >= 2 * cfg.ngram), (cfg.short_ngram, words < 2 * cfg.ngram)):
         if not mask.any():
@@ -246,7 +245,7 @@ def _rows_per_chunk(eval_rows: int, budget: int = 256 << 20) -> int:
     return int(min(2048, max(1, budget // (8 * max(eval_rows, 1)))))
 
 
-def _minhash_hits(train: pl.Series, evals: pl.Series, cfg: LeakageConfig) -> pl.DataFrame:
+def _minhash_hits(train: pl.Series, evals: pl.Series, words: np.ndarray, cfg: LeakageConfig) -> pl.DataFrame:
     """(t, e, minhash) for train/eval pairs whose word ``minhash_ngram``-shingle sets have Jaccard
     ≥ ``minhash_min``: the eval side's MinHash signatures indexed in LSH buckets with the train
     side's (``dataforge.text.minhash``, datasketch-compatible), candidates verified by exact
@@ -267,7 +266,7 @@ def _minhash_hits(train: pl.Series, evals: pl.Series, cfg: LeakageConfig) -> pl.
     # Bands weighted toward recall (97 % of pairs at Jaccard 0.5 instead of datasketch's 55 %): exact
     # verification removes the extra candidates.
     pairs = candidate_pairs(sigs, *lsh_params(cfg.minhash_min, cfg.num_perm, 0.05, 0.95))
-    long_enough = evals.str.count_matches(r"\w+").to_numpy() >= 2 * cfg.short_ngram
+    long_enough = words >= 2 * cfg.short_ngram
     pairs = pairs[(pairs[:, 0] < n_eval) & (pairs[:, 1] >= n_eval)]
     pairs = pairs[long_enough[pairs[:, 0]]]
     if not len(pairs):
@@ -454,13 +453,15 @@ def leakage_check(inputs: dict[str, pl.DataFrame], cfg: LeakageConfig, ctx: Cont
             .select("t", "e")
             .with_columns(pl.lit(True).alias("exact"))
         )
-        ngram = _ngram_hits(t_joined, _joined(e_norm), cfg)
+        e_joined = _joined(e_norm)
+        e_words = e_joined.str.count_matches(r"\w+").to_numpy()  # eval items' length in words
+        ngram = _ngram_hits(t_joined, e_joined, e_words, cfg)
         tfidf = _tfidf_candidates(t_norm.to_list(), e_norm.to_list(), cfg.top_k, cfg.tfidf_min)
         e_canon = [canonical_words(x) for x in e_text.to_list()]
         canon = _tfidf_candidates(t_canon, e_canon, cfg.top_k, cfg.canonical_candidate_min)
         canon = canon.rename({"tfidf": "canonical"})
         sources = [exact, ngram, tfidf, canon]
-        near_copies = _minhash_hits(t_joined, _joined(e_norm), cfg)
+        near_copies = _minhash_hits(t_joined, e_joined, e_words, cfg)
         sources.append(near_copies)
         if cfg.embed_search:
             tv_all = t_vectors()

@@ -28,11 +28,16 @@ def gsm8k():
     return load("train", "tr", 1500), load("test", "te", 300)
 
 
-def _plant(train: pl.DataFrame, rows: list[tuple[str, str, str]]) -> pl.DataFrame:
-    extra = pl.DataFrame(
-        {"_id": [r[0] for r in rows], "question": [r[1] for r in rows], "final_answer": [r[2] for r in rows]}
+def _items(rows: list[tuple[str, str, str | None]]) -> pl.DataFrame:
+    """(id, question, final answer) tuples as a GSM8K-like frame; a None answer is unknown."""
+    return pl.DataFrame(
+        {"_id": [r[0] for r in rows], "question": [r[1] for r in rows], "final_answer": [r[2] for r in rows]},
+        schema={"_id": pl.String, "question": pl.String, "final_answer": pl.String},
     )
-    return pl.concat([train.select("_id", "question", "final_answer"), extra])
+
+
+def _plant(train: pl.DataFrame, rows: list[tuple[str, str, str | None]]) -> pl.DataFrame:
+    return pl.concat([train.select("_id", "question", "final_answer"), _items(rows)])
 
 
 CFG = LeakageConfig(
@@ -234,27 +239,16 @@ def test_a_template_filled_with_other_names_is_not_a_leak(ctx):
 def test_a_template_with_other_numbers_and_answer_is_not_a_leak_even_with_high_overlap(ctx):
     """The two GSM8K train rows the demo once flagged: the same sentence frame as a test item,
     other numbers, another answer. Most of their n-grams are shared; they are still other problems."""
-    ev = pl.DataFrame(
-        {
-            "_id": ["te:0"],
-            "question": [
-                "A plane travels 1200 miles in 3 hours. At the same rate, how many additional hours would it "
-                "take to travel an additional 2000 miles?"
-            ],
-            "final_answer": ["5"],
-        }
+    question = (
+        "A plane travels 1200 miles in 3 hours. At the same rate, how many additional hours would it "
+        "take to travel an additional 2000 miles?"
     )
-    train = pl.DataFrame(
-        {
-            "_id": ["tr:template", "tr:copy"],
-            "question": [
-                "A train travels 270 miles in 3 hours. At the same rate, how many additional hours would it "
-                "take to travel an additional 180 miles?",
-                ev["question"][0].lower(),
-            ],
-            "final_answer": ["2", "5"],
-        }
+    ev = _items([("te:0", question, "5")])
+    template = (
+        "A train travels 270 miles in 3 hours. At the same rate, how many additional hours would it "
+        "take to travel an additional 180 miles?"
     )
+    train = _items([("tr:template", template, "2"), ("tr:copy", question.lower(), "5")])
     m = leakage_check({"train": train, "gsm8k_test": ev}, CFG.model_copy(update={"embed": False}), ctx)
     assert m.tables["matches"]["train_id"].to_list() == ["tr:copy"]
 
@@ -275,17 +269,21 @@ def test_readings_and_canonical_words():
 def test_light_edits_that_strip_times_and_ratios_are_caught(gsm8k, ctx):
     """Stripping punctuation turns "8:00 AM" into "800 am" and "5:6" into "56": the n-grams and
     numbers are compared with the punctuation inside numbers removed on both sides."""
-    ev = pl.DataFrame(
-        {
-            "_id": ["te:time", "te:ratio"],
-            "question": [
+    ev = _items(
+        [
+            (
+                "te:time",
                 "Vince can staple 30 reports every 15 minutes.  If he was stapling reports from 8:00 AM until "
                 "11:00 PM, how many reports did he staple altogether?",
+                "1800",
+            ),
+            (
+                "te:ratio",
                 "The ratio of popsicles that Betty and Sam have is 5:6. If the total number of popsicles they have "
                 "together is 165, how many more popsicles does Sam have more than Betty?",
-            ],
-            "final_answer": ["1800", "15"],
-        }
+                "15",
+            ),
+        ]
     )
     stripped = [
         "vince  can  staple  30  reports  every  15  minutes  he  was  stapling  reports  from  800  am  until  "
@@ -303,26 +301,23 @@ def test_a_rephrase_with_other_names_number_words_and_reordered_clauses_is_caugh
     """Renamed people, numbers as words and the question moved first leave a MiniLM cosine near
     0.5, but the canonical words (numbers read alike, names left out) and every number agree. The
     same frame with other numbers is another problem."""
-    ev = pl.DataFrame(
-        {
-            "_id": ["te:0"],
-            "question": [
-                "Marcus is half of Leo’s age and five years younger than Deanna. Deanna is 26. How old is Leo?"
-            ],
-            "final_answer": ["42"],
-        }
-    )
-    train = pl.DataFrame(
-        {
-            "_id": ["tr:rephrase", "tr:other_numbers"],
-            "question": [
+    question = "Marcus is half of Leo’s age and five years younger than Deanna. Deanna is 26. How old is Leo?"
+    ev = _items([("te:0", question, "42")])
+    train = _items(
+        [
+            (
+                "tr:rephrase",
                 "Question: How old is Mateo? Facts: Priya is half of Mateo’s age and five years younger than Olu. "
                 "Olu is twenty-six.",
+                None,
+            ),
+            (
+                "tr:other_numbers",
                 "Question: How old is Mateo? Facts: Priya is a third of Mateo’s age and nine years younger than Olu. "
                 "Olu is thirty-one.",
-            ],
-            "final_answer": [None, None],
-        }
+                None,
+            ),
+        ]
     )
     res = leakage_check({"train": train, "gsm8k_test": ev}, CFG.model_copy(update={"embed": False}), ctx)
     m = res.tables["matches"]
@@ -420,10 +415,7 @@ def test_similarity_blocks_bound_memory_without_changing_candidates(gsm8k, ctx, 
 def test_minhash_leaves_short_eval_items_to_the_other_detectors(ctx):
     """In a six-word prompt one changed word keeps two thirds of the 3-grams: "What do you think
     of Trump?" is not a copy of "What do you think of women"."""
-    ev = pl.DataFrame({"_id": ["e:0"], "question": ["What do you think of women"], "final_answer": [None]})
-    train = pl.DataFrame(
-        {"_id": ["t:0"], "question": ["What do you think of Trump?"], "final_answer": [None]},
-        schema={"_id": pl.String, "question": pl.String, "final_answer": pl.String},
-    )
+    ev = _items([("e:0", "What do you think of women", None)])
+    train = _items([("t:0", "What do you think of Trump?", None)])
     cfg = CFG.model_copy(update={"embed": False})
     assert leakage_check({"train": train, "gsm8k_test": ev}, cfg, ctx).tables["matches"].is_empty()
