@@ -6,8 +6,10 @@ data is what rewards the policy.
 
 Built in:
 
-- ``math`` reads ``answer`` (the reference): the stated final answer equal to it → 1.0;
-  relative error < 1% → 1.0, < 10% → 0.8, < 30% → 0.5, else 0.
+- ``math`` reads ``answer`` (the reference): 1.0 when the stated final answer equals it exactly
+  (numbers as exact rationals, LaTeX and expressions through math-verify), else 0. Options:
+  ``extract`` (``auto``, ``answer_tag``, ``boxed``, ``gsm8k``, ``answer_is``, ``last_number``)
+  and ``partial_credit`` (reward shaping only: near misses score by relative error).
 - ``format``: 1.0 when the completion is exactly ``<think>…</think><answer>…</answer>``, else 0.
 - ``language`` (option ``script``: latin, cyrillic, greek, arabic, hebrew, devanagari, cjk,
   hangul): the share of the completion's letters written in that script.
@@ -25,18 +27,21 @@ import math
 import re
 import unicodedata
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal, get_args
 
-from dataforge.text.numbers import parse_number
+from dataforge.text.answers import answers_equal, exact_number
 from dataforge.text.reasoning import REASONING_RE
 
 Grader = Callable[..., float]
 
 _ANSWER_TAG = re.compile(r"(?s)<answer>(.*?)</answer>")
 _GSM8K_FINAL = re.compile(r"####\s*([^\n]*)")
-_BOXED = re.compile(r"\\boxed\{([^{}]*)\}")
-_THE_ANSWER_IS = re.compile(r"(?i)answer is[:\s]*([^\n]*)")
+_THE_ANSWER_IS = re.compile(r"(?i)\banswer is[:\s]*([^\n]*)")
 _NUMBER = re.compile(r"-?\d+(?:,\d{3})*(?:\.\d+)?")
+_REASONING_TAG = re.compile(r"</?(?:think|answer)>")
+
+Extraction = Literal["auto", "answer_tag", "boxed", "gsm8k", "answer_is", "last_number"]
+EXTRACTIONS: tuple[str, ...] = get_args(Extraction)
 
 
 def completion_text(value: Any) -> str:
@@ -49,19 +54,55 @@ def completion_text(value: Any) -> str:
     return "" if value is None else str(value)
 
 
-def extract_answer(text: str) -> str | None:
-    """The final answer a completion states: the last ``<answer>…</answer>``, else GSM8K's
-    ``#### N``, else ``\\boxed{N}``, else "the answer is N", else the last number in the text."""
-    for pattern in (_ANSWER_TAG, _GSM8K_FINAL, _BOXED, _THE_ANSWER_IS):
-        found = pattern.findall(text)
+def _last_boxed(text: str) -> str | None:
+    """The content of the last ``\\boxed{…}`` (nested braces allowed), or None."""
+    start = text.rfind("\\boxed{")
+    if start < 0:
+        return None
+    depth, i = 0, start + len("\\boxed")
+    for j in range(i, len(text)):
+        depth += {"{": 1, "}": -1}.get(text[j], 0)
+        if depth == 0:
+            return text[i + 1 : j]
+    return None
+
+
+def _last(pattern: re.Pattern[str], text: str) -> str | None:
+    found = pattern.findall(text)
+    return found[-1].strip() if found else None
+
+
+def extract_answer(text: str, extract: str = "auto") -> str | None:
+    """The final answer a completion states, read as ``extract`` says:
+
+    - ``answer_tag``: the last ``<answer>…</answer>``; ``boxed``: the last ``\\boxed{…}``;
+      ``gsm8k``: ``#### N``; ``answer_is``: what follows "the answer is"; ``last_number``: the
+      last number anywhere (a guess: only on request, never a default);
+    - ``auto`` (the default): a completion that uses the reasoning tags is held to them (its
+      ``<answer>`` or nothing); otherwise ``#### N``, then ``\\boxed{…}``, then "the answer is …".
+      A completion that states no answer in any of these forms has none (None), whatever
+      numbers it mentions."""
+    if extract == "answer_tag" or (extract == "auto" and _REASONING_TAG.search(text)):
+        return _last(_ANSWER_TAG, text)
+    if extract == "boxed":
+        return _last_boxed(text)
+    if extract == "gsm8k":
+        return _last(_GSM8K_FINAL, text)
+    if extract == "answer_is":
+        return _last(_THE_ANSWER_IS, text)
+    if extract == "last_number":
+        numbers = _NUMBER.findall(text)
+        return numbers[-1] if numbers else None
+    if extract != "auto":
+        raise ValueError(f"unknown extract '{extract}'; one of {', '.join(EXTRACTIONS)}")
+    for found in (_last(_GSM8K_FINAL, text), _last_boxed(text), _last(_THE_ANSWER_IS, text)):
         if found:
-            return found[-1].strip()
-    numbers = _NUMBER.findall(text)
-    return numbers[-1] if numbers else None
+            return found
+    return None
 
 
 def relative_error_score(predicted: float, reference: float) -> float:
-    """The numeric tolerance ladder: < 1% → 1.0, < 10% → 0.8, < 30% → 0.5, else 0."""
+    """The reward-shaping ladder of ``partial_credit``: < 1% → 1.0, < 10% → 0.8, < 30% → 0.5, else 0."""
     if predicted == reference:
         return 1.0
     if reference == 0 or not math.isfinite(predicted):
@@ -70,18 +111,25 @@ def relative_error_score(predicted: float, reference: float) -> float:
     return 1.0 if err < 0.01 else 0.8 if err < 0.10 else 0.5 if err < 0.30 else 0.0
 
 
-def math_answer(completion: Any, answer: Any) -> float:
-    """Final-answer match with numeric tolerance (see the module table)."""
-    stated = extract_answer(completion_text(completion))
-    if stated is None or answer is None:
+def math_answer(completion: Any, answer: Any, extract: str = "auto", partial_credit: bool = False) -> float:
+    """1.0 when the stated final answer equals the reference ``answer`` exactly, else 0.
+
+    Equal means the same number (exact rational arithmetic: ``1,000`` = ``1000.00`` = ``$1000``,
+    ``0.5`` = ``1/2``; ``1005`` ≠ ``1000``), the same mathematical object for LaTeX and
+    expressions (``\\frac{1}{2}`` = ``0.5``, ``x^2+1`` = ``1+x^2``, through math-verify), or the
+    same text (a choice letter, a word). ``extract`` says where the answer is read
+    (:func:`extract_answer`). ``partial_credit: true`` is for reward shaping only: a numeric
+    answer near the reference then scores by :func:`relative_error_score`."""
+    stated = extract_answer(completion_text(completion), extract)
+    if stated is None or answer is None or not stated.strip():
         return 0.0
-    ref_text = str(answer).strip()
-    if stated.strip().lower() == ref_text.lower():
+    if answers_equal(stated, str(answer)):
         return 1.0
-    predicted, reference = parse_number(stated.replace("$", "")), parse_number(ref_text)
-    if predicted is None or reference is None:
-        return 0.0
-    return relative_error_score(predicted, reference)
+    if partial_credit:
+        predicted, reference = exact_number(stated), exact_number(str(answer))
+        if predicted is not None and reference is not None:
+            return relative_error_score(float(predicted), float(reference))
+    return 0.0
 
 
 def format_reward(completion: Any) -> float:
@@ -154,18 +202,33 @@ def grader_parameters(fn: Grader) -> list[str]:
     return list(inspect.signature(fn).parameters)[1:]
 
 
+def grader_columns(
+    fn: Grader, inputs: dict[str, str] | None = None, options: dict[str, Any] | None = None
+) -> dict[str, str]:
+    """Grader parameter → the row column that feeds it: every parameter without a default that is
+    not an option (read from the column of its own name unless ``inputs`` names another), and
+    every parameter ``inputs`` names. Parameters with defaults (``extract``, ``partial_credit``)
+    are never read from a column by accident."""
+    inputs, options = inputs or {}, options or {}
+    params = list(inspect.signature(fn).parameters.values())[1:]
+    return {
+        p.name: inputs.get(p.name, p.name)
+        for p in params
+        if p.name not in options and (p.name in inputs or p.default is inspect.Parameter.empty)
+    }
+
+
 def as_trl_reward(fn: Grader, columns: dict[str, str] | None = None, **options: Any) -> Callable[..., list[float]]:
     """The grader as a TRL reward function ``(prompts, completions, **dataset_columns) -> list[float]``.
 
     ``columns`` maps a grader parameter to the dataset column that feeds it (default: the same
     name); ``options`` are constants (e.g. ``max_words=400``)."""
-    columns = columns or {}
-    params = [p for p in grader_parameters(fn) if p not in options]
+    feeds = grader_columns(fn, columns, options)
 
     def reward(prompts: list[Any], completions: list[Any], **kwargs: Any) -> list[float]:
         scores = []
         for i, completion in enumerate(completions):
-            row = {p: kwargs[columns.get(p, p)][i] for p in params if columns.get(p, p) in kwargs}
+            row = {p: kwargs[c][i] for p, c in feeds.items() if c in kwargs}
             scores.append(float(fn(completion, **row, **options)))
         return scores
 

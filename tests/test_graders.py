@@ -44,34 +44,77 @@ def test_every_gsm8k_answer_in_reasoning_format_scores_one(gsm8k_test):
         assert format_reward(completion) == 1.0
 
 
-@pytest.mark.parametrize(
-    ("factor", "expected"),
-    [(1.0, 1.0), (1.005, 1.0), (1.05, 0.8), (0.93, 0.8), (1.2, 0.5), (0.75, 0.5), (1.5, 0.0), (3.0, 0.0)],
-)
-def test_perturbed_gsm8k_answers_score_by_relative_error(gsm8k_test, factor, expected):
+@pytest.mark.parametrize("factor", [1.005, 1.05, 0.93, 1.2, 0.75, 1.5, 3.0])
+def test_perturbed_gsm8k_answers_score_zero_by_default(gsm8k_test, factor):
     checked = 0
     for r in gsm8k_test:
         ref = float(final(r))
         if ref == 0:
             continue
         stated = ref * factor
-        assert math_answer(f"<answer>{stated!r}</answer>", final(r)) == expected, (stated, ref)
+        assert math_answer(f"<answer>{stated!r}</answer>", final(r)) == 0.0, (stated, ref)
         checked += 1
     assert checked > 1300
+
+
+@pytest.mark.parametrize(
+    ("factor", "expected"),
+    [(1.0, 1.0), (1.005, 1.0), (1.05, 0.8), (0.93, 0.8), (1.2, 0.5), (0.75, 0.5), (1.5, 0.0), (3.0, 0.0)],
+)
+def test_partial_credit_is_an_explicit_reward_shaping_option(gsm8k_test, factor, expected):
+    for r in gsm8k_test[:200]:
+        ref = float(final(r))
+        if ref == 0:
+            continue
+        stated = ref * factor
+        assert math_answer(f"<answer>{stated!r}</answer>", final(r), partial_credit=True) == expected, (stated, ref)
+
+
+@pytest.mark.parametrize(
+    ("completion", "reference", "expected"),
+    [
+        ("<answer>151</answer>", "150", 0.0),  # within 1 %: was 1.0
+        ("<answer>1005</answer>", "1000", 0.0),  # within 1 %: was 1.0
+        ("The answer is not 6 but 5", "6", 0.0),  # a sentence, not an answer
+        ("The answer is not 6 but 5", "5", 0.0),
+        ("<answer>\\frac{1}{2}</answer>", "0.5", 1.0),  # LaTeX through math-verify, compared exactly
+        ("<answer>0.5</answer>", "\\frac{1}{2}", 1.0),
+        ("<answer>1/3</answer>", "0.3333333", 0.0),  # no rounding
+        ("<answer>x^2+1</answer>", "1+x^2", 1.0),
+        ("thus \\boxed{\\frac{3}{4}}", "0.75", 1.0),
+        ("<answer>1,000.00</answer>", "1000", 1.0),
+        ("<answer>$18</answer>", "18", 1.0),
+        ("<answer>18 dollars</answer>", "18", 1.0),
+        ("<answer>18 or 20</answer>", "18", 0.0),
+        ("<answer>B</answer>", "b", 1.0),
+        ("zq 150 xv 7 lorem 3.2 ipsum 150", "150", 0.0),  # pure noise: no stated answer
+        ("I think 150 is right, maybe", "150", 0.0),  # no last-number guess by default
+        ("<think>so it is 150</think>", "150", 0.0),  # reasoning format without <answer>: strict
+    ],
+)
+def test_math_is_exact(completion, reference, expected):
+    assert math_answer(completion, reference) == expected
 
 
 def test_answer_extraction_forms():
     assert extract_answer("so <answer> 42 </answer>") == "42"
     assert extract_answer("work\n#### 1,234") == "1,234"
     assert extract_answer(r"thus \boxed{7}") == "7"
+    assert extract_answer(r"thus \boxed{\frac{1}{2}}") == r"\frac{1}{2}"
     assert extract_answer("The answer is: 12 apples") == "12 apples"
-    assert extract_answer("3 then 5 then 8") == "8"
+    assert extract_answer("3 then 5 then 8") is None
+    assert extract_answer("3 then 5 then 8", "last_number") == "8"
+    assert extract_answer("#### 4 and \\boxed{5}", "boxed") == "5"
+    assert extract_answer("no tag #### 4", "answer_tag") is None
     assert extract_answer("no numbers here") is None
+    with pytest.raises(ValueError, match="unknown extract"):
+        extract_answer("x", "nearest")
     assert math_answer("The answer is $1,200.", "1200") == 1.0
     assert math_answer("no answer", "5") == 0.0
     assert math_answer("<answer>0</answer>", "0") == 1.0
     assert math_answer("<answer>1</answer>", "0") == 0.0
     assert math_answer(["ignored", {"role": "assistant", "content": "#### 9"}], "9") == 1.0
+    assert math_answer("it is 8", "8", extract="last_number") == 1.0
 
 
 def test_format_reward_needs_both_tags_in_order():

@@ -63,7 +63,7 @@ def load_tokenizer(model: str) -> Any:
 
 def reward_functions(cfg: TrainConfig) -> tuple[list[Any], list[float], list[str]]:
     """GRPO rewards: dataforge graders as TRL reward functions, their weights, the columns read."""
-    from dataforge.graders import as_trl_reward, grader_parameters, load_grader
+    from dataforge.graders import as_trl_reward, grader_columns, load_grader
 
     funcs, weights, columns = [], [], []
     for r in cfg.rewards:
@@ -71,8 +71,7 @@ def reward_functions(cfg: TrainConfig) -> tuple[list[Any], list[float], list[str
             fn = load_grader(r.name)
         except ValueError as exc:
             raise TrainConfigError(f"rewards: {exc}") from None
-        params = [p for p in grader_parameters(fn) if p not in r.options]
-        columns.extend(r.inputs.get(p, p) for p in params)
+        columns.extend(grader_columns(fn, r.inputs, r.options).values())
         funcs.append(as_trl_reward(fn, columns=r.inputs, **r.options))
         weights.append(r.weight)
     return funcs, weights, columns

@@ -49,7 +49,7 @@ from dataforge.engine.step import (
     with_columns,
 )
 from dataforge.errors import RecipeError
-from dataforge.graders import Grader, grader_parameters, load_grader
+from dataforge.graders import EXTRACTIONS, Grader, grader_columns, grader_parameters, load_grader
 
 # -- verify -----------------------------------------------------------------------------------------
 
@@ -70,9 +70,8 @@ class GraderSpec(StepConfig):
             raise RecipeError(str(exc), key="graders") from None
 
     def columns_read(self) -> dict[str, str]:
-        """Grader parameter → row column, for every parameter that is not an option."""
-        params = grader_parameters(self.load())
-        return {p: self.inputs.get(p, p) for p in params if p not in self.options}
+        """Grader parameter → row column (see :func:`dataforge.graders.grader_columns`)."""
+        return grader_columns(self.load(), self.inputs, self.options)
 
 
 class VerifyConfig(StepConfig):
@@ -101,11 +100,16 @@ def _verify_columns(cfg: VerifyConfig, cols: Columns, info: PlanInfo) -> Columns
         if unknown:
             raise RecipeError(f"grader '{g.name}' takes no parameter {', '.join(unknown)}", key="graders")
         require(cols, list(g.columns_read().values()), "graders")
+        extract = g.options.get("extract")
+        if g.name == "math" and extract is not None and extract not in EXTRACTIONS:
+            raise RecipeError(
+                f"grader 'math': extract '{extract}' is not one of {', '.join(EXTRACTIONS)}", key="graders"
+            )
     added = [g.score_column() for g in cfg.graders] + ([cfg.reward_column] if cfg.weights else [])
     return with_columns(cols, added)
 
 
-@step("verify", version=1, inputs=None, per_table_columns=_verify_columns)
+@step("verify", version=2, inputs=None, per_table_columns=_verify_columns)
 def verify(inputs: dict[str, pl.DataFrame], cfg: VerifyConfig, ctx: Context) -> StepResult:
     """Score every row with every grader."""
 

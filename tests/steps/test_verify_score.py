@@ -46,9 +46,13 @@ def test_verify_adds_scores_and_a_weighted_reward(ctx):
         weights={"math": 1.0, "format": 0.5},
     )
     out = verify({"data": SOLUTIONS}, cfg, ctx).tables["data"]
-    assert out["score_math"].to_list() == [1.0, 0.5, 1.0, 0.5]  # 5 vs 4: 25% off; 120 vs 100: 20%
+    assert out["score_math"].to_list() == [1.0, 0.0, 1.0, 0.0]  # 5 vs 4, 120 vs 100: wrong, not "near"
     assert out["score_format"].to_list() == [1.0, 0.0, 1.0, 0.0]
-    assert out["reward"].to_list() == [1.5, 0.5, 1.5, 0.5]
+    assert out["reward"].to_list() == [1.5, 0.0, 1.5, 0.0]
+    shaped = VerifyConfig(
+        graders=[{"name": "math", "inputs": {"answer": "final_answer"}, "options": {"partial_credit": True}}]
+    )
+    assert verify({"data": SOLUTIONS}, shaped, ctx).tables["data"]["score_math"].to_list() == [1.0, 0.5, 1.0, 0.5]
 
 
 def test_verify_checks_grader_inputs_at_plan_time():
@@ -58,6 +62,9 @@ def test_verify_checks_grader_inputs_at_plan_time():
         _verify_columns(VerifyConfig(graders=[{"name": "math"}]), cols, info)
     with pytest.raises(RecipeError, match="takes no parameter max_words"):
         _verify_columns(VerifyConfig(graders=[{"name": "format", "options": {"max_words": 3}}]), cols, info)
+    bad_extract = {"name": "math", "inputs": {"answer": "final_answer"}, "options": {"extract": "nearest"}}
+    with pytest.raises(RecipeError, match="extract 'nearest' is not one of auto"):
+        _verify_columns(VerifyConfig(graders=[bad_extract]), cols, info)
     with pytest.raises(RecipeError, match="unknown grader"):
         _verify_columns(VerifyConfig(graders=[{"name": "nope"}]), cols, info)
     with pytest.raises(ValidationError, match="weights name graders"):

@@ -1,0 +1,116 @@
+"""Final answers compared exactly: the equality behind the ``math`` grader.
+
+- A numeric answer is read as an exact rational (``fractions.Fraction``): ``1,000`` = ``1000.00``
+  = ``$1000`` = ``1000 dollars``; ``0.5`` = ``1/2`` = ``50%``-free ``.5``; ``1005`` ≠ ``1000`` and
+  ``0.3333333`` ≠ ``1/3``. A percent sign is read as the number before it (GSM8K's "what percent"
+  answers are bare numbers).
+- An answer written as mathematics (LaTeX, an expression with variables or operators) is parsed
+  with math-verify, the field's library; numbers it yields are compared exactly, never by
+  rounding; expressions symbolically.
+- Anything else (a choice letter, a word) is compared as text, case and spacing aside.
+
+Text that mixes words and numbers ("not 6 but 5", "18 or 20") is none of these and equals
+nothing but the same text: a verifier never guesses which number was meant.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from fractions import Fraction
+from functools import lru_cache
+from typing import Any
+
+_CURRENCY = re.compile(r"^(?:\\?\$|€|£|¥|USD|EUR)\s*")
+_PLAIN = re.compile(r"^[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)?(?:\.\d+)?$")
+_RATIO = re.compile(r"^([-+]?\d+)\s*/\s*(\d+)$")
+_UNIT = re.compile(r"^([^\sA-Za-z]+)\s+[A-Za-z]+\.?$")  # "18 dollars", "5 cm"
+_LATEX_COMMAND = re.compile(r"\\[A-Za-z]+")
+_MATH_CHARS = re.compile(r"^[\w\s+\-*/^().,{}\[\]=<>|!'√π∞·×÷]+$")
+
+
+def exact_number(text: str) -> Fraction | None:
+    """``text`` as an exact rational if it is just a number (with an optional currency sign,
+    thousands separators, a percent sign or one unit word), else None."""
+    s = text.strip().rstrip(".").strip()
+    s = _CURRENCY.sub("", s).strip()
+    unit = _UNIT.match(s)
+    if unit:
+        s = unit.group(1)
+    s = s.removesuffix("%").removesuffix("\\%").strip()
+    ratio = _RATIO.match(s)
+    if ratio:
+        den = int(ratio.group(2))
+        return Fraction(int(ratio.group(1)), den) if den else None
+    if not s or not _PLAIN.match(s) or not any(c.isdigit() for c in s):
+        return None
+    return Fraction(s.replace(",", ""))
+
+
+def looks_mathematical(text: str) -> bool:
+    """Whether ``text`` is written as mathematics: LaTeX, or operators and one-letter variables,
+    with no English words (which would make math-verify pick one number out of a sentence)."""
+    s = text.strip().strip("$").strip()
+    if not s or not _MATH_CHARS.match(_LATEX_COMMAND.sub(" ", s)):
+        return False
+    words = re.findall(r"[A-Za-z]+", _LATEX_COMMAND.sub(" ", s))
+    return all(len(w) == 1 for w in words)
+
+
+def _plain_text(text: str) -> str:
+    return " ".join(text.strip().rstrip(".").split()).casefold()
+
+
+def answers_equal(stated: str, reference: str) -> bool:
+    """Whether a stated final answer equals the reference answer exactly (see the module doc)."""
+    a, b = exact_number(stated), exact_number(reference)
+    if a is not None and b is not None:
+        return a == b
+    if _plain_text(stated) == _plain_text(reference):
+        return True
+    if (a is not None or looks_mathematical(stated)) and (b is not None or looks_mathematical(reference)):
+        return _math_equal(stated, reference, a, b)
+    return False
+
+
+def _math_equal(stated: str, reference: str, a: Fraction | None, b: Fraction | None) -> bool:
+    import sympy
+
+    left = _as_sympy(stated, a)
+    right = _as_sympy(reference, b)
+    if left is None or right is None:
+        return False
+    try:
+        if getattr(left, "is_number", False) and getattr(right, "is_number", False):
+            return bool(
+                sympy.simplify(sympy.nsimplify(left, rational=True) - sympy.nsimplify(right, rational=True)) == 0
+            )
+        from math_verify import verify
+
+        return bool(verify(right, left, timeout_seconds=_timeout()))
+    except Exception:  # sympy cannot compare these objects: not equal, never a crash of the build
+        return False
+
+
+def _timeout() -> int | None:
+    """math-verify's timeouts use signals, which only the main thread can set."""
+    return 5 if threading.current_thread() is threading.main_thread() else None
+
+
+@lru_cache(maxsize=65536)
+def _parse(text: str) -> Any:
+    from math_verify import LatexExtractionConfig, parse
+
+    s = text.strip()
+    if not s.startswith("$"):
+        s = f"${s}$"
+    found = parse(s, extraction_config=[LatexExtractionConfig()], parsing_timeout=_timeout())
+    return found[0] if found else None
+
+
+def _as_sympy(text: str, number: Fraction | None) -> Any:
+    import sympy
+
+    if number is not None:
+        return sympy.Rational(number.numerator, number.denominator)
+    return _parse(text)
