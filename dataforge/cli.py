@@ -6,20 +6,31 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from dataforge import __version__
 from dataforge.errors import DataforgeError, RecipeError
 
 
 def _console(stderr: bool = False) -> Console:
-    """Rich console; piped output (CI logs, files) gets 140 columns rather than rich's 80."""
-    console = Console(stderr=stderr)
-    return console if console.is_terminal else Console(stderr=stderr, width=140)
+    """Rich console; piped output (CI logs, files) gets 140 columns rather than rich's 80.
+
+    Everything printed is literal text: no rich markup, no emoji codes, no highlighting, so
+    user data (``[/INST]``, ``[bold]``, ``:x:``, ``pip install 'dataforge[vllm]'``) prints as it
+    is. Styles are given as ``style=`` or ``Text`` spans, never as markup in a string."""
+    literal = {"markup": False, "emoji": False, "highlight": False}
+    console = Console(stderr=stderr, **literal)
+    return console if console.is_terminal else Console(stderr=stderr, width=140, **literal)
+
+
+def _bold(label: str, rest: str = "") -> Text:
+    return Text.assemble((label, "bold"), rest)
 
 
 out_console = _console()
@@ -41,6 +52,8 @@ def cmd_build(args: argparse.Namespace) -> int:
         show_progress=not args.quiet,
         models=_model_overrides(args.model),
         settings=args.set or [],
+        wait=args.wait,
+        verify=args.verify,
     )
     table = Table(title=f"build {report.run_id} → {report.out}")
     for col in ("step", "kind", "rows in", "rows out", "dropped", "seconds", "cached"):
@@ -117,7 +130,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
         table.add_row(s.name, s.kind, inputs, ", ".join(s.outputs), s.fingerprint, "yes" if cached else "no")
     out_console.print(table)
     for d in plan.datasets.values():
-        out_console.print(f"dataset [bold]{d.name}[/]: " + ", ".join(f"{k}←{v}" for k, v in d.splits.items()))
+        out_console.print(
+            Text.assemble("dataset ", _bold(d.name), ": " + ", ".join(f"{k}←{v}" for k, v in d.splits.items()))
+        )
     return 0
 
 
@@ -128,17 +143,17 @@ def cmd_why(args: argparse.Namespace) -> int:
     if args.json:
         out_console.print_json(json.dumps(h.__dict__, default=str))
         return 0
-    out_console.print(f"[bold]{h.row_id}[/]  (build {h.run_id})")
+    out_console.print(_bold(h.row_id, f"  (build {h.run_id})"))
     derived = any(e["child_id"] == h.row_id for e in h.edges)
     origin = h.source or ("derived from other rows (see the edges below)" if derived else "unknown")
-    out_console.print(f"source: {origin}", markup=False)
-    out_console.print("[bold]history[/] (steps of the newest build that hold or decided about this row):")
+    out_console.print(f"source: {origin}")
+    out_console.print(_bold("history", " (steps of the newest build that hold or decided about this row):"))
     for s in h.steps:
         if not s["outputs"] and not s["events"]:
             continue
         held = f"in {', '.join(s['outputs'])}" if s["outputs"] else "not in its output"
         cached = " (reused)" if s["cache_hit"] else ""
-        out_console.print(f"  [bold]{s['step']}[/] ({s['kind']}){cached}: {held}", highlight=False)
+        out_console.print(Text.assemble("  ", _bold(s["step"]), f" ({s['kind']}){cached}: {held}"))
         for e in s["events"]:
             parts = [f"{e['action']}: {e['reason']}"]
             if e["score"] is not None:
@@ -147,30 +162,29 @@ def cmd_why(args: argparse.Namespace) -> int:
                 parts.append(f"related {e['related_id']}")
             if e["detail_json"]:
                 parts.append(e["detail_json"])
-            out_console.print("    → " + " · ".join(parts), markup=False, highlight=False)
+            out_console.print("    → " + " · ".join(parts))
     for e in h.edges:
-        out_console.print(
-            f"edge ({e['step']}): {e['child_id']} ← {e['parent_id']} [{e['relation']}]", markup=False, highlight=False
-        )
+        out_console.print(f"edge ({e['step']}): {e['child_id']} ← {e['parent_id']} [{e['relation']}]")
     if h.related:
         out_console.print(f"{len(h.related)} decision(s) about other rows name this row, e.g.:")
         for r in h.related[:5]:
             out_console.print(f"  {r['row_id']}: {r['action']} by {r['step']} ({r['reason']})")
-    out_console.print(f"[bold]fate:[/] {h.fate}")
+    out_console.print(_bold("fate:", f" {h.fate}"))
     if h.content:
-        out_console.print("[bold]content[/] (as last stored):")
+        out_console.print(_bold("content", " (as last stored):"))
         for k, v in h.content.items():
             text = str(v)
-            out_console.print(f"  {k}: {text[:300] + '…' if len(text) > 300 else text}", markup=False)
+            out_console.print(f"  {k}: {text[:300] + '…' if len(text) > 300 else text}")
     return 0
 
 
 def cmd_query(args: argparse.Namespace) -> int:
     import duckdb
 
-    from dataforge.lineage import open_read
+    from dataforge.lineage import check_read_only, open_read
 
     con = open_read(Path(args.out))
+    check_read_only(con, args.sql)
     try:
         cur = con.execute(args.sql)
     except duckdb.Error as exc:
@@ -288,8 +302,6 @@ def cmd_trace(args: argparse.Namespace) -> int:
             f"Ask the lineage: dataforge query --out {t.build_dir} "
             f'"SELECT e.step, e.action, e.reason, count(*) FROM steps s JOIN events e USING (step, fingerprint) '
             f"WHERE s.run_id = '{t.run_id}' GROUP BY ALL ORDER BY ALL\"",
-            markup=False,
-            highlight=False,
         )
     return 0
 
@@ -317,6 +329,15 @@ def make_parser() -> argparse.ArgumentParser:
         "--force", action="append", metavar="STEP", help="re-execute STEP and every step downstream of it (repeatable)"
     )
     b.add_argument("--quiet", action="store_true", help="no progress bars")
+    b.add_argument(
+        "--wait", action="store_true", help="if another build is writing to --out, wait for it (default: stop at once)"
+    )
+    b.add_argument(
+        "--verify",
+        action="store_true",
+        help="check the sha256 of every reused artifact and exported split (default: only those whose size or "
+        "modification time changed)",
+    )
     _add_override_options(b)
     b.set_defaults(fn=cmd_build)
 
@@ -393,18 +414,33 @@ def make_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _terminate(signum: int, frame: Any) -> None:
+    """SIGTERM ends a build like Ctrl-C: the run is recorded as interrupted, finished artifacts stay."""
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
+    import signal
+
     args = make_parser().parse_args(argv)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminate)
     try:
         return args.fn(args)
     except DataforgeError as exc:
         if args.debug:
             raise
-        err_console.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False)
+        err_console.print(Text.assemble(("error: ", "bold red"), str(exc)))
         return 2 if isinstance(exc, RecipeError) else 1
     except KeyboardInterrupt:
-        err_console.print("[bold red]interrupted[/]")
+        err_console.print(Text("interrupted", style="bold red"))
         return 130
+    except OSError as exc:  # the disk, not dataforge: say which file and what the system said
+        if args.debug:
+            raise
+        where = f" ({exc.filename})" if exc.filename else ""
+        err_console.print(Text.assemble(("error: ", "bold red"), f"{exc.strerror or exc}{where}"))
+        return 1
 
 
 if __name__ == "__main__":

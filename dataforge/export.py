@@ -40,22 +40,88 @@ def export_datasets(
     record: Callable[[str, str, list[tuple[str, str, int, str]]], None],
     run_id: str = "",
     peek: Callable[[Ref], pl.DataFrame] | None = None,
+    forced: set[str] | frozenset[str] = frozenset(),
+    recorded: Callable[[str, str], dict[str, str]] | None = None,
+    full_verify: bool = False,
+    warn: Callable[[str], None] | None = None,
 ) -> dict[str, dict[str, int]]:
     """Write every dataset of the plan, reading split tables through ``load`` and reporting each
     export's (split, path, rows, sha256) through ``record``; returns rows per split per dataset.
-    ``peek`` reads any step output without releasing it (cards read other steps' tables)."""
+    ``peek`` reads any step output without releasing it (cards read other steps' tables).
+
+    A dataset already on disk with the same fingerprint is kept only if none of its steps is in
+    ``forced`` and every split's files are the ones recorded (``recorded(name, fingerprint)``:
+    split → sha256 from the lineage; size and mtime first, the sha256 where they changed or with
+    ``full_verify``); otherwise it is rewritten, and ``warn`` is told why."""
     exported: dict[str, dict[str, int]] = {}
     for ds in plan.datasets.values():
         fp = dataset_fingerprint(plan, ds)
         target = store.out / "datasets" / ds.name
-        meta_path = target / "dataforge.json"
-        if meta_path.exists() and json.loads(meta_path.read_text()).get("fingerprint") == fp:
-            meta = json.loads(meta_path.read_text())
-        else:
+        meta = _reusable_export(plan, ds, fp, target, forced, recorded, full_verify, warn or (lambda _: None))
+        if meta is None:
             meta = _write_dataset(plan, ds, fp, target, run_id, reports, load, peek or load)
         exported[ds.name] = {s: v["rows"] for s, v in meta["splits"].items()}
         record(ds.name, fp, [(s, str(target / s), v["rows"], v["sha256"]) for s, v in meta["splits"].items()])
     return exported
+
+
+def _reusable_export(
+    plan: Plan,
+    ds: PlannedDataset,
+    fp: str,
+    target: Path,
+    forced: set[str] | frozenset[str],
+    recorded: Callable[[str, str], dict[str, str]] | None,
+    full_verify: bool,
+    warn: Callable[[str], None],
+) -> dict | None:
+    """The dataset's ``dataforge.json`` if what is on disk can be kept as it is, else None."""
+    meta_path = target / "dataforge.json"
+    if not meta_path.exists():
+        return None
+    try:
+        meta = json.loads(meta_path.read_text())
+        splits = meta["splits"]
+    except (OSError, ValueError, KeyError) as exc:
+        warn(f"dataset '{ds.name}': {meta_path} is damaged ({exc}); writing it again")
+        return None
+    if meta.get("fingerprint") != fp:
+        return None
+    if forced & plan.ancestors({r.step for r in ds.splits.values()}):
+        return None
+    expected = recorded(ds.name, fp) if recorded is not None else {}
+    for split, info in splits.items():
+        problems = _verify_split(target / split, info, expected.get(split, info.get("sha256", "")), full_verify)
+        if problems:
+            warn(f"dataset '{ds.name}' split '{split}': {problems[0]}; writing the dataset again")
+            return None
+    return meta
+
+
+def _verify_split(folder: Path, info: dict, sha256: str, full: bool) -> list[str]:
+    """[] if a split's data files are the ones exported, else what differs (see ``verify_file``)."""
+    stamps = info.get("files")
+    files = sorted(folder.glob("*.arrow"))
+    if stamps is not None and [f.name for f in files] != sorted(stamps):
+        return [f"{folder} holds other data files than were exported"]
+    if stamps is not None and not full:
+        changed = [f for f in files if verify_stamp(f, stamps[f.name])]
+        if not changed:
+            return []
+    if split_sha256(files) != sha256:
+        return [f"{folder} changed (sha256 differs from the one recorded)"]
+    return []
+
+
+def verify_stamp(path: Path, stamp: dict[str, int]) -> bool:
+    """Whether a file's size or mtime differ from ``stamp``."""
+    st = path.stat()
+    return st.st_size != stamp["bytes"] or st.st_mtime_ns != stamp["mtime_ns"]
+
+
+def split_sha256(files: list[Path]) -> str:
+    """The sha256 of a split: of its data files' sha256s, in name order."""
+    return hash_text("".join(file_sha256(f) for f in files))
 
 
 def write_reports(plan: Plan, store: Store, load: Callable[[Ref], pl.DataFrame]) -> None:
@@ -111,8 +177,8 @@ def _write_dataset(
         splits = {}
         for s, t in tables.items():
             files = sorted((tmp / s).glob("*.arrow"))
-            sha = hash_text("".join(file_sha256(f) for f in files))
-            splits[s] = {"rows": t.num_rows, "sha256": sha, "from": str(ds.splits[s])}
+            stamps = {f.name: {"bytes": f.stat().st_size, "mtime_ns": f.stat().st_mtime_ns} for f in files}
+            splits[s] = {"rows": t.num_rows, "sha256": split_sha256(files), "from": str(ds.splits[s]), "files": stamps}
         ancestors = sorted(plan.ancestors({r.step for r in ds.splits.values()}))
         meta = {
             "dataset": ds.name,

@@ -17,6 +17,8 @@ from __future__ import annotations
 import json
 import re
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -24,6 +26,7 @@ from pathlib import Path
 import duckdb
 import polars as pl
 
+from dataforge.engine.lock import file_lock
 from dataforge.errors import DataforgeError
 
 DB_NAME = "lineage.duckdb"
@@ -59,53 +62,92 @@ CREATE OR REPLACE VIEW latest_artifacts AS
 """
 
 
+TABLES = ("runs", "steps", "events", "edges", "artifacts")
+LOCK_NAME = ".lineage.lock"
+
+
 def _now() -> datetime:
     return datetime.now(timezone.utc).replace(tzinfo=None)
 
 
-def _connect(path: Path, read_only: bool = False) -> duckdb.DuckDBPyConnection:
+def _connect(path: Path) -> duckdb.DuckDBPyConnection:
     try:
-        return duckdb.connect(str(path), read_only=read_only)
-    except duckdb.IOException as exc:
-        raise DataforgeError(f"cannot open lineage database {path}: {exc} (is another build running?)") from None
+        return duckdb.connect(str(path))
+    except duckdb.Error as exc:
+        raise DataforgeError(f"cannot open the lineage database {path}: {exc}") from None
 
 
 class LineageWriter:
-    """The one writer of a build's lineage. Every method commits what it writes."""
+    """The one writer of a build's lineage. Every method is one transaction, committed before it
+    returns; the database file is open only inside it (under an exclusive lock on
+    ``<out>/.lineage.lock``), so ``why``/``query``/``open_read`` can read between transactions
+    while a build runs."""
 
     def __init__(self, out: Path):
         self.path = Path(out) / DB_NAME
-        self.con = _connect(self.path)
-        self.con.execute(SCHEMA)
+        self.lock_path = Path(out) / LOCK_NAME
+        with self._transaction() as con:
+            con.execute(SCHEMA)
+
+    @contextmanager
+    def _transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        with file_lock(self.lock_path):
+            con = _connect(self.path)
+            try:
+                con.execute("BEGIN")
+                yield con
+                con.execute("COMMIT")
+            except BaseException:
+                with suppress(duckdb.Error):
+                    con.execute("ROLLBACK")
+                raise
+            finally:
+                con.close()
 
     @staticmethod
     def new_run_id() -> str:
         return _now().strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
 
     def close(self) -> None:
-        self.con.close()
+        """Nothing stays open between transactions; kept for callers that close a writer."""
 
     def start_run(self, run_id: str, recipe_path: str, recipe_sha256: str, version: str) -> None:
-        self.con.execute(
-            "INSERT INTO runs VALUES (?, ?, NULL, 'running', ?, ?, ?, NULL)",
-            [run_id, _now(), recipe_path, recipe_sha256, version],
-        )
+        with self._transaction() as con:
+            con.execute(
+                "INSERT INTO runs VALUES (?, ?, NULL, 'running', ?, ?, ?, NULL)",
+                [run_id, _now(), recipe_path, recipe_sha256, version],
+            )
 
     def finish_run(self, run_id: str, status: str, error: str | None = None) -> None:
-        self.con.execute(
-            "UPDATE runs SET finished_at = ?, status = ?, error = ? WHERE run_id = ?", [_now(), status, error, run_id]
-        )
+        with self._transaction() as con:
+            con.execute(
+                "UPDATE runs SET finished_at = ?, status = ?, error = ? WHERE run_id = ?",
+                [_now(), status, error, run_id],
+            )
+
+    def mark_interrupted(self) -> list[str]:
+        """Runs still ``running`` when a new build holds the output folder's lock: their process
+        died (killed, out of memory, power lost). They become ``interrupted``; returns their ids."""
+        with self._transaction() as con:
+            ids = [r[0] for r in con.execute("SELECT run_id FROM runs WHERE status = 'running'").fetchall()]
+            if ids:
+                con.execute(
+                    "UPDATE runs SET status = 'interrupted', finished_at = ?, "
+                    "error = 'the build process ended without finishing (killed or crashed)' "
+                    "WHERE status = 'running'",
+                    [_now()],
+                )
+        return ids
 
     def record_step(self, run_id: str, row: StepRow) -> None:
         """One ``steps`` row (used alone for a step that failed)."""
-        self.con.execute("INSERT INTO steps VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", row.values(run_id))
+        with self._transaction() as con:
+            _insert_step(con, run_id, row)
 
     def has_decisions(self, step: str, fingerprint: str) -> bool:
         """Whether the events/edges of this step execution are recorded (by any run)."""
-        row = self.con.execute(
-            "SELECT count(*) FROM artifacts WHERE step = ? AND fingerprint = ?", [step, fingerprint]
-        ).fetchone()
-        return bool(row and row[0])
+        with self._transaction() as con:
+            return _has_decisions(con, step, fingerprint)
 
     def record_execution(
         self,
@@ -118,38 +160,63 @@ class LineageWriter:
         """Everything one step adds to the lineage, in one transaction: its decisions (replacing
         any earlier record of the same fingerprint; ``None`` keeps them), its artifacts
         ((output, path, rows, sha256) each) and its ``steps`` row. Rows go in as Arrow batches."""
-        self.con.execute("BEGIN")
-        try:
+        with self._transaction() as con:
             if events is not None and edges is not None:
                 key = [row.step, row.fingerprint]
-                if self.has_decisions(row.step, row.fingerprint):  # a forced re-run: replace, never double
-                    self.con.execute("DELETE FROM events WHERE step = ? AND fingerprint = ?", key)
-                    self.con.execute("DELETE FROM edges WHERE step = ? AND fingerprint = ?", key)
+                if _has_decisions(con, row.step, row.fingerprint):  # a forced re-run: replace, never double
+                    con.execute("DELETE FROM events WHERE step = ? AND fingerprint = ?", key)
+                    con.execute("DELETE FROM edges WHERE step = ? AND fingerprint = ?", key)
                 params = [run_id, *key]
                 if events.height:
                     ev = events.to_arrow()  # noqa: F841  (scanned by name below)
-                    self.con.execute(
+                    con.execute(
                         "INSERT INTO events SELECT ?, ?, ?, row_id, action, reason, related_id, score, detail_json "
                         "FROM ev",
                         params,
                     )
                 if edges.height:
                     ed = edges.to_arrow()  # noqa: F841
-                    self.con.execute("INSERT INTO edges SELECT ?, ?, ?, child_id, parent_id, relation FROM ed", params)
-            self.record_artifacts(run_id, row.step, row.fingerprint, artifacts)
+                    con.execute("INSERT INTO edges SELECT ?, ?, ?, child_id, parent_id, relation FROM ed", params)
+            _insert_artifacts(con, run_id, row.step, row.fingerprint, artifacts)
             if row.kind:
-                self.record_step(run_id, row)
-            self.con.execute("COMMIT")
-        except BaseException:
-            self.con.execute("ROLLBACK")
-            raise
+                _insert_step(con, run_id, row)
 
     def record_artifacts(self, run_id: str, step: str, fingerprint: str, rows: list[tuple[str, str, int, str]]) -> None:
         """``rows``: (output, path, rows, sha256) for each stored output, inserted as one batch."""
-        if rows:
-            values = ", ".join(["(?, ?, ?, ?, ?, ?, ?)"] * len(rows))
-            flat = [v for o, p, n, sha in rows for v in (run_id, step, o, fingerprint, p, n, sha)]
-            self.con.execute(f"INSERT INTO artifacts VALUES {values}", flat)
+        with self._transaction() as con:
+            _insert_artifacts(con, run_id, step, fingerprint, rows)
+
+    def recorded_artifacts(self, step: str, fingerprint: str) -> dict[str, tuple[int, str]]:
+        """output → (rows, sha256) as the lineage recorded the newest time ``step`` with this
+        fingerprint was stored or exported."""
+        with self._transaction() as con:
+            found = con.execute(
+                "SELECT output, rows, sha256 FROM artifacts a JOIN runs r USING (run_id) "
+                "WHERE a.step = ? AND a.fingerprint = ? ORDER BY r.started_at",
+                [step, fingerprint],
+            ).fetchall()
+        return {o: (n, sha) for o, n, sha in found}
+
+
+def _has_decisions(con: duckdb.DuckDBPyConnection, step: str, fingerprint: str) -> bool:
+    row = con.execute(
+        "SELECT count(*) FROM artifacts WHERE step = ? AND fingerprint = ?", [step, fingerprint]
+    ).fetchone()
+    return bool(row and row[0])
+
+
+def _insert_step(con: duckdb.DuckDBPyConnection, run_id: str, row: StepRow) -> None:
+    con.execute("INSERT INTO steps VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", row.values(run_id))
+
+
+def _insert_artifacts(
+    con: duckdb.DuckDBPyConnection, run_id: str, step: str, fingerprint: str, rows: list[tuple[str, str, int, str]]
+) -> None:
+    if rows:
+        con.executemany(
+            "INSERT INTO artifacts VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [(run_id, step, o, fingerprint, p, n, sha) for o, p, n, sha in rows],
+        )
 
 
 @dataclass(frozen=True)
@@ -191,24 +258,102 @@ def _view_name(*parts: str) -> str:
     return "_".join(re.sub(r"[^A-Za-z0-9_]", "_", p) for p in parts)
 
 
+def artifact_file(out: Path, step: str, fingerprint: str, output: str) -> Path:
+    """Where a step output lives under ``out`` (the store's layout), wherever ``out`` was when
+    the lineage recorded it."""
+    return Path(out).resolve() / "artifacts" / step / fingerprint / f"{output}.parquet"
+
+
+def latest_artifact_files(con: duckdb.DuckDBPyConnection, out: Path) -> list[tuple[str, str, Path]]:
+    """(step, output, absolute path) of each Parquet artifact of the newest build that exists."""
+    found = []
+    for step, output, fingerprint in con.execute(
+        "SELECT a.step, a.output, a.fingerprint FROM latest_artifacts a JOIN latest_steps s USING (step) "
+        "WHERE a.path LIKE '%.parquet' ORDER BY s.position, a.output"
+    ).fetchall():
+        path = artifact_file(out, step, fingerprint, output)
+        if path.exists():
+            found.append((step, output, path))
+    return found
+
+
 def open_read(out: Path) -> duckdb.DuckDBPyConnection:
-    """A read-only connection to a build's lineage, plus views over its artifacts and datasets."""
+    """A read-only view of a build's lineage, plus views over its artifacts and datasets.
+
+    The lineage is copied into an in-memory database under a shared lock (a build's writer holds
+    it only while it commits a transaction), so this works while a build runs and the build
+    never waits for an open reader. The connection reads nothing outside ``<out>/artifacts``
+    (DuckDB's ``enable_external_access`` off, ``allowed_directories``, configuration locked)."""
     out = Path(out)
     db = out / DB_NAME
     if not db.exists():
         raise DataforgeError(f"no lineage database at {db} (run `dataforge build` first, or pass --out)")
     con = duckdb.connect(":memory:")
-    con.execute(f"ATTACH '{db}' AS lineage (READ_ONLY)")
-    con.execute("USE lineage")
-    for step, output, path in con.execute(
-        "SELECT step, output, path FROM latest_artifacts WHERE path LIKE '%.parquet' ORDER BY step, output"
-    ).fetchall():
-        if Path(path).exists():
-            name = _view_name("artifact", step, output)
-            con.execute(f"CREATE OR REPLACE TEMP VIEW {name} AS SELECT * FROM read_parquet('{path}')")
+    with file_lock(out / LOCK_NAME, shared=True):
+        try:
+            con.execute("ATTACH ? AS lineage_file (READ_ONLY)", [str(db)])
+            present = {r[0] for r in con.execute("SHOW TABLES FROM lineage_file").fetchall()}
+            for table in TABLES:  # constants, not user text
+                if table in present:
+                    con.execute(f"CREATE TABLE {table} AS SELECT * FROM lineage_file.{table}")
+            con.execute("DETACH lineage_file")
+        except duckdb.Error as exc:
+            con.close()
+            raise DataforgeError(f"cannot read the lineage database {db}: {exc}") from None
+    con.execute(SCHEMA)  # tables a very old database lacks, and the latest_* views
+    for step, output, path in latest_artifact_files(con, out):
+        con.read_parquet(str(path)).create_view(_view_name("artifact", step, output))
     for name, split, table in iter_dataset_tables(out):
         con.register(_view_name("dataset", name, split), table)
+    con.execute("SET allowed_directories = ?", [[str(out.resolve() / "artifacts") + "/"]])
+    con.execute("SET enable_external_access = false")
+    con.execute("SET lock_configuration = true")
     return con
+
+
+_READ_PRAGMAS = {
+    "table_info",
+    "show",
+    "show_tables",
+    "show_tables_expanded",
+    "database_list",
+    "database_size",
+    "version",
+    "storage_info",
+    "functions",
+    "collations",
+    "platform",
+}
+
+
+def check_read_only(con: duckdb.DuckDBPyConnection, sql: str) -> None:
+    """Refuse SQL that does anything but read: DuckDB's own parser classifies each statement;
+    only SELECT (with WITH, DESCRIBE, SHOW, SUMMARIZE, FROM-first), EXPLAIN of such a query and
+    the PRAGMAs that describe tables pass. COPY, ATTACH, INSTALL/LOAD, SET, CREATE, INSERT,
+    UPDATE, DELETE, EXPORT, CALL … are refused with the statement named."""
+    try:
+        statements = con.extract_statements(sql)
+    except duckdb.Error as exc:
+        raise DataforgeError(f"query failed: {exc}") from None
+    if not statements:
+        raise DataforgeError("query: no SQL statement given")
+    for st in statements:
+        kind = st.type
+        if kind == duckdb.StatementType.SELECT:
+            continue
+        if kind == duckdb.StatementType.EXPLAIN:
+            inner = re.sub(r"(?is)^\s*EXPLAIN\s+(?:ANALY[SZ]E\s+)?", "", st.query)
+            if inner != st.query and all(i.type == duckdb.StatementType.SELECT for i in con.extract_statements(inner)):
+                continue
+        if kind == duckdb.StatementType.PRAGMA:
+            name = re.match(r"(?is)^\s*PRAGMA\s+(\w+)", st.query)
+            if name and name.group(1).lower() in _READ_PRAGMAS:
+                continue
+        shown = " ".join(st.query.split())
+        raise DataforgeError(
+            f"query is read-only: {kind.name} statements are refused ({shown[:80]}); "
+            "use SELECT, WITH, DESCRIBE, SHOW, SUMMARIZE, EXPLAIN or PRAGMA table_info"
+        )
 
 
 def iter_dataset_tables(out: Path):

@@ -58,8 +58,19 @@ def trace(model_dir: str | Path) -> Trace:
         t.findings.append(("dataset", f"{data_dir}: gone"))
     else:
         now = json.loads(meta_path.read_text())
-        if now.get("fingerprint") == ds.get("fingerprint") and now.get("splits") == ds.get("splits"):
-            t.findings.append(("dataset", f"{data_dir}: unchanged since training (fingerprint {ds['fingerprint']})"))
+        changed = _changed_splits(data_dir, ds.get("splits", {}))
+        if changed:
+            t.findings.append(
+                (
+                    "dataset",
+                    f"{data_dir}: the bytes of split(s) {', '.join(changed)} differ from those trained on "
+                    "(sha256 of the data files); the training data is the run's artifacts",
+                )
+            )
+        elif now.get("fingerprint") == ds.get("fingerprint"):
+            t.findings.append(
+                ("dataset", f"{data_dir}: unchanged since training (fingerprint {ds['fingerprint']}, bytes checked)")
+            )
         else:
             t.findings.append(
                 (
@@ -69,3 +80,15 @@ def trace(model_dir: str | Path) -> Trace:
                 )
             )
     return t
+
+
+def _changed_splits(data_dir: Path, splits: dict[str, Any]) -> list[str]:
+    """The splits whose data files on disk no longer hash to the sha256 recorded at training."""
+    from dataforge.export import split_sha256
+
+    changed = []
+    for split, info in sorted(splits.items()):
+        files = sorted((data_dir / split).glob("*.arrow"))
+        if not files or split_sha256(files) != info.get("sha256"):
+            changed.append(split)
+    return changed

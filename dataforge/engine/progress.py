@@ -12,7 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn
 def make_progress(console: Console | None, enabled: bool) -> Progress:
     return Progress(
         SpinnerColumn(),
-        TextColumn("[bold]{task.description}"),
+        TextColumn("{task.description}", style="bold", markup=False),  # descriptions hold user text
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),

@@ -21,9 +21,11 @@ from typing import Any
 
 import polars as pl
 from rich.console import Console
+from rich.text import Text
 
 from dataforge import __version__
 from dataforge.engine.events import ACTIONS, concat_edges, concat_events
+from dataforge.engine.lock import BuildLock
 from dataforge.engine.plan import Plan, PlannedStep, Ref, plan_recipe
 from dataforge.engine.progress import StepProgress, make_progress
 from dataforge.engine.step import Context, StepResult
@@ -73,15 +75,20 @@ def build(
     show_progress: bool = True,
     models: dict[str, dict[str, Any]] | None = None,
     settings: list[str] | None = None,
+    wait: bool = False,
+    verify: bool = False,
 ) -> BuildReport:
     """Plan and run a recipe into ``out``; returns what ran, what was reused and what was exported.
 
     ``models`` replaces entries of the recipe's ``models:`` (e.g. a tiny local model in tests);
-    ``settings`` (``STEP.KEY=VALUE``) replace step config keys."""
+    ``settings`` (``STEP.KEY=VALUE``) replace step config keys. Another build writing to ``out``
+    stops this one at once, or with ``wait`` this one waits for it. ``verify`` checks the sha256
+    of every reused artifact and exported split, not only those whose size or mtime changed."""
     started = time.perf_counter()
     plan = plan_recipe(recipe_path, models, settings)
     planned = time.perf_counter() - started
-    report = Runner(plan, Path(out), console=console, show_progress=show_progress).run(force)
+    runner = Runner(plan, Path(out), console=console, show_progress=show_progress, verify=verify)
+    report = runner.run(force, wait=wait)
     report.timings["plan"] = planned
     return report
 
@@ -112,22 +119,37 @@ class _Background:
 
 
 class Runner:
-    def __init__(self, plan: Plan, out: Path, console: Console | None = None, show_progress: bool = True):
-        self.plan, self.out = plan, out
-        self.console = console or Console(stderr=True)
+    def __init__(
+        self, plan: Plan, out: Path, console: Console | None = None, show_progress: bool = True, verify: bool = False
+    ):
+        self.plan, self.out, self.verify = plan, out, verify
+        self.console = console or Console(stderr=True, markup=False, emoji=False, highlight=False)
         self.show_progress = show_progress
         self.position = {s.name: i for i, s in enumerate(plan.steps)}
         self.memory: dict[str, pl.DataFrame] = {}
         self.remaining: dict[str, int] = {}
 
-    def run(self, force: Iterable[str] = ()) -> BuildReport:
-        run_started = time.perf_counter()
+    def run(self, force: Iterable[str] = (), wait: bool = False) -> BuildReport:
         force = set(force)
         unknown = sorted(force - set(self.plan.by_name))
         if unknown:
             raise RecipeError(
                 f"--force names no step of this recipe: {', '.join(unknown)}", file=str(self.plan.loaded.path)
             )
+        Store.check(self.out)
+        lock = BuildLock.acquire(
+            self.out,
+            str(self.plan.loaded.path),
+            wait=wait,
+            on_wait=lambda holder: self.console.print(Text(f"waiting for {holder} to finish with {self.out} …")),
+        )
+        try:
+            return self._run(force)
+        finally:
+            lock.release()
+
+    def _run(self, force: set[str]) -> BuildReport:
+        run_started = time.perf_counter()
         forced = self.plan.descendants(force)
         self.store = Store.open(self.out)
         self.run_id = LineageWriter.new_run_id()
@@ -135,6 +157,7 @@ class Runner:
         self.background = _Background()
         self.llm = ModelPool(self.out / "cache" / "llm.sqlite")
         self.background.submit(self._open_lineage)  # the first job: every later one writes through it
+        self.background.wait()  # reuse is checked against what the lineage recorded
         reports: list[StepReport] = []
         current: PlannedStep | None = None
         try:
@@ -143,7 +166,7 @@ class Runner:
                 for ps in self.plan.steps:
                     current = ps
                     progress.update(overall, description=f"build · {ps.name}")
-                    if ps.name not in forced and self.store.has(ps.name, ps.fingerprint):
+                    if ps.name not in forced and self._reusable(ps):
                         reports.append(self._reuse(ps))
                     else:
                         reports.append(self._execute(ps, StepProgress(progress, ps.name)))
@@ -155,7 +178,19 @@ class Runner:
                 export_started = time.perf_counter()
                 write_reports(self.plan, self.store, self._load)
                 exported = export_datasets(
-                    self.plan, self.store, self._export_table, reports, self._record_export, self.run_id, self._load
+                    self.plan,
+                    self.store,
+                    self._export_table,
+                    reports,
+                    self._record_export,
+                    self.run_id,
+                    self._load,
+                    forced=forced,
+                    recorded=lambda name, fp: {
+                        split: sha for split, (_, sha) in self.lineage.recorded_artifacts(f"export:{name}", fp).items()
+                    },
+                    full_verify=self.verify,
+                    warn=lambda message: self.console.print(Text(message, style="yellow")),
                 )
                 export_seconds = time.perf_counter() - export_started
                 self.background.wait()
@@ -176,6 +211,8 @@ class Runner:
 
     def _open_lineage(self) -> None:
         self.lineage = LineageWriter(self.out)
+        for run_id in self.lineage.mark_interrupted():
+            self.console.print(Text(f"run {run_id} ended without finishing (its process died): marked interrupted"))
         self.lineage.start_run(self.run_id, str(self.plan.loaded.path), self.plan.recipe_sha256, __version__)
 
     def _fail(self, current: PlannedStep | None, exc: BaseException) -> None:
@@ -187,11 +224,15 @@ class Runner:
             exc = exc if current is not None else bg_exc
         if not hasattr(self, "lineage"):  # the lineage database itself could not be opened
             return
+        interrupted = isinstance(exc, KeyboardInterrupt | SystemExit)
+        status = "interrupted" if interrupted else "failed"
         message = str(exc) or type(exc).__name__
+        if interrupted:
+            message = "interrupted (Ctrl-C or a termination signal)"
         if current is not None:
-            row = self._row(current, status="failed", error=message)
+            row = self._row(current, status=status, error=message)
             self.lineage.record_step(self.run_id, row)
-        self.lineage.finish_run(self.run_id, "failed", message)
+        self.lineage.finish_run(self.run_id, status, message)
         self.lineage.close()
 
     def _row(self, ps: PlannedStep, **kw: Any) -> StepRow:
@@ -206,6 +247,17 @@ class Runner:
         )
 
     # -- one step ---------------------------------------------------------------------------
+
+    def _reusable(self, ps: PlannedStep) -> bool:
+        """Whether the stored artifact of ``ps`` can be reused: it exists and its files are the
+        ones the lineage recorded. A changed or damaged one is reported by name and rebuilt."""
+        if not self.store.has(ps.name, ps.fingerprint):
+            return False
+        recorded = {o: sha for o, (_, sha) in self.lineage.recorded_artifacts(ps.name, ps.fingerprint).items()}
+        problems = self.store.verify(ps.name, ps.fingerprint, recorded, full=self.verify)
+        for problem in problems:
+            self.console.print(Text(f"step '{ps.name}': {problem}; re-executing it", style="yellow"))
+        return not problems
 
     def _reuse(self, ps: PlannedStep) -> StepReport:
         meta = self.store.meta(ps.name, ps.fingerprint)

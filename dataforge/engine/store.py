@@ -26,6 +26,7 @@ import polars as pl
 from dataforge import __version__
 from dataforge.engine.events import EDGE_SCHEMA, EVENT_SCHEMA, concat_edges, concat_events
 from dataforge.engine.fingerprint import file_sha256
+from dataforge.engine.lock import LOCK_NAME
 from dataforge.engine.step import StepResult
 from dataforge.errors import OutputDirError
 
@@ -69,16 +70,12 @@ class Store:
 
     @classmethod
     def open(cls, out: Path, create: bool = True) -> Store:
-        """Open a build directory; refuse one that exists, is not empty and is not dataforge's."""
+        """Open a build directory; refuse one that exists, is not empty and is not dataforge's.
+        A build calls it only while it holds the folder's ``BuildLock``: it removes stale
+        temporary folders, which are then nobody's."""
         out = Path(out)
         marker = out / MARKER
-        if out.exists() and not out.is_dir():
-            raise OutputDirError(f"output path {out} exists and is not a directory")
-        if out.exists() and any(out.iterdir()) and not marker.exists():
-            raise OutputDirError(
-                f"output directory {out} is not empty and was not made by dataforge (no {MARKER}); "
-                "choose another --out or empty it"
-            )
+        cls.check(out)
         if not out.exists() and not create:
             raise OutputDirError(f"no build found at {out} (run `dataforge build` first or pass --out)")
         if create and not marker.exists():
@@ -88,6 +85,19 @@ class Store:
         if create:
             store._remove_stale_temps()
         return store
+
+    @staticmethod
+    def check(out: Path) -> None:
+        """Refuse an output path that is a file, or a non-empty folder dataforge did not make
+        (touches nothing)."""
+        out = Path(out)
+        if out.exists() and not out.is_dir():
+            raise OutputDirError(f"output path {out} exists and is not a directory")
+        if out.exists() and any(p.name != LOCK_NAME for p in out.iterdir()) and not (out / MARKER).exists():
+            raise OutputDirError(
+                f"output directory {out} is not empty and was not made by dataforge (no {MARKER}); "
+                "choose another --out or empty it"
+            )
 
     def _remove_stale_temps(self) -> None:
         for pattern in ("artifacts/*/.tmp-*", "datasets/.tmp-*"):
@@ -121,10 +131,31 @@ class Store:
                 "step": step,
                 "fingerprint": fingerprint,
                 "outputs": {o.output: {"rows": o.rows, "sha256": o.sha256} for o in outputs},
+                "files": file_stamps(tmp, [o.output for o in outputs]),
                 **(extra_meta or {}),
             }
             (tmp / "meta.json").write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
         return outputs
+
+    def verify(
+        self, step: str, fingerprint: str, recorded: dict[str, str] | None = None, full: bool = False
+    ) -> list[str]:
+        """What is wrong with a stored artifact, as sentences naming each file (empty: it is as
+        stored). Each output's size and mtime are compared with ``meta.json``; where they
+        changed, or with ``full``, its sha256 with ``recorded`` (output → sha256, what the
+        lineage recorded) or else ``meta.json``'s."""
+        d = self.artifact_dir(step, fingerprint)
+        try:
+            meta = self.meta(step, fingerprint)
+            outputs = {o: m["sha256"] for o, m in meta["outputs"].items()}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            return [f"{d / 'meta.json'} is damaged ({type(exc).__name__}: {exc})"]
+        problems = []
+        for output, sha in outputs.items():
+            path = d / f"{output}.parquet"
+            expected = (recorded or {}).get(output, sha)
+            problems += verify_file(path, meta.get("files", {}).get(path.name), expected, full)
+        return problems
 
     def stored_outputs(self, step: str, fingerprint: str) -> list[StoredOutput]:
         d = self.artifact_dir(step, fingerprint)
@@ -141,3 +172,28 @@ class Store:
     def read_edges(self, step: str, fingerprint: str) -> pl.DataFrame:
         path = self.artifact_dir(step, fingerprint) / "edges.parquet"
         return pl.read_parquet(path) if path.exists() else pl.DataFrame(schema=EDGE_SCHEMA)
+
+
+def file_stamps(folder: Path, outputs: list[str]) -> dict[str, dict[str, int]]:
+    """Size and mtime (ns) of each output's Parquet file: the cheap check of a reused artifact."""
+    stamps = {}
+    for name in outputs:
+        st = (folder / f"{name}.parquet").stat()
+        stamps[f"{name}.parquet"] = {"bytes": st.st_size, "mtime_ns": st.st_mtime_ns}
+    return stamps
+
+
+def verify_file(path: Path, stamp: dict[str, int] | None, sha256: str, full: bool = False) -> list[str]:
+    """[] if ``path`` is the file that was stored, else one sentence saying what differs. The
+    sha256 is read only when the size or mtime differ from ``stamp`` (or there is none), or
+    with ``full``."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return [f"{path} is missing"]
+    if stamp is not None and st.st_size != stamp["bytes"]:
+        return [f"{path} changed size ({stamp['bytes']:,} → {st.st_size:,} bytes)"]
+    if full or stamp is None or st.st_mtime_ns != stamp["mtime_ns"]:
+        if file_sha256(path) != sha256:
+            return [f"{path} changed (sha256 differs from the one recorded)"]
+    return []

@@ -15,7 +15,9 @@ Example::
 
 from __future__ import annotations
 
+import codecs
 import gzip
+import io
 import json
 from pathlib import Path
 from typing import Any, Literal
@@ -46,11 +48,16 @@ class SourceConfig(StepConfig):
     rename: dict[str, str] = {}
     columns: list[str] | None = None
     on_error: Literal["fail", "skip"] = "fail"
+    encoding: str = "utf-8"
     limit: int | None = None
     allow_empty: bool = False
 
     @model_validator(mode="after")
     def _one_origin(self) -> SourceConfig:
+        try:
+            codecs.lookup(self.encoding)
+        except LookupError:
+            raise ValueError(f"unknown encoding '{self.encoding}'") from None
         if (self.path is None) == (self.hub is None):
             raise ValueError("give exactly one of 'path' (a local file or directory) or 'hub' (a dataset name)")
         if self.limit is not None and self.limit < 1:
@@ -91,6 +98,41 @@ def _read_bytes(path: Path) -> bytes:
     return gzip.decompress(data) if path.name.endswith(".gz") else data
 
 
+def _decode(data: bytes, path: Path, encoding: str, hint: str = "") -> str:
+    """``data`` as text, strictly: a byte that is not ``encoding`` is an error naming the file,
+    line and byte, never a silent ``\ufffd``."""
+    try:
+        return data.decode(encoding)
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        bad = data[exc.start : exc.end].hex(" ")
+        raise DataError(
+            f"{path}:{line}: not valid {encoding} (byte {bad} at column {column}); "
+            f"set the source's encoding: (e.g. latin-1){hint}"
+        ) from None
+
+
+def _text_lines(data: bytes, path: Path, encoding: str, on_error: str) -> tuple[list[str], list[tuple[int, str]]]:
+    """The file's lines as text, and the (line number, error) of lines that do not decode, which
+    are left out (as empty lines) with ``on_error: skip`` and an error otherwise."""
+    try:
+        return _decode(data, path, encoding, " or on_error: skip").splitlines(), []
+    except DataError:
+        if on_error != "skip":
+            raise
+    lines, bad = [], []
+    for lineno, raw in enumerate(data.splitlines(), start=1):
+        try:
+            lines.append(raw.decode(encoding))
+        except UnicodeDecodeError as exc:
+            bad.append(
+                (lineno, f"not valid {encoding}: byte {raw[exc.start : exc.end].hex(' ')} at column {exc.start + 1}")
+            )
+            lines.append("")
+    return lines, bad
+
+
 # -- plan time: columns without reading the data -----------------------------------------------
 
 
@@ -102,16 +144,30 @@ def _peek_columns(cfg: SourceConfig, info: PlanInfo) -> Columns:
     if fmt == "parquet":
         return list(pl.read_parquet_schema(path))
     if fmt == "csv":
-        return pl.read_csv(path, n_rows=0).columns
+        head = _read_bytes(path)[: 1 << 16].split(b"\n", 1)[0]
+        return pl.read_csv(io.BytesIO(head.decode(cfg.encoding, errors="replace").encode()), n_rows=0).columns
     if fmt == "hf_disk":
         return list(_load_hf_disk(cfg, path).column_names)
     if fmt == "json":
-        records = _json_records(path)
+        try:
+            records = _json_records(path, cfg.encoding)
+        except DataError as exc:
+            raise RecipeError(str(exc), key="encoding") from None
         return _keys(records[:PEEK_LINES])
     opener = gzip.open if path.name.endswith(".gz") else open
     records = []
-    with opener(path, "rt", encoding="utf-8") as fh:  # type: ignore[operator]
-        for line in fh:
+    with opener(path, "rb") as fh:  # type: ignore[operator]
+        for lineno, raw in enumerate(fh, start=1):
+            try:
+                line = raw.decode(cfg.encoding)
+            except UnicodeDecodeError as exc:
+                if cfg.on_error == "skip":
+                    continue  # a decode_error event when the step runs
+                raise RecipeError(
+                    f"{path}:{lineno}: not valid {cfg.encoding} (byte {raw[exc.start : exc.end].hex(' ')} at column "
+                    f"{exc.start + 1}); set the source's encoding: (e.g. latin-1) or on_error: skip",
+                    key="encoding",
+                ) from None
             if line.strip():
                 try:
                     obj = json.loads(line)
@@ -186,22 +242,29 @@ def source(inputs: dict[str, pl.DataFrame], cfg: SourceConfig, ctx: Context) -> 
         where = str(path)
         fmt = _format_of(cfg, path)
         if fmt == "jsonl":
-            df, bad = _read_jsonl(path, cfg.on_error)
-            if bad:
-                ordinals = [b[0] for b in bad]
-                ids = pl.Series([f"{name}:{o}" for o in ordinals], dtype=pl.String)
+            df, bad = _read_jsonl(path, cfg.on_error, cfg.encoding)
+            for reason in sorted({b[3] for b in bad}):
+                these = [b for b in bad if b[3] == reason]
+                ids = pl.Series([f"{name}:{o}" for o, *_ in these], dtype=pl.String)
                 details = pl.Series(
-                    [json.dumps({"file": str(path), "line": line, "error": err}) for _, line, err in bad],
+                    [json.dumps({"file": str(path), "line": line, "error": err}) for _, line, err, _ in these],
                     dtype=pl.String,
                 )
-                dropped.append(events(ids, "dropped", "parse_error", detail=details))
+                dropped.append(events(ids, "dropped", reason, detail=details))
         elif fmt == "json":
-            df = _frame(_json_records(path), where)
+            df = _frame(_json_records(path, cfg.encoding), where)
             df = df.with_columns(pl.int_range(pl.len(), dtype=pl.Int64).alias("_ordinal"))
         elif fmt == "parquet":
             df = pl.read_parquet(path).with_row_index("_ordinal")
         elif fmt == "csv":
-            df = pl.read_csv(path, infer_schema_length=10_000).with_row_index("_ordinal")
+            df, bad_lines = _read_csv(path, cfg.on_error, cfg.encoding)
+            if bad_lines:
+                ids = pl.Series([f"{name}:{o}" for o, _, _ in bad_lines], dtype=pl.String)
+                details = pl.Series(
+                    [json.dumps({"file": str(path), "line": line, "error": err}) for _, line, err in bad_lines],
+                    dtype=pl.String,
+                )
+                dropped.append(events(ids, "dropped", "decode_error", detail=details))
         else:
             df = _arrow_frame(_load_hf_disk(cfg, path))
     if "_ordinal" not in df.columns:
@@ -226,20 +289,31 @@ def source(inputs: dict[str, pl.DataFrame], cfg: SourceConfig, ctx: Context) -> 
     return StepResult({"data": df.select(lead + user_cols)}, events=dropped)
 
 
-def _read_jsonl(path: Path, on_error: str) -> tuple[pl.DataFrame, list[tuple[int, int, str]]]:
+def _read_jsonl(
+    path: Path, on_error: str, encoding: str = "utf-8"
+) -> tuple[pl.DataFrame, list[tuple[int, int, str, str]]]:
     """Rows with ``_ordinal`` (the record's index among non-blank lines), plus the bad lines
-    as (ordinal, line number, error) when ``on_error`` is skip."""
+    as (ordinal, line number, error, reason) when ``on_error`` is skip: ``parse_error`` for
+    malformed JSON, ``decode_error`` for bytes that are not ``encoding``."""
     data = _read_bytes(path)
-    try:
-        df = pl.read_ndjson(data, infer_schema_length=None)
-        return df.with_row_index("_ordinal"), []
-    except Exception:
-        pass
+    if encoding.replace("_", "-").lower() in ("utf-8", "utf8"):
+        try:
+            data.decode("utf-8")  # polars would replace bad bytes with U+FFFD without a word
+            df = pl.read_ndjson(data, infer_schema_length=None)
+            return df.with_row_index("_ordinal"), []
+        except Exception:
+            pass
+    lines, undecodable = _text_lines(data, path, encoding, on_error)
+    bad_decode = dict(undecodable)
     records: list[dict[str, Any]] = []
     ordinals: list[int] = []
-    bad: list[tuple[int, int, str]] = []
+    bad: list[tuple[int, int, str, str]] = []
     ordinal = 0
-    for lineno, line in enumerate(data.decode("utf-8", errors="replace").splitlines(), start=1):
+    for lineno, line in enumerate(lines, start=1):
+        if lineno in bad_decode:
+            bad.append((ordinal, lineno, bad_decode[lineno], "decode_error"))
+            ordinal += 1
+            continue
         if not line.strip():
             continue
         try:
@@ -251,13 +325,30 @@ def _read_jsonl(path: Path, on_error: str) -> tuple[pl.DataFrame, list[tuple[int
                 raise DataError(
                     f"{path}:{lineno}: malformed JSON line: {exc} (set on_error: skip to drop such lines)"
                 ) from None
-            bad.append((ordinal, lineno, str(exc)))
+            bad.append((ordinal, lineno, str(exc), "parse_error"))
         else:
             records.append(obj)
             ordinals.append(ordinal)
         ordinal += 1
     df = _frame(records, str(path))
     return df.with_columns(pl.Series("_ordinal", ordinals, dtype=pl.UInt32)), bad
+
+
+def _read_csv(path: Path, on_error: str, encoding: str) -> tuple[pl.DataFrame, list[tuple[int, int, str]]]:
+    """A CSV file decoded strictly. With ``on_error: skip`` a line that does not decode becomes
+    a row left out, returned as (ordinal, line number, error); the other rows keep their
+    ordinals (one line per row assumed for the placeholder: quoted line breaks before a bad line
+    shift it)."""
+    lines, bad = _text_lines(_read_bytes(path), path, encoding, on_error)
+    if bad:
+        width = lines[0].count(",") if lines else 0
+        for lineno, _ in bad:
+            lines[lineno - 1] = "," * width  # a placeholder row, removed below
+    df = pl.read_csv(io.BytesIO("\n".join(lines).encode()), infer_schema_length=10_000).with_row_index("_ordinal")
+    skipped = [(lineno - 2, lineno, err) for lineno, err in bad if lineno > 1]
+    if skipped:
+        df = df.filter(~pl.col("_ordinal").is_in([o for o, _, _ in skipped]))
+    return df, skipped
 
 
 def _frame(records: list[dict[str, Any]], where: str) -> pl.DataFrame:
@@ -267,9 +358,10 @@ def _frame(records: list[dict[str, Any]], where: str) -> pl.DataFrame:
         raise DataError(f"{where}: rows do not share a consistent schema: {exc}") from None
 
 
-def _json_records(path: Path) -> list[dict[str, Any]]:
+def _json_records(path: Path, encoding: str = "utf-8") -> list[dict[str, Any]]:
+    text = _decode(_read_bytes(path), path, encoding)
     try:
-        data = json.loads(_read_bytes(path))
+        data = json.loads(text)
     except ValueError as exc:
         raise DataError(f"{path}: malformed JSON: {exc}") from None
     if isinstance(data, dict) and len(data) == 1 and isinstance(next(iter(data.values())), list):
