@@ -41,6 +41,14 @@ def _fmt_drops(drops: dict[str, int]) -> str:
     return ", ".join(f"{r}: {n}" for r, n in sorted(drops.items())) or "-"
 
 
+def _fmt_rows(per_name: dict[str, int], total: int) -> str:
+    """Rows of one table as a number; of several (data and eval inputs, data and failed outputs)
+    each by name, so eval rows and failed generations are never counted as data."""
+    if len(per_name) <= 1:
+        return f"{total:,}"
+    return " · ".join(f"{name} {n:,}" for name, n in per_name.items())
+
+
 def cmd_build(args: argparse.Namespace) -> int:
     from dataforge.engine.runner import build
 
@@ -56,15 +64,16 @@ def cmd_build(args: argparse.Namespace) -> int:
         verify=args.verify,
     )
     table = Table(title=f"build {report.run_id} → {report.out}")
-    for col in ("step", "kind", "rows in", "rows out", "dropped", "seconds", "cached"):
+    for col in ("step", "kind", "rows in", "rows out", "dropped", "flagged", "seconds", "cached"):
         table.add_column(col, justify="right" if col in ("rows in", "rows out", "seconds") else "left")
     for s in report.steps:
         table.add_row(
             s.name,
             s.kind,
-            f"{s.rows_in:,}",
-            f"{s.rows_out:,}",
+            _fmt_rows(s.inputs, s.rows_in),
+            _fmt_rows(s.outputs, s.rows_out),
             _fmt_drops(s.drops),
+            _fmt_drops(s.flags),
             f"{s.seconds:.2f}",
             "yes" if s.cache_hit else "no",
         )
@@ -76,6 +85,9 @@ def cmd_build(args: argparse.Namespace) -> int:
         for split, rows in splits.items():
             ds_table.add_row(name, split, f"{rows:,}", str(report.out / "datasets" / name))
     out_console.print(ds_table)
+    failed = [(s.name, s.failed_requests) for s in report.steps if s.failed_requests]
+    for name, n in failed:
+        out_console.print(f"step {name}: {n:,} model requests failed; the next build asks for them again.")
     if report.executed:
         out_console.print(
             f"{len(report.executed)} step(s) executed, {len(report.steps) - len(report.executed)} reused from cache."

@@ -367,11 +367,23 @@ def iter_dataset_tables(out: Path):
         dd = ds_dir / "dataset_dict.json"
         if not dd.exists():
             continue
-        for split in json.loads(dd.read_text())["splits"]:
+        try:
+            splits = json.loads(dd.read_text())["splits"]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise DataforgeError(
+                f"dataset {ds_dir} is damaged ({dd.name}: {exc}); the next build writes it again"
+            ) from None
+        for split in splits:
             # the data files the split's state.json lists: a `datasets` map over a loaded copy can
             # leave cache-*.arrow files of other schemas beside them
-            state = json.loads((ds_dir / split / "state.json").read_text())
-            files = [ds_dir / split / f["filename"] for f in state["_data_files"]]
-            tables = [pa.ipc.open_stream(pa.memory_map(str(f))).read_all() for f in files]
+            try:
+                state = json.loads((ds_dir / split / "state.json").read_text())
+                files = [ds_dir / split / f["filename"] for f in state["_data_files"]]
+                tables = [pa.ipc.open_stream(pa.memory_map(str(f))).read_all() for f in files]
+            except (OSError, ValueError, KeyError, TypeError, pa.ArrowException) as exc:
+                raise DataforgeError(
+                    f"dataset {ds_dir} split '{split}' is damaged ({type(exc).__name__}: {exc}); "
+                    "the next build writes it again"
+                ) from None
             if tables:
                 yield ds_dir.name, split, pa.concat_tables(tables)

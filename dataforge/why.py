@@ -12,7 +12,7 @@ from typing import Any
 import pyarrow.compute as pc
 
 from dataforge.errors import DataforgeError
-from dataforge.lineage import iter_dataset_tables, open_read
+from dataforge.lineage import iter_dataset_tables, latest_artifact_files, open_read
 
 
 @dataclass
@@ -23,7 +23,7 @@ class RowHistory:
     steps: list[dict[str, Any]]  # one per step of the newest build: name, kind, present outputs, events
     related: list[dict[str, Any]]  # events of other rows whose related_id is this row
     edges: list[dict[str, Any]]
-    datasets: list[tuple[str, str]]
+    datasets: list[dict[str, Any]]  # dataset, split, recipe, run_id of each exported appearance
     content: dict[str, Any] | None = None
     fate: str = ""
 
@@ -40,13 +40,7 @@ def row_history(out: str | Path, row_id: str) -> RowHistory:
     if not run:
         raise DataforgeError(f"no build recorded in {out}")
     steps = _records(con, "SELECT step, kind, fingerprint, cache_hit FROM latest_steps ORDER BY position", [])
-    artifacts = _records(
-        con,
-        "SELECT a.step, a.output, a.path FROM latest_artifacts a JOIN latest_steps s USING (step) "
-        "WHERE a.path LIKE '%.parquet' ORDER BY s.position, a.output",
-        [],
-    )
-    by_path = {a["path"]: (a["step"], a["output"]) for a in artifacts if Path(a["path"]).exists()}
+    by_path = {str(path): (step, output) for step, output, path in latest_artifact_files(con, Path(out))}
     present: dict[str, list[str]] = {}
     last_path = None
     if by_path:
@@ -81,7 +75,7 @@ def row_history(out: str | Path, row_id: str) -> RowHistory:
     datasets = []
     for name, split, table in iter_dataset_tables(Path(out)):
         if "_id" in table.column_names and pc.any(pc.equal(table["_id"], row_id)).as_py():
-            datasets.append((name, split))
+            datasets.append(_appearance(Path(out), name, split))
     if not present and not events and not edges:
         raise DataforgeError(
             f"row '{row_id}' does not appear in the newest build in {out} (no artifact or event names it)"
@@ -101,9 +95,18 @@ def row_history(out: str | Path, row_id: str) -> RowHistory:
     return history
 
 
+def _appearance(out: Path, name: str, split: str) -> dict[str, Any]:
+    """Which recipe and build exported the dataset a row appears in (several recipes can share
+    one --out)."""
+    meta = json.loads((out / "datasets" / name / "dataforge.json").read_text())
+    return {"dataset": name, "split": split, "recipe": meta.get("recipe"), "run_id": meta.get("run_id")}
+
+
 def _fate(h: RowHistory, events: list[dict[str, Any]]) -> str:
     if h.datasets:
-        return "kept: in " + ", ".join(f"dataset {d} split {s}" for d, s in h.datasets)
+        return "kept: in " + ", ".join(
+            f"dataset {d['dataset']} split {d['split']} (recipe {d['recipe']}, build {d['run_id']})" for d in h.datasets
+        )
     drop = next((e for e in events if e["action"] == "dropped"), None)
     if drop:
         extra = []

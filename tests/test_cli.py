@@ -75,3 +75,81 @@ def test_query_error_is_clean(qa, capsys):
 def test_query_without_build(tmp_path, capsys):
     assert main(["query", "--out", str(tmp_path / "none"), "SELECT 1"]) == 1
     assert "no lineage database" in capsys.readouterr().err
+
+
+@pytest.fixture
+def built(qa):
+    ws, recipe = qa
+    assert main(["build", str(recipe), "--out", str(ws.out), "--quiet"]) == 0
+    return ws
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "COPY (SELECT 1) TO 'OUT/datasets/qa_sft/card.md'",
+        "COPY runs TO 'OUT/x.csv'",
+        "EXPORT DATABASE 'OUT/dump'",
+        "ATTACH 'OUT/other.duckdb' AS other",
+        "INSTALL httpfs",
+        "LOAD httpfs",
+        "SET enable_external_access = true",
+        "PRAGMA memory_limit = '1GB'",
+        "CREATE TABLE t AS SELECT 1",
+        "INSERT INTO runs SELECT * FROM runs",
+        "UPDATE runs SET status = 'x'",
+        "DELETE FROM events",
+        "DROP TABLE runs",
+        "CALL pragma_table_info('runs')",
+        "EXPLAIN ANALYZE COPY (SELECT 1) TO 'OUT/x.csv'",
+        "SELECT 1; COPY (SELECT 1) TO 'OUT/x.csv'",
+    ],
+)
+def test_query_refuses_every_statement_that_is_not_a_read(built, capsys, sql):
+    out = built.out
+    before = sorted(p.relative_to(out) for p in out.rglob("*"))
+    card = (out / "datasets" / "qa_sft" / "card.md").read_bytes()
+    assert main(["query", "--out", str(out), sql.replace("OUT", str(out))]) == 1
+    assert "query is read-only" in capsys.readouterr().err
+    assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
+    assert (out / "datasets" / "qa_sft" / "card.md").read_bytes() == card
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT count(*) FROM runs",
+        "WITH x AS (SELECT * FROM steps) SELECT count(*) FROM x",
+        "DESCRIBE runs",
+        "SHOW TABLES",
+        "SUMMARIZE steps",
+        "EXPLAIN SELECT * FROM events",
+        "PRAGMA table_info('runs')",
+        "FROM latest_run",
+    ],
+)
+def test_query_runs_reads(built, capsys, sql):
+    assert main(["query", "--out", str(built.out), sql]) == 0, capsys.readouterr().err
+
+
+def test_query_reads_no_file_outside_the_build(built, capsys):
+    assert main(["query", "--out", str(built.out), "SELECT * FROM read_csv('/etc/passwd')"]) == 1
+    assert "Permission Error" in capsys.readouterr().err
+
+
+def test_text_is_printed_literally(qa, capsys):
+    ws, recipe = qa
+    ws.jsonl(
+        "qa.jsonl",
+        [{"question": "[/INST] [bold]not bold[/bold] :x: pip install 'dataforge[vllm]'", "answer": "x\n#### 1"}],
+    )
+    assert main(["build", str(recipe), "--out", str(ws.out), "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["query", "--out", str(ws.out), "SELECT question FROM artifact_raw_data"]) == 0
+    out = capsys.readouterr().out
+    assert "[/INST] [bold]not bold[/bold] :x: pip install 'dataforge[vllm]'" in out
+    assert main(["why", "raw:0", "--out", str(ws.out)]) == 0
+    assert ":x: pip install 'dataforge[vllm]'" in capsys.readouterr().out
+    # an error whose text holds markup prints it as it is
+    assert main(["build", str(ws.recipe("name: x\nsteps: [/INST]\n", "bad[bold].yaml")), "--out", str(ws.out)]) == 2
+    assert "bad[bold].yaml" in capsys.readouterr().err

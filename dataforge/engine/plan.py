@@ -119,7 +119,13 @@ def parse_settings(loaded: LoadedRecipe, settings: list[str]) -> dict[str, dict[
         if not (eq and dot and key):
             raise RecipeError(f"--set {item!r}: expected STEP.KEY=VALUE (e.g. solve.max_tokens=64)")
         if step_name not in loaded.recipe.steps:
-            raise RecipeError(f"--set {item!r}: the recipe has no step '{step_name}'", file=str(loaded.path))
+            close = difflib.get_close_matches(step_name, list(loaded.recipe.steps), n=1)
+            hint = f"did you mean '{close[0]}'? " if close else ""
+            raise RecipeError(
+                f"--set {item!r}: the recipe has no step '{step_name}' ({hint}its steps: "
+                f"{', '.join(loaded.recipe.steps)})",
+                file=str(loaded.path),
+            )
         if key in ("kind", "inputs"):
             raise RecipeError(f"--set {item!r}: '{key}' cannot be set from the command line")
         try:
@@ -134,6 +140,15 @@ def _model_specs(loaded: LoadedRecipe, overrides: dict[str, dict[str, Any]]) -> 
     from dataforge.llm.spec import ModelSpec
 
     specs: dict[str, dict[str, Any]] = {}
+    unknown = sorted(set(overrides) - set(loaded.recipe.models))
+    if unknown:
+        known = ", ".join(sorted(loaded.recipe.models)) or "none"
+        close = difflib.get_close_matches(unknown[0], list(loaded.recipe.models), n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise RecipeError(
+            f"--model {unknown[0]}=…: the recipe has no model '{unknown[0]}'{hint}; its models: {known}",
+            file=str(loaded.path),
+        )
     for name, raw in {**loaded.recipe.models, **overrides}.items():
         where = "the --model option" if name in overrides else None
         try:
@@ -194,6 +209,7 @@ def build_plan(
         cfgs[name] = _validate_config(loaded, name, sd, _resolve_models(loaded, name, sd, raw, specs))
         refs[name] = _parse_inputs(loaded, name, sd, spec.inputs, recipe.steps)
 
+    _check_source_names(loaded, defs, cfgs)
     order = _toposort(loaded, refs)
     info_base = loaded.base_dir
     planned: dict[str, PlannedStep] = {}
@@ -236,6 +252,23 @@ def build_plan(
 
     datasets = {dn: _plan_dataset(loaded, dn, planned) for dn in recipe.datasets}
     return Plan(loaded=loaded, steps=[planned[n] for n in order], datasets=datasets)
+
+
+def _check_source_names(loaded: LoadedRecipe, defs: dict[str, StepDef], cfgs: dict[str, StepConfig]) -> None:
+    """Two sources with one ``name`` would give two different rows the same ``_id``."""
+    seen: dict[str, str] = {}
+    for step_name, sd in defs.items():
+        if sd.kind != "source":
+            continue
+        prefix = getattr(cfgs[step_name], "name", None) or step_name
+        if prefix in seen:
+            raise loaded.error(
+                f"source name '{prefix}' is already used by step '{seen[prefix]}': their rows would share "
+                f"ids ({prefix}:0, {prefix}:1, …); give each source its own 'name'",
+                step=step_name,
+                key="name",
+            )
+        seen[prefix] = step_name
 
 
 def _validate_config(loaded: LoadedRecipe, name: str, sd: StepDef, raw: dict[str, Any]) -> StepConfig:

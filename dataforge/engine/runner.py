@@ -13,6 +13,7 @@ before it exports, and a failed write fails the build like a failed step.
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -44,7 +45,11 @@ class StepReport:
     rows_out: int
     seconds: float
     cache_hit: bool
-    drops: dict[str, int] = field(default_factory=dict)
+    drops: dict[str, int] = field(default_factory=dict)  # dropped rows by reason
+    flags: dict[str, int] = field(default_factory=dict)  # flagged rows by reason
+    inputs: dict[str, int] = field(default_factory=dict)  # rows per named input (data, eval, against …)
+    outputs: dict[str, int] = field(default_factory=dict)  # rows per output (data, failed, matches …)
+    failed_requests: int = 0  # model requests that failed (asked again by the next build)
 
 
 @dataclass
@@ -249,26 +254,41 @@ class Runner:
     # -- one step ---------------------------------------------------------------------------
 
     def _reusable(self, ps: PlannedStep) -> bool:
-        """Whether the stored artifact of ``ps`` can be reused: it exists and its files are the
-        ones the lineage recorded. A changed or damaged one is reported by name and rebuilt."""
+        """Whether the stored artifact of ``ps`` can be reused: it exists, its files are the ones
+        the lineage recorded (a changed or damaged one is reported by name and rebuilt), and
+        none of its model requests failed (those are asked again)."""
         if not self.store.has(ps.name, ps.fingerprint):
             return False
         recorded = {o: sha for o, (_, sha) in self.lineage.recorded_artifacts(ps.name, ps.fingerprint).items()}
         problems = self.store.verify(ps.name, ps.fingerprint, recorded, full=self.verify)
         for problem in problems:
             self.console.print(Text(f"step '{ps.name}': {problem}; re-executing it", style="yellow"))
-        return not problems
+        if problems:
+            return False
+        failed = self.store.meta(ps.name, ps.fingerprint).get("failed_requests", 0)
+        if failed:
+            self.console.print(
+                Text(f"step '{ps.name}': {failed:,} model requests failed last time; running it again", style="yellow")
+            )
+        return not failed
 
     def _reuse(self, ps: PlannedStep) -> StepReport:
         meta = self.store.meta(ps.name, ps.fingerprint)
         stored = self.store.stored_outputs(ps.name, ps.fingerprint)
         rows_out = sum(o.rows for o in stored)
         row = self._row(ps, rows_in=meta["rows_in"], rows_out=rows_out, cache_hit=True)
+        counts = {
+            "flags": meta.get("flags", {}),
+            "inputs": meta.get("inputs", {}),
+            "outputs": {o.output: o.rows for o in stored},
+        }
         artifacts = [(o.output, str(o.path), o.rows, o.sha256) for o in stored]
         self.background.submit(self._record_reuse, row, artifacts)
         for ref in ps.inputs.values():
             self._release(str(ref))
-        return StepReport(ps.name, ps.kind, ps.fingerprint, meta["rows_in"], rows_out, 0.0, True, meta.get("drops", {}))
+        return StepReport(
+            ps.name, ps.kind, ps.fingerprint, meta["rows_in"], rows_out, 0.0, True, meta.get("drops", {}), **counts
+        )
 
     def _record_reuse(self, row: StepRow, artifacts: list[tuple[str, str, int, str]]) -> None:
         events = edges = None
@@ -289,6 +309,7 @@ class Runner:
             llm=self.llm,
         )
         started = time.perf_counter()
+        asked_before, failed_before = self.llm.failure_counts()
         try:
             result = ps.stepdef.fn(inputs, ps.cfg, ctx)
         except StepError:
@@ -299,17 +320,37 @@ class Runner:
             raise StepError(ps.name, f"{type(exc).__name__}: {exc}") from exc
         seconds = time.perf_counter() - started
         self._check_result(ps, result)
+        asked_after, failed_after = self.llm.failure_counts()
+        failures = failed_after - failed_before
+        self._check_failures(ps, asked_after - asked_before, failures)
         events, edges = concat_events(result.events), concat_edges(result.edges)
-        drops = _drop_counts(events)
+        drops, flags = _counts(events, "dropped"), _counts(events, "flagged")
         rows_out = sum(df.height for df in result.tables.values())
         row = self._row(ps, rows_in=rows_in, rows_out=rows_out, seconds=seconds)
-        self.background.submit(self._persist, ps, result, events, edges, row, drops)
+        per_input = {name: df.height for name, df in inputs.items()}
+        meta = {"flags": flags, "inputs": per_input}
+        if failures:
+            meta["failed_requests"] = sum(failures.values())
+        self.background.submit(self._persist, ps, result, events, edges, row, drops, meta)
         for ref in ps.inputs.values():
             self._release(str(ref))
         for name, df in result.tables.items():
             if self.remaining.get(f"{ps.name}.{name}"):
                 self.memory[f"{ps.name}.{name}"] = df
-        return StepReport(ps.name, ps.kind, ps.fingerprint, rows_in, rows_out, seconds, False, drops)
+        return StepReport(
+            ps.name,
+            ps.kind,
+            ps.fingerprint,
+            rows_in,
+            rows_out,
+            seconds,
+            False,
+            drops,
+            flags,
+            per_input,
+            {name: df.height for name, df in result.tables.items()},
+            sum(failures.values()),
+        )
 
     def _persist(
         self,
@@ -319,18 +360,43 @@ class Runner:
         edges: pl.DataFrame,
         row: StepRow,
         drops: dict[str, int],
+        meta: dict[str, Any],
     ) -> None:
         try:
             stored = self.store.write(
                 ps.name,
                 ps.fingerprint,
                 StepResult(result.tables, [events], [edges]),
-                {"rows_in": row.rows_in, "drops": drops, "kind": ps.kind},
+                {"rows_in": row.rows_in, "drops": drops, "kind": ps.kind, **meta},
             )
         except OSError as exc:
             raise StepError(ps.name, f"storing its output failed: {exc}") from exc
         artifacts = [(o.output, str(o.path), o.rows, o.sha256) for o in stored]
         self.lineage.record_execution(self.run_id, row, artifacts, events, edges)
+
+    def _check_failures(self, ps: PlannedStep, asked: int, failures: Counter[str]) -> None:
+        """Model requests of this step that failed: above the step's ``max_failure_rate`` the
+        step fails with the counts; below it they are reported, and the stored artifact is
+        marked so that the next build runs the step again (answered requests come from the
+        request cache; only the failed ones are sent again)."""
+        failed = sum(failures.values())
+        if not failed:
+            return
+        reasons = ", ".join(f"{reason}: {n:,}" for reason, n in sorted(failures.items()))
+        rate = getattr(ps.cfg, "max_failure_rate", None)
+        if rate is not None and failed / max(asked, 1) > rate:
+            raise StepError(
+                ps.name,
+                f"{failed:,} of {asked:,} model requests failed ({reasons}), above max_failure_rate {rate:g}; "
+                "the answered ones are cached, so a rerun sends only the failed ones",
+            )
+        self.console.print(
+            Text(
+                f"step '{ps.name}': {failed:,} of {asked:,} model requests failed ({reasons}); "
+                "the next build asks again",
+                style="yellow",
+            )
+        )
 
     def _check_result(self, ps: PlannedStep, result: StepResult) -> None:
         if not isinstance(result, StepResult):
@@ -359,7 +425,15 @@ class Runner:
         if key in self.memory:
             return self.memory[key]
         self.background.wait()  # the artifact may still be on its way to disk
-        return self.store.read_table(ref.step, self.plan.by_name[ref.step].fingerprint, ref.output)
+        fingerprint = self.plan.by_name[ref.step].fingerprint
+        try:
+            return self.store.read_table(ref.step, fingerprint, ref.output)
+        except (OSError, pl.exceptions.PolarsError) as exc:
+            self.store.forget(ref.step, fingerprint)  # the next build executes the step again
+            path = self.store.artifact_dir(ref.step, fingerprint) / f"{ref.output}.parquet"
+            raise StepError(
+                ref.step, f"its stored output {path} cannot be read ({exc}); it is rebuilt on the next build"
+            ) from None
 
     def _export_table(self, ref: Ref) -> pl.DataFrame:
         df = self._load(ref)
@@ -378,9 +452,10 @@ class Runner:
             self.memory.pop(key, None)
 
 
-def _drop_counts(events: pl.DataFrame) -> dict[str, int]:
-    dropped = events.filter(pl.col("action") == "dropped")
-    if dropped.is_empty():
+def _counts(events: pl.DataFrame, action: str) -> dict[str, int]:
+    """Rows per reason among the events with ``action``."""
+    chosen = events.filter(pl.col("action") == action)
+    if chosen.is_empty():
         return {}
-    counts = dropped.group_by("reason").len().sort("reason")
+    counts = chosen.group_by("reason").len().sort("reason")
     return dict(zip(counts["reason"].to_list(), counts["len"].to_list(), strict=True))

@@ -157,6 +157,10 @@ class Store:
             problems += verify_file(path, meta.get("files", {}).get(path.name), expected, full)
         return problems
 
+    def forget(self, step: str, fingerprint: str) -> None:
+        """Mark a damaged artifact as not stored (its ``meta.json`` goes), so it is rebuilt."""
+        (self.artifact_dir(step, fingerprint) / "meta.json").unlink(missing_ok=True)
+
     def stored_outputs(self, step: str, fingerprint: str) -> list[StoredOutput]:
         d = self.artifact_dir(step, fingerprint)
         meta = self.meta(step, fingerprint)

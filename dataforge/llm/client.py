@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import json
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ class ClientStats:
     failures: int = 0
     completion_tokens: int = 0
     backend_seconds: float = 0.0
+    errors: Counter[str] = field(default_factory=Counter)  # failure reason → requests
 
 
 def load_backend(spec: ModelSpec) -> Backend:
@@ -76,20 +78,28 @@ class LLMClient:
         self.stats.cache_hits += len(requests) - len(todo)
         size = self._chunk_size()
         chunks = [todo[i : i + size] for i in range(0, len(todo), size)]
+
+        def arrived(i: int, gen: Generation) -> None:
+            """One answer: kept, counted, and committed to the cache at once if it succeeded (a
+            failure is never cached, so the next build asks again)."""
+            out[i] = gen
+            self.stats.completion_tokens += gen.completion_tokens
+            if gen.ok:
+                if self.cache is not None:
+                    self.cache.put_many(self.spec.model, [(keys[i], gen.to_json())])
+            else:
+                self.stats.failures += 1
+                self.stats.errors[gen.error or "unknown"] += 1
+
         for chunk in track(chunks, len(chunks), description) if track else chunks:
             started = time.perf_counter()
-            answers = self.backend.generate([requests[i] for i in chunk])
+            batch = [requests[i] for i in chunk]
+            if getattr(self.backend, "streams_answers", False):  # each answer as it comes back
+                self.backend.generate(batch, on_answer=lambda j, gen, chunk=chunk: arrived(chunk[j], gen))
+            else:
+                for i, gen in zip(chunk, self.backend.generate(batch), strict=True):
+                    arrived(i, gen)
             self.stats.backend_seconds += time.perf_counter() - started
-            fresh = []
-            for i, gen in zip(chunk, answers, strict=True):
-                out[i] = gen
-                self.stats.completion_tokens += gen.completion_tokens
-                if gen.ok:
-                    fresh.append((keys[i], gen.to_json()))
-                else:
-                    self.stats.failures += 1
-            if self.cache is not None and fresh:
-                self.cache.put_many(self.spec.model, fresh)
         return [g for g in out if g is not None]
 
     def logprobs(self, prompts: list[str], completions: list[str]) -> list[float]:
@@ -111,6 +121,14 @@ class ModelPool:
                 self.cache = RequestCache(self.cache_path)
             self._clients[key] = LLMClient(spec, load_backend(spec), self.cache)
         return self._clients[key]
+
+    def failure_counts(self) -> tuple[int, Counter[str]]:
+        """(requests asked, failures by reason) over every client of the build so far; the
+        runner takes the difference around a step to account for that step's requests."""
+        errors: Counter[str] = Counter()
+        for c in self._clients.values():
+            errors.update(c.stats.errors)
+        return sum(c.stats.requests for c in self._clients.values()), errors
 
     def close(self) -> None:
         for c in self._clients.values():

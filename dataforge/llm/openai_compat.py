@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import os
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from typing import Any
 
 import httpx
@@ -62,9 +63,27 @@ class OpenAIBackend:
             return "/chat/completions", {**body, "messages": [dict(m) for m in request.messages]}
         return "/completions", {**body, "prompt": request.prompt}
 
-    def generate(self, requests: list[Request]) -> list[Generation]:
+    streams_answers = True  # generate() reports each answer as it comes back
+
+    def generate(
+        self, requests: list[Request], on_answer: Callable[[int, Generation], None] | None = None
+    ) -> list[Generation]:
+        """One Generation per request, in order; ``on_answer(index, generation)`` is called (on
+        this thread) as each comes back, so the cache can commit it before the others arrive."""
+        out: list[Generation | None] = [None] * len(requests)
         with ThreadPoolExecutor(max_workers=self.spec.max_concurrency) as pool:
-            return list(pool.map(self._one, requests))
+            futures = {pool.submit(self._one, r): i for i, r in enumerate(requests)}
+            try:
+                for done in as_completed(futures):
+                    i = futures[done]
+                    out[i] = done.result()
+                    if on_answer is not None:
+                        on_answer(i, out[i])
+            except BaseException:
+                for f in futures:
+                    f.cancel()
+                raise
+        return [g for g in out if g is not None]
 
     def _one(self, request: Request) -> Generation:
         path, body = self.body(request)

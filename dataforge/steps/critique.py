@@ -74,6 +74,7 @@ class CritiqueConfig(StepConfig):
     top_p: float = Field(1.0, gt=0, le=1)
     max_tokens: int = Field(512, ge=1)
     seed: int = 0
+    max_failure_rate: float = Field(0.5, ge=0, le=1)  # above it the step fails, naming the errors
 
     def sampling(self) -> SamplingParams:
         return SamplingParams(

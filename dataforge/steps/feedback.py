@@ -69,6 +69,7 @@ class FeedbackConfig(StepConfig):
     temperature: float = Field(0.0, ge=0)
     max_tokens: int = Field(64, ge=1)
     seed: int = 0
+    max_failure_rate: float = Field(0.5, ge=0, le=1)  # above it the step fails, naming the errors
 
     def source(self) -> str:
         return self.template or (PAIRWISE_TEMPLATE if self.mode == "pairwise" else RANKING_TEMPLATE)

@@ -30,6 +30,7 @@ class PromptConfig(StepConfig):
     max_tokens: int = Field(512, ge=1)
     seed: int = 0
     stop: list[str] = Field(default_factory=list)
+    max_failure_rate: float = Field(0.5, ge=0, le=1)  # above it the step fails, naming the errors
 
     @model_validator(mode="after")
     def _one_prompt_source(self) -> PromptConfig:

@@ -60,6 +60,8 @@ def test_recipe_builds_and_every_dataset_loads(recipe, built, tiny_lm):
     # a second build executes no step
     report = build(RECIPES / recipe, out, show_progress=False, **tiny_overrides(recipe, tiny_lm))
     assert report.executed == []
+    for s in report.steps:  # the summary counts each input and output by name (eval sides apart)
+        assert sum(s.inputs.values()) == s.rows_in and sum(s.outputs.values()) == s.rows_out, s.name
     con = duckdb.connect(str(out / "lineage.duckdb"), read_only=True)
     assert con.execute("SELECT bool_and(cache_hit) FROM latest_steps").fetchone() == (True,)
 
@@ -115,7 +117,11 @@ def test_gsm8k_why_and_query_answer(built, capsys):
     assert "dropped by step 'filtered': filter:min_length" in text and "source: train_raw" in text
     assert main(["why", "gsm8k_train:0", "--out", str(out), "--json"]) == 0
     history = json.loads(capsys.readouterr().out)
-    assert ["gsm8k_grpo", "train"] in history["datasets"] and ["gsm8k_sft", "train"] in history["datasets"]
+    appearances = {(d["dataset"], d["split"], Path(d["recipe"]).name) for d in history["datasets"]}
+    assert {
+        ("gsm8k_grpo", "train", "gsm8k_reasoning.yaml"),
+        ("gsm8k_sft", "train", "gsm8k_reasoning.yaml"),
+    } <= appearances
     # query reads the artifacts and the exported datasets too
     assert (
         main(

@@ -192,7 +192,7 @@ def test_a_killed_build_resends_only_the_requests_that_had_not_come_back(ws, tin
         db = sqlite3.connect(ws.out / "cache" / "llm.sqlite")
         cached = db.execute("SELECT count(*) FROM responses").fetchone()[0]
         db.close()
-        assert 8 <= cached < total
+        assert before - 1 <= cached < total  # each answer committed as it arrived (one request in flight)
         assert not any((ws.out / "datasets").glob("*")), "a killed build exported nothing"
 
         rerun = subprocess.run(cmd, capture_output=True, text=True)

@@ -9,7 +9,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 import yaml
-from datasets import Dataset, DatasetDict
+from datasets import Dataset, DatasetDict, load_from_disk
 
 from dataforge.engine.runner import build
 from dataforge.engine.store import Store
@@ -84,3 +84,84 @@ def test_duplicate_id_column_values_are_an_error(ws):
 def test_limit(ws):
     df = _run(ws, _write("parquet", ws.root), limit=2)
     assert df.height == 2
+
+
+ENC_RECIPE = """
+name: enc
+steps:
+  raw:
+    kind: source
+    path: FILE
+EXTRA
+datasets:
+  d:
+    splits: {train: raw}
+"""
+
+
+def _enc_recipe(root: Path, file: str, extra: str = "") -> Path:
+    path = root / f"{file}.yaml"
+    path.write_text(ENC_RECIPE.replace("FILE", file).replace("EXTRA", extra))
+    return path
+
+
+def _lines(n: int, bad_at: int | None = None) -> list[bytes]:
+    """n JSONL lines; the one at index ``bad_at`` holds a Latin-1 byte (0xe9), not UTF-8."""
+    lines = [json.dumps({"text": f"row number {i}"}).encode() for i in range(n)]
+    if bad_at is not None:
+        lines[bad_at] = b'{"text": "caf\xe9"}'
+    return lines
+
+
+def _write_lines(path: Path, lines: list[bytes]) -> None:
+    path.write_bytes(b"\n".join(lines) + b"\n")
+
+
+def test_a_non_utf8_byte_past_the_peek_is_an_error_naming_file_and_line(tmp_path):
+    from dataforge.errors import StepError
+
+    _write_lines(tmp_path / "late.jsonl", _lines(300, bad_at=250))
+    with pytest.raises(StepError, match=r"late.jsonl:251: not valid utf-8 \(byte e9 at column 14\)"):
+        build(_enc_recipe(tmp_path, "late.jsonl"), tmp_path / "out", show_progress=False)
+    assert not (tmp_path / "out" / "datasets").exists()  # nothing with U+FFFD was exported
+
+
+def test_a_non_utf8_byte_near_the_top_is_a_plan_error_naming_file_and_line(tmp_path):
+    from dataforge.errors import RecipeError
+
+    _write_lines(tmp_path / "top.jsonl", _lines(5, bad_at=1))
+    with pytest.raises(RecipeError, match=r"key 'encoding': .*top.jsonl:2: not valid utf-8"):
+        build(_enc_recipe(tmp_path, "top.jsonl"), tmp_path / "out", show_progress=False)
+    (tmp_path / "top.csv").write_bytes(b"text\nok\ncaf\xe9\n")
+    with pytest.raises(Exception, match=r"top.csv:3: not valid utf-8"):
+        build(_enc_recipe(tmp_path, "top.csv"), tmp_path / "out2", show_progress=False)
+
+
+@pytest.mark.parametrize("file", ["skip.jsonl", "skip.csv"])
+def test_on_error_skip_drops_undecodable_rows_with_a_reason(tmp_path, file):
+    import duckdb
+
+    if file.endswith(".jsonl"):
+        lines = _lines(300, bad_at=250)
+    else:
+        lines = [b"text"] + [f"row number {i}".encode() for i in range(300)]
+        lines[251] = b"caf\xe9"
+    _write_lines(tmp_path / file, lines)
+    out = tmp_path / "out"
+    build(_enc_recipe(tmp_path, file, "    on_error: skip"), out, show_progress=False)
+    con = duckdb.connect(str(out / "lineage.duckdb"), read_only=True)
+    row_id, reason, detail = con.execute("SELECT row_id, reason, detail_json FROM events").fetchone()
+    assert (row_id, reason, json.loads(detail)["line"]) == ("raw:250", "decode_error", 251 if "jsonl" in file else 252)
+    ids = pl.read_parquet(next((out / "artifacts" / "raw").glob("*/data.parquet")))["_id"].to_list()
+    assert len(ids) == 299 and "raw:249" in ids and "raw:251" in ids and "raw:250" not in ids
+
+
+def test_encoding_reads_other_encodings(tmp_path):
+    (tmp_path / "l1.jsonl").write_bytes('{"text": "café crème"}\n'.encode("latin-1"))
+    (tmp_path / "l1.csv").write_bytes("text\ncafé crème\n".encode("cp1252"))
+    for file, enc in (("l1.jsonl", "latin-1"), ("l1.csv", "cp1252")):
+        out = tmp_path / f"out-{file}"
+        build(_enc_recipe(tmp_path, file, f"    encoding: {enc}"), out, show_progress=False)
+        assert load_from_disk(str(out / "datasets" / "d"))["train"]["text"] == ["café crème"]
+    with pytest.raises(Exception, match="unknown encoding 'klingon'"):
+        build(_enc_recipe(tmp_path, "l1.jsonl", "    encoding: klingon"), tmp_path / "x", show_progress=False)
