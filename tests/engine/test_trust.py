@@ -24,25 +24,13 @@ from rich.console import Console
 from dataforge.engine.runner import build
 from dataforge.errors import RecipeError, StepError
 from tests.conftest import QA_RECIPE
+from tests.steps.test_generate import RESUME_RECIPE
 
-SLOW_RECIPE = """
-name: slow
-models:
-  m: {backend: openai, model: scripted, base_url: URL, max_concurrency: 1, max_retries: 0}
-steps:
-  raw:
-    kind: source
-    path: prompts.jsonl
-  solve:
-    kind: generate
-    inputs: {data: raw}
-    model: m
-    prompt: text
-    max_tokens: 8
-datasets:
-  slow_out:
-    splits: {train: solve}
-"""
+# the resume test's recipe, against the scripted server: one prompt per request, one at a time
+SLOW_RECIPE = RESUME_RECIPE.replace("name: resume", "name: slow").replace(
+    "model: tiny,", "model: scripted, max_retries: 0,"
+)
+assert SLOW_RECIPE.count("scripted") == 1
 
 PROMPTS = 12
 
@@ -112,7 +100,7 @@ def test_two_builds_on_one_out_lose_nothing(slow):
         assert "waiting for build pid" in waiting.stderr.read().decode()
     finally:
         first.kill()
-    assert load_from_disk(str(ws.out / "datasets" / "slow_out"))["train"].num_rows == PROMPTS
+    assert load_from_disk(str(ws.out / "datasets" / "out"))["train"].num_rows == PROMPTS
     assert load_from_disk(str(ws.out / "datasets" / "qa_sft"))["train"].num_rows == 3
     assert [(Path(r).name, s) for r, s in _runs(ws.out)] == [("slow.yaml", "succeeded"), ("recipe.yaml", "succeeded")]
 
@@ -298,8 +286,8 @@ def test_an_unknown_model_override_is_an_error_listing_the_models(slow):
     from dataforge.engine.plan import plan_recipe
 
     _, _, slow_recipe = slow
-    with pytest.raises(RecipeError, match=r"no model 'mm' \(did you mean 'm'\?\); its models: m"):
-        plan_recipe(slow_recipe, {"mm": {"backend": "openai", "model": "x", "base_url": "http://127.0.0.1:1/v1"}})
+    with pytest.raises(RecipeError, match=r"no model 'polciy' \(did you mean 'policy'\?\); its models: policy"):
+        plan_recipe(slow_recipe, {"polciy": {"backend": "openai", "model": "x", "base_url": "http://127.0.0.1:1/v1"}})
     with pytest.raises(RecipeError, match=r"no step 'slove' \(did you mean 'solve'\? its steps: raw, solve\)"):
         plan_recipe(slow_recipe, settings=["slove.n=2"])
 
