@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import re
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -144,11 +144,6 @@ class LineageWriter:
         with self._transaction() as con:
             _insert_step(con, run_id, row)
 
-    def has_decisions(self, step: str, fingerprint: str) -> bool:
-        """Whether the events/edges of this step execution are recorded (by any run)."""
-        with self._transaction() as con:
-            return _has_decisions(con, step, fingerprint)
-
     def record_execution(
         self,
         run_id: str,
@@ -166,17 +161,7 @@ class LineageWriter:
                 if _has_decisions(con, row.step, row.fingerprint):  # a forced re-run: replace, never double
                     con.execute("DELETE FROM events WHERE step = ? AND fingerprint = ?", key)
                     con.execute("DELETE FROM edges WHERE step = ? AND fingerprint = ?", key)
-                params = [run_id, *key]
-                if events.height:
-                    ev = events.to_arrow()  # noqa: F841  (scanned by name below)
-                    con.execute(
-                        "INSERT INTO events SELECT ?, ?, ?, row_id, action, reason, related_id, score, detail_json "
-                        "FROM ev",
-                        params,
-                    )
-                if edges.height:
-                    ed = edges.to_arrow()  # noqa: F841
-                    con.execute("INSERT INTO edges SELECT ?, ?, ?, child_id, parent_id, relation FROM ed", params)
+                _insert_decisions(con, run_id, row, events, edges)
             _insert_artifacts(con, run_id, row.step, row.fingerprint, artifacts)
             if row.kind:
                 _insert_step(con, run_id, row)
@@ -186,16 +171,35 @@ class LineageWriter:
         with self._transaction() as con:
             _insert_artifacts(con, run_id, step, fingerprint, rows)
 
-    def recorded_artifacts(self, step: str, fingerprint: str) -> dict[str, tuple[int, str]]:
-        """output → (rows, sha256) as the lineage recorded the newest time ``step`` with this
-        fingerprint was stored or exported."""
+    def recorded_artifacts(self) -> dict[tuple[str, str], dict[str, str]]:
+        """(step, fingerprint) → {output: sha256}, as the lineage last recorded each stored or
+        exported artifact (read once per build: one transaction, not one per step)."""
         with self._transaction() as con:
             found = con.execute(
-                "SELECT output, rows, sha256 FROM artifacts a JOIN runs r USING (run_id) "
-                "WHERE a.step = ? AND a.fingerprint = ? ORDER BY r.started_at",
-                [step, fingerprint],
+                "SELECT a.step, a.fingerprint, a.output, a.sha256 FROM artifacts a JOIN runs r USING (run_id) "
+                "ORDER BY r.started_at"
             ).fetchall()
-        return {o: (n, sha) for o, n, sha in found}
+        recorded: dict[tuple[str, str], dict[str, str]] = {}
+        for step, fingerprint, output, sha in found:
+            recorded.setdefault((step, fingerprint), {})[output] = sha
+        return recorded
+
+    def record_reuse(
+        self,
+        run_id: str,
+        row: StepRow,
+        artifacts: list[tuple[str, str, int, str]],
+        stored_decisions: Callable[[], tuple[pl.DataFrame, pl.DataFrame]],
+    ) -> None:
+        """A reused step's ``steps`` and ``artifacts`` rows, in one transaction; its decisions
+        are re-recorded from ``stored_decisions()`` (the artifact's copy) only if the lineage
+        lost them."""
+        with self._transaction() as con:
+            if not _has_decisions(con, row.step, row.fingerprint):
+                events, edges = stored_decisions()
+                _insert_decisions(con, run_id, row, events, edges)
+            _insert_artifacts(con, run_id, row.step, row.fingerprint, artifacts)
+            _insert_step(con, run_id, row)
 
 
 def _has_decisions(con: duckdb.DuckDBPyConnection, step: str, fingerprint: str) -> bool:
@@ -203,6 +207,20 @@ def _has_decisions(con: duckdb.DuckDBPyConnection, step: str, fingerprint: str) 
         "SELECT count(*) FROM artifacts WHERE step = ? AND fingerprint = ?", [step, fingerprint]
     ).fetchone()
     return bool(row and row[0])
+
+
+def _insert_decisions(
+    con: duckdb.DuckDBPyConnection, run_id: str, row: StepRow, events: pl.DataFrame, edges: pl.DataFrame
+) -> None:
+    params = [run_id, row.step, row.fingerprint]
+    if events.height:
+        ev = events.to_arrow()  # noqa: F841  (scanned by name below)
+        con.execute(
+            "INSERT INTO events SELECT ?, ?, ?, row_id, action, reason, related_id, score, detail_json FROM ev", params
+        )
+    if edges.height:
+        ed = edges.to_arrow()  # noqa: F841
+        con.execute("INSERT INTO edges SELECT ?, ?, ?, child_id, parent_id, relation FROM ed", params)
 
 
 def _insert_step(con: duckdb.DuckDBPyConnection, run_id: str, row: StepRow) -> None:

@@ -163,6 +163,7 @@ class Runner:
         self.llm = ModelPool(self.out / "cache" / "llm.sqlite")
         self.background.submit(self._open_lineage)  # the first job: every later one writes through it
         self.background.wait()  # reuse is checked against what the lineage recorded
+        self.recorded = self.lineage.recorded_artifacts()
         reports: list[StepReport] = []
         current: PlannedStep | None = None
         try:
@@ -191,9 +192,7 @@ class Runner:
                     self.run_id,
                     self._load,
                     forced=forced,
-                    recorded=lambda name, fp: {
-                        split: sha for split, (_, sha) in self.lineage.recorded_artifacts(f"export:{name}", fp).items()
-                    },
+                    recorded=lambda name, fp: self.recorded.get((f"export:{name}", fp), {}),
                     full_verify=self.verify,
                     warn=lambda message: self.console.print(Text(message, style="yellow")),
                 )
@@ -259,7 +258,7 @@ class Runner:
         none of its model requests failed (those are asked again)."""
         if not self.store.has(ps.name, ps.fingerprint):
             return False
-        recorded = {o: sha for o, (_, sha) in self.lineage.recorded_artifacts(ps.name, ps.fingerprint).items()}
+        recorded = self.recorded.get((ps.name, ps.fingerprint), {})
         problems = self.store.verify(ps.name, ps.fingerprint, recorded, full=self.verify)
         for problem in problems:
             self.console.print(Text(f"step '{ps.name}': {problem}; re-executing it", style="yellow"))
@@ -291,11 +290,10 @@ class Runner:
         )
 
     def _record_reuse(self, row: StepRow, artifacts: list[tuple[str, str, int, str]]) -> None:
-        events = edges = None
-        if not self.lineage.has_decisions(row.step, row.fingerprint):  # artifact stored, lineage lost
-            events = self.store.read_events(row.step, row.fingerprint)
-            edges = self.store.read_edges(row.step, row.fingerprint)
-        self.lineage.record_execution(self.run_id, row, artifacts, events, edges)
+        def stored_decisions() -> tuple[pl.DataFrame, pl.DataFrame]:  # artifact stored, lineage lost
+            return self.store.read_events(row.step, row.fingerprint), self.store.read_edges(row.step, row.fingerprint)
+
+        self.lineage.record_reuse(self.run_id, row, artifacts, stored_decisions)
 
     def _execute(self, ps: PlannedStep, progress: StepProgress) -> StepReport:
         inputs = {name: self._load(ref) for name, ref in ps.inputs.items()}
