@@ -74,7 +74,6 @@ def lineage_scaling() -> None:
             t = time.perf_counter()
             writer.record_execution(run, StepRow("step", "", 1, "f" * 16, {}), [], ev, edges)
             dt = time.perf_counter() - t
-            writer.close()
         finally:
             shutil.rmtree(tmp)
         print(f"lineage: {n:>9,} events in {dt:.3f}s = {dt / n * 1e6:.2f} µs/event")

@@ -85,9 +85,6 @@ def cmd_build(args: argparse.Namespace) -> int:
         for split, rows in splits.items():
             ds_table.add_row(name, split, f"{rows:,}", str(report.out / "datasets" / name))
     out_console.print(ds_table)
-    failed = [(s.name, s.failed_requests) for s in report.steps if s.failed_requests]
-    for name, n in failed:
-        out_console.print(f"step {name}: {n:,} model requests failed; the next build asks for them again.")
     if report.executed:
         out_console.print(
             f"{len(report.executed)} step(s) executed, {len(report.steps) - len(report.executed)} reused from cache."

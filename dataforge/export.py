@@ -20,7 +20,7 @@ from dataforge import __version__
 from dataforge.card import render_card
 from dataforge.engine.fingerprint import canonical_json, file_sha256, hash_text, output_fingerprint
 from dataforge.engine.plan import Plan, PlannedDataset, Ref
-from dataforge.engine.store import Store, atomic_directory
+from dataforge.engine.store import Store, atomic_directory, file_stamp, stamp_changed
 
 EXPORT_VERSION = 1
 
@@ -104,19 +104,11 @@ def _verify_split(folder: Path, info: dict, sha256: str, full: bool) -> list[str
     files = sorted(folder.glob("*.arrow"))
     if stamps is not None and [f.name for f in files] != sorted(stamps):
         return [f"{folder} holds other data files than were exported"]
-    if stamps is not None and not full:
-        changed = [f for f in files if verify_stamp(f, stamps[f.name])]
-        if not changed:
-            return []
+    if stamps is not None and not full and not any(stamp_changed(f, stamps[f.name]) for f in files):
+        return []
     if split_sha256(files) != sha256:
         return [f"{folder} changed (sha256 differs from the one recorded)"]
     return []
-
-
-def verify_stamp(path: Path, stamp: dict[str, int]) -> bool:
-    """Whether a file's size or mtime differ from ``stamp``."""
-    st = path.stat()
-    return st.st_size != stamp["bytes"] or st.st_mtime_ns != stamp["mtime_ns"]
 
 
 def split_sha256(files: list[Path]) -> str:
@@ -177,7 +169,7 @@ def _write_dataset(
         splits = {}
         for s, t in tables.items():
             files = sorted((tmp / s).glob("*.arrow"))
-            stamps = {f.name: {"bytes": f.stat().st_size, "mtime_ns": f.stat().st_mtime_ns} for f in files}
+            stamps = {f.name: file_stamp(f) for f in files}
             splits[s] = {"rows": t.num_rows, "sha256": split_sha256(files), "from": str(ds.splits[s]), "files": stamps}
         ancestors = sorted(plan.ancestors({r.step for r in ds.splits.values()}))
         meta = {

@@ -108,9 +108,6 @@ class LineageWriter:
     def new_run_id() -> str:
         return _now().strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
 
-    def close(self) -> None:
-        """Nothing stays open between transactions; kept for callers that close a writer."""
-
     def start_run(self, run_id: str, recipe_path: str, recipe_sha256: str, version: str) -> None:
         with self._transaction() as con:
             con.execute(

@@ -3,7 +3,9 @@
 For each step: cache hit → reuse the artifact (and its recorded decisions); otherwise run the
 step function, check its result against its contract, store it atomically and record its
 lineage. Afterwards, export the recipe's datasets. A failure marks the run ``failed`` with the
-error and leaves every finished artifact in place for the next run.
+error (``interrupted`` for Ctrl-C or SIGTERM) and leaves every finished artifact in place for the
+next run. The whole build holds the output folder's ``BuildLock``; a stored artifact is reused
+only after its files are checked against what the lineage recorded.
 
 Storing artifacts and writing lineage happen on one background thread, in step order, while
 the next step computes (its inputs are still in memory); the build waits for that thread
@@ -159,11 +161,10 @@ class Runner:
         self.store = Store.open(self.out)
         self.run_id = LineageWriter.new_run_id()
         self.remaining = self.plan.consumers()
+        self._open_lineage()
+        self.recorded = self.lineage.recorded_artifacts()  # what reuse is checked against
         self.background = _Background()
         self.llm = ModelPool(self.out / "cache" / "llm.sqlite")
-        self.background.submit(self._open_lineage)  # the first job: every later one writes through it
-        self.background.wait()  # reuse is checked against what the lineage recorded
-        self.recorded = self.lineage.recorded_artifacts()
         reports: list[StepReport] = []
         current: PlannedStep | None = None
         try:
@@ -172,8 +173,9 @@ class Runner:
                 for ps in self.plan.steps:
                     current = ps
                     progress.update(overall, description=f"build · {ps.name}")
-                    if ps.name not in forced and self._reusable(ps):
-                        reports.append(self._reuse(ps))
+                    meta = None if ps.name in forced else self._reusable(ps)
+                    if meta is not None:
+                        reports.append(self._reuse(ps, meta))
                     else:
                         reports.append(self._execute(ps, StepProgress(progress, ps.name)))
                     progress.advance(overall)
@@ -205,7 +207,6 @@ class Runner:
             self.background.close()
             self.llm.close()
         self.lineage.finish_run(self.run_id, "succeeded")
-        self.lineage.close()
         timings = {
             "run": time.perf_counter() - run_started,
             "steps": sum(r.seconds for r in reports),
@@ -226,8 +227,6 @@ class Runner:
             self.background.wait()
         except BaseException as bg_exc:  # the step's own error, if any, is the one to report
             exc = exc if current is not None else bg_exc
-        if not hasattr(self, "lineage"):  # the lineage database itself could not be opened
-            return
         interrupted = isinstance(exc, KeyboardInterrupt | SystemExit)
         status = "interrupted" if interrupted else "failed"
         message = str(exc) or type(exc).__name__
@@ -237,7 +236,6 @@ class Runner:
             row = self._row(current, status=status, error=message)
             self.lineage.record_step(self.run_id, row)
         self.lineage.finish_run(self.run_id, status, message)
-        self.lineage.close()
 
     def _row(self, ps: PlannedStep, **kw: Any) -> StepRow:
         return StepRow(
@@ -252,28 +250,28 @@ class Runner:
 
     # -- one step ---------------------------------------------------------------------------
 
-    def _reusable(self, ps: PlannedStep) -> bool:
-        """Whether the stored artifact of ``ps`` can be reused: it exists, its files are the ones
-        the lineage recorded (a changed or damaged one is reported by name and rebuilt), and
-        none of its model requests failed (those are asked again)."""
+    def _reusable(self, ps: PlannedStep) -> dict[str, Any] | None:
+        """The stored artifact's ``meta.json`` if it can be reused: it exists, its files are the
+        ones the lineage recorded (a changed or damaged one is reported by name and rebuilt), and
+        none of its model requests failed (those are asked again); else None."""
         if not self.store.has(ps.name, ps.fingerprint):
-            return False
+            return None
         recorded = self.recorded.get((ps.name, ps.fingerprint), {})
-        problems = self.store.verify(ps.name, ps.fingerprint, recorded, full=self.verify)
+        meta, problems = self.store.verify(ps.name, ps.fingerprint, recorded, full=self.verify)
         for problem in problems:
             self.console.print(Text(f"step '{ps.name}': {problem}; re-executing it", style="yellow"))
-        if problems:
-            return False
-        failed = self.store.meta(ps.name, ps.fingerprint).get("failed_requests", 0)
+        if meta is None or problems:
+            return None
+        failed = meta.get("failed_requests", 0)
         if failed:
             self.console.print(
                 Text(f"step '{ps.name}': {failed:,} model requests failed last time; running it again", style="yellow")
             )
-        return not failed
+            return None
+        return meta
 
-    def _reuse(self, ps: PlannedStep) -> StepReport:
-        meta = self.store.meta(ps.name, ps.fingerprint)
-        stored = self.store.stored_outputs(ps.name, ps.fingerprint)
+    def _reuse(self, ps: PlannedStep, meta: dict[str, Any]) -> StepReport:
+        stored = self.store.stored_outputs(ps.name, ps.fingerprint, meta)
         rows_out = sum(o.rows for o in stored)
         row = self._row(ps, rows_in=meta["rows_in"], rows_out=rows_out, cache_hit=True)
         counts = {
@@ -439,7 +437,7 @@ class Runner:
         return df
 
     def _record_export(self, name: str, fingerprint: str, artifacts: list[tuple[str, str, int, str]]) -> None:
-        def record() -> None:  # runs on the background thread, where the lineage connection lives
+        def record() -> None:  # on the background thread: after the artifacts queued before it
             self.lineage.record_artifacts(self.run_id, f"export:{name}", fingerprint, artifacts)
 
         self.background.submit(record)

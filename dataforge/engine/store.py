@@ -139,31 +139,32 @@ class Store:
 
     def verify(
         self, step: str, fingerprint: str, recorded: dict[str, str] | None = None, full: bool = False
-    ) -> list[str]:
-        """What is wrong with a stored artifact, as sentences naming each file (empty: it is as
-        stored). Each output's size and mtime are compared with ``meta.json``; where they
-        changed, or with ``full``, its sha256 with ``recorded`` (output → sha256, what the
-        lineage recorded) or else ``meta.json``'s."""
+    ) -> tuple[dict | None, list[str]]:
+        """(``meta.json``, what is wrong with the stored artifact as sentences naming each file;
+        empty: it is as stored). Each output's size and mtime are compared with ``meta.json``;
+        where they changed, or with ``full``, its sha256 with ``recorded`` (output → sha256, what
+        the lineage recorded) or else ``meta.json``'s. A damaged ``meta.json`` gives None."""
         d = self.artifact_dir(step, fingerprint)
         try:
             meta = self.meta(step, fingerprint)
             outputs = {o: m["sha256"] for o, m in meta["outputs"].items()}
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-            return [f"{d / 'meta.json'} is damaged ({type(exc).__name__}: {exc})"]
+            return None, [f"{d / 'meta.json'} is damaged ({type(exc).__name__}: {exc})"]
         problems = []
         for output, sha in outputs.items():
             path = d / f"{output}.parquet"
             expected = (recorded or {}).get(output, sha)
             problems += verify_file(path, meta.get("files", {}).get(path.name), expected, full)
-        return problems
+        return meta, problems
 
     def forget(self, step: str, fingerprint: str) -> None:
         """Mark a damaged artifact as not stored (its ``meta.json`` goes), so it is rebuilt."""
         (self.artifact_dir(step, fingerprint) / "meta.json").unlink(missing_ok=True)
 
-    def stored_outputs(self, step: str, fingerprint: str) -> list[StoredOutput]:
+    def stored_outputs(self, step: str, fingerprint: str, meta: dict | None = None) -> list[StoredOutput]:
+        """The outputs ``meta.json`` lists (pass ``meta`` when it has been read already)."""
         d = self.artifact_dir(step, fingerprint)
-        meta = self.meta(step, fingerprint)
+        meta = meta if meta is not None else self.meta(step, fingerprint)
         return [StoredOutput(o, d / f"{o}.parquet", m["rows"], m["sha256"]) for o, m in meta["outputs"].items()]
 
     def read_table(self, step: str, fingerprint: str, output: str) -> pl.DataFrame:
@@ -178,13 +179,20 @@ class Store:
         return pl.read_parquet(path) if path.exists() else pl.DataFrame(schema=EDGE_SCHEMA)
 
 
+def file_stamp(path: Path) -> dict[str, int]:
+    """A file's size and mtime (ns): the cheap check that a stored file was not touched."""
+    st = path.stat()
+    return {"bytes": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def stamp_changed(path: Path, stamp: dict[str, int]) -> bool:
+    """Whether a file's size or mtime differ from the ``stamp`` taken when it was written."""
+    return file_stamp(path) != stamp
+
+
 def file_stamps(folder: Path, outputs: list[str]) -> dict[str, dict[str, int]]:
-    """Size and mtime (ns) of each output's Parquet file: the cheap check of a reused artifact."""
-    stamps = {}
-    for name in outputs:
-        st = (folder / f"{name}.parquet").stat()
-        stamps[f"{name}.parquet"] = {"bytes": st.st_size, "mtime_ns": st.st_mtime_ns}
-    return stamps
+    """The stamp of each output's Parquet file, by file name."""
+    return {f"{name}.parquet": file_stamp(folder / f"{name}.parquet") for name in outputs}
 
 
 def verify_file(path: Path, stamp: dict[str, int] | None, sha256: str, full: bool = False) -> list[str]:
@@ -197,7 +205,7 @@ def verify_file(path: Path, stamp: dict[str, int] | None, sha256: str, full: boo
         return [f"{path} is missing"]
     if stamp is not None and st.st_size != stamp["bytes"]:
         return [f"{path} changed size ({stamp['bytes']:,} → {st.st_size:,} bytes)"]
-    if full or stamp is None or st.st_mtime_ns != stamp["mtime_ns"]:
+    if full or stamp is None or stamp_changed(path, stamp):
         if file_sha256(path) != sha256:
             return [f"{path} changed (sha256 differs from the one recorded)"]
     return []

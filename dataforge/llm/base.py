@@ -8,6 +8,7 @@ unless the error is the user's to fix, such as a 4xx from a server, which raises
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -61,11 +62,16 @@ class Generation:
         return {"texts": self.texts, "finish_reasons": self.finish_reasons, "completion_tokens": self.completion_tokens}
 
 
+OnAnswer = Callable[[int, Generation], None]
+
+
 class Backend(Protocol):
     """What every backend provides."""
 
-    def generate(self, requests: list[Request]) -> list[Generation]:
-        """One Generation per request, in order."""
+    def generate(self, requests: list[Request], on_answer: OnAnswer | None = None) -> list[Generation]:
+        """One Generation per request, in order; ``on_answer(index, generation)`` is called as
+        each comes back (per request for a server, per batch for a local model), so the request
+        cache commits it before the rest arrive."""
         ...
 
     def logprobs(self, prompts: list[str], completions: list[str]) -> list[float]:

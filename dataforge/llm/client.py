@@ -28,10 +28,13 @@ class ClientStats:
 
     requests: int = 0
     cache_hits: int = 0
-    failures: int = 0
     completion_tokens: int = 0
     backend_seconds: float = 0.0
     errors: Counter[str] = field(default_factory=Counter)  # failure reason → requests
+
+    @property
+    def failures(self) -> int:
+        return sum(self.errors.values())
 
 
 def load_backend(spec: ModelSpec) -> Backend:
@@ -51,7 +54,7 @@ def load_backend(spec: ModelSpec) -> Backend:
 
 class LLMClient:
     """Generation through the cache: cached requests are answered from it, the others are sent
-    in chunks and each chunk's answers are committed before the next chunk is sent."""
+    in chunks, and each answer is committed to the cache as it comes back (a failure never is)."""
 
     def __init__(self, spec: ModelSpec, backend: Backend, cache: RequestCache | None):
         self.spec, self.backend, self.cache = spec, backend, cache
@@ -88,17 +91,13 @@ class LLMClient:
                 if self.cache is not None:
                     self.cache.put_many(self.spec.model, [(keys[i], gen.to_json())])
             else:
-                self.stats.failures += 1
                 self.stats.errors[gen.error or "unknown"] += 1
 
         for chunk in track(chunks, len(chunks), description) if track else chunks:
             started = time.perf_counter()
-            batch = [requests[i] for i in chunk]
-            if getattr(self.backend, "streams_answers", False):  # each answer as it comes back
-                self.backend.generate(batch, on_answer=lambda j, gen, chunk=chunk: arrived(chunk[j], gen))
-            else:
-                for i, gen in zip(chunk, self.backend.generate(batch), strict=True):
-                    arrived(i, gen)
+            self.backend.generate(
+                [requests[i] for i in chunk], on_answer=lambda j, gen, chunk=chunk: arrived(chunk[j], gen)
+            )
             self.stats.backend_seconds += time.perf_counter() - started
         return [g for g in out if g is not None]
 

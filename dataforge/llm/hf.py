@@ -12,7 +12,7 @@ import hashlib
 from collections import defaultdict
 from typing import Any
 
-from dataforge.llm.base import Generation, LLMError, Request, truncate_at_stop
+from dataforge.llm.base import Generation, LLMError, OnAnswer, Request, truncate_at_stop
 from dataforge.llm.spec import ModelSpec
 
 
@@ -57,7 +57,7 @@ class TransformersBackend:
         text = self.tokenizer.apply_chat_template(list(request.messages), add_generation_prompt=True, tokenize=False)
         return text, False
 
-    def generate(self, requests: list[Request]) -> list[Generation]:
+    def generate(self, requests: list[Request], on_answer: OnAnswer | None = None) -> list[Generation]:
         groups: dict[str, list[int]] = defaultdict(list)
         for i, r in enumerate(requests):
             groups[r.params.model_dump_json()].append(i)
@@ -67,6 +67,8 @@ class TransformersBackend:
                 batch = idx[start : start + self.spec.batch_size]
                 for i, gen in zip(batch, self._generate_batch([requests[i] for i in batch]), strict=True):
                     out[i] = gen
+                    if on_answer is not None:
+                        on_answer(i, gen)
         return [g for g in out if g is not None]
 
     def _generate_batch(self, requests: list[Request]) -> list[Generation]:

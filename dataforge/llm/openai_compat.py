@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from typing import Any
 
 import httpx
 
-from dataforge.llm.base import Generation, LLMError, Request, truncate_at_stop
+from dataforge.llm.base import Generation, LLMError, OnAnswer, Request, truncate_at_stop
 from dataforge.llm.spec import ModelSpec
 
 RETRYABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
@@ -63,11 +62,7 @@ class OpenAIBackend:
             return "/chat/completions", {**body, "messages": [dict(m) for m in request.messages]}
         return "/completions", {**body, "prompt": request.prompt}
 
-    streams_answers = True  # generate() reports each answer as it comes back
-
-    def generate(
-        self, requests: list[Request], on_answer: Callable[[int, Generation], None] | None = None
-    ) -> list[Generation]:
+    def generate(self, requests: list[Request], on_answer: OnAnswer | None = None) -> list[Generation]:
         """One Generation per request, in order; ``on_answer(index, generation)`` is called (on
         this thread) as each comes back, so the cache can commit it before the others arrive."""
         out: list[Generation | None] = [None] * len(requests)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from dataforge.llm.base import Generation, LLMError, Request, truncate_at_stop
+from dataforge.llm.base import Generation, LLMError, OnAnswer, Request, truncate_at_stop
 from dataforge.llm.spec import ModelSpec
 
 
@@ -36,7 +36,7 @@ class VLLMBackend:
             n=p.n, temperature=p.temperature, top_p=p.top_p, max_tokens=p.max_tokens, seed=p.seed, stop=p.stop or None
         )
 
-    def generate(self, requests: list[Request]) -> list[Generation]:
+    def generate(self, requests: list[Request], on_answer: OnAnswer | None = None) -> list[Generation]:
         out: list[Generation | None] = [None] * len(requests)
         chat = [i for i, r in enumerate(requests) if r.messages is not None]
         plain = [i for i, r in enumerate(requests) if r.messages is None]
@@ -48,6 +48,8 @@ class VLLMBackend:
             )
             for i, res in zip(chat, results, strict=True):
                 out[i] = self._generation(res, requests[i])
+                if on_answer is not None:
+                    on_answer(i, out[i])
         if plain:
             results = self.llm.generate(
                 [requests[i].prompt for i in plain],
@@ -56,6 +58,8 @@ class VLLMBackend:
             )
             for i, res in zip(plain, results, strict=True):
                 out[i] = self._generation(res, requests[i])
+                if on_answer is not None:
+                    on_answer(i, out[i])
         return [g for g in out if g is not None]
 
     @staticmethod

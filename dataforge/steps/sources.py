@@ -296,7 +296,7 @@ def _read_jsonl(
     as (ordinal, line number, error, reason) when ``on_error`` is skip: ``parse_error`` for
     malformed JSON, ``decode_error`` for bytes that are not ``encoding``."""
     data = _read_bytes(path)
-    if encoding.replace("_", "-").lower() in ("utf-8", "utf8"):
+    if _is_utf8(encoding):
         try:
             data.decode("utf-8")  # polars would replace bad bytes with U+FFFD without a word
             df = pl.read_ndjson(data, infer_schema_length=None)
@@ -339,16 +339,27 @@ def _read_csv(path: Path, on_error: str, encoding: str) -> tuple[pl.DataFrame, l
     a row left out, returned as (ordinal, line number, error); the other rows keep their
     ordinals (one line per row assumed for the placeholder: quoted line breaks before a bad line
     shift it)."""
-    lines, bad = _text_lines(_read_bytes(path), path, encoding, on_error)
+    data = _read_bytes(path)
+    if _is_utf8(encoding):
+        try:
+            data.decode("utf-8")  # polars would replace bad bytes without a word
+            return pl.read_csv(data, infer_schema_length=10_000).with_row_index("_ordinal"), []
+        except UnicodeDecodeError:
+            pass
+    lines, bad = _text_lines(data, path, encoding, on_error)
     if bad:
         width = lines[0].count(",") if lines else 0
         for lineno, _ in bad:
             lines[lineno - 1] = "," * width  # a placeholder row, removed below
-    df = pl.read_csv(io.BytesIO("\n".join(lines).encode()), infer_schema_length=10_000).with_row_index("_ordinal")
+    df = pl.read_csv("\n".join(lines).encode(), infer_schema_length=10_000).with_row_index("_ordinal")
     skipped = [(lineno - 2, lineno, err) for lineno, err in bad if lineno > 1]
     if skipped:
         df = df.filter(~pl.col("_ordinal").is_in([o for o, _, _ in skipped]))
     return df, skipped
+
+
+def _is_utf8(encoding: str) -> bool:
+    return codecs.lookup(encoding).name == "utf-8"
 
 
 def _frame(records: list[dict[str, Any]], where: str) -> pl.DataFrame:
