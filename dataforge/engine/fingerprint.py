@@ -47,11 +47,17 @@ def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def _hash_cache_path() -> Path:
+def cache_root() -> Path:
+    """dataforge's per-machine cache folder: ``$DATAFORGE_CACHE_DIR``, else ``$XDG_CACHE_HOME/dataforge``
+    (``~/.cache/dataforge``)."""
     root = os.environ.get("DATAFORGE_CACHE_DIR") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "dataforge"
     )
-    return Path(root) / "file_sha256.json"
+    return Path(root)
+
+
+def _hash_cache_path() -> Path:
+    return cache_root() / "file_sha256.json"
 
 
 def cached_file_sha256(path: Path) -> str:
