@@ -7,6 +7,8 @@ import re
 from collections import Counter
 from collections.abc import Callable
 
+Readings = tuple[Counter[float], Counter[float]]  # a text's numbers as written and with punctuation joined
+
 _UNITS = {
     "zero": 0,
     "one": 1,
@@ -40,6 +42,10 @@ _ALONE = {
     "half": 0.5,
     "quarter": 0.25,
     "quarters": 0.25,
+    "decade": 10,
+    "decades": 10,
+    "century": 100,
+    "fortnight": 14,
 }
 # after a number, a fraction of it: "three quarters" = 0.75 (as "3/4" reads), "two thirds", "one half"
 _DENOMINATORS = {
@@ -53,9 +59,20 @@ _DENOMINATORS = {
     "fourths": 4,
     "fifth": 5,
     "fifths": 5,
+    "sixth": 6,
+    "sixths": 6,
+    "seventh": 7,
+    "sevenths": 7,
+    "eighth": 8,
+    "eighths": 8,
+    "ninth": 9,
+    "ninths": 9,
+    "tenth": 10,
+    "tenths": 10,
 }
 _TENS = {"twenty": 20, "thirty": 30, "forty": 40, "fifty": 50, "sixty": 60, "seventy": 70, "eighty": 80, "ninety": 90}
 _SCALES = {"hundred": 100, "thousand": 1000, "million": 1_000_000}
+_SPANS = {"decade": 10, "decades": 10, "century": 100, "centuries": 100}  # of years, after a number word
 _TOKEN = re.compile(r"(?<![\d/])\d+/\d+(?![\d/]|[.,]\d)|\d+(?:,\d{3})*(?:\.\d+)?|(?<![\d.])\.\d+|[a-z]+", re.IGNORECASE)
 
 
@@ -132,6 +149,8 @@ def _read(text: str, number: Callable[[float], None], word: Callable[[str], None
             words.tens(_TENS[low])
         elif low in _SCALES and words.value is not None:
             words.scale(_SCALES[low])
+        elif low in _SPANS and words.value is not None:  # "four decades" → 40
+            words.scale(_SPANS[low])
         elif low in _DENOMINATORS and words.last in ("unit", "tens") and not words.total:
             words.fraction(_DENOMINATORS[low])
         elif low in _ALONE:
@@ -143,6 +162,68 @@ def _read(text: str, number: Callable[[float], None], word: Callable[[str], None
             words.emit()
             word(tok)
     words.emit()
+
+
+# a number followed by one of these words is also read in the related unit: "half an hour" agrees
+# with "30 minutes", "2 feet" with "24 inches", "6 times older" with "one-sixth of"
+_CONVERSIONS: dict[str, tuple[float, ...]] = {
+    "hour": (60,),
+    "minute": (1 / 60, 60),
+    "second": (1 / 60,),
+    "day": (24, 1 / 7),
+    "week": (7,),
+    "month": (1 / 12,),
+    "year": (12,),
+    "foot": (12,),
+    "feet": (12,),
+    "inch": (1 / 12,),
+    "inches": (1 / 12,),
+    "dozen": (12,),
+    "percent": (1 / 100,),
+    "%": (1 / 100,),
+    "cent": (1 / 100,),
+    "dollar": (100,),
+    "time": ("reciprocal",),  # type: ignore[dict-item]
+}
+_FILLER = frozenset("a an of the".split())
+
+
+def _unit(word: str) -> str:
+    w = word.lower()
+    return w[:-1] if w.endswith("s") and w[:-1] in _CONVERSIONS else w
+
+
+def equivalents(text: str) -> Counter[float]:
+    """The numbers of ``text`` (``numbers_in``) and what each is in a related unit or form, read
+    from the word after it: hours ↔ minutes ↔ seconds, days ↔ weeks, years ↔ months, feet ↔
+    inches, percent → fraction, dollars ↔ cents, "N times" → 1/N; a fraction 1/N also reads as N
+    and a decimal under 1 as a percentage. For the side whose numbers are searched (the train
+    text), so a rephrase that writes a quantity another way still agrees."""
+    found: Counter[float] = Counter()
+    pending: list[float] = []
+
+    def number(v: float) -> None:
+        found.update((v,))
+        if 0 < v < 1:
+            found.update((round(v * 100, 6),))
+            if abs(1 / v - round(1 / v)) < 1e-9:
+                found.update((float(round(1 / v)),))
+        pending.append(v)
+
+    def word(w: str) -> None:
+        if w.lower() in _FILLER or not pending:
+            return
+        for factor in _CONVERSIONS.get(_unit(w), ()):
+            for v in pending:
+                if factor == "reciprocal":
+                    if v:
+                        found.update((round(1 / v, 6),))
+                else:
+                    found.update((round(v * factor, 6),))
+        pending.clear()
+
+    _read((text or "").replace("%", " percent"), number, word)
+    return found
 
 
 def numbers_in(text: str) -> Counter[float]:
@@ -175,6 +256,26 @@ def counted(reference: Counter[float]) -> set[float]:
     return set(reference) - {1.0}
 
 
+def distinctive(reference: Counter[float]) -> set[float]:
+    """The numbers unlikely to agree by chance: not a whole number up to 12 (counts, "twice", "a
+    dozen" appear in most word problems) and not a half or a quarter."""
+    return {x for x in counted(reference) if not (x == int(x) and 0 <= x <= 12) and x not in (0.5, 0.25, 0.75)}
+
+
+def distinctive_agreeing(train: Readings, reference: Readings) -> int:
+    """How many of the reference's ``distinctive`` numbers the train text has (either reading)."""
+    return max(len(distinctive(reference[k]) & set(train[k])) for k in (0, 1))
+
+
+def leading_agreement(train: Counter[float], reference: Counter[float], k: int) -> float | None:
+    """Share of the train text's first ``k`` distinct numbers (a 1 left out) that the reference
+    has: the other direction of ``agreement``. A worked answer repeats many numbers, so the eval
+    item's few are often somewhere in it by chance; the numbers a text opens with are its own
+    problem's, and a rephrase opens with the eval item's."""
+    first = [x for x in train if x != 1.0][:k]
+    return sum(x in reference for x in first) / len(first) if first and k else None
+
+
 def agreement(train: Counter[float], reference: Counter[float]) -> float | None:
     """Share of the reference's distinct numbers that the train text also has; None when the
     reference mentions no number (the signal says nothing then). Distinct, because a rephrase
@@ -201,12 +302,13 @@ def digits_joined(text: str) -> str:
     return _INSIDE_NUMBER.sub("", text or "")
 
 
-Readings = tuple[Counter[float], Counter[float]]
 
 
-def number_readings(text: str) -> Readings:
-    """The numbers of a text read as written and read from ``digits_joined(text)``."""
-    return numbers_in(text), numbers_in(digits_joined(text))
+def number_readings(text: str, searched: bool = False) -> Readings:
+    """The numbers of a text read as written and read from ``digits_joined(text)``; for the
+    ``searched`` side (train), with their ``equivalents`` in related units."""
+    read = equivalents if searched else numbers_in
+    return read(text), numbers_in(digits_joined(text))
 
 
 def readings_agreement(train: Readings, reference: Readings) -> float | None:

@@ -1,0 +1,151 @@
+"""What of a text a leakage check compares, by the kind of text: the parts a rephrase keeps.
+
+- ``code`` (Python): the natural-language part (docstrings and comments without their doctest
+  examples, identifiers split into words, signature types) and an identifier-anonymized token
+  stream (names → ``ID``, numbers → ``NUM``, strings → ``STR``; keywords, builtins and operators
+  kept), so a function renamed and re-documented still reads alike in both.
+- ``chat``: the user turns only ("Human:" turns of an HH transcript, ``user`` messages): the
+  request is what an eval item is; the assistant's answer is free to differ.
+- ``choice``: a multiple-choice item as its question and its correct choice (``choice_view``).
+- ``text``: the text itself.
+
+``kind_of`` chooses per text when the view is ``auto``.
+"""
+
+from __future__ import annotations
+
+import builtins
+import io
+import keyword
+import re
+import tokenize
+from typing import Literal
+
+View = Literal["auto", "text", "code", "chat"]
+
+_CODE_LINE = re.compile(r"^\s*(?:def|class)\s+\w+\s*[(:]|^\s*(?:from\s+\w[\w.]*\s+)?import\s+\w", re.MULTILINE)
+_HUMAN_TURN = re.compile(r"(?:^|\n)\s*Human:\s*(.*?)(?=\n\s*(?:Human|Assistant):|\Z)", re.DOTALL)
+_KEEP_NAMES = (
+    frozenset(keyword.kwlist)
+    | frozenset(dir(builtins))
+    | frozenset(
+        "append extend pop insert remove sort sorted items keys values get join split strip lower upper "
+        "startswith endswith replace find count index add update self cls".split()
+    )
+)
+_SPLIT_IDENT = re.compile(r"[A-Z]?[a-z]+|[A-Z]+(?![a-z])|\d+")
+
+
+def kind_of(text: str) -> Literal["text", "code", "chat"]:
+    """``code`` for text with a Python ``def``/``class``/``import`` line, ``chat`` for an
+    Human/Assistant transcript, else ``text``."""
+    if _CODE_LINE.search(text or ""):
+        return "code"
+    if "Human:" in (text or "") and "Assistant:" in text:
+        return "chat"
+    return "text"
+
+
+def user_turns(text: str) -> str:
+    """The "Human:" turns of a transcript, one per line (the whole text when it has none)."""
+    turns = [t.strip() for t in _HUMAN_TURN.findall(text or "")]
+    return "\n".join(turns) if turns else text
+
+
+def split_identifier(name: str) -> str:
+    """``has_close_elements`` → "has close elements", ``maxValue`` → "max value"."""
+    return " ".join(w.lower() for w in _SPLIT_IDENT.findall(name))
+
+
+def _without_examples(doc: str) -> str:
+    """A docstring without its doctest examples (``>>>`` lines and the output after them) and
+    ``Example:``-style lines of values: a rewrite changes the values, not the description."""
+    out, in_example = [], False
+    for line in doc.splitlines():
+        s = line.strip()
+        if s.startswith(">>>"):
+            in_example = True
+            continue
+        if in_example and s and not re.match(r"^[A-Za-z][a-z]+(?:\s+[a-z]+){3,}", s):
+            continue  # the example's output
+        in_example = False
+        if re.search(r"[=(\[]", s) and not re.search(r"[a-z]{3,}\s+[a-z]{3,}", s):
+            continue  # "f([1, 2]) == 3", "[1, 2] => 3": values, not words
+        out.append(line)
+    return "\n".join(out)
+
+
+def _tokens(text: str) -> list[tokenize.TokenInfo]:
+    """Python tokens of ``text``, as far as they read (a fragment that stops tokenizing keeps the
+    tokens before the error)."""
+    out: list[tokenize.TokenInfo] = []
+    try:
+        for tok in tokenize.generate_tokens(io.StringIO(text).readline):
+            out.append(tok)
+    except (tokenize.TokenError, IndentationError, SyntaxError):
+        pass
+    return out
+
+
+def code_views(text: str) -> tuple[str, str]:
+    """(natural language, anonymized tokens) of Python source."""
+    words: list[str] = []
+    anon: list[str] = []
+    prev = ""
+    for tok in _tokens(text):
+        if tok.type == tokenize.COMMENT:
+            words.append(tok.string.lstrip("#").strip())
+        elif tok.type == tokenize.STRING:
+            body = tok.string.strip("rRbBuUfF").strip("'\"")
+            if len(body.split()) >= 3:  # prose: a docstring or a message
+                words.append(_without_examples(body))
+            anon.append("STR")
+        elif tok.type == tokenize.NAME:
+            if tok.string in _KEEP_NAMES:
+                anon.append(tok.string)
+            else:
+                anon.append("ID")
+                if prev in ("def", "class", "->", ":") or tok.string[:1].isupper():
+                    words.append(split_identifier(tok.string))  # names and types of the signature
+        elif tok.type == tokenize.NUMBER:
+            anon.append("NUM")
+        elif tok.type == tokenize.OP:
+            anon.append(tok.string)
+        if tok.type not in (tokenize.NL, tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT, tokenize.COMMENT):
+            prev = tok.string
+    prose = "\n".join(w for w in words if w.strip())
+    return (prose or text), " ".join(anon)
+
+
+def prose_view(text: str, kind: str) -> str:
+    """The part of ``text`` compared as language for its kind."""
+    if kind == "code":
+        return code_views(text)[0]
+    if kind == "chat":
+        return user_turns(text)
+    return text
+
+
+def choice_view(question: str, choices: list[str] | None, answer: str | int | None) -> str:
+    """A multiple-choice item as its question and its correct choice (the answer as a letter
+    A–J, a 0-based index, or the choice's text); the question alone when the answer is unknown."""
+    if not choices or answer is None:
+        return question
+    a = str(answer).strip()
+    if len(a) == 1 and a.upper() in "ABCDEFGHIJ" and "ABCDEFGHIJ".index(a.upper()) < len(choices):
+        correct = choices["ABCDEFGHIJ".index(a.upper())]
+    elif a.isdigit() and int(a) < len(choices):
+        correct = choices[int(a)]
+    else:
+        correct = a
+    return f"{question}\n{correct}"
+
+
+def choice_views(question: str, choices: list[str] | None, answer: str | int | None) -> list[str]:
+    """The texts a copied multiple-choice item can be recognised by: its question with the
+    correct choice (``choice_view``), the question alone, and the question with its lettered
+    choices. A train row is compared with each; a match to any is a match to the item."""
+    views = [choice_view(question, choices, answer), question]
+    if choices:
+        views.append(question + "\n" + "\n".join(f"{'ABCDEFGHIJ'[k]}. {c}" for k, c in enumerate(choices[:10])))
+    return list(dict.fromkeys(views))
