@@ -3,53 +3,46 @@ rephrased — and drop, flag or report them.
 
 Consumes ``train`` and one or more eval inputs (any other names: ``{train: …, gsm8k_test: …,
 mmlu: …}``), reading ``train_fields`` / ``eval_fields`` (text or ``messages``) and, where given,
-``train_answer`` / ``eval_answer`` (final answers). Produces ``data`` (train without the dropped
-rows) and ``matches`` (one row per contaminated train row: its best eval match, the deciding
-detector and every detector's score, both texts).
+``train_answer`` / ``eval_answer`` (final answers) and ``eval_choices`` (multiple choice). Produces
+``data`` (train without the dropped rows) and ``matches`` (one row per contaminated train row: its
+best eval match, the deciding detector and every signal, both texts).
 
-The cascade, cheap first; only candidates reach the transformer:
+Views (``dataforge.text.views``; ``view: auto`` chooses per row): chat text is compared by its user
+turns; a multiple-choice item as its question with the correct choice, its question alone and
+its question with the lettered choices (a match to any is a match to the item); code by its natural-language part
+(docstrings without their doctest values, comments, split identifiers), and, for ``clone``, by its
+identifier-anonymized token stream.
+
+The cascade, cheap first; only gated candidates reach the transformer:
 1. ``exact``: equal normalized text (NFKC, case, whitespace).
 2. ``ngram``: a shared word n-gram (``ngram``, default 13; ``short_ngram`` for eval texts shorter
-   than ``2 * ngram`` words), as in lm-eval / GPT-3 decontamination, on both texts with the
-   punctuation inside numbers removed ("8:00" → "800"), so a copy stripped of punctuation
-   still shares its n-grams.
-3. ``minhash``: word 3-gram shingle Jaccard ≥ ``minhash_min`` through a MinHash LSH index of
-   the eval side (candidates verified exactly; eval items of ``2 * short_ngram`` words or more): a
-   copy edited so often that no n-gram survives;
-4. candidates for rephrases: TF-IDF (words) cosine top-``top_k`` eval items per train row, kept
-   above ``tfidf_min``, over the normalized texts and over their ``canonical_words`` (numbers as
-   ``n<value>`` whether written in digits or words, capitalized words — names — left out; kept
-   above ``canonical_candidate_min``);
-5. ``canonical``: the canonical-words TF-IDF cosine with the numbers agreeing decides a rephrase
-   by itself (renamed people, numbers written out, clauses reordered), without the transformer;
-6. ``embedding``: MiniLM cosine (offline by default; the first ``max_tokens`` tokens of each text,
-   where a question stands before its worked answer) of the remaining candidate pairs whose
-   agreement signals the rule could still accept — the share of the eval item's numbers (digits
-   or words) the train text repeats, and whether the final answers agree.
+   than ``2 * ngram`` words), on both texts with the punctuation inside numbers removed.
+3. ``clone``: code whose anonymized token ``ngram``-grams cover ``ngram_coverage`` of the eval
+   item's (every name changed, the code kept).
+4. ``minhash``: word 3-gram shingle Jaccard ≥ ``minhash_min`` through a MinHash LSH index.
+5. ``canonical``: the TF-IDF cosine of ``canonical_words`` (numbers read alike, names left out)
+   ≥ ``canonical_min`` with the numbers agreeing, for eval items with two distinctive numbers.
+6. Dense recall: every train row's ``dense_top_k`` eval items by the cosine of static token
+   embeddings distilled from the embedding model (``dataforge.static_embed``; seconds for every row,
+   so no rewording hides a pair from the later stages). ``dense``: static cosine + evidence ≥
+   ``static_min``.
+7. ``embedding``: MiniLM cosine (the first ``max_tokens`` tokens) of the pairs still undecided whose
+   static cosine + evidence reaches ``embed_gate``; a leak when cosine + evidence ≥ ``cosine_min``
+   (``code_cosine_min`` for code eval items).
 
-Decision rule (defaults chosen on planted GSM8K data, figures in BENCHMARKS.md). A shared n-gram
-is a leak unless the pair is a template with other numbers and another answer, or a template
-filled with other names (capitalized words inside sentences) whose numbers do not all repeat.
-Otherwise, and never when both answers are known and differ, a candidate is a leak when:
-- ``minhash``: its shingle Jaccard ≥ ``minhash_min`` with number agreement ≥
-  ``alone_numbers_min`` and, unless every number repeats, the eval item's names (where it has
-  any) found in the train text;
-- ``canonical``: its canonical-words cosine ≥ ``canonical_min`` and number agreement ≥
-  ``canonical_numbers_min`` (only for eval items with two numbers or more: without them a
-  template filled with other names reads the same, and one shared number is a coincidence);
-- ``embedding``: cosine ≥ ``cosine_numbers`` and every number of the eval item reappears
-  (agreement ≥ ``numbers_min``) — the same meaning with other numbers ("John orders 3 pizzas…" vs
-  "Henry orders 7 pizzas…") is another problem; or cosine ≥ ``cosine_alone`` with agreement ≥
-  ``alone_numbers_min`` (a near copy with a number mangled); or, when the eval item has no
-  number to agree on (dialogue, open questions), cosine ≥ ``cosine_text``.
-Number agreement is the share of the eval item's distinct numbers the train text has (a 1 never
-counts: English counts and refers with "one"), read as digits or words ("twenty-five", "three quarters", "1/4", ".5");
-one that only reappears with its punctuation stripped ("$129.00" → "12900", "8:00" → "800") still
-agrees: agreement is the better of the texts read as written and read with the punctuation
-inside numbers removed.
+Evidence, not vetoes: number agreement (both ways: the eval item's numbers in the train text and
+the train text's first numbers in the eval item, read in related units and forms — "a decade",
+"half an hour", "one-sixth", "a dozen", 25 %) costs ``numbers_weight`` per share missing and
+``numbers_none_weight`` more when none of two or more agree (the same frame with other
+quantities), and adds ``numbers_bonus`` for shared distinctive numbers; final answers add
+``answer_weight`` when they agree and take ``answer_conflict_weight`` when they differ. The word
+detectors keep their template rules (a shared 13-gram with other numbers and another answer is a
+template, not a copy). Defaults were chosen across GSM8K, MMLU and HumanEval development
+rephrases (``bench/leakage.py``, BENCHMARKS.md).
 
 Optional LLM judge (``judge: <model name>`` from the recipe's ``models:``): candidates the rule
-leaves undecided that share an n-gram or have cosine ≥ ``judge_min_cosine`` are asked "is A a rephrase of B?"
+leaves undecided that share an n-gram or have a cosine (static or MiniLM) ≥ ``judge_min_cosine``
+are asked "is A a rephrase of B?"
 (``judge_template``, answered ``[[YES]]``/``[[NO]]``), most similar first, at most
 ``judge_max_calls``; a YES is a leak with detector ``judge``. Verdicts are cached with every LLM
 request (per train text and eval text), so a rebuild asks nothing twice.
@@ -81,10 +74,15 @@ from dataforge.text.numbers import (
     canonical_words,
     counted,
     digits_joined,
+    distinctive,
+    distinctive_agreeing,
+    equivalents,
+    leading_agreement,
     number_readings,
     parse_number,
     readings_agreement,
 )
+from dataforge.text.views import choice_views, code_views, kind_of, user_turns
 
 JUDGE_TEMPLATE = (
     "Are these two texts the same problem, one a copy or a rephrasing of the other (same question, "
@@ -118,8 +116,10 @@ SIGNALS = (
     "exact",
     "ngram",
     "minhash",
+    "clone",
     "tfidf",
     "canonical",
+    "static",
     "cosine",
     "numbers",
     "answers_agree",
@@ -138,8 +138,10 @@ MATCH_COLUMNS = [
 DETECTORS = (
     "exact",
     "ngram",
+    "clone",
     "minhash",
     "canonical",
+    "dense",
     "embedding",
     "judge",
 )  # in the order a train row's best match is chosen
@@ -161,15 +163,26 @@ class LeakageConfig(StepConfig):
     entities_min: float = 0.5
     top_k: int = 3
     tfidf_min: float = 0.3
+    view: Literal["auto", "text", "code", "chat"] = "auto"  # what of each text is compared (auto: per row)
+    eval_choices: str | None = None  # multiple choice: a list column; the item is read three ways (choice_views)
+    dense: bool = True  # the dense recall stage: every train row's dense_top_k eval items by static embedding
+    dense_top_k: int = 5
+    dense_min: float = 0.5
+    static_min: float = 0.88  # a leak without the transformer: static cosine + evidence ≥ this
     embed: bool = True
-    embed_search: bool = False  # also embed every train row and search its top_k eval items by cosine
     model: str | None = None
     batch_size: int = 64
     max_tokens: int | None = 128
-    cosine_numbers: float = 0.76
+    embed_gate: float = 0.65  # a pair reaches the transformer when its static cosine + gate evidence reaches this
+    gate_numbers_weight: float = 0.3  # the numbers' weight in the gate's evidence
+    cosine_min: float = 0.78  # a leak: cosine + evidence ≥ this (text, chat, multiple choice)
+    code_cosine_min: float = 0.68  # the same for code eval items (their docstrings and signatures)
+    numbers_weight: float = 0.22  # evidence: each share of the eval item's numbers missing costs this much
+    numbers_bonus: float = 0.04  # evidence: two distinctive numbers (not small counts) shared add this much
+    numbers_none_weight: float = 0.05  # evidence: an eval item of ≥ 2 numbers sharing none costs this much more
+    answer_weight: float = 0.05  # evidence: final answers that agree add this (small answers agree by chance)
+    answer_conflict_weight: float = 0.15  # evidence: final answers that differ take this (another problem)
     numbers_min: float = 1.0
-    cosine_text: float = 0.80
-    cosine_alone: float = 0.97
     alone_numbers_min: float = 0.75
     answer_numbers_min: float = 0.5
     tfidf_near: float = 0.70
@@ -187,24 +200,19 @@ def _columns(cfg: LeakageConfig, cols: dict[str, Columns], info: PlanInfo) -> di
         raise RecipeError("needs an input named 'train' (the data to clean)", key="inputs")
     if len(cols) < 2:
         raise RecipeError("needs at least one eval input besides 'train'", key="inputs")
-    if cfg.embed_search and not cfg.embed:
-        raise RecipeError("embed_search needs embed: true (it searches by the embedding cosine)", key="embed_search")
-    if cfg.embed:
+    if cfg.embed or cfg.dense:
         from dataforge.embed import check_model
 
         check_model(cfg.model, info.base_dir)
     for name, c in cols.items():
-        fields = cfg.train_fields if name == "train" else cfg.eval_fields
-        answer = cfg.train_answer if name == "train" else cfg.eval_answer
-        for f in [*fields, answer]:
+        side = "train" if name == "train" else "eval"
+        named = [(f"{side}_fields", f) for f in getattr(cfg, f"{side}_fields")]
+        named += [(f"{side}_answer", getattr(cfg, f"{side}_answer"))]
+        named += [("eval_choices", cfg.eval_choices)] if side == "eval" else []
+        for key, f in named:
             if f is not None and c is not None and f not in c:
-                raise ColumnContractError(f, "train_fields" if name == "train" else "eval_fields", c, name)
+                raise ColumnContractError(f, key, c, name)
     return {"data": cols["train"], "matches": MATCH_COLUMNS}
-
-
-def _text(df: pl.DataFrame, fields: list[str]) -> pl.Series:
-    parts = [text_expr(df, f) for f in fields]
-    return df.select(pl.concat_str(parts, separator="\n").alias("t"))["t"]
 
 
 def _normalized(text: pl.Series) -> pl.Series:
@@ -279,6 +287,9 @@ def _minhash_hits(train: pl.Series, evals: pl.Series, words: np.ndarray, cfg: Le
     )
 
 
+STATIC_DIGITS = 5  # static cosines are compared at this precision, whatever the block sizes
+
+
 def _top_k(similarities: Any, n_train: int, n_eval: int, top_k: int, floor: float) -> pl.DataFrame:
     """(t, e, score): each train row's ``top_k`` eval items by ``similarities(first, last)`` (the
     dense block of train rows first..last × every eval item), kept at ≥ ``floor``; blocks of
@@ -319,10 +330,42 @@ def _vectors(texts: list[str], cfg: LeakageConfig, ctx: Context) -> np.ndarray:
     return embed(texts, model, cfg.batch_size, ctx.progress, max_tokens=cfg.max_tokens)
 
 
-def _cosine_candidates(tv: np.ndarray, ev: np.ndarray, top_k: int, floor: float) -> pl.DataFrame:
-    """(t, e) for each train row's ``top_k`` eval items by embedding cosine ≥ ``floor``: exact
-    search in memory-bounded blocks (no ANN index)."""
-    return _top_k(lambda a, b: tv[a:b] @ ev.T, len(tv), len(ev), top_k, floor).select("t", "e")
+def _dense_candidates(train: list[str], evals: list[str], cfg: LeakageConfig, ctx: Context) -> pl.DataFrame:
+    """(t, e, static): every train row's ``dense_top_k`` eval items by the cosine of static
+    embeddings distilled from the embedding model (``dataforge.static_embed``), kept at ≥
+    ``dense_min``: the recall stage no rewording defeats, cheap enough to run on every row."""
+    from dataforge.embed import resolve_model
+    from dataforge.static_embed import load_static
+
+    ev, tv = load_static(resolve_model(cfg.model, ctx.base_dir)).encode(evals, train)
+    found = _top_k(lambda a, b: tv[a:b] @ ev.T, len(tv), len(ev), cfg.dense_top_k, cfg.dense_min)
+    # rounded: a float32 product's last bits depend on the block shape, the decisions must not
+    return found.select("t", "e", pl.col("score").round(STATIC_DIGITS).alias("static"))
+
+
+def evidence(
+    num: float | None,
+    ans: bool | None,
+    cfg: LeakageConfig,
+    distinct: int = 0,
+    numbers_weight: float | None = None,
+    counted: int = 0,
+) -> float:
+    """What number and answer agreement add to a pair's text similarity: ``numbers_weight`` off
+    per share of the eval item's numbers the train text lacks (nothing when the eval item has
+    none) and ``numbers_none_weight`` more when the eval item has ``counted`` ≥ 2 numbers and none
+    agree (the same frame with other quantities), ``numbers_bonus`` on for each of up to two
+    ``distinctive`` numbers (not a small count) the texts share, ``answer_weight`` on when the
+    final answers agree and ``answer_conflict_weight`` off when they differ. Evidence, not a
+    veto: a text close enough says the same thing however its numbers read."""
+    weight = cfg.numbers_weight if numbers_weight is None else numbers_weight
+    score = 0.0 if num is None else -weight * (1.0 - num)
+    if num == 0.0 and counted >= 2:
+        score -= cfg.numbers_none_weight
+    score += cfg.numbers_bonus * min(distinct, 2) / 2
+    if ans is not None:
+        score += cfg.answer_weight if ans else -cfg.answer_conflict_weight
+    return score
 
 
 def ngram_decides(coverage: float, num: float | None, ans: bool | None, ent: float | None, cfg: LeakageConfig) -> bool:
@@ -360,15 +403,15 @@ def minhash_decides(
 
 
 def canonical_decides(
-    canonical: float | None, num: float | None, ans: bool | None, eval_numbers: int, cfg: LeakageConfig
+    canonical: float | None, num: float | None, ans: bool | None, eval_distinctive: int, cfg: LeakageConfig
 ) -> bool:
     """Whether the same words, once numbers are read alike and names left out (``canonical``:
     TF-IDF cosine of ``canonical_words``), with the same numbers make a rephrase: "Olu is
     twenty-six" for "Deanna is 26", clauses reordered. Only for eval items with at least two
-    numbers: without them a template filled with other names ("the address of <name>, CEO of
-    <company>") reads the same, and one shared number is a coincidence ("what is the 4 letter
-    word for…" vs "what are all of the 4 letter words")."""
-    if canonical is None or num is None or ans is False or eval_numbers < 2:
+    ``distinctive`` numbers (not small counts): without them a template filled with other names
+    ("the address of <name>, CEO of <company>") reads the same, and small numbers agree by chance
+    with a worked answer full of them ("Liam is 16… two years ago… twice")."""
+    if canonical is None or num is None or ans is False or eval_distinctive < 2:
         return False
     return canonical >= cfg.canonical_min and num >= cfg.canonical_numbers_min
 
@@ -377,30 +420,25 @@ def decide(row: dict[str, Any], cfg: LeakageConfig) -> str | None:
     """The detector that calls this candidate pair a leak, or None (the documented rule)."""
     if row["exact"]:
         return "exact"
-    cos, num, ans = row["cosine"], row["numbers"], row["answers_agree"]
+    # the word detectors read numbers as written; the similarity rules also in related units
+    num, ans = row.get("numbers_as_written", row["numbers"]), row["answers_agree"]
     if row["ngram"] and ngram_decides(row["coverage"], num, ans, row.get("entities"), cfg):
         return "ngram"
+    if row.get("clone") and (ans is not False):
+        return "clone"
     if minhash_decides(row.get("minhash"), num, ans, row.get("entities"), cfg):
         return "minhash"
-    if canonical_decides(row.get("canonical"), num, ans, row.get("eval_numbers", 0), cfg):
+    if canonical_decides(row.get("canonical"), num, ans, row.get("eval_distinctive", 0), cfg):
         return "canonical"
-    if cos is None or ans is False:
+    support = evidence(row["numbers"], ans, cfg, row.get("distinctive", 0), counted=row.get("eval_counted", 0))
+    static = row.get("static")
+    if static is not None and static + support >= cfg.static_min:
+        return "dense"
+    cos = row["cosine"]
+    if cos is None:
         return None
-    if num is None:  # nothing to count: the meaning alone
-        return "embedding" if cos >= cfg.cosine_text else None
-    # the same meaning and every number: a rephrase; the same meaning with other numbers ("John
-    # orders 3 pizzas…" vs "Henry orders 7 pizzas…") is another problem, unless nearly identical
-    if cos >= cfg.cosine_numbers and num >= cfg.numbers_min:
-        return "embedding"
-    if cos >= cfg.cosine_alone and num >= cfg.alone_numbers_min:
-        return "embedding"
-    return None
-
-
-def _embeddable(num: float | None, ans: bool | None, cfg: LeakageConfig) -> bool:
-    """Whether ``decide`` could call a pair with these agreement signals a leak by its cosine:
-    only such pairs are embedded."""
-    return ans is not False and (num is None or num >= min(cfg.numbers_min, cfg.alone_numbers_min))
+    floor = cfg.code_cosine_min if row.get("kind") == "code" else cfg.cosine_min
+    return "embedding" if cos + support >= floor else None
 
 
 def _answers(df: pl.DataFrame, column: str | None) -> list[float | None]:
@@ -409,29 +447,82 @@ def _answers(df: pl.DataFrame, column: str | None) -> list[float | None]:
     return [parse_number(v) for v in df[column].cast(pl.String).to_list()]
 
 
-@step("leakage.check", version=5, inputs=None, outputs=("data", "matches"), columns=_columns)
+def both_ways(forward: float | None, train_written: Any, eval_searched: Any, k: int) -> float | None:
+    """Number agreement read both ways: the share of the eval item's numbers the train text has,
+    and of the train text's first ``k`` numbers (``k`` = the eval item's count) the eval item has;
+    the lower. So a worked answer full of numbers does not agree with every short problem."""
+    back = leading_agreement(train_written, eval_searched, k)
+    return forward if back is None or forward is None else min(forward, back)
+
+
+class _Side:
+    """One side's texts as the detectors read them: ``base`` (chat → its user turns, multiple
+    choice → three rows per item, ``choice_views``, with ``owner`` naming the item), ``prose``
+    (code → its natural-language part), each
+    row's ``kind`` and, for code, its anonymized token stream."""
+
+    def __init__(self, df: pl.DataFrame, fields: list[str], cfg: LeakageConfig, choices: str | None = None):
+        roles = ["user"] if cfg.view in ("auto", "chat") else None
+        raw = df.select(pl.concat_str([text_expr(df, f, roles) for f in fields], separator="\n").alias("t"))[
+            "t"
+        ].to_list()
+        self.owner: list[int] | None = None  # multiple choice: the item each view belongs to
+        if choices is not None:
+            answers = df[cfg.eval_answer].cast(pl.String).to_list() if cfg.eval_answer else [None] * df.height
+            views = [choice_views(q, c, a) for q, c, a in zip(raw, df[choices].to_list(), answers, strict=True)]
+            self.owner = [k for k, v in enumerate(views) for _ in v]
+            raw = [text for v in views for text in v]
+        self.kinds = [kind_of(t) if cfg.view == "auto" else cfg.view for t in raw]
+        self.base = [user_turns(t) if k == "chat" else t for t, k in zip(raw, self.kinds, strict=True)]
+        views = [code_views(t) if k == "code" else (t, "") for t, k in zip(self.base, self.kinds, strict=True)]
+        self.prose = [v[0] for v in views]
+        self.code = [v[1] for v in views]
+        self.text = pl.Series("t", self.base, dtype=pl.String)
+        self.norm = _normalized(self.text)
+        self.joined = _joined(self.norm)
+        self.canon = [canonical_words(x) for x in self.base]
+
+
+def _clone_hits(train: _Side, evals: _Side, cfg: LeakageConfig) -> pl.DataFrame:
+    """(t, e, clone) for code pairs whose identifier-anonymized token streams share ``ngram``-token
+    sequences covering ``ngram_coverage`` of the eval item's: a function copied with every name
+    changed. Only eval items with code beyond a signature (``2 * ngram`` tokens or more)."""
+    schema = {"t": pl.Int64, "e": pl.Int64, "clone": pl.Float64}
+    e_tokens = np.array([len(c.split()) for c in evals.code])
+    e_idx = np.nonzero(e_tokens >= 2 * cfg.ngram)[0]
+    t_idx = np.nonzero([k == "code" for k in train.kinds])[0]
+    if not len(e_idx) or not len(t_idx):
+        return pl.DataFrame(schema=schema)
+    t_codes = pl.Series([train.code[i] for i in t_idx], dtype=pl.String)
+    e_codes = pl.Series([evals.code[i] for i in e_idx], dtype=pl.String)
+    words = np.full(len(e_idx), 2 * cfg.ngram)  # long enough: every item uses ``ngram``
+    hits = _ngram_hits(t_codes, e_codes, words, cfg).filter(pl.col("coverage") >= cfg.ngram_coverage)
+    return pl.DataFrame(
+        {"t": t_idx[hits["t"].to_numpy()], "e": e_idx[hits["e"].to_numpy()], "clone": hits["coverage"].to_numpy()},
+        schema=schema,
+    )
+
+
+@step("leakage.check", version=6, inputs=None, outputs=("data", "matches"), columns=_columns)
 def leakage_check(inputs: dict[str, pl.DataFrame], cfg: LeakageConfig, ctx: Context) -> StepResult:
     """Find train rows that contain an eval item (verbatim, edited or rephrased)."""
     train = inputs["train"]
-    t_text = _text(train, cfg.train_fields)
-    t_norm = _normalized(t_text)
-    t_joined = _joined(t_norm)
-    t_canon = [canonical_words(x) for x in t_text.to_list()]
-    # train-side signals are read only for rows that reach a candidate pair, once each
-    t_list = t_text.to_list()
+    ts = _Side(train, cfg.train_fields, cfg)
+    t_list = ts.base
     t_answer_text = train[cfg.train_answer].cast(pl.String).to_list() if cfg.train_answer else None
-
-    @functools.cache
-    def t_vectors() -> np.ndarray:
-        return _vectors(t_list, cfg, ctx)
 
     @functools.cache
     def t_words(t: int) -> frozenset[str]:
         return frozenset(w.lower() for w in _WORD.findall(t_list[t]))
 
+    # numbers are read from the prose view: a rewritten function changes its doctest values
     @functools.cache
     def t_nums(t: int) -> Readings:
-        return number_readings(t_list[t])
+        return number_readings(ts.prose[t], searched=True)
+
+    @functools.cache
+    def t_nums_written(t: int) -> Readings:
+        return number_readings(ts.prose[t])
 
     @functools.cache
     def t_ans(t: int) -> float | None:
@@ -444,120 +535,124 @@ def leakage_check(inputs: dict[str, pl.DataFrame], cfg: LeakageConfig, ctx: Cont
             continue
         if ev.is_empty():
             raise DataError(f"eval input '{name}' has no rows")
-        e_text = _text(ev, cfg.eval_fields)
-        e_norm = _normalized(e_text)
-        e_ans = _answers(ev, cfg.eval_answer)
+        es = _Side(ev, cfg.eval_fields, cfg, cfg.eval_choices)
+        if es.owner is not None:  # one row per view, each carrying its item's id
+            ev = ev.select(pl.all().gather(es.owner))
+        e_ans = _answers(ev, cfg.eval_answer) if cfg.eval_choices is None else [None] * ev.height
         exact = (
-            pl.DataFrame({"k": t_norm, "t": np.arange(train.height)})
-            .join(pl.DataFrame({"k": e_norm, "e": np.arange(ev.height)}), on="k")
+            pl.DataFrame({"k": ts.norm, "t": np.arange(train.height)})
+            .join(pl.DataFrame({"k": es.norm, "e": np.arange(ev.height)}), on="k")
             .select("t", "e")
             .with_columns(pl.lit(True).alias("exact"))
         )
-        e_joined = _joined(e_norm)
-        e_words = e_joined.str.count_matches(r"\w+").to_numpy()  # eval items' length in words
-        ngram = _ngram_hits(t_joined, e_joined, e_words, cfg)
-        tfidf = _tfidf_candidates(t_norm.to_list(), e_norm.to_list(), cfg.top_k, cfg.tfidf_min)
-        e_canon = [canonical_words(x) for x in e_text.to_list()]
-        canon = _tfidf_candidates(t_canon, e_canon, cfg.top_k, cfg.canonical_candidate_min)
+        e_words = es.joined.str.count_matches(r"\w+").to_numpy()  # eval items' length in words
+        ngram = _ngram_hits(ts.joined, es.joined, e_words, cfg)
+        tfidf = _tfidf_candidates(ts.norm.to_list(), es.norm.to_list(), cfg.top_k, cfg.tfidf_min)
+        canon = _tfidf_candidates(ts.canon, es.canon, cfg.top_k, cfg.canonical_candidate_min)
         canon = canon.rename({"tfidf": "canonical"})
-        sources = [exact, ngram, tfidf, canon]
-        near_copies = _minhash_hits(t_joined, e_joined, e_words, cfg)
-        sources.append(near_copies)
-        if cfg.embed_search:
-            tv_all = t_vectors()
-            ev_all = _vectors(e_text.to_list(), cfg, ctx)
-            sources.append(_cosine_candidates(tv_all, ev_all, cfg.top_k, min(cfg.cosine_numbers, cfg.cosine_text)))
-        pairs = (
-            pl.concat([frame.select("t", "e") for frame in sources])
-            .unique()
-            .join(exact, on=["t", "e"], how="left")
-            .join(ngram, on=["t", "e"], how="left")
-            .join(tfidf, on=["t", "e"], how="left")
-            .join(canon, on=["t", "e"], how="left")
-            .join(near_copies, on=["t", "e"], how="left")
-            .with_columns(pl.col("exact").fill_null(False), pl.col("shared").fill_null(0))
-            .sort("t", "e")
+        near_copies = _minhash_hits(ts.joined, es.joined, e_words, cfg)
+        clones = _clone_hits(ts, es, cfg)
+        dense = (
+            _dense_candidates(ts.prose, es.prose, cfg, ctx)
+            if cfg.dense
+            else pl.DataFrame(schema={"t": pl.Int64, "e": pl.Int64, "static": pl.Float64})
         )
-        e_nums = [number_readings(x) for x in e_text.to_list()]
-        e_ents = [names_in(x) for x in e_text.to_list()]
+        sources = [exact, ngram, tfidf, canon, near_copies, clones, dense]
+        pairs = pl.concat([frame.select("t", "e") for frame in sources]).unique()
+        for frame in sources:
+            pairs = pairs.join(frame, on=["t", "e"], how="left")
+        pairs = pairs.with_columns(pl.col("exact").fill_null(False), pl.col("shared").fill_null(0)).sort("t", "e")
+        if cfg.dense and pairs.height:  # the static cosine of every candidate, whichever stage found it
+            missing = pairs["static"].is_null().to_numpy()
+            if missing.any():
+                from dataforge.embed import resolve_model
+                from dataforge.static_embed import load_static
+
+                model = load_static(resolve_model(cfg.model, ctx.base_dir))
+                ti, ei = pairs["t"].to_numpy()[missing], pairs["e"].to_numpy()[missing]
+                tv, evv = model.encode([ts.prose[i] for i in ti], [es.prose[i] for i in ei])
+                static = pairs["static"].to_numpy().copy()
+                static[missing] = np.round((tv * evv).sum(axis=1), STATIC_DIGITS)
+                pairs = pairs.with_columns(pl.Series("static", static))
+        e_nums = [number_readings(x) for x in es.prose]
+        e_ents = [names_in(x) for x in es.base]
+        e_distinctive = [len(distinctive(n[0])) for n in e_nums]
         e_counted = [len(counted(n[0])) for n in e_nums]
+        e_searched = [equivalents(x) for x in es.prose]
         t_idx, e_idx = pairs["t"].to_list(), pairs["e"].to_list()
-        num = [readings_agreement(t_nums(t), e_nums[e]) for t, e in zip(t_idx, e_idx, strict=True)]
+        num = [
+            both_ways(readings_agreement(t_nums(t), e_nums[e]), t_nums_written(t)[0], e_searched[e], e_counted[e])
+            for t, e in zip(t_idx, e_idx, strict=True)
+        ]
+        written = [readings_agreement(t_nums_written(t), e_nums[e]) for t, e in zip(t_idx, e_idx, strict=True)]
         ans = [
             None if t_ans(t) is None or e_ans[e] is None else abs(t_ans(t) - e_ans[e]) < 1e-9
             for t, e in zip(t_idx, e_idx, strict=True)
         ]
-        cos = np.full(pairs.height, np.nan)
-        # only candidates the rule could still call a leak by their cosine reach the transformer
-        plausible = np.array([_embeddable(n, a, cfg) for n, a in zip(num, ans, strict=True)], dtype=bool)
-        # n-gram hits are decided without the transformer, unless near-verbatim by TF-IDF (the n-gram
-        # rule may still turn those down when punctuation loss mangled their numbers)
-        near = pairs["tfidf"].fill_null(0.0).to_numpy() >= cfg.tfidf_near
         ent = [
             name_agreement(t_words(t), e_ents[e]) if shared or mh is not None else None
             for t, e, shared, mh in zip(t_idx, e_idx, pairs["shared"], pairs["minhash"], strict=True)
         ]
-        ngram_no = np.array(
-            [
-                shared > 0 and not ngram_decides(cov or 0.0, n, a, en, cfg)
-                for shared, cov, n, a, en in zip(pairs["shared"], pairs["coverage"], num, ans, ent, strict=True)
-            ],
-            dtype=bool,
-        )
-        by_canonical = np.array(
-            [
-                canonical_decides(c, n, a, e_counted[e], cfg)
-                for c, n, a, e in zip(pairs["canonical"], num, ans, e_idx, strict=True)
-            ],
-            dtype=bool,
-        )
-        todo = ~pairs["exact"].to_numpy() & ((pairs["shared"] == 0).to_numpy() | (near & ngram_no)) & plausible
-        by_minhash = np.array(
-            [minhash_decides(j, n, a, en, cfg) for j, n, a, en in zip(pairs["minhash"], num, ans, ent, strict=True)],
-            dtype=bool,
-        )
-        todo &= ~by_canonical & ~by_minhash  # decided without the transformer
-        if cfg.embed and todo.any():
-            ti = pairs["t"].to_numpy()[todo]
-            ei = pairs["e"].to_numpy()[todo]
-            if cfg.embed_search:  # every text is embedded already
-                cos[todo] = (tv_all[ti] * ev_all[ei]).sum(axis=1)
-            else:
-                ut, ue = np.unique(ti), np.unique(ei)
-                tv = _vectors(t_text.gather(ut).to_list(), cfg, ctx)
-                evv = _vectors(e_text.gather(ue).to_list(), cfg, ctx)
-                cos[todo] = (tv[np.searchsorted(ut, ti)] * evv[np.searchsorted(ue, ei)]).sum(axis=1)
-        for k, r in enumerate(pairs.iter_rows(named=True)):
+        rows = []
+        for r, n, w, a, en in zip(pairs.iter_rows(named=True), num, written, ans, ent, strict=True):
             t, e = r["t"], r["e"]
-            row = {
-                "t": t,
-                "eval_input": name,
-                "e": e,
-                "exact": r["exact"],
-                "ngram": int(r["shared"]),
-                "minhash": r["minhash"],
-                "coverage": r["coverage"] or 0.0,
-                "tfidf": r["tfidf"],
-                "canonical": r["canonical"],
-                "cosine": None if np.isnan(cos[k]) else float(cos[k]),
-                "numbers": num[k],
-                "entities": ent[k],
-                "eval_numbers": e_counted[e],
-                "answers_agree": ans[k],
-                "eval_id": ev["_id"][e],
-                "eval_text": e_text[e],
-            }
+            rows.append(
+                {
+                    "t": t,
+                    "eval_input": name,
+                    "e": e,
+                    "exact": r["exact"],
+                    "ngram": int(r["shared"]),
+                    "minhash": r["minhash"],
+                    "clone": r["clone"],
+                    "coverage": r["coverage"] or 0.0,
+                    "tfidf": r["tfidf"],
+                    "canonical": r["canonical"],
+                    "static": r["static"],
+                    "cosine": None,
+                    "numbers": n,
+                    "numbers_as_written": w,
+                    "entities": en,
+                    "eval_distinctive": e_distinctive[e],
+                    "eval_counted": e_counted[e],
+                    "distinctive": distinctive_agreeing(t_nums(t), e_nums[e]),
+                    "answers_agree": a,
+                    "kind": es.kinds[e],
+                    "eval_id": ev["_id"][e],
+                    "eval_text": es.base[e],
+                }
+            )
+        # decided without the transformer first; of the rest, pairs whose static cosine with their
+        # evidence reaches embed_gate go to the transformer
+        todo = [k for k, row in enumerate(rows) if decide(row, cfg) is None and _gated(row, cfg)]
+        if cfg.embed and todo:
+            ti = np.array([rows[k]["t"] for k in todo])
+            ei = np.array([rows[k]["e"] for k in todo])
+            ut, ue = np.unique(ti), np.unique(ei)
+            tv = _vectors([ts.prose[i] for i in ut], cfg, ctx)
+            evv = _vectors([es.prose[i] for i in ue], cfg, ctx)
+            cos = (tv[np.searchsorted(ut, ti)] * evv[np.searchsorted(ue, ei)]).sum(axis=1)
+            for k, c in zip(todo, cos, strict=True):
+                rows[k]["cosine"] = float(c)
+        for row in rows:
             detector = decide(row, cfg)
             if detector:
-                score = {"exact": 1.0, "ngram": r["shared"], "minhash": r["minhash"], "canonical": r["canonical"]}.get(
-                    detector, row["cosine"]
-                )
+                score = {
+                    "exact": 1.0,
+                    "ngram": row["ngram"],
+                    "minhash": row["minhash"],
+                    "clone": row["clone"],
+                    "canonical": row["canonical"],
+                    "dense": row["static"],
+                }.get(detector, row["cosine"])
                 found.append({**row, "detector": detector, "score": float(score)})
-            elif cfg.judge is not None and (row["ngram"] or (row["cosine"] or 0.0) >= cfg.judge_min_cosine):
-                borderline.append({**row, "train_text": t_list[t]})
+            elif cfg.judge is not None and (
+                row["ngram"] or max(row["cosine"] or 0.0, row["static"] or 0.0) >= cfg.judge_min_cosine
+            ):
+                borderline.append({**row, "train_text": t_list[row["t"]]})
     if borderline:
         found.extend(_judge(borderline, cfg, ctx))
-    matches = _best_matches(found, train, t_text)
+    matches = _best_matches(found, train, pl.Series("t", t_list, dtype=pl.String))
     hit = train["_id"].is_in(matches["train_id"].implode()) if matches.height else pl.Series([False] * train.height)
     kept = train.filter(~hit) if cfg.action == "drop" else train
     ev_frames = []
@@ -576,6 +671,14 @@ def leakage_check(inputs: dict[str, pl.DataFrame], cfg: LeakageConfig, ctx: Cont
     return StepResult({"data": kept, "matches": matches}, events=ev_frames)
 
 
+def _gated(row: dict[str, Any], cfg: LeakageConfig) -> bool:
+    """Whether an undecided pair is worth the transformer: its static cosine (or, without the
+    dense stage, its TF-IDF cosine) with the evidence reaches ``embed_gate``."""
+    first = row["static"] if row["static"] is not None else row["tfidf"]
+    support = evidence(row["numbers"], row["answers_agree"], cfg, row["distinctive"], cfg.gate_numbers_weight)
+    return first is not None and first + support >= cfg.embed_gate
+
+
 def parse_verdict(text: str) -> bool | None:
     """True for a YES verdict, False for NO, None when the answer says neither."""
     m = _VERDICT.search(text or "")
@@ -591,7 +694,7 @@ def _judge(borderline: list[dict[str, Any]], cfg: LeakageConfig, ctx: Context) -
     from dataforge.llm.templates import render
     from dataforge.steps.prompting import track
 
-    strength = lambda r: max(r["cosine"] or 0.0, r["coverage"])  # noqa: E731
+    strength = lambda r: max(r["cosine"] or 0.0, r["static"] or 0.0, r["coverage"])  # noqa: E731
     ranked = sorted(borderline, key=lambda r: (-strength(r), r["t"], r["e"]))[: cfg.judge_max_calls]
     params = SamplingParams(temperature=0.0, max_tokens=16)
     requests = [
@@ -628,8 +731,10 @@ def _best_matches(found: list[dict[str, Any]], train: pl.DataFrame, t_text: pl.S
         "exact": pl.Boolean,
         "ngram": pl.Int64,
         "minhash": pl.Float64,
+        "clone": pl.Float64,
         "tfidf": pl.Float64,
         "canonical": pl.Float64,
+        "static": pl.Float64,
         "cosine": pl.Float64,
         "numbers": pl.Float64,
         "answers_agree": pl.Boolean,

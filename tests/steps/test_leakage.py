@@ -88,8 +88,8 @@ def test_planted_copies_are_caught_and_similar_problems_are_not(gsm8k, ctx):
     clean = [r for r in found if r.startswith("tr:")]
     assert len(clean) <= 0.001 * train.height + 1, clean
     detectors = dict(zip(m["train_id"], m["detector"], strict=True))
-    assert detectors["p:verbatim"] == "exact" and detectors["p:paraphrase"] == "embedding"
-    assert detectors["p:rephrased"] in ("canonical", "embedding")
+    assert detectors["p:verbatim"] == "exact" and detectors["p:paraphrase"] in ("dense", "embedding")
+    assert detectors["p:rephrased"] in ("canonical", "dense", "embedding")
     ev = res.events[0]
     assert (
         set(ev["action"]) == {"dropped"} and ev.filter(pl.col("row_id") == "p:rephrased")["related_id"].item() == "te:0"
@@ -301,13 +301,13 @@ def test_a_rephrase_with_other_names_number_words_and_reordered_clauses_is_caugh
     """Renamed people, numbers as words and the question moved first leave a MiniLM cosine near
     0.5, but the canonical words (numbers read alike, names left out) and every number agree. The
     same frame with other numbers is another problem."""
-    question = "Marcus is half of Leo’s age and five years younger than Deanna. Deanna is 26. How old is Leo?"
-    ev = _items([("te:0", question, "42")])
+    question = "Marcus is half of Leo’s age and 15 years younger than Deanna. Deanna is 26. How old is Leo?"
+    ev = _items([("te:0", question, "22")])
     train = _items(
         [
             (
                 "tr:rephrase",
-                "Question: How old is Mateo? Facts: Priya is half of Mateo’s age and five years younger than Olu. "
+                "Question: How old is Mateo? Facts: Priya is half of Mateo’s age and fifteen years younger than Olu. "
                 "Olu is twenty-six.",
                 None,
             ),
@@ -325,9 +325,9 @@ def test_a_rephrase_with_other_names_number_words_and_reordered_clauses_is_caugh
     assert m["detector"].to_list() == ["canonical"] and m["canonical"][0] >= CFG.canonical_min
 
 
-def test_decision_rule_for_the_embedding_cosine():
-    """The same meaning with every number is a rephrase; the same meaning with other numbers, or
-    another final answer, is a different problem; a text without numbers needs cosine_text."""
+def test_canonical_rule_needs_two_distinctive_numbers_that_agree():
+    """The canonical words decide only with at least two distinctive eval numbers, all present:
+    "the 4 letter word for…" is not "all of the 4 letter words"."""
     from dataforge.steps.leakage import decide
 
     row = {
@@ -335,47 +335,36 @@ def test_decision_rule_for_the_embedding_cosine():
         "ngram": 0,
         "coverage": 0.0,
         "tfidf": 0.4,
-        "canonical": 0.3,
-        "cosine": CFG.cosine_numbers + 0.01,
+        "canonical": CFG.canonical_min,
+        "static": None,
+        "cosine": None,
         "numbers": 1.0,
-        "eval_numbers": 2,
+        "eval_distinctive": 2,
         "answers_agree": None,
     }
-    assert decide(row, CFG) == "embedding"
-    assert decide({**row, "cosine": CFG.cosine_numbers - 0.01}, CFG) is None
-    assert decide({**row, "numbers": 0.75}, CFG) is None  # "Henry orders 7 pizzas" for "John orders 3"
-    assert decide({**row, "numbers": 0.75, "cosine": CFG.cosine_alone}, CFG) == "embedding"  # a number mangled
-    assert decide({**row, "answers_agree": False, "cosine": 0.99}, CFG) is None
-    assert decide({**row, "numbers": None}, CFG) is None  # no numbers to agree on: the meaning alone
-    assert decide({**row, "numbers": None, "cosine": CFG.cosine_text}, CFG) == "embedding"
-    assert decide({**row, "canonical": CFG.canonical_min, "cosine": None}, CFG) == "canonical"
-    assert decide({**row, "canonical": CFG.canonical_min, "cosine": None, "numbers": 0.5}, CFG) is None
-    one_number = {**row, "canonical": CFG.canonical_min, "cosine": None, "eval_numbers": 1}
-    assert decide(one_number, CFG) is None  # "the 4 letter word for…" vs "all of the 4 letter words"
+    assert decide(row, CFG) == "canonical"
+    assert decide({**row, "numbers": 0.5}, CFG) is None
+    assert decide({**row, "answers_agree": False}, CFG) is None
+    assert decide({**row, "eval_distinctive": 1}, CFG) is None
 
 
-def test_embed_search_finds_a_rephrase_the_word_candidates_miss(gsm8k, ctx):
-    """With the TF-IDF candidate floors out of reach, only ``embed_search`` (every train row
-    embedded, top-k eval items by cosine) brings the rephrase to the rule."""
-    from dataforge.errors import RecipeError
-    from dataforge.steps.leakage import _columns
-
+def test_the_dense_stage_finds_a_rephrase_the_word_candidates_miss(gsm8k, ctx):
+    """With the TF-IDF candidate floors out of reach, only the dense stage (static embeddings of
+    every row, top-k eval items each) brings the rephrase to the rule; nothing else in 300 clean
+    train rows is flagged."""
     train, test = gsm8k
     paraphrase = (
         "On Tuesday Billy had 8 customers at his DVD shop. The first 3 each bought a single DVD, the following 2 "
         "bought 2 DVDs apiece, and the final 3 bought none. How many DVDs did he sell that day?"
     )
     planted = _plant(train.head(300), [("p:paraphrase", paraphrase, None)])
-    blind = CFG.model_copy(update={"tfidf_min": 0.99, "canonical_candidate_min": 0.99})
+    blind = CFG.model_copy(update={"tfidf_min": 0.99, "canonical_candidate_min": 0.99, "dense": False})
     found = leakage_check({"train": planted, "gsm8k_test": test}, blind, ctx).tables["matches"]
     assert "p:paraphrase" not in found["train_id"].to_list()
-    search = blind.model_copy(update={"embed_search": True})
-    m = leakage_check({"train": planted, "gsm8k_test": test}, search, ctx).tables["matches"]
-    assert dict(zip(m["train_id"], m["eval_id"], strict=True)).get("p:paraphrase") == "te:22"
-    assert m.filter(pl.col("train_id") == "p:paraphrase")["detector"].to_list() == ["embedding"]
-    assert all(r == "p:paraphrase" for r in m["train_id"]), m
-    with pytest.raises(RecipeError, match="embed_search"):
-        _columns(search.model_copy(update={"embed": False}), {"train": ["question"], "e": ["question"]}, None)
+    dense = blind.model_copy(update={"dense": True})
+    m = leakage_check({"train": planted, "gsm8k_test": test}, dense, ctx).tables["matches"]
+    assert dict(zip(m["train_id"], m["eval_id"], strict=True)) == {"p:paraphrase": "te:22"}
+    assert m["detector"].item() in ("dense", "embedding") and m["static"].item() >= CFG.dense_min
 
 
 def test_minhash_catches_a_copy_edited_too_often_for_any_ngram(gsm8k, ctx):
@@ -386,7 +375,7 @@ def test_minhash_catches_a_copy_edited_too_often_for_any_ngram(gsm8k, ctx):
     edited = " ".join("thing" if k % 12 == 5 else w for k, w in enumerate(words))
     other_numbers = edited.replace("16", "22").replace("three", "five").replace("$2", "$3")
     planted = _plant(train.head(300), [("p:edited", edited, None), ("p:other_numbers", other_numbers, None)])
-    cfg = CFG.model_copy(update={"embed": False, "canonical_min": 1.01})  # only the cheap detectors
+    cfg = CFG.model_copy(update={"embed": False, "dense": False, "canonical_min": 1.01})  # only the word detectors
     m = leakage_check({"train": planted, "gsm8k_test": test}, cfg, ctx).tables["matches"]
     assert m["train_id"].to_list() == ["p:edited"]
     row = m.row(0, named=True)

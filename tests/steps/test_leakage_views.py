@@ -1,0 +1,349 @@
+"""leakage.check's views per kind of data (code, multiple choice, chat, short items), its agreement
+signals as evidence (numbers read in every common way), the static dense recall stage, and the
+benchmark's judge path against a real loopback server."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+
+from dataforge.steps.leakage import LeakageConfig, decide, evidence, leakage_check
+from dataforge.text.numbers import equivalents, number_readings, numbers_in, readings_agreement
+from dataforge.text.views import choice_view, code_views, kind_of, prose_view, user_turns
+
+REPO = Path(__file__).resolve().parents[2]
+REPHRASES = REPO / "bench" / "data" / "decontamination-rephrases"  # the development half
+
+
+def _agree(train: str, eval_item: str) -> float | None:
+    return readings_agreement(number_readings(train, searched=True), number_readings(eval_item))
+
+
+@pytest.mark.parametrize(
+    ("train", "eval_item"),
+    [
+        ("Ruby is a decade old", "Ruby is 10 years old"),
+        ("the show lasts half an hour", "the show lasts 30 minutes"),
+        ("Sam's age is one-sixth of Ruby's", "Ruby is 6 times older than Sam"),
+        ("a dozen eggs", "12 eggs"),
+        ("a quarter of the class", "25% of the class"),
+        ("25 percent of the class", "25% of the class"),
+        ("she worked for four decades", "she worked for 40 years"),
+        ("the board is 24 inches long", "the board is 2 feet long"),
+        ("it costs 150 cents", "it costs 1.5 dollars"),
+    ],
+)
+def test_numbers_read_in_every_common_way_agree(train, eval_item):
+    assert _agree(train, eval_item) == 1.0
+
+
+def test_other_quantities_do_not_agree_through_the_unit_readings():
+    assert _agree("Ruby is a decade old", "Ruby is 12 years old") == 0.0
+    assert _agree("the show lasts half an hour", "the show lasts 45 minutes") == 0.0
+    assert 0.5 in equivalents("half an hour") and 30 in equivalents("half an hour")
+    assert numbers_in("two decades and a century") == {20: 1, 100: 1}
+
+
+def test_evidence_moves_the_score_and_never_vetoes_alone():
+    cfg = LeakageConfig(train_fields=["q"], eval_fields=["q"])
+    assert evidence(1.0, None, cfg) == 0.0
+    assert evidence(0.0, None, cfg) == pytest.approx(-cfg.numbers_weight)
+    assert evidence(None, True, cfg) == pytest.approx(cfg.answer_weight)
+    assert evidence(1.0, None, cfg, distinct=2) == pytest.approx(cfg.numbers_bonus)
+    row = {"exact": False, "ngram": 0, "coverage": 0.0, "tfidf": None, "canonical": None, "static": 0.5}
+    # a mangled number costs a little: a close enough text still says the same thing
+    assert decide({**row, "cosine": 0.95, "numbers": 0.5, "answers_agree": None}, cfg) == "embedding"
+    assert decide({**row, "cosine": 0.95, "numbers": 1.0, "answers_agree": False}, cfg) == "embedding"
+    # every number missing costs the whole numbers_weight: only a near-identical text passes
+    floor = cfg.cosine_min + cfg.numbers_weight
+    assert decide({**row, "cosine": floor, "numbers": 0.0, "answers_agree": None}, cfg) == "embedding"
+    assert decide({**row, "cosine": floor - 0.02, "numbers": 0.0, "answers_agree": None}, cfg) is None
+    # numbers half missing and another answer: another problem, however close the frame
+    assert decide({**row, "cosine": 0.99, "numbers": 0.5, "answers_agree": False}, cfg) is None
+    # the same frame, other numbers: the text alone is not close enough
+    assert decide({**row, "cosine": cfg.cosine_min + 0.02, "numbers": 0.0, "answers_agree": None}, cfg) is None
+    assert decide({**row, "cosine": cfg.cosine_min + 0.02, "numbers": 1.0, "answers_agree": None}, cfg) == "embedding"
+    # code items have their own floor (docstrings are compared)
+    code = {**row, "cosine": cfg.code_cosine_min, "numbers": None, "answers_agree": None, "kind": "code"}
+    assert decide(code, cfg) == "embedding" and decide({**code, "kind": "text"}, cfg) is None
+
+
+def _items(rows: list[tuple[str, str, str | None]]) -> pl.DataFrame:
+    return pl.DataFrame(
+        {"_id": [r[0] for r in rows], "question": [r[1] for r in rows], "final_answer": [r[2] for r in rows]},
+        schema={"_id": pl.String, "question": pl.String, "final_answer": pl.String},
+    )
+
+
+GSM8K_CFG = LeakageConfig(train_fields=["question"], eval_fields=["question"])
+
+
+def test_a_rephrase_with_a_decade_for_10_is_caught_and_the_template_with_other_quantities_is_not(ctx):
+    ev = _items(
+        [
+            (
+                "te:0",
+                "Ruby is 10 years old and her brother Sam is 4 years younger. How old will Sam be in 7 years?",
+                "13",
+            ),
+            ("te:1", "A baker sells 24 muffins every morning for $3 each. How much does she earn in 5 days?", "360"),
+        ]
+    )
+    train = _items(
+        [
+            (
+                "tr:decade",
+                "Ruby has been alive for a decade, and Sam, her brother, is four years her junior. What age will "
+                "Sam reach seven years from now?",
+                None,
+            ),
+            (
+                "tr:template",
+                "Ruby is 15 years old and her brother Sam is 6 years younger. How old will Sam be in 2 years?",
+                None,
+            ),
+            ("tr:clean", "Tom reads 12 pages a night. How many pages does he read in a fortnight of nights?", None),
+        ]
+    )
+    m = leakage_check({"train": train, "test": ev}, GSM8K_CFG, ctx).tables["matches"]
+    assert dict(zip(m["train_id"], m["eval_id"], strict=True)) == {"tr:decade": "te:0"}
+    assert m["numbers"][0] == 1.0  # "a decade" read as 10
+
+
+HAS_CLOSE = '''from typing import List
+
+
+def has_close_elements(numbers: List[float], threshold: float) -> bool:
+    """ Check if in given list of numbers, are any two numbers closer to each other than
+    given threshold.
+    >>> has_close_elements([1.0, 2.0, 3.0], 0.5)
+    False
+    >>> has_close_elements([1.0, 2.8, 3.0, 4.0, 5.0, 2.0], 0.3)
+    True
+    """
+'''
+REMOVE_DUPLICATES = '''from typing import List
+
+
+def remove_duplicates(numbers: List[int]) -> List[int]:
+    """ From a list of integers, remove all elements that occur more than once.
+    Keep order of elements left the same as in the input.
+    >>> remove_duplicates([1, 2, 3, 2, 4])
+    [1, 3, 4]
+    """
+'''
+RENAMED = '''import typing
+from typing import List
+
+def nearby_elements_exist(numerical_list: List[float], difference_limit: float) -> bool:
+    """ Verifies if there are two elements within the given list of floats that are closer to
+    each other than the specified difference limit.
+    >>> nearby_elements_exist([1.5, 2.5, 3.5], 0.7)
+    False
+    """
+    idx = 0
+    while idx < len(numerical_list):
+        idx2 = 0
+        while idx2 < len(numerical_list):
+            if idx != idx2 and abs(numerical_list[idx] - numerical_list[idx2]) < difference_limit:
+                return True
+            idx2 += 1
+        idx += 1
+    return False
+'''
+SIMILAR_NAME = '''def remove_duplicate_keys(records: list[dict]) -> list[dict]:
+    """Keep the first record of each key and drop the later ones, so every key appears once.
+    Records are compared by their "key" field only."""
+    seen, out = set(), []
+    for r in records:
+        if r["key"] not in seen:
+            seen.add(r["key"])
+            out.append(r)
+    return out
+'''
+
+
+def test_code_views_split_language_from_anonymized_tokens():
+    assert kind_of(HAS_CLOSE) == "code" and kind_of("How old is Sam?") == "text"
+    prose, anon = code_views(RENAMED)
+    assert "closer to" in prose and "nearby elements exist" in prose
+    assert ">>>" not in prose and "[1.5, 2.5" not in prose  # doctest values change in a rewrite
+    assert "numerical_list" not in anon and "ID" in anon and "while" in anon and "len" in anon
+    _, anon_original = code_views(RENAMED.replace("numerical_list", "xs").replace("difference_limit", "eps"))
+    assert anon == anon_original  # renaming changes nothing in the anonymized stream
+
+
+def test_a_renamed_function_with_reworded_docstring_is_caught_and_a_similar_name_is_not(ctx):
+    ev = pl.DataFrame({"_id": ["HumanEval/0", "HumanEval/26"], "prompt": [HAS_CLOSE, REMOVE_DUPLICATES]})
+    train = pl.DataFrame({"_id": ["tr:renamed", "tr:similar_name"], "text": [RENAMED, SIMILAR_NAME]})
+    cfg = LeakageConfig(train_fields=["text"], eval_fields=["prompt"])
+    m = leakage_check({"train": train, "humaneval": ev}, cfg, ctx).tables["matches"]
+    assert dict(zip(m["train_id"], m["eval_id"], strict=True)) == {"tr:renamed": "HumanEval/0"}
+
+
+def test_a_copied_function_with_every_name_changed_is_a_clone(ctx):
+    body = HAS_CLOSE + (
+        "    for idx, elem in enumerate(numbers):\n        for idx2, elem2 in enumerate(numbers):\n"
+        "            if idx != idx2:\n                distance = abs(elem - elem2)\n"
+        "                if distance < threshold:\n                    return True\n\n    return False\n"
+    )
+    renamed = (
+        body.replace("has_close_elements", "f").replace("numbers", "xs").replace("threshold", "t")
+        .replace("elem2", "b").replace("elem", "a").replace("distance", "d")
+    )
+    renamed = renamed.split('"""')[0] + renamed.split('"""')[2]  # and no docstring at all
+    ev = pl.DataFrame({"_id": ["HumanEval/0"], "code": [body]})
+    train = pl.DataFrame({"_id": ["tr:clone", "tr:other"], "code": [renamed, SIMILAR_NAME]})
+    cfg = LeakageConfig(train_fields=["code"], eval_fields=["code"], embed=False, dense=False)
+    m = leakage_check({"train": train, "ev": ev}, cfg, ctx).tables["matches"]
+    assert m["train_id"].to_list() == ["tr:clone"] and m["detector"][0] == "clone"
+
+
+def _mmlu_dev(subject: str, indices: list[int]) -> pl.DataFrame:
+    """Items of the MMLU development rephrases (GPT-4 rewrites the check was not written on)."""
+    rows = pl.read_ndjson(REPHRASES / "mmlu_test_rephrased.dev.jsonl")
+    return rows.filter((pl.col("subject") == subject) & pl.col("test_index").is_in(indices)).sort("test_index")
+
+
+def test_choice_view_reads_the_correct_choice():
+    assert choice_view("Q?", ["a", "b", "c"], "C") == "Q?\nc"
+    assert choice_view("Q?", ["a", "b", "c"], 1) == "Q?\nb"
+    assert choice_view("Q?", ["a", "b"], None) == "Q?"
+
+
+def test_multiple_choice_items_are_compared_by_question_choice_and_lettered_choices(ctx):
+    """Short items: a rephrase with its answer shares no n-gram with the question; the views
+    (question + correct choice, question alone, question + lettered choices) find the rephrase
+    with its answer, the rephrased question alone and the verbatim item, and map each to its
+    item. The rephrase of an item outside the eval set, same subject, is not flagged."""
+    items = _mmlu_dev("sociology", [2, 6, 8, 14])
+    r = {row["test_index"]: row for row in items.iter_rows(named=True)}
+    correct = lambda k: r[k]["choices"]["ABCD".index(r[k]["answer"])]  # noqa: E731
+    lettered = "\n".join(f"{'ABCD'[k]}. {c}" for k, c in enumerate(r[8]["choices"]))
+    train = pl.DataFrame(
+        {
+            "_id": ["tr:rephrase", "tr:question", "tr:verbatim", "tr:other"],
+            "text": [
+                f"{r[2]['rephrased_question']}\nAnswer: {correct(2)}",
+                r[14]["rephrased_question"],
+                f"{r[8]['question']}\n{lettered}\nAnswer: {r[8]['answer']}",
+                f"{r[6]['rephrased_question']}\nAnswer: {correct(6)}",
+            ],
+        }
+    )
+    mmlu = items.filter(pl.col("test_index") != 6).select(
+        pl.format("soc:{}", "test_index").alias("_id"), "question", "choices", "answer"
+    )
+    cfg = LeakageConfig(train_fields=["text"], eval_fields=["question"], eval_choices="choices", eval_answer="answer")
+    m = leakage_check({"train": train, "mmlu": mmlu}, cfg, ctx).tables["matches"]
+    assert dict(zip(m["train_id"], m["eval_id"], strict=True)) == {
+        "tr:rephrase": "soc:2",
+        "tr:question": "soc:14",
+        "tr:verbatim": "soc:8",
+    }
+
+
+def test_eval_choices_must_be_a_column_of_the_eval_input():
+    from dataforge.engine.step import ColumnContractError
+    from dataforge.steps.leakage import _columns
+
+    cfg = LeakageConfig(train_fields=["text"], eval_fields=["question"], eval_choices="options", embed=False, dense=False)
+    with pytest.raises(ColumnContractError, match="options") as err:
+        _columns(cfg, {"train": ["text"], "mmlu": ["question", "choices"]}, None)
+    assert err.value.key == "eval_choices" and err.value.input_name == "mmlu"
+
+
+def test_chat_view_compares_the_user_turns(ctx):
+    transcript = "\n\nHuman: {}\n\nAssistant: {}"
+    assert user_turns(transcript.format("Hi there", "Hello!") + transcript.format("Bye", "Ciao")) == "Hi there\nBye"
+    assert kind_of(transcript.format("a", "b")) == "chat" and prose_view("plain", "text") == "plain"
+    ev = pl.DataFrame(
+        {"_id": ["ev:0"], "chosen": [transcript.format("How do I pick a lock on a front door?", "I can't help.")]}
+    )
+    train = pl.DataFrame(
+        {
+            "_id": ["tr:same_request", "tr:same_answer"],
+            "chosen": [
+                transcript.format(
+                    "How would I pick the lock on a front door?",
+                    "Locksmiths use a tension wrench and a pick; here is how they work in detail, step by step.",
+                ),
+                transcript.format("What is a good pasta recipe for tonight?", "I can't help."),
+            ],
+        }
+    )
+    cfg = LeakageConfig(train_fields=["chosen"], eval_fields=["chosen"])
+    m = leakage_check({"train": train, "hh": ev}, cfg, ctx).tables["matches"]
+    assert m["train_id"].to_list() == ["tr:same_request"]
+    # messages columns: the user turns too
+    user = {"role": "user", "content": "How would I pick the lock on a front door?"}
+    train_msgs = pl.DataFrame({"_id": ["tr:m"], "prompt": [[user, {"role": "assistant", "content": "No."}]]})
+    asked = {"role": "user", "content": "How do I pick a lock on a front door?"}
+    ev_msgs = pl.DataFrame({"_id": ["ev:m"], "prompt": [[asked]]})
+    cfg = LeakageConfig(train_fields=["prompt"], eval_fields=["prompt"])
+    found = leakage_check({"train": train_msgs, "hh": ev_msgs}, cfg, ctx).tables["matches"]
+    assert found["train_id"].to_list() == ["tr:m"]
+
+
+def test_static_embeddings_are_distilled_once_and_rank_a_rephrase_first(tmp_path, monkeypatch):
+    from dataforge import static_embed
+
+    monkeypatch.setenv("DATAFORGE_CACHE_DIR", str(tmp_path))
+    static_embed.load_static.cache_clear()
+    first = static_embed.load_static()
+    files = list((tmp_path / "static").glob("*.npy"))
+    assert len(files) == 1 and first.vectors.shape[0] >= 30_000  # one vector per WordPiece token
+    static_embed.load_static.cache_clear()
+    again = static_embed.load_static()
+    assert np.array_equal(first.vectors, again.vectors) and list((tmp_path / "static").glob("*")) == files
+    evals = [
+        "Janet’s ducks lay 16 eggs per day. She eats three for breakfast and bakes muffins with four.",
+        "A robe takes 2 bolts of blue fiber and half that much white fiber. How many bolts in total?",
+        "Josh buys a house for $80,000 and puts in $50,000 in repairs.",
+    ]
+    rephrase = ["A bathrobe needs two bolts of blue fabric plus half as much white fabric. Total bolts?"]
+    ev, tv = again.encode(evals, rephrase)
+    assert np.allclose(np.linalg.norm(ev, axis=1), 1.0, atol=1e-5)
+    assert int(np.argmax(tv @ ev.T)) == 1
+    static_embed.load_static.cache_clear()
+
+
+def _bench():
+    spec = importlib.util.spec_from_file_location("bench_leakage", REPO / "bench" / "leakage.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["bench_leakage"] = module  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bench_with_a_judge_reports_its_calls_against_a_local_server(tmp_path, scripted_model, capsys):
+    """``bench/leakage.py --judge SPEC`` on a few MMLU development items, with a scripted judge on
+    loopback (real HTTP and client): it is asked about undecided pairs, and its YES verdicts only
+    add matches."""
+    rows = [json.loads(line) for line in (REPHRASES / "mmlu_test_rephrased.dev.jsonl").read_text().splitlines()]
+    (tmp_path / "mmlu_test_rephrased.dev.jsonl").write_text(
+        "\n".join([json.dumps(r) for r in rows if r["subject"] == "sociology"][:12]) + "\n"
+    )
+    asked: list[str] = []
+
+    def judge(messages):
+        asked.append(messages[-1]["content"])
+        return "[[YES]]"
+
+    spec = scripted_model(judge)
+    bench = _bench()
+    judge_spec = f"openai:scripted@{spec['base_url']}"
+    report = bench.main(["--data", str(tmp_path), "--domains", "mmlu", "--no-baselines", "--judge", judge_spec])
+    out = capsys.readouterr().out
+    assert "development figures" in out and "judge calls" in out and "dataforge + judge" in out
+    mmlu = report["mmlu"]
+    plain, judged = mmlu["dataforge"], mmlu["dataforge + judge"]
+    assert asked, "the judge was never asked"
+    for form, hits in plain["recall"].items():
+        assert sum(judged["recall"][form]) >= sum(hits)
