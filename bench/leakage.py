@@ -1,265 +1,399 @@
-"""Leakage detection benchmark (the leakage issue). Prints the figures recorded in BENCHMARKS.md.
+"""Leakage detection benchmark across domains (the leakage issue). Prints the figures recorded in
+BENCHMARKS.md.
 
-Planted set: GSM8K test items copied into GSM8K train three ways — verbatim, lightly edited
-(case, whitespace, punctuation, a word dropped) and rephrased by rules (synonyms, clause
-reordering, renamed people, numbers written as words) — plus 80 test items paraphrased in an
-LLM's own words (`bench/data/`: written by the language model that developed this check, as an
-LLM rephrase would read — restructured sentences, other verbs, the same quantities — not by
-rules): 40 "paraphrased" items the thresholds were chosen on, and 40 "held-out" items written
-before any tuning on them and only scored; each in three forms: with the
-full worked answer, with only the final answer, and with no answer (prompt-only RL data). Clean
-rows: all of GSM8K train (question + worked solution), none of which is a test item.
+Data: GPT-4 rephrasings of benchmark items (`bench/data/decontamination-rephrases/`, from
+llm-decontaminator; copied from the project's shared data), the **development half** by default
+(`--split dev`: even test indices; the defaults were chosen on it, so its figures are development
+figures). `--split heldout --data DIR` reads the `*.heldout.jsonl` files of DIR the same way; this
+repository does not have them.
 
-Compared in one run on the same rows:
-  (a) dataforge `leakage.check` (default thresholds);
-  (b) the llm-decontaminator method: MiniLM-embed every train row and every eval item, flag a
-      train row whose top-1 cosine reaches a threshold (shown at 0.80 and 0.90); once with the
-      whole text (the model's 256-token limit) and once with the first 128 tokens, as (a) embeds.
+Domains, each planted into training data in several forms and scored against clean rows:
+- gsm8k: eval = all 1,319 GSM8K test questions (with final answers); train = GSM8K train (7,473
+  clean rows, question + worked answer) plus each rephrase with the worked answer, with the final
+  answer only, and alone. Run twice: with the answer columns and without.
+- mmlu: eval = the items' question with their correct choice (the check's multiple-choice view);
+  train = each rephrase with its answer, alone, and the verbatim item (question, lettered choices,
+  answer). Two folds: the items of one half are the eval set, and the other half's rephrases and
+  verbatim items are its hard negatives (same benchmark, subject and template; other items).
+  High-school US history is reported apart (its rephrases drop the passage the item quotes).
+- humaneval: eval = the prompts (signature + docstring); train = the rewritten functions. Two
+  folds as for MMLU (the other half's rewrites and reference functions are hard negatives), and
+  clean code: every function with a docstring in this Python's standard library.
 
-Usage: .venv/bin/python bench/leakage.py [--items 300]
+Compared on the same rows in one run:
+  (a) dataforge `leakage.check` at its defaults (plus the domain's column options);
+  (b) the llm-decontaminator baseline: MiniLM-embed every train row and eval item, flag a train
+      row whose top-1 cosine reaches 0.80 / 0.85;
+  (c) 13-gram overlap (lowercased words), as lm-eval / GPT-3 decontamination.
+With `--judge MODEL_SPEC` (e.g. `openai:qwen@http://127.0.0.1:8000/v1`, `transformers:./model`,
+`vllm:Qwen/Qwen2.5-7B-Instruct`), (a) runs again with that LLM judge on its undecided pairs and
+reports its calls and seconds.
+
+Usage: .venv/bin/python bench/leakage.py [--split dev] [--domains gsm8k,mmlu,humaneval]
+           [--no-baselines] [--judge SPEC] [--set KEY=VALUE ...]
 """
 
 from __future__ import annotations
 
 import argparse
-import random
+import ast
+import json
 import re
+import sysconfig
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import polars as pl
 
 REPO = Path(__file__).resolve().parents[1]
 GSM8K = REPO / "recipes" / "data" / "gsm8k"
-# LLM-style paraphrases: the dev set the thresholds were chosen on, and a held-out set written before
-# any tuning on it and only scored
-PARAPHRASES = {
-    "paraphrased": REPO / "bench" / "data" / "gsm8k_test_paraphrases.jsonl",
-    "held-out": REPO / "bench" / "data" / "gsm8k_test_paraphrases_heldout.jsonl",
-}
-SYNONYMS = {
-    "has": "owns",
-    "have": "own",
-    "buys": "purchases",
-    "bought": "purchased",
-    "gives": "hands",
-    "gave": "handed",
-    "total": "altogether",
-    "each": "every",
-    "makes": "earns",
-    "made": "earned",
-    "wants": "would like",
-    "needs": "requires",
-    "many": "many",
-    "every": "each",
-    "spends": "pays",
-    "spent": "paid",
-    "gets": "receives",
-}
-NAMES = ["Priya", "Mateo", "Olu", "Sven", "Keiko", "Dario", "Amara", "Lars", "Ines", "Tariq"]
-WORDS = (
-    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
-    "seventeen eighteen nineteen".split()
-)
-TENS = "twenty thirty forty fifty sixty seventy eighty ninety".split()
-FUNCTION = set(
-    "a an the if how what when where which who why each every there then this that he she they it we "
-    "you i his her their its in on at for from to of and or but so after before".split()
-)
-# quantities at a sentence start are not names: renaming "Half of them…" to "Sven of them…" would
-# delete a number, and the plant would no longer be the same problem
-QUANTITIES = set("all both some most none half several many few another other others twice double".split())
+REPHRASES = REPO / "bench" / "data" / "decontamination-rephrases"  # a copy of the development half
+LETTERS = "ABCDEFGHIJ"
 
 
-def number_words(m: re.Match[str]) -> str:
-    n = int(m.group(0))
-    if n < 20:
-        return WORDS[n]
-    if n < 100:
-        return TENS[n // 10 - 2] + ("" if n % 10 == 0 else "-" + WORDS[n % 10])
-    return m.group(0)
+@dataclass
+class Case:
+    """One run of the check: train rows (``_id``, ``text``, maybe ``answer``), eval items, the planted
+    rows' (form, eval id) and the negatives' kind."""
+
+    domain: str
+    train: pl.DataFrame
+    evals: pl.DataFrame
+    planted: dict[str, tuple[str, str]]
+    negatives: dict[str, str]
+    options: dict[str, Any]
+    eval_text: list[str]  # each eval item as the baselines read it
+    notes: dict[str, str] = field(default_factory=dict)
 
 
-def light_edit(q: str, rng: random.Random) -> str:
-    words = re.sub(r"[,.!?;:]", "", q).lower().split()
-    del words[rng.randrange(len(words))]
-    return "  ".join(words)
+def _read(path: Path) -> pl.DataFrame:
+    if not path.exists():
+        raise SystemExit(f"{path}: not found (the held-out half is not in this repository; pass --data DIR)")
+    return pl.read_ndjson(path)
 
 
-def rephrase(q: str, rng: random.Random) -> str:
-    names = {}
-
-    def rename(m: re.Match[str]) -> str:
-        w = m.group(0)
-        if w.lower() in FUNCTION | QUANTITIES | set(WORDS) | set(TENS):  # not "Four boats" → "Priya boats"
-            return w
-        return names.setdefault(w, NAMES[len(names) % len(NAMES)])
-
-    text = re.sub(r"\b[A-Z][a-z]+\b", rename, q)
-    text = re.sub(r"(?<![\d.,/])\b\d+\b(?![.,/]\d)", number_words, text)  # whole numbers, not parts of 1.5 or 1/3
-    text = " ".join(SYNONYMS.get(w, w) for w in text.split())
-    sentences = re.split(r"(?<=[.?!])\s+", text)
-    if len(sentences) > 2:  # clause reordering: the question first, then the facts in another order
-        facts, ask = sentences[:-1], sentences[-1]
-        rng.shuffle(facts)
-        text = "Question: " + ask + " Facts: " + " ".join(facts)
-    return text
+def _worked(answer: str) -> str:
+    return re.sub(r"<<[^>]*>>", "", answer)
 
 
-def build(items: int, seed: int = 0) -> tuple[pl.DataFrame, pl.DataFrame, dict[str, tuple[str, str, str]]]:
-    rng = random.Random(seed)
-    test = pl.read_ndjson(GSM8K / "test.jsonl").with_columns(pl.format("te:{}", pl.int_range(pl.len())).alias("_id"))
-    train = pl.read_ndjson(GSM8K / "train.jsonl").with_columns(pl.format("tr:{}", pl.int_range(pl.len())).alias("_id"))
-    final = pl.col("answer").str.extract(r"####\s*(.+)$")
-    test = test.with_columns(final.alias("final_answer"), pl.col("answer").str.replace_all(r"<<[^>]*>>", ""))
-    train = train.with_columns(final.alias("final_answer"), pl.col("answer").str.replace_all(r"<<[^>]*>>", ""))
-    rows = [
-        {"_id": r["_id"], "text": r["question"] + "\n" + r["answer"], "final_answer": r["final_answer"]}
-        for r in train.iter_rows(named=True)
-    ]
-    truth: dict[str, tuple[str, str, str]] = {}
-    for r in test.sample(items, seed=seed).iter_rows(named=True):
-        for kind, q in (
-            ("verbatim", r["question"]),
-            ("light", light_edit(r["question"], rng)),
-            ("rephrased", rephrase(r["question"], rng)),
-        ):
-            for form in ("full", "final", "none"):
-                pid = f"plant:{kind}:{form}:{r['_id']}"
-                text = q + (
-                    "\n" + r["answer"]
-                    if form == "full"
-                    else f"\nAnswer: {r['final_answer']}"
-                    if form == "final"
-                    else ""
-                )
-                rows.append({"_id": pid, "text": text, "final_answer": r["final_answer"] if form != "none" else None})
-                truth[pid] = (kind, form, r["_id"])
-    # paraphrases in an LLM's own words (bench/data): harder than the rules, planted the same three ways
-    by_index = test.with_row_index("i")
-    for kind, path in PARAPHRASES.items():
-        for p in pl.read_ndjson(path).iter_rows(named=True):
-            r = by_index.row(p["test_index"], named=True)
-            for form in ("full", "final", "none"):
-                pid = f"plant:{kind}:{form}:{r['_id']}"
-                tail = {"full": "\n" + r["answer"], "final": f"\nAnswer: {r['final_answer']}", "none": ""}[form]
-                rows.append(
-                    {
-                        "_id": pid,
-                        "text": p["question"] + tail,
-                        "final_answer": r["final_answer"] if form != "none" else None,
-                    }
-                )
-                truth[pid] = (kind, form, r["_id"])
-    return pl.DataFrame(rows), test.select("_id", "question", "final_answer"), truth
+def _final(answer: str) -> str:
+    return answer.rsplit("####", 1)[-1].strip()
 
 
-def score(flagged: dict[str, str], truth: dict[str, tuple[str, str, str]], n_clean: int) -> None:
-    for kind in ("verbatim", "light", "rephrased", *PARAPHRASES):
-        cells = []
-        for form in ("full", "final", "none"):
-            ids = [p for p, (k, f, _) in truth.items() if k == kind and f == form]
-            hit = sum(flagged.get(p) == truth[p][2] for p in ids)
-            cells.append(f"{form} {hit / len(ids):.3f}")
-        print(f"    recall {kind:11s}: " + ", ".join(cells) + f"  ({len(ids)} items)")
-    clean = sum(1 for p in flagged if p.startswith("tr:"))
-    print(f"    clean train rows flagged: {clean} of {n_clean} = {clean / n_clean:.3%}")
-
-
-def margins(rows: list[dict], ids: list[str], truth: dict[str, tuple[str, str, str]], cfg, decide) -> None:
-    """Clean rows flagged and the lowest recall over the rephrased kinds as one threshold moves
-    (the others at their defaults), by re-deciding the candidate pairs of the run. Pairs the
-    ``canonical`` detector decides are not embedded, so above its default the recall shown for
-    ``canonical_min`` is a lower bound. ``decide`` is the rule itself (not the recording wrapper)."""
-
-    def outcome(**change: float) -> str:
-        c = cfg.model_copy(update=change)
-        flagged: dict[str, set[str]] = {}
-        for r in rows:
-            if decide(r, c):
-                flagged.setdefault(ids[r["t"]], set()).add(r["eval_id"])
-        clean = sum(1 for i in flagged if i.startswith("tr:"))
-        recall = {}
-        for p, (kind, form, eid) in truth.items():
-            if kind in ("rephrased", *PARAPHRASES):
-                hit, n = recall.get((kind, form), (0, 0))
-                recall[kind, form] = (hit + (eid in flagged.get(p, ())), n + 1)
-        worst = min(recall, key=lambda k: recall[k][0] / recall[k][1])
-        hit, n = recall[worst]
-        return f"clean {clean:2d}, lowest recall {hit / n:.3f} ({worst[0]}, {worst[1]})"
-
-    print("margins (re-deciding the candidate pairs of (a)):")
-    for key, values in (
-        ("cosine_numbers", (0.86, 0.84, 0.82, 0.80, 0.78, 0.76, 0.74, 0.72, 0.70, 0.65)),
-        ("canonical_min", (0.70, 0.65, 0.62, 0.60, 0.58, 0.55, 0.52, 0.50, 0.45)),
-        ("canonical_numbers_min", (1.0, 0.9, 0.8, 0.7, 0.6)),
-        ("minhash_min", (0.7, 0.6, 0.5)),  # pairs under the default are not kept: no lower values
-    ):
-        for v in values:
-            mark = " (default)" if getattr(cfg, key) == v else ""
-            print(f"    {key} {v:.2f}: {outcome(**{key: v})}{mark}")
-
-
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--items", type=int, default=300)
-    ap.add_argument("--ours-only", action="store_true", help="skip the (slow) embed-everything baseline")
-    ap.add_argument(
-        "--margins", action="store_true", help="re-decide the candidate pairs of (a) with the main thresholds varied"
+def gsm8k_cases(folder: Path, split: str) -> list[Case]:
+    test = pl.read_ndjson(GSM8K / "test.jsonl")
+    train = pl.read_ndjson(GSM8K / "train.jsonl")
+    rephrased = _read(folder / f"gsm8k_test_rephrased.{split}.jsonl")
+    rows, negatives, planted = [], {}, {}
+    for i, r in enumerate(train.iter_rows(named=True)):
+        rows.append(
+            {"_id": f"clean:{i}", "text": r["question"] + "\n" + _worked(r["answer"]), "answer": _final(r["answer"])}
+        )
+        negatives[f"clean:{i}"] = "clean"
+    for r in rephrased.iter_rows(named=True):
+        if not (r["rephrased_question"] or "").strip():
+            continue
+        eid = f"te:{r['test_index']}"
+        forms = {
+            "+ worked answer": (r["rephrased_question"] + "\n" + _worked(r["answer"]), _final(r["answer"])),
+            "+ final answer": (r["rephrased_question"] + "\nAnswer: " + _final(r["answer"]), _final(r["answer"])),
+            "question only": (r["rephrased_question"], None),
+        }
+        for form, (text, answer) in forms.items():
+            pid = f"plant:{form}:{r['test_index']}"
+            rows.append({"_id": pid, "text": text, "answer": answer})
+            planted[pid] = (form, eid)
+    evals = test.select(
+        pl.format("te:{}", pl.int_range(pl.len())).alias("_id"),
+        "question",
+        pl.col("answer").map_elements(_final, return_dtype=pl.String).alias("answer"),
     )
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a leakage.check option")
-    args = ap.parse_args()
+    train_df = pl.DataFrame(rows, schema={"_id": pl.String, "text": pl.String, "answer": pl.String})
+    with_answers = {
+        "train_fields": ["text"],
+        "eval_fields": ["question"],
+        "train_answer": "answer",
+        "eval_answer": "answer",
+    }
+    without = {"train_fields": ["text"], "eval_fields": ["question"]}
+    q = evals["question"].to_list()
+    return [
+        Case("gsm8k", train_df, evals, planted, negatives, with_answers, q),
+        Case("gsm8k, no answer columns", train_df, evals, planted, negatives, without, q),
+    ]
+
+
+def _folds(items: pl.DataFrame) -> list[tuple[pl.DataFrame, pl.DataFrame]]:
+    """Two folds by test index: each half is the eval set once, the other half its hard negatives."""
+    a = items.filter(pl.col("test_index") % 4 == 0)
+    b = items.filter(pl.col("test_index") % 4 != 0)
+    return [(a, b), (b, a)]
+
+
+def mmlu_cases(folder: Path, split: str) -> list[Case]:
+    items = _read(folder / f"mmlu_test_rephrased.{split}.jsonl").filter(
+        pl.col("rephrased_question").str.strip_chars() != ""
+    )
+
+    def forms(r: dict[str, Any]) -> dict[str, str]:
+        correct = r["choices"][LETTERS.index(r["answer"])]
+        lettered = "\n".join(f"{LETTERS[k]}. {c}" for k, c in enumerate(r["choices"]))
+        return {
+            "rephrase + answer": f"{r['rephrased_question']}\nAnswer: {correct}",
+            "question only": r["rephrased_question"],
+            "verbatim": f"{r['question']}\n{lettered}\nAnswer: {r['answer']}",
+        }
+
+    cases = []
+    for k, (evals, others) in enumerate(_folds(items)):
+        rows, planted, negatives = [], {}, {}
+        for own, frame in ((True, evals), (False, others)):
+            for r in frame.iter_rows(named=True):
+                eid = f"{r['subject']}:{r['test_index']}"
+                for form, text in forms(r).items():
+                    form_key = form if r["subject"] != "high_school_us_history" else f"{form} (US history)"
+                    tid = f"{'plant' if own else 'other'}:{form}:{eid}"
+                    rows.append({"_id": tid, "text": text})
+                    if own:
+                        planted[tid] = (form_key, eid)
+                    else:
+                        us = r["subject"] == "high_school_us_history"
+                        negatives[tid] = "other items (US history: passages shared)" if us else "other items"
+        ev = evals.select(pl.format("{}:{}", "subject", "test_index").alias("_id"), "question", "choices", "answer")
+        baseline = [
+            q + "\n" + c[LETTERS.index(a)]
+            for q, c, a in zip(ev["question"], ev["choices"].to_list(), ev["answer"], strict=True)
+        ]
+        opts = {
+            "train_fields": ["text"],
+            "eval_fields": ["question"],
+            "eval_choices": "choices",
+            "eval_answer": "answer",
+        }
+        cases.append(Case(f"mmlu fold {k + 1}", pl.DataFrame(rows), ev, planted, negatives, opts, baseline))
+    return cases
+
+
+def stdlib_functions(limit: int = 3000) -> list[str]:
+    """Source of the functions with a docstring in this Python's standard library (clean code rows)."""
+    out: list[str] = []
+    root = Path(sysconfig.get_paths()["stdlib"])
+    for path in sorted(root.glob("*.py")):
+        try:
+            source = path.read_text(encoding="utf-8")
+            tree = ast.parse(source)
+        except (SyntaxError, UnicodeDecodeError, ValueError):
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, ast.FunctionDef) and ast.get_docstring(node) and node.end_lineno:
+                text = ast.get_source_segment(source, node)
+                if text and 3 <= text.count("\n") <= 60:
+                    out.append(text)
+                    if len(out) >= limit:
+                        return out
+    return out
+
+
+def humaneval_cases(folder: Path, split: str) -> list[Case]:
+    items = (
+        _read(folder / f"humaneval_rewritten.{split}.jsonl")
+        .with_columns(pl.col("task_id").str.extract(r"(\d+)$").cast(pl.Int64).alias("test_index"))
+        .filter(pl.col("rewritten").str.strip_chars() != "")
+    )
+    clean = stdlib_functions()
+    cases = []
+    for k, (evals, others) in enumerate(_folds(items)):
+        rows = [{"_id": f"clean:{i}", "text": t} for i, t in enumerate(clean)]
+        negatives = {r["_id"]: "clean code" for r in rows}
+        planted = {}
+        for r in evals.iter_rows(named=True):
+            planted[f"plant:rewritten:{r['task_id']}"] = ("rewritten function", r["task_id"])
+            rows.append({"_id": f"plant:rewritten:{r['task_id']}", "text": r["rewritten"]})
+        for r in others.iter_rows(named=True):
+            for form, text in (("rewrite", r["rewritten"]), ("reference", r["prompt"] + r["canonical_solution"])):
+                negatives[f"other:{form}:{r['task_id']}"] = "other items"
+                rows.append({"_id": f"other:{form}:{r['task_id']}", "text": text})
+        ev = evals.select(pl.col("task_id").alias("_id"), "prompt")
+        opts = {"train_fields": ["text"], "eval_fields": ["prompt"]}
+        cases.append(
+            Case(f"humaneval fold {k + 1}", pl.DataFrame(rows), ev, planted, negatives, opts, ev["prompt"].to_list())
+        )
+    return cases
+
+
+DOMAINS = {"gsm8k": gsm8k_cases, "mmlu": mmlu_cases, "humaneval": humaneval_cases}
+
+
+@dataclass
+class Outcome:
+    """Flagged train rows (train id → eval id) of one method on one case, and its seconds."""
+
+    flagged: dict[str, str]
+    seconds: float
+    extra: str = ""
+
+
+def run_check(case: Case, overrides: dict[str, Any], judge: str | None = None) -> Outcome:
     from dataforge.engine.step import Context
-    from dataforge.steps import leakage
     from dataforge.steps.leakage import LeakageConfig, leakage_check
 
-    train, test, truth = build(args.items)
-    n_clean = sum(1 for i in train["_id"] if i.startswith("tr:"))
-    print(f"train: {train.height:,} rows ({len(truth):,} planted), eval: {test.height:,} GSM8K test items")
     ctx = Context(step="leakage", fingerprint="0" * 16, base_dir=REPO, scratch_dir=REPO / "build" / "scratch")
-    cfg = LeakageConfig(
-        train_fields=["text"],
-        eval_fields=["question"],
-        train_answer="final_answer",
-        eval_answer="final_answer",
-        action="flag",
-        **{k: float(v) if "." in v else int(v) for k, v in (kv.split("=", 1) for kv in args.set)},
-    )
-    decided: list[dict] = []  # every candidate pair the rule saw, for --margins
-    rule = leakage.decide
-    if args.margins:
-        leakage.decide = lambda row, cfg: decided.append(row) or rule(row, cfg)  # type: ignore[assignment]
-    t = time.perf_counter()
-    res = leakage_check({"train": train, "gsm8k_test": test}, cfg, ctx)
-    ours = time.perf_counter() - t
-    m = res.tables["matches"]
-    print(f"(a) dataforge leakage.check: {ours:.1f} s")
-    score(dict(zip(m["train_id"], m["eval_id"], strict=True)), truth, n_clean)
+    options = {**case.options, **overrides, "action": "flag"}
+    extra = ""
+    if judge is not None:
+        from dataforge.llm.client import ModelPool
+        from dataforge.llm.spec import ModelSpec, parse_model_override
 
-    if args.margins:
-        leakage.decide = rule  # type: ignore[assignment]
-        margins(decided, train["_id"].to_list(), truth, cfg, rule)
-    if args.ours_only:
-        return
+        _, fields = parse_model_override(f"judge={judge}")
+        options["judge"] = ModelSpec(**fields)
+        ctx.llm = ModelPool(None)
+    cfg = LeakageConfig(**options)
+    start = time.perf_counter()
+    result = leakage_check({"train": case.train, "eval": case.evals}, cfg, ctx)
+    seconds = time.perf_counter() - start
+    m = result.tables["matches"]
+    if judge is not None:
+        stats = ctx.llm.client(options["judge"]).stats
+        judged = int((m["detector"] == "judge").sum())
+        extra = (
+            f"{stats.requests} judge calls ({stats.cache_hits} cached), {stats.backend_seconds:.1f} s in the "
+            f"judge, {judged} rows flagged by it"
+        )
+        ctx.llm.close()
+    return Outcome(dict(zip(m["train_id"], m["eval_id"], strict=True)), seconds, extra)
+
+
+def minilm_top1(case: Case, cache: dict[str, tuple[np.ndarray, float]]) -> tuple[np.ndarray, np.ndarray, float]:
+    """Top-1 eval item and cosine of every train row by MiniLM (the model's 256-token limit), and
+    the seconds it took (the train rows of both gsm8k runs are embedded once, their time counted
+    in both)."""
     from dataforge.embed import embed
 
-    ids, eids = train["_id"].to_list(), test["_id"].to_list()
-    for label, max_tokens in (("the model's limit, 256 tokens", None), ("the first 128 tokens", 128)):
-        t = time.perf_counter()
-        tv = embed(train["text"].to_list(), max_tokens=max_tokens)
-        ev = embed(test["question"].to_list(), max_tokens=max_tokens)
-        best = np.zeros(len(tv))
-        arg = np.zeros(len(tv), dtype=np.int64)
-        for s in range(0, len(tv), 1024):
-            sims = tv[s : s + 1024] @ ev.T
-            best[s : s + 1024], arg[s : s + 1024] = sims.max(axis=1), sims.argmax(axis=1)
-        theirs = time.perf_counter() - t
-        print(f"(b) embed every train row ({label}), top-1 cosine: {theirs:.1f} s")
-        for threshold in (0.80, 0.90):
-            print(f"  at cosine >= {threshold}:")
-            score({ids[i]: eids[arg[i]] for i in np.nonzero(best >= threshold)[0]}, truth, n_clean)
-        print(f"speed-up of (a) over (b): {theirs / ours:.1f}x")
+    key = case.domain.split(",")[0]
+    if key not in cache:
+        start = time.perf_counter()
+        cache[key] = (embed(case.train["text"].to_list()), time.perf_counter() - start)
+    tv, train_seconds = cache[key]
+    start = time.perf_counter() - train_seconds
+    ev = embed(case.eval_text)
+    best, arg = np.zeros(len(tv)), np.zeros(len(tv), dtype=np.int64)
+    for s in range(0, len(tv), 1024):
+        sims = tv[s : s + 1024] @ ev.T
+        best[s : s + 1024], arg[s : s + 1024] = sims.max(axis=1), sims.argmax(axis=1)
+    return best, arg, time.perf_counter() - start
+
+
+def ngram13(case: Case, n: int = 13) -> Outcome:
+    """Train rows sharing a lowercased word 13-gram with an eval item (the first such item)."""
+    start = time.perf_counter()
+    grams: dict[tuple[str, ...], str] = {}
+    for eid, text in zip(case.evals["_id"], case.eval_text, strict=True):
+        words = re.findall(r"\w+", text.lower())
+        for k in range(len(words) - n + 1):
+            grams.setdefault(tuple(words[k : k + n]), eid)
+    flagged = {}
+    for tid, text in zip(case.train["_id"], case.train["text"], strict=True):
+        words = re.findall(r"\w+", text.lower())
+        for k in range(len(words) - n + 1):
+            if (g := tuple(words[k : k + n])) in grams:
+                flagged[tid] = grams[g]
+                break
+    return Outcome(flagged, time.perf_counter() - start)
+
+
+def score(case: Case, out: Outcome) -> dict[str, Any]:
+    """Recall per form (the right eval item found), negatives flagged per kind."""
+    forms: dict[str, list[bool]] = {}
+    for tid, (form, eid) in case.planted.items():
+        forms.setdefault(form, []).append(out.flagged.get(tid) == eid)
+    neg: dict[str, list[bool]] = {}
+    for tid, kind in case.negatives.items():
+        neg.setdefault(kind, []).append(tid in out.flagged)
+    return {"recall": forms, "negatives": neg, "seconds": out.seconds}
+
+
+def merge(scores: list[dict[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {"recall": {}, "negatives": {}, "seconds": 0.0}
+    for s in scores:
+        for part in ("recall", "negatives"):
+            for k, v in s[part].items():
+                out[part].setdefault(k, []).extend(v)
+        out["seconds"] += s["seconds"]
+    return out
+
+
+def show(domain: str, results: dict[str, dict[str, Any]]) -> None:
+    methods = list(results)
+    print(f"\n### {domain}\n")
+    print("| | " + " | ".join(methods) + " |")
+    print("|---|" + "---|" * len(methods))
+    first = results[methods[0]]
+    for form in first["recall"]:
+        n = len(first["recall"][form])
+        cells = [f"{np.mean(results[m]['recall'][form]):.3f}" for m in methods]
+        print(f"| recall: {form} ({n}) | " + " | ".join(cells) + " |")
+    for kind in first["negatives"]:
+        n = len(first["negatives"][kind])
+        cells = [
+            f"{sum(results[m]['negatives'][kind])} ({np.mean(results[m]['negatives'][kind]):.2%})" for m in methods
+        ]
+        print(f"| flagged: {kind} ({n:,}) | " + " | ".join(cells) + " |")
+    print("| seconds | " + " | ".join(f"{results[m]['seconds']:.1f}" for m in methods) + " |")
+
+
+def parse_value(v: str) -> Any:
+    try:
+        return json.loads(v)
+    except ValueError:
+        return v
+
+
+def main(argv: list[str] | None = None) -> dict[str, dict[str, dict[str, Any]]]:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--split", default="dev", help="dev (default) or heldout: which *.SPLIT.jsonl files to read")
+    ap.add_argument("--data", type=Path, default=REPHRASES, help="folder of the rephrase files")
+    ap.add_argument("--domains", default="gsm8k,mmlu,humaneval")
+    ap.add_argument("--no-baselines", action="store_true", help="only (a): skip MiniLM-everything and 13-gram")
+    ap.add_argument("--judge", metavar="MODEL_SPEC", help="also run (a) with this LLM judge")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a leakage.check option")
+    args = ap.parse_args(argv)
+    overrides = {k: parse_value(v) for k, v in (kv.split("=", 1) for kv in args.set)}
+    print(f"split: {args.split} ({'development figures' if args.split == 'dev' else 'held out'}), data: {args.data}")
+    report: dict[str, dict[str, dict[str, Any]]] = {}
+    cache: dict[str, tuple[np.ndarray, float]] = {}
+    for name in args.domains.split(","):
+        cases = DOMAINS[name](args.data, args.split)
+        per_method: dict[str, list[dict[str, Any]]] = {}
+        runs = {}  # the gsm8k runs are shown apart (with and without answer columns)
+        for case in cases:
+            group = case.domain if name == "gsm8k" else name
+            runs.setdefault(group, {})
+            res = runs[group]
+            out = run_check(case, overrides)
+            res.setdefault("dataforge", []).append(score(case, out))
+            if args.judge:
+                jo = run_check(case, overrides, args.judge)
+                res.setdefault("dataforge + judge", []).append(score(case, jo))
+                print(f"{case.domain}: {jo.extra}")
+            if not args.no_baselines:
+                best, arg, secs = minilm_top1(case, cache)
+                ids, eids = case.train["_id"].to_list(), case.evals["_id"].to_list()
+                for threshold in (0.80, 0.85):
+                    hit = Outcome({ids[i]: eids[arg[i]] for i in np.nonzero(best >= threshold)[0]}, secs)
+                    res.setdefault(f"MiniLM top-1 >= {threshold}", []).append(score(case, hit))
+                res.setdefault("13-gram", []).append(score(case, ngram13(case)))
+        del per_method
+        for group, res in runs.items():
+            merged = {m: merge(v) for m, v in res.items()}
+            show(group, merged)
+            report[group] = merged
+            if "MiniLM top-1 >= 0.8" in merged:
+                ratio = merged["MiniLM top-1 >= 0.8"]["seconds"] / merged["dataforge"]["seconds"]
+                print(f"\nspeed-up of dataforge over MiniLM-everything: {ratio:.1f}x")
+    return report
 
 
 if __name__ == "__main__":
