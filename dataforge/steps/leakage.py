@@ -71,6 +71,7 @@ from dataforge.text.fields import text_expr
 from dataforge.text.normalize import comparable_expr
 from dataforge.text.numbers import (
     Readings,
+    both_readings,
     canonical_words,
     counted,
     digits_joined,
@@ -174,6 +175,7 @@ class LeakageConfig(StepConfig):
     batch_size: int = 64
     max_tokens: int | None = 128
     embed_gate: float = 0.65  # a pair reaches the transformer when its static cosine + gate evidence reaches this
+    short_embed_gate: float = 0.5  # the same for eval items under 2 × ngram words (few words: noisy static vectors)
     gate_numbers_weight: float = 0.3  # the numbers' weight in the gate's evidence
     cosine_min: float = 0.78  # a leak: cosine + evidence ≥ this (text, chat, multiple choice)
     code_cosine_min: float = 0.68  # the same for code eval items (their docstrings and signatures)
@@ -422,7 +424,9 @@ def decide(row: dict[str, Any], cfg: LeakageConfig) -> str | None:
         return "exact"
     # the word detectors read numbers as written; the similarity rules also in related units
     num, ans = row.get("numbers_as_written", row["numbers"]), row["answers_agree"]
-    if row["ngram"] and ngram_decides(row["coverage"], num, ans, row.get("entities"), cfg):
+    # a shared n-gram with most of an eval item's several numbers changed is its template
+    template = num is not None and num < cfg.answer_numbers_min and row.get("eval_counted", 0) >= 2
+    if row["ngram"] and not template and ngram_decides(row["coverage"], num, ans, row.get("entities"), cfg):
         return "ngram"
     if row.get("clone") and (ans is not False):
         return "clone"
@@ -517,12 +521,14 @@ def leakage_check(inputs: dict[str, pl.DataFrame], cfg: LeakageConfig, ctx: Cont
 
     # numbers are read from the prose view: a rewritten function changes its doctest values
     @functools.cache
-    def t_nums(t: int) -> Readings:
-        return number_readings(ts.prose[t], searched=True)
+    def t_readings(t: int) -> tuple[Readings, Readings]:
+        return both_readings(ts.prose[t])
 
-    @functools.cache
+    def t_nums(t: int) -> Readings:
+        return t_readings(t)[0]
+
     def t_nums_written(t: int) -> Readings:
-        return number_readings(ts.prose[t])
+        return t_readings(t)[1]
 
     @functools.cache
     def t_ans(t: int) -> float | None:
@@ -615,6 +621,7 @@ def leakage_check(inputs: dict[str, pl.DataFrame], cfg: LeakageConfig, ctx: Cont
                     "entities": en,
                     "eval_distinctive": e_distinctive[e],
                     "eval_counted": e_counted[e],
+                    "eval_words": int(e_words[e]),
                     "distinctive": distinctive_agreeing(t_nums(t), e_nums[e]),
                     "answers_agree": a,
                     "kind": es.kinds[e],
@@ -673,10 +680,12 @@ def leakage_check(inputs: dict[str, pl.DataFrame], cfg: LeakageConfig, ctx: Cont
 
 def _gated(row: dict[str, Any], cfg: LeakageConfig) -> bool:
     """Whether an undecided pair is worth the transformer: its static cosine (or, without the
-    dense stage, its TF-IDF cosine) with the evidence reaches ``embed_gate``."""
+    dense stage, its TF-IDF cosine) with the evidence reaches ``embed_gate`` (``short_embed_gate``
+    for eval items under ``2 * ngram`` words, cheap to embed and poorly read by static vectors)."""
     first = row["static"] if row["static"] is not None else row["tfidf"]
     support = evidence(row["numbers"], row["answers_agree"], cfg, row["distinctive"], cfg.gate_numbers_weight)
-    return first is not None and first + support >= cfg.embed_gate
+    gate = cfg.short_embed_gate if row.get("eval_words", 0) < 2 * cfg.ngram else cfg.embed_gate
+    return first is not None and first + support >= gate
 
 
 def parse_verdict(text: str) -> bool | None:

@@ -42,10 +42,32 @@ _ALONE = {
     "half": 0.5,
     "quarter": 0.25,
     "quarters": 0.25,
-    "decade": 10,
-    "decades": 10,
-    "century": 100,
     "fortnight": 14,
+}
+# a number only after an article or a distributive word: "a decade old", not "the nineteenth century"
+_COUNTED_ALONE = {"decade": 10, "century": 100}
+_COUNTING = {"a", "an", "one", "per", "each", "every"}
+# ordinal words read as their number ("the third phase" = "stage 3", "nineteenth" = "19th"), unless
+# a fraction ("a third", "two thirds"); "first" and "second" are left out (order words, a time unit)
+_ORDINALS = {
+    "third": 3,
+    "fourth": 4,
+    "fifth": 5,
+    "sixth": 6,
+    "seventh": 7,
+    "eighth": 8,
+    "ninth": 9,
+    "tenth": 10,
+    "eleventh": 11,
+    "twelfth": 12,
+    "thirteenth": 13,
+    "fourteenth": 14,
+    "fifteenth": 15,
+    "sixteenth": 16,
+    "seventeenth": 17,
+    "eighteenth": 18,
+    "nineteenth": 19,
+    "twentieth": 20,
 }
 # after a number, a fraction of it: "three quarters" = 0.75 (as "3/4" reads), "two thirds", "one half"
 _DENOMINATORS = {
@@ -138,6 +160,7 @@ def _read(text: str, number: Callable[[float], None], word: Callable[[str], None
     """Read ``text`` in order, passing each number (digits or words) to ``number`` and every other
     word to ``word``."""
     words = _WordNumber(number)
+    prev = ""
     for tok in _TOKEN.findall(text or ""):
         low = tok.lower()
         if not tok[0].isalpha():
@@ -153,14 +176,23 @@ def _read(text: str, number: Callable[[float], None], word: Callable[[str], None
             words.scale(_SPANS[low])
         elif low in _DENOMINATORS and words.last in ("unit", "tens") and not words.total:
             words.fraction(_DENOMINATORS[low])
+        elif low in _DENOMINATORS and prev in ("a", "an") and low not in ("half", "quarter"):  # "a third"
+            words.emit()
+            number(1 / _DENOMINATORS[low])
         elif low in _ALONE:
             words.emit()
             number(_ALONE[low])
+        elif low in _COUNTED_ALONE and prev in _COUNTING:
+            words.emit()
+            number(_COUNTED_ALONE[low])
+        elif low in _ORDINALS and words.value is None:
+            number(_ORDINALS[low])
         elif low == "and" and words.last in ("hundred", "scale"):
             continue
         else:
             words.emit()
             word(tok)
+        prev = low
     words.emit()
 
 
@@ -199,10 +231,17 @@ def equivalents(text: str) -> Counter[float]:
     inches, percent → fraction, dollars ↔ cents, "N times" → 1/N; a fraction 1/N also reads as N
     and a decimal under 1 as a percentage. For the side whose numbers are searched (the train
     text), so a rephrase that writes a quantity another way still agrees."""
+    return numbers_and_equivalents(text)[1]
+
+
+def numbers_and_equivalents(text: str) -> tuple[Counter[float], Counter[float]]:
+    """(``numbers_in(text)``, ``equivalents(text)``) from one reading of the text."""
+    plain: Counter[float] = Counter()
     found: Counter[float] = Counter()
     pending: list[float] = []
 
     def number(v: float) -> None:
+        plain.update((v,))
         found.update((v,))
         if 0 < v < 1:
             found.update((round(v * 100, 6),))
@@ -213,6 +252,12 @@ def equivalents(text: str) -> Counter[float]:
     def word(w: str) -> None:
         if w.lower() in _FILLER or not pending:
             return
+        if w.lower() == "s":  # a decade: "the 80s" is "the 1980s"
+            for v in pending:
+                if v % 10 == 0 and 10 <= v < 100:
+                    found.update((1900 + v,))
+                elif v % 10 == 0 and 1900 <= v < 2000:
+                    found.update((v - 1900,))
         for factor in _CONVERSIONS.get(_unit(w), ()):
             for v in pending:
                 if factor == "reciprocal":
@@ -223,7 +268,7 @@ def equivalents(text: str) -> Counter[float]:
         pending.clear()
 
     _read((text or "").replace("%", " percent"), number, word)
-    return found
+    return plain, found
 
 
 def numbers_in(text: str) -> Counter[float]:
@@ -273,7 +318,8 @@ def leading_agreement(train: Counter[float], reference: Counter[float], k: int) 
     item's few are often somewhere in it by chance; the numbers a text opens with are its own
     problem's, and a rephrase opens with the eval item's."""
     first = [x for x in train if x != 1.0][:k]
-    return sum(x in reference for x in first) / len(first) if first and k else None
+    found = sum(x in reference or (0 < x < 1 and round(1 / x, 6) in reference) for x in first)  # 1/N reads as N
+    return found / len(first) if first and k else None
 
 
 def agreement(train: Counter[float], reference: Counter[float]) -> float | None:
@@ -302,13 +348,19 @@ def digits_joined(text: str) -> str:
     return _INSIDE_NUMBER.sub("", text or "")
 
 
-
-
 def number_readings(text: str, searched: bool = False) -> Readings:
     """The numbers of a text read as written and read from ``digits_joined(text)``; for the
     ``searched`` side (train), with their ``equivalents`` in related units."""
     read = equivalents if searched else numbers_in
     return read(text), numbers_in(digits_joined(text))
+
+
+def both_readings(text: str) -> tuple[Readings, Readings]:
+    """(``number_readings(text, searched=True)``, ``number_readings(text)``), the text read twice
+    instead of four times."""
+    plain, found = numbers_and_equivalents(text)
+    joined = numbers_in(digits_joined(text))
+    return (found, joined), (plain, joined)
 
 
 def readings_agreement(train: Readings, reference: Readings) -> float | None:

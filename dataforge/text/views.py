@@ -148,4 +148,11 @@ def choice_views(question: str, choices: list[str] | None, answer: str | int | N
     views = [choice_view(question, choices, answer), question]
     if choices:
         views.append(question + "\n" + "\n".join(f"{'ABCDEFGHIJ'[k]}. {c}" for k, c in enumerate(choices[:10])))
+    stem = question.strip().rsplit("\n", 1)[-1].strip()
+    if stem != question.strip() and len(stem.split()) >= STEM_MIN_WORDS:
+        # a question after a passage: a rewrite often keeps only the question
+        views += [choice_view(stem, choices, answer), stem]
     return list(dict.fromkeys(views))
+
+
+STEM_MIN_WORDS = 8  # a question's last line shorter than this ("Which of these is true?") says too little

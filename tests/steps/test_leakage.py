@@ -167,7 +167,7 @@ def test_llm_judge_decides_borderline_candidates_within_its_cap(gsm8k, tmp_path,
         ("takes .5 hours a day", [0.5]),
         ("1/4 pound each, 3/4 of them", [0.25, 0.75]),
         ("three quarters of the building, two thirds of a pie", [2 / 3, 0.75]),
-        ("the third guess", []),
+        ("the third guess", [3]),  # an ordinal reads as its number ("stage 3"), not as a fraction
         ("due 12/25/2020", [12, 25, 2020]),
         ("thrice the dozens", [3, 12]),
     ],
@@ -250,6 +250,10 @@ def test_a_template_with_other_numbers_and_answer_is_not_a_leak_even_with_high_o
     )
     train = _items([("tr:template", template, "2"), ("tr:copy", question.lower(), "5")])
     m = leakage_check({"train": train, "gsm8k_test": ev}, CFG.model_copy(update={"embed": False}), ctx)
+    assert m.tables["matches"]["train_id"].to_list() == ["tr:copy"]
+    # without answer columns the numbers alone tell: most of them changed, it is the template
+    unknown = train.with_columns(pl.lit(None, dtype=pl.String).alias("final_answer"))
+    m = leakage_check({"train": unknown, "gsm8k_test": ev}, CFG.model_copy(update={"eval_answer": None}), ctx)
     assert m.tables["matches"]["train_id"].to_list() == ["tr:copy"]
 
 

@@ -15,7 +15,7 @@ import pytest
 
 from dataforge.steps.leakage import LeakageConfig, decide, evidence, leakage_check
 from dataforge.text.numbers import equivalents, number_readings, numbers_in, readings_agreement
-from dataforge.text.views import choice_view, code_views, kind_of, prose_view, user_turns
+from dataforge.text.views import choice_view, choice_views, code_views, kind_of, prose_view, user_turns
 
 REPO = Path(__file__).resolve().parents[2]
 REPHRASES = REPO / "bench" / "data" / "decontamination-rephrases"  # the development half
@@ -37,6 +37,10 @@ def _agree(train: str, eval_item: str) -> float | None:
         ("she worked for four decades", "she worked for 40 years"),
         ("the board is 24 inches long", "the board is 2 feet long"),
         ("it costs 150 cents", "it costs 1.5 dollars"),
+        ("during the third phase", "in stage 3"),
+        ("warfare in the 19th century", "war in the nineteenth century"),
+        ("privatized during the 80s and 90s", "privatized in the 1980s and 1990s"),
+        ("a third of the votes", "1/3 of the votes"),
     ],
 )
 def test_numbers_read_in_every_common_way_agree(train, eval_item):
@@ -48,6 +52,8 @@ def test_other_quantities_do_not_agree_through_the_unit_readings():
     assert _agree("the show lasts half an hour", "the show lasts 45 minutes") == 0.0
     assert 0.5 in equivalents("half an hour") and 30 in equivalents("half an hour")
     assert numbers_in("two decades and a century") == {20: 1, 100: 1}
+    assert numbers_in("the nineteenth century") == {19: 1}  # a century is 100 only when counted
+    assert _agree("the 70s", "the 1980s") == 0.0
 
 
 def test_evidence_moves_the_score_and_never_vetoes_alone():
@@ -194,8 +200,12 @@ def test_a_copied_function_with_every_name_changed_is_a_clone(ctx):
         "                if distance < threshold:\n                    return True\n\n    return False\n"
     )
     renamed = (
-        body.replace("has_close_elements", "f").replace("numbers", "xs").replace("threshold", "t")
-        .replace("elem2", "b").replace("elem", "a").replace("distance", "d")
+        body.replace("has_close_elements", "f")
+        .replace("numbers", "xs")
+        .replace("threshold", "t")
+        .replace("elem2", "b")
+        .replace("elem", "a")
+        .replace("distance", "d")
     )
     renamed = renamed.split('"""')[0] + renamed.split('"""')[2]  # and no docstring at all
     ev = pl.DataFrame({"_id": ["HumanEval/0"], "code": [body]})
@@ -215,6 +225,12 @@ def test_choice_view_reads_the_correct_choice():
     assert choice_view("Q?", ["a", "b", "c"], "C") == "Q?\nc"
     assert choice_view("Q?", ["a", "b", "c"], 1) == "Q?\nb"
     assert choice_view("Q?", ["a", "b"], None) == "Q?"
+    assert choice_views("Q?", ["a", "b"], "B") == ["Q?\nb", "Q?", "Q?\nA. a\nB. b"]
+    # after a passage, the question line alone too: a rewrite often keeps only it
+    stem = "By what means did the United States take possession of the Oregon Territory?"
+    views = choice_views(f"A long passage.\nJohn L. O'Sullivan, 1839\n{stem}", ["war", "a treaty"], "B")
+    assert f"{stem}\na treaty" in views and stem in views
+    assert len(choice_views("A passage.\nWhich is true?", ["x", "y"], "A")) == 3  # a stem this short says little
 
 
 def test_multiple_choice_items_are_compared_by_question_choice_and_lettered_choices(ctx):
@@ -253,7 +269,9 @@ def test_eval_choices_must_be_a_column_of_the_eval_input():
     from dataforge.engine.step import ColumnContractError
     from dataforge.steps.leakage import _columns
 
-    cfg = LeakageConfig(train_fields=["text"], eval_fields=["question"], eval_choices="options", embed=False, dense=False)
+    cfg = LeakageConfig(
+        train_fields=["text"], eval_fields=["question"], eval_choices="options", embed=False, dense=False
+    )
     with pytest.raises(ColumnContractError, match="options") as err:
         _columns(cfg, {"train": ["text"], "mmlu": ["question", "choices"]}, None)
     assert err.value.key == "eval_choices" and err.value.input_name == "mmlu"
