@@ -12,7 +12,7 @@ import typing
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import polars as pl
@@ -130,6 +130,22 @@ class PlanInfo:
 
 ColumnsFn = Callable[[Any, dict[str, Columns], PlanInfo], dict[str, Columns]]
 OutputsFn = Callable[[Any, Sequence[str]], tuple[str, ...]]
+KeyFn = Callable[[Any, pl.DataFrame], pl.Series]
+
+# How a step's work divides (the contract a streaming or distributed executor relies on):
+#   rows:   the output of a batch of rows depends only on that batch, f(a ∪ b) = f(a) ∪ f(b)
+#   key:    the same, for batches that keep every row of a key together (``partition_key``)
+#   global: needs all its rows at once
+# ``partitioned`` names the inputs that are divided; the others are passed whole to every batch
+# (None: every input of a per-table step, or the one "data" input). tests/engine/test_partitioning.py
+# runs every rows and key step on random batchings of real data against one whole-table call.
+Partition = Literal["rows", "key", "global"]
+PARTITIONS: tuple[str, ...] = ("rows", "key", "global")
+
+
+def column_key(option: str) -> KeyFn:
+    """A ``partition_key``: the column named by config option ``option`` (e.g. ``group``)."""
+    return lambda cfg, df: df[getattr(cfg, option)]
 
 
 @dataclass(frozen=True)
@@ -145,6 +161,9 @@ class StepDef:
     columns: ColumnsFn
     data_fingerprint: Callable[[Any, PlanInfo], str] | None = None
     doc: str = ""
+    partition: Partition = "global"
+    partition_key: KeyFn | None = None
+    partitioned: tuple[str, ...] | None = None
 
     @property
     def is_source(self) -> bool:
@@ -171,13 +190,21 @@ def step(
     columns: ColumnsFn | None = None,
     per_table_columns: Callable[[Any, Columns, PlanInfo], Columns] | None = None,
     data_fingerprint: Callable[[Any, PlanInfo], str] | None = None,
+    partition: Partition,
+    partition_key: KeyFn | None = None,
+    partitioned: tuple[str, ...] | None = None,
 ) -> Callable[[Callable[..., StepResult]], Callable[..., StepResult]]:
     """Register ``fn`` as step ``kind``. The config model is the annotation of its ``cfg`` parameter.
 
     ``inputs=None`` takes any named inputs. Unless ``outputs`` says otherwise, such a step is
     per-table: it returns an output of the same name for each input, and ``per_table_columns``
-    says how one table's columns change.
+    says how one table's columns change. ``partition`` (required) declares how its work divides
+    (``Partition``); a ``key`` step names its key with ``partition_key(cfg, table)``.
     """
+    if partition not in PARTITIONS:
+        raise TypeError(f"step {kind}: partition must be one of {', '.join(PARTITIONS)}, not {partition!r}")
+    if (partition == "key") != (partition_key is not None):
+        raise TypeError(f"step {kind}: a partition_key goes with partition='key', and only with it")
 
     def register(fn: Callable[..., StepResult]) -> Callable[..., StepResult]:
         hints = typing.get_type_hints(fn)
@@ -218,6 +245,9 @@ def step(
             columns=col_fn or _unknown_columns,
             data_fingerprint=data_fingerprint,
             doc=(fn.__doc__ or "").strip(),
+            partition=partition,
+            partition_key=partition_key,
+            partitioned=partitioned,
         )
         return fn
 

@@ -196,7 +196,7 @@ def summarize(findings: pl.DataFrame, names: Sequence[str]) -> list[list[object]
     return out
 
 
-@step("split.audit", version=1, inputs=None, outputs=("findings",), columns=_columns)
+@step("split.audit", version=1, inputs=None, outputs=("findings",), columns=_columns, partition="global")
 def split_audit(inputs: dict[str, pl.DataFrame], cfg: AuditConfig, ctx: Context) -> StepResult:
     """Find rows that leak between splits; flag them, and fail when ``strict``."""
     findings = audit_frames(

@@ -66,7 +66,7 @@ def _normalize_columns(cfg: NormalizeConfig, cols: Columns, info: PlanInfo) -> C
     return cols
 
 
-@step("clean.normalize", version=1, inputs=None, per_table_columns=_normalize_columns)
+@step("clean.normalize", version=1, inputs=None, per_table_columns=_normalize_columns, partition="rows")
 def normalize(inputs: dict[str, pl.DataFrame], cfg: NormalizeConfig, ctx: Context) -> StepResult:
     """Normalize text fields; record a `revised` event for every row that changed."""
 
@@ -161,7 +161,7 @@ def _load_tokenizer(name: str, ctx: Context) -> object:
         raise DataError(f"cannot load tokenizer '{name}': {exc}") from None
 
 
-@step("clean.filter", version=1, inputs=None, per_table_columns=_filter_columns)
+@step("clean.filter", version=1, inputs=None, per_table_columns=_filter_columns, partition="rows")
 def filter_rows(inputs: dict[str, pl.DataFrame], cfg: FilterConfig, ctx: Context) -> StepResult:
     """Drop rows that fail a rule; each drop is an event naming the first rule it failed."""
     tokenizer = _load_tokenizer(cfg.tokenizer, ctx) if cfg.unit == "tokens" and cfg.tokenizer else None

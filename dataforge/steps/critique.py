@@ -108,7 +108,14 @@ def _conversation(value: Any) -> list[dict[str, str]]:
     return [{"role": str(m["role"]), "content": str(m["content"])} for m in value or []]
 
 
-@step("critique_revise", version=1, outputs=("data", "rounds"), columns=_columns, data_fingerprint=_fingerprint)
+@step(
+    "critique_revise",
+    version=1,
+    outputs=("data", "rounds"),
+    columns=_columns,
+    data_fingerprint=_fingerprint,
+    partition="rows",
+)
 def critique_revise(inputs: dict[str, pl.DataFrame], cfg: CritiqueConfig, ctx: Context) -> StepResult:
     """Critique → revise rounds under a constitution; every round kept."""
     df = inputs["data"]

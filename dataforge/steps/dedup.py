@@ -340,7 +340,16 @@ def _drop_matches(
 # -- dedup.exact --------------------------------------------------------------------------------------
 
 
-@step("dedup.exact", version=1, inputs=None, outputs=_outputs, columns=_columns)
+@step(
+    "dedup.exact",
+    version=1,
+    inputs=None,
+    outputs=_outputs,
+    columns=_columns,
+    partition="key",
+    partition_key=lambda cfg, df: dedup_text(df, cfg),
+    partitioned=("data",),
+)
 def dedup_exact(inputs: dict[str, pl.DataFrame], cfg: DedupConfig, ctx: Context) -> StepResult:
     """Drop rows whose cleaned text equals another's (or an ``against`` row's)."""
     df = inputs["data"]
@@ -363,7 +372,7 @@ def dedup_exact(inputs: dict[str, pl.DataFrame], cfg: DedupConfig, ctx: Context)
 # -- dedup.minhash ------------------------------------------------------------------------------------
 
 
-@step("dedup.minhash", version=1, inputs=None, outputs=_outputs, columns=_columns)
+@step("dedup.minhash", version=1, inputs=None, outputs=_outputs, columns=_columns, partition="global")
 def dedup_minhash(inputs: dict[str, pl.DataFrame], cfg: MinhashConfig, ctx: Context) -> StepResult:
     """Drop near-duplicates: MinHash LSH candidates, verified, clustered, one kept per cluster."""
     from dataforge.text.minhash import (
@@ -519,7 +528,7 @@ class SemanticConfig(DedupConfig):
         return self
 
 
-@step("dedup.semantic", version=1, inputs=None, outputs=_outputs, columns=_columns)
+@step("dedup.semantic", version=1, inputs=None, outputs=_outputs, columns=_columns, partition="global")
 def dedup_semantic(inputs: dict[str, pl.DataFrame], cfg: SemanticConfig, ctx: Context) -> StepResult:
     """Drop rows whose embedding is within ``threshold`` cosine of a kept row (or an ``against`` row).
 

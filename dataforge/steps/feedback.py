@@ -31,7 +31,17 @@ import polars as pl
 from pydantic import Field
 
 from dataforge.engine.events import events
-from dataforge.engine.step import Columns, Context, PlanInfo, StepConfig, StepResult, require, step, with_columns
+from dataforge.engine.step import (
+    Columns,
+    Context,
+    PlanInfo,
+    StepConfig,
+    StepResult,
+    column_key,
+    require,
+    step,
+    with_columns,
+)
 from dataforge.graders import completion_text
 from dataforge.llm.base import Request
 from dataforge.llm.spec import ModelSpec, SamplingParams
@@ -108,7 +118,14 @@ def parse_ranking(text: str, k: int) -> list[int] | None:
     return numbers if sorted(numbers) == list(range(k)) else None
 
 
-@step("ai_feedback", version=1, outputs=("data", "verdicts"), columns=_columns)
+@step(
+    "ai_feedback",
+    version=1,
+    outputs=("data", "verdicts"),
+    columns=_columns,
+    partition="key",
+    partition_key=column_key("group"),
+)
 def ai_feedback(inputs: dict[str, pl.DataFrame], cfg: FeedbackConfig, ctx: Context) -> StepResult:
     """Pairwise verdicts in both orders, or listwise rankings, from an LLM judge."""
     df = inputs["data"]

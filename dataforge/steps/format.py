@@ -66,7 +66,7 @@ def _reasoning_columns(cfg: ReasoningConfig, cols: Columns, info: PlanInfo) -> C
     return with_columns(cols, [cfg.column])
 
 
-@step("format.reasoning", version=1, inputs=None, per_table_columns=_reasoning_columns)
+@step("format.reasoning", version=1, inputs=None, per_table_columns=_reasoning_columns, partition="rows")
 def format_reasoning(inputs: dict[str, pl.DataFrame], cfg: ReasoningConfig, ctx: Context) -> StepResult:
     """Write the reasoning target ``<think>…</think><answer>…</answer>``."""
 
@@ -147,7 +147,7 @@ def _empty(df: pl.DataFrame, column: str) -> pl.Expr:
     return pl.col(column).is_null() | (pl.col(column).list.len() == 0)
 
 
-@step("format", version=1, inputs=None, per_table_columns=_format_columns)
+@step("format", version=1, inputs=None, per_table_columns=_format_columns, partition="rows")
 def format_trl(inputs: dict[str, pl.DataFrame], cfg: FormatConfig, ctx: Context) -> StepResult:
     """Shape rows into one of TRL's dataset types."""
     fields = {f: getattr(cfg, f) for f in FIELDS[cfg.type]}

@@ -507,7 +507,7 @@ def _clone_hits(train: _Side, evals: _Side, cfg: LeakageConfig) -> pl.DataFrame:
     )
 
 
-@step("leakage.check", version=6, inputs=None, outputs=("data", "matches"), columns=_columns)
+@step("leakage.check", version=6, inputs=None, outputs=("data", "matches"), columns=_columns, partition="global")
 def leakage_check(inputs: dict[str, pl.DataFrame], cfg: LeakageConfig, ctx: Context) -> StepResult:
     """Find train rows that contain an eval item (verbatim, edited or rephrased)."""
     train = inputs["train"]

@@ -48,7 +48,7 @@ def _gsm8k_columns(cfg: Gsm8kConfig, cols: Columns, info: PlanInfo) -> Columns:
     return with_columns(cols, [cfg.reasoning_column, cfg.final_answer_column])
 
 
-@step("parse.gsm8k", version=1, inputs=None, per_table_columns=_gsm8k_columns)
+@step("parse.gsm8k", version=1, inputs=None, per_table_columns=_gsm8k_columns, partition="rows")
 def parse_gsm8k(inputs: dict[str, pl.DataFrame], cfg: Gsm8kConfig, ctx: Context) -> StepResult:
     """Split GSM8K solutions into reasoning (annotations removed) and the numeric final answer."""
 
@@ -102,7 +102,7 @@ def split_hh_conversation(text: str) -> tuple[list[dict[str, str]] | None, str |
     return [{"role": _ROLE[r], "content": c.strip()} for r, c in zip(roles, contents, strict=True)], None
 
 
-@step("parse.hh_rlhf", version=1, inputs=None, per_table_columns=_hh_columns)
+@step("parse.hh_rlhf", version=1, inputs=None, per_table_columns=_hh_columns, partition="rows")
 def parse_hh_rlhf(inputs: dict[str, pl.DataFrame], cfg: HhConfig, ctx: Context) -> StepResult:
     """HH-RLHF transcript pairs → conversational prompt / chosen / rejected."""
 

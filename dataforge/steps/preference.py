@@ -41,7 +41,17 @@ import polars as pl
 from pydantic import Field, model_validator
 
 from dataforge.engine.events import edges, events
-from dataforge.engine.step import Columns, Context, PlanInfo, StepConfig, StepResult, per_table, require, step
+from dataforge.engine.step import (
+    Columns,
+    Context,
+    PlanInfo,
+    StepConfig,
+    StepResult,
+    column_key,
+    per_table,
+    require,
+    step,
+)
 from dataforge.graders import completion_text
 from dataforge.text.fields import MESSAGES
 
@@ -187,7 +197,14 @@ def _as_text(value: Any) -> str:
     return "\n".join(f"{m['role']}: {m['content']}" for m in turns)
 
 
-@step("preference.pairs", version=1, inputs=None, per_table_columns=_columns)
+@step(
+    "preference.pairs",
+    version=1,
+    inputs=None,
+    per_table_columns=_columns,
+    partition="key",
+    partition_key=column_key("group"),
+)
 def preference_pairs(inputs: dict[str, pl.DataFrame], cfg: PairsConfig, ctx: Context) -> StepResult:
     """Pairs from rankings, scores, verifier outcomes or revisions; ties and the rest recorded."""
     return per_table(inputs, lambda name, df: _pairs_of(name, df, cfg, ctx))
@@ -283,7 +300,7 @@ def _responses_columns(cfg: ResponsesConfig, cols: Columns, info: PlanInfo) -> C
     return [*kept, *(c for c in ("_parent_id", cfg.completion, cfg.rank) if c not in kept)]
 
 
-@step("preference.responses", version=1, inputs=None, per_table_columns=_responses_columns)
+@step("preference.responses", version=1, inputs=None, per_table_columns=_responses_columns, partition="rows")
 def preference_responses(inputs: dict[str, pl.DataFrame], cfg: ResponsesConfig, ctx: Context) -> StepResult:
     """One row per response of a ranked set of columns (e.g. HH-RLHF's ``chosen``, ``rejected``):
     ``_id`` = ``<step>:<row>:<column>``, ``_parent_id`` = the row, ``completion``, ``rank`` (1 =
@@ -319,7 +336,7 @@ def _rm_columns(cfg: RmPairsConfig, cols: Columns, info: PlanInfo) -> Columns:
     return ["_id", "input", "output_a", "output_b", "preference"]
 
 
-@step("preference.rm_pairs", version=1, inputs=None, per_table_columns=_rm_columns)
+@step("preference.rm_pairs", version=1, inputs=None, per_table_columns=_rm_columns, partition="rows")
 def rm_pairs(inputs: dict[str, pl.DataFrame], cfg: RmPairsConfig, ctx: Context) -> StepResult:
     """Pairs → reward-model rows ``{input, output_a, output_b, preference}`` (text; ``preference``
     0 = ``output_a`` is preferred, 1 = ``output_b``). Which side the chosen response lands on is a

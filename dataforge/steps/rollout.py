@@ -20,7 +20,17 @@ from typing import Any
 import polars as pl
 from pydantic import Field
 
-from dataforge.engine.step import Columns, Context, PlanInfo, StepConfig, StepResult, require, step, with_columns
+from dataforge.engine.step import (
+    Columns,
+    Context,
+    PlanInfo,
+    StepConfig,
+    StepResult,
+    column_key,
+    require,
+    step,
+    with_columns,
+)
 
 
 class RolloutConfig(StepConfig):
@@ -53,7 +63,14 @@ def pass_at_k(n: int, c: int, k: int) -> float | None:
     return 1.0 - comb(n - c, k) / comb(n, k)
 
 
-@step("rollout", version=1, outputs=("data", "groups"), columns=_columns)
+@step(
+    "rollout",
+    version=1,
+    outputs=("data", "groups"),
+    columns=_columns,
+    partition="key",
+    partition_key=column_key("group"),
+)
 def rollout(inputs: dict[str, pl.DataFrame], cfg: RolloutConfig, ctx: Context) -> StepResult:
     """Group statistics and advantages per prompt; pass@k per prompt."""
     df = inputs["data"]

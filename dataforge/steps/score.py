@@ -75,7 +75,7 @@ def reward_model_texts(tokenizer: Any, prompts: list[Any], completions: list[Any
     return [completion_text(p) + "\n" + completion_text(c) for p, c in zip(prompts, completions, strict=True)]
 
 
-@step("score.reward_model", version=1, inputs=None, per_table_columns=_rm_columns)
+@step("score.reward_model", version=1, inputs=None, per_table_columns=_rm_columns, partition="rows")
 def score_reward_model(inputs: dict[str, pl.DataFrame], cfg: RewardModelConfig, ctx: Context) -> StepResult:
     """The scalar of a reward model for every (prompt, completion)."""
     import torch
@@ -161,7 +161,7 @@ def judge_scores(cfg: JudgeConfig, rows: list[dict[str, Any]], ctx: Context) -> 
     return [parse_judge_score(t, *cfg.scale) for t in texts], texts
 
 
-@step("score.judge", version=1, inputs=None, per_table_columns=_judge_columns)
+@step("score.judge", version=1, inputs=None, per_table_columns=_judge_columns, partition="rows")
 def score_judge(inputs: dict[str, pl.DataFrame], cfg: JudgeConfig, ctx: Context) -> StepResult:
     """An LLM judge's rubric score for every row; unparseable answers are recorded."""
 

@@ -230,7 +230,7 @@ def source_fingerprint(cfg: SourceConfig, info: PlanInfo) -> str:
 # -- run time -----------------------------------------------------------------------------------
 
 
-@step("source", version=1, inputs=(), columns=source_columns, data_fingerprint=source_fingerprint)
+@step("source", version=1, inputs=(), columns=source_columns, data_fingerprint=source_fingerprint, partition="rows")
 def source(inputs: dict[str, pl.DataFrame], cfg: SourceConfig, ctx: Context) -> StepResult:
     """Read a file, directory or hub dataset into rows with stable ``_id``s."""
     name = cfg.name or ctx.step

@@ -347,7 +347,7 @@ def _note(cfg: SplitConfig) -> str | None:
     return "Split " + ", ".join(said) + "."
 
 
-@step("split", version=2, outputs=_outputs, columns=_columns)
+@step("split", version=2, outputs=_outputs, columns=_columns, partition="global")
 def split(inputs: dict[str, pl.DataFrame], cfg: SplitConfig, ctx: Context) -> StepResult:
     """Assign each row to one split; rows that must stay together always share one."""
     df = inputs["data"]

@@ -37,7 +37,7 @@ def _columns(cfg: SyntheticTimeConfig, cols: Columns, info: PlanInfo) -> Columns
     return with_columns(cols, ["_ts"])
 
 
-@step("time.synthetic", version=1, inputs=None, per_table_columns=_columns)
+@step("time.synthetic", version=1, inputs=None, per_table_columns=_columns, partition="rows")
 def synthetic_time(inputs: dict[str, pl.DataFrame], cfg: SyntheticTimeConfig, ctx: Context) -> StepResult:
     """Attach seeded pseudo-timestamps (``_ts``) derived from each row's ``_id``."""
     start, end = cfg.utc(cfg.start), cfg.utc(cfg.end)

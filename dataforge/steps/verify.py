@@ -109,7 +109,7 @@ def _verify_columns(cfg: VerifyConfig, cols: Columns, info: PlanInfo) -> Columns
     return with_columns(cols, added)
 
 
-@step("verify", version=2, inputs=None, per_table_columns=_verify_columns)
+@step("verify", version=2, inputs=None, per_table_columns=_verify_columns, partition="rows")
 def verify(inputs: dict[str, pl.DataFrame], cfg: VerifyConfig, ctx: Context) -> StepResult:
     """Score every row with every grader."""
 
@@ -158,7 +158,7 @@ def _filter_columns(cfg: FilterConfig, cols: Columns, info: PlanInfo) -> Columns
     return cols
 
 
-@step("filter", version=1, inputs=None, per_table_columns=_filter_columns)
+@step("filter", version=1, inputs=None, per_table_columns=_filter_columns, partition="rows")
 def score_filter(inputs: dict[str, pl.DataFrame], cfg: FilterConfig, ctx: Context) -> StepResult:
     """Keep rows whose score is within bounds; every other row is dropped with its score."""
     reason = cfg.reason or f"filter:{cfg.column}"

@@ -22,7 +22,7 @@ class ExplodeConfig(StepConfig):
 
 if "test.explode" not in REGISTRY:
 
-    @step("test.explode", version=1, inputs=None, per_table_columns=lambda cfg, cols, info: cols)
+    @step("test.explode", version=1, inputs=None, per_table_columns=lambda cfg, cols, info: cols, partition="global")
     def _explode(inputs: dict[str, pl.DataFrame], cfg: ExplodeConfig, ctx: Context) -> StepResult:
         if cfg.explode:
             raise ValueError("boom on purpose")
