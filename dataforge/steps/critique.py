@@ -3,7 +3,7 @@
 
 Consumes ``data`` with ``prompt`` (the conversation so far: messages or text) and ``response``
 (the response to revise: text, or a one-message list). Each round, per response: a principle is
-drawn by the seeded RNG (``principle: random``) or fixed (``principle: <id>``); the model is
+drawn by a seeded hash of the row id and round (``principle: random``) or fixed (``principle: <id>``); the model is
 asked the principle's critique request about its last response, then its revision request; the
 revision becomes the response the next round critiques. With ``stop_on_no_violation`` (and the
 constitution's ``no_violation`` regex), a critique that finds nothing ends that response's loop.
@@ -38,6 +38,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import numpy as np
 import polars as pl
 from pydantic import Field
 
@@ -50,6 +51,7 @@ from dataforge.graders import completion_text
 from dataforge.llm.base import Request
 from dataforge.llm.spec import ModelSpec, SamplingParams
 from dataforge.steps.prompting import track
+from dataforge.steps.split import unit_hash
 
 ROUND_SCHEMA = {
     "_id": pl.String,
@@ -110,7 +112,7 @@ def _conversation(value: Any) -> list[dict[str, str]]:
 
 @step(
     "critique_revise",
-    version=1,
+    version=2,
     outputs=("data", "rounds"),
     columns=_columns,
     data_fingerprint=_fingerprint,
@@ -123,7 +125,16 @@ def critique_revise(inputs: dict[str, pl.DataFrame], cfg: CritiqueConfig, ctx: C
     client = ctx.llm.client(cfg.model)
     params = cfg.sampling()
     rows = df.to_dicts()
-    draws = ctx.rng.integers(len(const.principles), size=(len(rows), cfg.rounds))
+    # each row's principles from a seeded hash of its id and round, never from its position: the
+    # same row draws the same principles in any batch (the step's `rows` partition contract)
+    seed = int(ctx.fingerprint[:16], 16)
+    draws = np.array(
+        [
+            [int(unit_hash(seed, f"{r['_id']}\x1f{rd}") * len(const.principles)) for rd in range(cfg.rounds)]
+            for r in rows
+        ],
+        dtype=np.int64,
+    ).reshape(len(rows), cfg.rounds)
     convo = [_conversation(r[cfg.prompt]) for r in rows]
     current = [completion_text(r[cfg.response]) for r in rows]
     version = [r["_id"] for r in rows]

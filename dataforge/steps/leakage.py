@@ -58,6 +58,7 @@ from __future__ import annotations
 import functools
 import json
 import re
+from collections import Counter
 from typing import Any, Literal
 
 import numpy as np
@@ -352,21 +353,23 @@ def evidence(
     distinct: int = 0,
     numbers_weight: float | None = None,
     counted: int = 0,
+    small_answer: bool = False,
 ) -> float:
     """What number and answer agreement add to a pair's text similarity: ``numbers_weight`` off
     per share of the eval item's numbers the train text lacks (nothing when the eval item has
     none) and ``numbers_none_weight`` more when the eval item has ``counted`` ≥ 2 numbers and none
     agree (the same frame with other quantities), ``numbers_bonus`` on for each of up to two
     ``distinctive`` numbers (not a small count) the texts share, ``answer_weight`` on when the
-    final answers agree and ``answer_conflict_weight`` off when they differ. Evidence, not a
+    final answers agree (not for a ``small_answer``, which agrees by chance) and
+    ``answer_conflict_weight`` off when they differ. Evidence, not a
     veto: a text close enough says the same thing however its numbers read."""
     weight = cfg.numbers_weight if numbers_weight is None else numbers_weight
     score = 0.0 if num is None else -weight * (1.0 - num)
     if num == 0.0 and counted >= 2:
         score -= cfg.numbers_none_weight
     score += cfg.numbers_bonus * min(distinct, 2) / 2
-    if ans is not None:
-        score += cfg.answer_weight if ans else -cfg.answer_conflict_weight
+    if ans is not None:  # a small answer (a count up to 12) agrees by chance: only a differing one counts
+        score += (0.0 if small_answer else cfg.answer_weight) if ans else -cfg.answer_conflict_weight
     return score
 
 
@@ -434,7 +437,14 @@ def decide(row: dict[str, Any], cfg: LeakageConfig) -> str | None:
         return "minhash"
     if canonical_decides(row.get("canonical"), num, ans, row.get("eval_distinctive", 0), cfg):
         return "canonical"
-    support = evidence(row["numbers"], ans, cfg, row.get("distinctive", 0), counted=row.get("eval_counted", 0))
+    support = evidence(
+        row["numbers"],
+        ans,
+        cfg,
+        row.get("distinctive", 0),
+        counted=row.get("eval_counted", 0),
+        small_answer=row.get("small_answer", False),
+    )
     static = row.get("static")
     if static is not None and static + support >= cfg.static_min:
         return "dense"
@@ -624,6 +634,7 @@ def leakage_check(inputs: dict[str, pl.DataFrame], cfg: LeakageConfig, ctx: Cont
                     "eval_words": int(e_words[e]),
                     "distinctive": distinctive_agreeing(t_nums(t), e_nums[e]),
                     "answers_agree": a,
+                    "small_answer": e_ans[e] is not None and not distinctive(Counter([e_ans[e]])),
                     "kind": es.kinds[e],
                     "eval_id": ev["_id"][e],
                     "eval_text": es.base[e],
@@ -683,7 +694,14 @@ def _gated(row: dict[str, Any], cfg: LeakageConfig) -> bool:
     dense stage, its TF-IDF cosine) with the evidence reaches ``embed_gate`` (``short_embed_gate``
     for eval items under ``2 * ngram`` words, cheap to embed and poorly read by static vectors)."""
     first = row["static"] if row["static"] is not None else row["tfidf"]
-    support = evidence(row["numbers"], row["answers_agree"], cfg, row["distinctive"], cfg.gate_numbers_weight)
+    support = evidence(
+        row["numbers"],
+        row["answers_agree"],
+        cfg,
+        row["distinctive"],
+        cfg.gate_numbers_weight,
+        small_answer=row.get("small_answer", False),
+    )
     gate = cfg.short_embed_gate if row.get("eval_words", 0) < 2 * cfg.ngram else cfg.embed_gate
     return first is not None and first + support >= gate
 

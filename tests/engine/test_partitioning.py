@@ -3,9 +3,9 @@ divides, and every ``rows`` and ``key`` step gives, on random batchings of real 
 HH-RLHF), the same rows and the same events as one call on the whole table. ``rows`` batches
 take rows at random; ``key`` batches keep every row of a key together.
 
-The steps that call a model (generate, critique_revise, score.*, ai_feedback, rollout's inputs
-come from them) declare ``rows``/``key`` too but are not in this property test yet: it runs the
-data steps. That gap is named in the partitioning issue's note."""
+The steps that call a model run against a scripted OpenAI-compatible server on loopback (real
+HTTP, client and cache; the answer a deterministic function of the messages), and
+``score.reward_model`` with the tiny local reward model."""
 
 from __future__ import annotations
 
@@ -119,16 +119,88 @@ def test_a_rows_or_key_step_gives_the_same_rows_and_events_in_any_batching(kind,
             assert_frame_equal(_events(merged), _events(whole), check_dtypes=False)
 
 
-def test_every_step_declares_how_it_partitions_and_the_data_steps_are_tested():
+def _policy(messages) -> str:
+    """A deterministic scripted model: its answer depends only on the request."""
+    text = messages[-1]["content"]
+    if "Response A:" in text:  # a pairwise judge: the longer response
+        a, b = text.split("Response A:")[1].split("Response B:")
+        return "[[A]]" if len(a) >= len(b) else "[[B]]"
+    if text.startswith("CRITIQUE"):
+        return "No violation." if len(messages[-2]["content"]) % 2 else "A problem."
+    return f"Score: [[{len(text) % 10 + 1}]] reply {len(text)}"
+
+
+CONSTITUTION = """
+name: test
+no_violation: "(?i)no violation"
+principles:
+  - id: harm
+    critique: CRITIQUE-HARM
+    revision: REVISE-HARM
+  - id: honesty
+    critique: CRITIQUE-HONESTY
+    revision: REVISE-HONESTY
+"""
+
+MODEL_CASES = ["generate", "score.judge", "critique_revise", "ai_feedback", "score.reward_model", "rollout"]
+
+
+@pytest.mark.parametrize("kind", MODEL_CASES)
+def test_a_model_step_gives_the_same_rows_and_events_in_any_batching(kind, data, tmp_path, scripted_model, tiny_rm):
+    from dataforge.llm.client import ModelPool
+
+    model = scripted_model(_policy)
+    (tmp_path / "constitution.yaml").write_text(CONSTITUTION)
+    responses = data["responses"].head(120)  # 60 prompts, chosen and rejected each
+    samples = (
+        data["verified"]
+        .head(90)
+        .with_columns(
+            pl.format("p:{}", pl.int_range(pl.len()) // 3).alias("_parent_id"),
+            pl.col("question").alias("prompt"),
+            pl.col("score_math").alias("reward"),
+        )
+    )
+    options, df = {
+        "generate": ({"model": model, "prompt": "prompt", "n": 2}, data["hh"].head(60)),
+        "score.judge": ({"model": model, "template": "Rate: {{ completion }}"}, responses),
+        "critique_revise": ({"model": model, "constitution": str(tmp_path / "constitution.yaml")}, responses),
+        "ai_feedback": ({"model": model}, responses),
+        "score.reward_model": ({"reward_model": str(tiny_rm)}, responses),
+        "rollout": ({}, samples),
+    }[kind]
+    defn = get_step(kind)
+    cfg = defn.config(**options)
+
+    def call(part: pl.DataFrame, where: str) -> StepResult:
+        ctx = make_ctx(tmp_path / where)
+        ctx.llm = ModelPool(tmp_path / where / "llm.sqlite")  # a cache per call: no answer is shared
+        try:
+            return defn.fn({"data": part}, cfg, ctx)
+        finally:
+            ctx.llm.close()
+
+    whole = call(df, "whole")
+    batch = _batches(defn, cfg, df, seed=7)
+    parts = [call(df.filter(batch == b), f"batch{b}") for b in sorted(batch.unique().to_list())]
+    assert len(parts) > 1
+    for name, table_whole in whole.tables.items():
+        joined = pl.concat([p.tables[name] for p in parts], how="vertical_relaxed")
+        assert_frame_equal(_sorted(joined), _sorted(table_whole), check_dtypes=False)
+    merged = StepResult({}, events=[e for p in parts for e in p.events])
+    if whole.events or merged.events:
+        assert_frame_equal(_events(merged), _events(whole), check_dtypes=False)
+
+
+def test_every_step_declares_how_it_partitions_and_every_rows_or_key_step_is_tested():
     get_step("source")  # loads the built-in steps
     kinds = {k: d for k, d in REGISTRY.items() if not k.startswith("test.")}
     assert all(d.partition in PARTITIONS for d in kinds.values())
     assert all((d.partition == "key") == (d.partition_key is not None) for d in kinds.values())
     global_steps = {k for k, d in kinds.items() if d.partition == "global"}
     assert {"dedup.minhash", "dedup.semantic", "split", "split.audit"} <= global_steps
-    model_steps = {"generate", "critique_revise", "score.reward_model", "score.judge", "ai_feedback", "rollout"}
-    tested = {c[0] for c in CASES}
-    untested = {k for k, d in kinds.items() if d.partition != "global" and k != "source"} - tested - model_steps
+    tested = {c[0] for c in CASES} | set(MODEL_CASES)
+    untested = {k for k, d in kinds.items() if d.partition != "global" and k != "source"} - tested
     assert not untested, f"rows/key steps without a partition property case: {sorted(untested)}"
 
 
