@@ -37,6 +37,7 @@ def render_card(
     trl_type = trl_dataset_type(first.column_names) or "none recognised"
     drops = [[r.name, reason, n] for r in reports if r.name in ancestors for reason, n in sorted(r.drops.items())]
     parts = [
+        hub_front_matter(plan, ds, steps, tables, trl_type if trl_type != "none recognised" else None),
         f"# {ds.name}",
         "",
         ds.description or f"Built by dataforge from recipe `{plan.loaded.recipe.name}`.",
@@ -85,10 +86,26 @@ def render_card(
         f'ds = load_from_disk("datasets/{ds.name}")',
         "```",
         "",
+        f"`dataforge export --hub DIR` writes it as the Hub lays datasets out (`DIR/{ds.name}/data/*.parquet`"
+        " and this card as `README.md`), for `datasets.load_dataset` or `huggingface-cli upload`.",
+        "",
         "Every row's `_id` answers `dataforge why <_id>`; see `dataforge query` for SQL over the lineage.",
         "",
     ]
     return "\n".join(parts)
+
+
+def hub_front_matter(
+    plan: Plan, ds: PlannedDataset, steps: list, tables: dict[str, pa.Table], trl_type: str | None
+) -> str:
+    """The Hub's YAML front matter of the card (``dataforge.hub``); the licence is the recipe's
+    ``license:`` for the dataset, else what the LICENSE files beside its local sources say."""
+    from dataforge.hub import front_matter, source_licenses
+
+    base = plan.loaded.path.parent
+    local = [base / s.cfg.path for s in steps if s.kind == "source" and getattr(s.cfg, "path", None)]
+    licenses = ds.license if ds.license is not None else source_licenses(local)
+    return front_matter(tables, trl_type, licenses, ds.language, ds.tags)
 
 
 def _card_notes(step: Any) -> list[str]:

@@ -285,6 +285,17 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from dataforge.hub import export_hub
+
+    written = export_hub(Path(args.out), Path(args.hub), args.dataset)
+    table = Table("dataset", "split", "rows", "file")
+    for name, split, rows, path in written:
+        table.add_row(name, split, f"{rows:,}", str(path))
+    out_console.print(table)
+    return 0
+
+
 def cmd_trace(args: argparse.Namespace) -> int:
     from trainers.provenance import trace
 
@@ -420,6 +431,15 @@ def make_parser() -> argparse.ArgumentParser:
     )
     tr.add_argument("model_dir", help="a training output directory written by `dataforge train`")
     tr.set_defaults(fn=cmd_trace)
+
+    x = sub.add_parser(
+        "export",
+        help="write built datasets in the Hugging Face Hub layout (data/*.parquet + README.md card)",
+    )
+    x.add_argument("--hub", required=True, metavar="DIR", help="folder to write DIR/<dataset>/ into")
+    x.add_argument("--out", default="build", help="build directory (default: build/)")
+    x.add_argument("--dataset", action="append", help="only this dataset (repeatable; default: all)")
+    x.set_defaults(fn=cmd_export)
     return p
 
 

@@ -22,13 +22,14 @@ from dataforge.engine.fingerprint import canonical_json, file_sha256, hash_text,
 from dataforge.engine.plan import Plan, PlannedDataset, Ref
 from dataforge.engine.store import Store, atomic_directory, file_stamp, stamp_changed
 
-EXPORT_VERSION = 1
+EXPORT_VERSION = 2  # 2: cards open with the Hub's YAML front matter
 
 
 def dataset_fingerprint(plan: Plan, ds: PlannedDataset) -> str:
     by_name = plan.by_name
     splits = {s: output_fingerprint(by_name[r.step].fingerprint, r.output) for s, r in ds.splits.items()}
-    payload = {"splits": splits, "columns": ds.columns, "export_version": EXPORT_VERSION}
+    card = {"description": ds.description, "license": ds.license, "language": ds.language, "tags": ds.tags}
+    payload = {"splits": splits, "columns": ds.columns, "card": card, "export_version": EXPORT_VERSION}
     return hash_text(canonical_json(payload))[:16]
 
 

@@ -46,11 +46,15 @@ class StepSpec(_Frozen):
 
 
 class DatasetSpec(_Frozen):
-    """An exported dataset: split name → "step[.output]", optional column selection, a description."""
+    """An exported dataset: split name → "step[.output]", optional column selection, a description,
+    and what the Hub card says of it (licence, language, tags)."""
 
     splits: dict[str, str]
     columns: list[str] | None = None
     description: str = ""
+    license: str | list[str] | None = None  # the Hub licence id(s); default: from the sources' LICENSE files
+    language: list[str] = []  # the Hub's language codes, e.g. [en]
+    tags: list[str] = []  # extra Hub tags
 
     @field_validator("splits")
     @classmethod

@@ -10,7 +10,7 @@ from __future__ import annotations
 import difflib
 import functools
 import typing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +55,9 @@ class PlannedDataset:
     splits: dict[str, Ref]
     columns: list[str] | None
     description: str
+    license: list[str] | None = None  # None: from the sources' LICENSE files
+    language: list[str] = field(default_factory=list)
+    tags: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -371,4 +374,13 @@ def _plan_dataset(loaded: LoadedRecipe, name: str, planned: dict[str, PlannedSte
                     key=f"datasets.{name}.columns",
                 )
         splits[split] = Ref(up, output)
-    return PlannedDataset(name=name, splits=splits, columns=spec.columns, description=spec.description)
+    licenses = [spec.license] if isinstance(spec.license, str) else spec.license
+    return PlannedDataset(
+        name=name,
+        splits=splits,
+        columns=spec.columns,
+        description=spec.description,
+        license=licenses,
+        language=list(spec.language),
+        tags=list(spec.tags),
+    )

@@ -371,3 +371,50 @@ def test_constitutional_lineage_names_the_original_and_the_principles(built, cap
     assert main(["why", rows[0][0], "--out", str(out)]) == 0
     text = capsys.readouterr().out
     assert "derived from other rows" in text and "[chosen]" in text and "[rejected]" in text
+
+
+def _front_matter(card: str) -> dict:
+    import yaml
+
+    assert card.startswith("---\n"), "the card opens with the Hub's YAML front matter"
+    return yaml.safe_load(card.split("---\n")[1])
+
+
+@pytest.mark.parametrize("recipe", ["gsm8k_reasoning.yaml", "hh_preferences.yaml"])
+def test_cards_carry_hub_metadata_and_export_hub_round_trips_through_load_dataset(recipe, built, tmp_path, capsys):
+    """Every exported dataset's card opens with the front matter the Hub reads (configs per
+    split, dataset_info, the sources' licence from their LICENSE files, task, size, tags) and
+    names every split and step; `dataforge export --hub` writes the Hub layout, and
+    `datasets.load_dataset` reads the same splits and rows as `load_from_disk`."""
+    from datasets import load_dataset
+
+    out = built(recipe)
+    hub = tmp_path / "hub"
+    assert main(["export", "--out", str(out), "--hub", str(hub)]) == 0
+    names = sorted(p.name for p in (out / "datasets").iterdir() if (p / "dataforge.json").exists())
+    assert names and sorted(p.name for p in hub.iterdir()) == names
+    for name in names:
+        saved = load_from_disk(str(out / "datasets" / name))
+        meta = json.loads((out / "datasets" / name / "dataforge.json").read_text())
+        card = (out / "datasets" / name / "card.md").read_text()
+        fm = _front_matter(card)
+        assert set(fm) >= {"configs", "dataset_info", "license", "task_categories", "size_categories", "tags"}
+        assert fm["license"] == "mit"  # GSM8K and HH-RLHF both ship an MIT LICENSE beside the data
+        files = {f["split"]: f["path"] for f in fm["configs"][0]["data_files"]}
+        assert files == {s: f"data/{s}-*" for s in saved}
+        info_rows = {s["name"]: s["num_examples"] for s in fm["dataset_info"]["splits"]}
+        assert info_rows == {s: len(saved[s]) for s in saved}
+        assert [f["name"] for f in fm["dataset_info"]["features"]] == saved[next(iter(saved))].column_names
+        assert all(f"| {s} |" in card for s in saved) and all(f"| {step} |" in card for step in meta["steps"])
+        assert (hub / name / "README.md").read_text() == card
+        loaded = load_dataset(str(hub / name))
+        assert set(loaded) == set(saved)
+        for split in saved:
+            assert loaded[split].column_names == saved[split].column_names
+            assert loaded[split].to_list() == saved[split].to_list()
+
+
+def test_export_hub_names_the_build_that_has_no_datasets(tmp_path, capsys):
+    assert main(["export", "--out", str(tmp_path / "nowhere"), "--hub", str(tmp_path / "hub")]) == 1
+    assert "no exported dataset under" in capsys.readouterr().err
+    assert not (tmp_path / "hub").exists()
