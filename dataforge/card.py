@@ -9,6 +9,7 @@ import polars as pl
 import pyarrow as pa
 
 from dataforge import __version__
+from dataforge.card_stats import statistics_section
 from dataforge.engine.plan import Plan, PlannedDataset, Ref
 from dataforge.formats import trl_dataset_type
 
@@ -51,6 +52,9 @@ def render_card(
         "",
         _table(["split", "rows", "from"], [[s, t.num_rows, f"`{ds.splits[s]}`"] for s, t in tables.items()]),
         "",
+        "## Statistics",
+        "",
+        *statistics_section(tables),
         "## Split audit",
         "",
         *(dataset_audit_section(frames) if len(frames) > 1 else ["One split: nothing to compare."]),

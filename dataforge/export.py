@@ -22,7 +22,7 @@ from dataforge.engine.fingerprint import canonical_json, file_sha256, hash_text,
 from dataforge.engine.plan import Plan, PlannedDataset, Ref
 from dataforge.engine.store import Store, atomic_directory, file_stamp, stamp_changed
 
-EXPORT_VERSION = 2  # 2: cards open with the Hub's YAML front matter
+EXPORT_VERSION = 3  # 2: cards open with the Hub's YAML front matter; 3: and have statistics
 
 
 def dataset_fingerprint(plan: Plan, ds: PlannedDataset) -> str:

@@ -406,6 +406,8 @@ def test_cards_carry_hub_metadata_and_export_hub_round_trips_through_load_datase
         assert info_rows == {s: len(saved[s]) for s in saved}
         assert [f["name"] for f in fm["dataset_info"]["features"]] == saved[next(iter(saved))].column_names
         assert all(f"| {s} |" in card for s in saved) and all(f"| {step} |" in card for step in meta["steps"])
+        stats = card.split("## Statistics")[1].split("## Split audit")[0]
+        assert all(f"| {s} | {len(saved[s]):,} |" in stats for s in saved)
         assert (hub / name / "README.md").read_text() == card
         loaded = load_dataset(str(hub / name))
         assert set(loaded) == set(saved)
