@@ -1,5 +1,7 @@
-"""Dataset cards: ``card.md`` for each exported dataset — splits, TRL type, drops by step and
-reason, the steps with fingerprints, and the recipe hash. Deterministic: no times, no run ids."""
+"""Dataset cards: ``card.md`` for each exported dataset, in the Hub's dataset-card sections (its
+YAML front matter, summary, structure with splits and statistics, creation with the steps and
+their fingerprints, drops by step and reason, the split audit and what steps report,
+considerations, use). Deterministic: no times, no run ids."""
 
 from __future__ import annotations
 
@@ -41,34 +43,44 @@ def render_card(
         hub_front_matter(plan, ds, steps, tables, trl_type if trl_type != "none recognised" else None),
         f"# {ds.name}",
         "",
+        "## Dataset Summary",
+        "",
         ds.description or f"Built by dataforge from recipe `{plan.loaded.recipe.name}`.",
         "",
         f"- recipe: `{plan.loaded.path.name}` (sha256 `{plan.recipe_sha256}`)",
         f"- dataforge: {__version__}",
         f"- TRL dataset type: **{trl_type}**",
-        f"- columns: {', '.join(f'`{c}`' for c in first.column_names)}",
         "",
-        "## Splits",
+        "## Dataset Structure",
+        "",
+        f"Columns: {', '.join(f'`{c}`' for c in first.column_names)}. Every row's `_id` answers `dataforge why <_id>`.",
+        "",
+        "### Splits",
         "",
         _table(["split", "rows", "from"], [[s, t.num_rows, f"`{ds.splits[s]}`"] for s, t in tables.items()]),
         "",
-        "## Statistics",
+        "### Statistics",
         "",
         *statistics_section(tables),
-        "## Split audit",
+        "## Dataset Creation",
         "",
-        *(dataset_audit_section(frames) if len(frames) > 1 else ["One split: nothing to compare."]),
+        f"Built by the steps below from recipe `{plan.loaded.path.name}`; the lineage "
+        "(`dataforge why`, `dataforge query`) says where each row came from and why it was kept, changed or dropped.",
         "",
-        "## Rows dropped on the way",
-        "",
-        _table(["step", "reason", "rows"], drops) if drops else "No row was dropped.",
-        "",
-        "## Steps",
+        "### Steps",
         "",
         _table(
             ["step", "kind", "version", "fingerprint"],
             [[s.name, s.kind, s.stepdef.version, f"`{s.fingerprint}`"] for s in steps],
         ),
+        "",
+        "### Rows dropped on the way",
+        "",
+        _table(["step", "reason", "rows"], drops) if drops else "No row was dropped.",
+        "",
+        "### Split audit",
+        "",
+        *(dataset_audit_section(frames) if len(frames) > 1 else ["One split: nothing to compare."]),
         "",
     ]
     sections = [
@@ -78,11 +90,12 @@ def render_card(
         for line in [*s.stepdef.fn.card_section(s.name, lambda o, s=s: load(Ref(s.name, o))), ""]
     ]
     if sections:
-        parts += ["## Contamination", "", *sections]
+        parts += ["### What the steps report", "", *sections]
     notes = [n for s in steps for n in _card_notes(s)]
-    if notes:
-        parts += ["## Notes", "", *[f"- {n}" for n in notes], ""]
+    parts += ["## Considerations for Using the Data", ""]  # the Hub's section for how a split was made, risks
+    parts += [f"- {n}" for n in notes] if notes else ["No step of this dataset added a note."]
     parts += [
+        "",
         "## Use",
         "",
         "```python",
@@ -92,8 +105,6 @@ def render_card(
         "",
         f"`dataforge export --hub DIR` writes it as the Hub lays datasets out (`DIR/{ds.name}/data/*.parquet`"
         " and this card as `README.md`), for `datasets.load_dataset` or `huggingface-cli upload`.",
-        "",
-        "Every row's `_id` answers `dataforge why <_id>`; see `dataforge query` for SQL over the lineage.",
         "",
     ]
     return "\n".join(parts)

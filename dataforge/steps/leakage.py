@@ -836,7 +836,13 @@ def report(step_name: str, cfg: LeakageConfig, tables: dict[str, pl.DataFrame]) 
 
 
 def card_section(step_name: str, load: Any) -> list[str]:
-    return [f"From step `{step_name}` (leakage.check):", "", *contamination_table(load("matches"))]
+    return [
+        "#### Contamination",
+        "",
+        f"From step `{step_name}` (leakage.check):",
+        "",
+        *contamination_table(load("matches")),
+    ]
 
 
 leakage_check.report = report  # type: ignore[attr-defined]

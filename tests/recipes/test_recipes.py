@@ -406,7 +406,11 @@ def test_cards_carry_hub_metadata_and_export_hub_round_trips_through_load_datase
         assert info_rows == {s: len(saved[s]) for s in saved}
         assert [f["name"] for f in fm["dataset_info"]["features"]] == saved[next(iter(saved))].column_names
         assert all(f"| {s} |" in card for s in saved) and all(f"| {step} |" in card for step in meta["steps"])
-        stats = card.split("## Statistics")[1].split("## Split audit")[0]
+        sections = ["Dataset Summary", "Dataset Structure", "Dataset Creation", "Considerations for Using the Data"]
+        assert [
+            h for h in (line[3:] for line in card.splitlines() if line.startswith("## ")) if h in sections
+        ] == sections
+        stats = card.split("## Statistics")[1].split("## Dataset Creation")[0]
         assert all(f"| {s} | {len(saved[s]):,} |" in stats for s in saved)
         assert (hub / name / "README.md").read_text() == card
         loaded = load_dataset(str(hub / name))
