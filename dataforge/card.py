@@ -29,6 +29,7 @@ def render_card(
     reports: list,
     frames: dict[str, pl.DataFrame],
     load: Any = None,
+    plots: list[str] | None = None,
 ) -> str:
     """The card; ``tables`` are the exported splits, ``frames`` the same rows with dataforge's
     internal columns (``_ts``) for the split audit."""
@@ -62,6 +63,7 @@ def render_card(
         "### Statistics",
         "",
         *statistics_section(tables),
+        *(["### Plots", "", *plots] if plots else []),
         "## Dataset Creation",
         "",
         f"Built by the steps below from recipe `{plan.loaded.path.name}`; the lineage "

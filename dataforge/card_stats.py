@@ -21,6 +21,12 @@ def _text(value: Any) -> str:
     return "" if value is None else str(value)
 
 
+def row_texts(table: pa.Table) -> list[str]:
+    """Each row's text: every column but ``_id``, messages as their contents, joined by newlines."""
+    df = pl.from_arrow(table)
+    return ["\n".join(_text(v) for k, v in row.items() if k != "_id") for row in df.iter_rows(named=True)]
+
+
 def _spread(values: list[float]) -> str:
     if not values:
         return "—"
@@ -49,7 +55,7 @@ def statistics_section(tables: dict[str, pa.Table]) -> list[str]:
     ]
     frames = {s: pl.from_arrow(t) for s, t in tables.items()}
     for split, df in frames.items():
-        texts = ["\n".join(_text(v) for k, v in row.items() if k != "_id") for row in df.iter_rows(named=True)]
+        texts = row_texts(tables[split])
         chars = [len(t) for t in texts]
         words = [len(t.split()) for t in texts]
         lines.append(f"| {split} | {df.height:,} | {_spread(chars)} | {_spread(words)} |")

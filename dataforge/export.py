@@ -18,11 +18,12 @@ import pyarrow as pa
 
 from dataforge import __version__
 from dataforge.card import render_card
+from dataforge.card_plots import write_plots
 from dataforge.engine.fingerprint import canonical_json, file_sha256, hash_text, output_fingerprint
 from dataforge.engine.plan import Plan, PlannedDataset, Ref
 from dataforge.engine.store import Store, atomic_directory, file_stamp, stamp_changed
 
-EXPORT_VERSION = 3  # 2: cards open with the Hub's YAML front matter; 3: and have statistics
+EXPORT_VERSION = 4  # 2: cards open with the Hub's YAML front matter; 3: statistics; 4: plots
 
 
 def dataset_fingerprint(plan: Plan, ds: PlannedDataset) -> str:
@@ -183,7 +184,8 @@ def _write_dataset(
             "splits": splits,
             "steps": {n: by_name[n].fingerprint for n in ancestors},
         }
-        (tmp / "card.md").write_text(render_card(plan, ds, tables, reports, frames, peek))
+        plots = write_plots(tmp, tables, [r for r in reports if r.name in ancestors])
+        (tmp / "card.md").write_text(render_card(plan, ds, tables, reports, frames, peek, plots))
         (tmp / "dataforge.json").write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
     return meta
 

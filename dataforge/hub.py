@@ -9,6 +9,7 @@ files. ``datasets.load_dataset(folder)`` reads the layout back with the same spl
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -98,14 +99,17 @@ def front_matter(
     return "---\n" + yaml.safe_dump(json.loads(json.dumps(meta)), sort_keys=False, allow_unicode=True) + "---\n"
 
 
-def write_hub_layout(target: Path, tables: dict[str, pa.Table], card: str) -> None:
-    """``target`` as the Hub lays a dataset out: one Parquet file per split under ``data/`` and
-    the card as ``README.md``; written into a temporary folder and renamed into place."""
+def write_hub_layout(target: Path, tables: dict[str, pa.Table], card: str, images: Iterable[Path] = ()) -> None:
+    """``target`` as the Hub lays a dataset out: one Parquet file per split under ``data/``, the
+    card as ``README.md`` and the images it links beside it; written into a temporary folder and
+    renamed into place."""
     with atomic_directory(target) as tmp:
         (tmp / "data").mkdir()
         for split, table in tables.items():
             pq.write_table(table, tmp / "data" / f"{split}-00000-of-00001.parquet")
         (tmp / "README.md").write_text(card)
+        for image in images:
+            shutil.copyfile(image, tmp / image.name)
 
 
 def export_hub(build: Path, target: Path, names: list[str] | None = None) -> list[tuple[str, str, int, Path]]:
@@ -126,7 +130,8 @@ def export_hub(build: Path, target: Path, names: list[str] | None = None) -> lis
     for name in names or found:
         dd = load_from_disk(str(root / name))
         tables = {split: dd[split].data.table for split in dd}
-        write_hub_layout(target / name, tables, (root / name / "card.md").read_text())
+        card = (root / name / "card.md").read_text()
+        write_hub_layout(target / name, tables, card, sorted((root / name).glob("*.png")))
         for split, table in tables.items():
             written.append((name, split, table.num_rows, target / name / "data" / f"{split}-00000-of-00001.parquet"))
     return written

@@ -34,3 +34,32 @@ def test_answer_kinds_of_a_grpo_set():
     )
     text = "\n".join(statistics_section({"test": grpo}))
     assert "- test: decimal 1, fraction 1, integer 3, text 1" in text
+
+
+def test_plots_are_pngs_with_the_same_bytes_for_the_same_data(tmp_path):
+    from dataforge.card_plots import write_plots
+    from dataforge.engine.runner import StepReport
+
+    tables = {"train": pa.Table.from_pylist([{"_id": str(k), "text": "word " * (k + 1)} for k in range(50)])}
+    common = {"fingerprint": "0" * 16, "seconds": 0.0, "cache_hit": False}
+    reports = [
+        StepReport(name="raw", kind="source", rows_in=0, rows_out=60, **common),
+        StepReport(name="clean", kind="clean.filter", rows_in=60, rows_out=50, drops={"filter:min": 10}, **common),
+    ]
+    lines = []
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        lines.append(write_plots(tmp_path / folder, tables, reports))
+    assert (
+        lines[0]
+        == lines[1]
+        == [
+            "![Characters per row, by split](lengths.png)",
+            "",
+            "![Rows through the steps, with the rows each dropped](funnel.png)",
+            "",
+        ]
+    )
+    for name in ("lengths.png", "funnel.png"):
+        first, again = (tmp_path / "a" / name).read_bytes(), (tmp_path / "b" / name).read_bytes()
+        assert first[:8] == b"\x89PNG\r\n\x1a\n" and first == again

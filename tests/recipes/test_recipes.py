@@ -413,6 +413,10 @@ def test_cards_carry_hub_metadata_and_export_hub_round_trips_through_load_datase
         stats = card.split("## Statistics")[1].split("## Dataset Creation")[0]
         assert all(f"| {s} | {len(saved[s]):,} |" in stats for s in saved)
         assert (hub / name / "README.md").read_text() == card
+        for image in ("lengths.png", "funnel.png"):  # drawn beside the card, linked, copied to the Hub layout
+            png = out / "datasets" / name / image
+            assert f"]({image})" in card and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+            assert (hub / name / image).read_bytes() == png.read_bytes()
         loaded = load_dataset(str(hub / name))
         assert set(loaded) == set(saved)
         for split in saved:
