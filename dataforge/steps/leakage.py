@@ -8,9 +8,10 @@ mmlu: …}``), reading ``train_fields`` / ``eval_fields`` (text or ``messages``)
 best eval match, the deciding detector and every signal, both texts).
 
 Views (``dataforge.text.views``; ``view: auto`` chooses per row): chat text is compared by its user
-turns; a multiple-choice item as its question with the correct choice, its question alone and
-its question with the lettered choices (a match to any is a match to the item); code by its natural-language part
-(docstrings without their doctest values, comments, split identifiers), and, for ``clone``, by its
+turns; a multiple-choice item as its question with the correct choice, its question alone, its
+question with the lettered choices and, after a passage, its question line (a match to any is a
+match to the item); code by its natural-language part (docstrings without their doctest values,
+comments, split identifiers; numbers are read from it), and, for ``clone``, by its
 identifier-anonymized token stream.
 
 The cascade, cheap first; only gated candidates reach the transformer:
@@ -27,18 +28,21 @@ The cascade, cheap first; only gated candidates reach the transformer:
    so no rewording hides a pair from the later stages). ``dense``: static cosine + evidence ≥
    ``static_min``.
 7. ``embedding``: MiniLM cosine (the first ``max_tokens`` tokens) of the pairs still undecided whose
-   static cosine + evidence reaches ``embed_gate``; a leak when cosine + evidence ≥ ``cosine_min``
-   (``code_cosine_min`` for code eval items).
+   static cosine + evidence reaches ``embed_gate`` (``short_embed_gate`` for eval items under
+   ``2 * ngram`` words); a leak when cosine + evidence ≥ ``cosine_min`` (``code_cosine_min`` for
+   code eval items).
 
 Evidence, not vetoes: number agreement (both ways: the eval item's numbers in the train text and
 the train text's first numbers in the eval item, read in related units and forms — "a decade",
 "half an hour", "one-sixth", "a dozen", 25 %) costs ``numbers_weight`` per share missing and
 ``numbers_none_weight`` more when none of two or more agree (the same frame with other
 quantities), and adds ``numbers_bonus`` for shared distinctive numbers; final answers add
-``answer_weight`` when they agree and take ``answer_conflict_weight`` when they differ. The word
-detectors keep their template rules (a shared 13-gram with other numbers and another answer is a
-template, not a copy). Defaults were chosen across GSM8K, MMLU and HumanEval development
-rephrases (``bench/leakage.py``, BENCHMARKS.md).
+``answer_weight`` when they agree (not a small count, which agrees by chance) and take
+``answer_conflict_weight`` when they differ. The word detectors keep their template rules (a
+shared 13-gram with most of several numbers changed, or with other numbers and another answer,
+is a template, not a copy). Partition: ``global`` — the candidate stages' IDF is fit on train ∪
+eval, so a batch of train rows would rank candidates differently. Defaults were chosen across
+GSM8K, MMLU and HumanEval development rephrases (``bench/leakage.py``, BENCHMARKS.md).
 
 Optional LLM judge (``judge: <model name>`` from the recipe's ``models:``): candidates the rule
 leaves undecided that share an n-gram or have a cosine (static or MiniLM) ≥ ``judge_min_cosine``
