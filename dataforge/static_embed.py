@@ -18,28 +18,23 @@ people and reordered clauses; it is a recall stage, not a judge of meaning.
 from __future__ import annotations
 
 import functools
-import hashlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from dataforge.engine.fingerprint import cache_root
+from dataforge.engine.fingerprint import cache_root, hash_text, path_fingerprint
 
 VERSION = 1  # of the distillation below: a change makes a new cache file
 
 
 def _model_key(path: str) -> str:
-    """A key for the model's weights: its folder's files by name, size and mtime (a hub id by name)."""
-    h = hashlib.sha256(f"v{VERSION}|{path}".encode())
+    """A key for the model's weights: the content hash of its folder (``path_fingerprint``, cached
+    by size and mtime), or a hub id by name."""
     folder = Path(path)
-    if folder.is_dir():
-        for f in sorted(folder.rglob("*")):
-            if f.is_file():
-                st = f.stat()
-                h.update(f"{f.relative_to(folder)}|{st.st_size}|{st.st_mtime_ns}".encode())
-    return h.hexdigest()[:16]
+    content = path_fingerprint(folder) if folder.exists() else path
+    return hash_text(f"v{VERSION}|{content}")[:16]
 
 
 class StaticModel:

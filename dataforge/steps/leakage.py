@@ -425,6 +425,19 @@ def canonical_decides(
     return canonical >= cfg.canonical_min and num >= cfg.canonical_numbers_min
 
 
+def _support(row: dict[str, Any], cfg: LeakageConfig, numbers_weight: float | None = None) -> float:
+    """``evidence`` for a candidate pair's row."""
+    return evidence(
+        row["numbers"],
+        row["answers_agree"],
+        cfg,
+        row.get("distinctive", 0),
+        numbers_weight,
+        counted=row.get("eval_counted", 0),
+        small_answer=row.get("small_answer", False),
+    )
+
+
 def decide(row: dict[str, Any], cfg: LeakageConfig) -> str | None:
     """The detector that calls this candidate pair a leak, or None (the documented rule)."""
     if row["exact"]:
@@ -441,14 +454,7 @@ def decide(row: dict[str, Any], cfg: LeakageConfig) -> str | None:
         return "minhash"
     if canonical_decides(row.get("canonical"), num, ans, row.get("eval_distinctive", 0), cfg):
         return "canonical"
-    support = evidence(
-        row["numbers"],
-        ans,
-        cfg,
-        row.get("distinctive", 0),
-        counted=row.get("eval_counted", 0),
-        small_answer=row.get("small_answer", False),
-    )
+    support = _support(row, cfg)
     static = row.get("static")
     if static is not None and static + support >= cfg.static_min:
         return "dense"
@@ -495,8 +501,7 @@ class _Side:
         views = [code_views(t) if k == "code" else (t, "") for t, k in zip(self.base, self.kinds, strict=True)]
         self.prose = [v[0] for v in views]
         self.code = [v[1] for v in views]
-        self.text = pl.Series("t", self.base, dtype=pl.String)
-        self.norm = _normalized(self.text)
+        self.norm = _normalized(pl.Series("t", self.base, dtype=pl.String))
         self.joined = _joined(self.norm)
         self.canon = [canonical_words(x) for x in self.base]
 
@@ -599,6 +604,7 @@ def leakage_check(inputs: dict[str, pl.DataFrame], cfg: LeakageConfig, ctx: Cont
         e_distinctive = [len(distinctive(n[0])) for n in e_nums]
         e_counted = [len(counted(n[0])) for n in e_nums]
         e_searched = [equivalents(x) for x in es.prose]
+        e_small_answer = [a is not None and not distinctive(Counter([a])) for a in e_ans]
         t_idx, e_idx = pairs["t"].to_list(), pairs["e"].to_list()
         num = [
             both_ways(readings_agreement(t_nums(t), e_nums[e]), t_nums_written(t)[0], e_searched[e], e_counted[e])
@@ -638,7 +644,7 @@ def leakage_check(inputs: dict[str, pl.DataFrame], cfg: LeakageConfig, ctx: Cont
                     "eval_words": int(e_words[e]),
                     "distinctive": distinctive_agreeing(t_nums(t), e_nums[e]),
                     "answers_agree": a,
-                    "small_answer": e_ans[e] is not None and not distinctive(Counter([e_ans[e]])),
+                    "small_answer": e_small_answer[e],
                     "kind": es.kinds[e],
                     "eval_id": ev["_id"][e],
                     "eval_text": es.base[e],
@@ -698,14 +704,7 @@ def _gated(row: dict[str, Any], cfg: LeakageConfig) -> bool:
     dense stage, its TF-IDF cosine) with the evidence reaches ``embed_gate`` (``short_embed_gate``
     for eval items under ``2 * ngram`` words, cheap to embed and poorly read by static vectors)."""
     first = row["static"] if row["static"] is not None else row["tfidf"]
-    support = evidence(
-        row["numbers"],
-        row["answers_agree"],
-        cfg,
-        row["distinctive"],
-        cfg.gate_numbers_weight,
-        small_answer=row.get("small_answer", False),
-    )
+    support = _support(row, cfg, cfg.gate_numbers_weight)
     gate = cfg.short_embed_gate if row.get("eval_words", 0) < 2 * cfg.ngram else cfg.embed_gate
     return first is not None and first + support >= gate
 

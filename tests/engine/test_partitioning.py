@@ -16,6 +16,7 @@ from polars.testing import assert_frame_equal
 
 from dataforge.engine.step import PARTITIONS, REGISTRY, StepDef, StepResult, get_step
 from tests.conftest import GSM8K, HH, make_ctx
+from tests.steps.test_critique_feedback import CONSTITUTION
 
 SEEDS = (0, 1, 2)
 
@@ -99,6 +100,16 @@ def _events(result: StepResult) -> pl.DataFrame | None:
     return _sorted(pl.concat(result.events, how="diagonal_relaxed")) if result.events else None
 
 
+def _assert_same(whole: StepResult, parts: list[StepResult]) -> None:
+    """The batches' outputs, joined, are the whole call's: every table's rows and the events."""
+    for name, table_whole in whole.tables.items():
+        joined = pl.concat([p.tables[name] for p in parts], how="vertical_relaxed")
+        assert_frame_equal(_sorted(joined), _sorted(table_whole), check_dtypes=False)
+    merged = StepResult({}, events=[e for p in parts for e in p.events])
+    if whole.events or merged.events:
+        assert_frame_equal(_events(merged), _events(whole), check_dtypes=False)
+
+
 @pytest.mark.parametrize(("kind", "options", "table"), CASES, ids=[c[0] for c in CASES])
 def test_a_rows_or_key_step_gives_the_same_rows_and_events_in_any_batching(kind, options, table, data, tmp_path):
     defn = get_step(kind)
@@ -111,12 +122,7 @@ def test_a_rows_or_key_step_gives_the_same_rows_and_events_in_any_batching(kind,
         batch = _batches(defn, cfg, df, seed)
         assert batch.n_unique() > 1, "a batching of one batch proves nothing"
         parts = [defn.fn({"data": df.filter(batch == b)}, cfg, ctx) for b in sorted(batch.unique().to_list())]
-        for name, table_whole in whole.tables.items():
-            joined = pl.concat([p.tables[name] for p in parts], how="vertical_relaxed")
-            assert_frame_equal(_sorted(joined), _sorted(table_whole), check_dtypes=False)
-        merged = StepResult({}, events=[e for p in parts for e in p.events])
-        if whole.events or merged.events:
-            assert_frame_equal(_events(merged), _events(whole), check_dtypes=False)
+        _assert_same(whole, parts)
 
 
 def _policy(messages) -> str:
@@ -129,18 +135,6 @@ def _policy(messages) -> str:
         return "No violation." if len(messages[-2]["content"]) % 2 else "A problem."
     return f"Score: [[{len(text) % 10 + 1}]] reply {len(text)}"
 
-
-CONSTITUTION = """
-name: test
-no_violation: "(?i)no violation"
-principles:
-  - id: harm
-    critique: CRITIQUE-HARM
-    revision: REVISE-HARM
-  - id: honesty
-    critique: CRITIQUE-HONESTY
-    revision: REVISE-HONESTY
-"""
 
 MODEL_CASES = ["generate", "score.judge", "critique_revise", "ai_feedback", "score.reward_model", "rollout"]
 
@@ -184,12 +178,7 @@ def test_a_model_step_gives_the_same_rows_and_events_in_any_batching(kind, data,
     batch = _batches(defn, cfg, df, seed=7)
     parts = [call(df.filter(batch == b), f"batch{b}") for b in sorted(batch.unique().to_list())]
     assert len(parts) > 1
-    for name, table_whole in whole.tables.items():
-        joined = pl.concat([p.tables[name] for p in parts], how="vertical_relaxed")
-        assert_frame_equal(_sorted(joined), _sorted(table_whole), check_dtypes=False)
-    merged = StepResult({}, events=[e for p in parts for e in p.events])
-    if whole.events or merged.events:
-        assert_frame_equal(_events(merged), _events(whole), check_dtypes=False)
+    _assert_same(whole, parts)
 
 
 def test_every_step_declares_how_it_partitions_and_every_rows_or_key_step_is_tested():
