@@ -53,6 +53,7 @@ from dataforge.engine.step import (
     step,
 )
 from dataforge.graders import completion_text
+from dataforge.steps.split import unit_hash
 from dataforge.text.fields import MESSAGES
 
 PAIR_COLUMNS = [
@@ -329,6 +330,7 @@ class RmPairsConfig(StepConfig):
     prompt: str = "prompt"
     chosen: str = "chosen"
     rejected: str = "rejected"
+    seed: int = 0  # which side the chosen response lands on: a hash of (seed, row id)
 
 
 def _rm_columns(cfg: RmPairsConfig, cols: Columns, info: PlanInfo) -> Columns:
@@ -336,17 +338,18 @@ def _rm_columns(cfg: RmPairsConfig, cols: Columns, info: PlanInfo) -> Columns:
     return ["_id", "input", "output_a", "output_b", "preference"]
 
 
-@step("preference.rm_pairs", version=1, inputs=None, per_table_columns=_rm_columns, partition="rows")
+@step("preference.rm_pairs", version=2, inputs=None, per_table_columns=_rm_columns, partition="rows")
 def rm_pairs(inputs: dict[str, pl.DataFrame], cfg: RmPairsConfig, ctx: Context) -> StepResult:
     """Pairs → reward-model rows ``{input, output_a, output_b, preference}`` (text; ``preference``
     0 = ``output_a`` is preferred, 1 = ``output_b``). Which side the chosen response lands on is a
-    seeded hash of the row id, so the label is balanced and stable across builds."""
+    stable hash of (``seed``, row id) (``split.unit_hash``), so the label is balanced and the same
+    in every build, whatever changes upstream and whatever polars version runs it."""
 
     def one(name: str, df: pl.DataFrame) -> StepResult:
         prompts = [_as_text(p) for p in df[cfg.prompt].to_list()]
         chosen = [_as_text(c) for c in df[cfg.chosen].to_list()]
         rejected = [_as_text(r) for r in df[cfg.rejected].to_list()]
-        flip = (df["_id"].hash(seed=int(ctx.fingerprint[:8], 16)) % 2 == 1).to_list()
+        flip = [unit_hash(cfg.seed, i) >= 0.5 for i in df["_id"].to_list()]
         out = pl.DataFrame(
             {
                 "_id": df["_id"],
