@@ -12,8 +12,9 @@ import pyarrow as pa
 
 from dataforge import __version__
 from dataforge.card_stats import statistics_section
-from dataforge.engine.plan import Plan, PlannedDataset, Ref
+from dataforge.engine.plan import Plan, PlannedDataset
 from dataforge.formats import trl_dataset_type
+from dataforge.steps.audit import DatasetAudit, dataset_audit_section
 
 
 def _table(header: list[str], rows: list[list[Any]]) -> str:
@@ -28,13 +29,12 @@ def render_card(
     tables: dict[str, pa.Table],
     reports: list,
     frames: dict[str, pl.DataFrame],
+    audit: DatasetAudit | None = None,
     load: Any = None,
     plots: list[str] | None = None,
 ) -> str:
     """The card; ``tables`` are the exported splits, ``frames`` the same rows with dataforge's
-    internal columns (``_ts``) for the split audit."""
-    from dataforge.steps.audit import dataset_audit_section
-
+    internal columns (``_ts``), ``audit`` their split audit (``dataset_audit``)."""
     ancestors = plan.ancestors({r.step for r in ds.splits.values()})
     steps = [s for s in plan.steps if s.name in ancestors]
     first = next(iter(tables.values()))
@@ -82,14 +82,14 @@ def render_card(
         "",
         "### Split audit",
         "",
-        *(dataset_audit_section(frames) if len(frames) > 1 else ["One split: nothing to compare."]),
+        *(dataset_audit_section(frames, audit) if len(frames) > 1 else ["One split: nothing to compare."]),
         "",
     ]
     sections = [
         line
         for s in steps
         if load is not None and hasattr(s.stepdef.fn, "card_section")
-        for line in [*s.stepdef.fn.card_section(s.name, lambda o, s=s: load(Ref(s.name, o))), ""]
+        for line in [*s.stepdef.fn.card_section(s, load, plan), ""]
     ]
     if sections:
         parts += ["### What the steps report", "", *sections]
@@ -106,7 +106,9 @@ def render_card(
         "```",
         "",
         f"`dataforge export --hub DIR` writes it as the Hub lays datasets out (`DIR/{ds.name}/data/*.parquet`"
-        " and this card as `README.md`), for `datasets.load_dataset` or `huggingface-cli upload`.",
+        " and this card as `README.md`), for `datasets.load_dataset` or `huggingface-cli upload`. "
+        "`datasets` caches a local folder by its name, not its content: after exporting again, load it with "
+        '`load_dataset(DIR, download_mode="force_redownload")`.',
         "",
     ]
     return "\n".join(parts)

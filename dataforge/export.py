@@ -22,8 +22,9 @@ from dataforge.card_plots import write_plots
 from dataforge.engine.fingerprint import canonical_json, file_sha256, hash_text, output_fingerprint
 from dataforge.engine.plan import Plan, PlannedDataset, Ref
 from dataforge.engine.store import Store, atomic_directory, file_stamp, stamp_changed
+from dataforge.steps.audit import dataset_audit
 
-EXPORT_VERSION = 4  # 2: cards open with the Hub's YAML front matter; 3: statistics; 4: plots
+EXPORT_VERSION = 5  # 2: cards open with the Hub's YAML front matter; 3: statistics; 4: plots; 5: leakage, audit
 
 
 def dataset_fingerprint(plan: Plan, ds: PlannedDataset) -> str:
@@ -184,8 +185,12 @@ def _write_dataset(
             "splits": splits,
             "steps": {n: by_name[n].fingerprint for n in ancestors},
         }
-        plots = write_plots(tmp, tables, [r for r in reports if r.name in ancestors])
-        (tmp / "card.md").write_text(render_card(plan, ds, tables, reports, frames, peek, plots))
+        leakage = {
+            s.name: peek(Ref(s.name, "scores")) for s in plan.steps if s.name in ancestors and s.kind == "leakage.check"
+        }
+        audit = dataset_audit(frames) if len(frames) > 1 else None
+        plots = write_plots(tmp, tables, [r for r in reports if r.name in ancestors], leakage, audit)
+        (tmp / "card.md").write_text(render_card(plan, ds, tables, reports, frames, audit, peek, plots))
         (tmp / "dataforge.json").write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
     return meta
 

@@ -3,9 +3,11 @@ preference data and the kinds of answers, computed on small tables whose figures
 
 from __future__ import annotations
 
+import polars as pl
 import pyarrow as pa
 
 from dataforge.card_stats import statistics_section
+from dataforge.steps.audit import dataset_audit
 
 
 def _msgs(*texts: str) -> list[dict]:
@@ -46,10 +48,20 @@ def test_plots_are_pngs_with_the_same_bytes_for_the_same_data(tmp_path):
         StepReport(name="raw", kind="source", rows_in=0, rows_out=60, **common),
         StepReport(name="clean", kind="clean.filter", rows_in=60, rows_out=50, drops={"filter:min": 10}, **common),
     ]
+    scores = pl.DataFrame(
+        {"margin": [-0.4, -0.2, -0.01, 0.05, 0.3], "detector": [None, None, None, "embedding", "exact"]},
+        schema={"margin": pl.Float64, "detector": pl.String},
+    )
+    splits = {
+        "train": pl.DataFrame({"_id": ["t1", "t2"], "prompt": ["What is 2 + 2?", "Name a colour."]}),
+        "test": pl.DataFrame({"_id": ["e1"], "prompt": ["what is 2 +  2?"]}),  # the same prompt, normalized
+    }
+    audit = dataset_audit(splits)
+    assert audit is not None and audit.summary() == [["train", "test", 1, 0, 0, 0]]
     lines = []
     for folder in ("a", "b"):
         (tmp_path / folder).mkdir()
-        lines.append(write_plots(tmp_path / folder, tables, reports))
+        lines.append(write_plots(tmp_path / folder, tables, reports, {"leak": scores}, audit))
     assert (
         lines[0]
         == lines[1]
@@ -58,8 +70,12 @@ def test_plots_are_pngs_with_the_same_bytes_for_the_same_data(tmp_path):
             "",
             "![Rows through the steps, with the rows each dropped](funnel.png)",
             "",
+            "![Leakage check leak: closest eval item per train row, against the threshold](leakage_leak.png)",
+            "",
+            "![Prompts shared between splits (split audit)](split_audit.png)",
+            "",
         ]
     )
-    for name in ("lengths.png", "funnel.png"):
+    for name in ("lengths.png", "funnel.png", "leakage_leak.png", "split_audit.png"):
         first, again = (tmp_path / "a" / name).read_bytes(), (tmp_path / "b" / name).read_bytes()
         assert first[:8] == b"\x89PNG\r\n\x1a\n" and first == again

@@ -29,6 +29,7 @@ Example::
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from itertools import combinations
 
 import numpy as np
@@ -230,9 +231,22 @@ def split_audit(inputs: dict[str, pl.DataFrame], cfg: AuditConfig, ctx: Context)
     return StepResult({"findings": findings}, events=[ev])
 
 
-def dataset_audit_section(frames: dict[str, pl.DataFrame]) -> list[str]:
-    """The "Split audit" section of a dataset card: the audit above over the dataset's own
-    splits, its prompt and target found from TRL's column names, plus each split's time range."""
+@dataclass(frozen=True)
+class DatasetAudit:
+    """The split audit of one exported dataset: what was compared and what was found."""
+
+    prompt: str
+    target: str | None
+    findings: pl.DataFrame
+    splits: list[str]
+
+    def summary(self) -> list[list[object]]:
+        return summarize(self.findings, self.splits)
+
+
+def dataset_audit(frames: dict[str, pl.DataFrame]) -> DatasetAudit | None:
+    """The audit above over a dataset's own splits, its prompt and target found from TRL's column
+    names; None when the splits have no prompt column (``prompt``, ``messages`` or ``text``)."""
     cols = set.intersection(*(set(f.columns) for f in frames.values()))
     prompt_roles = target_roles = None
     if "prompt" in cols:
@@ -242,32 +256,39 @@ def dataset_audit_section(frames: dict[str, pl.DataFrame]) -> list[str]:
     elif "text" in cols:
         prompt = ["text"]
     else:
-        return ["No prompt column (`prompt`, `messages` or `text`) to audit."]
+        return None
     target = next(([c] for c in ("completion", "chosen", "answer") if c in cols), None)
     if prompt == ["messages"]:
         target = ["messages"]
-    timed = "_ts" in cols
     findings = audit_frames(
         frames,
         prompt,
         target,
         prompt_roles=prompt_roles,
         target_roles=target_roles,
-        time_order=list(frames) if timed else None,
+        time_order=list(frames) if "_ts" in cols else None,
     )
+    return DatasetAudit(prompt[0], target[0] if target else None, findings, list(frames))
+
+
+def dataset_audit_section(frames: dict[str, pl.DataFrame], audit: DatasetAudit | None) -> list[str]:
+    """The "Split audit" section of a dataset card: ``audit`` (``dataset_audit(frames)``) as a
+    table, plus each split's time range."""
+    if audit is None:
+        return ["No prompt column (`prompt`, `messages` or `text`) to audit."]
     header = (
         "| split a | split b | exact prompt overlap | same prompt, other target | near-duplicate prompts | time order |"
     )
     lines = [
-        f"Prompts compared: normalized `{prompt[0]}`"
-        + (f", targets: `{target[0]}`" if target else "")
+        f"Prompts compared: normalized `{audit.prompt}`"
+        + (f", targets: `{audit.target}`" if audit.target else "")
         + "; near-duplicates: word 3-gram Jaccard ≥ 0.8 (MinHash LSH, verified).",
         "",
         header,
         "|---|---|---|---|---|---|",
     ]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in summarize(findings, list(frames))]
-    if timed:
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in audit.summary()]
+    if all("_ts" in f.columns for f in frames.values()):
         lines += ["", "| split | earliest `_ts` | latest `_ts` |", "|---|---|---|"]
         for name, f in frames.items():
             lo, hi = f["_ts"].min(), f["_ts"].max()

@@ -36,6 +36,7 @@ Example::
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -45,6 +46,7 @@ from pydantic import Field
 from dataforge.constitution import Constitution, Principle, load_constitution
 from dataforge.engine.events import edges, events
 from dataforge.engine.fingerprint import file_sha256
+from dataforge.engine.plan import Plan, PlannedStep, Ref
 from dataforge.engine.step import Columns, Context, PlanInfo, StepConfig, StepResult, require, step, with_columns
 from dataforge.errors import RecipeError
 from dataforge.graders import completion_text
@@ -247,8 +249,10 @@ def critique_revise(inputs: dict[str, pl.DataFrame], cfg: CritiqueConfig, ctx: C
     )
 
 
-def card_section(step_name: str, load: Any) -> list[str]:
-    data, rounds = load("data"), load("rounds")
+def card_section(ps: PlannedStep, load: Callable[[Ref], pl.DataFrame], plan: Plan) -> list[str]:
+    """The card's lines for this step (see ``dataforge.card``)."""
+    step_name = ps.name
+    data, rounds = load(Ref(step_name, "data")), load(Ref(step_name, "rounds"))
     lines = [
         f"From step `{step_name}` (critique_revise): {data.height:,} responses, {rounds.height:,} revisions; "
         f"{data.filter(pl.col('rounds') == 0).height:,} needed none.",

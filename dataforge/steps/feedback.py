@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from itertools import combinations
 from typing import Any, Literal
 
@@ -31,6 +32,7 @@ import polars as pl
 from pydantic import Field
 
 from dataforge.engine.events import events
+from dataforge.engine.plan import Plan, PlannedStep, Ref
 from dataforge.engine.step import (
     Columns,
     Context,
@@ -218,8 +220,10 @@ def ai_feedback(inputs: dict[str, pl.DataFrame], cfg: FeedbackConfig, ctx: Conte
     )
 
 
-def card_section(step_name: str, load: Any) -> list[str]:
-    v = load("verdicts")
+def card_section(ps: PlannedStep, load: Callable[[Ref], pl.DataFrame], plan: Plan) -> list[str]:
+    """The card's lines for this step (see ``dataforge.card``)."""
+    step_name = ps.name
+    v = load(Ref(step_name, "verdicts"))
     counts = v.group_by("status").len().sort("status")
     return [
         f"From step `{step_name}` (ai_feedback): {v.height:,} judgements.",

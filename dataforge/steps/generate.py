@@ -27,12 +27,14 @@ Example::
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import polars as pl
 from pydantic import Field
 
 from dataforge.engine.events import edges, events
+from dataforge.engine.plan import Plan, PlannedStep, Ref
 from dataforge.engine.step import Columns, Context, PlanInfo, StepResult, step, with_columns
 from dataforge.steps.prompting import PromptConfig, build_requests, client, require_prompt_columns, track
 from dataforge.text.fields import MESSAGES
@@ -122,8 +124,10 @@ def generate(inputs: dict[str, pl.DataFrame], cfg: GenerateConfig, ctx: Context)
     )
 
 
-def card_section(step_name: str, load: Any) -> list[str]:
-    data, failed = load("data"), load("failed")
+def card_section(ps: PlannedStep, load: Callable[[Ref], pl.DataFrame], plan: Plan) -> list[str]:
+    """The card's lines for this step (see ``dataforge.card``)."""
+    step_name = ps.name
+    data, failed = load(Ref(step_name, "data")), load(Ref(step_name, "failed"))
     lines = [f"From step `{step_name}` (generate): {data.height:,} completions, {failed.height:,} failed."]
     if failed.height:
         counts = failed.group_by("error").len().sort("error")

@@ -63,12 +63,14 @@ import functools
 import json
 import re
 from collections import Counter
+from collections.abc import Callable
 from typing import Any, Literal
 
 import numpy as np
 import polars as pl
 
 from dataforge.engine.events import events
+from dataforge.engine.plan import Plan, PlannedStep, Ref
 from dataforge.engine.step import ColumnContractError, Columns, Context, Fields, PlanInfo, StepConfig, StepResult, step
 from dataforge.errors import DataError, RecipeError
 from dataforge.llm.spec import ModelSpec
@@ -526,7 +528,9 @@ def _clone_hits(train: _Side, evals: _Side, cfg: LeakageConfig) -> pl.DataFrame:
     )
 
 
-@step("leakage.check", version=6, inputs=None, outputs=("data", "matches"), columns=_columns, partition="global")
+@step(
+    "leakage.check", version=7, inputs=None, outputs=("data", "matches", "scores"), columns=_columns, partition="global"
+)
 def leakage_check(inputs: dict[str, pl.DataFrame], cfg: LeakageConfig, ctx: Context) -> StepResult:
     """Find train rows that contain an eval item (verbatim, edited or rephrased)."""
     train = inputs["train"]
@@ -555,6 +559,7 @@ def leakage_check(inputs: dict[str, pl.DataFrame], cfg: LeakageConfig, ctx: Cont
 
     found: list[dict[str, Any]] = []
     borderline: list[dict[str, Any]] = []  # undecided candidates for the optional judge
+    closest: list[tuple[int, str, str, float | None]] = []  # every candidate's similarity margin
     for name, ev in inputs.items():
         if name == "train":
             continue
@@ -663,6 +668,7 @@ def leakage_check(inputs: dict[str, pl.DataFrame], cfg: LeakageConfig, ctx: Cont
             for k, c in zip(todo, cos, strict=True):
                 rows[k]["cosine"] = float(c)
         for row in rows:
+            closest.append((row["t"], name, row["eval_id"], similarity_margin(row, cfg)))
             detector = decide(row, cfg)
             if detector:
                 score = {
@@ -696,7 +702,38 @@ def leakage_check(inputs: dict[str, pl.DataFrame], cfg: LeakageConfig, ctx: Cont
                 detail=pl.Series(detail, dtype=pl.String),
             )
         )
-    return StepResult({"data": kept, "matches": matches}, events=ev_frames)
+    scores = _closest_scores(closest, train["_id"], matches)
+    return StepResult({"data": kept, "matches": matches, "scores": scores}, events=ev_frames)
+
+
+def similarity_margin(row: dict[str, Any], cfg: LeakageConfig) -> float | None:
+    """How far a candidate pair's text similarity with its evidence lies above (≥ 0: a leak by
+    similarity alone) or below its threshold: the higher of static cosine + evidence −
+    ``static_min`` and transformer cosine + evidence − the cosine floor (``code_cosine_min`` for
+    code). None when neither cosine was computed."""
+    support = _support(row, cfg)
+    floor = cfg.code_cosine_min if row.get("kind") == "code" else cfg.cosine_min
+    margins = [
+        s + support - m for s, m in ((row.get("static"), cfg.static_min), (row.get("cosine"), floor)) if s is not None
+    ]
+    return round(max(margins), 6) if margins else None
+
+
+def _closest_scores(
+    closest: list[tuple[int, str, str, float | None]], train_ids: pl.Series, matches: pl.DataFrame
+) -> pl.DataFrame:
+    """One row per train row that had a candidate: its closest eval item by ``similarity_margin``,
+    the margin, and the detector that matched the row (null when it was kept), for the card's
+    score distribution against the threshold."""
+    schema = {"train_id": pl.String, "eval_input": pl.String, "eval_id": pl.String, "margin": pl.Float64}
+    frame = pl.DataFrame(
+        [(train_ids[t], n, e, m) for t, n, e, m in closest if m is not None], schema=schema, orient="row"
+    )
+    best = frame.sort(["train_id", "margin", "eval_input", "eval_id"], descending=[False, True, False, False]).unique(
+        "train_id", keep="first", maintain_order=True
+    )
+    best = best.join(matches.select("train_id", "detector"), on="train_id", how="left")
+    return best.select(pl.format("score:{}", "train_id").alias("_id"), pl.all())
 
 
 def _gated(row: dict[str, Any], cfg: LeakageConfig) -> bool:
@@ -838,13 +875,49 @@ def report(step_name: str, cfg: LeakageConfig, tables: dict[str, pl.DataFrame]) 
     return {f"leakage_{step_name}.md": "\n".join(lines), f"leakage_{step_name}.parquet": m}
 
 
-def card_section(step_name: str, load: Any) -> list[str]:
+CARD_THRESHOLDS = (
+    "cosine_min",
+    "code_cosine_min",
+    "static_min",
+    "embed_gate",
+    "ngram",
+    "ngram_coverage",
+    "minhash_min",
+    "canonical_min",
+    "numbers_weight",
+    "answer_weight",
+    "answer_conflict_weight",
+)  # the settings a card names: what a reader needs to judge a hit count
+
+
+def card_section(ps: PlannedStep, load: Callable[[Ref], pl.DataFrame], plan: Plan) -> list[str]:
+    """The card's lines for a leakage check: each eval set (its rows and the fingerprint of the
+    artifact the check read, the key to ``dataforge query``'s ``artifacts``), the detectors'
+    settings, and the contaminated items and train rows per eval set and detector."""
+    cfg: LeakageConfig = ps.cfg  # type: ignore[assignment]
+    evals = [
+        [name, f"`{ref}`", f"{load(ref).height:,}", f"`{plan.by_name[ref.step].fingerprint}`"]
+        for name, ref in ps.inputs.items()
+        if name != "train"
+    ]
+    settings = ", ".join(f"{k} {getattr(cfg, k)}" for k in CARD_THRESHOLDS)
+    model = cfg.model or "bundled all-MiniLM-L6-v2"
+    judge = "no LLM judge"
+    if cfg.judge is not None:
+        judge = f"an LLM judge (`{cfg.judge.backend}:{cfg.judge.model}`, at most {cfg.judge_max_calls} calls)"
     return [
         "#### Contamination",
         "",
-        f"From step `{step_name}` (leakage.check):",
+        f"From step `{ps.name}` (leakage.check, action `{cfg.action}`), against these eval sets:",
         "",
-        *contamination_table(load("matches")),
+        "| eval input | from | rows | artifact fingerprint |",
+        "|---|---|---|---|",
+        *("| " + " | ".join(r) + " |" for r in evals),
+        "",
+        f"Detectors and thresholds: {settings}; embeddings by {model}; {judge}. A pair is a leak by "
+        "similarity when its cosine plus the number and answer evidence reaches its threshold.",
+        "",
+        *contamination_table(load(Ref(ps.name, "matches"))),
     ]
 
 

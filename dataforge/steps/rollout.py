@@ -14,12 +14,13 @@ al., 2021). The card shows the mean pass@k over prompts. No row is dropped.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from math import comb
-from typing import Any
 
 import polars as pl
 from pydantic import Field
 
+from dataforge.engine.plan import Plan, PlannedStep, Ref
 from dataforge.engine.step import (
     Columns,
     Context,
@@ -97,8 +98,10 @@ def rollout(inputs: dict[str, pl.DataFrame], cfg: RolloutConfig, ctx: Context) -
     return StepResult({"data": data, "groups": groups})
 
 
-def card_section(step_name: str, load: Any) -> list[str]:
-    groups = load("groups")
+def card_section(ps: PlannedStep, load: Callable[[Ref], pl.DataFrame], plan: Plan) -> list[str]:
+    """The card's lines for this step (see ``dataforge.card``)."""
+    step_name = ps.name
+    groups = load(Ref(step_name, "groups"))
     ks = [c for c in groups.columns if c.startswith("pass@")]
     lines = [f"From step `{step_name}` (rollout): {groups.height:,} prompts.", "", "| metric | mean over prompts |"]
     lines.append("|---|---|")

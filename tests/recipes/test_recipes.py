@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import duckdb
@@ -11,6 +12,7 @@ from datasets import DatasetDict, load_from_disk
 
 from dataforge.cli import main
 from dataforge.engine.runner import build
+from dataforge.steps.split import unit_hash
 from dataforge.text.normalize import normalize_expr
 from tests.conftest import RECIPES
 
@@ -163,6 +165,7 @@ def test_hh_preferences_outputs(built):
         src = raw[r["_id"]]
         chosen, rejected = (r["output_a"], r["output_b"]) if r["preference"] == 0 else (r["output_b"], r["output_a"])
         assert (chosen, rejected) == (src["chosen"][0]["content"], src["rejected"][0]["content"])
+        assert r["preference"] == int(unit_hash(0, r["_id"]) >= 0.5)  # the same side in every build
     assert 0.35 < sum(rm_pairwise["train"]["preference"]) / len(rm_pairwise["train"]) < 0.65
     # no prompt in two of the four splits (DPO train/test, RM train/test)
     parts = {f"{n}.{s}": {json.dumps(p) for p in d[s]["prompt"]} for n, d in (("dpo", dpo), ("rm", rm)) for s in d}
@@ -262,6 +265,21 @@ def test_leakage_decisions_are_lineage_and_query_lists_contaminated_items(built,
     assert set(matches["eval_id"]) == {i["eval_item"] for i in items if i["step"] == "dpo_clean"}
     card = (out / "datasets" / "hh_dpo" / "card.md").read_text()
     assert "## Contamination" in card and "| test |" in card
+    # the card names each eval set by the artifact the check read, and the thresholds it used
+    con = duckdb.connect(str(out / "lineage.duckdb"), read_only=True)
+    (fp,) = con.execute("SELECT fingerprint FROM latest_steps WHERE step = 'split'").fetchone()
+    assert "| test | `split.test` | " in card and f"| `{fp}` |" in card
+    assert "Detectors and thresholds: cosine_min 0.78, code_cosine_min 0.68, static_min 0.88" in card
+    # scores: each train row's closest eval item, the matched ones with their detector; a match by
+    # similarity lies at or above the threshold, and the card plots them
+    (step_fp,) = con.execute("SELECT fingerprint FROM latest_steps WHERE step = 'dpo_clean'").fetchone()
+    scores = pl.read_parquet(out / "artifacts" / "dpo_clean" / step_fp / "scores.parquet")
+    assert scores["train_id"].n_unique() == scores.height
+    matched = scores.filter(pl.col("detector").is_not_null())
+    assert set(matched["train_id"]) == set(matches["train_id"])
+    assert (matched.filter(pl.col("detector").is_in(["dense", "embedding"]))["margin"] >= 0).all()
+    assert (scores.filter(pl.col("detector").is_null())["margin"] < 0).all()
+    assert "](leakage_dpo_clean.png)" in card
 
 
 def test_rejection_sampling_on_the_tiny_model(built):
@@ -413,11 +431,17 @@ def test_cards_carry_hub_metadata_and_export_hub_round_trips_through_load_datase
         stats = card.split("## Statistics")[1].split("## Dataset Creation")[0]
         assert all(f"| {s} | {len(saved[s]):,} |" in stats for s in saved)
         assert (hub / name / "README.md").read_text() == card
-        for image in ("lengths.png", "funnel.png"):  # drawn beside the card, linked, copied to the Hub layout
+        images = re.findall(r"\]\(([^)]+\.png)\)", card)
+        audited = len(saved) > 1 and "No prompt column" not in card
+        expected = {"lengths.png", "funnel.png"} | ({"split_audit.png"} if audited else set())
+        expected |= {f"leakage_{step}.png" for step in meta["steps"] if f"From step `{step}` (leakage.check" in card}
+        assert set(images) == expected
+        for image in images:  # drawn beside the card, linked, copied to the Hub layout
             png = out / "datasets" / name / image
-            assert f"]({image})" in card and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+            assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
             assert (hub / name / image).read_bytes() == png.read_bytes()
-        loaded = load_dataset(str(hub / name))
+        # its own cache: datasets caches a local folder with a configs card by folder name alone
+        loaded = load_dataset(str(hub / name), cache_dir=str(tmp_path / "hf-cache"))
         assert set(loaded) == set(saved)
         for split in saved:
             assert loaded[split].column_names == saved[split].column_names
