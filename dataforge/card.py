@@ -5,6 +5,7 @@ considerations, use). Deterministic: no times, no run ids."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import polars as pl
@@ -62,7 +63,7 @@ def render_card(
         "",
         "### Statistics",
         "",
-        *statistics_section(tables),
+        *statistics_section(tables, *_tokenizer(ds)),
         *(["### Plots", "", *plots] if plots else []),
         "## Dataset Creation",
         "",
@@ -125,6 +126,18 @@ def hub_front_matter(
     local = [base / s.cfg.path for s in steps if s.kind == "source" and getattr(s.cfg, "path", None)]
     licenses = ds.license if ds.license is not None else source_licenses(local)
     return front_matter(tables, trl_type, licenses, ds.language, ds.tags)
+
+
+def _tokenizer(ds: PlannedDataset) -> tuple[Any, str]:
+    """The dataset's tokenizer for the statistics and the name the card gives it (no tokenizer:
+    none, and the statistics say so)."""
+    if ds.tokenizer is None:
+        return None, ""
+    from dataforge.card_stats import load_tokenizer
+
+    return load_tokenizer(ds.tokenizer, ds.name), Path(ds.tokenizer).name if Path(
+        ds.tokenizer
+    ).exists() else ds.tokenizer
 
 
 def _card_notes(step: Any) -> list[str]:

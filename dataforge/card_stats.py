@@ -1,5 +1,6 @@
-"""The card's "Statistics" section: per split, the length of each row's text in characters and
-whitespace words (min / median / p95 / max), turns per conversation for message columns, the
+"""The card's "Statistics" section: per split, the length of each row's text in characters,
+whitespace words and, with a named tokenizer (the dataset's ``tokenizer:``), tokens (min / median /
+p95 / max), turns per conversation for message columns, the
 chosen − rejected length gap of preference data (a known reward-hacking signal: a reward model
 learns "longer is better"), and the kinds of answers of a GRPO set's ``answer`` column.
 
@@ -45,20 +46,47 @@ def _answer_kind(value: Any) -> str:
         return "fraction" if "/" in text else "text"
 
 
-def statistics_section(tables: dict[str, pa.Table]) -> list[str]:
-    """Markdown lines of the statistics of every split (text columns: every column but ``_id``)."""
+def load_tokenizer(name: str, dataset: str) -> Any:
+    """The tokenizer ``name`` (a hub id or a local path) for the card's token counts."""
+    from transformers import AutoTokenizer
+
+    from dataforge.errors import DataError
+
+    try:
+        tok = AutoTokenizer.from_pretrained(name)
+    except (OSError, ValueError) as exc:
+        raise DataError(f"dataset '{dataset}': tokenizer '{name}' could not be loaded ({exc})") from exc
+    tok.model_max_length = 1 << 60  # counting, not feeding a model: no "sequence too long" warning
+    return tok
+
+
+def token_counts(tokenizer: Any, texts: list[str], chunk: int = 1024) -> list[int]:
+    """Tokens per text, without the special tokens a model would add."""
+    counts: list[int] = []
+    for k in range(0, len(texts), chunk):
+        ids = tokenizer(texts[k : k + chunk], add_special_tokens=False)["input_ids"]
+        counts += [len(i) for i in ids]
+    return counts
+
+
+def statistics_section(tables: dict[str, pa.Table], tokenizer: Any = None, tokenizer_name: str = "") -> list[str]:
+    """Markdown lines of the statistics of every split (text columns: every column but ``_id``);
+    token counts when a ``tokenizer`` (``load_tokenizer``) is given."""
+    tokens_header = f" tokens (`{tokenizer_name}`) |" if tokenizer is not None else ""
     lines = [
-        "Lengths of each row's text (every column but `_id`), as min / median / p95 / max.",
+        "Lengths of each row's text (every column but `_id`), as min / median / p95 / max"
+        + ("." if tokenizer is not None else "; no `tokenizer:` named for this dataset, so no token counts."),
         "",
-        "| split | rows | characters | words |",
-        "|---|---|---|---|",
+        "| split | rows | characters | words |" + tokens_header,
+        "|---|---|---|---|" + ("---|" if tokenizer is not None else ""),
     ]
     frames = {s: pl.from_arrow(t) for s, t in tables.items()}
     for split, df in frames.items():
         texts = row_texts(tables[split])
         chars = [len(t) for t in texts]
         words = [len(t.split()) for t in texts]
-        lines.append(f"| {split} | {df.height:,} | {_spread(chars)} | {_spread(words)} |")
+        tokens = f" {_spread(token_counts(tokenizer, texts))} |" if tokenizer is not None else ""
+        lines.append(f"| {split} | {df.height:,} | {_spread(chars)} | {_spread(words)} |" + tokens)
     lines.append("")
     message_columns = [c for c, t in next(iter(frames.values())).schema.items() if isinstance(t, pl.List)]
     for col in message_columns:

@@ -19,7 +19,7 @@ import pyarrow as pa
 from dataforge import __version__
 from dataforge.card import render_card
 from dataforge.card_plots import write_plots
-from dataforge.engine.fingerprint import canonical_json, file_sha256, hash_text, output_fingerprint
+from dataforge.engine.fingerprint import canonical_json, file_sha256, hash_text, output_fingerprint, path_fingerprint
 from dataforge.engine.plan import Plan, PlannedDataset, Ref
 from dataforge.engine.store import Store, atomic_directory, file_stamp, stamp_changed
 from dataforge.steps.audit import dataset_audit
@@ -31,6 +31,9 @@ def dataset_fingerprint(plan: Plan, ds: PlannedDataset) -> str:
     by_name = plan.by_name
     splits = {s: output_fingerprint(by_name[r.step].fingerprint, r.output) for s, r in ds.splits.items()}
     card = {"description": ds.description, "license": ds.license, "language": ds.language, "tags": ds.tags}
+    if ds.tokenizer is not None:  # a local tokenizer by its files, so a changed one redraws the card
+        local = Path(ds.tokenizer)
+        card["tokenizer"] = path_fingerprint(local) if local.exists() else ds.tokenizer
     payload = {"splits": splits, "columns": ds.columns, "card": card, "export_version": EXPORT_VERSION}
     return hash_text(canonical_json(payload))[:16]
 

@@ -55,6 +55,7 @@ class DatasetSpec(_Frozen):
     license: str | list[str] | None = None  # the Hub licence id(s); default: from the sources' LICENSE files
     language: list[str] = []  # the Hub's language codes, e.g. [en]
     tags: list[str] = []  # extra Hub tags
+    tokenizer: str | None = None  # the card's token counts: a hub id or a path (relative to the recipe)
 
     @field_validator("splits")
     @classmethod

@@ -3,10 +3,14 @@ preference data and the kinds of answers, computed on small tables whose figures
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import polars as pl
 import pyarrow as pa
+import pytest
+from datasets import load_from_disk
 
-from dataforge.card_stats import statistics_section
+from dataforge.card_stats import row_texts, statistics_section
 from dataforge.steps.audit import dataset_audit
 
 
@@ -79,3 +83,38 @@ def test_plots_are_pngs_with_the_same_bytes_for_the_same_data(tmp_path):
     for name in ("lengths.png", "funnel.png", "leakage_leak.png", "split_audit.png"):
         first, again = (tmp_path / "a" / name).read_bytes(), (tmp_path / "b" / name).read_bytes()
         assert first[:8] == b"\x89PNG\r\n\x1a\n" and first == again
+
+
+def test_token_counts_with_the_named_tokenizer_and_a_missing_one_names_its_key(ws):
+    """`tokenizer:` on a dataset: the card counts tokens with it (here MiniLM's WordPiece, saved
+    beside the recipe); a path that is not there stops the plan, naming the recipe key."""
+    import shutil
+
+    from dataforge.embed import model_path
+    from dataforge.engine.plan import plan_recipe
+    from dataforge.engine.runner import build
+    from dataforge.errors import RecipeError
+    from tests.conftest import QA_RECIPE, QA_ROWS
+
+    tok_dir = ws.root / "tok"
+    tok_dir.mkdir()
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        if (Path(model_path(None)) / name).exists():
+            shutil.copy(Path(model_path(None)) / name, tok_dir / name)
+    ws.jsonl("qa.jsonl", QA_ROWS)
+    build(ws.recipe(QA_RECIPE + "    tokenizer: ./tok\n"), ws.out)
+    card = (ws.out / "datasets" / "qa_sft" / "card.md").read_text()
+    assert "| split | rows | characters | words | tokens (`tok`) |" in card
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tok_dir)
+    texts = row_texts(load_from_disk(str(ws.out / "datasets" / "qa_sft"))["train"].data.table)
+    counts = sorted(len(tok(t, add_special_tokens=False)["input_ids"]) for t in texts)
+    assert len(counts) == 3 and counts[0] < counts[-1]
+    stats = card.split("### Statistics")[1].splitlines()
+    row = next(line for line in stats if line.startswith("| train | 3 |"))
+    assert row.endswith(f"| {counts[0]} / {counts[1]} / {counts[2]} / {counts[2]} |")  # min / median / p95 / max
+    with pytest.raises(RecipeError) as exc:
+        plan_recipe(bad := ws.recipe(QA_RECIPE + "    tokenizer: ./nowhere\n", "bad.yaml"))
+    line = bad.read_text().splitlines().index("    tokenizer: ./nowhere") + 1
+    assert exc.value.key == "datasets.qa_sft.tokenizer" and exc.value.line == line

@@ -16,6 +16,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from dataforge.embed import is_local_path, resolve_model
 from dataforge.engine.fingerprint import file_sha256, output_fingerprint, step_fingerprint
 from dataforge.engine.step import ColumnContractError, Columns, PlanInfo, StepConfig, StepDef, get_step
 from dataforge.errors import DataforgeError, RecipeError
@@ -58,6 +59,7 @@ class PlannedDataset:
     license: list[str] | None = None  # None: from the sources' LICENSE files
     language: list[str] = field(default_factory=list)
     tags: list[str] = field(default_factory=list)
+    tokenizer: str | None = None  # resolved: a local path made absolute, or a hub id
 
 
 @dataclass
@@ -375,6 +377,14 @@ def _plan_dataset(loaded: LoadedRecipe, name: str, planned: dict[str, PlannedSte
                 )
         splits[split] = Ref(up, output)
     licenses = [spec.license] if isinstance(spec.license, str) else spec.license
+    tokenizer = resolve_model(spec.tokenizer, loaded.base_dir)
+    if is_local_path(spec.tokenizer) and not Path(str(tokenizer)).exists():
+        raise RecipeError(
+            f"tokenizer '{spec.tokenizer}' not found at {tokenizer}",
+            file=str(loaded.path),
+            line=loaded.line("datasets", name, "tokenizer"),
+            key=f"datasets.{name}.tokenizer",
+        )
     return PlannedDataset(
         name=name,
         splits=splits,
@@ -383,4 +393,5 @@ def _plan_dataset(loaded: LoadedRecipe, name: str, planned: dict[str, PlannedSte
         license=licenses,
         language=list(spec.language),
         tags=list(spec.tags),
+        tokenizer=tokenizer,
     )
