@@ -87,7 +87,8 @@ def embed(
     order = np.argsort([-len(t) for t in texts], kind="stable")
     starts = range(0, len(texts), batch_size)
     if progress is not None:
-        starts = progress.track(starts, total=len(starts), description="embed")
+        batch = lambda s: min(batch_size, len(texts) - s)  # noqa: E731
+        starts = progress.track(starts, total=len(texts), description="embed", unit="texts", size=batch)
     limit = m.max_seq_length
     if max_tokens is not None:
         m.max_seq_length = min(limit, max_tokens)

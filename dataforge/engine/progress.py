@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    SpinnerColumn,
+    Task,
+    TextColumn,
+    TimeElapsedColumn,
+)
+from rich.text import Text
 
 
 def silence_library_bars() -> None:
@@ -31,6 +41,17 @@ def silence_library_bars() -> None:
             getattr(__import__(module, fromlist=[call]), call)()
 
 
+class RateColumn(ProgressColumn):
+    """A step loop's throughput ("1,234 rows/s"), for tasks that name a ``unit``."""
+
+    def render(self, task: Task) -> Text:
+        unit = task.fields.get("unit")
+        speed = task.finished_speed or task.speed
+        if not unit or not speed:
+            return Text("")
+        return Text(f"{speed:,.0f} {unit}/s" if speed >= 10 else f"{speed:.1f} {unit}/s", style="cyan")
+
+
 def make_progress(console: Console | None, enabled: bool) -> Progress:
     silence_library_bars()
     return Progress(
@@ -39,6 +60,7 @@ def make_progress(console: Console | None, enabled: bool) -> Progress:
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
+        RateColumn(),
         console=console,
         disable=not enabled,
         transient=False,
@@ -51,13 +73,22 @@ class StepProgress:
     def __init__(self, progress: Progress, step: str):
         self.progress, self.step = progress, step
 
-    def track(self, items: Iterable[Any], total: int | None = None, description: str = "") -> Iterator[Any]:
+    def track(
+        self,
+        items: Iterable[Any],
+        total: int | None = None,
+        description: str = "",
+        unit: str = "",
+        size: Callable[[Any], int] | None = None,
+    ) -> Iterator[Any]:
+        """Yield ``items`` under a bar of ``total`` ``unit``s (rows, requests …), showing the
+        rate; ``size(item)`` is how many units an item is (a batch of rows), else one."""
         if total is None and hasattr(items, "__len__"):
             total = len(items)  # type: ignore[arg-type]
-        task = self.progress.add_task(f"  {self.step}: {description}", total=total)
+        task = self.progress.add_task(f"  {self.step}: {description}", total=total, unit=unit)
         try:
             for item in items:
                 yield item
-                self.progress.advance(task)
+                self.progress.advance(task, size(item) if size is not None else 1)
         finally:
             self.progress.remove_task(task)

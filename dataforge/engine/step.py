@@ -72,13 +72,21 @@ def with_columns(columns: Columns, added: Iterable[str]) -> Columns:
 
 
 class Progress(typing.Protocol):
-    """What a step may use to report progress; the runner supplies a rich implementation."""
+    """What a step may use to report progress; the runner supplies a rich implementation
+    (``engine.progress.StepProgress``: ``total`` in ``unit``s, ``size(item)`` units per item)."""
 
-    def track(self, items: Iterable[Any], total: int | None = None, description: str = "") -> Iterator[Any]: ...
+    def track(
+        self,
+        items: Iterable[Any],
+        total: int | None = None,
+        description: str = "",
+        unit: str = "",
+        size: typing.Callable[[Any], int] | None = None,
+    ) -> Iterator[Any]: ...
 
 
 class _SilentProgress:
-    def track(self, items: Iterable[Any], total: int | None = None, description: str = "") -> Iterator[Any]:
+    def track(self, items: Iterable[Any], *args: Any, **kwargs: Any) -> Iterator[Any]:  # no display
         yield from items
 
 

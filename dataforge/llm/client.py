@@ -93,7 +93,7 @@ class LLMClient:
             else:
                 self.stats.errors[gen.error or "unknown"] += 1
 
-        for chunk in track(chunks, len(chunks), description) if track else chunks:
+        for chunk in track(chunks, len(todo), description) if track else chunks:
             started = time.perf_counter()
             self.backend.generate(
                 [requests[i] for i in chunk], on_answer=lambda j, gen, chunk=chunk: arrived(chunk[j], gen)

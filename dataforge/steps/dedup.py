@@ -411,7 +411,8 @@ def dedup_minhash(inputs: dict[str, pl.DataFrame], cfg: MinhashConfig, ctx: Cont
     if "signatures" in inputs:
         todo = _reuse_signatures(inputs["signatures"], sides, cfg, sigs)
     starts = list(range(0, len(todo), SIGNATURE_BATCH))
-    for start in ctx.progress.track(starts, total=len(starts), description="signatures"):
+    batch = lambda s: min(SIGNATURE_BATCH, len(todo) - s)  # noqa: E731
+    for start in ctx.progress.track(starts, total=len(todo), description="signatures", unit="rows", size=batch):
         index = todo[start : start + SIGNATURE_BATCH]
         text = texts_of(index)
         sigs[index] = signatures(text.to_arrow(), cfg.num_perm, cfg.seed, cfg.ngram, cfg.shingle)

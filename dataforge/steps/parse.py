@@ -111,7 +111,10 @@ def parse_hh_rlhf(inputs: dict[str, pl.DataFrame], cfg: HhConfig, ctx: Context) 
         require_text(df, cfg.rejected)
         prompts, chosen, rejected, keep, drop_ids, reasons = [], [], [], [], [], []
         for rid, c_text, r_text in ctx.progress.track(
-            zip(df["_id"], df[cfg.chosen], df[cfg.rejected], strict=True), total=df.height, description="parse"
+            zip(df["_id"], df[cfg.chosen], df[cfg.rejected], strict=True),
+            total=df.height,
+            description="parse",
+            unit="rows",
         ):
             c_msgs, c_err = split_hh_conversation(c_text or "")
             r_msgs, r_err = split_hh_conversation(r_text or "")

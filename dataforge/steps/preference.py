@@ -224,7 +224,7 @@ def _pairs_of(name: str, df: pl.DataFrame, cfg: PairsConfig, ctx: Context) -> St
                 _keep(cfg, [(chosen, rejected, 1.0, 0.0)], d)
     else:
         groups = df.partition_by(cfg.group, maintain_order=True, as_dict=False)
-        for g in ctx.progress.track(groups, total=len(groups), description="pairs"):
+        for g in ctx.progress.track(groups, total=len(groups), description="pairs", unit="prompts"):
             _keep(cfg, _candidates(cfg, g.to_dicts(), d), d)
     conv = cfg.style == "conversational"
     rows = []

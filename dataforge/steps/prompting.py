@@ -112,4 +112,6 @@ def client(cfg: PromptConfig, ctx: Context) -> LLMClient:
 
 
 def track(ctx: Context):  # the progress hook LLMClient.generate takes
-    return lambda items, total, description: ctx.progress.track(items, total=total, description=description)
+    return lambda items, total, description: ctx.progress.track(
+        items, total=total, description=description, unit="requests", size=len
+    )

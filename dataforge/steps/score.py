@@ -98,7 +98,8 @@ def score_reward_model(inputs: dict[str, pl.DataFrame], cfg: RewardModelConfig, 
         texts = reward_model_texts(tok, df[cfg.prompt].to_list(), df[cfg.completion].to_list())
         scores: list[float] = []
         starts = range(0, len(texts), cfg.batch_size)
-        for start in ctx.progress.track(starts, total=len(starts), description="reward model"):
+        batch = lambda s: min(cfg.batch_size, len(texts) - s)  # noqa: E731
+        for start in ctx.progress.track(starts, total=len(texts), description="reward model", unit="rows", size=batch):
             batch = tok(
                 texts[start : start + cfg.batch_size],
                 return_tensors="pt",

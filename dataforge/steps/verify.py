@@ -122,7 +122,7 @@ def verify(inputs: dict[str, pl.DataFrame], cfg: VerifyConfig, ctx: Context) -> 
             values = [
                 float(fn(comp, **{p: v[i] for p, v in feeds.items()}, **g.options))
                 for i, comp in enumerate(
-                    ctx.progress.track(completions, total=df.height, description=f"grade {g.name}")
+                    ctx.progress.track(completions, total=df.height, description=f"grade {g.name}", unit="rows")
                 )
             ]
             scores[g.name] = pl.Series(g.score_column(), values, dtype=pl.Float64)

@@ -27,3 +27,28 @@ def test_model_loading_bars_stay_out_of_the_build_output(case):
     out = subprocess.run([sys.executable, "-c", CASES[case]], capture_output=True, text=True, env=env, check=True)
     printed = "Loading weights" in out.stderr + out.stdout
     assert printed == (case == "without the runner's display")
+
+
+def test_step_loops_count_units_and_show_their_rate():
+    """A step's loop over batches advances its bar by the rows of each batch and shows rows/s."""
+    import io
+    import time
+
+    from rich.console import Console
+
+    from dataforge.engine.progress import RateColumn, StepProgress, make_progress
+
+    with make_progress(Console(file=io.StringIO(), width=120), True) as progress:
+        loop = StepProgress(progress, "dedup")
+        done, rates = [], []
+        batches = loop.track(
+            range(0, 2500, 1000), total=2500, description="signatures", unit="rows", size=lambda s: min(1000, 2500 - s)
+        )
+        for _ in batches:
+            task = progress.tasks[-1]
+            done.append(task.completed)
+            rates.append(RateColumn().render(task).plain)
+            time.sleep(0.02)
+        assert progress.tasks == []  # the loop's bar is gone when it ends
+    assert done == [0, 1000, 2000] and task.total == 2500
+    assert rates[0] == "" and rates[-1].endswith(" rows/s") and float(rates[-1].split()[0].replace(",", "")) > 0
