@@ -25,7 +25,16 @@ $(STAMP): pyproject.toml setup.py dataforge/text/_kernels.c | $(BIN)/python
 demo: $(STAMP)
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/dataforge build recipes/gsm8k_reasoning.yaml --out build
 
-test: $(STAMP)
+# the HTML report's browser test drives Debian's Chromium (Playwright's own browser download
+# needs a network this workplace does not have); installed once, as root or through sudo
+CHROMIUM ?= /usr/bin/chromium
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+
+$(CHROMIUM):
+	$(SUDO) apt-get update -q
+	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q chromium
+
+test: $(STAMP) $(CHROMIUM)
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/python -m pytest -q
 	$(BIN)/ruff check dataforge trainers tests bench
 

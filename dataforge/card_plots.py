@@ -55,18 +55,26 @@ def length_histogram(tables: dict[str, pa.Table], path: Path) -> None:
     _save(fig, path)
 
 
-def funnel(reports: list, path: Path) -> None:
-    """Rows out of each step, in build order, with the rows it dropped beside the bar."""
+def funnel(reports: list, path: Path, flow: dict[str, set[str]] | None = None) -> None:
+    """Rows out of each step, in build order, with the rows it dropped beside the bar. ``flow``
+    names, per step, the outputs that lead on to the dataset: a step's side tables (leakage
+    matches and scores, failed requests, rollout groups) are not rows of the funnel."""
+
+    def rows(r: Any) -> int:
+        keep = (flow or {}).get(r.name)
+        return sum(n for o, n in r.outputs.items() if o in keep) if keep and r.outputs else r.rows_out
+
     fig, ax = _figure(7, 0.45 * len(reports) + 1.2)
     names = [r.name for r in reports]
-    ax.barh(names, [r.rows_out for r in reports], color="#4c72b0")
-    for k, r in enumerate(reports):
+    counts = [rows(r) for r in reports]
+    ax.barh(names, counts, color="#4c72b0")
+    for k, (r, n) in enumerate(zip(reports, counts, strict=True)):
         dropped = sum(r.drops.values())
-        label = f"{r.rows_out:,}" + (f"  (−{dropped:,}: " + ", ".join(sorted(r.drops)) + ")" if dropped else "")
-        ax.text(r.rows_out, k, " " + label, va="center", fontsize=8)
+        label = f"{n:,}" + (f"  (−{dropped:,}: " + ", ".join(sorted(r.drops)) + ")" if dropped else "")
+        ax.text(n, k, " " + label, va="center", fontsize=8)
     ax.invert_yaxis()
     ax.set_xlabel("rows out")
-    ax.set_xlim(0, max([r.rows_out for r in reports], default=1) * 1.6 or 1)
+    ax.set_xlim(0, max(counts, default=1) * 1.6 or 1)
     _save(fig, path)
 
 
@@ -114,13 +122,15 @@ def write_plots(
     reports: list,
     leakage: dict[str, pl.DataFrame] | None = None,
     audit: DatasetAudit | None = None,
+    flow: dict[str, set[str]] | None = None,
 ) -> list[str]:
     """Draw the plots into ``folder``; returns the card's Markdown lines that show them.
-    ``leakage``: step name → that check's ``scores`` table; ``audit``: the dataset's split audit."""
+    ``leakage``: step name → that check's ``scores`` table; ``audit``: the dataset's split audit;
+    ``flow``: step → the outputs that lead on to the dataset (``funnel``)."""
     length_histogram(tables, folder / "lengths.png")
     lines = ["![Characters per row, by split](lengths.png)", ""]
     if reports:
-        funnel(reports, folder / "funnel.png")
+        funnel(reports, folder / "funnel.png", flow)
         lines += ["![Rows through the steps, with the rows each dropped](funnel.png)", ""]
     for name, scores in (leakage or {}).items():
         if scores.height:

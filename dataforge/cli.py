@@ -64,9 +64,11 @@ def cmd_build(args: argparse.Namespace) -> int:
         verify=args.verify,
     )
     table = Table(title=f"build {report.run_id} → {report.out}")
-    for col in ("step", "kind", "rows in", "rows out", "dropped", "flagged", "seconds", "cached"):
-        table.add_column(col, justify="right" if col in ("rows in", "rows out", "seconds") else "left")
+    for col in ("step", "kind", "rows in", "rows out", "dropped", "flagged", "seconds", "rows/s", "cached"):
+        table.add_column(col, justify="right" if col in ("rows in", "rows out", "seconds", "rows/s") else "left")
     for s in report.steps:
+        # throughput of the steps that ran long enough to measure (rows in per second)
+        rate = f"{s.rows_in / s.seconds:,.0f}" if not s.cache_hit and s.seconds >= 0.5 and s.rows_in else "-"
         table.add_row(
             s.name,
             s.kind,
@@ -75,6 +77,7 @@ def cmd_build(args: argparse.Namespace) -> int:
             _fmt_drops(s.drops),
             _fmt_drops(s.flags),
             f"{s.seconds:.2f}",
+            rate,
             "yes" if s.cache_hit else "no",
         )
     out_console.print(table)
@@ -91,6 +94,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         )
     else:
         out_console.print("Nothing to execute: every step was reused from cache.")
+    out_console.print(f"report: {report.out / 'report.html'}")
     return 0
 
 
@@ -296,6 +300,13 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from dataforge.report import write_report
+
+    out_console.print(f"report: {write_report(Path(args.out))}")
+    return 0
+
+
 def cmd_trace(args: argparse.Namespace) -> int:
     from trainers.provenance import trace
 
@@ -440,6 +451,16 @@ def make_parser() -> argparse.ArgumentParser:
     x.add_argument("--out", default="build", help="build directory (default: build/)")
     x.add_argument("--dataset", action="append", help="only this dataset (repeatable; default: all)")
     x.set_defaults(fn=cmd_export)
+
+    r = sub.add_parser(
+        "report",
+        help="write <out>/report.html again: the newest build, every dataset's card, example rows and their history",
+        description="Every build writes <out>/report.html (one self-contained page: inline CSS and images, no "
+        "network); this writes it again from the lineage and the exported datasets, e.g. after a dataset "
+        "was exported by another recipe into the same --out.",
+    )
+    r.add_argument("--out", default="build", help="build directory (default: build/)")
+    r.set_defaults(fn=cmd_report)
     return p
 
 

@@ -24,7 +24,9 @@ from dataforge.engine.plan import Plan, PlannedDataset, Ref
 from dataforge.engine.store import Store, atomic_directory, file_stamp, stamp_changed
 from dataforge.steps.audit import dataset_audit
 
-EXPORT_VERSION = 5  # 2: cards open with the Hub's YAML front matter; 3: statistics; 4: plots; 5: leakage, audit
+# 2: cards open with the Hub's YAML front matter; 3: statistics; 4: plots; 5: leakage and audit plots,
+# token counts; 6: the funnel counts the rows that lead on to the dataset
+EXPORT_VERSION = 6
 
 
 def dataset_fingerprint(plan: Plan, ds: PlannedDataset) -> str:
@@ -192,7 +194,10 @@ def _write_dataset(
             s.name: peek(Ref(s.name, "scores")) for s in plan.steps if s.name in ancestors and s.kind == "leakage.check"
         }
         audit = dataset_audit(frames) if len(frames) > 1 else None
-        plots = write_plots(tmp, tables, [r for r in reports if r.name in ancestors], leakage, audit)
+        flow: dict[str, set[str]] = {}  # the outputs on the way to this dataset, for the funnel
+        for ref in [*ds.splits.values(), *(r for s in plan.steps if s.name in ancestors for r in s.inputs.values())]:
+            flow.setdefault(ref.step, set()).add(ref.output)
+        plots = write_plots(tmp, tables, [r for r in reports if r.name in ancestors], leakage, audit, flow)
         (tmp / "card.md").write_text(render_card(plan, ds, tables, reports, frames, audit, peek, plots))
         (tmp / "dataforge.json").write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
     return meta

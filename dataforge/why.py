@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.compute as pc
 
 from dataforge.errors import DataforgeError
@@ -35,64 +36,105 @@ def _records(con: Any, sql: str, params: list[Any]) -> list[dict[str, Any]]:
 
 
 def row_history(out: str | Path, row_id: str) -> RowHistory:
+    """The history of one row (``row_histories`` for one id); an error when no artifact or event
+    of the newest build names it."""
+    h = row_histories(out, [row_id]).get(row_id)
+    if h is None:
+        raise DataforgeError(
+            f"row '{row_id}' does not appear in the newest build in {out} (no artifact or event names it)"
+        )
+    return h
+
+
+def row_histories(out: str | Path, row_ids: list[str]) -> dict[str, RowHistory]:
+    """The histories of many rows at once, each lineage table and artifact read once (the HTML
+    report shows dozens); rows that no artifact or event of the newest build names are left out."""
     con = open_read(Path(out))
     run = _records(con, "SELECT run_id FROM latest_run", [])
     if not run:
         raise DataforgeError(f"no build recorded in {out}")
+    ids = sorted(set(row_ids))
+    con.execute("CREATE TEMP TABLE wanted AS SELECT unnest(?::VARCHAR[]) AS _id", [ids])
     steps = _records(con, "SELECT step, kind, fingerprint, cache_hit FROM latest_steps ORDER BY position", [])
     by_path = {str(path): (step, output) for step, output, path in latest_artifact_files(con, Path(out))}
-    present: dict[str, list[str]] = {}
-    last_path = None
+    present: dict[str, dict[str, list[str]]] = {i: {} for i in ids}
+    last_path: dict[str, str] = {}
     if by_path:
         paths = list(by_path)
         hits = con.execute(
-            "SELECT DISTINCT filename FROM read_parquet(?, filename = true, union_by_name = true) WHERE _id = ?",
-            [paths, row_id],
+            "SELECT DISTINCT filename, _id FROM read_parquet(?, filename = true, union_by_name = true) "
+            "WHERE _id IN (SELECT _id FROM wanted)",
+            [paths],
         ).fetchall()
-        found = {h[0] for h in hits}
-        for p in paths:  # in build order
-            if p in found:
-                step, output = by_path[p]
-                present.setdefault(step, []).append(output)
-                last_path = p
-    events = _records(
+        found: dict[str, set[str]] = {}
+        for path, rid in hits:
+            found.setdefault(rid, set()).add(path)
+        for rid, files in found.items():
+            for p in paths:  # in build order
+                if p in files:
+                    step, output = by_path[p]
+                    present[rid].setdefault(step, []).append(output)
+                    last_path[rid] = p
+    events = _grouped(
         con,
-        "SELECT step, action, reason, related_id, score, detail_json FROM latest_events WHERE row_id = ?",
-        [row_id],
+        "SELECT row_id AS _key, step, action, reason, related_id, score, detail_json FROM latest_events "
+        "WHERE row_id IN (SELECT _id FROM wanted)",
     )
-    related = _records(
+    related = _grouped(
         con,
-        "SELECT step, row_id, action, reason, score FROM latest_events WHERE related_id = ? "
-        "ORDER BY step, row_id LIMIT 50",
-        [row_id],
+        "SELECT related_id AS _key, step, row_id, action, reason, score FROM latest_events "
+        "WHERE related_id IN (SELECT _id FROM wanted) ORDER BY step, row_id",
     )
-    edges = _records(
+    edges = _grouped(
         con,
-        "SELECT step, child_id, parent_id, relation FROM latest_edges WHERE child_id = ? OR parent_id = ? "
-        "ORDER BY step, child_id, parent_id",
-        [row_id, row_id],
+        "SELECT w._id AS _key, e.step, e.child_id, e.parent_id, e.relation FROM latest_edges e "
+        "JOIN wanted w ON w._id = e.child_id OR w._id = e.parent_id ORDER BY e.step, e.child_id, e.parent_id",
     )
-    datasets = []
+    appearances: dict[str, list[dict[str, Any]]] = {}
     for name, split, table in iter_dataset_tables(Path(out)):
-        if "_id" in table.column_names and pc.any(pc.equal(table["_id"], row_id)).as_py():
-            datasets.append(_appearance(Path(out), name, split))
-    if not present and not events and not edges:
-        raise DataforgeError(
-            f"row '{row_id}' does not appear in the newest build in {out} (no artifact or event names it)"
+        if "_id" not in table.column_names:
+            continue
+        inside = pc.is_in(pa.array(ids, pa.string()), value_set=table["_id"].combine_chunks().cast(pa.string()))
+        for rid, hit in zip(ids, inside.to_pylist(), strict=True):
+            if hit:
+                appearances.setdefault(rid, []).append(_appearance(Path(out), name, split))
+    contents: dict[str, dict[str, Any]] = {}
+    for path in sorted(set(last_path.values())):
+        for row in _records(con, "SELECT * FROM read_parquet(?) WHERE _id IN (SELECT _id FROM wanted)", [path]):
+            if last_path.get(row["_id"]) == path:
+                contents[row["_id"]] = row
+    histories = {}
+    for rid in ids:
+        mine = events.get(rid, [])
+        if not present[rid] and not mine and not edges.get(rid):
+            continue
+        per_step = [
+            {**s, "outputs": present[rid].get(s["step"], []), "events": [e for e in mine if e["step"] == s["step"]]}
+            for s in steps
+        ]
+        source = next((s["step"] for s in per_step if s["kind"] == "source" and s["outputs"]), None)
+        h = RowHistory(
+            rid,
+            run[0]["run_id"],
+            source,
+            per_step,
+            related.get(rid, [])[:50],
+            edges.get(rid, []),
+            appearances.get(rid, []),
+            contents.get(rid),
         )
-    content = None
-    if last_path is not None:
-        rows = _records(con, "SELECT * FROM read_parquet(?) WHERE _id = ?", [last_path, row_id])
-        content = rows[0] if rows else None
-    per_step = []
-    for s in steps:
-        per_step.append(
-            {**s, "outputs": present.get(s["step"], []), "events": [e for e in events if e["step"] == s["step"]]}
-        )
-    source = next((s["step"] for s in per_step if s["kind"] == "source" and s["outputs"]), None)
-    history = RowHistory(row_id, run[0]["run_id"], source, per_step, related, edges, datasets, content)
-    history.fate = _fate(history, events)
-    return history
+        h.fate = _fate(h, mine)
+        histories[rid] = h
+    con.close()
+    return histories
+
+
+def _grouped(con: Any, sql: str) -> dict[str, list[dict[str, Any]]]:
+    """The records of ``sql`` grouped by its ``_key`` column (dropped from each record)."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for r in _records(con, sql, []):
+        out.setdefault(r.pop("_key"), []).append(r)
+    return out
 
 
 def _appearance(out: Path, name: str, split: str) -> dict[str, Any]:

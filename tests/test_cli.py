@@ -52,6 +52,7 @@ def test_build_summary_and_cached_message(qa, capsys):
     assert main(["build", str(recipe), "--out", str(ws.out), "--quiet"]) == 0
     text = capsys.readouterr().out
     assert "filter:min_length: 1" in text and "5 step(s) executed" in text
+    assert "rows/s" in text and f"report: {ws.out / 'report.html'}" in text
     assert main(["build", str(recipe), "--out", str(ws.out), "--quiet"]) == 0
     assert "Nothing to execute" in capsys.readouterr().out
 

@@ -60,7 +60,7 @@ class BuildReport:
     out: Path
     steps: list[StepReport]
     datasets: dict[str, dict[str, int]]
-    timings: dict[str, float] = field(default_factory=dict)  # plan, run, steps, export (seconds)
+    timings: dict[str, float] = field(default_factory=dict)  # plan, run, steps, export, report (seconds)
 
     @property
     def executed(self) -> list[str]:
@@ -207,10 +207,15 @@ class Runner:
             self.background.close()
             self.llm.close()
         self.lineage.finish_run(self.run_id, "succeeded")
+        from dataforge.report import write_report
+
+        report_started = time.perf_counter()
+        write_report(self.out)  # after the run is recorded: the report shows this build
         timings = {
             "run": time.perf_counter() - run_started,
             "steps": sum(r.seconds for r in reports),
             "export": export_seconds,
+            "report": time.perf_counter() - report_started,
         }
         return BuildReport(run_id=self.run_id, out=self.out, steps=reports, datasets=exported, timings=timings)
 

@@ -452,3 +452,41 @@ def test_export_hub_names_the_build_that_has_no_datasets(tmp_path, capsys):
     assert main(["export", "--out", str(tmp_path / "nowhere"), "--hub", str(tmp_path / "hub")]) == 1
     assert "no exported dataset under" in capsys.readouterr().err
     assert not (tmp_path / "hub").exists()
+
+
+@pytest.mark.parametrize("recipe", ["gsm8k_reasoning.yaml", "hh_preferences.yaml"])
+def test_html_report_renders_in_headless_chromium(recipe, built):
+    """<out>/report.html, opened in a real headless Chromium: no console or page error, no request
+    beyond the file itself (images inline), every image decoded, every dataset's card and ten
+    example rows per split, and an example's `dataforge why` history expands on a click."""
+    from tests.browser import browser_page
+
+    out = built(recipe)
+    report = out / "report.html"
+    names = sorted(p.name for p in (out / "datasets").iterdir() if (p / "dataforge.json").exists())
+    linked = sum(len(re.findall(r"\]\([^)]+\.png\)", (out / "datasets" / n / "card.md").read_text())) for n in names)
+    with browser_page() as page:
+        problems, requests = [], []
+        page.on("console", lambda m: problems.append(f"{m.type}: {m.text}") if m.type in ("error", "warning") else None)
+        page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
+        page.on("request", lambda r: requests.append(r.url))
+        page.goto(report.as_uri(), wait_until="load")
+        assert problems == [] and requests == [report.as_uri()]
+        images = page.evaluate("Array.from(document.images).map(i => [i.complete, i.naturalWidth, i.alt])")
+        assert len(images) == linked and all(done and width > 0 for done, width, _ in images), images
+        for name in names:
+            section = page.locator(f"#dataset-{name}")
+            assert section.locator(":scope > h2").inner_text() == f"Dataset {name}"
+            for split in load_from_disk(str(out / "datasets" / name)).items():
+                shown = section.locator(f"h3:text-is('Examples: {split[0]} (first {min(10, len(split[1]))} rows)')")
+                assert shown.count() == 1
+            assert section.locator("details.history").count() == sum(
+                min(10, len(s)) for s in load_from_disk(str(out / "datasets" / name)).values()
+            )
+        history = page.locator("details.history").first
+        assert history.evaluate("d => d.open") is False and not history.locator(".fate").is_visible()
+        history.locator("summary").click()
+        assert history.evaluate("d => d.open") is True and history.locator(".fate").is_visible()
+        assert history.locator(".fate").inner_text().startswith("fate: kept: in dataset ")
+        page.screenshot(path=str(out / "report.png"), full_page=False)
+    assert (out / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -1,0 +1,39 @@
+"""report.html without a browser: data is escaped (a row cannot inject markup), drops are named,
+and `dataforge report` writes the same page again from the lineage and the datasets."""
+
+from __future__ import annotations
+
+from html.parser import HTMLParser
+
+from dataforge.cli import main
+from dataforge.engine.runner import build
+from tests.conftest import QA_RECIPE, QA_ROWS
+
+
+class _Tags(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.tags: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list) -> None:
+        self.tags.append(tag)
+
+
+def test_report_escapes_data_names_drops_and_is_rewritten_the_same(ws, capsys):
+    hostile = "<script>window.pwned = 1</script><img src=x onerror=alert(1)> How many apples are in two boxes?"
+    ws.jsonl("qa.jsonl", [*QA_ROWS, {"question": hostile, "answer": "2*3=<<2*3=6>>6\n#### 6"}])
+    result = build(ws.recipe(QA_RECIPE), ws.out, show_progress=False)
+    assert result.timings["report"] >= 0
+    page = (ws.out / "report.html").read_text()
+    parser = _Tags()
+    parser.feed(page)
+    assert "script" not in parser.tags
+    assert parser.tags.count("img") == page.count('src="data:image/png;base64,')  # every image inline
+    assert "&lt;script&gt;window.pwned = 1&lt;/script&gt;&lt;img src=x onerror=alert(1)&gt;" in page
+    assert "filter:min_length: 1" in page  # the run table names what each step dropped, and why
+    assert page.count('<details class="history">') == 4  # four rows exported, each with its history
+    first = page
+    (ws.out / "report.html").unlink()
+    assert main(["report", "--out", str(ws.out)]) == 0
+    assert str(ws.out / "report.html") in capsys.readouterr().out
+    assert (ws.out / "report.html").read_text() == first
