@@ -118,14 +118,31 @@ def render_card(
 def hub_front_matter(
     plan: Plan, ds: PlannedDataset, steps: list, tables: dict[str, pa.Table], trl_type: str | None
 ) -> str:
-    """The Hub's YAML front matter of the card (``dataforge.hub``); the licence is the recipe's
-    ``license:`` for the dataset, else what the LICENSE files beside its local sources say."""
-    from dataforge.hub import front_matter, source_licenses
+    """The Hub's YAML front matter of the card (``dataforge.hub``)."""
+    from dataforge.hub import front_matter
 
-    base = plan.loaded.path.parent
-    local = [base / s.cfg.path for s in steps if s.kind == "source" and getattr(s.cfg, "path", None)]
-    licenses = ds.license if ds.license is not None else source_licenses(local)
-    return front_matter(tables, trl_type, licenses, ds.language, ds.tags)
+    return front_matter(tables, trl_type, dataset_licenses(plan, ds), ds.language, ds.tags)
+
+
+def dataset_licenses(plan: Plan, ds: PlannedDataset) -> list[str]:
+    """The dataset's Hub licence ids: the recipe's ``license:`` for the dataset, else those of the
+    sources it is made from — each source's own ``license:``, else the LICENSE file beside its
+    local data; different ones are all listed (sorted), sources that say nothing add nothing."""
+    from dataforge.hub import source_licenses
+
+    if ds.license is not None:
+        return list(ds.license)
+    found: set[str] = set()
+    ancestors = plan.ancestors({r.step for r in ds.splits.values()})
+    for s in plan.steps:
+        if s.name not in ancestors or s.kind != "source":
+            continue
+        own = getattr(s.cfg, "license", None)
+        if own is not None:
+            found.update([own] if isinstance(own, str) else own)
+        elif getattr(s.cfg, "path", None):
+            found.update(source_licenses([plan.loaded.base_dir / s.cfg.path]))
+    return sorted(found)
 
 
 def _tokenizer(ds: PlannedDataset) -> tuple[Any, str]:

@@ -17,7 +17,7 @@ import polars as pl
 import pyarrow as pa
 
 from dataforge import __version__
-from dataforge.card import render_card
+from dataforge.card import dataset_licenses, render_card
 from dataforge.card_plots import write_plots
 from dataforge.engine.fingerprint import canonical_json, file_sha256, hash_text, output_fingerprint, path_fingerprint
 from dataforge.engine.plan import Plan, PlannedDataset, Ref
@@ -32,7 +32,8 @@ EXPORT_VERSION = 6
 def dataset_fingerprint(plan: Plan, ds: PlannedDataset) -> str:
     by_name = plan.by_name
     splits = {s: output_fingerprint(by_name[r.step].fingerprint, r.output) for s, r in ds.splits.items()}
-    card = {"description": ds.description, "license": ds.license, "language": ds.language, "tags": ds.tags}
+    card = {"description": ds.description, "licenses": dataset_licenses(plan, ds), "language": ds.language}
+    card["tags"] = ds.tags
     if ds.tokenizer is not None:  # a local tokenizer by its files, so a changed one redraws the card
         local = Path(ds.tokenizer)
         card["tokenizer"] = path_fingerprint(local) if local.exists() else ds.tokenizer

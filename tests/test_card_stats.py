@@ -118,3 +118,43 @@ def test_token_counts_with_the_named_tokenizer_and_a_missing_one_names_its_key(w
         plan_recipe(bad := ws.recipe(QA_RECIPE + "    tokenizer: ./nowhere\n", "bad.yaml"))
     line = bad.read_text().splitlines().index("    tokenizer: ./nowhere") + 1
     assert exc.value.key == "datasets.qa_sft.tokenizer" and exc.value.line == line
+
+
+def test_card_licence_from_each_source_key_or_licence_file_and_a_change_rebuilds_only_the_card(ws):
+    """A source's `license:` names its data's licence; a source without one is read from the
+    LICENSE file beside it; different ones are all listed. The key changes no row: editing it
+    re-executes no step but writes the card again."""
+    import yaml
+
+    from dataforge.engine.runner import build
+    from tests.conftest import QA_ROWS
+
+    (ws.root / "a").mkdir()
+    (ws.root / "b").mkdir()
+    ws.jsonl("a/qa.jsonl", QA_ROWS)
+    ws.jsonl("b/qa.jsonl", [{**r, "question": r["question"] + " (b)"} for r in QA_ROWS])
+    (ws.root / "b" / "LICENSE").write_text("MIT License\n\nCopyright (c) 2021 someone\n")
+    text = """
+        name: two
+        steps:
+          a:
+            kind: source
+            path: a/qa.jsonl
+            license: cc-by-4.0
+          b:
+            kind: source
+            path: b/qa.jsonl
+        datasets:
+          qa:
+            splits: {train: a, test: b}
+        """
+
+    def licence() -> object:
+        card = (ws.out / "datasets" / "qa" / "card.md").read_text()
+        return yaml.safe_load(card.split("---\n")[1])["license"]
+
+    first = build(ws.recipe(text), ws.out, show_progress=False)
+    assert licence() == ["cc-by-4.0", "mit"]
+    again = build(ws.recipe(text.replace("cc-by-4.0", "mit")), ws.out, show_progress=False)
+    assert not again.executed and [s.fingerprint for s in again.steps] == [s.fingerprint for s in first.steps]
+    assert licence() == "mit"

@@ -244,7 +244,7 @@ def build_plan(
             raise loaded.error(exc.detail, step=name, key=exc.key) from None
         except DataforgeError as exc:
             raise loaded.error(str(exc), step=name) from None
-        fp = step_fingerprint(sd.kind, sd.version, cfg.model_dump(mode="json"), in_fps, data_fp)
+        fp = step_fingerprint(sd.kind, sd.version, cfg.fingerprint_json(), in_fps, data_fp)
         planned[name] = PlannedStep(
             name=name,
             stepdef=sd,

@@ -32,9 +32,16 @@ Fields = Annotated[list[str], BeforeValidator(_as_list)]
 
 
 class StepConfig(BaseModel):
-    """Base of every step config: frozen, and a key the step does not know is an error."""
+    """Base of every step config: frozen, and a key the step does not know is an error.
+    ``CARD_ONLY`` names keys that change no row (what the card says of the data): they stay
+    out of the step's fingerprint, so changing one rebuilds the card, not the data."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+    CARD_ONLY: typing.ClassVar[frozenset[str]] = frozenset()
+
+    def fingerprint_json(self) -> dict[str, Any]:
+        """The config as the fingerprint sees it: every key but the ``CARD_ONLY`` ones."""
+        return self.model_dump(mode="json", exclude=set(self.CARD_ONLY))
 
 
 class ColumnContractError(DataforgeError):

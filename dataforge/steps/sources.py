@@ -51,6 +51,9 @@ class SourceConfig(StepConfig):
     encoding: str = "utf-8"
     limit: int | None = None
     allow_empty: bool = False
+    license: str | list[str] | None = None  # the Hub licence id(s) of this data, for the cards
+
+    CARD_ONLY = frozenset({"license"})
 
     @model_validator(mode="after")
     def _one_origin(self) -> SourceConfig:
