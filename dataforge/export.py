@@ -126,16 +126,16 @@ def split_sha256(files: list[Path]) -> str:
 
 
 def write_reports(plan: Plan, store: Store, load: Callable[[Ref], pl.DataFrame]) -> None:
-    """``<out>/reports/<name>``: what each step's ``report(step, cfg, tables)`` returns (markdown
-    text or a table, written as Parquet), each file written under a temporary name and renamed."""
+    """``<out>/reports/<name>``: what each step's ``report(step, cfg, load)`` returns (markdown
+    text or a table, written as Parquet; ``load(output)`` reads only the outputs it needs), each
+    file written under a temporary name and renamed."""
     for ps in plan.steps:
         make = getattr(ps.stepdef.fn, "report", None)
         if make is None:
             continue
-        tables = {o: load(Ref(ps.name, o)) for o in ps.outputs}
         root = store.out / "reports"
         root.mkdir(parents=True, exist_ok=True)
-        for name, content in make(ps.name, ps.cfg, tables).items():
+        for name, content in make(ps.name, ps.cfg, lambda o, ps=ps: load(Ref(ps.name, o))).items():
             tmp = root / f".tmp-{name}"
             if isinstance(content, pl.DataFrame):
                 content.write_parquet(tmp)

@@ -184,19 +184,19 @@ class LineageWriter:
     def record_reuse(
         self,
         run_id: str,
-        row: StepRow,
-        artifacts: list[tuple[str, str, int, str]],
-        stored_decisions: Callable[[], tuple[pl.DataFrame, pl.DataFrame]],
+        batch: list[tuple[StepRow, list[tuple[str, str, int, str]]]],
+        stored_decisions: Callable[[StepRow], tuple[pl.DataFrame, pl.DataFrame]],
     ) -> None:
-        """A reused step's ``steps`` and ``artifacts`` rows, in one transaction; its decisions
-        are re-recorded from ``stored_decisions()`` (the artifact's copy) only if the lineage
-        lost them."""
+        """Reused steps' ``steps`` and ``artifacts`` rows (one (row, artifacts) per step), in one
+        transaction; a step's decisions are re-recorded from ``stored_decisions(row)`` (the
+        artifact's copy) only if the lineage lost them."""
         with self._transaction() as con:
-            if not _has_decisions(con, row.step, row.fingerprint):
-                events, edges = stored_decisions()
-                _insert_decisions(con, run_id, row, events, edges)
-            _insert_artifacts(con, run_id, row.step, row.fingerprint, artifacts)
-            _insert_step(con, run_id, row)
+            for row, artifacts in batch:
+                if not _has_decisions(con, row.step, row.fingerprint):
+                    events, edges = stored_decisions(row)
+                    _insert_decisions(con, run_id, row, events, edges)
+                _insert_artifacts(con, run_id, row.step, row.fingerprint, artifacts)
+                _insert_step(con, run_id, row)
 
 
 def _has_decisions(con: duckdb.DuckDBPyConnection, step: str, fingerprint: str) -> bool:

@@ -171,14 +171,14 @@ def render_report(out: Path) -> str:
                 "SELECT DISTINCT substr(step, 8) FROM latest_artifacts WHERE step LIKE 'export:%' ORDER BY 1"
             ).fetchall()
         ]
+        samples: dict[str, dict[str, list[dict[str, Any]]]] = {}
+        for name, split, table in iter_dataset_tables(out):
+            if name in exported:
+                samples.setdefault(name, {})[split] = table.slice(0, EXAMPLES).to_pylist()
+        ids = [r["_id"] for splits in samples.values() for rows in splits.values() for r in rows if "_id" in r]
+        histories = row_histories(out, ids, con) if ids else {}
     finally:
         con.close()
-    samples: dict[str, dict[str, list[dict[str, Any]]]] = {}
-    for name, split, table in iter_dataset_tables(out):
-        if name in exported:
-            samples.setdefault(name, {})[split] = table.slice(0, EXAMPLES).to_pylist()
-    ids = [r["_id"] for splits in samples.values() for rows in splits.values() for r in rows if "_id" in r]
-    histories = row_histories(out, ids) if ids else {}
     sections = []
     for name in exported:
         examples = []

@@ -164,6 +164,7 @@ class Runner:
         self._open_lineage()
         self.recorded = self.lineage.recorded_artifacts()  # what reuse is checked against
         self.background = _Background()
+        self.reused: list[tuple[StepRow, list[tuple[str, str, int, str]]]] = []
         self.llm = ModelPool(self.out / "cache" / "llm.sqlite")
         reports: list[StepReport] = []
         current: PlannedStep | None = None
@@ -180,6 +181,7 @@ class Runner:
                         reports.append(self._execute(ps, StepProgress(progress, ps.name)))
                     progress.advance(overall)
                 current = None
+                self._flush_reused()
                 from dataforge.export import export_datasets, write_reports
 
                 progress.update(overall, description="build · export")
@@ -229,6 +231,7 @@ class Runner:
         """Finish what the background thread holds (finished artifacts stay reusable), then
         record the failed step and run."""
         try:
+            self._flush_reused()
             self.background.wait()
         except BaseException as bg_exc:  # the step's own error, if any, is the one to report
             exc = exc if current is not None else bg_exc
@@ -285,20 +288,28 @@ class Runner:
             "outputs": {o.output: o.rows for o in stored},
         }
         artifacts = [(o.output, str(o.path), o.rows, o.sha256) for o in stored]
-        self.background.submit(self._record_reuse, row, artifacts)
+        self.reused.append((row, artifacts))  # recorded with the next executed step or the export
         for ref in ps.inputs.values():
             self._release(str(ref))
         return StepReport(
             ps.name, ps.kind, ps.fingerprint, meta["rows_in"], rows_out, 0.0, True, meta.get("drops", {}), **counts
         )
 
-    def _record_reuse(self, row: StepRow, artifacts: list[tuple[str, str, int, str]]) -> None:
-        def stored_decisions() -> tuple[pl.DataFrame, pl.DataFrame]:  # artifact stored, lineage lost
+    def _flush_reused(self) -> None:
+        """Record the reused steps not yet in the lineage, in one transaction (a cached rebuild
+        of twelve steps paid twelve database opens)."""
+        if self.reused:
+            batch, self.reused = self.reused, []
+            self.background.submit(self._record_reuse, batch)
+
+    def _record_reuse(self, batch: list[tuple[StepRow, list[tuple[str, str, int, str]]]]) -> None:
+        def stored_decisions(row: StepRow) -> tuple[pl.DataFrame, pl.DataFrame]:  # artifact stored, lineage lost
             return self.store.read_events(row.step, row.fingerprint), self.store.read_edges(row.step, row.fingerprint)
 
-        self.lineage.record_reuse(self.run_id, row, artifacts, stored_decisions)
+        self.lineage.record_reuse(self.run_id, batch, stored_decisions)
 
     def _execute(self, ps: PlannedStep, progress: StepProgress) -> StepReport:
+        self._flush_reused()  # the lineage records the steps in build order
         inputs = {name: self._load(ref) for name, ref in ps.inputs.items()}
         rows_in = sum(df.height for df in inputs.values())
         ctx = Context(

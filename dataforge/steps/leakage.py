@@ -849,10 +849,12 @@ def _cell(text: str | None, width: int = 160) -> str:
     return text if len(text) <= width else text[:width] + "…"
 
 
-def report(step_name: str, cfg: LeakageConfig, tables: dict[str, pl.DataFrame]) -> dict[str, str | pl.DataFrame]:
+def report(
+    step_name: str, cfg: LeakageConfig, load: Callable[[str], pl.DataFrame]
+) -> dict[str, str | pl.DataFrame]:
     """``reports/leakage_<step>.md`` (summary and the top examples side by side) and ``.parquet``
-    (every match)."""
-    m = tables["matches"]
+    (every match), from the step's ``matches`` output."""
+    m = load("matches")
     lines = [f"# Leakage report: step `{step_name}`", "", f"Action: `{cfg.action}`.", "", *contamination_table(m), ""]
     for detector in DETECTORS:
         top = m.filter(pl.col("detector") == detector).sort("score", descending=True).head(10)
