@@ -66,9 +66,12 @@ def perturb(text: str, rate: float, rng: random.Random, vocab: list[str]) -> str
     return " ".join(out)
 
 
-def corpus(n: int, seed: int = 0, words: int | None = None) -> tuple[list[str], list[tuple[int, int]]]:
-    """n documents and the planted (original, copy) index pairs. With ``words``, every document
-    is ~that many words long (built from real sentences)."""
+def corpus(
+    n: int, seed: int = 0, words: int | None = None, rates: tuple[float, ...] = (0.03, 0.08, 0.15)
+) -> tuple[list[str], list[tuple[int, int]]]:
+    """n documents and the planted (original, copy) index pairs, each copy with a share of its
+    words edited drawn from ``rates``. With ``words``, every document is ~that many words long
+    (built from real sentences)."""
     rng = random.Random(seed)
     real = real_documents()
     sentences = [s for d in real for s in re.split(r"(?<=[.?!])\s+", d) if len(s.split()) >= 4]
@@ -84,7 +87,7 @@ def corpus(n: int, seed: int = 0, words: int | None = None) -> tuple[list[str], 
     base = len(docs)
     for i in range(n - base):
         src = rng.randrange(base)
-        docs.append(perturb(docs[src], rng.choice((0.03, 0.08, 0.15)), rng, vocab))
+        docs.append(perturb(docs[src], rng.choice(rates), rng, vocab))
         planted.append((src, base + i))
     return docs, planted
 
@@ -238,6 +241,9 @@ def main() -> None:
     ap.add_argument("--memory", action="store_true", help="dataforge alone on documents of ~200 words")
     ap.add_argument("--repeat", type=int, default=3, help="runs of each method; the median time is reported")
     ap.add_argument("--text-dedup-python", help="a Python with `text-dedup` installed: adds text-dedup's MinHash")
+    ap.add_argument(
+        "--rates", default="0.03,0.08,0.15", help="edit rates of the planted copies, e.g. 0.01,0.05,0.1,0.2,0.35"
+    )
     ap.add_argument("--child", action="store_true")
     ap.add_argument("--method", default="dataforge:exact")
     ap.add_argument("--corpus")
@@ -245,9 +251,13 @@ def main() -> None:
     args = ap.parse_args()
     if args.child:
         return child(args)
-    docs, planted = corpus(args.docs, words=200 if args.memory else None)
+    rates = tuple(float(r) for r in args.rates.split(","))
+    docs, planted = corpus(args.docs, words=200 if args.memory else None, rates=rates)
     n_words = sum(len(d.split()) for d in docs[:2000]) / 2000
-    print(f"corpus: {len(docs):,} documents (mean {n_words:.0f} words), {len(planted):,} planted near-duplicates")
+    print(
+        f"corpus: {len(docs):,} documents (mean {n_words:.0f} words), {len(planted):,} planted near-duplicates "
+        f"at edit rates {', '.join(f'{r:.0%}' for r in rates)}"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "corpus.parquet"
         pl.DataFrame({"_id": [f"d:{i:08d}" for i in range(len(docs))], "text": docs}).write_parquet(path)

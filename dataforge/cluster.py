@@ -44,6 +44,56 @@ def components(n: int, pairs: np.ndarray) -> np.ndarray:
     return label_of_root[parent]
 
 
+def stars(n: int, pairs: np.ndarray, rank: np.ndarray) -> np.ndarray:
+    """Clusters without chaining: a label (0..k-1) for each of ``n`` nodes such that every
+    cluster is one representative and rows linked to it *directly* by ``pairs``.
+
+    The greedy rule, in ``rank`` order (smaller first, all distinct): a row not yet linked to a
+    representative becomes one, and takes every row linked to it. So a row joins a cluster only
+    when its own pair with the representative is in ``pairs`` (for dedup: verified Jaccard at the
+    threshold); the rest of a chain a–b–c (a–c not a pair) starts a cluster of its own. A row
+    linked to several representatives joins the best-ranked one.
+
+    Computed in rounds, vectorised: the representatives are the greedy maximal independent set by
+    rank (a row whose rank beats every undecided neighbour's is one; its neighbours are covered),
+    which is the same set the sequential rule picks; then each covered row takes its best-ranked
+    neighbouring representative. Labels are numbered by each cluster's smallest node."""
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
+    rank = np.asarray(rank, dtype=np.int64)
+    pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+    pairs = pairs[pairs[:, 0] != pairs[:, 1]]
+    u, v = pairs[:, 0], pairs[:, 1]
+    UNDECIDED, REP, COVERED = 0, 1, 2
+    state = np.zeros(n, dtype=np.int8)
+    lu, lv = u, v
+    big = np.iinfo(np.int64).max
+    while len(lu):
+        best_neighbour = np.full(n, big, dtype=np.int64)
+        np.minimum.at(best_neighbour, lu, rank[lv])
+        np.minimum.at(best_neighbour, lv, rank[lu])
+        new_rep = (state == UNDECIDED) & (rank < best_neighbour)
+        state[new_rep] = REP
+        covered = np.zeros(n, dtype=bool)
+        covered[lv[new_rep[lu]]] = True
+        covered[lu[new_rep[lv]]] = True
+        state[covered & (state == UNDECIDED)] = COVERED
+        live = (state[lu] == UNDECIDED) & (state[lv] == UNDECIDED)
+        lu, lv = lu[live], lv[live]
+    state[state == UNDECIDED] = REP  # rows left without an undecided neighbour
+    rep = np.arange(n, dtype=np.int64)
+    # each covered row → its best-ranked neighbouring representative
+    a = np.concatenate([u, v])
+    b = np.concatenate([v, u])
+    claim = (state[a] == COVERED) & (state[b] == REP)
+    a, b = a[claim], b[claim]
+    order = np.lexsort((rank[b], a))
+    a, b = a[order], b[order]
+    first = np.concatenate(([True], a[1:] != a[:-1])) if len(a) else np.zeros(0, dtype=bool)
+    rep[a[first]] = b[first]
+    return components(n, np.column_stack([np.arange(n), rep]))
+
+
 def near_duplicate_pairs(
     texts: Sequence[str],
     threshold: float = 0.8,

@@ -1,5 +1,5 @@
 """Connected components: the vectorised union-find gives scipy's components, numbered by each
-component's smallest node."""
+component's smallest node. Stars: clusters without chaining, equal to the greedy rule."""
 
 from __future__ import annotations
 
@@ -34,3 +34,53 @@ def test_a_long_chain_in_any_order_is_one_component():
 def test_labels_follow_the_smallest_node():
     assert components(6, np.array([[5, 4], [3, 1]])).tolist() == [0, 1, 2, 1, 3, 3]
     assert components(0, np.zeros((0, 2))).tolist() == []
+
+
+def _greedy_stars(n: int, pairs: np.ndarray, rank: np.ndarray) -> list[int]:
+    """The rule `stars` implements, one row at a time: in rank order, a row not yet taken becomes
+    a representative and takes its direct neighbours that are not taken."""
+    adj: dict[int, set[int]] = {i: set() for i in range(n)}
+    for a, b in pairs.tolist():
+        if a != b:
+            adj[a].add(b)
+            adj[b].add(a)
+    rep = [-1] * n
+    for i in sorted(range(n), key=lambda i: rank[i]):
+        if rep[i] == -1:
+            rep[i] = i
+            for j in adj[i]:
+                if rep[j] == -1:
+                    rep[j] = i
+    return rep
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_stars_equal_the_greedy_rule_one_row_at_a_time(seed):
+    from dataforge.cluster import stars
+
+    rng = np.random.default_rng(seed)
+    for _ in range(300):
+        n = int(rng.integers(1, 40))
+        pairs = rng.integers(0, n, (int(rng.integers(0, 80)), 2))
+        rank = rng.permutation(n)
+        got = stars(n, pairs, rank)
+        want = _greedy_stars(n, pairs, rank)
+        assert [min(np.nonzero(got == got[i])[0]) for i in range(n)] == [
+            min(j for j in range(n) if want[j] == want[i]) for i in range(n)
+        ]
+        reps = {i for i in range(n) if want[i] == i}
+        linked = {(int(a), int(b)) for a, b in pairs} | {(int(b), int(a)) for a, b in pairs}
+        assert all(want[i] == i or (want[i], i) in linked for i in range(n))  # every member is a direct pair
+        assert not any((a, b) in linked for a in reps for b in reps if a != b)  # no two representatives paired
+
+
+def test_stars_do_not_chain():
+    """a–b and b–c paired, a–c not: b joins a, c starts its own cluster; a path of 10,000 rows
+    makes 5,000 pairs, not one cluster."""
+    from dataforge.cluster import stars
+
+    assert stars(3, np.array([[0, 1], [1, 2]]), np.array([0, 1, 2])).tolist() == [0, 0, 1]
+    assert stars(3, np.array([[0, 1], [1, 2]]), np.array([1, 0, 2])).tolist() == [0, 0, 0]  # b first: takes both
+    chain = np.column_stack([np.arange(9999), np.arange(1, 10000)])
+    labels = stars(10000, chain, np.arange(10000))
+    assert labels.max() + 1 == 5000 and (np.bincount(labels) == 2).all()

@@ -12,7 +12,10 @@ They produce ``data``: the kept rows (with ``_cluster_id``/``_cluster_size`` whe
 ``cluster_columns: true``), and for ``dedup.minhash`` with ``keep_signatures: true`` also
 ``signatures`` (``_id``, ``signature`` list<uint32>). In each cluster the representative is
 chosen by a rule, never by row order: ``keep: smallest_id`` (default), ``earliest_ts`` or
-``highest`` (with ``keep_column``). Every other row is dropped with an event: reason
+``highest`` (with ``keep_column``). A near-duplicate cluster is its representative and the rows
+paired with it directly (``cluster.stars``): a row is dropped only for its own verified
+similarity to the row that is kept, never through a chain of pairs (a–b and b–c similar, a and c
+not: b goes with a, c is kept). Every other row is dropped with an event: reason
 ``exact_duplicate`` / ``near_duplicate`` / ``template_duplicate``, ``related_id`` = the kept
 representative (or the matched ``against`` row), ``score`` = Jaccard (1.0 for exact).
 
@@ -39,7 +42,7 @@ import numpy as np
 import polars as pl
 from pydantic import model_validator
 
-from dataforge.cluster import components
+from dataforge.cluster import stars
 from dataforge.engine.events import events
 from dataforge.engine.fingerprint import canonical_json
 from dataforge.engine.step import (
@@ -73,6 +76,11 @@ _NOT_NAMES = frozenset(
 
 
 SIGNATURE_BATCH = 100_000  # rows whose text is prepared and hashed at once
+# LSH buckets of up to this many rows give every pair of their rows as candidates, not only the
+# pairs with the bucket's best-ranked row: a cluster takes only rows similar to its kept row, so a
+# row must meet every better-ranked row it may be similar to
+BUCKET_PAIRS = 32
+LSH_MARGIN = 0.2  # candidates from LSH at threshold − this, verified exactly at the threshold
 _SCORED = {"a": pl.Int64, "b": pl.Int64, "s": pl.Float64}
 
 
@@ -107,12 +115,23 @@ class MinhashConfig(DedupConfig):
     shingle: Literal["word", "char"] = "word"
     seed: int = 1
     verify: Literal["exact", "estimate", "none"] = "exact"
+    # the LSH bands are datasketch's optimum for this threshold; default: threshold − LSH_MARGIN
+    # when pairs are verified exactly (more candidates, the same precision), else threshold
+    lsh_threshold: float | None = None
     keep_signatures: bool = False
+
+    @property
+    def candidate_threshold(self) -> float:
+        if self.lsh_threshold is not None:
+            return self.lsh_threshold
+        return max(0.05, self.threshold - LSH_MARGIN) if self.verify == "exact" else self.threshold
 
     @model_validator(mode="after")
     def _lsh(self) -> MinhashConfig:
         if not 0 < self.threshold < 1:
             raise ValueError(f"threshold must be between 0 and 1, not {self.threshold}")
+        if self.lsh_threshold is not None and not 0 < self.lsh_threshold < 1:
+            raise ValueError(f"lsh_threshold must be between 0 and 1, not {self.lsh_threshold}")
         if self.num_perm < 2 or self.ngram < 1:
             raise ValueError("num_perm must be at least 2 and ngram at least 1")
         if (self.bands is None) != (self.rows is None):
@@ -259,6 +278,15 @@ def _empty_drops(df: pl.DataFrame, text: pl.Series, cfg: DedupConfig) -> tuple[p
     return pl.Series([True] * df.height), []
 
 
+def _clusters(n: int, pairs: np.ndarray, alive: pl.Series, rank: np.ndarray) -> np.ndarray:
+    """Near-duplicate clusters of the rows still ``alive``: each a representative (the best
+    ``rank``) and the rows paired with it directly (``cluster.stars``) — never rows joined only
+    through a chain of pairs, which can be far apart. Rows already dropped link nothing."""
+    live = alive.to_numpy()
+    pairs = pairs[live[pairs[:, 0]] & live[pairs[:, 1]]] if len(pairs) else pairs
+    return stars(n, pairs, rank)
+
+
 def _finish(
     df: pl.DataFrame,
     cfg: DedupConfig,
@@ -372,9 +400,10 @@ def dedup_exact(inputs: dict[str, pl.DataFrame], cfg: DedupConfig, ctx: Context)
 # -- dedup.minhash ------------------------------------------------------------------------------------
 
 
-@step("dedup.minhash", version=1, inputs=None, outputs=_outputs, columns=_columns, partition="global")
+@step("dedup.minhash", version=2, inputs=None, outputs=_outputs, columns=_columns, partition="global")
 def dedup_minhash(inputs: dict[str, pl.DataFrame], cfg: MinhashConfig, ctx: Context) -> StepResult:
-    """Drop near-duplicates: MinHash LSH candidates, verified, clustered, one kept per cluster."""
+    """Drop near-duplicates: MinHash LSH candidates (below the threshold), verified, clustered around
+    the rows kept (no chaining), one kept per cluster."""
     from dataforge.text.minhash import (
         MAX_HASH,
         candidate_pairs,
@@ -434,11 +463,11 @@ def dedup_minhash(inputs: dict[str, pl.DataFrame], cfg: MinhashConfig, ctx: Cont
         local = np.searchsorted(needed, pairs)
         return exact_jaccard(texts_of(needed).to_arrow(), local, cfg.ngram, cfg.shingle)
 
-    bands, rows = (cfg.bands, cfg.rows) if cfg.bands and cfg.rows else lsh_params(cfg.threshold, cfg.num_perm)
+    bands, rows = (cfg.bands, cfg.rows) if cfg.bands and cfg.rows else lsh_params(cfg.candidate_threshold, cfg.num_perm)
     rank = keep_rank(df, cfg)
     # rows of `against` rank after every data row, by their own id order
     full_rank = np.concatenate([rank, n + (keep_rank(other, cfg) if other is not None else np.zeros(0, np.int64))])
-    pairs = candidate_pairs(sigs, bands, rows, full_rank)
+    pairs = candidate_pairs(sigs, bands, rows, full_rank, within=BUCKET_PAIRS)
     if cfg.verify == "exact":
         score = exact_scores(pairs)
     else:
@@ -454,7 +483,7 @@ def dedup_minhash(inputs: dict[str, pl.DataFrame], cfg: MinhashConfig, ctx: Cont
         alive = _drop_matches(df, other, alive, mine, theirs, c_score, reason, found)
         inner = ~cross & (pairs[:, 0] < n)
         pairs, score = pairs[inner], score[inner]
-    labels = components(n, pairs)
+    labels = _clusters(n, pairs, alive, rank)
 
     def score_of(rep_dup: np.ndarray) -> np.ndarray:
         """Score of each (representative, dropped) pair: most are verified candidate pairs
@@ -529,7 +558,7 @@ class SemanticConfig(DedupConfig):
         return self
 
 
-@step("dedup.semantic", version=1, inputs=None, outputs=_outputs, columns=_columns, partition="global")
+@step("dedup.semantic", version=2, inputs=None, outputs=_outputs, columns=_columns, partition="global")
 def dedup_semantic(inputs: dict[str, pl.DataFrame], cfg: SemanticConfig, ctx: Context) -> StepResult:
     """Drop rows whose embedding is within ``threshold`` cosine of a kept row (or an ``against`` row).
 
@@ -550,10 +579,11 @@ def dedup_semantic(inputs: dict[str, pl.DataFrame], cfg: SemanticConfig, ctx: Co
         cross, cos = cosine_pairs(vecs, other_vecs, cfg.threshold)
         alive = _drop_matches(df, other, alive, cross[:, 0], cross[:, 1], cos, "semantic_duplicate", found)
     pairs, _ = cosine_pairs(vecs, None, cfg.threshold)
-    labels = components(n, pairs)
+    rank = keep_rank(df, cfg)
+    labels = _clusters(n, pairs, alive, rank)
 
     def score_of(rep_dup: np.ndarray) -> np.ndarray:
         return (vecs[rep_dup[:, 0]] * vecs[rep_dup[:, 1]]).sum(axis=1).astype(np.float64)
 
-    kept = _finish(df, cfg, alive, labels, keep_rank(df, cfg), score_of, "semantic_duplicate", found)
+    kept = _finish(df, cfg, alive, labels, rank, score_of, "semantic_duplicate", found)
     return StepResult({"data": kept}, events=found)

@@ -188,11 +188,16 @@ def band_keys(sigs: np.ndarray, bands: int, rows: int) -> np.ndarray:
     return keys
 
 
-def candidate_pairs(sigs: np.ndarray, bands: int, rows: int, rank: np.ndarray | None = None) -> np.ndarray:
+def candidate_pairs(
+    sigs: np.ndarray, bands: int, rows: int, rank: np.ndarray | None = None, within: int = 0
+) -> np.ndarray:
     """Pairs (head, member) of documents sharing a band: each bucket links its members to its
     head, the member of smallest ``rank`` (default: index; ranks are distinct), so the pairs do
-    not depend on the order of the rows when ``rank`` is a canonical order. Empty signatures
-    never match. Buckets are hash tables in the compiled kernel, one band at a time."""
+    not depend on the order of the rows when ``rank`` is a canonical order. Buckets of at most
+    ``within`` members also give every pair of their members (better-ranked first): clusters
+    that may not chain need them, since a member may be similar to another but not to the head.
+    Empty signatures never match. Buckets are hash tables in the compiled kernel, one band at a
+    time."""
     n = sigs.shape[0]
     rank = np.arange(n, dtype=np.int64) if rank is None else np.ascontiguousarray(rank, dtype=np.int64)
     live = ~(sigs == MAX_HASH).all(axis=1)
@@ -203,8 +208,28 @@ def candidate_pairs(sigs: np.ndarray, bands: int, rows: int, rank: np.ndarray | 
     _kernels.band_heads(keys, n, bands, rank, live.view(np.uint8), heads)
     members = np.broadcast_to(np.arange(n)[:, None], heads.shape)
     linked = (heads >= 0) & (heads != members)
-    code = np.unique(heads[linked] * n + members[linked])
+    codes = [heads[linked] * n + members[linked]]
+    if within > 2:
+        codes.append(_pairs_within_buckets(heads, linked, rank, within, n))
+    code = np.unique(np.concatenate(codes))
     return np.column_stack([code // n, code % n]).astype(np.int64)
+
+
+def _pairs_within_buckets(heads: np.ndarray, linked: np.ndarray, rank: np.ndarray, within: int, n: int) -> np.ndarray:
+    """Codes (a * n + b, ``rank[a] < rank[b]``) of every pair of non-head members of buckets of at
+    most ``within`` members (their pairs with the head are already linked)."""
+    import polars as pl
+
+    member, band = np.nonzero(linked)
+    frame = pl.DataFrame({"bucket": band.astype(np.int64) * n + heads[member, band], "m": member})
+    frame = frame.with_columns(pl.len().over("bucket").alias("size")).filter(
+        (pl.col("size") >= 2) & (pl.col("size") < within)  # members besides the head
+    )
+    if frame.is_empty():
+        return np.zeros(0, dtype=np.int64)
+    frame = frame.with_columns(pl.Series("r", rank[frame["m"].to_numpy()]))
+    pairs = frame.join(frame, on="bucket", suffix="_b").filter(pl.col("r") < pl.col("r_b"))
+    return (pairs["m"].to_numpy() * n + pairs["m_b"].to_numpy()).astype(np.int64)
 
 
 def estimated_jaccard(sigs: np.ndarray, pairs: np.ndarray) -> np.ndarray:

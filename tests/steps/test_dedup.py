@@ -94,6 +94,27 @@ def test_candidate_pairs_link_each_bucket_to_its_best_ranked_member():
     assert {tuple(p) for p in got.tolist()} == expected and len(got) == len(expected)
 
 
+def test_small_buckets_give_every_pair_of_their_members_better_ranked_first():
+    from dataforge.text.minhash import candidate_pairs
+
+    rng = np.random.default_rng(1)
+    sigs = rng.integers(0, 40, (300, 8), dtype=np.uint32)  # buckets of a few rows
+    rank = rng.permutation(300)
+    expected = set()
+    for band in range(4):
+        buckets: dict[tuple, list[int]] = {}
+        for d in range(300):
+            buckets.setdefault(tuple(sigs[d, band * 2 : band * 2 + 2]), []).append(d)
+        for members in buckets.values():
+            ordered = sorted(members, key=lambda d: rank[d])
+            if len(members) <= 4:
+                expected |= {(a, b) for i, a in enumerate(ordered) for b in ordered[i + 1 :]}
+            else:
+                expected |= {(ordered[0], b) for b in ordered[1:]}
+    got = candidate_pairs(sigs, 4, 2, rank, within=4)
+    assert {tuple(p) for p in got.tolist()} == expected and len(got) == len(expected)
+
+
 def test_lsh_params_equal_datasketch():
     from datasketch.lsh import _optimal_param
 
@@ -229,6 +250,7 @@ def test_cluster_columns_and_signature_artifact(ctx):
     "kwargs, message",
     [
         ({"threshold": 1.2}, "between 0 and 1"),
+        ({"lsh_threshold": 0.0}, "lsh_threshold must be between 0 and 1"),
         ({"bands": 20, "rows": 10}, "more than num_perm"),
         ({"bands": 4}, "give both bands and rows"),
         ({"keep": "highest"}, "keep_column"),
@@ -289,3 +311,61 @@ def test_stored_signatures_are_reused_and_checked(ctx, monkeypatch):
     assert calls == [60] and partial.tables["data"].equals(first.tables["data"])
     with pytest.raises(DataError, match="other MinHash settings"):
         dedup_minhash({"data": df, "signatures": stored}, MinhashConfig(fields=["q"], ngram=5), ctx)
+
+
+def _edit_chain(text: str, rng: np.random.Generator, links: int) -> list[str]:
+    """``text`` and ``links`` successive copies, each with one more word replaced: neighbours in
+    the chain are near-duplicates, its two ends are not."""
+    words, out = text.split(), [text]
+    for k in rng.choice(np.arange(2, len(words) - 2), size=links, replace=False):
+        words = words.copy()
+        words[k] = f"zz{k}"
+        out.append(" ".join(words))
+    return out
+
+
+def test_a_row_is_dropped_only_for_its_own_similarity_to_the_row_kept(ctx):
+    """Chains of edits on real GSM8K questions (each copy one more word from the original): every
+    dropped row's verified Jaccard with the row kept for it reaches the threshold; the far end of a
+    chain is not dropped through the chain."""
+    from dataforge.text.minhash import exact_jaccard
+
+    rng = np.random.default_rng(0)
+    base = [q for q in QUESTIONS.head(400).to_list() if len(q.split()) >= 40][:40]
+    texts = [t for q in base for t in _edit_chain(q, rng, 6)]
+    df = _frame(texts)
+    cfg = MinhashConfig(fields=["q"], threshold=0.8, cluster_columns=True)
+    res = dedup_minhash({"data": df}, cfg, ctx)
+    ev, kept = res.events[0], res.tables["data"]
+    assert set(ev["related_id"]) <= set(kept["_id"])  # dropped in favour of a row that stays
+    index = {rid: k for k, rid in enumerate(df["_id"])}
+    pairs = np.array([[index[a], index[b]] for a, b in zip(ev["related_id"], ev["row_id"], strict=True)])
+    jaccard = exact_jaccard(df["q"].str.to_lowercase().to_arrow(), pairs, 3, False)
+    assert (jaccard >= 0.8).all() and np.allclose(jaccard, ev["score"].to_numpy())
+    # connected components keep one row per chain; six edits from its start, a chain's end is never
+    # dropped in favour of the start
+    assert kept.height > len(base)
+    related = dict(zip(ev["row_id"], ev["related_id"], strict=True))
+    assert all(related.get(f"r:{7 * c + 6:03d}") != f"r:{7 * c:03d}" for c in range(len(base)))
+    assert kept.filter(pl.col("_id") == "r:000")["_cluster_size"].item() == int((ev["related_id"] == "r:000").sum()) + 1
+
+
+def test_candidates_come_from_lsh_below_the_threshold_so_pairs_just_above_it_are_found(ctx):
+    """Copies whose verified Jaccard is just above the threshold: LSH tuned at the threshold itself
+    misses a share of them; the default (LSH at threshold − 0.2, every candidate verified exactly)
+    finds them all, and drops nothing below the threshold."""
+    from dataforge.text.minhash import exact_jaccard
+
+    rng = np.random.default_rng(5)
+    base = [q for q in QUESTIONS.head(3000).to_list() if len(q.split()) >= 45][:150]
+    copies = [_edit_chain(q, rng, 2)[2] for q in base]  # two words replaced: Jaccard ≈ 0.75-0.85
+    df = _frame(base + copies)
+    n = len(base)
+    j = exact_jaccard(df["q"].str.to_lowercase().to_arrow(), np.array([[k, n + k] for k in range(n)]), 3, False)
+    above = {f"r:{n + k:03d}" for k in range(n) if j[k] >= 0.8}
+    assert len(above) > 40
+    default = dedup_minhash({"data": df}, MinhashConfig(fields=["q"], threshold=0.8), ctx)
+    at_threshold = dedup_minhash({"data": df}, MinhashConfig(fields=["q"], threshold=0.8, lsh_threshold=0.8), ctx)
+    assert MinhashConfig(fields=["q"], threshold=0.8).candidate_threshold == pytest.approx(0.6)
+    assert set(default.events[0]["row_id"]) == above
+    assert set(at_threshold.events[0]["row_id"]) < above
