@@ -16,7 +16,7 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
-from dataforge.card_stats import row_texts
+from dataforge.card_stats import text_lengths
 from dataforge.steps.audit import DatasetAudit
 
 PNG_META = {"Software": None}  # no version or date in the file: the same data, the same bytes
@@ -41,7 +41,7 @@ def _save(fig: Any, path: Path) -> None:
 
 def length_histogram(tables: dict[str, pa.Table], path: Path) -> None:
     """Characters per row, one histogram per split on shared logarithmic bins."""
-    lengths = {s: np.array([max(len(t), 1) for t in row_texts(tab)]) for s, tab in tables.items()}
+    lengths = {s: np.maximum(text_lengths(tab)["chars"].to_numpy(), 1) for s, tab in tables.items()}
     top = max((int(v.max()) for v in lengths.values() if len(v)), default=10)
     low = min((int(v.min()) for v in lengths.values() if len(v)), default=1)
     bins = np.logspace(np.log10(low), np.log10(max(top, low * 10)), 40)

@@ -15,35 +15,63 @@ import polars as pl
 import pyarrow as pa
 
 
-def _text(value: Any) -> str:
-    """A cell as text: a messages list → its contents joined, anything else → str."""
-    if isinstance(value, list):
-        return "\n".join(m.get("content") or "" if isinstance(m, dict) else str(m) for m in value)
-    return "" if value is None else str(value)
+def _column_text(name: str, dtype: pl.DataType) -> pl.Expr:
+    """A column as text: a messages list → its contents joined by newlines, a list → its items,
+    anything else → its string form; null → ""."""
+    col = pl.col(name)
+    if isinstance(dtype, pl.List) and isinstance(dtype.inner, pl.Struct):
+        if "content" in {f.name for f in dtype.inner.fields}:
+            return col.list.eval(pl.element().struct.field("content").cast(pl.String).fill_null("")).list.join("\n")
+        return col.map_elements(str, return_dtype=pl.String)
+    if isinstance(dtype, pl.List) and not isinstance(dtype.inner, pl.List | pl.Struct | pl.Array):
+        return col.list.eval(pl.element().cast(pl.String).fill_null("")).list.join("\n")
+    if isinstance(dtype, pl.Struct | pl.List | pl.Array | pl.Object):
+        return col.map_elements(str, return_dtype=pl.String)
+    return col.cast(pl.String)
+
+
+def row_text_expr(schema: pl.Schema) -> pl.Expr:
+    """Each row's text: every column but ``_id`` as text (``_column_text``), joined by newlines."""
+    parts = [_column_text(n, t).fill_null("") for n, t in schema.items() if n != "_id"]
+    return pl.concat_str(parts, separator="\n") if parts else pl.lit("")
+
+
+def text_lengths(table: pa.Table) -> pl.DataFrame:
+    """Characters and whitespace-separated words of each row's text (``row_text_expr``)."""
+    df = pl.from_arrow(table)
+    text = row_text_expr(df.schema)
+    return df.select(text.str.len_chars().alias("chars"), text.str.count_matches(r"\S+").alias("words"))
 
 
 def row_texts(table: pa.Table) -> list[str]:
-    """Each row's text: every column but ``_id``, messages as their contents, joined by newlines."""
+    """Each row's text (``row_text_expr``), for a tokenizer."""
     df = pl.from_arrow(table)
-    return ["\n".join(_text(v) for k, v in row.items() if k != "_id") for row in df.iter_rows(named=True)]
+    return df.select(row_text_expr(df.schema).alias("t"))["t"].to_list()
 
 
-def _spread(values: list[float]) -> str:
-    if not values:
+def _spread(values: Any) -> str:
+    if len(values) == 0:
         return "—"
     a = np.asarray(values, dtype=np.float64)
     return " / ".join(f"{x:,.0f}" for x in (a.min(), np.median(a), np.percentile(a, 95), a.max()))
 
 
-def _answer_kind(value: Any) -> str:
-    text = str(value).strip().replace(",", "")
-    if text.lstrip("-").isdigit():
-        return "integer"
-    try:
-        float(text)
-        return "decimal"
-    except ValueError:
-        return "fraction" if "/" in text else "text"
+def _answer_kinds(answers: pl.Series) -> pl.Series:
+    """integer / decimal / fraction / text of each answer (thousands separators ignored)."""
+    text = answers.cast(pl.String).fill_null("").str.strip_chars().str.replace_all(",", "")
+    return (
+        pl.select(
+            pl.when(text.str.contains(r"^-?\d+$"))
+            .then(pl.lit("integer"))
+            .when(text.cast(pl.Float64, strict=False).is_not_null())
+            .then(pl.lit("decimal"))
+            .when(text.str.contains("/"))
+            .then(pl.lit("fraction"))
+            .otherwise(pl.lit("text"))
+        )
+        .to_series()
+        .alias("kind")
+    )
 
 
 def load_tokenizer(name: str, dataset: str) -> Any:
@@ -82,33 +110,33 @@ def statistics_section(tables: dict[str, pa.Table], tokenizer: Any = None, token
     ]
     frames = {s: pl.from_arrow(t) for s, t in tables.items()}
     for split, df in frames.items():
-        texts = row_texts(tables[split])
-        chars = [len(t) for t in texts]
-        words = [len(t.split()) for t in texts]
-        tokens = f" {_spread(token_counts(tokenizer, texts))} |" if tokenizer is not None else ""
+        lengths = text_lengths(tables[split])
+        chars, words = lengths["chars"].to_numpy(), lengths["words"].to_numpy()
+        tokens = f" {_spread(token_counts(tokenizer, row_texts(tables[split])))} |" if tokenizer is not None else ""
         lines.append(f"| {split} | {df.height:,} | {_spread(chars)} | {_spread(words)} |" + tokens)
     lines.append("")
     message_columns = [c for c, t in next(iter(frames.values())).schema.items() if isinstance(t, pl.List)]
     for col in message_columns:
         lines += [f"Turns per conversation in `{col}` (min / median / p95 / max):", ""]
-        lines += [f"- {s}: {_spread([len(v or []) for v in df[col].to_list()])}" for s, df in frames.items()]
+        lines += [f"- {s}: {_spread(df[col].list.len().fill_null(0).to_numpy())}" for s, df in frames.items()]
         lines.append("")
     first = next(iter(frames.values()))
     if {"chosen", "rejected"} <= set(first.columns):
         lines += ["Chosen − rejected length gap (characters; a reward model can learn that longer wins):", ""]
         for s, df in frames.items():
-            gap = [
-                len(_text(c)) - len(_text(r))
-                for c, r in zip(df["chosen"].to_list(), df["rejected"].to_list(), strict=True)
-            ]
-            longer = sum(g > 0 for g in gap) / len(gap) if gap else 0.0
-            median = f"{np.median(gap):+,.0f}" if gap else "—"
+            length = {
+                c: _column_text(c, df.schema[c]).fill_null("").str.len_chars().cast(pl.Int64)
+                for c in ("chosen", "rejected")
+            }
+            gap = df.select((length["chosen"] - length["rejected"]).alias("g"))["g"].to_numpy()
+            longer = float((gap > 0).mean()) if len(gap) else 0.0
+            median = f"{np.median(gap):+,.0f}" if len(gap) else "—"
             lines.append(f"- {s}: median {median}, chosen longer in {longer:.0%} of pairs")
         lines.append("")
     if "answer" in first.columns and "prompt" in first.columns:
         lines += ["Kinds of `answer` (what a verifier compares):", ""]
         for s, df in frames.items():
-            kinds = pl.Series([_answer_kind(a) for a in df["answer"].to_list()], dtype=pl.String).value_counts()
+            kinds = _answer_kinds(df["answer"]).value_counts()
             counts = ", ".join(f"{k} {n:,}" for k, n in sorted(kinds.rows()))
             lines.append(f"- {s}: {counts or 'no rows'}")
         lines.append("")

@@ -34,7 +34,6 @@ Example::
 from __future__ import annotations
 
 import re
-import unicodedata
 from collections.abc import Callable
 from typing import Literal
 
@@ -58,7 +57,7 @@ from dataforge.engine.step import (
 )
 from dataforge.errors import DataError, RecipeError
 from dataforge.text.fields import text_expr
-from dataforge.text.normalize import comparable_expr
+from dataforge.text.normalize import comparable_text, nfkc_lower_where_needed
 
 TEMPLATE_TOKENS = (
     r"<\|im_start\|>\s*(?:system|user|assistant)?|<\|[^|>\s]{1,40}\|>|\[/?INST\]|<</?SYS>>|</?s>"
@@ -187,41 +186,8 @@ def dedup_text(
     if cfg.template_aware:
         text = pl.Series("t", [_mask_template(t) for t in text.to_list()], dtype=pl.String)
     if exact:
-        return pl.select(comparable_expr(pl.lit(text)).alias("t"))["t"]
-    text = text.fill_null("")
-    idx = _changed_by_nfkc_lower(text).arg_true()
-    if len(idx):
-        # CPython's unicodedata normalizes ~3x faster than polars' str.normalize here (measured)
-        normalized = [unicodedata.normalize("NFKC", t).lower() for t in text.gather(idx).to_list()]
-        text = text.scatter(idx, pl.Series(normalized, dtype=pl.String))
-    return text
-
-
-_NON_ASCII_RUN = r"[\x00-\x7f]?[^\x00-\x7f]+"  # a run of non-ASCII characters and the character before it
-
-
-def _changed_by_nfkc_lower(text: pl.Series) -> pl.Series:
-    """Which texts NFKC + lowercasing would change beyond the ASCII lowercasing the MinHash
-    kernel does itself. Decided per distinct non-ASCII run (with the character before it, the
-    only one a combining mark can compose with), not per row, and only in texts with more bytes
-    than characters: ASCII never changes under NFKC, so a text changes only where one of its
-    runs does. On the dedup benchmark's corpus 42 % of the rows hold non-ASCII text and 0.1 %
-    need normalizing."""
-    changed = np.zeros(len(text), dtype=bool)
-    wide = np.nonzero((text.str.len_bytes() != text.str.len_chars()).fill_null(False).to_numpy())[0]
-    if not len(wide):
-        return pl.Series(changed)
-    runs = text.gather(wide).str.extract_all(_NON_ASCII_RUN)
-    distinct = runs.explode().drop_nulls().unique().to_list()
-
-    def changes(run: str) -> bool:
-        head = run[0].lower() if run[0].isascii() else run[0]
-        return unicodedata.normalize("NFKC", run).lower() != head + run[1:]
-
-    changing = [run for run in distinct if changes(run)]
-    if changing:
-        changed[wide] = runs.list.eval(pl.element().is_in(changing)).list.any().fill_null(False).to_numpy()
-    return pl.Series(changed)
+        return comparable_text(text)
+    return nfkc_lower_where_needed(text.fill_null(""))
 
 
 def keep_rank(df: pl.DataFrame, cfg: DedupConfig) -> np.ndarray:

@@ -369,3 +369,15 @@ def test_candidates_come_from_lsh_below_the_threshold_so_pairs_just_above_it_are
     assert MinhashConfig(fields=["q"], threshold=0.8).candidate_threshold == pytest.approx(0.6)
     assert set(default.events[0]["row_id"]) == above
     assert set(at_threshold.events[0]["row_id"]) < above
+
+
+def test_comparable_text_equals_the_full_normalization_on_real_and_unicode_text():
+    """The exact-dedup key, computed with NFKC only where it changes something, equals NFKC +
+    lowercase + folded whitespace applied to every text."""
+    from dataforge.text.normalize import comparable_expr, comparable_text
+
+    answers = pl.read_ndjson(GSM8K / "train.jsonl")["answer"].head(3000).to_list()
+    odd = ["Café", "cafe\u0301 au lait", "ＦＵＬＬ width", "ﬁ ligature", "İstanbul", "ß straße", "Ω ΣΑΣ", "ǅ title"]
+    odd += ["  lead\u00a0nbsp  trail \u3000", "① circled", "x\u200bzero", "Ⅻ roman", "\u212a kelvin", "", "\t\n", None]
+    texts = pl.Series([*QUESTIONS.head(3000).to_list(), *answers, *odd], dtype=pl.String)
+    assert comparable_text(texts).to_list() == pl.select(comparable_expr(pl.lit(texts))).to_series().to_list()
