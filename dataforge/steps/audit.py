@@ -115,20 +115,20 @@ def audit_frames(
         ]
     ).with_columns(pl.col("input").replace_strict(order, return_dtype=pl.Int32).alias("k"))
     found: list[pl.DataFrame] = []
-    exact = (
-        rows.join(rows, on="p", suffix="_b")
-        .filter(pl.col("k") < pl.col("k_b"))
-        .select(
-            pl.when(pl.col("t") == pl.col("t_b"))
-            .then(pl.lit("exact_overlap"))
-            .otherwise(pl.lit("same_prompt_different_target"))
-            .alias("finding"),
-            pl.col("input").alias("input_a"),
-            pl.col("row").alias("row_a"),
-            pl.col("input_b"),
-            pl.col("row_b"),
-            pl.lit(1.0).alias("score"),
-        )
+    # split by split: a self-join of all rows would pair every repeat of a prompt inside one
+    # split too (quadratic in how often a prompt repeats) only to throw those pairs away
+    by_input = {name: rows.filter(pl.col("input") == name) for name in tables}
+    cross = [by_input[a].join(by_input[b], on="p", suffix="_b") for a, b in combinations(tables, 2)]
+    exact = (pl.concat(cross) if cross else rows.join(rows, on="p", suffix="_b").clear()).select(
+        pl.when(pl.col("t") == pl.col("t_b"))
+        .then(pl.lit("exact_overlap"))
+        .otherwise(pl.lit("same_prompt_different_target"))
+        .alias("finding"),
+        pl.col("input").alias("input_a"),
+        pl.col("row").alias("row_a"),
+        pl.col("input_b"),
+        pl.col("row_b"),
+        pl.lit(1.0).alias("score"),
     )
     found.append(exact)
     if near and rows.height:
