@@ -40,7 +40,7 @@ from dataforge.cluster import near_duplicate_pairs
 from dataforge.engine.events import events
 from dataforge.engine.step import ColumnContractError, Columns, Context, Fields, PlanInfo, StepConfig, StepResult, step
 from dataforge.errors import DataError, RecipeError
-from dataforge.text.fields import key_expr
+from dataforge.text.fields import key_text
 
 FINDINGS_SCHEMA = {
     "_id": pl.String,
@@ -108,8 +108,8 @@ def audit_frames(
             df.select(
                 pl.lit(name).alias("input"),
                 pl.col("_id").alias("row"),
-                key_expr(df, prompt, prompt_roles).alias("p"),
-                (key_expr(df, target, target_roles) if target else pl.lit("")).alias("t"),
+                pl.lit(key_text(df, prompt, prompt_roles)).alias("p"),
+                (pl.lit(key_text(df, target, target_roles)) if target else pl.lit("")).alias("t"),
             )
             for name, df in tables.items()
         ]

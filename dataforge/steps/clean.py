@@ -42,7 +42,7 @@ from dataforge.engine.step import (
     step,
 )
 from dataforge.errors import DataError
-from dataforge.text.normalize import UnicodeForm, Whitespace, normalize_expr
+from dataforge.text.normalize import UnicodeForm, Whitespace, normalize_text
 
 # -- clean.normalize ------------------------------------------------------------------------------
 
@@ -74,7 +74,7 @@ def normalize(inputs: dict[str, pl.DataFrame], cfg: NormalizeConfig, ctx: Contex
         for f in cfg.fields:
             require_text(df, f)
         new = df.with_columns(
-            normalize_expr(pl.col(f), cfg.form, cfg.whitespace, cfg.lowercase).alias(f) for f in cfg.fields
+            normalize_text(df[f], cfg.form, cfg.whitespace, cfg.lowercase).alias(f) for f in cfg.fields
         )
         changed = [(new[f] != df[f]).fill_null(False) for f in cfg.fields]
         mask = pl.DataFrame({f: c for f, c in zip(cfg.fields, changed, strict=True)})

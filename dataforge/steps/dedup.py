@@ -57,7 +57,7 @@ from dataforge.engine.step import (
 )
 from dataforge.errors import DataError, RecipeError
 from dataforge.text.fields import text_expr
-from dataforge.text.normalize import comparable_text, nfkc_lower_where_needed
+from dataforge.text.normalize import comparable_text, nfkc_where_needed
 
 TEMPLATE_TOKENS = (
     r"<\|im_start\|>\s*(?:system|user|assistant)?|<\|[^|>\s]{1,40}\|>|\[/?INST\]|<</?SYS>>|</?s>"
@@ -187,7 +187,7 @@ def dedup_text(
         text = pl.Series("t", [_mask_template(t) for t in text.to_list()], dtype=pl.String)
     if exact:
         return comparable_text(text)
-    return nfkc_lower_where_needed(text.fill_null(""))
+    return nfkc_where_needed(text.fill_null(""), lowercase_rest=False)
 
 
 def keep_rank(df: pl.DataFrame, cfg: DedupConfig) -> np.ndarray:

@@ -849,9 +849,7 @@ def _cell(text: str | None, width: int = 160) -> str:
     return text if len(text) <= width else text[:width] + "…"
 
 
-def report(
-    step_name: str, cfg: LeakageConfig, load: Callable[[str], pl.DataFrame]
-) -> dict[str, str | pl.DataFrame]:
+def report(step_name: str, cfg: LeakageConfig, load: Callable[[str], pl.DataFrame]) -> dict[str, str | pl.DataFrame]:
     """``reports/leakage_<step>.md`` (summary and the top examples side by side) and ``.parquet``
     (every match), from the step's ``matches`` output."""
     m = load("matches")

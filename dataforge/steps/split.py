@@ -54,7 +54,7 @@ from dataforge.engine.events import events
 from dataforge.engine.step import Columns, Context, Fields, PlanInfo, StepConfig, StepResult, require, step
 from dataforge.errors import DataError
 from dataforge.recipe import NAME_RE
-from dataforge.text.fields import key_expr
+from dataforge.text.fields import key_text
 
 
 def _check_names(names: Sequence[str]) -> None:
@@ -208,7 +208,7 @@ def text_key(df: pl.DataFrame, fields: Sequence[str], first_turns: int | None = 
     ``first_turns``, a messages column gives only its first user turns: conversations that open
     with the same request share a key however they go on."""
     roles = ("user",) if first_turns is not None else None
-    return df.select(key_expr(df, fields, roles, first_turns).alias("k"))["k"]
+    return key_text(df, fields, roles, first_turns).alias("k")
 
 
 def _link_equal(keys: pl.Series) -> np.ndarray:

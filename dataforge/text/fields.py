@@ -13,15 +13,18 @@ from dataforge.errors import DataError
 MESSAGES = pl.List(pl.Struct({"role": pl.String, "content": pl.String}))
 
 
-def key_expr(
+def key_text(
     df: pl.DataFrame, fields: Sequence[str], roles: Sequence[str] | None = None, first_turns: int | None = None
-) -> pl.Expr:
+) -> pl.Series:
     """The normalized (NFKC, whitespace, lowercase) text of ``fields`` joined by a unit separator:
     the key rows are grouped (splits) and matched (audits) by."""
-    from dataforge.text.normalize import normalize_expr
+    from dataforge.text.normalize import normalize_text
 
-    parts = [normalize_expr(text_expr(df, f, roles, first_turns), lowercase=True) for f in fields]
-    return pl.concat_str(parts, separator="\x1f")
+    parts = [
+        normalize_text(df.select(text_expr(df, f, roles, first_turns).alias(f)).to_series(), lowercase=True)
+        for f in fields
+    ]
+    return pl.select(pl.concat_str([pl.lit(p) for p in parts], separator="\x1f")).to_series()
 
 
 def text_expr(

@@ -48,13 +48,13 @@ def normalize_expr(
 _NON_ASCII_RUN = r"[\x00-\x7f]?[^\x00-\x7f]+"  # a run of non-ASCII characters and the character before it
 
 
-def changed_by_nfkc_lower(text: pl.Series) -> pl.Series:
-    """Which texts NFKC + lowercasing would change beyond the ASCII lowercasing the MinHash
-    kernel does itself. Decided per distinct non-ASCII run (with the character before it, the
-    only one a combining mark can compose with), not per row, and only in texts with more bytes
-    than characters: ASCII never changes under NFKC, so a text changes only where one of its
-    runs does. On the dedup benchmark's corpus 42 % of the rows hold non-ASCII text and 0.1 %
-    need normalizing."""
+def changed_by_nfkc(text: pl.Series, lowercase: bool = True) -> pl.Series:
+    """Which texts NFKC (with ``lowercase``, NFKC + lowercasing) would change beyond the ASCII
+    lowercasing that is cheap everywhere. Decided per distinct non-ASCII run (with the character
+    before it, the only one a combining mark can compose with), not per row, and only in texts
+    with more bytes than characters: ASCII never changes under NFKC, so a text changes only where
+    one of its runs does. On the dedup benchmark's corpus 42 % of the rows hold non-ASCII text
+    and 0.1 % need normalizing."""
     changed = np.zeros(len(text), dtype=bool)
     wide = np.nonzero((text.str.len_bytes() != text.str.len_chars()).fill_null(False).to_numpy())[0]
     if not len(wide):
@@ -63,6 +63,8 @@ def changed_by_nfkc_lower(text: pl.Series) -> pl.Series:
     distinct = runs.explode().drop_nulls().unique().to_list()
 
     def changes(run: str) -> bool:
+        if not lowercase:
+            return unicodedata.normalize("NFKC", run) != run
         head = run[0].lower() if run[0].isascii() else run[0]
         return unicodedata.normalize("NFKC", run).lower() != head + run[1:]
 
@@ -72,19 +74,36 @@ def changed_by_nfkc_lower(text: pl.Series) -> pl.Series:
     return pl.Series(changed)
 
 
-def nfkc_lower_where_needed(text: pl.Series, lowercase_rest: bool = False) -> pl.Series:
-    """NFKC + lowercase of the texts ``changed_by_nfkc_lower`` finds (CPython's unicodedata: ~3x
-    faster than polars' str.normalize here, measured); the rest as they are, or with
-    ``lowercase_rest`` lowercased (ASCII only, so the same as NFKC + lowercase)."""
-    idx = changed_by_nfkc_lower(text).arg_true()
-    out = text.str.to_lowercase() if lowercase_rest else text
+def nfkc_where_needed(text: pl.Series, lowercase: bool = True, lowercase_rest: bool | None = None) -> pl.Series:
+    """NFKC (+ lowercase) of the texts ``changed_by_nfkc`` finds — CPython's unicodedata, ~3x
+    faster than polars' str.normalize here (measured) — and the rest lowercased (ASCII case only,
+    so the same as NFKC + lowercase) when ``lowercase_rest`` (default: ``lowercase``), else left
+    as they are (the MinHash kernel lowercases ASCII itself)."""
+    rest = lowercase if lowercase_rest is None else lowercase_rest
+    idx = changed_by_nfkc(text, lowercase).arg_true()
+    out = text.str.to_lowercase() if rest else text
     if len(idx):
-        normalized = [unicodedata.normalize("NFKC", t).lower() for t in text.gather(idx).to_list()]
-        out = out.scatter(idx, pl.Series(normalized, dtype=pl.String))
+        texts = text.gather(idx).to_list()
+        normalized = [unicodedata.normalize("NFKC", t) for t in texts]
+        out = out.scatter(idx, pl.Series([t.lower() for t in normalized] if lowercase else normalized, dtype=pl.String))
     return out
+
+
+def normalize_text(
+    text: pl.Series, form: UnicodeForm | None = "NFKC", whitespace: Whitespace = "collapse", lowercase: bool = False
+) -> pl.Series:
+    """``normalize_expr`` of a column, computed faster for NFKC: only the texts it changes are
+    normalized (most are ASCII). The same result (tested)."""
+    if form == "NFKC":
+        text = nfkc_where_needed(text, lowercase)
+    else:
+        text = pl.select(normalize_expr(pl.lit(text), form, "keep", lowercase)).to_series()
+    if whitespace == "keep":
+        return text
+    return pl.select(normalize_expr(pl.lit(text), None, whitespace, False)).to_series().alias(text.name)
 
 
 def comparable_text(text: pl.Series) -> pl.Series:
     """``comparable_expr`` of a column, computed faster: NFKC only on the texts it changes (most
     are ASCII), then every whitespace run folded to one space and the ends trimmed."""
-    return nfkc_lower_where_needed(text, lowercase_rest=True).str.replace_all(r"\s+", " ").str.strip_chars()
+    return nfkc_where_needed(text).str.replace_all(r"\s+", " ").str.strip_chars()

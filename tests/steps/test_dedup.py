@@ -381,3 +381,18 @@ def test_comparable_text_equals_the_full_normalization_on_real_and_unicode_text(
     odd += ["  lead\u00a0nbsp  trail \u3000", "① circled", "x\u200bzero", "Ⅻ roman", "\u212a kelvin", "", "\t\n", None]
     texts = pl.Series([*QUESTIONS.head(3000).to_list(), *answers, *odd], dtype=pl.String)
     assert comparable_text(texts).to_list() == pl.select(comparable_expr(pl.lit(texts))).to_series().to_list()
+
+
+@pytest.mark.parametrize("form", ["NFKC", "NFC", None])
+@pytest.mark.parametrize("whitespace", ["collapse", "strip", "keep"])
+@pytest.mark.parametrize("lowercase", [True, False])
+def test_normalize_text_equals_the_expression_on_real_and_unicode_text(form, whitespace, lowercase):
+    """clean.normalize and the split/audit keys normalize NFKC only where it changes a text; the
+    result equals polars' NFKC applied to every text, for every setting."""
+    from dataforge.text.normalize import normalize_expr, normalize_text
+
+    odd = ["Café  AU\u00a0lait", "cafe\u0301 au lait", "ＦＵＬＬ width", "ﬁ ligature", "İstanbul", "ß STRASSE", "Ω ΣΑΣ"]
+    odd += ["  lead\r\n\n\n\ntrail \u3000", "① circled\t\ttabs", "Ⅻ roman", "\u212a kelvin", "", "\t\n", None]
+    texts = pl.Series([*QUESTIONS.head(2000).to_list(), *odd], dtype=pl.String)
+    want = pl.select(normalize_expr(pl.lit(texts), form, whitespace, lowercase)).to_series().to_list()
+    assert normalize_text(texts, form, whitespace, lowercase).to_list() == want
