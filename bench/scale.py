@@ -1,0 +1,193 @@
+"""Scale benchmark (the partitioning/streaming issue): a synthetic post-training mix built from the
+shipped GSM8K and HH-RLHF text, through source → normalize → filter → exact dedup → MinHash
+dedup → group + near-duplicate-cluster split → split audit → format → export, at growing sizes.
+
+The mix: prompts and responses of ~``--words`` words remixed from real sentences; 5 % of rows
+are exact copies of another row, 10 % near copies (3–15 % of the response's words replaced or
+dropped), prompts repeat (a group key: 1 prompt in 4 is shared with other rows), and every row
+has a timestamp. Generated with polars, written as Parquet before the clock starts.
+
+Each size runs ``dataforge build`` in a child process (imports included); reported: wall time,
+each step's seconds and rows/s (rows in / seconds), and the child's peak RSS (getrusage). Only
+today's engine exists — it holds every step's tables in memory — so this is the baseline the
+streaming executor will be measured against, in the same run, once it exists.
+
+Usage: .venv/bin/python bench/scale.py --rows 250000,500000,1000000 [--words 100] [--keep DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO / "recipes" / "data"
+
+RECIPE = """
+name: scale_mix
+steps:
+  raw:
+    kind: source
+    path: mix.parquet
+    name: mix
+    id_column: row
+    timestamp_column: ts
+  normalized:
+    kind: clean.normalize
+    inputs: {data: raw}
+    fields: [prompt, response]
+  filtered:
+    kind: clean.filter
+    inputs: {data: normalized}
+    fields: [response]
+    min_length: 20
+  exact:
+    kind: dedup.exact
+    inputs: {data: filtered}
+    fields: [prompt, response]
+  near:
+    kind: dedup.minhash
+    inputs: {data: exact}
+    fields: [response]
+    threshold: 0.8
+  split:
+    kind: split
+    inputs: near
+    fractions: {train: 0.98, test: 0.02}
+    group: prompt
+    cluster: {fields: [response], threshold: 0.8}
+    seed: 7
+  audit:
+    kind: split.audit
+    inputs: {train: split.train, test: split.test}
+    prompt: prompt
+    target: response
+    threshold: 0.8
+  sft:
+    kind: format
+    type: prompt_completion
+    inputs: {train: split.train, test: split.test}
+    prompt: prompt
+    completion: response
+datasets:
+  mix_sft:
+    splits: {train: sft.train, test: sft.test}
+"""
+
+
+def sentences() -> list[str]:
+    """Real sentences of the shipped GSM8K questions and answers and HH-RLHF conversations."""
+    texts = []
+    for f in sorted((DATA / "gsm8k").glob("*.jsonl")):
+        df = pl.read_ndjson(f)
+        texts += df["question"].to_list() + df["answer"].str.replace_all(r"<<[^>]*>>|####", " ").to_list()
+    for f in sorted((DATA / "hh-rlhf-harmless-base").glob("*.jsonl*")):
+        df = pl.read_ndjson(f)
+        texts += [re.sub(r"\n\n(Human|Assistant):", " ", t) for t in df["chosen"].to_list()]
+    out = [s.strip() for t in texts for s in re.split(r"(?<=[.?!])\s+", t)]
+    return [s for s in out if 4 <= len(s.split()) <= 60]
+
+
+def make_mix(n: int, words: int, seed: int = 0) -> pl.DataFrame:
+    """``n`` rows: row, prompt, response, ts (see the module doc)."""
+    rng = np.random.default_rng(seed)
+    pool = pl.Series(sentences())
+    lengths = pool.str.count_matches(r"\S+").to_numpy()
+    per_doc = max(1, round(words / float(lengths.mean())))
+    n_prompts = max(1, n // 4)
+    prompt_pool = pool.gather(rng.integers(0, len(pool), n_prompts))
+    # 3 in 4 rows have a prompt of their own, 1 in 4 shares one with other rows
+    own = pool.gather(rng.integers(0, len(pool), n))
+    shared = prompt_pool.gather(rng.integers(0, n_prompts, n))
+    prompts = pl.select(pl.when(pl.Series(rng.random(n) < 0.75)).then(own).otherwise(shared)).to_series()
+    picks = rng.integers(0, len(pool), (n, per_doc))
+    responses = pl.DataFrame({"s": pool.gather(picks.ravel()), "d": np.repeat(np.arange(n), per_doc)})
+    responses = responses.group_by("d", maintain_order=True).agg(pl.col("s").str.join(" "))["s"]
+    frame = pl.DataFrame({"prompt": prompts, "response": responses})
+    # planted duplicates: 5 % exact copies, 10 % near copies (words replaced or dropped)
+    k_exact, k_near = n // 20, n // 10
+    src = rng.integers(0, n - k_exact - k_near, k_exact + k_near)
+    copies = frame[src]
+    rate = rng.choice([0.03, 0.08, 0.15], k_near)
+    near = copies.tail(k_near)["response"].to_list()
+    vocab = pool.head(5000).str.split(" ").explode().unique().to_numpy()
+    edited = [_edit(text, r, rng, vocab) for text, r in zip(near, rate, strict=True)]
+    copies = copies.with_columns(pl.Series("response", copies.head(k_exact)["response"].to_list() + edited))
+    frame = pl.concat([frame.head(n - k_exact - k_near), copies])
+    ts = (np.datetime64("2023-01-01") + rng.integers(0, 730 * 86400, n).astype("timedelta64[s]")).astype(
+        "datetime64[ms]"
+    )
+    return frame.with_columns(pl.Series("ts", ts), pl.Series("row", np.arange(n))).select(
+        "row", "prompt", "response", "ts"
+    )
+
+
+def _edit(text: str, rate: float, rng: np.random.Generator, vocab: np.ndarray) -> str:
+    """``text`` with a share ``rate`` of its words edited: half replaced by another word, half dropped."""
+    words = text.split()
+    out = []
+    for word, u in zip(words, rng.random(len(words)), strict=True):
+        if u >= rate:
+            out.append(word)
+        elif u >= rate / 2:
+            out.append(str(vocab[rng.integers(len(vocab))]))
+    return " ".join(out)
+
+
+def child(folder: Path) -> None:
+    """Build the recipe in ``folder`` and print its figures as JSON (run in its own process)."""
+    from dataforge.engine.runner import build
+
+    started = time.perf_counter()
+    report = build(folder / "recipe.yaml", folder / "build", show_progress=False)
+    wall = time.perf_counter() - started
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    steps = [{"step": s.name, "rows_in": s.rows_in, "seconds": s.seconds} for s in report.steps]
+    print(json.dumps({"wall": wall, "rss_mib": rss, "steps": steps, "timings": report.timings}))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rows", default="250000,500000,1000000", help="sizes, comma-separated")
+    ap.add_argument("--words", type=int, default=100, help="words per response (about)")
+    ap.add_argument("--keep", help="build in this folder and keep it (default: a temporary one)")
+    ap.add_argument("--child")
+    args = ap.parse_args()
+    if args.child:
+        return child(Path(args.child))
+    for n in (int(x) for x in args.rows.split(",")):
+        with tempfile.TemporaryDirectory(dir=args.keep) as tmp:
+            folder = Path(tmp)
+            made = time.perf_counter()
+            mix = make_mix(n, args.words)
+            mix.write_parquet(folder / "mix.parquet")
+            (folder / "recipe.yaml").write_text(RECIPE)
+            mean_words = mix["response"].head(10000).str.count_matches(r"\S+").mean()
+            print(f"{n:,} rows (response ~{mean_words:.0f} words) generated in {time.perf_counter() - made:.1f} s")
+            started = time.perf_counter()
+            run = subprocess.run(
+                [sys.executable, __file__, "--child", str(folder)], capture_output=True, text=True, check=False
+            )
+            if run.returncode != 0:
+                print(f"  in-memory engine: failed after {time.perf_counter() - started:.1f} s: {run.stderr[-400:]}")
+                continue
+            fig = json.loads(run.stdout.strip().splitlines()[-1])
+            print(f"  in-memory engine: {fig['wall']:.1f} s end to end, peak RSS {fig['rss_mib']:,.0f} MiB")
+            for s in fig["steps"]:
+                rate = f"{s['rows_in'] / s['seconds']:>12,.0f} rows/s" if s["seconds"] > 0 and s["rows_in"] else ""
+                print(f"    {s['step']:12s} {s['seconds']:8.2f} s {rate}")
+            print(f"    {'export':12s} {fig['timings']['export']:8.2f} s")
+
+
+if __name__ == "__main__":
+    main()
