@@ -63,7 +63,10 @@ def _inline_images(body: str, folder: Path) -> str:
 
 
 def _card(folder: Path) -> str:
-    """A dataset's card as HTML: the Hub's YAML front matter folded away, the body rendered."""
+    """A dataset's card as HTML: the Hub's YAML front matter folded away, the body rendered. A
+    dataset folder removed since the build is named as missing, not a crash."""
+    if not (folder / "card.md").is_file():
+        return f"<p class='dropped'>No card at {_e(folder / 'card.md')}: the dataset was removed after the build.</p>"
     text = (folder / "card.md").read_text()
     front = ""
     if text.startswith("---\n"):

@@ -37,3 +37,14 @@ def test_report_escapes_data_names_drops_and_is_rewritten_the_same(ws, capsys):
     assert main(["report", "--out", str(ws.out)]) == 0
     assert str(ws.out / "report.html") in capsys.readouterr().out
     assert (ws.out / "report.html").read_text() == first
+
+
+def test_report_names_a_dataset_removed_after_the_build(ws):
+    import shutil
+
+    ws.jsonl("qa.jsonl", QA_ROWS)
+    build(ws.recipe(QA_RECIPE), ws.out, show_progress=False)
+    shutil.rmtree(ws.out / "datasets" / "qa_sft")
+    assert main(["report", "--out", str(ws.out)]) == 0
+    page = (ws.out / "report.html").read_text()
+    assert "the dataset was removed after the build" in page and '<details class="history">' not in page
