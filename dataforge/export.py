@@ -25,8 +25,8 @@ from dataforge.engine.store import Store, atomic_directory, file_stamp, stamp_ch
 from dataforge.steps.audit import dataset_audit
 
 # 2: cards open with the Hub's YAML front matter; 3: statistics; 4: plots; 5: leakage and audit plots,
-# token counts; 6: the funnel counts the rows that lead on to the dataset
-EXPORT_VERSION = 6
+# token counts; 6: the funnel counts the rows that lead on to the dataset; 7: time order only for time splits
+EXPORT_VERSION = 7
 
 
 def dataset_fingerprint(plan: Plan, ds: PlannedDataset) -> str:
@@ -194,7 +194,8 @@ def _write_dataset(
         leakage = {
             s.name: peek(Ref(s.name, "scores")) for s in plan.steps if s.name in ancestors and s.kind == "leakage.check"
         }
-        audit = dataset_audit(frames) if len(frames) > 1 else None
+        by_time = any(s.kind == "split" and getattr(s.cfg, "time", None) for s in plan.steps if s.name in ancestors)
+        audit = dataset_audit(frames, by_time) if len(frames) > 1 else None
         flow: dict[str, set[str]] = {}  # the outputs on the way to this dataset, for the funnel
         for ref in [*ds.splits.values(), *(r for s in plan.steps if s.name in ancestors for r in s.inputs.values())]:
             flow.setdefault(ref.step, set()).add(ref.output)

@@ -3,6 +3,7 @@ and `dataforge report` writes the same page again from the lineage and the datas
 
 from __future__ import annotations
 
+import re
 from html.parser import HTMLParser
 
 from dataforge.cli import main
@@ -48,3 +49,21 @@ def test_report_names_a_dataset_removed_after_the_build(ws):
     assert main(["report", "--out", str(ws.out)]) == 0
     page = (ws.out / "report.html").read_text()
     assert "the dataset was removed after the build" in page and '<details class="history">' not in page
+
+
+def test_a_group_split_with_timestamps_is_not_audited_for_time_order(ws):
+    """Rows with timestamps split by group: the card's audit does not report every test row as a
+    time-order leak (that promise belongs to time splits only)."""
+    rows = [{**r, "when": f"2024-0{k % 9 + 1}-01T00:00:00"} for k, r in enumerate(QA_ROWS * 3)]
+    rows = [{**r, "question": r["question"] + f" (variant {k})"} for k, r in enumerate(rows)]
+    ws.jsonl("qa.jsonl", rows)
+    recipe = QA_RECIPE.replace("    path: qa.jsonl\n", "    path: qa.jsonl\n    timestamp_column: when\n")
+    recipe = recipe.replace(
+        "  sft:\n    kind: format\n    type: prompt_completion\n    inputs: {data: parsed}",
+        "  split:\n    kind: split\n    inputs: parsed\n    fractions: {train: 0.5, test: 0.5}\n    group: question\n"
+        "    seed: 1\n  sft:\n    kind: format\n    type: prompt_completion\n"
+        "    inputs: {train: split.train, test: split.test}",
+    ).replace("splits: {train: sft}", "splits: {train: sft.train, test: sft.test}")
+    build(ws.recipe(recipe), ws.out, show_progress=False)
+    card = (ws.out / "datasets" / "qa_sft" / "card.md").read_text()
+    assert "time order not checked" in card and re.search(r"\| train \| test \| 0 \| 0 \| \d+ \| — \|", card)

@@ -239,14 +239,17 @@ class DatasetAudit:
     target: str | None
     findings: pl.DataFrame
     splits: list[str]
+    time_checked: bool = False  # the splits were cut by time, so their order was checked
 
     def summary(self) -> list[list[object]]:
         return summarize(self.findings, self.splits)
 
 
-def dataset_audit(frames: dict[str, pl.DataFrame]) -> DatasetAudit | None:
+def dataset_audit(frames: dict[str, pl.DataFrame], by_time: bool = False) -> DatasetAudit | None:
     """The audit above over a dataset's own splits, its prompt and target found from TRL's column
-    names; None when the splits have no prompt column (``prompt``, ``messages`` or ``text``)."""
+    names; None when the splits have no prompt column (``prompt``, ``messages`` or ``text``).
+    Time order (each split newer than the one before) is checked only when the splits were cut
+    ``by_time``: rows of a group or random split have timestamps in any order, by design."""
     cols = set.intersection(*(set(f.columns) for f in frames.values()))
     prompt_roles = target_roles = None
     if "prompt" in cols:
@@ -266,9 +269,10 @@ def dataset_audit(frames: dict[str, pl.DataFrame]) -> DatasetAudit | None:
         target,
         prompt_roles=prompt_roles,
         target_roles=target_roles,
-        time_order=list(frames) if "_ts" in cols else None,
+        time_order=list(frames) if by_time and "_ts" in cols else None,
     )
-    return DatasetAudit(prompt[0], target[0] if target else None, findings, list(frames))
+    timed = by_time and "_ts" in cols
+    return DatasetAudit(prompt[0], target[0] if target else None, findings, list(frames), timed)
 
 
 def dataset_audit_section(frames: dict[str, pl.DataFrame], audit: DatasetAudit | None) -> list[str]:
@@ -282,12 +286,18 @@ def dataset_audit_section(frames: dict[str, pl.DataFrame], audit: DatasetAudit |
     lines = [
         f"Prompts compared: normalized `{audit.prompt}`"
         + (f", targets: `{audit.target}`" if audit.target else "")
-        + "; near-duplicates: word 3-gram Jaccard ≥ 0.8 (MinHash LSH, verified).",
+        + "; near-duplicates: word 3-gram Jaccard ≥ 0.8 (MinHash LSH, verified)"
+        + (
+            "; time order: rows of a later split not newer than the newest of an earlier one."
+            if audit.time_checked
+            else "; time order not checked (the splits were not cut by time)."
+        ),
         "",
         header,
         "|---|---|---|---|---|---|",
     ]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in audit.summary()]
+    rows = [row if audit.time_checked else [*row[:-1], "—"] for row in audit.summary()]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     if all("_ts" in f.columns for f in frames.values()):
         lines += ["", "| split | earliest `_ts` | latest `_ts` |", "|---|---|---|"]
         for name, f in frames.items():

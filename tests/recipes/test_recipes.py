@@ -201,11 +201,13 @@ def test_gsm8k_time_split_outputs(built):
     assert con.execute("SELECT count(*) FROM latest_events WHERE step = 'audit'").fetchone() == (0,)
     card = (out / "datasets" / "gsm8k_sft_by_time" / "card.md").read_text()
     assert "| train | test | 0 | 0 | 0 | 0 |" in card and "Timestamps are synthetic" in card
+    assert "time order: rows of a later split not newer" in card  # cut by time: its order is checked
 
 
 def test_demo_splits_share_no_prompt_or_near_duplicate(built):
     card = (built("gsm8k_reasoning.yaml") / "datasets" / "gsm8k_sft" / "card.md").read_text()
-    assert "| train | validation | 0 | 0 | 0 | 0 |" in card
+    assert "| train | validation | 0 | 0 | 0 | — |" in card  # a group split: time order is not its promise
+    assert "time order not checked (the splits were not cut by time)" in card
 
 
 def test_demo_lineage_holds_duplicates_with_representatives(built):
