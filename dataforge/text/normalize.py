@@ -7,6 +7,7 @@ runs of spaces and tabs, trims each line, turns CRLF into LF and at most one bla
 from __future__ import annotations
 
 import unicodedata
+from collections.abc import Callable
 from typing import Literal
 
 import numpy as np
@@ -100,10 +101,30 @@ def normalize_text(
         text = pl.select(normalize_expr(pl.lit(text), form, "keep", lowercase)).to_series()
     if whitespace == "keep":
         return text
-    return pl.select(normalize_expr(pl.lit(text), None, whitespace, False)).to_series().alias(text.name)
+    if whitespace == "strip":
+        return text.str.strip_chars()
+    # collapse: its four regex passes only over the texts they would change
+    return _where(text, text.str.contains(_COLLAPSES), lambda t: pl.select(normalize_expr(pl.lit(t), None)).to_series())
 
 
 def comparable_text(text: pl.Series) -> pl.Series:
     """``comparable_expr`` of a column, computed faster: NFKC only on the texts it changes (most
-    are ASCII), then every whitespace run folded to one space and the ends trimmed."""
-    return nfkc_where_needed(text).str.replace_all(r"\s+", " ").str.strip_chars()
+    are ASCII), then every whitespace run folded to one space and the ends trimmed (only in the
+    texts where that changes something)."""
+    text = nfkc_where_needed(text)
+    return _where(text, text.str.contains(_FOLDS), lambda t: t.str.replace_all(r"\s+", " ").str.strip_chars())
+
+
+# texts that the whitespace rules change: a CR, a run of horizontal space or one that is not " ",
+# a space beside a line break, three line breaks, or whitespace at either end
+_ODD_HSPACE = r"[\t\f\v\u00a0\u1680\u2000-\u200a\u202f\u205f\u3000]"
+_COLLAPSES = rf"\r|{_HSPACE[:-1]}{{2,}}|{_ODD_HSPACE}| \n|\n |\n{{3}}|^\s|\s$"
+_FOLDS = r"\s{2}|[^\S ]|^\s|\s$"  # a whitespace run, whitespace other than " ", or at an end
+
+
+def _where(text: pl.Series, mask: pl.Series, fn: Callable[[pl.Series], pl.Series]) -> pl.Series:
+    """``text`` with ``fn`` applied to the rows ``mask`` marks (null: left as they are)."""
+    idx = mask.fill_null(False).arg_true()
+    if len(idx) == 0:
+        return text
+    return text.scatter(idx, fn(text.gather(idx)))
