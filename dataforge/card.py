@@ -42,7 +42,7 @@ def render_card(
     trl_type = trl_dataset_type(first.column_names) or "none recognised"
     drops = [[r.name, reason, n] for r in reports if r.name in ancestors for reason, n in sorted(r.drops.items())]
     parts = [
-        hub_front_matter(plan, ds, steps, tables, trl_type if trl_type != "none recognised" else None),
+        hub_front_matter(plan, ds, tables, trl_type if trl_type != "none recognised" else None),
         f"# {ds.name}",
         "",
         "## Dataset Summary",
@@ -115,9 +115,7 @@ def render_card(
     return "\n".join(parts)
 
 
-def hub_front_matter(
-    plan: Plan, ds: PlannedDataset, steps: list, tables: dict[str, pa.Table], trl_type: str | None
-) -> str:
+def hub_front_matter(plan: Plan, ds: PlannedDataset, tables: dict[str, pa.Table], trl_type: str | None) -> str:
     """The Hub's YAML front matter of the card (``dataforge.hub``)."""
     from dataforge.hub import front_matter
 

@@ -150,7 +150,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_why(args: argparse.Namespace) -> int:
-    from dataforge.why import row_history
+    from dataforge.why import describe_event, row_history
 
     h = row_history(args.out, args.row_id)
     if args.json:
@@ -168,14 +168,7 @@ def cmd_why(args: argparse.Namespace) -> int:
         cached = " (reused)" if s["cache_hit"] else ""
         out_console.print(Text.assemble("  ", _bold(s["step"]), f" ({s['kind']}){cached}: {held}"))
         for e in s["events"]:
-            parts = [f"{e['action']}: {e['reason']}"]
-            if e["score"] is not None:
-                parts.append(f"score {e['score']:g}")
-            if e["related_id"]:
-                parts.append(f"related {e['related_id']}")
-            if e["detail_json"]:
-                parts.append(e["detail_json"])
-            out_console.print("    → " + " · ".join(parts))
+            out_console.print("    → " + describe_event(e))
     for e in h.edges:
         out_console.print(f"edge ({e['step']}): {e['child_id']} ← {e['parent_id']} [{e['relation']}]")
     if h.related:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from dataforge.lineage import iter_dataset_tables, open_read
-from dataforge.why import RowHistory, row_histories
+from dataforge.why import RowHistory, describe_event, row_histories
 
 REPORT_NAME = "report.html"
 EXAMPLES = 10  # rows shown per split
@@ -102,11 +102,7 @@ def _history(h: RowHistory | None, row_id: str) -> str:
         held = f"in {', '.join(s['outputs'])}" if s["outputs"] else "not in its output"
         reused = " (reused)" if s["cache_hit"] else ""
         decisions = "".join(
-            f'<li class="{"dropped" if e["action"] == "dropped" else ""}">{_e(e["action"])}: {_e(e["reason"])}'
-            + (f" · score {e['score']:g}" if e["score"] is not None else "")
-            + (f" · related <code>{_e(e['related_id'])}</code>" if e["related_id"] else "")
-            + (f"<pre>{_e(e['detail_json'])}</pre>" if e["detail_json"] else "")
-            + "</li>"
+            f'<li class="{"dropped" if e["action"] == "dropped" else ""}">{_e(describe_event(e))}</li>'
             for e in s["events"]
         )
         items.append(

@@ -97,9 +97,11 @@ def row_histories(out: str | Path, row_ids: list[str], con: Any = None) -> dict[
             continue
         # polars, not pyarrow.compute: that imports pandas (0.4 s on every report)
         inside = pl.Series(ids, dtype=pl.String).is_in(pl.from_arrow(table["_id"]).cast(pl.String).implode())
-        for rid, hit in zip(ids, inside.to_list(), strict=True):
-            if hit:
-                appearances.setdefault(rid, []).append(_appearance(Path(out), name, split))
+        hits = [rid for rid, hit in zip(ids, inside.to_list(), strict=True) if hit]
+        if hits:
+            appearance = _appearance(Path(out), name, split)  # its dataforge.json, read once per split
+            for rid in hits:
+                appearances.setdefault(rid, []).append(appearance)
     contents: dict[str, dict[str, Any]] = {}
     for path in sorted(set(last_path.values())):
         for row in _records(con, "SELECT * FROM read_parquet(?) WHERE _id IN (SELECT _id FROM wanted)", [path]):
@@ -138,6 +140,19 @@ def _grouped(con: Any, sql: str) -> dict[str, list[dict[str, Any]]]:
     for r in _records(con, sql, []):
         out.setdefault(r.pop("_key"), []).append(r)
     return out
+
+
+def describe_event(e: dict[str, Any]) -> str:
+    """One decision as ``dataforge why`` and the report show it: action, reason, score, related
+    row, detail, joined by " · "."""
+    parts = [f"{e['action']}: {e['reason']}"]
+    if e["score"] is not None:
+        parts.append(f"score {e['score']:g}")
+    if e["related_id"]:
+        parts.append(f"related {e['related_id']}")
+    if e["detail_json"]:
+        parts.append(e["detail_json"])
+    return " · ".join(parts)
 
 
 def _appearance(out: Path, name: str, split: str) -> dict[str, Any]:

@@ -75,7 +75,7 @@ from dataforge.engine.step import ColumnContractError, Columns, Context, Fields,
 from dataforge.errors import DataError, RecipeError
 from dataforge.llm.spec import ModelSpec
 from dataforge.text.fields import text_expr
-from dataforge.text.normalize import comparable_expr
+from dataforge.text.normalize import comparable_text
 from dataforge.text.numbers import (
     Readings,
     both_readings,
@@ -222,10 +222,6 @@ def _columns(cfg: LeakageConfig, cols: dict[str, Columns], info: PlanInfo) -> di
             if f is not None and c is not None and f not in c:
                 raise ColumnContractError(f, key, c, name)
     return {"data": cols["train"], "matches": MATCH_COLUMNS}
-
-
-def _normalized(text: pl.Series) -> pl.Series:
-    return pl.select(comparable_expr(pl.lit(text))).to_series()
 
 
 def _joined(text: pl.Series) -> pl.Series:
@@ -503,7 +499,7 @@ class _Side:
         views = [code_views(t) if k == "code" else (t, "") for t, k in zip(self.base, self.kinds, strict=True)]
         self.prose = [v[0] for v in views]
         self.code = [v[1] for v in views]
-        self.norm = _normalized(pl.Series("t", self.base, dtype=pl.String))
+        self.norm = comparable_text(pl.Series("t", self.base, dtype=pl.String))
         self.joined = _joined(self.norm)
         self.canon = [canonical_words(x) for x in self.base]
 
