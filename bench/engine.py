@@ -3,7 +3,8 @@
 1. The demo recipe, fresh build: the engine's own time (planning, loading, storing, lineage)
    against the steps' own time; export time on its own line.
 2. A fully cached rebuild of the demo, timed as a whole `dataforge build` process.
-3. Lineage writes: seconds to record N events (one batch per step) for growing N.
+3. Lineage at growing N events in one step: the shards written, the step's database
+   transaction, one row looked up through ``latest_events``.
 
 Usage: .venv/bin/python bench/engine.py [--repeat 3]
 """
@@ -21,9 +22,9 @@ from pathlib import Path
 
 import polars as pl
 
-from dataforge.engine.events import events
+from dataforge.engine.events import EDGE_SCHEMA, events, write_decisions
 from dataforge.engine.runner import build
-from dataforge.lineage import LineageWriter, StepRow
+from dataforge.lineage import LineageWriter, StepRow, open_read
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "recipes" / "gsm8k_reasoning.yaml"
@@ -56,6 +57,9 @@ def cached_rebuild(repeat: int) -> None:
 
 
 def lineage_scaling() -> None:
+    """Per N: the step's decisions written as shards (what the store does), the database
+    transaction that records the step (independent of N), and one ``why``-style lookup of a
+    row through the ``latest_events`` view of a read connection."""
     for n in (10_000, 100_000, 1_000_000):
         ids = pl.Series([f"src:{i}" for i in range(n)])
         ev = events(
@@ -65,18 +69,31 @@ def lineage_scaling() -> None:
             score=pl.Series(range(n), dtype=pl.Float64),
             detail={"field": "text", "min": 10},
         )
-        edges = pl.DataFrame(schema={"child_id": pl.String, "parent_id": pl.String, "relation": pl.String})
+        edges = pl.DataFrame(schema=EDGE_SCHEMA)
         tmp = Path(tempfile.mkdtemp())
         try:
             writer = LineageWriter(tmp)
-            run = writer.new_run_id()
+            run, fingerprint = writer.new_run_id(), "f" * 16
             writer.start_run(run, "bench", "0" * 64, "bench")
             t = time.perf_counter()
-            writer.record_execution(run, StepRow("step", "", 1, "f" * 16, {}), [], ev, edges)
-            dt = time.perf_counter() - t
+            write_decisions(tmp / "artifacts" / "step" / fingerprint, run, "step", fingerprint, ev, edges)
+            shards = time.perf_counter() - t
+            t = time.perf_counter()
+            writer.record_execution(run, StepRow("step", "filter", 1, fingerprint, {}), [])
+            record = time.perf_counter() - t
+            writer.finish_run(run, "succeeded")
+            con = open_read(tmp)
+            t = time.perf_counter()
+            found = con.execute("SELECT reason FROM latest_events WHERE row_id = ?", [f"src:{n // 2}"]).fetchall()
+            lookup = time.perf_counter() - t
+            assert found == [("filter:min_length",)]
+            con.close()
         finally:
             shutil.rmtree(tmp)
-        print(f"lineage: {n:>9,} events in {dt:.3f}s = {dt / n * 1e6:.2f} µs/event")
+        print(
+            f"lineage: {n:>9,} events: shards written in {shards:.3f}s = {shards / n * 1e6:.2f} µs/event; "
+            f"step recorded in {record:.3f}s; one row looked up in {lookup:.3f}s"
+        )
 
 
 if __name__ == "__main__":

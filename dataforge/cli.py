@@ -389,8 +389,9 @@ def make_parser() -> argparse.ArgumentParser:
     q = sub.add_parser(
         "query",
         help="run SQL over the lineage, artifacts and datasets",
-        description="Run SQL on <out>/lineage.duckdb (tables runs, steps, events, edges, artifacts; "
-        "views latest_run, latest_steps, latest_events, latest_edges, latest_artifacts) plus views "
+        description="Run SQL on <out>/lineage.duckdb (tables runs, steps, artifacts; events and edges, views over "
+        "each step's Parquet shards; views latest_run, latest_steps, latest_events, latest_edges, "
+        "latest_artifacts) plus views "
         "artifact_<step>_<output> over the newest build's Parquet artifacts and dataset_<name>_<split> "
         "over the exported datasets.",
     )

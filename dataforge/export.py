@@ -19,9 +19,9 @@ import pyarrow as pa
 from dataforge import __version__
 from dataforge.card import dataset_licenses, render_card
 from dataforge.card_plots import write_plots
-from dataforge.engine.fingerprint import canonical_json, file_sha256, hash_text, output_fingerprint, path_fingerprint
+from dataforge.engine.fingerprint import canonical_json, hash_text, output_fingerprint, path_fingerprint
 from dataforge.engine.plan import Plan, PlannedDataset, Ref
-from dataforge.engine.store import Store, atomic_directory, file_stamp, stamp_changed
+from dataforge.engine.store import Store, atomic_directory, file_stamp, files_sha256, verify_files
 from dataforge.steps.audit import dataset_audit
 
 # 2: cards open with the Hub's YAML front matter; 3: statistics; 4: plots; 5: leakage and audit plots,
@@ -108,21 +108,9 @@ def _reusable_export(
 
 
 def _verify_split(folder: Path, info: dict, sha256: str, full: bool) -> list[str]:
-    """[] if a split's data files are the ones exported, else what differs (see ``verify_file``)."""
-    stamps = info.get("files")
+    """[] if a split's data files are the ones exported, else what differs (``verify_files``)."""
     files = sorted(folder.glob("*.arrow"))
-    if stamps is not None and [f.name for f in files] != sorted(stamps):
-        return [f"{folder} holds other data files than were exported"]
-    if stamps is not None and not full and not any(stamp_changed(f, stamps[f.name]) for f in files):
-        return []
-    if split_sha256(files) != sha256:
-        return [f"{folder} changed (sha256 differs from the one recorded)"]
-    return []
-
-
-def split_sha256(files: list[Path]) -> str:
-    """The sha256 of a split: of its data files' sha256s, in name order."""
-    return hash_text("".join(file_sha256(f) for f in files))
+    return verify_files(folder, files, info.get("files"), sha256, lambda: files_sha256(files), full)
 
 
 def write_reports(plan: Plan, store: Store, load: Callable[[Ref], pl.DataFrame]) -> None:
@@ -179,7 +167,7 @@ def _write_dataset(
         for s, t in tables.items():
             files = sorted((tmp / s).glob("*.arrow"))
             stamps = {f.name: file_stamp(f) for f in files}
-            splits[s] = {"rows": t.num_rows, "sha256": split_sha256(files), "from": str(ds.splits[s]), "files": stamps}
+            splits[s] = {"rows": t.num_rows, "sha256": files_sha256(files), "from": str(ds.splits[s]), "files": stamps}
         ancestors = sorted(plan.ancestors({r.step for r in ds.splits.values()}))
         meta = {
             "dataset": ds.name,

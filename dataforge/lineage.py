@@ -1,10 +1,20 @@
 """Lineage (contract): ``<out>/lineage.duckdb`` with the tables runs, steps, events, edges, artifacts.
 
-Writes are batched: a step's events and edges go in as one Arrow scan each, never one
-INSERT per row. A step's events are stored once per fingerprint (by the run that executed
-it); a later run that reuses the artifact records a ``steps`` row with ``cache_hit`` and
-points at the same events through the fingerprint. The ``latest_*`` views select what the
-newest build used, which is what ``dataforge why`` reads.
+``runs``, ``steps`` and ``artifacts`` are DuckDB tables (a few rows per step). ``events`` and
+``edges`` are views over Parquet shards that the store writes beside each artifact
+(``artifacts/<step>/<fingerprint>/lineage/*.parquet``, with the run that decided them): a
+step's decisions cost the database nothing per row, and a reader never waits for them to be
+inserted. A step's events are stored once per fingerprint (by the run that executed it); a
+later run that reuses the artifact records a ``steps`` row with ``cache_hit`` and points at
+the same events through the fingerprint. The ``latest_*`` views select what the newest build
+used, which is what ``dataforge why`` reads.
+
+The views name the shards by absolute path, rewritten by every build: a raw DuckDB connection
+to a build folder that was moved since its last build fails to read decisions ("No files
+found") until the next build there; ``open_read`` reads them wherever the folder is. A
+database from before the shards, with ``events`` and ``edges`` as tables, is converted by the
+next build (each artifact's rows become its shards; rows of an artifact since deleted are
+kept in a shard where it was).
 
 Read connections (``open_read``) also expose, as temporary views:
 - ``artifact_<step>_<output>``: the Parquet artifacts of the newest build,
@@ -14,10 +24,11 @@ so one SQL query can join decisions with the data they were made on.
 
 from __future__ import annotations
 
+import glob
 import json
 import re
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -26,12 +37,19 @@ from pathlib import Path
 import duckdb
 import polars as pl
 
+from dataforge.engine.events import (
+    DECISION_SCHEMAS,
+    KEY_SCHEMA,
+    decision_shard,
+    shard_glob,
+    write_shard,
+)
 from dataforge.engine.lock import file_lock
 from dataforge.errors import DataforgeError
 
 DB_NAME = "lineage.duckdb"
 
-SCHEMA = """
+TABLES_SQL = """
 CREATE TABLE IF NOT EXISTS runs (
     run_id VARCHAR PRIMARY KEY, started_at TIMESTAMP, finished_at TIMESTAMP, status VARCHAR,
     recipe_path VARCHAR, recipe_sha256 VARCHAR, dataforge_version VARCHAR, error VARCHAR);
@@ -39,16 +57,13 @@ CREATE TABLE IF NOT EXISTS steps (
     run_id VARCHAR, step VARCHAR, kind VARCHAR, version INTEGER, fingerprint VARCHAR,
     config_json VARCHAR, rows_in BIGINT, rows_out BIGINT, seconds DOUBLE, cache_hit BOOLEAN,
     status VARCHAR, error VARCHAR, position INTEGER);
-CREATE TABLE IF NOT EXISTS events (
-    run_id VARCHAR, step VARCHAR, fingerprint VARCHAR, row_id VARCHAR, action VARCHAR,
-    reason VARCHAR, related_id VARCHAR, score DOUBLE, detail_json VARCHAR);
-CREATE TABLE IF NOT EXISTS edges (
-    run_id VARCHAR, step VARCHAR, fingerprint VARCHAR, child_id VARCHAR, parent_id VARCHAR,
-    relation VARCHAR);
 CREATE TABLE IF NOT EXISTS artifacts (
     run_id VARCHAR, step VARCHAR, output VARCHAR, fingerprint VARCHAR, path VARCHAR,
     rows BIGINT, sha256 VARCHAR);
 ALTER TABLE steps ADD COLUMN IF NOT EXISTS position INTEGER;
+"""
+
+LATEST_SQL = """
 CREATE OR REPLACE VIEW latest_run AS
     SELECT * FROM runs ORDER BY (status = 'succeeded') DESC, started_at DESC LIMIT 1;
 CREATE OR REPLACE VIEW latest_steps AS
@@ -61,8 +76,41 @@ CREATE OR REPLACE VIEW latest_artifacts AS
     SELECT a.* FROM artifacts a JOIN latest_run r USING (run_id);
 """
 
+# A shard with no rows of each decision table, so the views' globs always match a file (DuckDB
+# refuses a glob that matches none) and fix the column types. It sits where the glob looks.
+SCHEMA_SHARD_DIR = Path("artifacts") / ".schema" / "v1"
 
-TABLES = ("runs", "steps", "events", "edges", "artifacts")
+
+def _sql_text(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def decision_views_sql(out: Path, empty: Collection[str] = ()) -> str:
+    """``CREATE OR REPLACE VIEW`` events and edges over the shards under ``out`` (absolute
+    paths); the tables in ``empty`` (no shard to read) as empty views with the columns."""
+    root = Path(out).resolve() / "artifacts"
+    sql = []
+    for table, schema in DECISION_SCHEMAS.items():
+        columns = [*KEY_SCHEMA, *schema]
+        if table not in empty:
+            body = f"SELECT {', '.join(columns)} FROM read_parquet({_sql_text(shard_glob(root, table))})"
+        else:
+            typed = ", ".join(f"NULL::{'DOUBLE' if schema.get(c) == pl.Float64 else 'VARCHAR'} AS {c}" for c in columns)
+            body = f"SELECT {typed} WHERE false"
+        sql.append(f"CREATE OR REPLACE VIEW {table} AS {body};")
+    return "\n".join(sql)
+
+
+def ensure_schema_shards(out: Path) -> None:
+    """Write the empty schema shards under ``out`` if they are missing."""
+    folder = Path(out) / SCHEMA_SHARD_DIR
+    for table, schema in DECISION_SCHEMAS.items():
+        path = decision_shard(folder, table)
+        if not path.exists():
+            write_shard(pl.DataFrame(schema={**KEY_SCHEMA, **schema}), path)
+
+
+TABLES = ("runs", "steps", "artifacts")  # stored in the database; events and edges are views
 LOCK_NAME = ".lineage.lock"
 
 
@@ -84,10 +132,15 @@ class LineageWriter:
     while a build runs."""
 
     def __init__(self, out: Path):
-        self.path = Path(out) / DB_NAME
-        self.lock_path = Path(out) / LOCK_NAME
+        self.out = Path(out)
+        self.path = self.out / DB_NAME
+        self.lock_path = self.out / LOCK_NAME
+        ensure_schema_shards(self.out)
         with self._transaction() as con:
-            con.execute(SCHEMA)
+            con.execute(TABLES_SQL)
+            _shard_decision_tables(con, self.out)
+            con.execute(decision_views_sql(self.out))
+            con.execute(LATEST_SQL)
 
     @contextmanager
     def _transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
@@ -141,24 +194,11 @@ class LineageWriter:
         with self._transaction() as con:
             _insert_step(con, run_id, row)
 
-    def record_execution(
-        self,
-        run_id: str,
-        row: StepRow,
-        artifacts: list[tuple[str, str, int, str]],
-        events: pl.DataFrame | None,
-        edges: pl.DataFrame | None,
-    ) -> None:
-        """Everything one step adds to the lineage, in one transaction: its decisions (replacing
-        any earlier record of the same fingerprint; ``None`` keeps them), its artifacts
-        ((output, path, rows, sha256) each) and its ``steps`` row. Rows go in as Arrow batches."""
+    def record_execution(self, run_id: str, row: StepRow, artifacts: list[tuple[str, str, int, str]]) -> None:
+        """What one executed step adds to the database, in one transaction: its artifacts
+        ((output, path, rows, sha256) each) and its ``steps`` row. Its decisions are already
+        in the artifact's shards (``Store.write``)."""
         with self._transaction() as con:
-            if events is not None and edges is not None:
-                key = [row.step, row.fingerprint]
-                if _has_decisions(con, row.step, row.fingerprint):  # a forced re-run: replace, never double
-                    con.execute("DELETE FROM events WHERE step = ? AND fingerprint = ?", key)
-                    con.execute("DELETE FROM edges WHERE step = ? AND fingerprint = ?", key)
-                _insert_decisions(con, run_id, row, events, edges)
             _insert_artifacts(con, run_id, row.step, row.fingerprint, artifacts)
             if row.kind:
                 _insert_step(con, run_id, row)
@@ -181,43 +221,43 @@ class LineageWriter:
             recorded.setdefault((step, fingerprint), {})[output] = sha
         return recorded
 
-    def record_reuse(
-        self,
-        run_id: str,
-        batch: list[tuple[StepRow, list[tuple[str, str, int, str]]]],
-        stored_decisions: Callable[[StepRow], tuple[pl.DataFrame, pl.DataFrame]],
-    ) -> None:
+    def record_reuse(self, run_id: str, batch: list[tuple[StepRow, list[tuple[str, str, int, str]]]]) -> None:
         """Reused steps' ``steps`` and ``artifacts`` rows (one (row, artifacts) per step), in one
-        transaction; a step's decisions are re-recorded from ``stored_decisions(row)`` (the
-        artifact's copy) only if the lineage lost them."""
+        transaction (their decisions are the artifacts' shards)."""
         with self._transaction() as con:
             for row, artifacts in batch:
-                if not _has_decisions(con, row.step, row.fingerprint):
-                    events, edges = stored_decisions(row)
-                    _insert_decisions(con, run_id, row, events, edges)
                 _insert_artifacts(con, run_id, row.step, row.fingerprint, artifacts)
                 _insert_step(con, run_id, row)
 
 
-def _has_decisions(con: duckdb.DuckDBPyConnection, step: str, fingerprint: str) -> bool:
-    row = con.execute(
-        "SELECT count(*) FROM artifacts WHERE step = ? AND fingerprint = ?", [step, fingerprint]
-    ).fetchone()
-    return bool(row and row[0])
-
-
-def _insert_decisions(
-    con: duckdb.DuckDBPyConnection, run_id: str, row: StepRow, events: pl.DataFrame, edges: pl.DataFrame
-) -> None:
-    params = [run_id, row.step, row.fingerprint]
-    if events.height:
-        ev = events.to_arrow()  # noqa: F841  (scanned by name below)
+def _table_kinds(con: duckdb.DuckDBPyConnection, database: str) -> dict[str, str]:
+    """Name → ``BASE TABLE`` or ``VIEW`` for what ``database`` holds."""
+    return dict(
         con.execute(
-            "INSERT INTO events SELECT ?, ?, ?, row_id, action, reason, related_id, score, detail_json FROM ev", params
-        )
-    if edges.height:
-        ed = edges.to_arrow()  # noqa: F841
-        con.execute("INSERT INTO edges SELECT ?, ?, ?, child_id, parent_id, relation FROM ed", params)
+            "SELECT table_name, table_type FROM information_schema.tables WHERE table_catalog = ?", [database]
+        ).fetchall()
+    )
+
+
+def _shard_decision_tables(con: duckdb.DuckDBPyConnection, out: Path) -> None:
+    """Convert a database from before decisions were shards: each (step, fingerprint)'s rows of
+    the ``events`` and ``edges`` tables become its artifact's shards (unless it has them),
+    then the tables go. Rows of an artifact that no longer exists get a shard in its folder all
+    the same (no ``meta.json``: still not a stored artifact), so nothing recorded is lost."""
+    database = con.execute("SELECT current_database()").fetchone()[0]  # type: ignore[index]
+    kinds = _table_kinds(con, database)
+    for table, schema in DECISION_SCHEMAS.items():
+        if kinds.get(table) != "BASE TABLE":
+            continue
+        frame = con.sql(f"SELECT * FROM {table}").pl()  # constants, not user text
+        if frame.height:
+            frame = frame.select(*KEY_SCHEMA, *schema).cast({**KEY_SCHEMA, **schema})  # type: ignore[arg-type]
+            for (step, fingerprint), part in frame.group_by(["step", "fingerprint"], maintain_order=True):
+                path = decision_shard(Path(out) / "artifacts" / str(step) / str(fingerprint), table)
+                if not path.exists():
+                    write_shard(part, path)
+        con.execute(f"DROP VIEW IF EXISTS latest_{table}")
+        con.execute(f"DROP TABLE {table}")
 
 
 def _insert_step(con: duckdb.DuckDBPyConnection, run_id: str, row: StepRow) -> None:
@@ -273,32 +313,33 @@ def _view_name(*parts: str) -> str:
     return "_".join(re.sub(r"[^A-Za-z0-9_]", "_", p) for p in parts)
 
 
-def artifact_file(out: Path, step: str, fingerprint: str, output: str) -> Path:
-    """Where a step output lives under ``out`` (the store's layout), wherever ``out`` was when
-    the lineage recorded it."""
-    return Path(out).resolve() / "artifacts" / step / fingerprint / f"{output}.parquet"
+def latest_artifact_files(con: duckdb.DuckDBPyConnection, out: Path) -> list[tuple[str, str, list[Path]]]:
+    """(step, output, its Parquet files as absolute paths, in row order) of each step output of
+    the newest build that exists (in the store's layout under ``out``, wherever ``out`` was
+    when the lineage recorded it)."""
+    from dataforge.engine.store import output_files
 
-
-def latest_artifact_files(con: duckdb.DuckDBPyConnection, out: Path) -> list[tuple[str, str, Path]]:
-    """(step, output, absolute path) of each Parquet artifact of the newest build that exists."""
+    root = Path(out).resolve() / "artifacts"
     found = []
     for step, output, fingerprint in con.execute(
         "SELECT a.step, a.output, a.fingerprint FROM latest_artifacts a JOIN latest_steps s USING (step) "
-        "WHERE a.path LIKE '%.parquet' ORDER BY s.position, a.output"
+        "ORDER BY s.position, a.output"
     ).fetchall():
-        path = artifact_file(out, step, fingerprint, output)
-        if path.exists():
-            found.append((step, output, path))
+        files = [f for f in output_files(root / step / fingerprint, output) if f.exists()]
+        if files:
+            found.append((step, output, files))
     return found
 
 
 def open_read(out: Path) -> duckdb.DuckDBPyConnection:
     """A read-only view of a build's lineage, plus views over its artifacts and datasets.
 
-    The lineage is copied into an in-memory database under a shared lock (a build's writer holds
-    it only while it commits a transaction), so this works while a build runs and the build
-    never waits for an open reader. The connection reads nothing outside ``<out>/artifacts``
-    (DuckDB's ``enable_external_access`` off, ``allowed_directories``, configuration locked)."""
+    The lineage's tables (runs, steps, artifacts: a few rows per step) are copied into an
+    in-memory database under a shared lock (a build's writer holds it only while it commits a
+    transaction), and events and edges are views over the shards where the folder is now, so
+    this works while a build runs and the build never waits for an open reader. The connection
+    reads nothing outside ``<out>/artifacts`` (DuckDB's ``enable_external_access`` off,
+    ``allowed_directories``, configuration locked)."""
     out = Path(out)
     db = out / DB_NAME
     if not db.exists():
@@ -307,17 +348,22 @@ def open_read(out: Path) -> duckdb.DuckDBPyConnection:
     with file_lock(out / LOCK_NAME, shared=True):
         try:
             con.execute("ATTACH ? AS lineage_file (READ_ONLY)", [str(db)])
-            present = {r[0] for r in con.execute("SHOW TABLES FROM lineage_file").fetchall()}
-            for table in TABLES:  # constants, not user text
-                if table in present:
+            kinds = _table_kinds(con, "lineage_file")
+            legacy = [t for t in DECISION_SCHEMAS if kinds.get(t) == "BASE TABLE"]  # not yet converted
+            for table in (*TABLES, *legacy):  # constants, not user text
+                if kinds.get(table) == "BASE TABLE":
                     con.execute(f"CREATE TABLE {table} AS SELECT * FROM lineage_file.{table}")
             con.execute("DETACH lineage_file")
         except duckdb.Error as exc:
             con.close()
             raise DataforgeError(f"cannot read the lineage database {db}: {exc}") from None
-    con.execute(SCHEMA)  # tables a very old database lacks, and the latest_* views
-    for step, output, path in latest_artifact_files(con, out):
-        con.read_parquet(str(path)).create_view(_view_name("artifact", step, output))
+    con.execute(TABLES_SQL)  # tables a very old database lacks
+    if not legacy:
+        root = out.resolve() / "artifacts"
+        con.execute(decision_views_sql(out, empty=[t for t in DECISION_SCHEMAS if not glob.glob(shard_glob(root, t))]))
+    con.execute(LATEST_SQL)
+    for step, output, files in latest_artifact_files(con, out):
+        con.read_parquet([str(f) for f in files], union_by_name=True).create_view(_view_name("artifact", step, output))
     for name, split, table in iter_dataset_tables(out):
         con.register(_view_name("dataset", name, split), table)
     con.execute("SET allowed_directories = ?", [[str(out.resolve() / "artifacts") + "/"]])

@@ -57,7 +57,7 @@ def row_histories(out: str | Path, row_ids: list[str], con: Any = None) -> dict[
     ids = sorted(set(row_ids))
     con.execute("CREATE OR REPLACE TEMP TABLE wanted AS SELECT unnest(?::VARCHAR[]) AS _id", [ids])
     steps = _records(con, "SELECT step, kind, fingerprint, cache_hit FROM latest_steps ORDER BY position", [])
-    by_path = {str(path): (step, output) for step, output, path in latest_artifact_files(con, Path(out))}
+    by_path = {str(f): (step, output) for step, output, files in latest_artifact_files(con, Path(out)) for f in files}
     present: dict[str, dict[str, list[str]]] = {i: {} for i in ids}
     last_path: dict[str, str] = {}
     if by_path:

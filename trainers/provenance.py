@@ -84,11 +84,11 @@ def trace(model_dir: str | Path) -> Trace:
 
 def _changed_splits(data_dir: Path, splits: dict[str, Any]) -> list[str]:
     """The splits whose data files on disk no longer hash to the sha256 recorded at training."""
-    from dataforge.export import split_sha256
+    from dataforge.engine.store import files_sha256
 
     changed = []
     for split, info in sorted(splits.items()):
         files = sorted((data_dir / split).glob("*.arrow"))
-        if not files or split_sha256(files) != info.get("sha256"):
+        if not files or files_sha256(files) != info.get("sha256"):
             changed.append(split)
     return changed

@@ -32,7 +32,7 @@ from dataforge.engine.lock import BuildLock
 from dataforge.engine.plan import Plan, PlannedStep, Ref, plan_recipe
 from dataforge.engine.progress import StepProgress, make_progress
 from dataforge.engine.step import Context, StepResult
-from dataforge.engine.store import Store
+from dataforge.engine.store import Store, output_path
 from dataforge.errors import DataforgeError, RecipeError, StepError
 from dataforge.lineage import LineageWriter, StepRow
 from dataforge.llm.client import ModelPool
@@ -303,10 +303,9 @@ class Runner:
             self.background.submit(self._record_reuse, batch)
 
     def _record_reuse(self, batch: list[tuple[StepRow, list[tuple[str, str, int, str]]]]) -> None:
-        def stored_decisions(row: StepRow) -> tuple[pl.DataFrame, pl.DataFrame]:  # artifact stored, lineage lost
-            return self.store.read_events(row.step, row.fingerprint), self.store.read_edges(row.step, row.fingerprint)
-
-        self.lineage.record_reuse(self.run_id, batch, stored_decisions)
+        for row, _ in batch:  # an artifact stored before decisions were shards gets them
+            self.store.upgrade_decisions(row.step, row.fingerprint, self.run_id)
+        self.lineage.record_reuse(self.run_id, batch)
 
     def _execute(self, ps: PlannedStep, progress: StepProgress) -> StepReport:
         self._flush_reused()  # the lineage records the steps in build order
@@ -379,12 +378,14 @@ class Runner:
                 ps.name,
                 ps.fingerprint,
                 StepResult(result.tables, [events], [edges]),
+                self.run_id,
                 {"rows_in": row.rows_in, "drops": drops, "kind": ps.kind, **meta},
             )
         except OSError as exc:
-            raise StepError(ps.name, f"storing its output failed: {exc}") from exc
+            where = self.store.artifact_dir(ps.name, ps.fingerprint)
+            raise StepError(ps.name, f"storing its output failed: {exc}; nothing was stored at {where}") from exc
         artifacts = [(o.output, str(o.path), o.rows, o.sha256) for o in stored]
-        self.lineage.record_execution(self.run_id, row, artifacts, events, edges)
+        self.lineage.record_execution(self.run_id, row, artifacts)
 
     def _check_failures(self, ps: PlannedStep, asked: int, failures: Counter[str]) -> None:
         """Model requests of this step that failed: above the step's ``max_failure_rate`` the
@@ -442,7 +443,7 @@ class Runner:
             return self.store.read_table(ref.step, fingerprint, ref.output)
         except (OSError, pl.exceptions.PolarsError) as exc:
             self.store.forget(ref.step, fingerprint)  # the next build executes the step again
-            path = self.store.artifact_dir(ref.step, fingerprint) / f"{ref.output}.parquet"
+            path = output_path(self.store.artifact_dir(ref.step, fingerprint), ref.output)
             raise StepError(
                 ref.step, f"its stored output {path} cannot be read ({exc}); it is rebuilt on the next build"
             ) from None

@@ -4,10 +4,18 @@ renamed into place, so a crash never leaves a half-written artifact that looks f
 Layout under the build directory::
 
     .dataforge.json                         marks the directory as dataforge's
+    .tmp/<step>/                            artifacts being written (outside the shard glob)
     artifacts/<step>/<fingerprint>/
-        <output>.parquet                    one per step output (zstd Parquet)
-        events.parquet, edges.parquet       the step's lineage, so it can be re-recorded
+        <output>/part-00000.parquet …       each step output: Parquet shards (zstd), in row
+                                            order, one or more per batch the step ran on
+        lineage/events-00000.parquet …      the step's decisions: shards of the contract
+        lineage/edges-00000.parquet …       tables, read by lineage.duckdb's views
         meta.json                           written last: its presence means "complete"
+
+An output's sha256 is that of its shards' sha256s in order. Artifacts written before outputs
+became shard folders hold ``<output>.parquet`` (its sha256 the file's) and, before decisions
+became shards, ``events.parquet`` and ``edges.parquet``: both are still read
+(``upgrade_decisions`` turns the old decisions into shards).
 """
 
 from __future__ import annotations
@@ -16,7 +24,7 @@ import json
 import os
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,13 +32,23 @@ from pathlib import Path
 import polars as pl
 
 from dataforge import __version__
-from dataforge.engine.events import EDGE_SCHEMA, EVENT_SCHEMA, concat_edges, concat_events
-from dataforge.engine.fingerprint import file_sha256
+from dataforge.engine.events import (
+    DECISION_SCHEMAS,
+    concat_edges,
+    concat_events,
+    decision_shard,
+    has_decisions,
+    keyed,
+    write_decisions,
+    write_shard,
+)
+from dataforge.engine.fingerprint import file_sha256, hash_text
 from dataforge.engine.lock import LOCK_NAME
 from dataforge.engine.step import StepResult
 from dataforge.errors import OutputDirError
 
 MARKER = ".dataforge.json"
+SCRATCH = ".tmp"  # under the build folder: where artifacts are written before their rename
 
 
 @dataclass(frozen=True)
@@ -42,17 +60,20 @@ class StoredOutput:
 
 
 @contextmanager
-def atomic_directory(final: Path) -> Iterator[Path]:
-    """Yield an empty temporary directory beside ``final``; when the block ends without error,
-    it replaces ``final`` by rename (atomic on one filesystem), else it is removed. Readers see
-    the old directory or the complete new one, never a half-written one."""
+def atomic_directory(final: Path, scratch: Path | None = None) -> Iterator[Path]:
+    """Yield an empty temporary directory in ``scratch`` (default: beside ``final``, on the same
+    filesystem either way); when the block ends without error, it replaces ``final`` by rename
+    (atomic on one filesystem), else it is removed. Readers see the old directory or the
+    complete new one, never a half-written one."""
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.parent / f".tmp-{final.name}-{uuid.uuid4().hex[:8]}"
+    scratch = scratch if scratch is not None else final.parent
+    scratch.mkdir(parents=True, exist_ok=True)
+    tmp = scratch / f".tmp-{final.name}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     try:
         yield tmp
         if final.exists():  # a forced or changed rewrite: move the old one aside, then drop it
-            trash = final.parent / f".tmp-old-{uuid.uuid4().hex[:8]}"
+            trash = scratch / f".tmp-old-{uuid.uuid4().hex[:8]}"
             os.replace(final, trash)
             shutil.rmtree(trash, ignore_errors=True)
         os.replace(tmp, final)
@@ -100,7 +121,7 @@ class Store:
             )
 
     def _remove_stale_temps(self) -> None:
-        for pattern in ("artifacts/*/.tmp-*", "datasets/.tmp-*"):
+        for pattern in (f"{SCRATCH}/*/.tmp-*", "artifacts/*/.tmp-*", "datasets/.tmp-*"):
             for tmp in self.out.glob(pattern):
                 shutil.rmtree(tmp, ignore_errors=True)
 
@@ -113,29 +134,25 @@ class Store:
     def meta(self, step: str, fingerprint: str) -> dict:
         return json.loads((self.artifact_dir(step, fingerprint) / "meta.json").read_text())
 
-    def write(
-        self, step: str, fingerprint: str, result: StepResult, extra_meta: dict | None = None
-    ) -> list[StoredOutput]:
-        """Write every output table plus events and edges; rename into place when all are on disk."""
+    @contextmanager
+    def writer(self, step: str, fingerprint: str, run_id: str) -> Iterator[ArtifactWriter]:
+        """An ``ArtifactWriter`` over a temporary folder; when the block ends after its
+        ``finish``, the folder is renamed into place; on an error it is removed."""
         final = self.artifact_dir(step, fingerprint)
-        with atomic_directory(final) as tmp:
-            outputs = []
-            for name, df in result.tables.items():
-                path = tmp / f"{name}.parquet"
-                df.write_parquet(path, compression="zstd", compression_level=1, statistics=True)
-                outputs.append(StoredOutput(name, final / path.name, df.height, file_sha256(path)))
-            for name, frame in (("events", concat_events(result.events)), ("edges", concat_edges(result.edges))):
-                if frame.height:  # an absent file reads as no rows
-                    frame.write_parquet(tmp / f"{name}.parquet", compression="zstd", compression_level=1)
-            meta = {
-                "step": step,
-                "fingerprint": fingerprint,
-                "outputs": {o.output: {"rows": o.rows, "sha256": o.sha256} for o in outputs},
-                "files": file_stamps(tmp, [o.output for o in outputs]),
-                **(extra_meta or {}),
-            }
-            (tmp / "meta.json").write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
-        return outputs
+        with atomic_directory(final, self.out / SCRATCH / step) as tmp:
+            w = ArtifactWriter(tmp, final, step, fingerprint, run_id)
+            yield w
+            if not w.finished:
+                raise RuntimeError(f"artifact {final} was left without finish()")
+
+    def write(
+        self, step: str, fingerprint: str, result: StepResult, run_id: str, extra_meta: dict | None = None
+    ) -> list[StoredOutput]:
+        """Write a whole result at once: every output table plus the decisions (marked as
+        decided by ``run_id``)."""
+        with self.writer(step, fingerprint, run_id) as w:
+            w.add(result)
+            return w.finish(extra_meta)
 
     def verify(
         self, step: str, fingerprint: str, recorded: dict[str, str] | None = None, full: bool = False
@@ -151,10 +168,10 @@ class Store:
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             return None, [f"{d / 'meta.json'} is damaged ({type(exc).__name__}: {exc})"]
         problems = []
+        stamps = meta.get("files", {})
         for output, sha in outputs.items():
-            path = d / f"{output}.parquet"
             expected = (recorded or {}).get(output, sha)
-            problems += verify_file(path, meta.get("files", {}).get(path.name), expected, full)
+            problems += verify_output(d, output, stamps, expected, full)
         return meta, problems
 
     def forget(self, step: str, fingerprint: str) -> None:
@@ -165,18 +182,48 @@ class Store:
         """The outputs ``meta.json`` lists (pass ``meta`` when it has been read already)."""
         d = self.artifact_dir(step, fingerprint)
         meta = meta if meta is not None else self.meta(step, fingerprint)
-        return [StoredOutput(o, d / f"{o}.parquet", m["rows"], m["sha256"]) for o, m in meta["outputs"].items()]
+        return [StoredOutput(o, output_path(d, o), m["rows"], m["sha256"]) for o, m in meta["outputs"].items()]
+
+    def output_files(self, step: str, fingerprint: str, output: str) -> list[Path]:
+        return output_files(self.artifact_dir(step, fingerprint), output)
 
     def read_table(self, step: str, fingerprint: str, output: str) -> pl.DataFrame:
-        return pl.read_parquet(self.artifact_dir(step, fingerprint) / f"{output}.parquet")
+        """A stored output, whole."""
+        files = self.output_files(step, fingerprint, output)
+        if len(files) == 1:
+            return pl.read_parquet(files[0])
+        return pl.concat([pl.read_parquet(f) for f in files], how="vertical_relaxed")
 
-    def read_events(self, step: str, fingerprint: str) -> pl.DataFrame:
-        path = self.artifact_dir(step, fingerprint) / "events.parquet"
-        return pl.read_parquet(path) if path.exists() else pl.DataFrame(schema=EVENT_SCHEMA)
+    def iter_batches(self, step: str, fingerprint: str, output: str, batch_rows: int) -> Iterator[pl.DataFrame]:
+        """A stored output in row order, in frames of at most ``batch_rows`` rows (a frame
+        never spans two shards), each with the output's column types (a shard whose column is
+        all null has the type the other shards give it). An output of no rows gives one empty
+        frame."""
+        import pyarrow.parquet as pq
 
-    def read_edges(self, step: str, fingerprint: str) -> pl.DataFrame:
-        path = self.artifact_dir(step, fingerprint) / "edges.parquet"
-        return pl.read_parquet(path) if path.exists() else pl.DataFrame(schema=EDGE_SCHEMA)
+        files = self.output_files(step, fingerprint, output)
+        schema = output_schema(files)
+        for path in files:
+            pf = pq.ParquetFile(path)
+            if pf.metadata.num_rows == 0:
+                continue
+            for batch in pf.iter_batches(batch_size=batch_rows):
+                yield _with_schema(pl.from_arrow(batch), schema)  # type: ignore[arg-type]
+        if all(pq.ParquetFile(f).metadata.num_rows == 0 for f in files):
+            yield pl.DataFrame(schema=schema)
+
+    def upgrade_decisions(self, step: str, fingerprint: str, run_id: str) -> None:
+        """Give an artifact stored before decisions became shards (``events.parquet`` and
+        ``edges.parquet`` beside its outputs) its shards, marked as decided by ``run_id``: the
+        lineage's views read only shards. Does nothing to an artifact that has them."""
+        folder = self.artifact_dir(step, fingerprint)
+        if has_decisions(folder):
+            return
+        for table, schema in DECISION_SCHEMAS.items():
+            old = folder / f"{table}.parquet"
+            if old.exists():
+                frame = pl.read_parquet(old).select(list(schema)).cast(schema)  # type: ignore[arg-type]
+                write_shard(keyed(frame, table, run_id, step, fingerprint), decision_shard(folder, table))
 
 
 def file_stamp(path: Path) -> dict[str, int]:
@@ -190,22 +237,145 @@ def stamp_changed(path: Path, stamp: dict[str, int]) -> bool:
     return file_stamp(path) != stamp
 
 
-def file_stamps(folder: Path, outputs: list[str]) -> dict[str, dict[str, int]]:
-    """The stamp of each output's Parquet file, by file name."""
-    return {f"{name}.parquet": file_stamp(folder / f"{name}.parquet") for name in outputs}
+SHARD_ROWS = 1_000_000  # rows per output shard at most (a batch's output may give several)
 
 
-def verify_file(path: Path, stamp: dict[str, int] | None, sha256: str, full: bool = False) -> list[str]:
-    """[] if ``path`` is the file that was stored, else one sentence saying what differs. The
-    sha256 is read only when the size or mtime differ from ``stamp`` (or there is none), or
-    with ``full``."""
-    try:
-        st = path.stat()
-    except FileNotFoundError:
-        return [f"{path} is missing"]
-    if stamp is not None and st.st_size != stamp["bytes"]:
-        return [f"{path} changed size ({stamp['bytes']:,} → {st.st_size:,} bytes)"]
-    if full or stamp is None or stamp_changed(path, stamp):
-        if file_sha256(path) != sha256:
-            return [f"{path} changed (sha256 differs from the one recorded)"]
+def output_path(folder: Path, output: str) -> Path:
+    """Where an output lives in an artifact folder: its shard folder (or, in an artifact from
+    before shards, its one Parquet file)."""
+    shards = folder / output
+    return shards if shards.is_dir() or not (folder / f"{output}.parquet").exists() else folder / f"{output}.parquet"
+
+
+def output_shard(folder: Path, output: str, index: int) -> Path:
+    return folder / output / f"part-{index:05d}.parquet"
+
+
+def output_files(folder: Path, output: str) -> list[Path]:
+    """An output's Parquet files in row order (its shards, or its one file)."""
+    path = output_path(folder, output)
+    return sorted(path.glob("part-*.parquet")) if path.is_dir() else [path]
+
+
+def files_sha256(files: list[Path]) -> str:
+    """The sha256 of data stored as several files: of their sha256s, in the given order."""
+    return hash_text("".join(file_sha256(f) for f in files))
+
+
+def output_sha256(folder: Path, output: str) -> str:
+    """An output's sha256: a shard folder's is ``files_sha256`` of its shards; a single file
+    from before shards keeps its own."""
+    path = output_path(folder, output)
+    return files_sha256(output_files(folder, output)) if path.is_dir() else file_sha256(path)
+
+
+def output_schema(files: list[Path]) -> dict[str, pl.DataType]:
+    """The column types of an output stored in ``files``: each column's first type that is not
+    Null (a batch whose column held only nulls wrote it as Null)."""
+    schema: dict[str, pl.DataType] = {}
+    for f in files:
+        for name, dtype in pl.read_parquet_schema(f).items():
+            if schema.get(name, pl.Null) == pl.Null:
+                schema[name] = dtype
+    return schema
+
+
+def _with_schema(df: pl.DataFrame, schema: dict[str, pl.DataType]) -> pl.DataFrame:
+    nulls = {c: schema[c] for c, t in df.schema.items() if t == pl.Null and schema.get(c, pl.Null) != pl.Null}
+    return df.cast(nulls) if nulls else df  # type: ignore[arg-type]
+
+
+def verify_files(
+    base: Path,
+    files: list[Path],
+    stamps: dict[str, dict[str, int]] | None,
+    sha256: str,
+    digest: Callable[[], str],
+    full: bool = False,
+) -> list[str]:
+    """[] if ``files`` are the ones stored, else one sentence saying what differs. ``stamps``
+    (file name relative to ``base`` → size and mtime when written) must list exactly these
+    files; where a size or mtime differs, or with ``full`` or no stamps, ``digest()`` must give
+    ``sha256``."""
+    names = {str(f.relative_to(base)) for f in files}
+    if stamps is not None and names != set(stamps):
+        missing, extra = sorted(set(stamps) - names), sorted(names - set(stamps))
+        return [f"{base / missing[0]} is missing" if missing else f"{base / extra[0]} is not one it stored"]
+    changed = []
+    for f in files:
+        try:
+            st = f.stat()
+        except FileNotFoundError:
+            return [f"{f} is missing"]
+        stamp = (stamps or {}).get(str(f.relative_to(base)))
+        if stamp is not None and st.st_size != stamp["bytes"]:
+            return [f"{f} changed size ({stamp['bytes']:,} → {st.st_size:,} bytes)"]
+        if stamp is None or stamp_changed(f, stamp):
+            changed.append(f)
+    if (full or changed or not files) and digest() != sha256:
+        return [f"{changed[0] if changed else base} changed (sha256 differs from the one recorded)"]
     return []
+
+
+def verify_output(folder: Path, output: str, stamps: dict[str, dict[str, int]], sha256: str, full: bool) -> list[str]:
+    """``verify_files`` for one output of an artifact (``stamps``: the artifact's, all outputs)."""
+    path = output_path(folder, output)
+    if not path.exists():
+        return [f"{path} is missing"]
+    mine = {n: v for n, v in stamps.items() if n == f"{output}.parquet" or n.startswith(f"{output}/")}
+    files = output_files(folder, output)
+    return verify_files(folder, files, mine or None, sha256, lambda: output_sha256(folder, output), full)
+
+
+class ArtifactWriter:
+    """Writes one step artifact into a temporary folder, batch by batch: each ``add`` appends a
+    batch's output tables (as shards of at most ``SHARD_ROWS`` rows, in order) and its
+    decisions (one events and one edges shard per batch); ``finish`` writes ``meta.json``."""
+
+    def __init__(self, tmp: Path, final: Path, step: str, fingerprint: str, run_id: str):
+        self.tmp, self.final, self.step, self.fingerprint, self.run_id = tmp, final, step, fingerprint, run_id
+        self.rows: dict[str, int] = {}
+        self.shards: dict[str, int] = {}
+        self.empty: dict[str, pl.DataFrame] = {}  # the columns of an output that got no row yet
+        self.batches = 0
+        self.finished = False
+
+    def add(self, result: StepResult) -> None:
+        for name, df in result.tables.items():
+            self.rows[name] = self.rows.get(name, 0) + df.height
+            self.shards.setdefault(name, 0)
+            if df.height == 0:
+                self.empty.setdefault(name, df)
+            for start in range(0, df.height, SHARD_ROWS):
+                part = df.slice(start, SHARD_ROWS)
+                path = output_shard(self.tmp, name, self.shards[name])
+                path.parent.mkdir(parents=True, exist_ok=True)
+                part.write_parquet(path, compression="zstd", compression_level=1, statistics=True)
+                self.shards[name] += 1
+        events, edges = concat_events(result.events), concat_edges(result.edges)
+        write_decisions(self.tmp, self.run_id, self.step, self.fingerprint, events, edges, self.batches)
+        self.batches += 1
+
+    def finish(self, extra_meta: dict | None = None) -> list[StoredOutput]:
+        """Write ``meta.json`` (an output that got no row gets one empty shard with its columns);
+        returns the outputs as they will be once renamed into place."""
+        outputs = []
+        stamps: dict[str, dict[str, int]] = {}
+        for name, rows in self.rows.items():
+            if self.shards[name] == 0:
+                path = output_shard(self.tmp, name, 0)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                self.empty[name].write_parquet(path, compression="zstd", compression_level=1, statistics=True)
+            files = output_files(self.tmp, name)
+            stamps.update({str(f.relative_to(self.tmp)): file_stamp(f) for f in files})
+            outputs.append(StoredOutput(name, self.final / name, rows, output_sha256(self.tmp, name)))
+        meta = {
+            "step": self.step,
+            "fingerprint": self.fingerprint,
+            "outputs": {o.output: {"rows": o.rows, "sha256": o.sha256} for o in outputs},
+            "files": stamps,
+            **(extra_meta or {}),
+        }
+        (self.tmp / "meta.json").write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
+        self.finished = True
+        return outputs

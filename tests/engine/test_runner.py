@@ -122,7 +122,8 @@ def test_crash_while_writing_leaves_no_partial_artifact(qa, monkeypatch):
     with pytest.raises(StepError, match="disk full"):
         build(recipe, ws.out, show_progress=False)
     sft_dir = ws.out / "artifacts" / "sft"
-    assert list(sft_dir.iterdir()) == []  # neither a finished-looking artifact nor a temp dir
+    assert list(sft_dir.iterdir()) == []  # neither a finished-looking artifact …
+    assert list((ws.out / ".tmp" / "sft").iterdir()) == []  # … nor a temp dir
     monkeypatch.undo()
     assert build(recipe, ws.out, show_progress=False).executed == ["sft"]
 

@@ -151,7 +151,8 @@ def test_an_edited_exported_split_is_rebuilt(qa):
     path.write_bytes(original + b"tampered")  # another file put in its place
     console = Console(file=io.StringIO(), width=300)
     second = build(recipe, ws.out, show_progress=False, console=console)
-    assert "dataset 'qa_sft' split 'train'" in console.file.getvalue() and "sha256 differs" in console.file.getvalue()
+    said = console.file.getvalue()
+    assert f"dataset 'qa_sft' split 'train': {path} changed size (1,800 → 1,808 bytes)" in said
     assert path.read_bytes() == original  # rewritten from the artifacts, byte-identical
     meta = json.loads((ws.out / "datasets" / "qa_sft" / "dataforge.json").read_text())
     assert meta["run_id"] == second.run_id != first.run_id
@@ -179,8 +180,8 @@ def test_a_replaced_artifact_is_reported_and_rebuilt(qa):
     ws, recipe = qa
     first = build(recipe, ws.out, show_progress=False)
     fps = {s.name: s.fingerprint for s in first.steps}
-    clean = ws.out / "artifacts" / "clean" / fps["clean"] / "data.parquet"
-    raw = ws.out / "artifacts" / "raw" / fps["raw"] / "data.parquet"
+    clean = ws.out / "artifacts" / "clean" / fps["clean"] / "data" / "part-00000.parquet"
+    raw = ws.out / "artifacts" / "raw" / fps["raw"] / "data" / "part-00000.parquet"
     pl.read_parquet(raw).head(1).write_parquet(clean)  # a valid Parquet file, the wrong one
     (ws.out / "artifacts" / "parsed" / fps["parsed"] / "meta.json").write_text("{not json")
     console = Console(file=io.StringIO(), width=300)
@@ -190,6 +191,23 @@ def test_a_replaced_artifact_is_reported_and_rebuilt(qa):
     assert "step 'parsed'" in text and "meta.json is damaged" in text
     assert set(second.executed) == {"clean", "parsed"}
     assert pl.read_parquet(clean).height == 4
+
+
+def test_an_added_or_missing_shard_is_reported_and_rebuilt(qa):
+    ws, recipe = qa
+    first = build(recipe, ws.out, show_progress=False)
+    fps = {s.name: s.fingerprint for s in first.steps}
+    clean = ws.out / "artifacts" / "clean" / fps["clean"] / "data"
+    parsed = ws.out / "artifacts" / "parsed" / fps["parsed"] / "data"
+    pl.read_parquet(clean / "part-00000.parquet").write_parquet(clean / "part-00001.parquet")  # rows twice
+    (parsed / "part-00000.parquet").unlink()
+    console = Console(file=io.StringIO(), width=300)
+    second = build(recipe, ws.out, show_progress=False, console=console)
+    text = console.file.getvalue()
+    assert f"step 'clean': {clean / 'part-00001.parquet'} is not one it stored" in text
+    assert f"step 'parsed': {parsed / 'part-00000.parquet'} is missing" in text
+    assert set(second.executed) == {"clean", "parsed"}
+    assert [f.name for f in clean.iterdir()] == ["part-00000.parquet"]
 
 
 def test_force_rewrites_the_exported_dataset(qa):

@@ -275,7 +275,7 @@ def test_leakage_decisions_are_lineage_and_query_lists_contaminated_items(built,
     # scores: each train row's closest eval item, the matched ones with their detector; a match by
     # similarity lies at or above the threshold, and the card plots them
     (step_fp,) = con.execute("SELECT fingerprint FROM latest_steps WHERE step = 'dpo_clean'").fetchone()
-    scores = pl.read_parquet(out / "artifacts" / "dpo_clean" / step_fp / "scores.parquet")
+    scores = pl.read_parquet(out / "artifacts" / "dpo_clean" / step_fp / "scores" / "part-00000.parquet")
     assert scores["train_id"].n_unique() == scores.height
     matched = scores.filter(pl.col("detector").is_not_null())
     assert set(matched["train_id"]) == set(matches["train_id"])
@@ -492,3 +492,4 @@ def test_html_report_renders_in_headless_chromium(recipe, built):
         assert history.locator(".fate").inner_text().startswith("fate: kept: in dataset ")
         page.screenshot(path=str(out / "report.png"), full_page=False)
     assert (out / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+

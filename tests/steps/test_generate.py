@@ -72,7 +72,7 @@ def test_n_completions_per_row_with_lineage(gen_ws, tiny_lm):
     by = {s.name: s for s in report.steps}
     assert by["solve"].rows_in == 4 and by["solve"].rows_out == 8
     con = duckdb.connect(str(ws.out / "lineage.duckdb"), read_only=True)
-    out = pl.read_parquet(next((ws.out / "artifacts" / "graded").glob("*/data.parquet")))
+    out = pl.read_parquet(next((ws.out / "artifacts" / "graded").glob("*/data/part-00000.parquet")))
     assert sorted(out["_id"]) == sorted(f"solve:raw:{i}:{k}" for i in range(4) for k in range(2))
     assert {"completion", "prompt", "_parent_id", "sample", "think", "stated_answer", "score_math"} <= set(out.columns)
     first = out.filter(pl.col("_id") == "solve:raw:0:0").row(0, named=True)
@@ -89,7 +89,7 @@ def test_n_completions_per_row_with_lineage(gen_ws, tiny_lm):
     # the requests are cached: a forced rebuild sends none and gives the same completions
     again = build(recipe, ws.out, show_progress=False, models=tiny(tiny_lm), force=["solve"])
     assert again.executed == ["solve", "graded"]
-    out2 = pl.read_parquet(next((ws.out / "artifacts" / "graded").glob("*/data.parquet")))
+    out2 = pl.read_parquet(next((ws.out / "artifacts" / "graded").glob("*/data/part-00000.parquet")))
     assert out2.sort("_id")["completion"].to_list() == out.sort("_id")["completion"].to_list()
 
 
@@ -137,8 +137,8 @@ def test_failed_requests_are_recorded_and_the_build_finishes(gen_ws, tiny_lm, mo
     solve = next(s for s in report.steps if s.name == "solve")
     assert solve.drops == {"generation_failed:http_503": 2}
     art = ws.out / "artifacts" / "solve" / solve.fingerprint
-    assert pl.read_parquet(art / "data.parquet").height == 6
-    assert pl.read_parquet(art / "failed.parquet")["error"].to_list() == ["http_503", "http_503"]
+    assert pl.read_parquet(art / "data" / "part-00000.parquet").height == 6
+    assert pl.read_parquet(art / "failed" / "part-00000.parquet")["error"].to_list() == ["http_503", "http_503"]
     con = duckdb.connect(str(ws.out / "lineage.duckdb"), read_only=True)
     rows = con.execute(
         "SELECT row_id, related_id FROM latest_events WHERE reason = 'generation_failed:http_503' ORDER BY 1"
@@ -198,7 +198,7 @@ def test_a_killed_build_resends_only_the_requests_that_had_not_come_back(ws, tin
         rerun = subprocess.run(cmd, capture_output=True, text=True)
         assert rerun.returncode == 0, rerun.stderr
         assert served() - before == total - cached  # only the requests that had not come back
-        out = pl.read_parquet(next((ws.out / "artifacts" / "solve").glob("*/data.parquet")))
+        out = pl.read_parquet(next((ws.out / "artifacts" / "solve").glob("*/data/part-00000.parquet")))
         assert out.height == total
     finally:
         proc.terminate()

@@ -152,7 +152,7 @@ def test_on_error_skip_drops_undecodable_rows_with_a_reason(tmp_path, file):
     con = duckdb.connect(str(out / "lineage.duckdb"), read_only=True)
     row_id, reason, detail = con.execute("SELECT row_id, reason, detail_json FROM events").fetchone()
     assert (row_id, reason, json.loads(detail)["line"]) == ("raw:250", "decode_error", 251 if "jsonl" in file else 252)
-    ids = pl.read_parquet(next((out / "artifacts" / "raw").glob("*/data.parquet")))["_id"].to_list()
+    ids = pl.read_parquet(next((out / "artifacts" / "raw").glob("*/data/part-00000.parquet")))["_id"].to_list()
     assert len(ids) == 299 and "raw:249" in ids and "raw:251" in ids and "raw:250" not in ids
 
 
