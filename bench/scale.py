@@ -7,12 +7,14 @@ are exact copies of another row, 10 % near copies (3–15 % of the response's wo
 dropped), prompts repeat (a group key: 1 prompt in 4 is shared with other rows), and every row
 has a timestamp. Generated with polars, written as Parquet before the clock starts.
 
-Each size runs ``dataforge build`` in a child process (imports included); reported: wall time,
-each step's seconds and rows/s (rows in / seconds), and the child's peak RSS (getrusage). Only
-today's engine exists — it holds every step's tables in memory — so this is the baseline the
-streaming executor will be measured against, in the same run, once it exists.
+Each size runs ``dataforge build`` in a child process (imports included) once per engine, in
+the same run: "whole tables" (``batch_rows=0``: every step on whole tables held in memory, the
+engine before streaming) and "streaming" (``--batch-rows``, default 100,000: rows steps batch by
+batch from and to Parquet shards; source, key and global steps and the export still read their
+inputs whole — see ``engine.streaming``). Reported: wall time, each step's seconds and rows/s
+(rows in / seconds), and the child's peak RSS (getrusage).
 
-Usage: .venv/bin/python bench/scale.py --rows 250000,500000,1000000 [--words 100] [--keep DIR]
+Usage: .venv/bin/python bench/scale.py --rows 250000,500000,1000000 [--words 100] [--batch-rows N] [--keep DIR]
 """
 
 from __future__ import annotations
@@ -144,12 +146,15 @@ def _edit(text: str, rate: float, rng: np.random.Generator, vocab: np.ndarray) -
     return " ".join(out)
 
 
-def child(folder: Path) -> None:
+def child(folder: Path, batch_rows: int) -> None:
     """Build the recipe in ``folder`` and print its figures as JSON (run in its own process)."""
+    import shutil
+
     from dataforge.engine.runner import build
 
+    shutil.rmtree(folder / "build", ignore_errors=True)
     started = time.perf_counter()
-    report = build(folder / "recipe.yaml", folder / "build", show_progress=False)
+    report = build(folder / "recipe.yaml", folder / "build", show_progress=False, batch_rows=batch_rows)
     wall = time.perf_counter() - started
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     steps = [{"step": s.name, "rows_in": s.rows_in, "seconds": s.seconds} for s in report.steps]
@@ -161,10 +166,11 @@ def main() -> None:
     ap.add_argument("--rows", default="250000,500000,1000000", help="sizes, comma-separated")
     ap.add_argument("--words", type=int, default=100, help="words per response (about)")
     ap.add_argument("--keep", help="build in this folder and keep it (default: a temporary one)")
+    ap.add_argument("--batch-rows", type=int, default=100_000, help="rows per batch of the streaming engine")
     ap.add_argument("--child")
     args = ap.parse_args()
     if args.child:
-        return child(Path(args.child))
+        return child(Path(args.child), args.batch_rows)
     for n in (int(x) for x in args.rows.split(",")):
         with tempfile.TemporaryDirectory(dir=args.keep) as tmp:
             folder = Path(tmp)
@@ -174,19 +180,29 @@ def main() -> None:
             (folder / "recipe.yaml").write_text(RECIPE)
             mean_words = mix["response"].head(10000).str.count_matches(r"\S+").mean()
             print(f"{n:,} rows (response ~{mean_words:.0f} words) generated in {time.perf_counter() - made:.1f} s")
-            started = time.perf_counter()
-            run = subprocess.run(
-                [sys.executable, __file__, "--child", str(folder)], capture_output=True, text=True, check=False
-            )
-            if run.returncode != 0:
-                print(f"  in-memory engine: failed after {time.perf_counter() - started:.1f} s: {run.stderr[-400:]}")
-                continue
-            fig = json.loads(run.stdout.strip().splitlines()[-1])
-            print(f"  in-memory engine: {fig['wall']:.1f} s end to end, peak RSS {fig['rss_mib']:,.0f} MiB")
-            for s in fig["steps"]:
-                rate = f"{s['rows_in'] / s['seconds']:>12,.0f} rows/s" if s["seconds"] > 0 and s["rows_in"] else ""
-                print(f"    {s['step']:12s} {s['seconds']:8.2f} s {rate}")
-            print(f"    {'export':12s} {fig['timings']['export']:8.2f} s")
+            for engine, batch_rows in (("whole tables", 0), ("streaming", args.batch_rows)):
+                measure(folder, engine, batch_rows)
+
+
+def measure(folder: Path, engine: str, batch_rows: int) -> None:
+    """One build of the mix in ``folder`` in a child process, its figures printed."""
+    started = time.perf_counter()
+    run = subprocess.run(
+        [sys.executable, __file__, "--child", str(folder), "--batch-rows", str(batch_rows)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    label = f"{engine} (batch_rows={batch_rows:,})"
+    if run.returncode != 0:
+        print(f"  {label}: failed after {time.perf_counter() - started:.1f} s: {run.stderr[-400:]}")
+        return
+    fig = json.loads(run.stdout.strip().splitlines()[-1])
+    print(f"  {label}: {fig['wall']:.1f} s end to end, peak RSS {fig['rss_mib']:,.0f} MiB")
+    for s in fig["steps"]:
+        rate = f"{s['rows_in'] / s['seconds']:>12,.0f} rows/s" if s["seconds"] > 0 and s["rows_in"] else ""
+        print(f"    {s['step']:12s} {s['seconds']:8.2f} s {rate}")
+    print(f"    {'export':12s} {fig['timings']['export']:8.2f} s")
 
 
 if __name__ == "__main__":

@@ -62,6 +62,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         settings=args.set or [],
         wait=args.wait,
         verify=args.verify,
+        batch_rows=args.batch_rows,
     )
     table = Table(title=f"build {report.run_id} → {report.out}")
     for col in ("step", "kind", "rows in", "rows out", "dropped", "flagged", "seconds", "rows/s", "cached"):
@@ -361,6 +362,13 @@ def make_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="check the sha256 of every reused artifact and exported split (default: only those whose size or "
         "modification time changed)",
+    )
+    b.add_argument(
+        "--batch-rows",
+        type=int,
+        metavar="N",
+        help="rows per batch of the steps that stream (rows steps): bounds their memory; changes no output "
+        "(default: $DATAFORGE_BATCH_ROWS or 100000; 0: every step on whole tables)",
     )
     _add_override_options(b)
     b.set_defaults(fn=cmd_build)

@@ -158,7 +158,8 @@ def _write_dataset(
     frames: dict[str, pl.DataFrame] = {}
     for split, ref in ds.splits.items():
         frames[split] = df = load(ref)
-        tables[split] = plain_arrow(df.select(export_columns(df, ds.columns)).to_arrow())
+        # one chunk: a split read from several shards would otherwise write other record batches
+        tables[split] = plain_arrow(df.select(export_columns(df, ds.columns)).rechunk().to_arrow())
     dd = DatasetDict({s: Dataset(InMemoryTable(t), fingerprint=hash_text(f"{fp}:{s}")[:16]) for s, t in tables.items()})
     with atomic_directory(target) as tmp:
         # an empty split still gets one (empty) shard: with none, load_from_disk cannot read it

@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import polars as pl
+from pyarrow import ArrowException
 from rich.console import Console
 from rich.text import Text
 
@@ -33,6 +34,7 @@ from dataforge.engine.plan import Plan, PlannedStep, Ref, plan_recipe
 from dataforge.engine.progress import StepProgress, make_progress
 from dataforge.engine.step import Context, StepResult
 from dataforge.engine.store import Store, output_path
+from dataforge.engine.streaming import batch_rows_setting, divided_inputs, slices, streams
 from dataforge.errors import DataforgeError, RecipeError, StepError
 from dataforge.lineage import LineageWriter, StepRow
 from dataforge.llm.client import ModelPool
@@ -84,17 +86,21 @@ def build(
     settings: list[str] | None = None,
     wait: bool = False,
     verify: bool = False,
+    batch_rows: int | None = None,
 ) -> BuildReport:
     """Plan and run a recipe into ``out``; returns what ran, what was reused and what was exported.
 
     ``models`` replaces entries of the recipe's ``models:`` (e.g. a tiny local model in tests);
     ``settings`` (``STEP.KEY=VALUE``) replace step config keys. Another build writing to ``out``
     stops this one at once, or with ``wait`` this one waits for it. ``verify`` checks the sha256
-    of every reused artifact and exported split, not only those whose size or mtime changed."""
+    of every reused artifact and exported split, not only those whose size or mtime changed.
+    ``batch_rows``: rows per batch of a streamed step (``engine.streaming``; default
+    ``$DATAFORGE_BATCH_ROWS`` or 100,000; 0: every step on whole tables). It changes no output."""
     started = time.perf_counter()
     plan = plan_recipe(recipe_path, models, settings)
     planned = time.perf_counter() - started
-    runner = Runner(plan, Path(out), console=console, show_progress=show_progress, verify=verify)
+    rows = batch_rows_setting(batch_rows)
+    runner = Runner(plan, Path(out), console=console, show_progress=show_progress, verify=verify, batch_rows=rows)
     report = runner.run(force, wait=wait)
     report.timings["plan"] = planned
     return report
@@ -127,9 +133,15 @@ class _Background:
 
 class Runner:
     def __init__(
-        self, plan: Plan, out: Path, console: Console | None = None, show_progress: bool = True, verify: bool = False
+        self,
+        plan: Plan,
+        out: Path,
+        console: Console | None = None,
+        show_progress: bool = True,
+        verify: bool = False,
+        batch_rows: int = 0,
     ):
-        self.plan, self.out, self.verify = plan, out, verify
+        self.plan, self.out, self.verify, self.batch_rows = plan, out, verify, batch_rows
         self.console = console or Console(stderr=True, markup=False, emoji=False, highlight=False)
         self.show_progress = show_progress
         self.position = {s.name: i for i, s in enumerate(plan.steps)}
@@ -307,11 +319,8 @@ class Runner:
             self.store.upgrade_decisions(row.step, row.fingerprint, self.run_id)
         self.lineage.record_reuse(self.run_id, batch)
 
-    def _execute(self, ps: PlannedStep, progress: StepProgress) -> StepReport:
-        self._flush_reused()  # the lineage records the steps in build order
-        inputs = {name: self._load(ref) for name, ref in ps.inputs.items()}
-        rows_in = sum(df.height for df in inputs.values())
-        ctx = Context(
+    def _context(self, ps: PlannedStep, progress: StepProgress) -> Context:
+        return Context(
             step=ps.name,
             fingerprint=ps.fingerprint,
             base_dir=self.plan.loaded.base_dir,
@@ -319,8 +328,10 @@ class Runner:
             progress=progress,
             llm=self.llm,
         )
-        started = time.perf_counter()
-        asked_before, failed_before = self.llm.failure_counts()
+
+    def _call(self, ps: PlannedStep, inputs: dict[str, pl.DataFrame], ctx: Context) -> StepResult:
+        """The step function on ``inputs``, its errors as a StepError naming the step, its result
+        checked against its contract."""
         try:
             result = ps.stepdef.fn(inputs, ps.cfg, ctx)
         except StepError:
@@ -329,8 +340,20 @@ class Runner:
             raise StepError(ps.name, str(exc)) from exc
         except Exception as exc:
             raise StepError(ps.name, f"{type(exc).__name__}: {exc}") from exc
+        self._check_result(ps, result, inputs if ps.stepdef.inputs is None else None)
+        return result
+
+    def _execute(self, ps: PlannedStep, progress: StepProgress) -> StepReport:
+        self._flush_reused()  # the lineage records the steps in build order
+        if streams(ps, self.batch_rows):
+            return self._execute_streamed(ps, progress)
+        inputs = {name: self._load(ref) for name, ref in ps.inputs.items()}
+        rows_in = sum(df.height for df in inputs.values())
+        ctx = self._context(ps, progress)
+        started = time.perf_counter()
+        asked_before, failed_before = self.llm.failure_counts()
+        result = self._call(ps, inputs, ctx)
         seconds = time.perf_counter() - started
-        self._check_result(ps, result)
         asked_after, failed_after = self.llm.failure_counts()
         failures = failed_after - failed_before
         self._check_failures(ps, asked_after - asked_before, failures)
@@ -348,20 +371,64 @@ class Runner:
         for name, df in result.tables.items():
             if self.remaining.get(f"{ps.name}.{name}"):
                 self.memory[f"{ps.name}.{name}"] = df
-        return StepReport(
-            ps.name,
-            ps.kind,
-            ps.fingerprint,
-            rows_in,
-            rows_out,
-            seconds,
-            False,
-            drops,
-            flags,
-            per_input,
-            {name: df.height for name, df in result.tables.items()},
-            sum(failures.values()),
-        )
+        outputs = {name: df.height for name, df in result.tables.items()}
+        return _executed(ps, row, drops, flags, per_input, outputs, failures)
+
+    def _execute_streamed(self, ps: PlannedStep, progress: StepProgress) -> StepReport:
+        """A ``rows`` step batch by batch (``engine.streaming``): each divided input in row order,
+        ``batch_rows`` rows at a time, the others whole; each batch's outputs and decisions go
+        to the artifact as they are made, so no output is held whole."""
+        divided = divided_inputs(ps)
+        whole = {name: self._load(ref) for name, ref in ps.inputs.items() if name not in divided}
+        per_input = {n: (whole[n].height if n in whole else self._rows(ref)) for n, ref in ps.inputs.items()}
+        ctx = self._context(ps, progress)
+        asked_before, failed_before = self.llm.failure_counts()
+        seconds = 0.0
+        drops: Counter[str] = Counter()
+        flags: Counter[str] = Counter()
+        outputs: Counter[str] = Counter()
+        try:
+            with self.store.writer(ps.name, ps.fingerprint, self.run_id) as writer:
+                for name in divided:
+                    batches = progress.track(
+                        self._batches(ps.inputs[name]),
+                        total=per_input[name],
+                        description=f"{name}, {self.batch_rows:,} rows a batch",
+                        unit="rows",
+                        size=len,
+                    )
+                    for batch in batches:
+                        started = time.perf_counter()
+                        result = self._call(ps, {**whole, name: batch}, ctx)
+                        seconds += time.perf_counter() - started
+                        events = concat_events(result.events)
+                        drops.update(_counts(events, "dropped"))
+                        flags.update(_counts(events, "flagged"))
+                        outputs.update({n: df.height for n, df in result.tables.items()})
+                        writer.add(result)
+                asked_after, failed_after = self.llm.failure_counts()
+                failures = failed_after - failed_before
+                self._check_failures(ps, asked_after - asked_before, failures)
+                rows_in = sum(per_input.values())
+                meta: dict[str, Any] = {
+                    "rows_in": rows_in,
+                    "drops": dict(sorted(drops.items())),
+                    "kind": ps.kind,
+                    "flags": dict(sorted(flags.items())),
+                    "inputs": per_input,
+                }
+                if failures:
+                    meta["failed_requests"] = sum(failures.values())
+                stored = writer.finish(meta)
+        except OSError as exc:
+            raise self._storing_failed(ps, exc) from exc
+        rows_out = sum(outputs.values())
+        row = self._row(ps, rows_in=rows_in, rows_out=rows_out, seconds=seconds)
+        artifacts = [(o.output, str(o.path), o.rows, o.sha256) for o in stored]
+        self.background.submit(self.lineage.record_execution, self.run_id, row, artifacts)
+        for ref in ps.inputs.values():
+            self._release(str(ref))
+        return _executed(ps, row, meta["drops"], meta["flags"], per_input, {o.output: o.rows for o in stored}, failures)
 
     def _persist(
         self,
@@ -382,10 +449,13 @@ class Runner:
                 {"rows_in": row.rows_in, "drops": drops, "kind": ps.kind, **meta},
             )
         except OSError as exc:
-            where = self.store.artifact_dir(ps.name, ps.fingerprint)
-            raise StepError(ps.name, f"storing its output failed: {exc}; nothing was stored at {where}") from exc
+            raise self._storing_failed(ps, exc) from exc
         artifacts = [(o.output, str(o.path), o.rows, o.sha256) for o in stored]
         self.lineage.record_execution(self.run_id, row, artifacts)
+
+    def _storing_failed(self, ps: PlannedStep, exc: OSError) -> StepError:
+        where = self.store.artifact_dir(ps.name, ps.fingerprint)
+        return StepError(ps.name, f"storing its output failed: {exc}; nothing was stored at {where}")
 
     def _check_failures(self, ps: PlannedStep, asked: int, failures: Counter[str]) -> None:
         """Model requests of this step that failed: above the step's ``max_failure_rate`` the
@@ -411,11 +481,14 @@ class Runner:
             )
         )
 
-    def _check_result(self, ps: PlannedStep, result: StepResult) -> None:
+    def _check_result(self, ps: PlannedStep, result: StepResult, inputs: Iterable[str] | None = None) -> None:
+        """``result`` against the step's contract; ``inputs``: the inputs it was given, when
+        a per-table step ran on some of them (a batch of one input gives that input's outputs)."""
         if not isinstance(result, StepResult):
             raise StepError(ps.name, f"returned {type(result).__name__}, not a StepResult")
-        if set(result.tables) != set(ps.outputs):
-            raise StepError(ps.name, f"returned outputs {sorted(result.tables)}, its plan says {sorted(ps.outputs)}")
+        expected = ps.outputs if inputs is None else ps.stepdef.outputs(ps.cfg, list(inputs))
+        if set(result.tables) != set(expected):
+            raise StepError(ps.name, f"returned outputs {sorted(result.tables)}, its plan says {sorted(expected)}")
         for name, df in result.tables.items():
             if "_id" not in df.columns or df.schema["_id"] != pl.String:
                 raise StepError(ps.name, f"output '{name}' has no string '_id' column")
@@ -448,6 +521,33 @@ class Runner:
                 ref.step, f"its stored output {path} cannot be read ({exc}); it is rebuilt on the next build"
             ) from None
 
+    def _rows(self, ref: Ref) -> int:
+        """How many rows a step output has (in memory, or as its stored ``meta.json`` says)."""
+        key = str(ref)
+        if key in self.memory:
+            return self.memory[key].height
+        self.background.wait()
+        fingerprint = self.plan.by_name[ref.step].fingerprint
+        return int(self.store.meta(ref.step, fingerprint)["outputs"][ref.output]["rows"])
+
+    def _batches(self, ref: Ref) -> Iterator[pl.DataFrame]:
+        """A step output in row order, ``batch_rows`` rows at a time: sliced from memory, or read
+        from its stored shards (a damaged one fails the build as in ``_load``)."""
+        key = str(ref)
+        if key in self.memory:
+            yield from slices(self.memory[key], self.batch_rows)
+            return
+        self.background.wait()
+        fingerprint = self.plan.by_name[ref.step].fingerprint
+        try:
+            yield from self.store.iter_batches(ref.step, fingerprint, ref.output, self.batch_rows)
+        except (OSError, pl.exceptions.PolarsError, ArrowException) as exc:
+            self.store.forget(ref.step, fingerprint)
+            path = output_path(self.store.artifact_dir(ref.step, fingerprint), ref.output)
+            raise StepError(
+                ref.step, f"its stored output {path} cannot be read ({exc}); it is rebuilt on the next build"
+            ) from None
+
     def _export_table(self, ref: Ref) -> pl.DataFrame:
         df = self._load(ref)
         self._release(str(ref))
@@ -463,6 +563,32 @@ class Runner:
         self.remaining[key] = self.remaining.get(key, 1) - 1
         if self.remaining[key] <= 0:
             self.memory.pop(key, None)
+
+
+def _executed(
+    ps: PlannedStep,
+    row: StepRow,
+    drops: dict[str, int],
+    flags: dict[str, int],
+    per_input: dict[str, int],
+    outputs: dict[str, int],
+    failures: Counter[str],
+) -> StepReport:
+    """The report of a step that executed (its ``steps`` row holds rows in and out, seconds)."""
+    return StepReport(
+        ps.name,
+        ps.kind,
+        ps.fingerprint,
+        row.rows_in,
+        row.rows_out,
+        row.seconds,
+        False,
+        drops,
+        flags,
+        per_input,
+        outputs,
+        sum(failures.values()),
+    )
 
 
 def _counts(events: pl.DataFrame, action: str) -> dict[str, int]:

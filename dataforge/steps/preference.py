@@ -286,6 +286,9 @@ def _pairs_of(name: str, df: pl.DataFrame, cfg: PairsConfig, ctx: Context) -> St
 # -- preference.responses ---------------------------------------------------------------------------
 
 
+ROW = "_responses_row"  # the input position while a table's responses are interleaved
+
+
 class ResponsesConfig(StepConfig):
     responses: list[str] = Field(min_length=2)  # columns holding responses, best first
     prompt: str = "prompt"
@@ -301,14 +304,16 @@ def _responses_columns(cfg: ResponsesConfig, cols: Columns, info: PlanInfo) -> C
     return [*kept, *(c for c in ("_parent_id", cfg.completion, cfg.rank) if c not in kept)]
 
 
-@step("preference.responses", version=1, inputs=None, per_table_columns=_responses_columns, partition="rows")
+# 2: rows in input order (a row's responses together, by rank), not sorted by parent id: the
+# output of a batch is then exactly its part of the whole table's, as streaming needs
+@step("preference.responses", version=2, inputs=None, per_table_columns=_responses_columns, partition="rows")
 def preference_responses(inputs: dict[str, pl.DataFrame], cfg: ResponsesConfig, ctx: Context) -> StepResult:
     """One row per response of a ranked set of columns (e.g. HH-RLHF's ``chosen``, ``rejected``):
     ``_id`` = ``<step>:<row>:<column>``, ``_parent_id`` = the row, ``completion``, ``rank`` (1 =
-    the first column). ``preference.pairs`` with ``rule: ranking`` pairs them again."""
+    the first column), in input order. ``preference.pairs`` with ``rule: ranking`` pairs them again."""
 
     def one(name: str, df: pl.DataFrame) -> StepResult:
-        base = df.drop(cfg.responses).rename({"_id": "_parent_id"})
+        base = df.drop(cfg.responses).rename({"_id": "_parent_id"}).with_row_index(ROW)
         parts = [
             base.with_columns(
                 (pl.lit(f"{ctx.step}:") + pl.col("_parent_id") + pl.lit(f":{col}")).alias("_id"),
@@ -317,7 +322,7 @@ def preference_responses(inputs: dict[str, pl.DataFrame], cfg: ResponsesConfig, 
             )
             for rank, col in enumerate(cfg.responses, start=1)
         ]
-        out = pl.concat(parts).sort("_parent_id", cfg.rank, maintain_order=True)
+        out = pl.concat(parts).sort(ROW, cfg.rank, maintain_order=True).drop(ROW)
         return StepResult({name: out}, edges=[edges(out["_id"], out["_parent_id"], "response_of")])
 
     return per_table(inputs, one)

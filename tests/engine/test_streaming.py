@@ -1,0 +1,126 @@
+"""The streaming executor (engine.streaming): rows steps batch by batch over Parquet shards.
+Every shipped recipe's byte-identical exports at small batches are in tests/recipes; here, what
+a build at one or two rows a batch does with failures, empty inputs, column types that a batch
+cannot see, and the batch size setting."""
+
+from __future__ import annotations
+
+import polars as pl
+import pytest
+
+from dataforge.engine.runner import build
+from dataforge.engine.step import REGISTRY, Context, StepConfig, StepResult, per_table, step
+from dataforge.engine.store import Store
+from dataforge.engine.streaming import BATCH_ROWS_ENV, batch_rows_setting
+from dataforge.errors import DataforgeError, StepError
+
+
+class FailOnConfig(StepConfig):
+    fail_on: str | None = None  # a row id that makes the batch holding it fail
+
+
+if "test.fail_on" not in REGISTRY:
+
+    @step("test.fail_on", version=1, inputs=None, per_table_columns=lambda cfg, cols, info: cols, partition="rows")
+    def _fail_on(inputs: dict[str, pl.DataFrame], cfg: FailOnConfig, ctx: Context) -> StepResult:
+        def one(name: str, df: pl.DataFrame) -> StepResult:
+            if cfg.fail_on is not None and cfg.fail_on in df["_id"].to_list():
+                raise ValueError(f"row {cfg.fail_on} on purpose")
+            return StepResult({name: df})
+
+        return per_table(inputs, one)
+
+
+def _with_failing_step(recipe, fail_on: str | None) -> None:
+    text = recipe.read_text().replace(
+        "  sft:\n    kind: format\n    type: prompt_completion\n    inputs: {data: parsed}",
+        "  checked:\n    kind: test.fail_on\n    inputs: {data: parsed}\n"
+        + (f"    fail_on: '{fail_on}'\n" if fail_on else "")
+        + "  sft:\n    kind: format\n    type: prompt_completion\n    inputs: {data: checked}",
+    )
+    recipe.write_text(text)
+
+
+def test_a_batch_that_fails_leaves_no_artifact_and_the_rest_is_reused(qa):
+    ws, recipe = qa
+    _with_failing_step(recipe, "raw:3")  # the second batch at two rows a batch (raw:2 was filtered)
+    with pytest.raises(StepError, match="step 'checked': ValueError: row raw:3 on purpose"):
+        build(recipe, ws.out, show_progress=False, batch_rows=2)
+    assert not any((ws.out / "artifacts" / "checked").glob("*/meta.json"))
+    assert list((ws.out / ".tmp" / "checked").iterdir()) == []  # the first batch's shards went too
+    recipe.write_text(recipe.read_text().replace("    fail_on: 'raw:3'\n", ""))
+    report = build(recipe, ws.out, show_progress=False, batch_rows=2)
+    assert report.executed == ["checked", "sft"]
+    # one shard per batch, in row order
+    (art,) = (ws.out / "artifacts" / "checked").iterdir()
+    shards = sorted((art / "data").iterdir())
+    assert [pl.read_parquet(s)["_id"].to_list() for s in shards] == [["raw:0", "raw:1"], ["raw:3"]]
+
+
+def test_counts_and_decisions_are_summed_over_batches(qa, tmp_path):
+    _ws, recipe = qa
+    one = build(recipe, tmp_path / "one", show_progress=False, batch_rows=0)
+    many = build(recipe, tmp_path / "many", show_progress=False, batch_rows=1)
+    for a, b in zip(one.steps, many.steps, strict=True):
+        assert (a.name, a.rows_in, a.rows_out, a.drops, a.inputs, a.outputs) == (
+            b.name,
+            b.rows_in,
+            b.rows_out,
+            b.drops,
+            b.inputs,
+            b.outputs,
+        )
+    assert many.steps[2].drops == {"filter:min_length": 1}
+    (clean,) = (tmp_path / "many" / "artifacts" / "clean").iterdir()
+    assert len(list((clean / "data").glob("part-*.parquet"))) == 4  # a shard per batch of one row
+    (filtered,) = (tmp_path / "many" / "artifacts" / "filtered").iterdir()
+    assert [p.name for p in (filtered / "lineage").iterdir()] == ["events-00002.parquet"]  # raw:2's batch
+
+
+def test_an_input_filtered_to_nothing_streams_as_one_empty_batch(qa):
+    ws, recipe = qa
+    recipe.write_text(recipe.read_text().replace("min_length: 10", "min_length: 1000"))
+    report = build(recipe, ws.out, show_progress=False, batch_rows=2)
+    assert report.datasets == {"qa_sft": {"train": 0}}
+    sft = report.steps[-1]
+    (art,) = (ws.out / "artifacts" / "sft").iterdir()
+    assert sft.rows_in == 0 and pl.read_parquet(art / "data" / "part-00000.parquet").columns == [
+        "_id",
+        "prompt",
+        "completion",
+    ]
+
+
+def test_a_column_null_in_one_batch_reads_with_the_type_the_others_give(tmp_path):
+    store = Store.open(tmp_path / "build")
+    with store.writer("s", "f" * 16, "run") as w:
+        w.add(StepResult({"data": pl.DataFrame({"_id": ["a"], "note": [None]})}))  # Null type
+        w.add(StepResult({"data": pl.DataFrame({"_id": ["b"], "note": ["text"]})}))
+        w.finish()
+    batches = list(store.iter_batches("s", "f" * 16, "data", 10))
+    assert [b.schema["note"] for b in batches] == [pl.String, pl.String]
+    whole = store.read_table("s", "f" * 16, "data")
+    assert whole.schema["note"] == pl.String and whole["note"].to_list() == [None, "text"]
+
+
+def test_the_batch_size_setting(monkeypatch):
+    monkeypatch.delenv(BATCH_ROWS_ENV, raising=False)
+    assert batch_rows_setting() == 100_000
+    monkeypatch.setenv(BATCH_ROWS_ENV, "5000")
+    assert batch_rows_setting() == 5000 and batch_rows_setting(7) == 7 and batch_rows_setting(0) == 0
+    monkeypatch.setenv(BATCH_ROWS_ENV, "many")
+    with pytest.raises(DataforgeError, match="DATAFORGE_BATCH_ROWS='many' is not a whole number"):
+        batch_rows_setting()
+    with pytest.raises(DataforgeError, match="batch rows must be 0"):
+        batch_rows_setting(-1)
+
+
+def test_cli_batch_rows(qa, capsys):
+    from dataforge.cli import main
+
+    ws, recipe = qa
+    assert main(["build", str(recipe), "--out", str(ws.out), "--quiet", "--batch-rows", "1"]) == 0
+    (art,) = (ws.out / "artifacts" / "sft").iterdir()
+    assert len(list((art / "data").glob("part-*.parquet"))) == 3
+    assert main(["build", str(recipe), "--out", str(ws.out), "--quiet", "--batch-rows", "-1"]) == 1
+    assert "batch rows must be 0" in capsys.readouterr().err
