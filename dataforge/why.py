@@ -11,6 +11,7 @@ from typing import Any
 
 import polars as pl
 
+from dataforge.engine.events import DECISIONS_DIR
 from dataforge.errors import DataforgeError
 from dataforge.lineage import iter_dataset_tables, latest_artifact_files, open_read
 
@@ -76,19 +77,20 @@ def row_histories(out: str | Path, row_ids: list[str], con: Any = None) -> dict[
                     step, output = by_path[p]
                     present[rid].setdefault(step, []).append(output)
                     last_path[rid] = p
+    _decisions_about_wanted(con, Path(out))
     events = _grouped(
         con,
-        "SELECT row_id AS _key, step, action, reason, related_id, score, detail_json FROM latest_events "
+        "SELECT row_id AS _key, step, action, reason, related_id, score, detail_json FROM wanted_events "
         "WHERE row_id IN (SELECT _id FROM wanted)",
     )
     related = _grouped(
         con,
-        "SELECT related_id AS _key, step, row_id, action, reason, score FROM latest_events "
+        "SELECT related_id AS _key, step, row_id, action, reason, score FROM wanted_events "
         "WHERE related_id IN (SELECT _id FROM wanted) ORDER BY step, row_id",
     )
     edges = _grouped(
         con,
-        "SELECT w._id AS _key, e.step, e.child_id, e.parent_id, e.relation FROM latest_edges e "
+        "SELECT w._id AS _key, e.step, e.child_id, e.parent_id, e.relation FROM wanted_edges e "
         "JOIN wanted w ON w._id = e.child_id OR w._id = e.parent_id ORDER BY e.step, e.child_id, e.parent_id",
     )
     appearances: dict[str, list[dict[str, Any]]] = {}
@@ -132,6 +134,23 @@ def row_histories(out: str | Path, row_ids: list[str], con: Any = None) -> dict[
     if own:
         con.close()
     return histories
+
+
+def _decisions_about_wanted(con: Any, out: Path) -> None:
+    """Temporary tables ``wanted_events`` and ``wanted_edges``: the newest build's decisions that
+    name a row of ``wanted``, each read in one scan of the newest build's shards only (the
+    ``latest_*`` views read every build's shards, once per query)."""
+    legacy = con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'events'").fetchone()[0]
+    latest = con.execute("SELECT DISTINCT step, fingerprint FROM latest_steps ORDER BY ALL").fetchall()
+    root = Path(out).resolve() / "artifacts"
+    for table, about in (("events", ("row_id", "related_id")), ("edges", ("child_id", "parent_id"))):
+        files = [str(f) for step, fp in latest for f in sorted((root / step / fp / DECISIONS_DIR).glob(f"{table}-*"))]
+        where = " OR ".join(f"{c} IN (SELECT _id FROM wanted)" for c in about)
+        if files and not legacy:
+            source, params = "read_parquet(?, union_by_name = true)", [files]
+        else:  # no shard (an empty view then) or a database not yet converted: the view reads it
+            source, params = f"latest_{table}", []
+        con.execute(f"CREATE OR REPLACE TEMP TABLE wanted_{table} AS SELECT * FROM {source} WHERE {where}", params)
 
 
 def _grouped(con: Any, sql: str) -> dict[str, list[dict[str, Any]]]:

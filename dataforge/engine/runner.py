@@ -346,7 +346,9 @@ class Runner:
     def _execute(self, ps: PlannedStep, progress: StepProgress) -> StepReport:
         self._flush_reused()  # the lineage records the steps in build order
         if streams(ps, self.batch_rows):
-            return self._execute_streamed(ps, progress)
+            largest = max((self._rows(ps.inputs[n]) for n in divided_inputs(ps)), default=0)
+            if largest > self.batch_rows:  # else one batch is the whole table: run it as one
+                return self._execute_streamed(ps, progress)
         inputs = {name: self._load(ref) for name, ref in ps.inputs.items()}
         rows_in = sum(df.height for df in inputs.values())
         ctx = self._context(ps, progress)

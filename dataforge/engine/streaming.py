@@ -5,7 +5,9 @@ A ``rows`` step (``f(a ∪ b) = f(a) ∪ f(b)``) runs on its divided inputs in b
 ``batch_rows`` rows, read in row order from the stored shards (or sliced from a table already
 in memory); its undivided inputs are passed whole to every batch; each batch's outputs and
 decisions are appended to the artifact as shards as soon as they are made, so a step's output
-is never held whole. Batches follow row order, so the concatenated output is the one a
+is never held whole. A step whose divided inputs all fit in one batch runs as before, on whole
+tables kept in memory for the next step (the same result; no shard round trip). Batches follow
+row order, so the concatenated output is the one a
 whole-table call gives, row for row (tests: byte-identical exports of every shipped recipe
 at tiny batches).
 

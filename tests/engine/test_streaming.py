@@ -77,7 +77,7 @@ def test_counts_and_decisions_are_summed_over_batches(qa, tmp_path):
     assert [p.name for p in (filtered / "lineage").iterdir()] == ["events-00002.parquet"]  # raw:2's batch
 
 
-def test_an_input_filtered_to_nothing_streams_as_one_empty_batch(qa):
+def test_an_input_filtered_to_nothing_gives_an_empty_shard_with_the_columns(qa):
     ws, recipe = qa
     recipe.write_text(recipe.read_text().replace("min_length: 10", "min_length: 1000"))
     report = build(recipe, ws.out, show_progress=False, batch_rows=2)
@@ -101,6 +101,24 @@ def test_a_column_null_in_one_batch_reads_with_the_type_the_others_give(tmp_path
     assert [b.schema["note"] for b in batches] == [pl.String, pl.String]
     whole = store.read_table("s", "f" * 16, "data")
     assert whole.schema["note"] == pl.String and whole["note"].to_list() == [None, "text"]
+
+
+def test_an_empty_output_reads_as_one_empty_batch(tmp_path):
+    """A per-table step streams every input when one of them is larger than a batch; an empty
+    one then still gives its step one (empty) batch, so its output has its columns."""
+    store = Store.open(tmp_path / "build")
+    with store.writer("s", "f" * 16, "run") as w:
+        w.add(StepResult({"data": pl.DataFrame(schema={"_id": pl.String, "n": pl.Int64})}))
+        w.finish()
+    (batch,) = store.iter_batches("s", "f" * 16, "data", 10)
+    assert batch.height == 0 and batch.schema == {"_id": pl.String, "n": pl.Int64}
+
+
+def test_a_step_whose_input_fits_one_batch_runs_on_the_whole_table(qa):
+    ws, recipe = qa
+    build(recipe, ws.out, show_progress=False, batch_rows=4)  # the source's 4 rows: one batch
+    (art,) = (ws.out / "artifacts" / "clean").iterdir()
+    assert [p.name for p in (art / "data").iterdir()] == ["part-00000.parquet"]
 
 
 def test_the_batch_size_setting(monkeypatch):
