@@ -148,7 +148,10 @@ OutputsFn = Callable[[Any, Sequence[str]], tuple[str, ...]]
 KeyFn = Callable[[Any, pl.DataFrame], pl.Series]
 
 # How a step's work divides (the contract a streaming or distributed executor relies on):
-#   rows:   the output of a batch of rows depends only on that batch, f(a ∪ b) = f(a) ∪ f(b)
+#   rows:   the output of a batch of rows depends only on that batch, f(a ∪ b) = f(a) ∪ f(b),
+#           row for row and in input order (the streaming executor concatenates its batches'
+#           outputs; so no sorting by anything but input position, and randomness per row from
+#           a hash of its id, never from ``ctx.rng`` draws, which restart in every batch)
 #   key:    the same, for batches that keep every row of a key together (``partition_key``)
 #   global: needs all its rows at once
 # ``partitioned`` names the inputs that are divided; the others are passed whole to every batch

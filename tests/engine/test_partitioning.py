@@ -1,7 +1,8 @@
 """The partitioning contract (``partition=`` in ``@step``): every step declares how its work
 divides, and every ``rows`` and ``key`` step gives, on random batchings of real data (GSM8K,
 HH-RLHF), the same rows and the same events as one call on the whole table. ``rows`` batches
-take rows at random; ``key`` batches keep every row of a key together.
+take rows at random; ``key`` batches keep every row of a key together. A ``rows`` step on
+contiguous slices also gives the whole call's rows in the same order (what streaming needs).
 
 The steps that call a model run against a scripted OpenAI-compatible server on loopback (real
 HTTP, client and cache; the answer a deterministic function of the messages), and
@@ -110,6 +111,20 @@ def _assert_same(whole: StepResult, parts: list[StepResult]) -> None:
         assert_frame_equal(_events(merged), _events(whole), check_dtypes=False)
 
 
+def _slices(df: pl.DataFrame, n: int = 3) -> list[pl.DataFrame]:
+    """``df`` cut into ``n`` contiguous slices in row order: the batches of the streaming executor."""
+    size = -(-df.height // n)
+    return [df.slice(start, size) for start in range(0, df.height, size)]
+
+
+def _assert_in_order(whole: StepResult, parts: list[StepResult]) -> None:
+    """A ``rows`` step on contiguous slices: its outputs, concatenated, are the whole call's row
+    for row, in order (the streaming executor writes them so)."""
+    for name, table_whole in whole.tables.items():
+        joined = pl.concat([p.tables[name] for p in parts], how="vertical_relaxed")
+        assert_frame_equal(joined, table_whole, check_dtypes=False)
+
+
 @pytest.mark.parametrize(("kind", "options", "table"), CASES, ids=[c[0] for c in CASES])
 def test_a_rows_or_key_step_gives_the_same_rows_and_events_in_any_batching(kind, options, table, data, tmp_path):
     defn = get_step(kind)
@@ -123,6 +138,8 @@ def test_a_rows_or_key_step_gives_the_same_rows_and_events_in_any_batching(kind,
         assert batch.n_unique() > 1, "a batching of one batch proves nothing"
         parts = [defn.fn({"data": df.filter(batch == b)}, cfg, ctx) for b in sorted(batch.unique().to_list())]
         _assert_same(whole, parts)
+    if defn.partition == "rows":
+        _assert_in_order(whole, [defn.fn({"data": part}, cfg, ctx) for part in _slices(df)])
 
 
 def _policy(messages) -> str:
@@ -179,6 +196,8 @@ def test_a_model_step_gives_the_same_rows_and_events_in_any_batching(kind, data,
     parts = [call(df.filter(batch == b), f"batch{b}") for b in sorted(batch.unique().to_list())]
     assert len(parts) > 1
     _assert_same(whole, parts)
+    if defn.partition == "rows":
+        _assert_in_order(whole, [call(part, f"slice{i}") for i, part in enumerate(_slices(df))])
 
 
 def test_every_step_declares_how_it_partitions_and_every_rows_or_key_step_is_tested():
