@@ -25,7 +25,7 @@ import os
 import shutil
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -80,6 +80,10 @@ def atomic_directory(final: Path, scratch: Path | None = None) -> Iterator[Path]
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    finally:
+        if scratch != final.parent:
+            with suppress(OSError):  # an emptied scratch folder goes; one still in use stays
+                scratch.rmdir()
 
 
 class Store:

@@ -47,7 +47,7 @@ def test_a_batch_that_fails_leaves_no_artifact_and_the_rest_is_reused(qa):
     with pytest.raises(StepError, match="step 'checked': ValueError: row raw:3 on purpose"):
         build(recipe, ws.out, show_progress=False, batch_rows=2)
     assert not any((ws.out / "artifacts" / "checked").glob("*/meta.json"))
-    assert list((ws.out / ".tmp" / "checked").iterdir()) == []  # the first batch's shards went too
+    assert not (ws.out / ".tmp" / "checked").exists()  # the first batch's shards went too
     recipe.write_text(recipe.read_text().replace("    fail_on: 'raw:3'\n", ""))
     report = build(recipe, ws.out, show_progress=False, batch_rows=2)
     assert report.executed == ["checked", "sft"]
