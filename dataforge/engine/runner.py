@@ -18,6 +18,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -329,22 +330,35 @@ class Runner:
             llm=self.llm,
         )
 
-    def _call(self, ps: PlannedStep, inputs: dict[str, pl.DataFrame], ctx: Context) -> StepResult:
-        """The step function on ``inputs``, its errors as a StepError naming the step, its result
-        checked against its contract."""
+    @contextmanager
+    def _step_errors(self, ps: PlannedStep) -> Iterator[None]:
+        """A step's own errors as a StepError naming the step."""
         try:
-            result = ps.stepdef.fn(inputs, ps.cfg, ctx)
+            yield
         except StepError:
             raise
         except DataforgeError as exc:
             raise StepError(ps.name, str(exc)) from exc
         except Exception as exc:
             raise StepError(ps.name, f"{type(exc).__name__}: {exc}") from exc
+
+    def _call(self, ps: PlannedStep, inputs: dict[str, pl.DataFrame], ctx: Context) -> StepResult:
+        """The step function on ``inputs``, its errors as a StepError naming the step, its result
+        checked against its contract."""
+        with self._step_errors(ps):
+            result = ps.stepdef.fn(inputs, ps.cfg, ctx)
         self._check_result(ps, result, inputs if ps.stepdef.inputs is None else None)
         return result
 
     def _execute(self, ps: PlannedStep, progress: StepProgress) -> StepReport:
         self._flush_reused()  # the lineage records the steps in build order
+        source_batches = getattr(ps.stepdef.fn, "batches", None) if ps.stepdef.is_source and self.batch_rows else None
+        if source_batches is not None:
+            ctx = self._context(ps, progress)
+            with self._step_errors(ps):
+                batches = source_batches(ps.cfg, ctx, self.batch_rows)  # None: read it whole
+            if batches is not None:
+                return self._execute_source_batches(ps, progress, batches)
         if streams(ps, self.batch_rows):
             largest = max((self._rows(ps.inputs[n]) for n in divided_inputs(ps)), default=0)
             if largest > self.batch_rows:  # else one batch is the whole table: run it as one
@@ -384,6 +398,39 @@ class Runner:
         whole = {name: self._load(ref) for name, ref in ps.inputs.items() if name not in divided}
         per_input = {n: (whole[n].height if n in whole else self._rows(ref)) for n, ref in ps.inputs.items()}
         ctx = self._context(ps, progress)
+
+        def results() -> Iterator[StepResult]:
+            for name in divided:
+                batches = progress.track(
+                    self._batches(ps.inputs[name]),
+                    total=per_input[name],
+                    description=f"{name}, {self.batch_rows:,} rows a batch",
+                    unit="rows",
+                    size=len,
+                )
+                for batch in batches:
+                    yield self._call(ps, {**whole, name: batch}, ctx)
+
+        return self._store_batches(ps, results(), per_input)
+
+    def _execute_source_batches(
+        self, ps: PlannedStep, progress: StepProgress, batches: Iterator[StepResult]
+    ) -> StepReport:
+        """A source that reads its rows batch by batch (its function's ``batches``)."""
+
+        def results() -> Iterator[StepResult]:
+            rows = lambda r: r.tables["data"].height  # noqa: E731
+            tracked = progress.track(batches, description=f"{self.batch_rows:,} rows a batch", unit="rows", size=rows)
+            with self._step_errors(ps):
+                for result in tracked:
+                    self._check_result(ps, result)
+                    yield result
+
+        return self._store_batches(ps, results(), {})
+
+    def _store_batches(self, ps: PlannedStep, results: Iterator[StepResult], per_input: dict[str, int]) -> StepReport:
+        """Append each batch's result to the step's artifact as it comes (the batches' time is
+        the step's), then its ``meta.json`` and lineage record."""
         asked_before, failed_before = self.llm.failure_counts()
         seconds = 0.0
         drops: Counter[str] = Counter()
@@ -391,23 +438,17 @@ class Runner:
         outputs: Counter[str] = Counter()
         try:
             with self.store.writer(ps.name, ps.fingerprint, self.run_id) as writer:
-                for name in divided:
-                    batches = progress.track(
-                        self._batches(ps.inputs[name]),
-                        total=per_input[name],
-                        description=f"{name}, {self.batch_rows:,} rows a batch",
-                        unit="rows",
-                        size=len,
-                    )
-                    for batch in batches:
-                        started = time.perf_counter()
-                        result = self._call(ps, {**whole, name: batch}, ctx)
-                        seconds += time.perf_counter() - started
-                        events = concat_events(result.events)
-                        drops.update(_counts(events, "dropped"))
-                        flags.update(_counts(events, "flagged"))
-                        outputs.update({n: df.height for n, df in result.tables.items()})
-                        writer.add(result)
+                while True:
+                    started = time.perf_counter()
+                    result = next(results, None)
+                    seconds += time.perf_counter() - started
+                    if result is None:
+                        break
+                    events = concat_events(result.events)
+                    drops.update(_counts(events, "dropped"))
+                    flags.update(_counts(events, "flagged"))
+                    outputs.update({n: df.height for n, df in result.tables.items()})
+                    writer.add(result)
                 asked_after, failed_after = self.llm.failure_counts()
                 failures = failed_after - failed_before
                 self._check_failures(ps, asked_after - asked_before, failures)

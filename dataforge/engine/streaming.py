@@ -11,8 +11,12 @@ row order, so the concatenated output is the one a
 whole-table call gives, row for row (tests: byte-identical exports of every shipped recipe
 at tiny batches).
 
-Not streamed yet (they read their inputs whole, as before): source steps (a source is read
-whole, then stored in shards), ``key`` steps, ``global`` steps, and the export.
+A source streams where its function has ``batches`` and can read its format in batches: a
+Parquet file (``steps.sources``); other formats, hub datasets and sources of one batch or fewer
+are read whole, then stored in shards.
+
+Not streamed yet (they read their inputs whole, as before): the other sources, ``key`` steps,
+``global`` steps, and the export.
 """
 
 from __future__ import annotations

@@ -19,6 +19,7 @@ import codecs
 import gzip
 import io
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -276,6 +277,16 @@ def source(inputs: dict[str, pl.DataFrame], cfg: SourceConfig, ctx: Context) -> 
         df = df.head(cfg.limit)
     if df.is_empty() and not cfg.allow_empty:
         raise StepError(ctx.step, f"{where} has no rows (set allow_empty: true if that is expected)")
+    data = _shaped(df, cfg, ctx, name, where)
+    if cfg.id_column:
+        _check_ids(data, cfg.id_column, ctx.step, where)
+    return StepResult({"data": data.drop(ID_VALUE, strict=False)}, events=dropped)
+
+
+def _shaped(df: pl.DataFrame, cfg: SourceConfig, ctx: Context, name: str, where: str) -> pl.DataFrame:
+    """Rows read from a source (with ``_ordinal``, their index in it) as the step's output:
+    renamed, the chosen columns, ``_id`` and ``_ts`` first (and, with an ``id_column``, its value
+    as ``ID_VALUE`` for ``_check_ids``). Row by row: a batch gives its part of the whole."""
     df = df.rename(cfg.rename) if cfg.rename else df
     user_cols = [c for c in (cfg.columns or df.columns) if c != "_ordinal" and not c.startswith("_")]
     for c in user_cols:
@@ -283,13 +294,75 @@ def source(inputs: dict[str, pl.DataFrame], cfg: SourceConfig, ctx: Context) -> 
             raise StepError(ctx.step, f"{where} has no column '{c}' (it has: {', '.join(df.columns)})")
     id_expr = pl.col(cfg.id_column).cast(pl.String) if cfg.id_column else pl.col("_ordinal").cast(pl.String)
     df = df.with_columns((pl.lit(f"{name}:") + id_expr).alias("_id"))
-    if cfg.id_column:
-        _check_ids(df, cfg.id_column, ctx.step, where)
     lead = ["_id"]
     if cfg.timestamp_column:
         df = df.with_columns(_to_utc(df[cfg.timestamp_column], cfg.timestamp_column, ctx.step).alias("_ts"))
         lead.append("_ts")
-    return StepResult({"data": df.select(lead + user_cols)}, events=dropped)
+    checked = [pl.col(cfg.id_column).alias(ID_VALUE)] if cfg.id_column else []
+    return df.select(*lead, *user_cols, *checked)
+
+
+ID_VALUE = "_id_value"  # an id column's own value, kept until the ids are checked
+
+
+def _source_batches(cfg: SourceConfig, ctx: Context, batch_rows: int) -> Iterator[StepResult] | None:
+    """The source read ``batch_rows`` rows at a time, each batch shaped as the whole table
+    would be (ordinals go on across batches; ``limit`` ends the reading), or None where it is
+    read whole: a source of one batch or fewer, or a format read whole for now (every one but
+    Parquet), or a timestamp column of text (its format is inferred from the values, which a
+    batch would do on its own rows). Ids are checked over every batch: a repeat across batches
+    fails the step as in a whole read."""
+    import pyarrow.parquet as pq
+
+    if cfg.path is None:
+        return None
+    path = _existing(cfg, ctx)
+    if _format_of(cfg, path) != "parquet":
+        return None
+    pf = pq.ParquetFile(path)
+    total = pf.metadata.num_rows if cfg.limit is None else min(pf.metadata.num_rows, cfg.limit)
+    if total <= batch_rows:
+        return None
+    if cfg.timestamp_column and cfg.timestamp_column in pf.schema_arrow.names:
+        kind = pf.schema_arrow.field(cfg.timestamp_column).type
+        if pa_is_text(kind):
+            return None
+    return _parquet_batches(pf, cfg, ctx, batch_rows, total, str(path))
+
+
+def pa_is_text(dtype: Any) -> bool:
+    import pyarrow as pa
+
+    return bool(pa.types.is_string(dtype) or pa.types.is_large_string(dtype) or pa.types.is_string_view(dtype))
+
+
+def _parquet_batches(
+    pf: Any, cfg: SourceConfig, ctx: Context, batch_rows: int, total: int, where: str
+) -> Iterator[StepResult]:
+    name = cfg.name or ctx.step
+    seen: list[pl.Series] = []
+    offset = 0
+    for batch in pf.iter_batches(batch_size=batch_rows):
+        df = pl.from_arrow(batch)
+        assert isinstance(df, pl.DataFrame)
+        df = df.head(total - offset).with_row_index("_ordinal", offset=offset)
+        offset += df.height
+        data = _shaped(df, cfg, ctx, name, where)
+        if cfg.id_column:
+            _check_ids(data, cfg.id_column, ctx.step, where)
+            seen.append(data["_id"])
+        yield StepResult({"data": data.drop(ID_VALUE, strict=False)})
+        if offset >= total:
+            break
+    if cfg.id_column and seen:
+        ids = pl.concat(seen).to_frame("_id")
+        if ids["_id"].n_unique() != ids.height:
+            dup = ids.filter(pl.col("_id").is_duplicated())["_id"].head(1).to_list()
+            value = dup[0].removeprefix(f"{name}:")
+            raise StepError(ctx.step, f"{where}: id column '{cfg.id_column}' repeats value {value!r}")
+
+
+source.batches = _source_batches  # type: ignore[attr-defined]
 
 
 def _read_jsonl(
@@ -411,10 +484,11 @@ def _arrow_frame(ds: Any) -> pl.DataFrame:
 
 
 def _check_ids(df: pl.DataFrame, column: str, step_name: str, where: str) -> None:
-    if df[column].null_count():
+    """An id column (its values in ``ID_VALUE``) must have no empty value and no repeat."""
+    if df[ID_VALUE].null_count():
         raise StepError(step_name, f"{where}: id column '{column}' has empty values")
     if df["_id"].n_unique() != df.height:
-        dup = df.filter(pl.col("_id").is_duplicated())[column].head(1).to_list()
+        dup = df.filter(pl.col("_id").is_duplicated())[ID_VALUE].head(1).to_list()
         raise StepError(step_name, f"{where}: id column '{column}' repeats value {dup[0]!r}")
 
 

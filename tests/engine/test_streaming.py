@@ -142,3 +142,74 @@ def test_cli_batch_rows(qa, capsys):
     assert len(list((art / "data").glob("part-*.parquet"))) == 3
     assert main(["build", str(recipe), "--out", str(ws.out), "--quiet", "--batch-rows", "-1"]) == 1
     assert "batch rows must be 0" in capsys.readouterr().err
+
+
+PARQUET_RECIPE = """
+name: pq
+steps:
+  raw:
+    kind: source
+    path: rows.parquet
+    id_column: key
+    timestamp_column: {ts}
+    rename: {{q: question}}
+    columns: [question, answer, key, {ts}]
+    limit: 2300
+  sft:
+    kind: format
+    type: prompt_completion
+    inputs: {{data: raw}}
+    prompt: question
+    completion: answer
+datasets:
+  pq_sft:
+    splits: {{train: sft.data}}
+"""
+
+
+def _parquet_source(root, n: int = 2500, text_time: bool = False, repeat: bool = False):
+    from tests.conftest import GSM8K
+
+    df = pl.read_ndjson(GSM8K / "train.jsonl").head(n).rename({"question": "q"})
+    keys = [f"k{i}" for i in range(n)]
+    if repeat:
+        keys[1500] = "k3"  # a repeat in another batch than the first
+    start = pl.datetime(2024, 1, 1)
+    ts = pl.datetime_range(start, start + pl.duration(hours=n - 1), "1h", eager=True)
+    df = df.with_columns(pl.Series("key", keys), ts.alias("when"), ts.dt.strftime("%Y-%m-%d %H:%M").alias("stamp"))
+    df.write_parquet(root / "rows.parquet", row_group_size=700)
+    return root / "rows.parquet"
+
+
+@pytest.mark.parametrize("ids", ["key", "ordinal"])
+def test_a_parquet_source_is_read_in_batches_and_gives_the_same_rows(ids, ws, tmp_path):
+    from tests.engine.test_runner import _tree_hashes
+
+    _parquet_source(ws.root)
+    text = PARQUET_RECIPE.format(ts="when")
+    recipe = ws.recipe(text if ids == "key" else text.replace("    id_column: key\n", ""))
+    whole = build(recipe, tmp_path / "whole", show_progress=False, batch_rows=0)
+    streamed = build(recipe, tmp_path / "streamed", show_progress=False, batch_rows=1000)
+    assert _tree_hashes(tmp_path / "whole" / "datasets") == _tree_hashes(tmp_path / "streamed" / "datasets")
+    fp = whole.steps[0].fingerprint
+    a, b = Store(tmp_path / "whole"), Store(tmp_path / "streamed")
+    assert a.read_table("raw", fp, "data").equals(b.read_table("raw", fp, "data"))
+    assert [f.name for f in b.output_files("raw", fp, "data")] == [f"part-0000{i}.parquet" for i in range(3)]
+    last = "raw:k2299" if ids == "key" else "raw:2299"  # ordinals go on across batches
+    assert streamed.steps[0].rows_out == 2300 and b.read_table("raw", fp, "data")["_id"][-1] == last
+
+
+def test_an_id_repeated_in_another_batch_fails_the_source(ws):
+    _parquet_source(ws.root, repeat=True)
+    recipe = ws.recipe(PARQUET_RECIPE.format(ts="when"))
+    with pytest.raises(StepError, match="id column 'key' repeats value 'k3'"):
+        build(recipe, ws.out, show_progress=False, batch_rows=1000)
+    assert not any((ws.out / "artifacts" / "raw").glob("*/meta.json"))
+
+
+def test_a_text_timestamp_source_is_read_whole(ws):
+    _parquet_source(ws.root)
+    recipe = ws.recipe(PARQUET_RECIPE.format(ts="stamp"))
+    report = build(recipe, ws.out, show_progress=False, batch_rows=1000)
+    store = Store(ws.out)
+    assert len(store.output_files("raw", report.steps[0].fingerprint, "data")) == 1  # its format is read once
