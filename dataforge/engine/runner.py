@@ -14,11 +14,12 @@ before it exports, and a failed write fails the build like a failed step.
 
 from __future__ import annotations
 
+import shutil
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,8 +35,16 @@ from dataforge.engine.lock import BuildLock
 from dataforge.engine.plan import Plan, PlannedStep, Ref, plan_recipe
 from dataforge.engine.progress import StepProgress, make_progress
 from dataforge.engine.step import Context, StepResult
-from dataforge.engine.store import Store, output_path
-from dataforge.engine.streaming import batch_rows_setting, divided_inputs, slices, streams
+from dataforge.engine.store import SCRATCH, Store, output_path
+from dataforge.engine.streaming import (
+    BUCKET,
+    POSITION,
+    batch_rows_setting,
+    divided_inputs,
+    keyed_streams,
+    slices,
+    streams,
+)
 from dataforge.errors import DataforgeError, RecipeError, StepError
 from dataforge.lineage import LineageWriter, StepRow
 from dataforge.llm.client import ModelPool
@@ -359,6 +368,10 @@ class Runner:
                 batches = source_batches(ps.cfg, ctx, self.batch_rows)  # None: read it whole
             if batches is not None:
                 return self._execute_source_batches(ps, progress, batches)
+        if keyed_streams(ps, self.batch_rows):
+            (name,) = divided_inputs(ps)
+            if self._rows(ps.inputs[name]) > self.batch_rows:
+                return self._execute_keyed(ps, progress, name)
         if streams(ps, self.batch_rows):
             largest = max((self._rows(ps.inputs[n]) for n in divided_inputs(ps)), default=0)
             if largest > self.batch_rows:  # else one batch is the whole table: run it as one
@@ -427,6 +440,67 @@ class Runner:
                     yield result
 
         return self._store_batches(ps, results(), {})
+
+    def _execute_keyed(self, ps: PlannedStep, progress: StepProgress, name: str) -> StepReport:
+        """A ``key`` step whose outputs are rows of its input (``keeps_input_rows``), on an input
+        larger than a batch: its rows hash-partitioned by key into about one bucket per batch on
+        disk, the step run on each bucket (every row of a key meets there), then its output rows
+        written back in input order, a window of input positions at a time."""
+        whole = {n: self._load(ref) for n, ref in ps.inputs.items() if n != name}
+        per_input = {n: (whole[n].height if n in whole else self._rows(ref)) for n, ref in ps.inputs.items()}
+        ctx = self._context(ps, progress)
+        buckets = -(-per_input[name] // self.batch_rows)
+        scratch = self.out / SCRATCH / ps.name / f"buckets-{self.run_id}"
+
+        def results() -> Iterator[StepResult]:
+            positions = 0
+            batches = progress.track(
+                self._batches(ps.inputs[name]), total=per_input[name], description="partition", unit="rows", size=len
+            )
+            for i, batch in enumerate(batches):
+                key = ps.stepdef.partition_key(ps.cfg, batch)  # type: ignore[misc]
+                bucket = (key.hash(seed=0) % buckets).alias(BUCKET)
+                placed = batch.with_columns(pl.int_range(positions, positions + batch.height).alias(POSITION), bucket)
+                positions += batch.height
+                for (b,), part in placed.partition_by(BUCKET, as_dict=True, include_key=False).items():
+                    (scratch / "in" / f"{b:05d}").mkdir(parents=True, exist_ok=True)
+                    part.write_parquet(scratch / "in" / f"{b:05d}" / f"{i:05d}.parquet")
+            empty: dict[str, pl.DataFrame] = {}
+            for b in progress.track(range(buckets), description="buckets", unit="buckets"):
+                folder = scratch / "in" / f"{b:05d}"
+                if not folder.exists():
+                    continue
+                rows = pl.concat([pl.read_parquet(f) for f in sorted(folder.iterdir())], how="vertical_relaxed")
+                result = self._call(ps, {**whole, name: rows.drop(POSITION)}, ctx)
+                where = rows.select("_id", POSITION)
+                for output, table in result.tables.items():
+                    empty.setdefault(output, table.head(0))
+                    placed = table.join(where, on="_id", how="left")
+                    if placed[POSITION].null_count():
+                        raise StepError(ps.name, f"output '{output}' has rows that are not rows of input '{name}'")
+                    (scratch / "out" / output).mkdir(parents=True, exist_ok=True)
+                    placed.sort(POSITION).write_parquet(
+                        scratch / "out" / output / f"{b:05d}.parquet", row_group_size=max(1, self.batch_rows // 8)
+                    )
+                yield StepResult({}, result.events, result.edges)
+            for output, template in empty.items():
+                files = sorted((scratch / "out" / output).glob("*.parquet"))
+                wrote = False
+                for start in range(0, positions, self.batch_rows):
+                    window = pl.col(POSITION).is_between(start, start + self.batch_rows - 1)
+                    part = pl.scan_parquet(files).filter(window).collect().sort(POSITION).drop(POSITION)
+                    if part.height:
+                        wrote = True
+                        yield StepResult({output: part})
+                if not wrote:
+                    yield StepResult({output: template})
+
+        try:
+            return self._store_batches(ps, results(), per_input)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+            with suppress(OSError):  # the step's scratch folder, when nothing else is in it
+                scratch.parent.rmdir()
 
     def _store_batches(self, ps: PlannedStep, results: Iterator[StepResult], per_input: dict[str, int]) -> StepReport:
         """Append each batch's result to the step's artifact as it comes (the batches' time is

@@ -182,6 +182,7 @@ class StepDef:
     partition: Partition = "global"
     partition_key: KeyFn | None = None
     partitioned: tuple[str, ...] | None = None
+    keeps_input_rows: bool = False  # its outputs are rows of its divided input (kept or not, columns added)
 
     @property
     def is_source(self) -> bool:
@@ -211,18 +212,23 @@ def step(
     partition: Partition,
     partition_key: KeyFn | None = None,
     partitioned: tuple[str, ...] | None = None,
+    keeps_input_rows: bool = False,
 ) -> Callable[[Callable[..., StepResult]], Callable[..., StepResult]]:
     """Register ``fn`` as step ``kind``. The config model is the annotation of its ``cfg`` parameter.
 
     ``inputs=None`` takes any named inputs. Unless ``outputs`` says otherwise, such a step is
     per-table: it returns an output of the same name for each input, and ``per_table_columns``
     says how one table's columns change. ``partition`` (required) declares how its work divides
-    (``Partition``); a ``key`` step names its key with ``partition_key(cfg, table)``.
+    (``Partition``); a ``key`` step names its key with ``partition_key(cfg, table)``, and with
+    ``keeps_input_rows`` says its outputs are rows of its divided input (by ``_id``, columns may
+    be added), which lets the streaming executor put them back in input order.
     """
     if partition not in PARTITIONS:
         raise TypeError(f"step {kind}: partition must be one of {', '.join(PARTITIONS)}, not {partition!r}")
     if (partition == "key") != (partition_key is not None):
         raise TypeError(f"step {kind}: a partition_key goes with partition='key', and only with it")
+    if keeps_input_rows and partition != "key":
+        raise TypeError(f"step {kind}: keeps_input_rows is for key steps")
 
     def register(fn: Callable[..., StepResult]) -> Callable[..., StepResult]:
         hints = typing.get_type_hints(fn)
@@ -266,6 +272,7 @@ def step(
             partition=partition,
             partition_key=partition_key,
             partitioned=partitioned,
+            keeps_input_rows=keeps_input_rows,
         )
         return fn
 

@@ -15,8 +15,16 @@ A source streams where its function has ``batches`` and can read its format in b
 Parquet file (``steps.sources``); other formats, hub datasets and sources of one batch or fewer
 are read whole, then stored in shards.
 
-Not streamed yet (they read their inputs whole, as before): the other sources, ``key`` steps,
-``global`` steps, and the export.
+A ``key`` step whose outputs are rows of its input (``keeps_input_rows``: ``dedup.exact``) and
+whose input is larger than a batch runs bucket by bucket: rows hash-partitioned by key into
+about one bucket per batch in ``<out>/.tmp``, the step on each bucket (all rows of a key meet
+there), its decisions stored as each bucket is done, and its output rows written back in input
+order a window of positions at a time (each bucket's rows sorted by position, so a window reads
+only the row groups it needs).
+
+Not streamed yet (they read their inputs whole, as before): the other sources, other ``key``
+steps (pairs, rollouts, feedback: their new rows' order is the whole call's), ``global``
+steps, and the export.
 """
 
 from __future__ import annotations
@@ -62,6 +70,18 @@ def streams(ps: PlannedStep, batch_rows: int) -> bool:
     if not batch_rows or d.partition != "rows" or d.is_source:
         return False
     return len(divided_inputs(ps)) == 1 or d.inputs is None
+
+
+POSITION = "_stream_position"  # a row's index in a key step's input, while it is partitioned
+BUCKET = "_stream_bucket"
+
+
+def keyed_streams(ps: PlannedStep, batch_rows: int) -> bool:
+    """Whether the runner may run ``ps`` bucket by bucket: a ``key`` step with one divided input
+    whose outputs are rows of that input (``keeps_input_rows``), so they can be put back in
+    input order; other key steps make rows whose order only a whole call gives."""
+    d = ps.stepdef
+    return bool(batch_rows) and d.partition == "key" and d.keeps_input_rows and len(divided_inputs(ps)) == 1
 
 
 def slices(df: pl.DataFrame, batch_rows: int) -> Iterator[pl.DataFrame]:

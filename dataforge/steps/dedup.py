@@ -343,6 +343,7 @@ def _drop_matches(
     partition="key",
     partition_key=lambda cfg, df: dedup_text(df, cfg),
     partitioned=("data",),
+    keeps_input_rows=True,
 )
 def dedup_exact(inputs: dict[str, pl.DataFrame], cfg: DedupConfig, ctx: Context) -> StepResult:
     """Drop rows whose cleaned text equals another's (or an ``against`` row's)."""

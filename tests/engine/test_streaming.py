@@ -213,3 +213,51 @@ def test_a_text_timestamp_source_is_read_whole(ws):
     report = build(recipe, ws.out, show_progress=False, batch_rows=1000)
     store = Store(ws.out)
     assert len(store.output_files("raw", report.steps[0].fingerprint, "data")) == 1  # its format is read once
+
+
+EXACT_RECIPE = """
+name: ex
+steps:
+  raw:
+    kind: source
+    path: rows.parquet
+    id_column: key
+  exact:
+    kind: dedup.exact
+    inputs: {data: raw}
+    fields: [question]
+datasets:
+  ex:
+    splits: {train: exact.data}
+"""
+
+
+def test_exact_dedup_runs_bucket_by_bucket_and_keeps_input_order(ws, tmp_path):
+    """``dedup.exact`` (a key step that keeps input rows) on an input of several batches: rows
+    partitioned by their text into buckets, copies planted far apart (first and last batch) meet
+    in one bucket, and the kept rows come back in input order — the same bytes as a whole call."""
+    from tests.conftest import GSM8K
+    from tests.engine.test_runner import _tree_hashes
+
+    df = pl.read_ndjson(GSM8K / "train.jsonl").head(2400)
+    copies = pl.concat([df.head(40), df.slice(1200, 40)])  # copies of early and middle rows, at the end
+    df = pl.concat([df, copies]).with_columns(pl.format("k{}", pl.int_range(pl.len())).alias("key"))
+    df.write_parquet(ws.root / "rows.parquet")
+    recipe = ws.recipe(EXACT_RECIPE)
+    whole = build(recipe, tmp_path / "whole", show_progress=False, batch_rows=0)
+    streamed = build(recipe, tmp_path / "streamed", show_progress=False, batch_rows=700)
+    assert streamed.steps[1].drops == whole.steps[1].drops == {"exact_duplicate": 80}
+    assert _tree_hashes(tmp_path / "whole" / "datasets") == _tree_hashes(tmp_path / "streamed" / "datasets")
+    fp = whole.steps[1].fingerprint
+    a, b = Store(tmp_path / "whole"), Store(tmp_path / "streamed")
+    assert a.read_table("exact", fp, "data").equals(b.read_table("exact", fp, "data"))
+    shards = b.artifact_dir("exact", fp) / "lineage"
+    assert len(list(shards.glob("events-*.parquet"))) > 1  # decisions stored bucket by bucket
+    query = "SELECT row_id, reason, related_id, score FROM latest_events ORDER BY ALL"
+    from dataforge.lineage import open_read
+
+    assert (
+        open_read(tmp_path / "whole").execute(query).fetchall()
+        == open_read(tmp_path / "streamed").execute(query).fetchall()
+    )
+    assert not (tmp_path / "streamed" / ".tmp" / "exact").exists()  # the buckets are gone
