@@ -3,6 +3,7 @@ signal that tells a rephrased problem (same numbers) from a merely similar one (
 
 from __future__ import annotations
 
+import functools
 import re
 from collections import Counter
 from collections.abc import Callable
@@ -287,6 +288,7 @@ def canonical_words(text: str) -> str:
     return " ".join(out)
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def digit_key(x: float) -> str:
     """The digits of a number without sign, decimal point, leading or trailing zeros: 129.00, 12900
     and 129 share "129"; 1.5 and 15 share "15"; 0.8 and 08 share "8" — what is left of a number
@@ -333,9 +335,13 @@ def agreement(train: Counter[float], reference: Counter[float]) -> float | None:
     values = counted(reference)
     if not values:
         return None
-    missing = values - set(train)
-    stripped = {digit_key(x) for x in set(train) - values}
-    recovered = sum(1 for x in missing if (x != int(x) or len(digit_key(x)) >= 2) and digit_key(x) in stripped)
+    have = set(train)
+    missing = values - have
+    eligible = [x for x in missing if x != int(x) or len(digit_key(x)) >= 2]
+    recovered = 0
+    if eligible:  # the stripped keys are read only when a missing number could be found by them
+        stripped = {digit_key(x) for x in have - values}
+        recovered = sum(1 for x in eligible if digit_key(x) in stripped)
     return (len(values) - len(missing) + recovered) / len(values)
 
 
