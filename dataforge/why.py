@@ -11,7 +11,7 @@ from typing import Any
 
 import polars as pl
 
-from dataforge.engine.events import DECISIONS_DIR
+from dataforge.engine.events import decision_shards
 from dataforge.errors import DataforgeError
 from dataforge.lineage import iter_dataset_tables, latest_artifact_files, open_read
 
@@ -144,7 +144,7 @@ def _decisions_about_wanted(con: Any, out: Path) -> None:
     latest = con.execute("SELECT DISTINCT step, fingerprint FROM latest_steps ORDER BY ALL").fetchall()
     root = Path(out).resolve() / "artifacts"
     for table, about in (("events", ("row_id", "related_id")), ("edges", ("child_id", "parent_id"))):
-        files = [str(f) for step, fp in latest for f in sorted((root / step / fp / DECISIONS_DIR).glob(f"{table}-*"))]
+        files = [str(f) for step, fp in latest for f in decision_shards(root / step / fp, table)]
         where = " OR ".join(f"{c} IN (SELECT _id FROM wanted)" for c in about)
         if files and not legacy:
             source, params = "read_parquet(?, union_by_name = true)", [files]

@@ -84,7 +84,7 @@ def concat_edges(frames: list[pl.DataFrame]) -> pl.DataFrame:
 
 # Where decisions live: beside the outputs they explain, as Parquet shards of the contract
 # tables (``run_id``, ``step``, ``fingerprint`` and the frame's columns), one folder per
-# artifact. ``lineage.duckdb`` reads them through views over ``SHARD_GLOB``; nothing per row
+# artifact. ``lineage.duckdb`` reads them through views over ``shard_glob``; nothing per row
 # goes through the database. A shard's index leaves room for one shard per batch.
 DECISIONS_DIR = "lineage"
 DECISION_SCHEMAS = {"events": EVENT_SCHEMA, "edges": EDGE_SCHEMA}
@@ -99,6 +99,11 @@ def shard_glob(artifacts: Path, table: str) -> str:
 def decision_shard(folder: Path, table: str, index: int = 0) -> Path:
     """Shard ``index`` of ``table`` (events or edges) of the artifact in ``folder``."""
     return folder / DECISIONS_DIR / f"{table}-{index:05d}.parquet"
+
+
+def decision_shards(folder: Path, table: str) -> list[Path]:
+    """Every shard of ``table`` of the artifact in ``folder``, in batch order."""
+    return sorted((folder / DECISIONS_DIR).glob(f"{table}-*.parquet"))
 
 
 def keyed(frame: pl.DataFrame, table: str, run_id: str, step: str, fingerprint: str) -> pl.DataFrame:

@@ -408,8 +408,7 @@ class Runner:
         ``batch_rows`` rows at a time, the others whole; each batch's outputs and decisions go
         to the artifact as they are made, so no output is held whole."""
         divided = divided_inputs(ps)
-        whole = {name: self._load(ref) for name, ref in ps.inputs.items() if name not in divided}
-        per_input = {n: (whole[n].height if n in whole else self._rows(ref)) for n, ref in ps.inputs.items()}
+        whole, per_input = self._undivided(ps, divided)
         ctx = self._context(ps, progress)
 
         def results() -> Iterator[StepResult]:
@@ -425,6 +424,12 @@ class Runner:
                     yield self._call(ps, {**whole, name: batch}, ctx)
 
         return self._store_batches(ps, results(), per_input)
+
+    def _undivided(self, ps: PlannedStep, divided: list[str]) -> tuple[dict[str, pl.DataFrame], dict[str, int]]:
+        """The inputs a streamed step gets whole (loaded), and the rows of every input."""
+        whole = {name: self._load(ref) for name, ref in ps.inputs.items() if name not in divided}
+        per_input = {n: (whole[n].height if n in whole else self._rows(ref)) for n, ref in ps.inputs.items()}
+        return whole, per_input
 
     def _execute_source_batches(
         self, ps: PlannedStep, progress: StepProgress, batches: Iterator[StepResult]
@@ -446,8 +451,7 @@ class Runner:
         larger than a batch: its rows hash-partitioned by key into about one bucket per batch on
         disk, the step run on each bucket (every row of a key meets there), then its output rows
         written back in input order, a window of input positions at a time."""
-        whole = {n: self._load(ref) for n, ref in ps.inputs.items() if n != name}
-        per_input = {n: (whole[n].height if n in whole else self._rows(ref)) for n, ref in ps.inputs.items()}
+        whole, per_input = self._undivided(ps, [name])
         ctx = self._context(ps, progress)
         buckets = -(-per_input[name] // self.batch_rows)
         scratch = self.out / SCRATCH / ps.name / f"buckets-{self.run_id}"
@@ -465,7 +469,6 @@ class Runner:
                 for (b,), part in placed.partition_by(BUCKET, as_dict=True, include_key=False).items():
                     (scratch / "in" / f"{b:05d}").mkdir(parents=True, exist_ok=True)
                     part.write_parquet(scratch / "in" / f"{b:05d}" / f"{i:05d}.parquet")
-            empty: dict[str, pl.DataFrame] = {}
             for b in progress.track(range(buckets), description="buckets", unit="buckets"):
                 folder = scratch / "in" / f"{b:05d}"
                 if not folder.exists():
@@ -474,7 +477,6 @@ class Runner:
                 result = self._call(ps, {**whole, name: rows.drop(POSITION)}, ctx)
                 where = rows.select("_id", POSITION)
                 for output, table in result.tables.items():
-                    empty.setdefault(output, table.head(0))
                     placed = table.join(where, on="_id", how="left")
                     if placed[POSITION].null_count():
                         raise StepError(ps.name, f"output '{output}' has rows that are not rows of input '{name}'")
@@ -482,18 +484,15 @@ class Runner:
                     placed.sort(POSITION).write_parquet(
                         scratch / "out" / output / f"{b:05d}.parquet", row_group_size=max(1, self.batch_rows // 8)
                     )
-                yield StepResult({}, result.events, result.edges)
-            for output, template in empty.items():
+                # its decisions, and its outputs' columns (an output that gets no row keeps them)
+                yield StepResult({o: t.head(0) for o, t in result.tables.items()}, result.events, result.edges)
+            for output in ps.outputs:
                 files = sorted((scratch / "out" / output).glob("*.parquet"))
-                wrote = False
-                for start in range(0, positions, self.batch_rows):
+                for start in range(0, positions, self.batch_rows) if files else ():
                     window = pl.col(POSITION).is_between(start, start + self.batch_rows - 1)
-                    part = pl.scan_parquet(files).filter(window).collect().sort(POSITION).drop(POSITION)
-                    if part.height:
-                        wrote = True
-                        yield StepResult({output: part})
-                if not wrote:
-                    yield StepResult({output: template})
+                    yield StepResult(
+                        {output: pl.scan_parquet(files).filter(window).collect().sort(POSITION).drop(POSITION)}
+                    )
 
         try:
             return self._store_batches(ps, results(), per_input)
@@ -518,11 +517,11 @@ class Runner:
                     seconds += time.perf_counter() - started
                     if result is None:
                         break
-                    events = concat_events(result.events)
+                    events, edges = concat_events(result.events), concat_edges(result.edges)
                     drops.update(_counts(events, "dropped"))
                     flags.update(_counts(events, "flagged"))
                     outputs.update({n: df.height for n, df in result.tables.items()})
-                    writer.add(result)
+                    writer.add(StepResult(result.tables, [events], [edges]))
                 asked_after, failed_after = self.llm.failure_counts()
                 failures = failed_after - failed_before
                 self._check_failures(ps, asked_after - asked_before, failures)

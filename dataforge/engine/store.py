@@ -207,13 +207,13 @@ class Store:
 
         files = self.output_files(step, fingerprint, output)
         schema = output_schema(files)
+        empty = True
         for path in files:
-            pf = pq.ParquetFile(path)
-            if pf.metadata.num_rows == 0:
-                continue
-            for batch in pf.iter_batches(batch_size=batch_rows):
-                yield _with_schema(pl.from_arrow(batch), schema)  # type: ignore[arg-type]
-        if all(pq.ParquetFile(f).metadata.num_rows == 0 for f in files):
+            for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_rows):
+                if batch.num_rows:
+                    empty = False
+                    yield _with_schema(pl.from_arrow(batch), schema)  # type: ignore[arg-type]
+        if empty:
             yield pl.DataFrame(schema=schema)
 
     def upgrade_decisions(self, step: str, fingerprint: str, run_id: str) -> None:

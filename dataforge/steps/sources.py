@@ -325,12 +325,12 @@ def _source_batches(cfg: SourceConfig, ctx: Context, batch_rows: int) -> Iterato
         return None
     if cfg.timestamp_column and cfg.timestamp_column in pf.schema_arrow.names:
         kind = pf.schema_arrow.field(cfg.timestamp_column).type
-        if pa_is_text(kind):
+        if _is_text(kind):
             return None
     return _parquet_batches(pf, cfg, ctx, batch_rows, total, str(path))
 
 
-def pa_is_text(dtype: Any) -> bool:
+def _is_text(dtype: Any) -> bool:
     import pyarrow as pa
 
     return bool(pa.types.is_string(dtype) or pa.types.is_large_string(dtype) or pa.types.is_string_view(dtype))
@@ -340,7 +340,7 @@ def _parquet_batches(
     pf: Any, cfg: SourceConfig, ctx: Context, batch_rows: int, total: int, where: str
 ) -> Iterator[StepResult]:
     name = cfg.name or ctx.step
-    seen: list[pl.Series] = []
+    seen: list[pl.DataFrame] = []  # the ids of every batch, checked together at the end
     offset = 0
     for batch in pf.iter_batches(batch_size=batch_rows):
         df = pl.from_arrow(batch)
@@ -349,17 +349,12 @@ def _parquet_batches(
         offset += df.height
         data = _shaped(df, cfg, ctx, name, where)
         if cfg.id_column:
-            _check_ids(data, cfg.id_column, ctx.step, where)
-            seen.append(data["_id"])
+            seen.append(data.select("_id", ID_VALUE))
         yield StepResult({"data": data.drop(ID_VALUE, strict=False)})
         if offset >= total:
             break
     if cfg.id_column and seen:
-        ids = pl.concat(seen).to_frame("_id")
-        if ids["_id"].n_unique() != ids.height:
-            dup = ids.filter(pl.col("_id").is_duplicated())["_id"].head(1).to_list()
-            value = dup[0].removeprefix(f"{name}:")
-            raise StepError(ctx.step, f"{where}: id column '{cfg.id_column}' repeats value {value!r}")
+        _check_ids(pl.concat(seen), cfg.id_column, ctx.step, where)
 
 
 source.batches = _source_batches  # type: ignore[attr-defined]
