@@ -9,12 +9,17 @@ has a timestamp. Generated with polars, written as Parquet before the clock star
 
 Each size runs ``dataforge build`` in a child process (imports included) once per engine, in
 the same run: "whole tables" (``batch_rows=0``: every step on whole tables held in memory, the
-engine before streaming) and "streaming" (``--batch-rows``, default 100,000: rows steps batch by
-batch from and to Parquet shards; source, key and global steps and the export still read their
-inputs whole — see ``engine.streaming``). Reported: wall time, each step's seconds and rows/s
+engine before streaming) and "streaming" (``--batch-rows``, default 100,000: the source, rows
+steps and exact dedup batch by batch, MinHash dedup, split and audit out of core, the export
+batch by batch — see ``engine.streaming`` and ``engine.table``). Reported: wall time, each step's seconds and rows/s
 (rows in / seconds), and the child's peak RSS (getrusage).
 
-Usage: .venv/bin/python bench/scale.py --rows 250000,500000,1000000 [--words 100] [--batch-rows N] [--keep DIR]
+Each step's peak resident memory is sampled too (every 50 ms), so the step that sets the peak is
+named. ``--limit-gib`` runs each build under ``RLIMIT_DATA`` (a build that needs more fails);
+``--whole-up-to`` skips the whole-tables engine above a size (it needs ~4.3 GiB a million rows).
+
+Usage: .venv/bin/python bench/scale.py --rows 250000,500000,1000000 [--words 100] [--batch-rows N]
+       [--whole-up-to N] [--limit-gib G] [--keep DIR]
 """
 
 from __future__ import annotations
@@ -146,19 +151,54 @@ def _edit(text: str, rate: float, rng: np.random.Generator, vocab: np.ndarray) -
     return " ".join(out)
 
 
-def child(folder: Path, batch_rows: int) -> None:
-    """Build the recipe in ``folder`` and print its figures as JSON (run in its own process)."""
+def child(folder: Path, batch_rows: int, limit_gib: float | None) -> None:
+    """Build the recipe in ``folder`` and print its figures as JSON (run in its own process):
+    wall time, peak RSS (getrusage), and the peak resident memory sampled during each step and
+    the export (every 50 ms from /proc). ``limit_gib``: the process's data segment is limited
+    to it (``RLIMIT_DATA``, which counts the heap and private mappings): past it, allocations
+    fail and the build with them."""
+    import os
     import shutil
+    import threading
 
-    from dataforge.engine.runner import build
+    import dataforge.export
+    from dataforge.engine.runner import Runner, build
 
+    if limit_gib:
+        size = int(limit_gib * 2**30)
+        resource.setrlimit(resource.RLIMIT_DATA, (size, size))
     shutil.rmtree(folder / "build", ignore_errors=True)
+    current, peaks, done = ["plan"], {}, threading.Event()
+    page = os.sysconf("SC_PAGE_SIZE")
+
+    def sample() -> None:
+        with open("/proc/self/statm") as statm:
+            while not done.is_set():
+                statm.seek(0)
+                rss = int(statm.read().split()[1]) * page / 2**20
+                peaks[current[0]] = max(peaks.get(current[0], 0.0), rss)
+                done.wait(0.05)
+
+    def tracked(fn, name_of):
+        def call(*args, **kwargs):
+            current[0] = name_of(*args)
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                current[0] = "engine"
+
+        return call
+
+    Runner._execute = tracked(Runner._execute, lambda self, ps, *_: ps.name)
+    dataforge.export.export_datasets = tracked(dataforge.export.export_datasets, lambda *_: "export")
+    threading.Thread(target=sample, daemon=True).start()
     started = time.perf_counter()
     report = build(folder / "recipe.yaml", folder / "build", show_progress=False, batch_rows=batch_rows)
     wall = time.perf_counter() - started
+    done.set()
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     steps = [{"step": s.name, "rows_in": s.rows_in, "seconds": s.seconds} for s in report.steps]
-    print(json.dumps({"wall": wall, "rss_mib": rss, "steps": steps, "timings": report.timings}))
+    print(json.dumps({"wall": wall, "rss_mib": rss, "steps": steps, "timings": report.timings, "peaks": peaks}))
 
 
 def main() -> None:
@@ -167,10 +207,14 @@ def main() -> None:
     ap.add_argument("--words", type=int, default=100, help="words per response (about)")
     ap.add_argument("--keep", help="build in this folder and keep it (default: a temporary one)")
     ap.add_argument("--batch-rows", type=int, default=100_000, help="rows per batch of the streaming engine")
+    ap.add_argument(
+        "--whole-up-to", type=int, default=2_000_000, help="run the whole-tables engine only up to this many rows"
+    )
+    ap.add_argument("--limit-gib", type=float, help="limit each build's data segment (RLIMIT_DATA) to this")
     ap.add_argument("--child")
     args = ap.parse_args()
     if args.child:
-        return child(Path(args.child), args.batch_rows)
+        return child(Path(args.child), args.batch_rows, args.limit_gib)
     for n in (int(x) for x in args.rows.split(",")):
         with tempfile.TemporaryDirectory(dir=args.keep) as tmp:
             folder = Path(tmp)
@@ -180,29 +224,33 @@ def main() -> None:
             (folder / "recipe.yaml").write_text(RECIPE)
             mean_words = mix["response"].head(10000).str.count_matches(r"\S+").mean()
             print(f"{n:,} rows (response ~{mean_words:.0f} words) generated in {time.perf_counter() - made:.1f} s")
-            for engine, batch_rows in (("whole tables", 0), ("streaming", args.batch_rows)):
-                measure(folder, engine, batch_rows)
+            del mix
+            engines = [("whole tables", 0)] if n <= args.whole_up_to else []
+            for engine, batch_rows in [*engines, ("streaming", args.batch_rows)]:
+                measure(folder, engine, batch_rows, args.limit_gib)
 
 
-def measure(folder: Path, engine: str, batch_rows: int) -> None:
+def measure(folder: Path, engine: str, batch_rows: int, limit_gib: float | None) -> None:
     """One build of the mix in ``folder`` in a child process, its figures printed."""
     started = time.perf_counter()
+    limit = ["--limit-gib", str(limit_gib)] if limit_gib else []
     run = subprocess.run(
-        [sys.executable, __file__, "--child", str(folder), "--batch-rows", str(batch_rows)],
+        [sys.executable, __file__, "--child", str(folder), "--batch-rows", str(batch_rows), *limit],
         capture_output=True,
         text=True,
         check=False,
     )
-    label = f"{engine} (batch_rows={batch_rows:,})"
+    label = f"{engine} (batch_rows={batch_rows:,}" + (f", data limit {limit_gib:g} GiB)" if limit_gib else ")")
     if run.returncode != 0:
         print(f"  {label}: failed after {time.perf_counter() - started:.1f} s: {run.stderr[-400:]}")
         return
     fig = json.loads(run.stdout.strip().splitlines()[-1])
     print(f"  {label}: {fig['wall']:.1f} s end to end, peak RSS {fig['rss_mib']:,.0f} MiB")
+    peaks = fig["peaks"]
     for s in fig["steps"]:
         rate = f"{s['rows_in'] / s['seconds']:>12,.0f} rows/s" if s["seconds"] > 0 and s["rows_in"] else ""
-        print(f"    {s['step']:12s} {s['seconds']:8.2f} s {rate}")
-    print(f"    {'export':12s} {fig['timings']['export']:8.2f} s")
+        print(f"    {s['step']:12s} {s['seconds']:8.2f} s {rate:20s} peak {peaks.get(s['step'], 0):8,.0f} MiB")
+    print(f"    {'export':12s} {fig['timings']['export']:8.2f} s {'':20s} peak {peaks.get('export', 0):8,.0f} MiB")
 
 
 if __name__ == "__main__":

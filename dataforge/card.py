@@ -9,11 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
-import pyarrow as pa
 
 from dataforge import __version__
-from dataforge.card_stats import statistics_section
+from dataforge.card_stats import SplitSummary, statistics_section
 from dataforge.engine.plan import Plan, PlannedDataset
+from dataforge.engine.table import Table
 from dataforge.formats import trl_dataset_type
 from dataforge.steps.audit import DatasetAudit, dataset_audit_section
 
@@ -27,19 +27,21 @@ def _table(header: list[str], rows: list[list[Any]]) -> str:
 def render_card(
     plan: Plan,
     ds: PlannedDataset,
-    tables: dict[str, pa.Table],
+    tables: dict[str, SplitSummary],
     reports: list,
-    frames: dict[str, pl.DataFrame],
+    frames: dict[str, pl.DataFrame | Table],
     audit: DatasetAudit | None = None,
     load: Any = None,
     plots: list[str] | None = None,
 ) -> str:
-    """The card; ``tables`` are the exported splits, ``frames`` the same rows with dataforge's
-    internal columns (``_ts``), ``audit`` their split audit (``dataset_audit``)."""
+    """The card; ``tables`` are the exported splits' ``SplitSummary`` (made with
+    ``card_tokenizer(ds)``, so they count its tokens), ``frames`` the
+    same rows with dataforge's internal columns (``_ts``), ``audit`` their split audit
+    (``dataset_audit``)."""
     ancestors = plan.ancestors({r.step for r in ds.splits.values()})
     steps = [s for s in plan.steps if s.name in ancestors]
     first = next(iter(tables.values()))
-    trl_type = trl_dataset_type(first.column_names) or "none recognised"
+    trl_type = trl_dataset_type(first.schema.names) or "none recognised"
     drops = [[r.name, reason, n] for r in reports if r.name in ancestors for reason, n in sorted(r.drops.items())]
     parts = [
         hub_front_matter(plan, ds, tables, trl_type if trl_type != "none recognised" else None),
@@ -55,7 +57,7 @@ def render_card(
         "",
         "## Dataset Structure",
         "",
-        f"Columns: {', '.join(f'`{c}`' for c in first.column_names)}. Every row's `_id` answers `dataforge why <_id>`.",
+        f"Columns: {', '.join(f'`{c}`' for c in first.schema.names)}. Every row's `_id` answers `dataforge why <_id>`.",
         "",
         "### Splits",
         "",
@@ -63,7 +65,7 @@ def render_card(
         "",
         "### Statistics",
         "",
-        *statistics_section(tables, *_tokenizer(ds)),
+        *statistics_section(tables, None, tokenizer_name(ds)),
         *(["### Plots", "", *plots] if plots else []),
         "## Dataset Creation",
         "",
@@ -115,7 +117,7 @@ def render_card(
     return "\n".join(parts)
 
 
-def hub_front_matter(plan: Plan, ds: PlannedDataset, tables: dict[str, pa.Table], trl_type: str | None) -> str:
+def hub_front_matter(plan: Plan, ds: PlannedDataset, tables: dict[str, SplitSummary], trl_type: str | None) -> str:
     """The Hub's YAML front matter of the card (``dataforge.hub``)."""
     from dataforge.hub import front_matter
 
@@ -143,16 +145,20 @@ def dataset_licenses(plan: Plan, ds: PlannedDataset) -> list[str]:
     return sorted(found)
 
 
-def _tokenizer(ds: PlannedDataset) -> tuple[Any, str]:
-    """The dataset's tokenizer for the statistics and the name the card gives it (no tokenizer:
-    none, and the statistics say so)."""
+def card_tokenizer(ds: PlannedDataset) -> Any:
+    """The dataset's tokenizer for the statistics (None when it names none: the statistics say so)."""
     if ds.tokenizer is None:
-        return None, ""
+        return None
     from dataforge.card_stats import load_tokenizer
 
-    return load_tokenizer(ds.tokenizer, ds.name), Path(ds.tokenizer).name if Path(
-        ds.tokenizer
-    ).exists() else ds.tokenizer
+    return load_tokenizer(ds.tokenizer, ds.name)
+
+
+def tokenizer_name(ds: PlannedDataset) -> str:
+    """The name the card gives the dataset's tokenizer: a local folder's name, else the hub id."""
+    if ds.tokenizer is None:
+        return ""
+    return Path(ds.tokenizer).name if Path(ds.tokenizer).exists() else ds.tokenizer
 
 
 def _card_notes(step: Any) -> list[str]:

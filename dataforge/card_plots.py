@@ -16,7 +16,7 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
-from dataforge.card_stats import text_lengths
+from dataforge.card_stats import SplitSummary, summaries
 from dataforge.steps.audit import DatasetAudit
 
 PNG_META = {"Software": None}  # no version or date in the file: the same data, the same bytes
@@ -39,9 +39,9 @@ def _save(fig: Any, path: Path) -> None:
     plt.close(fig)
 
 
-def length_histogram(tables: dict[str, pa.Table], path: Path) -> None:
+def length_histogram(tables: dict[str, pa.Table | SplitSummary], path: Path) -> None:
     """Characters per row, one histogram per split on shared logarithmic bins."""
-    lengths = {s: np.maximum(text_lengths(tab)["chars"].to_numpy(), 1) for s, tab in tables.items()}
+    lengths = {s: np.maximum(sm.values("chars"), 1) for s, sm in summaries(tables).items()}
     top = max((int(v.max()) for v in lengths.values() if len(v)), default=10)
     low = min((int(v.min()) for v in lengths.values() if len(v)), default=1)
     bins = np.logspace(np.log10(low), np.log10(max(top, low * 10)), 40)
@@ -118,7 +118,7 @@ def audit_matrix(audit: DatasetAudit, path: Path) -> None:
 
 def write_plots(
     folder: Path,
-    tables: dict[str, pa.Table],
+    tables: dict[str, pa.Table | SplitSummary],
     reports: list,
     leakage: dict[str, pl.DataFrame] | None = None,
     audit: DatasetAudit | None = None,

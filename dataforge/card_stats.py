@@ -8,6 +8,8 @@ Consumes the exported Arrow tables; produces Markdown lines. Deterministic: no s
 
 from __future__ import annotations
 
+from collections import Counter
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -97,47 +99,106 @@ def token_counts(tokenizer: Any, texts: list[str], chunk: int = 1024) -> list[in
     return counts
 
 
-def statistics_section(tables: dict[str, pa.Table], tokenizer: Any = None, tokenizer_name: str = "") -> list[str]:
-    """Markdown lines of the statistics of every split (text columns: every column but ``_id``);
-    token counts when a ``tokenizer`` (``load_tokenizer``) is given."""
-    tokens_header = f" tokens (`{tokenizer_name}`) |" if tokenizer is not None else ""
-    lines = [
-        "Lengths of each row's text (every column but `_id`), as min / median / p95 / max"
-        + ("." if tokenizer is not None else "; no `tokenizer:` named for this dataset, so no token counts."),
-        "",
-        "| split | rows | characters | words |" + tokens_header,
-        "|---|---|---|---|" + ("---|" if tokenizer is not None else ""),
-    ]
-    frames = {s: pl.from_arrow(t) for s, t in tables.items()}
-    for split, df in frames.items():
-        lengths = text_lengths(tables[split])
-        chars, words = lengths["chars"].to_numpy(), lengths["words"].to_numpy()
-        tokens = f" {_spread(token_counts(tokenizer, row_texts(tables[split])))} |" if tokenizer is not None else ""
-        lines.append(f"| {split} | {df.height:,} | {_spread(chars)} | {_spread(words)} |" + tokens)
-    lines.append("")
-    message_columns = [c for c, t in next(iter(frames.values())).schema.items() if isinstance(t, pl.List)]
-    for col in message_columns:
-        lines += [f"Turns per conversation in `{col}` (min / median / p95 / max):", ""]
-        lines += [f"- {s}: {_spread(df[col].list.len().fill_null(0).to_numpy())}" for s, df in frames.items()]
-        lines.append("")
-    first = next(iter(frames.values()))
-    if {"chosen", "rejected"} <= set(first.columns):
-        lines += ["Chosen − rejected length gap (characters; a reward model can learn that longer wins):", ""]
-        for s, df in frames.items():
+@dataclass
+class SplitSummary:
+    """What the card says of one exported split, gathered block by block as the split is written
+    (``add``), so no split is held whole: its schema, rows and Arrow bytes, and per row the
+    lengths the statistics and plots show. ``tokenizer``: count tokens too."""
+
+    schema: pa.Schema
+    tokenizer: Any = None
+    num_rows: int = 0
+    nbytes: int = 0
+    parts: dict[str, list[np.ndarray]] = field(default_factory=dict)
+    answer_kinds: Counter[str] = field(default_factory=Counter)
+
+    @classmethod
+    def of(cls, table: pa.Table, tokenizer: Any = None) -> SplitSummary:
+        """The summary of a whole table."""
+        summary = cls(table.schema, tokenizer)
+        summary.add(table)
+        return summary
+
+    def add(self, block: pa.Table) -> None:
+        self.num_rows += block.num_rows
+        self.nbytes += block.nbytes
+        df = pl.from_arrow(block)
+        assert isinstance(df, pl.DataFrame)
+        text = row_text_expr(df.schema)
+        lengths = df.select(text.str.len_chars().alias("chars"), text.str.count_matches(r"\S+").alias("words"))
+        got = {"chars": lengths["chars"].to_numpy(), "words": lengths["words"].to_numpy()}
+        if self.tokenizer is not None:
+            texts = df.select(text.alias("t"))["t"].to_list()
+            got["tokens"] = np.asarray(token_counts(self.tokenizer, texts), dtype=np.int64)
+        for col, dtype in df.schema.items():
+            if isinstance(dtype, pl.List):
+                got[f"turns:{col}"] = df[col].list.len().fill_null(0).to_numpy()
+        if {"chosen", "rejected"} <= set(df.columns):
             length = {
                 c: _column_text(c, df.schema[c]).fill_null("").str.len_chars().cast(pl.Int64)
                 for c in ("chosen", "rejected")
             }
-            gap = df.select((length["chosen"] - length["rejected"]).alias("g"))["g"].to_numpy()
+            got["gap"] = df.select((length["chosen"] - length["rejected"]).alias("g"))["g"].to_numpy()
+        if {"answer", "prompt"} <= set(df.columns):
+            self.answer_kinds.update(dict(_answer_kinds(df["answer"]).value_counts().rows()))
+        for name, values in got.items():
+            self.parts.setdefault(name, []).append(values)
+
+    def values(self, name: str) -> np.ndarray:
+        """Per-row values of ``name`` (chars, words, tokens, turns:<column>, gap), in row order."""
+        parts = self.parts.get(name, [])
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+
+
+def summaries(tables: dict[str, pa.Table | SplitSummary], tokenizer: Any = None) -> dict[str, SplitSummary]:
+    """Each split as a ``SplitSummary`` (a whole table is summarized here)."""
+    return {s: t if isinstance(t, SplitSummary) else SplitSummary.of(t, tokenizer) for s, t in tables.items()}
+
+
+def statistics_section(
+    tables: dict[str, pa.Table | SplitSummary], tokenizer: Any = None, tokenizer_name: str = ""
+) -> list[str]:
+    """Markdown lines of the statistics of every split (text columns: every column but ``_id``);
+    token counts when a ``tokenizer`` (``load_tokenizer``) is given (a ``SplitSummary`` counted
+    them when it was made with one)."""
+    splits = summaries(tables, tokenizer)
+    counted = tokenizer is not None or any("tokens" in s.parts for s in splits.values())
+    tokens_header = f" tokens (`{tokenizer_name}`) |" if counted else ""
+    lines = [
+        "Lengths of each row's text (every column but `_id`), as min / median / p95 / max"
+        + ("." if counted else "; no `tokenizer:` named for this dataset, so no token counts."),
+        "",
+        "| split | rows | characters | words |" + tokens_header,
+        "|---|---|---|---|" + ("---|" if counted else ""),
+    ]
+    for split, sm in splits.items():
+        tokens = f" {_spread(sm.values('tokens'))} |" if counted else ""
+        lines.append(
+            f"| {split} | {sm.num_rows:,} | {_spread(sm.values('chars'))} | {_spread(sm.values('words'))} |" + tokens
+        )
+    lines.append("")
+    first = next(iter(splits.values()))
+    message_columns = [n[len("turns:") :] for n in first.parts if n.startswith("turns:")]
+    message_columns = message_columns or [
+        f.name for f in first.schema if pa.types.is_list(f.type) or pa.types.is_large_list(f.type)
+    ]
+    for col in message_columns:
+        lines += [f"Turns per conversation in `{col}` (min / median / p95 / max):", ""]
+        lines += [f"- {s}: {_spread(sm.values(f'turns:{col}'))}" for s, sm in splits.items()]
+        lines.append("")
+    names = set(first.schema.names)
+    if {"chosen", "rejected"} <= names:
+        lines += ["Chosen − rejected length gap (characters; a reward model can learn that longer wins):", ""]
+        for s, sm in splits.items():
+            gap = sm.values("gap")
             longer = float((gap > 0).mean()) if len(gap) else 0.0
             median = f"{np.median(gap):+,.0f}" if len(gap) else "—"
             lines.append(f"- {s}: median {median}, chosen longer in {longer:.0%} of pairs")
         lines.append("")
-    if "answer" in first.columns and "prompt" in first.columns:
+    if "answer" in names and "prompt" in names:
         lines += ["Kinds of `answer` (what a verifier compares):", ""]
-        for s, df in frames.items():
-            kinds = _answer_kinds(df["answer"]).value_counts()
-            counts = ", ".join(f"{k} {n:,}" for k, n in sorted(kinds.rows()))
+        for s, sm in splits.items():
+            counts = ", ".join(f"{k} {n:,}" for k, n in sorted(sm.answer_kinds.items()))
             lines.append(f"- {s}: {counts or 'no rows'}")
         lines.append("")
     return lines

@@ -7,9 +7,13 @@ pairs of linked rows, and near-duplicate clusters from MinHash LSH.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 
 def components(n: int, pairs: np.ndarray) -> np.ndarray:
@@ -105,13 +109,51 @@ def near_duplicate_pairs(
     """Pairs (i, j) of texts whose word-shingle sets are near-duplicates: MinHash LSH candidates
     (``dataforge.text.minhash``, datasketch-compatible) at ``threshold``, kept only if their exact
     Jaccard reaches it when ``verify``. Pairs link each bucket to its smallest index."""
-    from dataforge.text.minhash import candidate_pairs, exact_jaccard, lsh_params, signatures
+    import pyarrow as pa
 
-    texts = list(texts)
-    if not texts:
+    array = pa.array(list(texts), type=pa.string())
+    return near_duplicate_pairs_in_batches(
+        [array], lambda index: array.take(pa.array(index)), len(array), threshold, num_perm, ngram, seed, verify
+    )
+
+
+def near_duplicate_pairs_in_batches(
+    batches: Iterable[pa.Array | Sequence[str]],
+    texts_of: Callable[[np.ndarray], pa.Array | Sequence[str]],
+    n: int,
+    threshold: float = 0.8,
+    num_perm: int = 128,
+    ngram: int = 3,
+    seed: int = 1,
+    verify: bool = True,
+) -> np.ndarray:
+    """``near_duplicate_pairs`` of ``n`` texts given a batch at a time (in order): only each
+    text's LSH band keys are kept; ``texts_of(index)`` gives the texts of the candidate rows to
+    verify (sorted positions)."""
+    from dataforge.text.minhash import (
+        band_keys,
+        candidate_pairs_of_keys,
+        exact_jaccard,
+        has_words,
+        lsh_params,
+        signatures,
+    )
+
+    if n == 0:
         return np.zeros((0, 2), dtype=np.int64)
-    sigs = signatures(texts, num_perm, seed, ngram)
-    pairs = candidate_pairs(sigs, *lsh_params(threshold, num_perm))
+    bands, rows = lsh_params(threshold, num_perm)
+    keys = np.empty((n, bands), dtype=np.uint64)
+    live = np.zeros(n, dtype=bool)
+    at = 0
+    for texts in batches:
+        sigs = signatures(texts, num_perm, seed, ngram)
+        keys[at : at + len(sigs)], live[at : at + len(sigs)] = band_keys(sigs, bands, rows), has_words(sigs)
+        at += len(sigs)
+    if at != n:
+        raise ValueError(f"near_duplicate_pairs_in_batches: the batches hold {at:,} texts, not {n:,}")
+    pairs = candidate_pairs_of_keys(keys, live)
     if verify and len(pairs):
-        pairs = pairs[exact_jaccard(texts, pairs, ngram) >= threshold]
+        needed = np.unique(pairs)
+        local = np.searchsorted(needed, pairs)
+        pairs = pairs[exact_jaccard(texts_of(needed), local, ngram) >= threshold]
     return np.sort(pairs, axis=1)

@@ -1,5 +1,11 @@
-"""Export: the recipe's datasets → ``<out>/datasets/<name>/`` (a ``datasets.DatasetDict`` saved
-with ``save_to_disk``), with ``card.md`` and ``dataforge.json`` (fingerprint, run id, recipe hash).
+"""Export: the recipe's datasets → ``<out>/datasets/<name>/`` (a ``datasets.DatasetDict`` laid
+out as ``save_to_disk`` lays it out), with ``card.md`` and ``dataforge.json`` (fingerprint, run
+id, recipe hash).
+
+Each split is written from its step output a batch at a time (``write_split``: ``datasets``'
+``ArrowWriter``, record batches of 1,000 rows, a new ``.arrow`` file every ``EXPORT_SHARD_ROWS``
+rows), and the card's statistics are gathered from the same blocks (``SplitSummary``), so no
+split is held whole. The bytes depend only on the rows, not on how the step output was stored.
 
 A dataset directory is written under a temporary name and renamed into place. One whose
 fingerprint (its split artifacts and column selection) is unchanged is left as it is, so an
@@ -10,23 +16,31 @@ user's columns; other ``_`` columns stay in the artifacts.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import polars as pl
 import pyarrow as pa
 
 from dataforge import __version__
-from dataforge.card import dataset_licenses, render_card
+from dataforge.card import card_tokenizer, dataset_licenses, render_card
 from dataforge.card_plots import write_plots
+from dataforge.card_stats import SplitSummary
 from dataforge.engine.fingerprint import canonical_json, hash_text, output_fingerprint, path_fingerprint
 from dataforge.engine.plan import Plan, PlannedDataset, Ref
 from dataforge.engine.store import Store, atomic_directory, file_stamp, files_sha256, verify_files
+from dataforge.engine.table import Table
 from dataforge.steps.audit import dataset_audit
 
 # 2: cards open with the Hub's YAML front matter; 3: statistics; 4: plots; 5: leakage and audit plots,
-# token counts; 6: the funnel counts the rows that lead on to the dataset; 7: time order only for time splits
-EXPORT_VERSION = 7
+# token counts; 6: the funnel counts the rows that lead on to the dataset; 7: time order only for time
+# splits; 8: splits written batch by batch (shards by rows, not bytes)
+EXPORT_VERSION = 8
+EXPORT_SHARD_ROWS = 1_000_000  # rows per .arrow file of a split
+EXPORT_BLOCK_ROWS = 10_000  # rows handed to the writer at once (a multiple of its 1,000-row record batches)
 
 
 def dataset_fingerprint(plan: Plan, ds: PlannedDataset) -> str:
@@ -44,19 +58,20 @@ def dataset_fingerprint(plan: Plan, ds: PlannedDataset) -> str:
 def export_datasets(
     plan: Plan,
     store: Store,
-    load: Callable[[Ref], pl.DataFrame],
+    load: Callable[[Ref], Table],
     reports: list,
     record: Callable[[str, str, list[tuple[str, str, int, str]]], None],
-    run_id: str = "",
-    peek: Callable[[Ref], pl.DataFrame] | None = None,
+    run_id: str,
+    peek: Callable[[Ref], pl.DataFrame],
     forced: set[str] | frozenset[str] = frozenset(),
     recorded: Callable[[str, str], dict[str, str]] | None = None,
     full_verify: bool = False,
     warn: Callable[[str], None] | None = None,
 ) -> dict[str, dict[str, int]]:
-    """Write every dataset of the plan, reading split tables through ``load`` and reporting each
-    export's (split, path, rows, sha256) through ``record``; returns rows per split per dataset.
-    ``peek`` reads any step output without releasing it (cards read other steps' tables).
+    """Write every dataset of the plan, reading split tables through ``load`` (a batch at a time)
+    and reporting each export's (split, path, rows, sha256) through ``record``; returns rows per
+    split per dataset. ``peek`` reads any step output whole without releasing it (cards read other
+    steps' tables).
 
     A dataset already on disk with the same fingerprint is kept only if none of its steps is in
     ``forced`` and every split's files are the ones recorded (``recorded(name, fingerprint)``:
@@ -68,7 +83,7 @@ def export_datasets(
         target = store.out / "datasets" / ds.name
         meta = _reusable_export(plan, ds, fp, target, forced, recorded, full_verify, warn or (lambda _: None))
         if meta is None:
-            meta = _write_dataset(plan, ds, fp, target, run_id, reports, load, peek or load)
+            meta = _write_dataset(plan, ds, fp, target, run_id, reports, load, peek)
         exported[ds.name] = {s: v["rows"] for s, v in meta["splits"].items()}
         record(ds.name, fp, [(s, str(target / s), v["rows"], v["sha256"]) for s, v in meta["splits"].items()])
     return exported
@@ -145,30 +160,23 @@ def _write_dataset(
     target: Path,
     run_id: str,
     reports: list,
-    load: Callable[[Ref], pl.DataFrame],
+    load: Callable[[Ref], Table],
     peek: Callable[[Ref], pl.DataFrame],
 ) -> dict:
-    from datasets import Dataset, DatasetDict, disable_progress_bars
-    from datasets.table import InMemoryTable
-
-    disable_progress_bars()  # the runner shows its own progress
-
     by_name = plan.by_name
-    tables: dict[str, pa.Table] = {}
-    frames: dict[str, pl.DataFrame] = {}
-    for split, ref in ds.splits.items():
-        frames[split] = df = load(ref)
-        # one chunk: a split read from several shards would otherwise write other record batches
-        tables[split] = plain_arrow(df.select(export_columns(df, ds.columns)).rechunk().to_arrow())
-    dd = DatasetDict({s: Dataset(InMemoryTable(t), fingerprint=hash_text(f"{fp}:{s}")[:16]) for s, t in tables.items()})
+    tokenizer = card_tokenizer(ds)
+    frames = {split: load(ref) for split, ref in ds.splits.items()}
     with atomic_directory(target) as tmp:
-        # an empty split still gets one (empty) shard: with none, load_from_disk cannot read it
-        dd.save_to_disk(str(tmp), num_shards={s: 1 for s, t in tables.items() if t.num_rows == 0} or None)
+        summaries: dict[str, SplitSummary] = {}
         splits = {}
-        for s, t in tables.items():
+        for s, table in frames.items():
+            columns = export_columns(table.empty(), ds.columns)
+            summaries[s] = write_split(tmp / s, table, columns, hash_text(f"{fp}:{s}")[:16], tokenizer)
             files = sorted((tmp / s).glob("*.arrow"))
             stamps = {f.name: file_stamp(f) for f in files}
-            splits[s] = {"rows": t.num_rows, "sha256": files_sha256(files), "from": str(ds.splits[s]), "files": stamps}
+            rows = summaries[s].num_rows
+            splits[s] = {"rows": rows, "sha256": files_sha256(files), "from": str(ds.splits[s]), "files": stamps}
+        (tmp / "dataset_dict.json").write_text(json.dumps({"splits": list(frames)}))
         ancestors = sorted(plan.ancestors({r.step for r in ds.splits.values()}))
         meta = {
             "dataset": ds.name,
@@ -188,10 +196,77 @@ def _write_dataset(
         flow: dict[str, set[str]] = {}  # the outputs on the way to this dataset, for the funnel
         for ref in [*ds.splits.values(), *(r for s in plan.steps if s.name in ancestors for r in s.inputs.values())]:
             flow.setdefault(ref.step, set()).add(ref.output)
-        plots = write_plots(tmp, tables, [r for r in reports if r.name in ancestors], leakage, audit, flow)
-        (tmp / "card.md").write_text(render_card(plan, ds, tables, reports, frames, audit, peek, plots))
+        plots = write_plots(tmp, summaries, [r for r in reports if r.name in ancestors], leakage, audit, flow)
+        (tmp / "card.md").write_text(render_card(plan, ds, summaries, reports, frames, audit, peek, plots))
         (tmp / "dataforge.json").write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
     return meta
+
+
+def write_split(
+    folder: Path, table: Table, columns: list[str], fingerprint: str, tokenizer: Any = None
+) -> SplitSummary:
+    """Write ``columns`` of ``table`` into ``folder`` as ``Dataset.save_to_disk`` lays a split out
+    (``data-NNNNN-of-NNNNN.arrow`` files, ``state.json``, ``dataset_info.json``), reading it a
+    batch at a time; returns its ``SplitSummary`` (token counts with ``tokenizer``). Files hold
+    ``EXPORT_SHARD_ROWS`` rows at most (an empty split: one file with the schema)."""
+    from datasets import Dataset, Features
+    from datasets.arrow_writer import ArrowWriter
+    from datasets.table import InMemoryTable
+
+    schema = plain_arrow(table.empty().select(columns).to_arrow()).schema
+    features = Features.from_arrow_schema(schema)
+    rows = table.height
+    count = max(1, -(-rows // EXPORT_SHARD_ROWS))
+    bounds = [i * rows // count for i in range(count + 1)]  # contiguous, as Dataset.shard(contiguous=True)
+    names = [f"data-{i:05d}-of-{count:05d}.arrow" for i in range(count)]
+    folder.mkdir(parents=True)
+    summary = SplitSummary(schema, tokenizer)
+    shard, written = 0, 0
+    writer = ArrowWriter(features=features, path=str(folder / names[0]), embed_local_files=True)
+    pending: list[pa.Table] = []
+    held = 0
+
+    def blocks(final: bool) -> Iterator[pa.Table]:
+        """Blocks of ``EXPORT_BLOCK_ROWS`` rows cut at file bounds, from the pending batches."""
+        nonlocal pending, held, written
+        while held:
+            size = min(EXPORT_BLOCK_ROWS, bounds[shard + 1] - written)
+            if held < size and not final:
+                return
+            joined = pa.concat_tables(pending)
+            size = min(size, held)
+            rest = joined.slice(size)
+            pending, held = ([rest] if rest.num_rows else []), held - size
+            written += size
+            # a copy, not a slice: a sliced list column writes its unused child values too, so
+            # the bytes would depend on how the rows were batched
+            yield joined.take(np.arange(size)).combine_chunks()
+
+    def write(block: pa.Table) -> None:
+        nonlocal shard, writer
+        writer.write_table(block)
+        summary.add(block)
+        if written == bounds[shard + 1] and shard + 1 < count:
+            writer.finalize()
+            shard += 1
+            writer = ArrowWriter(features=features, path=str(folder / names[shard]), embed_local_files=True)
+
+    for batch in table.batches(columns=columns):
+        pending.append(plain_arrow(batch.to_arrow()).cast(schema))
+        held += batch.height
+        for block in blocks(final=False):
+            write(block)
+    for block in blocks(final=True):
+        write(block)
+    writer.finalize()
+    # state.json and dataset_info.json as save_to_disk writes them for this dataset
+    shell = Dataset(InMemoryTable(schema.empty_table()), fingerprint=fingerprint)
+    keys = ("_fingerprint", "_format_columns", "_format_kwargs", "_format_type", "_output_all_columns")
+    state = {k: shell.__dict__[k] for k in keys} | {"_split": None, "_data_files": [{"filename": n} for n in names]}
+    (folder / "state.json").write_text(json.dumps(state, indent=2, sort_keys=True))
+    info = asdict(shell.info)
+    (folder / "dataset_info.json").write_text(json.dumps({k: info[k] for k in sorted(info)}, indent=2))
+    return summary
 
 
 def plain_arrow(table: pa.Table) -> pa.Table:

@@ -17,6 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
+from dataforge.card_stats import SplitSummary
 from dataforge.engine.store import atomic_directory
 
 # the first line of a LICENSE file → the Hub's licence id
@@ -64,13 +65,14 @@ def size_category(rows: int) -> str:
 
 
 def front_matter(
-    tables: dict[str, pa.Table],
+    tables: dict[str, pa.Table | SplitSummary],
     trl_type: str | None,
     licenses: list[str],
     language: list[str],
     tags: list[str],
 ) -> str:
-    """The card's YAML front matter (between ``---`` lines) for splits ``tables``. Several
+    """The card's YAML front matter (between ``---`` lines) for splits ``tables`` (the tables, or
+    their summaries: schema, rows and Arrow bytes are what it reads). Several
     licences (sources under different terms) are all listed."""
     import datasets
 

@@ -45,6 +45,7 @@ from dataforge.engine.streaming import (
     slices,
     streams,
 )
+from dataforge.engine.table import Streamed, Table
 from dataforge.errors import DataforgeError, RecipeError, StepError
 from dataforge.lineage import LineageWriter, StepRow
 from dataforge.llm.client import ModelPool
@@ -372,6 +373,9 @@ class Runner:
             (name,) = divided_inputs(ps)
             if self._rows(ps.inputs[name]) > self.batch_rows:
                 return self._execute_keyed(ps, progress, name)
+        if ps.stepdef.out_of_core and self.batch_rows:
+            if max((self._rows(ref) for ref in ps.inputs.values()), default=0) > self.batch_rows:
+                return self._execute_out_of_core(ps, progress)
         if streams(ps, self.batch_rows):
             largest = max((self._rows(ps.inputs[n]) for n in divided_inputs(ps)), default=0)
             if largest > self.batch_rows:  # else one batch is the whole table: run it as one
@@ -424,6 +428,41 @@ class Runner:
                     yield self._call(ps, {**whole, name: batch}, ctx)
 
         return self._store_batches(ps, results(), per_input)
+
+    def _execute_out_of_core(self, ps: PlannedStep, progress: StepProgress) -> StepReport:
+        """An ``out_of_core`` global step on inputs larger than a batch: it reads them as
+        ``Table``s over their shards (or frames in memory) and its ``Streamed`` outputs are
+        written batch by batch (``engine.table``), so neither is held whole here."""
+        tables = {name: self._table(ref) for name, ref in ps.inputs.items()}
+        per_input = {name: t.height for name, t in tables.items()}
+        ctx = self._context(ps, progress)
+
+        def results() -> Iterator[StepResult]:
+            with self._step_errors(ps):
+                result = ps.stepdef.fn(tables, ps.cfg, ctx)
+            heads = {o: t.empty if isinstance(t, Streamed) else t for o, t in result.tables.items()}
+            first = StepResult(heads, result.events, result.edges)
+            self._check_result(ps, first, tables if ps.stepdef.inputs is None else None)
+            yield first
+            for output, table in result.tables.items():
+                if not isinstance(table, Streamed):
+                    continue
+                with self._step_errors(ps):
+                    for batch in progress.track(table.batches(), description=f"writing {output}", unit="batches"):
+                        part = StepResult({output: batch})
+                        self._check_result(ps, part, partial=True)
+                        yield part
+
+        return self._store_batches(ps, results(), per_input)
+
+    def _table(self, ref: Ref) -> Table:
+        """A step output as a ``Table``: the frame in memory, else its stored shards."""
+        key = str(ref)
+        if key in self.memory:
+            return Table(frame=self.memory[key], batch_rows=self.batch_rows)
+        self.background.wait()  # the artifact may still be on its way to disk
+        fingerprint = self.plan.by_name[ref.step].fingerprint
+        return Table(files=self.store.output_files(ref.step, fingerprint, ref.output), batch_rows=self.batch_rows)
 
     def _undivided(self, ps: PlannedStep, divided: list[str]) -> tuple[dict[str, pl.DataFrame], dict[str, int]]:
         """The inputs a streamed step gets whole (loaded), and the rows of every input."""
@@ -597,13 +636,17 @@ class Runner:
             )
         )
 
-    def _check_result(self, ps: PlannedStep, result: StepResult, inputs: Iterable[str] | None = None) -> None:
+    def _check_result(
+        self, ps: PlannedStep, result: StepResult, inputs: Iterable[str] | None = None, partial: bool = False
+    ) -> None:
         """``result`` against the step's contract; ``inputs``: the inputs it was given, when
-        a per-table step ran on some of them (a batch of one input gives that input's outputs)."""
+        a per-table step ran on some of them (a batch of one input gives that input's outputs);
+        ``partial``: a batch of some of its outputs."""
         if not isinstance(result, StepResult):
             raise StepError(ps.name, f"returned {type(result).__name__}, not a StepResult")
         expected = ps.outputs if inputs is None else ps.stepdef.outputs(ps.cfg, list(inputs))
-        if set(result.tables) != set(expected):
+        given, wanted = set(result.tables), set(expected)
+        if not given <= wanted if partial else given != wanted:
             raise StepError(ps.name, f"returned outputs {sorted(result.tables)}, its plan says {sorted(expected)}")
         for name, df in result.tables.items():
             if "_id" not in df.columns or df.schema["_id"] != pl.String:
@@ -664,10 +707,10 @@ class Runner:
                 ref.step, f"its stored output {path} cannot be read ({exc}); it is rebuilt on the next build"
             ) from None
 
-    def _export_table(self, ref: Ref) -> pl.DataFrame:
-        df = self._load(ref)
+    def _export_table(self, ref: Ref) -> Table:
+        table = self._table(ref)
         self._release(str(ref))
-        return df
+        return table
 
     def _record_export(self, name: str, fingerprint: str, artifacts: list[tuple[str, str, int, str]]) -> None:
         def record() -> None:  # on the background thread: after the artifacts queued before it

@@ -183,6 +183,7 @@ class StepDef:
     partition_key: KeyFn | None = None
     partitioned: tuple[str, ...] | None = None
     keeps_input_rows: bool = False  # its outputs are rows of its divided input (kept or not, columns added)
+    out_of_core: bool = False  # a global step that reads engine.table.Table inputs (see there)
 
     @property
     def is_source(self) -> bool:
@@ -213,6 +214,7 @@ def step(
     partition_key: KeyFn | None = None,
     partitioned: tuple[str, ...] | None = None,
     keeps_input_rows: bool = False,
+    out_of_core: bool = False,
 ) -> Callable[[Callable[..., StepResult]], Callable[..., StepResult]]:
     """Register ``fn`` as step ``kind``. The config model is the annotation of its ``cfg`` parameter.
 
@@ -221,7 +223,10 @@ def step(
     says how one table's columns change. ``partition`` (required) declares how its work divides
     (``Partition``); a ``key`` step names its key with ``partition_key(cfg, table)``, and with
     ``keeps_input_rows`` says its outputs are rows of its divided input (by ``_id``, columns may
-    be added), which lets the streaming executor put them back in input order.
+    be added), which lets the streaming executor put them back in input order. An
+    ``out_of_core`` global step reads its inputs as ``engine.table.Table``s and may give outputs
+    as ``Streamed`` batches when the runner calls it on inputs larger than a batch; called with
+    frames it returns frames (``engine.table.out_of_core_step``).
     """
     if partition not in PARTITIONS:
         raise TypeError(f"step {kind}: partition must be one of {', '.join(PARTITIONS)}, not {partition!r}")
@@ -229,6 +234,8 @@ def step(
         raise TypeError(f"step {kind}: a partition_key goes with partition='key', and only with it")
     if keeps_input_rows and partition != "key":
         raise TypeError(f"step {kind}: keeps_input_rows is for key steps")
+    if out_of_core and partition != "global":
+        raise TypeError(f"step {kind}: out_of_core is for global steps")
 
     def register(fn: Callable[..., StepResult]) -> Callable[..., StepResult]:
         hints = typing.get_type_hints(fn)
@@ -259,6 +266,10 @@ def step(
                         raise
                 return out
 
+        if out_of_core:
+            from dataforge.engine.table import out_of_core_step
+
+            fn = out_of_core_step(fn)
         REGISTRY[kind] = StepDef(
             kind=kind,
             version=version,
@@ -273,6 +284,7 @@ def step(
             partition_key=partition_key,
             partitioned=partitioned,
             keeps_input_rows=keeps_input_rows,
+            out_of_core=out_of_core,
         )
         return fn
 

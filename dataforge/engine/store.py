@@ -212,7 +212,7 @@ class Store:
             for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_rows):
                 if batch.num_rows:
                     empty = False
-                    yield _with_schema(pl.from_arrow(batch), schema)  # type: ignore[arg-type]
+                    yield with_schema(pl.from_arrow(batch), schema)  # type: ignore[arg-type]
         if empty:
             yield pl.DataFrame(schema=schema)
 
@@ -284,7 +284,7 @@ def output_schema(files: list[Path]) -> dict[str, pl.DataType]:
     return schema
 
 
-def _with_schema(df: pl.DataFrame, schema: dict[str, pl.DataType]) -> pl.DataFrame:
+def with_schema(df: pl.DataFrame, schema: dict[str, pl.DataType]) -> pl.DataFrame:
     nulls = {c: schema[c] for c, t in df.schema.items() if t == pl.Null and schema.get(c, pl.Null) != pl.Null}
     return df.cast(nulls) if nulls else df  # type: ignore[arg-type]
 

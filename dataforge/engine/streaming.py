@@ -22,9 +22,16 @@ there), its decisions stored as each bucket is done, and its output rows written
 order a window of positions at a time (each bucket's rows sorted by position, so a window reads
 only the row groups it needs).
 
-Not streamed yet (they read their inputs whole, as before): the other sources, other ``key``
-steps (pairs, rollouts, feedback: their new rows' order is the whole call's), ``global``
-steps, and the export.
+A ``global`` step registered ``out_of_core`` (``dedup.minhash``, ``split``, ``split.audit``) on an
+input larger than a batch reads its inputs through ``engine.table.Table`` (the columns it needs
+whole, the rest a batch at a time or for the rows it names) and gives its outputs as
+``Streamed`` batches; the export writes each split from its shards a batch at a time
+(``export.write_split``).
+
+Not streamed yet (they read their inputs whole, as before): the other sources (JSONL, CSV, hub
+datasets), other ``key`` steps (pairs, rollouts, feedback: their new rows' order is the whole
+call's), the other ``global`` steps (``dedup.semantic``, ``leakage.check``), and the card's
+reads of side tables (leakage scores).
 """
 
 from __future__ import annotations

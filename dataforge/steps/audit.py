@@ -31,16 +31,21 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import combinations
+from typing import TYPE_CHECKING
 
 import numpy as np
 import polars as pl
 from pydantic import field_validator
 
-from dataforge.cluster import near_duplicate_pairs
+from dataforge.cluster import near_duplicate_pairs_in_batches
 from dataforge.engine.events import events
 from dataforge.engine.step import ColumnContractError, Columns, Context, Fields, PlanInfo, StepConfig, StepResult, step
+from dataforge.engine.table import Table
 from dataforge.errors import DataError, RecipeError
 from dataforge.text.fields import key_text
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 FINDINGS_SCHEMA = {
     "_id": pl.String,
@@ -89,7 +94,7 @@ def _columns(cfg: AuditConfig, cols: dict[str, Columns], info: PlanInfo) -> dict
 
 
 def audit_frames(
-    tables: dict[str, pl.DataFrame],
+    tables: dict[str, pl.DataFrame | Table],
     prompt: Sequence[str],
     target: Sequence[str] | None = None,
     *,
@@ -101,24 +106,36 @@ def audit_frames(
     prompt_roles: Sequence[str] | None = None,
     target_roles: Sequence[str] | None = None,
 ) -> pl.DataFrame:
-    """Every leak between the named tables (see the module doc), as a findings frame."""
-    order = {name: i for i, name in enumerate(tables)}
-    rows = pl.concat(
-        [
-            df.select(
-                pl.lit(name).alias("input"),
-                pl.col("_id").alias("row"),
-                pl.lit(key_text(df, prompt, prompt_roles)).alias("p"),
-                (pl.lit(key_text(df, target, target_roles)) if target else pl.lit("")).alias("t"),
-            )
-            for name, df in tables.items()
-        ]
-    ).with_columns(pl.col("input").replace_strict(order, return_dtype=pl.Int32).alias("k"))
+    """Every leak between the named tables (see the module doc), as a findings frame.
+
+    Reads each table a batch at a time and keeps, per row, its id and 64-bit hashes of its
+    normalized prompt and target (exact overlaps are equal hashes); the prompt text of rows in
+    near-duplicate candidate pairs is read again to verify them."""
+    tabs = {name: Table.of(t) for name, t in tables.items()}
+    order = {name: i for i, name in enumerate(tabs)}
+    fields = list(dict.fromkeys(["_id", *prompt, *(target or [])]))
+    prompt_fields = list(dict.fromkeys(prompt))
+
+    def prompts_of(batch: pl.DataFrame) -> pl.Series:
+        return key_text(batch, prompt, prompt_roles)
+
+    def hashed(name: str, batch: pl.DataFrame) -> pl.DataFrame:
+        return batch.select(
+            pl.lit(name).alias("input"),
+            pl.col("_id").alias("row"),
+            pl.lit(prompts_of(batch).hash(seed=0)).alias("p"),
+            (pl.lit(key_text(batch, target, target_roles).hash(seed=0)) if target else pl.lit(0, pl.UInt64)).alias("t"),
+        )
+
+    parts = [hashed(name, b) for name, t in tabs.items() for b in t.batches(columns=fields)]
+    schema = {"input": pl.String, "row": pl.String, "p": pl.UInt64, "t": pl.UInt64}
+    rows = pl.concat(parts) if parts else pl.DataFrame(schema=schema)
+    rows = rows.with_columns(pl.col("input").replace_strict(order, return_dtype=pl.Int32).alias("k"))
     found: list[pl.DataFrame] = []
     # split by split: a self-join of all rows would pair every repeat of a prompt inside one
     # split too (quadratic in how often a prompt repeats) only to throw those pairs away
-    by_input = {name: rows.filter(pl.col("input") == name) for name in tables}
-    cross = [by_input[a].join(by_input[b], on="p", suffix="_b") for a, b in combinations(tables, 2)]
+    by_input = {name: rows.filter(pl.col("input") == name) for name in tabs}
+    cross = [by_input[a].join(by_input[b], on="p", suffix="_b") for a, b in combinations(tabs, 2)]
     exact = (pl.concat(cross) if cross else rows.join(rows, on="p", suffix="_b").clear()).select(
         pl.when(pl.col("t") == pl.col("t_b"))
         .then(pl.lit("exact_overlap"))
@@ -134,16 +151,27 @@ def audit_frames(
     if near and rows.height:
         from dataforge.text.minhash import exact_jaccard
 
-        texts = rows["p"].to_list()
-        pairs = near_duplicate_pairs(texts, threshold, num_perm, ngram)
+        starts = np.cumsum([0] + [t.height for t in tabs.values()])
+
+        def texts_of(index: np.ndarray) -> pa.Array:
+            """The normalized prompts of rows by position in ``rows`` (sorted)."""
+            got = []
+            for k, t in enumerate(tabs.values()):
+                mine = index[(index >= starts[k]) & (index < starts[k + 1])] - starts[k]
+                got.append(prompts_of(t.take(mine, prompt_fields)))
+            return pl.concat(got).to_arrow()
+
+        batches = (prompts_of(b).to_arrow() for t in tabs.values() for b in t.batches(columns=fields))
+        pairs = near_duplicate_pairs_in_batches(batches, texts_of, rows.height, threshold, num_perm, ngram)
         if len(pairs):
             a, b = rows[pairs[:, 0]], rows[pairs[:, 1]]
             keep = (a["k"] != b["k"]).to_numpy() & (a["p"] != b["p"]).to_numpy()
             a, b = a.filter(keep), b.filter(keep)
-            scores = exact_jaccard(texts, pairs[keep], ngram)
+            needed = np.unique(pairs[keep])
+            scores = exact_jaccard(texts_of(needed), np.searchsorted(needed, pairs[keep]), ngram)
             swap = (a["k"] > b["k"]).to_numpy()
-            first = pl.DataFrame({c: np.where(swap, b[c].to_numpy(), a[c].to_numpy()) for c in ("input", "row", "p")})
-            second = pl.DataFrame({c: np.where(swap, a[c].to_numpy(), b[c].to_numpy()) for c in ("input", "row", "p")})
+            first = pl.DataFrame({c: np.where(swap, b[c].to_numpy(), a[c].to_numpy()) for c in ("input", "row")})
+            second = pl.DataFrame({c: np.where(swap, a[c].to_numpy(), b[c].to_numpy()) for c in ("input", "row")})
             found.append(
                 pl.DataFrame(
                     {
@@ -157,7 +185,7 @@ def audit_frames(
                 )
             )
     for earlier, later in combinations(time_order or [], 2):
-        e, l_ = tables[earlier], tables[later]
+        e, l_ = tabs[earlier].select(["_id", "_ts"]), tabs[later].select(["_id", "_ts"])
         newest = e.filter(pl.col("_ts") == pl.col("_ts").max()).sort("_id").head(1)
         if newest.is_empty():
             continue
@@ -197,8 +225,16 @@ def summarize(findings: pl.DataFrame, names: Sequence[str]) -> list[list[object]
     return out
 
 
-@step("split.audit", version=1, inputs=None, outputs=("findings",), columns=_columns, partition="global")
-def split_audit(inputs: dict[str, pl.DataFrame], cfg: AuditConfig, ctx: Context) -> StepResult:
+@step(
+    "split.audit",
+    version=1,
+    inputs=None,
+    outputs=("findings",),
+    columns=_columns,
+    partition="global",
+    out_of_core=True,
+)
+def split_audit(inputs: dict[str, Table], cfg: AuditConfig, ctx: Context) -> StepResult:
     """Find rows that leak between splits; flag them, and fail when ``strict``."""
     findings = audit_frames(
         inputs,
@@ -245,7 +281,7 @@ class DatasetAudit:
         return summarize(self.findings, self.splits)
 
 
-def dataset_audit(frames: dict[str, pl.DataFrame], by_time: bool = False) -> DatasetAudit | None:
+def dataset_audit(frames: dict[str, pl.DataFrame | Table], by_time: bool = False) -> DatasetAudit | None:
     """The audit above over a dataset's own splits, its prompt and target found from TRL's column
     names; None when the splits have no prompt column (``prompt``, ``messages`` or ``text``).
     Time order (each split newer than the one before) is checked only when the splits were cut
@@ -275,7 +311,7 @@ def dataset_audit(frames: dict[str, pl.DataFrame], by_time: bool = False) -> Dat
     return DatasetAudit(prompt[0], target[0] if target else None, findings, list(frames), timed)
 
 
-def dataset_audit_section(frames: dict[str, pl.DataFrame], audit: DatasetAudit | None) -> list[str]:
+def dataset_audit_section(frames: dict[str, pl.DataFrame | Table], audit: DatasetAudit | None) -> list[str]:
     """The "Split audit" section of a dataset card: ``audit`` (``dataset_audit(frames)``) as a
     table, plus each split's time range."""
     if audit is None:
@@ -301,6 +337,7 @@ def dataset_audit_section(frames: dict[str, pl.DataFrame], audit: DatasetAudit |
     if all("_ts" in f.columns for f in frames.values()):
         lines += ["", "| split | earliest `_ts` | latest `_ts` |", "|---|---|---|"]
         for name, f in frames.items():
-            lo, hi = f["_ts"].min(), f["_ts"].max()
+            ts = Table.of(f).select(["_ts"])["_ts"]
+            lo, hi = ts.min(), ts.max()
             lines.append(f"| {name} | {lo} | {hi} |")
     return lines

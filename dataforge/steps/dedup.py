@@ -55,6 +55,7 @@ from dataforge.engine.step import (
     step,
     with_columns,
 )
+from dataforge.engine.table import Streamed, Table
 from dataforge.errors import DataError, RecipeError
 from dataforge.text.fields import text_expr
 from dataforge.text.normalize import comparable_text, nfkc_where_needed
@@ -156,7 +157,7 @@ def shared_prompts(df: pl.DataFrame, cfg: DedupConfig) -> dict[str, list[str]]:
     """System prompts (per messages field) shared by at least ``cfg.shared_system`` of the rows."""
     if not cfg.shared_system:
         return {}
-    return {f: _shared_system_prompts(df, f, cfg.shared_system) for f in cfg.fields}
+    return {f: _shared_system_prompts(df, f, cfg.shared_system) for f in cfg.fields if f in df.columns}
 
 
 def _mask_template(text: str) -> str:
@@ -254,7 +255,8 @@ def _clusters(n: int, pairs: np.ndarray, alive: pl.Series, rank: np.ndarray) -> 
 
 
 def _finish(
-    df: pl.DataFrame,
+    table: Table,
+    ids: pl.Series,
     cfg: DedupConfig,
     alive: pl.Series,
     labels: np.ndarray,
@@ -262,9 +264,10 @@ def _finish(
     score_of: Callable[[np.ndarray], np.ndarray],
     reason: str,
     found: list[pl.DataFrame],
-) -> pl.DataFrame:
+) -> Streamed:
     """Keep the best-ranked ``alive`` row of each cluster; drop the others with an event whose
-    score is ``score_of`` the (representative, dropped) index pairs."""
+    score is ``score_of`` the (representative, dropped) index pairs. ``ids``: the table's
+    ``_id`` column. Returns the kept rows of ``table`` (batch by batch)."""
     idx = np.nonzero(alive.to_numpy())[0]
     lab = labels[idx]
     order = np.lexsort((rank[idx], lab))
@@ -273,7 +276,6 @@ def _finish(
     rep = np.empty(len(idx), dtype=np.int64)
     rep[order] = rep_of_sorted
     dup = rep != idx
-    ids = df["_id"]
     if dup.any():
         found.append(
             events(
@@ -284,17 +286,20 @@ def _finish(
                 score=pl.Series(score_of(np.column_stack([rep[dup], idx[dup]])), dtype=pl.Float64),
             )
         )
-    keep_mask = np.zeros(df.height, dtype=bool)
+    keep_mask = np.zeros(table.height, dtype=bool)
     keep_mask[idx[~dup]] = True
-    kept = df.filter(pl.Series(keep_mask))
+    added: dict[str, pl.Series] = {}
     if cfg.cluster_columns:
         sizes = np.bincount(lab, minlength=labels.max() + 1 if len(labels) else 0)
-        rep_id = np.asarray(ids.gather(rep).to_list(), dtype=object)
-        kept = kept.with_columns(
-            pl.Series("_cluster_id", rep_id[~dup].tolist(), dtype=pl.String),
-            pl.Series("_cluster_size", sizes[lab[~dup]], dtype=pl.Int64),
-        )
-    return kept
+        rep_of_row = np.arange(table.height)
+        rep_of_row[idx] = rep
+        size_of_row = np.zeros(table.height, dtype=np.int64)
+        size_of_row[idx] = sizes[lab]
+        added = {
+            "_cluster_id": ids.gather(rep_of_row),
+            "_cluster_size": pl.Series(size_of_row, dtype=pl.Int64),
+        }
+    return table.where(keep_mask, added)
 
 
 def _drop_matches(
@@ -360,32 +365,50 @@ def dedup_exact(inputs: dict[str, pl.DataFrame], cfg: DedupConfig, ctx: Context)
         alive = _drop_matches(df, other, alive, hit["i"].to_numpy(), hit["j"].to_numpy(), ones, reason, found)
     labels = pl.DataFrame({"t": text}).select(pl.col("t").rank("dense"))["t"].to_numpy().astype(np.int64) - 1
     labels = np.where(text.str.len_chars().to_numpy() == 0, labels.max() + 1 + np.arange(df.height), labels)
-    kept = _finish(df, cfg, alive, labels, keep_rank(df, cfg), lambda p: np.ones(len(p)), reason, found)
-    return StepResult({"data": kept}, events=found)
+    rank = keep_rank(df, cfg)
+    kept = _finish(Table.of(df), df["_id"], cfg, alive, labels, rank, lambda p: np.ones(len(p)), reason, found)
+    return StepResult({"data": kept.collect()}, events=found)
 
 
 # -- dedup.minhash ------------------------------------------------------------------------------------
 
 
-@step("dedup.minhash", version=2, inputs=None, outputs=_outputs, columns=_columns, partition="global")
-def dedup_minhash(inputs: dict[str, pl.DataFrame], cfg: MinhashConfig, ctx: Context) -> StepResult:
+@step(
+    "dedup.minhash",
+    version=2,
+    inputs=None,
+    outputs=_outputs,
+    columns=_columns,
+    partition="global",
+    out_of_core=True,
+)
+def dedup_minhash(inputs: dict[str, Table], cfg: MinhashConfig, ctx: Context) -> StepResult:
     """Drop near-duplicates: MinHash LSH candidates (below the threshold), verified, clustered around
-    the rows kept (no chaining), one kept per cluster."""
+    the rows kept (no chaining), one kept per cluster.
+
+    Out of core: the text is read a batch at a time to compute signatures, of which only the
+    LSH band keys are kept (bands × 8 bytes a row; whole signatures only where they are used:
+    ``verify`` other than exact, ``keep_signatures`` or a ``signatures`` input); candidate
+    pairs read the text of the rows they name; the kept rows are written batch by batch."""
     from dataforge.text.minhash import (
-        MAX_HASH,
-        candidate_pairs,
+        band_keys,
+        candidate_pairs_of_keys,
         estimated_jaccard,
         exact_jaccard,
+        has_words,
         lsh_params,
         signatures,
     )
 
-    df = inputs["data"]
-    other = inputs.get("against")
+    df = Table.of(inputs["data"])
+    other = Table.of(inputs["against"]) if "against" in inputs else None
     sides = [df] if other is None else [df, other]
-    shared = [shared_prompts(side, cfg) for side in sides]
+    shared = [shared_prompts(_messages_fields(side, cfg), cfg) for side in sides]
     n = df.height
     total = sum(side.height for side in sides)
+    starts = np.cumsum([0] + [side.height for side in sides])
+    fields = list(dict.fromkeys(cfg.fields))
+    bands, rows = (cfg.bands, cfg.rows) if cfg.bands and cfg.rows else lsh_params(cfg.candidate_threshold, cfg.num_perm)
 
     prepared: pl.Series | None = None  # all rows' text, kept when it was prepared in one batch
 
@@ -393,34 +416,50 @@ def dedup_minhash(inputs: dict[str, pl.DataFrame], cfg: MinhashConfig, ctx: Cont
         """The MinHash text of rows by global index (data rows, then `against` rows)."""
         if prepared is not None:
             return prepared.gather(index)
-        mine, theirs = index[index < n], index[index >= n] - n
-        parts = [dedup_text(df[mine], cfg, exact=False, shared=shared[0])]
-        if other is not None:
-            parts.append(dedup_text(other[theirs], cfg, exact=False, shared=shared[1]))
+        parts = []
+        for k, side in enumerate(sides):
+            mine = index[(index >= starts[k]) & (index < starts[k + 1])] - starts[k]
+            parts.append(dedup_text(side.take(mine, fields), cfg, exact=False, shared=shared[k]))
         return pl.concat(parts)
 
-    # signatures: reused from a `signatures` input where it has the row, else computed batch by
-    # batch (the prepared text of one batch at a time is ever held in memory; when all the rows
-    # are one batch, their text is kept for verifying pairs instead of being prepared again)
-    sigs = np.empty((total, cfg.num_perm), dtype=np.uint32)
-    todo = np.arange(total)
+    # signatures, batch by batch (reused from a `signatures` input where it has the row): only
+    # the band keys are kept unless the whole signatures are needed
+    need_sigs = cfg.verify != "exact" or cfg.keep_signatures or "signatures" in inputs
+    sigs = np.empty((total, cfg.num_perm), dtype=np.uint32) if need_sigs else None
+    keys = np.empty((total, bands), dtype=np.uint64)
+    live = np.zeros(total, dtype=bool)
+    todo = np.ones(total, dtype=bool)
     if "signatures" in inputs:
-        todo = _reuse_signatures(inputs["signatures"], sides, cfg, sigs)
-    starts = list(range(0, len(todo), SIGNATURE_BATCH))
-    batch = lambda s: min(SIGNATURE_BATCH, len(todo) - s)  # noqa: E731
-    for start in ctx.progress.track(starts, total=len(todo), description="signatures", unit="rows", size=batch):
-        index = todo[start : start + SIGNATURE_BATCH]
-        text = texts_of(index)
-        sigs[index] = signatures(text.to_arrow(), cfg.num_perm, cfg.seed, cfg.ngram, cfg.shingle)
-        if len(index) == total:
-            prepared = text
-    no_words = (sigs[:n] == MAX_HASH).all(axis=1)
+        assert sigs is not None
+        done = _reuse_signatures(Table.of(inputs["signatures"]).collect(), sides, cfg, sigs)
+        keys[done], live[done] = band_keys(sigs[done], bands, rows), has_words(sigs[done])
+        todo[done] = False
+    texts: list[pl.Series] = []
+    batch_rows = min(SIGNATURE_BATCH, df.batch_rows)  # the text of one batch at a time
+    for k, side in enumerate(sides):
+        at = int(starts[k])
+        batches = side.batches(batch_rows, fields)
+        for batch in ctx.progress.track(batches, total=side.height, description="signatures", unit="rows", size=len):
+            index = np.arange(at, at + batch.height)
+            at += batch.height
+            wanted = todo[index]
+            index = index[wanted]
+            if not len(index):
+                continue
+            text = dedup_text(batch.filter(pl.Series(wanted)), cfg, exact=False, shared=shared[k])
+            part = signatures(text.to_arrow(), cfg.num_perm, cfg.seed, cfg.ngram, cfg.shingle)
+            keys[index], live[index] = band_keys(part, bands, rows), has_words(part)
+            if sigs is not None:
+                sigs[index] = part
+            if total <= batch_rows:
+                texts.append(text)
+    if total <= batch_rows and todo.all():
+        prepared = pl.concat(texts) if texts else pl.Series("t", [], dtype=pl.String)
+    ids = df.select(["_id"])["_id"]
     alive, found = pl.Series([True] * n), []
-    if cfg.on_empty == "drop" and no_words.any():
-        alive = pl.Series(~no_words)
-        found.append(
-            events(df["_id"].filter(pl.Series(no_words)), "dropped", "dedup:empty_text", detail={"fields": cfg.fields})
-        )
+    if cfg.on_empty == "drop" and not live[:n].all():
+        alive = pl.Series(live[:n])
+        found.append(events(ids.filter(~alive), "dropped", "dedup:empty_text", detail={"fields": cfg.fields}))
 
     def exact_scores(pairs: np.ndarray) -> np.ndarray:
         """Exact Jaccard of pairs, reading the text of only the rows they name."""
@@ -430,11 +469,11 @@ def dedup_minhash(inputs: dict[str, pl.DataFrame], cfg: MinhashConfig, ctx: Cont
         local = np.searchsorted(needed, pairs)
         return exact_jaccard(texts_of(needed).to_arrow(), local, cfg.ngram, cfg.shingle)
 
-    bands, rows = (cfg.bands, cfg.rows) if cfg.bands and cfg.rows else lsh_params(cfg.candidate_threshold, cfg.num_perm)
-    rank = keep_rank(df, cfg)
+    rank = keep_rank(df.select(_rank_columns(cfg)), cfg)
     # rows of `against` rank after every data row, by their own id order
-    full_rank = np.concatenate([rank, n + (keep_rank(other, cfg) if other is not None else np.zeros(0, np.int64))])
-    pairs = candidate_pairs(sigs, bands, rows, full_rank, within=BUCKET_PAIRS)
+    other_rank = keep_rank(other.select(["_id"]), cfg) if other is not None else np.zeros(0, np.int64)
+    pairs = candidate_pairs_of_keys(keys, live, np.concatenate([rank, n + other_rank]), within=BUCKET_PAIRS)
+    del keys
     if cfg.verify == "exact":
         score = exact_scores(pairs)
     else:
@@ -447,7 +486,8 @@ def dedup_minhash(inputs: dict[str, pl.DataFrame], cfg: MinhashConfig, ctx: Cont
         c_pairs, c_score = pairs[cross], score[cross]
         mine = np.where(c_pairs[:, 0] < n, c_pairs[:, 0], c_pairs[:, 1])
         theirs = np.where(c_pairs[:, 0] < n, c_pairs[:, 1], c_pairs[:, 0]) - n
-        alive = _drop_matches(df, other, alive, mine, theirs, c_score, reason, found)
+        other_ids = other.select(["_id"])
+        alive = _drop_matches(ids.to_frame(), other_ids, alive, mine, theirs, c_score, reason, found)
         inner = ~cross & (pairs[:, 0] < n)
         pairs, score = pairs[inner], score[inner]
     labels = _clusters(n, pairs, alive, rank)
@@ -464,13 +504,26 @@ def dedup_minhash(inputs: dict[str, pl.DataFrame], cfg: MinhashConfig, ctx: Cont
         out[missing] = exact_scores(rep_dup[missing])
         return out
 
-    kept = _finish(df, cfg, alive, labels, rank, score_of, reason, found)
-    tables = {"data": kept}
+    kept = _finish(df, ids, cfg, alive, labels, rank, score_of, reason, found)
+    tables: dict[str, pl.DataFrame | Streamed] = {"data": kept}
     if cfg.keep_signatures:
+        assert sigs is not None
         tables["signatures"] = pl.DataFrame(
-            {"_id": df["_id"], "signature": pl.Series(sigs[:n].tolist(), dtype=pl.List(pl.UInt32))}
+            {"_id": ids, "signature": pl.Series(sigs[:n].tolist(), dtype=pl.List(pl.UInt32))}
         ).with_columns(pl.lit(signature_params(cfg)).alias("minhash_params"))
-    return StepResult(tables, events=found)
+    return StepResult(tables, events=found)  # type: ignore[arg-type]
+
+
+def _messages_fields(table: Table, cfg: DedupConfig) -> pl.DataFrame:
+    """The compared fields of ``table`` that hold messages lists, whole (what shared system
+    prompts are found in; a text field is not read)."""
+    chat = [f for f in dict.fromkeys(cfg.fields) if isinstance(table.schema[f], pl.List)]
+    return table.select(chat) if chat else pl.DataFrame()
+
+
+def _rank_columns(cfg: DedupConfig) -> list[str]:
+    """The columns ``keep_rank`` reads."""
+    return ["_id", *(["_ts"] if cfg.keep == "earliest_ts" else []), *([cfg.keep_column] if cfg.keep_column else [])]
 
 
 def signature_params(cfg: MinhashConfig) -> str:
@@ -489,24 +542,20 @@ def signature_params(cfg: MinhashConfig) -> str:
     return canonical_json({k: getattr(cfg, k) for k in keys} | {"kernel": 1})
 
 
-def _reuse_signatures(
-    stored: pl.DataFrame, sides: list[pl.DataFrame], cfg: MinhashConfig, sigs: np.ndarray
-) -> np.ndarray:
+def _reuse_signatures(stored: pl.DataFrame, sides: list[Table], cfg: MinhashConfig, sigs: np.ndarray) -> np.ndarray:
     """Fill ``sigs`` rows from a stored ``signatures`` table (checked to match ``cfg``); return
-    the global indices still to compute."""
+    the global indices filled."""
     params = stored["minhash_params"].unique().to_list()
     if params and params != [signature_params(cfg)]:
         raise DataError(
             "inputs.signatures were computed with other MinHash settings than this step's "
             f"(stored: {params[0]}; here: {signature_params(cfg)})"
         )
-    ids = pl.concat([side["_id"] for side in sides]).to_frame("_id").with_row_index("g")
+    ids = pl.concat([side.select(["_id"])["_id"] for side in sides]).to_frame("_id").with_row_index("g")
     hit = ids.join(stored.select("_id", "signature"), on="_id", how="inner")
     if hit.height:
         sigs[hit["g"].to_numpy()] = np.array(hit["signature"].to_list(), dtype=np.uint32)
-    done = np.zeros(len(sigs), dtype=bool)
-    done[hit["g"].to_numpy()] = True
-    return np.nonzero(~done)[0]
+    return hit["g"].to_numpy().astype(np.int64)
 
 
 # -- dedup.semantic -----------------------------------------------------------------------------------
@@ -552,5 +601,5 @@ def dedup_semantic(inputs: dict[str, pl.DataFrame], cfg: SemanticConfig, ctx: Co
     def score_of(rep_dup: np.ndarray) -> np.ndarray:
         return (vecs[rep_dup[:, 0]] * vecs[rep_dup[:, 1]]).sum(axis=1).astype(np.float64)
 
-    kept = _finish(df, cfg, alive, labels, rank, score_of, "semantic_duplicate", found)
+    kept = _finish(Table.of(df), df["_id"], cfg, alive, labels, rank, score_of, "semantic_duplicate", found).collect()
     return StepResult({"data": kept}, events=found)

@@ -49,9 +49,10 @@ import numpy as np
 import polars as pl
 from pydantic import field_validator, model_validator
 
-from dataforge.cluster import components, near_duplicate_pairs
+from dataforge.cluster import components, near_duplicate_pairs_in_batches
 from dataforge.engine.events import events
 from dataforge.engine.step import Columns, Context, Fields, PlanInfo, StepConfig, StepResult, require, step
+from dataforge.engine.table import Table
 from dataforge.errors import DataError
 from dataforge.recipe import NAME_RE
 from dataforge.text.fields import key_text
@@ -219,18 +220,46 @@ def _link_equal(keys: pl.Series) -> np.ndarray:
     return np.column_stack([linked["f"].to_numpy(), linked["i"].to_numpy()]).astype(np.int64)
 
 
-def units_of(df: pl.DataFrame, cfg: SplitConfig) -> np.ndarray:
-    """Unit label per row: rows joined by equal group keys and by near-duplicate clusters."""
+def units_of(df: pl.DataFrame, cfg: SplitConfig, near: np.ndarray | None = None) -> np.ndarray:
+    """Unit label per row: rows joined by equal group keys and by near-duplicate clusters
+    (``near``: the near-duplicate pairs of ``cluster.fields``, computed by ``cluster_pairs``)."""
     pairs = [np.zeros((0, 2), dtype=np.int64)]
     if cfg.group:
         pairs.append(_link_equal(text_key(df, cfg.group, cfg.group_turns)))
     if cfg.cluster and cfg.cluster.column:
         pairs.append(_link_equal(df[cfg.cluster.column].cast(pl.String)))
     elif cfg.cluster and cfg.cluster.fields:
-        c = cfg.cluster
-        texts = text_key(df, c.fields).to_list()
-        pairs.append(near_duplicate_pairs(texts, c.threshold, c.num_perm, c.ngram, seed=cfg.seed or 1))
+        pairs.append(near if near is not None else cluster_pairs(Table.of(df), cfg))
     return components(df.height, np.concatenate(pairs))
+
+
+def cluster_pairs(table: Table, cfg: SplitConfig) -> np.ndarray:
+    """Near-duplicate pairs of the rows' ``cluster.fields`` (MinHash LSH, verified), reading
+    the text a batch at a time."""
+    c = cfg.cluster
+    assert c is not None and c.fields
+    fields = list(dict.fromkeys(c.fields))
+    return near_duplicate_pairs_in_batches(
+        (text_key(batch, fields).to_arrow() for batch in table.batches(columns=fields)),
+        lambda index: text_key(table.take(index, fields), fields).to_arrow(),
+        table.height,
+        c.threshold,
+        c.num_perm,
+        c.ngram,
+        seed=cfg.seed or 1,
+    )
+
+
+def needed_columns(cfg: SplitConfig) -> list[str]:
+    """The columns assignment reads (``assign``): ids, group keys, cluster ids, strata, times."""
+    wanted = ["_id", *(cfg.group or [])]
+    if cfg.cluster and cfg.cluster.column:
+        wanted.append(cfg.cluster.column)
+    if cfg.stratify:
+        wanted.append(cfg.stratify)
+    if cfg.time:
+        wanted.append(cfg.time.column)
+    return list(dict.fromkeys(wanted))
 
 
 def _cut(u: np.ndarray, fractions: dict[str, float]) -> np.ndarray:
@@ -238,10 +267,13 @@ def _cut(u: np.ndarray, fractions: dict[str, float]) -> np.ndarray:
     return np.searchsorted(bounds, u, side="right")
 
 
-def assign(df: pl.DataFrame, cfg: SplitConfig) -> tuple[pl.Series, pl.Series, pl.Series]:
-    """(split name, unit size, earlier copy) for every row of ``df``; the last is null except,
-    in a time split, for a row dated after its unit's split: the id of the unit's earliest row."""
-    unit = units_of(df, cfg) if not cfg.random else np.arange(df.height)
+def assign(
+    df: pl.DataFrame, cfg: SplitConfig, near: np.ndarray | None = None
+) -> tuple[pl.Series, pl.Series, pl.Series]:
+    """(split name, unit size, earlier copy) for every row of ``df`` (at least the
+    ``needed_columns``; ``near`` as in ``units_of``); the last is null except, in a time split,
+    for a row dated after its unit's split: the id of the unit's earliest row."""
+    unit = units_of(df, cfg, near) if not cfg.random else np.arange(df.height)
     row_key = text_key(df, cfg.group, cfg.group_turns) if cfg.group else df["_id"]
     frame = pl.DataFrame({"unit": unit, "key": row_key}).with_row_index("i")
     per_unit = frame.group_by("unit").agg(pl.col("key").min().alias("ukey"), pl.len().alias("size"))
@@ -347,13 +379,18 @@ def _note(cfg: SplitConfig) -> str | None:
     return "Split " + ", ".join(said) + "."
 
 
-@step("split", version=2, outputs=_outputs, columns=_columns, partition="global")
-def split(inputs: dict[str, pl.DataFrame], cfg: SplitConfig, ctx: Context) -> StepResult:
-    """Assign each row to one split; rows that must stay together always share one."""
-    df = inputs["data"]
-    which, size, earlier = assign(df, cfg)
+@step("split", version=2, outputs=_outputs, columns=_columns, partition="global", out_of_core=True)
+def split(inputs: dict[str, Table], cfg: SplitConfig, ctx: Context) -> StepResult:
+    """Assign each row to one split; rows that must stay together always share one.
+
+    Out of core: assignment reads only the ``needed_columns`` whole (and the cluster fields a
+    batch at a time, then for candidate pairs); each split's rows are written batch by batch."""
+    table = Table.of(inputs["data"])
+    near = cluster_pairs(table, cfg) if cfg.cluster and cfg.cluster.fields and not cfg.random else None
+    df = table.select(needed_columns(cfg))
+    which, size, earlier = assign(df, cfg, near)
     late = earlier.is_not_null()
-    tables = {name: df.filter((which == name) & ~late) for name in cfg.split_names}
+    tables = {name: table.where(((which == name) & ~late).to_numpy()) for name in cfg.split_names}
     detail = pl.select(
         pl.concat_str(pl.lit('{"split":"'), pl.lit(which), pl.lit('","unit_rows":'), pl.lit(size), pl.lit("}"))
     ).to_series()
@@ -365,7 +402,7 @@ def split(inputs: dict[str, pl.DataFrame], cfg: SplitConfig, ctx: Context) -> St
         related_id=earlier.filter(late),
         detail=detail.filter(late),
     )
-    return StepResult(tables, events=[placed, dropped])
+    return StepResult(tables, events=[placed, dropped])  # type: ignore[arg-type]
 
 
 split.card_note = _note  # type: ignore[attr-defined]

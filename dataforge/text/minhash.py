@@ -198,14 +198,27 @@ def candidate_pairs(
     that may not chain need them, since a member may be similar to another but not to the head.
     Empty signatures never match. Buckets are hash tables in the compiled kernel, one band at a
     time."""
-    n = sigs.shape[0]
+    return candidate_pairs_of_keys(band_keys(sigs, bands, rows), has_words(sigs), rank, within)
+
+
+def has_words(sigs: np.ndarray) -> np.ndarray:
+    """Whether each signature saw a shingle (an empty text's is all ``MAX_HASH``)."""
+    return ~(sigs == MAX_HASH).all(axis=1)
+
+
+def candidate_pairs_of_keys(
+    keys: np.ndarray, live: np.ndarray, rank: np.ndarray | None = None, within: int = 0
+) -> np.ndarray:
+    """``candidate_pairs`` from the band keys (``band_keys``) and the rows that have words
+    (``has_words``): what a step keeps of each signature when it computes them batch by batch
+    (bands × 8 bytes a row instead of ``num_perm`` × 4)."""
+    n, bands = keys.shape
     rank = np.arange(n, dtype=np.int64) if rank is None else np.ascontiguousarray(rank, dtype=np.int64)
-    live = ~(sigs == MAX_HASH).all(axis=1)
+    live = np.ascontiguousarray(live, dtype=bool)
     if live.sum() < 2:
         return np.zeros((0, 2), dtype=np.int64)
-    keys = band_keys(sigs, bands, rows)
     heads = np.empty((n, bands), dtype=np.int64)
-    _kernels.band_heads(keys, n, bands, rank, live.view(np.uint8), heads)
+    _kernels.band_heads(np.ascontiguousarray(keys), n, bands, rank, live.view(np.uint8), heads)
     members = np.broadcast_to(np.arange(n)[:, None], heads.shape)
     linked = (heads >= 0) & (heads != members)
     codes = [heads[linked] * n + members[linked]]

@@ -261,3 +261,160 @@ def test_exact_dedup_runs_bucket_by_bucket_and_keeps_input_order(ws, tmp_path):
         == open_read(tmp_path / "streamed").execute(query).fetchall()
     )
     assert not (tmp_path / "streamed" / ".tmp" / "exact").exists()  # the buckets are gone
+
+
+NEAR_RECIPE = """
+name: near
+steps:
+  raw:
+    kind: source
+    path: rows.parquet
+    id_column: key
+  held:
+    kind: source
+    path: held.parquet
+    id_column: key
+  near:
+    kind: dedup.minhash
+    inputs: {data: raw, against: held}
+    fields: [question]
+    threshold: 0.7
+    cluster_columns: true
+datasets:
+  near:
+    splits: {train: near.data}
+"""
+
+
+def _near_copies(ws):
+    """2,400 GSM8K questions with near copies of early and middle rows planted at the end, and
+    a held-out table holding near copies of some others."""
+    from tests.conftest import GSM8K
+
+    df = pl.read_ndjson(GSM8K / "train.jsonl").head(2400).select("question")
+    edit = pl.col("question").str.replace(r"\?$", " then?")
+    copies = pl.concat([df.head(40), df.slice(1200, 40)]).with_columns(edit)
+    df = pl.concat([df, copies]).with_columns(pl.format("k{}", pl.int_range(pl.len())).alias("key"))
+    df.write_parquet(ws.root / "rows.parquet", row_group_size=500)
+    held = df.slice(600, 30).with_columns(edit, pl.format("h{}", pl.int_range(pl.len())).alias("key"))
+    held.write_parquet(ws.root / "held.parquet")
+
+
+def test_minhash_dedup_reads_its_input_out_of_core_and_gives_the_same_rows(ws, tmp_path, monkeypatch):
+    """``dedup.minhash`` (an out-of-core global step) on inputs larger than a batch reads them
+    through ``Table``s over the stored shards: the compared text a batch at a time and for
+    candidate pairs only, never a whole text column; its kept rows are written batch by batch.
+    The same bytes and the same decisions as a whole-table build."""
+    from dataforge.engine.table import Table
+    from dataforge.lineage import open_read
+    from tests.engine.test_runner import _tree_hashes
+
+    _near_copies(ws)
+    recipe = ws.recipe(NEAR_RECIPE)
+    whole = build(recipe, tmp_path / "whole", show_progress=False, batch_rows=0)
+    selected, taken = [], []
+    real_select, real_take = Table.select, Table.take
+    monkeypatch.setattr(Table, "select", lambda self, cols: selected.append(list(cols)) or real_select(self, cols))
+    monkeypatch.setattr(
+        Table, "take", lambda self, index, cols=None: taken.append(len(index)) or real_take(self, index, cols)
+    )
+    streamed = build(recipe, tmp_path / "streamed", show_progress=False, batch_rows=700)
+    assert whole.steps[2].drops == streamed.steps[2].drops
+    assert streamed.steps[2].drops["near_duplicate"] >= 100  # 80 planted copies + 30 matching held rows
+    assert _tree_hashes(tmp_path / "whole" / "datasets") == _tree_hashes(tmp_path / "streamed" / "datasets")
+    assert all("question" not in cols for cols in selected) and ["_id"] in selected
+    assert taken and sum(taken) < 2430 / 4  # the text of candidate rows only
+    query = "SELECT row_id, action, reason, related_id, score FROM latest_events ORDER BY ALL"
+    assert (
+        open_read(tmp_path / "whole").execute(query).fetchall()
+        == open_read(tmp_path / "streamed").execute(query).fetchall()
+    )
+    fp = streamed.steps[2].fingerprint
+    shards = Store(tmp_path / "streamed").output_files("near", fp, "data")
+    assert len(shards) == 4 and all(pl.read_parquet_schema(s)["_cluster_id"] == pl.String for s in shards)
+
+
+SPLIT_RECIPE = """
+name: sp
+steps:
+  raw:
+    kind: source
+    path: rows.parquet
+    id_column: key
+  split:
+    kind: split
+    inputs: raw
+    fractions: {train: 0.8, test: 0.2}
+    group: group
+    cluster: {fields: [answer], threshold: 0.7}
+    seed: 3
+  audit:
+    kind: split.audit
+    inputs: {train: split.train, test: split.test}
+    prompt: question
+    target: answer
+  sft:
+    kind: format
+    type: prompt_completion
+    inputs: {train: split.train, test: split.test}
+    prompt: question
+    completion: answer
+datasets:
+  sp:
+    splits: {train: sft.train, test: sft.test}
+"""
+
+
+def test_split_audit_and_export_run_out_of_core_with_the_same_bytes(ws, tmp_path, monkeypatch):
+    """``split`` and ``split.audit`` on inputs larger than a batch: the split reads its ids and
+    group keys whole, the cluster text a batch at a time (and for candidate pairs), and writes
+    each split batch by batch; the audit keeps hashes of prompts and targets; the export writes
+    each split from its shards a batch at a time, in files of ``EXPORT_SHARD_ROWS`` rows. Same
+    assignment, findings, card and bytes as a whole-table build."""
+    import dataforge.export
+    from dataforge.engine.table import Table
+    from dataforge.lineage import open_read
+    from tests.conftest import GSM8K
+    from tests.engine.test_runner import _tree_hashes
+
+    df = pl.read_ndjson(GSM8K / "train.jsonl").head(2400)
+    # near copies of answers (clustered: they stay in one split), and copies of questions with
+    # another answer (not clustered: the audit finds those that land in two splits)
+    near = df.head(60).with_columns(pl.col("answer").str.replace(r"\n####", " then.\n####"))
+    asked = df.slice(100, 60).with_columns(df.slice(900, 60)["answer"])
+    df = pl.concat([df, near, asked]).with_columns(
+        pl.format("k{}", pl.int_range(pl.len())).alias("key"), (pl.int_range(pl.len()) % 1000).alias("group")
+    )
+    df.write_parquet(ws.root / "rows.parquet", row_group_size=500)
+    recipe = ws.recipe(SPLIT_RECIPE)
+    monkeypatch.setattr(dataforge.export, "EXPORT_SHARD_ROWS", 1000)
+    whole = build(recipe, tmp_path / "whole", show_progress=False, batch_rows=0)
+    selected = []
+    real_select = Table.select
+    monkeypatch.setattr(Table, "select", lambda self, cols: selected.append(list(cols)) or real_select(self, cols))
+    streamed = build(recipe, tmp_path / "streamed", show_progress=False, batch_rows=700)
+    assert [s.outputs for s in whole.steps] == [s.outputs for s in streamed.steps]
+    assert whole.steps[2].flags == streamed.steps[2].flags and sum(whole.steps[2].flags.values()) > 0
+    assert _tree_hashes(tmp_path / "whole" / "datasets") == _tree_hashes(tmp_path / "streamed" / "datasets")
+    assert ["_id", "group"] in selected and all("question" not in c and "answer" not in c for c in selected)
+    placed = dict(
+        open_read(tmp_path / "streamed")
+        .execute("SELECT row_id, detail_json FROM latest_events WHERE step = 'split'")
+        .fetchall()
+    )
+    assert all(placed[f"raw:k{i}"] == placed[f"raw:k{2400 + i}"] for i in range(60))  # clusters kept together
+    query = "SELECT row_id, action, reason, related_id, score, detail_json FROM latest_events ORDER BY ALL"
+    assert (
+        open_read(tmp_path / "whole").execute(query).fetchall()
+        == open_read(tmp_path / "streamed").execute(query).fetchall()
+    )
+    from datasets import load_from_disk
+
+    train = tmp_path / "streamed" / "datasets" / "sp" / "train"
+    files = sorted(p.name for p in train.glob("*.arrow"))
+    rows = streamed.datasets["sp"]["train"]
+    assert len(files) == -(-rows // 1000) and files[0] == f"data-00000-of-{len(files):05d}.arrow"
+    loaded = load_from_disk(str(tmp_path / "streamed" / "datasets" / "sp"))
+    split_fp = streamed.steps[3].fingerprint
+    expected = Store(tmp_path / "streamed").read_table("sft", split_fp, "train")
+    assert loaded["train"]["_id"] == expected["_id"].to_list() and loaded["train"].num_rows == rows
