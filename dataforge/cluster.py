@@ -1,7 +1,7 @@
 """Clustering primitives shared by splits, the split audit and dedup: connected components over
 pairs of linked rows, and near-duplicate clusters from MinHash LSH.
 
-``near_duplicate_pairs`` runs on the vectorised, datasketch-compatible MinHash of
+``near_duplicate_pairs_in_batches`` runs on the vectorised, datasketch-compatible MinHash of
 ``dataforge.text.minhash`` (the same one ``dedup.minhash`` uses).
 """
 
@@ -98,25 +98,6 @@ def stars(n: int, pairs: np.ndarray, rank: np.ndarray) -> np.ndarray:
     return components(n, np.column_stack([np.arange(n), rep]))
 
 
-def near_duplicate_pairs(
-    texts: Sequence[str],
-    threshold: float = 0.8,
-    num_perm: int = 128,
-    ngram: int = 3,
-    seed: int = 1,
-    verify: bool = True,
-) -> np.ndarray:
-    """Pairs (i, j) of texts whose word-shingle sets are near-duplicates: MinHash LSH candidates
-    (``dataforge.text.minhash``, datasketch-compatible) at ``threshold``, kept only if their exact
-    Jaccard reaches it when ``verify``. Pairs link each bucket to its smallest index."""
-    import pyarrow as pa
-
-    array = pa.array(list(texts), type=pa.string())
-    return near_duplicate_pairs_in_batches(
-        [array], lambda index: array.take(pa.array(index)), len(array), threshold, num_perm, ngram, seed, verify
-    )
-
-
 def near_duplicate_pairs_in_batches(
     batches: Iterable[pa.Array | Sequence[str]],
     texts_of: Callable[[np.ndarray], pa.Array | Sequence[str]],
@@ -127,9 +108,11 @@ def near_duplicate_pairs_in_batches(
     seed: int = 1,
     verify: bool = True,
 ) -> np.ndarray:
-    """``near_duplicate_pairs`` of ``n`` texts given a batch at a time (in order): only each
-    text's LSH band keys are kept; ``texts_of(index)`` gives the texts of the candidate rows to
-    verify (sorted positions)."""
+    """Pairs (i, j) of ``n`` texts, given a batch at a time (in order), whose word-shingle sets
+    are near-duplicates: MinHash LSH candidates (``dataforge.text.minhash``, datasketch-compatible)
+    at ``threshold``, kept only if their exact Jaccard reaches it when ``verify``; pairs link each
+    bucket to its smallest index. Only each text's LSH band keys are kept; ``texts_of(index)``
+    gives the texts of the candidate rows to verify (sorted positions)."""
     from dataforge.text.minhash import (
         band_keys,
         candidate_pairs_of_keys,
