@@ -12,7 +12,9 @@ whole-table call gives, row for row (tests: byte-identical exports of every ship
 at tiny batches).
 
 A source streams where its function has ``batches`` and can read its format in batches: a
-Parquet file (``steps.sources``); other formats, hub datasets and sources of one batch or fewer
+Parquet file, or a plain UTF-8 JSONL file of objects (typed by a schema inferred over the whole
+file first; ``steps.sources``); other formats (JSON, CSV, gzipped JSONL), hub datasets, files
+with bad lines (their errors are reported by the whole read) and sources of one batch or fewer
 are read whole, then stored in shards.
 
 A ``key`` step whose outputs are rows of its input (``keeps_input_rows``: ``dedup.exact``) and
@@ -28,8 +30,8 @@ whole, the rest a batch at a time or for the rows it names) and gives its output
 ``Streamed`` batches; the export writes each split from its shards a batch at a time
 (``export.write_split``).
 
-Not streamed yet (they read their inputs whole, as before): the other sources (JSONL, CSV, hub
-datasets), other ``key`` steps (pairs, rollouts, feedback: their new rows' order is the whole
+Not streamed yet (they read their inputs whole, as before): the other sources (JSON, CSV,
+gzipped JSONL, hub datasets), other ``key`` steps (pairs, rollouts, feedback: their new rows' order is the whole
 call's), the other ``global`` steps (``dedup.semantic``, ``leakage.check``), and the card's
 reads of side tables (leakage scores).
 """

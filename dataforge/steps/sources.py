@@ -308,16 +308,20 @@ ID_VALUE = "_id_value"  # an id column's own value, kept until the ids are check
 def _source_batches(cfg: SourceConfig, ctx: Context, batch_rows: int) -> Iterator[StepResult] | None:
     """The source read ``batch_rows`` rows at a time, each batch shaped as the whole table
     would be (ordinals go on across batches; ``limit`` ends the reading), or None where it is
-    read whole: a source of one batch or fewer, or a format read whole for now (every one but
-    Parquet), or a timestamp column of text (its format is inferred from the values, which a
-    batch would do on its own rows). Ids are checked over every batch: a repeat across batches
-    fails the step as in a whole read."""
+    read whole: a source of one batch or fewer, a format read whole for now (JSON, CSV, HF
+    datasets, gzipped JSONL), a JSONL file that is not plain UTF-8 objects throughout (the whole
+    read reports its bad lines), or a timestamp column of text (its format is inferred from the
+    values, which a batch would do on its own rows). Ids are checked over every batch: a repeat
+    across batches fails the step as in a whole read."""
     import pyarrow.parquet as pq
 
     if cfg.path is None:
         return None
     path = _existing(cfg, ctx)
-    if _format_of(cfg, path) != "parquet":
+    fmt = _format_of(cfg, path)
+    if fmt == "jsonl":
+        return _jsonl_batches(path, cfg, ctx, batch_rows)
+    if fmt != "parquet":
         return None
     pf = pq.ParquetFile(path)
     total = pf.metadata.num_rows if cfg.limit is None else min(pf.metadata.num_rows, cfg.limit)
@@ -327,7 +331,8 @@ def _source_batches(cfg: SourceConfig, ctx: Context, batch_rows: int) -> Iterato
         kind = pf.schema_arrow.field(cfg.timestamp_column).type
         if _is_text(kind):
             return None
-    return _parquet_batches(pf, cfg, ctx, batch_rows, total, str(path))
+    frames = (pl.from_arrow(batch) for batch in pf.iter_batches(batch_size=batch_rows))
+    return _shaped_batches(frames, cfg, ctx, total, str(path))  # type: ignore[arg-type]
 
 
 def _is_text(dtype: Any) -> bool:
@@ -336,15 +341,57 @@ def _is_text(dtype: Any) -> bool:
     return bool(pa.types.is_string(dtype) or pa.types.is_large_string(dtype) or pa.types.is_string_view(dtype))
 
 
-def _parquet_batches(
-    pf: Any, cfg: SourceConfig, ctx: Context, batch_rows: int, total: int, where: str
+def _jsonl_batches(path: Path, cfg: SourceConfig, ctx: Context, batch_rows: int) -> Iterator[StepResult] | None:
+    """A plain (not gzipped) UTF-8 JSONL file in batches of ``batch_rows`` records, typed by one
+    schema inferred over the whole file as a whole read infers it; None (read whole) where the
+    file has a line that is not UTF-8 or not a JSON object, is one batch or fewer, or has a text
+    timestamp column. Two passes over the file before the first batch, each holding one line."""
+    if not _is_utf8(cfg.encoding) or path.name.endswith(".gz"):
+        return None
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    records = 0
+    try:
+        with path.open("rb") as f:
+            for raw in f:
+                decoder.decode(raw)
+                records += bool(raw.strip())
+            decoder.decode(b"", final=True)
+    except UnicodeDecodeError:
+        return None
+    total = records if cfg.limit is None else min(records, cfg.limit)
+    if total <= batch_rows:
+        return None
+    try:  # every line parsed once, only the schema kept
+        schema = pl.scan_ndjson(path, infer_schema_length=None).collect_schema()
+    except Exception:
+        return None
+    if cfg.timestamp_column and schema.get(cfg.timestamp_column) == pl.String:
+        return None
+
+    def frames() -> Iterator[pl.DataFrame]:
+        chunk: list[bytes] = []
+        with path.open("rb") as f:
+            for raw in f:
+                if raw.strip():
+                    chunk.append(raw if raw.endswith(b"\n") else raw + b"\n")
+                if len(chunk) == batch_rows:
+                    yield pl.read_ndjson(io.BytesIO(b"".join(chunk)), schema=schema)
+                    chunk = []
+        if chunk:
+            yield pl.read_ndjson(io.BytesIO(b"".join(chunk)), schema=schema)
+
+    return _shaped_batches(frames(), cfg, ctx, total, str(path))
+
+
+def _shaped_batches(
+    frames: Iterator[pl.DataFrame], cfg: SourceConfig, ctx: Context, total: int, where: str
 ) -> Iterator[StepResult]:
+    """Frames read from a source in order, each shaped as its part of the whole read: ordinals
+    go on across frames, reading ends at ``total`` rows, ids are checked over all of them."""
     name = cfg.name or ctx.step
     seen: list[pl.DataFrame] = []  # the ids of every batch, checked together at the end
     offset = 0
-    for batch in pf.iter_batches(batch_size=batch_rows):
-        df = pl.from_arrow(batch)
-        assert isinstance(df, pl.DataFrame)
+    for df in frames:
         df = df.head(total - offset).with_row_index("_ordinal", offset=offset)
         offset += df.height
         data = _shaped(df, cfg, ctx, name, where)

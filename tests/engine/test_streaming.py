@@ -418,3 +418,70 @@ def test_split_audit_and_export_run_out_of_core_with_the_same_bytes(ws, tmp_path
     split_fp = streamed.steps[3].fingerprint
     expected = Store(tmp_path / "streamed").read_table("sft", split_fp, "train")
     assert loaded["train"]["_id"] == expected["_id"].to_list() and loaded["train"].num_rows == rows
+
+
+JSONL_RECIPE = """
+name: js
+steps:
+  raw:
+    kind: source
+    path: rows.jsonl
+  sft:
+    kind: format
+    type: prompt_completion
+    inputs: {data: raw}
+    prompt: question
+    completion: answer
+datasets:
+  js:
+    splits: {train: sft.data}
+"""
+
+
+def _jsonl_rows(root, n: int = 2500) -> list[dict]:
+    """GSM8K rows as JSONL with a column that only later rows have (a batch of the first rows
+    cannot see its type), nested lists, and blank lines between records."""
+    import json
+
+    from tests.conftest import GSM8K
+
+    rows = pl.read_ndjson(GSM8K / "train.jsonl").head(n).to_dicts()
+    for i, row in enumerate(rows):
+        if i > 2000:
+            row["late"] = {"score": i / 7, "tags": [f"t{i}", "x"]}
+    text = "".join(json.dumps(r) + ("\n\n" if i % 500 == 3 else "\n") for i, r in enumerate(rows))
+    (root / "rows.jsonl").write_text(text)
+    return rows
+
+
+def test_a_jsonl_source_is_read_in_batches_typed_as_the_whole_file(ws, tmp_path):
+    from tests.engine.test_runner import _tree_hashes
+
+    _jsonl_rows(ws.root)
+    recipe = ws.recipe(JSONL_RECIPE)
+    whole = build(recipe, tmp_path / "whole", show_progress=False, batch_rows=0)
+    streamed = build(recipe, tmp_path / "streamed", show_progress=False, batch_rows=1000)
+    fp = whole.steps[0].fingerprint
+    a, b = Store(tmp_path / "whole"), Store(tmp_path / "streamed")
+    assert [f.name for f in b.output_files("raw", fp, "data")] == [f"part-0000{i}.parquet" for i in range(3)]
+    first = pl.read_parquet(b.output_files("raw", fp, "data")[0])
+    assert first.schema["late"] == pl.Struct({"score": pl.Float64, "tags": pl.List(pl.String)})  # all null here
+    assert a.read_table("raw", fp, "data").equals(b.read_table("raw", fp, "data"))
+    assert b.read_table("raw", fp, "data")["_id"][-1] == "raw:2499"  # ordinals over records, not lines
+    assert _tree_hashes(tmp_path / "whole" / "datasets") == _tree_hashes(tmp_path / "streamed" / "datasets")
+    assert streamed.steps[0].rows_out == 2500
+
+
+@pytest.mark.parametrize("bad", ["not json at all", '["a list"]', b"\xff\xfe broken"])
+def test_a_jsonl_source_with_a_bad_line_is_read_whole_and_says_where(bad, ws):
+    rows = _jsonl_rows(ws.root)
+    path = ws.root / "rows.jsonl"
+    data = path.read_bytes().split(b"\n")
+    data[1700] = bad.encode() if isinstance(bad, str) else bad
+    path.write_bytes(b"\n".join(data))
+    recipe = ws.recipe(JSONL_RECIPE)
+    with pytest.raises(StepError, match=r"rows.jsonl:1701"):
+        build(recipe, ws.out, show_progress=False, batch_rows=1000)
+    recipe.write_text(recipe.read_text().replace("    path: rows.jsonl\n", "    path: rows.jsonl\n    on_error: skip\n"))
+    report = build(recipe, ws.out, show_progress=False, batch_rows=1000)
+    assert report.steps[0].rows_out == len(rows) - 1 and sum(report.steps[0].drops.values()) == 1
