@@ -107,16 +107,17 @@ def near_duplicate_pairs_in_batches(
     ngram: int = 3,
     seed: int = 1,
     verify: bool = True,
+    wanted: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> np.ndarray:
     """Pairs (i, j) of ``n`` texts, given a batch at a time (in order), whose word-shingle sets
     are near-duplicates: MinHash LSH candidates (``dataforge.text.minhash``, datasketch-compatible)
     at ``threshold``, kept only if their exact Jaccard reaches it when ``verify``; pairs link each
     bucket to its smallest index. Only each text's LSH band keys are kept; ``texts_of(index)``
-    gives the texts of the candidate rows to verify (sorted positions)."""
+    gives the texts of the candidate rows to verify (sorted positions). ``wanted(pairs)``: a mask
+    of the candidate pairs worth verifying (the rest are left out before any text is read)."""
     from dataforge.text.minhash import (
         band_keys,
         candidate_pairs_of_keys,
-        exact_jaccard,
         has_words,
         lsh_params,
         signatures,
@@ -135,8 +136,32 @@ def near_duplicate_pairs_in_batches(
     if at != n:
         raise ValueError(f"near_duplicate_pairs_in_batches: the batches hold {at:,} texts, not {n:,}")
     pairs = candidate_pairs_of_keys(keys, live)
+    del keys
+    if wanted is not None and len(pairs):
+        pairs = pairs[wanted(pairs)]
     if verify and len(pairs):
-        needed = np.unique(pairs)
-        local = np.searchsorted(needed, pairs)
-        pairs = pairs[exact_jaccard(texts_of(needed), local, ngram) >= threshold]
+        pairs = pairs[verified_jaccard(pairs, texts_of, ngram) >= threshold]
     return np.sort(pairs, axis=1)
+
+
+VERIFY_PAIRS = 1_000_000  # candidate pairs whose texts are read and compared at once
+
+
+def verified_jaccard(
+    pairs: np.ndarray,
+    texts_of: Callable[[np.ndarray], pa.Array | Sequence[str]],
+    ngram: int,
+    unit: str = "word",
+    chunk: int = VERIFY_PAIRS,
+) -> np.ndarray:
+    """Exact shingle Jaccard of each pair (row indices), reading with ``texts_of(sorted index)``
+    the texts of the rows of ``chunk`` pairs at a time, so at most the texts of 2 × ``chunk``
+    rows are held, whatever the number of pairs."""
+    from dataforge.text.minhash import exact_jaccard
+
+    out = np.zeros(len(pairs))
+    for start in range(0, len(pairs), chunk):
+        part = pairs[start : start + chunk]
+        needed = np.unique(part)
+        out[start : start + chunk] = exact_jaccard(texts_of(needed), np.searchsorted(needed, part), ngram, unit)  # type: ignore[arg-type]
+    return out

@@ -37,7 +37,7 @@ import numpy as np
 import polars as pl
 from pydantic import field_validator
 
-from dataforge.cluster import near_duplicate_pairs_in_batches
+from dataforge.cluster import near_duplicate_pairs_in_batches, verified_jaccard
 from dataforge.engine.events import events
 from dataforge.engine.step import ColumnContractError, Columns, Context, Fields, PlanInfo, StepConfig, StepResult, step
 from dataforge.engine.table import Table
@@ -149,9 +149,8 @@ def audit_frames(
     )
     found.append(exact)
     if near and rows.height:
-        from dataforge.text.minhash import exact_jaccard
-
         starts = np.cumsum([0] + [t.height for t in tabs.values()])
+        k_of, p_of = rows["k"].to_numpy(), rows["p"].to_numpy()
 
         def texts_of(index: np.ndarray) -> pa.Array:
             """The normalized prompts of rows by position in ``rows`` (sorted)."""
@@ -161,14 +160,18 @@ def audit_frames(
                 got.append(prompts_of(t.take(mine, prompt_fields)))
             return pl.concat(got).to_arrow()
 
+        def across(pairs: np.ndarray) -> np.ndarray:
+            """Pairs of two inputs whose prompts differ (equal ones are exact overlaps)."""
+            a, b = pairs[:, 0], pairs[:, 1]
+            return (k_of[a] != k_of[b]) & (p_of[a] != p_of[b])
+
         batches = (prompts_of(b).to_arrow() for t in tabs.values() for b in t.batches(columns=fields))
-        pairs = near_duplicate_pairs_in_batches(batches, texts_of, rows.height, threshold, num_perm, ngram)
+        pairs = near_duplicate_pairs_in_batches(
+            batches, texts_of, rows.height, threshold, num_perm, ngram, wanted=across
+        )
         if len(pairs):
             a, b = rows[pairs[:, 0]], rows[pairs[:, 1]]
-            keep = (a["k"] != b["k"]).to_numpy() & (a["p"] != b["p"]).to_numpy()
-            a, b = a.filter(keep), b.filter(keep)
-            needed = np.unique(pairs[keep])
-            scores = exact_jaccard(texts_of(needed), np.searchsorted(needed, pairs[keep]), ngram)
+            scores = verified_jaccard(pairs, texts_of, ngram)
             swap = (a["k"] > b["k"]).to_numpy()
             first = pl.DataFrame({c: np.where(swap, b[c].to_numpy(), a[c].to_numpy()) for c in ("input", "row")})
             second = pl.DataFrame({c: np.where(swap, a[c].to_numpy(), b[c].to_numpy()) for c in ("input", "row")})

@@ -41,7 +41,7 @@ import numpy as np
 import polars as pl
 from pydantic import model_validator
 
-from dataforge.cluster import stars
+from dataforge.cluster import stars, verified_jaccard
 from dataforge.engine.events import events
 from dataforge.engine.fingerprint import canonical_json
 from dataforge.engine.step import (
@@ -394,7 +394,6 @@ def dedup_minhash(inputs: dict[str, Table], cfg: MinhashConfig, ctx: Context) ->
         band_keys,
         candidate_pairs_of_keys,
         estimated_jaccard,
-        exact_jaccard,
         has_words,
         lsh_params,
         signatures,
@@ -463,11 +462,7 @@ def dedup_minhash(inputs: dict[str, Table], cfg: MinhashConfig, ctx: Context) ->
 
     def exact_scores(pairs: np.ndarray) -> np.ndarray:
         """Exact Jaccard of pairs, reading the text of only the rows they name."""
-        if len(pairs) == 0:
-            return np.zeros(0)
-        needed = np.unique(pairs)
-        local = np.searchsorted(needed, pairs)
-        return exact_jaccard(texts_of(needed).to_arrow(), local, cfg.ngram, cfg.shingle)
+        return verified_jaccard(pairs, lambda index: texts_of(index).to_arrow(), cfg.ngram, cfg.shingle)
 
     rank = keep_rank(df.select(_rank_columns(cfg)), cfg)
     # rows of `against` rank after every data row, by their own id order

@@ -217,13 +217,15 @@ def candidate_pairs_of_keys(
     live = np.ascontiguousarray(live, dtype=bool)
     if live.sum() < 2:
         return np.zeros((0, 2), dtype=np.int64)
-    heads = np.empty((n, bands), dtype=np.int64)
-    _kernels.band_heads(np.ascontiguousarray(keys), n, bands, rank, live.view(np.uint8), heads)
-    members = np.broadcast_to(np.arange(n)[:, None], heads.shape)
-    linked = (heads >= 0) & (heads != members)
-    codes = [heads[linked] * n + members[linked]]
-    if within > 2:
-        codes.append(_pairs_within_buckets(heads, linked, rank, within, n))
+    members = np.arange(n, dtype=np.int64)
+    codes = []
+    for band in range(bands):  # one band's heads at a time: n × 8 bytes, not n × bands × 8
+        heads = np.empty((n, 1), dtype=np.int64)
+        _kernels.band_heads(np.ascontiguousarray(keys[:, band : band + 1]), n, 1, rank, live.view(np.uint8), heads)
+        linked = (heads[:, 0] >= 0) & (heads[:, 0] != members)
+        codes.append(np.unique(heads[linked, 0] * n + members[linked]))
+        if within > 2:
+            codes.append(_pairs_within_buckets(heads, linked[:, None], rank, within, n))
     code = np.unique(np.concatenate(codes))
     return np.column_stack([code // n, code % n]).astype(np.int64)
 
