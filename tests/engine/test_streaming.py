@@ -482,6 +482,8 @@ def test_a_jsonl_source_with_a_bad_line_is_read_whole_and_says_where(bad, ws):
     recipe = ws.recipe(JSONL_RECIPE)
     with pytest.raises(StepError, match=r"rows.jsonl:1701"):
         build(recipe, ws.out, show_progress=False, batch_rows=1000)
-    recipe.write_text(recipe.read_text().replace("    path: rows.jsonl\n", "    path: rows.jsonl\n    on_error: skip\n"))
+    recipe.write_text(
+        recipe.read_text().replace("    path: rows.jsonl\n", "    path: rows.jsonl\n    on_error: skip\n")
+    )
     report = build(recipe, ws.out, show_progress=False, batch_rows=1000)
     assert report.steps[0].rows_out == len(rows) - 1 and sum(report.steps[0].drops.values()) == 1
