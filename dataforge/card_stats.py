@@ -38,13 +38,6 @@ def row_text_expr(schema: pl.Schema) -> pl.Expr:
     return pl.concat_str(parts, separator="\n") if parts else pl.lit("")
 
 
-def text_lengths(table: pa.Table) -> pl.DataFrame:
-    """Characters and whitespace-separated words of each row's text (``row_text_expr``)."""
-    df = pl.from_arrow(table)
-    text = row_text_expr(df.schema)
-    return df.select(text.str.len_chars().alias("chars"), text.str.count_matches(r"\S+").alias("words"))
-
-
 def row_texts(table: pa.Table) -> list[str]:
     """Each row's text (``row_text_expr``), for a tokenizer."""
     df = pl.from_arrow(table)

@@ -108,13 +108,14 @@ def near_duplicate_pairs_in_batches(
     seed: int = 1,
     verify: bool = True,
     wanted: Callable[[np.ndarray], np.ndarray] | None = None,
-) -> np.ndarray:
+) -> tuple[np.ndarray, np.ndarray]:
     """Pairs (i, j) of ``n`` texts, given a batch at a time (in order), whose word-shingle sets
     are near-duplicates: MinHash LSH candidates (``dataforge.text.minhash``, datasketch-compatible)
     at ``threshold``, kept only if their exact Jaccard reaches it when ``verify``; pairs link each
     bucket to its smallest index. Only each text's LSH band keys are kept; ``texts_of(index)``
     gives the texts of the candidate rows to verify (sorted positions). ``wanted(pairs)``: a mask
-    of the candidate pairs worth verifying (the rest are left out before any text is read)."""
+    of the candidate pairs worth verifying (the rest are left out before any text is read).
+    Returns the pairs and their exact Jaccard (NaN without ``verify``)."""
     from dataforge.text.minhash import (
         band_keys,
         candidate_pairs_of_keys,
@@ -124,7 +125,7 @@ def near_duplicate_pairs_in_batches(
     )
 
     if n == 0:
-        return np.zeros((0, 2), dtype=np.int64)
+        return np.zeros((0, 2), dtype=np.int64), np.zeros(0)
     bands, rows = lsh_params(threshold, num_perm)
     keys = np.empty((n, bands), dtype=np.uint64)
     live = np.zeros(n, dtype=bool)
@@ -140,8 +141,11 @@ def near_duplicate_pairs_in_batches(
     if wanted is not None and len(pairs):
         pairs = pairs[wanted(pairs)]
     if verify and len(pairs):
-        pairs = pairs[verified_jaccard(pairs, texts_of, ngram) >= threshold]
-    return np.sort(pairs, axis=1)
+        scores = verified_jaccard(pairs, texts_of, ngram)
+        pairs, scores = pairs[scores >= threshold], scores[scores >= threshold]
+    else:
+        scores = np.full(len(pairs), np.nan)
+    return np.sort(pairs, axis=1), scores
 
 
 VERIFY_PAIRS = 1_000_000  # candidate pairs whose texts are read and compared at once

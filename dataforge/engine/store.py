@@ -200,21 +200,17 @@ class Store:
 
     def iter_batches(self, step: str, fingerprint: str, output: str, batch_rows: int) -> Iterator[pl.DataFrame]:
         """A stored output in row order, in frames of at most ``batch_rows`` rows (a frame
-        never spans two shards), each with the output's column types (a shard whose column is
-        all null has the type the other shards give it). An output of no rows gives one empty
-        frame."""
-        import pyarrow.parquet as pq
+        never spans two shards), each with the output's column types (``Table.batches``). An
+        output of no rows gives one empty frame."""
+        from dataforge.engine.table import Table
 
-        files = self.output_files(step, fingerprint, output)
-        schema = output_schema(files)
+        table = Table(files=self.output_files(step, fingerprint, output), batch_rows=batch_rows)
         empty = True
-        for path in files:
-            for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_rows):
-                if batch.num_rows:
-                    empty = False
-                    yield with_schema(pl.from_arrow(batch), schema)  # type: ignore[arg-type]
+        for batch in table.batches():
+            empty = False
+            yield batch
         if empty:
-            yield pl.DataFrame(schema=schema)
+            yield table.empty()
 
     def upgrade_decisions(self, step: str, fingerprint: str, run_id: str) -> None:
         """Give an artifact stored before decisions became shards (``events.parquet`` and

@@ -37,7 +37,7 @@ import numpy as np
 import polars as pl
 from pydantic import field_validator
 
-from dataforge.cluster import near_duplicate_pairs_in_batches, verified_jaccard
+from dataforge.cluster import near_duplicate_pairs_in_batches
 from dataforge.engine.events import events
 from dataforge.engine.step import ColumnContractError, Columns, Context, Fields, PlanInfo, StepConfig, StepResult, step
 from dataforge.engine.table import Table
@@ -166,12 +166,11 @@ def audit_frames(
             return (k_of[a] != k_of[b]) & (p_of[a] != p_of[b])
 
         batches = (prompts_of(b).to_arrow() for t in tabs.values() for b in t.batches(columns=fields))
-        pairs = near_duplicate_pairs_in_batches(
+        pairs, scores = near_duplicate_pairs_in_batches(
             batches, texts_of, rows.height, threshold, num_perm, ngram, wanted=across
         )
         if len(pairs):
             a, b = rows[pairs[:, 0]], rows[pairs[:, 1]]
-            scores = verified_jaccard(pairs, texts_of, ngram)
             swap = (a["k"] > b["k"]).to_numpy()
             first = pl.DataFrame({c: np.where(swap, b[c].to_numpy(), a[c].to_numpy()) for c in ("input", "row")})
             second = pl.DataFrame({c: np.where(swap, a[c].to_numpy(), b[c].to_numpy()) for c in ("input", "row")})

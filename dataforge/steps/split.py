@@ -239,7 +239,7 @@ def cluster_pairs(table: Table, cfg: SplitConfig) -> np.ndarray:
     c = cfg.cluster
     assert c is not None and c.fields
     fields = list(dict.fromkeys(c.fields))
-    return near_duplicate_pairs_in_batches(
+    pairs, _ = near_duplicate_pairs_in_batches(
         (text_key(batch, fields).to_arrow() for batch in table.batches(columns=fields)),
         lambda index: text_key(table.take(index, fields), fields).to_arrow(),
         table.height,
@@ -248,6 +248,7 @@ def cluster_pairs(table: Table, cfg: SplitConfig) -> np.ndarray:
         c.ngram,
         seed=cfg.seed or 1,
     )
+    return pairs
 
 
 def needed_columns(cfg: SplitConfig) -> list[str]:
