@@ -20,7 +20,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,7 @@ from dataforge.engine.step import Context, StepResult
 from dataforge.engine.store import SCRATCH, Store, output_path
 from dataforge.engine.streaming import (
     BUCKET,
+    KEY,
     POSITION,
     batch_rows_setting,
     divided_inputs,
@@ -488,8 +489,10 @@ class Runner:
     def _execute_keyed(self, ps: PlannedStep, progress: StepProgress, name: str) -> StepReport:
         """A ``key`` step whose outputs are rows of its input (``keeps_input_rows``), on an input
         larger than a batch: its rows hash-partitioned by key into about one bucket per batch on
-        disk, the step run on each bucket (every row of a key meets there), then its output rows
-        written back in input order, a window of input positions at a time."""
+        disk (with their keys, which the step is given as ``ctx.partition_keys`` instead of
+        computing them again), the step run on each bucket (every row of a key meets there), its
+        output rows filed by window of input positions, then each window written back in input
+        order. Every row is written and read twice, whatever the number of buckets."""
         whole, per_input = self._undivided(ps, [name])
         ctx = self._context(ps, progress)
         buckets = -(-per_input[name] // self.batch_rows)
@@ -501,37 +504,45 @@ class Runner:
                 self._batches(ps.inputs[name]), total=per_input[name], description="partition", unit="rows", size=len
             )
             for i, batch in enumerate(batches):
-                key = ps.stepdef.partition_key(ps.cfg, batch)  # type: ignore[misc]
-                bucket = (key.hash(seed=0) % buckets).alias(BUCKET)
-                placed = batch.with_columns(pl.int_range(positions, positions + batch.height).alias(POSITION), bucket)
+                key = ps.stepdef.partition_key(ps.cfg, batch).alias(KEY)  # type: ignore[misc]
+                placed = batch.with_columns(
+                    pl.int_range(positions, positions + batch.height).alias(POSITION),
+                    key,
+                    (key.hash(seed=0) % buckets).alias(BUCKET),
+                )
                 positions += batch.height
                 for (b,), part in placed.partition_by(BUCKET, as_dict=True, include_key=False).items():
                     (scratch / "in" / f"{b:05d}").mkdir(parents=True, exist_ok=True)
                     part.write_parquet(scratch / "in" / f"{b:05d}" / f"{i:05d}.parquet")
+            windows = -(-positions // self.batch_rows)
             for b in progress.track(range(buckets), description="buckets", unit="buckets"):
                 folder = scratch / "in" / f"{b:05d}"
                 if not folder.exists():
                     continue
                 rows = pl.concat([pl.read_parquet(f) for f in sorted(folder.iterdir())], how="vertical_relaxed")
-                result = self._call(ps, {**whole, name: rows.drop(POSITION)}, ctx)
+                shutil.rmtree(folder)
+                keyed = replace(ctx, partition_keys=rows[KEY])
+                result = self._call(ps, {**whole, name: rows.drop(POSITION, KEY)}, keyed)
                 where = rows.select("_id", POSITION)
+                del rows, keyed
                 for output, table in result.tables.items():
                     placed = table.join(where, on="_id", how="left")
                     if placed[POSITION].null_count():
                         raise StepError(ps.name, f"output '{output}' has rows that are not rows of input '{name}'")
-                    (scratch / "out" / output).mkdir(parents=True, exist_ok=True)
-                    placed.sort(POSITION).write_parquet(
-                        scratch / "out" / output / f"{b:05d}.parquet", row_group_size=max(1, self.batch_rows // 8)
-                    )
+                    windowed = placed.with_columns((pl.col(POSITION) // self.batch_rows).alias(BUCKET))
+                    for (w,), part in windowed.partition_by(BUCKET, as_dict=True, include_key=False).items():
+                        (scratch / "out" / output / f"{w:05d}").mkdir(parents=True, exist_ok=True)
+                        part.write_parquet(scratch / "out" / output / f"{w:05d}" / f"{b:05d}.parquet")
                 # its decisions, and its outputs' columns (an output that gets no row keeps them)
                 yield StepResult({o: t.head(0) for o, t in result.tables.items()}, result.events, result.edges)
             for output in ps.outputs:
-                files = sorted((scratch / "out" / output).glob("*.parquet"))
-                for start in range(0, positions, self.batch_rows) if files else ():
-                    window = pl.col(POSITION).is_between(start, start + self.batch_rows - 1)
-                    yield StepResult(
-                        {output: pl.scan_parquet(files).filter(window).collect().sort(POSITION).drop(POSITION)}
-                    )
+                for w in range(windows):
+                    folder = scratch / "out" / output / f"{w:05d}"
+                    if not folder.exists():
+                        continue
+                    parts = [pl.read_parquet(f) for f in sorted(folder.iterdir())]
+                    yield StepResult({output: pl.concat(parts, how="vertical_relaxed").sort(POSITION).drop(POSITION)})
+                    shutil.rmtree(folder)
 
         try:
             return self._store_batches(ps, results(), per_input)

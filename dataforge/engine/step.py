@@ -107,6 +107,10 @@ class Context:
     scratch_dir: Path
     progress: Progress = field(default_factory=_SilentProgress)
     llm: Any = None
+    # a ``key`` step run bucket by bucket: the partition key of each row of its partitioned
+    # input, as its ``partition_key`` computed it (the step may use it instead of computing it
+    # again); None when the step has its whole input
+    partition_keys: pl.Series | None = None
 
     @property
     def rng(self) -> np.random.Generator:

@@ -83,6 +83,7 @@ def streams(ps: PlannedStep, batch_rows: int) -> bool:
 
 POSITION = "_stream_position"  # a row's index in a key step's input, while it is partitioned
 BUCKET = "_stream_bucket"
+KEY = "_stream_key"  # a row's partition key, kept with it in its bucket
 
 
 def keyed_streams(ps: PlannedStep, batch_rows: int) -> bool:

@@ -353,7 +353,7 @@ def _drop_matches(
 def dedup_exact(inputs: dict[str, pl.DataFrame], cfg: DedupConfig, ctx: Context) -> StepResult:
     """Drop rows whose cleaned text equals another's (or an ``against`` row's)."""
     df = inputs["data"]
-    text = dedup_text(df, cfg)
+    text = ctx.partition_keys if ctx.partition_keys is not None else dedup_text(df, cfg)
     alive, found = _empty_drops(df, text, cfg)
     reason = "template_duplicate" if cfg.template_aware else "exact_duplicate"
     if "against" in inputs:

@@ -374,13 +374,17 @@ def test_candidates_come_from_lsh_below_the_threshold_so_pairs_just_above_it_are
 def test_comparable_text_equals_the_full_normalization_on_real_and_unicode_text():
     """The exact-dedup key, computed with NFKC only where it changes something, equals NFKC +
     lowercase + folded whitespace applied to every text."""
-    from dataforge.text.normalize import comparable_expr, comparable_text
+    from dataforge.text.normalize import comparable_expr, comparable_text, normalize_expr
 
     answers = pl.read_ndjson(GSM8K / "train.jsonl")["answer"].head(3000).to_list()
     odd = ["Café", "cafe\u0301 au lait", "ＦＵＬＬ width", "ﬁ ligature", "İstanbul", "ß straße", "Ω ΣΑΣ", "ǅ title"]
     odd += ["  lead\u00a0nbsp  trail \u3000", "① circled", "x\u200bzero", "Ⅻ roman", "\u212a kelvin", "", "\t\n", None]
+    odd += ["a \n\t b", "a\x85b\u2028c\u2029d", "one\ntwo\n\nthree", "x\r\ny", " \n ", "a\u205f \u3000b", "\x1c\x1f"]
     texts = pl.Series([*QUESTIONS.head(3000).to_list(), *answers, *odd], dtype=pl.String)
     assert comparable_text(texts).to_list() == pl.select(comparable_expr(pl.lit(texts))).to_series().to_list()
+    # the fold matches only runs that change; the result is every whitespace run → one space
+    every_run = normalize_expr(pl.lit(texts), lowercase=True).str.replace_all(r"\s+", " ")
+    assert comparable_text(texts).to_list() == pl.select(every_run).to_series().to_list()
 
 
 @pytest.mark.parametrize("form", ["NFKC", "NFC", None])
