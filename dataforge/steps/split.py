@@ -212,22 +212,45 @@ def text_key(df: pl.DataFrame, fields: Sequence[str], first_turns: int | None = 
     return key_text(df, fields, roles, first_turns).alias("k")
 
 
-def _link_equal(keys: pl.Series) -> np.ndarray:
-    """Pairs linking every row to the first row with the same (non-null) key."""
-    frame = pl.DataFrame({"k": keys}).with_row_index("i").filter(pl.col("k").is_not_null())
-    first = frame.group_by("k").agg(pl.col("i").min().alias("f"))
-    linked = frame.join(first, on="k").filter(pl.col("i") != pl.col("f"))
+def _link_equal(keys: pl.DataFrame) -> np.ndarray:
+    """Pairs linking every row to the first row with the same key (the frame's columns; rows
+    with a null in any are left out)."""
+    cols = keys.columns
+    frame = keys.with_row_index("i").drop_nulls(cols)
+    first = frame.group_by(cols).agg(pl.col("i").min().alias("f"))
+    linked = frame.join(first, on=cols).filter(pl.col("i") != pl.col("f"))
     return np.column_stack([linked["f"].to_numpy(), linked["i"].to_numpy()]).astype(np.int64)
 
 
-def units_of(df: pl.DataFrame, cfg: SplitConfig, near: np.ndarray | None = None) -> np.ndarray:
-    """Unit label per row: rows joined by equal group keys and by near-duplicate clusters
-    (``near``: the near-duplicate pairs of ``cluster.fields``, computed by ``cluster_pairs``)."""
+def group_hashes(table: Table, cfg: SplitConfig) -> pl.DataFrame:
+    """Each row's group key (``text_key``) as a 128-bit hash — columns ``h0``, ``h1``, null where
+    the key is null — computed a batch at a time, so the keys of all rows are never held. Rows
+    are linked by equal hashes: two different keys share one with probability about
+    n² / 2¹²⁹ (10⁻²⁵ at ten million rows)."""
+    assert cfg.group
+    parts = [pl.DataFrame(schema={"h0": pl.UInt64, "h1": pl.UInt64})]
+    for batch in table.batches(columns=list(dict.fromkeys(cfg.group))):
+        key = text_key(batch, cfg.group, cfg.group_turns)
+        null = key.is_null()
+        parts.append(
+            pl.DataFrame({"h0": key.hash(seed=1), "h1": key.hash(seed=2)}).with_columns(
+                pl.when(~null).then(pl.col("h0")).alias("h0"), pl.when(~null).then(pl.col("h1")).alias("h1")
+            )
+        )
+    return pl.concat(parts)
+
+
+def units_of(
+    df: pl.DataFrame, cfg: SplitConfig, near: np.ndarray | None = None, groups: pl.DataFrame | None = None
+) -> np.ndarray:
+    """Unit label per row: rows joined by equal group keys (``groups``: their ``group_hashes``)
+    and by near-duplicate clusters (``near``: the near-duplicate pairs of ``cluster.fields``,
+    computed by ``cluster_pairs``)."""
     pairs = [np.zeros((0, 2), dtype=np.int64)]
     if cfg.group:
-        pairs.append(_link_equal(text_key(df, cfg.group, cfg.group_turns)))
+        pairs.append(_link_equal(groups if groups is not None else group_hashes(Table.of(df), cfg)))
     if cfg.cluster and cfg.cluster.column:
-        pairs.append(_link_equal(df[cfg.cluster.column].cast(pl.String)))
+        pairs.append(_link_equal(df.select(pl.col(cfg.cluster.column).cast(pl.String))))
     elif cfg.cluster and cfg.cluster.fields:
         pairs.append(near if near is not None else cluster_pairs(Table.of(df), cfg))
     return components(df.height, np.concatenate(pairs))
@@ -252,8 +275,9 @@ def cluster_pairs(table: Table, cfg: SplitConfig) -> np.ndarray:
 
 
 def needed_columns(cfg: SplitConfig) -> list[str]:
-    """The columns assignment reads (``assign``): ids, group keys, cluster ids, strata, times."""
-    wanted = ["_id", *(cfg.group or [])]
+    """The columns assignment reads whole (``assign``): ids, cluster ids, strata, times (group
+    keys are read a batch at a time)."""
+    wanted = ["_id"]
     if cfg.cluster and cfg.cluster.column:
         wanted.append(cfg.cluster.column)
     if cfg.stratify:
@@ -268,25 +292,24 @@ def _cut(u: np.ndarray, fractions: dict[str, float]) -> np.ndarray:
     return np.searchsorted(bounds, u, side="right")
 
 
-def assign(
-    df: pl.DataFrame, cfg: SplitConfig, near: np.ndarray | None = None
-) -> tuple[pl.Series, pl.Series, pl.Series]:
-    """(split name, unit size, earlier copy) for every row of ``df`` (at least the
-    ``needed_columns``; ``near`` as in ``units_of``); the last is null except, in a time split,
-    for a row dated after its unit's split: the id of the unit's earliest row."""
-    unit = units_of(df, cfg, near) if not cfg.random else np.arange(df.height)
-    row_key = text_key(df, cfg.group, cfg.group_turns) if cfg.group else df["_id"]
-    frame = pl.DataFrame({"unit": unit, "key": row_key}).with_row_index("i")
-    per_unit = frame.group_by("unit").agg(pl.col("key").min().alias("ukey"), pl.len().alias("size"))
+def assign(table: Table, cfg: SplitConfig, near: np.ndarray | None = None) -> tuple[pl.Series, pl.Series, pl.Series]:
+    """(split name, unit size, earlier copy) for every row of ``table`` (``near`` as in
+    ``units_of``); the last is null except, in a time split, for a row dated after its unit's
+    split: the id of the unit's earliest row. Reads the ``needed_columns`` whole and the group
+    fields a batch at a time (twice: hashed to link rows, then for each unit's smallest key)."""
+    df = table.select(needed_columns(cfg))
+    groups = group_hashes(table, cfg) if cfg.group and not cfg.random else None
+    unit = units_of(df, cfg, near, groups) if not cfg.random else np.arange(df.height)
+    del groups
+    frame = pl.DataFrame({"unit": unit}).with_row_index("i")
+    per_unit = frame.group_by("unit").agg(pl.len().alias("size"))
     names = list(cfg.split_names)
     earlier = pl.Series([None] * df.height, dtype=pl.String)
     if cfg.time is not None:
         idx, earlier = _time_index(df, frame, per_unit, cfg.time, names)
     else:
         assert cfg.fractions is not None
-        per_unit = per_unit.with_columns(
-            pl.Series("u", [unit_hash(cfg.seed, k) for k in per_unit["ukey"].to_list()], dtype=pl.Float64)
-        )
+        per_unit = per_unit.join(_unit_draws(table, df, unit, cfg), on="unit", how="left")
         if cfg.stratify:
             idx = _stratified_index(df, frame, per_unit, cfg)
         else:
@@ -295,6 +318,36 @@ def assign(
     size = frame.join(per_unit.select("unit", "size"), on="unit", how="left").sort("i")["size"]
     which = pl.Series(idx.cast(pl.Int64)).replace_strict(list(range(len(names))), names, return_dtype=pl.String)
     return which, size, earlier
+
+
+def _unit_draws(table: Table, df: pl.DataFrame, unit: np.ndarray, cfg: SplitConfig) -> pl.DataFrame:
+    """Each unit's draw ``u`` in [0, 1): ``unit_hash(seed, k)`` of its smallest key ``k`` (group
+    key, else row id). Group keys are read a batch at a time: a unit of one row is drawn from
+    its own key at once; for larger units only their smallest key so far is held."""
+    if not cfg.group or cfg.random:
+        keys = pl.DataFrame({"unit": unit, "key": df["_id"]}).group_by("unit").agg(pl.col("key").min())
+        return keys.select("unit", _draws(cfg.seed, keys["key"]))
+    single = np.bincount(unit) == 1
+    drawn: list[pl.DataFrame] = []
+    smallest: list[pl.DataFrame] = []  # per batch, the smallest key of each larger unit in it
+    compacted, at = 0, 0
+    for batch in table.batches(columns=list(dict.fromkeys(cfg.group))):
+        key = text_key(batch, cfg.group, cfg.group_turns)
+        mine = unit[at : at + batch.height]
+        at += batch.height
+        alone = single[mine]
+        drawn.append(pl.DataFrame({"unit": mine[alone]}).with_columns(_draws(cfg.seed, key.filter(pl.Series(alone)))))
+        smallest.append(pl.DataFrame({"unit": mine[~alone], "key": key.filter(pl.Series(~alone))}))
+        if sum(f.height for f in smallest) > 2 * compacted + table.batch_rows:  # one key per unit
+            smallest = [pl.concat(smallest).group_by("unit").agg(pl.col("key").min())]
+            compacted = smallest[0].height
+    keys = pl.concat(smallest).group_by("unit").agg(pl.col("key").min())
+    return pl.concat([*drawn, keys.select("unit", _draws(cfg.seed, keys["key"]))])
+
+
+def _draws(seed: int, keys: pl.Series) -> pl.Series:
+    """``unit_hash(seed, key)`` of each key, as the column ``u``."""
+    return pl.Series("u", [unit_hash(seed, k) for k in keys.to_list()], dtype=pl.Float64)
 
 
 def _stratified_index(df: pl.DataFrame, frame: pl.DataFrame, per_unit: pl.DataFrame, cfg: SplitConfig) -> pl.Series:
@@ -310,7 +363,7 @@ def _stratified_index(df: pl.DataFrame, frame: pl.DataFrame, per_unit: pl.DataFr
         .first()
         .select("unit", "stratum")
     )
-    units = per_unit.join(mode, on="unit").sort(["stratum", "u", "ukey"])
+    units = per_unit.join(mode, on="unit").sort(["stratum", "u", "unit"])  # ties (null keys): by first row
     units = units.with_columns(
         ((pl.col("size").cum_sum().over("stratum") - pl.col("size") / 2) / pl.col("size").sum().over("stratum")).alias(
             "pos"
@@ -388,8 +441,8 @@ def split(inputs: dict[str, Table], cfg: SplitConfig, ctx: Context) -> StepResul
     batch at a time, then for candidate pairs); each split's rows are written batch by batch."""
     table = Table.of(inputs["data"])
     near = cluster_pairs(table, cfg) if cfg.cluster and cfg.cluster.fields and not cfg.random else None
-    df = table.select(needed_columns(cfg))
-    which, size, earlier = assign(df, cfg, near)
+    which, size, earlier = assign(table, cfg, near)
+    df = table.select(["_id"])
     late = earlier.is_not_null()
     tables = {name: table.where(((which == name) & ~late).to_numpy()) for name in cfg.split_names}
     detail = pl.select(
