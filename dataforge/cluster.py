@@ -148,7 +148,7 @@ def near_duplicate_pairs_in_batches(
     return np.sort(pairs, axis=1), scores
 
 
-VERIFY_PAIRS = 1_000_000  # candidate pairs whose texts are read and compared at once
+VERIFY_ROWS = 50_000  # rows whose texts are read at once to verify pairs
 
 
 def verified_jaccard(
@@ -156,16 +156,62 @@ def verified_jaccard(
     texts_of: Callable[[np.ndarray], pa.Array | Sequence[str]],
     ngram: int,
     unit: str = "word",
-    chunk: int = VERIFY_PAIRS,
+    block: int = VERIFY_ROWS,
 ) -> np.ndarray:
-    """Exact shingle Jaccard of each pair (row indices), reading with ``texts_of(sorted index)``
-    the texts of the rows of ``chunk`` pairs at a time, so at most the texts of 2 × ``chunk``
-    rows are held, whatever the number of pairs."""
+    """Exact shingle Jaccard of each pair (row indices). ``texts_of(index)`` gives the texts of
+    the rows at ``index`` (sorted positions); it is called on the rows the pairs name, in order,
+    ``block`` rows at a time, so each row is read once (a ``Table.take`` of sorted rows reads
+    each row group once in all). When the rows are more than one block, their texts go to an
+    uncompressed Arrow IPC file in a temporary folder, one record batch a block; then for each
+    block, the pairs whose first row is in it are compared with that block's texts and the texts
+    of their other rows, picked from the memory-mapped file (mapped again for each block, so only
+    the pages of one block's partners are resident). What is held is bounded by ``block`` and the
+    pairs of one block, whatever the number of rows; every text is read about twice."""
+    import tempfile
+    from pathlib import Path
+
+    import pyarrow as pa
+
     from dataforge.text.minhash import exact_jaccard
 
+    if not len(pairs):
+        return np.zeros(0)
+    needed = np.unique(pairs)
+    position = np.searchsorted(needed, pairs)
+    if len(needed) <= block:
+        return exact_jaccard(texts_of(needed), position, ngram, unit)  # type: ignore[arg-type]
     out = np.zeros(len(pairs))
-    for start in range(0, len(pairs), chunk):
-        part = pairs[start : start + chunk]
-        needed = np.unique(part)
-        out[start : start + chunk] = exact_jaccard(texts_of(needed), np.searchsorted(needed, part), ngram, unit)  # type: ignore[arg-type]
+    blocks = -(-len(needed) // block)
+    lo = position.min(axis=1) // block
+    order = np.argsort(lo, kind="stable")
+    bounds = np.searchsorted(lo[order], np.arange(blocks + 1))
+    with tempfile.TemporaryDirectory(prefix="dataforge-verify-") as folder:
+        path = str(Path(folder) / "texts.arrow")
+        with pa.OSFile(path, "wb") as sink:
+            writer = None
+            for b in range(blocks):
+                texts = texts_of(needed[b * block : (b + 1) * block])
+                texts = texts if isinstance(texts, pa.Array) else pa.array(list(texts), type=pa.large_string())
+                batch = pa.record_batch([texts.cast(pa.large_string())], names=["t"])
+                writer = writer or pa.ipc.new_file(sink, batch.schema)
+                writer.write_batch(batch)
+            assert writer is not None
+            writer.close()
+        for i in range(blocks):
+            mine = order[bounds[i] : bounds[i + 1]]
+            if not len(mine):
+                continue
+            ends = position[mine]
+            inside = ends // block == i
+            partners = np.unique(ends[~inside])
+            with pa.memory_map(path) as source:
+                staged = pa.ipc.open_file(source)
+                parts = [staged.get_batch(i).column(0)]
+                owner = partners // block
+                for j in np.unique(owner):
+                    parts.append(staged.get_batch(int(j)).column(0).take(partners[owner == j] - j * block))
+                texts = pa.concat_arrays(parts)  # a copy: the mapped pages are let go with the map
+            width = len(parts[0])
+            local = np.where(inside, ends - i * block, width + np.searchsorted(partners, ends))
+            out[mine] = exact_jaccard(texts, local, ngram, unit)  # type: ignore[arg-type]
     return out

@@ -84,3 +84,35 @@ def test_stars_do_not_chain():
     chain = np.column_stack([np.arange(9999), np.arange(1, 10000)])
     labels = stars(10000, chain, np.arange(10000))
     assert labels.max() + 1 == 5000 and (np.bincount(labels) == 2).all()
+
+
+def test_verified_jaccard_in_blocks_equals_one_read_and_reads_each_row_once():
+    """Verification of more rows than a block stages the texts block by block and compares block
+    pairs: the same scores as comparing all texts at once, each row's text asked for once, in
+    sorted runs of at most a block (so a Table reads each row group once)."""
+    import polars as pl
+
+    from dataforge.cluster import verified_jaccard
+    from dataforge.text.minhash import exact_jaccard
+    from tests.conftest import GSM8K
+
+    answers = pl.read_ndjson(GSM8K / "train.jsonl")["answer"].head(400)
+    # the answers, then near copies of them: pairs within blocks, across blocks and repeated rows
+    texts = pl.concat([answers, answers.str.replace(r"\n####", " so.\n####")]).to_arrow()
+    rng = np.random.default_rng(3)
+    pairs = np.concatenate([np.column_stack([np.arange(400), np.arange(400, 800)]), rng.integers(0, 800, (300, 2))])
+    pairs = pairs[pairs[:, 0] != pairs[:, 1]]
+    asked: list[np.ndarray] = []
+
+    def texts_of(index: np.ndarray):
+        asked.append(index)
+        return texts.take(index)
+
+    whole = exact_jaccard(texts, pairs, 5)
+    blocked = verified_jaccard(pairs, texts_of, 5, block=64)
+    assert np.array_equal(blocked, whole)
+    assert (whole[:400] > 0.5).all() and (whole[:400] < 1).all() and (whole[400:] < 0.5).mean() > 0.9  # signal
+    read = np.concatenate(asked)
+    assert np.array_equal(read, np.unique(pairs)) and max(len(a) for a in asked) == 64 and len(asked) > 10
+    assert np.array_equal(verified_jaccard(pairs, texts_of, 5), whole)  # one block: one read
+    assert np.array_equal(asked[-1], np.unique(pairs))

@@ -126,6 +126,8 @@ class Table:
                 assert isinstance(rows, pl.DataFrame)
                 parts.append(_typed(rows, self.schema).gather(local[group == g] - group_starts[g]))
         got = pl.concat(parts, how="vertical_relaxed") if parts else pl.DataFrame(schema=self._schema_of(wanted))
+        if not len(index) or (index[1:] >= index[:-1]).all():  # asked in order: no copy to put them back
+            return got
         back = np.empty(len(index), dtype=np.int64)
         back[order] = np.arange(len(index))
         return got[back]
