@@ -240,7 +240,7 @@ def source(inputs: dict[str, pl.DataFrame], cfg: SourceConfig, ctx: Context) -> 
     name = cfg.name or ctx.step
     dropped: list[pl.DataFrame] = []
     if cfg.hub is not None:
-        df, where = _load_hub(cfg), f"hub dataset {cfg.hub}"
+        df, where = _arrow_frame(_hub_dataset(cfg)), f"hub dataset {cfg.hub}"
     else:
         path = _existing(cfg, ctx)
         where = str(path)
@@ -308,19 +308,22 @@ ID_VALUE = "_id_value"  # an id column's own value, kept until the ids are check
 def _source_batches(cfg: SourceConfig, ctx: Context, batch_rows: int) -> Iterator[StepResult] | None:
     """The source read ``batch_rows`` rows at a time, each batch shaped as the whole table
     would be (ordinals go on across batches; ``limit`` ends the reading), or None where it is
-    read whole: a source of one batch or fewer, a format read whole for now (JSON, CSV, HF
-    datasets, gzipped JSONL), a JSONL file that is not plain UTF-8 objects throughout (the whole
+    read whole: a source of one batch or fewer, a format read whole for now (JSON, CSV, gzipped
+    JSONL), a JSONL file that is not plain UTF-8 objects throughout (the whole
     read reports its bad lines), or a timestamp column of text (its format is inferred from the
     values, which a batch would do on its own rows). Ids are checked over every batch: a repeat
     across batches fails the step as in a whole read."""
     import pyarrow.parquet as pq
 
-    if cfg.path is None:
-        return None
+    if cfg.hub is not None:
+        return _dataset_batches(_hub_dataset(cfg), cfg, ctx, batch_rows, f"hub dataset {cfg.hub}")
+    assert cfg.path is not None
     path = _existing(cfg, ctx)
     fmt = _format_of(cfg, path)
     if fmt == "jsonl":
         return _jsonl_batches(path, cfg, ctx, batch_rows)
+    if fmt == "hf_disk":
+        return _dataset_batches(_load_hf_disk(cfg, path), cfg, ctx, batch_rows, str(path))
     if fmt != "parquet":
         return None
     pf = pq.ParquetFile(path)
@@ -333,6 +336,24 @@ def _source_batches(cfg: SourceConfig, ctx: Context, batch_rows: int) -> Iterato
             return None
     frames = (pl.from_arrow(batch) for batch in pf.iter_batches(batch_size=batch_rows))
     return _shaped_batches(frames, cfg, ctx, total, str(path))  # type: ignore[arg-type]
+
+
+def _dataset_batches(
+    ds: Any, cfg: SourceConfig, ctx: Context, batch_rows: int, where: str
+) -> Iterator[StepResult] | None:
+    """A ``datasets.Dataset`` (hub or ``save_to_disk``: memory-mapped Arrow) ``batch_rows`` rows
+    at a time, each as its slice of the whole read; None (read whole) where it is one batch or
+    fewer or has a text timestamp column."""
+    total = len(ds) if cfg.limit is None else min(len(ds), cfg.limit)
+    if total <= batch_rows:
+        return None
+    schema = ds.features.arrow_schema
+    if cfg.timestamp_column and cfg.timestamp_column in schema.names:
+        if _is_text(schema.field(cfg.timestamp_column).type):
+            return None
+    arrow = ds.with_format("arrow")
+    frames = (pl.from_arrow(arrow[start : start + batch_rows]) for start in range(0, total, batch_rows))
+    return _shaped_batches(frames, cfg, ctx, total, where)  # type: ignore[arg-type]
 
 
 def _is_text(dtype: Any) -> bool:
@@ -511,13 +532,14 @@ def _load_hf_disk(cfg: SourceConfig, path: Path) -> Any:
     return ds
 
 
-def _load_hub(cfg: SourceConfig) -> pl.DataFrame:
+def _hub_dataset(cfg: SourceConfig) -> Any:
+    """The hub dataset (``datasets.load_dataset``; cached after the first read) of one split."""
     from datasets import DatasetDict, load_dataset
 
     ds = load_dataset(cfg.hub, cfg.hub_config, split=cfg.split, revision=cfg.revision, data_files=cfg.data_files)
     if isinstance(ds, DatasetDict):
         raise DataError(f"hub dataset {cfg.hub} has splits {', '.join(ds)}: name one with 'split'")
-    return _arrow_frame(ds)
+    return ds
 
 
 def _arrow_frame(ds: Any) -> pl.DataFrame:

@@ -199,6 +199,36 @@ def test_a_parquet_source_is_read_in_batches_and_gives_the_same_rows(ids, ws, tm
     assert streamed.steps[0].rows_out == 2300 and b.read_table("raw", fp, "data")["_id"][-1] == last
 
 
+@pytest.mark.parametrize("origin", ["hf_disk", "hub"])
+def test_a_datasets_source_is_read_in_batches_and_gives_the_same_rows(origin, ws, tmp_path, monkeypatch):
+    """A ``save_to_disk`` folder and a hub dataset (``load_dataset``, here the parquet builder on a
+    local file) are memory-mapped Arrow: read a batch at a time, never whole, with the same rows
+    and bytes as a whole read."""
+    from datasets import Dataset
+
+    import dataforge.steps.sources
+    from tests.engine.test_runner import _tree_hashes
+
+    path = _parquet_source(ws.root)
+    if origin == "hf_disk":
+        Dataset.from_parquet(str(path)).save_to_disk(str(ws.root / "hfds"))
+        where = "    path: hfds\n"
+    else:
+        where = f"    hub: parquet\n    data_files: {path}\n    split: train\n"
+    recipe = ws.recipe(PARQUET_RECIPE.format(ts="when").replace("    path: rows.parquet\n", where))
+    whole = build(recipe, tmp_path / "whole", show_progress=False, batch_rows=0)
+    real = dataforge.steps.sources._arrow_frame
+    monkeypatch.setattr(dataforge.steps.sources, "_arrow_frame", lambda ds: pytest.fail("read whole"))
+    streamed = build(recipe, tmp_path / "streamed", show_progress=False, batch_rows=1000)
+    monkeypatch.setattr(dataforge.steps.sources, "_arrow_frame", real)
+    assert _tree_hashes(tmp_path / "whole" / "datasets") == _tree_hashes(tmp_path / "streamed" / "datasets")
+    fp = whole.steps[0].fingerprint
+    a, b = Store(tmp_path / "whole"), Store(tmp_path / "streamed")
+    assert a.read_table("raw", fp, "data").equals(b.read_table("raw", fp, "data"))
+    assert [f.name for f in b.output_files("raw", fp, "data")] == [f"part-0000{i}.parquet" for i in range(3)]
+    assert streamed.steps[0].rows_out == 2300 and b.read_table("raw", fp, "data")["_id"][-1] == "raw:k2299"
+
+
 def test_an_id_repeated_in_another_batch_fails_the_source(ws):
     _parquet_source(ws.root, repeat=True)
     recipe = ws.recipe(PARQUET_RECIPE.format(ts="when"))
