@@ -308,8 +308,8 @@ ID_VALUE = "_id_value"  # an id column's own value, kept until the ids are check
 def _source_batches(cfg: SourceConfig, ctx: Context, batch_rows: int) -> Iterator[StepResult] | None:
     """The source read ``batch_rows`` rows at a time, each batch shaped as the whole table
     would be (ordinals go on across batches; ``limit`` ends the reading), or None where it is
-    read whole: a source of one batch or fewer, a format read whole for now (JSON, CSV, gzipped
-    JSONL), a JSONL file that is not plain UTF-8 objects throughout (the whole
+    read whole: a source of one batch or fewer, a format read whole for now (JSON, gzipped
+    JSONL), a JSONL or CSV file that is not plain UTF-8 objects throughout (the whole
     read reports its bad lines), or a timestamp column of text (its format is inferred from the
     values, which a batch would do on its own rows). Ids are checked over every batch: a repeat
     across batches fails the step as in a whole read."""
@@ -324,6 +324,8 @@ def _source_batches(cfg: SourceConfig, ctx: Context, batch_rows: int) -> Iterato
         return _jsonl_batches(path, cfg, ctx, batch_rows)
     if fmt == "hf_disk":
         return _dataset_batches(_load_hf_disk(cfg, path), cfg, ctx, batch_rows, str(path))
+    if fmt == "csv":
+        return _csv_batches(path, cfg, ctx, batch_rows)
     if fmt != "parquet":
         return None
     pf = pq.ParquetFile(path)
@@ -336,6 +338,48 @@ def _source_batches(cfg: SourceConfig, ctx: Context, batch_rows: int) -> Iterato
             return None
     frames = (pl.from_arrow(batch) for batch in pf.iter_batches(batch_size=batch_rows))
     return _shaped_batches(frames, cfg, ctx, total, str(path))  # type: ignore[arg-type]
+
+
+def _csv_batches(path: Path, cfg: SourceConfig, ctx: Context, batch_rows: int) -> Iterator[StepResult] | None:
+    """A UTF-8 CSV file ``batch_rows`` rows at a time, typed as a whole read types it (the same
+    inference, over its first 10,000 rows); None (read whole) where a byte is not UTF-8 (the
+    whole read reports the line), the file is one batch or fewer, or the timestamp column is
+    text. A pass to check the bytes and one to count the rows come before the first batch."""
+    if not _is_utf8(cfg.encoding):
+        return None
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    try:
+        with path.open("rb") as f:
+            for chunk in iter(lambda: f.read(1 << 22), b""):
+                decoder.decode(chunk)
+            decoder.decode(b"", final=True)
+    except UnicodeDecodeError:
+        return None
+    scan = pl.scan_csv(path, infer_schema_length=10_000)
+    rows = int(scan.select(pl.len()).collect().item())
+    total = rows if cfg.limit is None else min(rows, cfg.limit)
+    if total <= batch_rows:
+        return None
+    schema = scan.collect_schema()
+    if cfg.timestamp_column and schema.get(cfg.timestamp_column) == pl.String:
+        return None
+    frames = _rebatched(iter(scan.collect_batches(chunk_size=batch_rows)), batch_rows)
+    return _shaped_batches(frames, cfg, ctx, total, str(path))
+
+
+def _rebatched(frames: Iterator[pl.DataFrame], rows: int) -> Iterator[pl.DataFrame]:
+    """``frames`` cut again into frames of ``rows`` rows (the last may be shorter)."""
+    pending: list[pl.DataFrame] = []
+    held = 0
+    for frame in frames:
+        pending.append(frame)
+        held += frame.height
+        while held >= rows:
+            joined = pl.concat(pending)
+            yield joined.head(rows)
+            pending, held = [joined.slice(rows)], held - rows
+    if held:
+        yield pl.concat(pending)
 
 
 def _dataset_batches(

@@ -229,6 +229,31 @@ def test_a_datasets_source_is_read_in_batches_and_gives_the_same_rows(origin, ws
     assert streamed.steps[0].rows_out == 2300 and b.read_table("raw", fp, "data")["_id"][-1] == "raw:k2299"
 
 
+def test_a_csv_source_is_read_in_batches_typed_as_the_whole_file(ws, tmp_path, monkeypatch):
+    """A UTF-8 CSV file (quoted multi-line answers, a column empty in the first batch) is read a
+    batch at a time with the types a whole read infers, and gives the same rows and bytes."""
+    import dataforge.steps.sources
+    from tests.engine.test_runner import _tree_hashes
+
+    df = pl.read_parquet(_parquet_source(ws.root)).select("q", "answer", "key")
+    late = pl.when(pl.int_range(pl.len()) >= 2000).then(pl.int_range(pl.len()) / 4).alias("late")
+    df.with_columns(late).write_csv(ws.root / "rows.csv")
+    text = (
+        PARQUET_RECIPE.format(ts="late").replace("rows.parquet", "rows.csv").replace("    timestamp_column: late\n", "")
+    )
+    recipe = ws.recipe(text)
+    whole = build(recipe, tmp_path / "whole", show_progress=False, batch_rows=0)
+    monkeypatch.setattr(dataforge.steps.sources, "_read_csv", lambda *a: pytest.fail("read whole"))
+    report = build(recipe, tmp_path / "streamed", show_progress=False, batch_rows=1000)
+    fp = whole.steps[0].fingerprint
+    a, b = Store(tmp_path / "whole"), Store(tmp_path / "streamed")
+    assert [f.name for f in b.output_files("raw", fp, "data")] == [f"part-0000{i}.parquet" for i in range(3)]
+    assert a.read_table("raw", fp, "data").schema["late"] == pl.Float64
+    assert a.read_table("raw", fp, "data").equals(b.read_table("raw", fp, "data"))
+    assert "\n####" in b.read_table("raw", fp, "data")["answer"][0] and report.steps[0].rows_out == 2300
+    assert _tree_hashes(tmp_path / "whole" / "datasets") == _tree_hashes(tmp_path / "streamed" / "datasets")
+
+
 def test_an_id_repeated_in_another_batch_fails_the_source(ws):
     _parquet_source(ws.root, repeat=True)
     recipe = ws.recipe(PARQUET_RECIPE.format(ts="when"))
