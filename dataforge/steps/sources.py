@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import polars as pl
 from pydantic import model_validator
 
@@ -454,19 +455,50 @@ def _shaped_batches(
     """Frames read from a source in order, each shaped as its part of the whole read: ordinals
     go on across frames, reading ends at ``total`` rows, ids are checked over all of them."""
     name = cfg.name or ctx.step
-    seen: list[pl.DataFrame] = []  # the ids of every batch, checked together at the end
+    seen = _SeenIds()
     offset = 0
     for df in frames:
         df = df.head(total - offset).with_row_index("_ordinal", offset=offset)
         offset += df.height
         data = _shaped(df, cfg, ctx, name, where)
         if cfg.id_column:
-            seen.append(data.select("_id", ID_VALUE))
+            ids = data.select("_id", ID_VALUE)
+            _check_ids(ids, cfg.id_column, ctx.step, where)
+            again = seen.add(ids["_id"])
+            if again.any():
+                repeat = ids[ID_VALUE].filter(pl.Series(again))[0]
+                raise StepError(ctx.step, f"{where}: id column '{cfg.id_column}' repeats value {repeat!r}")
         yield StepResult({"data": data.drop(ID_VALUE, strict=False)})
         if offset >= total:
             break
-    if cfg.id_column and seen:
-        _check_ids(pl.concat(seen), cfg.id_column, ctx.step, where)
+
+
+class _SeenIds:
+    """The ids of the batches read so far, as 128-bit hashes (16 bytes an id, not the ids) in
+    sorted runs of about doubling length, merged as a binary counter: a batch is looked up in
+    O(log batches) runs. A repeat is two equal 128-bit hashes: a false one has probability about
+    n² / 2¹²⁹ (10⁻²⁵ at ten million ids)."""
+
+    def __init__(self) -> None:
+        self.runs: list[tuple[np.ndarray, np.ndarray]] = []  # (h0 sorted, h1 in the same order)
+
+    def add(self, ids: pl.Series) -> np.ndarray:
+        """Record ``ids`` (distinct among themselves); a mask of those recorded before."""
+        h0, h1 = ids.hash(seed=1).to_numpy(), ids.hash(seed=2).to_numpy()
+        again = np.zeros(len(ids), dtype=bool)
+        for r0, r1 in self.runs:
+            lo, hi = np.searchsorted(r0, h0, "left"), np.searchsorted(r0, h0, "right")
+            for k in np.flatnonzero(hi > lo):  # equal first halves: rare unless the id repeats
+                again[k] |= bool((r1[lo[k] : hi[k]] == h1[k]).any())
+        order = np.argsort(h0, kind="stable")
+        run = (h0[order], h1[order])
+        while self.runs and len(self.runs[-1][0]) <= len(run[0]):
+            p0, p1 = self.runs.pop()
+            m0, m1 = np.concatenate([p0, run[0]]), np.concatenate([p1, run[1]])
+            order = np.argsort(m0, kind="stable")
+            run = (m0[order], m1[order])
+        self.runs.append(run)
+        return again
 
 
 source.batches = _source_batches  # type: ignore[attr-defined]

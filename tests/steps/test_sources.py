@@ -6,6 +6,7 @@ import gzip
 import json
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 import pytest
 import yaml
@@ -165,3 +166,20 @@ def test_encoding_reads_other_encodings(tmp_path):
         assert load_from_disk(str(out / "datasets" / "d"))["train"]["text"] == ["café crème"]
     with pytest.raises(Exception, match="unknown encoding 'klingon'"):
         build(_enc_recipe(tmp_path, "l1.jsonl", "    encoding: klingon"), tmp_path / "x", show_progress=False)
+
+
+def test_seen_ids_find_every_repeat_across_batches_as_a_set_would():
+    """The source's id check across batches keeps 128-bit hashes in merged sorted runs: each
+    batch's repeats of any earlier batch are found, exactly where a set of the ids finds them."""
+    from dataforge.steps.sources import _SeenIds
+
+    rng = np.random.default_rng(5)
+    seen, ids, added = _SeenIds(), set(), 0
+    for b in range(37):
+        batch = list(dict.fromkeys(f"src:{v}" for v in rng.integers(0, 40_000, 700)))
+        got = seen.add(pl.Series(batch, dtype=pl.String))
+        assert got.tolist() == [i in ids for i in batch], b
+        ids.update(batch)
+        added += len(batch)
+    assert sum(len(r[0]) for r in seen.runs) == added and len(seen.runs) <= 6  # log-many runs
+    assert got.sum() > 100  # the last batch repeats many earlier ids: the test has signal
