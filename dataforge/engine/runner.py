@@ -42,6 +42,8 @@ from dataforge.engine.streaming import (
     POSITION,
     batch_rows_setting,
     divided_inputs,
+    group_buckets,
+    group_outputs,
     keyed_streams,
     slices,
     streams,
@@ -487,29 +489,40 @@ class Runner:
         return self._store_batches(ps, results(), {})
 
     def _execute_keyed(self, ps: PlannedStep, progress: StepProgress, name: str) -> StepReport:
-        """A ``key`` step whose outputs are rows of its input (``keeps_input_rows``), on an input
-        larger than a batch: its rows hash-partitioned by key into about one bucket per batch on
-        disk (with their keys, which the step is given as ``ctx.partition_keys`` instead of
-        computing them again), the step run on each bucket (every row of a key meets there), its
-        output rows filed by window of input positions, then each window written back in input
-        order. Every row is written and read twice, whatever the number of buckets."""
+        """A ``key`` step run bucket by bucket on an input larger than a batch (see
+        ``keyed_streams``). Its rows go to buckets on disk with their keys (which the step is
+        given as ``ctx.partition_keys`` instead of computing them again): hashed into about one
+        bucket per batch, or — when it has outputs made group by group (``group_outputs``) —
+        whole groups in order of their first row, about a batch of rows a bucket (``group_buckets``,
+        after a pass that hashes every key). The step runs on each bucket (every row of a key
+        meets there). Output rows that are rows of the input are filed by window of input
+        positions and each window is written back in input order; outputs made group by group are
+        written bucket after bucket, which is their order in a whole call. Every row is written
+        and read twice, whatever the number of buckets."""
         whole, per_input = self._undivided(ps, [name])
         ctx = self._context(ps, progress)
-        buckets = -(-per_input[name] // self.batch_rows)
+        grouped = set(group_outputs(ps))
         scratch = self.out / SCRATCH / ps.name / f"buckets-{self.run_id}"
+        key_of = ps.stepdef.partition_key
+        assert key_of is not None
 
         def results() -> Iterator[StepResult]:
+            if grouped:
+                hashed = self._batches(ps.inputs[name])
+                hashed = progress.track(hashed, total=per_input[name], description="groups", unit="rows", size=len)
+                bucket_of = group_buckets((key_of(ps.cfg, batch) for batch in hashed), self.batch_rows)
+                buckets = int(bucket_of.max()) + 1 if len(bucket_of) else 0
+            else:
+                buckets = -(-per_input[name] // self.batch_rows)
             positions = 0
             batches = progress.track(
                 self._batches(ps.inputs[name]), total=per_input[name], description="partition", unit="rows", size=len
             )
             for i, batch in enumerate(batches):
-                key = ps.stepdef.partition_key(ps.cfg, batch).alias(KEY)  # type: ignore[misc]
-                placed = batch.with_columns(
-                    pl.int_range(positions, positions + batch.height).alias(POSITION),
-                    key,
-                    (key.hash(seed=0) % buckets).alias(BUCKET),
-                )
+                key = key_of(ps.cfg, batch).alias(KEY)
+                span = slice(positions, positions + batch.height)
+                bucket = pl.Series(BUCKET, bucket_of[span]) if grouped else (key.hash(seed=0) % buckets).alias(BUCKET)
+                placed = batch.with_columns(pl.int_range(span.start, span.stop).alias(POSITION), key, bucket)
                 positions += batch.height
                 for (b,), part in placed.partition_by(BUCKET, as_dict=True, include_key=False).items():
                     (scratch / "in" / f"{b:05d}").mkdir(parents=True, exist_ok=True)
@@ -526,6 +539,10 @@ class Runner:
                 where = rows.select("_id", POSITION)
                 del rows, keyed
                 for output, table in result.tables.items():
+                    if output in grouped:
+                        (scratch / "groups" / output).mkdir(parents=True, exist_ok=True)
+                        table.write_parquet(scratch / "groups" / output / f"{b:05d}.parquet")
+                        continue
                     placed = table.join(where, on="_id", how="left")
                     if placed[POSITION].null_count():
                         raise StepError(ps.name, f"output '{output}' has rows that are not rows of input '{name}'")
@@ -536,6 +553,10 @@ class Runner:
                 # its decisions, and its outputs' columns (an output that gets no row keeps them)
                 yield StepResult({o: t.head(0) for o, t in result.tables.items()}, result.events, result.edges)
             for output in ps.outputs:
+                if output in grouped:
+                    for file in sorted((scratch / "groups" / output).glob("*.parquet")):
+                        yield StepResult({output: pl.read_parquet(file)})
+                    continue
                 for w in range(windows):
                     folder = scratch / "out" / output / f"{w:05d}"
                     if not folder.exists():

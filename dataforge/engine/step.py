@@ -187,6 +187,9 @@ class StepDef:
     partition_key: KeyFn | None = None
     partitioned: tuple[str, ...] | None = None
     keeps_input_rows: bool = False  # its outputs are rows of its divided input (kept or not, columns added)
+    # a key step's outputs made group by group, in order of each group's first row (the others
+    # are rows of its divided input); None from it: this configuration's order is not that
+    group_outputs: Callable[[Any, Sequence[str]], tuple[str, ...] | None] | None = None
     out_of_core: bool = False  # a global step that reads engine.table.Table inputs (see there)
 
     @property
@@ -218,6 +221,7 @@ def step(
     partition_key: KeyFn | None = None,
     partitioned: tuple[str, ...] | None = None,
     keeps_input_rows: bool = False,
+    group_outputs: Callable[[Any, Sequence[str]], tuple[str, ...] | None] | None = None,
     out_of_core: bool = False,
 ) -> Callable[[Callable[..., StepResult]], Callable[..., StepResult]]:
     """Register ``fn`` as step ``kind``. The config model is the annotation of its ``cfg`` parameter.
@@ -227,7 +231,11 @@ def step(
     says how one table's columns change. ``partition`` (required) declares how its work divides
     (``Partition``); a ``key`` step names its key with ``partition_key(cfg, table)``, and with
     ``keeps_input_rows`` says its outputs are rows of its divided input (by ``_id``, columns may
-    be added), which lets the streaming executor put them back in input order. An
+    be added), which lets the streaming executor put them back in input order; ``group_outputs``
+    (given the config and output names) names the outputs it makes group by group, in order of
+    each group's first row (its other outputs are rows of its divided input), which lets the
+    executor run it on buckets of whole groups — None from it where a configuration makes rows
+    in another order. An
     ``out_of_core`` global step reads its inputs as ``engine.table.Table``s and may give outputs
     as ``Streamed`` batches when the runner calls it on inputs larger than a batch; called with
     frames it returns frames (``engine.table.out_of_core_step``).
@@ -236,8 +244,8 @@ def step(
         raise TypeError(f"step {kind}: partition must be one of {', '.join(PARTITIONS)}, not {partition!r}")
     if (partition == "key") != (partition_key is not None):
         raise TypeError(f"step {kind}: a partition_key goes with partition='key', and only with it")
-    if keeps_input_rows and partition != "key":
-        raise TypeError(f"step {kind}: keeps_input_rows is for key steps")
+    if (keeps_input_rows or group_outputs is not None) and partition != "key":
+        raise TypeError(f"step {kind}: keeps_input_rows and group_outputs are for key steps")
     if out_of_core and partition != "global":
         raise TypeError(f"step {kind}: out_of_core is for global steps")
 
@@ -288,6 +296,7 @@ def step(
             partition_key=partition_key,
             partitioned=partitioned,
             keeps_input_rows=keeps_input_rows,
+            group_outputs=group_outputs,
             out_of_core=out_of_core,
         )
         return fn

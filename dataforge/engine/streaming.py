@@ -12,17 +12,22 @@ whole-table call gives, row for row (tests: byte-identical exports of every ship
 at tiny batches).
 
 A source streams where its function has ``batches`` and can read its format in batches: a
-Parquet file, or a plain UTF-8 JSONL file of objects (typed by a schema inferred over the whole
-file first; ``steps.sources``); other formats (JSON, CSV, gzipped JSONL), hub datasets, files
-with bad lines (their errors are reported by the whole read) and sources of one batch or fewer
-are read whole, then stored in shards.
+Parquet file, a plain UTF-8 JSONL file of objects (typed by a schema inferred over the whole
+file first), a UTF-8 CSV file (typed as a whole read types it), a hub dataset or a
+``save_to_disk`` folder (memory-mapped Arrow; ``steps.sources``); JSON and gzipped JSONL files,
+files with bad lines (their errors are reported by the whole read) and sources of one batch or
+fewer are read whole, then stored in shards.
 
-A ``key`` step whose outputs are rows of its input (``keeps_input_rows``: ``dedup.exact``) and
-whose input is larger than a batch runs bucket by bucket: rows hash-partitioned by key into
-about one bucket per batch in ``<out>/.tmp``, the step on each bucket (all rows of a key meet
-there), its decisions stored as each bucket is done, and its output rows written back in input
-order a window of positions at a time (each bucket's rows sorted by position, so a window reads
-only the row groups it needs).
+A ``key`` step with one divided input larger than a batch runs bucket by bucket
+(``keyed_streams``) when its outputs are rows of its input (``keeps_input_rows``:
+``dedup.exact``) or made group by group (``group_outputs``: the pairs of ``preference.pairs``,
+the groups of ``rollout``, the verdicts of ``ai_feedback``). Rows go to buckets in
+``<out>/.tmp``: hashed by key into about one bucket per batch, or — with group outputs — whole
+groups in order of each group's first row, about a batch of rows a bucket (``group_buckets``).
+The step runs on each bucket (all rows of a key meet there) and its decisions are stored as each
+bucket is done; output rows that are rows of the input are written back in input order a window
+of positions at a time, and group outputs bucket after bucket, which is the order a whole call
+gives them.
 
 A ``global`` step registered ``out_of_core`` (``dedup.minhash``, ``split``, ``split.audit``) on an
 input larger than a batch reads its inputs through ``engine.table.Table`` (the columns it needs
@@ -30,17 +35,18 @@ whole, the rest a batch at a time or for the rows it names) and gives its output
 ``Streamed`` batches; the export writes each split from its shards a batch at a time
 (``export.write_split``).
 
-Not streamed yet (they read their inputs whole, as before): the other sources (JSON, CSV,
-gzipped JSONL, hub datasets), other ``key`` steps (pairs, rollouts, feedback: their new rows' order is the whole
-call's), the other ``global`` steps (``dedup.semantic``, ``leakage.check``), and the card's
-reads of side tables (leakage scores).
+Not streamed yet (they read their inputs whole, as before): JSON and gzipped JSONL sources,
+``preference.pairs`` by revision (one pair per revised row, in row order), the other ``global``
+steps (``dedup.semantic``, ``leakage.check``), and the card's reads of side tables (leakage
+scores).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
+import numpy as np
 import polars as pl
 
 from dataforge.engine.plan import PlannedStep
@@ -88,10 +94,35 @@ KEY = "_stream_key"  # a row's partition key, kept with it in its bucket
 
 def keyed_streams(ps: PlannedStep, batch_rows: int) -> bool:
     """Whether the runner may run ``ps`` bucket by bucket: a ``key`` step with one divided input
-    whose outputs are rows of that input (``keeps_input_rows``), so they can be put back in
-    input order; other key steps make rows whose order only a whole call gives."""
+    whose outputs are rows of that input (``keeps_input_rows``: they are put back in input
+    order) or made group by group (``group_outputs``: written bucket after bucket, buckets
+    holding whole groups in order of their first row). Other key steps make rows whose order
+    only a whole call gives."""
     d = ps.stepdef
-    return bool(batch_rows) and d.partition == "key" and d.keeps_input_rows and len(divided_inputs(ps)) == 1
+    if not batch_rows or d.partition != "key" or len(divided_inputs(ps)) != 1:
+        return False
+    return d.keeps_input_rows or (d.group_outputs is not None and d.group_outputs(ps.cfg, ps.outputs) is not None)
+
+
+def group_outputs(ps: PlannedStep) -> tuple[str, ...]:
+    """The outputs of key step ``ps`` made group by group (none for ``keeps_input_rows`` steps)."""
+    d = ps.stepdef
+    return (d.group_outputs(ps.cfg, ps.outputs) or ()) if d.group_outputs is not None else ()
+
+
+def group_buckets(keys: Iterable[pl.Series], batch_rows: int) -> np.ndarray:
+    """Each row's bucket when rows (their keys given a batch at a time, in order) are divided
+    into buckets of whole groups taken in order of each group's first row, about ``batch_rows``
+    rows a bucket (a bucket starts where the rows before it reach a multiple of ``batch_rows``;
+    one group is never divided). Keys are compared by 128-bit hashes (16 bytes a row held);
+    null keys are one group, as in a whole call's ``partition_by``."""
+    hashed = [pl.DataFrame({"h0": k.hash(seed=1), "h1": k.hash(seed=2)}) for k in keys]
+    frame = pl.concat(hashed) if hashed else pl.DataFrame(schema={"h0": pl.UInt64, "h1": pl.UInt64})
+    frame = frame.with_row_index("pos")
+    groups = frame.group_by("h0", "h1").agg(pl.col("pos").min().alias("first"), pl.len().alias("rows")).sort("first")
+    groups = groups.with_columns(((pl.col("rows").cum_sum() - pl.col("rows")) // batch_rows).alias("bucket"))
+    placed = frame.join(groups.select("h0", "h1", "bucket"), on=["h0", "h1"], how="left", maintain_order="left")
+    return placed["bucket"].to_numpy()
 
 
 def slices(df: pl.DataFrame, batch_rows: int) -> Iterator[pl.DataFrame]:

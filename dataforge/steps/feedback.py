@@ -127,6 +127,7 @@ def parse_ranking(text: str, k: int) -> list[int] | None:
     columns=_columns,
     partition="key",
     partition_key=column_key("group"),
+    group_outputs=lambda cfg, outputs: ("verdicts",),
 )
 def ai_feedback(inputs: dict[str, pl.DataFrame], cfg: FeedbackConfig, ctx: Context) -> StepResult:
     """Pairwise verdicts in both orders, or listwise rankings, from an LLM judge."""

@@ -205,6 +205,7 @@ def _as_text(value: Any) -> str:
     per_table_columns=_columns,
     partition="key",
     partition_key=column_key("group"),
+    group_outputs=lambda cfg, outputs: None if cfg.rule == "revision" else tuple(outputs),
 )
 def preference_pairs(inputs: dict[str, pl.DataFrame], cfg: PairsConfig, ctx: Context) -> StepResult:
     """Pairs from rankings, scores, verifier outcomes or revisions; ties and the rest recorded."""

@@ -71,6 +71,7 @@ def pass_at_k(n: int, c: int, k: int) -> float | None:
     columns=_columns,
     partition="key",
     partition_key=column_key("group"),
+    group_outputs=lambda cfg, outputs: ("groups",),
 )
 def rollout(inputs: dict[str, pl.DataFrame], cfg: RolloutConfig, ctx: Context) -> StepResult:
     """Group statistics and advantages per prompt; pass@k per prompt."""

@@ -125,6 +125,28 @@ def _assert_in_order(whole: StepResult, parts: list[StepResult]) -> None:
         assert_frame_equal(joined, table_whole, check_dtypes=False)
 
 
+def _assert_in_group_order(defn: StepDef, cfg, df: pl.DataFrame, call) -> None:
+    """A ``key`` step with ``group_outputs`` on buckets of whole groups in order of their first
+    row (``group_buckets``, as the streaming executor makes them): its group outputs,
+    concatenated bucket after bucket, are the whole call's row for row; its other outputs are
+    the whole call's once put back in input order."""
+    from dataforge.engine.streaming import group_buckets
+
+    grouped = defn.group_outputs(cfg, ("data",)) if defn.group_outputs else None
+    if grouped is None:
+        return
+    bucket = pl.Series(group_buckets([defn.partition_key(cfg, df)], max(2, df.height // 5)))
+    assert bucket.n_unique() > 2, "buckets of one group each or one bucket prove nothing"
+    whole = call(df)
+    parts = [call(df.filter(bucket == b)) for b in range(bucket.max() + 1)]
+    order = df.select("_id").with_row_index("at")
+    for name, table_whole in whole.tables.items():
+        joined = pl.concat([p.tables[name] for p in parts], how="vertical_relaxed")
+        if name not in grouped:
+            joined = joined.join(order, on="_id", how="left").sort("at").drop("at")
+        assert_frame_equal(joined, table_whole, check_dtypes=False)
+
+
 @pytest.mark.parametrize(("kind", "options", "table"), CASES, ids=[c[0] for c in CASES])
 def test_a_rows_or_key_step_gives_the_same_rows_and_events_in_any_batching(kind, options, table, data, tmp_path):
     defn = get_step(kind)
@@ -140,6 +162,7 @@ def test_a_rows_or_key_step_gives_the_same_rows_and_events_in_any_batching(kind,
         _assert_same(whole, parts)
     if defn.partition == "rows":
         _assert_in_order(whole, [defn.fn({"data": part}, cfg, ctx) for part in _slices(df)])
+    _assert_in_group_order(defn, cfg, df, lambda part: defn.fn({"data": part}, cfg, ctx))
 
 
 def _policy(messages) -> str:
@@ -198,6 +221,8 @@ def test_a_model_step_gives_the_same_rows_and_events_in_any_batching(kind, data,
     _assert_same(whole, parts)
     if defn.partition == "rows":
         _assert_in_order(whole, [call(part, f"slice{i}") for i, part in enumerate(_slices(df))])
+    calls = iter(range(1000))
+    _assert_in_group_order(defn, cfg, df, lambda part: call(part, f"bucket{next(calls)}"))
 
 
 def test_every_step_declares_how_it_partitions_and_every_rows_or_key_step_is_tested():

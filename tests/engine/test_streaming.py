@@ -543,3 +543,60 @@ def test_a_jsonl_source_with_a_bad_line_is_read_whole_and_says_where(bad, ws):
     )
     report = build(recipe, ws.out, show_progress=False, batch_rows=1000)
     assert report.steps[0].rows_out == len(rows) - 1 and sum(report.steps[0].drops.values()) == 1
+
+
+ROLLOUT_RECIPE = """
+name: ro
+steps:
+  raw:
+    kind: source
+    path: samples.parquet
+  rollouts:
+    kind: rollout
+    inputs: {data: raw}
+    group: question
+    prompt: question
+    completion: answer
+    k: [1, 2]
+  pairs:
+    kind: preference.pairs
+    inputs: {data: raw}
+    rule: scores
+    column: reward
+    group: question
+    prompt: question
+    completion: answer
+datasets:
+  ro:
+    splits: {train: rollouts.data, groups: rollouts.groups, pairs: pairs.data}
+"""
+
+
+def test_key_steps_with_group_outputs_run_by_buckets_of_whole_groups(ws, tmp_path, monkeypatch):
+    """``rollout`` and ``preference.pairs`` on inputs larger than a batch run on buckets of whole
+    groups in order of each group's first row: rows of the input come back in input order and
+    the groups and pairs in the order a whole call makes them — the same bytes."""
+    import dataforge.engine.runner
+    from tests.conftest import GSM8K
+    from tests.engine.test_runner import _tree_hashes
+
+    gsm = pl.read_ndjson(GSM8K / "train.jsonl").head(600)
+    # three samples a question, interleaved (a group's rows are far apart), rewards 0 / 0.5 / 1
+    rows = pl.concat([gsm.with_columns(pl.lit(r).alias("reward")) for r in (0.0, 0.5, 1.0)])
+    rows = rows.with_columns(pl.format("{} (v{})", "answer", (pl.col("reward") * 2).cast(pl.Int64)).alias("answer"))
+    rows.write_parquet(ws.root / "samples.parquet")
+    recipe = ws.recipe(ROLLOUT_RECIPE)
+    whole = build(recipe, tmp_path / "whole", show_progress=False, batch_rows=0)
+    bucketed: list[int] = []
+    real = dataforge.engine.runner.group_buckets
+    monkeypatch.setattr(
+        dataforge.engine.runner,
+        "group_buckets",
+        lambda *a: bucketed.append(1) or real(*a),  # type: ignore[func-returns-value]
+    )
+    streamed = build(recipe, tmp_path / "streamed", show_progress=False, batch_rows=250)
+    assert len(bucketed) == 2  # both key steps ran by bucket
+    assert [s.outputs for s in whole.steps] == [s.outputs for s in streamed.steps]
+    assert _tree_hashes(tmp_path / "whole" / "datasets") == _tree_hashes(tmp_path / "streamed" / "datasets")
+    pairs = Store(tmp_path / "streamed").read_table("pairs", streamed.steps[2].fingerprint, "data")
+    assert pairs.height == 600 and streamed.steps[1].outputs["groups"] == 600  # a pair and a group a question
