@@ -19,6 +19,8 @@ import codecs
 import gzip
 import io
 import json
+import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
@@ -309,9 +311,9 @@ ID_VALUE = "_id_value"  # an id column's own value, kept until the ids are check
 def _source_batches(cfg: SourceConfig, ctx: Context, batch_rows: int) -> Iterator[StepResult] | None:
     """The source read ``batch_rows`` rows at a time, each batch shaped as the whole table
     would be (ordinals go on across batches; ``limit`` ends the reading), or None where it is
-    read whole: a source of one batch or fewer, a format read whole for now (JSON, gzipped
-    JSONL), a JSONL or CSV file that is not plain UTF-8 objects throughout (the whole
-    read reports its bad lines), or a timestamp column of text (its format is inferred from the
+    read whole: a source of one batch or fewer, a JSON file (one document), a JSONL or CSV file
+    with a byte that is not UTF-8 or a line that is not a JSON object (the whole read reports its
+    bad lines), or a timestamp column of text (its format is inferred from the
     values, which a batch would do on its own rows). Ids are checked over every batch: a repeat
     across batches fails the step as in a whole read."""
     import pyarrow.parquet as pq
@@ -408,12 +410,42 @@ def _is_text(dtype: Any) -> bool:
 
 
 def _jsonl_batches(path: Path, cfg: SourceConfig, ctx: Context, batch_rows: int) -> Iterator[StepResult] | None:
-    """A plain (not gzipped) UTF-8 JSONL file in batches of ``batch_rows`` records, typed by one
-    schema inferred over the whole file as a whole read infers it; None (read whole) where the
-    file has a line that is not UTF-8 or not a JSON object, is one batch or fewer, or has a text
-    timestamp column. Two passes over the file before the first batch, each holding one line."""
-    if not _is_utf8(cfg.encoding) or path.name.endswith(".gz"):
+    """A UTF-8 JSONL file in batches of ``batch_rows`` records (``_plain_jsonl_batches``); a
+    gzipped one is first decompressed, streaming, to a file in the step's scratch folder (removed
+    when the batches end), so it reads as the whole read reads its decompressed bytes."""
+    if not _is_utf8(cfg.encoding):
         return None
+    if not path.name.endswith(".gz"):
+        return _plain_jsonl_batches(path, path, cfg, ctx, batch_rows)
+    ctx.scratch_dir.mkdir(parents=True, exist_ok=True)
+    plain = ctx.scratch_dir / f"{path.name[:-3]}.{os.getpid()}.plain"
+    try:
+        with gzip.open(path, "rb") as src, plain.open("wb") as dst:
+            shutil.copyfileobj(src, dst, 1 << 22)
+        batches = _plain_jsonl_batches(plain, path, cfg, ctx, batch_rows)
+    except (OSError, EOFError):  # not gzip after all, or cut short: the whole read says so
+        batches = None
+    if batches is None:
+        plain.unlink(missing_ok=True)
+        return None
+
+    def removing() -> Iterator[StepResult]:
+        try:
+            yield from batches
+        finally:
+            plain.unlink(missing_ok=True)
+
+    return removing()
+
+
+def _plain_jsonl_batches(
+    path: Path, where: Path, cfg: SourceConfig, ctx: Context, batch_rows: int
+) -> Iterator[StepResult] | None:
+    """A plain UTF-8 JSONL file (read from ``path``, named ``where`` in messages) in batches of
+    ``batch_rows`` records, typed by one schema inferred over the whole file as a whole read
+    infers it; None (read whole) where the file has a line that is not UTF-8 or not a JSON
+    object, is one batch or fewer, or has a text timestamp column. Two passes over the file
+    before the first batch, each holding one line."""
     decoder = codecs.getincrementaldecoder("utf-8")()
     records = 0
     try:
@@ -446,7 +478,7 @@ def _jsonl_batches(path: Path, cfg: SourceConfig, ctx: Context, batch_rows: int)
         if chunk:
             yield pl.read_ndjson(io.BytesIO(b"".join(chunk)), schema=schema)
 
-    return _shaped_batches(frames(), cfg, ctx, total, str(path))
+    return _shaped_batches(frames(), cfg, ctx, total, str(where))
 
 
 def _shaped_batches(

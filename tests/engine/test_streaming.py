@@ -510,13 +510,26 @@ def _jsonl_rows(root, n: int = 2500) -> list[dict]:
     return rows
 
 
-def test_a_jsonl_source_is_read_in_batches_typed_as_the_whole_file(ws, tmp_path):
+@pytest.mark.parametrize("gz", [False, True], ids=["plain", "gzipped"])
+def test_a_jsonl_source_is_read_in_batches_typed_as_the_whole_file(gz, ws, tmp_path, monkeypatch):
+    """Plain or gzipped (decompressed, streaming, to a scratch file removed afterwards), a JSONL
+    file is read a batch at a time with the schema of the whole file."""
+    import gzip
+
+    import dataforge.steps.sources
     from tests.engine.test_runner import _tree_hashes
 
     _jsonl_rows(ws.root)
-    recipe = ws.recipe(JSONL_RECIPE)
+    text = JSONL_RECIPE
+    if gz:
+        (ws.root / "rows.jsonl.gz").write_bytes(gzip.compress((ws.root / "rows.jsonl").read_bytes()))
+        (ws.root / "rows.jsonl").unlink()
+        text = text.replace("rows.jsonl", "rows.jsonl.gz")
+    recipe = ws.recipe(text)
     whole = build(recipe, tmp_path / "whole", show_progress=False, batch_rows=0)
+    monkeypatch.setattr(dataforge.steps.sources, "_read_jsonl", lambda *a: pytest.fail("read whole"))
     streamed = build(recipe, tmp_path / "streamed", show_progress=False, batch_rows=1000)
+    assert not list((tmp_path / "streamed").rglob("*.plain"))  # the decompressed copy is gone
     fp = whole.steps[0].fingerprint
     a, b = Store(tmp_path / "whole"), Store(tmp_path / "streamed")
     assert [f.name for f in b.output_files("raw", fp, "data")] == [f"part-0000{i}.parquet" for i in range(3)]
