@@ -40,6 +40,7 @@ from dataforge.engine.streaming import (
     BUCKET,
     KEY,
     POSITION,
+    AppendedFiles,
     batch_rows_setting,
     divided_inputs,
     group_buckets,
@@ -498,7 +499,8 @@ class Runner:
         meets there). Output rows that are rows of the input are filed by window of input
         positions and each window is written back in input order; outputs made group by group are
         written bucket after bucket, which is their order in a whole call. Every row is written
-        and read twice, whatever the number of buckets."""
+        and read twice, in one file per bucket and one per window (``AppendedFiles``), whatever
+        the number of batches."""
         whole, per_input = self._undivided(ps, [name])
         ctx = self._context(ps, progress)
         grouped = set(group_outputs(ps))
@@ -518,22 +520,21 @@ class Runner:
             batches = progress.track(
                 self._batches(ps.inputs[name]), total=per_input[name], description="partition", unit="rows", size=len
             )
-            for i, batch in enumerate(batches):
+            inbox = AppendedFiles(scratch / "in")
+            for batch in batches:
                 key = key_of(ps.cfg, batch).alias(KEY)
                 span = slice(positions, positions + batch.height)
                 bucket = pl.Series(BUCKET, bucket_of[span]) if grouped else (key.hash(seed=0) % buckets).alias(BUCKET)
                 placed = batch.with_columns(pl.int_range(span.start, span.stop).alias(POSITION), key, bucket)
                 positions += batch.height
                 for (b,), part in placed.partition_by(BUCKET, as_dict=True, include_key=False).items():
-                    (scratch / "in" / f"{b:05d}").mkdir(parents=True, exist_ok=True)
-                    part.write_parquet(scratch / "in" / f"{b:05d}" / f"{i:05d}.parquet")
-            windows = -(-positions // self.batch_rows)
+                    inbox.append(b, part)
+            inbox.close()
+            windows = {o: AppendedFiles(scratch / "out" / o) for o in ps.outputs if o not in grouped}
             for b in progress.track(range(buckets), description="buckets", unit="buckets"):
-                folder = scratch / "in" / f"{b:05d}"
-                if not folder.exists():
+                rows = inbox.take(b)
+                if rows is None:
                     continue
-                rows = pl.concat([pl.read_parquet(f) for f in sorted(folder.iterdir())], how="vertical_relaxed")
-                shutil.rmtree(folder)
                 keyed = replace(ctx, partition_keys=rows[KEY])
                 result = self._call(ps, {**whole, name: rows.drop(POSITION, KEY)}, keyed)
                 where = rows.select("_id", POSITION)
@@ -548,22 +549,20 @@ class Runner:
                         raise StepError(ps.name, f"output '{output}' has rows that are not rows of input '{name}'")
                     windowed = placed.with_columns((pl.col(POSITION) // self.batch_rows).alias(BUCKET))
                     for (w,), part in windowed.partition_by(BUCKET, as_dict=True, include_key=False).items():
-                        (scratch / "out" / output / f"{w:05d}").mkdir(parents=True, exist_ok=True)
-                        part.write_parquet(scratch / "out" / output / f"{w:05d}" / f"{b:05d}.parquet")
+                        windows[output].append(w, part)
                 # its decisions, and its outputs' columns (an output that gets no row keeps them)
                 yield StepResult({o: t.head(0) for o, t in result.tables.items()}, result.events, result.edges)
+            for files in windows.values():
+                files.close()
             for output in ps.outputs:
                 if output in grouped:
                     for file in sorted((scratch / "groups" / output).glob("*.parquet")):
                         yield StepResult({output: pl.read_parquet(file)})
                     continue
-                for w in range(windows):
-                    folder = scratch / "out" / output / f"{w:05d}"
-                    if not folder.exists():
-                        continue
-                    parts = [pl.read_parquet(f) for f in sorted(folder.iterdir())]
-                    yield StepResult({output: pl.concat(parts, how="vertical_relaxed").sort(POSITION).drop(POSITION)})
-                    shutil.rmtree(folder)
+                for w in range(-(-positions // self.batch_rows)):
+                    window = windows[output].take(w)
+                    if window is not None:
+                        yield StepResult({output: window.sort(POSITION).drop(POSITION)})
 
         try:
             return self._store_batches(ps, results(), per_input)

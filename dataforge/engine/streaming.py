@@ -45,6 +45,8 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -123,6 +125,48 @@ def group_buckets(keys: Iterable[pl.Series], batch_rows: int) -> np.ndarray:
     groups = groups.with_columns(((pl.col("rows").cum_sum() - pl.col("rows")) // batch_rows).alias("bucket"))
     placed = frame.join(groups.select("h0", "h1", "bucket"), on=["h0", "h1"], how="left", maintain_order="left")
     return placed["bucket"].to_numpy()
+
+
+class AppendedFiles:
+    """Parquet files in ``folder`` grown part by part, one per number (``00042.parquet``), each
+    part a row group: the keyed runner's buckets and windows, one file each however many batches
+    fill them (a file per batch and bucket made the number of files grow with the square of the
+    batches: 20,000 small files at ten million rows). A part whose types differ from the file's
+    first part (a column all null) is cast to them."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.writers: dict[int, Any] = {}
+
+    def path(self, number: int) -> Path:
+        return self.folder / f"{number:05d}.parquet"
+
+    def append(self, number: int, frame: pl.DataFrame) -> None:
+        import pyarrow.parquet as pq
+
+        table = frame.to_arrow()
+        writer = self.writers.get(number)
+        if writer is None:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            writer = self.writers[number] = pq.ParquetWriter(self.path(number), table.schema, compression="lz4")
+        elif not table.schema.equals(writer.schema, check_metadata=False):
+            table = table.cast(writer.schema)
+        writer.write_table(table)
+
+    def close(self) -> None:
+        """Finish every file (their footers written); they can be read after this."""
+        for writer in self.writers.values():
+            writer.close()
+        self.writers.clear()
+
+    def take(self, number: int) -> pl.DataFrame | None:
+        """The rows of file ``number`` (None where no part went to it), the file then removed."""
+        path = self.path(number)
+        if not path.exists():
+            return None
+        rows = pl.read_parquet(path)
+        path.unlink()
+        return rows
 
 
 def slices(df: pl.DataFrame, batch_rows: int) -> Iterator[pl.DataFrame]:
