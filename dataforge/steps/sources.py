@@ -517,20 +517,34 @@ class _SeenIds:
     def add(self, ids: pl.Series) -> np.ndarray:
         """Record ``ids`` (distinct among themselves); a mask of those recorded before."""
         h0, h1 = ids.hash(seed=1).to_numpy(), ids.hash(seed=2).to_numpy()
-        again = np.zeros(len(ids), dtype=bool)
-        for r0, r1 in self.runs:
-            lo, hi = np.searchsorted(r0, h0, "left"), np.searchsorted(r0, h0, "right")
-            for k in np.flatnonzero(hi > lo):  # equal first halves: rare unless the id repeats
-                again[k] |= bool((r1[lo[k] : hi[k]] == h1[k]).any())
         order = np.argsort(h0, kind="stable")
-        run = (h0[order], h1[order])
+        run = (h0[order], h1[order])  # looked up sorted: the searches walk each run in order
+        found = np.zeros(len(ids), dtype=bool)
+        for r0, r1 in self.runs:
+            at = np.minimum(np.searchsorted(r0, run[0]), len(r0) - 1)
+            for k in np.flatnonzero(r0[at] == run[0]):  # equal first halves: rare unless an id repeats
+                end = np.searchsorted(r0, run[0][k], "right")
+                found[k] |= bool((r1[at[k] : end] == run[1][k]).any())
+        again = np.empty(len(ids), dtype=bool)
+        again[order] = found
         while self.runs and len(self.runs[-1][0]) <= len(run[0]):
-            p0, p1 = self.runs.pop()
-            m0, m1 = np.concatenate([p0, run[0]]), np.concatenate([p1, run[1]])
-            order = np.argsort(m0, kind="stable")
-            run = (m0[order], m1[order])
+            run = _merged(self.runs.pop(), run)
         self.runs.append(run)
         return again
+
+
+def _merged(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Two runs sorted by their first array, merged into one (linear: each of ``b`` goes after the
+    entries of ``a`` not greater than it)."""
+    into = np.searchsorted(a[0], b[0], side="right") + np.arange(len(b[0]))
+    rest = np.ones(len(a[0]) + len(b[0]), dtype=bool)
+    rest[into] = False
+    merged = []
+    for x, y in zip(a, b, strict=True):
+        out = np.empty(len(rest), dtype=x.dtype)
+        out[into], out[rest] = y, x
+        merged.append(out)
+    return merged[0], merged[1]
 
 
 source.batches = _source_batches  # type: ignore[attr-defined]
