@@ -77,11 +77,23 @@ def embed(
     progress: Any = None,
     device: str | None = None,
     max_tokens: int | None = None,
+    dtype: str = "float32",
 ) -> np.ndarray:
     """(n, d) float32 unit-length embeddings of ``texts``, in their order. Texts are batched
     longest first (little padding per batch); ``max_tokens`` truncates each text to its first
-    tokens (the model's own limit when None)."""
+    tokens (the model's own limit when None). ``dtype="bfloat16"`` runs the model under bfloat16
+    autocast: about 2x faster on a CPU with AVX-512 BF16 (measured: 30.9 s → 14.8 s for 1,200
+    GSM8K rows with MiniLM), cosines within 0.002 of float32 there — other numbers, so other
+    decisions at a threshold's edge. ``dtype="auto"``: bfloat16 where the device computes it
+    natively (``native_bfloat16``), else float32."""
+    import contextlib
+
+    import torch
+
     m = load_model(model, device)
+    if dtype == "auto":
+        dtype = "bfloat16" if native_bfloat16(m.device.type) else "float32"
+    autocast = torch.autocast(m.device.type, dtype=torch.bfloat16) if dtype == "bfloat16" else contextlib.nullcontext()
     dim = getattr(m, "get_embedding_dimension", None) or m.get_sentence_embedding_dimension  # renamed in 6.x
     out = np.zeros((len(texts), dim() or 0), dtype=np.float32)
     order = np.argsort([-len(t) for t in texts], kind="stable")
@@ -95,16 +107,37 @@ def embed(
     try:
         for s in starts:
             idx = order[s : s + batch_size]
-            out[idx] = m.encode(
-                [texts[i] for i in idx],
-                batch_size=batch_size,
-                normalize_embeddings=True,
-                convert_to_numpy=True,
-                show_progress_bar=False,
-            )
+            with autocast:
+                vectors = m.encode(
+                    [texts[i] for i in idx],
+                    batch_size=batch_size,
+                    normalize_embeddings=True,
+                    convert_to_numpy=dtype == "float32",  # (numpy has no bfloat16: a tensor, converted below)
+                    convert_to_tensor=dtype != "float32",
+                    show_progress_bar=False,
+                )
+            out[idx] = vectors if isinstance(vectors, np.ndarray) else vectors.float().cpu().numpy()
     finally:
         m.max_seq_length = limit
     return out
+
+
+def native_bfloat16(device_type: str) -> bool:
+    """Whether a device of ``device_type`` computes bfloat16 natively: a CUDA GPU that supports
+    it, or a CPU with AVX-512 BF16 or AMX (its Linux cpuinfo flags; elsewhere, no)."""
+    import re
+
+    import torch
+
+    if device_type == "cuda":
+        return bool(torch.cuda.is_bf16_supported())
+    if device_type != "cpu":
+        return False
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return re.search(r"\b(?:avx512_bf16|amx_bf16)\b", flags) is not None
 
 
 def cosine_pairs(

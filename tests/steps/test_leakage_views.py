@@ -365,3 +365,34 @@ def test_bench_with_a_judge_reports_its_calls_against_a_local_server(tmp_path, s
     assert asked, "the judge was never asked"
     for form, hits in plain["recall"].items():
         assert sum(judged["recall"][form]) >= sum(hits)
+
+
+def test_bfloat16_embeddings_stay_within_a_few_thousandths_of_float32():
+    """``embed_dtype: bfloat16`` (embed's ``dtype``) runs MiniLM under bfloat16 autocast: other
+    numbers than float32 (the path ran), cosines on real text within 0.01 of them."""
+    import numpy as np
+
+    from dataforge.embed import embed
+    from tests.conftest import GSM8K
+
+    texts = pl.read_ndjson(GSM8K / "train.jsonl")["question"].head(48).to_list()
+    full, half = embed(texts), embed(texts, dtype="bfloat16")
+    assert full.dtype == half.dtype == np.float32
+    assert not np.array_equal(full, half)
+    assert np.abs(full @ full.T - half @ half.T).max() < 0.01
+    assert np.allclose(np.linalg.norm(half, axis=1), 1.0, atol=1e-3)
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_embeddings_use_bfloat16_only_where_the_device_computes_it(native, monkeypatch):
+    """``dtype="auto"`` (the leakage check's default) is bfloat16 on a device with native
+    bfloat16, float32 elsewhere — the same vectors as asking for it."""
+    import numpy as np
+
+    import dataforge.embed
+    from tests.conftest import GSM8K
+
+    texts = pl.read_ndjson(GSM8K / "train.jsonl")["question"].head(16).to_list()
+    monkeypatch.setattr(dataforge.embed, "native_bfloat16", lambda device_type: native)
+    expected = dataforge.embed.embed(texts, dtype="bfloat16" if native else "float32")
+    assert np.array_equal(dataforge.embed.embed(texts, dtype="auto"), expected)
