@@ -503,7 +503,7 @@ class Runner:
         the number of batches."""
         whole, per_input = self._undivided(ps, [name])
         ctx = self._context(ps, progress)
-        grouped = set(group_outputs(ps))
+        grouped = set(group_outputs(ps) or ())
         scratch = self.out / SCRATCH / ps.name / f"buckets-{self.run_id}"
         key_of = ps.stepdef.partition_key
         assert key_of is not None
@@ -530,7 +530,8 @@ class Runner:
                 for (b,), part in placed.partition_by(BUCKET, as_dict=True, include_key=False).items():
                     inbox.append(b, part)
             inbox.close()
-            windows = {o: AppendedFiles(scratch / "out" / o) for o in ps.outputs if o not in grouped}
+            # each output's rows: by window of input positions, or (group outputs) by bucket
+            outbox = {o: AppendedFiles(scratch / "out" / o) for o in ps.outputs}
             for b in progress.track(range(buckets), description="buckets", unit="buckets"):
                 rows = inbox.take(b)
                 if rows is None:
@@ -541,28 +542,23 @@ class Runner:
                 del rows, keyed
                 for output, table in result.tables.items():
                     if output in grouped:
-                        (scratch / "groups" / output).mkdir(parents=True, exist_ok=True)
-                        table.write_parquet(scratch / "groups" / output / f"{b:05d}.parquet")
+                        outbox[output].append(b, table)
                         continue
                     placed = table.join(where, on="_id", how="left")
                     if placed[POSITION].null_count():
                         raise StepError(ps.name, f"output '{output}' has rows that are not rows of input '{name}'")
                     windowed = placed.with_columns((pl.col(POSITION) // self.batch_rows).alias(BUCKET))
                     for (w,), part in windowed.partition_by(BUCKET, as_dict=True, include_key=False).items():
-                        windows[output].append(w, part)
+                        outbox[output].append(w, part)
                 # its decisions, and its outputs' columns (an output that gets no row keeps them)
                 yield StepResult({o: t.head(0) for o, t in result.tables.items()}, result.events, result.edges)
-            for files in windows.values():
+            for files in outbox.values():
                 files.close()
             for output in ps.outputs:
-                if output in grouped:
-                    for file in sorted((scratch / "groups" / output).glob("*.parquet")):
-                        yield StepResult({output: pl.read_parquet(file)})
-                    continue
-                for w in range(-(-positions // self.batch_rows)):
-                    window = windows[output].take(w)
-                    if window is not None:
-                        yield StepResult({output: window.sort(POSITION).drop(POSITION)})
+                for n in range(buckets if output in grouped else -(-positions // self.batch_rows)):
+                    part = outbox[output].take(n)
+                    if part is not None:
+                        yield StepResult({output: part if output in grouped else part.sort(POSITION).drop(POSITION)})
 
         try:
             return self._store_batches(ps, results(), per_input)

@@ -96,29 +96,39 @@ KEY = "_stream_key"  # a row's partition key, kept with it in its bucket
 
 def keyed_streams(ps: PlannedStep, batch_rows: int) -> bool:
     """Whether the runner may run ``ps`` bucket by bucket: a ``key`` step with one divided input
-    whose outputs are rows of that input (``keeps_input_rows``: they are put back in input
-    order) or made group by group (``group_outputs``: written bucket after bucket, buckets
-    holding whole groups in order of their first row). Other key steps make rows whose order
-    only a whole call gives."""
+    whose outputs are rows of that input or made group by group (``group_outputs``). Other key
+    steps make rows whose order only a whole call gives."""
     d = ps.stepdef
     if not batch_rows or d.partition != "key" or len(divided_inputs(ps)) != 1:
         return False
-    return d.keeps_input_rows or (d.group_outputs is not None and d.group_outputs(ps.cfg, ps.outputs) is not None)
+    return group_outputs(ps) is not None
 
 
-def group_outputs(ps: PlannedStep) -> tuple[str, ...]:
-    """The outputs of key step ``ps`` made group by group (none for ``keeps_input_rows`` steps)."""
+def group_outputs(ps: PlannedStep) -> tuple[str, ...] | None:
+    """The outputs of key step ``ps`` made group by group, in order of each group's first row
+    (its other outputs are rows of its divided input; none for a ``keeps_input_rows`` step), or
+    None where its configuration makes rows in another order (it cannot run by bucket)."""
     d = ps.stepdef
-    return (d.group_outputs(ps.cfg, ps.outputs) or ()) if d.group_outputs is not None else ()
+    if d.keeps_input_rows:
+        return ()
+    return d.group_outputs(ps.cfg, ps.outputs) if d.group_outputs is not None else None
+
+
+def key_hashes(keys: pl.Series) -> pl.DataFrame:
+    """Each key as a 128-bit hash: columns ``h0`` and ``h1`` (polars' hash under two seeds; a null
+    key hashes like any other value). Keys are compared by these where holding them would cost
+    too much (source ids, split group keys, key-step groups): two different keys share a hash
+    with probability about n² / 2¹²⁹ (10⁻²⁵ at ten million keys)."""
+    return pl.DataFrame({"h0": keys.hash(seed=1), "h1": keys.hash(seed=2)})
 
 
 def group_buckets(keys: Iterable[pl.Series], batch_rows: int) -> np.ndarray:
     """Each row's bucket when rows (their keys given a batch at a time, in order) are divided
     into buckets of whole groups taken in order of each group's first row, about ``batch_rows``
     rows a bucket (a bucket starts where the rows before it reach a multiple of ``batch_rows``;
-    one group is never divided). Keys are compared by 128-bit hashes (16 bytes a row held);
+    one group is never divided). Keys are compared by ``key_hashes`` (16 bytes a row held);
     null keys are one group, as in a whole call's ``partition_by``."""
-    hashed = [pl.DataFrame({"h0": k.hash(seed=1), "h1": k.hash(seed=2)}) for k in keys]
+    hashed = [key_hashes(k) for k in keys]
     frame = pl.concat(hashed) if hashed else pl.DataFrame(schema={"h0": pl.UInt64, "h1": pl.UInt64})
     frame = frame.with_row_index("pos")
     groups = frame.group_by("h0", "h1").agg(pl.col("pos").min().alias("first"), pl.len().alias("rows")).sort("first")
@@ -128,29 +138,35 @@ def group_buckets(keys: Iterable[pl.Series], batch_rows: int) -> np.ndarray:
 
 
 class AppendedFiles:
-    """Parquet files in ``folder`` grown part by part, one per number (``00042.parquet``), each
-    part a row group: the keyed runner's buckets and windows, one file each however many batches
-    fill them (a file per batch and bucket made the number of files grow with the square of the
-    batches: 20,000 small files at ten million rows). A part whose types differ from the file's
-    first part (a column all null) is cast to them."""
+    """Parquet files in ``folder`` grown part by part, one per number, each part a row group: the
+    keyed runner's buckets and windows, one file each however many batches fill them (a file per
+    batch and bucket made the number of files grow with the square of the batches: 20,000 small
+    files at ten million rows). A part whose types differ from its file's is cast to them; where
+    that cannot be (a column all null in the first part, text in a later one), the number's file
+    is finished and another begun, and ``take`` reads them together with relaxed types."""
 
     def __init__(self, folder: Path):
         self.folder = folder
         self.writers: dict[int, Any] = {}
-
-    def path(self, number: int) -> Path:
-        return self.folder / f"{number:05d}.parquet"
+        self.files: dict[int, list[Path]] = {}
 
     def append(self, number: int, frame: pl.DataFrame) -> None:
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
         table = frame.to_arrow()
         writer = self.writers.get(number)
+        if writer is not None and not table.schema.equals(writer.schema, check_metadata=False):
+            try:
+                table = table.cast(writer.schema)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError, ValueError):
+                writer.close()
+                writer = None
         if writer is None:
             self.folder.mkdir(parents=True, exist_ok=True)
-            writer = self.writers[number] = pq.ParquetWriter(self.path(number), table.schema, compression="lz4")
-        elif not table.schema.equals(writer.schema, check_metadata=False):
-            table = table.cast(writer.schema)
+            files = self.files.setdefault(number, [])
+            files.append(self.folder / f"{number:05d}-{len(files)}.parquet")
+            writer = self.writers[number] = pq.ParquetWriter(files[-1], table.schema, compression="lz4")
         writer.write_table(table)
 
     def close(self) -> None:
@@ -160,12 +176,13 @@ class AppendedFiles:
         self.writers.clear()
 
     def take(self, number: int) -> pl.DataFrame | None:
-        """The rows of file ``number`` (None where no part went to it), the file then removed."""
-        path = self.path(number)
-        if not path.exists():
+        """The rows appended to ``number`` (None where no part went to it), its files then removed."""
+        files = self.files.pop(number, [])
+        if not files:
             return None
-        rows = pl.read_parquet(path)
-        path.unlink()
+        rows = pl.concat([pl.read_parquet(f) for f in files], how="vertical_relaxed")
+        for f in files:
+            f.unlink()
         return rows
 
 

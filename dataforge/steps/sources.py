@@ -32,6 +32,7 @@ from pydantic import model_validator
 from dataforge.engine.events import events
 from dataforge.engine.fingerprint import canonical_json, hash_text, path_fingerprint
 from dataforge.engine.step import Columns, Context, PlanInfo, StepConfig, StepResult, step
+from dataforge.engine.streaming import key_hashes
 from dataforge.errors import DataError, RecipeError, StepError
 
 Format = Literal["auto", "jsonl", "json", "parquet", "csv", "hf_disk"]
@@ -335,10 +336,8 @@ def _source_batches(cfg: SourceConfig, ctx: Context, batch_rows: int) -> Iterato
     total = pf.metadata.num_rows if cfg.limit is None else min(pf.metadata.num_rows, cfg.limit)
     if total <= batch_rows:
         return None
-    if cfg.timestamp_column and cfg.timestamp_column in pf.schema_arrow.names:
-        kind = pf.schema_arrow.field(cfg.timestamp_column).type
-        if _is_text(kind):
-            return None
+    if _text_timestamp(cfg, pl.read_parquet_schema(path)):
+        return None
     frames = (pl.from_arrow(batch) for batch in pf.iter_batches(batch_size=batch_rows))
     return _shaped_batches(frames, cfg, ctx, total, str(path))  # type: ignore[arg-type]
 
@@ -348,15 +347,7 @@ def _csv_batches(path: Path, cfg: SourceConfig, ctx: Context, batch_rows: int) -
     inference, over its first 10,000 rows); None (read whole) where a byte is not UTF-8 (the
     whole read reports the line), the file is one batch or fewer, or the timestamp column is
     text. A pass to check the bytes and one to count the rows come before the first batch."""
-    if not _is_utf8(cfg.encoding):
-        return None
-    decoder = codecs.getincrementaldecoder("utf-8")()
-    try:
-        with path.open("rb") as f:
-            for chunk in iter(lambda: f.read(1 << 22), b""):
-                decoder.decode(chunk)
-            decoder.decode(b"", final=True)
-    except UnicodeDecodeError:
+    if not _is_utf8(cfg.encoding) or _utf8_records(path) is None:
         return None
     scan = pl.scan_csv(path, infer_schema_length=10_000)
     rows = int(scan.select(pl.len()).collect().item())
@@ -364,10 +355,32 @@ def _csv_batches(path: Path, cfg: SourceConfig, ctx: Context, batch_rows: int) -
     if total <= batch_rows:
         return None
     schema = scan.collect_schema()
-    if cfg.timestamp_column and schema.get(cfg.timestamp_column) == pl.String:
+    if _text_timestamp(cfg, schema):
         return None
     frames = _rebatched(iter(scan.collect_batches(chunk_size=batch_rows)), batch_rows)
     return _shaped_batches(frames, cfg, ctx, total, str(path))
+
+
+def _utf8_records(path: Path) -> int | None:
+    """The number of non-blank lines of a file read line by line (one line held), or None where a
+    byte is not UTF-8 (the whole read reports where)."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    records = 0
+    try:
+        with path.open("rb") as f:
+            for raw in f:
+                decoder.decode(raw)
+                records += bool(raw.strip())
+            decoder.decode(b"", final=True)
+    except UnicodeDecodeError:
+        return None
+    return records
+
+
+def _text_timestamp(cfg: SourceConfig, schema: Any) -> bool:
+    """Whether the source's timestamp column is text in ``schema`` (a polars schema): its format
+    is inferred from the values, which a batch would do on its own rows, so it is read whole."""
+    return bool(cfg.timestamp_column) and schema.get(cfg.timestamp_column) == pl.String
 
 
 def _rebatched(frames: Iterator[pl.DataFrame], rows: int) -> Iterator[pl.DataFrame]:
@@ -394,19 +407,11 @@ def _dataset_batches(
     total = len(ds) if cfg.limit is None else min(len(ds), cfg.limit)
     if total <= batch_rows:
         return None
-    schema = ds.features.arrow_schema
-    if cfg.timestamp_column and cfg.timestamp_column in schema.names:
-        if _is_text(schema.field(cfg.timestamp_column).type):
-            return None
+    if _text_timestamp(cfg, pl.from_arrow(ds.features.arrow_schema.empty_table()).schema):  # type: ignore[union-attr]
+        return None
     arrow = ds.with_format("arrow")
     frames = (pl.from_arrow(arrow[start : start + batch_rows]) for start in range(0, total, batch_rows))
     return _shaped_batches(frames, cfg, ctx, total, where)  # type: ignore[arg-type]
-
-
-def _is_text(dtype: Any) -> bool:
-    import pyarrow as pa
-
-    return bool(pa.types.is_string(dtype) or pa.types.is_large_string(dtype) or pa.types.is_string_view(dtype))
 
 
 def _jsonl_batches(path: Path, cfg: SourceConfig, ctx: Context, batch_rows: int) -> Iterator[StepResult] | None:
@@ -446,15 +451,8 @@ def _plain_jsonl_batches(
     infers it; None (read whole) where the file has a line that is not UTF-8 or not a JSON
     object, is one batch or fewer, or has a text timestamp column. Two passes over the file
     before the first batch, each holding one line."""
-    decoder = codecs.getincrementaldecoder("utf-8")()
-    records = 0
-    try:
-        with path.open("rb") as f:
-            for raw in f:
-                decoder.decode(raw)
-                records += bool(raw.strip())
-            decoder.decode(b"", final=True)
-    except UnicodeDecodeError:
+    records = _utf8_records(path)
+    if records is None:
         return None
     total = records if cfg.limit is None else min(records, cfg.limit)
     if total <= batch_rows:
@@ -463,7 +461,7 @@ def _plain_jsonl_batches(
         schema = pl.scan_ndjson(path, infer_schema_length=None).collect_schema()
     except Exception:
         return None
-    if cfg.timestamp_column and schema.get(cfg.timestamp_column) == pl.String:
+    if _text_timestamp(cfg, schema):
         return None
 
     def frames() -> Iterator[pl.DataFrame]:
@@ -506,17 +504,17 @@ def _shaped_batches(
 
 
 class _SeenIds:
-    """The ids of the batches read so far, as 128-bit hashes (16 bytes an id, not the ids) in
-    sorted runs of about doubling length, merged as a binary counter: a batch is looked up in
-    O(log batches) runs. A repeat is two equal 128-bit hashes: a false one has probability about
-    n² / 2¹²⁹ (10⁻²⁵ at ten million ids)."""
+    """The ids of the batches read so far, as their ``key_hashes`` (16 bytes an id, not the ids)
+    in sorted runs of about doubling length, merged as a binary counter: a batch is looked up in
+    O(log batches) runs. A repeat is two equal 128-bit hashes."""
 
     def __init__(self) -> None:
         self.runs: list[tuple[np.ndarray, np.ndarray]] = []  # (h0 sorted, h1 in the same order)
 
     def add(self, ids: pl.Series) -> np.ndarray:
         """Record ``ids`` (distinct among themselves); a mask of those recorded before."""
-        h0, h1 = ids.hash(seed=1).to_numpy(), ids.hash(seed=2).to_numpy()
+        hashed = key_hashes(ids)
+        h0, h1 = hashed["h0"].to_numpy(), hashed["h1"].to_numpy()
         order = np.argsort(h0, kind="stable")
         run = (h0[order], h1[order])  # looked up sorted: the searches walk each run in order
         found = np.zeros(len(ids), dtype=bool)

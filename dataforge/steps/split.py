@@ -52,6 +52,7 @@ from pydantic import field_validator, model_validator
 from dataforge.cluster import components, near_duplicate_pairs_in_batches
 from dataforge.engine.events import events
 from dataforge.engine.step import Columns, Context, Fields, PlanInfo, StepConfig, StepResult, require, step
+from dataforge.engine.streaming import key_hashes
 from dataforge.engine.table import Table
 from dataforge.errors import DataError
 from dataforge.recipe import NAME_RE
@@ -223,36 +224,27 @@ def _link_equal(keys: pl.DataFrame) -> np.ndarray:
 
 
 def group_hashes(table: Table, cfg: SplitConfig) -> pl.DataFrame:
-    """Each row's group key (``text_key``) as a 128-bit hash — columns ``h0``, ``h1``, null where
-    the key is null — computed a batch at a time, so the keys of all rows are never held. Rows
-    are linked by equal hashes: two different keys share one with probability about
-    n² / 2¹²⁹ (10⁻²⁵ at ten million rows)."""
+    """Each row's group key (``text_key``) as its ``key_hashes`` (null where the key is null),
+    computed a batch at a time, so the keys of all rows are never held."""
     assert cfg.group
     parts = [pl.DataFrame(schema={"h0": pl.UInt64, "h1": pl.UInt64})]
     for batch in table.batches(columns=list(dict.fromkeys(cfg.group))):
         key = text_key(batch, cfg.group, cfg.group_turns)
-        null = key.is_null()
-        parts.append(
-            pl.DataFrame({"h0": key.hash(seed=1), "h1": key.hash(seed=2)}).with_columns(
-                pl.when(~null).then(pl.col("h0")).alias("h0"), pl.when(~null).then(pl.col("h1")).alias("h1")
-            )
-        )
+        parts.append(key_hashes(key).with_columns(pl.when(key.is_not_null()).then(pl.all()).name.keep()))
     return pl.concat(parts)
 
 
-def units_of(
-    df: pl.DataFrame, cfg: SplitConfig, near: np.ndarray | None = None, groups: pl.DataFrame | None = None
-) -> np.ndarray:
-    """Unit label per row: rows joined by equal group keys (``groups``: their ``group_hashes``)
-    and by near-duplicate clusters (``near``: the near-duplicate pairs of ``cluster.fields``,
-    computed by ``cluster_pairs``)."""
+def units_of(table: Table, df: pl.DataFrame, cfg: SplitConfig, near: np.ndarray | None = None) -> np.ndarray:
+    """Unit label per row of ``table`` (``df``: its ``needed_columns``): rows joined by equal group
+    keys (``group_hashes``) and by near-duplicate clusters (``near``: the near-duplicate pairs of
+    ``cluster.fields``, computed by ``cluster_pairs`` when not given)."""
     pairs = [np.zeros((0, 2), dtype=np.int64)]
     if cfg.group:
-        pairs.append(_link_equal(groups if groups is not None else group_hashes(Table.of(df), cfg)))
+        pairs.append(_link_equal(group_hashes(table, cfg)))
     if cfg.cluster and cfg.cluster.column:
         pairs.append(_link_equal(df.select(pl.col(cfg.cluster.column).cast(pl.String))))
     elif cfg.cluster and cfg.cluster.fields:
-        pairs.append(near if near is not None else cluster_pairs(Table.of(df), cfg))
+        pairs.append(near if near is not None else cluster_pairs(table, cfg))
     return components(df.height, np.concatenate(pairs))
 
 
@@ -292,15 +284,15 @@ def _cut(u: np.ndarray, fractions: dict[str, float]) -> np.ndarray:
     return np.searchsorted(bounds, u, side="right")
 
 
-def assign(table: Table, cfg: SplitConfig, near: np.ndarray | None = None) -> tuple[pl.Series, pl.Series, pl.Series]:
-    """(split name, unit size, earlier copy) for every row of ``table`` (``near`` as in
-    ``units_of``); the last is null except, in a time split, for a row dated after its unit's
-    split: the id of the unit's earliest row. Reads the ``needed_columns`` whole and the group
-    fields a batch at a time (twice: hashed to link rows, then for each unit's smallest key)."""
-    df = table.select(needed_columns(cfg))
-    groups = group_hashes(table, cfg) if cfg.group and not cfg.random else None
-    unit = units_of(df, cfg, near, groups) if not cfg.random else np.arange(df.height)
-    del groups
+def assign(
+    table: Table, df: pl.DataFrame, cfg: SplitConfig, near: np.ndarray | None = None
+) -> tuple[pl.Series, pl.Series, pl.Series]:
+    """(split name, unit size, earlier copy) for every row of ``table`` (``df``: its
+    ``needed_columns``, read whole; ``near`` as in ``units_of``); the last is null except, in a
+    time split, for a row dated after its unit's split: the id of the unit's earliest row. The
+    group fields are read a batch at a time (twice: hashed to link rows, then for each unit's
+    smallest key)."""
+    unit = np.arange(df.height) if cfg.random else units_of(table, df, cfg, near)
     frame = pl.DataFrame({"unit": unit}).with_row_index("i")
     per_unit = frame.group_by("unit").agg(pl.len().alias("size"))
     names = list(cfg.split_names)
@@ -324,7 +316,7 @@ def _unit_draws(table: Table, df: pl.DataFrame, unit: np.ndarray, cfg: SplitConf
     """Each unit's draw ``u`` in [0, 1): ``unit_hash(seed, k)`` of its smallest key ``k`` (group
     key, else row id). Group keys are read a batch at a time: a unit of one row is drawn from
     its own key at once; for larger units only their smallest key so far is held."""
-    if not cfg.group or cfg.random:
+    if not cfg.group:  # (a random split has no group)
         keys = pl.DataFrame({"unit": unit, "key": df["_id"]}).group_by("unit").agg(pl.col("key").min())
         return keys.select("unit", _draws(cfg.seed, keys["key"]))
     single = np.bincount(unit) == 1
@@ -441,8 +433,8 @@ def split(inputs: dict[str, Table], cfg: SplitConfig, ctx: Context) -> StepResul
     batch at a time, then for candidate pairs); each split's rows are written batch by batch."""
     table = Table.of(inputs["data"])
     near = cluster_pairs(table, cfg) if cfg.cluster and cfg.cluster.fields and not cfg.random else None
-    which, size, earlier = assign(table, cfg, near)
-    df = table.select(["_id"])
+    df = table.select(needed_columns(cfg))
+    which, size, earlier = assign(table, df, cfg, near)
     late = earlier.is_not_null()
     tables = {name: table.where(((which == name) & ~late).to_numpy()) for name in cfg.split_names}
     detail = pl.select(

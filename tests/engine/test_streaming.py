@@ -613,3 +613,20 @@ def test_key_steps_with_group_outputs_run_by_buckets_of_whole_groups(ws, tmp_pat
     assert _tree_hashes(tmp_path / "whole" / "datasets") == _tree_hashes(tmp_path / "streamed" / "datasets")
     pairs = Store(tmp_path / "streamed").read_table("pairs", streamed.steps[2].fingerprint, "data")
     assert pairs.height == 600 and streamed.steps[1].outputs["groups"] == 600  # a pair and a group a question
+
+
+def test_appended_files_keep_every_part_when_a_later_part_has_other_types(tmp_path):
+    """The keyed runner's bucket and window files: parts appended to one number come back in
+    order, an all-null column of the first part and text in a later one included, and the files
+    are gone once taken."""
+    from dataforge.engine.streaming import AppendedFiles
+
+    files = AppendedFiles(tmp_path / "w")
+    files.append(3, pl.DataFrame({"a": [1, 2], "b": [None, None]}))
+    files.append(3, pl.DataFrame({"a": [3], "b": ["x"]}))
+    files.append(3, pl.DataFrame({"a": [4], "b": [None]}, schema={"a": pl.Int64, "b": pl.String}))
+    files.append(5, pl.DataFrame({"a": [9], "b": ["y"]}))
+    files.close()
+    assert files.take(3).to_dict(as_series=False) == {"a": [1, 2, 3, 4], "b": [None, None, "x", None]}
+    assert files.take(4) is None and files.take(5)["b"].to_list() == ["y"]
+    assert not list((tmp_path / "w").iterdir())
