@@ -18,7 +18,7 @@ TORCH ?= torch==2.13.0
 # kernel re-runs the install, which rebuilds it.
 $(STAMP): pyproject.toml setup.py dataforge/text/_kernels.c | $(BIN)/python
 	$(BIN)/python -m pip install -q "$(TORCH)"
-	$(BIN)/python -m pip install -q -e ".[test]"
+	$(BIN)/python -m pip install -q -e ".[test,ray]"
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
 

@@ -27,6 +27,7 @@ Usage: .venv/bin/python bench/scale.py --rows 250000,500000,1000000 [--words 100
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -154,12 +155,14 @@ def _edit(text: str, rate: float, rng: np.random.Generator, vocab: np.ndarray) -
     return " ".join(out)
 
 
-def child(folder: Path, batch_rows: int, limit_gib: float | None) -> None:
+def child(folder: Path, batch_rows: int, limit_gib: float | None, executor: str = "local", cpus: int = 0) -> None:
     """Build the recipe in ``folder`` and print its figures as JSON (run in its own process):
     wall time, peak RSS (getrusage), and the peak resident memory sampled during each step and
     the export (every 50 ms from /proc). ``limit_gib``: the process's data segment is limited
     to it (``RLIMIT_DATA``, which counts the heap and private mappings): past it, allocations
-    fail and the build with them."""
+    fail and the build with them. ``executor`` ``ray``: a local Ray instance of ``cpus`` CPUs is
+    started first (its start timed apart); the resident memory of the processes it starts (its
+    workers among them) is sampled as one sum, beside this process's own."""
 
     import shutil
     import threading
@@ -196,9 +199,30 @@ def child(folder: Path, batch_rows: int, limit_gib: float | None) -> None:
 
     Runner._execute = tracked(Runner._execute, lambda self, ps, *_: ps.name)
     dataforge.export.export_datasets = tracked(dataforge.export.export_datasets, lambda *_: "export")
+    ray_start = 0.0
+    if executor == "ray":
+        import psutil
+        import ray
+
+        begun = time.perf_counter()
+        ray.init(num_cpus=cpus, include_dashboard=False, logging_level="WARNING")
+        ray_start = time.perf_counter() - begun
+
+        def sample_ray() -> None:
+            while not done.is_set():
+                rss = 0
+                for p in psutil.Process().children(recursive=True):
+                    with contextlib.suppress(psutil.Error):
+                        rss += p.memory_info().rss
+                peaks["ray processes"] = max(peaks.get("ray processes", 0.0), rss / 2**20)
+                done.wait(0.5)
+
+        threading.Thread(target=sample_ray, daemon=True).start()
     threading.Thread(target=sample, daemon=True).start()
     started = time.perf_counter()
-    report = build(folder / "recipe.yaml", folder / "build", show_progress=False, batch_rows=batch_rows)
+    report = build(
+        folder / "recipe.yaml", folder / "build", show_progress=False, batch_rows=batch_rows, executor=executor
+    )
     wall = time.perf_counter() - started
     done.set()
     # the kernel's high-water mark of this process image (VmHWM). Not getrusage's ru_maxrss: Linux
@@ -208,7 +232,9 @@ def child(folder: Path, batch_rows: int, limit_gib: float | None) -> None:
     status = Path("/proc/self/status").read_text()
     rss = int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1)) / 1024  # type: ignore[union-attr]
     steps = [{"step": s.name, "rows_in": s.rows_in, "seconds": s.seconds} for s in report.steps]
-    print(json.dumps({"wall": wall, "rss_mib": rss, "steps": steps, "timings": report.timings, "peaks": peaks}))
+    figures = {"wall": wall, "rss_mib": rss, "steps": steps, "timings": report.timings, "peaks": peaks}
+    figures.update(ray_start=ray_start, tasks=report.tasks, shuffled=report.shuffled)
+    print(json.dumps(figures))
 
 
 def main() -> None:
@@ -222,9 +248,11 @@ def main() -> None:
     )
     ap.add_argument("--limit-gib", type=float, help="limit each build's data segment (RLIMIT_DATA) to this")
     ap.add_argument("--child")
+    ap.add_argument("--executor", default="local", help=argparse.SUPPRESS)  # of a child: bench/ray.py
+    ap.add_argument("--cpus", type=int, default=0, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        return child(Path(args.child), args.batch_rows, args.limit_gib)
+        return child(Path(args.child), args.batch_rows, args.limit_gib, args.executor, args.cpus)
     for n in (int(x) for x in args.rows.split(",")):
         with tempfile.TemporaryDirectory(dir=args.keep) as tmp:
             folder = Path(tmp)
@@ -251,12 +279,16 @@ RETURNING_ALLOCATORS = {
 }
 
 
-def measure(folder: Path, engine: str, batch_rows: int, limit_gib: float | None) -> None:
-    """One build of the mix in ``folder`` in a child process, its figures printed."""
+def measure(
+    folder: Path, engine: str, batch_rows: int, limit_gib: float | None, executor: str = "local", cpus: int = 0
+) -> dict | None:
+    """One build of the mix in ``folder`` in a child process, its figures printed and returned
+    (None: the build failed)."""
     started = time.perf_counter()
     limit = ["--limit-gib", str(limit_gib)] if limit_gib else []
+    on = ["--executor", executor, "--cpus", str(cpus)]
     run = subprocess.run(
-        [sys.executable, __file__, "--child", str(folder), "--batch-rows", str(batch_rows), *limit],
+        [sys.executable, __file__, "--child", str(folder), "--batch-rows", str(batch_rows), *limit, *on],
         env={**os.environ, **(RETURNING_ALLOCATORS if limit_gib else {})},
         capture_output=True,
         text=True,
@@ -265,12 +297,18 @@ def measure(folder: Path, engine: str, batch_rows: int, limit_gib: float | None)
     label = f"{engine} (batch_rows={batch_rows:,}" + (f", data limit {limit_gib:g} GiB)" if limit_gib else ")")
     if run.returncode != 0:
         print(f"  {label}: failed after {time.perf_counter() - started:.1f} s: {run.stderr[-400:]}")
-        return
+        return None
     fig = json.loads(run.stdout.strip().splitlines()[-1])
     print(
         f"  {label}: {fig['wall']:.1f} s end to end, peak RSS {fig['rss_mib']:,.0f} MiB, "
         f"peak data segment {fig['peaks'].get('data segment', 0):,.0f} MiB (what RLIMIT_DATA limits)"
     )
+    if executor == "ray":
+        print(
+            f"    Ray: started in {fig['ray_start']:.1f} s (not in the time above); its processes' peak RSS "
+            f"{fig['peaks'].get('ray processes', 0):,.0f} MiB together; tasks {fig['tasks']}; "
+            f"shuffled {', '.join(f'{k} {v / 2**20:,.0f} MiB' for k, v in fig['shuffled'].items()) or 'nothing'}"
+        )
     peaks = fig["peaks"]
     for s in fig["steps"]:
         rate = f"{s['rows_in'] / s['seconds']:>12,.0f} rows/s" if s["seconds"] > 0 and s["rows_in"] else ""
@@ -281,6 +319,7 @@ def measure(folder: Path, engine: str, batch_rows: int, limit_gib: float | None)
         f"    {'report.html':12s} {report:8.2f} s {'':20s} peak {peaks.get('engine', 0):8,.0f} MiB"
         " (with the engine's own work)"
     )
+    return fig
 
 
 if __name__ == "__main__":

@@ -63,6 +63,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         wait=args.wait,
         verify=args.verify,
         batch_rows=args.batch_rows,
+        executor=args.executor,
     )
     table = Table(title=f"build {report.run_id} → {report.out}")
     for col in ("step", "kind", "rows in", "rows out", "dropped", "flagged", "seconds", "rows/s", "cached"):
@@ -369,6 +370,14 @@ def make_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="rows per batch of the steps that stream (rows steps): bounds their memory; changes no output "
         "(default: $DATAFORGE_BATCH_ROWS or 100000; 0: every step on whole tables)",
+    )
+    b.add_argument(
+        "--executor",
+        choices=("local", "ray"),
+        help="where the steps that divide into batches run: in this process (local) or as tasks on a Ray cluster "
+        "($RAY_ADDRESS, a cluster `ray start` began on this machine, else a new local one; needs "
+        "dataforge[ray]); changes no output (default: $DATAFORGE_EXECUTOR, else the recipe's `executor:`, "
+        "else local)",
     )
     _add_override_options(b)
     b.set_defaults(fn=cmd_build)

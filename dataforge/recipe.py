@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -74,6 +74,7 @@ class Recipe(_Frozen):
     steps: dict[str, StepSpec]
     datasets: dict[str, DatasetSpec] = Field(default_factory=dict)
     models: dict[str, dict[str, Any]] = Field(default_factory=dict)  # validated as ModelSpec by the planner
+    executor: Literal["local", "ray"] | None = None  # where steps run (--executor and $DATAFORGE_EXECUTOR win)
 
 
 class LoadedRecipe:

@@ -180,3 +180,14 @@ def scripted_model():
     for s in servers:
         s.shutdown()
         s.server_close()
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """A real local Ray instance for the tests of the Ray executor (two CPUs, as CI has), shut
+    down after the session; a build finds it connected and uses it."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    yield ray
+    ray.shutdown()

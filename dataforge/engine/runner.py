@@ -14,23 +14,26 @@ before it exports, and a failed write fails the build like a failed step.
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager, suppress
-from dataclasses import dataclass, field, replace
+from contextlib import suppress
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import polars as pl
 from pyarrow import ArrowException
 from rich.console import Console
 from rich.text import Text
 
 from dataforge import __version__
-from dataforge.engine.events import ACTIONS, concat_edges, concat_events
+from dataforge.engine.calls import call_bucket, call_step, check_result, partition_batch, step_errors
+from dataforge.engine.events import concat_edges, concat_events
 from dataforge.engine.lock import BuildLock
 from dataforge.engine.plan import Plan, PlannedStep, Ref, plan_recipe
 from dataforge.engine.progress import StepProgress, make_progress
@@ -38,7 +41,6 @@ from dataforge.engine.step import Context, StepResult
 from dataforge.engine.store import SCRATCH, Store, output_path
 from dataforge.engine.streaming import (
     BUCKET,
-    KEY,
     POSITION,
     AppendedFiles,
     batch_rows_setting,
@@ -78,6 +80,8 @@ class BuildReport:
     steps: list[StepReport]
     datasets: dict[str, dict[str, int]]
     timings: dict[str, float] = field(default_factory=dict)  # plan, run, steps, export, report (seconds)
+    tasks: dict[str, int] = field(default_factory=dict)  # tasks run on the executor by kind (none locally)
+    shuffled: dict[str, int] = field(default_factory=dict)  # bytes a key step's shuffle wrote, by step (Ray)
 
     @property
     def executed(self) -> list[str]:
@@ -102,6 +106,7 @@ def build(
     wait: bool = False,
     verify: bool = False,
     batch_rows: int | None = None,
+    executor: str | None = None,
 ) -> BuildReport:
     """Plan and run a recipe into ``out``; returns what ran, what was reused and what was exported.
 
@@ -110,15 +115,38 @@ def build(
     stops this one at once, or with ``wait`` this one waits for it. ``verify`` checks the sha256
     of every reused artifact and exported split, not only those whose size or mtime changed.
     ``batch_rows``: rows per batch of a streamed step (``engine.streaming``; default
-    ``$DATAFORGE_BATCH_ROWS`` or 100,000; 0: every step on whole tables). It changes no output."""
+    ``$DATAFORGE_BATCH_ROWS`` or 100,000; 0: every step on whole tables). It changes no output.
+    ``executor``: ``local`` or ``ray`` (``engine.ray_runner``; default ``executor_setting``); it
+    changes no output either."""
     started = time.perf_counter()
     plan = plan_recipe(recipe_path, models, settings)
     planned = time.perf_counter() - started
     rows = batch_rows_setting(batch_rows)
-    runner = Runner(plan, Path(out), console=console, show_progress=show_progress, verify=verify, batch_rows=rows)
+    runner_class = Runner
+    if executor_setting(executor, plan) == "ray":
+        from dataforge.engine.ray_runner import RayRunner
+
+        runner_class = RayRunner
+    runner = runner_class(plan, Path(out), console=console, show_progress=show_progress, verify=verify, batch_rows=rows)
     report = runner.run(force, wait=wait)
     report.timings["plan"] = planned
     return report
+
+
+EXECUTORS = ("local", "ray")
+EXECUTOR_ENV = "DATAFORGE_EXECUTOR"
+
+
+def executor_setting(value: str | None, plan: Plan) -> str:
+    """Where a build's steps run: ``value`` (``--executor``) if given, else ``$DATAFORGE_EXECUTOR``,
+    else the recipe's ``executor:`` (checked when the recipe loads), else ``local``."""
+    env = os.environ.get(EXECUTOR_ENV, "").strip() or None
+    for chosen, where in ((value, "--executor"), (env, f"${EXECUTOR_ENV}")):
+        if chosen is not None:
+            if chosen not in EXECUTORS:
+                raise DataforgeError(f"{where} is {chosen!r}: the executors are {', '.join(EXECUTORS)}")
+            return chosen
+    return plan.loaded.recipe.executor or "local"
 
 
 class _Background:
@@ -334,6 +362,10 @@ class Runner:
             self.store.upgrade_decisions(row.step, row.fingerprint, self.run_id)
         self.lineage.record_reuse(self.run_id, batch)
 
+    def _requests(self) -> tuple[int, Counter[str]]:
+        """Model requests of this build so far: (asked, failures by reason)."""
+        return self.llm.failure_counts()
+
     def _context(self, ps: PlannedStep, progress: StepProgress) -> Context:
         return Context(
             step=ps.name,
@@ -344,32 +376,12 @@ class Runner:
             llm=self.llm,
         )
 
-    @contextmanager
-    def _step_errors(self, ps: PlannedStep) -> Iterator[None]:
-        """A step's own errors as a StepError naming the step."""
-        try:
-            yield
-        except StepError:
-            raise
-        except DataforgeError as exc:
-            raise StepError(ps.name, str(exc)) from exc
-        except Exception as exc:
-            raise StepError(ps.name, f"{type(exc).__name__}: {exc}") from exc
-
-    def _call(self, ps: PlannedStep, inputs: dict[str, pl.DataFrame], ctx: Context) -> StepResult:
-        """The step function on ``inputs``, its errors as a StepError naming the step, its result
-        checked against its contract."""
-        with self._step_errors(ps):
-            result = ps.stepdef.fn(inputs, ps.cfg, ctx)
-        self._check_result(ps, result, inputs if ps.stepdef.inputs is None else None)
-        return result
-
     def _execute(self, ps: PlannedStep, progress: StepProgress) -> StepReport:
         self._flush_reused()  # the lineage records the steps in build order
         source_batches = getattr(ps.stepdef.fn, "batches", None) if ps.stepdef.is_source and self.batch_rows else None
         if source_batches is not None:
             ctx = self._context(ps, progress)
-            with self._step_errors(ps):
+            with step_errors(ps.name):
                 batches = source_batches(ps.cfg, ctx, self.batch_rows)  # None: read it whole
             if batches is not None:
                 return self._execute_source_batches(ps, progress, batches)
@@ -388,10 +400,10 @@ class Runner:
         rows_in = sum(df.height for df in inputs.values())
         ctx = self._context(ps, progress)
         started = time.perf_counter()
-        asked_before, failed_before = self.llm.failure_counts()
-        result = self._call(ps, inputs, ctx)
+        asked_before, failed_before = self._requests()
+        result = call_step(ps, inputs, ctx)
         seconds = time.perf_counter() - started
-        asked_after, failed_after = self.llm.failure_counts()
+        asked_after, failed_after = self._requests()
         failures = failed_after - failed_before
         self._check_failures(ps, asked_after - asked_before, failures)
         events, edges = concat_events(result.events), concat_edges(result.edges)
@@ -429,7 +441,7 @@ class Runner:
                     size=len,
                 )
                 for batch in batches:
-                    yield self._call(ps, {**whole, name: batch}, ctx)
+                    yield call_step(ps, {**whole, name: batch}, ctx)
 
         return self._store_batches(ps, results(), per_input)
 
@@ -442,19 +454,19 @@ class Runner:
         ctx = self._context(ps, progress)
 
         def results() -> Iterator[StepResult]:
-            with self._step_errors(ps):
+            with step_errors(ps.name):
                 result = ps.stepdef.fn(tables, ps.cfg, ctx)
             heads = {o: t.empty if isinstance(t, Streamed) else t for o, t in result.tables.items()}
             first = StepResult(heads, result.events, result.edges)
-            self._check_result(ps, first, tables if ps.stepdef.inputs is None else None)
+            check_result(ps, first, tables if ps.stepdef.inputs is None else None)
             yield first
             for output, table in result.tables.items():
                 if not isinstance(table, Streamed):
                     continue
-                with self._step_errors(ps):
+                with step_errors(ps.name):
                     for batch in progress.track(table.batches(), description=f"writing {output}", unit="batches"):
                         part = StepResult({output: batch})
-                        self._check_result(ps, part, partial=True)
+                        check_result(ps, part, partial=True)
                         yield part
 
         return self._store_batches(ps, results(), per_input)
@@ -482,9 +494,9 @@ class Runner:
         def results() -> Iterator[StepResult]:
             rows = lambda r: r.tables["data"].height  # noqa: E731
             tracked = progress.track(batches, description=f"{self.batch_rows:,} rows a batch", unit="rows", size=rows)
-            with self._step_errors(ps):
+            with step_errors(ps.name):
                 for result in tracked:
-                    self._check_result(ps, result)
+                    check_result(ps, result)
                     yield result
 
         return self._store_batches(ps, results(), {})
@@ -501,14 +513,14 @@ class Runner:
         written bucket after bucket, which is their order in a whole call. Every row is written
         and read twice, in one file per bucket and one per window (``AppendedFiles``), whatever
         the number of batches."""
-        whole, per_input = self._undivided(ps, [name])
-        ctx = self._context(ps, progress)
-        grouped = set(group_outputs(ps) or ())
+        per_input = {n: self._rows(ref) for n, ref in ps.inputs.items()}
+        grouped = tuple(group_outputs(ps) or ())
         scratch = self.out / SCRATCH / ps.name / f"buckets-{self.run_id}"
         key_of = ps.stepdef.partition_key
         assert key_of is not None
 
         def results() -> Iterator[StepResult]:
+            bucket_of = None
             if grouped:
                 hashed = self._batches(ps.inputs[name])
                 hashed = progress.track(hashed, total=per_input[name], description="groups", unit="rows", size=len)
@@ -516,46 +528,23 @@ class Runner:
                 buckets = int(bucket_of.max()) + 1 if len(bucket_of) else 0
             else:
                 buckets = -(-per_input[name] // self.batch_rows)
-            positions = 0
-            batches = progress.track(
-                self._batches(ps.inputs[name]), total=per_input[name], description="partition", unit="rows", size=len
-            )
-            inbox = AppendedFiles(scratch / "in")
-            for batch in batches:
-                key = key_of(ps.cfg, batch).alias(KEY)
-                span = slice(positions, positions + batch.height)
-                bucket = pl.Series(BUCKET, bucket_of[span]) if grouped else (key.hash(seed=0) % buckets).alias(BUCKET)
-                placed = batch.with_columns(pl.int_range(span.start, span.stop).alias(POSITION), key, bucket)
-                positions += batch.height
-                for (b,), part in placed.partition_by(BUCKET, as_dict=True, include_key=False).items():
-                    inbox.append(b, part)
-            inbox.close()
             # each output's rows: by window of input positions, or (group outputs) by bucket
             outbox = {o: AppendedFiles(scratch / "out" / o) for o in ps.outputs}
-            for b in progress.track(range(buckets), description="buckets", unit="buckets"):
-                rows = inbox.take(b)
-                if rows is None:
-                    continue
-                keyed = replace(ctx, partition_keys=rows[KEY])
-                result = self._call(ps, {**whole, name: rows.drop(POSITION, KEY)}, keyed)
-                where = rows.select("_id", POSITION)
-                del rows, keyed
+            for b, result in self._bucket_results(ps, progress, name, buckets, bucket_of, scratch):
                 for output, table in result.tables.items():
                     if output in grouped:
                         outbox[output].append(b, table)
                         continue
-                    placed = table.join(where, on="_id", how="left")
-                    if placed[POSITION].null_count():
-                        raise StepError(ps.name, f"output '{output}' has rows that are not rows of input '{name}'")
-                    windowed = placed.with_columns((pl.col(POSITION) // self.batch_rows).alias(BUCKET))
+                    windowed = table.with_columns((pl.col(POSITION) // self.batch_rows).alias(BUCKET))
                     for (w,), part in windowed.partition_by(BUCKET, as_dict=True, include_key=False).items():
                         outbox[output].append(w, part)
                 # its decisions, and its outputs' columns (an output that gets no row keeps them)
-                yield StepResult({o: t.head(0) for o, t in result.tables.items()}, result.events, result.edges)
+                heads = {o: t.head(0).drop(POSITION, strict=False) for o, t in result.tables.items()}
+                yield StepResult(heads, result.events, result.edges)
             for files in outbox.values():
                 files.close()
             for output in ps.outputs:
-                for n in range(buckets if output in grouped else -(-positions // self.batch_rows)):
+                for n in range(buckets if output in grouped else -(-per_input[name] // self.batch_rows)):
                     part = outbox[output].take(n)
                     if part is not None:
                         yield StepResult({output: part if output in grouped else part.sort(POSITION).drop(POSITION)})
@@ -567,10 +556,42 @@ class Runner:
             with suppress(OSError):  # the step's scratch folder, when nothing else is in it
                 scratch.parent.rmdir()
 
+    def _bucket_results(
+        self,
+        ps: PlannedStep,
+        progress: StepProgress,
+        name: str,
+        buckets: int,
+        bucket_of: np.ndarray | None,
+        scratch: Path,
+    ) -> Iterator[tuple[int, StepResult]]:
+        """Key step ``ps`` on each bucket of its divided input ``name``, in bucket order: the
+        input's rows filed to ``buckets`` buckets (``calls.partition_batch``; ``bucket_of``: each
+        row's bucket, where set) in one file a bucket, then the step on each (``calls.call_bucket``)."""
+        whole, _ = self._undivided(ps, [name])
+        ctx = self._context(ps, progress)
+        grouped = group_outputs(ps) or ()
+        inbox = AppendedFiles(scratch / "in")
+        start = 0
+        ref = ps.inputs[name]
+        batches = progress.track(
+            self._batches(ref), total=self._rows(ref), description="partition", unit="rows", size=len
+        )
+        for batch in batches:
+            chosen = None if bucket_of is None else bucket_of[start : start + batch.height]
+            for b, part in partition_batch(ps, batch, start, buckets, chosen).items():
+                inbox.append(b, part)
+            start += batch.height
+        inbox.close()
+        for b in progress.track(range(buckets), description="buckets", unit="buckets"):
+            bucket = inbox.take(b)
+            if bucket is not None:
+                yield b, call_bucket(ps, name, bucket, whole, ctx, grouped)
+
     def _store_batches(self, ps: PlannedStep, results: Iterator[StepResult], per_input: dict[str, int]) -> StepReport:
         """Append each batch's result to the step's artifact as it comes (the batches' time is
         the step's), then its ``meta.json`` and lineage record."""
-        asked_before, failed_before = self.llm.failure_counts()
+        asked_before, failed_before = self._requests()
         seconds = 0.0
         drops: Counter[str] = Counter()
         flags: Counter[str] = Counter()
@@ -588,7 +609,7 @@ class Runner:
                     flags.update(_counts(events, "flagged"))
                     outputs.update({n: df.height for n, df in result.tables.items()})
                     writer.add(StepResult(result.tables, [events], [edges]))
-                asked_after, failed_after = self.llm.failure_counts()
+                asked_after, failed_after = self._requests()
                 failures = failed_after - failed_before
                 self._check_failures(ps, asked_after - asked_before, failures)
                 rows_in = sum(per_input.values())
@@ -662,33 +683,6 @@ class Runner:
                 style="yellow",
             )
         )
-
-    def _check_result(
-        self, ps: PlannedStep, result: StepResult, inputs: Iterable[str] | None = None, partial: bool = False
-    ) -> None:
-        """``result`` against the step's contract; ``inputs``: the inputs it was given, when
-        a per-table step ran on some of them (a batch of one input gives that input's outputs);
-        ``partial``: a batch of some of its outputs."""
-        if not isinstance(result, StepResult):
-            raise StepError(ps.name, f"returned {type(result).__name__}, not a StepResult")
-        expected = ps.outputs if inputs is None else ps.stepdef.outputs(ps.cfg, list(inputs))
-        given, wanted = set(result.tables), set(expected)
-        if not given <= wanted if partial else given != wanted:
-            raise StepError(ps.name, f"returned outputs {sorted(result.tables)}, its plan says {sorted(expected)}")
-        for name, df in result.tables.items():
-            if "_id" not in df.columns or df.schema["_id"] != pl.String:
-                raise StepError(ps.name, f"output '{name}' has no string '_id' column")
-            if df.height and df["_id"].n_unique() != df.height:
-                dup = df["_id"].filter(df["_id"].is_duplicated()).head(3).to_list()
-                raise StepError(ps.name, f"output '{name}' repeats row ids, e.g. {dup}")
-            declared = ps.columns.get(name)
-            missing = [c for c in declared or [] if c not in df.columns]
-            if missing:
-                raise StepError(ps.name, f"output '{name}' lacks declared columns {missing}")
-        for ev in result.events:
-            bad = set(ev["action"].unique().to_list()) - set(ACTIONS)
-            if bad:
-                raise StepError(ps.name, f"events with unknown actions {sorted(bad)}")
 
     # -- tables in memory -------------------------------------------------------------------
 

@@ -506,21 +506,56 @@ def test_streamed_in_small_batches_every_export_is_byte_identical(recipe, built,
     runs these recipes' steps on one batch each (none has 100,000 rows), and decides the same
     events and edges. The model requests come from the first build's cache: a model's answer
     to a request is not what is under test, the engine's bookkeeping of it is."""
+    report = _rebuilt_alike(recipe, built, tiny_lm, tmp_path / "streamed")
+    many = list((tmp_path / "streamed" / "artifacts").glob("*/*/*/part-00001.parquet"))
+    assert many, "no step ran on more than one batch: the test would prove nothing"
+    assert report.tasks == {}
+
+
+_ray_tasks: dict[str, dict[str, int]] = {}
+
+
+@pytest.mark.parametrize("recipe", ALL)
+def test_on_ray_every_export_is_byte_identical(recipe, built, tiny_lm, tmp_path, ray_local):
+    """The Ray executor (engine.ray_runner) runs the same step functions as tasks on a local Ray
+    instance and gives what the local executor gives: every shipped recipe rebuilt from nothing
+    on Ray at a few rows a batch exports the same bytes and decides the same events and edges."""
+    report = _rebuilt_alike(recipe, built, tiny_lm, tmp_path / "ray", executor="ray")
+    assert report.tasks.get("rows", 0) > 1, "no rows step ran on Ray in batches: the test would prove nothing"
+    _ray_tasks[recipe] = report.tasks
+
+
+def test_on_ray_the_shipped_recipes_ran_key_steps_as_a_shuffle_and_buckets(built, tiny_lm, tmp_path, ray_local):
+    """Among the shipped recipes, some key step (exact dedup, preference pairs, rollout groups)
+    ran on Ray by buckets: the equivalence above covers the shuffle too."""
+    for recipe in ALL:
+        if recipe not in _ray_tasks:  # run alone: build them here
+            _ray_tasks[recipe] = _rebuilt_alike(recipe, built, tiny_lm, tmp_path / recipe, executor="ray").tasks
+    assert sum(t.get("partition", 0) for t in _ray_tasks.values()) > 1
+    assert sum(t.get("bucket", 0) for t in _ray_tasks.values()) > 1
+
+
+def _rebuilt_alike(recipe: str, built, tiny_lm, out: Path, **kw):
+    """Rebuild ``recipe`` from nothing into ``out`` at ``STREAM_BATCH`` rows a batch (``kw``: more
+    build options) and check that it exports the bytes of the default build and decides the same
+    events and edges; returns the rebuild's report."""
     from tests.engine.test_runner import _tree_hashes
 
     whole = built(recipe)
-    out = tmp_path / "streamed"
     (out / "cache").mkdir(parents=True)
     shutil.copy(whole / ".dataforge.json", out / ".dataforge.json")
     if (whole / "cache" / "llm.sqlite").exists():
         shutil.copy(whole / "cache" / "llm.sqlite", out / "cache" / "llm.sqlite")
     report = build(
-        RECIPES / recipe, out, show_progress=False, batch_rows=STREAM_BATCH[recipe], **tiny_overrides(recipe, tiny_lm)
+        RECIPES / recipe,
+        out,
+        show_progress=False,
+        batch_rows=STREAM_BATCH[recipe],
+        **tiny_overrides(recipe, tiny_lm),
+        **kw,
     )
     assert max(s.rows_in for s in report.steps) < 100_000
     assert _tree_hashes(whole / "datasets") == _tree_hashes(out / "datasets")
-    many = list((out / "artifacts").glob("*/*/*/part-00001.parquet"))
-    assert many, "no step ran on more than one batch: the test would prove nothing"
     for table, columns in (
         ("latest_events", "step, row_id, action, reason, related_id, score, detail_json"),
         ("latest_edges", "step, child_id, parent_id, relation"),
@@ -529,3 +564,4 @@ def test_streamed_in_small_batches_every_export_is_byte_identical(recipe, built,
         with duckdb.connect(str(whole / "lineage.duckdb"), read_only=True) as a:
             with duckdb.connect(str(out / "lineage.duckdb"), read_only=True) as b:
                 assert a.execute(query).fetchall() == b.execute(query).fetchall(), table
+    return report

@@ -1,0 +1,358 @@
+"""The Ray executor (``dataforge build --executor ray``): the runner whose ``rows`` and ``key``
+steps run as Ray tasks, with the same step functions and the same results as the local runner.
+
+What runs where:
+
+- A ``rows`` step on an input larger than a batch: one task per batch. A batch is a slice of a
+  stored shard of its input, which the worker reads from the build folder; the step's undivided
+  inputs (an eval side) are read whole by each worker process once per step. Each task's result
+  (tables, events, edges) comes back through Ray's object store and the driver appends it to the
+  step's artifact in input order, at most ``in_flight`` tasks ahead of the one it waits for: the
+  artifact, its decisions and all that follows are what the local runner writes.
+- A ``key`` step on an input larger than a batch: a hash shuffle through the build folder —
+  one task per batch files its rows into buckets (``calls.partition_batch``: a file per bucket
+  under the step's scratch folder), then one task per bucket runs the step on the rows of its
+  bucket in input order (``calls.call_bucket``); the driver files the outputs back in input order
+  as the local runner does (``Runner._execute_keyed``).
+- Sources, ``global`` steps (out-of-core ones read their inputs' shards in batches), steps whose
+  inputs fit in one batch, and the export run in the driver, as locally.
+
+Models: every worker process keeps one ``ModelPool`` on the build's request cache (the SQLite
+file under ``<out>/cache``), so a model loads once per worker process, not per batch, and an
+answer stored by one worker is not asked again by the next build. Each task reports the requests
+it sent and those that failed; the driver counts them with its own (``max_failure_rate``).
+
+Faults: a task whose worker process dies is run again by Ray (``max_retries``); a task's own
+error (bad data, a failing step) is not retried and fails the build naming the step, as locally.
+A killed driver leaves the finished artifacts, which the next build reuses.
+
+Every path a task reads or writes is under the build folder or the recipe's folder: on a cluster
+they must be on storage every node mounts (object-store URIs are not supported yet). Buckets are
+chosen by polars' key hash, which is the same on every node of one CPU architecture.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from dataforge.engine.calls import call_bucket, call_step, partition_batch, step_errors
+from dataforge.engine.plan import PlannedStep, Ref
+from dataforge.engine.progress import StepProgress
+from dataforge.engine.runner import BuildReport, Runner, StepReport
+from dataforge.engine.step import Context, StepResult
+from dataforge.engine.store import output_schema, with_schema
+from dataforge.engine.streaming import divided_inputs, group_outputs
+from dataforge.errors import DataforgeError, StepError
+from dataforge.llm.client import ModelPool
+
+TASK_RETRIES = 3  # runs of a task after its worker process died (Ray's retry on system failure)
+
+
+def start_ray() -> bool:
+    """Connect to Ray: the cluster at ``$RAY_ADDRESS``, else one started by ``ray start`` on this
+    machine, else a new local instance (``ray.init``'s own order). Returns whether this call
+    connected (False: the process was connected already, e.g. by a test's fixture)."""
+    try:
+        import ray
+    except ImportError:
+        raise DataforgeError("the ray executor needs Ray: pip install 'dataforge[ray]'") from None
+    if ray.is_initialized():
+        return False
+    ray.init(include_dashboard=False, logging_level="WARNING")
+    return True
+
+
+@dataclass(frozen=True)
+class Part:
+    """Rows ``offset`` to ``offset + rows`` of one stored shard."""
+
+    path: str
+    offset: int
+    rows: int
+
+    def read(self, schema: dict[str, pl.DataType]) -> pl.DataFrame:
+        frame = pl.scan_parquet(self.path).slice(self.offset, self.rows).collect()
+        return with_schema(frame, schema)
+
+
+@dataclass(frozen=True)
+class WorkerStep:
+    """What a worker needs besides the planned step: where its context points, and the files of
+    the inputs it reads whole."""
+
+    fingerprint: str
+    base_dir: Path
+    scratch_dir: Path
+    cache_path: Path
+    whole: dict[str, list[str]] = field(default_factory=dict)
+
+
+@dataclass
+class Done:
+    """A task's answer: its value, the model requests it sent and those that failed, or the
+    error (a StepError's message) that stopped it."""
+
+    value: Any = None
+    asked: int = 0
+    failures: Counter[str] = field(default_factory=Counter)
+    error: str | None = None
+
+
+# -- in the worker processes -----------------------------------------------------------------
+
+_WORKER: dict[str, Any] = {}  # per worker process: its model pool; the whole inputs of the step it ran last
+
+
+def _context(ps: PlannedStep, spec: WorkerStep) -> Context:
+    pool = _WORKER.get("pool")
+    if pool is None or pool.cache_path != spec.cache_path:  # another build: another request cache
+        if pool is not None:
+            pool.close()
+        pool = _WORKER["pool"] = ModelPool(spec.cache_path)
+    return Context(ps.name, ps.fingerprint, spec.base_dir, spec.scratch_dir, llm=pool)
+
+
+def _whole(spec: WorkerStep) -> dict[str, pl.DataFrame]:
+    """The inputs a step gets whole, read once per worker process and step."""
+    key = (spec.fingerprint, tuple(sorted((n, tuple(f)) for n, f in spec.whole.items())))
+    if _WORKER.get("whole_key") != key:
+        _WORKER.pop("whole", None)
+        _WORKER["whole"] = {name: _read_files(files) for name, files in spec.whole.items()}
+        _WORKER["whole_key"] = key
+    return _WORKER["whole"]
+
+
+def _read_files(files: list[str]) -> pl.DataFrame:
+    schema = output_schema([Path(f) for f in files])
+    frames = [with_schema(pl.read_parquet(f), schema) for f in files]
+    return pl.concat(frames, how="vertical_relaxed") if len(frames) != 1 else frames[0]
+
+
+def _answer(ps: PlannedStep, spec: WorkerStep | None, work: Callable[[Context | None], Any]) -> Done:
+    """``work`` run in a worker, its requests counted and its error returned as a message (Ray
+    would wrap it in a traceback; a dead worker is not caught here, Ray runs the task again)."""
+    ctx = _context(ps, spec) if spec is not None else None
+    asked, failed = ctx.llm.failure_counts() if ctx else (0, Counter())
+    try:
+        value = work(ctx)
+    except StepError as exc:
+        return Done(error=str(exc))
+    after_asked, after_failed = ctx.llm.failure_counts() if ctx else (0, Counter())
+    return Done(value, after_asked - asked, after_failed - failed)
+
+
+def _rows_task(ps: PlannedStep, spec: WorkerStep, name: str, part: Part, schema: dict[str, pl.DataType]) -> Done:
+    """A rows step on one batch of its divided input ``name``."""
+
+    def work(ctx: Context | None) -> StepResult:
+        assert ctx is not None
+        with step_errors(ps.name):
+            batch = part.read(schema)
+            whole = _whole(spec)
+        return call_step(ps, {**whole, name: batch}, ctx)
+
+    return _answer(ps, spec, work)
+
+
+def _partition_task(
+    ps: PlannedStep,
+    part: Part,
+    schema: dict[str, pl.DataType],
+    start: int,
+    buckets: int,
+    bucket_of: np.ndarray | None,
+    folder: str,
+) -> Done:
+    """One batch of a key step's divided input filed to buckets: a Parquet file per bucket in
+    ``folder``; the value is {bucket: file}."""
+
+    def work(_: Context | None) -> dict[int, str]:
+        with step_errors(ps.name):
+            batch = part.read(schema)
+        written = {}
+        os.makedirs(folder, exist_ok=True)
+        for b, rows in partition_batch(ps, batch, start, buckets, bucket_of).items():
+            path = os.path.join(folder, f"{b:05d}.parquet")
+            rows.write_parquet(path, compression="lz4")
+            written[int(b)] = path
+        return written
+
+    return _answer(ps, None, work)
+
+
+def _bucket_task(ps: PlannedStep, spec: WorkerStep, name: str, files: list[str], grouped: tuple[str, ...]) -> Done:
+    """A key step on one bucket: its files (one per batch that had rows for it, in input order)."""
+
+    def work(ctx: Context | None) -> StepResult:
+        assert ctx is not None
+        with step_errors(ps.name):
+            rows = pl.concat([pl.read_parquet(f) for f in files], how="vertical_relaxed")
+            whole = _whole(spec)
+        return call_bucket(ps, name, rows, whole, ctx, grouped)
+
+    return _answer(ps, spec, work)
+
+
+# -- in the driver ---------------------------------------------------------------------------
+
+
+class RayRunner(Runner):
+    """``Runner`` with its batch-by-batch steps (rows and key) run as Ray tasks; see the module
+    doc. ``in_flight``: tasks submitted ahead of the one the driver waits for (default: twice
+    the cluster's CPUs)."""
+
+    def __init__(self, *args: Any, in_flight: int | None = None, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        if not self.batch_rows:
+            raise DataforgeError(
+                "the ray executor divides steps into batches: batch rows 0 (every step on whole tables) "
+                "leaves it nothing to run; give --batch-rows N"
+            )
+        self.in_flight = in_flight
+        self.remote_asked = 0
+        self.remote_failures: Counter[str] = Counter()
+        self.tasks_run: Counter[str] = Counter()  # tasks done by kind (rows, partition, bucket)
+        self.shuffled: Counter[str] = Counter()  # bytes of bucket files written, by key step
+
+    def run(self, force: Iterable[str] = (), wait: bool = False) -> BuildReport:
+        import ray
+
+        connected = start_ray()
+        try:
+            if self.in_flight is None:
+                self.in_flight = max(2, 2 * int(ray.cluster_resources().get("CPU", 1)))
+            self.tasks = {
+                "rows": ray.remote(max_retries=TASK_RETRIES)(_rows_task),
+                "partition": ray.remote(max_retries=TASK_RETRIES)(_partition_task),
+                "bucket": ray.remote(max_retries=TASK_RETRIES)(_bucket_task),
+            }
+            report = super().run(force, wait)
+            report.tasks = dict(sorted(self.tasks_run.items()))
+            report.shuffled = dict(self.shuffled)
+            return report
+        finally:
+            if connected:
+                ray.shutdown()
+
+    def _requests(self) -> tuple[int, Counter[str]]:
+        asked, failures = super()._requests()
+        return asked + self.remote_asked, failures + self.remote_failures
+
+    def _worker_step(self, ps: PlannedStep, whole: Iterable[str] = ()) -> WorkerStep:
+        return WorkerStep(
+            fingerprint=ps.fingerprint,
+            base_dir=self.plan.loaded.base_dir,
+            scratch_dir=self.out / "scratch" / ps.name,
+            cache_path=self.out / "cache" / "llm.sqlite",
+            whole={name: [str(f) for f in self._files(ps.inputs[name])] for name in whole},
+        )
+
+    def _files(self, ref: Ref) -> list[Path]:
+        self.background.wait()  # the artifact may still be on its way to disk
+        return self.store.output_files(ref.step, self.plan.by_name[ref.step].fingerprint, ref.output)
+
+    def _parts(self, ref: Ref) -> tuple[list[Part], dict[str, pl.DataType]]:
+        """A step output's batches as slices of its stored shards (a slice never spans two
+        shards; an output of no rows: one empty slice), and its column types."""
+        import pyarrow.parquet as pq
+
+        files = self._files(ref)
+        parts = []
+        for f in files:
+            n = pq.ParquetFile(f).metadata.num_rows
+            parts.extend(Part(str(f), o, min(self.batch_rows, n - o)) for o in range(0, n, self.batch_rows))
+        return parts or [Part(str(files[0]), 0, 0)], output_schema(files)
+
+    def _ordered(self, ps: PlannedStep, kind: str, submit: Callable[[Any], Any], jobs: list[Any]) -> Iterator[Any]:
+        """Each job's value, in job order, at most ``in_flight`` tasks running ahead; a task's
+        error fails the step (the tasks still running are cancelled)."""
+        import ray
+
+        window: deque[Any] = deque()
+        pending = iter(jobs)
+        try:
+            while True:
+                while len(window) < (self.in_flight or 2):
+                    job = next(pending, None)
+                    if job is None:
+                        break
+                    window.append(submit(job))
+                if not window:
+                    return
+                try:
+                    done: Done = ray.get(window.popleft())
+                except ray.exceptions.RayError as exc:  # e.g. a worker that died more often than retried
+                    raise StepError(ps.name, f"a Ray task failed: {type(exc).__name__}: {exc}") from exc
+                if done.error is not None:
+                    raise StepError(ps.name, _message(ps.name, done.error))
+                self.tasks_run[kind] += 1
+                self.remote_asked += done.asked
+                self.remote_failures.update(done.failures)
+                yield done.value
+        finally:
+            for ref in window:
+                ray.cancel(ref, force=True)
+
+    def _execute_streamed(self, ps: PlannedStep, progress: StepProgress) -> StepReport:
+        import ray
+
+        divided = divided_inputs(ps)
+        per_input = {n: self._rows(ref) for n, ref in ps.inputs.items()}
+        spec = self._worker_step(ps, [n for n in ps.inputs if n not in divided])
+        jobs = []
+        for name in divided:
+            parts, schema = self._parts(ps.inputs[name])
+            jobs.extend((name, part, schema) for part in parts)
+        planned = ray.put(ps)
+        task = self.tasks["rows"]
+        results = self._ordered(ps, "rows", lambda job: task.remote(planned, spec, *job), jobs)
+        tracked = progress.track(results, total=len(jobs), description="batches on Ray", unit="batches")
+        return self._store_batches(ps, tracked, per_input)
+
+    def _bucket_results(
+        self,
+        ps: PlannedStep,
+        progress: StepProgress,
+        name: str,
+        buckets: int,
+        bucket_of: np.ndarray | None,
+        scratch: Path,
+    ) -> Iterator[tuple[int, StepResult]]:
+        import ray
+
+        parts, schema = self._parts(ps.inputs[name])
+        starts = np.concatenate([[0], np.cumsum([p.rows for p in parts])]).tolist()
+        planned = ray.put(ps)
+        shuffle = self.tasks["partition"]
+
+        def partition(i: int) -> Any:
+            chosen = None if bucket_of is None else bucket_of[starts[i] : starts[i + 1]]
+            return shuffle.remote(planned, parts[i], schema, starts[i], buckets, chosen, str(scratch / f"in-{i:05d}"))
+
+        written: dict[int, list[str]] = {}
+        filed = self._ordered(ps, "partition", partition, list(range(len(parts))))
+        for files in progress.track(filed, total=len(parts), description="partition on Ray", unit="batches"):
+            for b, path in files.items():
+                written.setdefault(b, []).append(path)
+                self.shuffled[ps.name] += os.path.getsize(path)
+        spec = self._worker_step(ps, [n for n in ps.inputs if n != name])
+        grouped = tuple(group_outputs(ps) or ())
+        task = self.tasks["bucket"]
+        order = sorted(written)
+        results = self._ordered(ps, "bucket", lambda b: task.remote(planned, spec, name, written[b], grouped), order)
+        tracked = progress.track(results, total=len(order), description="buckets on Ray", unit="buckets")
+        yield from zip(order, tracked, strict=True)
+
+
+def _message(step: str, error: str) -> str:
+    """A worker's StepError text without the "step '...': " its str() begins with."""
+    prefix = f"step '{step}': "
+    return error[len(prefix) :] if error.startswith(prefix) else error

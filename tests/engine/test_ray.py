@@ -1,0 +1,131 @@
+"""The Ray executor (engine.ray_runner) on a real local Ray instance: how a build chooses it, a
+worker killed in the middle of a step, a step's error raised in a worker. Every shipped recipe's
+equivalence with the local executor is in tests/recipes."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from dataforge.cli import main
+from dataforge.engine.runner import EXECUTOR_ENV, build
+from dataforge.engine.step import REGISTRY, Context, StepConfig, StepResult, step
+from dataforge.errors import DataforgeError, RecipeError, StepError
+from tests.engine.test_runner import _tree_hashes
+from tests.engine.test_streaming import _with_failing_step
+
+
+class DieOnceConfig(StepConfig):
+    marker: str  # a file: absent, the first worker to run the step writes its pid there and dies
+    driver_pid: int  # the build's own process, which never dies here
+
+
+if "test.die_once" not in REGISTRY:
+
+    @step("test.die_once", version=1, partition="rows")
+    def _die_once(inputs: dict[str, pl.DataFrame], cfg: DieOnceConfig, ctx: Context) -> StepResult:
+        marker = Path(cfg.marker)
+        if os.getpid() != cfg.driver_pid and not marker.exists():
+            marker.write_text(str(os.getpid()))
+            os.kill(os.getpid(), signal.SIGKILL)
+        return StepResult({"data": inputs["data"]})
+
+
+def _with_dying_step(recipe: Path, marker: Path) -> None:
+    text = recipe.read_text().replace(
+        "  sft:\n    kind: format\n    type: prompt_completion\n    inputs: {data: parsed}",
+        "  checked:\n    kind: test.die_once\n    inputs: {data: parsed}\n"
+        f"    marker: '{marker}'\n    driver_pid: {os.getpid()}\n"
+        "  sft:\n    kind: format\n    type: prompt_completion\n    inputs: {data: checked}",
+    )
+    recipe.write_text(text)
+
+
+def test_a_worker_killed_mid_step_is_run_again_and_the_build_gives_the_same_datasets(qa, tmp_path, ray_local):
+    ws, recipe = qa
+    marker = tmp_path / "killed.pid"
+    _with_dying_step(recipe, marker)
+    local = build(recipe, tmp_path / "local", show_progress=False, batch_rows=1)
+    assert not marker.exists()  # run in this process: nothing died
+    report = build(recipe, ws.out, show_progress=False, batch_rows=1, executor="ray")
+    killed = int(marker.read_text())
+    assert killed != os.getpid()
+    with pytest.raises(ProcessLookupError):  # the worker that ran the step's first batch is gone
+        os.kill(killed, 0)
+    assert report.tasks["rows"] >= 3 * 3  # three rows steps, three rows each after the filter
+    assert report.executed == local.executed
+    assert _tree_hashes(tmp_path / "local" / "datasets") == _tree_hashes(ws.out / "datasets")
+
+
+def test_a_step_failing_in_a_worker_fails_the_build_naming_the_step_and_stores_nothing(qa, ray_local):
+    ws, recipe = qa
+    _with_failing_step(recipe, "raw:3")
+    with pytest.raises(StepError, match=r"^step 'checked': ValueError: row raw:3 on purpose$"):
+        build(recipe, ws.out, show_progress=False, batch_rows=2, executor="ray")
+    assert not any((ws.out / "artifacts" / "checked").glob("*/meta.json"))
+    assert any((ws.out / "artifacts" / "parsed").glob("*/meta.json"))  # the steps before it stay
+
+
+def test_the_executor_comes_from_the_option_the_environment_or_the_recipe(qa, monkeypatch, capsys, ray_local):
+    ws, recipe = qa
+    monkeypatch.delenv(EXECUTOR_ENV, raising=False)
+    assert build(recipe, ws.root / "a", show_progress=False, batch_rows=1).tasks == {}
+    recipe.write_text(recipe.read_text() + "executor: ray\n")
+    assert build(recipe, ws.root / "b", show_progress=False, batch_rows=1).tasks["rows"] > 0
+    monkeypatch.setenv(EXECUTOR_ENV, "local")  # the environment over the recipe
+    assert build(recipe, ws.root / "c", show_progress=False, batch_rows=1).tasks == {}
+    monkeypatch.setenv(EXECUTOR_ENV, "spark")
+    with pytest.raises(DataforgeError, match=r"\$DATAFORGE_EXECUTOR is 'spark': the executors are local, ray"):
+        build(recipe, ws.root / "d", show_progress=False, batch_rows=1)
+    monkeypatch.delenv(EXECUTOR_ENV)
+    # the option over both, from the command line
+    assert main(["build", str(recipe), "--out", str(ws.root / "e"), "--batch-rows", "1", "--quiet"]) == 0
+    assert main(["build", str(recipe), "--out", str(ws.root / "f"), "--executor", "local", "--quiet"]) == 0
+    capsys.readouterr()
+    assert _tree_hashes(ws.root / "b" / "datasets") == _tree_hashes(ws.root / "e" / "datasets")
+    assert _tree_hashes(ws.root / "c" / "datasets") == _tree_hashes(ws.root / "f" / "datasets")
+
+
+def test_a_recipe_naming_no_executor_is_refused_with_its_line(qa):
+    ws, recipe = qa
+    recipe.write_text(recipe.read_text() + "executor: spark\n")
+    with pytest.raises(RecipeError, match=r"recipe\.yaml:\d+.*executor"):
+        build(recipe, ws.out, show_progress=False)
+
+
+def test_ray_needs_batches(qa):
+    ws, recipe = qa
+    with pytest.raises(DataforgeError, match=r"batch rows 0 .* give --batch-rows N"):
+        build(recipe, ws.out, show_progress=False, batch_rows=0, executor="ray")
+
+
+def test_model_requests_on_ray_share_the_request_cache_and_their_failures_count(qa, scripted_model, ray_local):
+    """A generate step on Ray: the workers' failed requests count against the step as in one
+    process (recorded, dropped with their reason, asked again by the next build), and the
+    answered ones come from the request cache every worker shares — the next build on Ray sends
+    only the two that failed."""
+    from tests.engine.test_trust import PROMPTS, SLOW_RECIPE
+
+    ws, _ = qa
+    asked: list[str] = []
+
+    def flaky(messages):
+        asked.append(messages[-1]["content"])
+        return 503 if messages[-1]["content"] in ("prompt 1", "prompt 7") else "fine"
+
+    spec = scripted_model(flaky)
+    ws.jsonl("prompts.jsonl", [{"text": f"prompt {i}"} for i in range(PROMPTS)])
+    recipe = ws.recipe(SLOW_RECIPE.replace("URL", spec["base_url"]), "flaky.yaml")
+    report = build(recipe, ws.out, show_progress=False, batch_rows=3, executor="ray")
+    assert report.tasks["rows"] >= PROMPTS // 3  # the prompts, 3 a batch, on Ray
+    solve = next(s for s in report.steps if s.name == "solve")
+    assert solve.failed_requests == 2 and solve.outputs == {"data": PROMPTS - 2, "failed": 2}
+    assert solve.drops == {"generation_failed:http_503": 2}
+    assert sorted(asked) == sorted(f"prompt {i}" for i in range(PROMPTS))
+    asked.clear()
+    again = build(recipe, ws.out, show_progress=False, batch_rows=3, executor="ray")
+    assert "solve" in again.executed and sorted(asked) == ["prompt 1", "prompt 7"]
