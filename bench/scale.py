@@ -248,7 +248,7 @@ def main() -> None:
     )
     ap.add_argument("--limit-gib", type=float, help="limit each build's data segment (RLIMIT_DATA) to this")
     ap.add_argument("--child")
-    ap.add_argument("--executor", default="local", help=argparse.SUPPRESS)  # of a child: bench/ray.py
+    ap.add_argument("--executor", default="local", help=argparse.SUPPRESS)  # of a child: bench/on_ray.py
     ap.add_argument("--cpus", type=int, default=0, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:

@@ -1,4 +1,5 @@
-"""Ray benchmark (the Ray issue): the scale mix of ``bench/scale.py`` (same generator, same recipe:
+"""Ray benchmark (the Ray issue; not named ray.py, which would shadow the ray package for every
+script run from bench/): the scale mix of ``bench/scale.py`` (same generator, same recipe:
 source → normalize → filter → exact dedup → MinHash dedup → group + cluster split → audit → format
 → export) built by the local executor and by the Ray executor on a local Ray instance of 1 and of
 2 CPUs (``--cpus``), in the same run, each build in its own process (``scale.measure``).
@@ -9,20 +10,17 @@ through the build folder; then, per step, Ray's time against the local executor'
 per million rows at 1 and 2 CPUs (what a step costs per row should stay flat as CPUs are added
 where it runs on Ray; the driver-side steps do not change).
 
-Usage: .venv/bin/python bench/ray.py --rows 1000000 [--cpus 1,2] [--batch-rows N] [--words 100]
+Usage: .venv/bin/python bench/on_ray.py --rows 1000000 [--cpus 1,2] [--batch-rows N] [--words 100]
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import scale  # noqa: E402  (bench/scale.py: the mix, the recipe and the measured child build)
+import scale  # bench/scale.py (this script's folder is first on sys.path): the mix, the recipe, the child build
 
 
 def main() -> None:
