@@ -98,43 +98,50 @@ def stars(n: int, pairs: np.ndarray, rank: np.ndarray) -> np.ndarray:
     return components(n, np.column_stack([np.arange(n), rep]))
 
 
+def lsh_keys(
+    texts: pa.Array | Sequence[str], threshold: float = 0.8, num_perm: int = 128, ngram: int = 3, seed: int = 1
+) -> tuple[np.ndarray, np.ndarray]:
+    """What ``near_duplicate_pairs_in_batches`` keeps of a batch of texts: their MinHash LSH band
+    keys at ``threshold`` (datasketch-compatible signatures) and whether each has a word. Depends
+    on the batch alone, so an executor may compute it on a worker (``Context.map_batches``)."""
+    from dataforge.text.minhash import band_keys, has_words, lsh_params, signatures
+
+    bands, rows = lsh_params(threshold, num_perm)
+    sigs = signatures(texts, num_perm, seed, ngram)
+    return band_keys(sigs, bands, rows), has_words(sigs)
+
+
 def near_duplicate_pairs_in_batches(
-    batches: Iterable[pa.Array | Sequence[str]],
+    keyed: Iterable[tuple[np.ndarray, np.ndarray]],
     texts_of: Callable[[np.ndarray], pa.Array | Sequence[str]],
     n: int,
     threshold: float = 0.8,
-    num_perm: int = 128,
     ngram: int = 3,
-    seed: int = 1,
     verify: bool = True,
     wanted: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Pairs (i, j) of ``n`` texts, given a batch at a time (in order), whose word-shingle sets
-    are near-duplicates: MinHash LSH candidates (``dataforge.text.minhash``, datasketch-compatible)
-    at ``threshold``, kept only if their exact Jaccard reaches it when ``verify``; pairs link each
-    bucket to its smallest index. Only each text's LSH band keys are kept; ``texts_of(index)``
-    gives the texts of the candidate rows to verify (sorted positions). ``wanted(pairs)``: a mask
-    of the candidate pairs worth verifying (the rest are left out before any text is read).
-    Returns the pairs and their exact Jaccard (NaN without ``verify``)."""
-    from dataforge.text.minhash import (
-        band_keys,
-        candidate_pairs_of_keys,
-        has_words,
-        lsh_params,
-        signatures,
-    )
+    """Pairs (i, j) of ``n`` texts whose word-shingle sets are near-duplicates: MinHash LSH
+    candidates at ``threshold`` (``keyed``: each batch's ``lsh_keys``, in order), kept only if
+    their exact Jaccard reaches it when ``verify``; pairs link each bucket to its smallest index.
+    Only each text's band keys are kept; ``texts_of(index)`` gives the texts of the candidate rows
+    to verify (sorted positions). ``wanted(pairs)``: a mask of the candidate pairs worth verifying
+    (the rest are left out before any text is read). Returns the pairs and their exact Jaccard
+    (NaN without ``verify``)."""
+    from dataforge.text.minhash import candidate_pairs_of_keys
 
     if n == 0:
         return np.zeros((0, 2), dtype=np.int64), np.zeros(0)
-    bands, rows = lsh_params(threshold, num_perm)
-    keys = np.empty((n, bands), dtype=np.uint64)
+    keys: np.ndarray | None = None
     live = np.zeros(n, dtype=bool)
     at = 0
-    for texts in batches:
-        sigs = signatures(texts, num_perm, seed, ngram)
-        keys[at : at + len(sigs)], live[at : at + len(sigs)] = band_keys(sigs, bands, rows), has_words(sigs)
-        at += len(sigs)
-    if at != n:
+    for batch_keys, batch_live in keyed:
+        if keys is None:
+            keys = np.empty((n, batch_keys.shape[1]), dtype=np.uint64)
+        if at + len(batch_keys) > n:
+            raise ValueError(f"near_duplicate_pairs_in_batches: the batches hold more than {n:,} texts")
+        keys[at : at + len(batch_keys)], live[at : at + len(batch_keys)] = batch_keys, batch_live
+        at += len(batch_keys)
+    if at != n or keys is None:
         raise ValueError(f"near_duplicate_pairs_in_batches: the batches hold {at:,} texts, not {n:,}")
     pairs = candidate_pairs_of_keys(keys, live)
     del keys

@@ -14,8 +14,12 @@ What runs where:
   under the step's scratch folder), then one task per bucket runs the step on the rows of its
   bucket in input order (``calls.call_bucket``); the driver files the outputs back in input order
   as the local runner does (``Runner._execute_keyed``).
-- Sources, ``global`` steps (out-of-core ones read their inputs' shards in batches), steps whose
-  inputs fit in one batch, and the export run in the driver, as locally.
+- A ``global`` step runs in the driver, and the work it divides (``Context.map_batches``: the
+  MinHash signatures of ``dedup.minhash``, the cluster band keys of ``split``, the hashes and band
+  keys of ``split.audit``) runs as one task per slice of its input's shards; what each task gives
+  back (band keys, hashes: a few dozen bytes a row) is combined in the driver — candidate pairs,
+  their verification, components and the kept rows are still computed there.
+- Sources, steps whose inputs fit in one batch, and the export run in the driver, as locally.
 
 Models: every worker process keeps one ``ModelPool`` on the build's request cache (the SQLite
 file under ``<out>/cache``), so a model loads once per worker process, not per batch, and an
@@ -50,6 +54,7 @@ from dataforge.engine.runner import BuildReport, Runner, StepReport
 from dataforge.engine.step import Context, StepResult
 from dataforge.engine.store import output_schema, with_schema
 from dataforge.engine.streaming import divided_inputs, group_outputs
+from dataforge.engine.table import Table
 from dataforge.errors import DataforgeError, StepError
 from dataforge.llm.client import ModelPool
 
@@ -78,8 +83,9 @@ class Part:
     offset: int
     rows: int
 
-    def read(self, schema: dict[str, pl.DataType]) -> pl.DataFrame:
-        frame = pl.scan_parquet(self.path).slice(self.offset, self.rows).collect()
+    def read(self, schema: dict[str, pl.DataType], columns: list[str] | None = None) -> pl.DataFrame:
+        scan = pl.scan_parquet(self.path)
+        frame = (scan if columns is None else scan.select(columns)).slice(self.offset, self.rows).collect()
         return with_schema(frame, schema)
 
 
@@ -201,6 +207,18 @@ def _bucket_task(ps: PlannedStep, spec: WorkerStep, name: str, files: list[str],
     return _answer(ps, spec, work)
 
 
+def _map_task(
+    ps: PlannedStep, fn: Callable[[pl.DataFrame], Any], part: Part, schema: dict[str, pl.DataType], columns: list[str]
+) -> Done:
+    """``fn`` on one batch of a global step's input (``Context.map_batches``)."""
+
+    def work(_: Context | None) -> Any:
+        with step_errors(ps.name):
+            return fn(part.read(schema, columns))
+
+    return _answer(ps, None, work)
+
+
 # -- in the driver ---------------------------------------------------------------------------
 
 
@@ -233,6 +251,7 @@ class RayRunner(Runner):
                 "rows": ray.remote(max_retries=TASK_RETRIES)(_rows_task),
                 "partition": ray.remote(max_retries=TASK_RETRIES)(_partition_task),
                 "bucket": ray.remote(max_retries=TASK_RETRIES)(_bucket_task),
+                "map": ray.remote(max_retries=TASK_RETRIES)(_map_task),
             }
             report = super().run(force, wait)
             report.tasks = dict(sorted(self.tasks_run.items()))
@@ -260,16 +279,25 @@ class RayRunner(Runner):
         return self.store.output_files(ref.step, self.plan.by_name[ref.step].fingerprint, ref.output)
 
     def _parts(self, ref: Ref) -> tuple[list[Part], dict[str, pl.DataType]]:
-        """A step output's batches as slices of its stored shards (a slice never spans two
-        shards; an output of no rows: one empty slice), and its column types."""
-        import pyarrow.parquet as pq
-
+        """A step output's batches as slices of its stored shards (``slices``), and its column types."""
         files = self._files(ref)
-        parts = []
-        for f in files:
-            n = pq.ParquetFile(f).metadata.num_rows
-            parts.extend(Part(str(f), o, min(self.batch_rows, n - o)) for o in range(0, n, self.batch_rows))
-        return parts or [Part(str(files[0]), 0, 0)], output_schema(files)
+        return slices(files, self.batch_rows), output_schema(files)
+
+    def _context(self, ps: PlannedStep, progress: StepProgress) -> Context:
+        ctx = super()._context(ps, progress)
+        ctx.batch_mapper = lambda table, fn, columns, rows: self._map_batches(ps, table, fn, columns, rows)
+        return ctx
+
+    def _map_batches(
+        self, ps: PlannedStep, table: Table, fn: Callable[[pl.DataFrame], Any], columns: list[str], rows: int
+    ) -> Iterator[Any]:
+        """``Context.map_batches`` on Ray: a task per slice of ``rows`` rows of the table's shards."""
+        import ray
+
+        parts = [p for p in slices(table.files, rows) if p.rows]  # as Table.batches: no batch of no rows
+        planned, function, task = ray.put(ps), ray.put(fn), self.tasks["map"]
+        schema = {c: table.schema[c] for c in columns}
+        return self._ordered(ps, "map", lambda part: task.remote(planned, function, part, schema, columns), parts)
 
     def _ordered(self, ps: PlannedStep, kind: str, submit: Callable[[Any], Any], jobs: list[Any]) -> Iterator[Any]:
         """Each job's value, in job order, at most ``in_flight`` tasks running ahead; a task's
@@ -350,6 +378,18 @@ class RayRunner(Runner):
         results = self._ordered(ps, "bucket", lambda b: task.remote(planned, spec, name, written[b], grouped), order)
         tracked = progress.track(results, total=len(order), description="buckets on Ray", unit="buckets")
         yield from zip(order, tracked, strict=True)
+
+
+def slices(files: list[Path], rows: int) -> list[Part]:
+    """Shards as slices of at most ``rows`` rows, in row order (a slice never spans two shards;
+    shards of no rows: one empty slice)."""
+    import pyarrow.parquet as pq
+
+    parts = []
+    for f in files:
+        n = pq.ParquetFile(f).metadata.num_rows
+        parts.extend(Part(str(f), o, min(rows, n - o)) for o in range(0, n, rows))
+    return parts or [Part(str(files[0]), 0, 0)]
 
 
 def _message(step: str, error: str) -> str:

@@ -28,6 +28,7 @@ Example::
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import combinations
@@ -37,7 +38,7 @@ import numpy as np
 import polars as pl
 from pydantic import field_validator
 
-from dataforge.cluster import near_duplicate_pairs_in_batches
+from dataforge.cluster import lsh_keys, near_duplicate_pairs_in_batches
 from dataforge.engine.events import events
 from dataforge.engine.step import ColumnContractError, Columns, Context, Fields, PlanInfo, StepConfig, StepResult, step
 from dataforge.engine.table import Table
@@ -105,12 +106,14 @@ def audit_frames(
     time_order: Sequence[str] | None = None,
     prompt_roles: Sequence[str] | None = None,
     target_roles: Sequence[str] | None = None,
+    ctx: Context | None = None,
 ) -> pl.DataFrame:
     """Every leak between the named tables (see the module doc), as a findings frame.
 
-    Reads each table a batch at a time and keeps, per row, its id and 64-bit hashes of its
-    normalized prompt and target (exact overlaps are equal hashes); the prompt text of rows in
-    near-duplicate candidate pairs is read again to verify them."""
+    Reads each table a batch at a time (through ``ctx.map_batches`` where given) and keeps, per
+    row, its id, 64-bit hashes of its normalized prompt and target (exact overlaps are equal
+    hashes) and its prompt's LSH band keys; the prompt text of rows in near-duplicate candidate
+    pairs is read again to verify them."""
     tabs = {name: Table.of(t) for name, t in tables.items()}
     order = {name: i for i, name in enumerate(tabs)}
     fields = list(dict.fromkeys(["_id", *prompt, *(target or [])]))
@@ -119,15 +122,16 @@ def audit_frames(
     def prompts_of(batch: pl.DataFrame) -> pl.Series:
         return key_text(batch, prompt, prompt_roles)
 
-    def hashed(name: str, batch: pl.DataFrame) -> pl.DataFrame:
-        return batch.select(
-            pl.lit(name).alias("input"),
-            pl.col("_id").alias("row"),
-            pl.lit(prompts_of(batch).hash(seed=0)).alias("p"),
-            (pl.lit(key_text(batch, target, target_roles).hash(seed=0)) if target else pl.lit(0, pl.UInt64)).alias("t"),
+    lsh = (threshold, num_perm, ngram) if near else None
+    parts, keyed = [], []
+    for name, t in tabs.items():
+        one = functools.partial(
+            audit_batch, name=name, prompt=prompt, target=target, roles=(prompt_roles, target_roles), lsh=lsh
         )
-
-    parts = [hashed(name, b) for name, t in tabs.items() for b in t.batches(columns=fields)]
+        batches = ctx.map_batches(t, one, fields, t.batch_rows) if ctx else (one(b) for b in t.batches(columns=fields))
+        for hashed, keys in batches:
+            parts.append(hashed)
+            keyed.append(keys)
     schema = {"input": pl.String, "row": pl.String, "p": pl.UInt64, "t": pl.UInt64}
     rows = pl.concat(parts) if parts else pl.DataFrame(schema=schema)
     rows = rows.with_columns(pl.col("input").replace_strict(order, return_dtype=pl.Int32).alias("k"))
@@ -165,10 +169,7 @@ def audit_frames(
             a, b = pairs[:, 0], pairs[:, 1]
             return (k_of[a] != k_of[b]) & (p_of[a] != p_of[b])
 
-        batches = (prompts_of(b).to_arrow() for t in tabs.values() for b in t.batches(columns=fields))
-        pairs, scores = near_duplicate_pairs_in_batches(
-            batches, texts_of, rows.height, threshold, num_perm, ngram, wanted=across
-        )
+        pairs, scores = near_duplicate_pairs_in_batches(keyed, texts_of, rows.height, threshold, ngram, wanted=across)
         if len(pairs):
             a, b = rows[pairs[:, 0]], rows[pairs[:, 1]]
             swap = (a["k"] > b["k"]).to_numpy()
@@ -206,6 +207,31 @@ def audit_frames(
         )
     out = pl.concat([f.cast({"score": pl.Float64}) for f in found]).sort(["finding", "input_b", "row_b", "row_a"])
     return out.with_columns(pl.format("audit:{}", pl.int_range(pl.len())).alias("_id")).select(list(FINDINGS_SCHEMA))
+
+
+def audit_batch(
+    batch: pl.DataFrame,
+    name: str,
+    prompt: Sequence[str],
+    target: Sequence[str] | None,
+    roles: tuple[Sequence[str] | None, Sequence[str] | None],
+    lsh: tuple[float, int, int] | None,
+) -> tuple[pl.DataFrame, tuple[np.ndarray, np.ndarray] | None]:
+    """What ``audit_frames`` keeps of a batch of input ``name``: per row its id and the 64-bit
+    hashes of its normalized prompt and target (``input``, ``row``, ``p``, ``t``), and, where
+    ``lsh`` (threshold, num_perm, ngram) is given, its prompt's ``cluster.lsh_keys``. Depends on the
+    batch alone (what ``Context.map_batches`` may run on a worker)."""
+    prompts = key_text(batch, prompt, roles[0])
+    hashed = batch.select(
+        pl.lit(name).alias("input"),
+        pl.col("_id").alias("row"),
+        pl.lit(prompts.hash(seed=0)).alias("p"),
+        (pl.lit(key_text(batch, target, roles[1]).hash(seed=0)) if target else pl.lit(0, pl.UInt64)).alias("t"),
+    )
+    if lsh is None:
+        return hashed, None
+    threshold, num_perm, ngram = lsh
+    return hashed, lsh_keys(prompts.to_arrow(), threshold, num_perm, ngram)
 
 
 def summarize(findings: pl.DataFrame, names: Sequence[str]) -> list[list[object]]:
@@ -247,6 +273,7 @@ def split_audit(inputs: dict[str, Table], cfg: AuditConfig, ctx: Context) -> Ste
         ngram=cfg.ngram,
         num_perm=cfg.num_perm,
         time_order=cfg.time_order,
+        ctx=ctx,
     )
     if cfg.strict and findings.height:
         examples = "; ".join(

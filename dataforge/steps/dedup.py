@@ -33,9 +33,10 @@ Example::
 
 from __future__ import annotations
 
+import functools
 import re
-from collections.abc import Callable
-from typing import Literal
+from collections.abc import Callable, Iterator
+from typing import Literal, NamedTuple
 
 import numpy as np
 import polars as pl
@@ -396,7 +397,6 @@ def dedup_minhash(inputs: dict[str, Table], cfg: MinhashConfig, ctx: Context) ->
         estimated_jaccard,
         has_words,
         lsh_params,
-        signatures,
     )
 
     df = Table.of(inputs["data"])
@@ -437,21 +437,25 @@ def dedup_minhash(inputs: dict[str, Table], cfg: MinhashConfig, ctx: Context) ->
     batch_rows = min(SIGNATURE_BATCH, df.batch_rows)  # the text of one batch at a time
     for k, side in enumerate(sides):
         at = int(starts[k])
-        batches = side.batches(batch_rows, fields)
-        for batch in ctx.progress.track(batches, total=side.height, description="signatures", unit="rows", size=len):
-            index = np.arange(at, at + batch.height)
-            at += batch.height
-            wanted = todo[index]
-            index = index[wanted]
-            if not len(index):
-                continue
-            text = dedup_text(batch.filter(pl.Series(wanted)), cfg, exact=False, shared=shared[k])
-            part = signatures(text.to_arrow(), cfg.num_perm, cfg.seed, cfg.ngram, cfg.shingle)
-            keys[index], live[index] = band_keys(part, bands, rows), has_words(part)
+        sign = functools.partial(
+            signature_batch,
+            cfg=cfg,
+            shared=shared[k],
+            bands=bands,
+            rows=rows,
+            keep_sigs=need_sigs,
+            keep_text=total <= batch_rows,  # one batch: its text is kept for the candidate pairs
+        )
+        parts = _signed(side, todo[at : at + side.height], sign, fields, batch_rows, ctx)
+        for index, part in ctx.progress.track(
+            parts, total=side.height, description="signatures", unit="rows", size=lambda p: len(p[0])
+        ):
+            index = index + at
+            keys[index], live[index] = part.keys, part.live
             if sigs is not None:
-                sigs[index] = part
-            if total <= batch_rows:
-                texts.append(text)
+                sigs[index] = part.sigs
+            if part.text is not None:
+                texts.append(part.text)
     if total <= batch_rows and todo.all():
         prepared = pl.concat(texts) if texts else pl.Series("t", [], dtype=pl.String)
     ids = df.select(["_id"])["_id"]
@@ -507,6 +511,61 @@ def dedup_minhash(inputs: dict[str, Table], cfg: MinhashConfig, ctx: Context) ->
             {"_id": ids, "signature": pl.Series(sigs[:n].tolist(), dtype=pl.List(pl.UInt32))}
         ).with_columns(pl.lit(signature_params(cfg)).alias("minhash_params"))
     return StepResult(tables, events=found)  # type: ignore[arg-type]
+
+
+class Signed(NamedTuple):
+    """A batch's MinHash: LSH band keys, whether each text has a word, the signatures (where
+    kept) and the prepared text (where kept)."""
+
+    keys: np.ndarray
+    live: np.ndarray
+    sigs: np.ndarray | None
+    text: pl.Series | None
+
+
+def signature_batch(
+    batch: pl.DataFrame,
+    cfg: MinhashConfig,
+    shared: dict[str, list[str]],
+    bands: int,
+    rows: int,
+    keep_sigs: bool,
+    keep_text: bool,
+) -> Signed:
+    """One batch of ``dedup.minhash``'s text fields → its ``Signed`` (depends on the batch alone:
+    what ``Context.map_batches`` may run on a worker)."""
+    from dataforge.text.minhash import band_keys, has_words, signatures
+
+    text = dedup_text(batch, cfg, exact=False, shared=shared)
+    part = signatures(text.to_arrow(), cfg.num_perm, cfg.seed, cfg.ngram, cfg.shingle)
+    return Signed(
+        band_keys(part, bands, rows), has_words(part), part if keep_sigs else None, text if keep_text else None
+    )
+
+
+def _signed(
+    side: Table,
+    todo: np.ndarray,
+    sign: Callable[[pl.DataFrame], Signed],
+    fields: list[str],
+    batch_rows: int,
+    ctx: Context,
+) -> Iterator[tuple[np.ndarray, Signed]]:
+    """(positions in ``side``, their ``Signed``) a batch at a time, for the rows where ``todo``:
+    all of them through ``ctx.map_batches`` (where the executor spreads the work), or, where some
+    signatures were reused, the others here."""
+    at = 0
+    if todo.all():
+        for part in ctx.map_batches(side, sign, fields, batch_rows):
+            yield np.arange(at, at + len(part.live)), part
+            at += len(part.live)
+        return
+    for batch in side.batches(batch_rows, fields):
+        wanted = todo[at : at + batch.height]
+        index = np.arange(at, at + batch.height)[wanted]
+        at += batch.height
+        if len(index):
+            yield index, sign(batch.filter(pl.Series(wanted)))
 
 
 def _messages_fields(table: Table, cfg: DedupConfig) -> pl.DataFrame:

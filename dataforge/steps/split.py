@@ -40,6 +40,7 @@ Example::
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 from collections.abc import Sequence
@@ -49,7 +50,7 @@ import numpy as np
 import polars as pl
 from pydantic import field_validator, model_validator
 
-from dataforge.cluster import components, near_duplicate_pairs_in_batches
+from dataforge.cluster import components, lsh_keys, near_duplicate_pairs_in_batches
 from dataforge.engine.events import events
 from dataforge.engine.step import Columns, Context, Fields, PlanInfo, StepConfig, StepResult, require, step
 from dataforge.engine.streaming import key_hashes
@@ -248,22 +249,30 @@ def units_of(table: Table, df: pl.DataFrame, cfg: SplitConfig, near: np.ndarray 
     return components(df.height, np.concatenate(pairs))
 
 
-def cluster_pairs(table: Table, cfg: SplitConfig) -> np.ndarray:
+def cluster_pairs(table: Table, cfg: SplitConfig, ctx: Context | None = None) -> np.ndarray:
     """Near-duplicate pairs of the rows' ``cluster.fields`` (MinHash LSH, verified), reading
-    the text a batch at a time."""
+    the text a batch at a time (its band keys through ``ctx.map_batches`` where given)."""
     c = cfg.cluster
     assert c is not None and c.fields
     fields = list(dict.fromkeys(c.fields))
+    keys_of = functools.partial(
+        cluster_keys, fields=fields, threshold=c.threshold, num_perm=c.num_perm, ngram=c.ngram, seed=cfg.seed or 1
+    )
+    if ctx is not None:
+        keyed = ctx.map_batches(table, keys_of, fields, table.batch_rows)
+    else:
+        keyed = (keys_of(batch) for batch in table.batches(columns=fields))
     pairs, _ = near_duplicate_pairs_in_batches(
-        (text_key(batch, fields).to_arrow() for batch in table.batches(columns=fields)),
-        lambda index: text_key(table.take(index, fields), fields).to_arrow(),
-        table.height,
-        c.threshold,
-        c.num_perm,
-        c.ngram,
-        seed=cfg.seed or 1,
+        keyed, lambda index: text_key(table.take(index, fields), fields).to_arrow(), table.height, c.threshold, c.ngram
     )
     return pairs
+
+
+def cluster_keys(
+    batch: pl.DataFrame, fields: list[str], threshold: float, num_perm: int, ngram: int, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """A batch's ``cluster.lsh_keys`` of its cluster text (depends on the batch alone)."""
+    return lsh_keys(text_key(batch, fields).to_arrow(), threshold, num_perm, ngram, seed)
 
 
 def needed_columns(cfg: SplitConfig) -> list[str]:
@@ -432,7 +441,7 @@ def split(inputs: dict[str, Table], cfg: SplitConfig, ctx: Context) -> StepResul
     Out of core: assignment reads only the ``needed_columns`` whole (and the cluster fields a
     batch at a time, then for candidate pairs); each split's rows are written batch by batch."""
     table = Table.of(inputs["data"])
-    near = cluster_pairs(table, cfg) if cfg.cluster and cfg.cluster.fields and not cfg.random else None
+    near = cluster_pairs(table, cfg, ctx) if cfg.cluster and cfg.cluster.fields and not cfg.random else None
     df = table.select(needed_columns(cfg))
     which, size, earlier = assign(table, df, cfg, near)
     late = earlier.is_not_null()

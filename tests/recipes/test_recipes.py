@@ -527,12 +527,14 @@ def test_on_ray_every_export_is_byte_identical(recipe, built, tiny_lm, tmp_path,
 
 def test_on_ray_the_shipped_recipes_ran_key_steps_as_a_shuffle_and_buckets(built, tiny_lm, tmp_path, ray_local):
     """Among the shipped recipes, some key step (exact dedup, preference pairs, rollout groups)
-    ran on Ray by buckets: the equivalence above covers the shuffle too."""
+    ran on Ray by buckets, and MinHash dedup computed its signatures in Ray tasks: the
+    equivalence above covers the shuffle and the global step's divided work too."""
     for recipe in ALL:
         if recipe not in _ray_tasks:  # run alone: build them here
             _ray_tasks[recipe] = _rebuilt_alike(recipe, built, tiny_lm, tmp_path / recipe, executor="ray").tasks
     assert sum(t.get("partition", 0) for t in _ray_tasks.values()) > 1
     assert sum(t.get("bucket", 0) for t in _ray_tasks.values()) > 1
+    assert _ray_tasks["gsm8k_reasoning.yaml"].get("map", 0) > 1  # its MinHash signatures, batch by batch
 
 
 def _rebuilt_alike(recipe: str, built, tiny_lm, out: Path, **kw):
