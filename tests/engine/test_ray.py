@@ -129,3 +129,41 @@ def test_model_requests_on_ray_share_the_request_cache_and_their_failures_count(
     asked.clear()
     again = build(recipe, ws.out, show_progress=False, batch_rows=3, executor="ray")
     assert "solve" in again.executed and sorted(asked) == ["prompt 1", "prompt 7"]
+
+
+def test_a_killed_driver_resumes_on_ray_from_what_was_finished(qa, scripted_model, ray_local):
+    """The driver of a Ray build killed (SIGKILL) while its workers generate: the next build on
+    Ray reuses the finished steps and sends only the requests whose answers were not stored."""
+    import subprocess
+    import sys
+    import time
+
+    from tests.engine.test_trust import PROMPTS, SLOW_RECIPE, _wait_for_lock
+
+    ws, _ = qa
+    asked: list[str] = []
+
+    def slow(messages):
+        asked.append(messages[-1]["content"])
+        time.sleep(0.4)
+        return "an answer"
+
+    spec = scripted_model(slow)
+    ws.jsonl("prompts.jsonl", [{"text": f"prompt {i}"} for i in range(PROMPTS)])
+    recipe = ws.recipe(SLOW_RECIPE.replace("URL", spec["base_url"]), "slow.yaml")
+    args = ["build", str(recipe), "--out", str(ws.out), "--quiet", "--batch-rows", "3", "--executor", "ray"]
+    proc = subprocess.Popen([sys.executable, "-m", "dataforge.cli", *args], stderr=subprocess.PIPE)
+    _wait_for_lock(ws.out, proc.pid)
+    deadline = time.time() + 120
+    while len(asked) < 4 and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.kill()
+    assert proc.wait(timeout=60) == -9
+    sent = len(asked)
+    assert 4 <= sent < PROMPTS, "the build had finished before it was killed"
+    asked.clear()
+    report = build(recipe, ws.out, show_progress=False, batch_rows=3, executor="ray")
+    assert "raw" not in report.executed and "solve" in report.executed  # the source was finished
+    assert PROMPTS - sent <= len(asked) < PROMPTS  # answers stored before the kill were not asked again
+    solve = next(s for s in report.steps if s.name == "solve")
+    assert solve.outputs == {"data": PROMPTS, "failed": 0}
