@@ -96,6 +96,9 @@ def cmd_build(args: argparse.Namespace) -> int:
         )
     else:
         out_console.print("Nothing to execute: every step was reused from cache.")
+    if report.cluster is not None:
+        tasks = ", ".join(f"{kind} {n:,}" for kind, n in report.tasks.items()) or "none"
+        out_console.print(f"Ray cluster {report.cluster}: tasks run by kind: {tasks}")
     out_console.print(f"report: {report.out / 'report.html'}")
     return 0
 

@@ -256,6 +256,7 @@ class RayRunner(Runner):
             report = super().run(force, wait)
             report.tasks = dict(sorted(self.tasks_run.items()))
             report.shuffled = dict(self.shuffled)
+            report.cluster = ray.get_runtime_context().gcs_address
             return report
         finally:
             if connected:

@@ -82,6 +82,7 @@ class BuildReport:
     timings: dict[str, float] = field(default_factory=dict)  # plan, run, steps, export, report (seconds)
     tasks: dict[str, int] = field(default_factory=dict)  # tasks run on the executor by kind (none locally)
     shuffled: dict[str, int] = field(default_factory=dict)  # bytes a key step's shuffle wrote, by step (Ray)
+    cluster: str | None = None  # the Ray cluster's address (GCS) where the build ran on Ray
 
     @property
     def executed(self) -> list[str]:
