@@ -13,10 +13,12 @@ at tiny batches).
 
 A source streams where its function has ``batches`` and can read its format in batches: a
 Parquet file, a UTF-8 JSONL file of objects, plain or gzipped (typed by a schema inferred over
-the whole file first; a gzipped one is decompressed to a scratch file), a UTF-8 CSV file (typed
-as a whole read types it), a hub dataset or a ``save_to_disk`` folder (memory-mapped Arrow;
-``steps.sources``). JSON files (one document), files with bad lines (their errors are reported
-by the whole read) and sources of one batch or fewer are read whole, then stored in shards.
+the whole file first; a gzipped one is decompressed to a scratch file), a UTF-8 JSON document
+(a list of objects, or an object whose one key holds one; rewritten a record a line to a
+scratch file, one record held, then read as JSONL), a UTF-8 CSV file (typed as a whole read
+types it), a hub dataset or a ``save_to_disk`` folder (memory-mapped Arrow; ``steps.sources``).
+Files with bad lines or of another shape (their errors are reported by the whole read) and
+sources of one batch or fewer are read whole, then stored in shards.
 
 A ``key`` step with one divided input larger than a batch runs bucket by bucket
 (``keyed_streams``) when its outputs are rows of its input (``keeps_input_rows``:
@@ -35,10 +37,9 @@ whole, the rest a batch at a time or for the rows it names) and gives its output
 ``Streamed`` batches; the export writes each split from its shards a batch at a time
 (``export.write_split``).
 
-Not streamed yet (they read their inputs whole, as before): JSON sources (one document),
-``preference.pairs`` by revision (one pair per revised row, in row order), the other ``global``
-steps (``dedup.semantic``, ``leakage.check``), and the card's reads of side tables (leakage
-scores).
+Not streamed yet (they read their inputs whole, as before): ``preference.pairs`` by revision
+(one pair per revised row, in row order), the other ``global`` steps (``dedup.semantic``,
+``leakage.check``), and the card's reads of side tables (leakage scores).
 """
 
 from __future__ import annotations

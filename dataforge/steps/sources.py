@@ -22,6 +22,8 @@ import json
 import os
 import shutil
 from collections.abc import Iterator
+from contextlib import suppress
+from itertools import islice
 from pathlib import Path
 from typing import Any, Literal
 
@@ -158,6 +160,9 @@ def _peek_columns(cfg: SourceConfig, info: PlanInfo) -> Columns:
         return list(_load_hf_disk(cfg, path).column_names)
     if fmt == "json":
         try:
+            if _is_utf8(cfg.encoding):  # the first records, read as the batches read them
+                with suppress(OSError, EOFError, ValueError):  # else the whole read says what is wrong
+                    return _keys(list(islice(_json_document_records(path), PEEK_LINES)))
             records = _json_records(path, cfg.encoding)
         except DataError as exc:
             raise RecipeError(str(exc), key="encoding") from None
@@ -312,11 +317,13 @@ ID_VALUE = "_id_value"  # an id column's own value, kept until the ids are check
 def _source_batches(cfg: SourceConfig, ctx: Context, batch_rows: int) -> Iterator[StepResult] | None:
     """The source read ``batch_rows`` rows at a time, each batch shaped as the whole table
     would be (ordinals go on across batches; ``limit`` ends the reading), or None where it is
-    read whole: a source of one batch or fewer, a JSON file (one document), a JSONL or CSV file
+    read whole: a source of one batch or fewer, a JSON document that is not a list of objects (or
+    an object whose one key holds one) or is malformed, a JSON, JSONL or CSV file
     with a byte that is not UTF-8 or a line that is not a JSON object (the whole read reports its
     bad lines), or a timestamp column of text (its format is inferred from the
-    values, which a batch would do on its own rows). Ids are checked over every batch: a repeat
-    across batches fails the step as in a whole read."""
+    values, which a batch would do on its own rows). A JSON document (or a gzipped JSONL file) is
+    first rewritten one record a line to a scratch file, streaming. Ids are checked over every
+    batch: a repeat across batches fails the step as in a whole read."""
     import pyarrow.parquet as pq
 
     if cfg.hub is not None:
@@ -326,6 +333,8 @@ def _source_batches(cfg: SourceConfig, ctx: Context, batch_rows: int) -> Iterato
     fmt = _format_of(cfg, path)
     if fmt == "jsonl":
         return _jsonl_batches(path, cfg, ctx, batch_rows)
+    if fmt == "json":
+        return _json_batches(path, cfg, ctx, batch_rows)
     if fmt == "hf_disk":
         return _dataset_batches(_load_hf_disk(cfg, path), cfg, ctx, batch_rows, str(path))
     if fmt == "csv":
@@ -422,25 +431,135 @@ def _jsonl_batches(path: Path, cfg: SourceConfig, ctx: Context, batch_rows: int)
         return None
     if not path.name.endswith(".gz"):
         return _plain_jsonl_batches(path, path, cfg, ctx, batch_rows)
-    ctx.scratch_dir.mkdir(parents=True, exist_ok=True)
-    plain = ctx.scratch_dir / f"{path.name[:-3]}.{os.getpid()}.plain"
+    plain = _scratch_file(ctx, path.name[:-3], "plain")
     try:
         with gzip.open(path, "rb") as src, plain.open("wb") as dst:
             shutil.copyfileobj(src, dst, 1 << 22)
         batches = _plain_jsonl_batches(plain, path, cfg, ctx, batch_rows)
     except (OSError, EOFError):  # not gzip after all, or cut short: the whole read says so
         batches = None
+    return _removing(batches, plain)
+
+
+def _json_batches(path: Path, cfg: SourceConfig, ctx: Context, batch_rows: int) -> Iterator[StepResult] | None:
+    """A UTF-8 JSON document (plain or gzipped) in batches of ``batch_rows`` records: its records
+    are first rewritten one a line (``_json_lines``: one record held) to a file in the step's
+    scratch folder, which is then read as a JSONL file is (``_plain_jsonl_batches``, typed by one
+    schema inferred over every record, as the whole read infers it) and removed when the batches
+    end. None (read whole) where the document is not a list of objects or an object whose one key
+    holds one, or is malformed or not UTF-8 — the whole read reports what is wrong."""
+    if not _is_utf8(cfg.encoding):
+        return None
+    lines = _scratch_file(ctx, path.name, "jsonl")
+    try:
+        shaped = _json_lines(path, lines)
+    except (OSError, EOFError, ValueError):  # not of that shape, not JSON, not UTF-8
+        shaped = False
+    return _removing(_plain_jsonl_batches(lines, path, cfg, ctx, batch_rows) if shaped else None, lines)
+
+
+def _scratch_file(ctx: Context, stem: str, suffix: str) -> Path:
+    """A file of this process in the step's scratch folder."""
+    ctx.scratch_dir.mkdir(parents=True, exist_ok=True)
+    return ctx.scratch_dir / f"{stem}.{os.getpid()}.{suffix}"
+
+
+def _removing(batches: Iterator[StepResult] | None, scratch: Path) -> Iterator[StepResult] | None:
+    """``batches``, the scratch file they read removed when they end (at once where None)."""
     if batches is None:
-        plain.unlink(missing_ok=True)
+        scratch.unlink(missing_ok=True)
         return None
 
     def removing() -> Iterator[StepResult]:
         try:
             yield from batches
         finally:
-            plain.unlink(missing_ok=True)
+            scratch.unlink(missing_ok=True)
 
     return removing()
+
+
+_BLANK = " \t\n\r"
+
+
+class _JsonText:
+    """A JSON document read a chunk at a time: its next character past whitespace, and its next
+    value (``json.JSONDecoder.raw_decode`` over what has been read, reading on where the value
+    is cut by the chunk's end)."""
+
+    def __init__(self, src: Any, chunk: int):
+        self.src, self.chunk, self.buf, self.pos = src, chunk, "", 0
+        self.decoder = json.JSONDecoder()
+
+    def _more(self) -> bool:
+        data = self.src.read(self.chunk)
+        if not data:
+            return False
+        self.buf, self.pos = self.buf[self.pos :] + data, 0
+        return True
+
+    def peek(self) -> str:
+        """The next character that is not whitespace ("" at the end), not consumed."""
+        while True:
+            while self.pos < len(self.buf) and self.buf[self.pos] in _BLANK:
+                self.pos += 1
+            if self.pos < len(self.buf):
+                return self.buf[self.pos]
+            if not self._more():
+                return ""
+
+    def take(self, char: str) -> bool:
+        """Consume ``char`` if it is the next character past whitespace."""
+        if self.peek() != char:
+            return False
+        self.pos += 1
+        return True
+
+    def value(self) -> Any:
+        self.peek()
+        while True:
+            try:
+                value, self.pos = self.decoder.raw_decode(self.buf, self.pos)
+                return value
+            except json.JSONDecodeError:
+                if not self._more():
+                    raise
+
+
+def _json_document_records(path: Path, chunk: int = 1 << 20) -> Iterator[dict[str, Any]]:
+    """The records of UTF-8 JSON document ``path`` (plain or gzipped; a list of objects, or an
+    object whose one key holds one — what ``_json_records`` accepts), one at a time, reading a
+    chunk at a time; ValueError where the document is not of that shape or not JSON (from the
+    record where that shows), UnicodeDecodeError where it is not UTF-8."""
+    opener = gzip.open if path.name.endswith(".gz") else open
+    with opener(path, "rt", encoding="utf-8") as src:  # type: ignore[operator]
+        text = _JsonText(src, chunk)
+        wrapped = text.take("{")
+        if wrapped and not (isinstance(text.value(), str) and text.take(":")):
+            raise ValueError("not a list of objects")
+        if not text.take("["):
+            raise ValueError("not a list of objects")
+        if not text.take("]"):
+            while True:
+                record = text.value()
+                if not isinstance(record, dict):
+                    raise ValueError("not a list of objects")
+                yield record
+                if text.take("]"):
+                    break
+                if not text.take(","):
+                    raise ValueError("not a list of objects")
+        if (wrapped and not text.take("}")) or text.peek() != "":
+            raise ValueError("not a list of objects")
+
+
+def _json_lines(path: Path, out: Path, chunk: int = 1 << 20) -> bool:
+    """Write the records of JSON document ``path`` to ``out``, one a line
+    (``_json_document_records``: one record held); False where it is not a list of objects."""
+    with out.open("w", encoding="utf-8") as dst:
+        for record in _json_document_records(path, chunk):
+            dst.write(json.dumps(record, ensure_ascii=False) + "\n")
+    return True
 
 
 def _plain_jsonl_batches(

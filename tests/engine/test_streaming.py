@@ -630,3 +630,56 @@ def test_appended_files_keep_every_part_when_a_later_part_has_other_types(tmp_pa
     assert files.take(3).to_dict(as_series=False) == {"a": [1, 2, 3, 4], "b": [None, None, "x", None]}
     assert files.take(4) is None and files.take(5)["b"].to_list() == ["y"]
     assert not list((tmp_path / "w").iterdir())
+
+
+@pytest.mark.parametrize("shape", ["list", "wrapped-gzipped"])
+def test_a_json_document_is_read_in_batches_typed_as_the_whole_file(shape, ws, tmp_path, monkeypatch):
+    """A JSON document — a list of objects, pretty-printed so records span lines and the reader's
+    chunks, or an object whose one key holds the list, gzipped — is rewritten one record a line
+    to a scratch file (removed afterwards) and read a batch at a time with the types of the
+    whole document: the same rows and bytes as a whole read."""
+    import functools
+    import gzip
+    import json
+
+    import dataforge.steps.sources as sources
+    from tests.engine.test_runner import _tree_hashes
+
+    rows = _jsonl_rows(ws.root)
+    rows[7]["question"] = 'Ünïcode, "quotes", a backslash \\ and a newline\n inside'
+    name = "rows.json"
+    if shape == "list":
+        (ws.root / name).write_text(json.dumps(rows, indent=1, ensure_ascii=False))
+    else:
+        name += ".gz"
+        (ws.root / name).write_bytes(gzip.compress(json.dumps({"data": rows}).encode()))
+    recipe = ws.recipe(JSONL_RECIPE.replace("rows.jsonl", name).replace("path:", "format: json\n    path:"))
+    whole = build(recipe, tmp_path / "whole", show_progress=False, batch_rows=0)
+    monkeypatch.setattr(sources, "_json_records", lambda *a: pytest.fail("read whole"))
+    monkeypatch.setattr(sources, "_json_lines", functools.partial(sources._json_lines, chunk=997))
+    streamed = build(recipe, tmp_path / "streamed", show_progress=False, batch_rows=1000)
+    assert not list((tmp_path / "streamed").rglob("*.jsonl"))  # the rewritten copy is gone
+    fp = whole.steps[0].fingerprint
+    a, b = Store(tmp_path / "whole"), Store(tmp_path / "streamed")
+    assert [f.name for f in b.output_files("raw", fp, "data")] == [f"part-0000{i}.parquet" for i in range(3)]
+    assert a.read_table("raw", fp, "data").equals(b.read_table("raw", fp, "data"))
+    assert b.read_table("raw", fp, "data")["question"][7] == rows[7]["question"]
+    assert streamed.steps[0].rows_out == 2500
+    assert _tree_hashes(tmp_path / "whole" / "datasets") == _tree_hashes(tmp_path / "streamed" / "datasets")
+
+
+@pytest.mark.parametrize(
+    ("document", "error"),
+    [
+        ('{"data": [{"question": "q", "answer": "a"}], "more": 1}', "a JSON source must hold a list of objects"),
+        ('[{"question": "q", "answer": "a"}, 3]', "a JSON source must hold a list of objects"),
+        ('[{"question": "q", "answer": "a"}, {"question": "r"', "malformed JSON"),
+    ],
+    ids=["two-keys", "not-an-object", "cut-short"],
+)
+def test_a_json_document_of_another_shape_is_read_whole_and_its_error_named(document, error, ws):
+    (ws.root / "rows.json").write_text(document)
+    recipe = ws.recipe(JSONL_RECIPE.replace("rows.jsonl", "rows.json"))
+    with pytest.raises(DataforgeError, match=rf"rows\.json: {error}"):
+        build(recipe, ws.out, show_progress=False, batch_rows=1)
+    assert not list(ws.out.rglob("*.jsonl"))
