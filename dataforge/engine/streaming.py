@@ -22,8 +22,8 @@ sources of one batch or fewer are read whole, then stored in shards.
 
 A ``key`` step with one divided input larger than a batch runs bucket by bucket
 (``keyed_streams``) when its outputs are rows of its input (``keeps_input_rows``:
-``dedup.exact``) or made group by group (``group_outputs``: the pairs of ``preference.pairs``,
-the groups of ``rollout``, the verdicts of ``ai_feedback``). Rows go to buckets in
+``dedup.exact``) or made group by group (``group_outputs``: the pairs of ``preference.pairs`` —
+by revision each row its own group —, the groups of ``rollout``, the verdicts of ``ai_feedback``). Rows go to buckets in
 ``<out>/.tmp``: hashed by key into about one bucket per batch, or — with group outputs — whole
 groups in order of each group's first row, about a batch of rows a bucket (``group_buckets``).
 The step runs on each bucket (all rows of a key meet there) and its decisions are stored as each
@@ -37,9 +37,8 @@ whole, the rest a batch at a time or for the rows it names) and gives its output
 ``Streamed`` batches; the export writes each split from its shards a batch at a time
 (``export.write_split``).
 
-Not streamed yet (they read their inputs whole, as before): ``preference.pairs`` by revision
-(one pair per revised row, in row order), the other ``global`` steps (``dedup.semantic``,
-``leakage.check``), and the card's reads of side tables (leakage scores).
+Not streamed yet (they read their inputs whole, as before): the other ``global`` steps
+(``dedup.semantic``, ``leakage.check``), and the card's reads of side tables (leakage scores).
 """
 
 from __future__ import annotations

@@ -47,7 +47,6 @@ from dataforge.engine.step import (
     PlanInfo,
     StepConfig,
     StepResult,
-    column_key,
     per_table,
     require,
     step,
@@ -204,11 +203,14 @@ def _as_text(value: Any) -> str:
     inputs=None,
     per_table_columns=_columns,
     partition="key",
-    partition_key=column_key("group"),
-    group_outputs=lambda cfg, outputs: None if cfg.rule == "revision" else tuple(outputs),
+    partition_key=lambda cfg, df: df["_id"] if cfg.rule == "revision" else df[cfg.group],
+    group_outputs=lambda cfg, outputs: tuple(outputs),
 )
 def preference_pairs(inputs: dict[str, pl.DataFrame], cfg: PairsConfig, ctx: Context) -> StepResult:
-    """Pairs from rankings, scores, verifier outcomes or revisions; ties and the rest recorded."""
+    """Pairs from rankings, scores, verifier outcomes or revisions; ties and the rest recorded.
+    Its rows meet by ``group`` (the pairs of a prompt come from its rows); by revision each row
+    makes its own pair, so each row is its own group (keyed by ``_id``) and the pairs come in row
+    order, which is the order of the groups' first rows."""
     return per_table(inputs, lambda name, df: _pairs_of(name, df, cfg, ctx))
 
 

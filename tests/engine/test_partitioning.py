@@ -78,6 +78,7 @@ CASES = [
     ("format", {"type": "preference", "prompt": "prompt", "chosen": "chosen", "rejected": "rejected"}, "hh"),
     ("preference.responses", {"responses": ["chosen", "rejected"]}, "hh"),
     ("preference.pairs", {"rule": "ranking", "column": "rank"}, "responses"),
+    ("preference.pairs", {"rule": "revision", "chosen": "chosen", "rejected": "rejected"}, "hh"),
     ("preference.rm_pairs", {}, "hh"),
     ("dedup.exact", {"fields": ["question"]}, "gsm"),
     ("time.synthetic", {"start": "2024-01-01", "end": "2025-01-01"}, "gsm"),
