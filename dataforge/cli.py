@@ -16,6 +16,7 @@ from rich.text import Text
 
 from dataforge import __version__
 from dataforge.errors import DataforgeError, RecipeError
+from dataforge.recipe import EXECUTORS
 
 
 def _console(stderr: bool = False) -> Console:
@@ -376,7 +377,7 @@ def make_parser() -> argparse.ArgumentParser:
     )
     b.add_argument(
         "--executor",
-        choices=("local", "ray"),
+        choices=EXECUTORS,
         help="where the steps that divide into batches run: in this process (local) or as tasks on a Ray cluster "
         "($RAY_ADDRESS, a cluster `ray start` began on this machine, else a new local one; needs "
         "dataforge[ray]); changes no output (default: $DATAFORGE_EXECUTOR, else the recipe's `executor:`, "

@@ -103,7 +103,7 @@ def lsh_keys(
 ) -> tuple[np.ndarray, np.ndarray]:
     """What ``near_duplicate_pairs_in_batches`` keeps of a batch of texts: their MinHash LSH band
     keys at ``threshold`` (datasketch-compatible signatures) and whether each has a word. Depends
-    on the batch alone, so an executor may compute it on a worker (``Context.map_batches``)."""
+    on the batch alone, so an executor may compute it on a worker (``Table.map_batches``)."""
     from dataforge.text.minhash import band_keys, has_words, lsh_params, signatures
 
     bands, rows = lsh_params(threshold, num_perm)

@@ -40,8 +40,11 @@ class StepError(DataforgeError):
     """A step that failed while running (bad data, a malformed line, an empty input)."""
 
     def __init__(self, step: str, message: str) -> None:
-        self.step = step
+        self.step, self.detail = step, message
         super().__init__(f"step '{step}': {message}")
+
+    def __reduce__(self) -> tuple[type, tuple[str, str]]:  # pickled whole (from a Ray worker)
+        return (StepError, (self.step, self.detail))
 
 
 class DataError(DataforgeError):

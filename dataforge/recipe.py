@@ -21,6 +21,7 @@ A recipe::
 from __future__ import annotations
 
 import re
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
@@ -28,6 +29,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from dataforge.errors import RecipeError
 from dataforge.yamlpos import Path_, load_yaml_with_lines
+
+Executor = Literal["local", "ray"]  # where a build's steps run (engine.runner.executor_setting)
+EXECUTORS: tuple[str, ...] = typing.get_args(Executor)
 
 NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
 RESERVED_STEP_KEYS = ("kind", "inputs")
@@ -74,7 +78,7 @@ class Recipe(_Frozen):
     steps: dict[str, StepSpec]
     datasets: dict[str, DatasetSpec] = Field(default_factory=dict)
     models: dict[str, dict[str, Any]] = Field(default_factory=dict)  # validated as ModelSpec by the planner
-    executor: Literal["local", "ray"] | None = None  # where steps run (--executor and $DATAFORGE_EXECUTOR win)
+    executor: Executor | None = None  # where steps run (--executor and $DATAFORGE_EXECUTOR win)
 
 
 class LoadedRecipe:

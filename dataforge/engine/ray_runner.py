@@ -14,7 +14,7 @@ What runs where:
   under the step's scratch folder), then one task per bucket runs the step on the rows of its
   bucket in input order (``calls.call_bucket``); the driver files the outputs back in input order
   as the local runner does (``Runner._execute_keyed``).
-- A ``global`` step runs in the driver, and the work it divides (``Context.map_batches``: the
+- A ``global`` step runs in the driver, and the work it divides (``Table.map_batches``: the
   MinHash signatures of ``dedup.minhash``, the cluster band keys of ``split``, the hashes and band
   keys of ``split.audit``) runs as one task per slice of its input's shards; what each task gives
   back (band keys, hashes: a few dozen bytes a row) is combined in the driver — candidate pairs,
@@ -52,7 +52,7 @@ from dataforge.engine.plan import PlannedStep, Ref
 from dataforge.engine.progress import StepProgress
 from dataforge.engine.runner import BuildReport, Runner, StepReport
 from dataforge.engine.step import Context, StepResult
-from dataforge.engine.store import output_schema, with_schema
+from dataforge.engine.store import with_schema
 from dataforge.engine.streaming import divided_inputs, group_outputs
 from dataforge.engine.table import Table
 from dataforge.errors import DataforgeError, StepError
@@ -104,12 +104,12 @@ class WorkerStep:
 @dataclass
 class Done:
     """A task's answer: its value, the model requests it sent and those that failed, or the
-    error (a StepError's message) that stopped it."""
+    StepError that stopped it."""
 
     value: Any = None
     asked: int = 0
     failures: Counter[str] = field(default_factory=Counter)
-    error: str | None = None
+    error: StepError | None = None
 
 
 # -- in the worker processes -----------------------------------------------------------------
@@ -131,15 +131,9 @@ def _whole(spec: WorkerStep) -> dict[str, pl.DataFrame]:
     key = (spec.fingerprint, tuple(sorted((n, tuple(f)) for n, f in spec.whole.items())))
     if _WORKER.get("whole_key") != key:
         _WORKER.pop("whole", None)
-        _WORKER["whole"] = {name: _read_files(files) for name, files in spec.whole.items()}
+        _WORKER["whole"] = {name: Table(files=[Path(f) for f in files]).collect() for name, files in spec.whole.items()}
         _WORKER["whole_key"] = key
     return _WORKER["whole"]
-
-
-def _read_files(files: list[str]) -> pl.DataFrame:
-    schema = output_schema([Path(f) for f in files])
-    frames = [with_schema(pl.read_parquet(f), schema) for f in files]
-    return pl.concat(frames, how="vertical_relaxed") if len(frames) != 1 else frames[0]
 
 
 def _answer(ps: PlannedStep, spec: WorkerStep | None, work: Callable[[Context | None], Any]) -> Done:
@@ -150,7 +144,7 @@ def _answer(ps: PlannedStep, spec: WorkerStep | None, work: Callable[[Context | 
     try:
         value = work(ctx)
     except StepError as exc:
-        return Done(error=str(exc))
+        return Done(error=exc)
     after_asked, after_failed = ctx.llm.failure_counts() if ctx else (0, Counter())
     return Done(value, after_asked - asked, after_failed - failed)
 
@@ -210,7 +204,7 @@ def _bucket_task(ps: PlannedStep, spec: WorkerStep, name: str, files: list[str],
 def _map_task(
     ps: PlannedStep, fn: Callable[[pl.DataFrame], Any], part: Part, schema: dict[str, pl.DataType], columns: list[str]
 ) -> Done:
-    """``fn`` on one batch of a global step's input (``Context.map_batches``)."""
+    """``fn`` on one batch of a global step's input (``Table.map_batches``)."""
 
     def work(_: Context | None) -> Any:
         with step_errors(ps.name):
@@ -280,9 +274,10 @@ class RayRunner(Runner):
         return self.store.output_files(ref.step, self.plan.by_name[ref.step].fingerprint, ref.output)
 
     def _parts(self, ref: Ref) -> tuple[list[Part], dict[str, pl.DataType]]:
-        """A step output's batches as slices of its stored shards (``slices``), and its column types."""
-        files = self._files(ref)
-        return slices(files, self.batch_rows), output_schema(files)
+        """A step output's batches as slices of its stored shards (``shard_slices``; an output of no
+        rows: one empty slice, as ``Store.iter_batches`` gives one empty batch), and its column types."""
+        table = Table(files=self._files(ref))
+        return shard_slices(table, self.batch_rows) or [Part(str(table.files[0]), 0, 0)], table.schema
 
     def _context(self, ps: PlannedStep, progress: StepProgress) -> Context:
         ctx = super()._context(ps, progress)
@@ -292,10 +287,10 @@ class RayRunner(Runner):
     def _map_batches(
         self, ps: PlannedStep, table: Table, fn: Callable[[pl.DataFrame], Any], columns: list[str], rows: int
     ) -> Iterator[Any]:
-        """``Context.map_batches`` on Ray: a task per slice of ``rows`` rows of the table's shards."""
+        """``Table.map_batches`` on Ray: a task per slice of ``rows`` rows of the table's shards."""
         import ray
 
-        parts = [p for p in slices(table.files, rows) if p.rows]  # as Table.batches: no batch of no rows
+        parts = shard_slices(table, rows)
         planned, function, task = ray.put(ps), ray.put(fn), self.tasks["map"]
         schema = {c: table.schema[c] for c in columns}
         return self._ordered(ps, "map", lambda part: task.remote(planned, function, part, schema, columns), parts)
@@ -321,7 +316,7 @@ class RayRunner(Runner):
                 except ray.exceptions.RayError as exc:  # e.g. a worker that died more often than retried
                     raise StepError(ps.name, f"a Ray task failed: {type(exc).__name__}: {exc}") from exc
                 if done.error is not None:
-                    raise StepError(ps.name, _message(ps.name, done.error))
+                    raise done.error
                 self.tasks_run[kind] += 1
                 self.remote_asked += done.asked
                 self.remote_failures.update(done.failures)
@@ -381,19 +376,11 @@ class RayRunner(Runner):
         yield from zip(order, tracked, strict=True)
 
 
-def slices(files: list[Path], rows: int) -> list[Part]:
-    """Shards as slices of at most ``rows`` rows, in row order (a slice never spans two shards;
-    shards of no rows: one empty slice)."""
-    import pyarrow.parquet as pq
-
-    parts = []
-    for f in files:
-        n = pq.ParquetFile(f).metadata.num_rows
-        parts.extend(Part(str(f), o, min(rows, n - o)) for o in range(0, n, rows))
-    return parts or [Part(str(files[0]), 0, 0)]
-
-
-def _message(step: str, error: str) -> str:
-    """A worker's StepError text without the "step '...': " its str() begins with."""
-    prefix = f"step '{step}': "
-    return error[len(prefix) :] if error.startswith(prefix) else error
+def shard_slices(table: Table, rows: int) -> list[Part]:
+    """A table's stored shards as slices of at most ``rows`` rows, in row order (a slice never
+    spans two shards; a shard of no rows gives none, as ``Table.batches`` gives no batch)."""
+    return [
+        Part(str(f), o, min(rows, n - o))
+        for f, n in zip(table.files, table.shard_rows(), strict=True)
+        for o in range(0, n, rows)
+    ]

@@ -55,6 +55,7 @@ from dataforge.engine.table import Streamed, Table
 from dataforge.errors import DataforgeError, RecipeError, StepError
 from dataforge.lineage import LineageWriter, StepRow
 from dataforge.llm.client import ModelPool
+from dataforge.recipe import EXECUTORS
 
 
 @dataclass
@@ -134,7 +135,6 @@ def build(
     return report
 
 
-EXECUTORS = ("local", "ray")
 EXECUTOR_ENV = "DATAFORGE_EXECUTOR"
 
 

@@ -111,22 +111,9 @@ class Context:
     # input, as its ``partition_key`` computed it (the step may use it instead of computing it
     # again); None when the step has its whole input
     partition_keys: pl.Series | None = None
-    # how ``map_batches`` runs a function over a Table's stored batches where the executor spreads
-    # that work (Ray tasks, ``engine.ray_runner``); None: here, in order
+    # how ``Table.map_batches`` runs a step's per-batch work where the executor spreads it (Ray
+    # tasks, ``engine.ray_runner``); None: here, in order
     batch_mapper: Callable[..., Iterator[Any]] | None = None
-
-    def map_batches(
-        self, table: Any, fn: Callable[[pl.DataFrame], Any], columns: Sequence[str], rows: int
-    ) -> Iterator[Any]:
-        """``fn`` on each batch of ``table`` (an ``engine.table.Table``: its ``columns``, at most
-        ``rows`` rows a batch, in row order), the results in that order — where the executor has
-        workers, on them. The work a global step can divide (signatures, hashes): ``fn`` must
-        depend only on its batch, and be picklable (a module-level function, or a
-        ``functools.partial`` of one with picklable arguments). Batch boundaries may differ
-        between executors; the rows and their order do not."""
-        if self.batch_mapper is None or table.frame is not None:
-            return (fn(batch) for batch in table.batches(rows, columns))
-        return self.batch_mapper(table, fn, list(columns), rows)
 
     @property
     def rng(self) -> np.random.Generator:

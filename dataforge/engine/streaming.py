@@ -22,10 +22,11 @@ sources of one batch or fewer are read whole, then stored in shards.
 
 A ``key`` step with one divided input larger than a batch runs bucket by bucket
 (``keyed_streams``) when its outputs are rows of its input (``keeps_input_rows``:
-``dedup.exact``) or made group by group (``group_outputs``: the pairs of ``preference.pairs`` —
-by revision each row its own group —, the groups of ``rollout``, the verdicts of ``ai_feedback``). Rows go to buckets in
-``<out>/.tmp``: hashed by key into about one bucket per batch, or — with group outputs — whole
-groups in order of each group's first row, about a batch of rows a bucket (``group_buckets``).
+``dedup.exact``) or made group by group (``group_outputs``: the pairs of ``preference.pairs``
+— by revision each row its own group —, the groups of ``rollout``, the verdicts of
+``ai_feedback``). Rows go to buckets in ``<out>/.tmp``: hashed by key into about one bucket
+per batch, or — with group outputs — whole groups in order of each group's first row, about a
+batch of rows a bucket (``group_buckets``).
 The step runs on each bucket (all rows of a key meet there) and its decisions are stored as each
 bucket is done; output rows that are rows of the input are written back in input order a window
 of positions at a time, and group outputs bucket after bucket, which is the order a whole call

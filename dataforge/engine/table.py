@@ -61,6 +61,10 @@ class Table:
     def height(self) -> int:
         return int(self._starts[-1])
 
+    def shard_rows(self) -> list[int]:
+        """The rows of each stored shard, in order (a frame: one "shard", itself)."""
+        return np.diff(self._starts).tolist()
+
     @property
     def columns(self) -> list[str]:
         return list(self.schema)
@@ -99,6 +103,23 @@ class Table:
             for batch in pq.ParquetFile(path).iter_batches(batch_size=rows, columns=columns):
                 if batch.num_rows:
                     yield _typed(pl.from_arrow(batch), self.schema)  # type: ignore[arg-type]
+
+    def map_batches(
+        self,
+        fn: Callable[[pl.DataFrame], Any],
+        columns: Sequence[str],
+        rows: int | None = None,
+        mapper: Callable[..., Iterator[Any]] | None = None,
+    ) -> Iterator[Any]:
+        """``fn`` on each batch (``batches(rows, columns)``), the results in row order: the work a
+        global step can divide (signatures, hashes). ``mapper`` (``Context.batch_mapper``) runs
+        it where the executor has workers (Ray tasks over the shards), so ``fn`` must depend only
+        on its batch and be picklable (a module-level function, or a ``functools.partial`` of one);
+        batch boundaries may differ there, the rows and their order do not. Without a mapper, or
+        on a frame: here, in order."""
+        if mapper is None or self.frame is not None:
+            return (fn(batch) for batch in self.batches(rows, columns))
+        return mapper(self, fn, list(columns), rows or self.batch_rows)
 
     def take(self, index: np.ndarray, columns: Sequence[str] | None = None) -> pl.DataFrame:
         """The rows at positions ``index`` (in that order), with ``columns``; reads only the

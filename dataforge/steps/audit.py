@@ -29,10 +29,10 @@ Example::
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import combinations
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import polars as pl
@@ -106,11 +106,11 @@ def audit_frames(
     time_order: Sequence[str] | None = None,
     prompt_roles: Sequence[str] | None = None,
     target_roles: Sequence[str] | None = None,
-    ctx: Context | None = None,
+    mapper: Callable[..., Iterator[Any]] | None = None,
 ) -> pl.DataFrame:
     """Every leak between the named tables (see the module doc), as a findings frame.
 
-    Reads each table a batch at a time (through ``ctx.map_batches`` where given) and keeps, per
+    Reads each table a batch at a time (``Table.map_batches``, with the executor's ``mapper``) and keeps, per
     row, its id, 64-bit hashes of its normalized prompt and target (exact overlaps are equal
     hashes) and its prompt's LSH band keys; the prompt text of rows in near-duplicate candidate
     pairs is read again to verify them."""
@@ -128,8 +128,7 @@ def audit_frames(
         one = functools.partial(
             audit_batch, name=name, prompt=prompt, target=target, roles=(prompt_roles, target_roles), lsh=lsh
         )
-        batches = ctx.map_batches(t, one, fields, t.batch_rows) if ctx else (one(b) for b in t.batches(columns=fields))
-        for hashed, keys in batches:
+        for hashed, keys in t.map_batches(one, fields, mapper=mapper):
             parts.append(hashed)
             keyed.append(keys)
     schema = {"input": pl.String, "row": pl.String, "p": pl.UInt64, "t": pl.UInt64}
@@ -220,7 +219,7 @@ def audit_batch(
     """What ``audit_frames`` keeps of a batch of input ``name``: per row its id and the 64-bit
     hashes of its normalized prompt and target (``input``, ``row``, ``p``, ``t``), and, where
     ``lsh`` (threshold, num_perm, ngram) is given, its prompt's ``cluster.lsh_keys``. Depends on the
-    batch alone (what ``Context.map_batches`` may run on a worker)."""
+    batch alone (what ``Table.map_batches`` may run on a worker)."""
     prompts = key_text(batch, prompt, roles[0])
     hashed = batch.select(
         pl.lit(name).alias("input"),
@@ -273,7 +272,7 @@ def split_audit(inputs: dict[str, Table], cfg: AuditConfig, ctx: Context) -> Ste
         ngram=cfg.ngram,
         num_perm=cfg.num_perm,
         time_order=cfg.time_order,
-        ctx=ctx,
+        mapper=ctx.batch_mapper,
     )
     if cfg.strict and findings.height:
         examples = "; ".join(

@@ -533,7 +533,7 @@ def signature_batch(
     keep_text: bool,
 ) -> Signed:
     """One batch of ``dedup.minhash``'s text fields → its ``Signed`` (depends on the batch alone:
-    what ``Context.map_batches`` may run on a worker)."""
+    what ``Table.map_batches`` may run on a worker)."""
     from dataforge.text.minhash import band_keys, has_words, signatures
 
     text = dedup_text(batch, cfg, exact=False, shared=shared)
@@ -552,11 +552,11 @@ def _signed(
     ctx: Context,
 ) -> Iterator[tuple[np.ndarray, Signed]]:
     """(positions in ``side``, their ``Signed``) a batch at a time, for the rows where ``todo``:
-    all of them through ``ctx.map_batches`` (where the executor spreads the work), or, where some
+    all of them through ``Table.map_batches`` (where the executor spreads the work), or, where some
     signatures were reused, the others here."""
     at = 0
     if todo.all():
-        for part in ctx.map_batches(side, sign, fields, batch_rows):
+        for part in side.map_batches(sign, fields, batch_rows, ctx.batch_mapper):
             yield np.arange(at, at + len(part.live)), part
             at += len(part.live)
         return

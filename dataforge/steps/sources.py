@@ -452,10 +452,10 @@ def _json_batches(path: Path, cfg: SourceConfig, ctx: Context, batch_rows: int) 
         return None
     lines = _scratch_file(ctx, path.name, "jsonl")
     try:
-        shaped = _json_lines(path, lines)
+        records = _json_lines(path, lines)
     except (OSError, EOFError, ValueError):  # not of that shape, not JSON, not UTF-8
-        shaped = False
-    return _removing(_plain_jsonl_batches(lines, path, cfg, ctx, batch_rows) if shaped else None, lines)
+        return _removing(None, lines)
+    return _removing(_plain_jsonl_batches(lines, path, cfg, ctx, batch_rows, records), lines)
 
 
 def _scratch_file(ctx: Context, stem: str, suffix: str) -> Path:
@@ -553,24 +553,27 @@ def _json_document_records(path: Path, chunk: int = 1 << 20) -> Iterator[dict[st
             raise ValueError("not a list of objects")
 
 
-def _json_lines(path: Path, out: Path, chunk: int = 1 << 20) -> bool:
+def _json_lines(path: Path, out: Path, chunk: int = 1 << 20) -> int:
     """Write the records of JSON document ``path`` to ``out``, one a line
-    (``_json_document_records``: one record held); False where it is not a list of objects."""
+    (``_json_document_records``: one record held); returns how many (its errors as there)."""
+    records = 0
     with out.open("w", encoding="utf-8") as dst:
         for record in _json_document_records(path, chunk):
             dst.write(json.dumps(record, ensure_ascii=False) + "\n")
-    return True
+            records += 1
+    return records
 
 
 def _plain_jsonl_batches(
-    path: Path, where: Path, cfg: SourceConfig, ctx: Context, batch_rows: int
+    path: Path, where: Path, cfg: SourceConfig, ctx: Context, batch_rows: int, records: int | None = None
 ) -> Iterator[StepResult] | None:
     """A plain UTF-8 JSONL file (read from ``path``, named ``where`` in messages) in batches of
     ``batch_rows`` records, typed by one schema inferred over the whole file as a whole read
     infers it; None (read whole) where the file has a line that is not UTF-8 or not a JSON
     object, is one batch or fewer, or has a text timestamp column. Two passes over the file
-    before the first batch, each holding one line."""
-    records = _utf8_records(path)
+    before the first batch, each holding one line (one, where ``records`` — the file's record
+    count, of a file this module wrote one record a line — is given)."""
+    records = records if records is not None else _utf8_records(path)
     if records is None:
         return None
     total = records if cfg.limit is None else min(records, cfg.limit)

@@ -43,8 +43,9 @@ from __future__ import annotations
 import functools
 import hashlib
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime, timezone
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -249,19 +250,17 @@ def units_of(table: Table, df: pl.DataFrame, cfg: SplitConfig, near: np.ndarray 
     return components(df.height, np.concatenate(pairs))
 
 
-def cluster_pairs(table: Table, cfg: SplitConfig, ctx: Context | None = None) -> np.ndarray:
+def cluster_pairs(table: Table, cfg: SplitConfig, mapper: Callable[..., Iterator[Any]] | None = None) -> np.ndarray:
     """Near-duplicate pairs of the rows' ``cluster.fields`` (MinHash LSH, verified), reading
-    the text a batch at a time (its band keys through ``ctx.map_batches`` where given)."""
+    the text a batch at a time (its band keys by ``Table.map_batches``, with the executor's
+    ``mapper``)."""
     c = cfg.cluster
     assert c is not None and c.fields
     fields = list(dict.fromkeys(c.fields))
     keys_of = functools.partial(
         cluster_keys, fields=fields, threshold=c.threshold, num_perm=c.num_perm, ngram=c.ngram, seed=cfg.seed or 1
     )
-    if ctx is not None:
-        keyed = ctx.map_batches(table, keys_of, fields, table.batch_rows)
-    else:
-        keyed = (keys_of(batch) for batch in table.batches(columns=fields))
+    keyed = table.map_batches(keys_of, fields, mapper=mapper)
     pairs, _ = near_duplicate_pairs_in_batches(
         keyed, lambda index: text_key(table.take(index, fields), fields).to_arrow(), table.height, c.threshold, c.ngram
     )
@@ -441,7 +440,9 @@ def split(inputs: dict[str, Table], cfg: SplitConfig, ctx: Context) -> StepResul
     Out of core: assignment reads only the ``needed_columns`` whole (and the cluster fields a
     batch at a time, then for candidate pairs); each split's rows are written batch by batch."""
     table = Table.of(inputs["data"])
-    near = cluster_pairs(table, cfg, ctx) if cfg.cluster and cfg.cluster.fields and not cfg.random else None
+    near = (
+        cluster_pairs(table, cfg, ctx.batch_mapper) if cfg.cluster and cfg.cluster.fields and not cfg.random else None
+    )
     df = table.select(needed_columns(cfg))
     which, size, earlier = assign(table, df, cfg, near)
     late = earlier.is_not_null()
