@@ -194,6 +194,8 @@ class StepDef:
     # are rows of its divided input); None from it: this configuration's order is not that
     group_outputs: Callable[[Any, Sequence[str]], tuple[str, ...] | None] | None = None
     out_of_core: bool = False  # a global step that reads engine.table.Table inputs (see there)
+    # a rows step's configurations that need every row at once (True from it: run it whole)
+    whole_when: Callable[[Any], bool] | None = None
 
     @property
     def is_source(self) -> bool:
@@ -226,6 +228,7 @@ def step(
     keeps_input_rows: bool = False,
     group_outputs: Callable[[Any, Sequence[str]], tuple[str, ...] | None] | None = None,
     out_of_core: bool = False,
+    whole_when: Callable[[Any], bool] | None = None,
 ) -> Callable[[Callable[..., StepResult]], Callable[..., StepResult]]:
     """Register ``fn`` as step ``kind``. The config model is the annotation of its ``cfg`` parameter.
 
@@ -241,7 +244,9 @@ def step(
     in another order. An
     ``out_of_core`` global step reads its inputs as ``engine.table.Table``s and may give outputs
     as ``Streamed`` batches when the runner calls it on inputs larger than a batch; called with
-    frames it returns frames (``engine.table.out_of_core_step``).
+    frames it returns frames (``engine.table.out_of_core_step``). ``whole_when(cfg)`` names the
+    configurations of a ``rows`` step that need every row at once (leakage.check's LLM judge,
+    whose calls are capped over the whole step): the executor runs those whole.
     """
     if partition not in PARTITIONS:
         raise TypeError(f"step {kind}: partition must be one of {', '.join(PARTITIONS)}, not {partition!r}")
@@ -251,6 +256,8 @@ def step(
         raise TypeError(f"step {kind}: keeps_input_rows and group_outputs are for key steps")
     if out_of_core and partition != "global":
         raise TypeError(f"step {kind}: out_of_core is for global steps")
+    if whole_when is not None and partition != "rows":
+        raise TypeError(f"step {kind}: whole_when is for rows steps")
 
     def register(fn: Callable[..., StepResult]) -> Callable[..., StepResult]:
         hints = typing.get_type_hints(fn)
@@ -301,6 +308,7 @@ def step(
             keeps_input_rows=keeps_input_rows,
             group_outputs=group_outputs,
             out_of_core=out_of_core,
+            whole_when=whole_when,
         )
         return fn
 

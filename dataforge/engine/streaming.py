@@ -32,14 +32,18 @@ bucket is done; output rows that are rows of the input are written back in input
 of positions at a time, and group outputs bucket after bucket, which is the order a whole call
 gives them.
 
-A ``global`` step registered ``out_of_core`` (``dedup.minhash``, ``split``, ``split.audit``) on an
+A ``global`` step registered ``out_of_core`` (``dedup.minhash``, ``split``, ``split.audit``,
+``dedup.semantic``) on an
 input larger than a batch reads its inputs through ``engine.table.Table`` (the columns it needs
 whole, the rest a batch at a time or for the rows it names) and gives its outputs as
 ``Streamed`` batches; the export writes each split from its shards a batch at a time
 (``export.write_split``).
 
-Not streamed yet (they read their inputs whole, as before): the other ``global`` steps
-(``dedup.semantic``, ``leakage.check``), and the card's reads of side tables (leakage scores).
+``leakage.check`` is a ``rows`` step on its ``train`` input, its eval inputs whole in every batch
+(run whole with an LLM judge, whose calls are capped over the step).
+
+Not streamed yet: the card's reads of side tables (leakage scores), and the eval side of a
+leakage check (whole in every batch, its features computed again per batch).
 """
 
 from __future__ import annotations
@@ -83,9 +87,12 @@ def divided_inputs(ps: PlannedStep) -> list[str]:
 
 def streams(ps: PlannedStep, batch_rows: int) -> bool:
     """Whether the runner runs ``ps`` batch by batch: a ``rows`` step that is not a source, with
-    one divided input, or a per-table step (each input divided on its own)."""
+    one divided input, or a per-table step (each input divided on its own), unless its
+    configuration needs every row at once (``whole_when``)."""
     d = ps.stepdef
     if not batch_rows or d.partition != "rows" or d.is_source:
+        return False
+    if d.whole_when is not None and d.whole_when(ps.cfg):
         return False
     return len(divided_inputs(ps)) == 1 or d.inputs is None
 

@@ -40,8 +40,13 @@ quantities), and adds ``numbers_bonus`` for shared distinctive numbers; final an
 ``answer_weight`` when they agree (not a small count, which agrees by chance) and take
 ``answer_conflict_weight`` when they differ. The word detectors keep their template rules (a
 shared 13-gram with most of several numbers changed, or with other numbers and another answer,
-is a template, not a copy). Partition: ``global`` — the candidate stages' IDF is fit on train ∪
-eval, so a batch of train rows would rank candidates differently. Defaults were chosen across
+is a template, not a copy).
+
+Partition: ``rows`` on ``train``, the eval inputs whole in every batch. A train row's decision
+depends on its own text and the eval side alone: TF-IDF and static vectors are weighted by the eval
+side's IDF, MiniLM vectors do not depend on the texts embedded with them (``embed``), LSH buckets
+link each train row to the bucket's first eval item, and every output row is a train row's, in
+input order. With a judge the step runs whole (its calls are capped over the step). Defaults were chosen across
 GSM8K, MMLU and HumanEval development rephrases (``bench/leakage.py``, BENCHMARKS.md).
 
 Optional LLM judge (``judge: <model name>`` from the recipe's ``models:``): candidates the rule
@@ -322,12 +327,44 @@ def _top_k(similarities: Any, n_train: int, n_eval: int, top_k: int, floor: floa
 
 
 def _tfidf_candidates(train: list[str], evals: list[str], top_k: int, floor: float) -> pl.DataFrame:
-    """(t, e, tfidf): each train row's ``top_k`` eval items by TF-IDF (words) cosine ≥ ``floor``."""
-    from sklearn.feature_extraction.text import TfidfVectorizer
+    """(t, e, tfidf): each train row's ``top_k`` eval items by TF-IDF (words, sublinear counts)
+    cosine ≥ ``floor``. The IDF is the eval side's (``static_embed.reference_idf``; a word in no
+    eval item weighs as much as the rarest), so a train row's vector — its norm counts every one
+    of its words — depends on its own words alone: the same in any batch of train rows."""
+    from scipy import sparse
+    from sklearn.feature_extraction.text import CountVectorizer
 
-    vec = TfidfVectorizer(min_df=1, sublinear_tf=True)
-    vec.fit(evals + train)
-    t, e = vec.transform(train), vec.transform(evals)
+    from dataforge.static_embed import reference_idf
+
+    empty = pl.DataFrame(schema={"t": pl.Int64, "e": pl.Int64, "tfidf": pl.Float64})
+    eval_words, train_words = CountVectorizer(), CountVectorizer()
+    try:
+        e_counts = eval_words.fit_transform(evals).astype(np.float64)
+        t_counts = train_words.fit_transform(train).astype(np.float64)
+    except ValueError:  # no word of two letters on one side: nothing to compare
+        return empty
+    idf_eval = reference_idf(np.bincount(e_counts.indices, minlength=e_counts.shape[1]), len(evals))
+    unseen = float(reference_idf(np.zeros(1), len(evals))[0])
+    column = np.array([eval_words.vocabulary_.get(w, -1) for w in train_words.get_feature_names_out()])
+    idf = np.where(column >= 0, idf_eval[np.maximum(column, 0)], unseen)
+
+    def unit_rows(counts: Any, weights: np.ndarray) -> Any:
+        """Sublinear counts × ``weights``, each row scaled to unit length, its words summed in
+        alphabetical order (the same order in any batch)."""
+        counts.has_sorted_indices = False
+        counts.sort_indices()
+        counts.data = (1.0 + np.log(counts.data)) * weights[counts.indices]
+        norms = np.sqrt(np.asarray(counts.multiply(counts).sum(axis=1)).ravel())
+        return sparse.diags(1.0 / np.maximum(norms, 1e-12)) @ counts
+
+    e = unit_rows(e_counts, idf_eval)
+    t = unit_rows(t_counts, idf)
+    shared = np.nonzero(column >= 0)[0]
+    onto_eval = sparse.csr_matrix(
+        (np.ones(len(shared)), (shared, column[shared])), shape=(len(column), e.shape[1])
+    )  # train vocabulary → eval vocabulary, words the eval side has
+    t = t @ onto_eval
+    t.sort_indices()
     found = _top_k(lambda a, b: (t[a:b] @ e.T).toarray(), t.shape[0], e.shape[0], top_k, floor)
     return found.rename({"score": "tfidf"})
 
@@ -339,14 +376,21 @@ def _vectors(texts: list[str], cfg: LeakageConfig, ctx: Context) -> np.ndarray:
     return embed(texts, model, cfg.batch_size, ctx.progress, max_tokens=cfg.max_tokens, dtype=cfg.embed_dtype)
 
 
-def _dense_candidates(train: list[str], evals: list[str], cfg: LeakageConfig, ctx: Context) -> pl.DataFrame:
-    """(t, e, static): every train row's ``dense_top_k`` eval items by the cosine of static
-    embeddings distilled from the embedding model (``dataforge.static_embed``), kept at ≥
-    ``dense_min``: the recall stage no rewording defeats, cheap enough to run on every row."""
+def _static_vectors(train: list[str], evals: list[str], cfg: LeakageConfig, ctx: Context) -> list[np.ndarray]:
+    """Static embeddings (``dataforge.static_embed``, distilled from the embedding model) of the
+    train and eval texts, weighted by the eval side's IDF: a train row's vector is its own."""
     from dataforge.embed import resolve_model
     from dataforge.static_embed import load_static
 
-    ev, tv = load_static(resolve_model(cfg.model, ctx.base_dir)).encode(evals, train)
+    model = load_static(resolve_model(cfg.model, ctx.base_dir))
+    idf = model.idf(evals)
+    return [model.encode(train, idf), model.encode(evals, idf)]
+
+
+def _dense_candidates(tv: np.ndarray, ev: np.ndarray, cfg: LeakageConfig) -> pl.DataFrame:
+    """(t, e, static): every train row's ``dense_top_k`` eval items by the cosine of their static
+    vectors (``_static_vectors``), kept at ≥ ``dense_min``: the recall stage no rewording
+    defeats, cheap enough to run on every row."""
     found = _top_k(lambda a, b: tv[a:b] @ ev.T, len(tv), len(ev), cfg.dense_top_k, cfg.dense_min)
     # rounded: a float32 product's last bits depend on the block shape, the decisions must not
     return found.select("t", "e", pl.col("score").round(STATIC_DIGITS).alias("static"))
@@ -529,7 +573,14 @@ def _clone_hits(train: _Side, evals: _Side, cfg: LeakageConfig) -> pl.DataFrame:
 
 
 @step(
-    "leakage.check", version=7, inputs=None, outputs=("data", "matches", "scores"), columns=_columns, partition="global"
+    "leakage.check",
+    version=8,
+    inputs=None,
+    outputs=("data", "matches", "scores"),
+    columns=_columns,
+    partition="rows",
+    partitioned=("train",),
+    whole_when=lambda cfg: cfg.judge is not None,
 )
 def leakage_check(inputs: dict[str, pl.DataFrame], cfg: LeakageConfig, ctx: Context) -> StepResult:
     """Find train rows that contain an eval item (verbatim, edited or rephrased)."""
@@ -582,11 +633,10 @@ def leakage_check(inputs: dict[str, pl.DataFrame], cfg: LeakageConfig, ctx: Cont
         canon = canon.rename({"tfidf": "canonical"})
         near_copies = _minhash_hits(ts.joined, es.joined, e_words, cfg)
         clones = _clone_hits(ts, es, cfg)
-        dense = (
-            _dense_candidates(ts.prose, es.prose, cfg, ctx)
-            if cfg.dense
-            else pl.DataFrame(schema={"t": pl.Int64, "e": pl.Int64, "static": pl.Float64})
-        )
+        dense = pl.DataFrame(schema={"t": pl.Int64, "e": pl.Int64, "static": pl.Float64})
+        if cfg.dense:
+            t_static, e_static = _static_vectors(ts.prose, es.prose, cfg, ctx)
+            dense = _dense_candidates(t_static, e_static, cfg)
         sources = [exact, ngram, tfidf, canon, near_copies, clones, dense]
         pairs = pl.concat([frame.select("t", "e") for frame in sources]).unique()
         for frame in sources:
@@ -595,14 +645,9 @@ def leakage_check(inputs: dict[str, pl.DataFrame], cfg: LeakageConfig, ctx: Cont
         if cfg.dense and pairs.height:  # the static cosine of every candidate, whichever stage found it
             missing = pairs["static"].is_null().to_numpy()
             if missing.any():
-                from dataforge.embed import resolve_model
-                from dataforge.static_embed import load_static
-
-                model = load_static(resolve_model(cfg.model, ctx.base_dir))
                 ti, ei = pairs["t"].to_numpy()[missing], pairs["e"].to_numpy()[missing]
-                tv, evv = model.encode([ts.prose[i] for i in ti], [es.prose[i] for i in ei])
                 static = pairs["static"].to_numpy().copy()
-                static[missing] = np.round((tv * evv).sum(axis=1), STATIC_DIGITS)
+                static[missing] = np.round((t_static[ti] * e_static[ei]).sum(axis=1), STATIC_DIGITS)
                 pairs = pairs.with_columns(pl.Series("static", static))
         e_nums = [number_readings(x) for x in es.prose]
         e_ents = [names_in(x) for x in es.base]
@@ -722,18 +767,19 @@ def similarity_margin(row: dict[str, Any], cfg: LeakageConfig) -> float | None:
 def _closest_scores(
     closest: list[tuple[int, str, str, float | None]], train_ids: pl.Series, matches: pl.DataFrame
 ) -> pl.DataFrame:
-    """One row per train row that had a candidate: its closest eval item by ``similarity_margin``,
-    the margin, and the detector that matched the row (null when it was kept), for the card's
-    score distribution against the threshold."""
-    schema = {"train_id": pl.String, "eval_input": pl.String, "eval_id": pl.String, "margin": pl.Float64}
-    frame = pl.DataFrame(
-        [(train_ids[t], n, e, m) for t, n, e, m in closest if m is not None], schema=schema, orient="row"
+    """One row per train row that had a candidate, in input order: its closest eval item by
+    ``similarity_margin``, the margin, and the detector that matched the row (null when it was
+    kept), for the card's score distribution against the threshold."""
+    schema = {"t": pl.Int64, "eval_input": pl.String, "eval_id": pl.String, "margin": pl.Float64}
+    frame = pl.DataFrame([c for c in closest if c[3] is not None], schema=schema, orient="row")
+    best = frame.sort(["t", "margin", "eval_input", "eval_id"], descending=[False, True, False, False]).unique(
+        "t", keep="first", maintain_order=True
     )
-    best = frame.sort(["train_id", "margin", "eval_input", "eval_id"], descending=[False, True, False, False]).unique(
-        "train_id", keep="first", maintain_order=True
+    best = best.with_columns(train_ids.gather(best["t"]).alias("train_id"))
+    best = best.join(matches.select("train_id", "detector"), on="train_id", how="left", maintain_order="left")
+    return best.select(
+        pl.format("score:{}", "train_id").alias("_id"), "train_id", "eval_input", "eval_id", "margin", "detector"
     )
-    best = best.join(matches.select("train_id", "detector"), on="train_id", how="left")
-    return best.select(pl.format("score:{}", "train_id").alias("_id"), pl.all())
 
 
 def _gated(row: dict[str, Any], cfg: LeakageConfig) -> bool:

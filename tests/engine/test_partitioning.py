@@ -16,10 +16,11 @@ import pytest
 from polars.testing import assert_frame_equal
 
 from dataforge.engine.step import PARTITIONS, REGISTRY, StepDef, StepResult, get_step
-from tests.conftest import GSM8K, HH, make_ctx
+from tests.conftest import GSM8K, HH, REPO, make_ctx
 from tests.steps.test_critique_feedback import CONSTITUTION
 
 SEEDS = (0, 1, 2)
+REPHRASES = REPO / "bench" / "data" / "decontamination-rephrases"  # the development half
 
 
 def _with_ids(df: pl.DataFrame, prefix: str) -> pl.DataFrame:
@@ -52,6 +53,17 @@ def data(tmp_path_factory) -> dict[str, pl.DataFrame]:
         .alias("completion")
     )
     hh = _run("parse.hh_rlhf", {"data": hh_raw}, {}, ctx).tables["data"]
+    # leakage: 240 GSM8K train rows with 40 test items planted in them — 10 verbatim, 30 as
+    # GPT-4 rephrases (development half) with their worked answers — against 120 test items
+    tests = _with_ids(pl.read_ndjson(GSM8K / "test.jsonl").head(240).gather_every(2), "test")
+    rephrased = pl.read_ndjson(REPHRASES / "gsm8k_test_rephrased.dev.jsonl").head(30)
+    planted = pl.concat(
+        [
+            tests.head(10).select("question", "answer"),
+            rephrased.select(pl.col("rephrased_question").alias("question"), "answer"),
+        ]
+    )
+    leak_train = _with_ids(pl.concat([gsm.head(240).select("question", "answer"), planted]), "lt")
     responses = _run("preference.responses", {"data": hh}, {"responses": ["chosen", "rejected"]}, ctx).tables["data"]
     verified = _run(
         "verify", {"data": parsed}, {"graders": [{"name": "math", "inputs": {"answer": "final_answer"}}]}, ctx
@@ -63,10 +75,12 @@ def data(tmp_path_factory) -> dict[str, pl.DataFrame]:
         "hh": hh,
         "responses": responses,
         "verified": verified.tables["data"],
+        "leak_train": leak_train.sample(fraction=1.0, shuffle=True, seed=3),  # the plants spread out
+        "leak_eval": tests,
     }
 
 
-# (step kind, its config, the name of the `data` table it reads, extra inputs passed whole)
+# (step kind, its config, the table its divided input reads[, {input: table} passed whole])
 CASES = [
     ("parse.gsm8k", {}, "gsm"),
     ("parse.hh_rlhf", {}, "hh_raw"),
@@ -82,6 +96,12 @@ CASES = [
     ("preference.rm_pairs", {}, "hh"),
     ("dedup.exact", {"fields": ["question"]}, "gsm"),
     ("time.synthetic", {"start": "2024-01-01", "end": "2025-01-01"}, "gsm"),
+    (
+        "leakage.check",
+        {"train_fields": ["question", "answer"], "eval_fields": ["question"], "max_tokens": 64},
+        "leak_train",
+        {"gsm8k_test": "leak_eval"},
+    ),
 ]
 
 
@@ -148,22 +168,39 @@ def _assert_in_group_order(defn: StepDef, cfg, df: pl.DataFrame, call) -> None:
         assert_frame_equal(joined, table_whole, check_dtypes=False)
 
 
-@pytest.mark.parametrize(("kind", "options", "table"), CASES, ids=[c[0] for c in CASES])
-def test_a_rows_or_key_step_gives_the_same_rows_and_events_in_any_batching(kind, options, table, data, tmp_path):
+@pytest.mark.parametrize(
+    ("kind", "options", "table", "others"), [(*c, {})[:4] for c in CASES], ids=[c[0] for c in CASES]
+)
+def test_a_rows_or_key_step_gives_the_same_rows_and_events_in_any_batching(
+    kind, options, table, others, data, tmp_path
+):
     defn = get_step(kind)
     assert defn.partition in ("rows", "key")
     cfg = defn.config(**options)
     ctx = make_ctx(tmp_path)
     df = data[table]
-    whole = defn.fn({"data": df}, cfg, ctx)
+    (divided,) = defn.partitioned or ("data",)
+    call = lambda part: defn.fn({divided: part, **{k: data[v] for k, v in others.items()}}, cfg, ctx)  # noqa: E731
+    whole = call(df)
     for seed in SEEDS:
         batch = _batches(defn, cfg, df, seed)
         assert batch.n_unique() > 1, "a batching of one batch proves nothing"
-        parts = [defn.fn({"data": df.filter(batch == b)}, cfg, ctx) for b in sorted(batch.unique().to_list())]
+        parts = [call(df.filter(batch == b)) for b in sorted(batch.unique().to_list())]
         _assert_same(whole, parts)
     if defn.partition == "rows":
-        _assert_in_order(whole, [defn.fn({"data": part}, cfg, ctx) for part in _slices(df)])
-    _assert_in_group_order(defn, cfg, df, lambda part: defn.fn({"data": part}, cfg, ctx))
+        _assert_in_order(whole, [call(part) for part in _slices(df)])
+    _assert_in_group_order(defn, cfg, df, call)
+
+
+def test_the_leakage_case_exercises_every_stage_it_claims(data, tmp_path):
+    """The leakage case above proves something only if its plants are found, by the word
+    detectors and by the similarity stages (static vectors, MiniLM) alike."""
+    defn = get_step("leakage.check")
+    cfg = defn.config(**CASES[-1][1])
+    result = defn.fn({"train": data["leak_train"], "gsm8k_test": data["leak_eval"]}, cfg, make_ctx(tmp_path))
+    detectors = set(result.tables["matches"]["detector"].to_list())
+    assert {"ngram", "embedding"} <= detectors and detectors & {"dense", "canonical"}, detectors
+    assert result.tables["matches"].height >= 35 and result.tables["scores"].height > result.tables["matches"].height
 
 
 def _policy(messages) -> str:

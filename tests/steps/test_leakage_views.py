@@ -326,7 +326,8 @@ def test_static_embeddings_are_distilled_once_and_rank_a_rephrase_first(tmp_path
         "Josh buys a house for $80,000 and puts in $50,000 in repairs.",
     ]
     rephrase = ["A bathrobe needs two bolts of blue fabric plus half as much white fabric. Total bolts?"]
-    ev, tv = again.encode(evals, rephrase)
+    idf = again.idf(evals)
+    ev, tv = again.encode(evals, idf), again.encode(rephrase, idf)
     assert np.allclose(np.linalg.norm(ev, axis=1), 1.0, atol=1e-5)
     assert int(np.argmax(tv @ ev.T)) == 1
     static_embed.load_static.cache_clear()
@@ -396,3 +397,41 @@ def test_auto_embeddings_use_bfloat16_only_where_the_device_computes_it(native, 
     monkeypatch.setattr(dataforge.embed, "native_bfloat16", lambda device_type: native)
     expected = dataforge.embed.embed(texts, dtype="bfloat16" if native else "float32")
     assert np.array_equal(dataforge.embed.embed(texts, dtype="auto"), expected)
+
+
+def test_a_texts_embedding_does_not_depend_on_the_texts_embedded_with_it():
+    """``embed`` pads each text to its own length bucket, so its vector is the same to the bit
+    whether it is embedded with every text, with a few others, or alone (a step run on batches of
+    rows needs that); padded to each batch's longest text, vectors moved by up to 1e-7."""
+    import numpy as np
+
+    from dataforge.embed import PAD_MULTIPLE, embed, load_model, padded_lengths
+    from tests.conftest import GSM8K
+
+    rows = pl.read_ndjson(GSM8K / "train.jsonl").head(90)
+    texts = (rows["question"] + "\n" + rows["answer"]).to_list()[:60] + rows["question"].to_list()[60:]
+    lengths = padded_lengths(load_model(None), texts)
+    assert len(set(lengths.tolist())) >= 4 and (lengths % PAD_MULTIPLE == 0).all()
+    together = embed(texts, batch_size=16)
+    apart = np.concatenate([embed(texts[s : s + 7], batch_size=5) for s in range(0, len(texts), 7)])
+    assert np.array_equal(together, apart)
+    assert np.array_equal(embed(texts[::-1], batch_size=32)[::-1], together)
+    assert np.array_equal(embed([texts[3]])[0], together[3])
+    assert np.allclose(np.linalg.norm(together, axis=1), 1.0, atol=1e-5)
+
+
+def test_static_vectors_of_train_rows_do_not_depend_on_the_rows_encoded_with_them():
+    """The static model's IDF comes from a reference side (the eval items): a train row's vector
+    is the same encoded with every row or alone."""
+    import numpy as np
+
+    from dataforge.static_embed import load_static
+    from tests.conftest import GSM8K
+
+    questions = pl.read_ndjson(GSM8K / "train.jsonl")["question"].head(50).to_list()
+    model = load_static()
+    idf = model.idf(questions[:20])
+    together = model.encode(questions[20:], idf)
+    assert np.array_equal(model.encode(questions[20:21], idf)[0], together[0])
+    assert np.array_equal(model.encode(questions[49:19:-1], idf)[::-1], together)
+    assert not np.array_equal(model.encode(questions[20:], model.idf(questions[20:])), together)  # the IDF counts
