@@ -36,7 +36,7 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Callable, Iterator
-from typing import Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 import polars as pl
@@ -77,6 +77,7 @@ _NOT_NAMES = frozenset(
 
 
 SIGNATURE_BATCH = 100_000  # rows whose text is prepared and hashed at once
+EMBED_BATCH = 10_000  # rows whose text is prepared and embedded at once (a progress step)
 # LSH buckets of up to this many rows give every pair of their rows as candidates, not only the
 # pairs with the bucket's best-ranked row: a cluster takes only rows similar to its kept row, so a
 # row must meet every better-ranked row it may be similar to
@@ -239,11 +240,20 @@ def _outputs(cfg: DedupConfig, names: object) -> tuple[str, ...]:
     return ("data", "signatures") if getattr(cfg, "keep_signatures", False) else ("data",)
 
 
+WORDY = r"[0-9A-Za-z_]|[^\x00-\x7f]"  # a text with none of these has no word: it matches nothing
+
+
 def _empty_drops(df: pl.DataFrame, text: pl.Series, cfg: DedupConfig) -> tuple[pl.Series, list[pl.DataFrame]]:
-    empty = ~text.str.contains(r"[0-9A-Za-z_]|[^\x00-\x7f]").fill_null(False)  # no word: matches nothing
-    if cfg.on_empty == "drop" and empty.any():
-        return ~empty, [events(df["_id"].filter(empty), "dropped", "dedup:empty_text", detail={"fields": cfg.fields})]
-    return pl.Series([True] * df.height), []
+    return _empty_text_drops(df["_id"], text.str.contains(WORDY).fill_null(False).to_numpy(), cfg)
+
+
+def _empty_text_drops(ids: pl.Series, live: np.ndarray, cfg: DedupConfig) -> tuple[pl.Series, list[pl.DataFrame]]:
+    """The rows still alive and the drop events, where ``on_empty: drop`` drops the rows whose
+    text has no word (``live`` false)."""
+    if cfg.on_empty == "drop" and not live.all():
+        alive = pl.Series(live)
+        return alive, [events(ids.filter(~alive), "dropped", "dedup:empty_text", detail={"fields": cfg.fields})]
+    return pl.Series([True] * len(ids)), []
 
 
 def _clusters(n: int, pairs: np.ndarray, alive: pl.Series, rank: np.ndarray) -> np.ndarray:
@@ -374,15 +384,13 @@ def dedup_exact(inputs: dict[str, pl.DataFrame], cfg: DedupConfig, ctx: Context)
 # -- dedup.minhash ------------------------------------------------------------------------------------
 
 
-@step(
-    "dedup.minhash",
-    version=2,
-    inputs=None,
-    outputs=_outputs,
-    columns=_columns,
-    partition="global",
-    out_of_core=True,
+# near-duplicate steps: any inputs (data, against, signatures), every row at once, read from shards
+OUT_OF_CORE_DEDUP: dict[str, Any] = dict(
+    inputs=None, outputs=_outputs, columns=_columns, partition="global", out_of_core=True
 )
+
+
+@step("dedup.minhash", version=2, **OUT_OF_CORE_DEDUP)
 def dedup_minhash(inputs: dict[str, Table], cfg: MinhashConfig, ctx: Context) -> StepResult:
     """Drop near-duplicates: MinHash LSH candidates (below the threshold), verified, clustered around
     the rows kept (no chaining), one kept per cluster.
@@ -459,10 +467,7 @@ def dedup_minhash(inputs: dict[str, Table], cfg: MinhashConfig, ctx: Context) ->
     if total <= batch_rows and todo.all():
         prepared = pl.concat(texts) if texts else pl.Series("t", [], dtype=pl.String)
     ids = df.select(["_id"])["_id"]
-    alive, found = pl.Series([True] * n), []
-    if cfg.on_empty == "drop" and not live[:n].all():
-        alive = pl.Series(live[:n])
-        found.append(events(ids.filter(~alive), "dropped", "dedup:empty_text", detail={"fields": cfg.fields}))
+    alive, found = _empty_text_drops(ids, live[:n], cfg)
 
     def exact_scores(pairs: np.ndarray) -> np.ndarray:
         """Exact Jaccard of pairs, reading the text of only the rows they name."""
@@ -628,32 +633,71 @@ class SemanticConfig(DedupConfig):
         return self
 
 
-@step("dedup.semantic", version=2, inputs=None, outputs=_outputs, columns=_columns, partition="global")
-def dedup_semantic(inputs: dict[str, pl.DataFrame], cfg: SemanticConfig, ctx: Context) -> StepResult:
+@step("dedup.semantic", version=3, **OUT_OF_CORE_DEDUP)
+def dedup_semantic(inputs: dict[str, Table], cfg: SemanticConfig, ctx: Context) -> StepResult:
     """Drop rows whose embedding is within ``threshold`` cosine of a kept row (or an ``against`` row).
 
     Embeddings: sentence-transformers (the bundled offline all-MiniLM-L6-v2 unless ``model``
     names another), unit-normalized; search is exact, in chunks that bound memory (O(n²) work:
-    for very large inputs run dedup.minhash first)."""
-    from dataforge.embed import cosine_pairs, embed, resolve_model
+    for very large inputs run dedup.minhash first).
 
-    df = inputs["data"]
-    other = inputs.get("against")
-    text = dedup_text(df, cfg)
-    alive, found = _empty_drops(df, text, cfg)
+    Out of core: the text is read and embedded a batch at a time (``Table.map_batches``, spread
+    over the executor's workers where it has them; a text's vector does not depend on its batch,
+    ``embed``), so only the vectors (4 × dim bytes a row) are held whole; the kept rows are
+    written batch by batch."""
+    from dataforge.embed import cosine_pairs, resolve_model
+
+    df = Table.of(inputs["data"])
+    other = Table.of(inputs["against"]) if "against" in inputs else None
     model = resolve_model(cfg.model, ctx.base_dir)
-    vecs = embed(text.to_list(), model, cfg.batch_size, ctx.progress, cfg.device)
-    n = df.height
+    vecs, live = _embedded(df, cfg, model, ctx)
+    ids = df.select(["_id"])["_id"]
+    alive, found = _empty_text_drops(ids, live, cfg)
     if other is not None and other.height:
-        other_vecs = embed(dedup_text(other, cfg).to_list(), model, cfg.batch_size, ctx.progress, cfg.device)
+        other_vecs, _ = _embedded(other, cfg, model, ctx)
         cross, cos = cosine_pairs(vecs, other_vecs, cfg.threshold)
-        alive = _drop_matches(df, other, alive, cross[:, 0], cross[:, 1], cos, "semantic_duplicate", found)
+        other_ids = other.select(["_id"])
+        alive = _drop_matches(
+            ids.to_frame(), other_ids, alive, cross[:, 0], cross[:, 1], cos, "semantic_duplicate", found
+        )
     pairs, _ = cosine_pairs(vecs, None, cfg.threshold)
-    rank = keep_rank(df, cfg)
-    labels = _clusters(n, pairs, alive, rank)
+    rank = keep_rank(df.select(_rank_columns(cfg)), cfg)
+    labels = _clusters(df.height, pairs, alive, rank)
 
     def score_of(rep_dup: np.ndarray) -> np.ndarray:
         return (vecs[rep_dup[:, 0]] * vecs[rep_dup[:, 1]]).sum(axis=1).astype(np.float64)
 
-    kept = _finish(Table.of(df), df["_id"], cfg, alive, labels, rank, score_of, "semantic_duplicate", found).collect()
-    return StepResult({"data": kept}, events=found)
+    kept = _finish(df, ids, cfg, alive, labels, rank, score_of, "semantic_duplicate", found)
+    return StepResult({"data": kept}, events=found)  # type: ignore[dict-item]
+
+
+class Embedded(NamedTuple):
+    """A batch's unit vectors and whether each text has a word."""
+
+    vectors: np.ndarray
+    live: np.ndarray
+
+
+def embedding_batch(
+    batch: pl.DataFrame, cfg: SemanticConfig, shared: dict[str, list[str]], model: str | None
+) -> Embedded:
+    """One batch of ``dedup.semantic``'s text fields → its ``Embedded`` (depends on the batch alone:
+    what ``Table.map_batches`` may run on a worker)."""
+    from dataforge.embed import embed
+
+    text = dedup_text(batch, cfg, shared=shared)
+    live = text.str.contains(WORDY).fill_null(False).to_numpy()
+    return Embedded(embed(text.to_list(), model, cfg.batch_size, None, cfg.device), live)
+
+
+def _embedded(side: Table, cfg: SemanticConfig, model: str | None, ctx: Context) -> tuple[np.ndarray, np.ndarray]:
+    """(vectors, live) of every row of ``side``, embedded a batch at a time (``embedding_batch``)."""
+    shared = shared_prompts(_messages_fields(side, cfg), cfg)
+    embed_batch = functools.partial(embedding_batch, cfg=cfg, shared=shared, model=model)
+    parts = side.map_batches(embed_batch, list(dict.fromkeys(cfg.fields)), EMBED_BATCH, ctx.batch_mapper)
+    done = list(
+        ctx.progress.track(parts, total=side.height, description="embed", unit="rows", size=lambda p: len(p.live))
+    )
+    if not done:
+        return np.zeros((0, 0), dtype=np.float32), np.zeros(0, dtype=bool)
+    return np.concatenate([p.vectors for p in done]), np.concatenate([p.live for p in done])

@@ -177,3 +177,20 @@ def test_a_killed_driver_resumes_on_ray_from_what_was_finished(qa, scripted_mode
     assert len(asked) == PROMPTS - stored  # only the requests with no stored answer
     solve = next(s for s in report.steps if s.name == "solve")
     assert solve.outputs == {"data": PROMPTS, "failed": 0}
+
+
+def test_semantic_dedup_embeds_on_ray_workers_with_the_same_result(ws, tmp_path, ray_local):
+    """``dedup.semantic``'s embeddings run as Ray map tasks, batch by batch on the workers: the
+    same datasets and decisions as the local build."""
+    from dataforge.lineage import open_read
+    from tests.engine.test_streaming import _semantic_copies
+
+    recipe = _semantic_copies(ws)
+    local = build(recipe, tmp_path / "local", show_progress=False, batch_rows=250)
+    on_ray = build(recipe, tmp_path / "ray", show_progress=False, batch_rows=250, executor="ray")
+    assert on_ray.tasks["map"] >= 3 and on_ray.steps[2].drops == local.steps[2].drops
+    assert _tree_hashes(tmp_path / "local" / "datasets") == _tree_hashes(tmp_path / "ray" / "datasets")
+    query = "SELECT row_id, action, reason, related_id, score FROM latest_events ORDER BY ALL"
+    assert (
+        open_read(tmp_path / "local").execute(query).fetchall() == open_read(tmp_path / "ray").execute(query).fetchall()
+    )

@@ -389,6 +389,46 @@ def test_minhash_dedup_reads_its_input_out_of_core_and_gives_the_same_rows(ws, t
     assert len(shards) == 4 and all(pl.read_parquet_schema(s)["_cluster_id"] == pl.String for s in shards)
 
 
+def _semantic_copies(ws):
+    """A recipe deduplicating 650 GSM8K questions, 30 of them planted again lightly edited, with
+    ``dedup.semantic`` against 10 held-out edited copies of others."""
+    _near_copies(ws)
+    rows = pl.read_parquet(ws.root / "rows.parquet")
+    pl.concat([rows.head(620), rows.slice(2400, 30)]).write_parquet(ws.root / "rows.parquet", row_group_size=200)
+    pl.read_parquet(ws.root / "held.parquet").head(10).write_parquet(ws.root / "held.parquet")
+    text = NEAR_RECIPE.replace("kind: dedup.minhash", "kind: dedup.semantic").replace(
+        "threshold: 0.7", "threshold: 0.9"
+    )
+    return ws.recipe(text)
+
+
+def test_semantic_dedup_embeds_out_of_core_and_gives_the_same_rows(ws, tmp_path, monkeypatch):
+    """``dedup.semantic`` on inputs larger than a batch embeds the text a batch at a time (never
+    the whole text column) and writes its kept rows batch by batch: the same bytes and decisions
+    as a whole-table build (a text's vector does not depend on its batch)."""
+    from dataforge.engine.table import Table
+    from dataforge.lineage import open_read
+    from tests.engine.test_runner import _tree_hashes
+
+    recipe = _semantic_copies(ws)
+    whole = build(recipe, tmp_path / "whole", show_progress=False, batch_rows=0)
+    selected = []
+    real_select = Table.select
+    monkeypatch.setattr(Table, "select", lambda self, cols: selected.append(list(cols)) or real_select(self, cols))
+    streamed = build(recipe, tmp_path / "streamed", show_progress=False, batch_rows=250)
+    assert whole.steps[2].drops == streamed.steps[2].drops
+    assert streamed.steps[2].drops["semantic_duplicate"] >= 30 + 10  # the planted copies, the held ones
+    assert _tree_hashes(tmp_path / "whole" / "datasets") == _tree_hashes(tmp_path / "streamed" / "datasets")
+    assert selected and all("question" not in cols for cols in selected)
+    query = "SELECT row_id, action, reason, related_id, score FROM latest_events ORDER BY ALL"
+    assert (
+        open_read(tmp_path / "whole").execute(query).fetchall()
+        == open_read(tmp_path / "streamed").execute(query).fetchall()
+    )
+    shards = Store(tmp_path / "streamed").output_files("near", streamed.steps[2].fingerprint, "data")
+    assert len(shards) == 3
+
+
 SPLIT_RECIPE = """
 name: sp
 steps:
