@@ -157,12 +157,43 @@ def _digits_value(token: str) -> float:
     return float(top) / float(bottom) if bottom and float(bottom) else float(top)
 
 
+_QUANTITY = r"(\d+(?:\.\d+)?|" + "|".join(sorted(_UNITS, key=len, reverse=True)) + ")"
+_PLURAL_PARTS = "|".join(d for d in _DENOMINATORS if d.endswith("s"))
+
+
+def _quantity(token: str) -> float:
+    return float(_UNITS[token.lower()]) if token.lower() in _UNITS else float(token)
+
+
+# quantities written in two or more words, read as one number before the words are read:
+# "three and a half" = 3.5, "2 dozen" = 24, "half a dozen" = 6, "fourfold" = 4, "3 quarters" = 0.75
+_COMPOUNDS: list[tuple[re.Pattern[str], Callable[[re.Match[str]], float]]] = [
+    (re.compile(r"\bhalf an? dozen\b", re.IGNORECASE), lambda m: 6.0),
+    (re.compile(rf"\b{_QUANTITY}\s+dozens?\b", re.IGNORECASE), lambda m: _quantity(m[1]) * 12),
+    (re.compile(rf"\b{_QUANTITY}\s+and\s+an?\s+half\b", re.IGNORECASE), lambda m: _quantity(m[1]) + 0.5),
+    (re.compile(rf"\b{_QUANTITY}\s+and\s+an?\s+quarter\b", re.IGNORECASE), lambda m: _quantity(m[1]) + 0.25),
+    (re.compile(rf"\b{_QUANTITY}-?fold\b", re.IGNORECASE), lambda m: _quantity(m[1])),
+    (
+        re.compile(rf"\b(\d+)\s+({_PLURAL_PARTS})\b", re.IGNORECASE),
+        lambda m: float(m[1]) / _DENOMINATORS[m[2].lower()],
+    ),
+]
+
+
+def _compounds(text: str) -> str:
+    """``text`` with each quantity of ``_COMPOUNDS`` written as its digits."""
+    for pattern, value in _COMPOUNDS:
+        if pattern.search(text):
+            text = pattern.sub(lambda m, value=value: f" {round(value(m), 6):g} ", text)
+    return text
+
+
 def _read(text: str, number: Callable[[float], None], word: Callable[[str], None]) -> None:
     """Read ``text`` in order, passing each number (digits or words) to ``number`` and every other
     word to ``word``."""
     words = _WordNumber(number)
     prev = ""
-    for tok in _TOKEN.findall(text or ""):
+    for tok in _TOKEN.findall(_compounds(text or "")):
         low = tok.lower()
         if not tok[0].isalpha():
             words.emit()

@@ -41,6 +41,14 @@ def _agree(train: str, eval_item: str) -> float | None:
         ("warfare in the 19th century", "war in the nineteenth century"),
         ("privatized during the 80s and 90s", "privatized in the 1980s and 1990s"),
         ("a third of the votes", "1/3 of the votes"),
+        # quantities of several words (from misses on the development rephrases)
+        ("Lisa sold 3.5 boxes, Peter 4.5 boxes", "Lisa sold three and a half boxes, Peter four and a half"),
+        ("If he gains an additional 24 marbles", "If he receives 2 dozen more marbles"),
+        ("A small sunflower contains 36 seeds", "A small sunflower has 3 dozen seeds"),
+        ("that represents three-fourths of the number", "If this is 3 quarters of the number"),
+        ("Carl has fourfold", "Carl has four times as many"),
+        ("she bought 6 eggs", "she bought half a dozen eggs"),
+        ("it took 2.25 hours", "it took two and a quarter hours"),
     ],
 )
 def test_numbers_read_in_every_common_way_agree(train, eval_item):
@@ -54,6 +62,9 @@ def test_other_quantities_do_not_agree_through_the_unit_readings():
     assert numbers_in("two decades and a century") == {20: 1, 100: 1}
     assert numbers_in("the nineteenth century") == {19: 1}  # a century is 100 only when counted
     assert _agree("the 70s", "the 1980s") == 0.0
+    assert _agree("Lisa sold 3 boxes and a half-price box", "Lisa sold three and a half boxes") == 0.0
+    assert _agree("he has 2 marbles and 12 cards", "he has 2 dozen marbles") == 0.0
+    assert numbers_in("manifold uses of a threefold cord") == {3: 1}
 
 
 def test_evidence_moves_the_score_and_never_vetoes_alone():
