@@ -194,3 +194,83 @@ def test_semantic_dedup_embeds_on_ray_workers_with_the_same_result(ws, tmp_path,
     assert (
         open_read(tmp_path / "local").execute(query).fetchall() == open_read(tmp_path / "ray").execute(query).fetchall()
     )
+
+
+BOUNDED_RECIPE = """
+name: bounded
+steps:
+  raw:
+    kind: source
+    path: rows.parquet
+  clean:
+    kind: clean.normalize
+    inputs: {data: raw}
+    fields: [question, answer]
+  exact:
+    kind: dedup.exact
+    inputs: {data: clean}
+    fields: [question]
+  near:
+    kind: dedup.minhash
+    inputs: {data: exact}
+    fields: [question]
+    threshold: 0.7
+  split:
+    kind: split
+    inputs: near
+    group: question
+    cluster: {fields: [question], threshold: 0.7}
+    fractions: {train: 0.8, test: 0.2}
+    seed: 3
+  audit:
+    kind: split.audit
+    inputs: {train: split.train, test: split.test}
+    prompt: question
+    target: answer
+  sft:
+    kind: format
+    type: prompt_completion
+    inputs: {train: split.train, test: split.test}
+    prompt: question
+    completion: answer
+datasets:
+  bounded:
+    splits: {train: sft.train, test: sft.test}
+"""
+
+
+def test_the_ray_driver_never_holds_a_whole_table_of_rows(ws, tmp_path, monkeypatch, ray_local):
+    """On Ray, with 3,000 rows in batches of 400: every table the driver reads whole (a step
+    input, an artifact) has at most a batch of rows — the rows steps run as tasks, the key step
+    by shuffle, the global steps out of core (a column at a time), the export a batch at a time.
+    The same datasets as a local whole-table build."""
+    from dataforge.engine.runner import Runner
+    from dataforge.engine.store import Store as ArtifactStore
+    from tests.conftest import GSM8K
+
+    rows = pl.read_ndjson(GSM8K / "train.jsonl").head(2900)
+    pl.concat([rows, rows.head(100)]).write_parquet(ws.root / "rows.parquet", row_group_size=400)
+    recipe = ws.recipe(BOUNDED_RECIPE)
+    build(recipe, tmp_path / "local", show_progress=False, batch_rows=0)
+    heights: list[tuple[str, int]] = []
+    real_load, real_read = Runner._load, ArtifactStore.read_table
+
+    def load(self, ref):
+        df = real_load(self, ref)
+        heights.append((str(ref), df.height))
+        return df
+
+    def read_table(self, step, fingerprint, output, *args, **kwargs):
+        df = real_read(self, step, fingerprint, output, *args, **kwargs)
+        heights.append((f"{step}.{output}", df.height))
+        return df
+
+    monkeypatch.setattr(Runner, "_load", load)
+    monkeypatch.setattr(ArtifactStore, "read_table", read_table)
+    report = build(recipe, tmp_path / "ray", show_progress=False, batch_rows=400, executor="ray")
+    assert report.tasks["rows"] and report.tasks["bucket"] and report.tasks["map"]
+    assert max((h for _, h in heights), default=0) <= 400, sorted(heights, key=lambda x: -x[1])[:5]
+    assert _tree_hashes(tmp_path / "local" / "datasets") == _tree_hashes(tmp_path / "ray" / "datasets")
+    heights.clear()  # the control: where one batch holds every row, the same probes see whole tables
+    build(recipe, tmp_path / "one-batch", show_progress=False, batch_rows=5000, executor="ray")
+    assert max(h for _, h in heights) >= 2900
