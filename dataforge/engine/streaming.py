@@ -42,8 +42,8 @@ whole, the rest a batch at a time or for the rows it names) and gives its output
 ``leakage.check`` is a ``rows`` step on its ``train`` input, its eval inputs whole in every batch
 (run whole with an LLM judge, whose calls are capped over the step).
 
-Not streamed yet: the card's reads of side tables (leakage scores), and the eval side of a
-leakage check (whole in every batch, its features computed again per batch).
+Not streamed: the card's reads of side tables (leakage scores), and the eval side of a leakage
+check (whole in every batch; its numbers and vectors kept per process from one batch to the next).
 """
 
 from __future__ import annotations

@@ -376,15 +376,53 @@ def _vectors(texts: list[str], cfg: LeakageConfig, ctx: Context) -> np.ndarray:
     return embed(texts, model, cfg.batch_size, ctx.progress, max_tokens=cfg.max_tokens, dtype=cfg.embed_dtype)
 
 
+EVAL_VECTORS_KEPT = 200_000  # eval texts whose MiniLM vectors a process keeps (about 300 MB)
+_EVAL_VECTORS: dict[tuple[str | None, int | None, str], dict[str, np.ndarray]] = {}
+
+
+def _eval_vectors(texts: list[str], cfg: LeakageConfig, ctx: Context) -> np.ndarray:
+    """MiniLM vectors of eval texts, kept by text in this process: every batch of train rows asks
+    for many of the same eval items, and a text's vector does not depend on the texts embedded
+    with it (``embed``), so a kept one is the one computing it again would give."""
+    from dataforge.embed import resolve_model
+
+    known = _EVAL_VECTORS.setdefault((resolve_model(cfg.model, ctx.base_dir), cfg.max_tokens, cfg.embed_dtype), {})
+    missing = list(dict.fromkeys(t for t in texts if t not in known))
+    if len(known) + len(missing) > EVAL_VECTORS_KEPT:
+        known.clear()
+        missing = list(dict.fromkeys(texts))
+    if missing:
+        known.update(zip(missing, _vectors(missing, cfg, ctx), strict=True))
+    return np.stack([known[t] for t in texts])
+
+
+# an eval item's numbers, read once per process: every batch of train rows reads the same items
+# (the results are only read, never changed)
+_eval_readings = functools.lru_cache(maxsize=1 << 17)(number_readings)
+_eval_equivalents = functools.lru_cache(maxsize=1 << 17)(equivalents)
+
+
 def _static_vectors(train: list[str], evals: list[str], cfg: LeakageConfig, ctx: Context) -> list[np.ndarray]:
     """Static embeddings (``dataforge.static_embed``, distilled from the embedding model) of the
     train and eval texts, weighted by the eval side's IDF: a train row's vector is its own."""
     from dataforge.embed import resolve_model
     from dataforge.static_embed import load_static
 
-    model = load_static(resolve_model(cfg.model, ctx.base_dir))
-    idf = model.idf(evals)
-    return [model.encode(train, idf), model.encode(evals, idf)]
+    name = resolve_model(cfg.model, ctx.base_dir)
+    model = load_static(name)
+    idf, e_static = _static_eval_side(name, tuple(evals))
+    return [model.encode(train, idf), e_static]
+
+
+@functools.lru_cache(maxsize=4)
+def _static_eval_side(model: str | None, evals: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """The eval side's IDF and static vectors, kept for the next batch of train rows (the same
+    eval texts give the same ones)."""
+    from dataforge.static_embed import load_static
+
+    static = load_static(model)
+    idf = static.idf(evals)
+    return idf, static.encode(evals, idf)
 
 
 def _dense_candidates(tv: np.ndarray, ev: np.ndarray, cfg: LeakageConfig) -> pl.DataFrame:
@@ -649,11 +687,11 @@ def leakage_check(inputs: dict[str, pl.DataFrame], cfg: LeakageConfig, ctx: Cont
                 static = pairs["static"].to_numpy().copy()
                 static[missing] = np.round((t_static[ti] * e_static[ei]).sum(axis=1), STATIC_DIGITS)
                 pairs = pairs.with_columns(pl.Series("static", static))
-        e_nums = [number_readings(x) for x in es.prose]
+        e_nums = [_eval_readings(x) for x in es.prose]
         e_ents = [names_in(x) for x in es.base]
         e_distinctive = [len(distinctive(n[0])) for n in e_nums]
         e_counted = [len(counted(n[0])) for n in e_nums]
-        e_searched = [equivalents(x) for x in es.prose]
+        e_searched = [_eval_equivalents(x) for x in es.prose]
         e_small_answer = [a is not None and not distinctive(Counter([a])) for a in e_ans]
         t_idx, e_idx = pairs["t"].to_list(), pairs["e"].to_list()
         num = [
@@ -708,7 +746,7 @@ def leakage_check(inputs: dict[str, pl.DataFrame], cfg: LeakageConfig, ctx: Cont
             ei = np.array([rows[k]["e"] for k in todo])
             ut, ue = np.unique(ti), np.unique(ei)
             tv = _vectors([ts.prose[i] for i in ut], cfg, ctx)
-            evv = _vectors([es.prose[i] for i in ue], cfg, ctx)
+            evv = _eval_vectors([es.prose[i] for i in ue], cfg, ctx)
             cos = (tv[np.searchsorted(ut, ti)] * evv[np.searchsorted(ue, ei)]).sum(axis=1)
             for k, c in zip(todo, cos, strict=True):
                 rows[k]["cosine"] = float(c)

@@ -166,14 +166,20 @@ def _quantity(token: str) -> float:
 
 
 # quantities written in two or more words, read as one number before the words are read:
-# "three and a half" = 3.5, "2 dozen" = 24, "half a dozen" = 6, "fourfold" = 4, "3 quarters" = 0.75
-_COMPOUNDS: list[tuple[re.Pattern[str], Callable[[re.Match[str]], float]]] = [
-    (re.compile(r"\bhalf an? dozen\b", re.IGNORECASE), lambda m: 6.0),
-    (re.compile(rf"\b{_QUANTITY}\s+dozens?\b", re.IGNORECASE), lambda m: _quantity(m[1]) * 12),
-    (re.compile(rf"\b{_QUANTITY}\s+and\s+an?\s+half\b", re.IGNORECASE), lambda m: _quantity(m[1]) + 0.5),
-    (re.compile(rf"\b{_QUANTITY}\s+and\s+an?\s+quarter\b", re.IGNORECASE), lambda m: _quantity(m[1]) + 0.25),
-    (re.compile(rf"\b{_QUANTITY}-?fold\b", re.IGNORECASE), lambda m: _quantity(m[1])),
+# "three and a half" = 3.5, "2 dozen" = 24, "half a dozen" = 6, "fourfold" = 4, "3 quarters" = 0.75;
+# each pattern with the words one of which it needs (tried only where the text has one)
+_COMPOUNDS: list[tuple[tuple[str, ...], re.Pattern[str], Callable[[re.Match[str]], float]]] = [
+    (("dozen",), re.compile(r"\bhalf an? dozen\b", re.IGNORECASE), lambda m: 6.0),
+    (("dozen",), re.compile(rf"\b{_QUANTITY}\s+dozens?\b", re.IGNORECASE), lambda m: _quantity(m[1]) * 12),
+    (("half",), re.compile(rf"\b{_QUANTITY}\s+and\s+an?\s+half\b", re.IGNORECASE), lambda m: _quantity(m[1]) + 0.5),
     (
+        ("quarter",),
+        re.compile(rf"\b{_QUANTITY}\s+and\s+an?\s+quarter\b", re.IGNORECASE),
+        lambda m: _quantity(m[1]) + 0.25,
+    ),
+    (("fold",), re.compile(rf"\b{_QUANTITY}-?fold\b", re.IGNORECASE), lambda m: _quantity(m[1])),
+    (
+        tuple(d for d in _DENOMINATORS if d.endswith("s")),
         re.compile(rf"\b(\d+)\s+({_PLURAL_PARTS})\b", re.IGNORECASE),
         lambda m: float(m[1]) / _DENOMINATORS[m[2].lower()],
     ),
@@ -182,8 +188,9 @@ _COMPOUNDS: list[tuple[re.Pattern[str], Callable[[re.Match[str]], float]]] = [
 
 def _compounds(text: str) -> str:
     """``text`` with each quantity of ``_COMPOUNDS`` written as its digits."""
-    for pattern, value in _COMPOUNDS:
-        if pattern.search(text):
+    low = text.lower()
+    for needs, pattern, value in _COMPOUNDS:
+        if any(word in low for word in needs) and pattern.search(text):
             text = pattern.sub(lambda m, value=value: f" {round(value(m), 6):g} ", text)
     return text
 
