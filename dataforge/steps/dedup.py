@@ -240,11 +240,14 @@ def _outputs(cfg: DedupConfig, names: object) -> tuple[str, ...]:
     return ("data", "signatures") if getattr(cfg, "keep_signatures", False) else ("data",)
 
 
-WORDY = r"[0-9A-Za-z_]|[^\x00-\x7f]"  # a text with none of these has no word: it matches nothing
+def text_has_word(text: pl.Series) -> np.ndarray:
+    """Whether each text has a word character (ASCII letter, digit, underscore or any non-ASCII
+    character); one with none matches nothing."""
+    return text.str.contains(r"[0-9A-Za-z_]|[^\x00-\x7f]").fill_null(False).to_numpy()
 
 
 def _empty_drops(df: pl.DataFrame, text: pl.Series, cfg: DedupConfig) -> tuple[pl.Series, list[pl.DataFrame]]:
-    return _empty_text_drops(df["_id"], text.str.contains(WORDY).fill_null(False).to_numpy(), cfg)
+    return _empty_text_drops(df["_id"], text_has_word(text), cfg)
 
 
 def _empty_text_drops(ids: pl.Series, live: np.ndarray, cfg: DedupConfig) -> tuple[pl.Series, list[pl.DataFrame]]:
@@ -686,8 +689,7 @@ def embedding_batch(
     from dataforge.embed import embed
 
     text = dedup_text(batch, cfg, shared=shared)
-    live = text.str.contains(WORDY).fill_null(False).to_numpy()
-    return Embedded(embed(text.to_list(), model, cfg.batch_size, None, cfg.device), live)
+    return Embedded(embed(text.to_list(), model, cfg.batch_size, None, cfg.device), text_has_word(text))
 
 
 def _embedded(side: Table, cfg: SemanticConfig, model: str | None, ctx: Context) -> tuple[np.ndarray, np.ndarray]:

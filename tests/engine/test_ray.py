@@ -16,7 +16,7 @@ from dataforge.engine.runner import EXECUTOR_ENV, build
 from dataforge.engine.step import REGISTRY, Context, StepConfig, StepResult, step
 from dataforge.errors import DataforgeError, RecipeError, StepError
 from tests.engine.test_runner import _tree_hashes
-from tests.engine.test_streaming import _with_failing_step
+from tests.engine.test_streaming import SPLIT_RECIPE, _with_failing_step
 
 
 class DieOnceConfig(StepConfig):
@@ -196,13 +196,10 @@ def test_semantic_dedup_embeds_on_ray_workers_with_the_same_result(ws, tmp_path,
     )
 
 
-BOUNDED_RECIPE = """
-name: bounded
-steps:
-  raw:
-    kind: source
-    path: rows.parquet
-  clean:
+# the split recipe of the streaming tests with normalize, exact and MinHash dedup before its split
+BOUNDED_RECIPE = SPLIT_RECIPE.replace(
+    "  split:\n    kind: split\n    inputs: raw\n",
+    """  clean:
     kind: clean.normalize
     inputs: {data: raw}
     fields: [question, answer]
@@ -218,25 +215,8 @@ steps:
   split:
     kind: split
     inputs: near
-    group: question
-    cluster: {fields: [question], threshold: 0.7}
-    fractions: {train: 0.8, test: 0.2}
-    seed: 3
-  audit:
-    kind: split.audit
-    inputs: {train: split.train, test: split.test}
-    prompt: question
-    target: answer
-  sft:
-    kind: format
-    type: prompt_completion
-    inputs: {train: split.train, test: split.test}
-    prompt: question
-    completion: answer
-datasets:
-  bounded:
-    splits: {train: sft.train, test: sft.test}
-"""
+""",
+)
 
 
 def test_the_ray_driver_never_holds_a_whole_table_of_rows(ws, tmp_path, monkeypatch, ray_local):
@@ -248,8 +228,9 @@ def test_the_ray_driver_never_holds_a_whole_table_of_rows(ws, tmp_path, monkeypa
     from dataforge.engine.store import Store as ArtifactStore
     from tests.conftest import GSM8K
 
-    rows = pl.read_ndjson(GSM8K / "train.jsonl").head(2900)
-    pl.concat([rows, rows.head(100)]).write_parquet(ws.root / "rows.parquet", row_group_size=400)
+    rows = pl.read_ndjson(GSM8K / "train.jsonl").head(2900).with_columns(pl.col("question").alias("group"))
+    rows = pl.concat([rows, rows.head(100)]).with_columns(pl.format("k{}", pl.int_range(pl.len())).alias("key"))
+    rows.write_parquet(ws.root / "rows.parquet", row_group_size=400)
     recipe = ws.recipe(BOUNDED_RECIPE)
     build(recipe, tmp_path / "local", show_progress=False, batch_rows=0)
     heights: list[tuple[str, int]] = []
