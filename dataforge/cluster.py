@@ -8,12 +8,15 @@ pairs of linked rows, and near-duplicate clusters from MinHash LSH.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 if TYPE_CHECKING:
     import pyarrow as pa
+
+    from dataforge.engine.table import Mapper
 
 
 def components(n: int, pairs: np.ndarray) -> np.ndarray:
@@ -119,13 +122,16 @@ def near_duplicate_pairs_in_batches(
     ngram: int = 3,
     verify: bool = True,
     wanted: Callable[[np.ndarray], np.ndarray] | None = None,
+    mapper: Mapper | None = None,
+    folder: Path | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Pairs (i, j) of ``n`` texts whose word-shingle sets are near-duplicates: MinHash LSH
     candidates at ``threshold`` (``keyed``: each batch's ``lsh_keys``, in order), kept only if
     their exact Jaccard reaches it when ``verify``; pairs link each bucket to its smallest index.
     Only each text's band keys are kept; ``texts_of(index)`` gives the texts of the candidate rows
     to verify (sorted positions). ``wanted(pairs)``: a mask of the candidate pairs worth verifying
-    (the rest are left out before any text is read). Returns the pairs and their exact Jaccard
+    (the rest are left out before any text is read); ``mapper`` and ``folder``: where the
+    verification's jobs run (``verified_jaccard``). Returns the pairs and their exact Jaccard
     (NaN without ``verify``)."""
     from dataforge.text.minhash import candidate_pairs_of_keys
 
@@ -148,7 +154,7 @@ def near_duplicate_pairs_in_batches(
     if wanted is not None and len(pairs):
         pairs = pairs[wanted(pairs)]
     if verify and len(pairs):
-        scores = verified_jaccard(pairs, texts_of, ngram)
+        scores = verified_jaccard(pairs, texts_of, ngram, mapper=mapper, folder=folder)
         pairs, scores = pairs[scores >= threshold], scores[scores >= threshold]
     else:
         scores = np.full(len(pairs), np.nan)
@@ -163,62 +169,94 @@ def verified_jaccard(
     texts_of: Callable[[np.ndarray], pa.Array | Sequence[str]],
     ngram: int,
     unit: str = "word",
-    block: int = VERIFY_ROWS,
+    block: int | None = None,
+    mapper: Mapper | None = None,
+    folder: Path | None = None,
 ) -> np.ndarray:
     """Exact shingle Jaccard of each pair (row indices). ``texts_of(index)`` gives the texts of
     the rows at ``index`` (sorted positions); it is called on the rows the pairs name, in order,
-    ``block`` rows at a time, so each row is read once (a ``Table.take`` of sorted rows reads
-    each row group once in all). When the rows are more than one block, their texts go to an
-    uncompressed Arrow IPC file in a temporary folder, one record batch a block; then for each
-    block, the pairs whose first row is in it are compared with that block's texts and the texts
-    of their other rows, picked from the memory-mapped file (mapped again for each block, so only
-    the pages of one block's partners are resident). What is held is bounded by ``block`` and the
-    pairs of one block, whatever the number of rows; every text is read about twice."""
-    import tempfile
-    from pathlib import Path
+    ``block`` (default ``VERIFY_ROWS``) rows at a time, so each row is read once (a
+    ``Table.take`` of sorted rows reads each row group once in all).
 
-    import pyarrow as pa
+    When the rows are more than one block, the work divides in two rounds of jobs: one per block
+    of rows stages their texts to an uncompressed Arrow IPC file in a temporary folder under
+    ``folder`` (default: the system's); then one per block compares the pairs whose first row
+    is in it, with that block's texts and the texts of their other rows, picked from the
+    memory-mapped files of their blocks (so only those pages are resident). ``mapper``
+    (``Context.mapper``) runs the jobs where the executor has workers (Ray tasks; ``folder``
+    must then be on storage they reach, and ``texts_of`` picklable); without one, here in order.
+    What a job holds is bounded by ``block`` and the pairs of one block, whatever the number of
+    rows; every text is read about twice. The scores do not depend on ``block`` or the mapper."""
+    import functools
+    import tempfile
 
     from dataforge.text.minhash import exact_jaccard
 
     if not len(pairs):
         return np.zeros(0)
+    block = block or VERIFY_ROWS
     needed = np.unique(pairs)
     position = np.searchsorted(needed, pairs)
     if len(needed) <= block:
         return exact_jaccard(texts_of(needed), position, ngram, unit)  # type: ignore[arg-type]
-    out = np.zeros(len(pairs))
+    run: Mapper = mapper or (lambda fn, jobs: map(fn, jobs))
     blocks = -(-len(needed) // block)
     lo = position.min(axis=1) // block
     order = np.argsort(lo, kind="stable")
     bounds = np.searchsorted(lo[order], np.arange(blocks + 1))
-    with tempfile.TemporaryDirectory(prefix="dataforge-verify-") as folder:
-        path = str(Path(folder) / "texts.arrow")
-        with pa.OSFile(path, "wb") as sink:
-            writer = None
-            for b in range(blocks):
-                texts = texts_of(needed[b * block : (b + 1) * block])
-                texts = texts if isinstance(texts, pa.Array) else pa.array(list(texts), type=pa.large_string())
-                batch = pa.record_batch([texts.cast(pa.large_string())], names=["t"])
-                writer = writer or pa.ipc.new_file(sink, batch.schema)
-                writer.write_batch(batch)
-            assert writer is not None
-            writer.close()
-        for i in range(blocks):
-            mine = order[bounds[i] : bounds[i + 1]]
-            if not len(mine):
-                continue
-            ends = position[mine]
-            inside = ends // block == i
-            partners = np.unique(ends[~inside])
-            with pa.memory_map(path) as source:
-                staged = pa.ipc.open_file(source)
-                parts = [staged.get_batch(i).column(0)]
-                owner = partners // block
-                for j in np.unique(owner):
-                    parts.append(staged.get_batch(int(j)).column(0).take(partners[owner == j] - j * block))
-                texts = pa.concat_arrays(parts)  # a copy: the mapped pages are let go with the map
-            width = len(parts[0])
-            local = np.where(inside, ends - i * block, width + np.searchsorted(partners, ends))
-            out[mine] = exact_jaccard(texts, local, ngram, unit)  # type: ignore[arg-type]
+    if folder is not None:
+        folder.mkdir(parents=True, exist_ok=True)
+    out = np.zeros(len(pairs))
+    with tempfile.TemporaryDirectory(prefix="dataforge-verify-", dir=folder) as staging:
+        stage = functools.partial(_stage_texts, texts_of, staging)
+        paths = list(run(stage, [(b, needed[b * block : (b + 1) * block]) for b in range(blocks)]))
+        mine = [order[bounds[i] : bounds[i + 1]] for i in range(blocks)]
+        jobs = [(i, position[mine[i]]) for i in range(blocks) if len(mine[i])]
+        compare = functools.partial(_compare_block, paths, block, ngram, unit)
+        for (i, _), scores in zip(jobs, run(compare, jobs), strict=True):
+            out[mine[i]] = scores
     return out
+
+
+def _stage_texts(
+    texts_of: Callable[[np.ndarray], pa.Array | Sequence[str]], folder: str, job: tuple[int, np.ndarray]
+) -> str:
+    """``verified_jaccard``'s first round, one block: the texts of rows ``index`` written to
+    ``folder`` as an Arrow IPC file of one record batch; returns its path."""
+    import os
+
+    import pyarrow as pa
+
+    b, index = job
+    texts = texts_of(index)
+    texts = texts if isinstance(texts, pa.Array) else pa.array(list(texts), type=pa.large_string())
+    batch = pa.record_batch([texts.cast(pa.large_string())], names=["t"])
+    path = os.path.join(folder, f"{b:05d}.arrow")
+    with pa.OSFile(path, "wb") as sink, pa.ipc.new_file(sink, batch.schema) as writer:
+        writer.write_batch(batch)
+    return path
+
+
+def _compare_block(paths: list[str], block: int, ngram: int, unit: str, job: tuple[int, np.ndarray]) -> np.ndarray:
+    """``verified_jaccard``'s second round, one block ``i``: the exact Jaccard of its pairs
+    (``ends``: positions of both rows among the rows staged, the first in block ``i``)."""
+    from contextlib import ExitStack
+
+    import pyarrow as pa
+
+    from dataforge.text.minhash import exact_jaccard
+
+    i, ends = job
+    inside = ends // block == i
+    partners = np.unique(ends[~inside])
+    owner = partners // block
+    with ExitStack() as maps:
+
+        def staged(j: int) -> pa.Array:
+            return pa.ipc.open_file(maps.enter_context(pa.memory_map(paths[j]))).get_batch(0).column(0)
+
+        parts = [staged(i)] + [staged(int(j)).take(partners[owner == j] - j * block) for j in np.unique(owner)]
+        texts = pa.concat_arrays(parts)  # a copy: the mapped pages are let go with the maps
+    width = len(parts[0])
+    local = np.where(inside, ends - i * block, width + np.searchsorted(partners, ends))
+    return exact_jaccard(texts, local, ngram, unit)  # type: ignore[arg-type]

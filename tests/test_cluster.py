@@ -116,3 +116,31 @@ def test_verified_jaccard_in_blocks_equals_one_read_and_reads_each_row_once():
     assert np.array_equal(read, np.unique(pairs)) and max(len(a) for a in asked) == 64 and len(asked) > 10
     assert np.array_equal(verified_jaccard(pairs, texts_of, 5), whole)  # one block: one read
     assert np.array_equal(asked[-1], np.unique(pairs))
+
+
+def test_verified_jaccard_through_a_mapper_runs_pickled_jobs_and_leaves_no_staged_file(tmp_path):
+    """With a ``mapper`` (what the Ray executor gives), each round's jobs run through it as
+    pickled functions (as a worker gets them), staged under ``folder``: the same scores as here
+    in one block, two rounds of one job per block, and nothing left in the folder."""
+    import cloudpickle
+    import polars as pl
+
+    from dataforge.cluster import verified_jaccard
+    from dataforge.text.minhash import exact_jaccard
+    from tests.conftest import GSM8K
+
+    questions = pl.read_ndjson(GSM8K / "train.jsonl")["question"].head(300)
+    texts = pl.concat([questions, questions + " Answer now."]).to_arrow()
+    pairs = np.column_stack([np.arange(300), np.arange(300, 600)])
+    rounds: list[tuple[str, int]] = []
+
+    def mapper(fn, jobs):
+        rounds.append((fn.func.__name__, len(jobs)))
+        shipped = cloudpickle.loads(cloudpickle.dumps(fn))
+        return (shipped(cloudpickle.loads(cloudpickle.dumps(job))) for job in jobs)
+
+    scores = verified_jaccard(pairs, texts.take, 3, block=50, mapper=mapper, folder=tmp_path / "scratch")
+    assert np.array_equal(scores, exact_jaccard(texts, pairs, 3))
+    assert rounds == [("_stage_texts", 12), ("_compare_block", 6)]  # 600 rows in 12 blocks; pairs start in 6
+    assert (scores > 0.6).all() and (scores < 1).all()
+    assert list((tmp_path / "scratch").iterdir()) == []

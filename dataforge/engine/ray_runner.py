@@ -14,11 +14,14 @@ What runs where:
   under the step's scratch folder), then one task per bucket runs the step on the rows of its
   bucket in input order (``calls.call_bucket``); the driver files the outputs back in input order
   as the local runner does (``Runner._execute_keyed``).
-- A ``global`` step runs in the driver, and the work it divides (``Table.map_batches``: the
-  MinHash signatures of ``dedup.minhash``, the cluster band keys of ``split``, the hashes and band
-  keys of ``split.audit``) runs as one task per slice of its input's shards; what each task gives
-  back (band keys, hashes: a few dozen bytes a row) is combined in the driver — candidate pairs,
-  their verification, components and the kept rows are still computed there.
+- A ``global`` step runs in the driver, and the work it divides runs as tasks (``Context.mapper``):
+  ``Table.map_batches`` — the MinHash signatures of ``dedup.minhash``, the cluster band keys of
+  ``split``, the hashes and band keys of ``split.audit``, the embeddings of ``dedup.semantic`` — as
+  one task per slice of its input's shards; the exact-Jaccard verification of candidate pairs
+  (``cluster.verified_jaccard``, in all three MinHash steps) as one task per block of rows that
+  stages their texts in the step's scratch folder, then one per block that compares its pairs.
+  What tasks give back (band keys, hashes, vectors, scores) is combined in the driver, where
+  candidate pairs are formed, components found and the kept rows chosen.
 - Sources, steps whose inputs fit in one batch, and the export run in the driver, as locally.
 
 Models: every worker process keeps one ``ModelPool`` on the build's request cache (the SQLite
@@ -39,7 +42,7 @@ from __future__ import annotations
 
 import os
 from collections import Counter, deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,9 +55,8 @@ from dataforge.engine.plan import PlannedStep, Ref
 from dataforge.engine.progress import StepProgress
 from dataforge.engine.runner import BuildReport, Runner, StepReport
 from dataforge.engine.step import Context, StepResult
-from dataforge.engine.store import with_schema
 from dataforge.engine.streaming import divided_inputs, group_outputs
-from dataforge.engine.table import Table
+from dataforge.engine.table import Part, Table, shard_slices
 from dataforge.errors import DataforgeError, StepError
 from dataforge.llm.client import ModelPool
 
@@ -73,20 +75,6 @@ def start_ray() -> bool:
         return False
     ray.init(include_dashboard=False, logging_level="WARNING")
     return True
-
-
-@dataclass(frozen=True)
-class Part:
-    """Rows ``offset`` to ``offset + rows`` of one stored shard."""
-
-    path: str
-    offset: int
-    rows: int
-
-    def read(self, schema: dict[str, pl.DataType], columns: list[str] | None = None) -> pl.DataFrame:
-        scan = pl.scan_parquet(self.path)
-        frame = (scan if columns is None else scan.select(columns)).slice(self.offset, self.rows).collect()
-        return with_schema(frame, schema)
 
 
 @dataclass(frozen=True)
@@ -201,14 +189,13 @@ def _bucket_task(ps: PlannedStep, spec: WorkerStep, name: str, files: list[str],
     return _answer(ps, spec, work)
 
 
-def _map_task(
-    ps: PlannedStep, fn: Callable[[pl.DataFrame], Any], part: Part, schema: dict[str, pl.DataType], columns: list[str]
-) -> Done:
-    """``fn`` on one batch of a global step's input (``Table.map_batches``)."""
+def _map_task(ps: PlannedStep, fn: Callable[[Any], Any], job: Any) -> Done:
+    """``fn`` on one job of a global step's divided work (``Context.mapper``: a batch of its
+    input, a block of candidate pairs to verify)."""
 
     def work(_: Context | None) -> Any:
         with step_errors(ps.name):
-            return fn(part.read(schema, columns))
+            return fn(job)
 
     return _answer(ps, None, work)
 
@@ -281,19 +268,15 @@ class RayRunner(Runner):
 
     def _context(self, ps: PlannedStep, progress: StepProgress) -> Context:
         ctx = super()._context(ps, progress)
-        ctx.batch_mapper = lambda table, fn, columns, rows: self._map_batches(ps, table, fn, columns, rows)
+        ctx.mapper = lambda fn, jobs: self._map(ps, fn, jobs)
         return ctx
 
-    def _map_batches(
-        self, ps: PlannedStep, table: Table, fn: Callable[[pl.DataFrame], Any], columns: list[str], rows: int
-    ) -> Iterator[Any]:
-        """``Table.map_batches`` on Ray: a task per slice of ``rows`` rows of the table's shards."""
+    def _map(self, ps: PlannedStep, fn: Callable[[Any], Any], jobs: Sequence[Any]) -> Iterator[Any]:
+        """``Context.mapper`` on Ray: a task per job, the values in job order."""
         import ray
 
-        parts = shard_slices(table, rows)
         planned, function, task = ray.put(ps), ray.put(fn), self.tasks["map"]
-        schema = {c: table.schema[c] for c in columns}
-        return self._ordered(ps, "map", lambda part: task.remote(planned, function, part, schema, columns), parts)
+        return self._ordered(ps, "map", lambda job: task.remote(planned, function, job), list(jobs))
 
     def _ordered(self, ps: PlannedStep, kind: str, submit: Callable[[Any], Any], jobs: list[Any]) -> Iterator[Any]:
         """Each job's value, in job order, at most ``in_flight`` tasks running ahead; a task's
@@ -374,13 +357,3 @@ class RayRunner(Runner):
         results = self._ordered(ps, "bucket", lambda b: task.remote(planned, spec, name, written[b], grouped), order)
         tracked = progress.track(results, total=len(order), description="buckets on Ray", unit="buckets")
         yield from zip(order, tracked, strict=True)
-
-
-def shard_slices(table: Table, rows: int) -> list[Part]:
-    """A table's stored shards as slices of at most ``rows`` rows, in row order (a slice never
-    spans two shards; a shard of no rows gives none, as ``Table.batches`` gives no batch)."""
-    return [
-        Part(str(f), o, min(rows, n - o))
-        for f, n in zip(table.files, table.shard_rows(), strict=True)
-        for o in range(0, n, rows)
-    ]

@@ -20,6 +20,9 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict
 
 from dataforge.errors import DataforgeError
 
+if typing.TYPE_CHECKING:
+    from dataforge.engine.table import Mapper
+
 Columns = list[str] | None  # None: not known before the step runs (checks downstream are skipped)
 
 
@@ -111,9 +114,10 @@ class Context:
     # input, as its ``partition_key`` computed it (the step may use it instead of computing it
     # again); None when the step has its whole input
     partition_keys: pl.Series | None = None
-    # how ``Table.map_batches`` runs a step's per-batch work where the executor spreads it (Ray
-    # tasks, ``engine.ray_runner``); None: here, in order
-    batch_mapper: Callable[..., Iterator[Any]] | None = None
+    # how a global step's divided work runs where the executor spreads it (``table.Mapper``:
+    # ``Table.map_batches``, ``cluster.verified_jaccard``; Ray tasks, ``engine.ray_runner``);
+    # None: here, in order
+    mapper: Mapper | None = None
 
     @property
     def rng(self) -> np.random.Generator:

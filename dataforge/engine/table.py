@@ -28,6 +28,25 @@ import polars as pl
 from dataforge.engine.store import output_schema
 from dataforge.engine.store import with_schema as _typed
 
+# runs ``fn`` on each job where the executor has workers, the values in job order (Ray tasks,
+# ``engine.ray_runner``; ``Context.mapper``): ``fn`` must be picklable and depend only on its job
+Mapper = Callable[[Callable[[Any], Any], Sequence[Any]], Iterator[Any]]
+
+
+@dataclass(frozen=True)
+class Part:
+    """Rows ``offset`` to ``offset + rows`` of one stored shard: a batch a worker reads itself."""
+
+    path: str
+    offset: int
+    rows: int
+
+    def read(self, schema: dict[str, pl.DataType], columns: list[str] | None = None) -> pl.DataFrame:
+        scan = pl.scan_parquet(self.path)
+        frame = (scan if columns is None else scan.select(columns)).slice(self.offset, self.rows).collect()
+        return _typed(frame, schema)
+
+
 DEFAULT_BATCH = 100_000
 
 
@@ -109,17 +128,20 @@ class Table:
         fn: Callable[[pl.DataFrame], Any],
         columns: Sequence[str],
         rows: int | None = None,
-        mapper: Callable[..., Iterator[Any]] | None = None,
+        mapper: Mapper | None = None,
     ) -> Iterator[Any]:
         """``fn`` on each batch (``batches(rows, columns)``), the results in row order: the work a
-        global step can divide (signatures, hashes). ``mapper`` (``Context.batch_mapper``) runs
-        it where the executor has workers (Ray tasks over the shards), so ``fn`` must depend only
-        on its batch and be picklable (a module-level function, or a ``functools.partial`` of one);
-        batch boundaries may differ there, the rows and their order do not. Without a mapper, or
-        on a frame: here, in order."""
+        global step can divide (signatures, hashes). ``mapper`` (``Context.mapper``) runs it
+        where the executor has workers, one job per slice of the stored shards
+        (``shard_slices``), so ``fn`` must depend only on its batch and be picklable (a
+        module-level function, or a ``functools.partial`` of one); batch boundaries may differ
+        there, the rows and their order do not. Without a mapper, or on a frame: here, in order."""
         if mapper is None or self.frame is not None:
             return (fn(batch) for batch in self.batches(rows, columns))
-        return mapper(self, fn, list(columns), rows or self.batch_rows)
+        schema = self._schema_of(columns)
+        return mapper(
+            functools.partial(_on_part, fn, schema, list(columns)), shard_slices(self, rows or self.batch_rows)
+        )
 
     def take(self, index: np.ndarray, columns: Sequence[str] | None = None) -> pl.DataFrame:
         """The rows at positions ``index`` (in that order), with ``columns``; reads only the
@@ -172,6 +194,21 @@ class Table:
                     yield batch.with_columns(extra).filter(pl.Series(mask))
 
         return Streamed(batches, empty)
+
+
+def shard_slices(table: Table, rows: int) -> list[Part]:
+    """A table's stored shards as slices of at most ``rows`` rows, in row order (a slice never
+    spans two shards; a shard of no rows gives none, as ``Table.batches`` gives no batch)."""
+    return [
+        Part(str(f), o, min(rows, n - o))
+        for f, n in zip(table.files, table.shard_rows(), strict=True)
+        for o in range(0, n, rows)
+    ]
+
+
+def _on_part(fn: Callable[[pl.DataFrame], Any], schema: dict[str, pl.DataType], columns: list[str], part: Part) -> Any:
+    """``fn`` on the batch ``part`` holds (what ``Table.map_batches`` runs on a worker)."""
+    return fn(part.read(schema, columns))
 
 
 @dataclass

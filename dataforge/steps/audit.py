@@ -29,10 +29,11 @@ Example::
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import combinations
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import polars as pl
@@ -41,7 +42,7 @@ from pydantic import field_validator
 from dataforge.cluster import lsh_keys, near_duplicate_pairs_in_batches
 from dataforge.engine.events import events
 from dataforge.engine.step import ColumnContractError, Columns, Context, Fields, PlanInfo, StepConfig, StepResult, step
-from dataforge.engine.table import Table
+from dataforge.engine.table import Mapper, Table
 from dataforge.errors import DataError, RecipeError
 from dataforge.text.fields import key_text
 
@@ -106,14 +107,16 @@ def audit_frames(
     time_order: Sequence[str] | None = None,
     prompt_roles: Sequence[str] | None = None,
     target_roles: Sequence[str] | None = None,
-    mapper: Callable[..., Iterator[Any]] | None = None,
+    mapper: Mapper | None = None,
+    folder: Path | None = None,
 ) -> pl.DataFrame:
     """Every leak between the named tables (see the module doc), as a findings frame.
 
-    Reads each table a batch at a time (``Table.map_batches``, with the executor's ``mapper``) and keeps, per
-    row, its id, 64-bit hashes of its normalized prompt and target (exact overlaps are equal
-    hashes) and its prompt's LSH band keys; the prompt text of rows in near-duplicate candidate
-    pairs is read again to verify them."""
+    Reads each table a batch at a time (``Table.map_batches``) and keeps, per row, its id, 64-bit
+    hashes of its normalized prompt and target (exact overlaps are equal hashes) and its
+    prompt's LSH band keys; the prompt text of rows in near-duplicate candidate pairs is read
+    again to verify them (staged under ``folder``). The executor's ``mapper`` runs the divided
+    work (the batches, the verification's jobs)."""
     tabs = {name: Table.of(t) for name, t in tables.items()}
     order = {name: i for i, name in enumerate(tabs)}
     fields = list(dict.fromkeys(["_id", *prompt, *(target or [])]))
@@ -168,7 +171,9 @@ def audit_frames(
             a, b = pairs[:, 0], pairs[:, 1]
             return (k_of[a] != k_of[b]) & (p_of[a] != p_of[b])
 
-        pairs, scores = near_duplicate_pairs_in_batches(keyed, texts_of, rows.height, threshold, ngram, wanted=across)
+        pairs, scores = near_duplicate_pairs_in_batches(
+            keyed, texts_of, rows.height, threshold, ngram, wanted=across, mapper=mapper, folder=folder
+        )
         if len(pairs):
             a, b = rows[pairs[:, 0]], rows[pairs[:, 1]]
             swap = (a["k"] > b["k"]).to_numpy()
@@ -272,7 +277,8 @@ def split_audit(inputs: dict[str, Table], cfg: AuditConfig, ctx: Context) -> Ste
         ngram=cfg.ngram,
         num_perm=cfg.num_perm,
         time_order=cfg.time_order,
-        mapper=ctx.batch_mapper,
+        mapper=ctx.mapper,
+        folder=ctx.scratch_dir,
     )
     if cfg.strict and findings.height:
         examples = "; ".join(

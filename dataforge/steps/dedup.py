@@ -474,7 +474,14 @@ def dedup_minhash(inputs: dict[str, Table], cfg: MinhashConfig, ctx: Context) ->
 
     def exact_scores(pairs: np.ndarray) -> np.ndarray:
         """Exact Jaccard of pairs, reading the text of only the rows they name."""
-        return verified_jaccard(pairs, lambda index: texts_of(index).to_arrow(), cfg.ngram, cfg.shingle)
+        return verified_jaccard(
+            pairs,
+            lambda index: texts_of(index).to_arrow(),
+            cfg.ngram,
+            cfg.shingle,
+            mapper=ctx.mapper,
+            folder=ctx.scratch_dir,
+        )
 
     rank = keep_rank(df.select(_rank_columns(cfg)), cfg)
     # rows of `against` rank after every data row, by their own id order
@@ -564,7 +571,7 @@ def _signed(
     signatures were reused, the others here."""
     at = 0
     if todo.all():
-        for part in side.map_batches(sign, fields, batch_rows, ctx.batch_mapper):
+        for part in side.map_batches(sign, fields, batch_rows, ctx.mapper):
             yield np.arange(at, at + len(part.live)), part
             at += len(part.live)
         return
@@ -696,7 +703,7 @@ def _embedded(side: Table, cfg: SemanticConfig, model: str | None, ctx: Context)
     """(vectors, live) of every row of ``side``, embedded a batch at a time (``embedding_batch``)."""
     shared = shared_prompts(_messages_fields(side, cfg), cfg)
     embed_batch = functools.partial(embedding_batch, cfg=cfg, shared=shared, model=model)
-    parts = side.map_batches(embed_batch, list(dict.fromkeys(cfg.fields)), EMBED_BATCH, ctx.batch_mapper)
+    parts = side.map_batches(embed_batch, list(dict.fromkeys(cfg.fields)), EMBED_BATCH, ctx.mapper)
     done = list(
         ctx.progress.track(parts, total=side.height, description="embed", unit="rows", size=lambda p: len(p.live))
     )

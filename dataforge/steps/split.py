@@ -43,9 +43,9 @@ from __future__ import annotations
 import functools
 import hashlib
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from datetime import datetime, timezone
-from typing import Any
+from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -55,7 +55,7 @@ from dataforge.cluster import components, lsh_keys, near_duplicate_pairs_in_batc
 from dataforge.engine.events import events
 from dataforge.engine.step import Columns, Context, Fields, PlanInfo, StepConfig, StepResult, require, step
 from dataforge.engine.streaming import key_hashes
-from dataforge.engine.table import Table
+from dataforge.engine.table import Mapper, Table
 from dataforge.errors import DataError
 from dataforge.recipe import NAME_RE
 from dataforge.text.fields import key_text
@@ -250,10 +250,12 @@ def units_of(table: Table, df: pl.DataFrame, cfg: SplitConfig, near: np.ndarray 
     return components(df.height, np.concatenate(pairs))
 
 
-def cluster_pairs(table: Table, cfg: SplitConfig, mapper: Callable[..., Iterator[Any]] | None = None) -> np.ndarray:
+def cluster_pairs(
+    table: Table, cfg: SplitConfig, mapper: Mapper | None = None, folder: Path | None = None
+) -> np.ndarray:
     """Near-duplicate pairs of the rows' ``cluster.fields`` (MinHash LSH, verified), reading
-    the text a batch at a time (its band keys by ``Table.map_batches``, with the executor's
-    ``mapper``)."""
+    the text a batch at a time (its band keys by ``Table.map_batches``; the verification's jobs
+    staged under ``folder``), the divided work run by the executor's ``mapper``."""
     c = cfg.cluster
     assert c is not None and c.fields
     fields = list(dict.fromkeys(c.fields))
@@ -262,7 +264,13 @@ def cluster_pairs(table: Table, cfg: SplitConfig, mapper: Callable[..., Iterator
     )
     keyed = table.map_batches(keys_of, fields, mapper=mapper)
     pairs, _ = near_duplicate_pairs_in_batches(
-        keyed, lambda index: text_key(table.take(index, fields), fields).to_arrow(), table.height, c.threshold, c.ngram
+        keyed,
+        lambda index: text_key(table.take(index, fields), fields).to_arrow(),
+        table.height,
+        c.threshold,
+        c.ngram,
+        mapper=mapper,
+        folder=folder,
     )
     return pairs
 
@@ -441,7 +449,9 @@ def split(inputs: dict[str, Table], cfg: SplitConfig, ctx: Context) -> StepResul
     batch at a time, then for candidate pairs); each split's rows are written batch by batch."""
     table = Table.of(inputs["data"])
     near = (
-        cluster_pairs(table, cfg, ctx.batch_mapper) if cfg.cluster and cfg.cluster.fields and not cfg.random else None
+        cluster_pairs(table, cfg, ctx.mapper, ctx.scratch_dir)
+        if cfg.cluster and cfg.cluster.fields and not cfg.random
+        else None
     )
     df = table.select(needed_columns(cfg))
     which, size, earlier = assign(table, df, cfg, near)

@@ -255,3 +255,70 @@ def test_the_ray_driver_never_holds_a_whole_table_of_rows(ws, tmp_path, monkeypa
     heights.clear()  # the control: where one batch holds every row, the same probes see whole tables
     build(recipe, tmp_path / "one-batch", show_progress=False, batch_rows=5000, executor="ray")
     assert max(h for _, h in heights) >= 2900
+
+
+# the split recipe of the streaming tests with a MinHash dedup beside its split, exported too
+NEAR_RECIPE = (
+    SPLIT_RECIPE.replace(
+        "  split:\n    kind: split\n    inputs: raw\n",
+        "  near:\n    kind: dedup.minhash\n    inputs: {data: raw}\n    fields: [question]\n    threshold: 0.7\n"
+        "  split:\n    kind: split\n    inputs: raw\n",
+    )
+    .replace(
+        "inputs: {train: split.train, test: split.test}\n    prompt: question\n    completion",
+        "inputs: {train: split.train, test: split.test, kept: near}\n    prompt: question\n    completion",
+    )
+    .replace("splits: {train: sft.train, test: sft.test}", "splits: {train: sft.train, test: sft.test, kept: sft.kept}")
+)
+
+
+def test_candidate_pairs_are_verified_in_ray_tasks_with_the_same_decisions(ws, tmp_path, monkeypatch, ray_local):
+    """The exact-Jaccard verification of candidate pairs (``cluster.verified_jaccard``) runs as
+    Ray tasks when its rows are more than a block — a task per block stages the texts in the
+    build folder, a task per block compares its pairs — in MinHash dedup, the split's clusters and
+    the audit alike. With blocks of 16 rows on Ray against one block locally: the same datasets
+    and decisions, and no staged file left."""
+    import dataforge.cluster
+    from dataforge.engine.ray_runner import RayRunner
+    from dataforge.lineage import open_read
+    from tests.conftest import GSM8K
+
+    base = pl.read_ndjson(GSM8K / "train.jsonl").head(600).select("question", "answer")
+    reversed_words = pl.col("question").str.split(" ").list.reverse().list.join(" ")
+    # near-copies of 150 questions (one word changed) with unrelated answers: MinHash dedup and
+    # audit pairs; near-copies of 150 answers with unrelated questions: the split's cluster pairs
+    copied_questions = base.slice(0, 150).with_columns(
+        pl.col("question").str.replace(r"^(\S+)", "Now"),
+        base.slice(300, 150)["answer"].str.replace_all(r"\d", "7").alias("answer"),
+    )
+    copied_answers = base.slice(150, 150).with_columns(
+        reversed_words.alias("question"), pl.col("answer").str.replace(r"\n####", " so.\n####")
+    )
+    rows = pl.concat([base, copied_questions, copied_answers])
+    rows = rows.with_columns(pl.format("k{}", pl.int_range(pl.len())).alias("key")).with_columns(group=pl.col("key"))
+    rows.write_parquet(ws.root / "rows.parquet", row_group_size=200)
+    assert "kept: sft.kept" in NEAR_RECIPE and "kind: dedup.minhash" in NEAR_RECIPE
+    recipe = ws.recipe(NEAR_RECIPE)
+    local = build(recipe, tmp_path / "local", show_progress=False, batch_rows=200)
+    rounds: list[tuple[str, str, int]] = []
+    real_map = RayRunner._map
+
+    def recorded(self, ps, fn, jobs):
+        rounds.append((ps.name, getattr(fn, "func", fn).__name__, len(jobs)))
+        return real_map(self, ps, fn, jobs)
+
+    monkeypatch.setattr(RayRunner, "_map", recorded)
+    monkeypatch.setattr(dataforge.cluster, "VERIFY_ROWS", 16)
+    on_ray = build(recipe, tmp_path / "ray", show_progress=False, batch_rows=200, executor="ray")
+    for name in ("near", "split", "audit"):
+        compared = [jobs for step, fn, jobs in rounds if step == name and fn == "_compare_block"]
+        staged = [jobs for step, fn, jobs in rounds if step == name and fn == "_stage_texts"]
+        assert compared and compared[0] > 2 and staged and staged[0] > 2, (name, rounds)
+    assert _tree_hashes(tmp_path / "local" / "datasets") == _tree_hashes(tmp_path / "ray" / "datasets")
+    query = "SELECT step, row_id, action, reason, related_id, score FROM latest_events ORDER BY ALL"
+    decided = open_read(tmp_path / "local").execute(query).fetchall()
+    assert decided == open_read(tmp_path / "ray").execute(query).fetchall()
+    reasons = {(step, reason) for step, _, _, reason, _, _ in decided}
+    assert ("near", "near_duplicate") in reasons and ("audit", "audit:near_overlap") in reasons  # pairs were found
+    assert local.steps[1].drops == on_ray.steps[1].drops and sum(local.steps[1].drops.values()) >= 100
+    assert not list((tmp_path / "ray" / "scratch").rglob("*.arrow"))
