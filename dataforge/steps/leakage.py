@@ -95,7 +95,7 @@ from dataforge.text.numbers import (
     parse_number,
     readings_agreement,
 )
-from dataforge.text.views import choice_views, code_views, kind_of, user_turns
+from dataforge.text.views import choice_views, code_views, kind_of, ngram_view, user_turns
 
 JUDGE_TEMPLATE = (
     "Are these two texts the same problem, one a copy or a rephrasing of the other (same question, "
@@ -575,11 +575,14 @@ class _Side:
             "t"
         ].to_list()
         self.owner: list[int] | None = None  # multiple choice: the item each view belongs to
+        shingled: list[str] | None = None  # multiple choice: the views as shared n-grams read them
         if choices is not None:
             answers = df[cfg.eval_answer].cast(pl.String).to_list() if cfg.eval_answer else [None] * df.height
-            views = [choice_views(q, c, a) for q, c, a in zip(raw, df[choices].to_list(), answers, strict=True)]
+            listed = df[choices].to_list()
+            views = [choice_views(q, c, a) for q, c, a in zip(raw, listed, answers, strict=True)]
             self.owner = [k for k, v in enumerate(views) for _ in v]
             raw = [text for v in views for text in v]
+            shingled = [ngram_view(text, listed[k]) for k, text in zip(self.owner, raw, strict=True)]
         self.kinds = [kind_of(t) if cfg.view == "auto" else cfg.view for t in raw]
         self.base = [user_turns(t) if k == "chat" else t for t, k in zip(raw, self.kinds, strict=True)]
         views = [code_views(t) if k == "code" else (t, "") for t, k in zip(self.base, self.kinds, strict=True)]
@@ -587,6 +590,11 @@ class _Side:
         self.code = [v[1] for v in views]
         self.norm = comparable_text(pl.Series("t", self.base, dtype=pl.String))
         self.joined = _joined(self.norm)
+        # what shared word n-grams are taken from (``ngram_view``: choice blocks cut short)
+        self.ngram_text = self.joined
+        if shingled is not None and shingled != raw:
+            base = [user_turns(t) if k == "chat" else t for t, k in zip(shingled, self.kinds, strict=True)]
+            self.ngram_text = _joined(comparable_text(pl.Series("t", base, dtype=pl.String)))
         self.canon = [canonical_words(x) for x in self.base]
 
 
@@ -612,7 +620,7 @@ def _clone_hits(train: _Side, evals: _Side, cfg: LeakageConfig) -> pl.DataFrame:
 
 @step(
     "leakage.check",
-    version=8,
+    version=9,  # 9: a choice block gives at most CHOICE_NGRAM_WORDS words to a shared n-gram
     inputs=None,
     outputs=("data", "matches", "scores"),
     columns=_columns,
@@ -665,7 +673,7 @@ def leakage_check(inputs: dict[str, pl.DataFrame], cfg: LeakageConfig, ctx: Cont
             .with_columns(pl.lit(True).alias("exact"))
         )
         e_words = es.joined.str.count_matches(r"\w+").to_numpy()  # eval items' length in words
-        ngram = _ngram_hits(ts.joined, es.joined, e_words, cfg)
+        ngram = _ngram_hits(ts.joined, es.ngram_text, e_words, cfg)
         tfidf = _tfidf_candidates(ts.norm.to_list(), es.norm.to_list(), cfg.top_k, cfg.tfidf_min)
         canon = _tfidf_candidates(ts.canon, es.canon, cfg.top_k, cfg.canonical_candidate_min)
         canon = canon.rename({"tfidf": "canonical"})

@@ -147,12 +147,34 @@ def choice_views(question: str, choices: list[str] | None, answer: str | int | N
     choices. A train row is compared with each; a match to any is a match to the item."""
     views = [choice_view(question, choices, answer), question]
     if choices:
-        views.append(question + "\n" + "\n".join(f"{'ABCDEFGHIJ'[k]}. {c}" for k, c in enumerate(choices[:10])))
+        views.append(question + "\n" + lettered_choices(choices))
     stem = question.strip().rsplit("\n", 1)[-1].strip()
     if stem != question.strip() and len(stem.split()) >= STEM_MIN_WORDS:
         # a question after a passage: a rewrite often keeps only the question
         views += [choice_view(stem, choices, answer), stem]
     return list(dict.fromkeys(views))
+
+
+def lettered_choices(choices: list[str]) -> str:
+    """The choice block of a multiple-choice item as a copy shows it: "A. …" a line each (A–J)."""
+    return "\n".join(f"{'ABCDEFGHIJ'[k]}. {c}" for k, c in enumerate(choices[:10]))
+
+
+CHOICE_NGRAM_WORDS = 4  # words of a lettered choice block a shared n-gram may take (half the short n-gram)
+
+
+def ngram_view(view: str, choices: list[str] | None) -> str:
+    """What of a multiple-choice view a shared word n-gram may come from: a view ending in the
+    item's lettered choices keeps only their first ``CHOICE_NGRAM_WORDS`` words, so an n-gram is
+    mostly the item's own words. Choice blocks repeat across items ("A. True, True B. False,
+    False …", "A. 1 B. 2 C. 3 D. 4"): with one word of the question before them they would make a
+    13-gram that two different items share. Any other view is returned as it is."""
+    if not choices:
+        return view
+    block = lettered_choices(choices)
+    if not view.endswith("\n" + block):
+        return view
+    return view[: len(view) - len(block)] + " ".join(block.split()[:CHOICE_NGRAM_WORDS])
 
 
 STEM_MIN_WORDS = 8  # a question's last line shorter than this ("Which of these is true?") says too little

@@ -15,7 +15,15 @@ import pytest
 
 from dataforge.steps.leakage import LeakageConfig, decide, evidence, leakage_check
 from dataforge.text.numbers import equivalents, number_readings, numbers_in, readings_agreement
-from dataforge.text.views import choice_view, choice_views, code_views, kind_of, prose_view, user_turns
+from dataforge.text.views import (
+    choice_view,
+    choice_views,
+    code_views,
+    kind_of,
+    lettered_choices,
+    prose_view,
+    user_turns,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 REPHRASES = REPO / "bench" / "data" / "decontamination-rephrases"  # the development half
@@ -274,6 +282,28 @@ def test_multiple_choice_items_are_compared_by_question_choice_and_lettered_choi
         "tr:question": "soc:14",
         "tr:verbatim": "soc:8",
     }
+
+
+def test_a_shared_choice_block_is_not_a_shared_n_gram(ctx):
+    """Two abstract-algebra items with the same lettered choices ("A. 1 B. 2 C. 3 D. 4"): the
+    verbatim copy of one shares with the other only a 13-gram of one question word and the
+    choice block. A shared n-gram may take at most ``CHOICE_NGRAM_WORDS`` of the block's words,
+    so that is no match; the verbatim copy of the item itself still is."""
+    from dataforge.text.views import CHOICE_NGRAM_WORDS, ngram_view
+
+    assert ngram_view("Q is?\nA. 1\nB. 2\nC. 3\nD. 4", ["1", "2", "3", "4"]) == "Q is?\nA. 1 B. 2"
+    assert CHOICE_NGRAM_WORDS == 4 and ngram_view("Q is?\n2", ["1", "2"]) == "Q is?\n2"  # other views as they are
+    items = _mmlu_dev("abstract_algebra", [38, 72])
+    r = {row["test_index"]: row for row in items.iter_rows(named=True)}
+    assert r[38]["choices"] == r[72]["choices"] == ["1", "2", "3", "4"]
+    verbatim = {k: f"{r[k]['question']}\n{lettered_choices(r[k]['choices'])}\nAnswer: {r[k]['answer']}" for k in r}
+    train = pl.DataFrame({"_id": ["tr:other", "tr:own"], "text": [verbatim[72], verbatim[38]]})
+    ev = items.filter(pl.col("test_index") == 38).select(
+        pl.format("aa:{}", "test_index").alias("_id"), "question", "choices", "answer"
+    )
+    cfg = LeakageConfig(train_fields=["text"], eval_fields=["question"], eval_choices="choices", eval_answer="answer")
+    m = leakage_check({"train": train, "mmlu": ev}, cfg, ctx).tables["matches"]
+    assert dict(zip(m["train_id"], m["eval_id"], strict=True)) == {"tr:own": "aa:38"}
 
 
 def test_eval_choices_must_be_a_column_of_the_eval_input():
