@@ -19,7 +19,7 @@ import polars as pl
 from dataforge.engine.events import ACTIONS
 from dataforge.engine.plan import PlannedStep
 from dataforge.engine.step import Context, StepResult
-from dataforge.engine.streaming import BUCKET, KEY, POSITION
+from dataforge.engine.streaming import BUCKET, KEY, POSITION, key_hashes
 from dataforge.errors import DataforgeError, StepError
 
 
@@ -86,13 +86,14 @@ def partition_batch(
 ) -> dict[int, pl.DataFrame]:
     """A batch of a key step's divided input (its first row at input position ``start``) divided
     into buckets: each row with its position (``POSITION``), its key (``KEY``, the step's
-    ``partition_key``) and no bucket column; a row's bucket is its key's hash modulo ``buckets``,
-    or ``bucket_of`` (one bucket per row of the batch, ``streaming.group_buckets``)."""
+    ``partition_key``) and no bucket column; a row's bucket is its key's hash modulo ``buckets``
+    (``streaming.key_hashes``: the same on every node), or ``bucket_of`` (one bucket per row of
+    the batch, ``streaming.group_buckets``)."""
     key_of = ps.stepdef.partition_key
     assert key_of is not None
     with step_errors(ps.name):
         key = key_of(ps.cfg, batch).alias(KEY)
-    bucket = pl.Series(BUCKET, bucket_of) if bucket_of is not None else (key.hash(seed=0) % buckets).alias(BUCKET)
+    bucket = pl.Series(BUCKET, bucket_of) if bucket_of is not None else (key_hashes(key)["h0"] % buckets).alias(BUCKET)
     placed = batch.with_columns(pl.int_range(start, start + batch.height).alias(POSITION), key, bucket)
     return {b: part for (b,), part in placed.partition_by(BUCKET, as_dict=True, include_key=False).items()}
 

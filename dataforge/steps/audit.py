@@ -42,6 +42,7 @@ from pydantic import field_validator
 from dataforge.cluster import lsh_keys, near_duplicate_pairs_in_batches
 from dataforge.engine.events import events
 from dataforge.engine.step import ColumnContractError, Columns, Context, Fields, PlanInfo, StepConfig, StepResult, step
+from dataforge.engine.streaming import key_hashes
 from dataforge.engine.table import Mapper, Table
 from dataforge.errors import DataError, RecipeError
 from dataforge.text.fields import key_text
@@ -229,8 +230,8 @@ def audit_batch(
     hashed = batch.select(
         pl.lit(name).alias("input"),
         pl.col("_id").alias("row"),
-        pl.lit(prompts.hash(seed=0)).alias("p"),
-        (pl.lit(key_text(batch, target, roles[1]).hash(seed=0)) if target else pl.lit(0, pl.UInt64)).alias("t"),
+        pl.lit(key_hashes(prompts)["h0"]).alias("p"),
+        (pl.lit(key_hashes(key_text(batch, target, roles[1]))["h0"]) if target else pl.lit(0, pl.UInt64)).alias("t"),
     )
     if lsh is None:
         return hashed, None

@@ -723,3 +723,20 @@ def test_a_json_document_of_another_shape_is_read_whole_and_its_error_named(docu
     with pytest.raises(DataforgeError, match=rf"rows\.json: {error}"):
         build(recipe, ws.out, show_progress=False, batch_rows=1)
     assert not list(ws.out.rglob("*.jsonl"))
+
+
+def test_key_hashes_are_the_same_everywhere_and_tell_keys_apart():
+    """Key hashes are XXH3-128 of the key's UTF-8 text, pinned here to the values of the
+    algorithm's reference implementation, so buckets and compared hashes do not depend on the
+    machine or on polars' build (whose own hash may differ between them). A null key is a value
+    of its own, apart from the empty text; a number hashes as its text; a list as its JSON."""
+    from dataforge.engine.streaming import key_hashes
+
+    h = key_hashes(pl.Series(["a", None, "a", "", "naïve"]))
+    assert (h["h0"][0], h["h1"][0]) == (12209170011921672244, 16629034431890738719)  # XXH3-128("a")
+    assert h.row(0) == h.row(2) and len(set(h.rows())) == 4  # null, "" and "a" all apart
+    assert h.schema == {"h0": pl.UInt64, "h1": pl.UInt64}
+    assert key_hashes(pl.Series([7, None])).row(0) == key_hashes(pl.Series(["7"])).row(0)
+    assert key_hashes(pl.Series([7, None])).row(1) == h.row(1)
+    assert key_hashes(pl.Series([[1, 2], [3]])).row(0) == key_hashes(pl.Series(['{"k":[1,2]}'])).row(0)
+    assert key_hashes(pl.Series([], dtype=pl.String)).height == 0
