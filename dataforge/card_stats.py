@@ -137,6 +137,14 @@ class SplitSummary:
         for name, values in got.items():
             self.parts.setdefault(name, []).append(values)
 
+    def join(self, later: SplitSummary) -> None:
+        """Add the summary of the rows that follow this one's (another file of the split)."""
+        self.num_rows += later.num_rows
+        self.nbytes += later.nbytes
+        for name, values in later.parts.items():
+            self.parts.setdefault(name, []).extend(values)
+        self.answer_kinds.update(later.answer_kinds)
+
     def values(self, name: str) -> np.ndarray:
         """Per-row values of ``name`` (chars, words, tokens, turns:<column>, gap), in row order."""
         parts = self.parts.get(name, [])

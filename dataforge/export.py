@@ -4,8 +4,9 @@ id, recipe hash).
 
 Each split is written from its step output a batch at a time (``write_split``: ``datasets``'
 ``ArrowWriter``, record batches of 1,000 rows, a new ``.arrow`` file every ``EXPORT_SHARD_ROWS``
-rows), and the card's statistics are gathered from the same blocks (``SplitSummary``), so no
-split is held whole. The bytes depend only on the rows, not on how the step output was stored.
+rows, each file a job the executor may run on a worker), and the card's statistics are gathered
+from the same blocks (``SplitSummary``), so no split is held whole. The bytes depend only on the
+rows, not on how the step output was stored or where the files were written.
 
 A dataset directory is written under a temporary name and renamed into place. One whose
 fingerprint (its split artifacts and column selection) is unchanged is left as it is, so an
@@ -15,8 +16,10 @@ user's columns; other ``_`` columns stay in the artifacts.
 
 from __future__ import annotations
 
+import functools
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -32,7 +35,7 @@ from dataforge.card_stats import SplitSummary
 from dataforge.engine.fingerprint import canonical_json, hash_text, output_fingerprint, path_fingerprint
 from dataforge.engine.plan import Plan, PlannedDataset, Ref
 from dataforge.engine.store import Store, atomic_directory, file_stamp, files_sha256, verify_files
-from dataforge.engine.table import Table
+from dataforge.engine.table import Mapper, Part, Table, shard_slices
 from dataforge.steps.audit import dataset_audit
 
 # 2: cards open with the Hub's YAML front matter; 3: statistics; 4: plots; 5: leakage and audit plots,
@@ -67,6 +70,7 @@ def export_datasets(
     recorded: Callable[[str, str], dict[str, str]] | None = None,
     full_verify: bool = False,
     warn: Callable[[str], None] | None = None,
+    mapper: Mapper | None = None,
 ) -> dict[str, dict[str, int]]:
     """Write every dataset of the plan, reading split tables through ``load`` (a batch at a time)
     and reporting each export's (split, path, rows, sha256) through ``record``; returns rows per
@@ -76,14 +80,16 @@ def export_datasets(
     A dataset already on disk with the same fingerprint is kept only if none of its steps is in
     ``forced`` and every split's files are the ones recorded (``recorded(name, fingerprint)``:
     split → sha256 from the lineage; size and mtime first, the sha256 where they changed or with
-    ``full_verify``); otherwise it is rewritten, and ``warn`` is told why."""
+    ``full_verify``); otherwise it is rewritten, and ``warn`` is told why. ``mapper``: where the
+    split audit's divided work runs (the executor's workers; ``audit.audit_frames``), staged
+    under ``<out>/scratch/export``."""
     exported: dict[str, dict[str, int]] = {}
     for ds in plan.datasets.values():
         fp = dataset_fingerprint(plan, ds)
         target = store.out / "datasets" / ds.name
         meta = _reusable_export(plan, ds, fp, target, forced, recorded, full_verify, warn or (lambda _: None))
         if meta is None:
-            meta = _write_dataset(plan, ds, fp, target, run_id, reports, load, peek)
+            meta = _write_dataset(plan, ds, fp, target, run_id, reports, load, peek, mapper, store.out)
         exported[ds.name] = {s: v["rows"] for s, v in meta["splits"].items()}
         record(ds.name, fp, [(s, str(target / s), v["rows"], v["sha256"]) for s, v in meta["splits"].items()])
     return exported
@@ -162,6 +168,8 @@ def _write_dataset(
     reports: list,
     load: Callable[[Ref], Table],
     peek: Callable[[Ref], pl.DataFrame],
+    mapper: Mapper | None,
+    out: Path,
 ) -> dict:
     by_name = plan.by_name
     tokenizer = card_tokenizer(ds)
@@ -171,7 +179,7 @@ def _write_dataset(
         splits = {}
         for s, table in frames.items():
             columns = export_columns(table.empty(), ds.columns)
-            summaries[s] = write_split(tmp / s, table, columns, hash_text(f"{fp}:{s}")[:16], tokenizer)
+            summaries[s] = write_split(tmp / s, table, columns, hash_text(f"{fp}:{s}")[:16], tokenizer, mapper)
             files = sorted((tmp / s).glob("*.arrow"))
             stamps = {f.name: file_stamp(f) for f in files}
             rows = summaries[s].num_rows
@@ -192,7 +200,10 @@ def _write_dataset(
             s.name: peek(Ref(s.name, "scores")) for s in plan.steps if s.name in ancestors and s.kind == "leakage.check"
         }
         by_time = any(s.kind == "split" and getattr(s.cfg, "time", None) for s in plan.steps if s.name in ancestors)
-        audit = dataset_audit(frames, by_time) if len(frames) > 1 else None
+        scratch = out / "scratch" / "export"
+        audit = dataset_audit(frames, by_time, mapper, scratch) if len(frames) > 1 else None
+        with suppress(OSError):  # the export's scratch folder, when nothing else is in it
+            scratch.rmdir()
         flow: dict[str, set[str]] = {}  # the outputs on the way to this dataset, for the funnel
         for ref in [*ds.splits.values(), *(r for s in plan.steps if s.name in ancestors for r in s.inputs.values())]:
             flow.setdefault(ref.step, set()).add(ref.output)
@@ -203,62 +214,38 @@ def _write_dataset(
 
 
 def write_split(
-    folder: Path, table: Table, columns: list[str], fingerprint: str, tokenizer: Any = None
+    folder: Path,
+    table: Table,
+    columns: list[str],
+    fingerprint: str,
+    tokenizer: Any = None,
+    mapper: Mapper | None = None,
 ) -> SplitSummary:
     """Write ``columns`` of ``table`` into ``folder`` as ``Dataset.save_to_disk`` lays a split out
     (``data-NNNNN-of-NNNNN.arrow`` files, ``state.json``, ``dataset_info.json``), reading it a
     batch at a time; returns its ``SplitSummary`` (token counts with ``tokenizer``). Files hold
-    ``EXPORT_SHARD_ROWS`` rows at most (an empty split: one file with the schema)."""
-    from datasets import Dataset, Features
-    from datasets.arrow_writer import ArrowWriter
+    ``EXPORT_SHARD_ROWS`` rows at most (an empty split: one file with the schema).
+
+    Each file is one job (``write_file``): its rows, read from the table's shards, in blocks of
+    ``EXPORT_BLOCK_ROWS`` counted from the file's first row, so its bytes depend on its rows alone.
+    ``mapper`` runs the jobs where the executor has workers (Ray tasks; ``folder`` must then be on
+    storage they reach); without one, here in order. The summaries of the files are joined in
+    file order."""
+    from datasets import Dataset
     from datasets.table import InMemoryTable
 
     schema = plain_arrow(table.empty().select(columns).to_arrow()).schema
-    features = Features.from_arrow_schema(schema)
     rows = table.height
     count = max(1, -(-rows // EXPORT_SHARD_ROWS))
     bounds = [i * rows // count for i in range(count + 1)]  # contiguous, as Dataset.shard(contiguous=True)
     names = [f"data-{i:05d}-of-{count:05d}.arrow" for i in range(count)]
     folder.mkdir(parents=True)
+    jobs = [(str(folder / names[i]), _rows_between(table, columns, bounds[i], bounds[i + 1])) for i in range(count)]
+    types = {c: table.schema[c] for c in columns}
+    write = functools.partial(write_file, schema=schema, types=types, tokenizer=tokenizer)
     summary = SplitSummary(schema, tokenizer)
-    shard, written = 0, 0
-    writer = ArrowWriter(features=features, path=str(folder / names[0]), embed_local_files=True)
-    pending: list[pa.Table] = []
-    held = 0
-
-    def blocks(final: bool) -> Iterator[pa.Table]:
-        """Blocks of ``EXPORT_BLOCK_ROWS`` rows cut at file bounds, from the pending batches."""
-        nonlocal pending, held, written
-        while held:
-            size = min(EXPORT_BLOCK_ROWS, bounds[shard + 1] - written)
-            if held < size and not final:
-                return
-            joined = pa.concat_tables(pending)
-            size = min(size, held)
-            rest = joined.slice(size)
-            pending, held = ([rest] if rest.num_rows else []), held - size
-            written += size
-            # a copy, not a slice: a sliced list column writes its unused child values too, so
-            # the bytes would depend on how the rows were batched
-            yield joined.take(np.arange(size)).combine_chunks()
-
-    def write(block: pa.Table) -> None:
-        nonlocal shard, writer
-        writer.write_table(block)
-        summary.add(block)
-        if written == bounds[shard + 1] and shard + 1 < count:
-            writer.finalize()
-            shard += 1
-            writer = ArrowWriter(features=features, path=str(folder / names[shard]), embed_local_files=True)
-
-    for batch in table.batches(columns=columns):
-        pending.append(plain_arrow(batch.to_arrow()).cast(schema))
-        held += batch.height
-        for block in blocks(final=False):
-            write(block)
-    for block in blocks(final=True):
-        write(block)
-    writer.finalize()
+    for part in (mapper or map)(write, jobs):
+        summary.join(part)
     # state.json and dataset_info.json as save_to_disk writes them for this dataset
     shell = Dataset(InMemoryTable(schema.empty_table()), fingerprint=fingerprint)
     keys = ("_fingerprint", "_format_columns", "_format_kwargs", "_format_type", "_output_all_columns")
@@ -266,6 +253,63 @@ def write_split(
     (folder / "state.json").write_text(json.dumps(state, indent=2, sort_keys=True))
     info = asdict(shell.info)
     (folder / "dataset_info.json").write_text(json.dumps({k: info[k] for k in sorted(info)}, indent=2))
+    return summary
+
+
+def _rows_between(table: Table, columns: list[str], first: int, last: int) -> pl.DataFrame | list[Part]:
+    """Rows ``first`` to ``last`` of ``table`` as a worker reads them: slices of its stored shards
+    (``shard_slices`` cut to the range), or the rows themselves where the table is a frame."""
+    if table.frame is not None:
+        return table.frame.select(columns).slice(first, last - first)
+    parts, at = [], 0
+    for part in shard_slices(table, table.batch_rows):
+        lo, hi = max(first, at), min(last, at + part.rows)
+        if lo < hi:
+            parts.append(Part(part.path, part.offset + lo - at, hi - lo))
+        at += part.rows
+    return parts
+
+
+def write_file(
+    job: tuple[str, pl.DataFrame | list[Part]],
+    schema: pa.Schema,
+    types: dict[str, pl.DataType],
+    tokenizer: Any = None,
+) -> SplitSummary:
+    """One ``.arrow`` file of a split (``write_split``): the rows of ``job`` (its path, and its
+    rows or the shard slices that hold them, read as ``types``) written with ``datasets``'
+    ``ArrowWriter`` in blocks of ``EXPORT_BLOCK_ROWS`` as ``schema``; returns the summary of its
+    rows (without the tokenizer, which stays with the caller)."""
+    from datasets import Features
+    from datasets.arrow_writer import ArrowWriter
+
+    path, rows = job
+    batches = [rows] if isinstance(rows, pl.DataFrame) else (part.read(types, list(types)) for part in rows)
+    summary = SplitSummary(schema, tokenizer)
+    writer = ArrowWriter(features=Features.from_arrow_schema(schema), path=path, embed_local_files=True)
+    pending: list[pa.Table] = []
+    held = 0
+
+    def write(size: int) -> None:
+        nonlocal pending, held
+        joined = pa.concat_tables(pending)
+        rest = joined.slice(size)
+        pending, held = ([rest] if rest.num_rows else []), held - size
+        # a copy, not a slice: a sliced list column writes its unused child values too, so the
+        # bytes would depend on how the rows were batched
+        block = joined.take(np.arange(size)).combine_chunks()
+        writer.write_table(block)
+        summary.add(block)
+
+    for batch in batches:
+        pending.append(plain_arrow(batch.to_arrow()).cast(schema))
+        held += batch.height
+        while held >= EXPORT_BLOCK_ROWS:
+            write(EXPORT_BLOCK_ROWS)
+    if held:
+        write(held)
+    writer.finalize()
+    summary.tokenizer = None
     return summary
 
 

@@ -22,7 +22,9 @@ What runs where:
   stages their texts in the step's scratch folder, then one per block that compares its pairs.
   What tasks give back (band keys, hashes, vectors, scores) is combined in the driver, where
   candidate pairs are formed, components found and the kept rows chosen.
-- Sources, steps whose inputs fit in one batch, and the export run in the driver, as locally.
+- Sources and steps whose inputs fit in one batch run in the driver, as locally. The export
+  writes each file of a split in a task (``export.write_file``), and its audit of each dataset's
+  splits divides its work into tasks as ``split.audit`` does; cards and plots are the driver's.
 
 Models: every worker process keeps one ``ModelPool`` on the build's request cache (the SQLite
 file under ``<out>/cache``), so a model loads once per worker process, not per batch, and an
@@ -57,7 +59,7 @@ from dataforge.engine.progress import StepProgress
 from dataforge.engine.runner import BuildReport, Runner, StepReport
 from dataforge.engine.step import Context, StepResult
 from dataforge.engine.streaming import divided_inputs, group_outputs
-from dataforge.engine.table import Part, Table, shard_slices
+from dataforge.engine.table import Mapper, Part, Table, shard_slices
 from dataforge.errors import DataforgeError, StepError
 from dataforge.llm.client import ModelPool
 
@@ -125,10 +127,11 @@ def _whole(spec: WorkerStep) -> dict[str, pl.DataFrame]:
     return _WORKER["whole"]
 
 
-def _answer(ps: PlannedStep, spec: WorkerStep | None, work: Callable[[Context | None], Any]) -> Done:
+def _answer(worker: tuple[PlannedStep, WorkerStep] | None, work: Callable[[Context | None], Any]) -> Done:
     """``work`` run in a worker, its requests counted and its error returned as a message (Ray
-    would wrap it in a traceback; a dead worker is not caught here, Ray runs the task again)."""
-    ctx = _context(ps, spec) if spec is not None else None
+    would wrap it in a traceback; a dead worker is not caught here, Ray runs the task again).
+    ``worker``: the step and what the worker needs to give it a context (None: no context)."""
+    ctx = _context(*worker) if worker is not None else None
     asked, failed = ctx.llm.failure_counts() if ctx else (0, Counter())
     try:
         value = work(ctx)
@@ -148,7 +151,7 @@ def _rows_task(ps: PlannedStep, spec: WorkerStep, name: str, part: Part, schema:
             whole = _whole(spec)
         return call_step(ps, {**whole, name: batch}, ctx)
 
-    return _answer(ps, spec, work)
+    return _answer((ps, spec), work)
 
 
 def _partition_task(
@@ -174,7 +177,7 @@ def _partition_task(
             written[int(b)] = path
         return written
 
-    return _answer(ps, None, work)
+    return _answer(None, work)
 
 
 def _bucket_task(ps: PlannedStep, spec: WorkerStep, name: str, files: list[str], grouped: tuple[str, ...]) -> Done:
@@ -187,18 +190,18 @@ def _bucket_task(ps: PlannedStep, spec: WorkerStep, name: str, files: list[str],
             whole = _whole(spec)
         return call_bucket(ps, name, rows, whole, ctx, grouped)
 
-    return _answer(ps, spec, work)
+    return _answer((ps, spec), work)
 
 
-def _map_task(ps: PlannedStep, fn: Callable[[Any], Any], job: Any) -> Done:
-    """``fn`` on one job of a global step's divided work (``Context.mapper``: a batch of its
-    input, a block of candidate pairs to verify)."""
+def _map_task(name: str, fn: Callable[[Any], Any], job: Any) -> Done:
+    """``fn`` on one job of the divided work of a global step or of the export (``name``;
+    ``Context.mapper``: a batch of its input, a block of candidate pairs to verify)."""
 
     def work(_: Context | None) -> Any:
-        with step_errors(ps.name):
+        with step_errors(name):
             return fn(job)
 
-    return _answer(ps, None, work)
+    return _answer(None, work)
 
 
 # -- in the driver ---------------------------------------------------------------------------
@@ -269,17 +272,21 @@ class RayRunner(Runner):
 
     def _context(self, ps: PlannedStep, progress: StepProgress) -> Context:
         ctx = super()._context(ps, progress)
-        ctx.mapper = lambda fn, jobs: self._map(ps, fn, jobs)
+        ctx.mapper = lambda fn, jobs: self._map(ps.name, fn, jobs)
         return ctx
 
-    def _map(self, ps: PlannedStep, fn: Callable[[Any], Any], jobs: Sequence[Any]) -> Iterator[Any]:
-        """``Context.mapper`` on Ray: a task per job, the values in job order."""
+    def _export_mapper(self) -> Mapper:
+        return lambda fn, jobs: self._map("export", fn, jobs)
+
+    def _map(self, name: str, fn: Callable[[Any], Any], jobs: Sequence[Any]) -> Iterator[Any]:
+        """``Context.mapper`` on Ray for step ``name`` (or the export): a task per job, the
+        values in job order."""
         import ray
 
-        planned, function, task = ray.put(ps), ray.put(fn), self.tasks["map"]
-        return self._ordered(ps, "map", lambda job: task.remote(planned, function, job), list(jobs))
+        function, task = ray.put(fn), self.tasks["map"]
+        return self._ordered(name, "map", lambda job: task.remote(name, function, job), list(jobs))
 
-    def _ordered(self, ps: PlannedStep, kind: str, submit: Callable[[Any], Any], jobs: list[Any]) -> Iterator[Any]:
+    def _ordered(self, name: str, kind: str, submit: Callable[[Any], Any], jobs: list[Any]) -> Iterator[Any]:
         """Each job's value, in job order, at most ``in_flight`` tasks running ahead; a task's
         error fails the step (the tasks still running are cancelled)."""
         import ray
@@ -298,7 +305,7 @@ class RayRunner(Runner):
                 try:
                     done: Done = ray.get(window.popleft())
                 except ray.exceptions.RayError as exc:  # e.g. a worker that died more often than retried
-                    raise StepError(ps.name, f"a Ray task failed: {type(exc).__name__}: {exc}") from exc
+                    raise StepError(name, f"a Ray task failed: {type(exc).__name__}: {exc}") from exc
                 if done.error is not None:
                     raise done.error
                 self.tasks_run[kind] += 1
@@ -321,7 +328,7 @@ class RayRunner(Runner):
             jobs.extend((name, part, schema) for part in parts)
         planned = ray.put(ps)
         task = self.tasks["rows"]
-        results = self._ordered(ps, "rows", lambda job: task.remote(planned, spec, *job), jobs)
+        results = self._ordered(ps.name, "rows", lambda job: task.remote(planned, spec, *job), jobs)
         tracked = progress.track(results, total=len(jobs), description="batches on Ray", unit="batches")
         return self._store_batches(ps, tracked, per_input)
 
@@ -346,7 +353,7 @@ class RayRunner(Runner):
             return shuffle.remote(planned, parts[i], schema, starts[i], buckets, chosen, str(scratch / f"in-{i:05d}"))
 
         written: dict[int, list[str]] = {}
-        filed = self._ordered(ps, "partition", partition, list(range(len(parts))))
+        filed = self._ordered(ps.name, "partition", partition, list(range(len(parts))))
         for files in progress.track(filed, total=len(parts), description="partition on Ray", unit="batches"):
             for b, path in files.items():
                 written.setdefault(b, []).append(path)
@@ -355,6 +362,8 @@ class RayRunner(Runner):
         grouped = tuple(group_outputs(ps) or ())
         task = self.tasks["bucket"]
         order = sorted(written)
-        results = self._ordered(ps, "bucket", lambda b: task.remote(planned, spec, name, written[b], grouped), order)
+        results = self._ordered(
+            ps.name, "bucket", lambda b: task.remote(planned, spec, name, written[b], grouped), order
+        )
         tracked = progress.track(results, total=len(order), description="buckets on Ray", unit="buckets")
         yield from zip(order, tracked, strict=True)

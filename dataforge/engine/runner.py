@@ -51,7 +51,7 @@ from dataforge.engine.streaming import (
     slices,
     streams,
 )
-from dataforge.engine.table import Streamed, Table
+from dataforge.engine.table import Mapper, Streamed, Table
 from dataforge.errors import DataforgeError, RecipeError, StepError
 from dataforge.lineage import LineageWriter, StepRow
 from dataforge.llm.client import ModelPool
@@ -255,6 +255,7 @@ class Runner:
                     recorded=lambda name, fp: self.recorded.get((f"export:{name}", fp), {}),
                     full_verify=self.verify,
                     warn=lambda message: self.console.print(Text(message, style="yellow")),
+                    mapper=self._export_mapper(),
                 )
                 export_seconds = time.perf_counter() - export_started
                 self.background.wait()
@@ -366,6 +367,11 @@ class Runner:
     def _requests(self) -> tuple[int, Counter[str]]:
         """Model requests of this build so far: (asked, failures by reason)."""
         return self.llm.failure_counts()
+
+    def _export_mapper(self) -> Mapper | None:
+        """Where the export's divided work runs (its split audit): here (None); the Ray runner's
+        tasks."""
+        return None
 
     def _context(self, ps: PlannedStep, progress: StepProgress) -> Context:
         return Context(

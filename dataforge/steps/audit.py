@@ -316,11 +316,17 @@ class DatasetAudit:
         return summarize(self.findings, self.splits)
 
 
-def dataset_audit(frames: dict[str, pl.DataFrame | Table], by_time: bool = False) -> DatasetAudit | None:
+def dataset_audit(
+    frames: dict[str, pl.DataFrame | Table],
+    by_time: bool = False,
+    mapper: Mapper | None = None,
+    folder: Path | None = None,
+) -> DatasetAudit | None:
     """The audit above over a dataset's own splits, its prompt and target found from TRL's column
     names; None when the splits have no prompt column (``prompt``, ``messages`` or ``text``).
     Time order (each split newer than the one before) is checked only when the splits were cut
-    ``by_time``: rows of a group or random split have timestamps in any order, by design."""
+    ``by_time``: rows of a group or random split have timestamps in any order, by design.
+    ``mapper`` and ``folder``: where its divided work runs (``audit_frames``)."""
     cols = set.intersection(*(set(f.columns) for f in frames.values()))
     prompt_roles = target_roles = None
     if "prompt" in cols:
@@ -341,6 +347,8 @@ def dataset_audit(frames: dict[str, pl.DataFrame | Table], by_time: bool = False
         prompt_roles=prompt_roles,
         target_roles=target_roles,
         time_order=list(frames) if by_time and "_ts" in cols else None,
+        mapper=mapper,
+        folder=folder,
     )
     timed = by_time and "_ts" in cols
     return DatasetAudit(prompt[0], target[0] if target else None, findings, list(frames), timed)

@@ -272,13 +272,17 @@ NEAR_RECIPE = (
 )
 
 
-def test_candidate_pairs_are_verified_in_ray_tasks_with_the_same_decisions(ws, tmp_path, monkeypatch, ray_local):
+def test_pair_verification_and_export_files_run_in_ray_tasks_with_the_same_results(
+    ws, tmp_path, monkeypatch, ray_local
+):
     """The exact-Jaccard verification of candidate pairs (``cluster.verified_jaccard``) runs as
     Ray tasks when its rows are more than a block — a task per block stages the texts in the
-    build folder, a task per block compares its pairs — in MinHash dedup, the split's clusters and
-    the audit alike. With blocks of 16 rows on Ray against one block locally: the same datasets
-    and decisions, and no staged file left."""
+    build folder, a task per block compares its pairs — in MinHash dedup, the split's clusters,
+    the audit step and the export's audit of the dataset's splits alike; the export writes each
+    file of a split in a task of its own. With blocks of 16 rows on Ray against one block
+    locally (files of 150 rows in both): the same datasets and decisions, no staged file left."""
     import dataforge.cluster
+    import dataforge.export
     from dataforge.engine.ray_runner import RayRunner
     from dataforge.lineage import open_read
     from tests.conftest import GSM8K
@@ -299,21 +303,25 @@ def test_candidate_pairs_are_verified_in_ray_tasks_with_the_same_decisions(ws, t
     rows.write_parquet(ws.root / "rows.parquet", row_group_size=200)
     assert "kept: sft.kept" in NEAR_RECIPE and "kind: dedup.minhash" in NEAR_RECIPE
     recipe = ws.recipe(NEAR_RECIPE)
+    monkeypatch.setattr(dataforge.export, "EXPORT_SHARD_ROWS", 150)  # several files a split, each a task on Ray
     local = build(recipe, tmp_path / "local", show_progress=False, batch_rows=200)
     rounds: list[tuple[str, str, int]] = []
     real_map = RayRunner._map
 
-    def recorded(self, ps, fn, jobs):
-        rounds.append((ps.name, getattr(fn, "func", fn).__name__, len(jobs)))
-        return real_map(self, ps, fn, jobs)
+    def recorded(self, name, fn, jobs):
+        rounds.append((name, getattr(fn, "func", fn).__name__, len(jobs)))
+        return real_map(self, name, fn, jobs)
 
     monkeypatch.setattr(RayRunner, "_map", recorded)
     monkeypatch.setattr(dataforge.cluster, "VERIFY_ROWS", 16)
     on_ray = build(recipe, tmp_path / "ray", show_progress=False, batch_rows=200, executor="ray")
-    for name in ("near", "split", "audit"):
+    for name in ("near", "split", "audit", "export"):  # the export: the card's split audit
         compared = [jobs for step, fn, jobs in rounds if step == name and fn == "_compare_block"]
         staged = [jobs for step, fn, jobs in rounds if step == name and fn == "_stage_texts"]
         assert compared and compared[0] > 2 and staged and staged[0] > 2, (name, rounds)
+    files = [jobs for step, fn, jobs in rounds if step == "export" and fn == "write_file"]
+    assert len(files) == 3 and files[0] >= 3, rounds  # train, test, kept: each file of each split a task
+    assert len(list((tmp_path / "ray" / "datasets" / "sp" / "train").glob("data-*.arrow"))) == files[0]
     assert _tree_hashes(tmp_path / "local" / "datasets") == _tree_hashes(tmp_path / "ray" / "datasets")
     query = "SELECT step, row_id, action, reason, related_id, score FROM latest_events ORDER BY ALL"
     decided = open_read(tmp_path / "local").execute(query).fetchall()
