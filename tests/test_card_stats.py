@@ -42,6 +42,22 @@ def test_answer_kinds_of_a_grpo_set():
     assert "- test: decimal 1, fraction 1, integer 3, text 1" in text
 
 
+def test_summaries_of_a_splits_files_joined_in_order_say_what_the_whole_split_says():
+    """The export summarizes each file of a split apart (a task each on Ray) and joins them in
+    file order: the same statistics section, row for row, as one summary of the whole split."""
+    from dataforge.card_stats import SplitSummary
+
+    rows = [{"_id": str(k), "prompt": "p " * (k % 7), "answer": a} for k, a in enumerate(["1", "x", "0.5", "3/4"] * 5)]
+    whole = pa.Table.from_pylist(rows)
+    joined = SplitSummary(whole.schema)
+    for first in range(0, 20, 6):  # files of 6, 6, 6 and 2 rows
+        joined.join(SplitSummary.of(whole.slice(first, 6)))
+    alone = SplitSummary.of(whole)
+    assert joined.num_rows == 20 and (joined.values("chars") == alone.values("chars")).all()
+    assert statistics_section({"test": joined}) == statistics_section({"test": alone})
+    assert "- test: decimal 5, fraction 5, integer 5, text 5" in statistics_section({"test": joined})
+
+
 def test_plots_are_pngs_with_the_same_bytes_for_the_same_data(tmp_path):
     from dataforge.card_plots import write_plots
     from dataforge.engine.runner import StepReport
