@@ -8,6 +8,7 @@ pairs of linked rows, and near-duplicate clusters from MinHash LSH.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
+from contextlib import suppress
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -180,9 +181,10 @@ def verified_jaccard(
 
     When the rows are more than one block, the work divides in two rounds of jobs: one per block
     of rows stages their texts to an uncompressed Arrow IPC file in a temporary folder under
-    ``folder`` (default: the system's); then one per block compares the pairs whose first row
-    is in it, with that block's texts and the texts of their other rows, picked from the
-    memory-mapped files of their blocks (so only those pages are resident). ``mapper``
+    ``folder`` (default: the system's; folders made for it are removed after); then one per
+    block compares the pairs whose first row is in it, with that block's texts and the texts of
+    their other rows, picked from the memory-mapped files of their blocks (so only those pages
+    are resident). ``mapper``
     (``Context.mapper``) runs the jobs where the executor has workers (Ray tasks; ``folder``
     must then be on storage they reach, and ``texts_of`` picklable); without one, here in order.
     What a job holds is bounded by ``block`` and the pairs of one block, whatever the number of
@@ -204,17 +206,23 @@ def verified_jaccard(
     lo = position.min(axis=1) // block
     order = np.argsort(lo, kind="stable")
     bounds = np.searchsorted(lo[order], np.arange(blocks + 1))
+    made = [] if folder is None else [d for d in (folder, *folder.parents) if not d.exists()]
     if folder is not None:
         folder.mkdir(parents=True, exist_ok=True)
     out = np.zeros(len(pairs))
-    with tempfile.TemporaryDirectory(prefix="dataforge-verify-", dir=folder) as staging:
-        stage = functools.partial(_stage_texts, texts_of, staging)
-        paths = list(run(stage, [(b, needed[b * block : (b + 1) * block]) for b in range(blocks)]))
-        mine = [order[bounds[i] : bounds[i + 1]] for i in range(blocks)]
-        jobs = [(i, position[mine[i]]) for i in range(blocks) if len(mine[i])]
-        compare = functools.partial(_compare_block, paths, block, ngram, unit)
-        for (i, _), scores in zip(jobs, run(compare, jobs), strict=True):
-            out[mine[i]] = scores
+    try:
+        with tempfile.TemporaryDirectory(prefix="dataforge-verify-", dir=folder) as staging:
+            stage = functools.partial(_stage_texts, texts_of, staging)
+            paths = list(run(stage, [(b, needed[b * block : (b + 1) * block]) for b in range(blocks)]))
+            mine = [order[bounds[i] : bounds[i + 1]] for i in range(blocks)]
+            jobs = [(i, position[mine[i]]) for i in range(blocks) if len(mine[i])]
+            compare = functools.partial(_compare_block, paths, block, ngram, unit)
+            for (i, _), scores in zip(jobs, run(compare, jobs), strict=True):
+                out[mine[i]] = scores
+    finally:
+        for d in made:  # the folders this call made, innermost first, where nothing else is in them
+            with suppress(OSError):
+                d.rmdir()
     return out
 
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 import functools
 import json
 from collections.abc import Callable
-from contextlib import suppress
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -200,10 +199,7 @@ def _write_dataset(
             s.name: peek(Ref(s.name, "scores")) for s in plan.steps if s.name in ancestors and s.kind == "leakage.check"
         }
         by_time = any(s.kind == "split" and getattr(s.cfg, "time", None) for s in plan.steps if s.name in ancestors)
-        scratch = out / "scratch" / "export"
-        audit = dataset_audit(frames, by_time, mapper, scratch) if len(frames) > 1 else None
-        with suppress(OSError):  # the export's scratch folder, when nothing else is in it
-            scratch.rmdir()
+        audit = dataset_audit(frames, by_time, mapper, out / "scratch" / "export") if len(frames) > 1 else None
         flow: dict[str, set[str]] = {}  # the outputs on the way to this dataset, for the funnel
         for ref in [*ds.splits.values(), *(r for s in plan.steps if s.name in ancestors for r in s.inputs.values())]:
             flow.setdefault(ref.step, set()).add(ref.output)

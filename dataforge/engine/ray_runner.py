@@ -270,13 +270,8 @@ class RayRunner(Runner):
         table = Table(files=self._files(ref))
         return shard_slices(table, self.batch_rows) or [Part(str(table.files[0]), 0, 0)], table.schema
 
-    def _context(self, ps: PlannedStep, progress: StepProgress) -> Context:
-        ctx = super()._context(ps, progress)
-        ctx.mapper = lambda fn, jobs: self._map(ps.name, fn, jobs)
-        return ctx
-
-    def _export_mapper(self) -> Mapper:
-        return lambda fn, jobs: self._map("export", fn, jobs)
+    def _mapper(self, name: str) -> Mapper:
+        return lambda fn, jobs: self._map(name, fn, jobs)
 
     def _map(self, name: str, fn: Callable[[Any], Any], jobs: Sequence[Any]) -> Iterator[Any]:
         """``Context.mapper`` on Ray for step ``name`` (or the export): a task per job, the

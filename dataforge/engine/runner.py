@@ -255,7 +255,7 @@ class Runner:
                     recorded=lambda name, fp: self.recorded.get((f"export:{name}", fp), {}),
                     full_verify=self.verify,
                     warn=lambda message: self.console.print(Text(message, style="yellow")),
-                    mapper=self._export_mapper(),
+                    mapper=self._mapper("export"),
                 )
                 export_seconds = time.perf_counter() - export_started
                 self.background.wait()
@@ -368,9 +368,9 @@ class Runner:
         """Model requests of this build so far: (asked, failures by reason)."""
         return self.llm.failure_counts()
 
-    def _export_mapper(self) -> Mapper | None:
-        """Where the export's divided work runs (its split audit): here (None); the Ray runner's
-        tasks."""
+    def _mapper(self, name: str) -> Mapper | None:
+        """Where the divided work of step ``name`` (or of the export: its files and its audit)
+        runs: here, in order (None); the Ray runner's tasks."""
         return None
 
     def _context(self, ps: PlannedStep, progress: StepProgress) -> Context:
@@ -381,6 +381,7 @@ class Runner:
             scratch_dir=self.out / "scratch" / ps.name,
             progress=progress,
             llm=self.llm,
+            mapper=self._mapper(ps.name),
         )
 
     def _execute(self, ps: PlannedStep, progress: StepProgress) -> StepReport:

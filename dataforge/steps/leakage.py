@@ -590,11 +590,16 @@ class _Side:
         self.code = [v[1] for v in views]
         self.norm = comparable_text(pl.Series("t", self.base, dtype=pl.String))
         self.joined = _joined(self.norm)
-        # what shared word n-grams are taken from (``ngram_view``: choice blocks cut short)
+        # what shared word n-grams are taken from (``ngram_view``: choice blocks cut short); only
+        # the views it cut are read again
         self.ngram_text = self.joined
-        if shingled is not None and shingled != raw:
-            base = [user_turns(t) if k == "chat" else t for t, k in zip(shingled, self.kinds, strict=True)]
-            self.ngram_text = _joined(comparable_text(pl.Series("t", base, dtype=pl.String)))
+        cut = [] if shingled is None else [i for i, (s, r) in enumerate(zip(shingled, raw, strict=True)) if s != r]
+        if shingled is not None and cut:
+            base = [user_turns(shingled[i]) if self.kinds[i] == "chat" else shingled[i] for i in cut]
+            texts = self.joined.to_list()
+            for i, t in zip(cut, _joined(comparable_text(pl.Series("t", base, dtype=pl.String))), strict=True):
+                texts[i] = t
+            self.ngram_text = pl.Series(self.joined.name, texts, dtype=pl.String)
         self.canon = [canonical_words(x) for x in self.base]
 
 

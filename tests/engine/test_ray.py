@@ -331,4 +331,4 @@ def test_pair_verification_and_export_files_run_in_ray_tasks_with_the_same_resul
     reasons = {(step, reason) for step, _, _, reason, _, _ in decided}
     assert ("near", "near_duplicate") in reasons and ("audit", "audit:near_overlap") in reasons  # pairs were found
     assert local.steps[1].drops == on_ray.steps[1].drops and sum(local.steps[1].drops.values()) >= 100
-    assert not list((tmp_path / "ray" / "scratch").rglob("*.arrow"))
+    assert not (tmp_path / "ray" / "scratch").exists()  # the staged texts and the folders made for them
