@@ -12,8 +12,28 @@ import json
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+LOCK_WAIT_S = 30.0  # how long an open or a write waits for another process's lock on the cache
+
+
+def _when_unlocked(statement: Callable[[], object]) -> None:
+    """Run ``statement``, again while another process holds the lock (up to ``LOCK_WAIT_S``).
+
+    Several processes open one cache at once on Ray (a model pool per worker). Switching a new
+    file to WAL takes a lock that SQLite does not wait for (its busy timeout does not apply), so
+    the loser of that race gets "database is locked" at once; it is retried here."""
+    deadline = time.monotonic() + LOCK_WAIT_S
+    while True:
+        try:
+            statement()
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
 
 
 def request_key(model: dict[str, Any], payload: dict[str, Any]) -> str:
@@ -29,11 +49,13 @@ class RequestCache:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db = sqlite3.connect(path, timeout=LOCK_WAIT_S, check_same_thread=False, isolation_level=None)
+        _when_unlocked(lambda: self._db.execute("PRAGMA journal_mode=WAL"))
         self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS responses (key TEXT PRIMARY KEY, model TEXT, response TEXT, created REAL)"
+        _when_unlocked(
+            lambda: self._db.execute(
+                "CREATE TABLE IF NOT EXISTS responses (key TEXT PRIMARY KEY, model TEXT, response TEXT, created REAL)"
+            )
         )
 
     def get_many(self, keys: list[str]) -> dict[str, dict[str, Any]]:
