@@ -8,7 +8,7 @@ pairs of linked rows, and near-duplicate clusters from MinHash LSH.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from contextlib import suppress
+from contextlib import ExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -129,29 +129,29 @@ def near_duplicate_pairs_in_batches(
     """Pairs (i, j) of ``n`` texts whose word-shingle sets are near-duplicates: MinHash LSH
     candidates at ``threshold`` (``keyed``: each batch's ``lsh_keys``, in order), kept only if
     their exact Jaccard reaches it when ``verify``; pairs link each bucket to its smallest index.
-    Only each text's band keys are kept; ``texts_of(index)`` gives the texts of the candidate rows
-    to verify (sorted positions). ``wanted(pairs)``: a mask of the candidate pairs worth verifying
-    (the rest are left out before any text is read); ``mapper`` and ``folder``: where the
-    verification's jobs run (``verified_jaccard``). Returns the pairs and their exact Jaccard
-    (NaN without ``verify``)."""
-    from dataforge.text.minhash import candidate_pairs_of_keys
+    Only each text's band keys are kept (``lsh_buckets.BandKeys``: beyond ``KEY_ROWS`` texts,
+    filed by bucket under ``folder``, each bucket's pairs a job); ``texts_of(index)`` gives the
+    texts of the candidate rows to verify (sorted positions). ``wanted(pairs)``: a mask of the
+    candidate pairs worth verifying (the rest are left out before any text is read); ``mapper``
+    and ``folder``: where the jobs run and stage their files (``verified_jaccard``). Returns the
+    pairs and their exact Jaccard (NaN without ``verify``)."""
+    from dataforge.lsh_buckets import BandKeys
 
     if n == 0:
         return np.zeros((0, 2), dtype=np.int64), np.zeros(0)
-    keys: np.ndarray | None = None
-    live = np.zeros(n, dtype=bool)
-    at = 0
-    for batch_keys, batch_live in keyed:
-        if keys is None:
-            keys = np.empty((n, batch_keys.shape[1]), dtype=np.uint64)
-        if at + len(batch_keys) > n:
-            raise ValueError(f"near_duplicate_pairs_in_batches: the batches hold more than {n:,} texts")
-        keys[at : at + len(batch_keys)], live[at : at + len(batch_keys)] = batch_keys, batch_live
-        at += len(batch_keys)
-    if at != n or keys is None:
-        raise ValueError(f"near_duplicate_pairs_in_batches: the batches hold {at:,} texts, not {n:,}")
-    pairs = candidate_pairs_of_keys(keys, live)
-    del keys
+    collected: BandKeys | None = None
+    with ExitStack() as held:
+        at = 0
+        for batch_keys, batch_live in keyed:
+            if collected is None:
+                collected = held.enter_context(BandKeys(n, batch_keys.shape[1], folder))
+            if at + len(batch_keys) > n:
+                raise ValueError(f"near_duplicate_pairs_in_batches: the batches hold more than {n:,} texts")
+            collected.add(np.arange(at, at + len(batch_keys)), batch_keys, batch_live)
+            at += len(batch_keys)
+        if at != n or collected is None:
+            raise ValueError(f"near_duplicate_pairs_in_batches: the batches hold {at:,} texts, not {n:,}")
+        pairs = collected.pairs(mapper=mapper)
     if wanted is not None and len(pairs):
         pairs = pairs[wanted(pairs)]
     if verify and len(pairs):
@@ -190,8 +190,8 @@ def verified_jaccard(
     What a job holds is bounded by ``block`` and the pairs of one block, whatever the number of
     rows; every text is read about twice. The scores do not depend on ``block`` or the mapper."""
     import functools
-    import tempfile
 
+    from dataforge.staging import staging
     from dataforge.text.minhash import exact_jaccard
 
     if not len(pairs):
@@ -206,23 +206,15 @@ def verified_jaccard(
     lo = position.min(axis=1) // block
     order = np.argsort(lo, kind="stable")
     bounds = np.searchsorted(lo[order], np.arange(blocks + 1))
-    made = [] if folder is None else [d for d in (folder, *folder.parents) if not d.exists()]
-    if folder is not None:
-        folder.mkdir(parents=True, exist_ok=True)
     out = np.zeros(len(pairs))
-    try:
-        with tempfile.TemporaryDirectory(prefix="dataforge-verify-", dir=folder) as staging:
-            stage = functools.partial(_stage_texts, texts_of, staging)
-            paths = list(run(stage, [(b, needed[b * block : (b + 1) * block]) for b in range(blocks)]))
-            mine = [order[bounds[i] : bounds[i + 1]] for i in range(blocks)]
-            jobs = [(i, position[mine[i]]) for i in range(blocks) if len(mine[i])]
-            compare = functools.partial(_compare_block, paths, block, ngram, unit)
-            for (i, _), scores in zip(jobs, run(compare, jobs), strict=True):
-                out[mine[i]] = scores
-    finally:
-        for d in made:  # the folders this call made, innermost first, where nothing else is in them
-            with suppress(OSError):
-                d.rmdir()
+    with staging(folder, "dataforge-verify-") as where:
+        stage = functools.partial(_stage_texts, texts_of, where)
+        paths = list(run(stage, [(b, needed[b * block : (b + 1) * block]) for b in range(blocks)]))
+        mine = [order[bounds[i] : bounds[i + 1]] for i in range(blocks)]
+        jobs = [(i, position[mine[i]]) for i in range(blocks) if len(mine[i])]
+        compare = functools.partial(_compare_block, paths, block, ngram, unit)
+        for (i, _), scores in zip(jobs, run(compare, jobs), strict=True):
+            out[mine[i]] = scores
     return out
 
 

@@ -144,3 +144,49 @@ def test_verified_jaccard_through_a_mapper_runs_pickled_jobs_and_leaves_no_stage
     assert rounds == [("_stage_texts", 12), ("_compare_block", 6)]  # 600 rows in 12 blocks; pairs start in 6
     assert (scores > 0.6).all() and (scores < 1).all()
     assert not (tmp_path / "scratch").exists()  # made for the staging, removed with it
+
+
+@pytest.mark.parametrize("within", [0, 4])
+def test_band_keys_filed_by_bucket_give_the_pairs_held_keys_give(tmp_path, monkeypatch, within):
+    """More rows than ``KEY_ROWS``: the band keys, given in batches out of row order, are filed by
+    bucket under the folder, and each bucket's pairs are found by a pickled job through the
+    mapper (as a Ray task gets it): the same pairs, in the same order, as the keys held whole
+    (``candidate_pairs_of_keys``), with a custom rank and pairs within small buckets; the folder
+    is gone after."""
+    import cloudpickle
+    import polars as pl
+
+    import dataforge.lsh_buckets
+    from dataforge.cluster import lsh_keys
+    from dataforge.lsh_buckets import BandKeys
+    from dataforge.text.minhash import candidate_pairs_of_keys
+    from tests.conftest import GSM8K
+
+    questions = pl.read_ndjson(GSM8K / "train.jsonl")["question"].head(400)
+    # each question, a near copy (one word changed), a second one, and empty texts (no words)
+    texts = pl.concat([questions, questions.str.replace(r"^(\S+)", "Now"), questions + " Why?", pl.Series([""] * 20)])
+    keys, live = lsh_keys(texts.to_arrow(), 0.7, 128, 3)
+    n = len(texts)
+    rank = np.random.default_rng(5).permutation(n)
+    held = candidate_pairs_of_keys(keys, live, rank, within)
+    assert len(held) > 400 and (held[:, 0] != held[:, 1]).all()  # the copies meet their questions
+    jobs: list[int] = []
+
+    def mapper(fn, paths):
+        jobs.append(len(paths))
+        shipped = cloudpickle.loads(cloudpickle.dumps(fn))
+        return (shipped(p) for p in paths)
+
+    monkeypatch.setattr(dataforge.lsh_buckets, "KEY_ROWS", 100)
+    order = np.random.default_rng(6).permutation(n)
+    with BandKeys(n, keys.shape[1], tmp_path / "scratch") as filed:
+        assert filed.keys is None and filed.buckets == 13  # 1,220 rows in files of about 100
+        for batch in np.array_split(order, 7):
+            filed.add(batch, keys[batch], live[batch])
+        assert len(list((tmp_path / "scratch").rglob("*.keys"))) == 13 * keys.shape[1]  # a file per band
+        pairs = filed.pairs(rank, within, mapper)
+    assert np.array_equal(pairs, held) and jobs == [13]
+    assert not (tmp_path / "scratch").exists()
+    with BandKeys(n, keys.shape[1]) as filed:  # no mapper, no folder: here, in the system's temp
+        filed.add(np.arange(n), keys, live)
+        assert np.array_equal(filed.pairs(rank, within), held)

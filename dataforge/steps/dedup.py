@@ -58,6 +58,7 @@ from dataforge.engine.step import (
 )
 from dataforge.engine.table import Streamed, Table
 from dataforge.errors import DataError, RecipeError
+from dataforge.lsh_buckets import BandKeys
 from dataforge.text.fields import text_expr
 from dataforge.text.normalize import comparable_text, nfkc_where_needed
 
@@ -404,7 +405,6 @@ def dedup_minhash(inputs: dict[str, Table], cfg: MinhashConfig, ctx: Context) ->
     pairs read the text of the rows they name; the kept rows are written batch by batch."""
     from dataforge.text.minhash import (
         band_keys,
-        candidate_pairs_of_keys,
         estimated_jaccard,
         has_words,
         lsh_params,
@@ -432,46 +432,6 @@ def dedup_minhash(inputs: dict[str, Table], cfg: MinhashConfig, ctx: Context) ->
             parts.append(dedup_text(side.take(mine, fields), cfg, exact=False, shared=shared[k]))
         return pl.concat(parts)
 
-    # signatures, batch by batch (reused from a `signatures` input where it has the row): only
-    # the band keys are kept unless the whole signatures are needed
-    need_sigs = cfg.verify != "exact" or cfg.keep_signatures or "signatures" in inputs
-    sigs = np.empty((total, cfg.num_perm), dtype=np.uint32) if need_sigs else None
-    keys = np.empty((total, bands), dtype=np.uint64)
-    live = np.zeros(total, dtype=bool)
-    todo = np.ones(total, dtype=bool)
-    if "signatures" in inputs:
-        assert sigs is not None
-        done = _reuse_signatures(Table.of(inputs["signatures"]).collect(), sides, cfg, sigs)
-        keys[done], live[done] = band_keys(sigs[done], bands, rows), has_words(sigs[done])
-        todo[done] = False
-    texts: list[pl.Series] = []
-    batch_rows = min(SIGNATURE_BATCH, df.batch_rows)  # the text of one batch at a time
-    for k, side in enumerate(sides):
-        at = int(starts[k])
-        sign = functools.partial(
-            signature_batch,
-            cfg=cfg,
-            shared=shared[k],
-            bands=bands,
-            rows=rows,
-            keep_sigs=need_sigs,
-            keep_text=total <= batch_rows,  # one batch: its text is kept for the candidate pairs
-        )
-        parts = _signed(side, todo[at : at + side.height], sign, fields, batch_rows, ctx)
-        for index, part in ctx.progress.track(
-            parts, total=side.height, description="signatures", unit="rows", size=lambda p: len(p[0])
-        ):
-            index = index + at
-            keys[index], live[index] = part.keys, part.live
-            if sigs is not None:
-                sigs[index] = part.sigs
-            if part.text is not None:
-                texts.append(part.text)
-    if total <= batch_rows and todo.all():
-        prepared = pl.concat(texts) if texts else pl.Series("t", [], dtype=pl.String)
-    ids = df.select(["_id"])["_id"]
-    alive, found = _empty_text_drops(ids, live[:n], cfg)
-
     def exact_scores(pairs: np.ndarray) -> np.ndarray:
         """Exact Jaccard of pairs, reading the text of only the rows they name."""
         return verified_jaccard(
@@ -486,8 +446,47 @@ def dedup_minhash(inputs: dict[str, Table], cfg: MinhashConfig, ctx: Context) ->
     rank = keep_rank(df.select(_rank_columns(cfg)), cfg)
     # rows of `against` rank after every data row, by their own id order
     other_rank = keep_rank(other.select(["_id"]), cfg) if other is not None else np.zeros(0, np.int64)
-    pairs = candidate_pairs_of_keys(keys, live, np.concatenate([rank, n + other_rank]), within=BUCKET_PAIRS)
-    del keys
+
+    # signatures, batch by batch (reused from a `signatures` input where it has the row): only
+    # the band keys are kept unless the whole signatures are needed
+    need_sigs = cfg.verify != "exact" or cfg.keep_signatures or "signatures" in inputs
+    sigs = np.empty((total, cfg.num_perm), dtype=np.uint32) if need_sigs else None
+    with BandKeys(total, bands, ctx.scratch_dir) as keys:  # filed by bucket when the rows are many
+        todo = np.ones(total, dtype=bool)
+        if "signatures" in inputs:
+            assert sigs is not None
+            done = _reuse_signatures(Table.of(inputs["signatures"]).collect(), sides, cfg, sigs)
+            keys.add(done, band_keys(sigs[done], bands, rows), has_words(sigs[done]))
+            todo[done] = False
+        texts: list[pl.Series] = []
+        batch_rows = min(SIGNATURE_BATCH, df.batch_rows)  # the text of one batch at a time
+        for k, side in enumerate(sides):
+            at = int(starts[k])
+            sign = functools.partial(
+                signature_batch,
+                cfg=cfg,
+                shared=shared[k],
+                bands=bands,
+                rows=rows,
+                keep_sigs=need_sigs,
+                keep_text=total <= batch_rows,  # one batch: its text is kept for the candidate pairs
+            )
+            parts = _signed(side, todo[at : at + side.height], sign, fields, batch_rows, ctx)
+            for index, part in ctx.progress.track(
+                parts, total=side.height, description="signatures", unit="rows", size=lambda p: len(p[0])
+            ):
+                index = index + at
+                keys.add(index, part.keys, part.live)
+                if sigs is not None:
+                    sigs[index] = part.sigs
+                if part.text is not None:
+                    texts.append(part.text)
+        if total <= batch_rows and todo.all():
+            prepared = pl.concat(texts) if texts else pl.Series("t", [], dtype=pl.String)
+        ids = df.select(["_id"])["_id"]
+        alive, found = _empty_text_drops(ids, keys.live[:n], cfg)
+
+        pairs = keys.pairs(np.concatenate([rank, n + other_rank]), BUCKET_PAIRS, ctx.mapper)
     if cfg.verify == "exact":
         score = exact_scores(pairs)
     else:

@@ -274,17 +274,20 @@ NEAR_RECIPE = (
 )
 
 
-def test_pair_verification_and_export_files_run_in_ray_tasks_with_the_same_results(
+def test_candidate_pairs_verification_and_export_files_run_in_ray_tasks_with_the_same_results(
     ws, tmp_path, monkeypatch, ray_local
 ):
-    """The exact-Jaccard verification of candidate pairs (``cluster.verified_jaccard``) runs as
-    Ray tasks when its rows are more than a block — a task per block stages the texts in the
-    build folder, a task per block compares its pairs — in MinHash dedup, the split's clusters,
-    the audit step and the export's audit of the dataset's splits alike; the export writes each
-    file of a split in a task of its own. With blocks of 16 rows on Ray against one block
+    """In MinHash dedup, the split's clusters, the audit step and the export's audit of the
+    dataset's splits alike: candidate pairs from band keys filed by bucket
+    (``lsh_buckets.BandKeys``) are found a Ray task per bucket, and the exact-Jaccard
+    verification of candidate pairs (``cluster.verified_jaccard``) runs as Ray tasks when its
+    rows are more than a block — a task per block stages the texts in the build folder, a task
+    per block compares its pairs; the export writes each file of a split in a task of its own.
+    With key buckets of about 100 rows and blocks of 16 on Ray, against held keys and one block
     locally (files of 150 rows in both): the same datasets and decisions, no staged file left."""
     import dataforge.cluster
     import dataforge.export
+    import dataforge.lsh_buckets
     from dataforge.engine.ray_runner import RayRunner
     from dataforge.lineage import open_read
     from tests.conftest import GSM8K
@@ -316,11 +319,14 @@ def test_pair_verification_and_export_files_run_in_ray_tasks_with_the_same_resul
 
     monkeypatch.setattr(RayRunner, "_map", recorded)
     monkeypatch.setattr(dataforge.cluster, "VERIFY_ROWS", 16)
+    monkeypatch.setattr(dataforge.lsh_buckets, "KEY_ROWS", 100)  # band keys filed in buckets of ~100 rows
     on_ray = build(recipe, tmp_path / "ray", show_progress=False, batch_rows=200, executor="ray")
     for name in ("near", "split", "audit", "export"):  # the export: the card's split audit
         compared = [jobs for step, fn, jobs in rounds if step == name and fn == "_compare_block"]
         staged = [jobs for step, fn, jobs in rounds if step == name and fn == "_stage_texts"]
         assert compared and compared[0] > 2 and staged and staged[0] > 2, (name, rounds)
+        bucketed = [jobs for step, fn, jobs in rounds if step == name and fn == "bucket_pairs"]
+        assert bucketed and bucketed[0] >= 5, (name, rounds)  # 900 rows (audit: 2 × 900 prompts)
     files = [jobs for step, fn, jobs in rounds if step == "export" and fn == "write_file"]
     assert len(files) == 3 and files[0] >= 3, rounds  # train, test, kept: each file of each split a task
     assert len(list((tmp_path / "ray" / "datasets" / "sp" / "train").glob("data-*.arrow"))) == files[0]
