@@ -9,11 +9,14 @@ from __future__ import annotations
 import functools
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from dataforge.errors import DataError, RecipeError
+
+if TYPE_CHECKING:
+    from dataforge.engine.table import Mapper
 
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 _BUNDLED = {None, "", "all-MiniLM-L6-v2", DEFAULT_MODEL}
@@ -165,21 +168,53 @@ def native_bfloat16(device_type: str) -> bool:
     return re.search(r"\b(?:avx512_bf16|amx_bf16)\b", flags) is not None
 
 
+SEARCH_ROWS = 8192  # rows of ``a`` a search job compares (a multiple of the chunk, 512)
+
+
 def cosine_pairs(
-    a: np.ndarray, b: np.ndarray | None, threshold: float, chunk: int = 512
+    a: np.ndarray, b: np.ndarray | None, threshold: float, chunk: int = 512, mapper: Mapper | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Pairs (i, j) with cosine ≥ ``threshold`` between rows of ``a`` and of ``b`` (or within
     ``a``, i < j, when ``b`` is None), by exact search in chunks of ``chunk`` rows of ``a`` so
-    memory stays at chunk × len(b) floats. Returns (pairs, cosines)."""
+    memory stays at chunk × len(b) floats. Returns (pairs, cosines).
+
+    With a ``mapper`` (``Context.mapper``) and vectors in ``.npy`` files (``np.load`` with
+    ``mmap_mode``, ``np.lib.format.open_memmap``), the search divides into a job per
+    ``SEARCH_ROWS`` rows of ``a``, each reading the files itself; every chunk's product is the
+    same computation as here, so the pairs and cosines are too."""
     other = a if b is None else b
-    found, scores = [], []
-    for s in range(0, len(a), chunk):
-        sims = a[s : s + chunk] @ other.T
-        i, j = np.nonzero(sims >= threshold)
-        i = i + s
-        keep = j > i if b is None else np.ones(len(i), dtype=bool)
-        found.append(np.column_stack([i[keep], j[keep]]))
-        scores.append(sims[i[keep] - s, j[keep]])
+    files = [getattr(x, "filename", None) for x in (a, other)]
+    if mapper is None or None in files or len(a) <= SEARCH_ROWS:
+        found = [_search_rows(a, other, b is None, threshold, chunk, (0, len(a)))]
+    else:
+        job = functools.partial(_search_files, str(files[0]), str(files[1]), b is None, threshold, chunk)
+        found = list(mapper(job, [(s, min(s + SEARCH_ROWS, len(a))) for s in range(0, len(a), SEARCH_ROWS)]))
     if not found:
         return np.zeros((0, 2), dtype=np.int64), np.zeros(0)
-    return np.concatenate(found).astype(np.int64), np.concatenate(scores).astype(np.float64)
+    return np.concatenate([p for p, _ in found]), np.concatenate([c for _, c in found])
+
+
+def _search_rows(
+    a: np.ndarray, other: np.ndarray, within: bool, threshold: float, chunk: int, rows: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """``cosine_pairs`` of rows ``rows`` (start, stop) of ``a``, ``chunk`` rows at a time from
+    ``start`` (``within``: ``other`` is ``a``, pairs i < j)."""
+    found, scores = [np.zeros((0, 2), dtype=np.int64)], [np.zeros(0)]
+    for s in range(rows[0], rows[1], chunk):
+        sims = np.asarray(a[s : min(s + chunk, rows[1])] @ other.T)
+        i, j = np.nonzero(sims >= threshold)
+        i = i + s
+        keep = j > i if within else np.ones(len(i), dtype=bool)
+        found.append(np.column_stack([i[keep], j[keep]]).astype(np.int64))
+        scores.append(sims[i[keep] - s, j[keep]].astype(np.float64))
+    return np.concatenate(found), np.concatenate(scores)
+
+
+def _search_files(
+    a_path: str, other_path: str, within: bool, threshold: float, chunk: int, rows: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """``_search_rows`` on vectors memory-mapped from ``.npy`` files (a job on a worker)."""
+    a = np.load(a_path, mmap_mode="r")
+    return _search_rows(
+        a, a if other_path == a_path else np.load(other_path, mmap_mode="r"), within, threshold, chunk, rows
+    )

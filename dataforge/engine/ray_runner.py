@@ -20,10 +20,11 @@ What runs where:
   one task per slice of its input's shards; the exact-Jaccard verification of candidate pairs
   (``cluster.verified_jaccard``, in all three MinHash steps) as one task per block of rows that
   stages their texts in the step's scratch folder, then one per block that compares its pairs;
-  beyond ``lsh_buckets.KEY_ROWS`` rows, the candidate pairs, as one task per LSH bucket file (the
+  beyond ``lsh_buckets.KEY_ROWS`` rows, the candidate pairs, as one task per LSH bucket (the
   driver files the band keys tasks give back by bucket, a batch at a time, in the scratch
-  folder). What tasks give back (hashes, vectors, pair codes, scores) is combined in the driver,
-  where components are found and the kept rows chosen.
+  folder); ``dedup.semantic``'s exact search, as one task per ``embed.SEARCH_ROWS`` rows reading
+  the vectors the driver wrote to the scratch folder. What tasks give back (hashes, pair codes,
+  scores) is combined in the driver, where components are found and the kept rows chosen.
 - Sources and steps whose inputs fit in one batch run in the driver, as locally. The export
   writes each file of a split in a task (``export.write_file``), and its audit of each dataset's
   splits divides its work into tasks as ``split.audit`` does; cards and plots are the driver's.

@@ -36,6 +36,7 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
 import numpy as np
@@ -59,6 +60,7 @@ from dataforge.engine.step import (
 from dataforge.engine.table import Streamed, Table
 from dataforge.errors import DataError, RecipeError
 from dataforge.lsh_buckets import BandKeys
+from dataforge.staging import staging
 from dataforge.text.fields import text_expr
 from dataforge.text.normalize import comparable_text, nfkc_where_needed
 
@@ -652,31 +654,34 @@ def dedup_semantic(inputs: dict[str, Table], cfg: SemanticConfig, ctx: Context) 
 
     Out of core: the text is read and embedded a batch at a time (``Table.map_batches``, spread
     over the executor's workers where it has them; a text's vector does not depend on its batch,
-    ``embed``), so only the vectors (4 × dim bytes a row) are held whole; the kept rows are
+    ``embed``); the vectors (4 × dim bytes a row) go to a ``.npy`` file in the step's scratch
+    folder as they come and are read memory-mapped from it, by the search here or by its jobs on
+    the executor's workers (``cosine_pairs``: a job per ``SEARCH_ROWS`` rows); the kept rows are
     written batch by batch."""
     from dataforge.embed import cosine_pairs, resolve_model
 
     df = Table.of(inputs["data"])
     other = Table.of(inputs["against"]) if "against" in inputs else None
     model = resolve_model(cfg.model, ctx.base_dir)
-    vecs, live = _embedded(df, cfg, model, ctx)
-    ids = df.select(["_id"])["_id"]
-    alive, found = _empty_text_drops(ids, live, cfg)
-    if other is not None and other.height:
-        other_vecs, _ = _embedded(other, cfg, model, ctx)
-        cross, cos = cosine_pairs(vecs, other_vecs, cfg.threshold)
-        other_ids = other.select(["_id"])
-        alive = _drop_matches(
-            ids.to_frame(), other_ids, alive, cross[:, 0], cross[:, 1], cos, "semantic_duplicate", found
-        )
-    pairs, _ = cosine_pairs(vecs, None, cfg.threshold)
-    rank = keep_rank(df.select(_rank_columns(cfg)), cfg)
-    labels = _clusters(df.height, pairs, alive, rank)
+    with staging(ctx.scratch_dir, "dataforge-vectors-") as where:
+        vecs, live = _embedded(df, cfg, model, ctx, Path(where) / "data.npy")
+        ids = df.select(["_id"])["_id"]
+        alive, found = _empty_text_drops(ids, live, cfg)
+        if other is not None and other.height:
+            other_vecs, _ = _embedded(other, cfg, model, ctx, Path(where) / "against.npy")
+            cross, cos = cosine_pairs(vecs, other_vecs, cfg.threshold, mapper=ctx.mapper)
+            other_ids = other.select(["_id"])
+            alive = _drop_matches(
+                ids.to_frame(), other_ids, alive, cross[:, 0], cross[:, 1], cos, "semantic_duplicate", found
+            )
+        pairs, _ = cosine_pairs(vecs, None, cfg.threshold, mapper=ctx.mapper)
+        rank = keep_rank(df.select(_rank_columns(cfg)), cfg)
+        labels = _clusters(df.height, pairs, alive, rank)
 
-    def score_of(rep_dup: np.ndarray) -> np.ndarray:
-        return (vecs[rep_dup[:, 0]] * vecs[rep_dup[:, 1]]).sum(axis=1).astype(np.float64)
+        def score_of(rep_dup: np.ndarray) -> np.ndarray:
+            return (vecs[rep_dup[:, 0]] * vecs[rep_dup[:, 1]]).sum(axis=1).astype(np.float64)
 
-    kept = _finish(df, ids, cfg, alive, labels, rank, score_of, "semantic_duplicate", found)
+        kept = _finish(df, ids, cfg, alive, labels, rank, score_of, "semantic_duplicate", found)
     return StepResult({"data": kept}, events=found)  # type: ignore[dict-item]
 
 
@@ -698,14 +703,26 @@ def embedding_batch(
     return Embedded(embed(text.to_list(), model, cfg.batch_size, None, cfg.device), text_has_word(text))
 
 
-def _embedded(side: Table, cfg: SemanticConfig, model: str | None, ctx: Context) -> tuple[np.ndarray, np.ndarray]:
-    """(vectors, live) of every row of ``side``, embedded a batch at a time (``embedding_batch``)."""
+def _embedded(
+    side: Table, cfg: SemanticConfig, model: str | None, ctx: Context, path: Path
+) -> tuple[np.ndarray, np.ndarray]:
+    """(vectors, live) of every row of ``side``, embedded a batch at a time (``embedding_batch``):
+    the vectors are written to the ``.npy`` file ``path`` as they come and returned memory-mapped
+    from it (what ``cosine_pairs``' jobs read), so the step holds a batch of them at a time."""
     shared = shared_prompts(_messages_fields(side, cfg), cfg)
     embed_batch = functools.partial(embedding_batch, cfg=cfg, shared=shared, model=model)
     parts = side.map_batches(embed_batch, list(dict.fromkeys(cfg.fields)), EMBED_BATCH, ctx.mapper)
-    done = list(
-        ctx.progress.track(parts, total=side.height, description="embed", unit="rows", size=lambda p: len(p.live))
-    )
-    if not done:
-        return np.zeros((0, 0), dtype=np.float32), np.zeros(0, dtype=bool)
-    return np.concatenate([p.vectors for p in done]), np.concatenate([p.live for p in done])
+    live = np.zeros(side.height, dtype=bool)
+    vectors: np.ndarray | None = None
+    at = 0
+    for part in ctx.progress.track(
+        parts, total=side.height, description="embed", unit="rows", size=lambda p: len(p.live)
+    ):
+        if vectors is None:
+            vectors = np.lib.format.open_memmap(path, "w+", np.float32, (side.height, part.vectors.shape[1]))
+        vectors[at : at + len(part.live)], live[at : at + len(part.live)] = part.vectors, part.live
+        at += len(part.live)
+    if vectors is None:
+        return np.zeros((0, 0), dtype=np.float32), live
+    vectors.flush()
+    return vectors, live

@@ -181,16 +181,39 @@ def test_a_killed_driver_resumes_on_ray_from_what_was_finished(qa, scripted_mode
     assert solve.outputs == {"data": PROMPTS, "failed": 0}
 
 
-def test_semantic_dedup_embeds_on_ray_workers_with_the_same_result(ws, tmp_path, ray_local):
-    """``dedup.semantic``'s embeddings run as Ray map tasks, batch by batch on the workers: the
-    same datasets and decisions as the local build."""
+def _recorded_maps(monkeypatch) -> list[tuple[str, str, int]]:
+    """(step, function, jobs) of every ``Context.mapper`` call the Ray runner makes from now on."""
+    from dataforge.engine.ray_runner import RayRunner
+
+    rounds: list[tuple[str, str, int]] = []
+    real_map = RayRunner._map
+
+    def recorded(self, name, fn, jobs):
+        rounds.append((name, getattr(fn, "func", fn).__name__, len(jobs)))
+        return real_map(self, name, fn, jobs)
+
+    monkeypatch.setattr(RayRunner, "_map", recorded)
+    return rounds
+
+
+def test_semantic_dedup_embeds_and_searches_on_ray_workers_with_the_same_result(ws, tmp_path, monkeypatch, ray_local):
+    """``dedup.semantic``'s embeddings run as Ray map tasks, batch by batch on the workers, and
+    so does its exact search, a task per 512 rows reading the vectors the driver staged in the
+    step's scratch folder (its data rows against themselves and against the held-out rows): the
+    same datasets and decisions as the local build (which searches in the driver), and no
+    staged file left."""
+    import dataforge.embed
     from dataforge.lineage import open_read
     from tests.engine.test_streaming import _semantic_copies
 
     recipe = _semantic_copies(ws)
     local = build(recipe, tmp_path / "local", show_progress=False, batch_rows=250)
+    rounds = _recorded_maps(monkeypatch)
+    monkeypatch.setattr(dataforge.embed, "SEARCH_ROWS", 512)  # 650 rows: two search tasks
     on_ray = build(recipe, tmp_path / "ray", show_progress=False, batch_rows=250, executor="ray")
-    assert on_ray.tasks["map"] >= 3 and on_ray.steps[2].drops == local.steps[2].drops
+    assert [r for r in rounds if r[1] == "_search_files"] == [("near", "_search_files", 2)] * 2, rounds
+    assert on_ray.tasks["map"] >= 3 + 4 and on_ray.steps[2].drops == local.steps[2].drops
+    assert not (tmp_path / "ray" / "scratch").exists()
     assert _tree_hashes(tmp_path / "local" / "datasets") == _tree_hashes(tmp_path / "ray" / "datasets")
     query = "SELECT row_id, action, reason, related_id, score FROM latest_events ORDER BY ALL"
     assert (
@@ -288,7 +311,6 @@ def test_candidate_pairs_verification_and_export_files_run_in_ray_tasks_with_the
     import dataforge.cluster
     import dataforge.export
     import dataforge.lsh_buckets
-    from dataforge.engine.ray_runner import RayRunner
     from dataforge.lineage import open_read
     from tests.conftest import GSM8K
 
@@ -310,14 +332,7 @@ def test_candidate_pairs_verification_and_export_files_run_in_ray_tasks_with_the
     recipe = ws.recipe(NEAR_RECIPE)
     monkeypatch.setattr(dataforge.export, "EXPORT_SHARD_ROWS", 150)  # several files a split, each a task on Ray
     local = build(recipe, tmp_path / "local", show_progress=False, batch_rows=200)
-    rounds: list[tuple[str, str, int]] = []
-    real_map = RayRunner._map
-
-    def recorded(self, name, fn, jobs):
-        rounds.append((name, getattr(fn, "func", fn).__name__, len(jobs)))
-        return real_map(self, name, fn, jobs)
-
-    monkeypatch.setattr(RayRunner, "_map", recorded)
+    rounds = _recorded_maps(monkeypatch)
     monkeypatch.setattr(dataforge.cluster, "VERIFY_ROWS", 16)
     monkeypatch.setattr(dataforge.lsh_buckets, "KEY_ROWS", 100)  # band keys filed in buckets of ~100 rows
     on_ray = build(recipe, tmp_path / "ray", show_progress=False, batch_rows=200, executor="ray")

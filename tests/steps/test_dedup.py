@@ -283,6 +283,39 @@ def test_semantic_dedup_with_the_offline_minilm(ctx):
     assert res.tables["data"]["_id"].to_list() == ["r:000", "r:003"]
 
 
+@pytest.mark.parametrize("against", [False, True])
+def test_cosine_search_divided_into_jobs_over_staged_vectors_gives_the_same_pairs(tmp_path, monkeypatch, against):
+    """``embed.cosine_pairs`` on vectors in ``.npy`` files with a mapper: a pickled job per
+    ``SEARCH_ROWS`` rows reads the files itself, and the pairs and cosines are those of the
+    search in one process, bit for bit (within one set, and against another). The vectors are
+    MiniLM's of GSM8K questions and their lightly edited copies, so there are pairs to find."""
+    import cloudpickle
+
+    import dataforge.embed
+    from dataforge.embed import cosine_pairs, embed
+
+    questions = QUESTIONS.head(700).to_list()
+    texts = questions + [_near_copy(t) for t in questions[:60]]
+    vectors = embed(texts, None, 64)
+    np.save(tmp_path / "a.npy", vectors)
+    np.save(tmp_path / "b.npy", vectors[::-7])
+    a = np.load(tmp_path / "a.npy", mmap_mode="r")
+    b = np.load(tmp_path / "b.npy", mmap_mode="r") if against else None
+    jobs: list[int] = []
+
+    def mapper(fn, work):
+        jobs.append(len(work))
+        shipped = cloudpickle.loads(cloudpickle.dumps(fn))
+        return (shipped(job) for job in work)
+
+    whole_pairs, whole_cos = cosine_pairs(vectors, vectors[::-7] if against else None, 0.9)
+    assert len(whole_pairs) >= 60 and (whole_cos >= 0.9).all()  # the copies (and, against, the rows themselves)
+    monkeypatch.setattr(dataforge.embed, "SEARCH_ROWS", 256)
+    pairs, cos = cosine_pairs(a, b, 0.9, chunk=128, mapper=mapper)
+    assert jobs == [3]  # 760 rows, 256 at a time
+    assert np.array_equal(pairs, whole_pairs) and np.array_equal(cos, whole_cos)
+
+
 def test_semantic_unknown_model_is_a_clear_error(ctx):
     from dataforge.errors import DataError
     from dataforge.steps.dedup import SemanticConfig, dedup_semantic
