@@ -233,7 +233,9 @@ def child(folder: Path, batch_rows: int, limit_gib: float | None, executor: str 
     rss = int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1)) / 1024  # type: ignore[union-attr]
     steps = [{"step": s.name, "rows_in": s.rows_in, "seconds": s.seconds} for s in report.steps]
     figures = {"wall": wall, "rss_mib": rss, "steps": steps, "timings": report.timings, "peaks": peaks}
-    figures.update(ray_start=ray_start, tasks=report.tasks, shuffled=report.shuffled)
+    figures.update(
+        ray_start=ray_start, tasks=report.tasks, shuffled=report.shuffled, staged=report.staged, rounds=report.rounds
+    )
     print(json.dumps(figures))
 
 
@@ -307,8 +309,11 @@ def measure(
         print(
             f"    Ray: started in {fig['ray_start']:.1f} s (not in the time above); its processes' peak RSS "
             f"{fig['peaks'].get('ray processes', 0):,.0f} MiB together; tasks {fig['tasks']}; "
-            f"shuffled {', '.join(f'{k} {v / 2**20:,.0f} MiB' for k, v in fig['shuffled'].items()) or 'nothing'}"
+            f"shuffled {', '.join(f'{k} {v / 2**20:,.0f} MiB' for k, v in fig['shuffled'].items()) or 'nothing'}; "
+            f"map rounds {fig['rounds']}"
         )
+    if fig.get("staged"):
+        print(f"    staged for jobs: {', '.join(f'{k} {v / 2**20:,.1f} MiB' for k, v in fig['staged'].items())}")
     peaks = fig["peaks"]
     for s in fig["steps"]:
         rate = f"{s['rows_in'] / s['seconds']:>12,.0f} rows/s" if s["seconds"] > 0 and s["rows_in"] else ""

@@ -227,6 +227,7 @@ class RayRunner(Runner):
         self.remote_failures: Counter[str] = Counter()
         self.tasks_run: Counter[str] = Counter()  # tasks done by kind (rows, partition, bucket)
         self.shuffled: Counter[str] = Counter()  # bytes of bucket files written, by key step
+        self.rounds: Counter[str] = Counter()  # map rounds (one Context.mapper call each), by step
 
     def run(self, force: Iterable[str] = (), wait: bool = False) -> BuildReport:
         import ray
@@ -244,6 +245,7 @@ class RayRunner(Runner):
             report = super().run(force, wait)
             report.tasks = dict(sorted(self.tasks_run.items()))
             report.shuffled = dict(self.shuffled)
+            report.rounds = dict(self.rounds)
             report.cluster = ray.get_runtime_context().gcs_address
             return report
         finally:
@@ -282,6 +284,7 @@ class RayRunner(Runner):
         import ray
 
         function, task = ray.put(fn), self.tasks["map"]
+        self.rounds[name] += 1
         return self._ordered(name, "map", lambda job: task.remote(name, function, job), list(jobs))
 
     def _ordered(self, name: str, kind: str, submit: Callable[[Any], Any], jobs: list[Any]) -> Iterator[Any]:

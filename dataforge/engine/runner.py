@@ -83,6 +83,8 @@ class BuildReport:
     timings: dict[str, float] = field(default_factory=dict)  # plan, run, steps, export, report (seconds)
     tasks: dict[str, int] = field(default_factory=dict)  # tasks run on the executor by kind (none locally)
     shuffled: dict[str, int] = field(default_factory=dict)  # bytes a key step's shuffle wrote, by step (Ray)
+    staged: dict[str, int] = field(default_factory=dict)  # bytes staged for jobs (texts, keys, vectors), by step
+    rounds: dict[str, int] = field(default_factory=dict)  # rounds of map tasks a global step ran, by step (Ray)
     cluster: str | None = None  # the Ray cluster's address (GCS) where the build ran on Ray
 
     @property
@@ -276,7 +278,18 @@ class Runner:
             "export": export_seconds,
             "report": time.perf_counter() - report_started,
         }
-        return BuildReport(run_id=self.run_id, out=self.out, steps=reports, datasets=exported, timings=timings)
+        report = BuildReport(run_id=self.run_id, out=self.out, steps=reports, datasets=exported, timings=timings)
+        report.staged = self._staged()
+        return report
+
+    def _staged(self) -> dict[str, int]:
+        """Bytes each step (and the export) staged in its scratch folder for its jobs during this
+        build (``staging.STAGED``, whose counts for this build's folders are taken)."""
+        from dataforge.staging import STAGED
+
+        scratch = str((self.out / "scratch").resolve())  # the steps' scratch folders (Context.scratch_dir)
+        mine = [k for k in STAGED if os.path.dirname(k) == scratch]
+        return {os.path.basename(k): STAGED.pop(k) for k in sorted(mine)}
 
     def _open_lineage(self) -> None:
         self.lineage = LineageWriter(self.out)
