@@ -7,6 +7,7 @@ import argparse
 import json
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -354,7 +355,7 @@ def make_parser() -> argparse.ArgumentParser:
         "export its datasets.",
     )
     b.add_argument("recipe", help="the recipe YAML file")
-    b.add_argument("--out", default="build", help="build directory (default: build/)")
+    b.add_argument("--out", default="build", type=_folder("the build folder"), help="build directory (default: build/)")
     b.add_argument(
         "--force", action="append", metavar="STEP", help="re-execute STEP and every step downstream of it (repeatable)"
     )
@@ -393,7 +394,12 @@ def make_parser() -> argparse.ArgumentParser:
         "and whether each is cached in --out.",
     )
     pl_.add_argument("recipe", help="the recipe YAML file")
-    pl_.add_argument("--out", default="build", help="build directory to check the cache in (default: build/)")
+    pl_.add_argument(
+        "--out",
+        default="build",
+        type=_folder("the build folder"),
+        help="build directory to check the cache in (default: build/)",
+    )
     _add_override_options(pl_)
     pl_.set_defaults(fn=cmd_plan)
 
@@ -403,7 +409,7 @@ def make_parser() -> argparse.ArgumentParser:
         description="Print a row's source, every step that touched it, its fate with reason, score and related row.",
     )
     w.add_argument("row_id", help="a row id (the _id column), e.g. gsm8k_train:17")
-    w.add_argument("--out", default="build", help="build directory (default: build/)")
+    w.add_argument("--out", default="build", type=_folder("the build folder"), help="build directory (default: build/)")
     w.add_argument("--json", action="store_true", help="print the history as JSON")
     w.set_defaults(fn=cmd_why)
 
@@ -417,7 +423,7 @@ def make_parser() -> argparse.ArgumentParser:
         "over the exported datasets.",
     )
     q.add_argument("sql", help="the SQL query")
-    q.add_argument("--out", default="build", help="build directory (default: build/)")
+    q.add_argument("--out", default="build", type=_folder("the build folder"), help="build directory (default: build/)")
     q.add_argument("--format", choices=("table", "csv", "json"), default="table", help="output format (default: table)")
     q.add_argument("--limit", type=int, default=0, help="print at most this many rows (default: all)")
     q.set_defaults(fn=cmd_query)
@@ -462,8 +468,14 @@ def make_parser() -> argparse.ArgumentParser:
         "export",
         help="write built datasets in the Hugging Face Hub layout (data/*.parquet + README.md card)",
     )
-    x.add_argument("--hub", required=True, metavar="DIR", help="folder to write DIR/<dataset>/ into")
-    x.add_argument("--out", default="build", help="build directory (default: build/)")
+    x.add_argument(
+        "--hub",
+        required=True,
+        metavar="DIR",
+        type=_folder("the hub folder"),
+        help="folder to write DIR/<dataset>/ into",
+    )
+    x.add_argument("--out", default="build", type=_folder("the build folder"), help="build directory (default: build/)")
     x.add_argument("--dataset", action="append", help="only this dataset (repeatable; default: all)")
     x.set_defaults(fn=cmd_export)
 
@@ -474,7 +486,7 @@ def make_parser() -> argparse.ArgumentParser:
         "network); this writes it again from the lineage and the exported datasets, e.g. after a dataset "
         "was exported by another recipe into the same --out.",
     )
-    r.add_argument("--out", default="build", help="build directory (default: build/)")
+    r.add_argument("--out", default="build", type=_folder("the build folder"), help="build directory (default: build/)")
     r.set_defaults(fn=cmd_report)
     return p
 
@@ -482,6 +494,19 @@ def make_parser() -> argparse.ArgumentParser:
 def _terminate(signum: int, frame: Any) -> None:
     """SIGTERM ends a build like Ctrl-C: the run is recorded as interrupted, finished artifacts stay."""
     raise KeyboardInterrupt
+
+
+def _folder(what: str) -> Callable[[str], Path]:
+    """An argparse type: a folder path, a URI refused (``store.local_folder``) as a usage error."""
+    from dataforge.engine.store import local_folder
+
+    def parse(value: str) -> Path:
+        try:
+            return local_folder(value, what)
+        except DataforgeError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return parse
 
 
 def main(argv: list[str] | None = None) -> int:

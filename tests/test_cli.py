@@ -154,3 +154,42 @@ def test_text_is_printed_literally(qa, capsys):
     # an error whose text holds markup prints it as it is
     assert main(["build", str(ws.recipe("name: x\nsteps: [/INST]\n", "bad[bold].yaml")), "--out", str(ws.out)]) == 2
     assert "bad[bold].yaml" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["build", "RECIPE", "--out", "s3://bucket/build"],
+        ["plan", "RECIPE", "--out", "gs://bucket/build"],
+        ["query", "--out", "s3://bucket/build", "SELECT 1"],
+        ["export", "--hub", "s3://bucket/hub", "--out", "OUT"],
+    ],
+)
+def test_an_object_store_uri_as_a_folder_is_refused_naming_it_and_makes_no_folder(
+    argv, qa, tmp_path, monkeypatch, capsys
+):
+    """A URI given for a folder (``s3://…``, ``gs://…``) is a usage error naming the option and the
+    URI; before, ``build`` made a local folder named ``s3:`` and failed in DuckDB."""
+    ws, recipe = qa
+    (tmp_path / "cwd").mkdir()
+    monkeypatch.chdir(tmp_path / "cwd")
+    argv = [str(recipe) if a == "RECIPE" else str(ws.out) if a == "OUT" else a for a in argv]
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    uri = next(a for a in argv if "://" in a)
+    err = capsys.readouterr().err
+    assert f"{uri}: a URI is not supported" in err and ("argument --out" in err or "argument --hub" in err)
+    assert list((tmp_path / "cwd").iterdir()) == []
+
+
+def test_the_build_function_refuses_a_uri_too(qa, tmp_path, monkeypatch):
+    from dataforge.engine.runner import build
+    from dataforge.errors import OutputDirError
+
+    _, recipe = qa
+    (tmp_path / "cwd").mkdir()
+    monkeypatch.chdir(tmp_path / "cwd")
+    with pytest.raises(OutputDirError, match=r"s3://bucket/b: a URI is not supported as the build folder"):
+        build(recipe, "s3://bucket/b", show_progress=False)
+    assert list((tmp_path / "cwd").iterdir()) == []

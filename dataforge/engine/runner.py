@@ -38,7 +38,7 @@ from dataforge.engine.lock import BuildLock
 from dataforge.engine.plan import Plan, PlannedStep, Ref, plan_recipe
 from dataforge.engine.progress import StepProgress, make_progress
 from dataforge.engine.step import Context, StepResult
-from dataforge.engine.store import SCRATCH, Store, output_path
+from dataforge.engine.store import SCRATCH, Store, local_folder, output_path
 from dataforge.engine.streaming import (
     BUCKET,
     POSITION,
@@ -123,6 +123,7 @@ def build(
     ``executor``: ``local`` or ``ray`` (``engine.ray_runner``; default ``executor_setting``); it
     changes no output either."""
     started = time.perf_counter()
+    out = local_folder(out)
     plan = plan_recipe(recipe_path, models, settings)
     planned = time.perf_counter() - started
     rows = batch_rows_setting(batch_rows)

@@ -47,6 +47,23 @@ from dataforge.engine.lock import LOCK_NAME
 from dataforge.engine.step import StepResult
 from dataforge.errors import OutputDirError
 
+
+def local_folder(value: str | Path, what: str = "the build folder") -> Path:
+    """``value`` as a folder path, refusing an object-store or other URI (``s3://…``, ``gs://…``,
+    ``file://…``), which would otherwise become a local folder named ``s3:``: builds, reports and
+    lineage are written to a path (on a Ray cluster, one every node mounts). ``what``: what the
+    folder is, for the error."""
+    import re
+
+    text = str(value)
+    if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", text):
+        raise OutputDirError(
+            f"{text}: a URI is not supported as {what}; give a folder path (on a Ray cluster, one every "
+            "node mounts). Writing to object stores (s3://, gs://) is not implemented yet."
+        )
+    return Path(value)
+
+
 MARKER = ".dataforge.json"
 SCRATCH = ".tmp"  # under the build folder: where artifacts are written before their rename
 

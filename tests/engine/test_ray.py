@@ -343,7 +343,8 @@ def test_candidate_pairs_verification_and_export_files_run_in_ray_tasks_with_the
         bucketed = [jobs for step, fn, jobs in rounds if step == name and fn == "bucket_pairs"]
         assert bucketed and bucketed[0] >= 5, (name, rounds)  # 900 rows (audit: 2 × 900 prompts)
         assert on_ray.rounds[name] == sum(step == name for step, _, _ in rounds)  # counted per step
-        assert on_ray.staged.get(name, 0) > 16 * 900, (on_ray.staged, on_ray.rounds)  # texts and band keys (16 bytes a row and band)
+        # texts and band keys (16 bytes a row and band) staged in the step's scratch folder
+        assert on_ray.staged.get(name, 0) > 16 * 900, (on_ray.staged, on_ray.rounds)
     assert local.staged == {}  # one block, keys held: nothing staged
     files = [jobs for step, fn, jobs in rounds if step == "export" and fn == "write_file"]
     assert len(files) == 3 and files[0] >= 3, rounds  # train, test, kept: each file of each split a task
