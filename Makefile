@@ -16,7 +16,7 @@ TORCH ?= torch==2.13.0
 
 # setup.py compiles dataforge/text/_kernels.c into the package (a C compiler is needed): a changed
 # kernel re-runs the install, which rebuilds it.
-$(STAMP): pyproject.toml setup.py dataforge/text/_kernels.c | $(BIN)/python
+$(STAMP): pyproject.toml setup.py dataforge/text/_kernels.c dataforge/text/vendor/xxhash.h | $(BIN)/python
 	$(BIN)/python -m pip install -q "$(TORCH)"
 	$(BIN)/python -m pip install -q -e ".[test,ray]"
 	rm -f $(VENV)/.installed-*

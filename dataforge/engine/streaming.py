@@ -124,33 +124,36 @@ def group_outputs(ps: PlannedStep) -> tuple[str, ...] | None:
 
 def key_hashes(keys: pl.Series) -> pl.DataFrame:
     """Each key as a 128-bit hash: columns ``h0`` and ``h1``, the two halves of the XXH3-128 of
-    its UTF-8 text (``xxhash``; a value that is not text hashed as its text, a null key as a
-    value of its own). Keys are compared by these where holding them would cost too much (source
-    ids, split group keys, key-step groups, the audit's prompts), and a key step's bucket is
+    its UTF-8 text (xxHash's own code, compiled into ``text._kernels``: the ``xxhash`` package's
+    values, tested; a value that is not text hashed as its text, a null key as a value of its
+    own). Keys are compared by these where holding them would cost too much (source ids, split
+    group keys, key-step groups, the audit's prompts), and a key step's bucket is
     ``h0`` modulo the buckets: two different keys share a hash with probability about n² / 2¹²⁹
     (10⁻²⁵ at ten million keys). The hash is the same on every machine and every version of the
     libraries (polars' own ``hash`` promises neither: its value may differ between builds of
     polars and CPU architectures), so the workers of a cluster file a key to the same bucket and
     hashes made on different nodes compare."""
-    from xxhash import xxh3_128_digest
+    from dataforge.text.minhash import _arrow_bytes, _kernels
 
-    null = xxh3_128_digest(b"", NULL_KEY_SEED)
-    digests = b"".join([null if k is None else xxh3_128_digest(k.encode()) for k in _as_text(keys)])
-    halves = np.frombuffer(digests, dtype=">u8").reshape(-1, 2).astype(np.uint64)  # the digest is big-endian
+    text = _as_text(keys)
+    valid = text.is_not_null().to_numpy().astype(np.uint8)
+    n, data, offsets = _arrow_bytes(text.to_arrow())
+    halves = np.empty((n, 2), dtype=np.uint64)
+    _kernels.key_hashes(data, offsets, valid, n, NULL_KEY_SEED, halves)  # compiled: xxHash's own XXH3-128
     return pl.DataFrame({"h0": halves[:, 0], "h1": halves[:, 1]}, schema={"h0": pl.UInt64, "h1": pl.UInt64})
 
 
 NULL_KEY_SEED = 0x6E756C6C  # "null": a null key's hash is the empty text's under this seed, not the empty text's
 
 
-def _as_text(keys: pl.Series) -> list[str | None]:
+def _as_text(keys: pl.Series) -> pl.Series:
     """The keys as text: text as it is, other values as polars writes them (numbers, dates), nested
-    ones (lists, structs) as their JSON."""
+    ones (lists, structs) as their JSON (a null one as ``{"k":null}``); other nulls stay null."""
     if keys.dtype == pl.String:
-        return keys.to_list()
+        return keys
     if isinstance(keys.dtype, pl.List | pl.Array | pl.Struct):
-        return keys.to_frame("k").select(pl.struct("k").struct.json_encode())["k"].to_list()
-    return keys.cast(pl.String).to_list()
+        return keys.to_frame("k").select(pl.struct("k").struct.json_encode())["k"]
+    return keys.cast(pl.String)
 
 
 def group_buckets(keys: Iterable[pl.Series], batch_rows: int) -> np.ndarray:

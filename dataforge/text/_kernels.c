@@ -10,12 +10,18 @@
  * ASCII lowercased) or of one character (whitespace runs folded into one space).
  * Shingle hash: h = (h * 0x9E3779B1) ^ token over `ngram` consecutive tokens.
  * Signature: for each permutation k, min over shingles of a[k] * fmix32(shingle) + b[k] mod 2^32.
+ *
+ * Besides: key_hashes, the XXH3-128 of each text (xxHash's own code, vendored), for the engine's
+ * key hashes (dataforge.engine.streaming.key_hashes).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+
+#define XXH_INLINE_ALL
+#include "vendor/xxhash.h" /* xxHash 0.8.4, BSD 2-Clause: see vendor/README.md */
 
 #define FNV_OFFSET 0x811C9DC5u
 #define FNV_PRIME 0x01000193u
@@ -431,16 +437,50 @@ static PyObject *py_band_heads(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+PyDoc_STRVAR(key_hashes_doc,
+             "key_hashes(data, offsets, valid, n, null_seed, out)\n\n"
+             "XXH3-128 of each of n texts (data uint8, offsets int64, n + 1): out[d, 0] (uint64, n x 2) = the "
+             "high 64 bits of text d's hash and out[d, 1] the low 64 (the two halves of its canonical, "
+             "big-endian digest); a text with valid[d] (uint8) 0 gets the hash of the empty text under "
+             "null_seed.");
+
+static PyObject *py_key_hashes(PyObject *self, PyObject *args) {
+    Py_buffer bufs[4] = {{0}};
+    Py_ssize_t n;
+    unsigned long long null_seed;
+    if (!PyArg_ParseTuple(args, "y*y*y*nKw*", &bufs[0], &bufs[1], &bufs[2], &n, &null_seed, &bufs[3])) return NULL;
+    if (too_small(&bufs[1], (n + 1) * 8, "offsets") || too_small(&bufs[2], n, "valid") ||
+        too_small(&bufs[3], n * 16, "out")) {
+        release(bufs, 4);
+        return NULL;
+    }
+    const char *data = bufs[0].buf;
+    const int64_t *offsets = bufs[1].buf;
+    const uint8_t *valid = bufs[2].buf;
+    uint64_t *out = bufs[3].buf;
+    Py_BEGIN_ALLOW_THREADS;
+    XXH128_hash_t null_hash = XXH3_128bits_withSeed("", 0, (XXH64_hash_t)null_seed);
+    for (Py_ssize_t d = 0; d < n; d++) {
+        XXH128_hash_t h = valid[d] ? XXH3_128bits(data + offsets[d], (size_t)(offsets[d + 1] - offsets[d])) : null_hash;
+        out[2 * d] = h.high64;
+        out[2 * d + 1] = h.low64;
+    }
+    Py_END_ALLOW_THREADS;
+    release(bufs, 4);
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
     {"signatures", py_signatures, METH_VARARGS, signatures_doc},
     {"pair_jaccard", py_pair_jaccard, METH_VARARGS, pair_jaccard_doc},
     {"all_shingles", py_all_shingles, METH_VARARGS, all_shingles_doc},
     {"band_keys", py_band_keys, METH_VARARGS, band_keys_doc},
     {"band_heads", py_band_heads, METH_VARARGS, band_heads_doc},
+    {"key_hashes", py_key_hashes, METH_VARARGS, key_hashes_doc},
     {NULL, NULL, 0, NULL},
 };
 
-static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_kernels", "Compiled MinHash kernels (see minhash.py).",
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_kernels", "Compiled MinHash kernels (see minhash.py) and XXH3-128 key hashes.",
                                     -1, methods, NULL, NULL, NULL, NULL};
 
 PyMODINIT_FUNC PyInit__kernels(void) {

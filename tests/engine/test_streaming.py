@@ -740,3 +740,16 @@ def test_key_hashes_are_the_same_everywhere_and_tell_keys_apart():
     assert key_hashes(pl.Series([7, None])).row(1) == h.row(1)
     assert key_hashes(pl.Series([[1, 2], [3]])).row(0) == key_hashes(pl.Series(['{"k":[1,2]}'])).row(0)
     assert key_hashes(pl.Series([], dtype=pl.String)).height == 0
+    # the compiled kernel against the xxhash package, over every length path of XXH3 (0, 1-3, 4-8,
+    # 9-16, 17-128, 129-240, longer) and non-ASCII text, from a slice of a larger array too
+    from xxhash import xxh3_128_digest
+
+    from tests.conftest import GSM8K
+
+    questions = pl.read_ndjson(GSM8K / "train.jsonl")["question"].head(300).to_list()
+    texts = ["", "é", "abc", "abcdefgh", "x" * 16, "naïve café " * 10, "y" * 239, "z" * 241]
+    texts += [q[: (i * 7) % (len(q) + 1)] for i, q in enumerate(questions)] + questions
+    series = pl.Series(["before", *texts, None]).slice(1, len(texts))
+    digests = [xxh3_128_digest(t.encode()) for t in texts]
+    expected = [(int.from_bytes(d[:8], "big"), int.from_bytes(d[8:], "big")) for d in digests]
+    assert key_hashes(series).rows() == expected
