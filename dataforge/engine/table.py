@@ -165,9 +165,12 @@ class Table:
             group_starts = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)])
             group = np.searchsorted(group_starts, local, side="right") - 1
             for g in np.unique(group):
-                rows = pl.from_arrow(pf.read_row_group(int(g), columns=wanted))
+                # Arrow's take copies the rows asked for into buffers of their own: a polars gather
+                # of text keeps the whole row group's text buffers alive (its strings are views)
+                picked = pf.read_row_group(int(g), columns=wanted).take(local[group == g] - group_starts[g])
+                rows = pl.from_arrow(picked)
                 assert isinstance(rows, pl.DataFrame)
-                parts.append(_typed(rows, self.schema).gather(local[group == g] - group_starts[g]))
+                parts.append(_typed(rows, self.schema))
         got = pl.concat(parts, how="vertical_relaxed") if parts else pl.DataFrame(schema=self._schema_of(wanted))
         if not len(index) or (index[1:] >= index[:-1]).all():  # asked in order: no copy to put them back
             return got
