@@ -189,8 +189,6 @@ def cosine_pairs(
     else:
         job = functools.partial(_search_files, str(files[0]), str(files[1]), b is None, threshold, chunk)
         found = list(mapper(job, [(s, min(s + SEARCH_ROWS, len(a))) for s in range(0, len(a), SEARCH_ROWS)]))
-    if not found:
-        return np.zeros((0, 2), dtype=np.int64), np.zeros(0)
     return np.concatenate([p for p, _ in found]), np.concatenate([c for _, c in found])
 
 

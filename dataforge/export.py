@@ -33,7 +33,7 @@ from dataforge.card_plots import write_plots
 from dataforge.card_stats import SplitSummary
 from dataforge.engine.fingerprint import canonical_json, hash_text, output_fingerprint, path_fingerprint
 from dataforge.engine.plan import Plan, PlannedDataset, Ref
-from dataforge.engine.store import Store, atomic_directory, file_stamp, files_sha256, verify_files
+from dataforge.engine.store import Store, atomic_directory, file_stamp, files_sha256, step_scratch, verify_files
 from dataforge.engine.table import Mapper, Part, Table, shard_slices
 from dataforge.steps.audit import dataset_audit
 
@@ -199,7 +199,7 @@ def _write_dataset(
             s.name: peek(Ref(s.name, "scores")) for s in plan.steps if s.name in ancestors and s.kind == "leakage.check"
         }
         by_time = any(s.kind == "split" and getattr(s.cfg, "time", None) for s in plan.steps if s.name in ancestors)
-        audit = dataset_audit(frames, by_time, mapper, out / "scratch" / "export") if len(frames) > 1 else None
+        audit = dataset_audit(frames, by_time, mapper, step_scratch(out, "export")) if len(frames) > 1 else None
         flow: dict[str, set[str]] = {}  # the outputs on the way to this dataset, for the funnel
         for ref in [*ds.splits.values(), *(r for s in plan.steps if s.name in ancestors for r in s.inputs.values())]:
             flow.setdefault(ref.step, set()).add(ref.output)

@@ -113,10 +113,9 @@ def _bucket_of(band: int, key: np.ndarray, buckets: int) -> np.ndarray:
 
 def bucket_pairs(paths: list[str], n: int, rank_path: str | None, within: int) -> np.ndarray:
     """One bucket's pairs as codes (head × n + member; with ``within``, also member pairs of small
-    LSH buckets, better-ranked first): the kernel of ``candidate_pairs_of_keys`` on the bucket's
-    file of each band (``paths``), one band at a time. Depends on its files alone (what a Ray task
-    may run)."""
-    from dataforge.text.minhash import _kernels, _pairs_within_buckets
+    LSH buckets, better-ranked first): ``minhash.band_pairs`` on the bucket's file of each band
+    (``paths``), one band at a time. Depends on its files alone (what a Ray task may run)."""
+    from dataforge.text.minhash import band_pairs
 
     ranks = np.load(rank_path, mmap_mode="r") if rank_path else None
     codes = [np.zeros(0, dtype=np.int64)]
@@ -126,13 +125,6 @@ def bucket_pairs(paths: list[str], n: int, rank_path: str | None, within: int) -
             continue
         rows = mine["row"].astype(np.int64)
         m = len(rows)
-        local_rank = np.ascontiguousarray(ranks[rows] if ranks is not None else rows, dtype=np.int64)
-        heads = np.empty((m, 1), dtype=np.int64)
-        keys = np.ascontiguousarray(mine["key"].reshape(m, 1))
-        _kernels.band_heads(keys, m, 1, local_rank, np.ones(m, dtype=np.uint8), heads)
-        linked = heads[:, 0] != np.arange(m)
-        codes.append(rows[heads[linked, 0]] * n + rows[linked])
-        if within > 2:
-            local = _pairs_within_buckets(heads, linked[:, None], local_rank, within, m)
-            codes.append(rows[local // m] * n + rows[local % m])
+        local = band_pairs(mine["key"], ranks[rows] if ranks is not None else rows, np.ones(m, dtype=bool), within)
+        codes.append(rows[local // m] * n + rows[local % m])
     return np.unique(np.concatenate(codes))

@@ -61,6 +61,7 @@ from dataforge.engine.plan import PlannedStep, Ref
 from dataforge.engine.progress import StepProgress
 from dataforge.engine.runner import BuildReport, Runner, StepReport
 from dataforge.engine.step import Context, StepResult
+from dataforge.engine.store import step_scratch
 from dataforge.engine.streaming import divided_inputs, group_outputs
 from dataforge.engine.table import Mapper, Part, Table, shard_slices
 from dataforge.errors import DataforgeError, StepError
@@ -260,7 +261,7 @@ class RayRunner(Runner):
         return WorkerStep(
             fingerprint=ps.fingerprint,
             base_dir=self.plan.loaded.base_dir,
-            scratch_dir=self.out / "scratch" / ps.name,
+            scratch_dir=step_scratch(self.out, ps.name),
             cache_path=self.out / "cache" / "llm.sqlite",
             whole={name: [str(f) for f in self._files(ps.inputs[name])] for name in whole},
         )

@@ -38,7 +38,7 @@ from dataforge.engine.lock import BuildLock
 from dataforge.engine.plan import Plan, PlannedStep, Ref, plan_recipe
 from dataforge.engine.progress import StepProgress, make_progress
 from dataforge.engine.step import Context, StepResult
-from dataforge.engine.store import SCRATCH, Store, local_folder, output_path
+from dataforge.engine.store import SCRATCH, STEP_SCRATCH, Store, local_folder, output_path, step_scratch
 from dataforge.engine.streaming import (
     BUCKET,
     POSITION,
@@ -279,16 +279,16 @@ class Runner:
             "export": export_seconds,
             "report": time.perf_counter() - report_started,
         }
-        report = BuildReport(run_id=self.run_id, out=self.out, steps=reports, datasets=exported, timings=timings)
-        report.staged = self._staged()
-        return report
+        return BuildReport(
+            run_id=self.run_id, out=self.out, steps=reports, datasets=exported, timings=timings, staged=self._staged()
+        )
 
     def _staged(self) -> dict[str, int]:
         """Bytes each step (and the export) staged in its scratch folder for its jobs during this
         build (``staging.STAGED``, whose counts for this build's folders are taken)."""
         from dataforge.staging import STAGED
 
-        scratch = str((self.out / "scratch").resolve())  # the steps' scratch folders (Context.scratch_dir)
+        scratch = str((self.out / STEP_SCRATCH).resolve())
         mine = [k for k in STAGED if os.path.dirname(k) == scratch]
         return {os.path.basename(k): STAGED.pop(k) for k in sorted(mine)}
 
@@ -392,7 +392,7 @@ class Runner:
             step=ps.name,
             fingerprint=ps.fingerprint,
             base_dir=self.plan.loaded.base_dir,
-            scratch_dir=self.out / "scratch" / ps.name,
+            scratch_dir=step_scratch(self.out, ps.name),
             progress=progress,
             llm=self.llm,
             mapper=self._mapper(ps.name),

@@ -66,6 +66,13 @@ def local_folder(value: str | Path, what: str = "the build folder") -> Path:
 
 MARKER = ".dataforge.json"
 SCRATCH = ".tmp"  # under the build folder: where artifacts are written before their rename
+STEP_SCRATCH = "scratch"  # under the build folder: each step's (and the export's) files for its jobs
+
+
+def step_scratch(out: Path, name: str) -> Path:
+    """The scratch folder of step ``name`` (or ``export``) of the build in ``out``
+    (``Context.scratch_dir``), where it stages files for its jobs."""
+    return out / STEP_SCRATCH / name
 
 
 @dataclass(frozen=True)

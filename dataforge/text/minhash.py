@@ -217,17 +217,30 @@ def candidate_pairs_of_keys(
     live = np.ascontiguousarray(live, dtype=bool)
     if live.sum() < 2:
         return np.zeros((0, 2), dtype=np.int64)
-    members = np.arange(n, dtype=np.int64)
-    codes = []
-    for band in range(bands):  # one band's heads at a time: n × 8 bytes, not n × bands × 8
-        heads = np.empty((n, 1), dtype=np.int64)
-        _kernels.band_heads(np.ascontiguousarray(keys[:, band : band + 1]), n, 1, rank, live.view(np.uint8), heads)
-        linked = (heads[:, 0] >= 0) & (heads[:, 0] != members)
-        codes.append(np.unique(heads[linked, 0] * n + members[linked]))
-        if within > 2:
-            codes.append(_pairs_within_buckets(heads, linked[:, None], rank, within, n))
+    # one band's heads at a time: n × 8 bytes, not n × bands × 8
+    codes = [band_pairs(keys[:, band], rank, live, within) for band in range(bands)]
     code = np.unique(np.concatenate(codes))
     return np.column_stack([code // n, code % n]).astype(np.int64)
+
+
+def band_pairs(keys: np.ndarray, rank: np.ndarray, live: np.ndarray, within: int = 0) -> np.ndarray:
+    """The candidate pairs of one band of ``m`` rows (``keys``: their key in that band) as sorted
+    codes head × m + member: each bucket's live members linked to its member of smallest ``rank``
+    and, in buckets of at most ``within`` members, every pair of members (better-ranked first).
+    What ``candidate_pairs_of_keys`` runs for each band, and ``lsh_buckets`` for each bucket's
+    file of a band (its rows numbered 0..m-1)."""
+    m = len(keys)
+    heads = np.empty((m, 1), dtype=np.int64)
+    rank = np.ascontiguousarray(rank, dtype=np.int64)
+    live = np.ascontiguousarray(live, dtype=bool)
+    column = np.ascontiguousarray(keys, dtype=np.uint64).reshape(m, 1)
+    _kernels.band_heads(column, m, 1, rank, live.view(np.uint8), heads)
+    members = np.arange(m, dtype=np.int64)
+    linked = (heads[:, 0] >= 0) & (heads[:, 0] != members)
+    codes = [heads[linked, 0] * m + members[linked]]
+    if within > 2:
+        codes.append(_pairs_within_buckets(heads, linked[:, None], rank, within, m))
+    return np.unique(np.concatenate(codes))
 
 
 def _pairs_within_buckets(heads: np.ndarray, linked: np.ndarray, rank: np.ndarray, within: int, n: int) -> np.ndarray:
