@@ -3,7 +3,10 @@
 
 from __future__ import annotations
 
-import polars as pl
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # polars only for the step that writes the format: graders (GRPO rewards) run without it
+    import polars as pl
 
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 ANSWER_OPEN, ANSWER_CLOSE = "<answer>", "</answer>"
@@ -12,6 +15,8 @@ REASONING_RE = r"(?s)^\s*<think>(.*?)</think>\s*<answer>(.*?)</answer>\s*$"
 
 def reasoning_expr(think: pl.Expr, answer: pl.Expr) -> pl.Expr:
     """``<think>\\n{think}\\n</think>\\n<answer>{answer}</answer>`` as a polars expression."""
+    import polars as pl
+
     return pl.concat_str(
         pl.lit(THINK_OPEN + "\n"), think, pl.lit("\n" + THINK_CLOSE + "\n" + ANSWER_OPEN), answer, pl.lit(ANSWER_CLOSE)
     )

@@ -225,3 +225,24 @@ def test_trace_goes_from_a_model_back_to_its_build(data, tiny_lm, tmp_path, caps
     assert "rebuilt since training" in text and "lineage" in text and "missing" in text
     assert main(["trace", str(tmp_path)]) == 1
     assert "no dataforge_provenance.json" in capsys.readouterr().err
+
+
+def test_grpo_rewards_load_without_the_build_dependencies():
+    """A training machine has TRL but not necessarily polars, duckdb or datasketch: the GRPO rewards
+    (dataforge graders) must load without them. On the GPU machine they did not: the `reasoning`
+    module imported polars at the top, and GRPO failed before training."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; sys.modules.update(polars=None, duckdb=None, datasketch=None)\n"
+        "from trainers import TrainConfig\n"
+        "from trainers.run import reward_functions\n"
+        "funcs, weights, columns = reward_functions(TrainConfig())\n"
+        "done = '<think>2+2</think><answer>4</answer>'\n"
+        "print(funcs[0](prompts=['q'], completions=[done], answer=['4']), weights, columns)\n"
+    )
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=False)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[1.0] [1.0, 0.2] ['answer']"
