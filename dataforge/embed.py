@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from dataforge.blas import product
 from dataforge.errors import DataError, RecipeError
 
 if TYPE_CHECKING:
@@ -184,6 +185,8 @@ def cosine_pairs(
     same computation as here, so the pairs and cosines are too."""
     other = a if b is None else b
     files = [getattr(x, "filename", None) for x in (a, other)]
+    if not other.flags.c_contiguous:  # once here, not for every chunk's product (blas.product)
+        other = np.ascontiguousarray(other)
     if mapper is None or None in files or len(a) <= SEARCH_ROWS:
         found = [_search_rows(a, other, b is None, threshold, chunk, (0, len(a)))]
     else:
@@ -199,7 +202,7 @@ def _search_rows(
     ``start`` (``within``: ``other`` is ``a``, pairs i < j)."""
     found, scores = [np.zeros((0, 2), dtype=np.int64)], [np.zeros(0)]
     for s in range(rows[0], rows[1], chunk):
-        sims = np.asarray(a[s : min(s + chunk, rows[1])] @ other.T)
+        sims = product(a[s : min(s + chunk, rows[1])], other.T)
         i, j = np.nonzero(sims >= threshold)
         i = i + s
         keep = j > i if within else np.ones(len(i), dtype=bool)

@@ -74,6 +74,7 @@ from typing import Any, Literal
 import numpy as np
 import polars as pl
 
+from dataforge.blas import product
 from dataforge.engine.events import events
 from dataforge.engine.plan import Plan, PlannedStep, Ref
 from dataforge.engine.step import ColumnContractError, Columns, Context, Fields, PlanInfo, StepConfig, StepResult, step
@@ -429,7 +430,7 @@ def _dense_candidates(tv: np.ndarray, ev: np.ndarray, cfg: LeakageConfig) -> pl.
     """(t, e, static): every train row's ``dense_top_k`` eval items by the cosine of their static
     vectors (``_static_vectors``), kept at ≥ ``dense_min``: the recall stage no rewording
     defeats, cheap enough to run on every row."""
-    found = _top_k(lambda a, b: tv[a:b] @ ev.T, len(tv), len(ev), cfg.dense_top_k, cfg.dense_min)
+    found = _top_k(lambda a, b: product(tv[a:b], ev.T), len(tv), len(ev), cfg.dense_top_k, cfg.dense_min)
     # rounded: a float32 product's last bits depend on the block shape, the decisions must not
     return found.select("t", "e", pl.col("score").round(STATIC_DIGITS).alias("static"))
 
