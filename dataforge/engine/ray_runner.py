@@ -24,7 +24,9 @@ What runs where:
   driver files the band keys tasks give back by bucket, a batch at a time, in the scratch
   folder); ``dedup.semantic``'s exact search, as one task per ``embed.SEARCH_ROWS`` rows reading
   the vectors the driver wrote to the scratch folder. What tasks give back (hashes, pair codes,
-  scores) is combined in the driver, where components are found and the kept rows chosen.
+  scores) is combined in the driver, where the kept rows are chosen; the split's connected
+  components are found in tasks (``divided_components``: a union-find in one task, or root
+  hooking in rounds of a task per edge shard).
 - Sources and steps whose inputs fit in one batch run in the driver, as locally. The export
   writes each file of a split in a task (``export.write_file``), and its audit of each dataset's
   splits divides its work into tasks as ``split.audit`` does; cards and plots are the driver's.

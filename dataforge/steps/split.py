@@ -51,7 +51,8 @@ import numpy as np
 import polars as pl
 from pydantic import field_validator, model_validator
 
-from dataforge.cluster import components, lsh_keys, near_duplicate_pairs_in_batches
+from dataforge.cluster import lsh_keys, near_duplicate_pairs_in_batches
+from dataforge.divided_components import components_of
 from dataforge.engine.events import events
 from dataforge.engine.step import Columns, Context, Fields, PlanInfo, StepConfig, StepResult, require, step
 from dataforge.engine.streaming import key_hashes
@@ -236,10 +237,18 @@ def group_hashes(table: Table, cfg: SplitConfig) -> pl.DataFrame:
     return pl.concat(parts)
 
 
-def units_of(table: Table, df: pl.DataFrame, cfg: SplitConfig, near: np.ndarray | None = None) -> np.ndarray:
+def units_of(
+    table: Table,
+    df: pl.DataFrame,
+    cfg: SplitConfig,
+    near: np.ndarray | None = None,
+    mapper: Mapper | None = None,
+    folder: Path | None = None,
+) -> np.ndarray:
     """Unit label per row of ``table`` (``df``: its ``needed_columns``): rows joined by equal group
     keys (``group_hashes``) and by near-duplicate clusters (``near``: the near-duplicate pairs of
-    ``cluster.fields``, computed by ``cluster_pairs`` when not given)."""
+    ``cluster.fields``, computed by ``cluster_pairs`` when not given). The components are found
+    by ``components_of``: in the executor's jobs (``mapper``, edges staged under ``folder``)."""
     pairs = [np.zeros((0, 2), dtype=np.int64)]
     if cfg.group:
         pairs.append(_link_equal(group_hashes(table, cfg)))
@@ -247,7 +256,7 @@ def units_of(table: Table, df: pl.DataFrame, cfg: SplitConfig, near: np.ndarray 
         pairs.append(_link_equal(df.select(pl.col(cfg.cluster.column).cast(pl.String))))
     elif cfg.cluster and cfg.cluster.fields:
         pairs.append(near if near is not None else cluster_pairs(table, cfg))
-    return components(df.height, np.concatenate(pairs))
+    return components_of(df.height, np.concatenate(pairs), mapper, folder)
 
 
 def cluster_pairs(
@@ -301,14 +310,19 @@ def _cut(u: np.ndarray, fractions: dict[str, float]) -> np.ndarray:
 
 
 def assign(
-    table: Table, df: pl.DataFrame, cfg: SplitConfig, near: np.ndarray | None = None
+    table: Table,
+    df: pl.DataFrame,
+    cfg: SplitConfig,
+    near: np.ndarray | None = None,
+    mapper: Mapper | None = None,
+    folder: Path | None = None,
 ) -> tuple[pl.Series, pl.Series, pl.Series]:
     """(split name, unit size, earlier copy) for every row of ``table`` (``df``: its
-    ``needed_columns``, read whole; ``near`` as in ``units_of``); the last is null except, in a
+    ``needed_columns``, read whole; ``near``, ``mapper``, ``folder`` as in ``units_of``); the last is null except, in a
     time split, for a row dated after its unit's split: the id of the unit's earliest row. The
     group fields are read a batch at a time (twice: hashed to link rows, then for each unit's
     smallest key)."""
-    unit = np.arange(df.height) if cfg.random else units_of(table, df, cfg, near)
+    unit = np.arange(df.height) if cfg.random else units_of(table, df, cfg, near, mapper, folder)
     frame = pl.DataFrame({"unit": unit}).with_row_index("i")
     per_unit = frame.group_by("unit").agg(pl.len().alias("size"))
     names = list(cfg.split_names)
@@ -454,7 +468,7 @@ def split(inputs: dict[str, Table], cfg: SplitConfig, ctx: Context) -> StepResul
         else None
     )
     df = table.select(needed_columns(cfg))
-    which, size, earlier = assign(table, df, cfg, near)
+    which, size, earlier = assign(table, df, cfg, near, ctx.mapper, ctx.scratch_dir)
     late = earlier.is_not_null()
     tables = {name: table.where(((which == name) & ~late).to_numpy()) for name in cfg.split_names}
     detail = pl.select(

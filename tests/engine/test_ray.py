@@ -307,8 +307,11 @@ def test_candidate_pairs_verification_and_export_files_run_in_ray_tasks_with_the
     rows are more than a block — a task per block stages the texts in the build folder, a task
     per block compares its pairs; the export writes each file of a split in a task of its own.
     With key buckets of about 100 rows and blocks of 16 on Ray, against held keys and one block
-    locally (files of 150 rows in both): the same datasets and decisions, no staged file left."""
+    locally (files of 150 rows in both): the same datasets and decisions, no staged file left.
+    The split's components are found on Ray too: with edge shards of 40, by root hooking in rounds
+    of a task per shard (``divided_components``), against the union-find in the local driver."""
     import dataforge.cluster
+    import dataforge.divided_components
     import dataforge.export
     import dataforge.lsh_buckets
     from dataforge.lineage import open_read
@@ -335,7 +338,10 @@ def test_candidate_pairs_verification_and_export_files_run_in_ray_tasks_with_the
     rounds = _recorded_maps(monkeypatch)
     monkeypatch.setattr(dataforge.cluster, "VERIFY_ROWS", 16)
     monkeypatch.setattr(dataforge.lsh_buckets, "KEY_ROWS", 100)  # band keys filed in buckets of ~100 rows
+    monkeypatch.setattr(dataforge.divided_components, "EDGE_ROWS", 40)  # the split's ~150 edges in shards of 40
     on_ray = build(recipe, tmp_path / "ray", show_progress=False, batch_rows=200, executor="ray")
+    hooked = [jobs for step, fn, jobs in rounds if step == "split" and fn == "_hooks"]
+    assert len(hooked) >= 2 and set(hooked) == {hooked[0]} and hooked[0] >= 3, rounds  # rounds till converged
     for name in ("near", "split", "audit", "export"):  # the export: the card's split audit
         compared = [jobs for step, fn, jobs in rounds if step == name and fn == "_compare_block"]
         staged = [jobs for step, fn, jobs in rounds if step == name and fn == "_stage_texts"]
