@@ -158,7 +158,8 @@ def train_one(kind: str, data: Path, model: Path, out: Path, **cfg: Any) -> dict
 def generation(model: Path, prompts: list[str], max_tokens: int, batch: int, rounds: int = 2) -> dict[str, Any]:
     """The same chat requests through ``TransformersBackend.generate`` and through ``model.generate``
     directly (same batches, sampling at temperature 1), alternated ``rounds`` times after a warm-up
-    of each, so clock and cache effects fall on both alike."""
+    of each, the backend first in even rounds and second in odd ones, so clock and cache effects
+    fall on both alike."""
     import torch
 
     from dataforge.llm.base import Request
@@ -195,20 +196,36 @@ def generation(model: Path, prompts: list[str], max_tokens: int, batch: int, rou
                 )
         return n
 
-    def timed(fn: Any, arg: Any) -> tuple[float, int]:
+    inside = [0.0]  # seconds inside model.generate, which both call: the rest is each one's own work
+    real_generate = m.generate
+
+    def generate_timed(*args: Any, **kwargs: Any) -> Any:
         _cuda().synchronize()
         t = time.perf_counter()
+        out = real_generate(*args, **kwargs)
+        _cuda().synchronize()
+        inside[0] += time.perf_counter() - t
+        return out
+
+    m.generate = generate_timed
+
+    def timed(fn: Any, arg: Any) -> tuple[float, float, int]:
+        _cuda().synchronize()
+        inside[0], t = 0.0, time.perf_counter()
         n = fn(arg)
         _cuda().synchronize()
-        return time.perf_counter() - t, n
+        return time.perf_counter() - t, inside[0], n
 
     ours(requests[:batch]), raw(texts[:batch])  # warm-up
     times: dict[str, list[float]] = {"backend": [], "raw": []}
+    in_generate: dict[str, list[float]] = {"backend": [], "raw": []}
     tokens: dict[str, int] = {"backend": 0, "raw": 0}
-    for _ in range(rounds):
-        for name, fn, arg in (("backend", ours, requests), ("raw", raw, texts)):
-            sec, n = timed(fn, arg)
+    both = [("backend", ours, requests), ("raw", raw, texts)]
+    for r in range(rounds):
+        for name, fn, arg in both if r % 2 == 0 else both[::-1]:  # which goes first alternates
+            sec, gen_s, n = timed(fn, arg)
             times[name].append(round(sec, 2))
+            in_generate[name].append(round(gen_s, 2))
             tokens[name] += n
     total = {k: sum(v) for k, v in times.items()}
     return {
@@ -218,6 +235,7 @@ def generation(model: Path, prompts: list[str], max_tokens: int, batch: int, rou
         "max_tokens": max_tokens,
         "batch": batch,
         "rounds_s": times,
+        "inside_model_generate_s": in_generate,
         "tokens": tokens,
         "backend_tokens_per_s": round(tokens["backend"] / total["backend"], 1),
         "raw_tokens_per_s": round(tokens["raw"] / total["raw"], 1),
@@ -225,7 +243,7 @@ def generation(model: Path, prompts: list[str], max_tokens: int, batch: int, rou
     }
 
 
-def run(folder: Path, out: Path, steps: int, shape: dict[str, int], only: list[str]) -> None:
+def run(folder: Path, out: Path, steps: int, shape: dict[str, int], only: list[str], rounds: int = 2) -> None:
     import torch
 
     results: dict[str, Any] = {
@@ -276,7 +294,7 @@ def run(folder: Path, out: Path, steps: int, shape: dict[str, int], only: list[s
         from datasets import load_from_disk
 
         prompts = [r["prompt"][-1]["content"] for r in load_from_disk(str(data / "grpo"))["train"].select(range(64))]
-        results["generation"] = generation(work / "model", prompts, 128, 16)
+        results["generation"] = generation(work / "model", prompts, 128, 16, rounds)
         print(json.dumps(results["generation"]), flush=True)
     except Exception:
         results["errors"].append(f"generation: {traceback.format_exc()}")
@@ -294,6 +312,7 @@ def main() -> None:
     r.add_argument("folder", type=Path)
     r.add_argument("--out", type=Path, required=True)
     r.add_argument("--steps", type=int, default=40)
+    r.add_argument("--rounds", type=int, default=2, help="generation: alternated rounds of backend and raw")
     r.add_argument("--only", default="", help="comma-separated run names (sft_full, …, generation); default all")
     r.add_argument("--tiny", action="store_true", help="a 2-layer hidden-64 model: a dry run of the script on CPU")
     args = ap.parse_args()
@@ -308,7 +327,14 @@ def main() -> None:
             "num_key_value_heads": 2,
             "max_position_embeddings": 2048,
         }
-        run(args.folder, args.out, args.steps, tiny if args.tiny else SHAPE, [n for n in args.only.split(",") if n])
+        run(
+            args.folder,
+            args.out,
+            args.steps,
+            tiny if args.tiny else SHAPE,
+            [n for n in args.only.split(",") if n],
+            args.rounds,
+        )
 
 
 if __name__ == "__main__":
