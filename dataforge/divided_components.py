@@ -62,6 +62,9 @@ def _union_find(n: int, path: str) -> np.ndarray:
 
 
 def _propagated(n: int, paths: list[str], mapper: Mapper, roots_path: str) -> np.ndarray:
+    """The labels of ``n`` nodes linked by the edge shards in ``paths``, by root hooking in rounds
+    of a ``_hooks`` job per shard (the module doc); the roots each round reads are written to
+    ``roots_path``."""
     parent = np.arange(n, dtype=np.int64)
     while True:
         np.save(roots_path, parent)
