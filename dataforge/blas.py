@@ -28,11 +28,11 @@ def _controller() -> Any:
 
 def product(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """``a @ b`` computed by BLAS on one thread (see the module doc)."""
-    a, b = _blas_ready(a), _blas_ready(b)
+    a, b = ready(a), ready(b)
     with _controller().limit(limits=1, user_api="blas"):
         return np.asarray(a @ b)
 
 
-def _blas_ready(x: np.ndarray) -> np.ndarray:
+def ready(x: np.ndarray) -> np.ndarray:
     """``x`` itself where BLAS takes it (C- or Fortran-ordered), else a C-ordered copy."""
     return x if x.flags.c_contiguous or x.flags.f_contiguous else np.ascontiguousarray(x)

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from dataforge.blas import product
+from dataforge.blas import product, ready
 from dataforge.errors import DataError, RecipeError
 
 if TYPE_CHECKING:
@@ -185,8 +185,7 @@ def cosine_pairs(
     same computation as here, so the pairs and cosines are too."""
     other = a if b is None else b
     files = [getattr(x, "filename", None) for x in (a, other)]
-    if not other.flags.c_contiguous:  # once here, not for every chunk's product (blas.product)
-        other = np.ascontiguousarray(other)
+    other = ready(other)  # once here, not for every chunk's product
     if mapper is None or None in files or len(a) <= SEARCH_ROWS:
         found = [_search_rows(a, other, b is None, threshold, chunk, (0, len(a)))]
     else:

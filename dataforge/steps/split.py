@@ -310,19 +310,12 @@ def _cut(u: np.ndarray, fractions: dict[str, float]) -> np.ndarray:
 
 
 def assign(
-    table: Table,
-    df: pl.DataFrame,
-    cfg: SplitConfig,
-    near: np.ndarray | None = None,
-    mapper: Mapper | None = None,
-    folder: Path | None = None,
+    table: Table, df: pl.DataFrame, cfg: SplitConfig, unit: np.ndarray
 ) -> tuple[pl.Series, pl.Series, pl.Series]:
     """(split name, unit size, earlier copy) for every row of ``table`` (``df``: its
-    ``needed_columns``, read whole; ``near``, ``mapper``, ``folder`` as in ``units_of``); the last is null except, in a
-    time split, for a row dated after its unit's split: the id of the unit's earliest row. The
-    group fields are read a batch at a time (twice: hashed to link rows, then for each unit's
-    smallest key)."""
-    unit = np.arange(df.height) if cfg.random else units_of(table, df, cfg, near, mapper, folder)
+    ``needed_columns``, read whole; ``unit``: each row's unit, from ``units_of``, or its own
+    position in a random split); the last is null except, in a time split, for a row dated after
+    its unit's split: the id of the unit's earliest row."""
     frame = pl.DataFrame({"unit": unit}).with_row_index("i")
     per_unit = frame.group_by("unit").agg(pl.len().alias("size"))
     names = list(cfg.split_names)
@@ -468,7 +461,8 @@ def split(inputs: dict[str, Table], cfg: SplitConfig, ctx: Context) -> StepResul
         else None
     )
     df = table.select(needed_columns(cfg))
-    which, size, earlier = assign(table, df, cfg, near, ctx.mapper, ctx.scratch_dir)
+    unit = np.arange(df.height) if cfg.random else units_of(table, df, cfg, near, ctx.mapper, ctx.scratch_dir)
+    which, size, earlier = assign(table, df, cfg, unit)
     late = earlier.is_not_null()
     tables = {name: table.where(((which == name) & ~late).to_numpy()) for name in cfg.split_names}
     detail = pl.select(
