@@ -67,7 +67,8 @@ def cmd_build(args: argparse.Namespace) -> int:
         batch_rows=args.batch_rows,
         executor=args.executor,
     )
-    table = Table(title=f"build {report.run_id} → {report.out}")
+    where = report.out if report.published is None else report.published.split("?", 1)[0]
+    table = Table(title=f"build {report.run_id} → {where}")
     for col in ("step", "kind", "rows in", "rows out", "dropped", "flagged", "seconds", "rows/s", "cached"):
         table.add_column(col, justify="right" if col in ("rows in", "rows out", "seconds", "rows/s") else "left")
     for s in report.steps:
@@ -90,7 +91,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         ds_table.add_column(col)
     for name, splits in report.datasets.items():
         for split, rows in splits.items():
-            ds_table.add_row(name, split, f"{rows:,}", str(report.out / "datasets" / name))
+            ds_table.add_row(name, split, f"{rows:,}", f"{where}/datasets/{name}")
     out_console.print(ds_table)
     if report.executed:
         out_console.print(
@@ -101,7 +102,14 @@ def cmd_build(args: argparse.Namespace) -> int:
     if report.cluster is not None:
         tasks = ", ".join(f"{kind} {n:,}" for kind, n in report.tasks.items()) or "none"
         out_console.print(f"Ray cluster {report.cluster}: tasks run by kind: {tasks}")
-    out_console.print(f"report: {report.out / 'report.html'}")
+    copy = f" (and {report.out / 'report.html'})" if report.published else ""
+    out_console.print(f"report: {where}/report.html{copy}")
+    if report.published is not None and report.sent is not None:
+        sent = report.sent
+        out_console.print(
+            f"published to {report.published}: {sent.copied:,} file(s) sent ({sent.nbytes / 1e6:,.1f} MB), "
+            f"{sent.unchanged:,} already there, {sent.deleted:,} deleted (staging folder {report.out})"
+        )
     return 0
 
 
@@ -157,9 +165,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_why(args: argparse.Namespace) -> int:
+    from dataforge.engine.remote import readable
     from dataforge.why import describe_event, row_history
 
-    h = row_history(args.out, args.row_id)
+    h = row_history(readable(args.out, err_console), args.row_id)
     if args.json:
         out_console.print_json(json.dumps(h.__dict__, default=str))
         return 0
@@ -194,9 +203,10 @@ def cmd_why(args: argparse.Namespace) -> int:
 def cmd_query(args: argparse.Namespace) -> int:
     import duckdb
 
+    from dataforge.engine.remote import readable
     from dataforge.lineage import check_read_only, open_read
 
-    con = open_read(Path(args.out))
+    con = open_read(readable(args.out, err_console))
     check_read_only(con, args.sql)
     try:
         cur = con.execute(args.sql)
@@ -355,7 +365,7 @@ def make_parser() -> argparse.ArgumentParser:
         "export its datasets.",
     )
     b.add_argument("recipe", help="the recipe YAML file")
-    b.add_argument("--out", default="build", type=_folder("the build folder"), help="build directory (default: build/)")
+    b.add_argument("--out", default="build", type=_folder("the build folder", uri=True), help=OUT_HELP)
     b.add_argument(
         "--force", action="append", metavar="STEP", help="re-execute STEP and every step downstream of it (repeatable)"
     )
@@ -409,7 +419,7 @@ def make_parser() -> argparse.ArgumentParser:
         description="Print a row's source, every step that touched it, its fate with reason, score and related row.",
     )
     w.add_argument("row_id", help="a row id (the _id column), e.g. gsm8k_train:17")
-    w.add_argument("--out", default="build", type=_folder("the build folder"), help="build directory (default: build/)")
+    w.add_argument("--out", default="build", type=_folder("the build folder", uri=True), help=OUT_HELP)
     w.add_argument("--json", action="store_true", help="print the history as JSON")
     w.set_defaults(fn=cmd_why)
 
@@ -423,7 +433,7 @@ def make_parser() -> argparse.ArgumentParser:
         "over the exported datasets.",
     )
     q.add_argument("sql", help="the SQL query")
-    q.add_argument("--out", default="build", type=_folder("the build folder"), help="build directory (default: build/)")
+    q.add_argument("--out", default="build", type=_folder("the build folder", uri=True), help=OUT_HELP)
     q.add_argument("--format", choices=("table", "csv", "json"), default="table", help="output format (default: table)")
     q.add_argument("--limit", type=int, default=0, help="print at most this many rows (default: all)")
     q.set_defaults(fn=cmd_query)
@@ -496,12 +506,22 @@ def _terminate(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
-def _folder(what: str) -> Callable[[str], Path]:
-    """An argparse type: a folder path, a URI refused (``store.local_folder``) as a usage error."""
-    from dataforge.engine.store import local_folder
+OUT_HELP = (
+    "build directory, or an object-store URI (s3://bucket/prefix, gs://…) the build is published to from a local "
+    "staging folder (default: build/)"
+)
 
-    def parse(value: str) -> Path:
+
+def _folder(what: str, uri: bool = False) -> Callable[[str], Path | str]:
+    """An argparse type: a folder path; a URI (``scheme://…``) kept as it is with ``uri`` (the
+    commands that take an object-store build, ``engine.remote``), else refused
+    (``store.local_folder``) as a usage error."""
+    from dataforge.engine.store import is_uri, local_folder
+
+    def parse(value: str) -> Path | str:
         try:
+            if uri and is_uri(value):
+                return value
             return local_folder(value, what)
         except DataforgeError as exc:
             raise argparse.ArgumentTypeError(str(exc)) from None

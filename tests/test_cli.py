@@ -159,17 +159,18 @@ def test_text_is_printed_literally(qa, capsys):
 @pytest.mark.parametrize(
     "argv",
     [
-        ["build", "RECIPE", "--out", "s3://bucket/build"],
         ["plan", "RECIPE", "--out", "gs://bucket/build"],
-        ["query", "--out", "s3://bucket/build", "SELECT 1"],
+        ["report", "--out", "s3://bucket/build"],
         ["export", "--hub", "s3://bucket/hub", "--out", "OUT"],
     ],
 )
 def test_an_object_store_uri_as_a_folder_is_refused_naming_it_and_makes_no_folder(
     argv, qa, tmp_path, monkeypatch, capsys
 ):
-    """A URI given for a folder (``s3://…``, ``gs://…``) is a usage error naming the option and the
-    URI; before, ``build`` made a local folder named ``s3:`` and failed in DuckDB."""
+    """A URI given for a folder (``s3://…``, ``gs://…``) where a command takes only a folder is a
+    usage error naming the option, the URI and the commands that take one (``build``, ``query``,
+    ``why``: tests/engine/test_remote.py); before, ``build`` made a local folder named ``s3:`` and
+    failed in DuckDB."""
     ws, recipe = qa
     (tmp_path / "cwd").mkdir()
     monkeypatch.chdir(tmp_path / "cwd")
@@ -180,16 +181,5 @@ def test_an_object_store_uri_as_a_folder_is_refused_naming_it_and_makes_no_folde
     uri = next(a for a in argv if "://" in a)
     err = capsys.readouterr().err
     assert f"{uri}: a URI is not supported" in err and ("argument --out" in err or "argument --hub" in err)
-    assert list((tmp_path / "cwd").iterdir()) == []
-
-
-def test_the_build_function_refuses_a_uri_too(qa, tmp_path, monkeypatch):
-    from dataforge.engine.runner import build
-    from dataforge.errors import OutputDirError
-
-    _, recipe = qa
-    (tmp_path / "cwd").mkdir()
-    monkeypatch.chdir(tmp_path / "cwd")
-    with pytest.raises(OutputDirError, match=r"s3://bucket/b: a URI is not supported as the build folder"):
-        build(recipe, "s3://bucket/b", show_progress=False)
+    assert "`dataforge build`, `query` and `why` take an object-store URI" in err.replace("\n", "")
     assert list((tmp_path / "cwd").iterdir()) == []

@@ -41,7 +41,9 @@ error (bad data, a failing step) is not retried and fails the build naming the s
 A killed driver leaves the finished artifacts, which the next build reuses.
 
 Every path a task reads or writes is under the build folder or the recipe's folder: on a cluster
-they must be on storage every node mounts (object-store URIs are not supported yet). Buckets and
+they must be on storage every node mounts (with ``--out s3://…`` the build folder is the local
+staging folder ``engine.remote`` publishes from, so on several nodes ``$DATAFORGE_STAGING`` must
+be such a path: tasks do not write to the store). Buckets and
 the hashes tasks give back are ``streaming.key_hashes`` (XXH3-128 of the key's text), the same on
 every node whatever its CPU or its build of polars.
 """

@@ -37,8 +37,9 @@ from dataforge.engine.events import concat_edges, concat_events
 from dataforge.engine.lock import BuildLock
 from dataforge.engine.plan import Plan, PlannedStep, Ref, plan_recipe
 from dataforge.engine.progress import StepProgress, make_progress
+from dataforge.engine.remote import RemoteBuild, Synced
 from dataforge.engine.step import Context, StepResult
-from dataforge.engine.store import SCRATCH, STEP_SCRATCH, Store, local_folder, output_path, step_scratch
+from dataforge.engine.store import SCRATCH, STEP_SCRATCH, Store, is_uri, output_path, step_scratch
 from dataforge.engine.streaming import (
     BUCKET,
     POSITION,
@@ -86,6 +87,8 @@ class BuildReport:
     staged: dict[str, int] = field(default_factory=dict)  # bytes staged for jobs (texts, keys, vectors), by step
     rounds: dict[str, int] = field(default_factory=dict)  # rounds of map tasks a global step ran, by step (Ray)
     cluster: str | None = None  # the Ray cluster's address (GCS) where the build ran on Ray
+    published: str | None = None  # the object-store URI the build was published to (``engine.remote``)
+    sent: Synced | None = None  # what publishing it copied
 
     @property
     def executed(self) -> list[str]:
@@ -121,9 +124,12 @@ def build(
     ``batch_rows``: rows per batch of a streamed step (``engine.streaming``; default
     ``$DATAFORGE_BATCH_ROWS`` or 100,000; 0: every step on whole tables). It changes no output.
     ``executor``: ``local`` or ``ray`` (``engine.ray_runner``; default ``executor_setting``); it
-    changes no output either."""
+    changes no output either.
+
+    ``out`` may be an object-store URI (``s3://bucket/prefix``, ``gs://…``): the build runs in
+    its local staging folder, brought up to date from the store first, and is published to the
+    store when it succeeds (``engine.remote``)."""
     started = time.perf_counter()
-    out = local_folder(out)
     plan = plan_recipe(recipe_path, models, settings)
     planned = time.perf_counter() - started
     rows = batch_rows_setting(batch_rows)
@@ -132,9 +138,27 @@ def build(
         from dataforge.engine.ray_runner import RayRunner
 
         runner_class = RayRunner
-    runner = runner_class(plan, Path(out), console=console, show_progress=show_progress, verify=verify, batch_rows=rows)
-    report = runner.run(force, wait=wait)
-    report.timings["plan"] = planned
+
+    def run(folder: Path) -> BuildReport:
+        runner = runner_class(
+            plan, folder, console=console, show_progress=show_progress, verify=verify, batch_rows=rows
+        )
+        report = runner.run(force, wait=wait)
+        report.timings["plan"] = planned
+        return report
+
+    if not is_uri(out):
+        return run(Path(out))
+    remote = RemoteBuild(str(out))
+    bars = console if show_progress else None
+    with remote.held(wait):
+        remote.pull(bars)
+        remote.probe()
+        report = run(remote.local)
+        sent_at = time.perf_counter()
+        report.sent = remote.publish(report.run_id, bars)
+    report.timings["publish"] = time.perf_counter() - sent_at
+    report.published = remote.uri
     return report
 
 

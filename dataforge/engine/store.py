@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import uuid
 from collections.abc import Callable, Iterator
@@ -47,19 +48,24 @@ from dataforge.engine.lock import LOCK_NAME
 from dataforge.engine.step import StepResult
 from dataforge.errors import OutputDirError
 
+_URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def is_uri(value: str | Path) -> bool:
+    """Whether ``value`` is a URI (``scheme://…``) rather than a folder path."""
+    return bool(_URI.match(str(value)))
+
 
 def local_folder(value: str | Path, what: str = "the build folder") -> Path:
     """``value`` as a folder path, refusing an object-store or other URI (``s3://…``, ``gs://…``,
     ``file://…``), which would otherwise become a local folder named ``s3:``: builds, reports and
     lineage are written to a path (on a Ray cluster, one every node mounts). ``what``: what the
     folder is, for the error."""
-    import re
-
     text = str(value)
-    if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", text):
+    if is_uri(text):
         raise OutputDirError(
-            f"{text}: a URI is not supported as {what}; give a folder path (on a Ray cluster, one every "
-            "node mounts). Writing to object stores (s3://, gs://) is not implemented yet."
+            f"{text}: a URI is not supported as {what} here; give a folder path (on a Ray cluster, one every "
+            "node mounts). `dataforge build`, `query` and `why` take an object-store URI (s3://, gs://) as --out."
         )
     return Path(value)
 

@@ -1,0 +1,301 @@
+"""Builds published to an object store: ``--out s3://bucket/prefix`` (or ``gs://…``, or any URI a
+pyarrow filesystem opens, e.g. ``s3://bucket/prefix?endpoint_override=host:port&scheme=http``).
+
+A build runs in a local *staging folder*, which is a build folder like any other, and then
+*publishes* it: every file of the staging folder goes up (those the store already holds unchanged
+are skipped), files the store holds and the folder no longer does are deleted, and last a manifest,
+``.dataforge-published.json``, names each file with its size and the run. The manifest is deleted
+before a publish starts, so a prefix without one is a publish in progress or one that stopped
+midway, never a finished build that looks complete.
+
+Readers (``dataforge query``, ``dataforge why``) and a build on a machine whose staging folder is
+missing or older than the store's copy first bring the published build down into the staging
+folder; a build there reuses every artifact, as one in a local folder does (artifacts are checked
+against the lineage before reuse).
+
+What it is not: steps and Ray tasks do not write to the store themselves, they write to the staging
+folder; on a Ray cluster of several nodes that folder must be on a path every node mounts
+(``$DATAFORGE_STAGING``). The build lock is the staging folder's, so two machines building into
+one URI at the same time are not kept apart.
+
+Staging folder: ``$DATAFORGE_STAGING/<key>``, else ``$XDG_CACHE_HOME/dataforge/staging/<key>``
+(``~/.cache/…``), where ``<key>`` is derived from the URI without its query string.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn, TransferSpeedColumn
+
+from dataforge.engine.lock import LOCK_NAME, BuildLockedError, file_lock
+from dataforge.engine.store import MARKER, SCRATCH, STEP_SCRATCH, is_uri
+from dataforge.errors import DataforgeError, OutputDirError
+
+MANIFEST = ".dataforge-published.json"  # in the store, written last by a publish
+LOCAL_ONLY = {SCRATCH, STEP_SCRATCH, LOCK_NAME}  # top-level names of the staging folder never published
+STAGING_ENV = "DATAFORGE_STAGING"
+_CHUNK = 8 << 20
+
+
+def staging_folder(uri: str) -> Path:
+    """The local staging folder of the build published at ``uri`` (see the module doc)."""
+    bare = uri.split("?", 1)[0].rstrip("/")
+    tail = re.sub(r"[^A-Za-z0-9._-]+", "_", bare.split("://", 1)[1])[-48:]
+    key = f"{tail}-{hashlib.sha256(bare.encode()).hexdigest()[:12]}"
+    base = os.environ.get(STAGING_ENV) or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / (
+        "dataforge/staging"
+    )
+    return Path(base) / key
+
+
+@dataclass
+class Synced:
+    """What one pull or publish moved: files and bytes copied, files deleted, files left as they were."""
+
+    copied: int = 0
+    nbytes: int = 0
+    deleted: int = 0
+    unchanged: int = 0
+
+
+class RemoteBuild:
+    """The build published at ``uri``, and its local staging folder ``local``."""
+
+    def __init__(self, uri: str, local: Path | None = None):
+        import pyarrow.fs as pafs
+
+        self.uri = uri
+        self.local = Path(local) if local is not None else staging_folder(uri)
+        self.state_file = self.local.with_name(self.local.name + ".published.json")  # what it last sent or got
+        self.sync_lock = self.local.with_name(self.local.name + ".lock")  # one build or pull of the URI at a time
+        try:
+            self.fs, root = pafs.FileSystem.from_uri(uri)
+        except Exception as exc:  # pyarrow raises ArrowInvalid, ArrowNotImplementedError, OSError
+            raise OutputDirError(f"{uri}: cannot open it as a filesystem URI: {exc}") from None
+        self.root = root.rstrip("/")
+        if not self.root or ("/" not in self.root and uri.startswith(("s3://", "gs://", "gcs://"))):
+            raise OutputDirError(f"{uri}: give a prefix inside the bucket (s3://bucket/builds/NAME), not a bucket")
+
+    def _remote(self, what: str, fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(*args)`` against the store; its errors (credentials, a missing bucket, the network)
+        raised as an ``OutputDirError`` naming the URI and what was being done."""
+        try:
+            return fn(*args)
+        except OSError as exc:
+            raise OutputDirError(f"{self.uri}: {what} failed: {exc}") from None
+
+    def remote_files(self) -> dict[str, int]:
+        """Every file under the prefix: its path relative to the prefix → its size."""
+        import pyarrow.fs as pafs
+
+        selector = pafs.FileSelector(self.root, recursive=True, allow_not_found=True)
+        infos = self._remote("listing the prefix", self.fs.get_file_info, selector)
+        return {i.path[len(self.root) + 1 :]: i.size for i in infos if i.type == pafs.FileType.File}
+
+    def manifest(self, files: dict[str, int]) -> dict[str, Any] | None:
+        if MANIFEST not in files:
+            return None
+        with self._remote("reading the manifest", self.fs.open_input_stream, f"{self.root}/{MANIFEST}") as f:
+            return json.loads(f.read())
+
+    def _state(self) -> dict[str, Any]:
+        try:
+            return json.loads(self.state_file.read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def _save_state(self, publish_id: str | None, files: dict[str, int]) -> None:
+        stats = {rel: _stat(self.local / rel) for rel in files}
+        text = json.dumps({"uri": self.uri.split("?", 1)[0], "publish_id": publish_id, "files": stats})
+        tmp = self.state_file.with_name(f".{self.state_file.name}.{uuid.uuid4().hex[:8]}")
+        tmp.write_text(text)
+        os.replace(tmp, self.state_file)
+
+    def local_files(self) -> dict[str, int]:
+        """Every file of the staging folder that a publish sends: relative path → size."""
+        found = {}
+        if not self.local.exists():
+            return found
+        for top in self.local.iterdir():
+            if top.name in LOCAL_ONLY:
+                continue
+            for path in [top] if top.is_file() else sorted(p for p in top.rglob("*") if p.is_file()):
+                found[path.relative_to(self.local).as_posix()] = path.stat().st_size
+        return found
+
+    @contextmanager
+    def held(self, wait: bool = True) -> Iterator[Path]:
+        """Hold the staging folder's sync lock for the block: one build or pull of this URI on this
+        machine at a time. Held by another process: wait for it with ``wait``, else raise
+        ``BuildLockedError``. Yields the staging folder."""
+        self.local.mkdir(parents=True, exist_ok=True)
+        try:
+            lock = file_lock(self.sync_lock, timeout=24 * 3600.0 if wait else 0.0)
+            lock.__enter__()
+        except DataforgeError:
+            raise BuildLockedError(
+                f"{self.uri}: another build or reader on this machine is using its staging folder {self.local} "
+                "(pass --wait to wait for it)"
+            ) from None
+        try:
+            yield self.local
+        finally:
+            lock.__exit__(None, None, None)
+
+    def pull(self, console: Console | None = None) -> Synced:
+        """Bring the published build down into the staging folder, unless the folder already holds
+        what was last published (or is the newer copy: its own publish stopped midway). Refuses a
+        prefix that holds files dataforge did not write. Call it inside ``held``."""
+        files = self.remote_files()
+        manifest = self.manifest(files)
+        state = self._state()
+        if manifest is None:
+            if not files:
+                return Synced()
+            if MARKER not in files:
+                shown = ", ".join(sorted(files)[:3])
+                raise OutputDirError(
+                    f"{self.uri} holds files dataforge did not write ({shown}…); give an empty prefix or one "
+                    "a dataforge build was published to"
+                )
+            if state.get("uri") == self.uri.split("?", 1)[0]:
+                return Synced()  # this folder's own publish stopped midway: the folder is the newer copy
+        elif state.get("publish_id") == manifest["publish_id"]:
+            return Synced(unchanged=len(files))
+        wanted = {rel: size for rel, size in files.items() if rel != MANIFEST}
+        done = Synced()
+        have = self.local_files()
+        for rel in set(have) - set(wanted):
+            (self.local / rel).unlink()
+            done.deleted += 1
+        todo = []
+        for rel, size in wanted.items():
+            immutable = rel.startswith("artifacts/")  # written once under its fingerprint, renamed into place
+            if immutable and have.get(rel) == size:
+                done.unchanged += 1
+            else:
+                todo.append(rel)
+        self._copy(todo, wanted, down=True, console=console, done=done)
+        self._save_state(manifest["publish_id"] if manifest else None, wanted)
+        return done
+
+    def probe(self) -> None:
+        """Write and delete one small object under the prefix, so a build that could not be
+        published (no bucket, no credentials, no write permission) stops before it runs."""
+        path = f"{self.root}/.dataforge-probe-{uuid.uuid4().hex[:8]}"
+        try:
+            with self.fs.open_output_stream(path) as f:
+                f.write(b"dataforge")
+            self.fs.delete_file(path)
+        except OSError as exc:
+            raise OutputDirError(f"{self.uri}: cannot write there (checked before building): {exc}") from None
+
+    def publish(self, run_id: str, console: Console | None = None) -> Synced:
+        """Send the staging folder to the store (see the module doc); the manifest goes last. Call
+        it inside ``held``."""
+        files = self.remote_files()
+        state = self._state().get("files", {})
+        if MANIFEST in files:
+            self._remote("removing the old manifest", self.fs.delete_file, f"{self.root}/{MANIFEST}")
+        mine = self.local_files()
+        done = Synced()
+        todo = []
+        for rel, size in mine.items():
+            if files.get(rel) == size and state.get(rel) == _stat(self.local / rel):
+                done.unchanged += 1  # the store holds it as this folder last sent or received it
+            else:
+                todo.append(rel)
+        todo.sort(key=lambda rel: (not rel.startswith("artifacts/"), rel == "lineage.duckdb", rel))
+        self._copy(todo, mine, down=False, console=console, done=done)
+        for rel in set(files) - set(mine) - {MANIFEST}:
+            self._remote(f"deleting {rel}", self.fs.delete_file, f"{self.root}/{rel}")
+            done.deleted += 1
+        publish_id = uuid.uuid4().hex
+        manifest = {
+            "publish_id": publish_id,
+            "run_id": run_id,
+            "published_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "files": mine,
+        }
+        with self._remote("writing the manifest", self.fs.open_output_stream, f"{self.root}/{MANIFEST}") as f:
+            f.write(json.dumps(manifest, indent=1).encode())
+        self._save_state(publish_id, mine)
+        return done
+
+    def _copy(self, todo: list[str], sizes: dict[str, int], down: bool, console: Console | None, done: Synced) -> None:
+        if not todo:
+            return
+        total = sum(sizes[rel] for rel in todo)
+        what = f"{'bringing down' if down else 'publishing'} {len(todo)} files"
+        columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn())
+        with Progress(*columns, TimeElapsedColumn(), console=console, disable=console is None) as bar:
+            task = bar.add_task(what, total=total)
+
+            def one(rel: str) -> None:
+                local, remote = self.local / rel, f"{self.root}/{rel}"
+                try:
+                    if down:
+                        local.parent.mkdir(parents=True, exist_ok=True)
+                        (self.local / SCRATCH).mkdir(exist_ok=True)  # never published
+                        tmp = self.local / SCRATCH / f"pull-{uuid.uuid4().hex}"
+                        try:
+                            with self.fs.open_input_stream(remote) as src, open(tmp, "wb") as dst:
+                                _pump(src, dst, lambda n: bar.advance(task, n))
+                            os.replace(tmp, local)  # a reader of the staging folder never sees half a file
+                        finally:
+                            tmp.unlink(missing_ok=True)
+                    else:
+                        with open(local, "rb") as src, self.fs.open_output_stream(remote) as dst:
+                            _pump(src, dst, lambda n: bar.advance(task, n))
+                except OSError as exc:  # the store's errors surface on open, write or close
+                    doing = "reading" if down else "writing"
+                    raise OutputDirError(f"{self.uri}: {doing} {rel} failed: {exc}") from None
+
+            with ThreadPoolExecutor(8) as pool:
+                for _ in pool.map(one, todo):
+                    pass
+        done.copied += len(todo)
+        done.nbytes += total
+
+
+def _pump(src: Any, dst: Any, advance: Callable[[int], None]) -> None:
+    while chunk := src.read(_CHUNK):
+        dst.write(chunk)
+        advance(len(chunk))
+
+
+def _stat(path: Path) -> list[int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return [st.st_size, st.st_mtime_ns]
+
+
+def readable(out: str | Path, console: Console | None = None) -> Path:
+    """A folder holding the build at ``out``: ``out`` itself, or for a URI its staging folder with
+    the published build brought down (``RemoteBuild.pull``)."""
+    if not is_uri(out):
+        return Path(out)
+    remote = RemoteBuild(str(out))
+    try:
+        with remote.held(wait=False):
+            remote.pull(console)
+    except BuildLockedError:
+        pass  # a build on this machine is writing the staging folder: read it as it stands, as a local folder
+    if not (remote.local / MARKER).exists():
+        raise OutputDirError(f"no build published at {out} (run `dataforge build --out {out}` first)")
+    return remote.local

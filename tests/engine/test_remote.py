@@ -1,0 +1,184 @@
+"""Builds published to an object store (``--out s3://…``, ``engine.remote``), against a real S3 API:
+moto's server on loopback, spoken to by pyarrow's S3 filesystem over HTTP."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+
+import pytest
+
+from dataforge.cli import main
+from dataforge.engine.remote import MANIFEST, RemoteBuild
+from dataforge.engine.runner import build
+from dataforge.errors import OutputDirError
+from tests.engine.test_runner import _tree_hashes
+
+
+@pytest.fixture(scope="module")
+def s3_server():
+    """A moto S3 server on a free loopback port, with one bucket; yields (endpoint, filesystem)."""
+    pytest.importorskip("moto", reason="moto is a test dependency (pip install -e '.[test]')")
+    import pyarrow.fs as pafs
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # not a line per request in a failure's log
+    mp = pytest.MonkeyPatch()
+    for key, value in {
+        "AWS_ACCESS_KEY_ID": "test",
+        "AWS_SECRET_ACCESS_KEY": "test",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }.items():
+        mp.setenv(key, value)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"{host}:{port}"
+    fs = pafs.S3FileSystem(endpoint_override=endpoint, scheme="http", allow_bucket_creation=True)
+    fs.create_dir("builds")
+    yield endpoint, fs
+    server.stop()
+    mp.undo()
+
+
+@pytest.fixture
+def s3(s3_server, tmp_path, monkeypatch, request):
+    """A fresh prefix in the bucket (its URI) and the store's filesystem; staging folders go under
+    ``tmp_path/staging`` (``$DATAFORGE_STAGING``)."""
+    endpoint, fs = s3_server
+    monkeypatch.setenv("DATAFORGE_STAGING", str(tmp_path / "staging"))
+    prefix = f"builds/{request.node.name[:40]}-{hashlib.sha256(str(tmp_path).encode()).hexdigest()[:8]}"
+    return f"s3://{prefix}?endpoint_override={endpoint}&scheme=http&region=us-east-1", fs, prefix
+
+
+def _stored(fs, prefix: str) -> dict[str, bytes]:
+    import pyarrow.fs as pafs
+
+    infos = fs.get_file_info(pafs.FileSelector(prefix, recursive=True, allow_not_found=True))
+    out = {}
+    for info in infos:
+        if info.type == pafs.FileType.File:
+            with fs.open_input_stream(info.path) as f:
+                out[info.path[len(prefix) + 1 :]] = f.read()
+    return out
+
+
+def _datasets(files: dict[str, bytes]) -> dict[str, str]:
+    return {
+        rel: hashlib.sha256(data).hexdigest()
+        for rel, data in files.items()
+        if rel.startswith("datasets/") and not rel.endswith("dataforge.json")
+    }
+
+
+def test_a_build_published_to_s3_holds_the_local_builds_datasets_and_answers_queries(qa, tmp_path, s3, capsys):
+    _, recipe = qa
+    uri, fs, prefix = s3
+    build(recipe, tmp_path / "local", show_progress=False)
+    local = {f"datasets/{k}": v for k, v in _tree_hashes(tmp_path / "local" / "datasets").items()}
+
+    assert main(["build", str(recipe), "--out", uri, "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert f"published to {uri}" in printed and f"{uri.split('?')[0]}/datasets/qa_sft" in printed
+    stored = _stored(fs, prefix)
+    manifest = json.loads(stored[MANIFEST])
+    assert _datasets(stored) == local and local
+    assert set(manifest["files"]) == set(stored) - {MANIFEST}
+    assert {"lineage.duckdb", ".dataforge.json", "report.html"} <= set(stored)
+    assert not any(rel.startswith((".tmp/", "scratch/")) or rel == ".dataforge.lock" for rel in stored)
+    assert all(len(stored[rel]) == size for rel, size in manifest["files"].items())
+
+    # the lineage answers from the store, as from a local folder, in a staging folder of its own
+    sql = "SELECT action, count(*) AS n FROM latest_events GROUP BY 1 ORDER BY 1"
+    assert main(["query", "--out", str(tmp_path / "local"), sql, "--format", "json"]) == 0
+    from_local = json.loads(capsys.readouterr().out)
+    assert main(["query", "--out", uri, sql, "--format", "json"]) == 0
+    assert json.loads(capsys.readouterr().out) == from_local and from_local
+    assert main(["why", "raw:2", "--out", uri]) == 0
+    assert "dropped" in capsys.readouterr().out
+
+
+def test_a_second_machine_brings_the_build_down_and_reuses_every_step(qa, tmp_path, s3, monkeypatch):
+    _, recipe = qa
+    uri, fs, prefix = s3
+    first = build(recipe, uri, show_progress=False)
+    assert first.published == uri and first.sent is not None and first.sent.copied > 0
+    before = _stored(fs, prefix)
+    with fs.open_output_stream(f"{prefix}/datasets/stray/part.arrow") as f:
+        f.write(b"not the build's")
+
+    again = build(recipe, uri, show_progress=False)  # the same machine: nothing runs, only what changed is sent
+    assert again.executed == [] and again.sent is not None
+    assert again.sent.unchanged > 0 and again.sent.copied < first.sent.copied
+    assert again.sent.deleted == 1 and "datasets/stray/part.arrow" not in _stored(fs, prefix)
+
+    monkeypatch.setenv("DATAFORGE_STAGING", str(tmp_path / "other-machine"))
+    other = build(recipe, uri, show_progress=False)
+    assert other.executed == [] and Path(other.out).is_relative_to(tmp_path / "other-machine")
+    after = _stored(fs, prefix)
+    assert _datasets(after) == _datasets(before)
+
+
+def test_a_publish_that_stopped_midway_is_completed_by_the_next_build(qa, tmp_path, s3, monkeypatch):
+    """No manifest means "not finished": a build elsewhere brings down what is there, writes again
+    what is missing and publishes it whole."""
+    _, recipe = qa
+    uri, fs, prefix = s3
+    build(recipe, uri, show_progress=False)
+    full = _stored(fs, prefix)
+    lost = next(rel for rel in full if rel.startswith("datasets/qa_sft/") and rel.endswith(".arrow"))
+    fs.delete_file(f"{prefix}/{MANIFEST}")
+    fs.delete_file(f"{prefix}/{lost}")
+
+    monkeypatch.setenv("DATAFORGE_STAGING", str(tmp_path / "elsewhere"))
+    report = build(recipe, uri, show_progress=False)
+    assert report.executed == []  # every artifact came down whole and was reused
+    after = _stored(fs, prefix)
+    assert MANIFEST in after and after[lost] == full[lost]
+    assert _datasets(after) == _datasets(full)
+
+
+def test_a_prefix_holding_files_dataforge_did_not_write_is_refused_and_left_alone(qa, s3):
+    _, recipe = qa
+    uri, fs, prefix = s3
+    with fs.open_output_stream(f"{prefix}/notes.txt") as f:
+        f.write(b"mine")
+    with pytest.raises(OutputDirError, match=r"holds files dataforge did not write \(notes\.txt"):
+        build(recipe, uri, show_progress=False)
+    assert _stored(fs, prefix) == {"notes.txt": b"mine"}
+
+
+def test_a_bucket_that_does_not_exist_stops_the_build_before_it_runs(qa, s3):
+    _, recipe = qa
+    uri, _, _ = s3
+    missing = uri.replace("s3://builds/", "s3://no-such-bucket/")
+    with pytest.raises(OutputDirError, match=r"s3://no-such-bucket/.*cannot write there \(checked before building\)"):
+        build(recipe, missing, show_progress=False)
+    staging = RemoteBuild(missing).local
+    assert not (staging / "artifacts").exists()
+
+
+def test_a_reader_of_a_prefix_with_no_build_is_told_so(s3, capsys):
+    uri, _, _ = s3
+    assert main(["query", "--out", uri, "SELECT 1"]) == 1
+    assert f"no build published at {uri}" in capsys.readouterr().err.replace("\n", "")
+
+
+def test_an_unknown_scheme_is_an_error_naming_it_and_makes_no_folder(qa, tmp_path, monkeypatch):
+    _, recipe = qa
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(OutputDirError, match=r"nosuch://bucket/b: cannot open it as a filesystem URI"):
+        build(recipe, "nosuch://bucket/b", show_progress=False)
+    assert not (tmp_path / "nosuch:").exists() and not (tmp_path / "staging").exists()
+
+
+def test_a_build_on_ray_publishes_the_same_datasets(qa, tmp_path, s3, ray_local):
+    _, recipe = qa
+    uri, fs, prefix = s3
+    build(recipe, tmp_path / "local", show_progress=False)
+    report = build(recipe, uri, show_progress=False, executor="ray")
+    assert report.cluster is not None
+    local = {f"datasets/{k}": v for k, v in _tree_hashes(tmp_path / "local" / "datasets").items()}
+    assert _datasets(_stored(fs, prefix)) == local
