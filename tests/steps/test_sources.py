@@ -183,3 +183,38 @@ def test_seen_ids_find_every_repeat_across_batches_as_a_set_would():
         added += len(batch)
     assert sum(len(r[0]) for r in seen.runs) == added and len(seen.runs) <= 6  # log-many runs
     assert got.sum() > 100  # the last batch repeats many earlier ids: the test has signal
+
+
+PARQUET_PEAK = """
+import sys
+import pyarrow as pa
+import pyarrow.parquet as pq
+from dataforge.steps.sources import _parquet_frames
+
+frames = _parquet_frames(pq.ParquetFile(sys.argv[1]), int(sys.argv[2]))
+print(sum(f.height for f in frames), pa.default_memory_pool().max_memory())
+"""
+
+
+@pytest.mark.parametrize("groups", [6, 24])
+def test_a_parquet_source_holds_about_two_batches_however_long_the_file(tmp_path, groups):
+    """A parquet source read in batches holds the same few of them in Arrow's pool whether the
+    file has 6 row groups of 2 MB or 24 (``_parquet_frames`` reads a row group at a time: 6.8 MB
+    at its peak for both; ``ParquetFile.iter_batches`` over the whole file held more the longer
+    the file was: 11.2 MB for 6 groups, 30.1 MB for 24, pyarrow 26). Each subprocess's pool
+    starts at zero."""
+    import subprocess
+    import sys
+
+    rng = np.random.default_rng(0)
+    text = [rng.bytes(1000).hex() for _ in range(1000 * groups)]  # 2 kB a row, 1,000 rows a group
+    pl.DataFrame({"text": text}).write_parquet(tmp_path / "rows.parquet", row_group_size=1000)
+    run = subprocess.run(
+        [sys.executable, "-c", PARQUET_PEAK, str(tmp_path / "rows.parquet"), "700"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    rows, peak = map(int, run.stdout.split())
+    assert rows == 1000 * groups
+    assert peak < 4 * 2_000_000, peak  # four row groups' worth: not the file
