@@ -218,3 +218,28 @@ def test_a_parquet_source_holds_about_two_batches_however_long_the_file(tmp_path
     rows, peak = map(int, run.stdout.split())
     assert rows == 1000 * groups
     assert peak < 4 * 2_000_000, peak  # four row groups' worth: not the file
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        'a,b,c\n1,"x, y",2.5\n\n2,"multi\nline ""quoted""",\n3,,true\n4,"a\n\nb",1\n5,z,2\n6,w,3\n7,v,4\n\n',
+        "a,b\r\n1,x\r\n2,y\r\n3,z\r\n4,w\r\n5,v",  # CRLF, no line break at the end
+        '"a\nb",c\n1,2\n3,4\n5,6\n',  # a header field holding a line break
+    ],
+)
+def test_csv_chunks_cut_only_between_records_and_read_as_the_whole_file(tmp_path, text):
+    """``_csv_chunks`` (a CSV source read in batches) cuts the file only where a record ends, so
+    quoted line breaks, doubled quotes and blank lines (a row of nulls to polars) read as in a
+    whole read, in chunks of the header and ``records`` records each."""
+    import io
+
+    from dataforge.steps.sources import _csv_chunks
+
+    path = tmp_path / "t.csv"
+    path.write_bytes(text.encode())
+    schema = pl.scan_csv(path, infer_schema_length=10_000).collect_schema()
+    parts = [pl.read_csv(io.BytesIO(c), schema=schema) for c in _csv_chunks(path, 2)]
+    whole = pl.read_csv(path, infer_schema_length=10_000)
+    assert pl.concat(parts).equals(whole)
+    assert [p.height for p in parts] == [2] * (whole.height // 2) + [whole.height % 2] * (whole.height % 2)
