@@ -363,3 +363,104 @@ def test_candidate_pairs_verification_and_export_files_run_in_ray_tasks_with_the
     assert ("near", "near_duplicate") in reasons and ("audit", "audit:near_overlap") in reasons  # pairs were found
     assert local.steps[1].drops == on_ray.steps[1].drops and sum(local.steps[1].drops.values()) >= 100
     assert not (tmp_path / "ray" / "scratch").exists()  # the staged texts and the folders made for them
+
+
+DRIVER_PEAK = """
+import json, sys, threading, time
+
+import duckdb, matplotlib.pyplot, numpy, polars, pyarrow  # noqa: F401  in the baseline, not the growth
+
+from dataforge.engine.runner import build
+
+recipe, out, batch_rows, executor = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+if executor == "ray":
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+
+
+def anon():  # this process's own memory: not files it maps, not Ray's shared object store
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("RssAnon"))
+
+
+peak, done = [anon()], threading.Event()
+
+
+def sample():
+    while not done.is_set():
+        peak[0] = max(peak[0], anon())
+        time.sleep(0.005)
+
+
+before = anon()
+threading.Thread(target=sample, daemon=True).start()
+build(recipe, out, show_progress=False, batch_rows=batch_rows, executor=executor)
+done.set()
+print(json.dumps({"before": before, "peak": max(peak[0], anon())}))
+"""
+
+SOURCE_ONLY = """
+name: whole
+steps:
+  raw:
+    kind: source
+    path: rows.parquet
+    id_column: key
+  clean:
+    kind: clean.normalize
+    inputs: {data: raw}
+    fields: [question, answer]
+"""
+
+
+def _driver_growth(ws, rows: int, recipe_text: str, batch_rows: int, executor: str) -> tuple[int, int]:
+    """(bytes of payload, growth of the driver's anonymous memory over its baseline) for a build
+    in a fresh process of ``rows`` GSM8K rows, each with 80 kB of incompressible ``context``."""
+    import json
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    from tests.conftest import GSM8K
+
+    folder = ws.root / f"{executor}-{rows}-{batch_rows}"
+    folder.mkdir()
+    gsm = pl.read_ndjson(GSM8K / "train.jsonl")
+    rng = np.random.default_rng(rows)
+    df = (
+        gsm.head(rows)
+        .with_columns(pl.col("question").alias("group"), pl.format("k{}", pl.int_range(pl.len())).alias("key"))
+        .with_columns(pl.Series("context", [rng.bytes(40_000).hex() for _ in range(rows)]))
+    )
+    df.write_parquet(folder / "rows.parquet", row_group_size=400)
+    (folder / "recipe.yaml").write_text(recipe_text)
+    args = [str(folder / "recipe.yaml"), str(folder / "out"), str(batch_rows), executor]
+    run = subprocess.run(
+        [sys.executable, "-c", DRIVER_PEAK, *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    measured = json.loads(run.stdout.strip().splitlines()[-1])
+    return rows * 80_000, measured["peak"] - measured["before"]
+
+
+def test_the_ray_drivers_memory_does_not_grow_with_the_data(ws):
+    """The issue's bound on the driver, measured: a Ray build (source, normalize, exact and MinHash
+    dedup, split, audit, format, export) of 2,000 and of 5,000 rows, each with 80 kB of payload
+    (160 and 400 MB). Its driver's anonymous memory grows by about the same at both sizes: it holds
+    batches, ids and hashes, never the payload. The control, a whole-table local build of the
+    same rows (source and normalize only), grows by at least the payload's difference. On this
+    2-core VM (2026-12-04): Ray +372 MB at 2,000 rows and +366 MB at 5,000 (batches of 400); the
+    control +434 MB and +1,038 MB. Before the parquet source read a row group at a time
+    (``sources._parquet_frames``), a build's driver grew with the file."""
+    small, ray_small = _driver_growth(ws, 2000, BOUNDED_RECIPE, 400, "ray")
+    large, ray_large = _driver_growth(ws, 5000, BOUNDED_RECIPE, 400, "ray")
+    _, whole_small = _driver_growth(ws, 2000, SOURCE_ONLY, 0, "local")
+    _, whole_large = _driver_growth(ws, 5000, SOURCE_ONLY, 0, "local")
+    more = large - small
+    assert whole_large - whole_small > 0.8 * more, (whole_small, whole_large)  # the probe sees a held table
+    assert ray_large - ray_small < 0.3 * more, (ray_small, ray_large)
