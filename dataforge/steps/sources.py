@@ -154,7 +154,8 @@ def _peek_columns(cfg: SourceConfig, info: PlanInfo) -> Columns:
     if fmt == "parquet":
         return list(pl.read_parquet_schema(path))
     if fmt == "csv":
-        head = _read_bytes(path)[: 1 << 16].split(b"\n", 1)[0]
+        with (gzip.open if path.name.endswith(".gz") else open)(path, "rb") as f:
+            head = f.readline(1 << 16).split(b"\n", 1)[0]  # the header line: not the whole file
         return pl.read_csv(io.BytesIO(head.decode(cfg.encoding, errors="replace").encode()), n_rows=0).columns
     if fmt == "hf_disk":
         return list(_load_hf_disk(cfg, path).column_names)
