@@ -243,3 +243,28 @@ def test_csv_chunks_cut_only_between_records_and_read_as_the_whole_file(tmp_path
     whole = pl.read_csv(path, infer_schema_length=10_000)
     assert pl.concat(parts).equals(whole)
     assert [p.height for p in parts] == [2] * (whole.height // 2) + [whole.height % 2] * (whole.height % 2)
+
+
+def test_planning_a_csv_source_reads_its_header_line_only(ws, monkeypatch):
+    """The plan names a CSV source's columns from its first line; it read the whole file into
+    memory before (464 MB more for a 960 MB file, bench/driver_memory.py)."""
+    import dataforge.steps.sources as sources
+    from dataforge.engine.plan import plan_recipe
+    from dataforge.errors import RecipeError
+
+    (ws.root / "rows.csv").write_text("question,answer\n" + "".join(f"q{i},a{i}\n" for i in range(100)))
+    recipe = ws.recipe(
+        """
+        name: c
+        steps:
+          raw: {kind: source, path: rows.csv}
+          f: {kind: format, type: prompt_completion, inputs: {data: raw}, prompt: question, completion: nope}
+        """
+    )
+
+    def whole(path):
+        raise AssertionError(f"{path} read whole at plan time")
+
+    monkeypatch.setattr(sources, "_read_bytes", whole)
+    with pytest.raises(RecipeError, match=r"nope.*(question|answer)"):  # the columns were named from the header
+        plan_recipe(recipe, None, [])
