@@ -145,3 +145,12 @@ def write_decisions(
 def has_decisions(folder: Path) -> bool:
     """Whether the artifact in ``folder`` has its decisions stored as shards."""
     return (folder / DECISIONS_DIR).is_dir()
+
+
+def reason_counts(events: pl.DataFrame, action: str) -> dict[str, int]:
+    """Rows per reason among the events with ``action``."""
+    chosen = events.filter(pl.col("action") == action)
+    if chosen.is_empty():
+        return {}
+    counts = chosen.group_by("reason").len().sort("reason")
+    return dict(zip(counts["reason"].to_list(), counts["len"].to_list(), strict=True))

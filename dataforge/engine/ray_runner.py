@@ -5,10 +5,13 @@ What runs where:
 
 - A ``rows`` step on an input larger than a batch: one task per batch. A batch is a slice of a
   stored shard of its input, which the worker reads from the build folder; the step's undivided
-  inputs (an eval side) are read whole by each worker process once per step. Each task's result
-  (tables, events, edges) comes back through Ray's object store and the driver appends it to the
-  step's artifact in input order, at most ``in_flight`` tasks ahead of the one it waits for: the
-  artifact, its decisions and all that follows are what the local runner writes.
+  inputs (an eval side) are read whole by each worker process once per step. Each task writes
+  its result (tables, events, edges) as the artifact holds it (``store.write_batch``) into a
+  folder of its own under the build's ``.tmp/<step>/`` and gives back only what it wrote; the
+  driver renames the files into the step's artifact in input order (``ArtifactWriter.adopt``),
+  at most ``in_flight`` tasks ahead of the one it waits for, so the rows never pass through the
+  driver or Ray's object store. The artifact, its decisions and all that follows are what the
+  local runner writes.
 - A ``key`` step on an input larger than a batch: a hash shuffle through the build folder —
   one task per batch files its rows into buckets (``calls.partition_batch``: a file per bucket
   under the step's scratch folder), then one task per bucket runs the step on the rows of its
@@ -51,9 +54,11 @@ every node whatever its CPU or its build of polars.
 from __future__ import annotations
 
 import os
+import shutil
+import uuid
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -65,7 +70,7 @@ from dataforge.engine.plan import PlannedStep, Ref
 from dataforge.engine.progress import StepProgress
 from dataforge.engine.runner import BuildReport, Runner, StepReport
 from dataforge.engine.step import Context, StepResult
-from dataforge.engine.store import step_scratch
+from dataforge.engine.store import SCRATCH, WrittenBatch, step_scratch, write_batch
 from dataforge.engine.streaming import divided_inputs, group_outputs
 from dataforge.engine.table import Mapper, Part, Table, shard_slices
 from dataforge.errors import DataforgeError, StepError
@@ -98,6 +103,8 @@ class WorkerStep:
     scratch_dir: Path
     cache_path: Path
     whole: dict[str, list[str]] = field(default_factory=dict)
+    run_id: str = ""  # the build's: a batch's decisions are stored as decided by it
+    stage_dir: Path | None = None  # where a rows task writes its batch's files (under the build folder)
 
 
 @dataclass
@@ -112,6 +119,8 @@ class Done:
 
 
 # -- in the worker processes -----------------------------------------------------------------
+
+STAGED_BATCH = ".tmp-ray-"  # a rows task's folder of written files (``Store`` sweeps stale ``.tmp-*``)
 
 _WORKER: dict[str, Any] = {}  # per worker process: its model pool; the whole inputs of the step it ran last
 
@@ -149,15 +158,22 @@ def _answer(worker: tuple[PlannedStep, WorkerStep] | None, work: Callable[[Conte
     return Done(value, after_asked - asked, after_failed - failed)
 
 
-def _rows_task(ps: PlannedStep, spec: WorkerStep, name: str, part: Part, schema: dict[str, pl.DataType]) -> Done:
-    """A rows step on one batch of its divided input ``name``."""
+def _rows_task(
+    ps: PlannedStep, spec: WorkerStep, name: str, part: Part, schema: dict[str, pl.DataType], index: int
+) -> Done:
+    """A rows step on batch ``index`` of its divided input ``name``, its result written by the
+    worker as the artifact holds it (``store.write_batch``) into a folder of its own under
+    ``spec.stage_dir``; the driver renames the files into the artifact (``ArtifactWriter.adopt``),
+    so the rows never pass through the driver or Ray's object store."""
 
-    def work(ctx: Context | None) -> StepResult:
-        assert ctx is not None
+    def work(ctx: Context | None) -> WrittenBatch:
+        assert ctx is not None and spec.stage_dir is not None
         with step_errors(ps.name):
             batch = part.read(schema)
             whole = _whole(spec)
-        return call_step(ps, {**whole, name: batch}, ctx)
+        result = call_step(ps, {**whole, name: batch}, ctx)
+        folder = spec.stage_dir / f"{STAGED_BATCH}{index:06d}-{uuid.uuid4().hex[:8]}"  # a retried task: another
+        return write_batch(folder, result, spec.run_id, ps.name, ps.fingerprint, index)
 
     return _answer((ps, spec), work)
 
@@ -327,16 +343,23 @@ class RayRunner(Runner):
 
         divided = divided_inputs(ps)
         per_input = {n: self._rows(ref) for n, ref in ps.inputs.items()}
+        stage = self.out / SCRATCH / ps.name
         spec = self._worker_step(ps, [n for n in ps.inputs if n not in divided])
+        spec = replace(spec, run_id=self.run_id, stage_dir=stage)
         jobs = []
         for name in divided:
             parts, schema = self._parts(ps.inputs[name])
-            jobs.extend((name, part, schema) for part in parts)
+            first = len(jobs)
+            jobs.extend((name, part, schema, first + i) for i, part in enumerate(parts))
         planned = ray.put(ps)
         task = self.tasks["rows"]
         results = self._ordered(ps.name, "rows", lambda job: task.remote(planned, spec, *job), jobs)
         tracked = progress.track(results, total=len(jobs), description="batches on Ray", unit="batches")
-        return self._store_batches(ps, tracked, per_input)
+        try:
+            return self._store_batches(ps, tracked, per_input)
+        finally:  # what tasks that died, failed or were cancelled had begun to write
+            for left in stage.glob(f"{STAGED_BATCH}*"):
+                shutil.rmtree(left, ignore_errors=True)
 
     def _bucket_results(
         self,

@@ -33,13 +33,13 @@ from rich.text import Text
 
 from dataforge import __version__
 from dataforge.engine.calls import call_bucket, call_step, check_result, partition_batch, step_errors
-from dataforge.engine.events import concat_edges, concat_events
+from dataforge.engine.events import concat_edges, concat_events, reason_counts
 from dataforge.engine.lock import BuildLock
 from dataforge.engine.plan import Plan, PlannedStep, Ref, plan_recipe
 from dataforge.engine.progress import StepProgress, make_progress
 from dataforge.engine.remote import RemoteBuild, Synced
 from dataforge.engine.step import Context, StepResult
-from dataforge.engine.store import SCRATCH, STEP_SCRATCH, Store, is_uri, output_path, step_scratch
+from dataforge.engine.store import SCRATCH, STEP_SCRATCH, Store, WrittenBatch, is_uri, output_path, step_scratch
 from dataforge.engine.streaming import (
     BUCKET,
     POSITION,
@@ -453,7 +453,7 @@ class Runner:
         failures = failed_after - failed_before
         self._check_failures(ps, asked_after - asked_before, failures)
         events, edges = concat_events(result.events), concat_edges(result.edges)
-        drops, flags = _counts(events, "dropped"), _counts(events, "flagged")
+        drops, flags = reason_counts(events, "dropped"), reason_counts(events, "flagged")
         rows_out = sum(df.height for df in result.tables.values())
         row = self._row(ps, rows_in=rows_in, rows_out=rows_out, seconds=seconds)
         per_input = {name: df.height for name, df in inputs.items()}
@@ -634,9 +634,11 @@ class Runner:
             if bucket is not None:
                 yield b, call_bucket(ps, name, bucket, whole, ctx, grouped)
 
-    def _store_batches(self, ps: PlannedStep, results: Iterator[StepResult], per_input: dict[str, int]) -> StepReport:
+    def _store_batches(
+        self, ps: PlannedStep, results: Iterator[StepResult | WrittenBatch], per_input: dict[str, int]
+    ) -> StepReport:
         """Append each batch's result to the step's artifact as it comes (the batches' time is
-        the step's), then its ``meta.json`` and lineage record."""
+        the step's), or the files a worker wrote for it, then its ``meta.json`` and lineage record."""
         asked_before, failed_before = self._requests()
         seconds = 0.0
         drops: Counter[str] = Counter()
@@ -650,11 +652,14 @@ class Runner:
                     seconds += time.perf_counter() - started
                     if result is None:
                         break
-                    events, edges = concat_events(result.events), concat_edges(result.edges)
-                    drops.update(_counts(events, "dropped"))
-                    flags.update(_counts(events, "flagged"))
-                    outputs.update({n: df.height for n, df in result.tables.items()})
-                    writer.add(StepResult(result.tables, [events], [edges]))
+                    if isinstance(result, WrittenBatch):  # written by a worker (engine.ray_runner)
+                        writer.adopt(result)
+                        batch = result
+                    else:
+                        batch = writer.add(result)
+                    drops.update(batch.drops)
+                    flags.update(batch.flags)
+                    outputs.update(batch.rows)
                 asked_after, failed_after = self._requests()
                 failures = failed_after - failed_before
                 self._check_failures(ps, asked_after - asked_before, failures)
@@ -815,12 +820,3 @@ def _executed(
         outputs,
         sum(failures.values()),
     )
-
-
-def _counts(events: pl.DataFrame, action: str) -> dict[str, int]:
-    """Rows per reason among the events with ``action``."""
-    chosen = events.filter(pl.col("action") == action)
-    if chosen.is_empty():
-        return {}
-    counts = chosen.group_by("reason").len().sort("reason")
-    return dict(zip(counts["reason"].to_list(), counts["len"].to_list(), strict=True))

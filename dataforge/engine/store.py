@@ -35,11 +35,13 @@ import polars as pl
 from dataforge import __version__
 from dataforge.engine.events import (
     DECISION_SCHEMAS,
+    DECISIONS_DIR,
     concat_edges,
     concat_events,
     decision_shard,
     has_decisions,
     keyed,
+    reason_counts,
     write_decisions,
     write_shard,
 )
@@ -357,6 +359,51 @@ def verify_output(folder: Path, output: str, stamps: dict[str, dict[str, int]], 
     return verify_files(folder, files, mine or None, sha256, lambda: output_sha256(folder, output), full)
 
 
+@dataclass
+class WrittenBatch:
+    """A batch of a step's result as ``write_batch`` wrote it into ``folder``: rows and shards
+    per output, the columns of an output with no rows (a frame of none), the batch's index, and
+    its rows dropped and flagged per reason."""
+
+    folder: Path
+    index: int
+    rows: dict[str, int]
+    shards: dict[str, int]
+    empty: dict[str, pl.DataFrame]
+    drops: dict[str, int]  # rows dropped per reason
+    flags: dict[str, int]  # rows flagged per reason
+
+
+def write_batch(
+    folder: Path,
+    result: StepResult,
+    run_id: str,
+    step: str,
+    fingerprint: str,
+    index: int,
+    first: dict[str, int] | None = None,
+) -> WrittenBatch:
+    """Write one batch of a step's result into ``folder`` as an artifact holds it: each output as
+    shards of at most ``SHARD_ROWS`` rows numbered from ``first[output]`` (0), its decisions as
+    shard ``index``. The local runner writes into its artifact's folder; a Ray worker into a
+    folder of its own, which the runner's ``ArtifactWriter.adopt`` then renames into place."""
+    rows, shards, empty = {}, {}, {}
+    for name, df in result.tables.items():
+        rows[name], shards[name] = df.height, 0
+        if df.height == 0:
+            empty[name] = df.clear()
+        start_at = (first or {}).get(name, 0)
+        for start in range(0, df.height, SHARD_ROWS):
+            path = output_shard(folder, name, start_at + shards[name])
+            path.parent.mkdir(parents=True, exist_ok=True)
+            df.slice(start, SHARD_ROWS).write_parquet(path, compression="zstd", compression_level=1, statistics=True)
+            shards[name] += 1
+    events, edges = concat_events(result.events), concat_edges(result.edges)
+    write_decisions(folder, run_id, step, fingerprint, events, edges, index)
+    drops, flags = reason_counts(events, "dropped"), reason_counts(events, "flagged")
+    return WrittenBatch(folder, index, rows, shards, empty, drops, flags)
+
+
 class ArtifactWriter:
     """Writes one step artifact into a temporary folder, batch by batch: each ``add`` appends a
     batch's output tables (as shards of at most ``SHARD_ROWS`` rows, in order) and its
@@ -370,21 +417,38 @@ class ArtifactWriter:
         self.batches = 0
         self.finished = False
 
-    def add(self, result: StepResult) -> None:
-        for name, df in result.tables.items():
-            self.rows[name] = self.rows.get(name, 0) + df.height
-            self.shards.setdefault(name, 0)
-            if df.height == 0:
-                self.empty.setdefault(name, df)
-            for start in range(0, df.height, SHARD_ROWS):
-                part = df.slice(start, SHARD_ROWS)
-                path = output_shard(self.tmp, name, self.shards[name])
-                path.parent.mkdir(parents=True, exist_ok=True)
-                part.write_parquet(path, compression="zstd", compression_level=1, statistics=True)
-                self.shards[name] += 1
-        events, edges = concat_events(result.events), concat_edges(result.edges)
-        write_decisions(self.tmp, self.run_id, self.step, self.fingerprint, events, edges, self.batches)
+    def add(self, result: StepResult) -> WrittenBatch:
+        """Write one batch's result (``write_batch``) after the ones before it."""
+        written = write_batch(self.tmp, result, self.run_id, self.step, self.fingerprint, self.batches, self.shards)
+        return self._count(written)
+
+    def adopt(self, batch: WrittenBatch) -> None:
+        """Append a batch a worker wrote (``write_batch`` into ``batch.folder``, decisions shard
+        numbered as this writer's next batch) by renaming its files into place, its output shards
+        numbered after this writer's; the worker's folder goes."""
+        if batch.index != self.batches:
+            raise RuntimeError(f"batch {batch.index} of {self.step} came as batch {self.batches}")
+        for name, count in batch.shards.items():
+            for i in range(count):
+                target = output_shard(self.tmp, name, self.shards.get(name, 0) + i)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(output_shard(batch.folder, name, i), target)
+        decisions = batch.folder / DECISIONS_DIR
+        if decisions.is_dir():
+            (self.tmp / DECISIONS_DIR).mkdir(exist_ok=True)
+            for shard in decisions.iterdir():
+                os.replace(shard, self.tmp / DECISIONS_DIR / shard.name)
+        shutil.rmtree(batch.folder, ignore_errors=True)
+        self._count(batch)
+
+    def _count(self, batch: WrittenBatch) -> WrittenBatch:
+        for name, rows in batch.rows.items():
+            self.rows[name] = self.rows.get(name, 0) + rows
+            self.shards[name] = self.shards.get(name, 0) + batch.shards[name]
+            if name in batch.empty:
+                self.empty.setdefault(name, batch.empty[name])
         self.batches += 1
+        return batch
 
     def finish(self, extra_meta: dict | None = None) -> list[StoredOutput]:
         """Write ``meta.json`` (an output that got no row gets one empty shard with its columns);

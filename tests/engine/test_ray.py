@@ -46,13 +46,37 @@ def _with_dying_step(recipe: Path, marker: Path) -> None:
     recipe.write_text(text)
 
 
-def test_a_worker_killed_mid_step_is_run_again_and_the_build_gives_the_same_datasets(qa, tmp_path, ray_local):
+def test_a_worker_killed_mid_step_is_run_again_and_the_build_gives_the_same_datasets(
+    qa, tmp_path, monkeypatch, ray_local
+):
+    """Also: each rows task writes its batch's files itself and gives back only what it wrote
+    (``store.WrittenBatch``), which the driver renames into the artifact; nothing is left behind."""
+    from dataforge.engine.ray_runner import RayRunner
+
     ws, recipe = qa
     marker = tmp_path / "killed.pid"
     _with_dying_step(recipe, marker)
     local = build(recipe, tmp_path / "local", show_progress=False, batch_rows=1)
     assert not marker.exists()  # run in this process: nothing died
+    given_back: dict[str, set[str]] = {}
+    real_store = RayRunner._store_batches
+
+    def store(self, ps, results, per_input):
+        def seen():
+            for r in results:
+                given_back.setdefault(ps.name, set()).add(type(r).__name__)
+                yield r
+
+        return (
+            real_store(self, ps, seen(), per_input)
+            if ps.stepdef.partition == "rows" and ps.kind != "source"  # a source reads in the driver
+            else real_store(self, ps, results, per_input)
+        )
+
+    monkeypatch.setattr(RayRunner, "_store_batches", store)
     report = build(recipe, ws.out, show_progress=False, batch_rows=1, executor="ray")
+    assert len(given_back) >= 3 and all(kinds == {"WrittenBatch"} for kinds in given_back.values()), given_back
+    assert not list((ws.out / ".tmp").glob("*/.tmp-ray-*"))
     killed = int(marker.read_text())
     assert killed != os.getpid()
     with pytest.raises(ProcessLookupError):  # the worker that ran the step's first batch is gone
@@ -69,6 +93,7 @@ def test_a_step_failing_in_a_worker_fails_the_build_naming_the_step_and_stores_n
         build(recipe, ws.out, show_progress=False, batch_rows=2, executor="ray")
     assert not any((ws.out / "artifacts" / "checked").glob("*/meta.json"))
     assert any((ws.out / "artifacts" / "parsed").glob("*/meta.json"))  # the steps before it stay
+    assert not list((ws.out / ".tmp").glob("*/.tmp-ray-*"))  # the batches the tasks had written went
 
 
 def test_the_executor_comes_from_the_option_the_environment_or_the_recipe(qa, monkeypatch, capsys, ray_local):
