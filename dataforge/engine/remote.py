@@ -41,7 +41,7 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn, TransferSpeedColumn
 
 from dataforge.engine.lock import LOCK_NAME, BuildLockedError, file_lock
-from dataforge.engine.store import MARKER, SCRATCH, STEP_SCRATCH, is_uri
+from dataforge.engine.store import MARKER, SCRATCH, STEP_SCRATCH, file_stamp, is_uri
 from dataforge.errors import DataforgeError, OutputDirError
 
 MANIFEST = ".dataforge-published.json"  # in the store, written last by a publish
@@ -118,7 +118,7 @@ class RemoteBuild:
             return {}
 
     def _save_state(self, publish_id: str | None, files: dict[str, int]) -> None:
-        stats = {rel: _stat(self.local / rel) for rel in files}
+        stats = {rel: file_stamp(self.local / rel) for rel in files}
         text = json.dumps({"uri": self.uri.split("?", 1)[0], "publish_id": publish_id, "files": stats})
         tmp = self.state_file.with_name(f".{self.state_file.name}.{uuid.uuid4().hex[:8]}")
         tmp.write_text(text)
@@ -214,7 +214,7 @@ class RemoteBuild:
         done = Synced()
         todo = []
         for rel, size in mine.items():
-            if files.get(rel) == size and state.get(rel) == _stat(self.local / rel):
+            if files.get(rel) == size and state.get(rel) == file_stamp(self.local / rel):
                 done.unchanged += 1  # the store holds it as this folder last sent or received it
             else:
                 todo.append(rel)
@@ -275,14 +275,6 @@ def _pump(src: Any, dst: Any, advance: Callable[[int], None]) -> None:
     while chunk := src.read(_CHUNK):
         dst.write(chunk)
         advance(len(chunk))
-
-
-def _stat(path: Path) -> list[int] | None:
-    try:
-        st = path.stat()
-    except OSError:
-        return None
-    return [st.st_size, st.st_mtime_ns]
 
 
 def readable(out: str | Path, console: Console | None = None) -> Path:

@@ -20,7 +20,6 @@ from tests.engine.test_runner import _tree_hashes
 @pytest.fixture(scope="module")
 def s3_server():
     """A moto S3 server on a free loopback port, with one bucket; yields (endpoint, filesystem)."""
-    pytest.importorskip("moto", reason="moto is a test dependency (pip install -e '.[test]')")
     import pyarrow.fs as pafs
     from moto.server import ThreadedMotoServer
 
