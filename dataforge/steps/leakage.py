@@ -26,7 +26,10 @@ The cascade, cheap first; only gated candidates reach the transformer:
 6. Dense recall: every train row's ``dense_top_k`` eval items by the cosine of static token
    embeddings distilled from the embedding model (``dataforge.static_embed``; seconds for every row,
    so no rewording hides a pair from the later stages). ``dense``: static cosine + evidence ≥
-   ``static_min``.
+   ``static_min`` with some evidence for it (``corroborated``): a bag of static word vectors reads
+   topic more than request, so without agreeing numbers or answers the pair goes to the
+   transformer instead ("I think people overreact about school shootings…" and "Today I heard a
+   parent berating their child…" read 0.89).
 7. ``embedding``: MiniLM cosine (the first ``max_tokens`` tokens) of the pairs still undecided whose
    static cosine + evidence reaches ``embed_gate`` (``short_embed_gate`` for eval items under
    ``2 * ngram`` words); a leak when cosine + evidence ≥ ``cosine_min`` (``code_cosine_min`` for
@@ -523,6 +526,14 @@ def _support(row: dict[str, Any], cfg: LeakageConfig, numbers_weight: float | No
     )
 
 
+def corroborated(row: dict[str, Any], support: float) -> bool:
+    """Whether a pair's evidence speaks for it: every number of the eval item is in the train
+    text, or the evidence adds up to more than nothing (shared distinctive numbers, an agreeing
+    answer). A pair without numbers or answers is not corroborated, whatever its similarity."""
+    num = row["numbers"]
+    return support > 0 or (num is not None and num >= 1.0)
+
+
 def decide(row: dict[str, Any], cfg: LeakageConfig) -> str | None:
     """The detector that calls this candidate pair a leak, or None (the documented rule)."""
     if row["exact"]:
@@ -541,7 +552,7 @@ def decide(row: dict[str, Any], cfg: LeakageConfig) -> str | None:
         return "canonical"
     support = _support(row, cfg)
     static = row.get("static")
-    if static is not None and static + support >= cfg.static_min:
+    if static is not None and static + support >= cfg.static_min and corroborated(row, support):
         return "dense"
     cos = row["cosine"]
     if cos is None:
@@ -626,7 +637,7 @@ def _clone_hits(train: _Side, evals: _Side, cfg: LeakageConfig) -> pl.DataFrame:
 
 @step(
     "leakage.check",
-    version=9,  # 9: a choice block gives at most CHOICE_NGRAM_WORDS words to a shared n-gram
+    version=10,  # 10: a static match decides alone only when corroborated (numbers or answers)
     inputs=None,
     outputs=("data", "matches", "scores"),
     columns=_columns,
@@ -806,13 +817,16 @@ def leakage_check(inputs: dict[str, pl.DataFrame], cfg: LeakageConfig, ctx: Cont
 def similarity_margin(row: dict[str, Any], cfg: LeakageConfig) -> float | None:
     """How far a candidate pair's text similarity with its evidence lies above (≥ 0: a leak by
     similarity alone) or below its threshold: the higher of static cosine + evidence −
-    ``static_min`` and transformer cosine + evidence − the cosine floor (``code_cosine_min`` for
-    code). None when neither cosine was computed."""
+    ``static_min`` (above it only for a ``corroborated`` pair: the static cosine decides no
+    other) and transformer cosine + evidence − the cosine floor (``code_cosine_min`` for code).
+    None when neither applies."""
     support = _support(row, cfg)
     floor = cfg.code_cosine_min if row.get("kind") == "code" else cfg.cosine_min
     margins = [
         s + support - m for s, m in ((row.get("static"), cfg.static_min), (row.get("cosine"), floor)) if s is not None
     ]
+    if margins and row.get("static") is not None and margins[0] >= 0 and not corroborated(row, support):
+        margins.pop(0)
     return round(max(margins), 6) if margins else None
 
 

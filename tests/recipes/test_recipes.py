@@ -281,6 +281,9 @@ def test_leakage_decisions_are_lineage_and_query_lists_contaminated_items(built,
     matched = scores.filter(pl.col("detector").is_not_null())
     assert set(matched["train_id"]) == set(matches["train_id"])
     assert (matched.filter(pl.col("detector").is_in(["dense", "embedding"]))["margin"] >= 0).all()
+    # conversations carry no numbers or answers to agree: no static match is a leak without the
+    # transformer (at 0.88-0.90 they were other requests on nearby topics)
+    assert "dense" not in set(matches["detector"]), matches.filter(pl.col("detector") == "dense")
     assert (scores.filter(pl.col("detector").is_null())["margin"] < 0).all()
     assert "](leakage_dpo_clean.png)" in card
 

@@ -99,6 +99,23 @@ def test_evidence_moves_the_score_and_never_vetoes_alone():
     assert decide(code, cfg) == "embedding" and decide({**code, "kind": "text"}, cfg) is None
 
 
+def test_a_static_match_stands_alone_only_with_evidence_for_it():
+    """Static word vectors read topic more than request: two HH conversations on other subjects
+    ("I think people are really overreacting about school shootings…" / "Today I heard a parent
+    berating their child…") read 0.892. Without numbers or answers that agree, the transformer
+    decides such a pair; with them, the static cosine decides alone."""
+    cfg = LeakageConfig(train_fields=["q"], eval_fields=["q"])
+    row = {"exact": False, "ngram": 0, "coverage": 0.0, "tfidf": None, "canonical": None, "answers_agree": None}
+    chat = {**row, "static": 0.892, "numbers": None, "cosine": None}
+    assert decide(chat, cfg) is None  # undecided: it goes to the transformer
+    assert decide({**chat, "cosine": 0.41}, cfg) is None
+    assert decide({**chat, "cosine": cfg.cosine_min + 0.01}, cfg) == "embedding"
+    # every number of the eval item in the train text, or an agreeing answer: static alone decides
+    assert decide({**chat, "numbers": 1.0}, cfg) == "dense"
+    assert decide({**chat, "answers_agree": True, "numbers": 0.9}, cfg) == "dense"
+    assert decide({**chat, "numbers": 0.9}, cfg) is None
+
+
 def _items(rows: list[tuple[str, str, str | None]]) -> pl.DataFrame:
     return pl.DataFrame(
         {"_id": [r[0] for r in rows], "question": [r[1] for r in rows], "final_answer": [r[2] for r in rows]},
