@@ -11,6 +11,10 @@ Domains, each planted into training data in several forms and scored against cle
 - gsm8k: eval = all 1,319 GSM8K test questions (with final answers); train = GSM8K train (7,473
   clean rows, question + worked answer) plus each rephrase with the worked answer, with the final
   answer only, and alone. Run twice: with the answer columns and without.
+- chat: the same GSM8K items as conversations (a `messages` column of role/content turns, the
+  format TRL's SFT trainer reads): the rephrase as the user turn with the worked answer, with
+  the final answer, and after a system prompt; the clean rows are GSM8K train as conversations.
+  No answer columns. The check reads the user turns; the baselines read the conversation as text.
 - mmlu: eval = the items' question with their correct choice (the check's multiple-choice view);
   train = each rephrase with its answer, alone, and the verbatim item (question, lettered choices,
   answer). Two folds: the items of one half are the eval set, and the other half's rephrases and
@@ -29,7 +33,7 @@ With `--judge MODEL_SPEC` (e.g. `openai:qwen@http://127.0.0.1:8000/v1`, `transfo
 `vllm:Qwen/Qwen2.5-7B-Instruct`), (a) runs again with that LLM judge on its undecided pairs and
 reports its calls and seconds.
 
-Usage: .venv/bin/python bench/leakage.py [--split dev] [--domains gsm8k,mmlu,humaneval]
+Usage: .venv/bin/python bench/leakage.py [--split dev] [--domains gsm8k,mmlu,humaneval,chat]
            [--no-baselines] [--judge SPEC] [--set KEY=VALUE ...]
 """
 
@@ -83,19 +87,29 @@ def _final(answer: str) -> str:
     return answer.rsplit("####", 1)[-1].strip()
 
 
-def gsm8k_cases(folder: Path, split: str) -> list[Case]:
+def _gsm8k(folder: Path, split: str) -> tuple[pl.DataFrame, pl.DataFrame, list[dict[str, Any]]]:
+    """GSM8K train, the eval items (every test question, ``te:<index>``, with its final answer)
+    and the rephrases of the split (empty ones left out)."""
     test = pl.read_ndjson(GSM8K / "test.jsonl")
     train = pl.read_ndjson(GSM8K / "train.jsonl")
     rephrased = _read(folder / f"gsm8k_test_rephrased.{split}.jsonl")
+    evals = test.select(
+        pl.format("te:{}", pl.int_range(pl.len())).alias("_id"),
+        "question",
+        pl.col("answer").map_elements(_final, return_dtype=pl.String).alias("answer"),
+    )
+    return train, evals, [r for r in rephrased.iter_rows(named=True) if (r["rephrased_question"] or "").strip()]
+
+
+def gsm8k_cases(folder: Path, split: str) -> list[Case]:
+    train, evals, rephrased = _gsm8k(folder, split)
     rows, negatives, planted = [], {}, {}
     for i, r in enumerate(train.iter_rows(named=True)):
         rows.append(
             {"_id": f"clean:{i}", "text": r["question"] + "\n" + _worked(r["answer"]), "answer": _final(r["answer"])}
         )
         negatives[f"clean:{i}"] = "clean"
-    for r in rephrased.iter_rows(named=True):
-        if not (r["rephrased_question"] or "").strip():
-            continue
+    for r in rephrased:
         eid = f"te:{r['test_index']}"
         forms = {
             "+ worked answer": (r["rephrased_question"] + "\n" + _worked(r["answer"]), _final(r["answer"])),
@@ -106,11 +120,6 @@ def gsm8k_cases(folder: Path, split: str) -> list[Case]:
             pid = f"plant:{form}:{r['test_index']}"
             rows.append({"_id": pid, "text": text, "answer": answer})
             planted[pid] = (form, eid)
-    evals = test.select(
-        pl.format("te:{}", pl.int_range(pl.len())).alias("_id"),
-        "question",
-        pl.col("answer").map_elements(_final, return_dtype=pl.String).alias("answer"),
-    )
     train_df = pl.DataFrame(rows, schema={"_id": pl.String, "text": pl.String, "answer": pl.String})
     with_answers = {
         "train_fields": ["text"],
@@ -124,6 +133,42 @@ def gsm8k_cases(folder: Path, split: str) -> list[Case]:
         Case("gsm8k", train_df, evals, planted, negatives, with_answers, q),
         Case("gsm8k, no answer columns", train_df, evals, planted, negatives, without, q),
     ]
+
+
+def _conversation(user: str, assistant: str, system: str | None = None) -> list[dict[str, str]]:
+    turns = [{"role": "system", "content": system}] if system else []
+    return [*turns, {"role": "user", "content": user}, {"role": "assistant", "content": assistant}]
+
+
+def chat_cases(folder: Path, split: str) -> list[Case]:
+    from dataforge.text.fields import MESSAGES
+
+    train, evals, rephrased = _gsm8k(folder, split)
+    rows, negatives, planted = [], {}, {}
+    for i, r in enumerate(train.iter_rows(named=True)):
+        rows.append({"_id": f"clean:{i}", "messages": _conversation(r["question"], _worked(r["answer"]))})
+        negatives[f"clean:{i}"] = "clean conversations"
+    tutor = "You are a patient math tutor. Explain each step."
+    for r in rephrased:
+        q, worked, final = r["rephrased_question"], _worked(r["answer"]), _final(r["answer"])
+        forms = {
+            "user turn + worked answer": _conversation(q, worked),
+            "user turn + final answer": _conversation(q, f"The answer is {final}."),
+            "system prompt + user turn": _conversation(q, worked, tutor),
+        }
+        for form, messages in forms.items():
+            pid = f"plant:{form}:{r['test_index']}"
+            rows.append({"_id": pid, "messages": messages})
+            planted[pid] = (form, f"te:{r['test_index']}")
+    train_df = pl.DataFrame(rows, schema={"_id": pl.String, "messages": MESSAGES}).with_columns(
+        pl.col("messages")
+        .list.eval(pl.concat_str(pl.element().struct.field("role"), pl.lit(": "), pl.element().struct.field("content")))
+        .list.join("\n")
+        .alias("text")  # what the baselines read
+    )
+    opts = {"train_fields": ["messages"], "eval_fields": ["question"]}
+    ev = evals.select("_id", "question")
+    return [Case("chat", train_df, ev, planted, negatives, opts, ev["question"].to_list())]
 
 
 def _folds(items: pl.DataFrame) -> list[tuple[pl.DataFrame, pl.DataFrame]]:
@@ -224,7 +269,7 @@ def humaneval_cases(folder: Path, split: str) -> list[Case]:
     return cases
 
 
-DOMAINS = {"gsm8k": gsm8k_cases, "mmlu": mmlu_cases, "humaneval": humaneval_cases}
+DOMAINS = {"gsm8k": gsm8k_cases, "mmlu": mmlu_cases, "humaneval": humaneval_cases, "chat": chat_cases}
 
 
 @dataclass
@@ -355,7 +400,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, dict[str, Any]]]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--split", default="dev", help="dev (default) or heldout: which *.SPLIT.jsonl files to read")
     ap.add_argument("--data", type=Path, default=REPHRASES, help="folder of the rephrase files")
-    ap.add_argument("--domains", default="gsm8k,mmlu,humaneval")
+    ap.add_argument("--domains", default="gsm8k,mmlu,humaneval,chat")
     ap.add_argument("--no-baselines", action="store_true", help="only (a): skip MiniLM-everything and 13-gram")
     ap.add_argument("--judge", metavar="MODEL_SPEC", help="also run (a) with this LLM judge")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a leakage.check option")

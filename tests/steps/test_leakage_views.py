@@ -493,3 +493,31 @@ def test_static_vectors_of_train_rows_do_not_depend_on_the_rows_encoded_with_the
     assert np.array_equal(model.encode(questions[20:21], idf)[0], together[0])
     assert np.array_equal(model.encode(questions[49:19:-1], idf)[::-1], together)
     assert not np.array_equal(model.encode(questions[20:], model.idf(questions[20:])), together)  # the IDF counts
+
+
+def test_bench_conversations_are_read_by_their_user_turns(ctx):
+    """``bench/leakage.py``'s chat domain: rephrases planted as `messages` conversations (with the
+    worked answer, the final answer, or after a system prompt) are found by their user turn alone,
+    so the three forms give the same matches; the baselines' text holds every turn."""
+    bench = _bench()
+    case = bench.chat_cases(REPHRASES, "dev")[0]
+    items = sorted({eid for _, eid in case.planted.values()})[:10]
+    planted = [pid for pid, (_, eid) in case.planted.items() if eid in items]
+    train = case.train.filter(pl.col("_id").is_in(planted) | pl.col("_id").is_in([f"clean:{i}" for i in range(40)]))
+    system = train.filter(pl.col("_id").str.contains("system prompt"))["text"].to_list()
+    assert all(t.startswith("system: You are") and "\nassistant: " in t for t in system)
+    cfg = LeakageConfig(**case.options, action="flag")
+    matches = leakage_check({"train": train.drop("text"), "eval": case.evals}, cfg, ctx).tables["matches"]
+    found = dict(zip(matches["train_id"], matches["eval_id"], strict=True))
+    per_form: dict[str, set[str]] = {}
+    for pid in planted:
+        form, eid = case.planted[pid]
+        per_form.setdefault(form, set())
+        if found.get(pid) == eid:
+            per_form[form].add(eid)
+    assert len(per_form) == 3 and len({frozenset(s) for s in per_form.values()}) == 1, per_form
+    assert len(per_form["system prompt + user turn"]) >= 9
+    assert not any(tid.startswith("clean:") for tid in found)
+    # what the check compared: the user turn, not the system prompt or the answer
+    read = matches["train_text"].to_list()
+    assert read and all(t.startswith("user: ") and "system:" not in t and "assistant:" not in t for t in read)
