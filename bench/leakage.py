@@ -14,7 +14,9 @@ Domains, each planted into training data in several forms and scored against cle
 - chat: the same GSM8K items as conversations (a `messages` column of role/content turns, the
   format TRL's SFT trainer reads): the rephrase as the user turn with the worked answer, with
   the final answer, and after a system prompt; the clean rows are GSM8K train as conversations.
-  No answer columns. The check reads the user turns; the baselines read the conversation as text.
+  Run twice: without answer columns, and with the eval items' answers (each conversation's
+  answer is read from its text, `answers_from_text`). The check reads the user turns; the
+  baselines read the conversation as text.
 - mmlu: eval = the items' question with their correct choice (the check's multiple-choice view);
   train = each rephrase with its answer, alone, and the verbatim item (question, lettered choices,
   answer). Two folds: the items of one half are the eval set, and the other half's rephrases and
@@ -167,8 +169,11 @@ def chat_cases(folder: Path, split: str) -> list[Case]:
         .alias("text")  # what the baselines read
     )
     opts = {"train_fields": ["messages"], "eval_fields": ["question"]}
-    ev = evals.select("_id", "question")
-    return [Case("chat", train_df, ev, planted, negatives, opts, ev["question"].to_list())]
+    q = evals["question"].to_list()
+    return [
+        Case("chat", train_df, evals, planted, negatives, opts, q),
+        Case("chat, eval answers", train_df, evals, planted, negatives, {**opts, "eval_answer": "answer"}, q),
+    ]
 
 
 def _folds(items: pl.DataFrame) -> list[tuple[pl.DataFrame, pl.DataFrame]]:
@@ -412,9 +417,9 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, dict[str, Any]]]:
     for name in args.domains.split(","):
         cases = DOMAINS[name](args.data, args.split)
         per_method: dict[str, list[dict[str, Any]]] = {}
-        runs = {}  # the gsm8k runs are shown apart (with and without answer columns)
+        runs = {}  # the gsm8k and chat runs are shown apart (with and without answer columns)
         for case in cases:
-            group = case.domain if name == "gsm8k" else name
+            group = case.domain if name in ("gsm8k", "chat") else name
             runs.setdefault(group, {})
             res = runs[group]
             out = run_check(case, overrides)

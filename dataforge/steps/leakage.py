@@ -169,6 +169,10 @@ class LeakageConfig(StepConfig):
     eval_fields: Fields
     train_answer: str | None = None
     eval_answer: str | None = None
+    # without a train_answer column, the final answer a train row states in its text (all its
+    # turns: "#### N", \boxed{…}, "the answer is …", <answer>…</answer>; none when it states
+    # none) is compared with the eval_answer of the items
+    answers_from_text: bool = True
     action: Literal["drop", "flag", "report"] = "drop"
     ngram: int = 13
     short_ngram: int = 8
@@ -567,6 +571,16 @@ def _answers(df: pl.DataFrame, column: str | None) -> list[float | None]:
     return [parse_number(v) for v in df[column].cast(pl.String).to_list()]
 
 
+def stated_answers(df: pl.DataFrame, fields: list[str]) -> list[str | None]:
+    """The final answer each row states in its text (``graders.extract_answer``: "#### N",
+    ``\\boxed{…}``, "the answer is …", or the reasoning format's ``<answer>``), reading every turn
+    of a conversation (the answer is the assistant's); None for a row that states none."""
+    from dataforge.graders import extract_answer
+
+    text = df.select(pl.concat_str([text_expr(df, f) for f in fields], separator="\n").alias("t"))["t"]
+    return [extract_answer(t) for t in text.to_list()]
+
+
 def both_ways(forward: float | None, train_written: Any, eval_searched: Any, k: int) -> float | None:
     """Number agreement read both ways: the share of the eval item's numbers the train text has,
     and of the train text's first ``k`` numbers (``k`` = the eval item's count) the eval item has;
@@ -637,7 +651,7 @@ def _clone_hits(train: _Side, evals: _Side, cfg: LeakageConfig) -> pl.DataFrame:
 
 @step(
     "leakage.check",
-    version=10,  # 10: a static match decides alone only when corroborated (numbers or answers)
+    version=11,  # 10: a static match decides alone only when corroborated; 11: answers_from_text
     inputs=None,
     outputs=("data", "matches", "scores"),
     columns=_columns,
@@ -651,6 +665,8 @@ def leakage_check(inputs: dict[str, pl.DataFrame], cfg: LeakageConfig, ctx: Cont
     ts = _Side(train, cfg.train_fields, cfg)
     t_list = ts.base
     t_answer_text = train[cfg.train_answer].cast(pl.String).to_list() if cfg.train_answer else None
+    if t_answer_text is None and cfg.eval_answer and cfg.answers_from_text:
+        t_answer_text = stated_answers(train, cfg.train_fields)
 
     @functools.cache
     def t_words(t: int) -> frozenset[str]:

@@ -521,3 +521,41 @@ def test_bench_conversations_are_read_by_their_user_turns(ctx):
     # what the check compared: the user turn, not the system prompt or the answer
     read = matches["train_text"].to_list()
     assert read and all(t.startswith("user: ") and "system:" not in t and "assistant:" not in t for t in read)
+
+
+def test_a_conversations_stated_answer_is_compared_with_the_eval_answer(ctx):
+    """Without a train answer column, the answer a conversation states ("#### N", "the answer is
+    N", in any turn) is its answer: the same pizza frame with another answer ("Donna cut her pizza
+    into 12 slices…", 4) is not GSM8K test item 396 ("Jenny is dividing up a pizza with 12
+    slices…", 3), which the user turns alone matched."""
+    from dataforge.steps.leakage import stated_answers
+    from dataforge.text.fields import MESSAGES
+    from tests.conftest import GSM8K
+
+    train = pl.read_ndjson(GSM8K / "train.jsonl")
+    donna = train.row(7082, named=True)
+
+    def turns(user: str, assistant: str) -> list[dict[str, str]]:
+        return [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]
+
+    rows = pl.DataFrame(
+        {
+            "_id": ["donna", "stated", "silent"],
+            "messages": [
+                turns(donna["question"], donna["answer"]),
+                turns("What is 6 times 7?", "The answer is 42."),
+                turns("Hi", "6 times 7 is 42"),
+            ],
+        },
+        schema={"_id": pl.String, "messages": MESSAGES},
+    )
+    assert stated_answers(rows, ["messages"]) == ["4", "42.", None]
+    test = pl.read_ndjson(GSM8K / "test.jsonl").with_row_index("i")
+    evals = test.select(
+        pl.format("te:{}", "i").alias("_id"), "question", pl.col("answer").str.extract(r"####\s*(\S+)").alias("answer")
+    )
+    cfg = LeakageConfig(train_fields=["messages"], eval_fields=["question"], eval_answer="answer", action="flag")
+    check = lambda c: leakage_check({"train": rows.head(1), "eval": evals}, c, ctx).tables["matches"]  # noqa: E731
+    matched = check(cfg.model_copy(update={"answers_from_text": False}))
+    assert matched["eval_id"].to_list() == ["te:396"]  # the frame alone reads as the item
+    assert check(cfg).is_empty()  # 4 is not 3
