@@ -34,19 +34,37 @@ Executor = Literal["local", "ray"]  # where a build's steps run (engine.runner.e
 EXECUTORS: tuple[str, ...] = typing.get_args(Executor)
 
 NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
-RESERVED_STEP_KEYS = ("kind", "inputs")
+RESERVED_STEP_KEYS = ("kind", "inputs", "resources")
 
 
 class _Frozen(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class TaskResources(_Frozen):
+    """What each Ray task of a step asks the cluster for (``resources:`` on a step): Ray's own
+    ``num_cpus``, ``num_gpus`` and ``memory`` (bytes) task options. A step holding a model on a GPU
+    asks ``num_gpus: 1``, so each GPU runs one of its tasks at a time (one model per GPU); more
+    ``num_cpus`` runs fewer of them at once. Placement only: the rows and the step's fingerprint do
+    not depend on it, and the local executor runs the step in its own process as always."""
+
+    num_cpus: float | None = Field(default=None, gt=0)
+    num_gpus: float | None = Field(default=None, ge=0)
+    memory: int | None = Field(default=None, gt=0)
+
+    def ray_options(self) -> dict[str, float | int]:
+        """The task options Ray takes (the keys given)."""
+        return self.model_dump(exclude_none=True)
+
+
 class StepSpec(_Frozen):
-    """One step as written: its kind, named inputs (input name → "step[.output]") and raw config."""
+    """One step as written: its kind, named inputs (input name → "step[.output]"), raw config and
+    the resources its Ray tasks ask for."""
 
     kind: str
     inputs: dict[str, str] = Field(default_factory=dict)
     config: dict[str, Any] = Field(default_factory=dict)
+    resources: TaskResources = Field(default_factory=TaskResources)
 
 
 class DatasetSpec(_Frozen):
@@ -148,6 +166,8 @@ def load_recipe(path: str | Path) -> LoadedRecipe:
             )
         config = {k: v for k, v in body.items() if k not in RESERVED_STEP_KEYS}
         steps[name] = {"kind": body["kind"], "inputs": inputs, "config": config}
+        if body.get("resources") is not None:
+            steps[name]["resources"] = body["resources"]
     try:
         recipe = Recipe.model_validate({**data, "steps": steps})
     except ValidationError as exc:

@@ -41,6 +41,7 @@ class PlannedStep:
     outputs: tuple[str, ...]
     columns: dict[str, Columns]
     fingerprint: str
+    resources: dict[str, float | int] = field(default_factory=dict)  # its Ray tasks' options (not fingerprinted)
 
     @property
     def kind(self) -> str:
@@ -253,6 +254,7 @@ def build_plan(
             outputs=outputs,
             columns={o: out_cols.get(o) for o in outputs},
             fingerprint=fp,
+            resources=recipe.steps[name].resources.ray_options(),
         )
 
     datasets = {dn: _plan_dataset(loaded, dn, planned) for dn in recipe.datasets}

@@ -116,6 +116,7 @@ class Done:
     asked: int = 0
     failures: Counter[str] = field(default_factory=Counter)
     error: StepError | None = None
+    assigned: dict[str, float] = field(default_factory=dict)  # what Ray gave the task (CPU, GPU, …)
 
 
 # -- in the worker processes -----------------------------------------------------------------
@@ -155,7 +156,14 @@ def _answer(worker: tuple[PlannedStep, WorkerStep] | None, work: Callable[[Conte
     except StepError as exc:
         return Done(error=exc)
     after_asked, after_failed = ctx.llm.failure_counts() if ctx else (0, Counter())
-    return Done(value, after_asked - asked, after_failed - failed)
+    return Done(value, after_asked - asked, after_failed - failed, assigned=_assigned())
+
+
+def _assigned() -> dict[str, float]:
+    """The resources Ray assigned to the running task (its CPUs, GPUs, …; memory is not listed)."""
+    import ray
+
+    return {k: float(v) for k, v in ray.get_runtime_context().get_assigned_resources().items()}
 
 
 def _rows_task(
@@ -249,6 +257,7 @@ class RayRunner(Runner):
         self.tasks_run: Counter[str] = Counter()  # tasks done by kind (rows, partition, bucket)
         self.shuffled: Counter[str] = Counter()  # bytes of bucket files written, by key step
         self.rounds: Counter[str] = Counter()  # map rounds (one Context.mapper call each), by step
+        self.assigned: dict[str, dict[str, float]] = {}  # per step, the most Ray assigned one of its tasks
 
     def run(self, force: Iterable[str] = (), wait: bool = False) -> BuildReport:
         import ray
@@ -263,8 +272,10 @@ class RayRunner(Runner):
                 "bucket": ray.remote(max_retries=TASK_RETRIES)(_bucket_task),
                 "map": ray.remote(max_retries=TASK_RETRIES)(_map_task),
             }
+            self._check_resources(ray.nodes())
             report = super().run(force, wait)
             report.tasks = dict(sorted(self.tasks_run.items()))
+            report.assigned = dict(self.assigned)
             report.shuffled = dict(self.shuffled)
             report.rounds = dict(self.rounds)
             report.cluster = ray.get_runtime_context().gcs_address
@@ -272,6 +283,28 @@ class RayRunner(Runner):
         finally:
             if connected:
                 ray.shutdown()
+
+    def _check_resources(self, nodes: list[dict[str, Any]]) -> None:
+        """Refuse, before anything runs, a step whose tasks ask for more of a resource than any
+        live node of the cluster has (Ray would wait for it for ever), naming its recipe line."""
+        names = {"num_cpus": "CPU", "num_gpus": "GPU", "memory": "memory"}
+        alive = [n.get("Resources", {}) for n in nodes if n.get("Alive")]
+        for ps in self.plan.steps:
+            for key, wanted in ps.resources.items():
+                most = max((float(r.get(names[key], 0)) for r in alive), default=0.0)
+                if wanted > most:
+                    raise self.plan.loaded.error(
+                        f"its Ray tasks ask for {key} {wanted:g}, but no node of the cluster has that much "
+                        f"(the most any node has: {most:g})",
+                        step=ps.name,
+                        key=f"resources.{key}",
+                    )
+
+    def _task(self, kind: str, step: str) -> Any:
+        """The remote function of ``kind`` with the options of ``step``'s ``resources:``."""
+        ps = self.plan.by_name.get(step)
+        task = self.tasks[kind]
+        return task.options(**ps.resources) if ps is not None and ps.resources else task
 
     def _requests(self) -> tuple[int, Counter[str]]:
         asked, failures = super()._requests()
@@ -304,7 +337,7 @@ class RayRunner(Runner):
         values in job order."""
         import ray
 
-        function, task = ray.put(fn), self.tasks["map"]
+        function, task = ray.put(fn), self._task("map", name)
         self.rounds[name] += 1
         return self._ordered(name, "map", lambda job: task.remote(name, function, job), list(jobs))
 
@@ -331,6 +364,9 @@ class RayRunner(Runner):
                 if done.error is not None:
                     raise done.error
                 self.tasks_run[kind] += 1
+                most = self.assigned.setdefault(name, {})
+                for resource, amount in done.assigned.items():
+                    most[resource] = max(most.get(resource, 0.0), amount)
                 self.remote_asked += done.asked
                 self.remote_failures.update(done.failures)
                 yield done.value
@@ -352,7 +388,7 @@ class RayRunner(Runner):
             first = len(jobs)
             jobs.extend((name, part, schema, first + i) for i, part in enumerate(parts))
         planned = ray.put(ps)
-        task = self.tasks["rows"]
+        task = self._task("rows", ps.name)
         results = self._ordered(ps.name, "rows", lambda job: task.remote(planned, spec, *job), jobs)
         tracked = progress.track(results, total=len(jobs), description="batches on Ray", unit="batches")
         try:
@@ -389,7 +425,7 @@ class RayRunner(Runner):
                 self.shuffled[ps.name] += os.path.getsize(path)
         spec = self._worker_step(ps, [n for n in ps.inputs if n != name])
         grouped = tuple(group_outputs(ps) or ())
-        task = self.tasks["bucket"]
+        task = self._task("bucket", ps.name)
         order = sorted(written)
         results = self._ordered(
             ps.name, "bucket", lambda b: task.remote(planned, spec, name, written[b], grouped), order

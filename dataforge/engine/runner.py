@@ -87,6 +87,7 @@ class BuildReport:
     staged: dict[str, int] = field(default_factory=dict)  # bytes staged for jobs (texts, keys, vectors), by step
     rounds: dict[str, int] = field(default_factory=dict)  # rounds of map tasks a global step ran, by step (Ray)
     cluster: str | None = None  # the Ray cluster's address (GCS) where the build ran on Ray
+    assigned: dict[str, dict[str, float]] = field(default_factory=dict)  # per step, what Ray gave a task (most)
     published: str | None = None  # the object-store URI the build was published to (``engine.remote``)
     sent: Synced | None = None  # what publishing it copied
 

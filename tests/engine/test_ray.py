@@ -9,6 +9,7 @@ import re
 import signal
 from pathlib import Path
 
+import duckdb
 import polars as pl
 import pytest
 
@@ -116,6 +117,49 @@ def test_the_executor_comes_from_the_option_the_environment_or_the_recipe(qa, mo
     assert re.search(r"tasks run by kind: map \d+, rows \d+", said)  # map: the export's files
     assert _tree_hashes(ws.root / "b" / "datasets") == _tree_hashes(ws.root / "e" / "datasets")
     assert _tree_hashes(ws.root / "c" / "datasets") == _tree_hashes(ws.root / "f" / "datasets")
+
+
+def _with_resources(recipe: Path, resources: str) -> None:
+    """The QA recipe's normalize step with ``resources: <resources>``."""
+    step = "    kind: clean.normalize\n"
+    recipe.write_text(recipe.read_text().replace(step, f"{step}    resources: {resources}\n"))
+
+
+def test_a_steps_resources_are_what_ray_gives_its_tasks_and_change_no_row(qa, ray_local):
+    """``resources:`` on a step: each of its Ray tasks gets that much of the cluster (here 2 CPUs
+    of the fixture's 2, so one task at a time), the others Ray's default 1 CPU; the datasets are
+    those of the build without it, and the step's fingerprint is the same."""
+    ws, recipe = qa
+    plain = build(recipe, ws.root / "plain", show_progress=False, batch_rows=1, executor="ray")
+    _with_resources(recipe, "{num_cpus: 2}")
+    placed = build(recipe, ws.root / "placed", show_progress=False, batch_rows=1, executor="ray")
+    assert placed.assigned["clean"] == {"CPU": 2.0}
+    assert placed.assigned["filtered"] == plain.assigned["clean"] == {"CPU": 1.0}
+    data = [
+        {k: v for k, v in _tree_hashes(ws.root / out / "datasets").items() if not k.endswith("card.md")}
+        for out in ("plain", "placed")
+    ]
+    assert data[0] == data[1] and len(data[0]) > 2  # the card quotes the recipe, which differs
+    fingerprints = [
+        duckdb.connect(str(ws.root / out / "lineage.duckdb"), read_only=True)
+        .execute("SELECT fingerprint FROM latest_steps WHERE step = 'clean'")
+        .fetchone()
+        for out in ("plain", "placed")
+    ]
+    assert fingerprints[0] == fingerprints[1]
+
+
+def test_a_step_asking_for_more_than_any_node_has_is_refused_before_anything_runs(qa, ray_local):
+    """Ray would wait for ever for a GPU the cluster lacks: the build stops first, naming the
+    recipe line of the key, and runs no step."""
+    ws, recipe = qa
+    _with_resources(recipe, "{num_gpus: 1}")
+    with pytest.raises(RecipeError, match=r"recipe\.yaml:\d+.*clean.*resources\.num_gpus.*num_gpus 1, but no node"):
+        build(recipe, ws.out, show_progress=False, batch_rows=1, executor="ray")
+    assert not (ws.out / "artifacts").exists() or not any((ws.out / "artifacts").iterdir())
+    recipe.write_text(recipe.read_text().replace("{num_gpus: 1}", "{num_gpu: 1}"))
+    with pytest.raises(RecipeError, match=r"recipe\.yaml:\d+.*resources\.num_gpu\b.*[Ee]xtra"):
+        build(recipe, ws.out, show_progress=False, batch_rows=1)
 
 
 def test_a_recipe_naming_no_executor_is_refused_with_its_line(qa):
