@@ -102,6 +102,10 @@ def cmd_build(args: argparse.Namespace) -> int:
     if report.cluster is not None:
         tasks = ", ".join(f"{kind} {n:,}" for kind, n in report.tasks.items()) or "none"
         out_console.print(f"Ray cluster {report.cluster}: tasks run by kind: {tasks}")
+        placed = {s: r for s, r in report.assigned.items() if r != {"CPU": 1.0}}  # Ray's default, left out
+        if placed:
+            given = "; ".join(f"{s} {', '.join(f'{k} {v:g}' for k, v in sorted(r.items()))}" for s, r in placed.items())
+            out_console.print(f"resources Ray gave a task, by step: {given}")
     copy = f" (and {report.out / 'report.html'})" if report.published else ""
     out_console.print(f"report: {where}/report.html{copy}")
     if report.published is not None and report.sent is not None:

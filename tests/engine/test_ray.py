@@ -125,7 +125,7 @@ def _with_resources(recipe: Path, resources: str) -> None:
     recipe.write_text(recipe.read_text().replace(step, f"{step}    resources: {resources}\n"))
 
 
-def test_a_steps_resources_are_what_ray_gives_its_tasks_and_change_no_row(qa, ray_local):
+def test_a_steps_resources_are_what_ray_gives_its_tasks_and_change_no_row(qa, ray_local, capsys):
     """``resources:`` on a step: each of its Ray tasks gets that much of the cluster (here 2 CPUs
     of the fixture's 2, so one task at a time), the others Ray's default 1 CPU; the datasets are
     those of the build without it, and the step's fingerprint is the same."""
@@ -147,6 +147,9 @@ def test_a_steps_resources_are_what_ray_gives_its_tasks_and_change_no_row(qa, ra
         for out in ("plain", "placed")
     ]
     assert fingerprints[0] == fingerprints[1]
+    # the summary names the steps whose tasks Ray gave more than its default
+    assert main(["build", str(recipe), "--out", str(ws.root / "cli"), "--executor", "ray", "--batch-rows", "1"]) == 0
+    assert "resources Ray gave a task, by step: clean CPU 2\n" in capsys.readouterr().out
 
 
 def test_a_step_asking_for_more_than_any_node_has_is_refused_before_anything_runs(qa, ray_local):
