@@ -143,7 +143,7 @@ def _conversation(user: str, assistant: str, system: str | None = None) -> list[
 
 
 def chat_cases(folder: Path, split: str) -> list[Case]:
-    from dataforge.text.fields import MESSAGES
+    from dataforge.text.fields import MESSAGES, text_expr
 
     train, evals, rephrased = _gsm8k(folder, split)
     rows, negatives, planted = [], {}, {}
@@ -162,12 +162,8 @@ def chat_cases(folder: Path, split: str) -> list[Case]:
             pid = f"plant:{form}:{r['test_index']}"
             rows.append({"_id": pid, "messages": messages})
             planted[pid] = (form, f"te:{r['test_index']}")
-    train_df = pl.DataFrame(rows, schema={"_id": pl.String, "messages": MESSAGES}).with_columns(
-        pl.col("messages")
-        .list.eval(pl.concat_str(pl.element().struct.field("role"), pl.lit(": "), pl.element().struct.field("content")))
-        .list.join("\n")
-        .alias("text")  # what the baselines read
-    )
+    train_df = pl.DataFrame(rows, schema={"_id": pl.String, "messages": MESSAGES})
+    train_df = train_df.with_columns(text_expr(train_df, "messages").alias("text"))  # what the baselines read
     opts = {"train_fields": ["messages"], "eval_fields": ["question"]}
     q = evals["question"].to_list()
     return [

@@ -577,8 +577,12 @@ def stated_answers(df: pl.DataFrame, fields: list[str]) -> list[str | None]:
     of a conversation (the answer is the assistant's); None for a row that states none."""
     from dataforge.graders import extract_answer
 
-    text = df.select(pl.concat_str([text_expr(df, f) for f in fields], separator="\n").alias("t"))["t"]
-    return [extract_answer(t) for t in text.to_list()]
+    return [extract_answer(t) for t in _fields_text(df, fields)]
+
+
+def _fields_text(df: pl.DataFrame, fields: list[str], roles: list[str] | None = None) -> list[str]:
+    """Each row's ``fields`` as one text, a line apart (messages: the turns of ``roles``, all when None)."""
+    return df.select(pl.concat_str([text_expr(df, f, roles) for f in fields], separator="\n").alias("t"))["t"].to_list()
 
 
 def both_ways(forward: float | None, train_written: Any, eval_searched: Any, k: int) -> float | None:
@@ -596,10 +600,7 @@ class _Side:
     row's ``kind`` and, for code, its anonymized token stream."""
 
     def __init__(self, df: pl.DataFrame, fields: list[str], cfg: LeakageConfig, choices: str | None = None):
-        roles = ["user"] if cfg.view in ("auto", "chat") else None
-        raw = df.select(pl.concat_str([text_expr(df, f, roles) for f in fields], separator="\n").alias("t"))[
-            "t"
-        ].to_list()
+        raw = _fields_text(df, fields, ["user"] if cfg.view in ("auto", "chat") else None)
         self.owner: list[int] | None = None  # multiple choice: the item each view belongs to
         shingled: list[str] | None = None  # multiple choice: the views as shared n-grams read them
         if choices is not None:
@@ -838,11 +839,13 @@ def similarity_margin(row: dict[str, Any], cfg: LeakageConfig) -> float | None:
     None when neither applies."""
     support = _support(row, cfg)
     floor = cfg.code_cosine_min if row.get("kind") == "code" else cfg.cosine_min
-    margins = [
-        s + support - m for s, m in ((row.get("static"), cfg.static_min), (row.get("cosine"), floor)) if s is not None
-    ]
-    if margins and row.get("static") is not None and margins[0] >= 0 and not corroborated(row, support):
-        margins.pop(0)
+    margins = []
+    if row.get("static") is not None:
+        static = row["static"] + support - cfg.static_min
+        if static < 0 or corroborated(row, support):
+            margins.append(static)
+    if row.get("cosine") is not None:
+        margins.append(row["cosine"] + support - floor)
     return round(max(margins), 6) if margins else None
 
 
