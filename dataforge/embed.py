@@ -90,17 +90,30 @@ def padded_lengths(model: Any, texts: Sequence[str], chunk: int = 1024) -> np.nd
     return np.minimum(rounded, limit)
 
 
+def token_lengths(texts: Sequence[str], model: str | None = None, max_tokens: int | None = None) -> np.ndarray:
+    """``padded_lengths`` of ``texts`` under ``model`` read to at most ``max_tokens`` tokens (the
+    model's own limit when None): what ``embed`` pads each text to."""
+    m = load_model(model, None)
+    limit = m.max_seq_length
+    m.max_seq_length = min(limit, max_tokens or limit)
+    try:
+        return padded_lengths(m, texts)
+    finally:
+        m.max_seq_length = limit
+
+
 def embed(
     texts: Sequence[str],
     model: str | None = None,
     batch_size: int = 64,
     progress: Any = None,
     device: str | None = None,
-    max_tokens: int | None = None,
+    max_tokens: int | Sequence[int] | np.ndarray | None = None,
     dtype: str = "float32",
 ) -> np.ndarray:
     """(n, d) float32 unit-length embeddings of ``texts``, in their order; ``max_tokens`` truncates
-    each text to its first tokens (the model's own limit when None).
+    each text to its first tokens: one limit for every text, or one per text (a text's vector is
+    the one a call with its limit alone gives); the model's own limit when None.
 
     A text's vector does not depend on the texts embedded with it: each is padded to its own
     ``padded_lengths`` (a multiple of ``PAD_MULTIPLE`` tokens) and batched only with texts padded
@@ -123,10 +136,15 @@ def embed(
     dim = getattr(m, "get_embedding_dimension", None) or m.get_sentence_embedding_dimension  # renamed in 6.x
     out = np.zeros((len(texts), dim() or 0), dtype=np.float32)
     limit = m.max_seq_length
+    each = None if max_tokens is None or isinstance(max_tokens, int) else np.asarray(max_tokens, dtype=np.int64)
+    if each is not None and len(each) != len(texts):
+        raise ValueError(f"max_tokens: {len(each)} limits for {len(texts)} texts")
     if max_tokens is not None:
-        m.max_seq_length = min(limit, max_tokens)
+        m.max_seq_length = min(limit, int(each.max(initial=1)) if each is not None else max_tokens)
     try:
         padded = padded_lengths(m, texts)
+        if each is not None:  # what a text's own limit gives: its length rounded up, cut at the limit
+            padded = np.minimum(padded, each)
         batches = []  # longest first; within a length, in text order
         for length in sorted(set(padded.tolist()), reverse=True):
             same = np.nonzero(padded == length)[0]

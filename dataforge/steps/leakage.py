@@ -30,7 +30,8 @@ The cascade, cheap first; only gated candidates reach the transformer:
    topic more than request, so without agreeing numbers or answers the pair goes to the
    transformer instead ("I think people overreact about school shootings…" and "Today I heard a
    parent berating their child…" read 0.89).
-7. ``embedding``: MiniLM cosine (the first ``max_tokens`` tokens) of the pairs still undecided whose
+7. ``embedding``: MiniLM cosine (the eval item's first ``max_tokens`` tokens; the train text's, at
+   most its longest gated eval item's length + ``train_tokens_margin``) of the pairs still undecided whose
    static cosine + evidence reaches ``embed_gate`` (``short_embed_gate`` for eval items under
    ``2 * ngram`` words); a leak when cosine + evidence ≥ ``cosine_min`` (``code_cosine_min`` for
    code eval items).
@@ -194,6 +195,10 @@ class LeakageConfig(StepConfig):
     model: str | None = None
     batch_size: int = 64
     max_tokens: int | None = 128
+    # the transformer reads a train text to at most the longest of its gated eval items' length +
+    # this many tokens (and max_tokens): a rephrase is about as long as its item, and what follows
+    # it (a worked answer, a long reply) adds cost and dilutes the cosine; None: max_tokens always
+    train_tokens_margin: int | None = 32
     # the transformer's numbers: float32 (the same decisions on every machine), or bfloat16 (about
     # 2x on a CPU with AVX-512 BF16; cosines move by up to 0.002, so a pair at a threshold's edge
     # can be decided otherwise), or auto (bfloat16 where the device computes it natively)
@@ -377,11 +382,36 @@ def _tfidf_candidates(train: list[str], evals: list[str], top_k: int, floor: flo
     return found.rename({"score": "tfidf"})
 
 
-def _vectors(texts: list[str], cfg: LeakageConfig, ctx: Context) -> np.ndarray:
+def _vectors(
+    texts: list[str], cfg: LeakageConfig, ctx: Context, max_tokens: int | np.ndarray | None = None
+) -> np.ndarray:
+    """MiniLM vectors of ``texts``, each read to ``max_tokens`` (one limit, or one per text;
+    ``cfg.max_tokens`` when None)."""
     from dataforge.embed import embed, resolve_model
 
     model = resolve_model(cfg.model, ctx.base_dir)
-    return embed(texts, model, cfg.batch_size, ctx.progress, max_tokens=cfg.max_tokens, dtype=cfg.embed_dtype)
+    limit = cfg.max_tokens if max_tokens is None else max_tokens
+    return embed(texts, model, cfg.batch_size, ctx.progress, max_tokens=limit, dtype=cfg.embed_dtype)
+
+
+def _train_token_limits(
+    evals: list[str], pairs_t: np.ndarray, pairs_e: np.ndarray, cfg: LeakageConfig, ctx: Context
+) -> np.ndarray | None:
+    """Per train text of the gated pairs (``pairs_t`` sorted unique indices into them, ``pairs_e``
+    each pair's eval text): how many tokens the transformer reads of it — the longest of its eval
+    items' ``token_lengths`` + ``train_tokens_margin``, at most ``max_tokens``. None: no margin set.
+    A function of the train row and the eval side alone."""
+    if cfg.train_tokens_margin is None:
+        return None
+    from dataforge.embed import resolve_model, token_lengths
+
+    ue, e_at = np.unique(pairs_e, return_inverse=True)
+    e_len = token_lengths([evals[i] for i in ue], resolve_model(cfg.model, ctx.base_dir), cfg.max_tokens)
+    ut, t_at = np.unique(pairs_t, return_inverse=True)
+    longest = np.zeros(len(ut), dtype=np.int64)
+    np.maximum.at(longest, t_at, e_len[e_at])
+    limit = longest + cfg.train_tokens_margin
+    return limit if cfg.max_tokens is None else np.minimum(limit, cfg.max_tokens)
 
 
 EVAL_VECTORS_KEPT = 200_000  # eval texts whose MiniLM vectors a process keeps (about 300 MB)
@@ -652,7 +682,7 @@ def _clone_hits(train: _Side, evals: _Side, cfg: LeakageConfig) -> pl.DataFrame:
 
 @step(
     "leakage.check",
-    version=11,  # 10: a static match decides alone only when corroborated; 11: answers_from_text
+    version=12,  # 10: static matches need corroboration; 11: answers_from_text; 12: train_tokens_margin
     inputs=None,
     outputs=("data", "matches", "scores"),
     columns=_columns,
@@ -787,7 +817,8 @@ def leakage_check(inputs: dict[str, pl.DataFrame], cfg: LeakageConfig, ctx: Cont
             ti = np.array([rows[k]["t"] for k in todo])
             ei = np.array([rows[k]["e"] for k in todo])
             ut, ue = np.unique(ti), np.unique(ei)
-            tv = _vectors([ts.prose[i] for i in ut], cfg, ctx)
+            limits = _train_token_limits(es.prose, ti, ei, cfg, ctx)
+            tv = _vectors([ts.prose[i] for i in ut], cfg, ctx, limits)
             evv = _eval_vectors([es.prose[i] for i in ue], cfg, ctx)
             cos = (tv[np.searchsorted(ut, ti)] * evv[np.searchsorted(ue, ei)]).sum(axis=1)
             for k, c in zip(todo, cos, strict=True):

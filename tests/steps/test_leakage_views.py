@@ -478,6 +478,34 @@ def test_a_texts_embedding_does_not_depend_on_the_texts_embedded_with_it():
     assert np.allclose(np.linalg.norm(together, axis=1), 1.0, atol=1e-5)
 
 
+def test_a_limit_per_text_gives_each_text_the_vector_of_its_own_limit():
+    """``embed(max_tokens=[…])`` reads each text to its own limit: its vector is the one a call
+    with that limit alone gives, to the bit, whatever limits the texts batched with it have; a
+    limit under a text's length changes its vector, one over it does not."""
+    import numpy as np
+
+    from dataforge.embed import embed, token_lengths
+    from tests.conftest import GSM8K
+
+    rows = pl.read_ndjson(GSM8K / "train.jsonl").head(24)
+    texts = (rows["question"] + "\n" + rows["answer"]).to_list()
+    limits = [48, 64, 96, 128] * 6
+    mixed = embed(texts, batch_size=8, max_tokens=limits)
+    for limit in sorted(set(limits)):
+        at = [i for i, x in enumerate(limits) if x == limit]
+        assert np.array_equal(mixed[at], embed([texts[i] for i in at], max_tokens=limit))
+    full = token_lengths(texts, max_tokens=128)
+    assert (token_lengths(texts, max_tokens=48) == np.minimum(full, 48)).all()
+    short = [i for i, x in enumerate(limits) if x < full[i]]
+    whole = [i for i, x in enumerate(limits) if x >= full[i]]
+    assert short and whole
+    alone = embed(texts, max_tokens=128)
+    assert not np.isclose((mixed[short] * alone[short]).sum(axis=1), 1.0, atol=1e-4).any()
+    assert np.array_equal(mixed[whole], alone[whole])
+    with pytest.raises(ValueError, match="3 limits for 24 texts"):
+        embed(texts, max_tokens=[64, 64, 64])
+
+
 def test_static_vectors_of_train_rows_do_not_depend_on_the_rows_encoded_with_them():
     """The static model's IDF comes from a reference side (the eval items): a train row's vector
     is the same encoded with every row or alone."""
@@ -559,3 +587,23 @@ def test_a_conversations_stated_answer_is_compared_with_the_eval_answer(ctx):
     matched = check(cfg.model_copy(update={"answers_from_text": False}))
     assert matched["eval_id"].to_list() == ["te:396"]  # the frame alone reads as the item
     assert check(cfg).is_empty()  # 4 is not 3
+
+
+def test_a_rephrase_with_its_worked_answer_is_read_about_as_long_as_its_eval_item(ctx):
+    """The transformer reads a train text to its gated eval item's length + ``train_tokens_margin``
+    tokens: a rephrase of GSM8K test item 84 followed by its worked answer (a development rephrase;
+    the bench plants it so) is a match, while read to ``max_tokens`` its worked answer dilutes the
+    cosine under the floor."""
+    from tests.conftest import GSM8K
+
+    test = pl.read_ndjson(GSM8K / "test.jsonl").with_row_index("i")
+    evals = test.select(pl.format("te:{}", "i").alias("_id"), "question")
+    worked = test["answer"][84].replace("<<+8=8>>", "").replace("<<14/2=7>>", "").replace("<<22-7=15>>", "")
+    rephrase = "A soccer team had 22 matches. The number of games they won exceeded the ones they lost by 8. "
+    train = pl.DataFrame({"_id": ["soccer"], "text": [rephrase + "How many matches did they win?\n" + worked]})
+    cfg = LeakageConfig(train_fields=["text"], eval_fields=["question"], action="flag")
+    assert cfg.train_tokens_margin == 32
+    matched = leakage_check({"train": train, "eval": evals}, cfg, ctx).tables["matches"]
+    assert matched.select("eval_id", "detector").rows() == [("te:84", "embedding")]
+    whole = cfg.model_copy(update={"train_tokens_margin": None})
+    assert leakage_check({"train": train, "eval": evals}, whole, ctx).tables["matches"].is_empty()
