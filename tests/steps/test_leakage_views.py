@@ -57,6 +57,8 @@ def _agree(train: str, eval_item: str) -> float | None:
         ("Carl has fourfold", "Carl has four times as many"),
         ("she bought 6 eggs", "she bought half a dozen eggs"),
         ("it took 2.25 hours", "it took two and a quarter hours"),
+        ("The number doubled on Monday, tripled on Tuesday", "Twice as many on Monday, 3 times on Tuesday"),
+        ("The red cord was quadruple the blue one", "The red rope was four times the blue rope"),
     ],
 )
 def test_numbers_read_in_every_common_way_agree(train, eval_item):
