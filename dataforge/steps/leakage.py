@@ -43,8 +43,8 @@ the train text's first numbers in the eval item, read in related units and forms
 quantities), and adds ``numbers_bonus`` for shared distinctive numbers; final answers add
 ``answer_weight`` when they agree (not a small count, which agrees by chance) and take
 ``answer_conflict_weight`` when they differ. The word detectors keep their template rules (a
-shared 13-gram with most of several numbers changed, or with other numbers and another answer,
-is a template, not a copy).
+shared 13-gram with most of several numbers changed, as written or read both ways, or with
+other numbers and another answer, is a template, not a copy).
 
 Partition: ``rows`` on ``train``, the eval inputs whole in every batch. A train row's decision
 depends on its own text and the eval side alone: TF-IDF and static vectors are weighted by the eval
@@ -574,8 +574,10 @@ def decide(row: dict[str, Any], cfg: LeakageConfig) -> str | None:
         return "exact"
     # the word detectors read numbers as written; the similarity rules also in related units
     num, ans = row.get("numbers_as_written", row["numbers"]), row["answers_agree"]
-    # a shared n-gram with most of an eval item's several numbers changed is its template
-    template = num is not None and num < cfg.answer_numbers_min and row.get("eval_counted", 0) >= 2
+    # a shared n-gram with most of an eval item's several numbers changed is its template: read as
+    # written, or both ways (a worked answer full of numbers agrees as written with many items)
+    agreeing = [x for x in (num, row["numbers"]) if x is not None]
+    template = bool(agreeing) and min(agreeing) < cfg.answer_numbers_min and row.get("eval_counted", 0) >= 2
     if row["ngram"] and not template and ngram_decides(row["coverage"], num, ans, row.get("entities"), cfg):
         return "ngram"
     if row.get("clone") and (ans is not False):
@@ -682,7 +684,7 @@ def _clone_hits(train: _Side, evals: _Side, cfg: LeakageConfig) -> pl.DataFrame:
 
 @step(
     "leakage.check",
-    version=12,  # 10: static matches need corroboration; 11: answers_from_text; 12: train_tokens_margin
+    version=13,  # 10: corroborated static matches; 11: answers_from_text; 12: train_tokens_margin; 13: templates
     inputs=None,
     outputs=("data", "matches", "scores"),
     columns=_columns,

@@ -255,6 +255,14 @@ def test_a_template_with_other_numbers_and_answer_is_not_a_leak_even_with_high_o
     unknown = train.with_columns(pl.lit(None, dtype=pl.String).alias("final_answer"))
     m = leakage_check({"train": unknown, "gsm8k_test": ev}, CFG.model_copy(update={"eval_answer": None}), ctx)
     assert m.tables["matches"]["train_id"].to_list() == ["tr:copy"]
+    # GSM8K train row 5162 with its worked answer (the development bench flagged it): read as
+    # written, 2 of the item's 3 numbers agree (0.67; a worked answer is full of numbers); read both
+    # ways (also its first three numbers, 360, 3 and 240, against the item) a third: the template
+    row = pl.read_ndjson(GSM8K / "train.jsonl").row(5162, named=True)
+    assert row["question"].startswith("A train travels 360 miles in 3 hours.")
+    worked = _items([("tr:5162", row["question"] + "\n" + row["answer"], None)])
+    m = leakage_check({"train": worked, "gsm8k_test": ev}, CFG.model_copy(update={"eval_answer": None}), ctx)
+    assert m.tables["matches"].is_empty()
 
 
 def test_readings_and_canonical_words():
