@@ -397,10 +397,11 @@ def _vectors(
 def _train_token_limits(
     evals: list[str], pairs_t: np.ndarray, pairs_e: np.ndarray, cfg: LeakageConfig, ctx: Context
 ) -> np.ndarray | None:
-    """Per train text of the gated pairs (``pairs_t`` sorted unique indices into them, ``pairs_e``
-    each pair's eval text): how many tokens the transformer reads of it — the longest of its eval
-    items' ``token_lengths`` + ``train_tokens_margin``, at most ``max_tokens``. None: no margin set.
-    A function of the train row and the eval side alone."""
+    """How many tokens the transformer reads of each train text of the gated pairs (``pairs_t``,
+    ``pairs_e``: each pair's train index and eval index into ``evals``), one per train index of
+    ``np.unique(pairs_t)`` in that order: the longest of its eval items' ``token_lengths`` +
+    ``train_tokens_margin``, at most ``max_tokens``. None: no margin set. A function of the train
+    row and the eval side alone."""
     if cfg.train_tokens_margin is None:
         return None
     from dataforge.embed import resolve_model, token_lengths
