@@ -142,12 +142,23 @@ def _messages(df: pl.DataFrame, column: str, role: str, style: str) -> pl.Expr:
 
 
 def _empty(df: pl.DataFrame, column: str) -> pl.Expr:
+    """Whether a needed field is missing: null, blank text, no turns, or turns whose contents are
+    all blank (a chosen response ``[{assistant: ""}]`` is no response)."""
     if df.schema[column] == pl.String:
         return pl.col(column).is_null() | (pl.col(column).str.strip_chars() == "")
-    return pl.col(column).is_null() | (pl.col(column).list.len() == 0)
+    dtype = df.schema[column]
+    missing = pl.col(column).is_null() | (pl.col(column).list.len() == 0)
+    if not (isinstance(dtype, pl.List) and isinstance(dtype.inner, pl.Struct)):
+        return missing  # not messages: the style check names the column
+    if "content" not in {f.name for f in dtype.inner.fields}:
+        return missing
+    blank = pl.col(column).list.eval(
+        pl.element().struct.field("content").cast(pl.String).fill_null("").str.strip_chars() == ""
+    )
+    return missing | blank.list.all()
 
 
-@step("format", version=1, inputs=None, per_table_columns=_format_columns, partition="rows")
+@step("format", version=2, inputs=None, per_table_columns=_format_columns, partition="rows")
 def format_trl(inputs: dict[str, pl.DataFrame], cfg: FormatConfig, ctx: Context) -> StepResult:
     """Shape rows into one of TRL's dataset types."""
     fields = {f: getattr(cfg, f) for f in FIELDS[cfg.type]}

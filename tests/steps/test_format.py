@@ -64,6 +64,18 @@ def test_preference_from_text_and_from_messages(ctx):
         {"data": out}, FormatConfig(type="preference", prompt="prompt", chosen="chosen", rejected="rejected"), ctx
     ).tables["data"]
     assert again.equals(out)
+    # a conversation whose turns are all blank is no response: dropped with its reason, not exported
+    blank = out.with_columns(
+        pl.when(pl.col("_id") == "r:1")
+        .then(pl.lit([{"role": "assistant", "content": " "}], dtype=MESSAGES))
+        .otherwise(pl.col("chosen"))
+        .alias("chosen")
+    )
+    res = format_trl(
+        {"data": blank}, FormatConfig(type="preference", prompt="prompt", chosen="chosen", rejected="rejected"), ctx
+    )
+    assert res.tables["data"]["_id"].to_list() == ["r:0"]
+    assert res.events[0]["row_id"].to_list() == ["r:1"] and res.events[0]["reason"][0] == "format:missing_field"
 
 
 def test_standard_style_refuses_messages(ctx):
