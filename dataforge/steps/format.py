@@ -144,17 +144,13 @@ def _messages(df: pl.DataFrame, column: str, role: str, style: str) -> pl.Expr:
 def _empty(df: pl.DataFrame, column: str) -> pl.Expr:
     """Whether a needed field is missing: null, blank text, no turns, or turns whose contents are
     all blank (a chosen response ``[{assistant: ""}]`` is no response)."""
+    col = pl.col(column)
     if df.schema[column] == pl.String:
-        return pl.col(column).is_null() | (pl.col(column).str.strip_chars() == "")
-    dtype = df.schema[column]
-    missing = pl.col(column).is_null() | (pl.col(column).list.len() == 0)
-    if not (isinstance(dtype, pl.List) and isinstance(dtype.inner, pl.Struct)):
-        return missing  # not messages: the style check names the column
-    if "content" not in {f.name for f in dtype.inner.fields}:
-        return missing
-    blank = pl.col(column).list.eval(
-        pl.element().struct.field("content").cast(pl.String).fill_null("").str.strip_chars() == ""
-    )
+        return col.is_null() | (col.str.strip_chars() == "")
+    missing = col.is_null() | (col.list.len() == 0)
+    if df.schema[column] != MESSAGES:
+        return missing  # not messages: ``_messages`` refuses the column, naming it
+    blank = col.list.eval(pl.element().struct.field("content").fill_null("").str.strip_chars() == "")
     return missing | blank.list.all()
 
 
