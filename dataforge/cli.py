@@ -148,18 +148,27 @@ def _add_override_options(p: argparse.ArgumentParser) -> None:
 
 def cmd_plan(args: argparse.Namespace) -> int:
     from dataforge.engine.plan import plan_recipe
-    from dataforge.engine.store import Store
+    from dataforge.engine.remote import RemoteBuild
+    from dataforge.engine.store import Store, finished_marker, is_uri
 
     plan = plan_recipe(args.recipe, _model_overrides(args.model), args.set or [])
-    out = Path(args.out)
-    store = Store(out) if out.exists() else None
-    table = Table(title=f"plan of {plan.loaded.path} (out: {out})")
+    out = args.out
+    if is_uri(out):  # what the published build holds, from its manifest: nothing is brought down
+        published = RemoteBuild(str(out)).published_files()
+        where = str(out).split("?", 1)[0]
+
+        def cached(step: str, fingerprint: str) -> bool:
+            return finished_marker(step, fingerprint) in published
+    else:
+        where, cached = str(out), Store(Path(out)).has
+
+    table = Table(title=f"plan of {plan.loaded.path} (out: {where})")
     for col in ("step", "kind", "inputs", "outputs", "fingerprint", "cached"):
         table.add_column(col)
     for s in plan.steps:
-        cached = store is not None and store.has(s.name, s.fingerprint)
         inputs = ", ".join(f"{k}←{v}" for k, v in s.inputs.items()) or "-"
-        table.add_row(s.name, s.kind, inputs, ", ".join(s.outputs), s.fingerprint, "yes" if cached else "no")
+        hit = "yes" if cached(s.name, s.fingerprint) else "no"
+        table.add_row(s.name, s.kind, inputs, ", ".join(s.outputs), s.fingerprint, hit)
     out_console.print(table)
     for d in plan.datasets.values():
         out_console.print(
@@ -249,6 +258,8 @@ _TRAIN_FLAGS = {  # flag → TrainConfig key
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from dataforge.engine.remote import readable_dataset
+    from dataforge.engine.store import is_uri
     from trainers.config import load_train_config
     from trainers.run import preflight, train
 
@@ -262,6 +273,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     if lora or args.lora:
         overrides["lora"] = lora
     cfg = load_train_config(args.config, overrides)
+    if is_uri(args.data):  # a published dataset: its build brought down, trained on from the staging folder
+        args.data = str(readable_dataset(args.data, err_console))
     report, _, meta = preflight(args.trainer, args.data, args.model, cfg)
     table = Table(title=f"pre-flight: {args.trainer} on {args.data}")
     table.add_column("check")
@@ -304,9 +317,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    from dataforge.engine.remote import readable
     from dataforge.hub import export_hub
 
-    written = export_hub(Path(args.out), Path(args.hub), args.dataset)
+    written = export_hub(readable(args.out, err_console), Path(args.hub), args.dataset)
     table = Table("dataset", "split", "rows", "file")
     for name, split, rows, path in written:
         table.add_row(name, split, f"{rows:,}", str(path))
@@ -315,9 +329,18 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from dataforge.report import write_report
+    from dataforge.engine.remote import rewrite
+    from dataforge.engine.store import is_uri
+    from dataforge.report import REPORT_NAME, write_report
 
-    out_console.print(f"report: {write_report(Path(args.out))}")
+    if not is_uri(args.out):
+        out_console.print(f"report: {write_report(Path(args.out))}")
+        return 0
+    path, sent = rewrite(str(args.out), write_report, err_console)
+    out_console.print(
+        f"report: {path} (staging folder), published to {str(args.out).split('?', 1)[0]}/{REPORT_NAME} "
+        f"({sent.copied} file(s) sent)"
+    )
     return 0
 
 
@@ -411,8 +434,8 @@ def make_parser() -> argparse.ArgumentParser:
     pl_.add_argument(
         "--out",
         default="build",
-        type=_folder("the build folder"),
-        help="build directory to check the cache in (default: build/)",
+        type=_folder("the build folder", uri=True),
+        help="build directory, or the object-store URI of a published build, to check the cache in (default: build/)",
     )
     _add_override_options(pl_)
     pl_.set_defaults(fn=cmd_plan)
@@ -450,7 +473,11 @@ def make_parser() -> argparse.ArgumentParser:
         "the output directory gets the checkpoint and dataforge_provenance.json.",
     )
     t.add_argument("trainer", choices=("sft", "dpo", "grpo", "reward"), help="which TRL trainer")
-    t.add_argument("--data", required=True, help="a built dataset directory, e.g. build/datasets/gsm8k_sft")
+    t.add_argument(
+        "--data",
+        required=True,
+        help="a built dataset directory (build/datasets/gsm8k_sft) or a published one (<build URI>/datasets/<name>)",
+    )
     t.add_argument("--model", required=True, help="model path or hub name to start from")
     t.add_argument("--config", help="a YAML training config (keys of trainers.config.TrainConfig); flags win")
     t.add_argument("--output-dir", help="where the checkpoint goes (default: runs/<trainer>-<dataset>)")
@@ -489,7 +516,7 @@ def make_parser() -> argparse.ArgumentParser:
         type=_folder("the hub folder"),
         help="folder to write DIR/<dataset>/ into",
     )
-    x.add_argument("--out", default="build", type=_folder("the build folder"), help="build directory (default: build/)")
+    x.add_argument("--out", default="build", type=_folder("the build folder", uri=True), help=OUT_HELP)
     x.add_argument("--dataset", action="append", help="only this dataset (repeatable; default: all)")
     x.set_defaults(fn=cmd_export)
 
@@ -500,7 +527,7 @@ def make_parser() -> argparse.ArgumentParser:
         "network); this writes it again from the lineage and the exported datasets, e.g. after a dataset "
         "was exported by another recipe into the same --out.",
     )
-    r.add_argument("--out", default="build", type=_folder("the build folder"), help="build directory (default: build/)")
+    r.add_argument("--out", default="build", type=_folder("the build folder", uri=True), help=OUT_HELP)
     r.set_defaults(fn=cmd_report)
     return p
 

@@ -8,10 +8,12 @@ are skipped), files the store holds and the folder no longer does are deleted, a
 before a publish starts, so a prefix without one is a publish in progress or one that stopped
 midway, never a finished build that looks complete.
 
-Readers (``dataforge query``, ``dataforge why``) and a build on a machine whose staging folder is
-missing or older than the store's copy first bring the published build down into the staging
-folder; a build there reuses every artifact, as one in a local folder does (artifacts are checked
-against the lineage before reuse).
+Readers (``dataforge query``, ``why`` and ``export``) and a build on a machine whose staging
+folder is missing or older than the store's copy first bring the published build down into the
+staging folder; a build there reuses every artifact, as one in a local folder does (artifacts are
+checked against the lineage before reuse). ``dataforge plan`` reads only the manifest (which steps
+the published build holds); ``dataforge report`` brings the build down, writes the report in the
+staging folder and publishes what changed (``rewrite``).
 
 What it is not: steps and Ray tasks do not write to the store themselves, they write to the staging
 folder; on a Ray cluster of several nodes that folder must be on a path every node mounts
@@ -31,7 +33,7 @@ import re
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -104,6 +106,12 @@ class RemoteBuild:
         selector = pafs.FileSelector(self.root, recursive=True, allow_not_found=True)
         infos = self._remote("listing the prefix", self.fs.get_file_info, selector)
         return {i.path[len(self.root) + 1 :]: i.size for i in infos if i.type == pafs.FileType.File}
+
+    def published_files(self) -> dict[str, int]:
+        """The files of the finished build at the URI (its manifest's: path → size); none where no
+        build was published or a publish has not finished."""
+        manifest = self.manifest(self.remote_files())
+        return dict(manifest["files"]) if manifest is not None else {}
 
     def manifest(self, files: dict[str, int]) -> dict[str, Any] | None:
         if MANIFEST not in files:
@@ -275,6 +283,45 @@ def _pump(src: Any, dst: Any, advance: Callable[[int], None]) -> None:
     while chunk := src.read(_CHUNK):
         dst.write(chunk)
         advance(len(chunk))
+
+
+def rewrite(uri: str, write: Callable[[Path], Any], console: Console | None = None) -> tuple[Any, Synced]:
+    """``write(folder)`` on the build published at ``uri``, brought down into its staging folder,
+    then what it changed published (the manifest keeps the build's run id); returns what ``write``
+    returned and what the publish sent. A build or reader of the URI on this machine using the
+    staging folder stops it, as does a URI with no build."""
+    remote = RemoteBuild(uri)
+    with ExitStack() as stack:
+        try:
+            stack.enter_context(remote.held(wait=False))
+        except BuildLockedError:
+            raise BuildLockedError(
+                f"{uri}: a build or reader on this machine is using its staging folder {remote.local}; run this "
+                "again when it has finished"
+            ) from None
+        remote.pull(console)
+        manifest = remote.manifest(remote.remote_files())
+        if manifest is None or not (remote.local / MARKER).exists():
+            raise OutputDirError(f"no build published at {uri} (run `dataforge build --out {uri}` first)")
+        result = write(remote.local)
+        return result, remote.publish(manifest["run_id"], console)
+
+
+def readable_dataset(uri: str, console: Console | None = None) -> Path:
+    """The local folder of the dataset published at ``uri`` (``<build URI>/datasets/<name>``, the
+    query string, if any, at the end): its build brought down (``readable``), so the dataset's
+    lineage is beside it as in a local build."""
+    bare, _, query = uri.partition("?")
+    build_uri, sep, name = bare.rstrip("/").rpartition("/datasets/")
+    if not sep or not name or "/" in name:
+        raise OutputDirError(f"{uri}: give a published dataset, <build URI>/datasets/<name>")
+    folder = readable(build_uri + (f"?{query}" if query else ""), console) / "datasets" / name
+    if not folder.is_dir():
+        there = sorted(p.name for p in folder.parent.iterdir() if p.is_dir()) if folder.parent.is_dir() else []
+        raise OutputDirError(
+            f"{uri}: the build published at {build_uri} has no dataset '{name}' (it has: {', '.join(there) or 'none'})"
+        )
+    return folder
 
 
 def readable(out: str | Path, console: Console | None = None) -> Path:

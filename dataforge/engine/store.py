@@ -58,6 +58,13 @@ def is_uri(value: str | Path) -> bool:
     return bool(_URI.match(str(value)))
 
 
+def finished_marker(step: str, fingerprint: str) -> str:
+    """The file whose presence means a step's artifact is complete, relative to the build folder
+    (``artifacts/<step>/<fingerprint>/meta.json``; what ``Store.has`` checks, and ``dataforge
+    plan`` looks for in a published build's manifest)."""
+    return f"artifacts/{step}/{fingerprint}/meta.json"
+
+
 def local_folder(value: str | Path, what: str = "the build folder") -> Path:
     """``value`` as a folder path, refusing an object-store or other URI (``s3://…``, ``gs://…``,
     ``file://…``), which would otherwise become a local folder named ``s3:``: builds, reports and
@@ -67,7 +74,8 @@ def local_folder(value: str | Path, what: str = "the build folder") -> Path:
     if is_uri(text):
         raise OutputDirError(
             f"{text}: a URI is not supported as {what} here; give a folder path (on a Ray cluster, one every "
-            "node mounts). `dataforge build`, `query` and `why` take an object-store URI (s3://, gs://) as --out."
+            "node mounts). `dataforge build`, `query`, `why`, `plan`, `export` and `report` take an object-store URI "
+            "(s3://, gs://) as --out, and `train` as --data."
         )
     return Path(value)
 
@@ -165,7 +173,7 @@ class Store:
         return self.root / step / fingerprint
 
     def has(self, step: str, fingerprint: str) -> bool:
-        return (self.artifact_dir(step, fingerprint) / "meta.json").exists()
+        return (self.out / finished_marker(step, fingerprint)).exists()
 
     def meta(self, step: str, fingerprint: str) -> dict:
         return json.loads((self.artifact_dir(step, fingerprint) / "meta.json").read_text())

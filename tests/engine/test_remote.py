@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 from pathlib import Path
 
 import pytest
@@ -157,6 +158,72 @@ def test_a_bucket_that_does_not_exist_stops_the_build_before_it_runs(qa, s3):
         build(recipe, missing, show_progress=False)
     staging = RemoteBuild(missing).local
     assert not (staging / "artifacts").exists()
+
+
+def test_plan_export_and_report_take_a_published_build(qa, tmp_path, s3, monkeypatch, capsys):
+    """``plan`` reads the manifest only; ``export`` brings the build down and writes the Hub layout
+    a local build's export writes; ``report`` writes the report in the staging folder and publishes
+    that one file, the manifest keeping the build's run."""
+    _, recipe = qa
+    uri, fs, prefix = s3
+    bare = uri.split("?", 1)[0]
+
+    def plan_cached() -> list[str]:
+        assert main(["plan", str(recipe), "--out", uri]) == 0
+        printed = capsys.readouterr().out
+        assert f"(out: {bare})" in " ".join(printed.split())
+        return re.findall(r"│\s*(yes|no)\s*│\s*$", printed, flags=re.MULTILINE)
+
+    assert set(plan_cached()) == {"no"}  # nothing published yet
+    local = build(recipe, tmp_path / "local", show_progress=False)
+    build(recipe, uri, show_progress=False)
+    monkeypatch.setenv("DATAFORGE_STAGING", str(tmp_path / "reader"))
+    assert plan_cached() == ["yes"] * len(local.steps)
+    assert not (tmp_path / "reader").exists()  # the manifest said it: nothing came down
+
+    assert main(["export", "--out", str(tmp_path / "local"), "--hub", str(tmp_path / "hub-local")]) == 0
+    assert main(["export", "--out", uri, "--hub", str(tmp_path / "hub-remote")]) == 0
+    capsys.readouterr()
+    assert _tree_hashes(tmp_path / "hub-remote") == _tree_hashes(tmp_path / "hub-local") != {}
+
+    before = _stored(fs, prefix)
+    monkeypatch.setenv("DATAFORGE_STAGING", str(tmp_path / "reporter"))
+    assert main(["report", "--out", uri]) == 0
+    assert f"published to {bare}/report.html (1 file(s) sent)" in capsys.readouterr().out.replace("\n", "")
+    after = _stored(fs, prefix)
+    staged = RemoteBuild(uri).local
+    assert staged.is_relative_to(tmp_path / "reporter")
+    assert after["report.html"] == (staged / "report.html").read_bytes()
+    assert json.loads(after[MANIFEST])["run_id"] == json.loads(before[MANIFEST])["run_id"]
+    assert {k: v for k, v in after.items() if k not in ("report.html", MANIFEST)} == {
+        k: v for k, v in before.items() if k not in ("report.html", MANIFEST)
+    }
+
+
+def test_report_on_a_prefix_with_no_build_is_told_so_and_publishes_nothing(s3, capsys):
+    uri, fs, prefix = s3
+    assert main(["report", "--out", uri]) == 1
+    assert f"no build published at {uri}" in capsys.readouterr().err.replace("\n", "")
+    assert _stored(fs, prefix) == {}
+
+
+def test_train_takes_a_published_dataset_and_names_one_the_build_lacks(qa, s3, tiny_lm, capsys):
+    """``dataforge train --data <build URI>/datasets/<name>``: a training machine reads what a build
+    machine published; the pre-flight names the build that made it."""
+    _, recipe = qa
+    uri, _, _ = s3
+    built = build(recipe, uri, show_progress=False)
+    bare, _, query = uri.partition("?")
+    data = f"{bare}/datasets/qa_sft?{query}"
+    assert main(["train", "sft", "--data", data, "--model", str(tiny_lm), "--check"]) == 0
+    printed = " ".join(capsys.readouterr().out.split())
+    assert "pre-flight passed" in printed and f"run {built.run_id}" in printed
+
+    assert main(["train", "sft", "--data", f"{bare}/datasets/nope?{query}", "--model", str(tiny_lm)]) == 1
+    err = " ".join(capsys.readouterr().err.split())
+    assert "has no dataset 'nope' (it has: qa_sft)" in err
+    assert main(["train", "sft", "--data", f"{bare}?{query}", "--model", str(tiny_lm)]) == 1
+    assert "give a published dataset, <build URI>/datasets/<name>" in " ".join(capsys.readouterr().err.split())
 
 
 def test_a_reader_of_a_prefix_with_no_build_is_told_so(s3, capsys):
