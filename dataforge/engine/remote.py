@@ -63,6 +63,18 @@ def staging_folder(uri: str) -> Path:
     return Path(base) / key
 
 
+GCS_RETRY_SECONDS = 60  # how long a GCS request is retried, unless the URI says (retry_limit_seconds=N)
+
+
+def bounded_retries(uri: str) -> str:
+    """``uri`` with a bounded retry time for GCS (``retry_limit_seconds``, ``GCS_RETRY_SECONDS``)
+    where it gives none: with its own default the GCS client was still retrying an unreachable
+    store after a minute, with nothing said, where S3's failed in seconds naming the cause."""
+    if not uri.startswith(("gs://", "gcs://")) or re.search(r"[?&]retry_limit_seconds=", uri):
+        return uri
+    return f"{uri}{'&' if '?' in uri else '?'}retry_limit_seconds={GCS_RETRY_SECONDS}"
+
+
 @dataclass
 class Synced:
     """What one pull or publish moved: files and bytes copied, files deleted, files left as they were."""
@@ -84,7 +96,7 @@ class RemoteBuild:
         self.state_file = self.local.with_name(self.local.name + ".published.json")  # what it last sent or got
         self.sync_lock = self.local.with_name(self.local.name + ".lock")  # one build or pull of the URI at a time
         try:
-            self.fs, root = pafs.FileSystem.from_uri(uri)
+            self.fs, root = pafs.FileSystem.from_uri(bounded_retries(uri))
         except Exception as exc:  # pyarrow raises ArrowInvalid, ArrowNotImplementedError, OSError
             raise OutputDirError(f"{uri}: cannot open it as a filesystem URI: {exc}") from None
         self.root = root.rstrip("/")

@@ -7,12 +7,13 @@ import hashlib
 import json
 import logging
 import re
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
 from dataforge.cli import main
-from dataforge.engine.remote import MANIFEST, RemoteBuild
+from dataforge.engine.remote import GCS_RETRY_SECONDS, MANIFEST, RemoteBuild
 from dataforge.engine.runner import build
 from dataforge.errors import OutputDirError
 from tests.engine.test_runner import _tree_hashes
@@ -230,6 +231,20 @@ def test_a_reader_of_a_prefix_with_no_build_is_told_so(s3, capsys):
     uri, _, _ = s3
     assert main(["query", "--out", uri, "SELECT 1"]) == 1
     assert f"no build published at {uri}" in capsys.readouterr().err.replace("\n", "")
+
+
+def test_a_gcs_uri_is_retried_for_a_bounded_time_unless_it_names_one():
+    """Without a network or credentials the GCS client's default retries for many minutes in
+    silence; dataforge bounds it (``GCS_RETRY_SECONDS``) unless the URI sets its own limit, which
+    leaves the staging folder as it was (the key ignores the query string)."""
+
+    def limit(uri: str) -> timedelta:
+        return RemoteBuild(uri).fs.__reduce__()[1][0]["retry_time_limit"]
+
+    assert limit("gs://bucket/builds/x") == timedelta(seconds=GCS_RETRY_SECONDS)
+    assert limit("gs://bucket/builds/x?retry_limit_seconds=5") == timedelta(seconds=5)
+    assert limit("gs://bucket/builds/x?scheme=https") == timedelta(seconds=GCS_RETRY_SECONDS)
+    assert RemoteBuild("gs://bucket/builds/x").local == RemoteBuild("gs://bucket/builds/x?retry_limit_seconds=5").local
 
 
 def test_an_unknown_scheme_is_an_error_naming_it_and_makes_no_folder(qa, tmp_path, monkeypatch):
