@@ -278,6 +278,20 @@ def test_readings_and_canonical_words():
     assert canonical_words("Deanna is 26. Marcus is half his age.") == "is n26 is n0.5 his age"
 
 
+def test_both_readings_are_the_four_readings_of_every_gsm8k_text():
+    """``both_readings`` reads a text once where its joined form is the same string (most worked
+    answers): its readings must be those ``number_readings`` gives, read in full, for every GSM8K
+    train question + worked answer and the edge cases (a percent sign, punctuation inside numbers,
+    no text)."""
+    from dataforge.text.numbers import both_readings, number_readings
+
+    rows = pl.read_ndjson(GSM8K / "train.jsonl")
+    texts = [f"{q}\n{a}" for q, a in zip(rows["question"], rows["answer"], strict=True)]
+    texts += ["30% off $6.50", "twenty%five", "at 8:00 AM, 1,000 apples", "half an hour", "", None]
+    for text in texts:
+        assert both_readings(text) == (number_readings(text, searched=True), number_readings(text)), text
+
+
 def test_light_edits_that_strip_times_and_ratios_are_caught(gsm8k, ctx):
     """Stripping punctuation turns "8:00 AM" into "800 am" and "5:6" into "56": the n-grams and
     numbers are compared with the punctuation inside numbers removed on both sides."""
