@@ -407,9 +407,10 @@ def number_readings(text: str, searched: bool = False) -> Readings:
 
 
 def both_readings(text: str) -> tuple[Readings, Readings]:
-    """(``number_readings(text, searched=True)``, ``number_readings(text)``), the text read twice
-    instead of four times, and once where ``digits_joined`` leaves it as it is and it has no "%"
-    (then both readings read the same string: ``numbers_in`` of it is the plain reading)."""
+    """(``number_readings(text, searched=True)``, ``number_readings(text)``) — except that the
+    plain reading reads a "%" as the word "percent" — from two readings instead of four, and one
+    where ``digits_joined`` leaves the text as it is and it has no "%" (then the joined reading
+    reads the same string as the plain one)."""
     plain, found = numbers_and_equivalents(text)
     joined_text = digits_joined(text)
     joined = Counter(plain) if joined_text == (text or "") and "%" not in joined_text else numbers_in(joined_text)

@@ -278,18 +278,21 @@ def test_readings_and_canonical_words():
     assert canonical_words("Deanna is 26. Marcus is half his age.") == "is n26 is n0.5 his age"
 
 
-def test_both_readings_are_the_four_readings_of_every_gsm8k_text():
-    """``both_readings`` reads a text once where its joined form is the same string (most worked
-    answers): its readings must be those ``number_readings`` gives, read in full, for every GSM8K
-    train question + worked answer and the edge cases (a percent sign, punctuation inside numbers,
-    no text)."""
-    from dataforge.text.numbers import both_readings, number_readings
+def test_both_readings_read_once_give_what_reading_twice_gives_on_every_gsm8k_text():
+    """``both_readings`` reads a text once where its joined form is the same string and has no
+    "%" (most worked answers); its readings must be those of reading the text and its joined form
+    apart, for every GSM8K train question + worked answer and the edge cases (a percent sign, which
+    the searched reading reads as "percent" and ends a number word with — "twenty%five" — and
+    punctuation inside numbers, no text)."""
+    from dataforge.text.numbers import both_readings, digits_joined, numbers_and_equivalents, numbers_in
 
     rows = pl.read_ndjson(GSM8K / "train.jsonl")
     texts = [f"{q}\n{a}" for q, a in zip(rows["question"], rows["answer"], strict=True)]
     texts += ["30% off $6.50", "twenty%five", "at 8:00 AM, 1,000 apples", "half an hour", "", None]
     for text in texts:
-        assert both_readings(text) == (number_readings(text, searched=True), number_readings(text)), text
+        plain, found = numbers_and_equivalents(text)
+        joined = numbers_in(digits_joined(text))
+        assert both_readings(text) == ((found, joined), (plain, joined)), text
 
 
 def test_light_edits_that_strip_times_and_ratios_are_caught(gsm8k, ctx):
