@@ -17,8 +17,12 @@ staging folder and publishes what changed (``rewrite``).
 
 What it is not: steps and Ray tasks do not write to the store themselves, they write to the staging
 folder; on a Ray cluster of several nodes that folder must be on a path every node mounts
-(``$DATAFORGE_STAGING``). The build lock is the staging folder's, so two machines building into
-one URI at the same time are not kept apart.
+(``$DATAFORGE_STAGING``). The build lock is the staging folder's; across machines, a publish
+first checks that the store still holds the publish its build brought down, and when another
+machine published since (or is publishing: no manifest) it sends nothing and says so
+(``RemoteChangedError``); the next build brings the newer one down and builds on it. That is a
+check, not a lock: two publishes that begin within the moment between the check and the manifest's
+removal are not told apart (pyarrow's filesystems offer no conditional write).
 
 Staging folder: ``$DATAFORGE_STAGING/<key>``, else ``$XDG_CACHE_HOME/dataforge/staging/<key>``
 (``~/.cache/…``), where ``<key>`` is derived from the URI without its query string.
@@ -63,6 +67,10 @@ def staging_folder(uri: str) -> Path:
     return Path(base) / key
 
 
+class RemoteChangedError(OutputDirError):
+    """The store's build changed between a pull and the publish that was to follow it."""
+
+
 GCS_RETRY_SECONDS = 60  # how long a GCS request is retried, unless the URI says (retry_limit_seconds=N)
 
 
@@ -93,6 +101,8 @@ class RemoteBuild:
 
         self.uri = uri
         self.local = Path(local) if local is not None else staging_folder(uri)
+        self.pulled: str | None = None  # the publish id the last ``pull`` found (None: no finished build)
+        self.has_pulled = False
         self.state_file = self.local.with_name(self.local.name + ".published.json")  # what it last sent or got
         self.sync_lock = self.local.with_name(self.local.name + ".lock")  # one build or pull of the URI at a time
         try:
@@ -181,6 +191,7 @@ class RemoteBuild:
         prefix that holds files dataforge did not write. Call it inside ``held``."""
         files = self.remote_files()
         manifest = self.manifest(files)
+        self.pulled, self.has_pulled = (manifest or {}).get("publish_id"), True  # what ``publish`` expects there
         state = self._state()
         if manifest is None:
             if not files:
@@ -225,8 +236,11 @@ class RemoteBuild:
 
     def publish(self, run_id: str, console: Console | None = None) -> Synced:
         """Send the staging folder to the store (see the module doc); the manifest goes last. Call
-        it inside ``held``."""
+        it inside ``held``. After a ``pull``, refuses to send anything when the store no longer
+        holds the publish that pull saw (another machine published since, or is publishing)."""
         files = self.remote_files()
+        if self.has_pulled:
+            self._check_unchanged(self.manifest(files))
         state = self._state().get("files", {})
         if MANIFEST in files:
             self._remote("removing the old manifest", self.fs.delete_file, f"{self.root}/{MANIFEST}")
@@ -253,7 +267,23 @@ class RemoteBuild:
         with self._remote("writing the manifest", self.fs.open_output_stream, f"{self.root}/{MANIFEST}") as f:
             f.write(json.dumps(manifest, indent=1).encode())
         self._save_state(publish_id, mine)
+        self.pulled = publish_id
         return done
+
+    def _check_unchanged(self, manifest: dict[str, Any] | None) -> None:
+        """Raise ``RemoteChangedError`` when ``manifest`` (the store's now) is not the one ``pull``
+        saw."""
+        now = (manifest or {}).get("publish_id")
+        if now == self.pulled:
+            return
+        if manifest is None:
+            what = "its manifest is gone: a publish from another machine is under way, or stopped midway"
+        else:
+            what = f"run {manifest.get('run_id')} was published there at {manifest.get('published_at')}"
+        raise RemoteChangedError(
+            f"{self.uri}: the store changed while this build ran ({what}); nothing was sent, and this build "
+            "stays in the staging folder. Run it again to build on what the store holds now."
+        )
 
     def _copy(self, todo: list[str], sizes: dict[str, int], down: bool, console: Console | None, done: Synced) -> None:
         if not todo:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from dataforge.cli import main
-from dataforge.engine.remote import GCS_RETRY_SECONDS, MANIFEST, RemoteBuild
+from dataforge.engine.remote import GCS_RETRY_SECONDS, MANIFEST, RemoteBuild, RemoteChangedError
 from dataforge.engine.runner import build
 from dataforge.errors import OutputDirError
 from tests.engine.test_runner import _tree_hashes
@@ -139,6 +139,48 @@ def test_a_publish_that_stopped_midway_is_completed_by_the_next_build(qa, tmp_pa
     after = _stored(fs, prefix)
     assert MANIFEST in after and after[lost] == full[lost]
     assert _datasets(after) == _datasets(full)
+
+
+def test_a_build_whose_store_changed_while_it_ran_sends_nothing_and_the_next_one_builds_on_it(
+    qa, tmp_path, s3, monkeypatch
+):
+    """Machine B brings the build down and runs; machine A publishes meanwhile. B's publish would
+    put back a build made from the older state, so it sends nothing and says what changed; run
+    again, B brings down A's publish and publishes on top of it."""
+    _, recipe = qa
+    uri, fs, prefix = s3
+    monkeypatch.setenv("DATAFORGE_STAGING", str(tmp_path / "machine-a"))
+    build(recipe, uri, show_progress=False)
+    probe = RemoteBuild.probe
+    published: list[str] = []
+
+    def machine_a_publishes_meanwhile(self: RemoteBuild) -> None:
+        probe(self)
+        if not self.local.is_relative_to(tmp_path / "machine-b"):
+            return  # machine A's own build
+        with monkeypatch.context() as m:
+            m.setenv("DATAFORGE_STAGING", str(tmp_path / "machine-a"))
+            published.append(build(recipe, uri, show_progress=False).run_id)
+
+    monkeypatch.setenv("DATAFORGE_STAGING", str(tmp_path / "machine-b"))
+    with monkeypatch.context() as m:
+        m.setattr(RemoteBuild, "probe", machine_a_publishes_meanwhile)
+        with pytest.raises(RemoteChangedError, match=r"the store changed while this build ran \(run "):
+            build(recipe, uri, show_progress=False)
+    stored = _stored(fs, prefix)
+    assert json.loads(stored[MANIFEST])["run_id"] == published[0]  # A's publish, as A left it
+
+    # a publish under way elsewhere (its manifest removed) stops B the same way
+    with monkeypatch.context() as m:
+        m.setattr(RemoteBuild, "probe", lambda self: fs.delete_file(f"{prefix}/{MANIFEST}"))
+        with pytest.raises(RemoteChangedError, match=r"its manifest is gone: a publish from another machine"):
+            build(recipe, uri, show_progress=False)
+    assert MANIFEST not in _stored(fs, prefix)
+    with fs.open_output_stream(f"{prefix}/{MANIFEST}") as f:  # the other machine's publish ends
+        f.write(stored[MANIFEST])
+
+    again = build(recipe, uri, show_progress=False)
+    assert again.sent is not None and json.loads(_stored(fs, prefix)[MANIFEST])["run_id"] == again.run_id
 
 
 def test_a_prefix_holding_files_dataforge_did_not_write_is_refused_and_left_alone(qa, s3):
