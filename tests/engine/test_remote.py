@@ -243,6 +243,20 @@ def test_plan_export_and_report_take_a_published_build(qa, tmp_path, s3, monkeyp
     }
 
 
+def test_report_while_a_build_uses_the_staging_folder_stops_and_sends_nothing(qa, s3, capsys):
+    """``report`` on a URI publishes, so it needs the staging folder to itself: while a build or
+    reader on this machine holds it, it stops, saying so, and sends nothing."""
+    _, recipe = qa
+    uri, fs, prefix = s3
+    build(recipe, uri, show_progress=False)
+    before = _stored(fs, prefix)
+    with RemoteBuild(uri).held():
+        assert main(["report", "--out", uri]) == 1
+    err = " ".join(capsys.readouterr().err.split())
+    assert "a build or reader on this machine is using its staging folder" in err and "run this again" in err
+    assert _stored(fs, prefix) == before
+
+
 def test_report_on_a_prefix_with_no_build_is_told_so_and_publishes_nothing(s3, capsys):
     uri, fs, prefix = s3
     assert main(["report", "--out", uri]) == 1
