@@ -152,7 +152,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from dataforge.engine.store import Store, finished_marker, is_uri
 
     plan = plan_recipe(args.recipe, _model_overrides(args.model), args.set or [])
-    out = args.out
+    out, published = args.out, {}
     if is_uri(out):  # what the published build holds, from its manifest: nothing is brought down
         published = RemoteBuild(str(out)).published_files()
         where = str(out).split("?", 1)[0]
@@ -170,6 +170,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
         hit = "yes" if cached(s.name, s.fingerprint) else "no"
         table.add_row(s.name, s.kind, inputs, ", ".join(s.outputs), s.fingerprint, hit)
     out_console.print(table)
+    if is_uri(out) and not published:
+        out_console.print(f"no finished build is published at {where}: every step would run")
     for d in plan.datasets.values():
         out_console.print(
             Text.assemble("dataset ", _bold(d.name), ": " + ", ".join(f"{k}←{v}" for k, v in d.splits.items()))

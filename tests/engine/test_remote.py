@@ -214,8 +214,12 @@ def test_plan_export_and_report_take_a_published_build(qa, tmp_path, s3, monkeyp
     def plan_cached() -> list[str]:
         assert main(["plan", str(recipe), "--out", uri]) == 0
         printed = capsys.readouterr().out
-        assert f"(out: {bare})" in " ".join(printed.split())
-        return re.findall(r"│\s*(yes|no)\s*│\s*$", printed, flags=re.MULTILINE)
+        said = " ".join(printed.split())
+        assert f"(out: {bare})" in said
+        published = "no finished build is published" not in said
+        cached = re.findall(r"│\s*(yes|no)\s*│\s*$", printed, flags=re.MULTILINE)
+        assert published == ("yes" in cached)
+        return cached
 
     assert set(plan_cached()) == {"no"}  # nothing published yet
     local = build(recipe, tmp_path / "local", show_progress=False)
