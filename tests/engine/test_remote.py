@@ -153,6 +153,7 @@ def test_a_build_whose_store_changed_while_it_ran_sends_nothing_and_the_next_one
     build(recipe, uri, show_progress=False)
     probe = RemoteBuild.probe
     published: list[str] = []
+    as_a_left_it: list[dict[str, bytes]] = []
 
     def machine_a_publishes_meanwhile(self: RemoteBuild) -> None:
         probe(self)
@@ -161,6 +162,7 @@ def test_a_build_whose_store_changed_while_it_ran_sends_nothing_and_the_next_one
         with monkeypatch.context() as m:
             m.setenv("DATAFORGE_STAGING", str(tmp_path / "machine-a"))
             published.append(build(recipe, uri, show_progress=False).run_id)
+        as_a_left_it.append(_stored(fs, prefix))
 
     monkeypatch.setenv("DATAFORGE_STAGING", str(tmp_path / "machine-b"))
     with monkeypatch.context() as m:
@@ -168,7 +170,7 @@ def test_a_build_whose_store_changed_while_it_ran_sends_nothing_and_the_next_one
         with pytest.raises(RemoteChangedError, match=r"the store changed while this build ran \(run "):
             build(recipe, uri, show_progress=False)
     stored = _stored(fs, prefix)
-    assert json.loads(stored[MANIFEST])["run_id"] == published[0]  # A's publish, as A left it
+    assert json.loads(stored[MANIFEST])["run_id"] == published[0] and stored == as_a_left_it[0]  # B sent nothing
 
     # a publish under way elsewhere (its manifest removed) stops B the same way
     with monkeypatch.context() as m:
