@@ -105,13 +105,17 @@ class RemoteBuild:
         self.has_pulled = False
         self.state_file = self.local.with_name(self.local.name + ".published.json")  # what it last sent or got
         self.sync_lock = self.local.with_name(self.local.name + ".lock")  # one build or pull of the URI at a time
+        bucket_only = OutputDirError(f"{uri}: give a prefix inside the bucket (s3://bucket/builds/NAME), not a bucket")
+        stores = ("s3://", "gs://", "gcs://")
+        if uri.startswith(stores) and "/" not in uri.split("?", 1)[0].split("://", 1)[1].strip("/"):
+            raise bucket_only  # said before pyarrow looks the bucket's region up, which needs the network
         try:
             self.fs, root = pafs.FileSystem.from_uri(bounded_retries(uri))
         except Exception as exc:  # pyarrow raises ArrowInvalid, ArrowNotImplementedError, OSError
             raise OutputDirError(f"{uri}: cannot open it as a filesystem URI: {exc}") from None
         self.root = root.rstrip("/")
-        if not self.root or ("/" not in self.root and uri.startswith(("s3://", "gs://", "gcs://"))):
-            raise OutputDirError(f"{uri}: give a prefix inside the bucket (s3://bucket/builds/NAME), not a bucket")
+        if not self.root or ("/" not in self.root and uri.startswith(stores)):
+            raise bucket_only
 
     def _remote(self, what: str, fn: Callable[..., Any], *args: Any) -> Any:
         """``fn(*args)`` against the store; its errors (credentials, a missing bucket, the network)

@@ -309,6 +309,14 @@ def test_a_gcs_uri_is_retried_for_a_bounded_time_unless_it_names_one():
     assert RemoteBuild("gs://bucket/builds/x").local == RemoteBuild("gs://bucket/builds/x?retry_limit_seconds=5").local
 
 
+@pytest.mark.parametrize("uri", ["s3://bucket", "s3://bucket/", "gs://bucket?retry_limit_seconds=5"])
+def test_a_bare_bucket_is_refused_before_the_store_is_reached(uri):
+    """A bucket without a prefix is refused from the URI alone: pyarrow would first look the
+    bucket's region up over the network, and without one the error named the network instead."""
+    with pytest.raises(OutputDirError, match=r"give a prefix inside the bucket"):
+        RemoteBuild(uri)
+
+
 def test_an_unknown_scheme_is_an_error_naming_it_and_makes_no_folder(qa, tmp_path, monkeypatch):
     _, recipe = qa
     monkeypatch.chdir(tmp_path)
