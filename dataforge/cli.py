@@ -52,6 +52,7 @@ def _fmt_rows(per_name: dict[str, int], total: int) -> str:
 
 
 def cmd_build(args: argparse.Namespace) -> int:
+    from dataforge.engine.remote import without_query
     from dataforge.engine.runner import build
 
     report = build(
@@ -67,7 +68,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         batch_rows=args.batch_rows,
         executor=args.executor,
     )
-    where = report.out if report.published is None else report.published.split("?", 1)[0]
+    where = report.out if report.published is None else without_query(report.published)
     table = Table(title=f"build {report.run_id} → {where}")
     for col in ("step", "kind", "rows in", "rows out", "dropped", "flagged", "seconds", "rows/s", "cached"):
         table.add_column(col, justify="right" if col in ("rows in", "rows out", "seconds", "rows/s") else "left")
@@ -148,14 +149,14 @@ def _add_override_options(p: argparse.ArgumentParser) -> None:
 
 def cmd_plan(args: argparse.Namespace) -> int:
     from dataforge.engine.plan import plan_recipe
-    from dataforge.engine.remote import RemoteBuild
+    from dataforge.engine.remote import RemoteBuild, without_query
     from dataforge.engine.store import Store, finished_marker, is_uri
 
     plan = plan_recipe(args.recipe, _model_overrides(args.model), args.set or [])
     out, published = args.out, {}
     if is_uri(out):  # what the published build holds, from its manifest: nothing is brought down
         published = RemoteBuild(str(out)).published_files()
-        where = str(out).split("?", 1)[0]
+        where = without_query(str(out))
 
         def cached(step: str, fingerprint: str) -> bool:
             return finished_marker(step, fingerprint) in published
@@ -331,7 +332,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from dataforge.engine.remote import rewrite
+    from dataforge.engine.remote import rewrite, without_query
     from dataforge.engine.store import is_uri
     from dataforge.report import REPORT_NAME, write_report
 
@@ -340,7 +341,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         return 0
     path, sent = rewrite(str(args.out), write_report, err_console)
     out_console.print(
-        f"report: {path} (staging folder), published to {str(args.out).split('?', 1)[0]}/{REPORT_NAME} "
+        f"report: {path} (staging folder), published to {without_query(str(args.out))}/{REPORT_NAME} "
         f"({sent.copied} file(s) sent)"
     )
     return 0

@@ -56,9 +56,15 @@ STAGING_ENV = "DATAFORGE_STAGING"
 _CHUNK = 8 << 20
 
 
+def without_query(uri: str) -> str:
+    """``uri`` without its query string (the store's options): what names the build, in messages
+    and in the staging folder's key."""
+    return uri.split("?", 1)[0]
+
+
 def staging_folder(uri: str) -> Path:
     """The local staging folder of the build published at ``uri`` (see the module doc)."""
-    bare = uri.split("?", 1)[0].rstrip("/")
+    bare = without_query(uri).rstrip("/")
     tail = re.sub(r"[^A-Za-z0-9._-]+", "_", bare.split("://", 1)[1])[-48:]
     key = f"{tail}-{hashlib.sha256(bare.encode()).hexdigest()[:12]}"
     base = os.environ.get(STAGING_ENV) or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / (
@@ -101,20 +107,20 @@ class RemoteBuild:
 
         self.uri = uri
         self.local = Path(local) if local is not None else staging_folder(uri)
-        self.pulled: str | None = None  # the publish id the last ``pull`` found (None: no finished build)
         self.has_pulled = False
+        self.seen: dict[str, Any] | None = None  # the manifest the last ``pull`` found (None: no finished build)
         self.state_file = self.local.with_name(self.local.name + ".published.json")  # what it last sent or got
         self.sync_lock = self.local.with_name(self.local.name + ".lock")  # one build or pull of the URI at a time
         bucket_only = OutputDirError(f"{uri}: give a prefix inside the bucket (s3://bucket/builds/NAME), not a bucket")
         stores = ("s3://", "gs://", "gcs://")
-        if uri.startswith(stores) and "/" not in uri.split("?", 1)[0].split("://", 1)[1].strip("/"):
+        if uri.startswith(stores) and "/" not in without_query(uri).split("://", 1)[1].strip("/"):
             raise bucket_only  # said before pyarrow looks the bucket's region up, which needs the network
         try:
             self.fs, root = pafs.FileSystem.from_uri(bounded_retries(uri))
         except Exception as exc:  # pyarrow raises ArrowInvalid, ArrowNotImplementedError, OSError
             raise OutputDirError(f"{uri}: cannot open it as a filesystem URI: {exc}") from None
         self.root = root.rstrip("/")
-        if not self.root or ("/" not in self.root and uri.startswith(stores)):
+        if not self.root:
             raise bucket_only
 
     def _remote(self, what: str, fn: Callable[..., Any], *args: Any) -> Any:
@@ -153,7 +159,7 @@ class RemoteBuild:
 
     def _save_state(self, publish_id: str | None, files: dict[str, int]) -> None:
         stats = {rel: file_stamp(self.local / rel) for rel in files}
-        text = json.dumps({"uri": self.uri.split("?", 1)[0], "publish_id": publish_id, "files": stats})
+        text = json.dumps({"uri": without_query(self.uri), "publish_id": publish_id, "files": stats})
         tmp = self.state_file.with_name(f".{self.state_file.name}.{uuid.uuid4().hex[:8]}")
         tmp.write_text(text)
         os.replace(tmp, self.state_file)
@@ -195,7 +201,7 @@ class RemoteBuild:
         prefix that holds files dataforge did not write. Call it inside ``held``."""
         files = self.remote_files()
         manifest = self.manifest(files)
-        self.pulled, self.has_pulled = (manifest or {}).get("publish_id"), True  # what ``publish`` expects there
+        self.seen, self.has_pulled = manifest, True  # what ``publish`` expects to find there
         state = self._state()
         if manifest is None:
             if not files:
@@ -206,7 +212,7 @@ class RemoteBuild:
                     f"{self.uri} holds files dataforge did not write ({shown}…); give an empty prefix or one "
                     "a dataforge build was published to"
                 )
-            if state.get("uri") == self.uri.split("?", 1)[0]:
+            if state.get("uri") == without_query(self.uri):
                 return Synced()  # this folder's own publish stopped midway: the folder is the newer copy
         elif state.get("publish_id") == manifest["publish_id"]:
             return Synced(unchanged=len(files))
@@ -271,14 +277,13 @@ class RemoteBuild:
         with self._remote("writing the manifest", self.fs.open_output_stream, f"{self.root}/{MANIFEST}") as f:
             f.write(json.dumps(manifest, indent=1).encode())
         self._save_state(publish_id, mine)
-        self.pulled = publish_id
+        self.seen = manifest
         return done
 
     def _check_unchanged(self, manifest: dict[str, Any] | None) -> None:
         """Raise ``RemoteChangedError`` when ``manifest`` (the store's now) is not the one ``pull``
         saw."""
-        now = (manifest or {}).get("publish_id")
-        if now == self.pulled:
+        if (manifest or {}).get("publish_id") == (self.seen or {}).get("publish_id"):
             return
         if manifest is None:
             what = "its manifest is gone: a publish from another machine is under way, or stopped midway"
@@ -346,11 +351,10 @@ def rewrite(uri: str, write: Callable[[Path], Any], console: Console | None = No
                 "again when it has finished"
             ) from None
         remote.pull(console)
-        manifest = remote.manifest(remote.remote_files())
-        if manifest is None or not (remote.local / MARKER).exists():
+        if remote.seen is None or not (remote.local / MARKER).exists():
             raise OutputDirError(f"no build published at {uri} (run `dataforge build --out {uri}` first)")
         result = write(remote.local)
-        return result, remote.publish(manifest["run_id"], console)
+        return result, remote.publish(remote.seen["run_id"], console)
 
 
 def readable_dataset(uri: str, console: Console | None = None) -> Path:
