@@ -16,6 +16,7 @@ from rich.table import Table
 from rich.text import Text
 
 from dataforge import __version__
+from dataforge.engine.ray_llm import MODES as RAY_LLM_MODES
 from dataforge.errors import DataforgeError, RecipeError
 from dataforge.recipe import EXECUTORS
 
@@ -67,6 +68,8 @@ def cmd_build(args: argparse.Namespace) -> int:
         verify=args.verify,
         batch_rows=args.batch_rows,
         executor=args.executor,
+        ray_llm=args.ray_llm,
+        ray_llm_replicas=args.ray_llm_replicas,
     )
     where = report.out if report.published is None else without_query(report.published)
     table = Table(title=f"build {report.run_id} → {where}")
@@ -107,6 +110,12 @@ def cmd_build(args: argparse.Namespace) -> int:
         if placed:
             given = "; ".join(f"{s} {', '.join(f'{k} {v:g}' for k, v in sorted(r.items()))}" for s, r in placed.items())
             out_console.print(f"resources Ray gave a task, by step: {given}")
+        for name, sent in report.llm.items():
+            left = ", ".join(f"{why} {n:,}" for why, n in sent["left"].items())
+            out_console.print(
+                f"ray.data.llm, step {name}: {sent['sent']:,} requests in {sent['rounds']} round(s), "
+                f"{sent['stored']:,} answers stored" + (f"; left to the step's own backend: {left}" if left else "")
+            )
     copy = f" (and {report.out / 'report.html'})" if report.published else ""
     out_console.print(f"report: {where}/report.html{copy}")
     if report.published is not None and report.sent is not None:
@@ -423,6 +432,20 @@ def make_parser() -> argparse.ArgumentParser:
         "($RAY_ADDRESS, a cluster `ray start` began on this machine, else a new local one; needs "
         "dataforge[ray]); changes no output (default: $DATAFORGE_EXECUTOR, else the recipe's `executor:`, "
         "else local)",
+    )
+    b.add_argument(
+        "--ray-llm",
+        choices=RAY_LLM_MODES,
+        help="on Ray, which models' requests the generating steps send through ray.data.llm, gathered from "
+        "every batch: vllm (vLLM engine replicas), all (OpenAI-compatible servers too), off; answers are "
+        "stored in the request cache as without it (default: $DATAFORGE_RAY_LLM, else vllm)",
+    )
+    b.add_argument(
+        "--ray-llm-replicas",
+        type=int,
+        metavar="N",
+        help="ray.data.llm replicas per model: vLLM engines (one GPU each) or HTTP actors "
+        "(default: $DATAFORGE_RAY_LLM_REPLICAS, else the cluster's GPUs, at least 1)",
     )
     _add_override_options(b)
     b.set_defaults(fn=cmd_build)

@@ -35,9 +35,13 @@ What runs where:
   splits divides its work into tasks as ``split.audit`` does; cards and plots are the driver's.
 
 Models: every worker process keeps one ``ModelPool`` on the build's request cache (the SQLite
-file under ``<out>/cache``), so a model loads once per worker process, not per batch, and an
-answer stored by one worker is not asked again by the next build. Each task reports the requests
-it sent and those that failed; the driver counts them with its own (``max_failure_rate``).
+file under ``<out>/cache``), so a model loads once per worker process, not per batch (and only
+when a request has no stored answer), and an answer stored by one worker is not asked again by
+the next build. Each task reports the requests it sent and those that failed; the driver counts
+them with its own (``max_failure_rate``). A step with ``gathers_requests`` whose model is sent
+through ``ray.data.llm`` (``--ray-llm``) first runs in rounds of collecting tasks (or, when it
+runs in the driver, in the driver), whose requests the driver has answered through a processor
+into the request cache before the step's batches run (``engine.ray_llm``).
 
 Faults: a task whose worker process dies is run again by Ray (``max_retries``); a task's own
 error (bad data, a failing step) is not retried and fails the build naming the step, as locally.
@@ -65,6 +69,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from dataforge.engine import ray_llm
 from dataforge.engine.calls import call_bucket, call_step, partition_batch, step_errors
 from dataforge.engine.plan import PlannedStep, Ref
 from dataforge.engine.progress import StepProgress
@@ -74,7 +79,9 @@ from dataforge.engine.store import SCRATCH, WrittenBatch, step_scratch, write_ba
 from dataforge.engine.streaming import divided_inputs, group_outputs
 from dataforge.engine.table import Mapper, Part, Table, shard_slices
 from dataforge.errors import DataforgeError, StepError
-from dataforge.llm.client import ModelPool
+from dataforge.llm.base import Request
+from dataforge.llm.client import ModelPool, Unanswered
+from dataforge.llm.spec import ModelSpec
 
 TASK_RETRIES = 3  # runs of a task after its worker process died (Ray's retry on system failure)
 
@@ -126,12 +133,15 @@ STAGED_BATCH = ".tmp-ray-"  # a rows task's folder of written files (``Store`` s
 _WORKER: dict[str, Any] = {}  # per worker process: its model pool; the whole inputs of the step it ran last
 
 
-def _context(ps: PlannedStep, spec: WorkerStep) -> Context:
-    pool = _WORKER.get("pool")
+def _context(ps: PlannedStep, spec: WorkerStep, collect: bool = False) -> Context:
+    """The step's context in this worker process, on the process's model pool (``collect``: its
+    collecting pool, which loads no model: ``engine.ray_llm``)."""
+    slot = "collecting pool" if collect else "pool"
+    pool = _WORKER.get(slot)
     if pool is None or pool.cache_path != spec.cache_path:  # another build: another request cache
         if pool is not None:
             pool.close()
-        pool = _WORKER["pool"] = ModelPool(spec.cache_path)
+        pool = _WORKER[slot] = ModelPool(spec.cache_path, collect=collect)
     return Context(ps.name, ps.fingerprint, spec.base_dir, spec.scratch_dir, llm=pool)
 
 
@@ -145,11 +155,14 @@ def _whole(spec: WorkerStep) -> dict[str, pl.DataFrame]:
     return _WORKER["whole"]
 
 
-def _answer(worker: tuple[PlannedStep, WorkerStep] | None, work: Callable[[Context | None], Any]) -> Done:
+def _answer(
+    worker: tuple[PlannedStep, WorkerStep] | None, work: Callable[[Context | None], Any], collect: bool = False
+) -> Done:
     """``work`` run in a worker, its requests counted and its error returned as a message (Ray
     would wrap it in a traceback; a dead worker is not caught here, Ray runs the task again).
-    ``worker``: the step and what the worker needs to give it a context (None: no context)."""
-    ctx = _context(*worker) if worker is not None else None
+    ``worker``: the step and what the worker needs to give it a context (None: no context);
+    ``collect``: the context's model pool collects requests instead of sending them."""
+    ctx = _context(*worker, collect=collect) if worker is not None else None
     asked, failed = ctx.llm.failure_counts() if ctx else (0, Counter())
     try:
         value = work(ctx)
@@ -184,6 +197,33 @@ def _rows_task(
         return write_batch(folder, result, spec.run_id, ps.name, ps.fingerprint, index)
 
     return _answer((ps, spec), work)
+
+
+def _collect_task(
+    ps: PlannedStep, spec: WorkerStep, name: str, part: Part, schema: dict[str, pl.DataType], index: int
+) -> Done:
+    """A rows step on batch ``index`` with a collecting model pool (``engine.ray_llm``): the value
+    is the requests with no stored answer of the call that stopped it (none: it ran through).
+    Nothing is written."""
+
+    def work(ctx: Context | None) -> list[tuple[ModelSpec, Request]]:
+        assert ctx is not None
+        with step_errors(ps.name):
+            batch = part.read(schema)
+            whole = _whole(spec)
+        return collected(ps, {**whole, name: batch}, ctx)
+
+    return _answer((ps, spec), work, collect=True)
+
+
+def collected(ps: PlannedStep, inputs: dict[str, pl.DataFrame], ctx: Context) -> list[tuple[ModelSpec, Request]]:
+    """The step on ``inputs`` with ``ctx``'s collecting model pool: the requests with no stored
+    answer of the call that stopped it (none: it ran through). What it returns is not kept."""
+    try:
+        call_step(ps, inputs, ctx)
+    except Unanswered as stopped:
+        return stopped.requests
+    return []
 
 
 def _partition_task(
@@ -242,10 +282,21 @@ def _map_task(name: str, fn: Callable[[Any], Any], job: Any) -> Done:
 class RayRunner(Runner):
     """``Runner`` with its batch-by-batch steps (rows and key) run as Ray tasks; see the module
     doc. ``in_flight``: tasks submitted ahead of the one the driver waits for (default: twice
-    the cluster's CPUs)."""
+    the cluster's CPUs); ``llm``: which models' requests go through ``ray.data.llm`` and
+    ``llm_replicas`` its replicas per model (``engine.ray_llm``; default: the settings)."""
 
-    def __init__(self, *args: Any, in_flight: int | None = None, **kwargs: Any):
+    def __init__(
+        self,
+        *args: Any,
+        in_flight: int | None = None,
+        llm: str | None = None,
+        llm_replicas: int | None = None,
+        **kwargs: Any,
+    ):
         super().__init__(*args, **kwargs)
+        self.llm_mode = ray_llm.mode_setting(llm)
+        self.llm_replicas = llm_replicas
+        self.llm_sent: dict[str, dict[str, Any]] = {}  # per step: rounds, requests sent and stored, left
         if not self.batch_rows:
             raise DataforgeError(
                 "the ray executor divides steps into batches: batch rows 0 (every step on whole tables) "
@@ -271,13 +322,17 @@ class RayRunner(Runner):
                 "partition": ray.remote(max_retries=TASK_RETRIES)(_partition_task),
                 "bucket": ray.remote(max_retries=TASK_RETRIES)(_bucket_task),
                 "map": ray.remote(max_retries=TASK_RETRIES)(_map_task),
+                "collect": ray.remote(max_retries=TASK_RETRIES)(_collect_task),
             }
+            gpus = float(ray.cluster_resources().get("GPU", 0))
+            self.llm_replicas = ray_llm.replicas_setting(self.llm_replicas, gpus)
             self._check_resources(ray.nodes())
             report = super().run(force, wait)
             report.tasks = dict(sorted(self.tasks_run.items()))
             report.assigned = dict(self.assigned)
             report.shuffled = dict(self.shuffled)
             report.rounds = dict(self.rounds)
+            report.llm = dict(self.llm_sent)
             report.cluster = ray.get_runtime_context().gcs_address
             return report
         finally:
@@ -388,6 +443,14 @@ class RayRunner(Runner):
             first = len(jobs)
             jobs.extend((name, part, schema, first + i) for i, part in enumerate(parts))
         planned = ray.put(ps)
+        if self._gathers(ps):
+            collect = self.tasks["collect"]  # not the step's resources: a collecting pool loads no model
+
+            def gathered() -> Iterator[list[tuple[ModelSpec, Request]]]:
+                tasks = self._ordered(ps.name, "collect", lambda job: collect.remote(planned, spec, *job), jobs)
+                return progress.track(tasks, total=len(jobs), description="requests", unit="batches")
+
+            self._gather_requests(ps, gathered, progress)
         task = self._task("rows", ps.name)
         results = self._ordered(ps.name, "rows", lambda job: task.remote(planned, spec, *job), jobs)
         tracked = progress.track(results, total=len(jobs), description="batches on Ray", unit="batches")
@@ -396,6 +459,62 @@ class RayRunner(Runner):
         finally:  # what tasks that died, failed or were cancelled had begun to write
             for left in stage.glob(f"{STAGED_BATCH}*"):
                 shutil.rmtree(left, ignore_errors=True)
+
+    def _gathers(self, ps: PlannedStep) -> bool:
+        """Whether ``ps``'s model requests are gathered for ``ray.data.llm`` (``engine.ray_llm``)."""
+        models = ray_llm.step_models(ps)
+        return ps.stepdef.gathers_requests and any(ray_llm.sent_through(m, self.llm_mode) for m in models)
+
+    def _execute(self, ps: PlannedStep, progress: StepProgress) -> StepReport:
+        if self._gathers(ps) and not self._batched(ps):  # it runs here, on its whole inputs
+            pool = ModelPool(self.out / "cache" / "llm.sqlite", collect=True)
+
+            def gathered() -> Iterator[list[tuple[ModelSpec, Request]]]:
+                inputs = {name: self._load(ref) for name, ref in ps.inputs.items()}
+                yield collected(ps, inputs, replace(self._context(ps, progress), llm=pool))
+
+            try:
+                self._gather_requests(ps, gathered, progress)
+            finally:
+                pool.close()
+        return super()._execute(ps, progress)
+
+    def _gather_requests(
+        self,
+        ps: PlannedStep,
+        gathered: Callable[[], Iterable[list[tuple[ModelSpec, Request]]]],
+        progress: StepProgress,
+    ) -> None:
+        """The rounds of ``engine.ray_llm``: ``gathered()`` runs the step once with a collecting
+        model pool (giving the requests each batch, or the whole step, stopped at); those to
+        the models sent through ``ray.data.llm`` that were not sent before are answered into
+        the request cache; until a round finds none."""
+        from dataforge.llm.cache import RequestCache
+
+        cache = RequestCache(self.out / "cache" / "llm.sqlite")
+        tried: set[str] = set()
+        done = ray_llm.Answered()
+        rounds = 0
+
+        def track(rows: Iterable[Any], total: int) -> Iterator[Any]:
+            return progress.track(rows, total=total, description="ray.data.llm", unit="requests")
+
+        try:
+            for _ in range(ray_llm.MAX_ROUNDS):
+                asked = {}
+                for requests in gathered():
+                    for model, request in requests:
+                        key = ray_llm.cache_key(model, request)
+                        if key not in tried and ray_llm.sent_through(model, self.llm_mode):
+                            asked[key] = (model, request)
+                if not asked:
+                    break
+                rounds += 1
+                tried.update(asked)
+                done.add(ray_llm.answer_requests(asked, cache, self.llm_replicas or 1, track))
+        finally:
+            cache.close()
+        self.llm_sent[ps.name] = {"rounds": rounds, "sent": done.sent, "stored": done.stored, "left": done.left}
 
     def _bucket_results(
         self,

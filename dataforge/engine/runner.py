@@ -14,6 +14,7 @@ before it exports, and a failed write fails the build like a failed step.
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import time
@@ -38,6 +39,7 @@ from dataforge.engine.lock import BuildLock
 from dataforge.engine.plan import Plan, PlannedStep, Ref, plan_recipe
 from dataforge.engine.progress import StepProgress, make_progress
 from dataforge.engine.remote import RemoteBuild, Synced
+from dataforge.engine.settings import chosen_setting
 from dataforge.engine.step import Context, StepResult
 from dataforge.engine.store import SCRATCH, STEP_SCRATCH, Store, WrittenBatch, is_uri, output_path, step_scratch
 from dataforge.engine.streaming import (
@@ -53,7 +55,7 @@ from dataforge.engine.streaming import (
     streams,
 )
 from dataforge.engine.table import Mapper, Streamed, Table
-from dataforge.errors import DataforgeError, RecipeError, StepError
+from dataforge.errors import RecipeError, StepError
 from dataforge.lineage import LineageWriter, StepRow
 from dataforge.llm.client import ModelPool
 from dataforge.recipe import EXECUTORS
@@ -86,6 +88,7 @@ class BuildReport:
     shuffled: dict[str, int] = field(default_factory=dict)  # bytes a key step's shuffle wrote, by step (Ray)
     staged: dict[str, int] = field(default_factory=dict)  # bytes staged for jobs (texts, keys, vectors), by step
     rounds: dict[str, int] = field(default_factory=dict)  # rounds of map tasks a global step ran, by step (Ray)
+    llm: dict[str, dict[str, Any]] = field(default_factory=dict)  # requests sent through ray.data.llm, by step
     cluster: str | None = None  # the Ray cluster's address (GCS) where the build ran on Ray
     assigned: dict[str, dict[str, float]] = field(default_factory=dict)  # per step, what Ray gave a task (most)
     published: str | None = None  # the object-store URI the build was published to (``engine.remote``)
@@ -115,6 +118,8 @@ def build(
     verify: bool = False,
     batch_rows: int | None = None,
     executor: str | None = None,
+    ray_llm: str | None = None,
+    ray_llm_replicas: int | None = None,
 ) -> BuildReport:
     """Plan and run a recipe into ``out``; returns what ran, what was reused and what was exported.
 
@@ -125,7 +130,8 @@ def build(
     ``batch_rows``: rows per batch of a streamed step (``engine.streaming``; default
     ``$DATAFORGE_BATCH_ROWS`` or 100,000; 0: every step on whole tables). It changes no output.
     ``executor``: ``local`` or ``ray`` (``engine.ray_runner``; default ``executor_setting``); it
-    changes no output either.
+    changes no output either. On Ray, ``ray_llm`` says which models' requests go through
+    ``ray.data.llm`` and ``ray_llm_replicas`` with how many replicas (``engine.ray_llm``).
 
     ``out`` may be an object-store URI (``s3://bucket/prefix``, ``gs://…``): the build runs in
     its local staging folder, brought up to date from the store first, and is published to the
@@ -134,11 +140,11 @@ def build(
     plan = plan_recipe(recipe_path, models, settings)
     planned = time.perf_counter() - started
     rows = batch_rows_setting(batch_rows)
-    runner_class = Runner
+    runner_class: Callable[..., Runner] = Runner
     if executor_setting(executor, plan) == "ray":
         from dataforge.engine.ray_runner import RayRunner
 
-        runner_class = RayRunner
+        runner_class = functools.partial(RayRunner, llm=ray_llm, llm_replicas=ray_llm_replicas)
 
     def run(folder: Path) -> BuildReport:
         runner = runner_class(
@@ -169,13 +175,8 @@ EXECUTOR_ENV = "DATAFORGE_EXECUTOR"
 def executor_setting(value: str | None, plan: Plan) -> str:
     """Where a build's steps run: ``value`` (``--executor``) if given, else ``$DATAFORGE_EXECUTOR``,
     else the recipe's ``executor:`` (checked when the recipe loads), else ``local``."""
-    env = os.environ.get(EXECUTOR_ENV, "").strip() or None
-    for chosen, where in ((value, "--executor"), (env, f"${EXECUTOR_ENV}")):
-        if chosen is not None:
-            if chosen not in EXECUTORS:
-                raise DataforgeError(f"{where} is {chosen!r}: the executors are {', '.join(EXECUTORS)}")
-            return chosen
-    return plan.loaded.recipe.executor or "local"
+    chosen = chosen_setting(value, "--executor", EXECUTOR_ENV, EXECUTORS, "the executors are")
+    return chosen or plan.loaded.recipe.executor or "local"
 
 
 class _Background:
@@ -439,10 +440,8 @@ class Runner:
         if ps.stepdef.out_of_core and self.batch_rows:
             if max((self._rows(ref) for ref in ps.inputs.values()), default=0) > self.batch_rows:
                 return self._execute_out_of_core(ps, progress)
-        if streams(ps, self.batch_rows):
-            largest = max((self._rows(ps.inputs[n]) for n in divided_inputs(ps)), default=0)
-            if largest > self.batch_rows:  # else one batch is the whole table: run it as one
-                return self._execute_streamed(ps, progress)
+        if self._batched(ps):
+            return self._execute_streamed(ps, progress)
         inputs = {name: self._load(ref) for name, ref in ps.inputs.items()}
         rows_in = sum(df.height for df in inputs.values())
         ctx = self._context(ps, progress)
@@ -469,6 +468,13 @@ class Runner:
                 self.memory[f"{ps.name}.{name}"] = df
         outputs = {name: df.height for name, df in result.tables.items()}
         return _executed(ps, row, drops, flags, per_input, outputs, failures)
+
+    def _batched(self, ps: PlannedStep) -> bool:
+        """Whether ``ps`` is a ``rows`` step that runs batch by batch (``_execute_streamed``):
+        one that streams, on an input larger than a batch (else one batch is the whole table)."""
+        if not streams(ps, self.batch_rows):
+            return False
+        return max((self._rows(ps.inputs[n]) for n in divided_inputs(ps)), default=0) > self.batch_rows
 
     def _execute_streamed(self, ps: PlannedStep, progress: StepProgress) -> StepReport:
         """A ``rows`` step batch by batch (``engine.streaming``): each divided input in row order,

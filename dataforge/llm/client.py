@@ -1,7 +1,14 @@
 """``LLMClient``: a backend behind the request cache; ``ModelPool``: the clients of one build.
 
 Steps get a ``ModelPool`` as ``ctx.llm`` and ask it for the client of a ``ModelSpec``. The pool
-loads each model once per build and shares one cache file.
+loads each model once per build, and only when a request has no stored answer, and shares one
+cache file.
+
+A pool made with ``collect=True`` loads no model: a request with no stored answer stops the step
+with ``Unanswered``, which carries every such request of that call. The Ray executor runs a step
+so, batch by batch, to gather the requests it will make, has them answered elsewhere (through
+``ray.data.llm``: ``engine.ray_llm``) and stored, and runs it again until no call stops; then the
+step runs as always and finds its answers stored.
 """
 
 from __future__ import annotations
@@ -37,6 +44,16 @@ class ClientStats:
         return sum(self.errors.values())
 
 
+class Unanswered(BaseException):
+    """A request of a collecting pool's step with no stored answer (see the module doc): the
+    requests of the call that stopped, with their models. A BaseException, so that a step's own
+    ``except Exception`` does not take it for the step's failure."""
+
+    def __init__(self, requests: list[tuple[ModelSpec, Request]]):
+        super().__init__(f"{len(requests)} requests with no stored answer")
+        self.requests = requests
+
+
 def load_backend(spec: ModelSpec) -> Backend:
     """The backend a spec names, with its model loaded."""
     if spec.backend == "transformers":
@@ -56,10 +73,35 @@ class LLMClient:
     """Generation through the cache: cached requests are answered from it, the others are sent
     in chunks, and each answer is committed to the cache as it comes back (a failure never is)."""
 
-    def __init__(self, spec: ModelSpec, backend: Backend, cache: RequestCache | None):
-        self.spec, self.backend, self.cache = spec, backend, cache
+    def __init__(
+        self,
+        spec: ModelSpec,
+        backend: Backend | Callable[[], Backend],
+        cache: RequestCache | None,
+        collect: bool = False,
+    ):
+        self.spec, self.cache, self.collect = spec, cache, collect
+        given = hasattr(backend, "generate")  # a backend, or what loads one
+        self._backend: Backend | None = backend if given else None  # type: ignore[assignment]
+        self._load: Callable[[], Backend] | None = None if given else backend  # type: ignore[assignment]
         self.stats = ClientStats()
         self._model_key = spec.identity()
+
+    @property
+    def backend(self) -> Backend:
+        """The model's backend, loaded on first use (a step whose every answer is stored loads none)."""
+        if self._backend is None:
+            assert self._load is not None
+            self._backend = self._load()
+        return self._backend
+
+    @property
+    def loaded(self) -> bool:
+        return self._backend is not None
+
+    def key(self, request: Request) -> str:
+        """The request cache's key of ``request`` to this model."""
+        return request_key(self._model_key, request.payload())
 
     def _chunk_size(self) -> int:
         return self.spec.max_concurrency * 4 if self.spec.backend == "openai" else self.spec.batch_size
@@ -68,7 +110,7 @@ class LLMClient:
         self, requests: list[Request], track: Track | None = None, description: str = "generate"
     ) -> list[Generation]:
         """One Generation per request, in order."""
-        keys = [request_key(self._model_key, r.payload()) for r in requests]
+        keys = [self.key(r) for r in requests]
         found = self.cache.get_many(keys) if self.cache is not None else {}
         out: list[Generation | None] = [None] * len(requests)
         todo: list[int] = []
@@ -77,6 +119,8 @@ class LLMClient:
                 out[i] = Generation(**found[key], cached=True)
             else:
                 todo.append(i)
+        if todo and self.collect:
+            raise Unanswered([(self.spec, requests[i]) for i in todo])
         self.stats.requests += len(requests)
         self.stats.cache_hits += len(requests) - len(todo)
         size = self._chunk_size()
@@ -102,14 +146,16 @@ class LLMClient:
         return [g for g in out if g is not None]
 
     def logprobs(self, prompts: list[str], completions: list[str]) -> list[float]:
+        if self.collect:  # scores are not stored: what the step asks after them is not gathered
+            raise Unanswered([])
         return self.backend.logprobs(prompts, completions)
 
 
 class ModelPool:
     """The clients of one build, by model spec; one cache file for all of them."""
 
-    def __init__(self, cache_path: Path | None):
-        self.cache_path = cache_path
+    def __init__(self, cache_path: Path | None, collect: bool = False):
+        self.cache_path, self.collect = cache_path, collect
         self.cache: RequestCache | None = None  # opened by the first client: builds without models make no file
         self._clients: dict[str, LLMClient] = {}
 
@@ -118,7 +164,7 @@ class ModelPool:
         if key not in self._clients:
             if self.cache is None and self.cache_path is not None:
                 self.cache = RequestCache(self.cache_path)
-            self._clients[key] = LLMClient(spec, load_backend(spec), self.cache)
+            self._clients[key] = LLMClient(spec, lambda: load_backend(spec), self.cache, self.collect)
         return self._clients[key]
 
     def failure_counts(self) -> tuple[int, Counter[str]]:
@@ -131,7 +177,8 @@ class ModelPool:
 
     def close(self) -> None:
         for c in self._clients.values():
-            c.backend.close()
+            if c.loaded:
+                c.backend.close()
         self._clients.clear()
         if self.cache is not None:
             self.cache.close()

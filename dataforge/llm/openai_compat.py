@@ -25,6 +25,48 @@ BACKOFF_SECONDS = 0.5
 BACKOFF_CAP = 8.0
 
 
+def request_body(spec: ModelSpec, request: Request) -> tuple[str, dict[str, Any]]:
+    """(path under the base URL, JSON body) of ``request`` to the model of ``spec``."""
+    p = request.params
+    body: dict[str, Any] = {
+        "model": spec.model,
+        "n": p.n,
+        "temperature": p.temperature,
+        "top_p": p.top_p,
+        "max_tokens": p.max_tokens,
+        "seed": p.seed,
+    }
+    if p.stop:
+        body["stop"] = p.stop
+    if request.messages is not None:
+        return "/chat/completions", {**body, "messages": [dict(m) for m in request.messages]}
+    return "/completions", {**body, "prompt": request.prompt}
+
+
+def auth_headers(spec: ModelSpec) -> dict[str, str]:
+    """The headers that authenticate to the server of ``spec`` (its key, from ``api_key_env``)."""
+    if not spec.api_key_env:
+        return {}
+    key = os.environ.get(spec.api_key_env)
+    if not key:
+        raise LLMError(f"environment variable {spec.api_key_env} (api_key_env) is not set")
+    return {"Authorization": f"Bearer {key}"}
+
+
+def parse_answer(data: Any, request: Request) -> Generation:
+    """The Generation a server's JSON answer ``data`` gives ``request``; ValueError, KeyError or
+    TypeError when it is not a valid answer (not the ``n`` choices of text it asked for)."""
+    choices = sorted(data["choices"], key=lambda c: c.get("index", 0))
+    chat = request.messages is not None
+    texts = [c["message"]["content"] if chat else c["text"] for c in choices]
+    if len(texts) != request.params.n or not all(isinstance(t, str) for t in texts):
+        raise ValueError("not the choices asked for")
+    reasons = [c.get("finish_reason") or "stop" for c in choices]
+    cut = [truncate_at_stop(t, request.params.stop) for t in texts]
+    tokens = int((data.get("usage") or {}).get("completion_tokens") or 0)
+    return Generation(texts=[t for t, _ in cut], finish_reasons=reasons, completion_tokens=tokens)
+
+
 class _Retry(Exception):
     def __init__(self, reason: str):
         self.reason = reason
@@ -36,31 +78,12 @@ class OpenAIBackend:
     def __init__(self, spec: ModelSpec):
         self.spec = spec
         self.base_url = (spec.base_url or "").rstrip("/")
-        headers = {}
-        if spec.api_key_env:
-            key = os.environ.get(spec.api_key_env)
-            if not key:
-                raise LLMError(f"environment variable {spec.api_key_env} (api_key_env) is not set")
-            headers["Authorization"] = f"Bearer {key}"
         self.http = httpx.Client(
-            timeout=spec.timeout, headers=headers, limits=httpx.Limits(max_connections=spec.max_concurrency)
+            timeout=spec.timeout, headers=auth_headers(spec), limits=httpx.Limits(max_connections=spec.max_concurrency)
         )
 
     def body(self, request: Request) -> tuple[str, dict[str, Any]]:
-        p = request.params
-        body: dict[str, Any] = {
-            "model": self.spec.model,
-            "n": p.n,
-            "temperature": p.temperature,
-            "top_p": p.top_p,
-            "max_tokens": p.max_tokens,
-            "seed": p.seed,
-        }
-        if p.stop:
-            body["stop"] = p.stop
-        if request.messages is not None:
-            return "/chat/completions", {**body, "messages": [dict(m) for m in request.messages]}
-        return "/completions", {**body, "prompt": request.prompt}
+        return request_body(self.spec, request)
 
     def generate(self, requests: list[Request], on_answer: OnAnswer | None = None) -> list[Generation]:
         """One Generation per request, in order; ``on_answer(index, generation)`` is called (on
@@ -108,18 +131,9 @@ class OpenAIBackend:
                 f"{self.base_url}{path} answered {resp.status_code} for model '{self.spec.model}': {resp.text[:300]}"
             )
         try:
-            data = resp.json()
-            choices = sorted(data["choices"], key=lambda c: c.get("index", 0))
-            chat = request.messages is not None
-            texts = [c["message"]["content"] if chat else c["text"] for c in choices]
-            if len(texts) != request.params.n or not all(isinstance(t, str) for t in texts):
-                raise ValueError
+            return parse_answer(resp.json(), request)
         except (ValueError, KeyError, TypeError):
             raise _Retry("invalid_output") from None
-        reasons = [c.get("finish_reason") or "stop" for c in choices]
-        cut = [truncate_at_stop(t, request.params.stop) for t in texts]
-        tokens = int((data.get("usage") or {}).get("completion_tokens") or 0)
-        return Generation(texts=[t for t, _ in cut], finish_reasons=reasons, completion_tokens=tokens)
 
     def logprobs(self, prompts: list[str], completions: list[str]) -> list[float]:
         raise NotImplementedError("log-prob scoring needs the transformers or vllm backend")

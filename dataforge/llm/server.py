@@ -3,8 +3,9 @@
     python -m dataforge.llm.server --model /path/to/model [--backend transformers] [--port 8000]
 
 It serves ``POST /v1/chat/completions``, ``POST /v1/completions`` and ``GET /v1/models``, plus
-``GET /stats`` (requests answered so far). It is for local work and tests of the OpenAI-compatible
-client; production serving is ``vllm serve``. Requests are answered one at a time.
+``GET /stats`` (requests answered so far, and by which clients: their ``User-Agent``). It is for
+local work and tests of the OpenAI-compatible client; production serving is ``vllm serve``.
+Requests are answered one at a time.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import json
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -34,6 +36,7 @@ class ModelServer(ThreadingHTTPServer):
         self.backend, self.model_name, self.fault = backend, model_name, fault
         self.lock = threading.Lock()
         self.count = 0
+        self.agents: Counter[str] = Counter()  # requests by the User-Agent that sent them
 
     @property
     def url(self) -> str:
@@ -59,7 +62,7 @@ class _Handler(BaseHTTPRequestHandler):
         if self.path.rstrip("/") == "/v1/models":
             self._send(200, {"object": "list", "data": [{"id": self.server.model_name, "object": "model"}]})
         elif self.path == "/stats":
-            self._send(200, {"requests": self.server.count})
+            self._send(200, {"requests": self.server.count, "agents": dict(self.server.agents)})
         else:
             self._send(404, {"error": {"message": f"no route {self.path}"}})
 
@@ -73,6 +76,7 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send(400, {"error": {"message": "the body is not JSON"}})
         with self.server.lock:
             self.server.count += 1
+            self.server.agents[self.headers.get("User-Agent", "")] += 1
             number = self.server.count
         if self.server.fault and (answer := self.server.fault(self.path, body, number)) is not None:
             return self._send(*answer)

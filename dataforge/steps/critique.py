@@ -119,6 +119,7 @@ def _conversation(value: Any) -> list[dict[str, str]]:
     columns=_columns,
     data_fingerprint=_fingerprint,
     partition="rows",
+    gathers_requests=True,
 )
 def critique_revise(inputs: dict[str, pl.DataFrame], cfg: CritiqueConfig, ctx: Context) -> StepResult:
     """Critique → revise rounds under a constitution; every round kept."""

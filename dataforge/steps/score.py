@@ -162,7 +162,14 @@ def judge_scores(cfg: JudgeConfig, rows: list[dict[str, Any]], ctx: Context) -> 
     return [parse_judge_score(t, *cfg.scale) for t in texts], texts
 
 
-@step("score.judge", version=1, inputs=None, per_table_columns=_judge_columns, partition="rows")
+@step(
+    "score.judge",
+    version=1,
+    inputs=None,
+    per_table_columns=_judge_columns,
+    partition="rows",
+    gathers_requests=True,
+)
 def score_judge(inputs: dict[str, pl.DataFrame], cfg: JudgeConfig, ctx: Context) -> StepResult:
     """An LLM judge's rubric score for every row; unparseable answers are recorded."""
 

@@ -6,7 +6,9 @@ contiguous slices also gives the whole call's rows in the same order (what strea
 
 The steps that call a model run against a scripted OpenAI-compatible server on loopback (real
 HTTP, client and cache; the answer a deterministic function of the messages), and
-``score.reward_model`` with the tiny local reward model."""
+``score.reward_model`` with the tiny local reward model. A step that gathers its requests for
+``ray.data.llm`` (``engine.ray_llm``) gives the same rows and events when they are gathered
+round by round and answered ahead as when it sends them itself."""
 
 from __future__ import annotations
 
@@ -16,6 +18,8 @@ import pytest
 from polars.testing import assert_frame_equal
 
 from dataforge.engine.step import PARTITIONS, REGISTRY, StepDef, StepResult, get_step
+from dataforge.llm import client as llm_client
+from dataforge.llm.client import ModelPool, Unanswered
 from tests.conftest import GSM8K, HH, REPO, make_ctx
 from tests.steps.test_critique_feedback import CONSTITUTION
 
@@ -219,8 +223,6 @@ MODEL_CASES = ["generate", "score.judge", "critique_revise", "ai_feedback", "sco
 
 @pytest.mark.parametrize("kind", MODEL_CASES)
 def test_a_model_step_gives_the_same_rows_and_events_in_any_batching(kind, data, tmp_path, scripted_model, tiny_rm):
-    from dataforge.llm.client import ModelPool
-
     model = scripted_model(_policy)
     (tmp_path / "constitution.yaml").write_text(CONSTITUTION)
     responses = data["responses"].head(120)  # 60 prompts, chosen and rejected each
@@ -261,6 +263,85 @@ def test_a_model_step_gives_the_same_rows_and_events_in_any_batching(kind, data,
         _assert_in_order(whole, [call(part, f"slice{i}") for i, part in enumerate(_slices(df))])
     calls = iter(range(1000))
     _assert_in_group_order(defn, cfg, df, lambda part: call(part, f"bucket{next(calls)}"))
+
+
+GATHERING = ["generate", "score.judge", "critique_revise"]  # the steps with gathers_requests (engine.ray_llm)
+
+
+def _no_model(spec):
+    raise AssertionError(f"a model was loaded: {spec.model}")
+
+
+@pytest.mark.parametrize("kind", GATHERING)
+def test_a_model_step_gathered_round_by_round_gives_what_it_gives_sending_its_own_requests(
+    kind, data, tmp_path, scripted_model, monkeypatch
+):
+    model = scripted_model(_policy)
+    (tmp_path / "constitution.yaml").write_text(CONSTITUTION)
+    responses = data["responses"].head(40)
+    options, df = {
+        "generate": ({"model": model, "prompt": "prompt", "n": 2}, data["hh"].head(20)),
+        "score.judge": ({"model": model, "template": "Rate: {{ completion }}"}, responses),
+        "critique_revise": (
+            {"model": model, "constitution": str(tmp_path / "constitution.yaml"), "rounds": 2},
+            responses,
+        ),
+    }[kind]
+    defn = get_step(kind)
+    assert defn.gathers_requests
+    cfg = defn.config(**options)
+
+    direct_ctx = make_ctx(tmp_path / "direct")
+    direct_ctx.llm = ModelPool(tmp_path / "direct" / "llm.sqlite")
+    calls = []  # the step's calls to its model, each a round of gathering
+    real_generate = llm_client.LLMClient.generate
+    with monkeypatch.context() as m:
+        m.setattr(llm_client.LLMClient, "generate", lambda c, r, *a: calls.append(len(r)) or real_generate(c, r, *a))
+        direct = defn.fn({"data": df}, cfg, direct_ctx)
+    sent_directly = direct_ctx.llm.failure_counts()[0]
+    direct_ctx.llm.close()
+
+    cache = tmp_path / "gathered" / "llm.sqlite"
+    real_load = llm_client.load_backend
+    answering = ModelPool(cache)  # stands in for ray.data.llm: answers stored under the request's key
+    rounds, gathered = 0, 0
+    with monkeypatch.context() as m:
+        m.setattr(llm_client, "load_backend", _no_model)
+        collecting = ModelPool(cache, collect=True)
+        while True:
+            ctx = make_ctx(tmp_path / "gathered")
+            ctx.llm = collecting
+            try:
+                defn.fn({"data": df}, cfg, ctx)
+                break
+            except Unanswered as stopped:
+                requests = stopped.requests
+            assert requests and all(spec.model == "scripted" for spec, _ in requests)
+            rounds += 1
+            gathered += len(requests)
+            with monkeypatch.context() as real:
+                real.setattr(llm_client, "load_backend", real_load)
+                for spec, request in requests:
+                    answering.client(spec).generate([request])
+        collecting.close()
+        final_ctx = make_ctx(tmp_path / "gathered")
+        final_ctx.llm = ModelPool(cache)
+        final = defn.fn({"data": df}, cfg, final_ctx)  # every answer stored: no model is loaded
+        assert final_ctx.llm.failure_counts() == (sent_directly, {})
+        final_ctx.llm.close()
+    answering.close()
+    assert rounds == len([n for n in calls if n])  # a round per call of the step
+    if kind == "critique_revise":
+        assert rounds >= 3  # critique, revise, critique (and revise where the critique asked)
+    else:
+        assert rounds == 1
+    assert gathered == sent_directly
+    assert direct.tables.keys() == final.tables.keys()
+    for name, table in direct.tables.items():
+        assert table.equals(final.tables[name]), name
+    assert [e.drop("run_id", strict=False).to_dicts() for e in direct.events] == [
+        e.drop("run_id", strict=False).to_dicts() for e in final.events
+    ]
 
 
 def test_every_step_declares_how_it_partitions_and_every_rows_or_key_step_is_tested():

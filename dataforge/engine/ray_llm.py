@@ -1,0 +1,285 @@
+"""A step's model requests answered through ``ray.data.llm`` on the Ray executor (``--ray-llm``).
+
+The step's logic is not written twice. Before a ``rows`` step that calls a model runs its batches
+(``RayRunner._execute_streamed``), the driver gathers the requests it will make and has them
+answered in bulk:
+
+1. The step runs on every batch in a task with a *collecting* model pool (``llm.client``): it
+   loads no model, and a request with no stored answer stops the batch's step (``Unanswered``),
+   giving back every such request of that call. Nothing is written.
+2. The driver sends the requests it has not sent before through a ``ray.data.llm`` processor per
+   model and kind of request (chat messages or a raw prompt), and stores each answer in the
+   build's request cache as it comes back (``answer_requests``).
+3. Again from 1: a step whose later calls depend on earlier answers (critique, then revision)
+   stops at its next call. A round that finds no request it has not sent ends the rounds.
+
+Then the step runs as always and finds its answers stored. What the processors did not answer
+(a server that kept failing, a request of a model not sent this way) the step's own backend sends
+then, so failures are recorded, counted against ``max_failure_rate`` and asked again by the next
+build exactly as without ``ray.data.llm``; a build killed in the middle re-sends only the requests
+with no stored answer.
+
+Which models (``--ray-llm``, ``$DATAFORGE_RAY_LLM``): ``vllm`` (the default) sends vLLM models
+through ``vLLMEngineProcessorConfig``, ``replicas`` engine replicas of one GPU each (default:
+the cluster's GPUs, at least 1); ``all`` also sends OpenAI-compatible ones through
+``HttpRequestProcessorConfig`` (``replicas`` actors, each with ``max_concurrency`` requests in
+flight); ``off`` sends none. Transformers models, log-prob scoring and the model calls of steps
+other than ``rows`` steps are not sent this way: there each worker process loads the model once.
+
+Two differences of the vLLM path from the vLLM backend, both from ray.data.llm's engine stage,
+which gives one completion per row: a request for ``n`` samples is ``n`` rows, sample ``k`` with
+seed ``seed + k``; and a completion's finish reason is ``length`` when it has ``max_tokens``
+tokens, else ``stop``. The vLLM path is built here (its processor is tested) but has not run:
+vLLM and a GPU are not available to this project's tests.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from dataforge.engine.settings import chosen_setting
+from dataforge.errors import DataforgeError
+from dataforge.llm.base import Generation, Request, truncate_at_stop
+from dataforge.llm.cache import RequestCache, request_key
+from dataforge.llm.spec import ModelSpec, SamplingParams
+
+if TYPE_CHECKING:
+    from dataforge.engine.plan import PlannedStep
+
+MODES = ("vllm", "all", "off")
+MODE_ENV = "DATAFORGE_RAY_LLM"
+REPLICAS_ENV = "DATAFORGE_RAY_LLM_REPLICAS"
+MAX_ROUNDS = 64  # rounds of gathering a step's requests (a round without a new request ends them)
+
+Track = Callable[[Iterable[Any], int], Iterator[Any]]
+
+
+def mode_setting(value: str | None) -> str:
+    """Which models go through ``ray.data.llm``: ``value`` (``--ray-llm``) if given, else
+    ``$DATAFORGE_RAY_LLM``, else ``vllm``."""
+    return chosen_setting(value, "--ray-llm", MODE_ENV, MODES, "one of") or "vllm"
+
+
+def replicas_setting(value: int | None, gpus: float) -> int:
+    """Engine replicas (or HTTP actors) per processor: ``value`` (``--ray-llm-replicas``), else
+    ``$DATAFORGE_RAY_LLM_REPLICAS``, else the cluster's GPUs (``gpus``), at least 1."""
+    env = os.environ.get(REPLICAS_ENV, "").strip()
+    for chosen, where in ((value, "--ray-llm-replicas"), (env or None, f"${REPLICAS_ENV}")):
+        if chosen is not None:
+            try:
+                n = int(chosen)
+            except ValueError:
+                n = 0
+            if n < 1:
+                raise DataforgeError(f"{where} is {chosen!r}: a whole number of replicas, at least 1")
+            return n
+    return max(1, int(gpus))
+
+
+def sent_through(spec: ModelSpec, mode: str) -> bool:
+    """Whether requests to ``spec`` go through ``ray.data.llm`` in ``mode``."""
+    return (spec.backend == "vllm" and mode in ("vllm", "all")) or (spec.backend == "openai" and mode == "all")
+
+
+def step_models(ps: PlannedStep) -> list[ModelSpec]:
+    """The models a step's config names (``model:``, ``judge:``, …)."""
+    return [v for v in (getattr(ps.cfg, k) for k in type(ps.cfg).model_fields) if isinstance(v, ModelSpec)]
+
+
+def cache_key(spec: ModelSpec, request: Request) -> str:
+    """The request cache's key of ``request`` to ``spec`` (what ``LLMClient`` looks up)."""
+    return request_key(spec.identity(), request.payload())
+
+
+# -- what one processor reads and gives back ---------------------------------------------------
+
+
+def _plain(value: Any) -> Any:
+    """``value`` with the numpy arrays Ray Data gives for lists turned back into lists."""
+    if hasattr(value, "tolist") and not isinstance(value, str | bytes):
+        value = value.tolist()
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _request(row: dict[str, Any]) -> Request:
+    data = json.loads(row["request"])
+    params = SamplingParams(**data["params"])
+    if "messages" in data:
+        return Request(params, messages=tuple(data["messages"]))
+    return Request(params, prompt=data["prompt"])
+
+
+def _vllm_input(row: dict[str, Any]) -> dict[str, Any]:
+    """A row of the vLLM processor: sample ``k`` of its request, with seed ``seed + k``."""
+    request = _request(row)
+    p = request.params
+    sampling = {"n": 1, "temperature": p.temperature, "top_p": p.top_p, "max_tokens": p.max_tokens}
+    sampling["seed"] = p.seed + int(row["k"])
+    if p.stop:
+        sampling["stop"] = list(p.stop)
+    text = {"messages": [dict(m) for m in request.messages]} if request.messages else {"prompt": request.prompt}
+    return {**text, "sampling_params": sampling, "key": row["key"], "k": row["k"], "request": row["request"]}
+
+
+def _vllm_output(row: dict[str, Any]) -> dict[str, Any]:
+    request = _request(row)
+    text, _ = truncate_at_stop(str(row.get("generated_text") or ""), request.params.stop)
+    tokens = int(row.get("num_generated_tokens") or 0)
+    reason = "length" if tokens >= request.params.max_tokens else "stop"
+    answer = {"texts": [text], "finish_reasons": [reason], "completion_tokens": tokens}
+    return {"key": row["key"], "k": row["k"], "answer": json.dumps(answer), "error": ""}
+
+
+def _http_input(spec: ModelSpec) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    from dataforge.llm.openai_compat import request_body
+
+    def prepare(row: dict[str, Any]) -> dict[str, Any]:
+        _, body = request_body(spec, _request(row))
+        return {"payload": body, "key": row["key"], "k": row["k"], "request": row["request"]}
+
+    return prepare
+
+
+def _http_output(row: dict[str, Any]) -> dict[str, Any]:
+    """A server's answer as a stored one; an answer that is not the choices asked for (an error
+    body, too few choices) is given back as an error and stored nowhere."""
+    from dataforge.llm.openai_compat import parse_answer
+
+    try:
+        gen = parse_answer(_plain(row["http_response"]), _request(row))
+    except (ValueError, KeyError, TypeError):
+        return {"key": row["key"], "k": row["k"], "answer": "", "error": "invalid_output"}
+    return {"key": row["key"], "k": row["k"], "answer": json.dumps(gen.to_json()), "error": ""}
+
+
+def processor_config(spec: ModelSpec, chat: bool, replicas: int) -> Any:
+    """The ``ray.data.llm`` processor config of requests to ``spec`` (``chat``: messages, else
+    raw prompts)."""
+    from ray.data.llm import HttpRequestProcessorConfig, vLLMEngineProcessorConfig
+
+    from dataforge.llm.openai_compat import BACKOFF_SECONDS, auth_headers
+
+    if spec.backend == "openai":
+        path = "/chat/completions" if chat else "/completions"
+        return HttpRequestProcessorConfig(
+            url=(spec.base_url or "").rstrip("/") + path,
+            headers=auth_headers(spec),
+            concurrency=replicas,
+            batch_size=spec.max_concurrency,
+            max_retries=spec.max_retries,
+            base_retry_wait_time_in_s=BACKOFF_SECONDS,
+        )
+    engine: dict[str, Any] = {"dtype": spec.dtype, "gpu_memory_utilization": spec.gpu_memory_utilization}
+    if spec.max_model_len:
+        engine["max_model_len"] = spec.max_model_len
+    return vLLMEngineProcessorConfig(
+        model_source=spec.model,
+        engine_kwargs=engine,
+        concurrency=replicas,
+        batch_size=spec.batch_size,
+        chat_template_stage=chat,
+        tokenize_stage=True,
+        detokenize_stage=True,
+        should_continue_on_error=True,
+    )
+
+
+def build(spec: ModelSpec, chat: bool, replicas: int) -> Any:
+    """The processor of ``processor_config``, with the rows it reads and gives back."""
+    from ray.data.llm import build_processor
+
+    config = processor_config(spec, chat, replicas)
+    if spec.backend == "openai":
+        return build_processor(config, preprocess=_http_input(spec), postprocess=_http_output)
+    return build_processor(config, preprocess=_vllm_input, postprocess=_vllm_output)
+
+
+# -- the driver's side -------------------------------------------------------------------------
+
+
+@dataclass
+class Answered:
+    """What one round of ``answer_requests`` did: requests sent, answers stored, requests left
+    to the step's own backend (by why: ``invalid_output``, the processor's error)."""
+
+    sent: int = 0
+    stored: int = 0
+    left: dict[str, int] = field(default_factory=dict)
+
+    def add(self, other: Answered) -> None:
+        self.sent += other.sent
+        self.stored += other.stored
+        for why, n in other.left.items():
+            self.left[why] = self.left.get(why, 0) + n
+
+
+def _groups(requests: dict[str, tuple[ModelSpec, Request]]) -> dict[tuple[str, bool], list[str]]:
+    """The request keys by processor: (model, chat or prompt)."""
+    groups: dict[tuple[str, bool], list[str]] = {}
+    for key, (spec, request) in requests.items():
+        name = json.dumps(spec.model_dump(mode="json"), sort_keys=True)
+        groups.setdefault((name, request.messages is not None), []).append(key)
+    return groups
+
+
+def answer_requests(
+    requests: dict[str, tuple[ModelSpec, Request]], cache: RequestCache, replicas: int, track: Track | None = None
+) -> Answered:
+    """Send ``requests`` (by cache key) through ``ray.data.llm`` and store each answer in ``cache``
+    as it comes back (all ``n`` samples of a vLLM request first). A processor that fails (a
+    request the server kept failing: the HTTP stage gives up on the whole run) leaves what it had
+    not answered to the step's own backend, counted in ``left``."""
+    import ray
+    import ray.data  # (configures its logging: the level is set after)
+
+    logging.getLogger("ray.data").setLevel(logging.WARNING)  # the step's own progress bar tells
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    done = Answered()
+    for (name, chat), keys in _groups(requests).items():
+        spec = ModelSpec(**json.loads(name))
+        rows = [
+            {"key": key, "k": k, "request": json.dumps(requests[key][1].payload())}
+            for key in keys
+            for k in range(requests[key][1].params.n if spec.backend == "vllm" else 1)
+        ]
+        samples: dict[str, dict[int, dict[str, Any]]] = {}
+        answered: set[str] = set()
+        try:
+            out = build(spec, chat, replicas)(ray.data.from_items(rows)).iter_rows()
+            for row in track(out, len(rows)) if track else out:
+                key = row["key"]
+                error = row.get("error") or row.get("__inference_error__") or ("" if row.get("answer") else "no_answer")
+                if error:  # (an engine's error row skips the postprocess: its own column says why)
+                    why = error if error in ("invalid_output", "no_answer") else "engine_error"
+                    done.left[why] = done.left.get(why, 0) + 1
+                    answered.add(key)
+                    continue
+                samples.setdefault(key, {})[int(row["k"])] = json.loads(row["answer"])
+                if len(samples[key]) == (requests[key][1].params.n if spec.backend == "vllm" else 1):
+                    cache.put_many(spec.model, [(key, _combined(samples.pop(key)))])
+                    answered.add(key)
+                    done.stored += 1
+        except Exception as exc:  # the processor stopped: what it had not answered goes to the backend
+            why = f"processor: {type(exc).__name__}"
+            done.left[why] = done.left.get(why, 0) + len(keys) - len(answered)
+        done.sent += len(keys)
+    return done
+
+
+def _combined(samples: dict[int, dict[str, Any]]) -> dict[str, Any]:
+    """The stored answer of one request from its samples, in sample order."""
+    parts = [Generation(**samples[k]) for k in sorted(samples)]
+    return Generation(
+        texts=[t for g in parts for t in g.texts],
+        finish_reasons=[r for g in parts for r in g.finish_reasons],
+        completion_tokens=sum(g.completion_tokens for g in parts),
+    ).to_json()

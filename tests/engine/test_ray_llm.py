@@ -1,0 +1,166 @@
+"""Model requests gathered for ``ray.data.llm`` (engine.ray_llm).
+
+Without Ray: a collecting model pool stops a step at its first call with unstored answers and
+loads no model (that every step that gathers its requests gives the same rows gathered round by
+round as sending them itself is in tests/engine/test_partitioning.py).
+
+On a real local Ray instance: a generating recipe built with ``--ray-llm all`` sends its requests
+through ray.data.llm's HTTP processor (aiohttp, seen by the server on loopback) and none through the
+step's own client (httpx), batch by batch or whole, with the local build's datasets; a server that
+fails requests stops the processor and the step's own backend sends the rest, failures counted as
+without it. The vLLM processor is built and its rows checked; running it needs vLLM and a GPU.
+"""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import pytest
+
+from dataforge.engine import ray_llm
+from dataforge.engine.runner import build
+from dataforge.errors import DataforgeError
+from dataforge.llm import client as llm_client
+from dataforge.llm.base import Request
+from dataforge.llm.client import ModelPool, Unanswered
+from dataforge.llm.spec import ModelSpec, SamplingParams
+from tests.engine.test_runner import _tree_hashes
+from tests.engine.test_trust import PROMPTS, SLOW_RECIPE
+
+
+def _no_model(spec: ModelSpec):
+    raise AssertionError(f"a model was loaded: {spec.model}")
+
+
+def test_a_collecting_pool_stops_at_the_first_call_with_unstored_answers_and_loads_no_model(
+    tmp_path, scripted_model, monkeypatch
+):
+    spec = ModelSpec(**scripted_model(lambda messages: "stored"))
+    params = SamplingParams(max_tokens=8)
+    asked = [Request(params, messages=({"role": "user", "content": f"q{i}"},)) for i in range(3)]
+    ModelPool(tmp_path / "llm.sqlite").client(spec).generate(asked[:1])  # one answer stored
+    monkeypatch.setattr(llm_client, "load_backend", _no_model)
+    pool = ModelPool(tmp_path / "llm.sqlite", collect=True)
+    with pytest.raises(Unanswered) as stopped:
+        pool.client(spec).generate(asked)
+    assert [r for _, r in stopped.value.requests] == asked[1:]  # the stored one is not asked again
+    assert pool.client(spec).generate(asked[:1])[0].texts == ["stored"]
+    with pytest.raises(Unanswered):
+        pool.client(spec).logprobs(["a"], ["b"])  # scores are never stored
+    assert not pool.client(spec).loaded
+    pool.close()
+
+
+def _served(spec: dict) -> dict[str, int]:
+    """Requests the scripted server took so far, by User-Agent."""
+    return httpx.get(spec["base_url"].removesuffix("/v1") + "/stats").json()["agents"]
+
+
+def _new(now: dict[str, int], before: dict[str, int]) -> dict[str, int]:
+    return {k: v - before.get(k, 0) for k, v in now.items() if v - before.get(k, 0)}
+
+
+def test_generation_on_ray_goes_through_ray_data_llm_and_gives_the_local_datasets(
+    qa, scripted_model, ray_local, capsys
+):
+    from dataforge.cli import main
+
+    ws, _ = qa
+    spec = scripted_model(lambda messages: f"answer to {messages[-1]['content']}")
+    ws.jsonl("prompts.jsonl", [{"text": f"prompt {i}"} for i in range(PROMPTS)])
+    recipe = ws.recipe(SLOW_RECIPE.replace("URL", spec["base_url"]), "gen.yaml")
+
+    build(recipe, ws.root / "local", show_progress=False)
+    local = _served(spec)
+    assert list(local) and all("httpx" in agent for agent in local)  # the step's own client
+
+    for out, rows in (("batches", 3), ("whole", 1000)):  # tasks per batch; the step in the driver
+        before = _served(spec)
+        report = build(recipe, ws.root / out, show_progress=False, batch_rows=rows, executor="ray", ray_llm="all")
+        sent = _new(_served(spec), before)
+        assert list(sent) and all("aiohttp" in agent for agent in sent), sent  # none from the step's client
+        assert sum(sent.values()) == PROMPTS
+        assert report.llm["solve"] == {"rounds": 1, "sent": PROMPTS, "stored": PROMPTS, "left": {}}
+        assert _tree_hashes(ws.root / out / "datasets") == _tree_hashes(ws.root / "local" / "datasets")
+        # batch by batch: a round that gathered the requests, one that found none left
+        assert report.tasks.get("collect", 0) == (2 * PROMPTS // 3 if rows == 3 else 0)
+
+    before = _served(spec)
+    args = ["build", str(recipe), "--out", str(ws.root / "batches"), "--quiet", "--batch-rows", "3"]
+    assert main([*args, "--executor", "ray", "--ray-llm", "all", "--force", "solve"]) == 0
+    assert _new(_served(spec), before) == {}  # every answer stored: nothing sent, no model loaded
+    assert "ray.data.llm, step solve: 0 requests in 0 round(s), 0 answers stored" in capsys.readouterr().out
+
+    before = _served(spec)
+    report = build(recipe, ws.root / "off", show_progress=False, batch_rows=3, executor="ray", ray_llm="off")
+    assert report.llm == {} and all("httpx" in agent for agent in _new(_served(spec), before))
+
+
+def test_requests_the_processor_could_not_answer_are_sent_by_the_step_and_failures_count_as_without_it(
+    qa, scripted_model, ray_local
+):
+    ws, _ = qa
+
+    def flaky(messages):
+        return 503 if messages[-1]["content"] in ("prompt 1", "prompt 7") else "fine"
+
+    spec = scripted_model(flaky)
+    ws.jsonl("prompts.jsonl", [{"text": f"prompt {i}"} for i in range(PROMPTS)])
+    recipe = ws.recipe(SLOW_RECIPE.replace("URL", spec["base_url"]), "flaky.yaml")
+    report = build(recipe, ws.out, show_progress=False, batch_rows=3, executor="ray", ray_llm="all")
+    sent = report.llm["solve"]
+    assert sent["rounds"] == 1 and sent["sent"] == PROMPTS and sent["stored"] < PROMPTS - 1
+    assert sum(sent["left"].values()) == PROMPTS - sent["stored"]
+    assert all(why.startswith("processor: ") for why in sent["left"])
+    solve = next(s for s in report.steps if s.name == "solve")  # as in a build without ray.data.llm
+    assert solve.failed_requests == 2 and solve.outputs == {"data": PROMPTS - 2, "failed": 2}
+    assert solve.drops == {"generation_failed:http_503": 2}
+    agents = _served(spec)
+    own = sum(n for agent, n in agents.items() if "httpx" in agent)
+    assert own == PROMPTS - sent["stored"]  # the step's own client sent exactly what was not stored
+
+
+def test_the_vllm_processor_is_built_with_its_replicas_and_reads_one_row_per_sample(tiny_lm, ray_local):
+    spec = ModelSpec(backend="vllm", model=str(tiny_lm), max_model_len=512, dtype="bfloat16")
+    config = ray_llm.processor_config(spec, chat=True, replicas=3)
+    assert config.concurrency == 3 and config.model_source == str(tiny_lm)
+    assert config.engine_kwargs["max_model_len"] == 512 and config.engine_kwargs["dtype"] == "bfloat16"
+    assert config.should_continue_on_error and config.batch_size == spec.batch_size
+    assert ray_llm.build(spec, chat=False, replicas=1) is not None  # its stages built (vLLM runs them)
+
+    params = SamplingParams(n=2, seed=5, max_tokens=4, stop=["END"], temperature=0.3)
+    request = Request(params, messages=({"role": "user", "content": "hi"},))
+    row = {"key": "k", "request": json.dumps(request.payload())}
+    first, second = (ray_llm._vllm_input({**row, "k": k}) for k in (0, 1))
+    assert first["messages"] == [{"role": "user", "content": "hi"}]
+    assert (first["sampling_params"]["seed"], second["sampling_params"]["seed"]) == (5, 6)
+    assert first["sampling_params"]["n"] == 1 and first["sampling_params"]["stop"] == ["END"]
+    outs = [
+        ray_llm._vllm_output({**row, "k": 1, "generated_text": "b END c", "num_generated_tokens": 4}),
+        ray_llm._vllm_output({**row, "k": 0, "generated_text": "a", "num_generated_tokens": 1}),
+    ]
+    stored = ray_llm._combined({int(o["k"]): json.loads(o["answer"]) for o in outs})
+    assert stored == {"texts": ["a", "b "], "finish_reasons": ["stop", "length"], "completion_tokens": 5}
+
+
+def test_the_settings_come_from_the_option_or_the_environment_and_are_checked(monkeypatch):
+    monkeypatch.delenv(ray_llm.MODE_ENV, raising=False)
+    monkeypatch.delenv(ray_llm.REPLICAS_ENV, raising=False)
+    assert ray_llm.mode_setting(None) == "vllm" and ray_llm.replicas_setting(None, 0.0) == 1
+    assert ray_llm.replicas_setting(None, 4.0) == 4 and ray_llm.replicas_setting(2, 4.0) == 2
+    monkeypatch.setenv(ray_llm.MODE_ENV, "all")
+    monkeypatch.setenv(ray_llm.REPLICAS_ENV, "3")
+    assert ray_llm.mode_setting(None) == "all" and ray_llm.mode_setting("off") == "off"
+    assert ray_llm.replicas_setting(None, 8.0) == 3
+    with pytest.raises(DataforgeError, match=r"--ray-llm is 'gpu': one of vllm, all, off"):
+        ray_llm.mode_setting("gpu")
+    monkeypatch.setenv(ray_llm.REPLICAS_ENV, "zero")
+    with pytest.raises(DataforgeError, match=r"\$DATAFORGE_RAY_LLM_REPLICAS is 'zero'"):
+        ray_llm.replicas_setting(None, 1.0)
+    vllm = ModelSpec(backend="vllm", model="m")
+    served = ModelSpec(backend="openai", model="m", base_url="http://127.0.0.1:1/v1")
+    local = ModelSpec(backend="transformers", model="m")
+    assert [ray_llm.sent_through(s, "vllm") for s in (vllm, served, local)] == [True, False, False]
+    assert [ray_llm.sent_through(s, "all") for s in (vllm, served, local)] == [True, True, False]
+    assert not any(ray_llm.sent_through(s, "off") for s in (vllm, served, local))
