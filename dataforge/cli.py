@@ -111,10 +111,13 @@ def cmd_build(args: argparse.Namespace) -> int:
             given = "; ".join(f"{s} {', '.join(f'{k} {v:g}' for k, v in sorted(r.items()))}" for s, r in placed.items())
             out_console.print(f"resources Ray gave a task, by step: {given}")
         for name, sent in report.llm.items():
+            failed = ", ".join(f"{why} {n:,}" for why, n in sent["failed"].items())
             left = ", ".join(f"{why} {n:,}" for why, n in sent["left"].items())
             out_console.print(
                 f"ray.data.llm, step {name}: {sent['sent']:,} requests in {sent['rounds']} round(s), "
-                f"{sent['stored']:,} answers stored" + (f"; left to the step's own backend: {left}" if left else "")
+                f"{sent['stored']:,} answers stored"
+                + (f"; failed there: {failed}" if failed else "")
+                + (f"; left to the step's own backend: {left}" if left else "")
             )
     copy = f" (and {report.out / 'report.html'})" if report.published else ""
     out_console.print(f"report: {where}/report.html{copy}")

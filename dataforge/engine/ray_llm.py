@@ -13,10 +13,13 @@ answered in bulk:
 3. Again from 1: a step whose later calls depend on earlier answers (critique, then revision)
    stops at its next call. A round that finds no request it has not sent ends the rounds.
 
-Then the step runs as always and finds its answers stored. What the processors did not answer
-(a server that kept failing, a request of a model not sent this way) the step's own backend sends
-then, so failures are recorded, counted against ``max_failure_rate`` and asked again by the next
-build exactly as without ``ray.data.llm``; a build killed in the middle re-sends only the requests
+Then the step runs as always and finds its answers stored. A request the vLLM engine failed
+(an error row: the processor continues on errors) is answered there as a failed generation with
+reason ``engine_error``, without loading the model, and so counted against ``max_failure_rate``
+and asked again by the next build, as the backend's failures are. What the processors did not
+answer (a server that kept failing: ray.data.llm's HTTP stage then stops the whole run; an answer
+that was not the choices asked for; a model not sent this way) the step's own backend sends, with
+its own retries and failure accounting. A build killed in the middle re-sends only the requests
 with no stored answer.
 
 Which models (``--ray-llm``, ``$DATAFORGE_RAY_LLM``): ``vllm`` (the default) sends vLLM models
@@ -208,18 +211,29 @@ def build(spec: ModelSpec, chat: bool, replicas: int) -> Any:
 
 @dataclass
 class Answered:
-    """What one round of ``answer_requests`` did: requests sent, answers stored, requests left
-    to the step's own backend (by why: ``invalid_output``, the processor's error)."""
+    """What ``answer_requests`` did: requests sent, answers stored, requests that failed for good
+    (``failed``, by cache key: a vLLM engine's error, which the step then records as a failed
+    generation without loading the model), and requests left to the step's own backend (``left``,
+    by why: an answer that was not the choices asked for, the processor's error)."""
 
     sent: int = 0
     stored: int = 0
+    failed: dict[str, str] = field(default_factory=dict)
     left: dict[str, int] = field(default_factory=dict)
 
     def add(self, other: Answered) -> None:
         self.sent += other.sent
         self.stored += other.stored
+        self.failed.update(other.failed)
         for why, n in other.left.items():
             self.left[why] = self.left.get(why, 0) + n
+
+    def summary(self, rounds: int) -> dict[str, Any]:
+        """What the build's report keeps of it (``BuildReport.llm``)."""
+        failures: dict[str, int] = {}
+        for why in self.failed.values():
+            failures[why] = failures.get(why, 0) + 1
+        return {"rounds": rounds, "sent": self.sent, "stored": self.stored, "failed": failures, "left": self.left}
 
 
 def _groups(requests: dict[str, tuple[ModelSpec, Request]]) -> dict[tuple[str, bool], list[str]]:
@@ -235,9 +249,9 @@ def answer_requests(
     requests: dict[str, tuple[ModelSpec, Request]], cache: RequestCache, replicas: int, track: Track | None = None
 ) -> Answered:
     """Send ``requests`` (by cache key) through ``ray.data.llm`` and store each answer in ``cache``
-    as it comes back (all ``n`` samples of a vLLM request first). A processor that fails (a
-    request the server kept failing: the HTTP stage gives up on the whole run) leaves what it had
-    not answered to the step's own backend, counted in ``left``."""
+    as it comes back (all ``n`` samples of a vLLM request first). A request the engine failed is
+    in ``failed``; a processor that fails (a request the server kept failing: the HTTP stage gives
+    up on the whole run) leaves what it had not answered to the step's own backend (``left``)."""
     import ray
     import ray.data  # (configures its logging: the level is set after)
 
@@ -246,31 +260,36 @@ def answer_requests(
     done = Answered()
     for (name, chat), keys in _groups(requests).items():
         spec = ModelSpec(**json.loads(name))
+        samples_of = {key: requests[key][1].params.n if spec.backend == "vllm" else 1 for key in keys}
         rows = [
             {"key": key, "k": k, "request": json.dumps(requests[key][1].payload())}
             for key in keys
-            for k in range(requests[key][1].params.n if spec.backend == "vllm" else 1)
+            for k in range(samples_of[key])
         ]
         samples: dict[str, dict[int, dict[str, Any]]] = {}
-        answered: set[str] = set()
+        settled: set[str] = set()  # stored, failed, or left to the step's backend
         try:
             out = build(spec, chat, replicas)(ray.data.from_items(rows)).iter_rows()
             for row in track(out, len(rows)) if track else out:
                 key = row["key"]
-                error = row.get("error") or row.get("__inference_error__") or ("" if row.get("answer") else "no_answer")
-                if error:  # (an engine's error row skips the postprocess: its own column says why)
-                    why = error if error in ("invalid_output", "no_answer") else "engine_error"
-                    done.left[why] = done.left.get(why, 0) + 1
-                    answered.add(key)
+                if key in settled:
                     continue
-                samples.setdefault(key, {})[int(row["k"])] = json.loads(row["answer"])
-                if len(samples[key]) == (requests[key][1].params.n if spec.backend == "vllm" else 1):
-                    cache.put_many(spec.model, [(key, _combined(samples.pop(key)))])
-                    answered.add(key)
-                    done.stored += 1
+                if row.get("__inference_error__"):  # an engine's error row (it skips the postprocess)
+                    done.failed[key] = "engine_error"
+                    settled.add(key)
+                elif row.get("error") or not row.get("answer"):  # not the answer asked for: the backend retries
+                    why = row.get("error") or "no_answer"
+                    done.left[why] = done.left.get(why, 0) + 1
+                    settled.add(key)
+                else:
+                    samples.setdefault(key, {})[int(row["k"])] = json.loads(row["answer"])
+                    if len(samples[key]) == samples_of[key]:
+                        cache.put_many(spec.model, [(key, _combined(samples.pop(key)))])
+                        settled.add(key)
+                        done.stored += 1
         except Exception as exc:  # the processor stopped: what it had not answered goes to the backend
             why = f"processor: {type(exc).__name__}"
-            done.left[why] = done.left.get(why, 0) + len(keys) - len(answered)
+            done.left[why] = done.left.get(why, 0) + len(keys) - len(settled)
         done.sent += len(keys)
     return done
 

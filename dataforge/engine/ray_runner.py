@@ -112,6 +112,7 @@ class WorkerStep:
     whole: dict[str, list[str]] = field(default_factory=dict)
     run_id: str = ""  # the build's: a batch's decisions are stored as decided by it
     stage_dir: Path | None = None  # where a rows task writes its batch's files (under the build folder)
+    failed: dict[str, str] = field(default_factory=dict)  # requests failed in ray.data.llm (engine.ray_llm)
 
 
 @dataclass
@@ -142,6 +143,8 @@ def _context(ps: PlannedStep, spec: WorkerStep, collect: bool = False) -> Contex
         if pool is not None:
             pool.close()
         pool = _WORKER[slot] = ModelPool(spec.cache_path, collect=collect)
+    pool.failed.clear()
+    pool.failed.update(spec.failed)
     return Context(ps.name, ps.fingerprint, spec.base_dir, spec.scratch_dir, llm=pool)
 
 
@@ -446,11 +449,12 @@ class RayRunner(Runner):
         if self._gathers(ps):
             collect = self.tasks["collect"]  # not the step's resources: a collecting pool loads no model
 
-            def gathered() -> Iterator[list[tuple[ModelSpec, Request]]]:
-                tasks = self._ordered(ps.name, "collect", lambda job: collect.remote(planned, spec, *job), jobs)
+            def gathered(failed: dict[str, str]) -> Iterator[list[tuple[ModelSpec, Request]]]:
+                now = replace(spec, failed=failed)
+                tasks = self._ordered(ps.name, "collect", lambda job: collect.remote(planned, now, *job), jobs)
                 return progress.track(tasks, total=len(jobs), description="requests", unit="batches")
 
-            self._gather_requests(ps, gathered, progress)
+            spec = replace(spec, failed=self._gather_requests(ps, gathered, progress))
         task = self._task("rows", ps.name)
         results = self._ordered(ps.name, "rows", lambda job: task.remote(planned, spec, *job), jobs)
         tracked = progress.track(results, total=len(jobs), description="batches on Ray", unit="batches")
@@ -466,29 +470,36 @@ class RayRunner(Runner):
         return ps.stepdef.gathers_requests and any(ray_llm.sent_through(m, self.llm_mode) for m in models)
 
     def _execute(self, ps: PlannedStep, progress: StepProgress) -> StepReport:
-        if self._gathers(ps) and not self._batched(ps):  # it runs here, on its whole inputs
-            pool = ModelPool(self.out / "cache" / "llm.sqlite", collect=True)
+        if not self._gathers(ps) or self._batched(ps):
+            return super()._execute(ps, progress)
+        pool = ModelPool(self.out / "cache" / "llm.sqlite", collect=True)  # the step runs here, whole
 
-            def gathered() -> Iterator[list[tuple[ModelSpec, Request]]]:
-                inputs = {name: self._load(ref) for name, ref in ps.inputs.items()}
-                yield collected(ps, inputs, replace(self._context(ps, progress), llm=pool))
+        def gathered(failed: dict[str, str]) -> Iterator[list[tuple[ModelSpec, Request]]]:
+            pool.failed.update(failed)
+            inputs = {name: self._load(ref) for name, ref in ps.inputs.items()}
+            yield collected(ps, inputs, replace(self._context(ps, progress), llm=pool))
 
-            try:
-                self._gather_requests(ps, gathered, progress)
-            finally:
-                pool.close()
-        return super()._execute(ps, progress)
+        try:
+            failed = self._gather_requests(ps, gathered, progress)
+        finally:
+            pool.close()
+        self.llm.failed.update(failed)
+        try:
+            return super()._execute(ps, progress)
+        finally:
+            self.llm.failed.clear()
 
     def _gather_requests(
         self,
         ps: PlannedStep,
-        gathered: Callable[[], Iterable[list[tuple[ModelSpec, Request]]]],
+        gathered: Callable[[dict[str, str]], Iterable[list[tuple[ModelSpec, Request]]]],
         progress: StepProgress,
-    ) -> None:
-        """The rounds of ``engine.ray_llm``: ``gathered()`` runs the step once with a collecting
-        model pool (giving the requests each batch, or the whole step, stopped at); those to
-        the models sent through ``ray.data.llm`` that were not sent before are answered into
-        the request cache; until a round finds none."""
+    ) -> dict[str, str]:
+        """The rounds of ``engine.ray_llm``: ``gathered(failed)`` runs the step once with a
+        collecting model pool that answers the requests in ``failed`` as failed (giving the
+        requests each batch, or the whole step, stopped at); those to the models sent through
+        ``ray.data.llm`` that were not sent before are answered into the request cache; until a
+        round finds none. Returns the requests that failed there (cache key → reason)."""
         from dataforge.llm.cache import RequestCache
 
         cache = RequestCache(self.out / "cache" / "llm.sqlite")
@@ -502,7 +513,7 @@ class RayRunner(Runner):
         try:
             for _ in range(ray_llm.MAX_ROUNDS):
                 asked = {}
-                for requests in gathered():
+                for requests in gathered(dict(done.failed)):
                     for model, request in requests:
                         key = ray_llm.cache_key(model, request)
                         if key not in tried and ray_llm.sent_through(model, self.llm_mode):
@@ -514,7 +525,8 @@ class RayRunner(Runner):
                 done.add(ray_llm.answer_requests(asked, cache, self.llm_replicas or 1, track))
         finally:
             cache.close()
-        self.llm_sent[ps.name] = {"rounds": rounds, "sent": done.sent, "stored": done.stored, "left": done.left}
+        self.llm_sent[ps.name] = done.summary(rounds)
+        return done.failed
 
     def _bucket_results(
         self,

@@ -5,7 +5,9 @@ loads each model once per build, and only when a request has no stored answer, a
 cache file.
 
 A pool made with ``collect=True`` loads no model: a request with no stored answer stops the step
-with ``Unanswered``, which carries every such request of that call. The Ray executor runs a step
+with ``Unanswered``, which carries every such request of that call. A pool's ``failed`` (request
+cache key → reason) are requests that failed elsewhere: they are answered as failed generations
+with that reason, and not sent. The Ray executor runs a step
 so, batch by batch, to gather the requests it will make, has them answered elsewhere (through
 ``ray.data.llm``: ``engine.ray_llm``) and stored, and runs it again until no call stops; then the
 step runs as always and finds its answers stored.
@@ -81,6 +83,7 @@ class LLMClient:
         collect: bool = False,
     ):
         self.spec, self.cache, self.collect = spec, cache, collect
+        self.failed: dict[str, str] = {}  # requests that failed elsewhere, by key: answered so, not sent
         given = hasattr(backend, "generate")  # a backend, or what loads one
         self._backend: Backend | None = backend if given else None  # type: ignore[assignment]
         self._load: Callable[[], Backend] | None = None if given else backend  # type: ignore[assignment]
@@ -114,15 +117,23 @@ class LLMClient:
         found = self.cache.get_many(keys) if self.cache is not None else {}
         out: list[Generation | None] = [None] * len(requests)
         todo: list[int] = []
+        failed_elsewhere: list[int] = []
         for i, key in enumerate(keys):
             if key in found:
                 out[i] = Generation(**found[key], cached=True)
+            elif key in self.failed:
+                out[i] = Generation(error=self.failed[key])
+                failed_elsewhere.append(i)
             else:
                 todo.append(i)
-        if todo and self.collect:
-            raise Unanswered([(self.spec, requests[i]) for i in todo])
+        if self.collect:  # counts nothing: the step runs again to send, and counts there
+            if todo:
+                raise Unanswered([(self.spec, requests[i]) for i in todo])
+            return [g for g in out if g is not None]
         self.stats.requests += len(requests)
-        self.stats.cache_hits += len(requests) - len(todo)
+        self.stats.cache_hits += len(requests) - len(todo) - len(failed_elsewhere)
+        for i in failed_elsewhere:
+            self.stats.errors[self.failed[keys[i]]] += 1
         size = self._chunk_size()
         chunks = [todo[i : i + size] for i in range(0, len(todo), size)]
 
@@ -156,6 +167,7 @@ class ModelPool:
 
     def __init__(self, cache_path: Path | None, collect: bool = False):
         self.cache_path, self.collect = cache_path, collect
+        self.failed: dict[str, str] = {}  # given to every client (see the module doc); set per step
         self.cache: RequestCache | None = None  # opened by the first client: builds without models make no file
         self._clients: dict[str, LLMClient] = {}
 
@@ -165,6 +177,7 @@ class ModelPool:
             if self.cache is None and self.cache_path is not None:
                 self.cache = RequestCache(self.cache_path)
             self._clients[key] = LLMClient(spec, lambda: load_backend(spec), self.cache, self.collect)
+        self._clients[key].failed = self.failed
         return self._clients[key]
 
     def failure_counts(self) -> tuple[int, Counter[str]]:

@@ -17,6 +17,7 @@ import json
 
 import httpx
 import pytest
+from datasets import load_from_disk
 
 from dataforge.engine import ray_llm
 from dataforge.engine.runner import build
@@ -81,7 +82,7 @@ def test_generation_on_ray_goes_through_ray_data_llm_and_gives_the_local_dataset
         sent = _new(_served(spec), before)
         assert list(sent) and all("aiohttp" in agent for agent in sent), sent  # none from the step's client
         assert sum(sent.values()) == PROMPTS
-        assert report.llm["solve"] == {"rounds": 1, "sent": PROMPTS, "stored": PROMPTS, "left": {}}
+        assert report.llm["solve"] == {"rounds": 1, "sent": PROMPTS, "stored": PROMPTS, "failed": {}, "left": {}}
         assert _tree_hashes(ws.root / out / "datasets") == _tree_hashes(ws.root / "local" / "datasets")
         # batch by batch: a round that gathered the requests, one that found none left
         assert report.tasks.get("collect", 0) == (2 * PROMPTS // 3 if rows == 3 else 0)
@@ -110,7 +111,7 @@ def test_requests_the_processor_could_not_answer_are_sent_by_the_step_and_failur
     recipe = ws.recipe(SLOW_RECIPE.replace("URL", spec["base_url"]), "flaky.yaml")
     report = build(recipe, ws.out, show_progress=False, batch_rows=3, executor="ray", ray_llm="all")
     sent = report.llm["solve"]
-    assert sent["rounds"] == 1 and sent["sent"] == PROMPTS and sent["stored"] < PROMPTS - 1
+    assert sent["rounds"] == 1 and sent["sent"] == PROMPTS and sent["stored"] < PROMPTS - 1 and not sent["failed"]
     assert sum(sent["left"].values()) == PROMPTS - sent["stored"]
     assert all(why.startswith("processor: ") for why in sent["left"])
     solve = next(s for s in report.steps if s.name == "solve")  # as in a build without ray.data.llm
@@ -164,3 +165,76 @@ def test_the_settings_come_from_the_option_or_the_environment_and_are_checked(mo
     assert [ray_llm.sent_through(s, "vllm") for s in (vllm, served, local)] == [True, False, False]
     assert [ray_llm.sent_through(s, "all") for s in (vllm, served, local)] == [True, True, False]
     assert not any(ray_llm.sent_through(s, "off") for s in (vllm, served, local))
+
+
+def test_requests_that_failed_in_ray_data_llm_are_answered_as_failed_and_not_sent(
+    tmp_path, scripted_model, monkeypatch
+):
+    spec = ModelSpec(**scripted_model(lambda messages: "sent"))
+    params = SamplingParams(max_tokens=8)
+    asked = [Request(params, messages=({"role": "user", "content": f"q{i}"},)) for i in range(2)]
+    monkeypatch.setattr(llm_client, "load_backend", _no_model)
+    failed = {ray_llm.cache_key(spec, asked[0]): "engine_error"}
+    collecting = ModelPool(tmp_path / "llm.sqlite", collect=True)
+    collecting.failed.update(failed)
+    with pytest.raises(Unanswered) as stopped:
+        collecting.client(spec).generate(asked)
+    assert [r for _, r in stopped.value.requests] == asked[1:]  # the failed one does not stop the step
+    assert collecting.client(spec).generate(asked[:1])[0].error == "engine_error"
+    assert collecting.failure_counts() == (0, {})  # a collecting pool counts nothing
+    pool = ModelPool(tmp_path / "llm.sqlite")
+    pool.failed.update(failed)
+    (gen,) = pool.client(spec).generate(asked[:1])
+    assert gen.error == "engine_error" and not gen.texts and not pool.client(spec).loaded
+    assert pool.failure_counts() == (1, {"engine_error": 1})  # counted as the step's failure
+    collecting.close()
+    pool.close()
+
+
+FAILING_PROMPT = "prompt 5"
+
+
+def _emulated_vllm(row: dict) -> dict:
+    """ray.data.llm's vLLM processor as it treats a row, its engine emulated (vLLM cannot run
+    here): the rows ``_vllm_input`` makes, answered with the prompt and the sample's seed, or (the
+    second sample of FAILING_PROMPT) an error row as ``should_continue_on_error`` gives it."""
+    given = ray_llm._vllm_input(row)
+    content = given["messages"][-1]["content"]
+    if content == FAILING_PROMPT and given["k"] == 1:
+        return {**given, "__inference_error__": "CUDA error: an emulated engine failure"}
+    text = f"{content} #{given['sampling_params']['seed']}"
+    return ray_llm._vllm_output({**given, "generated_text": text, "num_generated_tokens": 3})
+
+
+VLLM_RECIPE = SLOW_RECIPE.replace(
+    "backend: openai, model: scripted, max_retries: 0, base_url: URL", "backend: vllm, model: MODEL"
+)
+
+
+def test_a_vllm_models_requests_on_ray_are_answered_through_the_processor_and_no_worker_loads_vllm(
+    qa, tiny_lm, ray_local, monkeypatch
+):
+    """The vLLM path end to end on Ray with its engine emulated (``_emulated_vllm``, in a real Ray
+    Data map): each sample a row of its own, the samples of a request stored together, a request
+    whose sample failed recorded as the step's failed generation. Nothing loads vLLM (it is not
+    installed here: loading it would fail the build)."""
+    ws, _ = qa
+    assert "backend: vllm" in VLLM_RECIPE
+    ws.jsonl("prompts.jsonl", [{"text": f"prompt {i}"} for i in range(PROMPTS)])
+    recipe = ws.recipe(VLLM_RECIPE.replace("MODEL", str(tiny_lm)).replace("n: 1", "n: 2"), "vllm.yaml")
+    monkeypatch.setattr(ray_llm, "build", lambda spec, chat, replicas: lambda ds: ds.map(_emulated_vllm))
+    report = build(recipe, ws.out, show_progress=False, batch_rows=3, executor="ray")  # --ray-llm vllm: the default
+    assert report.llm["solve"] == {
+        "rounds": 1,
+        "sent": PROMPTS,
+        "stored": PROMPTS - 1,
+        "failed": {"engine_error": 1},
+        "left": {},
+    }
+    solve = next(s for s in report.steps if s.name == "solve")
+    assert solve.failed_requests == 1 and solve.outputs == {"data": 2 * PROMPTS - 2, "failed": 2}
+    assert solve.drops == {"generation_failed:engine_error": 2}  # its two completions, as in a local build
+    train = load_from_disk(str(ws.out / "datasets" / "out"))["train"]
+    made = sorted(zip(train["completion"], train["sample"], strict=True))
+    expected = [(f"prompt {i} #{k}", k) for i in range(PROMPTS) if f"prompt {i}" != FAILING_PROMPT for k in (0, 1)]
+    assert made == sorted(expected)  # sample k of a request: the row with seed 0 + k
