@@ -6,10 +6,12 @@ answered in bulk:
 
 1. The step runs on every batch in a task with a *collecting* model pool (``llm.client``): it
    loads no model, and a request with no stored answer stops the batch's step (``Unanswered``),
-   giving back every such request of that call. Nothing is written.
-2. The driver sends the requests it has not sent before through a ``ray.data.llm`` processor per
-   model and kind of request (chat messages or a raw prompt), and stores each answer in the
-   build's request cache as it comes back (``answer_requests``).
+   giving back every such request of that call. The task writes them to a Parquet file per
+   processor in the step's scratch folder (``write_requests``); nothing else is written.
+2. The driver has a ``ray.data.llm`` processor per model and kind of request (chat messages or a
+   raw prompt) read those files and stores each answer in the build's request cache as it comes
+   back (``answer_requests``). The requests never pass through the driver's memory: it holds the
+   files' names and the keys of the requests that failed or were left to the step's backend.
 3. Again from 1: a step whose later calls depend on earlier answers (critique, then revision)
    stops at its next call. A round that finds no request it has not sent ends the rounds.
 
@@ -41,8 +43,10 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Callable, Iterable, Iterator
+import uuid
+from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dataforge.engine.settings import chosen_setting
@@ -139,7 +143,7 @@ def _vllm_output(row: dict[str, Any]) -> dict[str, Any]:
     tokens = int(row.get("num_generated_tokens") or 0)
     reason = "length" if tokens >= request.params.max_tokens else "stop"
     answer = {"texts": [text], "finish_reasons": [reason], "completion_tokens": tokens}
-    return {"key": row["key"], "k": row["k"], "answer": json.dumps(answer), "error": ""}
+    return {"key": row["key"], "k": row["k"], "n": request.params.n, "answer": json.dumps(answer), "error": ""}
 
 
 def _http_input(spec: ModelSpec) -> Callable[[dict[str, Any]], dict[str, Any]]:
@@ -157,11 +161,12 @@ def _http_output(row: dict[str, Any]) -> dict[str, Any]:
     body, too few choices) is given back as an error and stored nowhere."""
     from dataforge.llm.openai_compat import parse_answer
 
+    given = {"key": row["key"], "k": row["k"], "n": 1}  # (the server gives the n samples in one answer)
     try:
         gen = parse_answer(_plain(row["http_response"]), _request(row))
     except (ValueError, KeyError, TypeError):
-        return {"key": row["key"], "k": row["k"], "answer": "", "error": "invalid_output"}
-    return {"key": row["key"], "k": row["k"], "answer": json.dumps(gen.to_json()), "error": ""}
+        return {**given, "answer": "", "error": "invalid_output"}
+    return {**given, "answer": json.dumps(gen.to_json()), "error": ""}
 
 
 def processor_config(spec: ModelSpec, chat: bool, replicas: int) -> Any:
@@ -209,24 +214,66 @@ def build(spec: ModelSpec, chat: bool, replicas: int) -> Any:
 # -- the driver's side -------------------------------------------------------------------------
 
 
+def group_name(spec: ModelSpec, chat: bool) -> str:
+    """The name of the processor that answers requests to ``spec`` (chat messages, or raw prompts)."""
+    return json.dumps({"model": spec.model_dump(mode="json"), "chat": chat}, sort_keys=True)
+
+
+def write_requests(
+    folder: Path, requests: list[tuple[ModelSpec, Request]], mode: str, skip: Collection[str]
+) -> dict[str, tuple[str, int, int]]:
+    """The requests of ``requests`` sent through ``ray.data.llm`` in ``mode`` whose keys are not in
+    ``skip``, written by processor (``group_name``) to a Parquet file each in ``folder`` (columns
+    ``key``, ``request``: the payload as JSON; once per key). Returns {group: (file, requests,
+    rows the processor reads: a row per sample for vLLM)}: what the driver reads them from, so
+    that the requests never pass through its memory."""
+    import polars as pl
+
+    by_group: dict[str, dict[str, str]] = {}
+    samples: dict[str, int] = {}
+    for spec, request in requests:
+        key = cache_key(spec, request)
+        if sent_through(spec, mode) and key not in skip:
+            group = group_name(spec, request.messages is not None)
+            if key not in by_group.setdefault(group, {}):
+                by_group[group][key] = json.dumps(request.payload())
+                samples[group] = samples.get(group, 0) + (request.params.n if spec.backend == "vllm" else 1)
+    written = {}
+    folder.mkdir(parents=True, exist_ok=True)
+    for group, rows in by_group.items():
+        path = folder / f"{uuid.uuid4().hex}.parquet"
+        pl.DataFrame({"key": list(rows), "request": list(rows.values())}).write_parquet(path)
+        written[group] = (str(path), len(rows), samples[group])
+    return written
+
+
 @dataclass
 class Answered:
-    """What ``answer_requests`` did: requests sent, answers stored, requests that failed for good
-    (``failed``, by cache key: a vLLM engine's error, which the step then records as a failed
-    generation without loading the model), and requests left to the step's own backend (``left``,
-    by why: an answer that was not the choices asked for, the processor's error)."""
+    """What ``answer_requests`` did: requests sent and answers stored; requests that failed for
+    good (``failed``, by cache key: a vLLM engine's error, which the step then records as a failed
+    generation without loading the model); requests left to the step's own backend (``left``, by
+    why: an answer that was not the choices asked for, the processor's error; ``skip``: the keys
+    of the first kind, not to be gathered again; ``given_up``: the processors that stopped, whose
+    requests are all left)."""
 
     sent: int = 0
     stored: int = 0
     failed: dict[str, str] = field(default_factory=dict)
     left: dict[str, int] = field(default_factory=dict)
+    skip: set[str] = field(default_factory=set)
+    given_up: set[str] = field(default_factory=set)
+
+    def leave(self, why: str, n: int = 1) -> None:
+        self.left[why] = self.left.get(why, 0) + n
 
     def add(self, other: Answered) -> None:
         self.sent += other.sent
         self.stored += other.stored
         self.failed.update(other.failed)
+        self.skip |= other.skip
+        self.given_up |= other.given_up
         for why, n in other.left.items():
-            self.left[why] = self.left.get(why, 0) + n
+            self.leave(why, n)
 
     def summary(self, rounds: int) -> dict[str, Any]:
         """What the build's report keeps of it (``BuildReport.llm``)."""
@@ -236,62 +283,86 @@ class Answered:
         return {"rounds": rounds, "sent": self.sent, "stored": self.stored, "failed": failures, "left": self.left}
 
 
-def _groups(requests: dict[str, tuple[ModelSpec, Request]]) -> dict[tuple[str, bool], list[str]]:
-    """The request keys by processor: (model, chat or prompt)."""
-    groups: dict[tuple[str, bool], list[str]] = {}
-    for key, (spec, request) in requests.items():
-        name = json.dumps(spec.model_dump(mode="json"), sort_keys=True)
-        groups.setdefault((name, request.messages is not None), []).append(key)
-    return groups
+def _samples(spec: ModelSpec) -> Callable[[dict[str, Any]], list[dict[str, Any]]]:
+    """A request's rows for the processor of ``spec``: one per sample for vLLM (``k``), else one."""
+
+    def rows(row: dict[str, Any]) -> list[dict[str, Any]]:
+        n = json.loads(row["request"])["params"]["n"] if spec.backend == "vllm" else 1
+        return [{"key": row["key"], "k": k, "request": row["request"]} for k in range(n)]
+
+    return rows
 
 
 def answer_requests(
-    requests: dict[str, tuple[ModelSpec, Request]], cache: RequestCache, replicas: int, track: Track | None = None
+    files: dict[str, list[tuple[str, int, int]]], cache: RequestCache, replicas: int, track: Track | None = None
 ) -> Answered:
-    """Send ``requests`` (by cache key) through ``ray.data.llm`` and store each answer in ``cache``
-    as it comes back (all ``n`` samples of a vLLM request first). A request the engine failed is
-    in ``failed``; a processor that fails (a request the server kept failing: the HTTP stage gives
-    up on the whole run) leaves what it had not answered to the step's own backend (``left``)."""
+    """Send the requests written by ``write_requests`` (``files``: {group: [its values]}) through
+    ``ray.data.llm``, a processor per group, and store each answer in ``cache`` as it comes back
+    (all ``n`` samples of a vLLM request first). A request the engine failed is in ``failed``; a
+    processor that fails (a request the server kept failing: the HTTP stage gives up on the
+    whole run) leaves what it had not answered to the step's own backend (``left``, ``given_up``)."""
     import ray
     import ray.data  # (configures its logging: the level is set after)
 
     logging.getLogger("ray.data").setLevel(logging.WARNING)  # the step's own progress bar tells
     ray.data.DataContext.get_current().enable_progress_bars = False
     done = Answered()
-    for (name, chat), keys in _groups(requests).items():
-        spec = ModelSpec(**json.loads(name))
-        samples_of = {key: requests[key][1].params.n if spec.backend == "vllm" else 1 for key in keys}
-        rows = [
-            {"key": key, "k": k, "request": json.dumps(requests[key][1].payload())}
-            for key in keys
-            for k in range(samples_of[key])
-        ]
-        samples: dict[str, dict[int, dict[str, Any]]] = {}
-        settled: set[str] = set()  # stored, failed, or left to the step's backend
-        try:
-            out = build(spec, chat, replicas)(ray.data.from_items(rows)).iter_rows()
-            for row in track(out, len(rows)) if track else out:
-                key = row["key"]
-                if key in settled:
-                    continue
-                if row.get("__inference_error__"):  # an engine's error row (it skips the postprocess)
-                    done.failed[key] = "engine_error"
-                    settled.add(key)
-                elif row.get("error") or not row.get("answer"):  # not the answer asked for: the backend retries
-                    why = row.get("error") or "no_answer"
-                    done.left[why] = done.left.get(why, 0) + 1
-                    settled.add(key)
-                else:
-                    samples.setdefault(key, {})[int(row["k"])] = json.loads(row["answer"])
-                    if len(samples[key]) == samples_of[key]:
-                        cache.put_many(spec.model, [(key, _combined(samples.pop(key)))])
-                        settled.add(key)
-                        done.stored += 1
-        except Exception as exc:  # the processor stopped: what it had not answered goes to the backend
-            why = f"processor: {type(exc).__name__}"
-            done.left[why] = done.left.get(why, 0) + len(keys) - len(settled)
-        done.sent += len(keys)
+    for group, parts in files.items():
+        _answer_group(group, parts, cache, replicas, track, done)
     return done
+
+
+def _answer_group(
+    group: str,
+    parts: list[tuple[str, int, int]],
+    cache: RequestCache,
+    replicas: int,
+    track: Track | None,
+    done: Answered,
+) -> None:
+    """``answer_requests`` for the requests of one processor (``group``), counted in ``done``."""
+    import ray
+
+    named = json.loads(group)
+    spec, chat = ModelSpec(**named["model"]), bool(named["chat"])
+    total, rows = sum(n for _, n, _ in parts), sum(r for _, _, r in parts)
+    samples: dict[str, dict[int, dict[str, Any]]] = {}  # a vLLM request's samples until all came
+
+    def take(row: dict[str, Any]) -> int:
+        """One row the processor gave: 1 when it settles its request (stored, failed, left)."""
+        key = row["key"]
+        if key in done.failed or key in done.skip:  # (another sample of a request settled)
+            return 0
+        if row.get("__inference_error__"):  # an engine's error row (it skips the postprocess)
+            done.failed[key] = "engine_error"
+        elif row.get("error") or not row.get("answer"):  # not the answer asked for: the backend retries
+            done.leave(row.get("error") or "no_answer")
+            done.skip.add(key)
+        else:
+            got = samples.setdefault(key, {})
+            got[int(row["k"])] = json.loads(row["answer"])
+            if len(got) < int(row["n"]):
+                return 0
+            cache.put_many(spec.model, [(key, _combined(got))])
+            done.stored += 1
+        samples.pop(key, None)
+        return 1
+
+    requests = ray.data.read_parquet([f for f, _, _ in parts]).flat_map(_samples(spec))
+    answers = build(spec, chat, replicas)(requests).iter_rows()
+    out = iter(track(answers, rows) if track else answers)
+    settled = 0  # requests stored, failed or left
+    while True:
+        try:
+            row = next(out)
+        except StopIteration:
+            break
+        except Exception as exc:  # the processor stopped: what it had not answered goes to the backend
+            done.leave(f"processor: {type(exc).__name__}", total - settled)
+            done.given_up.add(group)
+            break
+        settled += take(row)  # (outside the try: an error here is dataforge's, and is raised)
+    done.sent += total
 
 
 def _combined(samples: dict[int, dict[str, Any]]) -> dict[str, Any]:

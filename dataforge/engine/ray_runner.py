@@ -84,6 +84,7 @@ from dataforge.llm.client import ModelPool, Unanswered
 from dataforge.llm.spec import ModelSpec
 
 TASK_RETRIES = 3  # runs of a task after its worker process died (Ray's retry on system failure)
+Gathered = dict[str, tuple[str, int, int]]  # the requests a collecting run wrote (ray_llm.write_requests)
 
 
 def start_ray() -> bool:
@@ -113,6 +114,7 @@ class WorkerStep:
     run_id: str = ""  # the build's: a batch's decisions are stored as decided by it
     stage_dir: Path | None = None  # where a rows task writes its batch's files (under the build folder)
     failed: dict[str, str] = field(default_factory=dict)  # requests failed in ray.data.llm (engine.ray_llm)
+    skip: frozenset[str] = frozenset()  # requests not to gather again for ray.data.llm (left to the backend)
 
 
 @dataclass
@@ -203,18 +205,26 @@ def _rows_task(
 
 
 def _collect_task(
-    ps: PlannedStep, spec: WorkerStep, name: str, part: Part, schema: dict[str, pl.DataType], index: int
+    ps: PlannedStep,
+    spec: WorkerStep,
+    name: str,
+    part: Part,
+    schema: dict[str, pl.DataType],
+    index: int,
+    folder: str,
+    mode: str,
 ) -> Done:
-    """A rows step on batch ``index`` with a collecting model pool (``engine.ray_llm``): the value
-    is the requests with no stored answer of the call that stopped it (none: it ran through).
-    Nothing is written."""
+    """A rows step on batch ``index`` with a collecting model pool (``engine.ray_llm``): the
+    requests with no stored answer of the call that stopped it (none: it ran through), those sent
+    through ``ray.data.llm`` in ``mode`` and not in ``spec.skip`` written to ``folder``; the value
+    is what ``ray_llm.write_requests`` gives. Nothing else is written."""
 
-    def work(ctx: Context | None) -> list[tuple[ModelSpec, Request]]:
+    def work(ctx: Context | None) -> dict[str, tuple[str, int, int]]:
         assert ctx is not None
         with step_errors(ps.name):
             batch = part.read(schema)
             whole = _whole(spec)
-        return collected(ps, {**whole, name: batch}, ctx)
+        return ray_llm.write_requests(Path(folder), collected(ps, {**whole, name: batch}, ctx), mode, spec.skip)
 
     return _answer((ps, spec), work, collect=True)
 
@@ -449,9 +459,11 @@ class RayRunner(Runner):
         if self._gathers(ps):
             collect = self.tasks["collect"]  # not the step's resources: a collecting pool loads no model
 
-            def gathered(failed: dict[str, str]) -> Iterator[list[tuple[ModelSpec, Request]]]:
-                now = replace(spec, failed=failed)
-                tasks = self._ordered(ps.name, "collect", lambda job: collect.remote(planned, now, *job), jobs)
+            def gathered(failed: dict[str, str], skip: frozenset[str], folder: Path) -> Iterator[Gathered]:
+                now, where = replace(spec, failed=failed, skip=skip), str(folder)
+                tasks = self._ordered(
+                    ps.name, "collect", lambda job: collect.remote(planned, now, *job, where, self.llm_mode), jobs
+                )
                 return progress.track(tasks, total=len(jobs), description="requests", unit="batches")
 
             spec = replace(spec, failed=self._gather_requests(ps, gathered, progress))
@@ -474,10 +486,11 @@ class RayRunner(Runner):
             return super()._execute(ps, progress)
         pool = ModelPool(self.out / "cache" / "llm.sqlite", collect=True)  # the step runs here, whole
 
-        def gathered(failed: dict[str, str]) -> Iterator[list[tuple[ModelSpec, Request]]]:
+        def gathered(failed: dict[str, str], skip: frozenset[str], folder: Path) -> Iterator[Gathered]:
             pool.failed.update(failed)
             inputs = {name: self._load(ref) for name, ref in ps.inputs.items()}
-            yield collected(ps, inputs, replace(self._context(ps, progress), llm=pool))
+            requests = collected(ps, inputs, replace(self._context(ps, progress), llm=pool))
+            yield ray_llm.write_requests(folder, requests, self.llm_mode, skip)
 
         try:
             failed = self._gather_requests(ps, gathered, progress)
@@ -492,18 +505,19 @@ class RayRunner(Runner):
     def _gather_requests(
         self,
         ps: PlannedStep,
-        gathered: Callable[[dict[str, str]], Iterable[list[tuple[ModelSpec, Request]]]],
+        gathered: Callable[[dict[str, str], frozenset[str], Path], Iterable[Gathered]],
         progress: StepProgress,
     ) -> dict[str, str]:
-        """The rounds of ``engine.ray_llm``: ``gathered(failed)`` runs the step once with a
-        collecting model pool that answers the requests in ``failed`` as failed (giving the
-        requests each batch, or the whole step, stopped at); those to the models sent through
-        ``ray.data.llm`` that were not sent before are answered into the request cache; until a
-        round finds none. Returns the requests that failed there (cache key → reason)."""
+        """The rounds of ``engine.ray_llm``. ``gathered(failed, skip, folder)`` runs the step once
+        with a collecting model pool that answers the requests in ``failed`` as failed, and gives
+        the files (``ray_llm.write_requests``, in ``folder``) of the requests each batch (or the
+        whole step) stopped at, but those in ``skip``; they are answered into the request cache
+        through ``ray.data.llm`` (but a processor's that stopped); until a round finds none.
+        Returns the requests that failed there (cache key → reason)."""
         from dataforge.llm.cache import RequestCache
 
         cache = RequestCache(self.out / "cache" / "llm.sqlite")
-        tried: set[str] = set()
+        folder = step_scratch(self.out, ps.name) / "ray.data.llm"
         done = ray_llm.Answered()
         rounds = 0
 
@@ -511,20 +525,19 @@ class RayRunner(Runner):
             return progress.track(rows, total=total, description="ray.data.llm", unit="requests")
 
         try:
-            for _ in range(ray_llm.MAX_ROUNDS):
-                asked = {}
-                for requests in gathered(dict(done.failed)):
-                    for model, request in requests:
-                        key = ray_llm.cache_key(model, request)
-                        if key not in tried and ray_llm.sent_through(model, self.llm_mode):
-                            asked[key] = (model, request)
-                if not asked:
+            for r in range(ray_llm.MAX_ROUNDS):
+                files: dict[str, list[tuple[str, int, int]]] = {}
+                for written in gathered(dict(done.failed), frozenset(done.skip), folder / f"round-{r:02d}"):
+                    for group, part in written.items():
+                        if group not in done.given_up:
+                            files.setdefault(group, []).append(part)
+                if not files:
                     break
                 rounds += 1
-                tried.update(asked)
-                done.add(ray_llm.answer_requests(asked, cache, self.llm_replicas or 1, track))
+                done.add(ray_llm.answer_requests(files, cache, self.llm_replicas or 1, track))
         finally:
             cache.close()
+            shutil.rmtree(folder, ignore_errors=True)
         self.llm_sent[ps.name] = done.summary(rounds)
         return done.failed
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 
 import httpx
+import polars as pl
 import pytest
 from datasets import load_from_disk
 
@@ -238,3 +239,23 @@ def test_a_vllm_models_requests_on_ray_are_answered_through_the_processor_and_no
     made = sorted(zip(train["completion"], train["sample"], strict=True))
     expected = [(f"prompt {i} #{k}", k) for i in range(PROMPTS) if f"prompt {i}" != FAILING_PROMPT for k in (0, 1)]
     assert made == sorted(expected)  # sample k of a request: the row with seed 0 + k
+
+
+def test_gathered_requests_are_written_once_per_key_by_processor_and_only_those_sent_that_way(tmp_path):
+    served = ModelSpec(backend="openai", model="m", base_url="http://127.0.0.1:1/v1")
+    engine = ModelSpec(backend="vllm", model="m")
+    local = ModelSpec(backend="transformers", model="m")
+    chat = Request(SamplingParams(n=3), messages=({"role": "user", "content": "q"},))
+    plain = Request(SamplingParams(n=3), prompt="q")
+    other = Request(SamplingParams(n=1), prompt="another")
+    asked = [(engine, chat), (engine, chat), (engine, plain), (engine, other), (served, chat), (local, chat)]
+    skip = {ray_llm.cache_key(engine, other)}
+    written = ray_llm.write_requests(tmp_path / "round-00", asked, "vllm", skip)
+    assert written.keys() == {ray_llm.group_name(engine, True), ray_llm.group_name(engine, False)}
+    path, requests, rows = written[ray_llm.group_name(engine, True)]
+    table = pl.read_parquet(path)
+    assert (requests, rows) == (1, 3) and table["key"].to_list() == [ray_llm.cache_key(engine, chat)]
+    assert json.loads(table["request"][0]) == chat.payload()  # (a vLLM request: a row per sample)
+    assert written[ray_llm.group_name(engine, False)][1:] == (1, 3)  # `other` was skipped
+    everything = ray_llm.write_requests(tmp_path / "round-01", asked, "all", set())
+    assert len(everything) == 3 and everything[ray_llm.group_name(served, True)][1:] == (1, 1)
