@@ -53,6 +53,7 @@ from dataforge.errors import DataforgeError, OutputDirError
 MANIFEST = ".dataforge-published.json"  # in the store, written last by a publish
 LOCAL_ONLY = {SCRATCH, STEP_SCRATCH, LOCK_NAME}  # top-level names of the staging folder never published
 STAGING_ENV = "DATAFORGE_STAGING"
+DATASETS = "datasets"  # a build's exported datasets, one folder each
 _CHUNK = 8 << 20
 
 
@@ -195,10 +196,12 @@ class RemoteBuild:
         finally:
             lock.__exit__(None, None, None)
 
-    def pull(self, console: Console | None = None) -> Synced:
+    def pull(self, console: Console | None = None, only: Callable[[str], bool] | None = None) -> Synced:
         """Bring the published build down into the staging folder, unless the folder already holds
         what was last published (or is the newer copy: its own publish stopped midway). Refuses a
-        prefix that holds files dataforge did not write. Call it inside ``held``."""
+        prefix that holds files dataforge did not write. Call it inside ``held``. ``only``: bring
+        down only the files (paths relative to the build) it says yes to, into a folder that is
+        never published (``readable_dataset``'s)."""
         files = self.remote_files()
         manifest = self.manifest(files)
         self.seen, self.has_pulled = manifest, True  # what ``publish`` expects to find there
@@ -216,7 +219,7 @@ class RemoteBuild:
                 return Synced()  # this folder's own publish stopped midway: the folder is the newer copy
         elif state.get("publish_id") == manifest["publish_id"]:
             return Synced(unchanged=len(files))
-        wanted = {rel: size for rel, size in files.items() if rel != MANIFEST}
+        wanted = {rel: size for rel, size in files.items() if rel != MANIFEST and (only is None or only(rel))}
         done = Synced()
         have = self.local_files()
         for rel in set(have) - set(wanted):
@@ -359,15 +362,28 @@ def rewrite(uri: str, write: Callable[[Path], Any], console: Console | None = No
 
 def readable_dataset(uri: str, console: Console | None = None) -> Path:
     """The local folder of the dataset published at ``uri`` (``<build URI>/datasets/<name>``, the
-    query string, if any, at the end): its build brought down (``readable``), so the dataset's
+    query string, if any, at the end). Only the dataset, the build's ``lineage.duckdb`` (its
+    provenance) and its marker are brought down, not the build's artifacts, into a folder of their
+    own beside the build's staging folder (``<staging folder>-dataset-<name>``, never published,
+    so the build's own staging folder stays whole), laid out as a build folder: the dataset's
     lineage is beside it as in a local build."""
+    from dataforge.lineage import DB_NAME
+
     bare, _, query = uri.partition("?")
     build_uri, sep, name = bare.rstrip("/").rpartition("/datasets/")
     if not sep or not name or "/" in name:
         raise OutputDirError(f"{uri}: give a published dataset, <build URI>/datasets/<name>")
-    folder = readable(build_uri + (f"?{query}" if query else ""), console) / "datasets" / name
+    build = build_uri + (f"?{query}" if query else "")
+    whole = staging_folder(build)
+    remote = RemoteBuild(build, whole.with_name(f"{whole.name}-dataset-{re.sub(r'[^A-Za-z0-9._-]+', '_', name)}"))
+    inside = f"{DATASETS}/{name}/"
+    with remote.held(wait=True):
+        remote.pull(console, only=lambda rel: rel in (MARKER, DB_NAME) or rel.startswith(inside))
+    if not (remote.local / MARKER).exists():
+        raise OutputDirError(f"no build published at {build} (run `dataforge build --out {build}` first)")
+    folder = remote.local / DATASETS / name
     if not folder.is_dir():
-        there = sorted(p.name for p in folder.parent.iterdir() if p.is_dir()) if folder.parent.is_dir() else []
+        there = sorted({rel.split("/")[1] for rel in remote.remote_files() if rel.startswith(f"{DATASETS}/")})
         raise OutputDirError(
             f"{uri}: the build published at {build_uri} has no dataset '{name}' (it has: {', '.join(there) or 'none'})"
         )

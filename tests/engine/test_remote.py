@@ -7,14 +7,16 @@ import hashlib
 import json
 import logging
 import re
+import shutil
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
 from dataforge.cli import main
-from dataforge.engine.remote import GCS_RETRY_SECONDS, MANIFEST, RemoteBuild, RemoteChangedError
+from dataforge.engine.remote import GCS_RETRY_SECONDS, MANIFEST, RemoteBuild, RemoteChangedError, staging_folder
 from dataforge.engine.runner import build
+from dataforge.engine.store import MARKER
 from dataforge.errors import OutputDirError
 from tests.engine.test_runner import _tree_hashes
 
@@ -276,11 +278,17 @@ def test_train_takes_a_published_dataset_and_names_one_the_build_lacks(qa, s3, t
     _, recipe = qa
     uri, _, _ = s3
     built = build(recipe, uri, show_progress=False)
+    shutil.rmtree(staging_folder(uri))  # the training machine has none of it
     bare, _, query = uri.partition("?")
     data = f"{bare}/datasets/qa_sft?{query}"
     assert main(["train", "sft", "--data", data, "--model", str(tiny_lm), "--check"]) == 0
     printed = " ".join(capsys.readouterr().out.split())
     assert "pre-flight passed" in printed and f"run {built.run_id}" in printed
+    (pulled,) = staging_folder(uri).parent.glob("*-dataset-qa_sft")  # the dataset and its lineage only
+    got = {str(p.relative_to(pulled)) for p in pulled.rglob("*") if p.is_file()}
+    assert got and all(rel in (MARKER, "lineage.duckdb") or rel.startswith("datasets/qa_sft/") for rel in got)
+    assert "lineage.duckdb" in got and not (pulled / "artifacts").exists()
+    assert not staging_folder(uri).exists()  # the build's own staging folder: not brought down
 
     assert main(["train", "sft", "--data", f"{bare}/datasets/nope?{query}", "--model", str(tiny_lm)]) == 1
     err = " ".join(capsys.readouterr().err.split())
