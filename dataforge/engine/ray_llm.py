@@ -169,11 +169,24 @@ def _http_output(row: dict[str, Any]) -> dict[str, Any]:
     return {**given, "answer": json.dumps(gen.to_json()), "error": ""}
 
 
+def _ray_data_llm(*names: str) -> list[Any]:
+    """``names`` from ``ray.data.llm``, or an error that says what to install (or to turn it off)."""
+    try:
+        import ray.data.llm as llm
+    except ImportError as exc:
+        raise DataforgeError(
+            f"--ray-llm needs ray.data.llm, which failed to import ({exc}): pip install 'dataforge[ray]' "
+            "(Ray 2.60 or newer, aiohttp), or build with --ray-llm off"
+        ) from None
+    return [getattr(llm, name) for name in names]
+
+
 def processor_config(spec: ModelSpec, chat: bool, replicas: int) -> Any:
     """The ``ray.data.llm`` processor config of requests to ``spec`` (``chat``: messages, else
     raw prompts)."""
-    from ray.data.llm import HttpRequestProcessorConfig, vLLMEngineProcessorConfig
-
+    HttpRequestProcessorConfig, vLLMEngineProcessorConfig = _ray_data_llm(
+        "HttpRequestProcessorConfig", "vLLMEngineProcessorConfig"
+    )
     from dataforge.llm.openai_compat import BACKOFF_SECONDS, auth_headers
 
     if spec.backend == "openai":
@@ -203,8 +216,7 @@ def processor_config(spec: ModelSpec, chat: bool, replicas: int) -> Any:
 
 def build(spec: ModelSpec, chat: bool, replicas: int) -> Any:
     """The processor of ``processor_config``, with the rows it reads and gives back."""
-    from ray.data.llm import build_processor
-
+    (build_processor,) = _ray_data_llm("build_processor")
     config = processor_config(spec, chat, replicas)
     if spec.backend == "openai":
         return build_processor(config, preprocess=_http_input(spec), postprocess=_http_output)

@@ -55,7 +55,7 @@ from dataforge.engine.streaming import (
     streams,
 )
 from dataforge.engine.table import Mapper, Streamed, Table
-from dataforge.errors import RecipeError, StepError
+from dataforge.errors import DataforgeError, RecipeError, StepError
 from dataforge.lineage import LineageWriter, StepRow
 from dataforge.llm.client import ModelPool
 from dataforge.recipe import EXECUTORS
@@ -141,7 +141,10 @@ def build(
     planned = time.perf_counter() - started
     rows = batch_rows_setting(batch_rows)
     runner_class: Callable[..., Runner] = Runner
-    if executor_setting(executor, plan) == "ray":
+    on_ray = executor_setting(executor, plan) == "ray"
+    if not on_ray and (ray_llm is not None or ray_llm_replicas is not None):
+        raise DataforgeError("--ray-llm and --ray-llm-replicas are for the ray executor (--executor ray)")
+    if on_ray:
         from dataforge.engine.ray_runner import RayRunner
 
         runner_class = functools.partial(RayRunner, llm=ray_llm, llm_replicas=ray_llm_replicas)

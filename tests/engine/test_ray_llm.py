@@ -14,6 +14,7 @@ without it. The vLLM processor is built and its rows checked; running it needs v
 from __future__ import annotations
 
 import json
+import sys
 
 import httpx
 import polars as pl
@@ -259,3 +260,15 @@ def test_gathered_requests_are_written_once_per_key_by_processor_and_only_those_
     assert written[ray_llm.group_name(engine, False)][1:] == (1, 3)  # `other` was skipped
     everything = ray_llm.write_requests(tmp_path / "round-01", asked, "all", set())
     assert len(everything) == 3 and everything[ray_llm.group_name(served, True)][1:] == (1, 1)
+
+
+def test_ray_llm_options_without_ray_and_a_ray_without_ray_data_llm_are_told_what_to_do(qa, monkeypatch):
+    ws, recipe = qa
+    monkeypatch.delenv("DATAFORGE_EXECUTOR", raising=False)
+    with pytest.raises(DataforgeError, match=r"--ray-llm and --ray-llm-replicas are for the ray executor"):
+        build(recipe, ws.out, show_progress=False, ray_llm="all")
+    assert not (ws.out / "datasets").exists()  # refused before anything ran
+    monkeypatch.setitem(sys.modules, "ray.data.llm", None)  # as if it failed to import
+    spec = ModelSpec(backend="vllm", model="m")
+    with pytest.raises(DataforgeError, match=r"needs ray.data.llm.*pip install 'dataforge\[ray\]'.*--ray-llm off"):
+        ray_llm.processor_config(spec, chat=True, replicas=1)
