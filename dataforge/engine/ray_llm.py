@@ -1,10 +1,11 @@
 """A step's model requests answered through ``ray.data.llm`` on the Ray executor (``--ray-llm``).
 
-The step's logic is not written twice. Before a ``rows`` step that calls a model runs its batches
-(``RayRunner._execute_streamed``), the driver gathers the requests it will make and has them
-answered in bulk:
+The step's logic is not written twice. Before a step with ``gathers_requests`` runs its batches
+(a ``rows`` step, ``RayRunner._execute_streamed``), its buckets (a ``key`` step, after the
+shuffle) or its whole inputs in the driver, the driver gathers the requests it will make and has
+them answered in bulk:
 
-1. The step runs on every batch in a task with a *collecting* model pool (``llm.client``): it
+1. The step runs on every batch (or bucket) in a task with a *collecting* model pool (``llm.client``): it
    loads no model, and a request with no stored answer stops the batch's step (``Unanswered``),
    giving back every such request of that call. The task writes them to a Parquet file per
    processor in the step's scratch folder (``write_requests``); nothing else is written.
@@ -28,8 +29,9 @@ Which models (``--ray-llm``, ``$DATAFORGE_RAY_LLM``): ``vllm`` (the default) sen
 through ``vLLMEngineProcessorConfig``, ``replicas`` engine replicas of one GPU each (default:
 the cluster's GPUs, at least 1); ``all`` also sends OpenAI-compatible ones through
 ``HttpRequestProcessorConfig`` (``replicas`` actors, each with ``max_concurrency`` requests in
-flight); ``off`` sends none. Transformers models, log-prob scoring and the model calls of steps
-other than ``rows`` steps are not sent this way: there each worker process loads the model once.
+flight); ``off`` sends none. Transformers models, log-prob scoring and the calls of steps without
+``gathers_requests`` (``leakage.check``'s judge) are not sent this way: there each worker
+process loads the model once.
 
 Two differences of the vLLM path from the vLLM backend, both from ray.data.llm's engine stage,
 which gives one completion per row: a request for ``n`` samples is ``n`` rows, sample ``k`` with

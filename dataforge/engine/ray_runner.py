@@ -39,9 +39,10 @@ file under ``<out>/cache``), so a model loads once per worker process, not per b
 when a request has no stored answer), and an answer stored by one worker is not asked again by
 the next build. Each task reports the requests it sent and those that failed; the driver counts
 them with its own (``max_failure_rate``). A step with ``gathers_requests`` whose model is sent
-through ``ray.data.llm`` (``--ray-llm``) first runs in rounds of collecting tasks (or, when it
-runs in the driver, in the driver), whose requests the driver has answered through a processor
-into the request cache before the step's batches run (``engine.ray_llm``).
+through ``ray.data.llm`` (``--ray-llm``) first runs in rounds of collecting tasks, a task per
+batch (a key step: per bucket, after its shuffle), or in the driver when it runs there; the
+requests they write are answered through a processor into the request cache before the step's
+own tasks run (``engine.ray_llm``).
 
 Faults: a task whose worker process dies is run again by Ray (``max_retries``); a task's own
 error (bad data, a failing step) is not retried and fails the build naming the step, as locally.
@@ -224,16 +225,17 @@ def _collect_task(
         with step_errors(ps.name):
             batch = part.read(schema)
             whole = _whole(spec)
-        return ray_llm.write_requests(Path(folder), collected(ps, {**whole, name: batch}, ctx), mode, spec.skip)
+        requests = collected(lambda: call_step(ps, {**whole, name: batch}, ctx))
+        return ray_llm.write_requests(Path(folder), requests, mode, spec.skip)
 
     return _answer((ps, spec), work, collect=True)
 
 
-def collected(ps: PlannedStep, inputs: dict[str, pl.DataFrame], ctx: Context) -> list[tuple[ModelSpec, Request]]:
-    """The step on ``inputs`` with ``ctx``'s collecting model pool: the requests with no stored
-    answer of the call that stopped it (none: it ran through). What it returns is not kept."""
+def collected(run: Callable[[], object]) -> list[tuple[ModelSpec, Request]]:
+    """``run()`` (the step, on a context with a collecting model pool): the requests with no
+    stored answer of the call that stopped it (none: it ran through). What it returns is not kept."""
     try:
-        call_step(ps, inputs, ctx)
+        run()
     except Unanswered as stopped:
         return stopped.requests
     return []
@@ -270,12 +272,32 @@ def _bucket_task(ps: PlannedStep, spec: WorkerStep, name: str, files: list[str],
 
     def work(ctx: Context | None) -> StepResult:
         assert ctx is not None
-        with step_errors(ps.name):
-            rows = pl.concat([pl.read_parquet(f) for f in files], how="vertical_relaxed")
-            whole = _whole(spec)
-        return call_bucket(ps, name, rows, whole, ctx, grouped)
+        return _on_bucket(ps, spec, name, files, grouped, ctx)
 
     return _answer((ps, spec), work)
+
+
+def _collect_bucket_task(
+    ps: PlannedStep, spec: WorkerStep, name: str, files: list[str], grouped: tuple[str, ...], folder: str, mode: str
+) -> Done:
+    """``_bucket_task`` with a collecting model pool, as ``_collect_task`` is ``_rows_task``."""
+
+    def work(ctx: Context | None) -> dict[str, tuple[str, int, int]]:
+        assert ctx is not None
+        requests = collected(lambda: _on_bucket(ps, spec, name, files, grouped, ctx))
+        return ray_llm.write_requests(Path(folder), requests, mode, spec.skip)
+
+    return _answer((ps, spec), work, collect=True)
+
+
+def _on_bucket(
+    ps: PlannedStep, spec: WorkerStep, name: str, files: list[str], grouped: tuple[str, ...], ctx: Context
+) -> StepResult:
+    """Key step ``ps`` on the rows of one bucket (its ``files``) and the inputs it reads whole."""
+    with step_errors(ps.name):
+        rows = pl.concat([pl.read_parquet(f) for f in files], how="vertical_relaxed")
+        whole = _whole(spec)
+    return call_bucket(ps, name, rows, whole, ctx, grouped)
 
 
 def _map_task(name: str, fn: Callable[[Any], Any], job: Any) -> Done:
@@ -336,6 +358,7 @@ class RayRunner(Runner):
                 "bucket": ray.remote(max_retries=TASK_RETRIES)(_bucket_task),
                 "map": ray.remote(max_retries=TASK_RETRIES)(_map_task),
                 "collect": ray.remote(max_retries=TASK_RETRIES)(_collect_task),
+                "collect bucket": ray.remote(max_retries=TASK_RETRIES)(_collect_bucket_task),
             }
             gpus = float(ray.cluster_resources().get("GPU", 0))
             self.llm_replicas = ray_llm.replicas_setting(self.llm_replicas, gpus)
@@ -482,14 +505,15 @@ class RayRunner(Runner):
         return ps.stepdef.gathers_requests and any(ray_llm.sent_through(m, self.llm_mode) for m in models)
 
     def _execute(self, ps: PlannedStep, progress: StepProgress) -> StepReport:
-        if not self._gathers(ps) or self._batched(ps):
+        if not self._gathers(ps) or self._batched(ps) or self._keyed(ps):
             return super()._execute(ps, progress)
         pool = ModelPool(self.out / "cache" / "llm.sqlite", collect=True)  # the step runs here, whole
 
         def gathered(failed: dict[str, str], skip: frozenset[str], folder: Path) -> Iterator[Gathered]:
             pool.failed.update(failed)
             inputs = {name: self._load(ref) for name, ref in ps.inputs.items()}
-            requests = collected(ps, inputs, replace(self._context(ps, progress), llm=pool))
+            ctx = replace(self._context(ps, progress), llm=pool)
+            requests = collected(lambda: call_step(ps, inputs, ctx))
             yield ray_llm.write_requests(folder, requests, self.llm_mode, skip)
 
         try:
@@ -569,8 +593,22 @@ class RayRunner(Runner):
                 self.shuffled[ps.name] += os.path.getsize(path)
         spec = self._worker_step(ps, [n for n in ps.inputs if n != name])
         grouped = tuple(group_outputs(ps) or ())
-        task = self._task("bucket", ps.name)
         order = sorted(written)
+        if self._gathers(ps):
+            collect = self.tasks["collect bucket"]  # not the step's resources: a collecting pool loads no model
+
+            def gathered(failed: dict[str, str], skip: frozenset[str], folder: Path) -> Iterator[Gathered]:
+                now, where = replace(spec, failed=failed, skip=skip), str(folder)
+                tasks = self._ordered(
+                    ps.name,
+                    "collect",
+                    lambda b: collect.remote(planned, now, name, written[b], grouped, where, self.llm_mode),
+                    order,
+                )
+                return progress.track(tasks, total=len(order), description="requests", unit="buckets")
+
+            spec = replace(spec, failed=self._gather_requests(ps, gathered, progress))
+        task = self._task("bucket", ps.name)
         results = self._ordered(
             ps.name, "bucket", lambda b: task.remote(planned, spec, name, written[b], grouped), order
         )

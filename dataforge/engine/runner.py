@@ -436,10 +436,9 @@ class Runner:
                 batches = source_batches(ps.cfg, ctx, self.batch_rows)  # None: read it whole
             if batches is not None:
                 return self._execute_source_batches(ps, progress, batches)
-        if keyed_streams(ps, self.batch_rows):
-            (name,) = divided_inputs(ps)
-            if self._rows(ps.inputs[name]) > self.batch_rows:
-                return self._execute_keyed(ps, progress, name)
+        keyed = self._keyed(ps)
+        if keyed is not None:
+            return self._execute_keyed(ps, progress, keyed)
         if ps.stepdef.out_of_core and self.batch_rows:
             if max((self._rows(ref) for ref in ps.inputs.values()), default=0) > self.batch_rows:
                 return self._execute_out_of_core(ps, progress)
@@ -471,6 +470,14 @@ class Runner:
                 self.memory[f"{ps.name}.{name}"] = df
         outputs = {name: df.height for name, df in result.tables.items()}
         return _executed(ps, row, drops, flags, per_input, outputs, failures)
+
+    def _keyed(self, ps: PlannedStep) -> str | None:
+        """The divided input of ``ps`` when it is a ``key`` step that runs bucket by bucket
+        (``_execute_keyed``): one that streams, on an input larger than a batch; else None."""
+        if not keyed_streams(ps, self.batch_rows):
+            return None
+        (name,) = divided_inputs(ps)
+        return name if self._rows(ps.inputs[name]) > self.batch_rows else None
 
     def _batched(self, ps: PlannedStep) -> bool:
         """Whether ``ps`` is a ``rows`` step that runs batch by batch (``_execute_streamed``):

@@ -200,8 +200,8 @@ class StepDef:
     out_of_core: bool = False  # a global step that reads engine.table.Table inputs (see there)
     # a rows step's configurations that need every row at once (True from it: run it whole)
     whole_when: Callable[[Any], bool] | None = None
-    # a rows step whose model calls are its work: the Ray executor may run it once per round of
-    # its calls, writing nothing, to gather them for ray.data.llm (engine.ray_llm)
+    # a rows or key step whose model calls are its work: the Ray executor may run it once per
+    # round of its calls, writing nothing, to gather them for ray.data.llm (engine.ray_llm)
     gathers_requests: bool = False
 
     @property
@@ -254,8 +254,8 @@ def step(
     as ``Streamed`` batches when the runner calls it on inputs larger than a batch; called with
     frames it returns frames (``engine.table.out_of_core_step``). ``whole_when(cfg)`` names the
     configurations of a ``rows`` step that need every row at once (leakage.check's LLM judge,
-    whose calls are capped over the whole step): the executor runs those whole. A ``rows`` step
-    with ``gathers_requests`` does little besides its model calls: the Ray executor may run it
+    whose calls are capped over the whole step): the executor runs those whole. A ``rows`` or
+    ``key`` step with ``gathers_requests`` does little besides its model calls: the Ray executor may run it
     once per round of its calls, writing nothing, to gather them for ``ray.data.llm``
     (``engine.ray_llm``).
     """
@@ -267,8 +267,10 @@ def step(
         raise TypeError(f"step {kind}: keeps_input_rows and group_outputs are for key steps")
     if out_of_core and partition != "global":
         raise TypeError(f"step {kind}: out_of_core is for global steps")
-    if (whole_when is not None or gathers_requests) and partition != "rows":
-        raise TypeError(f"step {kind}: whole_when and gathers_requests are for rows steps")
+    if whole_when is not None and partition != "rows":
+        raise TypeError(f"step {kind}: whole_when is for rows steps")
+    if gathers_requests and partition == "global":
+        raise TypeError(f"step {kind}: gathers_requests is for rows and key steps")
 
     def register(fn: Callable[..., StepResult]) -> Callable[..., StepResult]:
         hints = typing.get_type_hints(fn)

@@ -128,6 +128,7 @@ def parse_ranking(text: str, k: int) -> list[int] | None:
     partition="key",
     partition_key=column_key("group"),
     group_outputs=lambda cfg, outputs: ("verdicts",),
+    gathers_requests=True,
 )
 def ai_feedback(inputs: dict[str, pl.DataFrame], cfg: FeedbackConfig, ctx: Context) -> StepResult:
     """Pairwise verdicts in both orders, or listwise rankings, from an LLM judge."""

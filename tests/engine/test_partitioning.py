@@ -265,7 +265,7 @@ def test_a_model_step_gives_the_same_rows_and_events_in_any_batching(kind, data,
     _assert_in_group_order(defn, cfg, df, lambda part: call(part, f"bucket{next(calls)}"))
 
 
-GATHERING = ["generate", "score.judge", "critique_revise"]  # the steps with gathers_requests (engine.ray_llm)
+GATHERING = ["generate", "score.judge", "critique_revise", "ai_feedback"]  # with gathers_requests (engine.ray_llm)
 
 
 def _no_model(spec):
@@ -286,6 +286,7 @@ def test_a_model_step_gathered_round_by_round_gives_what_it_gives_sending_its_ow
             {"model": model, "constitution": str(tmp_path / "constitution.yaml"), "rounds": 2},
             responses,
         ),
+        "ai_feedback": ({"model": model}, responses),
     }[kind]
     defn = get_step(kind)
     assert defn.gathers_requests
@@ -342,6 +343,11 @@ def test_a_model_step_gathered_round_by_round_gives_what_it_gives_sending_its_ow
     assert [e.drop("run_id", strict=False).to_dicts() for e in direct.events] == [
         e.drop("run_id", strict=False).to_dicts() for e in final.events
     ]
+
+
+def test_every_step_that_gathers_its_requests_is_tested_so():
+    get_step("source")  # loads the built-in steps
+    assert {k for k, d in REGISTRY.items() if d.gathers_requests and not k.startswith("test.")} == set(GATHERING)
 
 
 def test_every_step_declares_how_it_partitions_and_every_rows_or_key_step_is_tested():

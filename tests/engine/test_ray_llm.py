@@ -272,3 +272,44 @@ def test_ray_llm_options_without_ray_and_a_ray_without_ray_data_llm_are_told_wha
     spec = ModelSpec(backend="vllm", model="m")
     with pytest.raises(DataforgeError, match=r"needs ray.data.llm.*pip install 'dataforge\[ray\]'.*--ray-llm off"):
         ray_llm.processor_config(spec, chat=True, replicas=1)
+
+
+FEEDBACK_RECIPE = """
+name: feedback
+models:
+  policy: {backend: openai, model: scripted, max_retries: 0, base_url: URL, max_concurrency: 4}
+steps:
+  raw: {kind: source, path: prompts.jsonl}
+  solve: {kind: generate, inputs: {data: raw}, model: policy, prompt: text, n: 3, max_tokens: 24}
+  judged: {kind: ai_feedback, inputs: {data: solve}, model: policy}
+datasets:
+  out:
+    splits: {train: judged}
+"""
+
+
+def test_a_key_steps_requests_on_ray_go_through_ray_data_llm_bucket_by_bucket_or_whole(qa, scripted_model, ray_local):
+    """ai_feedback (a key step) after a generate step: on Ray with ``--ray-llm all`` both send
+    every request through ray.data.llm, the judge's gathered from the buckets of its shuffle (or
+    from the whole step in the driver), and the datasets are a local build's."""
+    from tests.engine.test_partitioning import _policy
+
+    ws, _ = qa
+    spec = scripted_model(_policy)
+    ws.jsonl("prompts.jsonl", [{"text": f"prompt {i}"} for i in range(PROMPTS)])
+    recipe = ws.recipe(FEEDBACK_RECIPE.replace("URL", spec["base_url"]), "feedback.yaml")
+    local = build(recipe, ws.root / "local", show_progress=False)
+    judged = next(s for s in local.steps if s.name == "judged")
+    assert judged.outputs["verdicts"] == PROMPTS * 3  # three pairs a prompt
+    for out, rows in (("buckets", 6), ("whole", 1000)):
+        before = _served(spec)
+        report = build(recipe, ws.root / out, show_progress=False, batch_rows=rows, executor="ray", ray_llm="all")
+        sent = _new(_served(spec), before)
+        assert list(sent) and all("aiohttp" in agent for agent in sent), sent
+        # one distinct judge request a prompt: the scripted model gives its three samples alike,
+        # so every pair, in both orders, asks the same: gathered once (the step itself sends each copy)
+        assert report.llm["judged"]["sent"] == report.llm["judged"]["stored"] == PROMPTS
+        assert report.llm["solve"]["stored"] == PROMPTS
+        if rows == 6:  # the judge ran bucket by bucket: its requests gathered from the buckets
+            assert report.tasks["bucket"] and report.tasks["collect"] >= 2 * report.tasks["bucket"]
+        assert _tree_hashes(ws.root / out / "datasets") == _tree_hashes(ws.root / "local" / "datasets")
