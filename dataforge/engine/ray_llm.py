@@ -5,14 +5,16 @@ The step's logic is not written twice. Before a step with ``gathers_requests`` r
 shuffle) or its whole inputs in the driver, the driver gathers the requests it will make and has
 them answered in bulk:
 
-1. The step runs on every batch (or bucket) in a task with a *collecting* model pool (``llm.client``): it
-   loads no model, and a request with no stored answer stops the batch's step (``Unanswered``),
-   giving back every such request of that call. The task writes them to a Parquet file per
-   processor in the step's scratch folder (``write_requests``); nothing else is written.
+1. The step runs on every batch (or bucket) in a task with a *collecting* model pool
+   (``llm.client``): it loads no model, and a request with no stored answer stops the batch's
+   step (``Unanswered``), giving back every such request of that call. The task writes them to a
+   Parquet file per processor in the step's scratch folder (``write_requests``); nothing else is
+   written.
 2. The driver has a ``ray.data.llm`` processor per model and kind of request (chat messages or a
    raw prompt) read those files and stores each answer in the build's request cache as it comes
-   back (``answer_requests``). The requests never pass through the driver's memory: it holds the
-   files' names and the keys of the requests that failed or were left to the step's backend.
+   back (``answer_requests``). The tasks' requests never pass through the driver's memory: it
+   holds the files' names and the keys of the requests that failed or were left to the step's
+   backend.
 3. Again from 1: a step whose later calls depend on earlier answers (critique, then revision)
    stops at its next call. A round that finds no request it has not sent ends the rounds.
 
@@ -36,8 +38,9 @@ process loads the model once.
 Two differences of the vLLM path from the vLLM backend, both from ray.data.llm's engine stage,
 which gives one completion per row: a request for ``n`` samples is ``n`` rows, sample ``k`` with
 seed ``seed + k``; and a completion's finish reason is ``length`` when it has ``max_tokens``
-tokens, else ``stop``. The vLLM path is built here (its processor is tested) but has not run:
-vLLM and a GPU are not available to this project's tests.
+tokens, else ``stop``. The vLLM processor is built and its config tested, and the path around
+it ran end to end with its engine emulated in a Ray Data map (tests/engine/test_ray_llm.py); the
+processor itself has not run: vLLM and a GPU are not available to this project's tests.
 """
 
 from __future__ import annotations
@@ -140,6 +143,8 @@ def _vllm_input(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def _vllm_output(row: dict[str, Any]) -> dict[str, Any]:
+    """The engine's completion of one sample as the answer the backend would store (cut at the
+    stop strings), with the samples its request has (``n``)."""
     request = _request(row)
     text, _ = truncate_at_stop(str(row.get("generated_text") or ""), request.params.stop)
     tokens = int(row.get("num_generated_tokens") or 0)
@@ -238,9 +243,10 @@ def write_requests(
 ) -> dict[str, tuple[str, int, int]]:
     """The requests of ``requests`` sent through ``ray.data.llm`` in ``mode`` whose keys are not in
     ``skip``, written by processor (``group_name``) to a Parquet file each in ``folder`` (columns
-    ``key``, ``request``: the payload as JSON; once per key). Returns {group: (file, requests,
-    rows the processor reads: a row per sample for vLLM)}: what the driver reads them from, so
-    that the requests never pass through its memory."""
+    ``key``, ``request``: the payload as JSON; once per key: a request asked by two batches is in
+    both their files, and answered twice). Returns {group: (file, requests, rows the processor
+    reads: a row per sample for vLLM)}: what the driver reads them from, so that the requests
+    never pass through its memory."""
     import polars as pl
 
     by_group: dict[str, dict[str, str]] = {}
