@@ -60,6 +60,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 import uuid
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -80,6 +81,7 @@ from dataforge.engine.store import SCRATCH, WrittenBatch, step_scratch, write_ba
 from dataforge.engine.streaming import divided_inputs, group_outputs
 from dataforge.engine.table import Mapper, Part, Table, shard_slices
 from dataforge.errors import DataforgeError, StepError
+from dataforge.lineage import StepRow
 from dataforge.llm.base import Request
 from dataforge.llm.client import ModelPool, Unanswered
 from dataforge.llm.spec import ModelSpec
@@ -332,6 +334,7 @@ class RayRunner(Runner):
         self.llm_mode = ray_llm.mode_setting(llm)
         self.llm_replicas = llm_replicas
         self.llm_sent: dict[str, dict[str, Any]] = {}  # per step: rounds, requests sent and stored, left
+        self.gathering: dict[str, float] = {}  # seconds gathering a step's requests in the driver
         if not self.batch_rows:
             raise DataforgeError(
                 "the ray executor divides steps into batches: batch rows 0 (every step on whole tables) "
@@ -479,20 +482,21 @@ class RayRunner(Runner):
             first = len(jobs)
             jobs.extend((name, part, schema, first + i) for i, part in enumerate(parts))
         planned = ray.put(ps)
-        if self._gathers(ps):
-            collect = self.tasks["collect"]  # not the step's resources: a collecting pool loads no model
+        collect, task = self.tasks["collect"], self._task("rows", ps.name)  # (collecting: no model, no resources)
 
-            def gathered(failed: dict[str, str], skip: frozenset[str], folder: Path) -> Iterator[Gathered]:
-                now, where = replace(spec, failed=failed, skip=skip), str(folder)
-                tasks = self._ordered(
-                    ps.name, "collect", lambda job: collect.remote(planned, now, *job, where, self.llm_mode), jobs
-                )
-                return progress.track(tasks, total=len(jobs), description="requests", unit="batches")
+        def gathered(failed: dict[str, str], skip: frozenset[str], folder: Path) -> Iterator[Gathered]:
+            now, where = replace(spec, failed=failed, skip=skip), str(folder)
+            tasks = self._ordered(
+                ps.name, "collect", lambda job: collect.remote(planned, now, *job, where, self.llm_mode), jobs
+            )
+            return progress.track(tasks, total=len(jobs), description="requests", unit="batches")
 
-            spec = replace(spec, failed=self._gather_requests(ps, gathered, progress))
-        task = self._task("rows", ps.name)
-        results = self._ordered(ps.name, "rows", lambda job: task.remote(planned, spec, *job), jobs)
-        tracked = progress.track(results, total=len(jobs), description="batches on Ray", unit="batches")
+        def results() -> Iterator[Any]:  # (the gathering inside: its time is the step's)
+            failed = self._gather_requests(ps, gathered, progress) if self._gathers(ps) else {}
+            run = replace(spec, failed=failed)
+            yield from self._ordered(ps.name, "rows", lambda job: task.remote(planned, run, *job), jobs)
+
+        tracked = progress.track(results(), total=len(jobs), description="batches on Ray", unit="batches")
         try:
             return self._store_batches(ps, tracked, per_input)
         finally:  # what tasks that died, failed or were cancelled had begun to write
@@ -516,15 +520,22 @@ class RayRunner(Runner):
             requests = collected(lambda: call_step(ps, inputs, ctx))
             yield ray_llm.write_requests(folder, requests, self.llm_mode, skip)
 
+        started = time.perf_counter()
         try:
             failed = self._gather_requests(ps, gathered, progress)
         finally:
             pool.close()
+        self.gathering[ps.name] = time.perf_counter() - started  # the step's time too (``_row``)
         self.llm.failed.update(failed)
         try:
             return super()._execute(ps, progress)
         finally:
             self.llm.failed.clear()
+
+    def _row(self, ps: PlannedStep, **kw: Any) -> StepRow:
+        if "seconds" in kw:
+            kw["seconds"] += self.gathering.pop(ps.name, 0.0)
+        return super()._row(ps, **kw)
 
     def _gather_requests(
         self,
