@@ -47,17 +47,17 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import uuid
 from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dataforge.engine.settings import chosen_setting
+from dataforge.engine.settings import chosen_setting, given_setting
 from dataforge.errors import DataforgeError
 from dataforge.llm.base import Generation, Request, truncate_at_stop
-from dataforge.llm.cache import RequestCache, request_key
+from dataforge.llm.cache import RequestCache
+from dataforge.llm.client import cache_key
 from dataforge.llm.spec import ModelSpec, SamplingParams
 
 if TYPE_CHECKING:
@@ -69,6 +69,7 @@ REPLICAS_ENV = "DATAFORGE_RAY_LLM_REPLICAS"
 MAX_ROUNDS = 64  # rounds of gathering a step's requests (a round without a new request ends them)
 
 Track = Callable[[Iterable[Any], int], Iterator[Any]]
+Written = dict[str, tuple[str, int, int]]  # by processor: (file, requests, rows); see ``write_requests``
 
 
 def mode_setting(value: str | None) -> str:
@@ -80,17 +81,14 @@ def mode_setting(value: str | None) -> str:
 def replicas_setting(value: int | None, gpus: float) -> int:
     """Engine replicas (or HTTP actors) per processor: ``value`` (``--ray-llm-replicas``), else
     ``$DATAFORGE_RAY_LLM_REPLICAS``, else the cluster's GPUs (``gpus``), at least 1."""
-    env = os.environ.get(REPLICAS_ENV, "").strip()
-    for chosen, where in ((value, "--ray-llm-replicas"), (env or None, f"${REPLICAS_ENV}")):
-        if chosen is not None:
-            try:
-                n = int(chosen)
-            except ValueError:
-                n = 0
-            if n < 1:
-                raise DataforgeError(f"{where} is {chosen!r}: a whole number of replicas, at least 1")
-            return n
-    return max(1, int(gpus))
+    given = given_setting(value, "--ray-llm-replicas", REPLICAS_ENV)
+    if given is None:
+        return max(1, int(gpus))
+    text, where = given
+    n = int(text) if text.lstrip("-").isdigit() else 0
+    if n < 1:
+        raise DataforgeError(f"{where} is {text!r}: a whole number of replicas, at least 1")
+    return n
 
 
 def sent_through(spec: ModelSpec, mode: str) -> bool:
@@ -101,11 +99,6 @@ def sent_through(spec: ModelSpec, mode: str) -> bool:
 def step_models(ps: PlannedStep) -> list[ModelSpec]:
     """The models a step's config names (``model:``, ``judge:``, …)."""
     return [v for v in (getattr(ps.cfg, k) for k in type(ps.cfg).model_fields) if isinstance(v, ModelSpec)]
-
-
-def cache_key(spec: ModelSpec, request: Request) -> str:
-    """The request cache's key of ``request`` to ``spec`` (what ``LLMClient`` looks up)."""
-    return request_key(spec.identity(), request.payload())
 
 
 # -- what one processor reads and gives back ---------------------------------------------------
@@ -240,7 +233,7 @@ def group_name(spec: ModelSpec, chat: bool) -> str:
 
 def write_requests(
     folder: Path, requests: list[tuple[ModelSpec, Request]], mode: str, skip: Collection[str]
-) -> dict[str, tuple[str, int, int]]:
+) -> Written:
     """The requests of ``requests`` sent through ``ray.data.llm`` in ``mode`` whose keys are not in
     ``skip``, written by processor (``group_name``) to a Parquet file each in ``folder`` (columns
     ``key``, ``request``: the payload as JSON; once per key: a request asked by two batches is in
@@ -258,7 +251,7 @@ def write_requests(
             if key not in by_group.setdefault(group, {}):
                 by_group[group][key] = json.dumps(request.payload())
                 samples[group] = samples.get(group, 0) + (request.params.n if spec.backend == "vllm" else 1)
-    written = {}
+    written: Written = {}
     folder.mkdir(parents=True, exist_ok=True)
     for group, rows in by_group.items():
         path = folder / f"{uuid.uuid4().hex}.parquet"
@@ -286,15 +279,6 @@ class Answered:
     def leave(self, why: str, n: int = 1) -> None:
         self.left[why] = self.left.get(why, 0) + n
 
-    def add(self, other: Answered) -> None:
-        self.sent += other.sent
-        self.stored += other.stored
-        self.failed.update(other.failed)
-        self.skip |= other.skip
-        self.given_up |= other.given_up
-        for why, n in other.left.items():
-            self.leave(why, n)
-
     def summary(self, rounds: int) -> dict[str, Any]:
         """What the build's report keeps of it (``BuildReport.llm``)."""
         failures: dict[str, int] = {}
@@ -314,22 +298,25 @@ def _samples(spec: ModelSpec) -> Callable[[dict[str, Any]], list[dict[str, Any]]
 
 
 def answer_requests(
-    files: dict[str, list[tuple[str, int, int]]], cache: RequestCache, replicas: int, track: Track | None = None
-) -> Answered:
+    files: dict[str, list[tuple[str, int, int]]],
+    cache: RequestCache,
+    replicas: int,
+    done: Answered,
+    track: Track | None = None,
+) -> None:
     """Send the requests written by ``write_requests`` (``files``: {group: [its values]}) through
     ``ray.data.llm``, a processor per group, and store each answer in ``cache`` as it comes back
-    (all ``n`` samples of a vLLM request first). A request the engine failed is in ``failed``; a
-    processor that fails (a request the server kept failing: the HTTP stage gives up on the
-    whole run) leaves what it had not answered to the step's own backend (``left``, ``given_up``)."""
+    (all ``n`` samples of a vLLM request first), counting in ``done`` (the step's, over its
+    rounds). A request the engine failed goes to ``done.failed``; a processor that fails (a
+    request the server kept failing: the HTTP stage gives up on the whole run) leaves what it had
+    not answered to the step's own backend (``left``, ``given_up``)."""
     import ray
     import ray.data  # (configures its logging: the level is set after)
 
     logging.getLogger("ray.data").setLevel(logging.WARNING)  # the step's own progress bar tells
     ray.data.DataContext.get_current().enable_progress_bars = False
-    done = Answered()
     for group, parts in files.items():
         _answer_group(group, parts, cache, replicas, track, done)
-    return done
 
 
 def _answer_group(

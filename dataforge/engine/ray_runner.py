@@ -60,10 +60,10 @@ from __future__ import annotations
 
 import os
 import shutil
-import time
 import uuid
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -81,13 +81,11 @@ from dataforge.engine.store import SCRATCH, WrittenBatch, step_scratch, write_ba
 from dataforge.engine.streaming import divided_inputs, group_outputs
 from dataforge.engine.table import Mapper, Part, Table, shard_slices
 from dataforge.errors import DataforgeError, StepError
-from dataforge.lineage import StepRow
 from dataforge.llm.base import Request
 from dataforge.llm.client import ModelPool, Unanswered
 from dataforge.llm.spec import ModelSpec
 
 TASK_RETRIES = 3  # runs of a task after its worker process died (Ray's retry on system failure)
-Gathered = dict[str, tuple[str, int, int]]  # the requests a collecting run wrote (ray_llm.write_requests)
 
 
 def start_ray() -> bool:
@@ -222,7 +220,7 @@ def _collect_task(
     through ``ray.data.llm`` in ``mode`` and not in ``spec.skip`` written to ``folder``; the value
     is what ``ray_llm.write_requests`` gives. Nothing else is written."""
 
-    def work(ctx: Context | None) -> dict[str, tuple[str, int, int]]:
+    def work(ctx: Context | None) -> ray_llm.Written:
         assert ctx is not None
         with step_errors(ps.name):
             batch = part.read(schema)
@@ -284,7 +282,7 @@ def _collect_bucket_task(
 ) -> Done:
     """``_bucket_task`` with a collecting model pool, as ``_collect_task`` is ``_rows_task``."""
 
-    def work(ctx: Context | None) -> dict[str, tuple[str, int, int]]:
+    def work(ctx: Context | None) -> ray_llm.Written:
         assert ctx is not None
         requests = collected(lambda: _on_bucket(ps, spec, name, files, grouped, ctx))
         return ray_llm.write_requests(Path(folder), requests, mode, spec.skip)
@@ -334,7 +332,6 @@ class RayRunner(Runner):
         self.llm_mode = ray_llm.mode_setting(llm)
         self.llm_replicas = llm_replicas
         self.llm_sent: dict[str, dict[str, Any]] = {}  # per step: rounds, requests sent and stored, left
-        self.gathering: dict[str, float] = {}  # seconds gathering a step's requests in the driver
         if not self.batch_rows:
             raise DataforgeError(
                 "the ray executor divides steps into batches: batch rows 0 (every step on whole tables) "
@@ -484,7 +481,7 @@ class RayRunner(Runner):
         planned = ray.put(ps)
         collect, task = self.tasks["collect"], self._task("rows", ps.name)  # (collecting: no model, no resources)
 
-        def gathered(failed: dict[str, str], skip: frozenset[str], folder: Path) -> Iterator[Gathered]:
+        def gathered(failed: dict[str, str], skip: frozenset[str], folder: Path) -> Iterator[ray_llm.Written]:
             now, where = replace(spec, failed=failed, skip=skip), str(folder)
             tasks = self._ordered(
                 ps.name, "collect", lambda job: collect.remote(planned, now, *job, where, self.llm_mode), jobs
@@ -508,39 +505,34 @@ class RayRunner(Runner):
         models = ray_llm.step_models(ps)
         return ps.stepdef.gathers_requests and any(ray_llm.sent_through(m, self.llm_mode) for m in models)
 
-    def _execute(self, ps: PlannedStep, progress: StepProgress) -> StepReport:
-        if not self._gathers(ps) or self._batched(ps) or self._keyed(ps):
-            return super()._execute(ps, progress)
-        pool = ModelPool(self.out / "cache" / "llm.sqlite", collect=True)  # the step runs here, whole
+    @contextmanager
+    def _answering(self, ps: PlannedStep, inputs: dict[str, pl.DataFrame], ctx: Context) -> Iterator[None]:
+        """Around a step run whole in the driver: its requests gathered from it there and answered
+        through ``ray.data.llm`` first (``engine.ray_llm``), when it gathers them."""
+        if not self._gathers(ps):
+            yield
+            return
+        pool = ModelPool(self.out / "cache" / "llm.sqlite", collect=True)
 
-        def gathered(failed: dict[str, str], skip: frozenset[str], folder: Path) -> Iterator[Gathered]:
+        def gathered(failed: dict[str, str], skip: frozenset[str], folder: Path) -> Iterator[ray_llm.Written]:
             pool.failed.update(failed)
-            inputs = {name: self._load(ref) for name, ref in ps.inputs.items()}
-            ctx = replace(self._context(ps, progress), llm=pool)
-            requests = collected(lambda: call_step(ps, inputs, ctx))
+            requests = collected(lambda: call_step(ps, inputs, replace(ctx, llm=pool)))
             yield ray_llm.write_requests(folder, requests, self.llm_mode, skip)
 
-        started = time.perf_counter()
         try:
-            failed = self._gather_requests(ps, gathered, progress)
+            failed = self._gather_requests(ps, gathered, ctx.progress)
         finally:
             pool.close()
-        self.gathering[ps.name] = time.perf_counter() - started  # the step's time too (``_row``)
         self.llm.failed.update(failed)
         try:
-            return super()._execute(ps, progress)
+            yield
         finally:
             self.llm.failed.clear()
-
-    def _row(self, ps: PlannedStep, **kw: Any) -> StepRow:
-        if "seconds" in kw:
-            kw["seconds"] += self.gathering.pop(ps.name, 0.0)
-        return super()._row(ps, **kw)
 
     def _gather_requests(
         self,
         ps: PlannedStep,
-        gathered: Callable[[dict[str, str], frozenset[str], Path], Iterable[Gathered]],
+        gathered: Callable[[dict[str, str], frozenset[str], Path], Iterable[ray_llm.Written]],
         progress: StepProgress,
     ) -> dict[str, str]:
         """The rounds of ``engine.ray_llm``. ``gathered(failed, skip, folder)`` runs the step once
@@ -569,7 +561,7 @@ class RayRunner(Runner):
                 if not files:
                     break
                 rounds += 1
-                done.add(ray_llm.answer_requests(files, cache, self.llm_replicas or 1, track))
+                ray_llm.answer_requests(files, cache, self.llm_replicas or 1, done, track)
         finally:
             cache.close()
             shutil.rmtree(folder, ignore_errors=True)
@@ -608,7 +600,7 @@ class RayRunner(Runner):
         if self._gathers(ps):
             collect = self.tasks["collect bucket"]  # not the step's resources: a collecting pool loads no model
 
-            def gathered(failed: dict[str, str], skip: frozenset[str], folder: Path) -> Iterator[Gathered]:
+            def gathered(failed: dict[str, str], skip: frozenset[str], folder: Path) -> Iterator[ray_llm.Written]:
                 now, where = replace(spec, failed=failed, skip=skip), str(folder)
                 tasks = self._ordered(
                     ps.name,

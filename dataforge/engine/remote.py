@@ -63,10 +63,20 @@ def without_query(uri: str) -> str:
     return uri.split("?", 1)[0]
 
 
+def _file_name(text: str) -> str:
+    """``text`` as part of a file name: runs of other characters than letters, digits, ``._-`` as ``_``."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text)
+
+
+def _no_build(uri: str | Path) -> OutputDirError:
+    """The error of a reader finding no finished build published at ``uri``."""
+    return OutputDirError(f"no build published at {uri} (run `dataforge build --out {uri}` first)")
+
+
 def staging_folder(uri: str) -> Path:
     """The local staging folder of the build published at ``uri`` (see the module doc)."""
     bare = without_query(uri).rstrip("/")
-    tail = re.sub(r"[^A-Za-z0-9._-]+", "_", bare.split("://", 1)[1])[-48:]
+    tail = _file_name(bare.split("://", 1)[1])[-48:]
     key = f"{tail}-{hashlib.sha256(bare.encode()).hexdigest()[:12]}"
     base = os.environ.get(STAGING_ENV) or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / (
         "dataforge/staging"
@@ -355,7 +365,7 @@ def rewrite(uri: str, write: Callable[[Path], Any], console: Console | None = No
             ) from None
         remote.pull(console)
         if remote.seen is None or not (remote.local / MARKER).exists():
-            raise OutputDirError(f"no build published at {uri} (run `dataforge build --out {uri}` first)")
+            raise _no_build(uri)
         result = write(remote.local)
         return result, remote.publish(remote.seen["run_id"], console)
 
@@ -375,12 +385,12 @@ def readable_dataset(uri: str, console: Console | None = None) -> Path:
         raise OutputDirError(f"{uri}: give a published dataset, <build URI>/datasets/<name>")
     build = build_uri + (f"?{query}" if query else "")
     whole = staging_folder(build)
-    remote = RemoteBuild(build, whole.with_name(f"{whole.name}-dataset-{re.sub(r'[^A-Za-z0-9._-]+', '_', name)}"))
+    remote = RemoteBuild(build, whole.with_name(f"{whole.name}-dataset-{_file_name(name)}"))
     inside = f"{DATASETS}/{name}/"
     with remote.held(wait=True):
         remote.pull(console, only=lambda rel: rel in (MARKER, DB_NAME) or rel.startswith(inside))
     if not (remote.local / MARKER).exists():
-        raise OutputDirError(f"no build published at {build} (run `dataforge build --out {build}` first)")
+        raise _no_build(build)
     folder = remote.local / DATASETS / name
     if not folder.is_dir():
         there = sorted({rel.split("/")[1] for rel in remote.remote_files() if rel.startswith(f"{DATASETS}/")})
@@ -402,5 +412,5 @@ def readable(out: str | Path, console: Console | None = None) -> Path:
     except BuildLockedError:
         pass  # a build on this machine is writing the staging folder: read it as it stands, as a local folder
     if not (remote.local / MARKER).exists():
-        raise OutputDirError(f"no build published at {out} (run `dataforge build --out {out}` first)")
+        raise _no_build(out)
     return remote.local

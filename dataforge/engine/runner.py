@@ -21,7 +21,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import suppress
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -436,20 +436,24 @@ class Runner:
                 batches = source_batches(ps.cfg, ctx, self.batch_rows)  # None: read it whole
             if batches is not None:
                 return self._execute_source_batches(ps, progress, batches)
-        keyed = self._keyed(ps)
-        if keyed is not None:
-            return self._execute_keyed(ps, progress, keyed)
+        if keyed_streams(ps, self.batch_rows):
+            (name,) = divided_inputs(ps)
+            if self._rows(ps.inputs[name]) > self.batch_rows:
+                return self._execute_keyed(ps, progress, name)
         if ps.stepdef.out_of_core and self.batch_rows:
             if max((self._rows(ref) for ref in ps.inputs.values()), default=0) > self.batch_rows:
                 return self._execute_out_of_core(ps, progress)
-        if self._batched(ps):
-            return self._execute_streamed(ps, progress)
+        if streams(ps, self.batch_rows):
+            largest = max((self._rows(ps.inputs[n]) for n in divided_inputs(ps)), default=0)
+            if largest > self.batch_rows:  # else one batch is the whole table: run it as one
+                return self._execute_streamed(ps, progress)
         inputs = {name: self._load(ref) for name, ref in ps.inputs.items()}
         rows_in = sum(df.height for df in inputs.values())
         ctx = self._context(ps, progress)
         started = time.perf_counter()
         asked_before, failed_before = self._requests()
-        result = call_step(ps, inputs, ctx)
+        with self._answering(ps, inputs, ctx):
+            result = call_step(ps, inputs, ctx)
         seconds = time.perf_counter() - started
         asked_after, failed_after = self._requests()
         failures = failed_after - failed_before
@@ -471,20 +475,11 @@ class Runner:
         outputs = {name: df.height for name, df in result.tables.items()}
         return _executed(ps, row, drops, flags, per_input, outputs, failures)
 
-    def _keyed(self, ps: PlannedStep) -> str | None:
-        """The divided input of ``ps`` when it is a ``key`` step that runs bucket by bucket
-        (``_execute_keyed``): one that streams, on an input larger than a batch; else None."""
-        if not keyed_streams(ps, self.batch_rows):
-            return None
-        (name,) = divided_inputs(ps)
-        return name if self._rows(ps.inputs[name]) > self.batch_rows else None
-
-    def _batched(self, ps: PlannedStep) -> bool:
-        """Whether ``ps`` is a ``rows`` step that runs batch by batch (``_execute_streamed``):
-        one that streams, on an input larger than a batch (else one batch is the whole table)."""
-        if not streams(ps, self.batch_rows):
-            return False
-        return max((self._rows(ps.inputs[n]) for n in divided_inputs(ps)), default=0) > self.batch_rows
+    @contextmanager
+    def _answering(self, ps: PlannedStep, inputs: dict[str, pl.DataFrame], ctx: Context) -> Iterator[None]:
+        """Around a step run whole here: nothing (the Ray runner answers its model requests in
+        bulk first, ``RayRunner._answering``)."""
+        yield
 
     def _execute_streamed(self, ps: PlannedStep, progress: StepProgress) -> StepReport:
         """A ``rows`` step batch by batch (``engine.streaming``): each divided input in row order,

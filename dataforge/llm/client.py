@@ -56,6 +56,11 @@ class Unanswered(BaseException):
         self.requests = requests
 
 
+def cache_key(spec: ModelSpec, request: Request) -> str:
+    """The request cache's key of ``request`` to the model of ``spec``."""
+    return request_key(spec.identity(), request.payload())
+
+
 def load_backend(spec: ModelSpec) -> Backend:
     """The backend a spec names, with its model loaded."""
     if spec.backend == "transformers":
@@ -75,36 +80,22 @@ class LLMClient:
     """Generation through the cache: cached requests are answered from it, the others are sent
     in chunks, and each answer is committed to the cache as it comes back (a failure never is)."""
 
-    def __init__(
-        self,
-        spec: ModelSpec,
-        backend: Backend | Callable[[], Backend],
-        cache: RequestCache | None,
-        collect: bool = False,
-    ):
+    def __init__(self, spec: ModelSpec, cache: RequestCache | None, collect: bool = False):
         self.spec, self.cache, self.collect = spec, cache, collect
         self.failed: dict[str, str] = {}  # requests that failed elsewhere, by key: answered so, not sent
-        given = hasattr(backend, "generate")  # a backend, or what loads one
-        self._backend: Backend | None = backend if given else None  # type: ignore[assignment]
-        self._load: Callable[[], Backend] | None = None if given else backend  # type: ignore[assignment]
+        self._backend: Backend | None = None
         self.stats = ClientStats()
-        self._model_key = spec.identity()
 
     @property
     def backend(self) -> Backend:
         """The model's backend, loaded on first use (a step whose every answer is stored loads none)."""
         if self._backend is None:
-            assert self._load is not None
-            self._backend = self._load()
+            self._backend = load_backend(self.spec)
         return self._backend
 
     @property
     def loaded(self) -> bool:
         return self._backend is not None
-
-    def key(self, request: Request) -> str:
-        """The request cache's key of ``request`` to this model."""
-        return request_key(self._model_key, request.payload())
 
     def _chunk_size(self) -> int:
         return self.spec.max_concurrency * 4 if self.spec.backend == "openai" else self.spec.batch_size
@@ -113,7 +104,7 @@ class LLMClient:
         self, requests: list[Request], track: Track | None = None, description: str = "generate"
     ) -> list[Generation]:
         """One Generation per request, in order."""
-        keys = [self.key(r) for r in requests]
+        keys = [cache_key(self.spec, r) for r in requests]
         found = self.cache.get_many(keys) if self.cache is not None else {}
         out: list[Generation | None] = [None] * len(requests)
         todo: list[int] = []
@@ -176,7 +167,7 @@ class ModelPool:
         if key not in self._clients:
             if self.cache is None and self.cache_path is not None:
                 self.cache = RequestCache(self.cache_path)
-            self._clients[key] = LLMClient(spec, lambda: load_backend(spec), self.cache, self.collect)
+            self._clients[key] = LLMClient(spec, self.cache, self.collect)
         self._clients[key].failed = self.failed
         return self._clients[key]
 

@@ -26,7 +26,7 @@ from dataforge.engine.runner import build
 from dataforge.errors import DataforgeError
 from dataforge.llm import client as llm_client
 from dataforge.llm.base import Request
-from dataforge.llm.client import ModelPool, Unanswered
+from dataforge.llm.client import ModelPool, Unanswered, cache_key
 from dataforge.llm.spec import ModelSpec, SamplingParams
 from tests.engine.test_runner import _tree_hashes
 from tests.engine.test_trust import PROMPTS, SLOW_RECIPE
@@ -176,7 +176,7 @@ def test_requests_that_failed_in_ray_data_llm_are_answered_as_failed_and_not_sen
     params = SamplingParams(max_tokens=8)
     asked = [Request(params, messages=({"role": "user", "content": f"q{i}"},)) for i in range(2)]
     monkeypatch.setattr(llm_client, "load_backend", _no_model)
-    failed = {ray_llm.cache_key(spec, asked[0]): "engine_error"}
+    failed = {cache_key(spec, asked[0]): "engine_error"}
     collecting = ModelPool(tmp_path / "llm.sqlite", collect=True)
     collecting.failed.update(failed)
     with pytest.raises(Unanswered) as stopped:
@@ -250,12 +250,12 @@ def test_gathered_requests_are_written_once_per_key_by_processor_and_only_those_
     plain = Request(SamplingParams(n=3), prompt="q")
     other = Request(SamplingParams(n=1), prompt="another")
     asked = [(engine, chat), (engine, chat), (engine, plain), (engine, other), (served, chat), (local, chat)]
-    skip = {ray_llm.cache_key(engine, other)}
+    skip = {cache_key(engine, other)}
     written = ray_llm.write_requests(tmp_path / "round-00", asked, "vllm", skip)
     assert written.keys() == {ray_llm.group_name(engine, True), ray_llm.group_name(engine, False)}
     path, requests, rows = written[ray_llm.group_name(engine, True)]
     table = pl.read_parquet(path)
-    assert (requests, rows) == (1, 3) and table["key"].to_list() == [ray_llm.cache_key(engine, chat)]
+    assert (requests, rows) == (1, 3) and table["key"].to_list() == [cache_key(engine, chat)]
     assert json.loads(table["request"][0]) == chat.payload()  # (a vLLM request: a row per sample)
     assert written[ray_llm.group_name(engine, False)][1:] == (1, 3)  # `other` was skipped
     everything = ray_llm.write_requests(tmp_path / "round-01", asked, "all", set())
