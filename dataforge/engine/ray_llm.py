@@ -1,9 +1,13 @@
 """A step's model requests answered through ``ray.data.llm`` on the Ray executor (``--ray-llm``).
 
-The step's logic is not written twice. Before a step with ``gathers_requests`` runs its batches
-(a ``rows`` step, ``RayRunner._execute_streamed``), its buckets (a ``key`` step, after the
-shuffle) or its whole inputs in the driver, the driver gathers the requests it will make and has
-them answered in bulk:
+The step's logic is not written twice. A step run whole in the driver (its inputs fit in a
+batch, a key step the executor runs whole, ``leakage.check`` with its LLM judge) has each of its
+calls answered as it makes it: the build's model pool gives a call's requests with no stored
+answer to a processor first (``Answering.ask``, the pool's ``elsewhere``), and the step runs
+once. Before a step with ``gathers_requests`` runs its batches (a ``rows`` step,
+``RayRunner._execute_streamed``) or its buckets (a ``key`` step, after the shuffle) in tasks, which
+cannot call back into the driver, the driver gathers the requests they will make and has them
+answered in bulk:
 
 1. The step runs on every batch (or bucket) in a task with a *collecting* model pool
    (``llm.client``): it loads no model, and a request with no stored answer stops the batch's
@@ -31,9 +35,9 @@ Which models (``--ray-llm``, ``$DATAFORGE_RAY_LLM``): ``vllm`` (the default) sen
 through ``vLLMEngineProcessorConfig``, ``replicas`` engine replicas of one GPU each (default:
 the cluster's GPUs, at least 1); ``all`` also sends OpenAI-compatible ones through
 ``HttpRequestProcessorConfig`` (``replicas`` actors, each with ``max_concurrency`` requests in
-flight); ``off`` sends none. Transformers models, log-prob scoring and the calls of steps without
-``gathers_requests`` (``leakage.check``'s judge) are not sent this way: there each worker
-process loads the model once.
+flight); ``off`` sends none. Transformers models, log-prob scoring, and the calls a step without
+``gathers_requests`` makes in tasks are not sent this way: there each worker process loads the
+model once.
 
 Two differences of the vLLM path from the vLLM backend, both from ray.data.llm's engine stage,
 which gives one completion per row: a request for ``n`` samples is ``n`` rows, sample ``k`` with
@@ -47,6 +51,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import uuid
 from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -252,8 +257,8 @@ def write_requests(
                 by_group[group][key] = json.dumps(request.payload())
                 samples[group] = samples.get(group, 0) + (request.params.n if spec.backend == "vllm" else 1)
     written: Written = {}
-    folder.mkdir(parents=True, exist_ok=True)
     for group, rows in by_group.items():
+        folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"{uuid.uuid4().hex}.parquet"
         pl.DataFrame({"key": list(rows), "request": list(rows.values())}).write_parquet(path)
         written[group] = (str(path), len(rows), samples[group])
@@ -285,6 +290,43 @@ class Answered:
         for why in self.failed.values():
             failures[why] = failures.get(why, 0) + 1
         return {"rounds": rounds, "sent": self.sent, "stored": self.stored, "failed": failures, "left": self.left}
+
+
+class Answering:
+    """One step's requests answered through ``ray.data.llm`` into the request cache at
+    ``cache_path``, over its rounds (``send``: the files tasks wrote) or, for a step run in the
+    driver, call by call as it asks (``ask``, a model pool's ``elsewhere``), counted in ``done``.
+    Request files go under ``folder``, removed by ``close``."""
+
+    def __init__(self, cache_path: Path, folder: Path, mode: str, replicas: int, track: Track | None = None):
+        self.cache = RequestCache(cache_path)
+        self.folder, self.mode, self.replicas, self.track = folder, mode, replicas, track
+        self.done = Answered()
+        self.rounds = 0  # rounds (or calls) that sent something
+
+    def send(self, files: dict[str, list[tuple[str, int, int]]]) -> bool:
+        """Answer the requests of ``files`` ({group: its ``write_requests`` values}) but those of
+        processors that stopped; False when there were none."""
+        files = {group: parts for group, parts in files.items() if group not in self.done.given_up}
+        if not files:
+            return False
+        self.rounds += 1
+        answer_requests(files, self.cache, self.replicas, self.done, self.track)
+        return True
+
+    def ask(self, spec: ModelSpec, requests: list[Request]) -> None:
+        """Answer one call's requests to ``spec`` with no stored answer, those sent this way and
+        not left to the step's backend before: afterwards each is stored, failed (``done.failed``)
+        or left to the backend."""
+        call = self.folder / f"call-{uuid.uuid4().hex}"
+        written = write_requests(call, [(spec, r) for r in requests], self.mode, self.done.skip)
+        self.send({group: [part] for group, part in written.items()})
+
+    def close(self) -> dict[str, Any]:
+        """Remove the request files; what the build's report keeps (``Answered.summary``)."""
+        self.cache.close()
+        shutil.rmtree(self.folder, ignore_errors=True)
+        return self.done.summary(self.rounds)
 
 
 def _samples(spec: ModelSpec) -> Callable[[dict[str, Any]], list[dict[str, Any]]]:

@@ -38,11 +38,11 @@ Models: every worker process keeps one ``ModelPool`` on the build's request cach
 file under ``<out>/cache``), so a model loads once per worker process, not per batch (and only
 when a request has no stored answer), and an answer stored by one worker is not asked again by
 the next build. Each task reports the requests it sent and those that failed; the driver counts
-them with its own (``max_failure_rate``). A step with ``gathers_requests`` whose model is sent
-through ``ray.data.llm`` (``--ray-llm``) first runs in rounds of collecting tasks, a task per
-batch (a key step: per bucket, after its shuffle), or in the driver when it runs there; the
-requests they write are answered through a processor into the request cache before the step's
-own tasks run (``engine.ray_llm``).
+them with its own (``max_failure_rate``). Requests to a model sent through ``ray.data.llm``
+(``--ray-llm``) are answered by a processor into the request cache (``engine.ray_llm``): for a
+step run in the driver, call by call as it asks; a step with ``gathers_requests`` that runs in
+tasks first runs in rounds of collecting tasks, a task per batch (a key step: per bucket, after
+its shuffle), whose requests are answered before the step's own tasks run.
 
 Faults: a task whose worker process dies is run again by Ray (``max_retries``); a task's own
 error (bad data, a failing step) is not retried and fails the build naming the step, as locally.
@@ -507,27 +507,35 @@ class RayRunner(Runner):
 
     @contextmanager
     def _answering(self, ps: PlannedStep, inputs: dict[str, pl.DataFrame], ctx: Context) -> Iterator[None]:
-        """Around a step run whole in the driver: its requests gathered from it there and answered
-        through ``ray.data.llm`` first (``engine.ray_llm``), when it gathers them."""
-        if not self._gathers(ps):
+        """Around a step run whole in the driver: each of its calls to a model sent through
+        ``ray.data.llm`` is answered there as it asks (the build's pool's ``elsewhere``), so the
+        step runs once (``engine.ray_llm``)."""
+        if not any(ray_llm.sent_through(m, self.llm_mode) for m in ray_llm.step_models(ps)):
             yield
             return
-        pool = ModelPool(self.out / "cache" / "llm.sqlite", collect=True)
+        answering = self._answering_of(ps, ctx.progress)
 
-        def gathered(failed: dict[str, str], skip: frozenset[str], folder: Path) -> Iterator[ray_llm.Written]:
-            pool.failed.update(failed)
-            requests = collected(lambda: call_step(ps, inputs, replace(ctx, llm=pool)))
-            yield ray_llm.write_requests(folder, requests, self.llm_mode, skip)
+        def ask(spec: ModelSpec, requests: list[Request]) -> None:
+            answering.ask(spec, requests)
+            self.llm.failed.update(answering.done.failed)
 
-        try:
-            failed = self._gather_requests(ps, gathered, ctx.progress)
-        finally:
-            pool.close()
-        self.llm.failed.update(failed)
+        self.llm.elsewhere = ask
         try:
             yield
         finally:
+            self.llm.elsewhere = None
             self.llm.failed.clear()
+            self.llm_sent[ps.name] = answering.close()
+
+    def _answering_of(self, ps: PlannedStep, progress: StepProgress) -> ray_llm.Answering:
+        """The answering of ``ps``'s requests through ``ray.data.llm``, its files in the step's scratch folder."""
+
+        def track(rows: Iterable[Any], total: int) -> Iterator[Any]:
+            return progress.track(rows, total=total, description="ray.data.llm", unit="requests")
+
+        folder = step_scratch(self.out, ps.name) / "ray.data.llm"
+        cache = self.out / "cache" / "llm.sqlite"
+        return ray_llm.Answering(cache, folder, self.llm_mode, self.llm_replicas or 1, track)
 
     def _gather_requests(
         self,
@@ -535,37 +543,25 @@ class RayRunner(Runner):
         gathered: Callable[[dict[str, str], frozenset[str], Path], Iterable[ray_llm.Written]],
         progress: StepProgress,
     ) -> dict[str, str]:
-        """The rounds of ``engine.ray_llm``. ``gathered(failed, skip, folder)`` runs the step once
-        with a collecting model pool that answers the requests in ``failed`` as failed, and gives
-        the files (``ray_llm.write_requests``, in ``folder``) of the requests each batch (or the
-        whole step) stopped at, but those in ``skip``; they are answered into the request cache
-        through ``ray.data.llm`` (but a processor's that stopped); until a round finds none.
-        Returns the requests that failed there (cache key → reason)."""
-        from dataforge.llm.cache import RequestCache
-
-        cache = RequestCache(self.out / "cache" / "llm.sqlite")
-        folder = step_scratch(self.out, ps.name) / "ray.data.llm"
-        done = ray_llm.Answered()
-        rounds = 0
-
-        def track(rows: Iterable[Any], total: int) -> Iterator[Any]:
-            return progress.track(rows, total=total, description="ray.data.llm", unit="requests")
-
+        """The rounds of ``engine.ray_llm`` for a step run in tasks. ``gathered(failed, skip,
+        folder)`` runs the step on every batch (or bucket) with a collecting model pool that
+        answers the requests in ``failed`` as failed, and gives the files
+        (``ray_llm.write_requests``, in ``folder``) of the requests each stopped at, but those in
+        ``skip``; they are answered into the request cache through ``ray.data.llm`` (but a
+        processor's that stopped); until a round finds none. Returns the requests that failed
+        there (cache key → reason)."""
+        answering = self._answering_of(ps, progress)
+        done = answering.done
         try:
             for r in range(ray_llm.MAX_ROUNDS):
                 files: dict[str, list[tuple[str, int, int]]] = {}
-                for written in gathered(dict(done.failed), frozenset(done.skip), folder / f"round-{r:02d}"):
+                for written in gathered(dict(done.failed), frozenset(done.skip), answering.folder / f"round-{r:02d}"):
                     for group, part in written.items():
-                        if group not in done.given_up:
-                            files.setdefault(group, []).append(part)
-                if not files:
+                        files.setdefault(group, []).append(part)
+                if not answering.send(files):
                     break
-                rounds += 1
-                ray_llm.answer_requests(files, cache, self.llm_replicas or 1, done, track)
         finally:
-            cache.close()
-            shutil.rmtree(folder, ignore_errors=True)
-        self.llm_sent[ps.name] = done.summary(rounds)
+            self.llm_sent[ps.name] = answering.close()
         return done.failed
 
     def _bucket_results(

@@ -10,7 +10,9 @@ cache key → reason) are requests that failed elsewhere: they are answered as f
 with that reason, and not sent. The Ray executor runs a step
 so, batch by batch, to gather the requests it will make, has them answered elsewhere (through
 ``ray.data.llm``: ``engine.ray_llm``) and stored, and runs it again until no call stops; then the
-step runs as always and finds its answers stored.
+step runs as always and finds its answers stored. For a step it runs in the driver it sets the
+pool's ``elsewhere`` instead: a call's requests with no stored answer are given to it first
+(it stores their answers, or adds them to ``failed``), and only what it left is sent.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from dataforge.llm.cache import RequestCache, request_key
 from dataforge.llm.spec import ModelSpec
 
 Track = Callable[[Iterable[Any], int, str], Iterator[Any]]
+Elsewhere = Callable[[ModelSpec, list[Request]], None]  # answers requests into the cache (see the module doc)
 
 
 @dataclass
@@ -83,6 +86,7 @@ class LLMClient:
     def __init__(self, spec: ModelSpec, cache: RequestCache | None, collect: bool = False):
         self.spec, self.cache, self.collect = spec, cache, collect
         self.failed: dict[str, str] = {}  # requests that failed elsewhere, by key: answered so, not sent
+        self.elsewhere: Elsewhere | None = None  # what answers unstored requests before the backend
         self._backend: Backend | None = None
         self.stats = ClientStats()
 
@@ -105,18 +109,10 @@ class LLMClient:
     ) -> list[Generation]:
         """One Generation per request, in order."""
         keys = [cache_key(self.spec, r) for r in requests]
-        found = self.cache.get_many(keys) if self.cache is not None else {}
-        out: list[Generation | None] = [None] * len(requests)
-        todo: list[int] = []
-        failed_elsewhere: list[int] = []
-        for i, key in enumerate(keys):
-            if key in found:
-                out[i] = Generation(**found[key], cached=True)
-            elif key in self.failed:
-                out[i] = Generation(error=self.failed[key])
-                failed_elsewhere.append(i)
-            else:
-                todo.append(i)
+        out, todo, failed_elsewhere = self._answered(keys)
+        if todo and self.elsewhere is not None and not self.collect:
+            self.elsewhere(self.spec, [requests[i] for i in todo])
+            out, todo, failed_elsewhere = self._answered(keys)
         if self.collect:  # counts nothing: the step runs again to send, and counts there
             if todo:
                 raise Unanswered([(self.spec, requests[i]) for i in todo])
@@ -147,6 +143,23 @@ class LLMClient:
             self.stats.backend_seconds += time.perf_counter() - started
         return [g for g in out if g is not None]
 
+    def _answered(self, keys: list[str]) -> tuple[list[Generation | None], list[int], list[int]]:
+        """The answers to the requests of ``keys`` stored or failed elsewhere (None for the
+        others), the indexes with neither, and those failed elsewhere."""
+        found = self.cache.get_many(keys) if self.cache is not None else {}
+        out: list[Generation | None] = [None] * len(keys)
+        todo: list[int] = []
+        failed_elsewhere: list[int] = []
+        for i, key in enumerate(keys):
+            if key in found:
+                out[i] = Generation(**found[key], cached=True)
+            elif key in self.failed:
+                out[i] = Generation(error=self.failed[key])
+                failed_elsewhere.append(i)
+            else:
+                todo.append(i)
+        return out, todo, failed_elsewhere
+
     def logprobs(self, prompts: list[str], completions: list[str]) -> list[float]:
         if self.collect:  # scores are not stored: what the step asks after them is not gathered
             raise Unanswered([])
@@ -159,6 +172,7 @@ class ModelPool:
     def __init__(self, cache_path: Path | None, collect: bool = False):
         self.cache_path, self.collect = cache_path, collect
         self.failed: dict[str, str] = {}  # given to every client (see the module doc); set per step
+        self.elsewhere: Elsewhere | None = None  # given to every client (see the module doc); set per step
         self.cache: RequestCache | None = None  # opened by the first client: builds without models make no file
         self._clients: dict[str, LLMClient] = {}
 
@@ -168,7 +182,7 @@ class ModelPool:
             if self.cache is None and self.cache_path is not None:
                 self.cache = RequestCache(self.cache_path)
             self._clients[key] = LLMClient(spec, self.cache, self.collect)
-        self._clients[key].failed = self.failed
+        self._clients[key].failed, self._clients[key].elsewhere = self.failed, self.elsewhere
         return self._clients[key]
 
     def failure_counts(self) -> tuple[int, Counter[str]]:

@@ -8,7 +8,9 @@ On a real local Ray instance: a generating recipe built with ``--ray-llm all`` s
 through ray.data.llm's HTTP processor (aiohttp, seen by the server on loopback) and none through the
 step's own client (httpx), batch by batch or whole, with the local build's datasets; a server that
 fails requests stops the processor and the step's own backend sends the rest, failures counted as
-without it. The vLLM processor is built and its rows checked; running it needs vLLM and a GPU.
+without it; a step run whole in the driver (leakage.check with a judge) has each call answered
+through ray.data.llm as it asks, and runs once. The vLLM processor is built and its rows checked;
+running it needs vLLM and a GPU.
 """
 
 from __future__ import annotations
@@ -313,3 +315,68 @@ def test_a_key_steps_requests_on_ray_go_through_ray_data_llm_bucket_by_bucket_or
         if rows == 6:  # the judge ran bucket by bucket: its requests gathered from the buckets
             assert report.tasks["bucket"] and report.tasks["collect"] >= 2 * report.tasks["bucket"]
         assert _tree_hashes(ws.root / out / "datasets") == _tree_hashes(ws.root / "local" / "datasets")
+
+
+JUDGE_RECIPE = """
+name: judged_leakage
+models:
+  judge: {backend: openai, model: scripted, max_retries: 0, base_url: URL, max_concurrency: 4}
+steps:
+  train_raw: {kind: source, path: train.jsonl}
+  test_raw: {kind: source, path: test.jsonl}
+  parsed: {kind: parse.gsm8k, inputs: {train: train_raw, test: test_raw}}
+  leakage:
+    kind: leakage.check
+    inputs: {train: parsed.train, gsm8k_test: parsed.test}
+    train_fields: [question]
+    eval_fields: [question]
+    train_answer: final_answer
+    eval_answer: final_answer
+    judge: judge
+datasets:
+  out:
+    splits: {train: leakage}
+"""
+
+
+def test_a_step_run_in_the_driver_has_each_call_answered_through_ray_data_llm_and_runs_once(
+    ws, scripted_model, ray_local, monkeypatch
+):
+    """leakage.check with an LLM judge runs whole in the driver: on Ray with ``--ray-llm all``
+    its judge calls go through ray.data.llm as it makes them (none through the step's own
+    client), the step runs once, and the datasets are a local build's."""
+    import dataclasses
+    import functools
+
+    from dataforge.engine.step import REGISTRY
+    from tests.conftest import GSM8K
+
+    test = pl.read_ndjson(GSM8K / "test.jsonl").head(20)
+    similar = test["question"][0].replace("16", "22").replace("three", "five").replace("$2", "$3")
+    train = pl.read_ndjson(GSM8K / "train.jsonl").head(150).to_dicts()
+    ws.jsonl("train.jsonl", [*train, {"question": similar, "answer": "22-5-4=13\n13*3=39\n#### 39"}])
+    ws.jsonl("test.jsonl", test.to_dicts())
+    spec = scripted_model(lambda messages: "[[YES]]" if "Janet" in messages[-1]["content"] else "[[NO]]")
+    recipe = ws.recipe(JUDGE_RECIPE.replace("URL", spec["base_url"]), "judged.yaml")
+
+    local = build(recipe, ws.root / "local", show_progress=False)
+    asked = _served(spec)
+    assert list(asked) and all("httpx" in agent for agent in asked)
+    calls = sum(asked.values())
+    assert next(s for s in local.steps if s.name == "leakage").drops == {"leakage:judge": 1}
+
+    runs = []
+    check = REGISTRY["leakage.check"]
+
+    @functools.wraps(check.fn)  # (with its card section)
+    def counted(*args, **kwargs):
+        runs.append(1)
+        return check.fn(*args, **kwargs)
+
+    monkeypatch.setitem(REGISTRY, "leakage.check", dataclasses.replace(check, fn=counted))
+    report = build(recipe, ws.root / "ray", show_progress=False, batch_rows=40, executor="ray", ray_llm="all")
+    sent = _new(_served(spec), asked)
+    assert list(sent) and all("aiohttp" in agent for agent in sent), sent  # none from the step's client
+    assert sum(sent.values()) == calls and len(runs) == 1
+    assert report.llm["leakage"] == {"rounds": 1, "sent": calls, "stored": calls, "failed": {}, "left": {}}
+    assert _tree_hashes(ws.root / "ray" / "datasets") == _tree_hashes(ws.root / "local" / "datasets")
