@@ -17,12 +17,20 @@ staging folder and publishes what changed (``rewrite``).
 
 What it is not: steps and Ray tasks do not write to the store themselves, they write to the staging
 folder; on a Ray cluster of several nodes that folder must be on a path every node mounts
-(``$DATAFORGE_STAGING``). The build lock is the staging folder's; across machines, a publish
-first checks that the store still holds the publish its build brought down, and when another
-machine published since (or is publishing: no manifest) it sends nothing and says so
-(``RemoteChangedError``); the next build brings the newer one down and builds on it. That is a
-check, not a lock: two publishes that begin within the moment between the check and the manifest's
-removal are not told apart (pyarrow's filesystems offer no conditional write).
+(``$DATAFORGE_STAGING``).
+
+Across machines. The build lock is the staging folder's. Publishes to one URI exclude each other
+by *claims*: a publish first writes a claim of its own under ``.dataforge-publishing/`` in the
+store (host, pid, run), then lists the claims there; when it finds another live one it removes its
+own, sends nothing and says who is publishing (``RemoteChangedError``). Of two publishes, the one
+that lists second sees the other's claim (each writes before it lists, and the stores pyarrow
+opens list what was written before), so two never both go on; two that list at the same moment
+both stop, and either may run again. A publish rewrites its claim every ``CLAIM_REFRESH_SECONDS``
+while it runs, so a claim unchanged for ``CLAIM_STALE_SECONDS`` by the store's own clock, or one
+from this host whose process is gone, is a publish that died: it is removed and ignored. Then the
+publish checks that the store still holds the publish its build brought down, and when another
+machine published since (or a publish stopped midway: no manifest) it sends nothing and says so
+(``RemoteChangedError``); the next build brings the newer one down and builds on it.
 
 Staging folder: ``$DATAFORGE_STAGING/<key>``, else ``$XDG_CACHE_HOME/dataforge/staging/<key>``
 (``~/.cache/…``), where ``<key>`` is derived from the URI without its query string.
@@ -34,6 +42,8 @@ import hashlib
 import json
 import os
 import re
+import socket
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -51,6 +61,9 @@ from dataforge.engine.store import MARKER, SCRATCH, STEP_SCRATCH, file_stamp, is
 from dataforge.errors import DataforgeError, OutputDirError
 
 MANIFEST = ".dataforge-published.json"  # in the store, written last by a publish
+CLAIMS = ".dataforge-publishing"  # in the store: a claim per publish under way (see the module doc)
+CLAIM_REFRESH_SECONDS = 60.0
+CLAIM_STALE_SECONDS = 600.0
 LOCAL_ONLY = {SCRATCH, STEP_SCRATCH, LOCK_NAME}  # top-level names of the staging folder never published
 STAGING_ENV = "DATAFORGE_STAGING"
 DATASETS = "datasets"  # a build's exported datasets, one folder each
@@ -148,7 +161,8 @@ class RemoteBuild:
 
         selector = pafs.FileSelector(self.root, recursive=True, allow_not_found=True)
         infos = self._remote("listing the prefix", self.fs.get_file_info, selector)
-        return {i.path[len(self.root) + 1 :]: i.size for i in infos if i.type == pafs.FileType.File}
+        files = {i.path[len(self.root) + 1 :]: i.size for i in infos if i.type == pafs.FileType.File}
+        return {rel: size for rel, size in files.items() if not rel.startswith(f"{CLAIMS}/")}
 
     def published_files(self) -> dict[str, int]:
         """The files of the finished build at the URI (its manifest's: path → size); none where no
@@ -261,6 +275,10 @@ class RemoteBuild:
         """Send the staging folder to the store (see the module doc); the manifest goes last. Call
         it inside ``held``. After a ``pull``, refuses to send anything when the store no longer
         holds the publish that pull saw (another machine published since, or is publishing)."""
+        with self._claimed(run_id):
+            return self._publish(run_id, console)
+
+    def _publish(self, run_id: str, console: Console | None) -> Synced:
         files = self.remote_files()
         if self.has_pulled:
             self._check_unchanged(self.manifest(files))
@@ -292,6 +310,77 @@ class RemoteBuild:
         self._save_state(publish_id, mine)
         self.seen = manifest
         return done
+
+    @contextmanager
+    def _claimed(self, run_id: str) -> Iterator[None]:
+        """Hold a publish claim for the block (see the module doc): raises ``RemoteChangedError``,
+        having sent nothing, when another publish holds a live one."""
+        path = f"{self.root}/{CLAIMS}/{uuid.uuid4().hex}.json"
+        since = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        claim = {"host": socket.gethostname(), "pid": os.getpid(), "run_id": run_id, "since": since}
+
+        def write() -> None:
+            claim["refreshed"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+            with self._remote("writing a publish claim", self.fs.open_output_stream, path) as f:
+                f.write(json.dumps(claim).encode())
+
+        write()
+        stop = threading.Event()
+        refresher = threading.Thread(target=self._refresh, args=(write, stop), daemon=True)
+        try:
+            other = self._live_claim(path)
+            if other is not None:
+                raise RemoteChangedError(
+                    f"{self.uri}: another publish is under way (run {other.get('run_id')} from "
+                    f"{other.get('host')}, pid {other.get('pid')}, since {other.get('since')}); nothing was sent, "
+                    "and this build stays in the staging folder. Run it again when that publish has finished."
+                )
+            refresher.start()
+            yield
+        finally:
+            stop.set()
+            if refresher.is_alive():
+                refresher.join()
+            try:
+                self.fs.delete_file(path)
+            except OSError:
+                pass  # (a claim left behind goes stale)
+
+    @staticmethod
+    def _refresh(write: Callable[[], None], stop: threading.Event) -> None:
+        """Rewrite a claim every ``CLAIM_REFRESH_SECONDS`` until ``stop`` (a failed write is tried
+        again at the next turn: the publish's own writes say what is wrong with the store)."""
+        while not stop.wait(CLAIM_REFRESH_SECONDS):
+            try:
+                write()
+            except OutputDirError:
+                pass
+
+    def _live_claim(self, mine: str) -> dict[str, Any] | None:
+        """Another publish's live claim, if the store holds one besides ``mine``; claims of
+        publishes that died are removed (see the module doc)."""
+        import pyarrow.fs as pafs
+
+        selector = pafs.FileSelector(f"{self.root}/{CLAIMS}", allow_not_found=True)
+        infos = self._remote("listing the publish claims", self.fs.get_file_info, selector)
+        now = next((i.mtime for i in infos if i.path == mine), None)
+        for info in sorted(infos, key=lambda i: i.path):
+            if info.path == mine or info.type != pafs.FileType.File:
+                continue
+            try:
+                with self.fs.open_input_stream(info.path) as f:
+                    other = json.loads(f.read())
+            except (OSError, ValueError):
+                continue  # removed meanwhile (its publish ended), or not a claim
+            stale = now is not None and (now - info.mtime).total_seconds() >= CLAIM_STALE_SECONDS
+            if stale or _dead_here(other):
+                try:
+                    self.fs.delete_file(info.path)
+                except OSError:
+                    pass
+                continue
+            return other
+        return None
 
     def _check_unchanged(self, manifest: dict[str, Any] | None) -> None:
         """Raise ``RemoteChangedError`` when ``manifest`` (the store's now) is not the one ``pull``
@@ -341,6 +430,19 @@ class RemoteBuild:
                     pass
         done.copied += len(todo)
         done.nbytes += total
+
+
+def _dead_here(claim: dict[str, Any]) -> bool:
+    """Whether ``claim`` is from a process of this host that is gone."""
+    if claim.get("host") != socket.gethostname() or not isinstance(claim.get("pid"), int):
+        return False
+    try:
+        os.kill(claim["pid"], 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False  # there, but another user's
+    return False
 
 
 def _pump(src: Any, dst: Any, advance: Callable[[int], None]) -> None:

@@ -6,15 +6,18 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import re
 import shutil
+import time
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
 from dataforge.cli import main
-from dataforge.engine.remote import GCS_RETRY_SECONDS, MANIFEST, RemoteBuild, RemoteChangedError, staging_folder
+from dataforge.engine import remote
+from dataforge.engine.remote import CLAIMS, GCS_RETRY_SECONDS, MANIFEST, RemoteBuild, RemoteChangedError, staging_folder
 from dataforge.engine.runner import build
 from dataforge.engine.store import MARKER
 from dataforge.errors import OutputDirError
@@ -185,6 +188,106 @@ def test_a_build_whose_store_changed_while_it_ran_sends_nothing_and_the_next_one
 
     again = build(recipe, uri, show_progress=False)
     assert again.sent is not None and json.loads(_stored(fs, prefix)[MANIFEST])["run_id"] == again.run_id
+
+
+def _claim(fs, prefix: str, **fields) -> str:
+    """A publish claim of another publish under way (``engine.remote``), written to the store."""
+    path = f"{prefix}/{CLAIMS}/other.json"
+    claim = {"host": "machine-a", "pid": 4242, "run_id": "run-a", "since": "2026-12-05T10:00:00+00:00", **fields}
+    with fs.open_output_stream(path) as f:
+        f.write(json.dumps(claim).encode())
+    return path
+
+
+def _claims(fs, prefix: str) -> list[str]:
+    return sorted(rel for rel in _stored(fs, prefix) if rel.startswith(f"{CLAIMS}/"))
+
+
+def test_a_publish_under_way_elsewhere_stops_a_publish_before_it_sends_anything_and_one_that_died_does_not(
+    qa, tmp_path, s3, monkeypatch
+):
+    """Another machine's live claim: the build sends nothing and names that publish; a claim gone
+    stale (by the store's clock) or from a process of this host that is gone is removed, and the
+    build publishes. Claims are neither brought down nor published."""
+    import socket
+    import subprocess
+
+    _, recipe = qa
+    uri, fs, prefix = s3
+    build(recipe, uri, show_progress=False)
+    before = _stored(fs, prefix)
+    assert _claims(fs, prefix) == []  # a publish removes its own claim
+    _claim(fs, prefix)
+    with pytest.raises(RemoteChangedError, match=r"another publish is under way \(run run-a from machine-a, pid 4242"):
+        build(recipe, uri, show_progress=False, force=["clean"])
+    after = _stored(fs, prefix)
+    assert _claims(fs, prefix) == [f"{CLAIMS}/other.json"]  # its own claim removed
+    assert {k: v for k, v in after.items() if not k.startswith(CLAIMS)} == before  # nothing sent
+    assert not any(CLAIMS in str(p) for p in staging_folder(uri).rglob("*"))  # nor brought down
+
+    with monkeypatch.context() as m:
+        m.setattr(remote, "CLAIM_STALE_SECONDS", 0.0)  # every other claim is stale
+        stale = build(recipe, uri, show_progress=False)
+    assert stale.sent is not None and _claims(fs, prefix) == []
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    _claim(fs, prefix, host=socket.gethostname(), pid=gone.pid)
+    assert build(recipe, uri, show_progress=False).sent is not None and _claims(fs, prefix) == []
+    _claim(fs, prefix, host=socket.gethostname(), pid=os.getpid())  # a live process of this host
+    with pytest.raises(RemoteChangedError, match="another publish is under way"):
+        build(recipe, uri, show_progress=False)
+
+
+def test_a_long_publish_keeps_its_claim_fresh_and_two_that_list_at_once_both_stop(qa, tmp_path, s3, monkeypatch):
+    """A publish rewrites its claim while it runs; two publishes that each wrote a claim before
+    either listed both stop, sending nothing (neither can tell it came first)."""
+    import threading
+
+    _, recipe = qa
+    uri, fs, prefix = s3
+    build(recipe, tmp_path / "built", show_progress=False)
+    seen: list[dict] = []
+    publish = RemoteBuild._publish
+
+    def slow(self, run_id, console):
+        for _ in range(2):
+            (only,) = _claims(fs, prefix)
+            seen.append(json.loads(_stored(fs, prefix)[only]))
+            time.sleep(1.2)
+        return publish(self, run_id, console)
+
+    with monkeypatch.context() as m:
+        m.setattr(remote, "CLAIM_REFRESH_SECONDS", 0.1)
+        m.setattr(RemoteBuild, "_publish", slow)
+        RemoteBuild(uri, tmp_path / "built").publish("run-1")
+    assert seen[0]["since"] == seen[1]["since"] and seen[1]["refreshed"] > seen[0]["refreshed"]
+    assert _claims(fs, prefix) == [] and MANIFEST in _stored(fs, prefix)
+    fs.delete_dir_contents(prefix)
+
+    both_wrote = threading.Barrier(2, timeout=30)
+    live_claim = RemoteBuild._live_claim
+
+    def after_both_wrote(self, mine):
+        both_wrote.wait()
+        return live_claim(self, mine)
+
+    monkeypatch.setattr(RemoteBuild, "_live_claim", after_both_wrote)
+    errors: list[BaseException] = []
+
+    def machine(name: str) -> None:
+        try:
+            RemoteBuild(uri, tmp_path / "built").publish(name)
+        except RemoteChangedError as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=machine, args=(n,)) for n in ("run-a", "run-b")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(errors) == 2 and all("another publish is under way" in str(e) for e in errors)
+    assert _stored(fs, prefix) == {}  # neither sent anything, and both claims are gone
 
 
 def test_a_prefix_holding_files_dataforge_did_not_write_is_refused_and_left_alone(qa, s3):
