@@ -49,11 +49,12 @@ error (bad data, a failing step) is not retried and fails the build naming the s
 A killed driver leaves the finished artifacts, which the next build reuses.
 
 Every path a task reads or writes is under the build folder or the recipe's folder: on a cluster
-they must be on storage every node mounts (with ``--out s3://…`` the build folder is the local
-staging folder ``engine.remote`` publishes from, so on several nodes ``$DATAFORGE_STAGING`` must
-be such a path: tasks do not write to the store). Buckets and
-the hashes tasks give back are ``streaming.key_hashes`` (XXH3-128 of the key's text), the same on
-every node whatever its CPU or its build of polars.
+they must be on storage every node mounts, which is checked before any step runs
+(``_check_shared_folders``). With ``--out s3://…`` the build folder is the local staging folder
+``engine.remote`` publishes from, so on several nodes ``$DATAFORGE_STAGING`` must be such a path:
+tasks do not write to the store. Buckets and the hashes tasks give back are
+``streaming.key_hashes`` (XXH3-128 of the key's text), the same on every node whatever its CPU or
+its build of polars.
 """
 
 from __future__ import annotations
@@ -85,6 +86,7 @@ from dataforge.llm.base import Request
 from dataforge.llm.client import ModelPool, Unanswered
 from dataforge.llm.spec import ModelSpec
 
+PROBE_SECONDS = 120.0  # how long a node has to say whether it sees the build folder
 TASK_RETRIES = 3  # runs of a task after its worker process died (Ray's retry on system failure)
 
 
@@ -311,6 +313,25 @@ def _map_task(name: str, fn: Callable[[Any], Any], job: Any) -> Done:
     return _answer(None, work)
 
 
+def _sees(folders: dict[str, tuple[str, str | None]]) -> dict[str, str]:
+    """On one node: for each folder (what it is → (its path, the name of a file in it and what
+    that file holds, ``name:content``, or None: the folder only)), what this node lacks of it."""
+    lacking = {}
+    for what, (folder, probe) in folders.items():
+        if probe is None:
+            if not os.path.isdir(folder):
+                lacking[what] = f"{folder} is not there"
+            continue
+        name, _, content = probe.partition(":")
+        try:
+            with open(os.path.join(folder, name), encoding="utf-8") as f:
+                if f.read() != content:
+                    lacking[what] = f"{folder} holds another {name} than the driver's"
+        except OSError:
+            lacking[what] = f"{folder} does not hold the {name} the driver wrote there"
+    return lacking
+
+
 # -- in the driver ---------------------------------------------------------------------------
 
 
@@ -390,6 +411,62 @@ class RayRunner(Runner):
                         step=ps.name,
                         key=f"resources.{key}",
                     )
+
+    def _opened(self) -> None:
+        import ray
+
+        self._check_shared_folders(ray.nodes())
+
+    def _check_shared_folders(self, nodes: list[dict[str, Any]], here: str | None = None) -> None:
+        """Refuse, before anything runs, a cluster with a node other than the driver's (``here``:
+        its node id, default this process's) that does not see the build folder the driver
+        writes (a file the driver writes in its scratch folder, read back there by a task pinned
+        to each such node) and the recipe's folder: tasks read and write both."""
+        import ray
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        here = here or ray.get_runtime_context().get_node_id()
+        others = [n for n in nodes if n.get("Alive") and n.get("NodeID") != here]
+        if not others:
+            return  # one machine: the driver's folders are every task's
+        scratch = self.out / SCRATCH
+        scratch.mkdir(parents=True, exist_ok=True)
+        probe = scratch / f"probe-{uuid.uuid4().hex}"
+        token = uuid.uuid4().hex
+        probe.write_text(token, encoding="utf-8")
+        folders = {
+            "the build folder": (str(scratch), f"{probe.name}:{token}"),
+            "the recipe's folder": (str(self.plan.loaded.base_dir), None),
+        }
+        sees = ray.remote(num_cpus=0, max_retries=TASK_RETRIES)(_sees)
+        try:
+            asked = {
+                n["NodeID"]: sees.options(
+                    scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)
+                ).remote(folders)
+                for n in others
+            }
+            ready, _ = ray.wait(list(asked.values()), num_returns=len(asked), timeout=PROBE_SECONDS)
+            answers = {node: ray.get(ref) if ref in ready else None for node, ref in asked.items()}
+        finally:
+            probe.unlink(missing_ok=True)
+        for n in others:
+            where = f"Ray node {n.get('NodeManagerAddress', '?')} ({n['NodeID'][:12]})"
+            lacking = answers[n["NodeID"]]
+            if lacking is None:
+                raise DataforgeError(
+                    f"{where} did not answer within {PROBE_SECONDS:g} s whether it sees the build folder {self.out}"
+                )
+            if lacking:
+                what, why = next(iter(lacking.items()))
+                hint = {
+                    "the build folder": "for --out s3://…, set $DATAFORGE_STAGING to such a path",
+                    "the recipe's folder": "keep the recipe and the files it names there",
+                }[what]
+                raise DataforgeError(
+                    f"{what} is not the same on {where} as on the driver ({why}): every node's tasks read "
+                    f"it, so on a cluster of several machines it must be on a path every node mounts ({hint})"
+                )
 
     def _task(self, kind: str, step: str) -> Any:
         """The remote function of ``kind`` with the options of ``step``'s ``resources:``."""

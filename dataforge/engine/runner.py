@@ -247,6 +247,7 @@ class Runner:
         run_started = time.perf_counter()
         forced = self.plan.descendants(force)
         self.store = Store.open(self.out)
+        self._opened()
         self.run_id = LineageWriter.new_run_id()
         self.remaining = self.plan.consumers()
         self._open_lineage()
@@ -474,6 +475,10 @@ class Runner:
                 self.memory[f"{ps.name}.{name}"] = df
         outputs = {name: df.height for name, df in result.tables.items()}
         return _executed(ps, row, drops, flags, per_input, outputs, failures)
+
+    def _opened(self) -> None:
+        """Called once the build folder is open, before any step runs: nothing to check here (the
+        Ray runner checks that every node sees the folders its tasks use)."""
 
     @contextmanager
     def _answering(self, ps: PlannedStep, inputs: dict[str, pl.DataFrame], ctx: Context) -> Iterator[None]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 from pathlib import Path
 
@@ -163,6 +164,52 @@ def test_a_step_asking_for_more_than_any_node_has_is_refused_before_anything_run
     recipe.write_text(recipe.read_text().replace("{num_gpus: 1}", "{num_gpu: 1}"))
     with pytest.raises(RecipeError, match=r"recipe\.yaml:\d+.*resources\.num_gpu\b.*[Ee]xtra"):
         build(recipe, ws.out, show_progress=False, batch_rows=1)
+
+
+def test_a_node_that_does_not_see_the_build_or_recipe_folder_is_refused_before_anything_runs(
+    qa, tmp_path, monkeypatch, ray_local
+):
+    """Tasks on a node other than the driver's read and write the build folder and the recipe's
+    folder: each such node is asked, by a task pinned to it, whether it sees both. The local
+    instance is the driver's one node, so the check is made to take it for another."""
+    from dataforge.engine.ray_runner import RayRunner, _sees
+
+    ws, recipe = qa
+    check = RayRunner._check_shared_folders
+    checked: list[str] = []
+
+    def as_if_elsewhere(self, nodes, here=None):
+        checked.append(str(self.out))
+        return check(self, nodes, here="the driver's node, elsewhere")
+
+    monkeypatch.setattr(RayRunner, "_check_shared_folders", as_if_elsewhere)
+    report = build(recipe, ws.out, show_progress=False, batch_rows=1, executor="ray")
+    assert checked == [str(ws.out)] and report.executed  # it sees both: the build runs
+    assert not list((ws.out / ".tmp").glob("probe-*"))  # the probe file is removed
+
+    moved, other = (tmp_path.with_name(f"{tmp_path.name}-{n}") for n in ("moved", "out"))
+
+    def recipe_folder_gone(self, nodes, here=None):  # the node lacks the recipe's folder
+        ws.root.rename(moved)
+        try:
+            return check(self, nodes, here="the driver's node, elsewhere")
+        finally:
+            moved.rename(ws.root)
+
+    monkeypatch.setattr(RayRunner, "_check_shared_folders", recipe_folder_gone)
+    gone = r"the recipe's folder is not the same on Ray node .* \(.* is not there\).*every node mounts"
+    with pytest.raises(DataforgeError, match=gone):
+        build(recipe, other, show_progress=False, batch_rows=1, executor="ray")
+    assert not (other / "artifacts").exists() or not any((other / "artifacts").iterdir())  # nothing ran
+    shutil.rmtree(other)
+
+    # what a node reports of a build folder that is not the driver's
+    (tmp_path / "probe").write_text("token", encoding="utf-8")
+    assert _sees({"b": (str(tmp_path), "probe:token"), "r": (str(tmp_path), None)}) == {}
+    assert _sees({"b": (str(tmp_path), "probe:other")}) == {"b": f"{tmp_path} holds another probe than the driver's"}
+    assert _sees({"b": (str(tmp_path), "missing:x")}) == {
+        "b": f"{tmp_path} does not hold the missing the driver wrote there"
+    }
 
 
 def test_a_recipe_naming_no_executor_is_refused_with_its_line(qa):
