@@ -155,6 +155,25 @@ class RemoteBuild:
         except OSError as exc:
             raise OutputDirError(f"{self.uri}: {what} failed: {exc}") from None
 
+    def _put(self, what: str, path: str, data: bytes) -> None:
+        """Write one small object (an S3 upload happens when the stream closes: its errors too are
+        raised as ``_remote``'s)."""
+
+        def put() -> None:
+            with self.fs.open_output_stream(path) as f:
+                f.write(data)
+
+        self._remote(what, put)
+
+    def _get(self, what: str, path: str) -> bytes:
+        """Read one small object, its errors raised as ``_remote``'s."""
+
+        def get() -> bytes:
+            with self.fs.open_input_stream(path) as f:
+                return f.read()
+
+        return self._remote(what, get)
+
     def remote_files(self) -> dict[str, int]:
         """Every file under the prefix: its path relative to the prefix → its size."""
         import pyarrow.fs as pafs
@@ -173,8 +192,7 @@ class RemoteBuild:
     def manifest(self, files: dict[str, int]) -> dict[str, Any] | None:
         if MANIFEST not in files:
             return None
-        with self._remote("reading the manifest", self.fs.open_input_stream, f"{self.root}/{MANIFEST}") as f:
-            return json.loads(f.read())
+        return json.loads(self._get("reading the manifest", f"{self.root}/{MANIFEST}"))
 
     def _state(self) -> dict[str, Any]:
         try:
@@ -305,8 +323,7 @@ class RemoteBuild:
             "published_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "files": mine,
         }
-        with self._remote("writing the manifest", self.fs.open_output_stream, f"{self.root}/{MANIFEST}") as f:
-            f.write(json.dumps(manifest, indent=1).encode())
+        self._put("writing the manifest", f"{self.root}/{MANIFEST}", json.dumps(manifest, indent=1).encode())
         self._save_state(publish_id, mine)
         self.seen = manifest
         return done
@@ -321,8 +338,7 @@ class RemoteBuild:
 
         def write() -> None:
             claim["refreshed"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-            with self._remote("writing a publish claim", self.fs.open_output_stream, path) as f:
-                f.write(json.dumps(claim).encode())
+            self._put("writing a publish claim", path, json.dumps(claim).encode())
 
         write()
         stop = threading.Event()
@@ -368,9 +384,8 @@ class RemoteBuild:
             if info.path == mine or info.type != pafs.FileType.File:
                 continue
             try:
-                with self.fs.open_input_stream(info.path) as f:
-                    other = json.loads(f.read())
-            except (OSError, ValueError):
+                other = json.loads(self._get("reading a publish claim", info.path))
+            except (OutputDirError, ValueError):
                 continue  # removed meanwhile (its publish ended), or not a claim
             stale = now is not None and (now - info.mtime).total_seconds() >= CLAIM_STALE_SECONDS
             if stale or _dead_here(other):
