@@ -348,8 +348,11 @@ class RemoteBuild:
             if other is not None:
                 raise RemoteChangedError(
                     f"{self.uri}: another publish is under way (run {other.get('run_id')} from "
-                    f"{other.get('host')}, pid {other.get('pid')}, since {other.get('since')}); nothing was sent, "
-                    "and this build stays in the staging folder. Run it again when that publish has finished."
+                    f"{other.get('host')}, pid {other.get('pid')}, since {other.get('since')}, its claim last "
+                    f"refreshed {other.get('refreshed')}); nothing was sent, and this build stays in the staging "
+                    "folder. Run it again when that publish has finished. (A publish that died leaves its claim, "
+                    f"{other['_path']}, which counts as dead {CLAIM_STALE_SECONDS / 60:g} minutes after its last "
+                    "refresh; delete it sooner only if you know that publish is gone.)"
                 )
             refresher.start()
             yield
@@ -394,7 +397,7 @@ class RemoteBuild:
                 except OSError:
                     pass
                 continue
-            return other
+            return {**other, "_path": f"{without_query(self.uri).rstrip('/')}/{info.path[len(self.root) + 1 :]}"}
         return None
 
     def _check_unchanged(self, manifest: dict[str, Any] | None) -> None:

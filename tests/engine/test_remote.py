@@ -218,8 +218,10 @@ def test_a_publish_under_way_elsewhere_stops_a_publish_before_it_sends_anything_
     before = _stored(fs, prefix)
     assert _claims(fs, prefix) == []  # a publish removes its own claim
     _claim(fs, prefix)
-    with pytest.raises(RemoteChangedError, match=r"another publish is under way \(run run-a from machine-a, pid 4242"):
+    under_way = r"another publish is under way \(run run-a from machine-a, pid 4242"
+    with pytest.raises(RemoteChangedError, match=under_way) as e:
         build(recipe, uri, show_progress=False, force=["clean"])
+    assert f"{uri.split('?')[0]}/{CLAIMS}/other.json, which counts as dead 10 minutes after" in str(e.value)
     after = _stored(fs, prefix)
     assert _claims(fs, prefix) == [f"{CLAIMS}/other.json"]  # its own claim removed
     assert {k: v for k, v in after.items() if not k.startswith(CLAIMS)} == before  # nothing sent
