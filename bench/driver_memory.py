@@ -29,48 +29,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 GSM8K = REPO / "recipes" / "data" / "gsm8k"
 
-RECIPE = """
-name: memory
-steps:
-  raw:
-    kind: source
-    path: rows.FORMAT
-    id_column: key
-  clean:
-    kind: clean.normalize
-    inputs: {data: raw}
-    fields: [question, answer]
-  exact:
-    kind: dedup.exact
-    inputs: {data: clean}
-    fields: [question]
-  near:
-    kind: dedup.minhash
-    inputs: {data: exact}
-    fields: [question]
-    threshold: 0.7
-  split:
-    kind: split
-    inputs: near
-    fractions: {train: 0.8, test: 0.2}
-    group: group
-    cluster: {fields: [answer], threshold: 0.7}
-    seed: 3
-  audit:
-    kind: split.audit
-    inputs: {train: split.train, test: split.test}
-    prompt: question
-    target: answer
-  sft:
-    kind: format
-    type: prompt_completion
-    inputs: {train: split.train, test: split.test}
-    prompt: question
-    completion: answer
-datasets:
-  memory:
-    splits: {train: sft.train, test: sft.test}
-"""
+sys.path.insert(0, str(REPO))
+from tests.engine.test_ray import BOUNDED_RECIPE  # noqa: E402  (the streaming tests' recipe, the one they bound)
+
+RECIPE = BOUNDED_RECIPE.replace("path: rows.parquet", "path: rows.FORMAT")
 
 
 def _anon() -> int:
