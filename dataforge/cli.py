@@ -439,9 +439,10 @@ def make_parser() -> argparse.ArgumentParser:
     b.add_argument(
         "--ray-llm",
         choices=RAY_LLM_MODES,
-        help="on Ray, which models' requests the generating steps send through ray.data.llm, gathered from "
-        "every batch: vllm (vLLM engine replicas), all (OpenAI-compatible servers too), off; answers are "
-        "stored in the request cache as without it (default: $DATAFORGE_RAY_LLM, else vllm)",
+        help="on Ray, which models' requests go through ray.data.llm (the generating steps', gathered from "
+        "every batch, and those of steps run in the driver, such as leakage.check's judge): vllm (vLLM engine "
+        "replicas), all (OpenAI-compatible servers too), off; answers are stored in the request cache as "
+        "without it (default: $DATAFORGE_RAY_LLM, else vllm)",
     )
     b.add_argument(
         "--ray-llm-replicas",
