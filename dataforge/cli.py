@@ -106,6 +106,14 @@ def cmd_build(args: argparse.Namespace) -> int:
     if report.cluster is not None:
         tasks = ", ".join(f"{kind} {n:,}" for kind, n in report.tasks.items()) or "none"
         out_console.print(f"Ray cluster {report.cluster}: tasks run by kind: {tasks}")
+        if len(report.nodes) > 1:
+            spread = ", ".join(f"{node} {n:,}" for node, n in report.nodes.items())
+            out_console.print(f"tasks run by node: {spread}")
+        if report.nodes_checked:
+            out_console.print(
+                f"{report.nodes_checked} node(s) besides the driver's checked before the build: each sees the "
+                "build folder and the recipe's folder"
+            )
         placed = {s: r for s, r in report.assigned.items() if r != {"CPU": 1.0}}  # Ray's default, left out
         if placed:
             given = "; ".join(f"{s} {', '.join(f'{k} {v:g}' for k, v in sorted(r.items()))}" for s, r in placed.items())

@@ -130,6 +130,7 @@ class Done:
     failures: Counter[str] = field(default_factory=Counter)
     error: StepError | None = None
     assigned: dict[str, float] = field(default_factory=dict)  # what Ray gave the task (CPU, GPU, …)
+    node: str = ""  # the address of the node it ran on
 
 
 # -- in the worker processes -----------------------------------------------------------------
@@ -177,7 +178,7 @@ def _answer(
     except StepError as exc:
         return Done(error=exc)
     after_asked, after_failed = ctx.llm.failure_counts() if ctx else (0, Counter())
-    return Done(value, after_asked - asked, after_failed - failed, assigned=_assigned())
+    return Done(value, after_asked - asked, after_failed - failed, assigned=_assigned(), node=_node())
 
 
 def _assigned() -> dict[str, float]:
@@ -185,6 +186,14 @@ def _assigned() -> dict[str, float]:
     import ray
 
     return {k: float(v) for k, v in ray.get_runtime_context().get_assigned_resources().items()}
+
+
+def _node() -> str:
+    """The running task's node: its address, and its id's first characters (nodes of one machine
+    share an address)."""
+    import ray
+
+    return f"{ray.util.get_node_ip_address()} ({ray.get_runtime_context().get_node_id()[:8]})"
 
 
 def _rows_task(
@@ -362,6 +371,8 @@ class RayRunner(Runner):
         self.remote_asked = 0
         self.remote_failures: Counter[str] = Counter()
         self.tasks_run: Counter[str] = Counter()  # tasks done by kind (rows, partition, bucket)
+        self.tasks_on: Counter[str] = Counter()  # tasks done by node (``_node``)
+        self.nodes_checked = 0  # nodes besides the driver's found to see the build and recipe folders
         self.shuffled: Counter[str] = Counter()  # bytes of bucket files written, by key step
         self.rounds: Counter[str] = Counter()  # map rounds (one Context.mapper call each), by step
         self.assigned: dict[str, dict[str, float]] = {}  # per step, the most Ray assigned one of its tasks
@@ -386,6 +397,8 @@ class RayRunner(Runner):
             self._check_resources(ray.nodes())
             report = super().run(force, wait)
             report.tasks = dict(sorted(self.tasks_run.items()))
+            report.nodes = dict(sorted(self.tasks_on.items()))
+            report.nodes_checked = self.nodes_checked
             report.assigned = dict(self.assigned)
             report.shuffled = dict(self.shuffled)
             report.rounds = dict(self.rounds)
@@ -467,6 +480,7 @@ class RayRunner(Runner):
                     f"{what} is not the same on {where} as on the driver ({why}): every node's tasks read "
                     f"it, so on a cluster of several machines it must be on a path every node mounts ({hint})"
                 )
+        self.nodes_checked = len(others)
 
     def _task(self, kind: str, step: str) -> Any:
         """The remote function of ``kind`` with the options of ``step``'s ``resources:``."""
@@ -532,6 +546,7 @@ class RayRunner(Runner):
                 if done.error is not None:
                     raise done.error
                 self.tasks_run[kind] += 1
+                self.tasks_on[done.node] += 1
                 most = self.assigned.setdefault(name, {})
                 for resource, amount in done.assigned.items():
                     most[resource] = max(most.get(resource, 0.0), amount)

@@ -90,6 +90,8 @@ class BuildReport:
     rounds: dict[str, int] = field(default_factory=dict)  # rounds of map tasks a global step ran, by step (Ray)
     llm: dict[str, dict[str, Any]] = field(default_factory=dict)  # requests sent through ray.data.llm, by step
     cluster: str | None = None  # the Ray cluster's address (GCS) where the build ran on Ray
+    nodes: dict[str, int] = field(default_factory=dict)  # tasks run by node of the cluster (none locally)
+    nodes_checked: int = 0  # Ray nodes besides the driver's found to see the build and recipe folders
     assigned: dict[str, dict[str, float]] = field(default_factory=dict)  # per step, what Ray gave a task (most)
     published: str | None = None  # the object-store URI the build was published to (``engine.remote``)
     sent: Synced | None = None  # what publishing it copied

@@ -212,6 +212,52 @@ def test_a_node_that_does_not_see_the_build_or_recipe_folder_is_refused_before_a
     }
 
 
+TWO_NODES = """
+import os, subprocess, sys
+from ray.cluster_utils import Cluster
+
+cluster = Cluster(initialize_head=True, connect=False, head_node_args={"num_cpus": 1, "include_dashboard": False})
+cluster.add_node(num_cpus=1)
+cluster.wait_for_nodes()
+try:
+    build = [sys.executable, "-m", "dataforge.cli", "build", *sys.argv[1:]]
+    done = subprocess.run(build, env={**os.environ, "RAY_ADDRESS": cluster.address}, capture_output=True, text=True)
+    print(done.stdout, done.stderr, f"exit {done.returncode}")
+finally:
+    cluster.shutdown()
+"""
+
+
+def test_a_cluster_of_two_nodes_runs_tasks_on_both_and_gives_the_local_datasets(ws, tmp_path):
+    """A real Ray cluster of two nodes on this machine (``ray.cluster_utils``: a head and a
+    worker raylet, 1 CPU each, in a process of its own, apart from the tests' local instance),
+    reached by ``dataforge build`` through ``RAY_ADDRESS``: the node that is not the driver's is
+    asked whether it sees the build and recipe folders (it does: one machine), tasks run on
+    both nodes, and the datasets are the local executor's."""
+    import subprocess
+    import sys
+
+    from tests.conftest import GSM8K
+
+    rows = pl.read_ndjson(GSM8K / "train.jsonl").head(1200).with_columns(pl.col("question").alias("group"))
+    rows = rows.with_columns(pl.format("k{}", pl.int_range(pl.len())).alias("key"))
+    rows.write_parquet(ws.root / "rows.parquet", row_group_size=200)
+    recipe = ws.recipe(BOUNDED_RECIPE)
+    build(recipe, tmp_path / "local", show_progress=False)
+    args = [str(recipe), "--out", str(tmp_path / "ray"), "--executor", "ray", "--batch-rows", "200", "--quiet"]
+    script = tmp_path / "two_nodes.py"
+    script.write_text(TWO_NODES)
+    done = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=600)
+    printed = done.stdout
+    assert "exit 0" in printed, printed + done.stderr
+    assert "1 node(s) besides the driver's checked before the build: each sees the build folder" in printed
+    by_node = re.search(r"tasks run by node: (.*)", printed)
+    assert by_node is not None, printed
+    counts = re.findall(r"\) ([\d,]+)", by_node.group(1))
+    assert len(counts) == 2 and all(int(n.replace(",", "")) > 0 for n in counts), by_node.group(1)
+    assert _tree_hashes(tmp_path / "ray" / "datasets") == _tree_hashes(tmp_path / "local" / "datasets")
+
+
 def test_a_recipe_naming_no_executor_is_refused_with_its_line(qa):
     ws, recipe = qa
     recipe.write_text(recipe.read_text() + "executor: spark\n")
