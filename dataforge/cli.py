@@ -421,7 +421,10 @@ def make_parser() -> argparse.ArgumentParser:
     )
     b.add_argument("--quiet", action="store_true", help="no progress bars")
     b.add_argument(
-        "--wait", action="store_true", help="if another build is writing to --out, wait for it (default: stop at once)"
+        "--wait",
+        action="store_true",
+        help="if another build is writing to --out, wait for it; for an object-store --out, a publish stopped by "
+        "another machine's also waits, brings that one down and builds on it (default: stop at once)",
     )
     b.add_argument(
         "--verify",

@@ -64,6 +64,7 @@ MANIFEST = ".dataforge-published.json"  # in the store, written last by a publis
 CLAIMS = ".dataforge-publishing"  # in the store: a claim per publish under way (see the module doc)
 CLAIM_REFRESH_SECONDS = 60.0
 CLAIM_STALE_SECONDS = 600.0
+PUBLISH_WAIT_SECONDS = 30.0  # with --wait, between a publish another stopped and the next try
 LOCAL_ONLY = {SCRATCH, STEP_SCRATCH, LOCK_NAME}  # top-level names of the staging folder never published
 STAGING_ENV = "DATAFORGE_STAGING"
 DATASETS = "datasets"  # a build's exported datasets, one folder each

@@ -33,12 +33,13 @@ from rich.console import Console
 from rich.text import Text
 
 from dataforge import __version__
+from dataforge.engine import remote as remote_module
 from dataforge.engine.calls import call_bucket, call_step, check_result, partition_batch, step_errors
 from dataforge.engine.events import concat_edges, concat_events, reason_counts
 from dataforge.engine.lock import BuildLock
 from dataforge.engine.plan import Plan, PlannedStep, Ref, plan_recipe
 from dataforge.engine.progress import StepProgress, make_progress
-from dataforge.engine.remote import RemoteBuild, Synced
+from dataforge.engine.remote import RemoteBuild, RemoteChangedError, Synced
 from dataforge.engine.settings import chosen_setting
 from dataforge.engine.step import Context, StepResult
 from dataforge.engine.store import SCRATCH, STEP_SCRATCH, Store, WrittenBatch, is_uri, output_path, step_scratch
@@ -137,7 +138,10 @@ def build(
 
     ``out`` may be an object-store URI (``s3://bucket/prefix``, ``gs://…``): the build runs in
     its local staging folder, brought up to date from the store first, and is published to the
-    store when it succeeds (``engine.remote``)."""
+    store when it succeeds (``engine.remote``). A publish stopped by another machine's (under way,
+    or finished since this build brought the store's down) raises ``RemoteChangedError``, or with
+    ``wait`` waits ``PUBLISH_WAIT_SECONDS``, brings the store's build down and builds on it again
+    (reusing every step it holds) until a publish goes through."""
     started = time.perf_counter()
     plan = plan_recipe(recipe_path, models, settings)
     planned = time.perf_counter() - started
@@ -164,11 +168,27 @@ def build(
     remote = RemoteBuild(str(out))
     bars = console if show_progress else None
     with remote.held(wait):
-        remote.pull(bars)
-        remote.probe()
-        report = run(remote.local)
-        sent_at = time.perf_counter()
-        report.sent = remote.publish(report.run_id, bars)
+        while True:
+            remote.pull(bars)
+            remote.probe()
+            report = run(remote.local)
+            sent_at = time.perf_counter()
+            try:
+                report.sent = remote.publish(report.run_id, bars)
+                break
+            except RemoteChangedError as exc:
+                if not wait:
+                    raise
+                why = str(exc).split("; nothing was sent")[0]
+                told = console or Console(stderr=True, markup=False, emoji=False, highlight=False)
+                told.print(
+                    Text(
+                        f"{why}; nothing was sent. Waiting {remote_module.PUBLISH_WAIT_SECONDS:g} s, then bringing "
+                        "down what the store holds and building on it (--wait) …"
+                    ),
+                    soft_wrap=True,
+                )
+                time.sleep(remote_module.PUBLISH_WAIT_SECONDS)
     report.timings["publish"] = time.perf_counter() - sent_at
     report.published = remote.uri
     return report

@@ -241,6 +241,41 @@ def test_a_publish_under_way_elsewhere_stops_a_publish_before_it_sends_anything_
         build(recipe, uri, show_progress=False)
 
 
+def test_with_wait_a_publish_stopped_by_another_waits_and_builds_on_what_that_one_published(
+    qa, tmp_path, s3, monkeypatch, capsys
+):
+    """``--wait``: machine B's publish, stopped by machine A's (under way), waits; meanwhile A's
+    publish ends with a newer run; B brings it down, builds on it (every step reused) and
+    publishes on top."""
+    _, recipe = qa
+    uri, fs, prefix = s3
+    monkeypatch.setenv("DATAFORGE_STAGING", str(tmp_path / "machine-a"))
+    build(recipe, uri, show_progress=False)
+    monkeypatch.setenv("DATAFORGE_STAGING", str(tmp_path / "machine-b"))
+    monkeypatch.setattr(remote, "PUBLISH_WAIT_SECONDS", 0.0)
+    claim = _claim(fs, prefix)  # A is publishing again
+    pull, pulls, newer = RemoteBuild.pull, [], []
+
+    def a_finishes_while_b_waits(self, *args, **kwargs):
+        pulls.append(1)
+        if len(pulls) == 2:  # B stopped and waited: A's publish ends with a newer run
+            fs.delete_file(claim)
+            with monkeypatch.context() as m:
+                m.setattr(RemoteBuild, "pull", pull)
+                m.setenv("DATAFORGE_STAGING", str(tmp_path / "machine-a"))
+                newer.append(build(recipe, uri, show_progress=False, force=["clean"]).run_id)
+        return pull(self, *args, **kwargs)
+
+    monkeypatch.setattr(RemoteBuild, "pull", a_finishes_while_b_waits)
+    report = build(recipe, uri, show_progress=False, wait=True)
+    told = capsys.readouterr().err
+    assert "another publish is under way (run run-a from machine-a" in told
+    assert "nothing was sent. Waiting 0 s, then bringing down what the store holds and building on it" in told
+    assert len(pulls) == 2 and newer and report.executed == []  # built on A's newer publish
+    manifest = json.loads(_stored(fs, prefix)[MANIFEST])
+    assert manifest["run_id"] == report.run_id != newer[0] and _claims(fs, prefix) == []
+
+
 def test_a_long_publish_keeps_its_claim_fresh_and_two_that_list_at_once_both_stop(qa, tmp_path, s3, monkeypatch):
     """A publish rewrites its claim while it runs; two publishes that each wrote a claim before
     either listed both stop, sending nothing (neither can tell it came first)."""
