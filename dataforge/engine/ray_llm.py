@@ -314,13 +314,13 @@ class Answering:
         answer_requests(files, self.cache, self.replicas, self.done, self.track)
         return True
 
-    def ask(self, spec: ModelSpec, requests: list[Request]) -> None:
+    def ask(self, spec: ModelSpec, requests: list[Request]) -> bool:
         """Answer one call's requests to ``spec`` with no stored answer, those sent this way and
         not left to the step's backend before: afterwards each is stored, failed (``done.failed``)
-        or left to the backend."""
+        or left to the backend. False when none was sent."""
         call = self.folder / f"call-{uuid.uuid4().hex}"
         written = write_requests(call, [(spec, r) for r in requests], self.mode, self.done.skip)
-        self.send({group: [part] for group, part in written.items()})
+        return self.send({group: [part] for group, part in written.items()})
 
     def close(self) -> dict[str, Any]:
         """Remove the request files; what the build's report keeps (``Answered.summary``)."""

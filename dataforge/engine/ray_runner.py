@@ -130,7 +130,7 @@ class Done:
     failures: Counter[str] = field(default_factory=Counter)
     error: StepError | None = None
     assigned: dict[str, float] = field(default_factory=dict)  # what Ray gave the task (CPU, GPU, …)
-    node: str = ""  # the address of the node it ran on
+    node: str = ""  # the node it ran on (``_node``)
 
 
 # -- in the worker processes -----------------------------------------------------------------
@@ -322,22 +322,18 @@ def _map_task(name: str, fn: Callable[[Any], Any], job: Any) -> Done:
     return _answer(None, work)
 
 
-def _sees(folders: dict[str, tuple[str, str | None]]) -> dict[str, str]:
-    """On one node: for each folder (what it is → (its path, the name of a file in it and what
-    that file holds, ``name:content``, or None: the folder only)), what this node lacks of it."""
+def _sees(probe: str, token: str, recipe_folder: str) -> dict[str, str]:
+    """On one node: what it lacks of the driver's build folder (the ``probe`` file the driver
+    wrote there, holding ``token``) and of the recipe's folder, by folder; empty when it sees both."""
     lacking = {}
-    for what, (folder, probe) in folders.items():
-        if probe is None:
-            if not os.path.isdir(folder):
-                lacking[what] = f"{folder} is not there"
-            continue
-        name, _, content = probe.partition(":")
-        try:
-            with open(os.path.join(folder, name), encoding="utf-8") as f:
-                if f.read() != content:
-                    lacking[what] = f"{folder} holds another {name} than the driver's"
-        except OSError:
-            lacking[what] = f"{folder} does not hold the {name} the driver wrote there"
+    try:
+        with open(probe, encoding="utf-8") as f:
+            if f.read() != token:
+                lacking["the build folder"] = f"{probe} holds another token than the driver wrote"
+    except OSError:
+        lacking["the build folder"] = f"{probe}, which the driver wrote, is not there"
+    if not os.path.isdir(recipe_folder):
+        lacking["the recipe's folder"] = f"{recipe_folder} is not there"
     return lacking
 
 
@@ -447,16 +443,12 @@ class RayRunner(Runner):
         probe = scratch / f"probe-{uuid.uuid4().hex}"
         token = uuid.uuid4().hex
         probe.write_text(token, encoding="utf-8")
-        folders = {
-            "the build folder": (str(scratch), f"{probe.name}:{token}"),
-            "the recipe's folder": (str(self.plan.loaded.base_dir), None),
-        }
         sees = ray.remote(num_cpus=0, max_retries=TASK_RETRIES)(_sees)
         try:
             asked = {
                 n["NodeID"]: sees.options(
                     scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)
-                ).remote(folders)
+                ).remote(str(probe), token, str(self.plan.loaded.base_dir))
                 for n in others
             }
             ready, _ = ray.wait(list(asked.values()), num_returns=len(asked), timeout=PROBE_SECONDS)
@@ -592,24 +584,28 @@ class RayRunner(Runner):
             for left in stage.glob(f"{STAGED_BATCH}*"):
                 shutil.rmtree(left, ignore_errors=True)
 
+    def _sends_through(self, ps: PlannedStep) -> bool:
+        """Whether a model of ``ps`` is sent through ``ray.data.llm`` (``engine.ray_llm``)."""
+        return any(ray_llm.sent_through(m, self.llm_mode) for m in ray_llm.step_models(ps))
+
     def _gathers(self, ps: PlannedStep) -> bool:
-        """Whether ``ps``'s model requests are gathered for ``ray.data.llm`` (``engine.ray_llm``)."""
-        models = ray_llm.step_models(ps)
-        return ps.stepdef.gathers_requests and any(ray_llm.sent_through(m, self.llm_mode) for m in models)
+        """Whether ``ps``'s requests are gathered in rounds of tasks for ``ray.data.llm``."""
+        return ps.stepdef.gathers_requests and self._sends_through(ps)
 
     @contextmanager
     def _answering(self, ps: PlannedStep, inputs: dict[str, pl.DataFrame], ctx: Context) -> Iterator[None]:
         """Around a step run whole in the driver: each of its calls to a model sent through
         ``ray.data.llm`` is answered there as it asks (the build's pool's ``elsewhere``), so the
         step runs once (``engine.ray_llm``)."""
-        if not any(ray_llm.sent_through(m, self.llm_mode) for m in ray_llm.step_models(ps)):
+        if not self._sends_through(ps):
             yield
             return
         answering = self._answering_of(ps, ctx.progress)
 
-        def ask(spec: ModelSpec, requests: list[Request]) -> None:
-            answering.ask(spec, requests)
+        def ask(spec: ModelSpec, requests: list[Request]) -> bool:
+            sent = answering.ask(spec, requests)
             self.llm.failed.update(answering.done.failed)
+            return sent
 
         self.llm.elsewhere = ask
         try:

@@ -99,7 +99,13 @@ def staging_folder(uri: str) -> Path:
 
 
 class RemoteChangedError(OutputDirError):
-    """The store's build changed between a pull and the publish that was to follow it."""
+    """A publish stopped, having sent nothing, by another machine's: under way (its claim), or
+    finished since this build's pull. ``why`` says which; ``advice`` what to do; the message is
+    both, after the URI."""
+
+    def __init__(self, uri: str, why: str, advice: str):
+        super().__init__(f"{uri}: {why}; nothing was sent, and this build stays in the staging folder. {advice}")
+        self.why = f"{uri}: {why}"
 
 
 GCS_RETRY_SECONDS = 60  # how long a GCS request is retried, unless the URI says (retry_limit_seconds=N)
@@ -348,12 +354,13 @@ class RemoteBuild:
             other = self._live_claim(path)
             if other is not None:
                 raise RemoteChangedError(
-                    f"{self.uri}: another publish is under way (run {other.get('run_id')} from "
-                    f"{other.get('host')}, pid {other.get('pid')}, since {other.get('since')}, its claim last "
-                    f"refreshed {other.get('refreshed')}); nothing was sent, and this build stays in the staging "
-                    "folder. Run it again when that publish has finished. (A publish that died leaves its claim, "
+                    self.uri,
+                    f"another publish is under way (run {other.get('run_id')} from {other.get('host')}, pid "
+                    f"{other.get('pid')}, since {other.get('since')}, its claim last refreshed "
+                    f"{other.get('refreshed')})",
+                    "Run it again when that publish has finished. (A publish that died leaves its claim, "
                     f"{other['_path']}, which counts as dead {CLAIM_STALE_SECONDS / 60:g} minutes after its last "
-                    "refresh; delete it sooner only if you know that publish is gone.)"
+                    "refresh; delete it sooner only if you know that publish is gone.)",
                 )
             refresher.start()
             yield
@@ -411,8 +418,9 @@ class RemoteBuild:
         else:
             what = f"run {manifest.get('run_id')} was published there at {manifest.get('published_at')}"
         raise RemoteChangedError(
-            f"{self.uri}: the store changed while this build ran ({what}); nothing was sent, and this build "
-            "stays in the staging folder. Run it again to build on what the store holds now."
+            self.uri,
+            f"the store changed while this build ran ({what})",
+            "Run it again to build on what the store holds now.",
         )
 
     def _copy(self, todo: list[str], sizes: dict[str, int], down: bool, console: Console | None, done: Synced) -> None:

@@ -179,11 +179,10 @@ def build(
             except RemoteChangedError as exc:
                 if not wait:
                     raise
-                why = str(exc).split("; nothing was sent")[0]
                 told = console or Console(stderr=True, markup=False, emoji=False, highlight=False)
                 told.print(
                     Text(
-                        f"{why}; nothing was sent. Waiting {remote_module.PUBLISH_WAIT_SECONDS:g} s, then bringing "
+                        f"{exc.why}; nothing was sent. Waiting {remote_module.PUBLISH_WAIT_SECONDS:g} s, then bringing "
                         "down what the store holds and building on it (--wait) …"
                     ),
                     soft_wrap=True,
@@ -504,8 +503,8 @@ class Runner:
 
     @contextmanager
     def _answering(self, ps: PlannedStep, inputs: dict[str, pl.DataFrame], ctx: Context) -> Iterator[None]:
-        """Around a step run whole here: nothing (the Ray runner answers its model requests in
-        bulk first, ``RayRunner._answering``)."""
+        """Around a step run whole here: nothing (the Ray runner has its model requests answered
+        through ``ray.data.llm`` as it makes them, ``RayRunner._answering``)."""
         yield
 
     def _execute_streamed(self, ps: PlannedStep, progress: StepProgress) -> StepReport:

@@ -30,7 +30,7 @@ from dataforge.llm.cache import RequestCache, request_key
 from dataforge.llm.spec import ModelSpec
 
 Track = Callable[[Iterable[Any], int, str], Iterator[Any]]
-Elsewhere = Callable[[ModelSpec, list[Request]], None]  # answers requests into the cache (see the module doc)
+Elsewhere = Callable[[ModelSpec, list[Request]], bool]  # answers requests into the cache; False: sent none
 
 
 @dataclass
@@ -111,8 +111,8 @@ class LLMClient:
         keys = [cache_key(self.spec, r) for r in requests]
         out, todo, failed_elsewhere = self._answered(keys)
         if todo and self.elsewhere is not None and not self.collect:
-            self.elsewhere(self.spec, [requests[i] for i in todo])
-            out, todo, failed_elsewhere = self._answered(keys)
+            if self.elsewhere(self.spec, [requests[i] for i in todo]):
+                out, todo, failed_elsewhere = self._answered(keys)
         if self.collect:  # counts nothing: the step runs again to send, and counts there
             if todo:
                 raise Unanswered([(self.spec, requests[i]) for i in todo])

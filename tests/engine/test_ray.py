@@ -204,11 +204,15 @@ def test_a_node_that_does_not_see_the_build_or_recipe_folder_is_refused_before_a
     shutil.rmtree(other)
 
     # what a node reports of a build folder that is not the driver's
-    (tmp_path / "probe").write_text("token", encoding="utf-8")
-    assert _sees({"b": (str(tmp_path), "probe:token"), "r": (str(tmp_path), None)}) == {}
-    assert _sees({"b": (str(tmp_path), "probe:other")}) == {"b": f"{tmp_path} holds another probe than the driver's"}
-    assert _sees({"b": (str(tmp_path), "missing:x")}) == {
-        "b": f"{tmp_path} does not hold the missing the driver wrote there"
+    probe, here = tmp_path / "probe", str(tmp_path)
+    probe.write_text("token", encoding="utf-8")
+    assert _sees(str(probe), "token", here) == {}
+    other_token = {"the build folder": f"{probe} holds another token than the driver wrote"}
+    assert _sees(str(probe), "other", here) == other_token
+    gone = str(tmp_path / "missing")
+    assert _sees(gone, "token", gone) == {
+        "the build folder": f"{gone}, which the driver wrote, is not there",
+        "the recipe's folder": f"{gone} is not there",
     }
 
 

@@ -276,11 +276,14 @@ def test_ray_llm_options_without_ray_and_a_ray_without_ray_data_llm_are_told_wha
         ray_llm.processor_config(spec, chat=True, replicas=1)
 
 
-FEEDBACK_RECIPE = """
+SCRIPTED = "{backend: openai, model: scripted, max_retries: 0, base_url: URL, max_concurrency: 4}"  # at URL
+
+FEEDBACK_RECIPE = f"""
 name: feedback
 models:
-  policy: {backend: openai, model: scripted, max_retries: 0, base_url: URL, max_concurrency: 4}
-steps:
+  policy: {SCRIPTED}
+"""
+FEEDBACK_RECIPE += """steps:
   raw: {kind: source, path: prompts.jsonl}
   solve: {kind: generate, inputs: {data: raw}, model: policy, prompt: text, n: 3, max_tokens: 24}
   judged: {kind: ai_feedback, inputs: {data: solve}, model: policy}
@@ -317,11 +320,12 @@ def test_a_key_steps_requests_on_ray_go_through_ray_data_llm_bucket_by_bucket_or
         assert _tree_hashes(ws.root / out / "datasets") == _tree_hashes(ws.root / "local" / "datasets")
 
 
-JUDGE_RECIPE = """
+JUDGE_RECIPE = f"""
 name: judged_leakage
 models:
-  judge: {backend: openai, model: scripted, max_retries: 0, base_url: URL, max_concurrency: 4}
-steps:
+  judge: {SCRIPTED}
+"""
+JUDGE_RECIPE += """steps:
   train_raw: {kind: source, path: train.jsonl}
   test_raw: {kind: source, path: test.jsonl}
   parsed: {kind: parse.gsm8k, inputs: {train: train_raw, test: test_raw}}
