@@ -58,6 +58,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from dataforge.engine.settings import chosen_setting, given_setting
 from dataforge.errors import DataforgeError
 from dataforge.llm.base import Generation, Request, truncate_at_stop
@@ -242,9 +244,9 @@ def write_requests(
     """The requests of ``requests`` sent through ``ray.data.llm`` in ``mode`` whose keys are not in
     ``skip``, written by processor (``group_name``) to a Parquet file each in ``folder`` (columns
     ``key``, ``request``: the payload as JSON; once per key: a request asked by two batches is in
-    both their files, and answered twice). Returns {group: (file, requests, rows the processor
-    reads: a row per sample for vLLM)}: what the driver reads them from, so that the requests
-    never pass through its memory."""
+    both their files, and sent once, ``unique_requests``). Returns {group: (file, requests, rows
+    the processor reads: a row per sample for vLLM)}: what the driver reads them from, so that
+    the requests never pass through its memory."""
     import polars as pl
 
     by_group: dict[str, dict[str, str]] = {}
@@ -329,6 +331,41 @@ class Answering:
         return self.done.summary(self.rounds)
 
 
+def _key_codes(keys: list[str]) -> np.ndarray:
+    """The first 64 bits of each request key (a sha256 in hex) as uint64."""
+    return np.fromiter((int(k[:16], 16) for k in keys), dtype=np.uint64, count=len(keys))
+
+
+def unique_requests(parts: list[tuple[str, int, int]], spec: ModelSpec) -> list[tuple[str, int, int]]:
+    """``parts`` (one processor's files of a round, ``write_requests`` values) with each request
+    once: the first file that holds it keeps it, a later one is written again without it (a file
+    left with none is dropped). A request two batches ask (the same prompt in two rows) is sent
+    once, and the second batch finds its answer stored.
+
+    The driver reads the files' keys alone, 8 bytes each (their first 64 bits): two distinct
+    requests that share them (about one chance in 10^7 at 10^7 requests) leave the second
+    unsent this round; it has no stored answer, so the next round gathers and sends it."""
+    import polars as pl
+
+    if len(parts) < 2:
+        return parts
+    codes = [_key_codes(pl.read_parquet(f, columns=["key"])["key"].to_list()) for f, _, _ in parts]
+    _, first = np.unique(np.concatenate(codes), return_index=True)
+    kept = np.zeros(sum(len(c) for c in codes), dtype=bool)
+    kept[first] = True
+    out, start = [], 0
+    for (path, n, rows), c in zip(parts, codes, strict=True):
+        mine, start = kept[start : start + len(c)], start + len(c)
+        if mine.all():
+            out.append((path, n, rows))
+        elif mine.any():
+            table = pl.read_parquet(path).filter(pl.Series(mine))
+            table.write_parquet(path)
+            samples = [json.loads(r)["params"]["n"] for r in table["request"]] if spec.backend == "vllm" else []
+            out.append((path, len(table), sum(samples) if samples else len(table)))
+    return out
+
+
 def _samples(spec: ModelSpec) -> Callable[[dict[str, Any]], list[dict[str, Any]]]:
     """A request's rows for the processor of ``spec``: one per sample for vLLM (``k``), else one."""
 
@@ -374,6 +411,7 @@ def _answer_group(
 
     named = json.loads(group)
     spec, chat = ModelSpec(**named["model"]), bool(named["chat"])
+    parts = unique_requests(parts, spec)
     total, rows = sum(n for _, n, _ in parts), sum(r for _, _, r in parts)
     samples: dict[str, dict[int, dict[str, Any]]] = {}  # a vLLM request's samples until all came
 

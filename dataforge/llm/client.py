@@ -107,7 +107,10 @@ class LLMClient:
     def generate(
         self, requests: list[Request], track: Track | None = None, description: str = "generate"
     ) -> list[Generation]:
-        """One Generation per request, in order."""
+        """One Generation per request, in order. A request asked twice in one call (the same
+        payload: two rows with one prompt) is sent once and both get its answer: what the cache,
+        keyed by the payload, gives them in the next build, and what ray.data.llm sends
+        (``engine.ray_llm.unique_requests``)."""
         keys = [cache_key(self.spec, r) for r in requests]
         out, todo, failed_elsewhere = self._answered(keys)
         if todo and self.elsewhere is not None and not self.collect:
@@ -121,19 +124,24 @@ class LLMClient:
         self.stats.cache_hits += len(requests) - len(todo) - len(failed_elsewhere)
         for i in failed_elsewhere:
             self.stats.errors[self.failed[keys[i]]] += 1
+        copies: dict[int, list[int]] = {}  # the first request of a key → the others of that key
+        first: dict[str, int] = {}
+        for i in todo:
+            copies.setdefault(first.setdefault(keys[i], i), []).append(i)
+        todo = list(copies)
         size = self._chunk_size()
         chunks = [todo[i : i + size] for i in range(0, len(todo), size)]
 
         def arrived(i: int, gen: Generation) -> None:
-            """One answer: kept, counted, and committed to the cache at once if it succeeded (a
-            failure is never cached, so the next build asks again)."""
-            out[i] = gen
+            """One answer: kept for each request of its key, counted, and committed to the cache
+            at once if it succeeded (a failure is never cached, so the next build asks again)."""
             self.stats.completion_tokens += gen.completion_tokens
-            if gen.ok:
-                if self.cache is not None:
-                    self.cache.put_many(self.spec.model, [(keys[i], gen.to_json())])
-            else:
-                self.stats.errors[gen.error or "unknown"] += 1
+            for j in copies[i]:
+                out[j] = gen
+                if not gen.ok:
+                    self.stats.errors[gen.error or "unknown"] += 1
+            if gen.ok and self.cache is not None:
+                self.cache.put_many(self.spec.model, [(keys[i], gen.to_json())])
 
         for chunk in track(chunks, len(todo), description) if track else chunks:
             started = time.perf_counter()

@@ -264,6 +264,47 @@ def test_gathered_requests_are_written_once_per_key_by_processor_and_only_those_
     assert len(everything) == 3 and everything[ray_llm.group_name(served, True)][1:] == (1, 1)
 
 
+def test_a_request_in_two_files_of_a_round_is_sent_once_and_a_file_left_with_none_is_dropped(tmp_path):
+    engine = ModelSpec(backend="vllm", model="m")
+    asked = [Request(SamplingParams(n=2), prompt=f"q{i}") for i in range(4)]
+
+    def written(name: str, picked: list[int]) -> tuple[str, int, int]:
+        files = ray_llm.write_requests(tmp_path / name, [(engine, asked[i]) for i in picked], "vllm", set())
+        return files[ray_llm.group_name(engine, False)]
+
+    parts = [written("a", [0, 1]), written("b", [1, 2]), written("c", [0, 2]), written("d", [3, 0])]
+    unique = ray_llm.unique_requests(parts, engine)
+    assert [p for p, _, _ in unique] == [parts[0][0], parts[1][0], parts[3][0]]  # c held only repeats
+    assert [(n, rows) for _, n, rows in unique] == [(2, 4), (1, 2), (1, 2)]  # rows: a row per sample
+    keys = [pl.read_parquet(p)["key"].to_list() for p, _, _ in unique]
+    assert keys == [
+        [cache_key(engine, asked[0]), cache_key(engine, asked[1])],
+        [cache_key(engine, asked[2])],
+        [cache_key(engine, asked[3])],
+    ]
+    assert ray_llm.unique_requests(parts[:1], engine) == parts[:1]
+
+
+def test_a_prompt_asked_by_several_batches_goes_through_ray_data_llm_once(qa, scripted_model, ray_local):
+    ws, _ = qa
+    asked: list[str] = []
+
+    def answer(messages):
+        asked.append(messages[-1]["content"])
+        return f"answer to {messages[-1]['content']}"
+
+    spec = scripted_model(answer)
+    ws.jsonl("prompts.jsonl", [{"text": f"prompt {i % 4}"} for i in range(PROMPTS)])  # each in 3 batches of 3
+    recipe = ws.recipe(SLOW_RECIPE.replace("URL", spec["base_url"]), "repeats.yaml")
+    build(recipe, ws.root / "local", show_progress=False)
+    assert sorted(asked) == sorted(f"prompt {i}" for i in range(4))  # the step's client: once per prompt too
+    asked.clear()
+    report = build(recipe, ws.out, show_progress=False, batch_rows=3, executor="ray", ray_llm="all")
+    assert sorted(asked) == sorted(f"prompt {i}" for i in range(4))
+    assert report.llm["solve"] == {"rounds": 1, "sent": 4, "stored": 4, "failed": {}, "left": {}}
+    assert _tree_hashes(ws.out / "datasets") == _tree_hashes(ws.root / "local" / "datasets")
+
+
 def test_ray_llm_options_without_ray_and_a_ray_without_ray_data_llm_are_told_what_to_do(qa, monkeypatch):
     ws, recipe = qa
     monkeypatch.delenv("DATAFORGE_EXECUTOR", raising=False)

@@ -110,3 +110,25 @@ def test_missing_api_key_env_is_an_error(monkeypatch):
     monkeypatch.delenv("DF_TEST_KEY", raising=False)
     with pytest.raises(LLMError, match="DF_TEST_KEY"):
         client("http://127.0.0.1:9", api_key_env="DF_TEST_KEY")
+
+
+def test_a_request_asked_twice_in_a_call_is_sent_once_and_its_failure_counts_for_each(tmp_path, scripted_model):
+    from dataforge.llm.client import ModelPool
+
+    seen: list[str] = []
+
+    def answer(messages):
+        seen.append(messages[-1]["content"])
+        return 503 if messages[-1]["content"] == "broken" else f"re: {messages[-1]['content']}"
+
+    spec = ModelSpec(**scripted_model(answer))
+    asked = [Request(SamplingParams(max_tokens=8), messages=({"role": "user", "content": c},)) for c in "abab"]
+    pool = ModelPool(tmp_path / "llm.sqlite")
+    client = pool.client(spec)
+    assert [g.texts for g in client.generate(asked)] == [["re: a"], ["re: b"], ["re: a"], ["re: b"]]
+    assert sorted(seen) == ["a", "b"]  # one per payload, as the cache would answer the next build
+    broken = Request(SamplingParams(max_tokens=8), messages=({"role": "user", "content": "broken"},))
+    got = client.generate([broken, asked[0], broken])
+    assert [g.ok for g in got] == [False, True, False] and seen.count("broken") == 1
+    assert client.stats.errors == {"http_503": 2} and client.stats.requests == 7  # each row's request counts
+    pool.close()
