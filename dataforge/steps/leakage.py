@@ -685,7 +685,8 @@ def _clone_hits(train: _Side, evals: _Side, cfg: LeakageConfig) -> pl.DataFrame:
 
 @step(
     "leakage.check",
-    version=13,  # 10: corroborated static matches; 11: answers_from_text; 12: train_tokens_margin; 13: templates
+    version=14,  # 10: corroborated static matches; 11: answers_from_text; 12: train_tokens_margin; 13: templates;
+    # 14: numbers with a scale ("$32M", "1.5 million", "a hundred"), "an hour and a half", "per cent"
     inputs=None,
     outputs=("data", "matches", "scores"),
     columns=_columns,

@@ -101,7 +101,8 @@ _DENOMINATORS = {
     "tenths": 10,
 }
 _TENS = {"twenty": 20, "thirty": 30, "forty": 40, "fifty": 50, "sixty": 60, "seventy": 70, "eighty": 80, "ninety": 90}
-_SCALES = {"hundred": 100, "thousand": 1000, "million": 1_000_000}
+_SCALES = {"hundred": 100, "thousand": 1000, "million": 1_000_000, "billion": 1_000_000_000}
+_MONEY_SCALES = {"k": 1e3, "m": 1e6, "b": 1e9, "bn": 1e9}  # "$2.5k", "$32M", "$1.2bn"
 _SPANS = {"decade": 10, "decades": 10, "century": 100, "centuries": 100}  # of years, after a number word
 _TOKEN = re.compile(r"(?<![\d/])\d+/\d+(?![\d/]|[.,]\d)|\d+(?:,\d{3})*(?:\.\d+)?|(?<![\d.])\.\d+|[a-z]+", re.IGNORECASE)
 
@@ -175,7 +176,7 @@ def _quantity(token: str) -> float:
 # quantities written in two or more words, read as one number before the words are read:
 # "three and a half" = 3.5, "2 dozen" = 24, "half a dozen" = 6, "fourfold" = 4, "3 quarters" = 0.75;
 # each pattern with the words one of which it needs (tried only where the text has one)
-_COMPOUNDS: list[tuple[tuple[str, ...], re.Pattern[str], Callable[[re.Match[str]], float]]] = [
+_COMPOUNDS: list[tuple[tuple[str, ...], re.Pattern[str], Callable[[re.Match[str]], float] | None]] = [
     (("dozen",), re.compile(r"\bhalf an? dozen\b", re.IGNORECASE), lambda m: 6.0),
     (("dozen",), re.compile(rf"\b{_QUANTITY}\s+dozens?\b", re.IGNORECASE), lambda m: _quantity(m[1]) * 12),
     (("half",), re.compile(rf"\b{_QUANTITY}\s+and\s+an?\s+half\b", re.IGNORECASE), lambda m: _quantity(m[1]) + 0.5),
@@ -185,6 +186,22 @@ _COMPOUNDS: list[tuple[tuple[str, ...], re.Pattern[str], Callable[[re.Match[str]
         lambda m: _quantity(m[1]) + 0.25,
     ),
     (("fold",), re.compile(rf"\b{_QUANTITY}-?fold\b", re.IGNORECASE), lambda m: _quantity(m[1])),
+    # "an hour and a half" = 1.5 hours, "a year and a half" = 1.5 years (the word stays: its unit)
+    (("half",), re.compile(r"\ban?\s+([a-z]+)\s+and\s+an?\s+half\b", re.IGNORECASE), None),
+    # ("a pair of shoes" is left as written: one pair, or two shoes; "a score of" is a test's too)
+    (("couple",), re.compile(r"\ba\s+couple\s+of\b", re.IGNORECASE), lambda m: 2.0),
+    # digits with a scale: "1.5 million" = 1500000, "3 thousand" = 3000, "$2.5k" = 2500, "$32M"
+    # (a letter after a dollar sign only: a "5k run" is 5 km)
+    (
+        tuple(_SCALES),
+        re.compile(r"(?<![\d.,])(\d+(?:\.\d+)?)\s+(hundred|thousand|million|billion)\b", re.IGNORECASE),
+        lambda m: float(m[1]) * _SCALES[m[2].lower()],
+    ),
+    (
+        ("$",),
+        re.compile(r"\$\s*(\d+(?:\.\d+)?)(k|m|bn|b)\b", re.IGNORECASE),
+        lambda m: float(m[1]) * _MONEY_SCALES[m[2].lower()],
+    ),
     (
         tuple(d for d in _DENOMINATORS if d.endswith("s")),
         re.compile(rf"\b(\d+)\s+({_PLURAL_PARTS})\b", re.IGNORECASE),
@@ -193,12 +210,21 @@ _COMPOUNDS: list[tuple[tuple[str, ...], re.Pattern[str], Callable[[re.Match[str]
 ]
 
 
+def _plain(v: float) -> str:
+    """``v`` in digits as ``_TOKEN`` reads them back: no exponent ("1500000", not "1.5e+06")."""
+    return f"{round(v, 6):.6f}".rstrip("0").rstrip(".")
+
+
 def _compounds(text: str) -> str:
-    """``text`` with each quantity of ``_COMPOUNDS`` written as its digits."""
+    """``text`` with each quantity of ``_COMPOUNDS`` written as its digits (a pattern with no value:
+    "a UNIT and a half", written "1.5 UNIT")."""
     low = text.lower()
     for needs, pattern, value in _COMPOUNDS:
         if any(word in low for word in needs) and pattern.search(text):
-            text = pattern.sub(lambda m, value=value: f" {round(value(m), 6):g} ", text)
+            if value is None:
+                text = pattern.sub(lambda m: f" 1.5 {m[1]} ", text)
+            else:
+                text = pattern.sub(lambda m, value=value: f" {_plain(value(m))} ", text)
     return text
 
 
@@ -217,6 +243,9 @@ def _read(text: str, number: Callable[[float], None], word: Callable[[str], None
         elif low in _TENS:
             words.tens(_TENS[low])
         elif low in _SCALES and words.value is not None:
+            words.scale(_SCALES[low])
+        elif low in _SCALES and prev in ("a", "an"):  # "a hundred and twenty" → 120
+            words.unit(1)
             words.scale(_SCALES[low])
         elif low in _SPANS and words.value is not None:  # "four decades" → 40
             words.scale(_SPANS[low])
@@ -313,7 +342,10 @@ def numbers_and_equivalents(text: str) -> tuple[Counter[float], Counter[float]]:
                     found.update((round(v * factor, 6),))
         pending.clear()
 
-    _read((text or "").replace("%", " percent"), number, word)
+    text = (text or "").replace("%", " percent")
+    if "per cent" in text.lower():
+        text = re.sub(r"\bper\s+cent\b", "percent", text, flags=re.IGNORECASE)
+    _read(text, number, word)
     return plain, found
 
 

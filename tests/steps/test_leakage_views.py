@@ -59,6 +59,16 @@ def _agree(train: str, eval_item: str) -> float | None:
         ("it took 2.25 hours", "it took two and a quarter hours"),
         ("The number doubled on Monday, tripled on Tuesday", "Twice as many on Monday, 3 times on Tuesday"),
         ("The red cord was quadruple the blue one", "The red rope was four times the blue rope"),
+        # quantities with a scale or a unit said in words (general English, not read off a miss)
+        ("the budget is $32,000,000", "the budget is 32 million dollars"),
+        ("the budget is $32M", "the budget is $32 million"),
+        ("a house for $280,000", "a house for $280k"),
+        ("two million people", "2 million people"),
+        ("a hundred and twenty pages", "120 pages"),
+        ("fifteen per cent of them", "15% of them"),
+        ("the trip took 90 minutes", "the trip took an hour and a half"),
+        ("she waited 18 months", "she waited a year and a half"),
+        ("2 hours later", "a couple of hours later"),
     ],
 )
 def test_numbers_read_in_every_common_way_agree(train, eval_item):
@@ -75,6 +85,10 @@ def test_other_quantities_do_not_agree_through_the_unit_readings():
     assert _agree("Lisa sold 3 boxes and a half-price box", "Lisa sold three and a half boxes") == 0.0
     assert _agree("he has 2 marbles and 12 cards", "he has 2 dozen marbles") == 0.0
     assert numbers_in("manifold uses of a threefold cord") == {3: 1}
+    assert numbers_in("she ran a 5k race") == {5: 1}  # a letter scales money only
+    assert numbers_in("a score of 85 and a pair of shoes") == {85: 1}  # one pair; a test's score
+    assert numbers_in("1.5 million and 2 thousand") == {1_500_000: 1, 2000: 1}  # no exponent read as digits
+    assert _agree("the trip took an hour and a half", "the trip took 60 minutes") == 0.0
 
 
 def test_evidence_moves_the_score_and_never_vetoes_alone():
