@@ -34,7 +34,9 @@ The cascade, cheap first; only gated candidates reach the transformer:
    most its longest gated eval item's length + ``train_tokens_margin``) of the pairs still undecided whose
    static cosine + evidence reaches ``embed_gate`` (``short_embed_gate`` for eval items under
    ``2 * ngram`` words); a leak when cosine + evidence ≥ ``cosine_min`` (``code_cosine_min`` for
-   code eval items).
+   code eval items). A train row that one of its pairs matched at 1–6 is not read by the
+   transformer (nor its pairs asked of the judge): an ``embedding`` match ranks after those, so
+   the row's match is the one it has.
 
 Evidence, not vetoes: number agreement (both ways: the eval item's numbers in the train text and
 the train text's first numbers in the eval item, read in related units and forms — "a decade",
@@ -685,8 +687,9 @@ def _clone_hits(train: _Side, evals: _Side, cfg: LeakageConfig) -> pl.DataFrame:
 
 @step(
     "leakage.check",
-    version=14,  # 10: corroborated static matches; 11: answers_from_text; 12: train_tokens_margin; 13: templates;
-    # 14: numbers with a scale ("$32M", "1.5 million", "a hundred"), "an hour and a half", "per cent"
+    version=15,  # 10: corroborated static matches; 11: answers_from_text; 12: train_tokens_margin; 13: templates;
+    # 14: numbers with a scale ("$32M", "1.5 million", "a hundred"), "an hour and a half", "per cent";
+    # 15: a row matched before the transformer is not embedded, nor judged, for its other pairs
     inputs=None,
     outputs=("data", "matches", "scores"),
     columns=_columns,
@@ -724,6 +727,7 @@ def leakage_check(inputs: dict[str, pl.DataFrame], cfg: LeakageConfig, ctx: Cont
 
     found: list[dict[str, Any]] = []
     borderline: list[dict[str, Any]] = []  # undecided candidates for the optional judge
+    matched: set[int] = set()  # train rows a pair matched without the transformer
     closest: list[tuple[int, str, str, float | None]] = []  # every candidate's similarity margin
     for name, ev in inputs.items():
         if name == "train":
@@ -815,8 +819,12 @@ def leakage_check(inputs: dict[str, pl.DataFrame], cfg: LeakageConfig, ctx: Cont
                 }
             )
         # decided without the transformer first; of the rest, pairs whose static cosine with their
-        # evidence reaches embed_gate go to the transformer
-        todo = [k for k, row in enumerate(rows) if decide(row, cfg) is None and _gated(row, cfg)]
+        # evidence reaches embed_gate go to the transformer, but not those of a train row that a
+        # pair has matched already: the transformer can only add an `embedding` match, which ranks
+        # after every detector decided without it, so the row's match would be the same
+        cheap = [decide(row, cfg) for row in rows]
+        matched.update(row["t"] for row, d in zip(rows, cheap, strict=True) if d)
+        todo = [k for k, row in enumerate(rows) if cheap[k] is None and row["t"] not in matched and _gated(row, cfg)]
         if cfg.embed and todo:
             ti = np.array([rows[k]["t"] for k in todo])
             ei = np.array([rows[k]["e"] for k in todo])
@@ -844,6 +852,8 @@ def leakage_check(inputs: dict[str, pl.DataFrame], cfg: LeakageConfig, ctx: Cont
                 row["ngram"] or max(row["cosine"] or 0.0, row["static"] or 0.0) >= cfg.judge_min_cosine
             ):
                 borderline.append({**row, "train_text": t_list[row["t"]]})
+    # the judge decides pairs of train rows no detector matched (its verdict ranks last)
+    borderline = [b for b in borderline if b["t"] not in {f["t"] for f in found}]
     if borderline:
         found.extend(_judge(borderline, cfg, ctx))
     matches = _best_matches(found, train, pl.Series("t", t_list, dtype=pl.String))

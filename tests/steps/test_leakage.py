@@ -437,3 +437,36 @@ def test_minhash_leaves_short_eval_items_to_the_other_detectors(ctx):
     train = _items([("t:0", "What do you think of Trump?", None)])
     cfg = CFG.model_copy(update={"embed": False})
     assert leakage_check({"train": train, "gsm8k_test": ev}, cfg, ctx).tables["matches"].is_empty()
+
+
+def test_a_row_matched_before_the_transformer_is_not_read_by_it_and_keeps_its_match(gsm8k, ctx, monkeypatch):
+    """The transformer can only add an `embedding` match, which ranks after every detector decided
+    without it: a row a pair has matched is not embedded for its other pairs."""
+    from dataforge.steps import leakage
+
+    train, test = gsm8k
+    q, a = test["question"].to_list(), test["final_answer"].to_list()
+    other = (  # q[5] reworded, its numbers kept: an item of its own here, gated with p:verbatim
+        "Kylar is furnishing a new flat and needs 16 drinking glasses. A glass is priced at $5, yet each "
+        "second one he picks up is 60% of that. What will the 16 glasses cost him in total?"
+    )
+    ev = pl.concat([test.select("_id", "question", "final_answer"), _items([("te:other", other, "7")])])
+    paraphrase = (  # decided by the transformer alone (static_min is out of reach below)
+        "On Tuesday Billy had 8 customers at his DVD shop. The first 3 each bought a single DVD, the following 2 "
+        "bought 2 DVDs apiece, and the final 3 bought none. How many DVDs did he sell that day?"
+    )
+    planted = _plant(train.head(200), [("p:verbatim", q[5], a[5]), ("p:paraphrase", paraphrase, None)])
+    read: list[str] = []
+    embed = leakage._vectors
+
+    def recorded(texts, cfg, c, max_tokens=None):
+        read.extend(texts)
+        return embed(texts, cfg, c, max_tokens)
+
+    monkeypatch.setattr(leakage, "_vectors", recorded)
+    cfg = CFG.model_copy(update={"eval_answer": None, "train_answer": None, "static_min": 2.0})
+    m = leakage_check({"train": planted, "gsm8k_test": ev}, cfg, ctx).tables["matches"]
+    found = dict(zip(m["train_id"], zip(m["eval_id"], m["detector"], strict=True), strict=True))
+    assert found["p:verbatim"] == ("te:5", "exact") and found["p:paraphrase"] == ("te:22", "embedding")
+    assert paraphrase in read  # the transformer ran, but not on p:verbatim and te:other, a gated pair
+    assert q[5] not in read and other not in read
