@@ -443,6 +443,16 @@ _eval_readings = functools.lru_cache(maxsize=1 << 17)(number_readings)
 _eval_equivalents = functools.lru_cache(maxsize=1 << 17)(equivalents)
 
 
+def forget_eval_sides() -> None:
+    """Drop what this process keeps of the eval sides it has read (MiniLM and static vectors,
+    number readings), so that the next check reads its eval side as a first one does: what
+    ``bench/leakage.py`` times."""
+    _EVAL_VECTORS.clear()
+    _eval_readings.cache_clear()
+    _eval_equivalents.cache_clear()
+    _static_eval_side.cache_clear()
+
+
 def _static_vectors(train: list[str], evals: list[str], cfg: LeakageConfig, ctx: Context) -> list[np.ndarray]:
     """Static embeddings (``dataforge.static_embed``, distilled from the embedding model) of the
     train and eval texts, weighted by the eval side's IDF: a train row's vector is its own."""
