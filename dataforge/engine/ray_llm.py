@@ -257,7 +257,7 @@ def write_requests(
             group = group_name(spec, request.messages is not None)
             if key not in by_group.setdefault(group, {}):
                 by_group[group][key] = json.dumps(request.payload())
-                samples[group] = samples.get(group, 0) + (request.params.n if spec.backend == "vllm" else 1)
+                samples[group] = samples.get(group, 0) + _rows_per_request(spec, request.params.n)
     written: Written = {}
     for group, rows in by_group.items():
         folder.mkdir(parents=True, exist_ok=True)
@@ -331,6 +331,17 @@ class Answering:
         return self.done.summary(self.rounds)
 
 
+def _n(request: str) -> int:
+    """The samples asked by a request as ``write_requests`` wrote it (its payload as JSON)."""
+    return int(json.loads(request)["params"]["n"])
+
+
+def _rows_per_request(spec: ModelSpec, n: int) -> int:
+    """The processor's rows for a request of ``n`` samples to ``spec``: one per sample for vLLM
+    (whose engine stage gives one completion per row), else one."""
+    return n if spec.backend == "vllm" else 1
+
+
 def _key_codes(keys: list[str]) -> np.ndarray:
     """The first 64 bits of each request key (a sha256 in hex) as uint64."""
     return np.fromiter((int(k[:16], 16) for k in keys), dtype=np.uint64, count=len(keys))
@@ -361,8 +372,7 @@ def unique_requests(parts: list[tuple[str, int, int]], spec: ModelSpec) -> list[
         elif mine.any():
             table = pl.read_parquet(path).filter(pl.Series(mine))
             table.write_parquet(path)
-            samples = [json.loads(r)["params"]["n"] for r in table["request"]] if spec.backend == "vllm" else []
-            out.append((path, len(table), sum(samples) if samples else len(table)))
+            out.append((path, len(table), sum(_rows_per_request(spec, _n(r)) for r in table["request"])))
     return out
 
 
@@ -370,7 +380,7 @@ def _samples(spec: ModelSpec) -> Callable[[dict[str, Any]], list[dict[str, Any]]
     """A request's rows for the processor of ``spec``: one per sample for vLLM (``k``), else one."""
 
     def rows(row: dict[str, Any]) -> list[dict[str, Any]]:
-        n = json.loads(row["request"])["params"]["n"] if spec.backend == "vllm" else 1
+        n = _rows_per_request(spec, _n(row["request"]))
         return [{"key": row["key"], "k": k, "request": row["request"]} for k in range(n)]
 
     return rows

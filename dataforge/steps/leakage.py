@@ -737,7 +737,7 @@ def leakage_check(inputs: dict[str, pl.DataFrame], cfg: LeakageConfig, ctx: Cont
 
     found: list[dict[str, Any]] = []
     borderline: list[dict[str, Any]] = []  # undecided candidates for the optional judge
-    matched: set[int] = set()  # train rows a pair matched without the transformer
+    matched: set[int] = set()  # train rows a pair matched (without the transformer, until the judge)
     closest: list[tuple[int, str, str, float | None]] = []  # every candidate's similarity margin
     for name, ev in inputs.items():
         if name == "train":
@@ -845,9 +845,10 @@ def leakage_check(inputs: dict[str, pl.DataFrame], cfg: LeakageConfig, ctx: Cont
             cos = (tv[np.searchsorted(ut, ti)] * evv[np.searchsorted(ue, ei)]).sum(axis=1)
             for k, c in zip(todo, cos, strict=True):
                 rows[k]["cosine"] = float(c)
-        for row in rows:
+        for row, detector in zip(rows, cheap, strict=True):
             closest.append((row["t"], name, row["eval_id"], similarity_margin(row, cfg)))
-            detector = decide(row, cfg)
+            if detector is None and row["cosine"] is not None:  # (the rest was decided above)
+                detector = decide(row, cfg)
             if detector:
                 score = {
                     "exact": 1.0,
@@ -863,7 +864,8 @@ def leakage_check(inputs: dict[str, pl.DataFrame], cfg: LeakageConfig, ctx: Cont
             ):
                 borderline.append({**row, "train_text": t_list[row["t"]]})
     # the judge decides pairs of train rows no detector matched (its verdict ranks last)
-    borderline = [b for b in borderline if b["t"] not in {f["t"] for f in found}]
+    matched.update(f["t"] for f in found)
+    borderline = [b for b in borderline if b["t"] not in matched]
     if borderline:
         found.extend(_judge(borderline, cfg, ctx))
     matches = _best_matches(found, train, pl.Series("t", t_list, dtype=pl.String))

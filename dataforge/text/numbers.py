@@ -176,55 +176,60 @@ def _quantity(token: str) -> float:
 # quantities written in two or more words, read as one number before the words are read:
 # "three and a half" = 3.5, "2 dozen" = 24, "half a dozen" = 6, "fourfold" = 4, "3 quarters" = 0.75;
 # each pattern with the words one of which it needs (tried only where the text has one)
-_COMPOUNDS: list[tuple[tuple[str, ...], re.Pattern[str], Callable[[re.Match[str]], float] | None]] = [
-    (("dozen",), re.compile(r"\bhalf an? dozen\b", re.IGNORECASE), lambda m: 6.0),
-    (("dozen",), re.compile(rf"\b{_QUANTITY}\s+dozens?\b", re.IGNORECASE), lambda m: _quantity(m[1]) * 12),
-    (("half",), re.compile(rf"\b{_QUANTITY}\s+and\s+an?\s+half\b", re.IGNORECASE), lambda m: _quantity(m[1]) + 0.5),
-    (
-        ("quarter",),
-        re.compile(rf"\b{_QUANTITY}\s+and\s+an?\s+quarter\b", re.IGNORECASE),
-        lambda m: _quantity(m[1]) + 0.25,
-    ),
-    (("fold",), re.compile(rf"\b{_QUANTITY}-?fold\b", re.IGNORECASE), lambda m: _quantity(m[1])),
-    # "an hour and a half" = 1.5 hours, "a year and a half" = 1.5 years (the word stays: its unit)
-    (("half",), re.compile(r"\ban?\s+([a-z]+)\s+and\s+an?\s+half\b", re.IGNORECASE), None),
-    # ("a pair of shoes" is left as written: one pair, or two shoes; "a score of" is a test's too)
-    (("couple",), re.compile(r"\ba\s+couple\s+of\b", re.IGNORECASE), lambda m: 2.0),
-    # digits with a scale: "1.5 million" = 1500000, "3 thousand" = 3000, "$2.5k" = 2500, "$32M"
-    # (a letter after a dollar sign only: a "5k run" is 5 km)
-    (
-        tuple(_SCALES),
-        re.compile(r"(?<![\d.,])(\d+(?:\.\d+)?)\s+(hundred|thousand|million|billion)\b", re.IGNORECASE),
-        lambda m: float(m[1]) * _SCALES[m[2].lower()],
-    ),
-    (
-        ("$",),
-        re.compile(r"\$\s*(\d+(?:\.\d+)?)(k|m|bn|b)\b", re.IGNORECASE),
-        lambda m: float(m[1]) * _MONEY_SCALES[m[2].lower()],
-    ),
-    (
-        tuple(d for d in _DENOMINATORS if d.endswith("s")),
-        re.compile(rf"\b(\d+)\s+({_PLURAL_PARTS})\b", re.IGNORECASE),
-        lambda m: float(m[1]) / _DENOMINATORS[m[2].lower()],
-    ),
-]
-
-
 def _plain(v: float) -> str:
     """``v`` in digits as ``_TOKEN`` reads them back: no exponent ("1500000", not "1.5e+06")."""
     return f"{round(v, 6):.6f}".rstrip("0").rstrip(".")
 
 
+def _number(value: Callable[[re.Match[str]], float]) -> Callable[[re.Match[str]], str]:
+    """A ``_COMPOUNDS`` replacement: the quantity ``value`` reads from the match, in digits."""
+    return lambda m: f" {_plain(value(m))} "
+
+
+_COMPOUNDS: list[tuple[tuple[str, ...], re.Pattern[str], Callable[[re.Match[str]], str]]] = [
+    (("dozen",), re.compile(r"\bhalf an? dozen\b", re.IGNORECASE), _number(lambda m: 6.0)),
+    (("dozen",), re.compile(rf"\b{_QUANTITY}\s+dozens?\b", re.IGNORECASE), _number(lambda m: _quantity(m[1]) * 12)),
+    (
+        ("half",),
+        re.compile(rf"\b{_QUANTITY}\s+and\s+an?\s+half\b", re.IGNORECASE),
+        _number(lambda m: _quantity(m[1]) + 0.5),
+    ),
+    (
+        ("quarter",),
+        re.compile(rf"\b{_QUANTITY}\s+and\s+an?\s+quarter\b", re.IGNORECASE),
+        _number(lambda m: _quantity(m[1]) + 0.25),
+    ),
+    (("fold",), re.compile(rf"\b{_QUANTITY}-?fold\b", re.IGNORECASE), _number(lambda m: _quantity(m[1]))),
+    # "an hour and a half" = 1.5 hours, "a year and a half" = 1.5 years (the word stays: its unit)
+    (("half",), re.compile(r"\ban?\s+([a-z]+)\s+and\s+an?\s+half\b", re.IGNORECASE), lambda m: f" 1.5 {m[1]} "),
+    # ("a pair of shoes" is left as written: one pair, or two shoes; "a score of" is a test's too)
+    (("couple",), re.compile(r"\ba\s+couple\s+of\b", re.IGNORECASE), _number(lambda m: 2.0)),
+    # digits with a scale: "1.5 million" = 1500000, "3 thousand" = 3000, "$2.5k" = 2500, "$32M"
+    # (a letter after a dollar sign only: a "5k run" is 5 km)
+    (
+        tuple(_SCALES),
+        re.compile(r"(?<![\d.,])(\d+(?:\.\d+)?)\s+(hundred|thousand|million|billion)\b", re.IGNORECASE),
+        _number(lambda m: float(m[1]) * _SCALES[m[2].lower()]),
+    ),
+    (
+        ("$",),
+        re.compile(r"\$\s*(\d+(?:\.\d+)?)(k|m|bn|b)\b", re.IGNORECASE),
+        _number(lambda m: float(m[1]) * _MONEY_SCALES[m[2].lower()]),
+    ),
+    (
+        tuple(d for d in _DENOMINATORS if d.endswith("s")),
+        re.compile(rf"\b(\d+)\s+({_PLURAL_PARTS})\b", re.IGNORECASE),
+        _number(lambda m: float(m[1]) / _DENOMINATORS[m[2].lower()]),
+    ),
+]
+
+
 def _compounds(text: str) -> str:
-    """``text`` with each quantity of ``_COMPOUNDS`` written as its digits (a pattern with no value:
-    "a UNIT and a half", written "1.5 UNIT")."""
+    """``text`` with each quantity of ``_COMPOUNDS`` written as its digits."""
     low = text.lower()
-    for needs, pattern, value in _COMPOUNDS:
+    for needs, pattern, replace in _COMPOUNDS:
         if any(word in low for word in needs) and pattern.search(text):
-            if value is None:
-                text = pattern.sub(lambda m: f" 1.5 {m[1]} ", text)
-            else:
-                text = pattern.sub(lambda m, value=value: f" {_plain(value(m))} ", text)
+            text = pattern.sub(replace, text)
     return text
 
 
