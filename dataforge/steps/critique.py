@@ -114,7 +114,7 @@ def _conversation(value: Any) -> list[dict[str, str]]:
 
 @step(
     "critique_revise",
-    version=2,
+    version=3,  # 3: a payload asked by several rows in one call is sent once
     outputs=("data", "rounds"),
     columns=_columns,
     data_fingerprint=_fingerprint,

@@ -122,7 +122,7 @@ def parse_ranking(text: str, k: int) -> list[int] | None:
 
 @step(
     "ai_feedback",
-    version=1,
+    version=2,  # 2: a payload asked by several rows in one call is sent once
     outputs=("data", "verdicts"),
     columns=_columns,
     partition="key",

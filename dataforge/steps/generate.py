@@ -66,7 +66,14 @@ def system_prompt(cfg: GenerateConfig) -> str | None:
     return f"{cfg.system}\n\n{REASONING_INSTRUCTION}" if cfg.system else REASONING_INSTRUCTION
 
 
-@step("generate", version=1, outputs=("data", "failed"), columns=_columns, partition="rows", gathers_requests=True)
+@step(
+    "generate",
+    version=2,  # 2: a payload asked by several rows in one call is sent once, every row gets its answer
+    outputs=("data", "failed"),
+    columns=_columns,
+    partition="rows",
+    gathers_requests=True,
+)
 def generate(inputs: dict[str, pl.DataFrame], cfg: GenerateConfig, ctx: Context) -> StepResult:
     """n completions per row, each linked to its prompt row."""
     df = inputs["data"]

@@ -164,7 +164,7 @@ def judge_scores(cfg: JudgeConfig, rows: list[dict[str, Any]], ctx: Context) -> 
 
 @step(
     "score.judge",
-    version=1,
+    version=2,  # 2: a payload asked by several rows in one call is sent once
     inputs=None,
     per_table_columns=_judge_columns,
     partition="rows",
