@@ -697,9 +697,10 @@ def _clone_hits(train: _Side, evals: _Side, cfg: LeakageConfig) -> pl.DataFrame:
 
 @step(
     "leakage.check",
-    version=15,  # 10: corroborated static matches; 11: answers_from_text; 12: train_tokens_margin; 13: templates;
+    version=16,  # 10: corroborated static matches; 11: answers_from_text; 12: train_tokens_margin; 13: templates;
     # 14: numbers with a scale ("$32M", "1.5 million", "a hundred"), "an hour and a half", "per cent";
     # 15: a row matched before the transformer is not embedded, nor judged, for its other pairs
+    # 16: a train row without text is no `exact` copy of an eval item without text
     inputs=None,
     outputs=("data", "matches", "scores"),
     columns=_columns,
@@ -745,12 +746,15 @@ def leakage_check(inputs: dict[str, pl.DataFrame], cfg: LeakageConfig, ctx: Cont
         if ev.is_empty():
             raise DataError(f"eval input '{name}' has no rows")
         es = _Side(ev, cfg.eval_fields, cfg, cfg.eval_choices)
+        if not (es.norm.str.len_chars().fill_null(0) > 0).any():
+            raise DataError(f"eval input '{name}': no row has text in its fields {cfg.eval_fields}")
         if es.owner is not None:  # one row per view, each carrying its item's id
             ev = ev.select(pl.all().gather(es.owner))
         e_ans = _answers(ev, cfg.eval_answer) if cfg.eval_choices is None else [None] * ev.height
+        # (a text with nothing left to compare, empty or null, is no copy of an item without one)
         exact = (
             pl.DataFrame({"k": ts.norm, "t": np.arange(train.height)})
-            .join(pl.DataFrame({"k": es.norm, "e": np.arange(ev.height)}), on="k")
+            .join(pl.DataFrame({"k": es.norm, "e": np.arange(ev.height)}).filter(pl.col("k") != ""), on="k")
             .select("t", "e")
             .with_columns(pl.lit(True).alias("exact"))
         )

@@ -116,6 +116,32 @@ def test_empty_eval_input_is_an_error(gsm8k, ctx):
         leakage_check({"train": train.head(5), "t": test.head(0)}, CFG, ctx)
 
 
+def test_rows_without_text_are_no_copy_of_an_eval_item_without_text(gsm8k, ctx):
+    """A train row whose question is empty or null is not an `exact` copy of an eval item whose
+    question is null: nothing is left to compare (each side's text normalizes to ""). A real copy
+    beside them is still caught."""
+    train, test = gsm8k
+    planted = _plant(
+        train.head(50), [("p:null", None, "5"), ("p:empty", "", "2"), ("p:copy", test["question"][3], None)]
+    )
+    evals = pl.concat([test.select("_id", "question", "final_answer").head(20), _items([("te:blank", None, "1")])])
+    out = leakage_check({"train": planted, "t": evals}, CFG, ctx)
+    matches = dict(zip(out.tables["matches"]["train_id"], out.tables["matches"]["eval_id"], strict=True))
+    assert matches == {"p:copy": "te:3"}
+    assert out.tables["data"].height == planted.height - 1
+
+
+def test_an_eval_input_with_no_text_in_its_fields_is_an_error(gsm8k, ctx):
+    """Every eval item empty in ``eval_fields`` (a misnamed or empty column) would check nothing:
+    an error naming the input and the fields, not a check that finds no leak."""
+    from dataforge.errors import DataError
+
+    train, _ = gsm8k
+    blank = _items([("te:0", "", "1"), ("te:1", None, "2")])
+    with pytest.raises(DataError, match=r"eval input 't': no row has text in its fields \['question'\]"):
+        leakage_check({"train": train.head(5), "t": blank}, CFG, ctx)
+
+
 def test_llm_judge_decides_borderline_candidates_within_its_cap(gsm8k, tmp_path, scripted_model):
     """A similar problem with other numbers is not a leak by the rule; the optional judge sees it
     (it shares an n-gram) and its verdict decides. The judge is scripted (real HTTP)."""
