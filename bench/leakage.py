@@ -439,7 +439,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, dict[str, Any]]]:
     overrides = {k: parse_value(v) for k, v in (kv.split("=", 1) for kv in args.set)}
     print(f"split: {args.split} ({'development figures' if args.split == 'dev' else 'held out'}), data: {args.data}")
     report: dict[str, dict[str, dict[str, Any]]] = {}
-    cache: dict[str, tuple[np.ndarray, float]] = {}
+    cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     warm_models()
     for name in args.domains.split(","):
         cases = DOMAINS[name](args.data, args.split)

@@ -124,11 +124,10 @@ class LLMClient:
         self.stats.cache_hits += len(requests) - len(todo) - len(failed_elsewhere)
         for i in failed_elsewhere:
             self.stats.errors[self.failed[keys[i]]] += 1
-        copies: dict[int, list[int]] = {}  # the first request of a key → the others of that key
-        first: dict[str, int] = {}
+        copies: dict[str, list[int]] = {}  # each key's requests; the first is the one sent
         for i in todo:
-            copies.setdefault(first.setdefault(keys[i], i), []).append(i)
-        todo = list(copies)
+            copies.setdefault(keys[i], []).append(i)
+        todo = [same[0] for same in copies.values()]
         size = self._chunk_size()
         chunks = [todo[i : i + size] for i in range(0, len(todo), size)]
 
@@ -136,7 +135,7 @@ class LLMClient:
             """One answer: kept for each request of its key, counted, and committed to the cache
             at once if it succeeded (a failure is never cached, so the next build asks again)."""
             self.stats.completion_tokens += gen.completion_tokens
-            for j in copies[i]:
+            for j in copies[keys[i]]:
                 out[j] = gen
                 if not gen.ok:
                     self.stats.errors[gen.error or "unknown"] += 1

@@ -746,7 +746,7 @@ def leakage_check(inputs: dict[str, pl.DataFrame], cfg: LeakageConfig, ctx: Cont
         if ev.is_empty():
             raise DataError(f"eval input '{name}' has no rows")
         es = _Side(ev, cfg.eval_fields, cfg, cfg.eval_choices)
-        if not (es.norm.str.len_chars().fill_null(0) > 0).any():
+        if not (es.norm != "").any():  # (a null is no text either)
             raise DataError(f"eval input '{name}': no row has text in its fields {cfg.eval_fields}")
         if es.owner is not None:  # one row per view, each carrying its item's id
             ev = ev.select(pl.all().gather(es.owner))

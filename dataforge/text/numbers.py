@@ -103,6 +103,7 @@ _DENOMINATORS = {
 _TENS = {"twenty": 20, "thirty": 30, "forty": 40, "fifty": 50, "sixty": 60, "seventy": 70, "eighty": 80, "ninety": 90}
 _SCALES = {"hundred": 100, "thousand": 1000, "million": 1_000_000, "billion": 1_000_000_000}
 _MONEY_SCALES = {"k": 1e3, "m": 1e6, "b": 1e9, "bn": 1e9}  # "$2.5k", "$32M", "$1.2bn"
+_PER_CENT = re.compile(r"\bper\s+cent\b", re.IGNORECASE)  # read as "percent"
 _SPANS = {"decade": 10, "decades": 10, "century": 100, "centuries": 100}  # of years, after a number word
 _TOKEN = re.compile(r"(?<![\d/])\d+/\d+(?![\d/]|[.,]\d)|\d+(?:,\d{3})*(?:\.\d+)?|(?<![\d.])\.\d+|[a-z]+", re.IGNORECASE)
 
@@ -347,10 +348,7 @@ def numbers_and_equivalents(text: str) -> tuple[Counter[float], Counter[float]]:
                     found.update((round(v * factor, 6),))
         pending.clear()
 
-    text = (text or "").replace("%", " percent")
-    if "per cent" in text.lower():
-        text = re.sub(r"\bper\s+cent\b", "percent", text, flags=re.IGNORECASE)
-    _read(text, number, word)
+    _read(_PER_CENT.sub("percent", (text or "").replace("%", " percent")), number, word)
     return plain, found
 
 
