@@ -87,6 +87,12 @@ def test_partial_credit_is_an_explicit_reward_shaping_option(gsm8k_test, factor,
         ("<answer>18 dollars</answer>", "18", 1.0),
         ("<answer>18 or 20</answer>", "18", 0.0),
         ("<answer>B</answer>", "b", 1.0),
+        ("<answer>1.5e2</answer>", "150", 1.0),  # scientific notation, read exactly (was 0.0)
+        ("<answer>1.5e+02</answer>", "150", 1.0),
+        ("<answer>1.51e2</answer>", "150", 0.0),
+        ("<answer>2.5e-1</answer>", "1/4", 1.0),
+        ("<answer>-1.5E2</answer>", "150", 0.0),
+        ("<answer>e2</answer>", "100", 0.0),  # no digits before the exponent: not a number
         ("zq 150 xv 7 lorem 3.2 ipsum 150", "150", 0.0),  # pure noise: no stated answer
         ("I think 150 is right, maybe", "150", 0.0),  # no last-number guess by default
         ("<think>so it is 150</think>", "150", 0.0),  # reasoning format without <answer>: strict

@@ -109,7 +109,13 @@ def _verify_columns(cfg: VerifyConfig, cols: Columns, info: PlanInfo) -> Columns
     return with_columns(cols, added)
 
 
-@step("verify", version=2, inputs=None, per_table_columns=_verify_columns, partition="rows")
+@step(
+    "verify",
+    version=3,  # 3: the math grader reads scientific notation ("1.5e2" = 150; it scored 0)
+    inputs=None,
+    per_table_columns=_verify_columns,
+    partition="rows",
+)
 def verify(inputs: dict[str, pl.DataFrame], cfg: VerifyConfig, ctx: Context) -> StepResult:
     """Score every row with every grader."""
 

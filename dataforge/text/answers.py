@@ -3,7 +3,7 @@
 - A numeric answer is read as an exact rational (``fractions.Fraction``): ``1,000`` = ``1000.00``
   = ``$1000`` = ``1000 dollars``; ``0.5`` = ``1/2`` = ``50%``-free ``.5``; ``1005`` ≠ ``1000`` and
   ``0.3333333`` ≠ ``1/3``. A percent sign is read as the number before it (GSM8K's "what percent"
-  answers are bare numbers).
+  answers are bare numbers). Scientific notation is read exactly too: ``1.5e2`` = ``1.5E+02`` = ``150``.
 - An answer written as mathematics (LaTeX, an expression with variables or operators) is parsed
   with math-verify, the field's library; numbers it yields are compared exactly, never by
   rounding; expressions symbolically.
@@ -22,7 +22,7 @@ from functools import lru_cache
 from typing import Any
 
 _CURRENCY = re.compile(r"^(?:\\?\$|€|£|¥|USD|EUR)\s*")
-_PLAIN = re.compile(r"^[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)?(?:\.\d+)?$")
+_PLAIN = re.compile(r"^[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)?(?:\.\d+)?(?:(?<=\d)[eE][-+]?\d+)?$")  # "1.5e2" = 150
 _RATIO = re.compile(r"^([-+]?\d+)\s*/\s*(\d+)$")
 _UNIT = re.compile(r"^([^\sA-Za-z]+)\s+[A-Za-z]+\.?$")  # "18 dollars", "5 cm"
 _LATEX_COMMAND = re.compile(r"\\[A-Za-z]+")
