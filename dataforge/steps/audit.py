@@ -5,7 +5,8 @@ the ``prompt`` fields (and ``target`` fields, if given) of each; produces ``find
 per leak found, with ``finding``, ``input_a``, ``row_a``, ``input_b``, ``row_b``, ``score``.
 
 For every pair of inputs it finds:
-- ``exact_overlap``: the same normalized prompt (and the same target, or no target given);
+- ``exact_overlap``: the same normalized prompt (and the same target, or no target given); a
+  blank prompt (empty or null in every prompt field) is no copy of another blank one;
 - ``same_prompt_different_target``: the same normalized prompt with another target;
 - ``near_overlap``: prompts whose word-shingle Jaccard reaches ``threshold`` (MinHash LSH
   candidates, verified exactly), not already an exact overlap;
@@ -135,13 +136,14 @@ def audit_frames(
         for hashed, keys in t.map_batches(one, fields, mapper=mapper):
             parts.append(hashed)
             keyed.append(keys)
-    schema = {"input": pl.String, "row": pl.String, "p": pl.UInt64, "t": pl.UInt64}
+    schema = {"input": pl.String, "row": pl.String, "p": pl.UInt64, "t": pl.UInt64, "blank": pl.Boolean}
     rows = pl.concat(parts) if parts else pl.DataFrame(schema=schema)
     rows = rows.with_columns(pl.col("input").replace_strict(order, return_dtype=pl.Int32).alias("k"))
     found: list[pl.DataFrame] = []
     # split by split: a self-join of all rows would pair every repeat of a prompt inside one
     # split too (quadratic in how often a prompt repeats) only to throw those pairs away
-    by_input = {name: rows.filter(pl.col("input") == name) for name in tabs}
+    # (two blank prompts hash alike, but neither holds anything the other could leak)
+    by_input = {name: rows.filter((pl.col("input") == name) & ~pl.col("blank")) for name in tabs}
     cross = [by_input[a].join(by_input[b], on="p", suffix="_b") for a, b in combinations(tabs, 2)]
     exact = (pl.concat(cross) if cross else rows.join(rows, on="p", suffix="_b").clear()).select(
         pl.when(pl.col("t") == pl.col("t_b"))
@@ -222,8 +224,9 @@ def audit_batch(
     roles: tuple[Sequence[str] | None, Sequence[str] | None],
     lsh: tuple[float, int, int] | None,
 ) -> tuple[pl.DataFrame, tuple[np.ndarray, np.ndarray] | None]:
-    """What ``audit_frames`` keeps of a batch of input ``name``: per row its id and the 64-bit
-    hashes of its normalized prompt and target (``input``, ``row``, ``p``, ``t``), and, where
+    """What ``audit_frames`` keeps of a batch of input ``name``: per row its id, the 64-bit
+    hashes of its normalized prompt and target and whether the prompt is blank (``input``,
+    ``row``, ``p``, ``t``, ``blank``), and, where
     ``lsh`` (threshold, num_perm, ngram) is given, its prompt's ``cluster.lsh_keys``. Depends on the
     batch alone (what ``Table.map_batches`` may run on a worker)."""
     prompts = key_text(batch, prompt, roles[0])
@@ -232,6 +235,7 @@ def audit_batch(
         pl.col("_id").alias("row"),
         pl.lit(key_hashes(prompts)["h0"]).alias("p"),
         (pl.lit(key_hashes(key_text(batch, target, roles[1]))["h0"]) if target else pl.lit(0, pl.UInt64)).alias("t"),
+        pl.lit(prompts.str.replace_all("\x1f", "", literal=True) == "").alias("blank"),
     )
     if lsh is None:
         return hashed, None
@@ -260,7 +264,7 @@ def summarize(findings: pl.DataFrame, names: Sequence[str]) -> list[list[object]
 
 @step(
     "split.audit",
-    version=1,
+    version=2,  # 2: two blank prompts are no exact overlap
     inputs=None,
     outputs=("findings",),
     columns=_columns,

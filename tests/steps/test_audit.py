@@ -42,6 +42,24 @@ def test_planted_leaks_are_found(ctx):
     assert 0.8 <= ev.filter(pl.col("row_id") == "t:x3")["score"].item() < 1
 
 
+def test_blank_prompts_in_two_splits_are_no_overlap(ctx):
+    """Two rows with nothing in their prompt fields (empty, null, whitespace) hash alike, but
+    neither holds anything the other could leak: no finding. A real copy beside them still is."""
+    blanks = pl.DataFrame({"question": ["", None, "  \n"], "answer": ["#### 1", "#### 1", "#### 1"]})
+    train = pl.concat([_gsm8k(20), blanks.with_columns(pl.format("g:blank{}", pl.int_range(3)).alias("_id"))])
+    test = pl.concat(
+        [
+            _gsm8k(20, offset=500, prefix="t"),
+            blanks.with_columns(pl.format("t:blank{}", pl.int_range(3)).alias("_id")),
+            train[4].with_columns(pl.lit("t:copy").alias("_id")),
+        ]
+    )
+    for target in (None, "answer"):
+        res = split_audit({"train": train, "test": test}, AuditConfig(prompt="question", target=target), ctx)
+        f = res.tables["findings"]
+        assert f.select("finding", "row_a", "row_b").rows() == [("exact_overlap", "g:4", "t:copy")], target
+
+
 def test_time_order_finding(ctx):
     t0 = datetime(2023, 1, 1, tzinfo=timezone.utc)
     a = _gsm8k(20).with_columns(pl.Series("_ts", [t0 + timedelta(days=i) for i in range(20)]))
