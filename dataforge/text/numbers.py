@@ -159,6 +159,7 @@ class _WordNumber:
             self.last = "scale"
 
 
+@functools.lru_cache(maxsize=1 << 14)
 def _digits_value(token: str) -> float:
     """ "3,000" → 3000, ".5" → 0.5, "3/4" → 0.75 (a fraction as its value: "1/4 pound" reads as
     "a quarter of a pound" does)."""
@@ -234,6 +235,12 @@ def _compounds(text: str) -> str:
     return text
 
 
+# every word ``_read`` may read as (part of) a number; any other word is passed on as a word
+_NUMBER_WORDS = frozenset(
+    [*_UNITS, *_TENS, *_SCALES, *_SPANS, *_DENOMINATORS, *_ALONE, *_COUNTED_ALONE, *_ORDINALS, "and"]
+)
+
+
 def _read(text: str, number: Callable[[float], None], word: Callable[[str], None]) -> None:
     """Read ``text`` in order, passing each number (digits or words) to ``number`` and every other
     word to ``word``."""
@@ -241,7 +248,11 @@ def _read(text: str, number: Callable[[float], None], word: Callable[[str], None
     prev = ""
     for tok in _TOKEN.findall(_compounds(text or "")):
         low = tok.lower()
-        if not tok[0].isalpha():
+        if low not in _NUMBER_WORDS and tok[0].isalpha():  # most words: the last branch below, sooner
+            if words.last:
+                words.emit()
+            word(tok)
+        elif not tok[0].isalpha():
             words.emit()
             number(_digits_value(tok))
         elif low in _UNITS:
@@ -322,12 +333,12 @@ def numbers_and_equivalents(text: str) -> tuple[Counter[float], Counter[float]]:
     pending: list[float] = []
 
     def number(v: float) -> None:
-        plain.update((v,))
-        found.update((v,))
+        plain[v] += 1
+        found[v] += 1
         if 0 < v < 1:
-            found.update((round(v * 100, 6),))
+            found[round(v * 100, 6)] += 1
             if abs(1 / v - round(1 / v)) < 1e-9:
-                found.update((float(round(1 / v)),))
+                found[float(round(1 / v))] += 1
         pending.append(v)
 
     def word(w: str) -> None:
@@ -336,16 +347,16 @@ def numbers_and_equivalents(text: str) -> tuple[Counter[float], Counter[float]]:
         if w.lower() == "s":  # a decade: "the 80s" is "the 1980s"
             for v in pending:
                 if v % 10 == 0 and 10 <= v < 100:
-                    found.update((1900 + v,))
+                    found[1900 + v] += 1
                 elif v % 10 == 0 and 1900 <= v < 2000:
-                    found.update((v - 1900,))
+                    found[v - 1900] += 1
         for factor in _CONVERSIONS.get(_unit(w), ()):
             for v in pending:
                 if factor == "reciprocal":
                     if v:
-                        found.update((round(1 / v, 6),))
+                        found[round(1 / v, 6)] += 1
                 else:
-                    found.update((round(v * factor, 6),))
+                    found[round(v * factor, 6)] += 1
         pending.clear()
 
     _read(_PER_CENT.sub("percent", (text or "").replace("%", " percent")), number, word)
@@ -355,7 +366,11 @@ def numbers_and_equivalents(text: str) -> tuple[Counter[float], Counter[float]]:
 def numbers_in(text: str) -> Counter[float]:
     """The multiset of numbers a text mentions, digits and English number words alike."""
     found: Counter[float] = Counter()
-    _read(text, lambda v: found.update((v,)), lambda w: None)
+
+    def number(v: float) -> None:
+        found[v] += 1
+
+    _read(text, number, lambda w: None)
     return found
 
 
@@ -415,12 +430,11 @@ def agreement(train: Counter[float], reference: Counter[float]) -> float | None:
     values = counted(reference)
     if not values:
         return None
-    have = set(train)
-    missing = values - have
+    missing = [x for x in values if x not in train]  # (the few numbers of the reference looked up)
     eligible = [x for x in missing if x != int(x) or len(digit_key(x)) >= 2]
     recovered = 0
     if eligible:  # the stripped keys are read only when a missing number could be found by them
-        stripped = {digit_key(x) for x in have - values}
+        stripped = {digit_key(x) for x in train if x not in values}
         recovered = sum(1 for x in eligible if digit_key(x) in stripped)
     return (len(values) - len(missing) + recovered) / len(values)
 
