@@ -93,6 +93,11 @@ def test_partial_credit_is_an_explicit_reward_shaping_option(gsm8k_test, factor,
         ("<answer>2.5e-1</answer>", "1/4", 1.0),
         ("<answer>-1.5E2</answer>", "150", 0.0),
         ("<answer>e2</answer>", "100", 0.0),  # no digits before the exponent: not a number
+        ("<answer>\u22125</answer>", "-5", 1.0),  # the typeset minus sign (was 0.0)
+        ("<answer>-5</answer>", "\u22125", 1.0),
+        ("<answer>\u22125</answer>", "5", 0.0),
+        ("\\boxed{5\\%}", "5", 1.0),  # LaTeX's percent sign (was 0.0: read as "5\\")
+        ("\\boxed{5\\%}", "50", 0.0),
         ("zq 150 xv 7 lorem 3.2 ipsum 150", "150", 0.0),  # pure noise: no stated answer
         ("I think 150 is right, maybe", "150", 0.0),  # no last-number guess by default
         ("<think>so it is 150</think>", "150", 0.0),  # reasoning format without <answer>: strict

@@ -111,7 +111,7 @@ def _verify_columns(cfg: VerifyConfig, cols: Columns, info: PlanInfo) -> Columns
 
 @step(
     "verify",
-    version=3,  # 3: the math grader reads scientific notation ("1.5e2" = 150; it scored 0)
+    version=3,  # 3: the math grader reads "1.5e2", "−5" (U+2212) and "5\\%" as numbers (each scored 0)
     inputs=None,
     per_table_columns=_verify_columns,
     partition="rows",

@@ -3,7 +3,8 @@
 - A numeric answer is read as an exact rational (``fractions.Fraction``): ``1,000`` = ``1000.00``
   = ``$1000`` = ``1000 dollars``; ``0.5`` = ``1/2`` = ``50%``-free ``.5``; ``1005`` ≠ ``1000`` and
   ``0.3333333`` ≠ ``1/3``. A percent sign is read as the number before it (GSM8K's "what percent"
-  answers are bare numbers). Scientific notation is read exactly too: ``1.5e2`` = ``1.5E+02`` = ``150``.
+  answers are bare numbers). Scientific notation is read exactly too: ``1.5e2`` = ``1.5E+02`` = ``150``; the typeset minus sign
+  (U+2212) is a minus, and LaTeX's ``\\%`` a percent sign.
 - An answer written as mathematics (LaTeX, an expression with variables or operators) is parsed
   with math-verify, the field's library; numbers it yields are compared exactly, never by
   rounding; expressions symbolically.
@@ -21,6 +22,7 @@ from fractions import Fraction
 from functools import lru_cache
 from typing import Any
 
+_MINUS_SIGN = "\u2212"  # "−5", as typeset text writes it, is -5
 _CURRENCY = re.compile(r"^(?:\\?\$|€|£|¥|USD|EUR)\s*")
 _PLAIN = re.compile(r"^[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)?(?:\.\d+)?(?:(?<=\d)[eE][-+]?\d+)?$")  # "1.5e2" = 150
 _RATIO = re.compile(r"^([-+]?\d+)\s*/\s*(\d+)$")
@@ -32,12 +34,12 @@ _MATH_CHARS = re.compile(r"^[\w\s+\-*/^().,{}\[\]=<>|!'√π∞·×÷]+$")
 def exact_number(text: str) -> Fraction | None:
     """``text`` as an exact rational if it is just a number (with an optional currency sign,
     thousands separators, a percent sign or one unit word), else None."""
-    s = text.strip().rstrip(".").strip()
+    s = text.replace(_MINUS_SIGN, "-").strip().rstrip(".").strip()
     s = _CURRENCY.sub("", s).strip()
     unit = _UNIT.match(s)
     if unit:
         s = unit.group(1)
-    s = s.removesuffix("%").removesuffix("\\%").strip()
+    s = s.removesuffix("\\%").removesuffix("%").strip()  # (LaTeX's "\%" first: "5\%" is 5)
     ratio = _RATIO.match(s)
     if ratio:
         den = int(ratio.group(2))
@@ -63,6 +65,7 @@ def _plain_text(text: str) -> str:
 
 def answers_equal(stated: str, reference: str) -> bool:
     """Whether a stated final answer equals the reference answer exactly (see the module doc)."""
+    stated, reference = stated.replace(_MINUS_SIGN, "-"), reference.replace(_MINUS_SIGN, "-")
     a, b = exact_number(stated), exact_number(reference)
     if a is not None and b is not None:
         return a == b
