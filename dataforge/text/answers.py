@@ -3,8 +3,8 @@
 - A numeric answer is read as an exact rational (``fractions.Fraction``): ``1,000`` = ``1000.00``
   = ``$1000`` = ``1000 dollars``; ``0.5`` = ``1/2`` = ``50%``-free ``.5``; ``1005`` ≠ ``1000`` and
   ``0.3333333`` ≠ ``1/3``. A percent sign is read as the number before it (GSM8K's "what percent"
-  answers are bare numbers). Scientific notation is read exactly too: ``1.5e2`` = ``1.5E+02`` = ``150``; the typeset minus sign
-  (U+2212) is a minus, and LaTeX's ``\\%`` a percent sign.
+  answers are bare numbers). Scientific notation is read exactly too: ``1.5e2`` = ``1.5E+02`` =
+  ``150``; the typeset minus sign (U+2212) is a minus, and LaTeX's ``\\%`` a percent sign.
 - An answer written as mathematics (LaTeX, an expression with variables or operators) is parsed
   with math-verify, the field's library; numbers it yields are compared exactly, never by
   rounding; expressions symbolically.
