@@ -30,7 +30,7 @@ from collections.abc import Callable
 from typing import Any, Literal, get_args
 
 from dataforge.text.answers import answers_equal, exact_number
-from dataforge.text.reasoning import REASONING_RE
+from dataforge.text.reasoning import split_reasoning
 
 Grader = Callable[..., float]
 
@@ -134,7 +134,7 @@ def math_answer(completion: Any, answer: Any, extract: str = "auto", partial_cre
 
 def format_reward(completion: Any) -> float:
     """1.0 when the completion is exactly the reasoning format, else 0."""
-    return 1.0 if re.match(REASONING_RE, completion_text(completion)) else 0.0
+    return 1.0 if split_reasoning(completion_text(completion))[0] is not None else 0.0
 
 
 _SCRIPTS = {

@@ -133,6 +133,13 @@ def test_format_reward_needs_both_tags_in_order():
     assert format_reward("<answer>b</answer><think>a</think>") == 0.0
     assert format_reward("<think>a</think>") == 0.0
     assert format_reward("prefix <think>a</think><answer>b</answer>") == 0.0
+    # exactly one block of each: a repeated tag is not the format (the lazy pattern matched them)
+    assert format_reward("<think>a</think><answer>1</answer><answer>2</answer>") == 0.0
+    assert format_reward("<think>a</think>b</think><answer>1</answer>") == 0.0
+    assert format_reward("<think>a<think>b</think><answer>1</answer>") == 0.0
+    assert format_reward("<think>a</think><answer><answer>1</answer>") == 0.0
+    assert format_reward("\n<think>\nwork\n</think>\n<answer>1</answer>\n") == 1.0
+    assert format_reward("<think></think><answer></answer>") == 1.0
 
 
 def test_language_and_length():

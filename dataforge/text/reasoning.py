@@ -30,8 +30,16 @@ REASONING_INSTRUCTION = (
 
 
 def split_reasoning(text: str) -> tuple[str | None, str | None]:
-    """``(think, answer)`` of a completion in the reasoning format, or ``(None, None)``."""
+    """``(think, answer)`` of a completion in the reasoning format, or ``(None, None)``: one
+    think block, then one answer block, nothing around them but whitespace. A tag inside either
+    block ("…</think>…</think>", two answers) is not the format: matched lazily, the pattern
+    would take "<answer>1</answer><answer>2</answer>" as one answer."""
     import re
 
     m = re.match(REASONING_RE, text or "")
-    return (m.group(1).strip(), m.group(2).strip()) if m else (None, None)
+    if m is None or any(tag in m.group(k) for k in (1, 2) for tag in _TAGS):
+        return None, None
+    return m.group(1).strip(), m.group(2).strip()
+
+
+_TAGS = (THINK_OPEN, THINK_CLOSE, ANSWER_OPEN, ANSWER_CLOSE)
