@@ -98,6 +98,14 @@ def test_partial_credit_is_an_explicit_reward_shaping_option(gsm8k_test, factor,
         ("<answer>\u22125</answer>", "5", 0.0),
         ("\\boxed{5\\%}", "5", 1.0),  # LaTeX's percent sign (was 0.0: read as "5\\")
         ("\\boxed{5\\%}", "50", 0.0),
+        ("The answer is **5**.", "5", 1.0),  # Markdown emphasis, as chat models write it (was 0.0)
+        ("#### **18**", "18", 1.0),
+        ("<answer>**B**</answer>", "b", 1.0),
+        ("The answer is **5**", "25", 0.0),
+        ("<answer>**5** or **6**</answer>", "5", 0.0),  # still two answers, not one
+        ("\\boxed{18\\text{ dollars}}", "18", 1.0),  # a unit in \text{} (was 0.0)
+        ("\\boxed{5 \\text{ apples}}", "5", 1.0),
+        ("\\boxed{5 \\text{ apples}}", "6", 0.0),
         ("zq 150 xv 7 lorem 3.2 ipsum 150", "150", 0.0),  # pure noise: no stated answer
         ("I think 150 is right, maybe", "150", 0.0),  # no last-number guess by default
         ("<think>so it is 150</think>", "150", 0.0),  # reasoning format without <answer>: strict

@@ -111,7 +111,7 @@ def _verify_columns(cfg: VerifyConfig, cols: Columns, info: PlanInfo) -> Columns
 
 @step(
     "verify",
-    version=3,  # 3: math reads "1.5e2", "−5" (U+2212), "5\\%" (each scored 0); format rejects a repeated tag
+    version=3,  # 3: math reads "1.5e2", "−5", "5\\%", "**5**", "18\\text{ dollars}" (all scored 0); format: one tag
     inputs=None,
     per_table_columns=_verify_columns,
     partition="rows",

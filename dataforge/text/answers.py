@@ -4,7 +4,9 @@
   = ``$1000`` = ``1000 dollars``; ``0.5`` = ``1/2`` = ``50%``-free ``.5``; ``1005`` ≠ ``1000`` and
   ``0.3333333`` ≠ ``1/3``. A percent sign is read as the number before it (GSM8K's "what percent"
   answers are bare numbers). Scientific notation is read exactly too: ``1.5e2`` = ``1.5E+02`` =
-  ``150``; the typeset minus sign (U+2212) is a minus, and LaTeX's ``\\%`` a percent sign.
+  ``150``; the typeset minus sign (U+2212) is a minus, and LaTeX's ``\\%`` a percent sign. What only
+  typesets an answer is read past: Markdown emphasis around it (``**5**``) and a unit in
+  ``\\text{…}`` (``18\\text{ dollars}``).
 - An answer written as mathematics (LaTeX, an expression with variables or operators) is parsed
   with math-verify, the field's library; numbers it yields are compared exactly, never by
   rounding; expressions symbolically.
@@ -23,6 +25,8 @@ from functools import lru_cache
 from typing import Any
 
 _MINUS_SIGN = "\u2212"  # "−5", as typeset text writes it, is -5
+_EMPHASIS = re.compile(r"^(\*\*|__|\*|_)(.+?)\1(\.?)$", re.DOTALL)  # Markdown: "**5**", "*5*."
+_TEXT_COMMAND = re.compile(r"\\(?:text|textrm|mathrm|mbox)\{([^{}]*)\}")  # "18\text{ dollars}"
 _CURRENCY = re.compile(r"^(?:\\?\$|€|£|¥|USD|EUR)\s*")
 _PLAIN = re.compile(r"^[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)?(?:\.\d+)?(?:(?<=\d)[eE][-+]?\d+)?$")  # "1.5e2" = 150
 _RATIO = re.compile(r"^([-+]?\d+)\s*/\s*(\d+)$")
@@ -34,8 +38,8 @@ _MATH_CHARS = re.compile(r"^[\w\s+\-*/^().,{}\[\]=<>|!'√π∞·×÷]+$")
 def exact_number(text: str) -> Fraction | None:
     """``text`` as an exact rational if it is just a number (with an optional currency sign,
     thousands separators, a percent sign or one unit word), else None."""
-    s = text.replace(_MINUS_SIGN, "-").strip().rstrip(".").strip()
-    s = _CURRENCY.sub("", s).strip()
+    s = _unwrapped(text).rstrip(".").strip()
+    s = _CURRENCY.sub("", _TEXT_COMMAND.sub(r" \1", s)).strip()
     unit = _UNIT.match(s)
     if unit:
         s = unit.group(1)
@@ -63,9 +67,17 @@ def _plain_text(text: str) -> str:
     return " ".join(text.strip().rstrip(".").split()).casefold()
 
 
+def _unwrapped(answer: str) -> str:
+    """An answer without what only typesets it: the typeset minus sign read as "-", and Markdown
+    emphasis around the whole answer ("**5**" is 5; chat models bold their answers)."""
+    s = answer.replace(_MINUS_SIGN, "-").strip()
+    emphasis = _EMPHASIS.match(s)
+    return emphasis.group(2).strip() + emphasis.group(3) if emphasis else s
+
+
 def answers_equal(stated: str, reference: str) -> bool:
     """Whether a stated final answer equals the reference answer exactly (see the module doc)."""
-    stated, reference = stated.replace(_MINUS_SIGN, "-"), reference.replace(_MINUS_SIGN, "-")
+    stated, reference = _unwrapped(stated), _unwrapped(reference)
     a, b = exact_number(stated), exact_number(reference)
     if a is not None and b is not None:
         return a == b
