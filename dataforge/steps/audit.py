@@ -46,7 +46,7 @@ from dataforge.engine.step import ColumnContractError, Columns, Context, Fields,
 from dataforge.engine.streaming import key_hashes
 from dataforge.engine.table import Mapper, Table
 from dataforge.errors import DataError, RecipeError
-from dataforge.text.fields import key_text
+from dataforge.text.fields import blank_keys, key_text
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -235,7 +235,7 @@ def audit_batch(
         pl.col("_id").alias("row"),
         pl.lit(key_hashes(prompts)["h0"]).alias("p"),
         (pl.lit(key_hashes(key_text(batch, target, roles[1]))["h0"]) if target else pl.lit(0, pl.UInt64)).alias("t"),
-        pl.lit(prompts.str.replace_all("\x1f", "", literal=True) == "").alias("blank"),
+        pl.lit(blank_keys(prompts)).alias("blank"),
     )
     if lsh is None:
         return hashed, None

@@ -38,7 +38,12 @@ _MATH_CHARS = re.compile(r"^[\w\s+\-*/^().,{}\[\]=<>|!'√π∞·×÷]+$")
 def exact_number(text: str) -> Fraction | None:
     """``text`` as an exact rational if it is just a number (with an optional currency sign,
     thousands separators, a percent sign or one unit word), else None."""
-    s = _unwrapped(text).rstrip(".").strip()
+    return _number(_unwrapped(text))
+
+
+def _number(answer: str) -> Fraction | None:
+    """``exact_number`` of an answer already ``_unwrapped``."""
+    s = answer.rstrip(".").strip()
     s = _CURRENCY.sub("", _TEXT_COMMAND.sub(r" \1", s)).strip()
     unit = _UNIT.match(s)
     if unit:
@@ -78,7 +83,7 @@ def _unwrapped(answer: str) -> str:
 def answers_equal(stated: str, reference: str) -> bool:
     """Whether a stated final answer equals the reference answer exactly (see the module doc)."""
     stated, reference = _unwrapped(stated), _unwrapped(reference)
-    a, b = exact_number(stated), exact_number(reference)
+    a, b = _number(stated), _number(reference)
     if a is not None and b is not None:
         return a == b
     if _plain_text(stated) == _plain_text(reference):

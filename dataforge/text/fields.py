@@ -11,6 +11,7 @@ import polars as pl
 from dataforge.errors import DataError
 
 MESSAGES = pl.List(pl.Struct({"role": pl.String, "content": pl.String}))
+KEY_SEPARATOR = "\x1f"  # between the fields of a ``key_text``
 
 
 def key_text(
@@ -24,7 +25,12 @@ def key_text(
         normalize_text(df.select(text_expr(df, f, roles, first_turns).alias(f)).to_series(), lowercase=True)
         for f in fields
     ]
-    return pl.select(pl.concat_str([pl.lit(p) for p in parts], separator="\x1f")).to_series()
+    return pl.select(pl.concat_str([pl.lit(p) for p in parts], separator=KEY_SEPARATOR)).to_series()
+
+
+def blank_keys(keys: pl.Series) -> pl.Series:
+    """Whether each ``key_text`` has no text in any of its fields (only separators left)."""
+    return keys.str.replace_all(KEY_SEPARATOR, "", literal=True) == ""
 
 
 def text_expr(
