@@ -37,6 +37,11 @@ Grader = Callable[..., float]
 _ANSWER_TAG = re.compile(r"(?s)<answer>(.*?)</answer>")
 _GSM8K_FINAL = re.compile(r"####\s*([^\n]*)")
 _THE_ANSWER_IS = re.compile(r"(?i)\banswer is[:\s]*([^\n]*)")
+# "Answer: 5", "Final answer: 5", "**Answer:** 5", "**Final Answer**: 5": a line that opens with the label
+_ANSWER_LABEL = re.compile(r"(?im)^[ \t>#*_]*(?:final[ \t]+)?answer[*_]*[ \t]*:[ \t*_]*(\S[^\n]*)$")
+# the sentence the Minerva / lm-eval MATH prompt ends every answer with ("Final Answer: The final
+# answer is $5$. I hope it is correct."): part of the format, not of the answer
+_MINERVA_TRAILER = re.compile(r"(?i)\s*I hope it is correct\.?\s*$")
 _NUMBER = re.compile(r"-?\d+(?:,\d{3})*(?:\.\d+)?")
 _REASONING_TAG = re.compile(r"</?(?:think|answer)>")
 
@@ -72,11 +77,25 @@ def _last(pattern: re.Pattern[str], text: str) -> str | None:
     return found[-1].strip() if found else None
 
 
+def _stated(text: str) -> str | None:
+    """What the last statement of the answer in words says: "the answer is X" or a line labelled
+    "Answer: X" / "Final answer: X" (in Markdown bold too), whichever is read later (in "Final
+    Answer: The final answer is $5$." the inner statement); without the Minerva format's closing
+    "I hope it is correct."."""
+    found = [(m.start(1), m.group(1)) for m in _THE_ANSWER_IS.finditer(text)]
+    for m in _ANSWER_LABEL.finditer(text):  # ("**Answer: 5**": the label took the opening "**")
+        found.append((m.start(1), m.group(1).rstrip().removesuffix("**").removesuffix("__")))
+    if not found:
+        return None
+    return _MINERVA_TRAILER.sub("", max(found)[1]).strip()
+
+
 def extract_answer(text: str, extract: str = "auto") -> str | None:
     """The final answer a completion states, read as ``extract`` says:
 
     - ``answer_tag``: the last ``<answer>…</answer>``; ``boxed``: the last ``\\boxed{…}``;
-      ``gsm8k``: ``#### N``; ``answer_is``: what follows "the answer is"; ``last_number``: the
+      ``gsm8k``: ``#### N``; ``answer_is``: what follows "the answer is" or an "Answer:" /
+      "Final answer:" label opening a line, whichever comes last; ``last_number``: the
       last number anywhere (a guess: only on request, never a default);
     - ``auto`` (the default): a completion that uses the reasoning tags is held to them (its
       ``<answer>`` or nothing); otherwise ``#### N``, then ``\\boxed{…}``, then "the answer is …".
@@ -89,13 +108,13 @@ def extract_answer(text: str, extract: str = "auto") -> str | None:
     if extract == "gsm8k":
         return _last(_GSM8K_FINAL, text)
     if extract == "answer_is":
-        return _last(_THE_ANSWER_IS, text)
+        return _stated(text)
     if extract == "last_number":
         numbers = _NUMBER.findall(text)
         return numbers[-1] if numbers else None
     if extract != "auto":
         raise ValueError(f"unknown extract '{extract}'; one of {', '.join(EXTRACTIONS)}")
-    for found in (_last(_GSM8K_FINAL, text), _last_boxed(text), _last(_THE_ANSWER_IS, text)):
+    for found in (_last(_GSM8K_FINAL, text), _last_boxed(text), _stated(text)):
         if found:
             return found
     return None

@@ -106,6 +106,31 @@ def test_partial_credit_is_an_explicit_reward_shaping_option(gsm8k_test, factor,
         ("\\boxed{18\\text{ dollars}}", "18", 1.0),  # a unit in \text{} (was 0.0)
         ("\\boxed{5 \\text{ apples}}", "5", 1.0),
         ("\\boxed{5 \\text{ apples}}", "6", 0.0),
+        # the Minerva / lm-eval MATH format: the answer in inline math, then a closing sentence (was 0.0)
+        ("Final Answer: The final answer is $150$. I hope it is correct.", "150", 1.0),
+        ("Final Answer: The final answer is $151$. I hope it is correct.", "150", 0.0),
+        ("Final Answer: The final answer is $\\frac{1}{2}$. I hope it is correct.", "0.5", 1.0),
+        ("The final answer is \\(150\\).", "150", 1.0),
+        ("The answer is $5$ or $6$.", "5", 0.0),
+        ("The answer is $5$. Or maybe $6$.", "5", 0.0),  # a sentence after it that is not the trailer
+        # an "Answer:" label opening a line, as chat models write it (was 0.0: no answer found)
+        ("Work: 3 * 50 = 150\nAnswer: 150", "150", 1.0),
+        ("Final answer: 150", "150", 1.0),
+        ("**Answer:** 150", "150", 1.0),
+        ("**Final Answer**: $150$", "150", 1.0),
+        ("**Answer: 150**", "150", 1.0),
+        ("Answer: 151", "150", 0.0),
+        ("Answer: 150\nWait, that is wrong.\nAnswer: 151", "150", 0.0),  # the last statement counts
+        ("Answer: 150 apples and 3 pears", "150", 0.0),
+        ("My answer: 150", "150", 0.0),  # not a label opening the line
+        ("The answer is (B).", "B", 1.0),  # a choice letter in parentheses (was 0.0)
+        ("The answer is (B).", "C", 0.0),
+        ("The answer is (B) 42.", "B", 0.0),  # letter and choice text: not one answer
+        ("\\boxed{150°}", "150", 1.0),  # the degree sign, as "150^\\circ" already was (was 0.0)
+        ("\\boxed{150°}", "151", 0.0),
+        ("\\boxed{1\\,500}", "1500", 1.0),  # LaTeX's thin space between thousands (was 0.0)
+        ("\\boxed{12\\,34}", "1234", 0.0),  # not groups of three: not a separator
+        ("\\boxed{1\\,5000}", "15000", 0.0),
         ("zq 150 xv 7 lorem 3.2 ipsum 150", "150", 0.0),  # pure noise: no stated answer
         ("I think 150 is right, maybe", "150", 0.0),  # no last-number guess by default
         ("<think>so it is 150</think>", "150", 0.0),  # reasoning format without <answer>: strict
@@ -121,6 +146,9 @@ def test_answer_extraction_forms():
     assert extract_answer(r"thus \boxed{7}") == "7"
     assert extract_answer(r"thus \boxed{\frac{1}{2}}") == r"\frac{1}{2}"
     assert extract_answer("The answer is: 12 apples") == "12 apples"
+    assert extract_answer("Answer: 7\nsome words\nThe answer is 8") == "8"  # the later statement
+    assert extract_answer("The answer is 8.\n**Final Answer:** 9") == "9"
+    assert extract_answer("Final Answer: The final answer is $3$. I hope it is correct.", "answer_is") == "$3$."
     assert extract_answer("3 then 5 then 8") is None
     assert extract_answer("3 then 5 then 8", "last_number") == "8"
     assert extract_answer("#### 4 and \\boxed{5}", "boxed") == "5"

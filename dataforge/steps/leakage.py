@@ -173,7 +173,7 @@ class LeakageConfig(StepConfig):
     train_answer: str | None = None
     eval_answer: str | None = None
     # without a train_answer column, the final answer a train row states in its text (all its
-    # turns: "#### N", \boxed{…}, "the answer is …", <answer>…</answer>; none when it states
+    # turns: "#### N", \boxed{…}, "the answer is …", "Answer: …", <answer>…</answer>; none when it states
     # none) is compared with the eval_answer of the items
     answers_from_text: bool = True
     action: Literal["drop", "flag", "report"] = "drop"
@@ -697,10 +697,11 @@ def _clone_hits(train: _Side, evals: _Side, cfg: LeakageConfig) -> pl.DataFrame:
 
 @step(
     "leakage.check",
-    version=16,  # 10: corroborated static matches; 11: answers_from_text; 12: train_tokens_margin; 13: templates;
+    version=17,  # 10: corroborated static matches; 11: answers_from_text; 12: train_tokens_margin; 13: templates;
     # 14: numbers with a scale ("$32M", "1.5 million", "a hundred"), "an hour and a half", "per cent";
     # 15: a row matched before the transformer is not embedded, nor judged, for its other pairs
     # 16: a train row without text is no `exact` copy of an eval item without text
+    # 17: a train row's stated answer is also read from an "Answer: N" line (graders.extract_answer)
     inputs=None,
     outputs=("data", "matches", "scores"),
     columns=_columns,

@@ -111,7 +111,8 @@ def _verify_columns(cfg: VerifyConfig, cols: Columns, info: PlanInfo) -> Columns
 
 @step(
     "verify",
-    version=3,  # 3: math reads "1.5e2", "−5", "5\\%", "**5**", "18\\text{ dollars}" (all scored 0); format: one tag
+    version=4,  # 3: math reads "1.5e2", "−5", "5\\%", "**5**", "18\\text{ dollars}" (all scored 0); format: one tag
+    # 4: math reads "Answer: 5" lines, "$5$" / "\\(5\\)", Minerva's "I hope it is correct.", "(B)", "5°", "1\\,500"
     inputs=None,
     per_table_columns=_verify_columns,
     partition="rows",

@@ -25,7 +25,10 @@ from functools import lru_cache
 from typing import Any
 
 _MINUS_SIGN = "\u2212"  # "−5", as typeset text writes it, is -5
-_EMPHASIS = re.compile(r"^(\*\*|__|\*|_)(.+?)\1(\.?)$", re.DOTALL)  # Markdown: "**5**", "*5*."
+_EMPHASIS = re.compile(r"^(\*\*|__|\*|_)(.+?)\1$", re.DOTALL)  # Markdown: "**5**", "*5*"
+_INLINE_MATH = re.compile(r"^(?:\$\$(.+)\$\$|\$([^$]+)\$|\\\((.+)\\\)|\\\[(.+)\\\])$", re.DOTALL)  # "$5$", "\\(5\\)"
+_CHOICE_LETTER = re.compile(r"^\(([A-Za-z])\)$")  # "(B)", as multiple-choice answers are written
+_THIN_SPACE_THOUSANDS = re.compile(r"(?<=\d)\\,(?=\d{3}(?!\d))")  # LaTeX "1\,500"
 _TEXT_COMMAND = re.compile(r"\\(?:text|textrm|mathrm|mbox)\{([^{}]*)\}")  # "18\text{ dollars}"
 _CURRENCY = re.compile(r"^(?:\\?\$|€|£|¥|USD|EUR)\s*")
 _PLAIN = re.compile(r"^[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)?(?:\.\d+)?(?:(?<=\d)[eE][-+]?\d+)?$")  # "1.5e2" = 150
@@ -48,7 +51,8 @@ def _number(answer: str) -> Fraction | None:
     unit = _UNIT.match(s)
     if unit:
         s = unit.group(1)
-    s = s.removesuffix("\\%").removesuffix("%").strip()  # (LaTeX's "\%" first: "5\%" is 5)
+    s = s.removesuffix("\\%").removesuffix("%").removesuffix("°").strip()  # (LaTeX's "\%" first: "5\%" is 5)
+    s = _THIN_SPACE_THOUSANDS.sub(",", s)
     ratio = _RATIO.match(s)
     if ratio:
         den = int(ratio.group(2))
@@ -73,11 +77,16 @@ def _plain_text(text: str) -> str:
 
 
 def _unwrapped(answer: str) -> str:
-    """An answer without what only typesets it: the typeset minus sign read as "-", and Markdown
-    emphasis around the whole answer ("**5**" is 5; chat models bold their answers)."""
-    s = answer.replace(_MINUS_SIGN, "-").strip()
-    emphasis = _EMPHASIS.match(s)
-    return emphasis.group(2).strip() + emphasis.group(3) if emphasis else s
+    """An answer without what only typesets it: the typeset minus sign read as "-", Markdown
+    emphasis ("**5**" is 5; chat models bold their answers), inline math delimiters ("$5$",
+    "\\(5\\)": the Minerva MATH format) and a choice letter's parentheses ("(B)" is B) around the
+    whole answer, and the period that ends the sentence ("$\\frac{1}{2}$." is one half)."""
+    s = answer.replace(_MINUS_SIGN, "-").strip().removesuffix(".").rstrip()
+    for wrapper in (_EMPHASIS, _INLINE_MATH, _CHOICE_LETTER):
+        found = wrapper.match(s)
+        if found:  # what it wraps: its last group that matched
+            s = next(g for g in reversed(found.groups()) if g is not None).strip().removesuffix(".").rstrip()
+    return s
 
 
 def answers_equal(stated: str, reference: str) -> bool:
