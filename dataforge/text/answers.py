@@ -5,12 +5,14 @@
   ``0.3333333`` ≠ ``1/3``. A percent sign is read as the number before it (GSM8K's "what percent"
   answers are bare numbers). Scientific notation is read exactly too: ``1.5e2`` = ``1.5E+02`` =
   ``150``; the typeset minus sign (U+2212) is a minus, and LaTeX's ``\\%`` a percent sign. What only
-  typesets an answer is read past: Markdown emphasis around it (``**5**``) and a unit in
-  ``\\text{…}`` (``18\\text{ dollars}``).
+  typesets an answer is read past: Markdown emphasis around it (``**5**``), inline math
+  delimiters (``$5$``, ``\\(5\\)``), a unit in ``\\text{…}`` (``18\\text{ dollars}``), a degree
+  sign, LaTeX's thin space between thousands (``1\\,500``) and a sentence's closing period.
 - An answer written as mathematics (LaTeX, an expression with variables or operators) is parsed
   with math-verify, the field's library; numbers it yields are compared exactly, never by
   rounding; expressions symbolically.
-- Anything else (a choice letter, a word) is compared as text, case and spacing aside.
+- Anything else (a choice letter, a word) is compared as text, case and spacing aside; a choice
+  letter in parentheses is the letter (``(B)`` = ``B``).
 
 Text that mixes words and numbers ("not 6 but 5", "18 or 20") is none of these and equals
 nothing but the same text: a verifier never guesses which number was meant.
