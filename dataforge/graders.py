@@ -130,22 +130,32 @@ def relative_error_score(predicted: float, reference: float) -> float:
     return 1.0 if err < 0.01 else 0.8 if err < 0.10 else 0.5 if err < 0.30 else 0.0
 
 
+def reference_answer(answer: Any) -> str:
+    """The reference's final answer: the one it states in a marked form (``#### N``, ``\\boxed{…}``,
+    ``<answer>…</answer>``, "the answer is …", as :func:`extract_answer` reads them), so that a
+    whole worked solution (GSM8K's ``answer`` column) is a reference; else the reference itself."""
+    text = str(answer)
+    return extract_answer(text) or text
+
+
 def math_answer(completion: Any, answer: Any, extract: str = "auto", partial_credit: bool = False) -> float:
     """1.0 when the stated final answer equals the reference ``answer`` exactly, else 0.
 
     Equal means the same number (exact rational arithmetic: ``1,000`` = ``1000.00`` = ``$1000``,
     ``0.5`` = ``1/2``; ``1005`` ≠ ``1000``), the same mathematical object for LaTeX and
     expressions (``\\frac{1}{2}`` = ``0.5``, ``x^2+1`` = ``1+x^2``, through math-verify), or the
-    same text (a choice letter, a word). ``extract`` says where the answer is read
+    same text (a choice letter, a word). A reference that is a worked solution is read as the
+    final answer it states (:func:`reference_answer`). ``extract`` says where the answer is read
     (:func:`extract_answer`). ``partial_credit: true`` is for reward shaping only: a numeric
     answer near the reference then scores by :func:`relative_error_score`."""
     stated = extract_answer(completion_text(completion), extract)
     if stated is None or answer is None or not stated.strip():
         return 0.0
-    if answers_equal(stated, str(answer)):
+    reference = reference_answer(answer)
+    if answers_equal(stated, reference):
         return 1.0
     if partial_credit:
-        predicted, reference = exact_number(stated), exact_number(str(answer))
+        predicted, reference = exact_number(stated), exact_number(reference)
         if predicted is not None and reference is not None:
             return relative_error_score(float(predicted), float(reference))
     return 0.0

@@ -37,6 +37,16 @@ def test_every_gsm8k_test_solution_scores_one_against_its_answer(gsm8k_test):
     assert scores == [1.0] * 1319
 
 
+def test_a_worked_solution_is_a_reference(gsm8k_test):
+    """GSM8K's raw ``answer`` column (a worked solution ending "#### N") as the reference: its final
+    answer is compared (every completion scored 0 against the whole solution text)."""
+    for r in gsm8k_test:
+        assert math_answer(f"The answer is {final(r)}.", r["answer"]) == 1.0
+        assert math_answer(f"<answer>{int(final(r)) + 1}</answer>", r["answer"]) == 0.0
+    assert math_answer("\\boxed{\\frac{1}{2}}", "so the probability is \\boxed{\\frac{1}{2}}") == 1.0
+    assert math_answer("#### 5", "5 apples and 3 pears") == 0.0  # no marked answer: the text itself
+
+
 def test_every_gsm8k_answer_in_reasoning_format_scores_one(gsm8k_test):
     for r in gsm8k_test:
         completion = f"<think>\n{r['answer'].rsplit('####', 1)[0]}\n</think>\n<answer>{final(r)}</answer>"
