@@ -1,4 +1,7 @@
-"""Graders: plain functions ``grader(completion, **row_columns) -> float`` in [0, 1].
+"""Graders: plain functions ``grader(completion, **row_columns) -> float`` in [0, 1], or None for
+a row the grader cannot grade (``math`` without a reference answer): its score is null, not 0,
+which would call the answer wrong; ``filter`` drops such a row as ``<reason>:missing`` and TRL's
+GRPO trainer leaves it out of the reward.
 
 The ``verify`` step scores rows with them, and ``trainers/grpo.py`` hands the very same functions
 to TRL's ``GRPOTrainer`` as reward functions (through ``as_trl_reward``), so what filtered the
@@ -32,7 +35,7 @@ from typing import Any, Literal, get_args
 from dataforge.text.answers import answers_equal, exact_number
 from dataforge.text.reasoning import split_reasoning
 
-Grader = Callable[..., float]
+Grader = Callable[..., float | None]
 
 _ANSWER_TAG = re.compile(r"(?s)<answer>(.*?)</answer>")
 _GSM8K_FINAL = re.compile(r"####\s*([^\n]*)")
@@ -138,8 +141,9 @@ def reference_answer(answer: Any) -> str:
     return extract_answer(text) or text
 
 
-def math_answer(completion: Any, answer: Any, extract: str = "auto", partial_credit: bool = False) -> float:
-    """1.0 when the stated final answer equals the reference ``answer`` exactly, else 0.
+def math_answer(completion: Any, answer: Any, extract: str = "auto", partial_credit: bool = False) -> float | None:
+    """1.0 when the stated final answer equals the reference ``answer`` exactly, else 0; None when
+    there is no reference (null or blank): nothing to check the answer against.
 
     Equal means the same number (exact rational arithmetic: ``1,000`` = ``1000.00`` = ``$1000``,
     ``0.5`` = ``1/2``; ``1005`` ≠ ``1000``), the same mathematical object for LaTeX and
@@ -148,8 +152,10 @@ def math_answer(completion: Any, answer: Any, extract: str = "auto", partial_cre
     final answer it states (:func:`reference_answer`). ``extract`` says where the answer is read
     (:func:`extract_answer`). ``partial_credit: true`` is for reward shaping only: a numeric
     answer near the reference then scores by :func:`relative_error_score`."""
+    if answer is None or not str(answer).strip():
+        return None
     stated = extract_answer(completion_text(completion), extract)
-    if stated is None or answer is None or not stated.strip():
+    if stated is None or not stated.strip():
         return 0.0
     reference = reference_answer(answer)
     if answers_equal(stated, reference):
@@ -247,18 +253,26 @@ def grader_columns(
     }
 
 
-def as_trl_reward(fn: Grader, columns: dict[str, str] | None = None, **options: Any) -> Callable[..., list[float]]:
-    """The grader as a TRL reward function ``(prompts, completions, **dataset_columns) -> list[float]``.
+def as_score(value: Any) -> float | None:
+    """A grader's return value as a score: a float, or None (the row could not be graded)."""
+    return None if value is None else float(value)
+
+
+def as_trl_reward(
+    fn: Grader, columns: dict[str, str] | None = None, **options: Any
+) -> Callable[..., list[float | None]]:
+    """The grader as a TRL reward function ``(prompts, completions, **dataset_columns) -> list``:
+    a float per completion, None where the grader cannot grade it (TRL leaves it out).
 
     ``columns`` maps a grader parameter to the dataset column that feeds it (default: the same
     name); ``options`` are constants (e.g. ``max_words=400``)."""
     feeds = grader_columns(fn, columns, options)
 
-    def reward(prompts: list[Any], completions: list[Any], **kwargs: Any) -> list[float]:
-        scores = []
+    def reward(prompts: list[Any], completions: list[Any], **kwargs: Any) -> list[float | None]:
+        scores: list[float | None] = []
         for i, completion in enumerate(completions):
             row = {p: kwargs[c][i] for p, c in feeds.items() if c in kwargs}
-            scores.append(float(fn(completion, **row, **options)))
+            scores.append(as_score(fn(completion, **row, **options)))
         return scores
 
     reward.__name__ = getattr(fn, "__name__", "grader")

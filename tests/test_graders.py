@@ -47,6 +47,16 @@ def test_a_worked_solution_is_a_reference(gsm8k_test):
     assert math_answer("#### 5", "5 apples and 3 pears") == 0.0  # no marked answer: the text itself
 
 
+def test_no_reference_is_no_grade():
+    """Without a reference answer there is nothing to check: None (a null score), not 0 (a wrong
+    answer); the TRL reward passes None on, which GRPO leaves out of the reward."""
+    assert math_answer("#### 5", None) is None
+    assert math_answer("#### 5", "  ") is None
+    assert math_answer("no answer stated", None) is None
+    reward = as_trl_reward(math_answer)
+    assert reward(["p"] * 3, ["#### 5", "#### 5", "#### 6"], answer=["5", None, "5"]) == [1.0, None, 0.0]
+
+
 def test_every_gsm8k_answer_in_reasoning_format_scores_one(gsm8k_test):
     for r in gsm8k_test:
         completion = f"<think>\n{r['answer'].rsplit('####', 1)[0]}\n</think>\n<answer>{final(r)}</answer>"

@@ -9,7 +9,9 @@ Produces ``data``: the rows with ``reward`` (a copy of the column named by ``rew
 ``advantage`` = (reward − group_mean) / (group_std + ``epsilon``); and ``groups``: one row per
 prompt (``_id`` = group id) with ``n``, ``correct`` (reward ≥ ``correct_at``), ``mean_reward``
 and ``pass@k`` for each ``k`` ≤ n, by the unbiased estimator 1 − C(n−c, k) / C(n, k) (Chen et
-al., 2021). The card shows the mean pass@k over prompts. No row is dropped.
+al., 2021). The card shows the mean pass@k over prompts. No row is dropped. A null reward (a
+sample no grader could grade: ``math`` without a reference) counts in none of these: ``n`` and
+``group_size`` are the graded samples, and the row's ``advantage`` is null.
 """
 
 from __future__ import annotations
@@ -66,7 +68,7 @@ def pass_at_k(n: int, c: int, k: int) -> float | None:
 
 @step(
     "rollout",
-    version=1,
+    version=2,  # 2: a null reward is no sample of n / group_size (it counted as a wrong one in pass@k)
     outputs=("data", "groups"),
     columns=_columns,
     partition="key",
@@ -81,13 +83,17 @@ def rollout(inputs: dict[str, pl.DataFrame], cfg: RolloutConfig, ctx: Context) -
     data = df.with_columns(
         r.alias("reward"),
         g.alias("group_id"),
-        pl.len().over(g).cast(pl.Int64).alias("group_size"),
+        r.count().over(g).cast(pl.Int64).alias("group_size"),
         r.mean().over(g).alias("group_mean"),
         r.std(ddof=0).over(g).alias("group_std"),
     ).with_columns(((r - pl.col("group_mean")) / (pl.col("group_std") + cfg.epsilon)).alias("advantage"))
     stats = (
         data.group_by("group_id", maintain_order=True)
-        .agg(pl.len().alias("n"), (r >= cfg.correct_at).sum().alias("correct"), r.mean().alias("mean_reward"))
+        .agg(
+            r.count().cast(pl.Int64).alias("n"),
+            (r >= cfg.correct_at).sum().cast(pl.Int64).alias("correct"),
+            r.mean().alias("mean_reward"),
+        )
         .rename({"group_id": "_id"})
     )
     groups = stats.with_columns(

@@ -4,7 +4,9 @@ verify — consumes the ``completion`` column (text or messages) and the columns
 produces one ``score_<name>`` column per grader (or the ``column`` it names) and, with
 ``weights``, a ``reward`` column (the weighted sum). Graders are the functions of
 ``dataforge.graders`` (``math``, ``format``, ``language``, ``length``) or ``module:function``;
-``trainers/grpo.py`` uses the same functions as GRPO rewards. No row is dropped here.
+``trainers/grpo.py`` uses the same functions as GRPO rewards. No row is dropped here. A row a
+grader cannot grade (``math`` without a reference answer) gets a null score, and a null
+``reward``: the ``filter`` after it drops the row as ``<reason>:missing``, not as a wrong answer.
 
 filter — consumes ``column`` (numeric); keeps rows with ``min ≤ value ≤ max``. A dropped row gets
 event ``dropped`` with ``reason`` (default ``filter:<column>``) and ``score`` = its value; a row
@@ -49,7 +51,7 @@ from dataforge.engine.step import (
     with_columns,
 )
 from dataforge.errors import RecipeError
-from dataforge.graders import EXTRACTIONS, Grader, grader_columns, grader_parameters, load_grader
+from dataforge.graders import EXTRACTIONS, Grader, as_score, grader_columns, grader_parameters, load_grader
 
 # -- verify -----------------------------------------------------------------------------------------
 
@@ -113,7 +115,7 @@ def _verify_columns(cfg: VerifyConfig, cols: Columns, info: PlanInfo) -> Columns
     "verify",
     version=4,  # 3: math reads "1.5e2", "−5", "5\\%", "**5**", "18\\text{ dollars}" (all scored 0); format: one tag
     # 4: math reads "Answer: 5" lines, "$5$" / "\\(5\\)", Minerva's "I hope it is correct.", "(B)", "5°", "1\\,500"
-    # and a reference that is a worked solution ("… #### 72") as its final answer
+    # and a reference that is a worked solution ("… #### 72") as its final answer; no reference: a null score
     inputs=None,
     per_table_columns=_verify_columns,
     partition="rows",
@@ -128,7 +130,7 @@ def verify(inputs: dict[str, pl.DataFrame], cfg: VerifyConfig, ctx: Context) -> 
             fn, reads = g.load(), g.columns_read()
             feeds = {p: df[c].to_list() for p, c in reads.items()}
             values = [
-                float(fn(comp, **{p: v[i] for p, v in feeds.items()}, **g.options))
+                as_score(fn(comp, **{p: v[i] for p, v in feeds.items()}, **g.options))
                 for i, comp in enumerate(
                     ctx.progress.track(completions, total=df.height, description=f"grade {g.name}", unit="rows")
                 )

@@ -55,6 +55,27 @@ def test_verify_adds_scores_and_a_weighted_reward(ctx):
     assert verify({"data": SOLUTIONS}, shaped, ctx).tables["data"]["score_math"].to_list() == [1.0, 0.5, 1.0, 0.5]
 
 
+def test_a_row_without_a_reference_is_not_graded_wrong(ctx):
+    """A null or blank reference answer gives a null score and reward (0 called the answer wrong),
+    so the filter drops the row as missing, not as a wrong answer."""
+    df = SOLUTIONS.with_columns(pl.Series("final_answer", ["4", None, " ", "100"]))
+    cfg = VerifyConfig(
+        graders=[{"name": "math", "inputs": {"answer": "final_answer"}}, {"name": "format"}],
+        weights={"math": 1.0, "format": 0.5},
+    )
+    out = verify({"data": df}, cfg, ctx).tables["data"]
+    assert out["score_math"].to_list() == [1.0, None, None, 0.0]
+    assert out["score_format"].to_list() == [1.0, 0.0, 1.0, 0.0]
+    assert out["reward"].to_list() == [1.5, None, None, 0.0]
+    res = score_filter({"data": out}, FilterConfig(column="score_math", min=1.0, reason="verifier:wrong_answer"), ctx)
+    ev = pl.concat(res.events).sort("row_id")
+    assert ev.select("row_id", "reason").rows() == [
+        ("s:1", "verifier:wrong_answer:missing"),
+        ("s:2", "verifier:wrong_answer:missing"),
+        ("s:3", "verifier:wrong_answer"),
+    ]
+
+
 def test_verify_checks_grader_inputs_at_plan_time():
     info = PlanInfo(base_dir=".", step="v")
     cols = list(SOLUTIONS.columns)
@@ -97,6 +118,14 @@ def test_rollout_group_statistics_and_pass_at_k(ctx):
         ("q:0", 2, 1, 0.5, 1.0),
         ("q:1", 2, 2, 1.0, 1.0),
     ]
+    # a sample no grader could grade (null reward) is no sample: not a wrong one in pass@k
+    ungraded = rollout({"data": df.with_columns(pl.Series("reward", [1.0, None, 1.0, 0.0]))}, RolloutConfig(k=[1]), ctx)
+    assert ungraded.tables["groups"].sort("_id").select("_id", "n", "correct", "pass@1").rows() == [
+        ("q:0", 1, 1, 1.0),
+        ("q:1", 2, 1, 0.5),
+    ]
+    q0 = ungraded.tables["data"].filter(pl.col("group_id") == "q:0")
+    assert q0["group_size"].to_list() == [1, 1] and q0["advantage"].to_list() == [0.0, None]
     assert pass_at_k(10, 3, 1) == pytest.approx(0.3)
     assert pass_at_k(5, 0, 2) == 0.0 and pass_at_k(3, 1, 4) is None
     assert pass_at_k(4, 2, 2) == pytest.approx(1 - math.comb(2, 2) / math.comb(4, 2))
