@@ -254,8 +254,12 @@ def grader_columns(
 
 
 def as_score(value: Any) -> float | None:
-    """A grader's return value as a score: a float, or None (the row could not be graded)."""
-    return None if value is None else float(value)
+    """A grader's return value as a score: a float, or None (the row could not be graded; a NaN
+    says the same, and would pass every ``filter`` bound as polars orders NaN above all)."""
+    if value is None:
+        return None
+    score = float(value)
+    return None if math.isnan(score) else score
 
 
 def as_trl_reward(

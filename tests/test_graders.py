@@ -55,6 +55,7 @@ def test_no_reference_is_no_grade():
     assert math_answer("no answer stated", None) is None
     reward = as_trl_reward(math_answer)
     assert reward(["p"] * 3, ["#### 5", "#### 5", "#### 6"], answer=["5", None, "5"]) == [1.0, None, 0.0]
+    assert as_trl_reward(lambda completion: float("nan"))(["p"], ["x"]) == [None]  # NaN: ungraded too
 
 
 def test_every_gsm8k_answer_in_reasoning_format_scores_one(gsm8k_test):

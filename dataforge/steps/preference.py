@@ -129,10 +129,10 @@ class _Decisions:
 def _candidates(cfg: PairsConfig, rows: list[dict[str, Any]], d: _Decisions) -> list[tuple[dict, dict, float, float]]:
     """(chosen, rejected, chosen score, rejected score) candidates of one prompt's responses."""
     col = cfg.column or ""
-    missing = [r for r in rows if r[col] is None]
+    missing = [r for r in rows if r[col] is None or r[col] != r[col]]  # (NaN ≠ NaN: no score)
     if missing:
         d.drop_rows(missing, "pair:missing_score", column=col)
-        rows = [r for r in rows if r[col] is not None]
+        rows = [r for r in rows if r[col] is not None and r[col] == r[col]]
     if len(rows) < 2:
         d.drop_rows(rows, "pair:single_response")
         return []
@@ -199,7 +199,7 @@ def _as_text(value: Any) -> str:
 
 @step(
     "preference.pairs",
-    version=1,
+    version=2,  # 2: a NaN score is a missing one (it was ranked: NaN compares false both ways)
     inputs=None,
     per_table_columns=_columns,
     partition="key",

@@ -10,7 +10,7 @@ Produces ``data``: the rows with ``reward`` (a copy of the column named by ``rew
 prompt (``_id`` = group id) with ``n``, ``correct`` (reward ≥ ``correct_at``), ``mean_reward``
 and ``pass@k`` for each ``k`` ≤ n, by the unbiased estimator 1 − C(n−c, k) / C(n, k) (Chen et
 al., 2021). The card shows the mean pass@k over prompts. No row is dropped. A null reward (a
-sample no grader could grade: ``math`` without a reference) counts in none of these: ``n`` and
+sample no grader could grade: ``math`` without a reference; NaN reads the same) counts in none of these: ``n`` and
 ``group_size`` are the graded samples, and the row's ``advantage`` is null.
 """
 
@@ -68,7 +68,7 @@ def pass_at_k(n: int, c: int, k: int) -> float | None:
 
 @step(
     "rollout",
-    version=2,  # 2: a null reward is no sample of n / group_size (it counted as a wrong one in pass@k)
+    version=2,  # 2: a null or NaN reward is no sample of n / group_size (it counted as a wrong one in pass@k)
     outputs=("data", "groups"),
     columns=_columns,
     partition="key",
@@ -78,7 +78,7 @@ def pass_at_k(n: int, c: int, k: int) -> float | None:
 def rollout(inputs: dict[str, pl.DataFrame], cfg: RolloutConfig, ctx: Context) -> StepResult:
     """Group statistics and advantages per prompt; pass@k per prompt."""
     df = inputs["data"]
-    r = pl.col(cfg.reward).cast(pl.Float64)
+    r = pl.col(cfg.reward).cast(pl.Float64).fill_nan(None)  # NaN: ungraded, as null
     g = pl.col(cfg.group)
     data = df.with_columns(
         r.alias("reward"),

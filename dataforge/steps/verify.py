@@ -10,7 +10,8 @@ grader cannot grade (``math`` without a reference answer) gets a null score, and
 
 filter — consumes ``column`` (numeric); keeps rows with ``min ≤ value ≤ max``. A dropped row gets
 event ``dropped`` with ``reason`` (default ``filter:<column>``) and ``score`` = its value; a row
-whose value is null is dropped with ``<reason>:missing``.
+whose value is null or NaN is dropped with ``<reason>:missing`` (polars orders NaN above every
+number: ``min: 1.0`` would keep it).
 
 Example::
 
@@ -168,13 +169,13 @@ def _filter_columns(cfg: FilterConfig, cols: Columns, info: PlanInfo) -> Columns
     return cols
 
 
-@step("filter", version=1, inputs=None, per_table_columns=_filter_columns, partition="rows")
+@step("filter", version=2, inputs=None, per_table_columns=_filter_columns, partition="rows")
 def score_filter(inputs: dict[str, pl.DataFrame], cfg: FilterConfig, ctx: Context) -> StepResult:
     """Keep rows whose score is within bounds; every other row is dropped with its score."""
     reason = cfg.reason or f"filter:{cfg.column}"
 
     def one(name: str, df: pl.DataFrame) -> StepResult:
-        value = pl.col(cfg.column).cast(pl.Float64)
+        value = pl.col(cfg.column).cast(pl.Float64).fill_nan(None)  # NaN: no score (it compares above all)
         ok = pl.lit(True)
         if cfg.min is not None:
             ok = ok & (value >= cfg.min)

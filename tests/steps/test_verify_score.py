@@ -106,6 +106,16 @@ def test_filter_drops_with_reason_and_score(ctx):
         FilterConfig(column="score")
 
 
+@pytest.mark.parametrize("bounds", [{"min": 1.0}, {"max": 0.5}, {"min": 0.0, "max": 1.0}])
+def test_filter_drops_a_nan_score_as_missing(ctx, bounds):
+    """polars orders NaN above every number: ``min: 1.0`` kept a NaN score as if verified."""
+    df = SOLUTIONS.with_columns(pl.Series("score", [float("nan"), 0.5, 1.0, None]))
+    res = score_filter({"data": df}, FilterConfig(column="score", reason="check", **bounds), ctx)
+    assert "s:0" not in res.tables["data"]["_id"].to_list()
+    ev = pl.concat(res.events).sort("row_id")
+    assert ev.filter(pl.col("row_id") == "s:0")["reason"].to_list() == ["check:missing"]
+
+
 def test_rollout_group_statistics_and_pass_at_k(ctx):
     df = SOLUTIONS.with_columns(pl.Series("reward", [1.0, 0.0, 1.0, 1.0]))
     res = rollout({"data": df}, RolloutConfig(k=[1, 2]), ctx)
@@ -119,7 +129,10 @@ def test_rollout_group_statistics_and_pass_at_k(ctx):
         ("q:1", 2, 2, 1.0, 1.0),
     ]
     # a sample no grader could grade (null reward) is no sample: not a wrong one in pass@k
-    ungraded = rollout({"data": df.with_columns(pl.Series("reward", [1.0, None, 1.0, 0.0]))}, RolloutConfig(k=[1]), ctx)
+    rewards = pl.Series("reward", [1.0, None, 1.0, 0.0])
+    ungraded = rollout({"data": df.with_columns(rewards)}, RolloutConfig(k=[1]), ctx)
+    as_nan = rollout({"data": df.with_columns(rewards.fill_null(float("nan")))}, RolloutConfig(k=[1]), ctx)
+    assert as_nan.tables["groups"].equals(ungraded.tables["groups"])  # NaN: ungraded too
     assert ungraded.tables["groups"].sort("_id").select("_id", "n", "correct", "pass@1").rows() == [
         ("q:0", 1, 1, 1.0),
         ("q:1", 2, 1, 0.5),
@@ -218,6 +231,10 @@ def test_scores_best_vs_worst_ties_margins_and_k(ctx):
     assert (drops["reason"] == "pair:over_max_pairs").sum() == 3
     tie, drops, _ = pairs(responses("score", [0.5, 0.5]), ctx, rule="scores", column="score")
     assert tie == [] and drops["reason"].to_list() == ["pair:tie"]
+    # a NaN score is a missing one, not a response to rank (NaN compares false both ways)
+    got, drops, _ = pairs(responses("score", [0.5, float("nan"), 0.9]), ctx, rule="scores", column="score")
+    assert got == [("r:2", "r:0")]
+    assert drops.filter(pl.col("row_id") == "r:1")["reason"].to_list() == ["pair:missing_score"]
 
 
 def test_verifier_pairs_correct_against_incorrect(ctx):
