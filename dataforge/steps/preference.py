@@ -129,10 +129,10 @@ class _Decisions:
 def _candidates(cfg: PairsConfig, rows: list[dict[str, Any]], d: _Decisions) -> list[tuple[dict, dict, float, float]]:
     """(chosen, rejected, chosen score, rejected score) candidates of one prompt's responses."""
     col = cfg.column or ""
-    missing = [r for r in rows if r[col] is None or r[col] != r[col]]  # (NaN ≠ NaN: no score)
+    missing = [r for r in rows if r[col] is None]
     if missing:
         d.drop_rows(missing, "pair:missing_score", column=col)
-        rows = [r for r in rows if r[col] is not None and r[col] == r[col]]
+        rows = [r for r in rows if r[col] is not None]
     if len(rows) < 2:
         d.drop_rows(rows, "pair:single_response")
         return []
@@ -226,6 +226,9 @@ def _pairs_of(name: str, df: pl.DataFrame, cfg: PairsConfig, ctx: Context) -> St
             else:
                 _keep(cfg, [(chosen, rejected, 1.0, 0.0)], d)
     else:
+        col = cfg.column or ""  # (given for every rule but revision)
+        if df.schema[col].is_float():  # a NaN score is no score, as in `filter`
+            df = df.with_columns(pl.col(col).fill_nan(None))
         groups = df.partition_by(cfg.group, maintain_order=True, as_dict=False)
         for g in ctx.progress.track(groups, total=len(groups), description="pairs", unit="prompts"):
             _keep(cfg, _candidates(cfg, g.to_dicts(), d), d)
