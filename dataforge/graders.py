@@ -13,7 +13,8 @@ Built in:
   (numbers as exact rationals, LaTeX and expressions through math-verify), else 0. Options:
   ``extract`` (``auto``, ``answer_tag``, ``boxed``, ``gsm8k``, ``answer_is``, ``last_number``)
   and ``partial_credit`` (reward shaping only: near misses score by relative error).
-- ``format``: 1.0 when the completion is exactly ``<think>…</think><answer>…</answer>``, else 0.
+- ``format``: 1.0 when the completion is exactly ``<think>…</think><answer>…</answer>`` with an
+  answer that is not blank, else 0.
 - ``language`` (option ``script``: latin, cyrillic, greek, arabic, hebrew, devanagari, cjk,
   hangul): the share of the completion's letters written in that script.
 - ``length`` (options ``min_words``, ``max_words``): 1.0 inside the bounds, falling linearly to 0
@@ -40,8 +41,11 @@ Grader = Callable[..., float | None]
 _ANSWER_TAG = re.compile(r"(?s)<answer>(.*?)</answer>")
 _GSM8K_FINAL = re.compile(r"####\s*([^\n]*)")
 _THE_ANSWER_IS = re.compile(r"(?i)\banswer is[:\s]*([^\n]*)")
-# "Answer: 5", "Final answer: 5", "**Answer:** 5", "**Final Answer**: 5": a line that opens with the label
-_ANSWER_LABEL = re.compile(r"(?im)^[ \t>#*_]*(?:final[ \t]+)?answer[*_]*[ \t]*:[ \t*_]*(\S[^\n]*)$")
+# "Answer: 5", "Final answer: 5", "**Answer:** 5", "**Final Answer**: 5": the label opens a line or
+# follows a sentence's end ("Wait, that was wrong. Answer: 6"); "My answer: 5" is no label
+_ANSWER_LABEL = re.compile(
+    r"(?im)(?:^|(?<=[.!?])[ \t]+)[ \t>#*_]*(?:final[ \t]+)?answer[*_]*[ \t]*:[ \t*_]*(\S[^\n]*)$"
+)
 # the sentence the Minerva / lm-eval MATH prompt ends every answer with ("Final Answer: The final
 # answer is $5$. I hope it is correct."): part of the format, not of the answer
 _MINERVA_TRAILER = re.compile(r"(?i)\s*I hope it is correct\.?\s*$")
@@ -168,7 +172,8 @@ def math_answer(completion: Any, answer: Any, extract: str = "auto", partial_cre
 
 
 def format_reward(completion: Any) -> float:
-    """1.0 when the completion is exactly the reasoning format, else 0."""
+    """1.0 when the completion is exactly the reasoning format (``split_reasoning``: one think
+    block, then one answer block that is not blank), else 0."""
     return 1.0 if split_reasoning(completion_text(completion))[0] is not None else 0.0
 
 

@@ -18,6 +18,7 @@ from dataforge.graders import (
     load_grader,
     math_answer,
 )
+from dataforge.text.reasoning import split_reasoning
 from tests.conftest import GSM8K
 
 
@@ -144,6 +145,20 @@ def test_partial_credit_is_an_explicit_reward_shaping_option(gsm8k_test, factor,
         ("Answer: 150\nWait, that is wrong.\nAnswer: 151", "150", 0.0),  # the last statement counts
         ("Answer: 150 apples and 3 pears", "150", 0.0),
         ("My answer: 150", "150", 0.0),  # not a label opening the line
+        # nor after a sentence's end: the retraction "… Answer: 151" was missed and 150 scored 1
+        ("Answer: 150\nWait, that is wrong. Answer: 151", "150", 0.0),
+        ("Answer: 150\nWait, that is wrong. Answer: 151", "151", 1.0),
+        ("So it is 150 in all. Final answer: 150", "150", 1.0),
+        # a set in LaTeX braces (was compared as text: the spacing differed, 0.0)
+        ("\\boxed{\\{2,3\\}}", "\\{2, 3\\}", 1.0),
+        ("\\boxed{\\{3, 2\\}}", "\\{2, 3\\}", 1.0),
+        ("\\boxed{\\{2,4\\}}", "\\{2, 3\\}", 0.0),
+        ("\\boxed{3}", "\\{2, 3\\}", 0.0),
+        # a word or letter in a text command is the word (was 0.0)
+        ("\\boxed{\\text{yes}}", "yes", 1.0),
+        ("\\boxed{\\text{no}}", "yes", 0.0),
+        ("\\boxed{\\textbf{(B)}}", "B", 1.0),
+        ("\\boxed{\\textbf{(B)}}", "C", 0.0),
         ("The answer is (B).", "B", 1.0),  # a choice letter in parentheses (was 0.0)
         ("The answer is (B).", "C", 0.0),
         ("The answer is (B) 42.", "B", 0.0),  # letter and choice text: not one answer
@@ -196,7 +211,13 @@ def test_format_reward_needs_both_tags_in_order():
     assert format_reward("<think>a<think>b</think><answer>1</answer>") == 0.0
     assert format_reward("<think>a</think><answer><answer>1</answer>") == 0.0
     assert format_reward("\n<think>\nwork\n</think>\n<answer>1</answer>\n") == 1.0
-    assert format_reward("<think></think><answer></answer>") == 1.0
+    assert format_reward("<think></think><answer>1</answer>") == 1.0  # an empty think block is still the format
+    # a blank answer block states no answer: a format reward for it would teach a policy to answer nothing
+    assert format_reward("<think>work</think><answer></answer>") == 0.0
+    assert format_reward("<think>work</think><answer> \n </answer>") == 0.0
+    # generate's think / stated_answer columns read the same: no stated answer, not a blank one
+    assert split_reasoning("<think>work</think><answer> </answer>") == (None, None)
+    assert split_reasoning("<think>\nwork\n</think>\n<answer> 5 </answer>") == ("work", "5")
 
 
 def test_language_and_length():

@@ -68,8 +68,9 @@ def system_prompt(cfg: GenerateConfig) -> str | None:
 
 @step(
     "generate",
-    version=3,  # 2: a payload asked by several rows in one call is sent once, every row gets its answer;
+    version=4,  # 2: a payload asked by several rows in one call is sent once, every row gets its answer;
     # 3: a completion with a repeated reasoning tag has no think / stated_answer (it is not the format)
+    # 4: nor has one whose answer block is blank
     outputs=("data", "failed"),
     columns=_columns,
     partition="rows",

@@ -32,11 +32,12 @@ _INLINE_MATH = re.compile(r"^(?:\$\$(.+)\$\$|\$([^$]+)\$|\\\((.+)\\\)|\\\[(.+)\\
 _CHOICE_LETTER = re.compile(r"^\(([A-Za-z])\)$")  # "(B)", as multiple-choice answers are written
 _THIN_SPACE_THOUSANDS = re.compile(r"(?<=\d)\\,(?=\d{3}(?!\d))")  # LaTeX "1\,500"
 _TEXT_COMMAND = re.compile(r"\\(?:text|textrm|mathrm|mbox)\{([^{}]*)\}")  # "18\text{ dollars}"
+_TEXT_ANSWER = re.compile(r"^\\(?:text|textrm|textbf|textit|mathrm|mathbf|mbox)\{([^{}]*)\}$")  # "\text{yes}": yes
 _CURRENCY = re.compile(r"^(?:\\?\$|€|£|¥|USD|EUR)\s*")
 _PLAIN = re.compile(r"^[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)?(?:\.\d+)?(?:(?<=\d)[eE][-+]?\d+)?$")  # "1.5e2" = 150
 _RATIO = re.compile(r"^([-+]?\d+)\s*/\s*(\d+)$")
 _UNIT = re.compile(r"^([^\sA-Za-z]+)\s+[A-Za-z]+\.?$")  # "18 dollars", "5 cm"
-_LATEX_COMMAND = re.compile(r"\\[A-Za-z]+")
+_LATEX_COMMAND = re.compile(r"\\(?:[A-Za-z]+|[{}%,;:! ])")  # "\frac", and "\{" "\," (a set's braces, spaces)
 _MATH_CHARS = re.compile(r"^[\w\s+\-*/^().,{}\[\]=<>|!'√π∞·×÷]+$")
 
 
@@ -81,10 +82,11 @@ def _plain_text(text: str) -> str:
 def _unwrapped(answer: str) -> str:
     """An answer without what only typesets it: the typeset minus sign read as "-", Markdown
     emphasis ("**5**" is 5; chat models bold their answers), inline math delimiters ("$5$",
-    "\\(5\\)": the Minerva MATH format) and a choice letter's parentheses ("(B)" is B) around the
-    whole answer, and the period that ends the sentence ("$\\frac{1}{2}$." is one half)."""
+    "\\(5\\)": the Minerva MATH format), a text command ("\\text{yes}" is yes) and a choice
+    letter's parentheses ("(B)" is B) around the whole answer, and the period that ends the
+    sentence ("$\\frac{1}{2}$." is one half)."""
     s = answer.replace(_MINUS_SIGN, "-").strip().removesuffix(".").rstrip()
-    for wrapper in (_EMPHASIS, _INLINE_MATH, _CHOICE_LETTER):
+    for wrapper in (_EMPHASIS, _INLINE_MATH, _TEXT_ANSWER, _CHOICE_LETTER):
         found = wrapper.match(s)
         if found:  # what it wraps: its last group that matched
             s = next(g for g in reversed(found.groups()) if g is not None).strip().removesuffix(".").rstrip()

@@ -31,13 +31,15 @@ REASONING_INSTRUCTION = (
 
 def split_reasoning(text: str) -> tuple[str | None, str | None]:
     """``(think, answer)`` of a completion in the reasoning format, or ``(None, None)``: one
-    think block, then one answer block, nothing around them but whitespace. A tag inside either
-    block ("…</think>…</think>", two answers) is not the format: matched lazily, the pattern
-    would take "<answer>1</answer><answer>2</answer>" as one answer."""
+    think block, then one answer block that states something, nothing around them but
+    whitespace. A tag inside either block ("…</think>…</think>", two answers) is not the format:
+    matched lazily, the pattern would take "<answer>1</answer><answer>2</answer>" as one answer.
+    An empty or blank answer block is not the format either: it gives no answer, and a format
+    reward that paid for it would teach a policy to give none."""
     import re
 
     m = re.match(REASONING_RE, text or "")
-    if m is None or any(tag in m.group(k) for k in (1, 2) for tag in _TAGS):
+    if m is None or not m.group(2).strip() or any(tag in m.group(k) for k in (1, 2) for tag in _TAGS):
         return None, None
     return m.group(1).strip(), m.group(2).strip()
 
