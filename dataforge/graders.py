@@ -34,7 +34,7 @@ from collections.abc import Callable
 from typing import Any, Literal, get_args
 
 from dataforge.text.answers import answers_equal, exact_number
-from dataforge.text.reasoning import split_reasoning
+from dataforge.text.reasoning import THINK_CLOSE, split_reasoning
 
 Grader = Callable[..., float | None]
 
@@ -50,7 +50,8 @@ _ANSWER_LABEL = re.compile(
 # answer is $5$. I hope it is correct."): part of the format, not of the answer
 _MINERVA_TRAILER = re.compile(r"(?i)\s*I hope it is correct\.?\s*$")
 _NUMBER = re.compile(r"-?\d+(?:,\d{3})*(?:\.\d+)?")
-_REASONING_TAG = re.compile(r"</?(?:think|answer)>")
+_ANSWER_TAGS = re.compile(r"</?answer>")
+_THINK_TAGS = re.compile(r"</?think>")
 
 Extraction = Literal["auto", "answer_tag", "boxed", "gsm8k", "answer_is", "last_number"]
 EXTRACTIONS: tuple[str, ...] = get_args(Extraction)
@@ -104,12 +105,19 @@ def extract_answer(text: str, extract: str = "auto") -> str | None:
       ``gsm8k``: ``#### N``; ``answer_is``: what follows "the answer is" or an "Answer:" /
       "Final answer:" label opening a line, whichever comes last; ``last_number``: the
       last number anywhere (a guess: only on request, never a default);
-    - ``auto`` (the default): a completion that uses the reasoning tags is held to them (its
-      ``<answer>`` or nothing); otherwise ``#### N``, then ``\\boxed{…}``, then "the answer is …".
-      A completion that states no answer in any of these forms has none (None), whatever
-      numbers it mentions."""
-    if extract == "answer_tag" or (extract == "auto" and _REASONING_TAG.search(text)):
+    - ``auto`` (the default): a completion that uses the answer tags is held to them (its
+      ``<answer>`` or nothing); one that thinks in ``<think>…</think>`` without them (DeepSeek-R1,
+      Qwen3, whose chat templates may open the think block in the prompt, leaving only
+      ``</think>``) is read after its last ``</think>`` and never inside it, where answers are
+      tried and dropped; an open ``<think>`` that never closes has no answer. Otherwise ``#### N``,
+      then ``\\boxed{…}``, then "the answer is …". A completion that states no answer in any of
+      these forms has none (None), whatever numbers it mentions."""
+    if extract == "answer_tag" or (extract == "auto" and _ANSWER_TAGS.search(text)):
         return _last(_ANSWER_TAG, text)
+    if extract == "auto" and _THINK_TAGS.search(text):
+        _, closed, text = text.rpartition(THINK_CLOSE)
+        if not closed:
+            return None
     if extract == "boxed":
         return _last_boxed(text)
     if extract == "gsm8k":

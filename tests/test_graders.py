@@ -170,6 +170,13 @@ def test_partial_credit_is_an_explicit_reward_shaping_option(gsm8k_test, factor,
         ("zq 150 xv 7 lorem 3.2 ipsum 150", "150", 0.0),  # pure noise: no stated answer
         ("I think 150 is right, maybe", "150", 0.0),  # no last-number guess by default
         ("<think>so it is 150</think>", "150", 0.0),  # reasoning format without <answer>: strict
+        # DeepSeek-R1 / Qwen3: think, then the answer outside the tags (was 0.0: held to <answer>)
+        ("<think>\n3 * 50 = 150\n</think>\n\n**Final Answer**\n\\[\n\\boxed{150}\n\\]", "150", 1.0),
+        ("3 * 50 = 150\n</think>\n\nSo the answer is \\boxed{150}.", "150", 1.0),  # template opened <think>
+        ("<think>\\boxed{150}</think>\nThe answer is 151.", "150", 0.0),  # never read inside the thinking
+        ("<think>\\boxed{150}</think>\nThe answer is 151.", "151", 1.0),
+        ("<think>3 * 50 is 150, so the answer is 150", "150", 0.0),  # the thinking never closed
+        ("<think>\\boxed{150}</think>\n<answer>", "150", 0.0),  # answer tags: held to them
     ],
 )
 def test_math_is_exact(completion, reference, expected):

@@ -702,7 +702,7 @@ def _clone_hits(train: _Side, evals: _Side, cfg: LeakageConfig) -> pl.DataFrame:
     # 15: a row matched before the transformer is not embedded, nor judged, for its other pairs
     # 16: a train row without text is no `exact` copy of an eval item without text
     # 17: a train row's stated answer is also read from an "Answer: N" line (graders.extract_answer)
-    # 18: … and from an "Answer: N" label after a sentence's end ("Wait, no. Answer: 6")
+    # 18: … and from an "Answer: N" label after a sentence's end ("Wait, no. Answer: 6"), and after "</think>"
     inputs=None,
     outputs=("data", "matches", "scores"),
     columns=_columns,
