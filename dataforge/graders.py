@@ -16,7 +16,8 @@ Built in:
 - ``format``: 1.0 when the completion is exactly ``<think>…</think><answer>…</answer>`` with an
   answer that is not blank, else 0.
 - ``language`` (option ``script``: latin, cyrillic, greek, arabic, hebrew, devanagari, cjk,
-  hangul): the share of the completion's letters written in that script.
+  hangul): the share of the completion's letters written in that script; None for a blank
+  completion.
 - ``length`` (options ``min_words``, ``max_words``): 1.0 inside the bounds, falling linearly to 0
   at twice the distance.
 
@@ -197,13 +198,18 @@ _SCRIPTS = {
 }
 
 
-def language_consistency(completion: Any, script: str = "latin") -> float:
+def language_consistency(completion: Any, script: str = "latin") -> float | None:
     """Share of letters written in ``script`` (DeepSeek-R1's language-consistency reward, by
-    script); a completion without letters scores 1.0."""
+    script); a completion without letters ("42") scores 1.0: nothing in it is in another script.
+    A blank completion has nothing to grade: None (a null score; as a GRPO reward it is left out,
+    so an empty completion earns no reward for consistency)."""
     if script not in _SCRIPTS:
         raise ValueError(f"unknown script '{script}'; one of {', '.join(_SCRIPTS)}")
     prefixes = _SCRIPTS[script]
-    letters = [c for c in completion_text(completion) if c.isalpha()]
+    text = completion_text(completion)
+    if not text.strip():
+        return None
+    letters = [c for c in text if c.isalpha()]
     if not letters:
         return 1.0
     inside = sum(1 for c in letters if unicodedata.name(c, "").startswith(prefixes))

@@ -232,6 +232,10 @@ def test_language_and_length():
     assert language_consistency("Привет мир") == 0.0
     assert language_consistency("Привет мир", script="cyrillic") == 1.0
     assert language_consistency("12 + 3") == 1.0
+    # a blank completion is not graded (it scored 1.0: a GRPO policy was paid for saying nothing)
+    assert language_consistency("") is None
+    assert language_consistency(" \n ") is None
+    assert language_consistency([{"role": "assistant", "content": ""}]) is None
     with pytest.raises(ValueError, match="unknown script"):
         language_consistency("x", script="klingon")
     assert length_reward("a b c", min_words=2, max_words=4) == 1.0

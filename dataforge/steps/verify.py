@@ -118,7 +118,8 @@ def _verify_columns(cfg: VerifyConfig, cols: Columns, info: PlanInfo) -> Columns
     # 4: math reads "Answer: 5" lines, "$5$" / "\\(5\\)", Minerva's "I hope it is correct.", "(B)", "5°", "1\\,500"
     # and a reference that is a worked solution ("… #### 72") as its final answer; no reference: a null score
     # 5: math reads "\\{2,3\\}" as a set, "\\text{yes}" as yes, an "Answer:" label after a sentence's end and
-    # an R1 / Qwen3 completion after its "</think>" (it scored 0); format: a blank answer block is not the format
+    # an R1 / Qwen3 completion after its "</think>" (it scored 0); format: a blank answer block is not the format;
+    # language: a blank completion gets a null score (it scored 1.0)
     inputs=None,
     per_table_columns=_verify_columns,
     partition="rows",
