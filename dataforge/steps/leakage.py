@@ -64,8 +64,9 @@ request (per train text and eval text), so a rebuild asks nothing twice.
 
 Action ``drop`` (default): dropped events; ``flag``: kept, flagged events; ``report``: kept, no
 events. Reason ``leakage:<detector>``, ``related_id`` = the eval row, ``score`` = the deciding
-detector's score, ``detail_json`` = all scores. A markdown and Parquet report is written to
-``<out>/reports/leakage_<step>.{md,parquet}`` and dataset cards carry a contamination table.
+detector's score, ``detail_json`` = all scores (and the judge's answer where it decided). A
+markdown and Parquet report is written to ``<out>/reports/leakage_<step>.{md,parquet}`` and
+dataset cards carry a contamination table.
 """
 
 from __future__ import annotations
@@ -130,7 +131,8 @@ def name_agreement(train_words: frozenset[str], names: frozenset[str]) -> float 
     return len(names & train_words) / len(names) if names else None
 
 
-_VERDICT = re.compile(r"\[\[\s*(YES|NO)\s*\]\]|^\s*(YES|NO)\b", re.IGNORECASE)
+_VERDICT = re.compile(r"\[\[\s*(YES|NO)\s*\]\]", re.IGNORECASE)
+_LEADING_VERDICT = re.compile(r"^\s*(YES|NO)\b", re.IGNORECASE)
 
 SIGNALS = (
     "exact",
@@ -152,6 +154,7 @@ MATCH_COLUMNS = [
     "detector",
     "score",
     *SIGNALS,
+    "judge_answer",
     "train_text",
     "eval_text",
 ]
@@ -702,7 +705,8 @@ def _clone_hits(train: _Side, evals: _Side, cfg: LeakageConfig) -> pl.DataFrame:
     # 15: a row matched before the transformer is not embedded, nor judged, for its other pairs
     # 16: a train row without text is no `exact` copy of an eval item without text
     # 17: a train row's stated answer is also read from an "Answer: N" line (graders.extract_answer)
-    # 18: … and from an "Answer: N" label after a sentence's end ("Wait, no. Answer: 6"), and after "</think>"
+    # 18: … and from an "Answer: N" label after a sentence's end ("Wait, no. Answer: 6"), and after "</think>";
+    # the judge's verdict is its last [[YES]] / [[NO]] (it was the first)
     inputs=None,
     outputs=("data", "matches", "scores"),
     columns=_columns,
@@ -879,7 +883,7 @@ def leakage_check(inputs: dict[str, pl.DataFrame], cfg: LeakageConfig, ctx: Cont
     kept = train.filter(~hit) if cfg.action == "drop" else train
     ev_frames = []
     if cfg.action != "report" and matches.height:
-        detail = [json.dumps({k: r[k] for k in ("eval_input", *SIGNALS)}) for r in matches.iter_rows(named=True)]
+        detail = [json.dumps(_match_detail(r)) for r in matches.iter_rows(named=True)]
         ev_frames.append(
             events(
                 matches["train_id"],
@@ -892,6 +896,15 @@ def leakage_check(inputs: dict[str, pl.DataFrame], cfg: LeakageConfig, ctx: Cont
         )
     scores = _closest_scores(closest, train["_id"], matches)
     return StepResult({"data": kept, "matches": matches, "scores": scores}, events=ev_frames)
+
+
+def _match_detail(match: dict[str, Any]) -> dict[str, Any]:
+    """A match's event detail: the eval input, every detector's score and, for a pair the judge
+    decided, the judge's answer."""
+    detail = {k: match[k] for k in ("eval_input", *SIGNALS)}
+    if match.get("judge_answer") is not None:
+        detail["judge_answer"] = match["judge_answer"]
+    return detail
 
 
 def similarity_margin(row: dict[str, Any], cfg: LeakageConfig) -> float | None:
@@ -941,9 +954,12 @@ def _gated(row: dict[str, Any], cfg: LeakageConfig) -> bool:
 
 
 def parse_verdict(text: str) -> bool | None:
-    """True for a YES verdict, False for NO, None when the answer says neither."""
-    m = _VERDICT.search(text or "")
-    return None if m is None else (m.group(1) or m.group(2)).upper() == "YES"
+    """True for a YES verdict, False for NO, None when the answer says neither: the last
+    ``[[YES]]`` / ``[[NO]]`` (the judge's final word, as ``ai_feedback`` reads ``[[A]]``), else a
+    YES or NO that opens the answer. A judge that weighs "[[NO]] … on reflection [[YES]]" said
+    YES."""
+    found = _VERDICT.findall(text or "") or _LEADING_VERDICT.findall(text or "")
+    return None if not found else found[-1].upper() == "YES"
 
 
 def _judge(borderline: list[dict[str, Any]], cfg: LeakageConfig, ctx: Context) -> list[dict[str, Any]]:
@@ -976,7 +992,7 @@ def _judge(borderline: list[dict[str, Any]], cfg: LeakageConfig, ctx: Context) -
         verdict = parse_verdict(gen.texts[0]) if gen.ok else None
         if verdict:
             row = {k: v for k, v in r.items() if k != "train_text"}
-            leaks.append({**row, "detector": "judge", "score": strength(r)})
+            leaks.append({**row, "detector": "judge", "score": strength(r), "judge_answer": gen.texts[0]})
     return leaks
 
 
@@ -999,6 +1015,7 @@ def _best_matches(found: list[dict[str, Any]], train: pl.DataFrame, t_text: pl.S
         "cosine": pl.Float64,
         "numbers": pl.Float64,
         "answers_agree": pl.Boolean,
+        "judge_answer": pl.String,
         "train_text": pl.String,
         "eval_text": pl.String,
     }
@@ -1016,7 +1033,8 @@ def _best_matches(found: list[dict[str, Any]], train: pl.DataFrame, t_text: pl.S
         t_text.gather(best["t"]).alias("train_text"),
         pl.format("leak:{}", train["_id"].gather(best["t"])).alias("_id"),
     )
-    return best.select([pl.col(c).cast(t) for c, t in schema.items()])
+    missing = [pl.lit(None, dtype=t).alias(c) for c, t in schema.items() if c not in best.columns]  # no judge
+    return best.with_columns(missing).select([pl.col(c).cast(t) for c, t in schema.items()])
 
 
 # -- report and card ----------------------------------------------------------------------------------
@@ -1052,11 +1070,13 @@ def report(step_name: str, cfg: LeakageConfig, load: Callable[[str], pl.DataFram
         top = m.filter(pl.col("detector") == detector).sort("score", descending=True).head(10)
         if top.is_empty():
             continue
+        judged = detector == "judge"  # its matches show what the judge answered
         lines += [
             f"## Top `{detector}` matches",
             "",
-            "| train row | eval row | score | cosine | numbers | train text | eval text |",
-            "|---|---|---|---|---|---|---|",
+            "| train row | eval row | score | cosine | numbers | train text | eval text |"
+            + (" judge's answer |" if judged else ""),
+            "|---|---|---|---|---|---|---|" + ("---|" if judged else ""),
         ]
         for r in top.iter_rows(named=True):
             cos = "-" if r["cosine"] is None else f"{r['cosine']:.3f}"
@@ -1064,6 +1084,7 @@ def report(step_name: str, cfg: LeakageConfig, load: Callable[[str], pl.DataFram
             lines.append(
                 f"| {r['train_id']} | {r['eval_input']}:{r['eval_id']} | {r['score']:.3f} | {cos} | {num} "
                 f"| {_cell(r['train_text'])} | {_cell(r['eval_text'])} |"
+                + (f" {_cell(r['judge_answer'])} |" if judged else "")
             )
         lines.append("")
     return {f"leakage_{step_name}.md": "\n".join(lines), f"leakage_{step_name}.parquet": m}

@@ -3,6 +3,8 @@ problems and clean rows are not, and the actions drop, flag or only report."""
 
 from __future__ import annotations
 
+import json
+
 import polars as pl
 import pytest
 
@@ -146,7 +148,7 @@ def test_llm_judge_decides_borderline_candidates_within_its_cap(gsm8k, tmp_path,
     """A similar problem with other numbers is not a leak by the rule; the optional judge sees it
     (it shares an n-gram) and its verdict decides. The judge is scripted (real HTTP)."""
     from dataforge.llm.client import ModelPool
-    from dataforge.steps.leakage import parse_verdict
+    from dataforge.steps.leakage import parse_verdict, report
     from tests.conftest import make_ctx
 
     train, test = gsm8k
@@ -166,18 +168,33 @@ def test_llm_judge_decides_borderline_candidates_within_its_cap(gsm8k, tmp_path,
         ctx = make_ctx(tmp_path / answer / str(kw))
         ctx.llm = ModelPool(None)
         cfg = CFG.model_copy(update={"judge": ModelSpec(**scripted_model(judge(answer))), **kw})
-        return leakage_check({"train": planted, "gsm8k_test": test}, cfg, ctx).tables["matches"]
+        return leakage_check({"train": planted, "gsm8k_test": test}, cfg, ctx)
 
-    yes = run("[[YES]]")
+    result = run("[[YES]]")
+    yes = result.tables["matches"]
     row = yes.filter(pl.col("train_id") == "p:similar").row(0, named=True)
     assert row["detector"] == "judge" and row["eval_id"] == "te:0" and row["ngram"] > 0
+    # what the judge answered is kept with its match and its event (it was promised, and missing)
+    assert row["judge_answer"] == "[[YES]]"
+    assert ((yes["detector"] == "judge") == yes["judge_answer"].is_not_null()).all()
+    ev = result.events[0]
+    detail = {r: json.loads(d) for r, d in zip(ev["row_id"], ev["detail_json"], strict=True)}
+    assert detail["p:similar"]["judge_answer"] == "[[YES]]" and detail["p:similar"]["ngram"] > 0
+    judged = dict(zip(yes["train_id"], yes["detector"] == "judge", strict=True))
+    assert all(("judge_answer" in d) == judged[r] for r, d in detail.items())
+    report_md = report("leakage", CFG, lambda name: yes)["leakage_leakage.md"]
+    assert "judge's answer" in report_md and "[[YES]] |" in report_md
     assert any("Janet" in a for a in asked)
-    assert "p:similar" not in run("[[NO]]")["train_id"].to_list()
+    assert "p:similar" not in run("[[NO]]").tables["matches"]["train_id"].to_list()
     asked.clear()
-    capped = run("[[YES]]", judge_max_calls=1)
+    capped = run("[[YES]]", judge_max_calls=1).tables["matches"]
     assert len(asked) == 1 and capped.filter(pl.col("detector") == "judge").height <= 1
     assert parse_verdict("Thinking… [[yes]]") is True and parse_verdict("NO.") is False
     assert parse_verdict("maybe") is None
+    # the last verdict is the judge's final word (the first was read: NO here)
+    assert parse_verdict("Numbers differ, so [[NO]]… but they are the same problem: [[YES]]") is True
+    assert parse_verdict("[[YES]] would need the same numbers; they differ. [[NO]]") is False
+    assert parse_verdict("Yes") is True and parse_verdict("Yesterday") is None
 
 
 @pytest.mark.parametrize(
