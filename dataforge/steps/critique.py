@@ -18,8 +18,10 @@ Lineage: a round row has a ``revised`` event (reason ``critique:<principle id>``
 ``{round, principle}``) and an edge ``revision_of`` to the version it revised; a ``data`` row has
 an edge ``revised_from`` to the original and a ``revised`` event (``critique_revise``, detail
 ``{rounds, principles}``). A critique that found no violation is a ``flagged`` event
-``critique:no_violation``; a request that failed before any revision drops the response
-(``generation_failed:<error>``); one that failed later keeps the revisions made so far.
+``critique:no_violation``; a request that failed, or answered nothing (``empty_critique``,
+``empty_revision``), before any revision drops the response (``generation_failed:<error>``); one
+that failed later keeps the revisions made so far, its row flagged ``generation_failed:<error>``
+with the round that failed.
 
 Example::
 
@@ -112,9 +114,23 @@ def _conversation(value: Any) -> list[dict[str, str]]:
     return [{"role": str(m["role"]), "content": str(m["content"])} for m in value or []]
 
 
+def answered(gen: Any) -> bool:
+    """Whether a request came back with text: a failed request, or an empty or blank answer, is
+    no critique and no revision (a blank revision would become the response and the ``chosen``
+    side of its preference pair)."""
+    return bool(gen.ok and gen.texts[0].strip())
+
+
+def failure(gen: Any, blank: str) -> str:
+    """The reason a request gave no text: its error, or ``blank`` when it answered nothing."""
+    return (gen.error or "unknown") if not gen.ok else blank
+
+
 @step(
     "critique_revise",
-    version=3,  # 3: a payload asked by several rows in one call is sent once
+    version=4,  # 3: a payload asked by several rows in one call is sent once
+    # 4: a blank critique or revision is a failed request (a blank revision was kept as the response);
+    # a row kept after a later round failed is flagged generation_failed:<error>
     outputs=("data", "rounds"),
     columns=_columns,
     data_fingerprint=_fingerprint,
@@ -162,8 +178,8 @@ def critique_revise(inputs: dict[str, pl.DataFrame], cfg: CritiqueConfig, ctx: C
         )
         to_revise = []
         for i, gen in zip(active, critiques, strict=True):
-            if not gen.ok:
-                failed[i] = gen.error or "unknown"
+            if not answered(gen):
+                failed[i] = failure(gen, "empty_critique")
             elif cfg.stop_on_no_violation and const.found_no_violation(gen.texts[0]):
                 flagged.append((version[i], json.dumps({"round": rd + 1, "principle": chosen[i].id})))
             else:
@@ -186,8 +202,8 @@ def critique_revise(inputs: dict[str, pl.DataFrame], cfg: CritiqueConfig, ctx: C
         )
         active = []
         for (i, critique), gen in zip(to_revise, revisions, strict=True):
-            if not gen.ok:
-                failed[i] = gen.error or "unknown"
+            if not answered(gen):
+                failed[i] = failure(gen, "empty_revision")
                 continue
             rid = f"{ctx.step}:{rows[i]['_id']}:r{rd + 1}"
             round_rows.append(
@@ -216,6 +232,7 @@ def critique_revise(inputs: dict[str, pl.DataFrame], cfg: CritiqueConfig, ctx: C
     )
     rounds = pl.DataFrame(round_rows, schema=ROUND_SCHEMA)
     lost = [i for i in range(len(rows)) if i in failed and not used[i]]
+    cut_short = [i for i in keep if i in failed]  # kept with the revisions made before a round failed
     final_detail = pl.Series([json.dumps({"rounds": len(used[i]), "principles": used[i]}) for i in keep])
     return StepResult(
         {"data": out, "rounds": rounds},
@@ -241,6 +258,15 @@ def critique_revise(inputs: dict[str, pl.DataFrame], cfg: CritiqueConfig, ctx: C
                 pl.Series([rows[i]["_id"] for i in lost], dtype=pl.String),
                 "dropped",
                 pl.Series([f"generation_failed:{failed[i]}" for i in lost], dtype=pl.String),
+            ),
+            events(
+                pl.Series([f"{ctx.step}:{rows[i]['_id']}" for i in cut_short], dtype=pl.String),
+                "flagged",
+                pl.Series([f"generation_failed:{failed[i]}" for i in cut_short], dtype=pl.String),
+                detail=pl.Series(
+                    [json.dumps({"failed_round": len(used[i]) + 1, "rounds": len(used[i])}) for i in cut_short],
+                    dtype=pl.String,
+                ),
             ),
         ],
         edges=[

@@ -24,6 +24,7 @@ its two responses (``chosen``, ``rejected``) and a ``paired`` event. What could 
 recorded as ``dropped``: ``pair:tie`` and ``pair:below_margin`` (the would-be pair),
 ``pair:no_contrast`` (a prompt whose responses are all correct or all wrong),
 ``pair:single_response``, ``pair:invalid_ranking`` (repeated ranks), ``pair:missing_score``,
+``pair:empty_response`` (a blank response, or a blank revision or original: never a side),
 ``pair:disagree`` (``agree`` prefers the rejected side), ``pair:over_max_pairs``.
 
 Also here: ``preference.responses`` (ranked response columns → one row per response, to pair
@@ -126,9 +127,20 @@ class _Decisions:
         self.dropped.extend((r["_id"], reason, None, detail) for r in rows)
 
 
+def _is_blank(response: Any) -> bool:
+    """Whether a response says nothing (empty or whitespace): no side of a preference pair. A reward
+    model or judge can score silence high ("harmless"), and a pair that prefers it teaches a policy
+    to answer nothing."""
+    return not completion_text(response).strip()
+
+
 def _candidates(cfg: PairsConfig, rows: list[dict[str, Any]], d: _Decisions) -> list[tuple[dict, dict, float, float]]:
     """(chosen, rejected, chosen score, rejected score) candidates of one prompt's responses."""
     col = cfg.column or ""
+    blank = [r for r in rows if _is_blank(r[cfg.completion])]
+    if blank:
+        d.drop_rows(blank, "pair:empty_response")
+        rows = [r for r in rows if not _is_blank(r[cfg.completion])]
     missing = [r for r in rows if r[col] is None]
     if missing:
         d.drop_rows(missing, "pair:missing_score", column=col)
@@ -199,7 +211,9 @@ def _as_text(value: Any) -> str:
 
 @step(
     "preference.pairs",
-    version=2,  # 2: a NaN score is a missing one (it was ranked: NaN compares false both ways)
+    version=3,  # 2: a NaN score is a missing one (it was ranked: NaN compares false both ways)
+    # 3: a blank response is no side of a pair (pair:empty_response; it could be chosen); a revision equal to
+    # its original is recorded as pair:tie (recording it raised a TypeError: the build failed)
     inputs=None,
     per_table_columns=_columns,
     partition="key",
@@ -221,8 +235,10 @@ def _pairs_of(name: str, df: pl.DataFrame, cfg: PairsConfig, ctx: Context) -> St
             original = r.get(cfg.group) or r["_id"]  # critique_revise: _parent_id is the original response
             chosen = {"_id": r["_id"], cfg.completion: r[cfg.chosen], cfg.prompt: r[cfg.prompt], cfg.group: original}
             rejected = {"_id": original, cfg.completion: r[cfg.rejected]}
-            if completion_text(r[cfg.chosen]).strip() == completion_text(r[cfg.rejected]).strip():
-                d.drop_rows([r], "pair:tie", reason="revision equals the original")
+            if _is_blank(r[cfg.chosen]) or _is_blank(r[cfg.rejected]):
+                d.drop_rows([r], "pair:empty_response")
+            elif completion_text(r[cfg.chosen]).strip() == completion_text(r[cfg.rejected]).strip():
+                d.drop_rows([r], "pair:tie", note="revision equals the original")
             else:
                 _keep(cfg, [(chosen, rejected, 1.0, 0.0)], d)
     else:

@@ -366,22 +366,29 @@ def test_constitutional_lineage_names_the_original_and_the_principles(built, cap
     """hh_constitutional on the tiny model: every response revised (a random model never says
     "No violation found"), SFT answers are the revisions, each DPO pair is revision vs original,
     and one lineage query walks from a chosen response to its original and its principles. A
-    revision the random model left blank (it happens, with principles drawn from the build's
-    fingerprint, which holds the tiny model's temporary path) is dropped by both formats with its
-    reason, never exported."""
+    critique or revision the random model left blank (it happens, with principles drawn from the
+    build's fingerprint, which holds the tiny model's temporary path) is no revision: a response
+    blank in its first round is dropped by `revised` with its reason, one blank in its second
+    keeps its first revision and is flagged; a blank original is no side of a DPO pair. Every
+    response is accounted for, and no blank text is exported."""
     out = built("hh_constitutional.yaml")
     sft = load_from_disk(str(out / "datasets" / "hh_cai_sft"))
     dpo = load_from_disk(str(out / "datasets" / "hh_cai_dpo"))
     con = duckdb.connect(str(out / "lineage.duckdb"), read_only=True)
-    blank = con.execute(
-        "SELECT step, count(*) FROM latest_events WHERE reason = 'format:missing_field' GROUP BY step"
-    ).fetchall()
-    dropped = dict(blank)
-    assert set(dropped) <= {"sft", "dpo"} and dropped.get("sft", 0) == dropped.get("dpo", 0) <= 2
-    assert sum(len(s) for s in sft.values()) + dropped.get("sft", 0) == 10
-    assert sum(len(s) for s in dpo.values()) + dropped.get("dpo", 0) == 10
+
+    def count(where: str) -> int:
+        return con.execute(f"SELECT count(*) FROM latest_events WHERE {where}").fetchone()[0]
+
+    lost = count("step = 'revised' AND action = 'dropped' AND reason LIKE 'generation_failed:empty_%'")
+    cut = count("step = 'revised' AND action = 'flagged' AND reason LIKE 'generation_failed:empty_%'")
+    unpaired = count("step = 'pairs' AND reason = 'pair:empty_response'")
+    assert count("reason = 'format:missing_field'") == 0
+    assert sum(len(s) for s in sft.values()) + lost == 10
+    assert sum(len(s) for s in dpo.values()) + lost + unpaired == 10
     for split in dpo.values():
-        assert all(turn["content"].strip() for row in split for turn in row["chosen"])
+        assert all(turn["content"].strip() for row in split for side in ("chosen", "rejected") for turn in row[side])
+    for split in sft.values():
+        assert all(turn["content"].strip() for row in split for turn in row["messages"] if turn["role"] == "assistant")
     rows = con.execute(
         """
         SELECT pair.child_id, orig.parent_id AS original_response, ev.detail_json
@@ -392,20 +399,21 @@ def test_constitutional_lineage_names_the_original_and_the_principles(built, cap
         ORDER BY 1
         """
     ).fetchall()
-    assert len(rows) == 10
+    assert len(rows) == 10 - lost - unpaired
     principles = {"harmful", "dangerous_advice", "respectful", "honest"}
     for _pair, original, detail in rows:
         assert original.startswith("initial:hh_harmless_test:")
         d = json.loads(detail)
-        assert d["rounds"] == 2 and set(d["principles"]) <= principles
-    rounds = con.execute("SELECT count(*) FROM latest_events WHERE reason LIKE 'critique:%' AND action = 'revised'")
-    assert rounds.fetchone() == (20,)
+        assert d["rounds"] in (1, 2) and set(d["principles"]) <= principles
+    assert sum(json.loads(d)["rounds"] == 1 for _, _, d in rows) <= cut
+    revisions = count("reason LIKE 'critique:%' AND action = 'revised'")
+    assert revisions == 20 - 2 * lost - cut
     rejected = con.execute(
         "SELECT count(*) FROM latest_edges WHERE relation = 'rejected' AND parent_id LIKE 'initial:%'"
     )
-    assert rejected.fetchone() == (10,)
+    assert rejected.fetchone() == (10 - lost - unpaired,)
     card = (out / "datasets" / "hh_cai_sft" / "card.md").read_text()
-    assert "critique_revise" in card and "20 revisions" in card
+    assert "critique_revise" in card and f"{revisions} revisions" in card
     con.close()
     assert main(["why", rows[0][0], "--out", str(out)]) == 0
     text = capsys.readouterr().out

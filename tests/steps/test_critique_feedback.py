@@ -157,6 +157,33 @@ def test_fixed_principle_and_failed_requests(tmp_path, scripted_model):
     assert data["principles"].to_list() == [["honesty"], []] and data["rounds"].to_list() == [1, 0]
     dropped = pl.concat(res.events).filter(pl.col("action") == "dropped")
     assert dropped.select("row_id", "reason").rows() == [("g:1", "generation_failed:http_503")]
+    # g:0's second round failed: kept, and flagged with the round (it was kept without a word)
+    flagged = pl.concat(res.events).filter(pl.col("reason").str.starts_with("generation_failed"))
+    flagged = flagged.filter(pl.col("action") == "flagged")
+    assert flagged.select("row_id", "reason").rows() == [("test:g:0", "generation_failed:http_503")]
+    assert json.loads(flagged["detail_json"][0]) == {"failed_round": 2, "rounds": 1}
+
+
+def test_a_blank_critique_or_revision_is_no_revision(tmp_path, scripted_model):
+    """A model that answers nothing gives no revision: a blank revision had become the response
+    (and the chosen side of its preference pair)."""
+
+    def blank_for(row: str, request: str):
+        def fn(messages):
+            if row in json.dumps(messages) and messages[-1]["content"].startswith(request):
+                return " \n"
+            return critic(messages)
+
+        return fn
+
+    path = str(write(tmp_path, CONSTITUTION))
+    for request, reason in (("REVISE", "empty_revision"), ("CRITIQUE", "empty_critique")):
+        cfg = CritiqueConfig(model=scripted_model(blank_for("tension", request)), constitution=path, rounds=1)
+        res = critique_revise({"data": RESPONSES}, cfg, ctx_with_pool(tmp_path / request))
+        data = res.tables["data"]
+        assert "test:g:0" not in data["_id"].to_list() and (data["revision"].str.strip_chars() != "").all()
+        dropped = pl.concat(res.events).filter(pl.col("action") == "dropped")
+        assert dropped.select("row_id", "reason").rows() == [("g:0", f"generation_failed:{reason}")]
 
 
 def judge_preferring(word: str):

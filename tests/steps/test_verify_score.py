@@ -237,6 +237,27 @@ def test_scores_best_vs_worst_ties_margins_and_k(ctx):
     assert drops.filter(pl.col("row_id") == "r:1")["reason"].to_list() == ["pair:missing_score"]
 
 
+def test_a_blank_response_is_no_side_of_a_pair(ctx):
+    """A reward model can score silence highest ("harmless"); a pair that prefers it teaches a
+    policy to answer nothing. A blank response is dropped as pair:empty_response (it was chosen)."""
+    df = responses("score", [0.2, 0.9, 0.5]).with_columns(pl.Series("completion", ["response 0", " \n", "response 2"]))
+    got, drops, _ = pairs(df, ctx, rule="scores", column="score")
+    assert got == [("r:2", "r:0")]
+    assert drops.select("row_id", "reason").rows() == [("r:1", "pair:empty_response")]
+    revised = pl.DataFrame(
+        {
+            "_id": ["rev:0", "rev:1", "rev:2"],
+            "_parent_id": ["g:0", "g:1", "g:2"],
+            "prompt": ["p0", "p1", "p2"],
+            "revision": ["a kinder answer", "", "the same"],
+            "original": ["a rude answer", "an answer", "the same"],
+        }
+    )
+    got, drops, _ = pairs(revised, ctx, rule="revision")
+    assert got == [("rev:0", "g:0")]
+    assert sorted(drops.select("row_id", "reason").rows()) == [("rev:1", "pair:empty_response"), ("rev:2", "pair:tie")]
+
+
 def test_verifier_pairs_correct_against_incorrect(ctx):
     df = responses("score_math", [1.0, 0.0, 0.5, 1.0, 1.0, 1.0], groups=["a", "a", "a", "b", "b", "c"])
     got, drops, _ = pairs(df, ctx, rule="verifier", column="score_math")
