@@ -5,8 +5,10 @@ Consumes ``data`` with ``group`` (default ``_parent_id``: the prompt row each co
 from, as ``generate`` writes it), ``reward``, ``prompt`` and ``completion``.
 
 Produces ``data``: the rows with ``reward`` (a copy of the column named by ``reward``),
-``group_id``, ``group_size``, ``group_mean``, ``group_std`` (population std, as GRPO) and
-``advantage`` = (reward − group_mean) / (group_std + ``epsilon``); and ``groups``: one row per
+``group_id``, ``group_size``, ``group_mean``, ``group_std`` (the sample standard deviation, with
+Bessel's correction, as TRL's ``GRPOTrainer`` computes it; null for a group of one) and
+``advantage`` = (reward − group_mean) / (group_std + ``epsilon``), TRL's group-scaled advantage
+(null for a group of one: nothing to compare it with; TRL's is NaN); and ``groups``: one row per
 prompt (``_id`` = group id) with ``n``, ``correct`` (reward ≥ ``correct_at``), ``mean_reward``
 and ``pass@k`` for each ``k`` ≤ n, by the unbiased estimator 1 − C(n−c, k) / C(n, k) (Chen et
 al., 2021). The card shows the mean pass@k over prompts. No row is dropped. A null reward (a
@@ -68,7 +70,8 @@ def pass_at_k(n: int, c: int, k: int) -> float | None:
 
 @step(
     "rollout",
-    version=2,  # 2: a null or NaN reward is no sample of n / group_size (it counted as a wrong one in pass@k)
+    version=3,  # 2: a null or NaN reward is no sample of n / group_size (it counted as a wrong one in pass@k)
+    # 3: group_std with Bessel's correction, as TRL's GRPOTrainer (it was the population std: advantages differed)
     outputs=("data", "groups"),
     columns=_columns,
     partition="key",
@@ -85,7 +88,7 @@ def rollout(inputs: dict[str, pl.DataFrame], cfg: RolloutConfig, ctx: Context) -
         g.alias("group_id"),
         r.count().over(g).cast(pl.Int64).alias("group_size"),
         r.mean().over(g).alias("group_mean"),
-        r.std(ddof=0).over(g).alias("group_std"),
+        r.std(ddof=1).over(g).alias("group_std"),  # TRL's nanstd: Bessel-corrected
     ).with_columns(((r - pl.col("group_mean")) / (pl.col("group_std") + cfg.epsilon)).alias("advantage"))
     stats = (
         data.group_by("group_id", maintain_order=True)

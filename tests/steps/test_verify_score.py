@@ -121,9 +121,16 @@ def test_rollout_group_statistics_and_pass_at_k(ctx):
     res = rollout({"data": df}, RolloutConfig(k=[1, 2]), ctx)
     data, groups = res.tables["data"], res.tables["groups"]
     q0 = data.filter(pl.col("group_id") == "q:0")
-    assert q0["group_mean"].to_list() == [0.5, 0.5] and q0["group_std"].to_list() == [0.5, 0.5]
-    assert q0["advantage"].to_list() == pytest.approx([0.5 / 0.5001, -0.5 / 0.5001])
+    assert q0["group_mean"].to_list() == [0.5, 0.5] and q0["group_std"].to_list() == pytest.approx([0.5**0.5] * 2)
     assert data.filter(pl.col("group_id") == "q:1")["advantage"].to_list() == [0.0, 0.0]
+    # the advantages TRL's GRPOTrainer computes from these rewards (its own nanstd: Bessel-corrected;
+    # the population std gave 0.9998 for 0.7070)
+    import torch
+    from trl.trainer.utils import nanstd
+
+    rewards = torch.tensor(df["reward"].to_list()).view(-1, 2)  # two samples per prompt, prompts in order
+    trl_advantages = (rewards - rewards.mean(dim=1, keepdim=True)) / (nanstd(rewards, dim=1, keepdim=True) + 1e-4)
+    assert data["advantage"].to_list() == pytest.approx(trl_advantages.flatten().tolist(), rel=1e-6)
     assert groups.sort("_id").select("_id", "n", "correct", "pass@1", "pass@2").rows() == [
         ("q:0", 2, 1, 0.5, 1.0),
         ("q:1", 2, 2, 1.0, 1.0),
@@ -138,7 +145,7 @@ def test_rollout_group_statistics_and_pass_at_k(ctx):
         ("q:1", 2, 1, 0.5),
     ]
     q0 = ungraded.tables["data"].filter(pl.col("group_id") == "q:0")
-    assert q0["group_size"].to_list() == [1, 1] and q0["advantage"].to_list() == [0.0, None]
+    assert q0["group_size"].to_list() == [1, 1] and q0["advantage"].to_list() == [None, None]  # a group of one
     assert pass_at_k(10, 3, 1) == pytest.approx(0.3)
     assert pass_at_k(5, 0, 2) == 0.0 and pass_at_k(3, 1, 4) is None
     assert pass_at_k(4, 2, 2) == pytest.approx(1 - math.comb(2, 2) / math.comb(4, 2))
