@@ -1,7 +1,10 @@
 """Steps that shape rows into TRL's dataset types (per-table steps).
 
 format.reasoning — consumes a reasoning column and an answer column; produces ``column``
-(default ``completion``) = ``<think>\\n…\\n</think>\\n<answer>…</answer>``.
+(default ``completion``) = ``<think>\\n…\\n</think>\\n<answer>…</answer>``. A row whose answer
+is null or blank gets a null target, not an empty answer block (which is not the reasoning
+format, and would teach a model to answer nothing): the ``format`` after it drops the row as
+``format:missing_field``.
 
 format — consumes the columns named by its keys; produces exactly one TRL dataset type, plus
 ``_id`` (and other ``_`` columns) and the ``extra`` columns:
@@ -66,13 +69,15 @@ def _reasoning_columns(cfg: ReasoningConfig, cols: Columns, info: PlanInfo) -> C
     return with_columns(cols, [cfg.column])
 
 
-@step("format.reasoning", version=1, inputs=None, per_table_columns=_reasoning_columns, partition="rows")
+# 2: a null or blank answer gives a null target (it wrote an empty answer block)
+@step("format.reasoning", version=2, inputs=None, per_table_columns=_reasoning_columns, partition="rows")
 def format_reasoning(inputs: dict[str, pl.DataFrame], cfg: ReasoningConfig, ctx: Context) -> StepResult:
     """Write the reasoning target ``<think>…</think><answer>…</answer>``."""
 
     def one(name: str, df: pl.DataFrame) -> StepResult:
         require_text(df, cfg.think)
         answer = pl.col(cfg.answer).cast(pl.String)
+        answer = pl.when(answer.str.strip_chars() != "").then(answer)  # blank: null, as a missing answer
         return StepResult({name: df.with_columns(reasoning_expr(pl.col(cfg.think), answer).alias(cfg.column))})
 
     return per_table(inputs, one)

@@ -108,3 +108,11 @@ def test_reasoning_format(ctx):
     text = out["completion"][0]
     assert text == "<think>\n2+2 is 4.\n</think>\n<answer>4</answer>"
     assert pl.Series([text]).str.contains(REASONING_RE)[0]
+    # no answer, no target: an empty answer block is not the format (it was written)
+    df = pl.DataFrame({"_id": ["a", "b", "c"], "reasoning": ["w", "w", "w"], "final_answer": ["4", " ", None]})
+    out = format_reasoning({"d": df}, ReasoningConfig(), ctx).tables["d"]
+    assert out["completion"].is_null().to_list() == [False, True, True]
+    cfg = FormatConfig(type="prompt_completion", prompt="reasoning", completion="completion")
+    sft = format_trl({"d": out}, cfg, ctx)
+    assert sft.tables["d"]["_id"].to_list() == ["a"]
+    assert set(pl.concat(sft.events)["reason"]) == {"format:missing_field"}
