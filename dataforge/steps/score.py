@@ -75,7 +75,8 @@ def reward_model_texts(tokenizer: Any, prompts: list[Any], completions: list[Any
     return [completion_text(p) + "\n" + completion_text(c) for p, c in zip(prompts, completions, strict=True)]
 
 
-@step("score.reward_model", version=1, inputs=None, per_table_columns=_rm_columns, partition="rows")
+# 2: a model whose config names no pad token is told the tokenizer's (a batch of several rows raised)
+@step("score.reward_model", version=2, inputs=None, per_table_columns=_rm_columns, partition="rows")
 def score_reward_model(inputs: dict[str, pl.DataFrame], cfg: RewardModelConfig, ctx: Context) -> StepResult:
     """The scalar of a reward model for every (prompt, completion)."""
     import torch
@@ -93,6 +94,8 @@ def score_reward_model(inputs: dict[str, pl.DataFrame], cfg: RewardModelConfig, 
         raise DataError(f"reward model '{cfg.reward_model}' has {model.config.num_labels} labels; it needs one")
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
+    if model.config.pad_token_id is None:  # else a batch of several rows raises: the model finds each
+        model.config.pad_token_id = tok.pad_token_id  # row's last token by the padding it is told of
 
     def one(name: str, df: pl.DataFrame) -> StepResult:
         texts = reward_model_texts(tok, df[cfg.prompt].to_list(), df[cfg.completion].to_list())

@@ -158,6 +158,26 @@ def test_reward_model_scores_every_pair(tiny_rm, ctx):
     assert len(set(scores)) > 1  # different texts, different scores
 
 
+def test_a_reward_model_without_a_pad_token_in_its_config_scores_batches(tiny_rm, ctx, tmp_path):
+    """Many reward models name no pad token in their config: transformers then refuses a batch of
+    several rows (it finds each row's last token by the padding). The step tells the model the
+    tokenizer's pad token; a row's score does not depend on the rows batched with it."""
+    import json
+    import shutil
+
+    model = shutil.copytree(tiny_rm, tmp_path / "rm-no-pad")
+    config = json.loads((model / "config.json").read_text())
+    config["pad_token_id"] = None
+    (model / "config.json").write_text(json.dumps(config))
+    batched, alone = (
+        score_reward_model({"data": SOLUTIONS}, RewardModelConfig(reward_model=str(model), batch_size=n), ctx)
+        .tables["data"]["score_rm"]
+        .to_list()
+        for n in (4, 1)
+    )
+    assert batched == pytest.approx(alone, abs=1e-5)
+
+
 def test_judge_score_parsing():
     assert parse_judge_score("Reasoning… Score: 7", 1, 10) == 7.0
     assert parse_judge_score("[[8.5]]", 1, 10) == 8.5
