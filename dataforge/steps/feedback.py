@@ -113,16 +113,27 @@ def parse_ab(text: str) -> str | None:
     return stripped if stripped in ("A", "B") else None
 
 
+_RANKING_CHAIN = re.compile(r"\[\s*\d+\s*\](?:\s*(?:>|,)\s*\[\s*\d+\s*\])+")  # "[2] > [1] > [3]"
+_BARE_RANKING = re.compile(r"^\s*\d+(?:\s*(?:>|,)\s*\d+)+\s*\.?\s*$")  # the whole answer "2 > 1 > 3"
+
+
 def parse_ranking(text: str, k: int) -> list[int] | None:
     """The order (0-based indices, best first) in an answer like "[2] > [1] > [3]", if it is a
-    permutation of 1…k; else None."""
-    numbers = [int(n) - 1 for n in re.findall(r"\d+", text or "")]
+    permutation of 1…K; else None. The order is read from the first chain of bracketed numbers
+    (what follows it, "[3] repeats itself", is comment), or from an answer that is only numbers
+    and separators ("2 > 1 > 3"); never from numbers in prose ("1 is worse than 2 …" says the
+    reverse of what its digits read)."""
+    text = text or ""
+    chain = _RANKING_CHAIN.search(text)
+    found = chain.group(0) if chain else text if _BARE_RANKING.match(text) else ""
+    numbers = [int(n) - 1 for n in re.findall(r"\d+", found)]
     return numbers if sorted(numbers) == list(range(k)) else None
 
 
 @step(
     "ai_feedback",
-    version=2,  # 2: a payload asked by several rows in one call is sent once
+    version=3,  # 2: a payload asked by several rows in one call is sent once
+    # 3: a ranking is read from its chain of [n]s, or a bare "2 > 1 > 3" (digits in prose were read as the order)
     outputs=("data", "verdicts"),
     columns=_columns,
     partition="key",

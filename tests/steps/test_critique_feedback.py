@@ -234,3 +234,8 @@ def test_verdict_parsers():
     assert parse_ab("both are fine") is None
     assert parse_ranking("[3] > [1] > [2]", 3) == [2, 0, 1]
     assert parse_ranking("1 > 2", 3) is None and parse_ranking("[1] > [1] > [2]", 3) is None
+    assert parse_ranking("2 > 3 > 1", 3) == [1, 2, 0] and parse_ranking("2, 3, 1.", 3) == [1, 2, 0]
+    # the chain is the order; comment after it is not (it was unparseable: every digit was read)
+    assert parse_ranking("Ranking: [2] > [3] > [1]. [1] is rude, [3] has 2 errors.", 3) == [1, 2, 0]
+    # digits in prose are not an order: this reads 1, 2, 3 and means the reverse (it was [0, 1, 2])
+    assert parse_ranking("1 is worse than 2, which is worse than 3", 3) is None
