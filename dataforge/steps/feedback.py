@@ -68,7 +68,13 @@ VERDICT_SCHEMA = {
     "verdict": pl.List(pl.Int32),  # pairwise: [winner index in response_ids]; ranking: the order
     "status": pl.String,
 }
-_AB = (re.compile(r"\[\[\s*([AB])\s*\]\]"), re.compile(r"(?i)\b(?:response|answer|verdict)\s*(?:is\s*)?:?\s*([AB])\b"))
+# "[[A]]"; else a verdict stated with a colon or "is" ("Verdict: B", "the better response is A"):
+# "Response A" / "Answer B" are the responses' names, not a verdict ("Response A is better than
+# Response B" ends on B)
+_AB = (
+    re.compile(r"\[\[\s*([AB])\s*\]\]"),
+    re.compile(r"(?i)\b(?:verdict|answer|choice|response)\s*(?::|\bis\b\s*:?)\s*\(?([AB])\)?(?![\w])"),
+)
 
 
 class FeedbackConfig(StepConfig):
@@ -133,7 +139,8 @@ def parse_ranking(text: str, k: int) -> list[int] | None:
 @step(
     "ai_feedback",
     version=3,  # 2: a payload asked by several rows in one call is sent once
-    # 3: a ranking is read from its chain of [n]s, or a bare "2 > 1 > 3" (digits in prose were read as the order)
+    # 3: a ranking is read from its chain of [n]s, or a bare "2 > 1 > 3" (digits in prose were read as the order);
+    # a pairwise verdict in words needs "is" or ":" ("Response A is better than Response B" read as B)
     outputs=("data", "verdicts"),
     columns=_columns,
     partition="key",

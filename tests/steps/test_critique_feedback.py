@@ -232,6 +232,10 @@ def test_ranking_feedback_and_unparseable_rankings(tmp_path, scripted_model):
 def test_verdict_parsers():
     assert parse_ab("After thought, [[B]]") == "B" and parse_ab("The answer is: A") == "A" and parse_ab(" b. ") == "B"
     assert parse_ab("both are fine") is None
+    assert parse_ab("Verdict: B") == "B" and parse_ab("The better response is A.") == "A"
+    # a response's name is no verdict: this read as B, the last "Response X" in it
+    assert parse_ab("Response A is better than Response B.") is None
+    assert parse_ab("Both are good, but Response B is more complete.") is None
     assert parse_ranking("[3] > [1] > [2]", 3) == [2, 0, 1]
     assert parse_ranking("1 > 2", 3) is None and parse_ranking("[1] > [1] > [2]", 3) is None
     assert parse_ranking("2 > 3 > 1", 3) == [1, 2, 0] and parse_ranking("2, 3, 1.", 3) == [1, 2, 0]
