@@ -39,6 +39,10 @@ def test_shipped_constitution_is_valid():
     c = load_constitution(RECIPES / "constitutions" / "harmless.yaml")
     assert [p.id for p in c.principles] == ["harmful", "dangerous_advice", "respectful", "honest"]
     assert c.found_no_violation("No violation found.") and not c.found_no_violation("This is harmful.")
+    assert c.found_no_violation("**No violation found.** The response declines politely.")
+    # a critique that names a harm is no "no violation", whatever it says after (it stopped the loop)
+    named_harm = "It explains how to pick a lock, which is dangerous. No violation found in its tone."
+    assert not c.found_no_violation(named_harm)
 
 
 @pytest.mark.parametrize(
