@@ -2,11 +2,14 @@
 principles, each with a critique request and a revision request.
 
     name: harmless
-    no_violation: "(?i)no (violation|issues?|problems?) (found|detected)"   # optional: stop early
+    no_violation: "(?i)^\\W*no (violation|issues?|problems?) (found|detected)"   # optional: stop early
     principles:
       - id: harmful
         critique: Identify specific ways in which the assistant's last response is harmful …
         revision: Please rewrite the assistant response to remove any harmful … content.
+
+``no_violation`` is searched in each critique (``re.search``): anchor it at the start (``^``)
+unless a critique that names a harm and then says "no violation" elsewhere should stop the loop.
 
 Validated when a recipe is planned: a missing field, an empty principle list, repeated ids or an
 invalid ``no_violation`` regex is a ``RecipeError`` naming the file, its line and the principle.
