@@ -10,8 +10,10 @@ Produces ``data``: one row per completion, the parent's columns plus ``_parent_i
 back (``_id``, ``_parent_id``, ``error``: ``timeout``, ``http_503``, ``invalid_output`` …).
 
 Lineage: each completion has an edge to its prompt row (``generated_from``) and a ``generated``
-event; each failed one a ``dropped`` event with reason ``generation_failed:<error>``. The card
-counts completions and failures.
+event; each failed one a ``dropped`` event with reason ``generation_failed:<error>``. A completion
+cut at ``max_tokens`` (``finish_reason`` ``length``: it stops mid-thought, and as SFT data it
+teaches a model to) is flagged ``generation:truncated``, or with ``truncated: drop`` dropped with
+that reason. The card counts completions, failures and cut completions.
 
 Example::
 
@@ -28,7 +30,7 @@ Example::
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 import polars as pl
 from pydantic import Field
@@ -46,6 +48,8 @@ FAILED_SCHEMA = {"_id": pl.String, "_parent_id": pl.String, "error": pl.String}
 class GenerateConfig(PromptConfig):
     n: int = Field(1, ge=1)
     reasoning: bool = False
+    # a completion cut at max_tokens (finish_reason "length"): kept and flagged, or dropped
+    truncated: Literal["keep", "drop"] = "keep"
     column: str = "completion"
     prompt_column: str = "prompt"
 
@@ -70,7 +74,7 @@ def system_prompt(cfg: GenerateConfig) -> str | None:
     "generate",
     version=4,  # 2: a payload asked by several rows in one call is sent once, every row gets its answer;
     # 3: a completion with a repeated reasoning tag has no think / stated_answer (it is not the format)
-    # 4: nor has one whose answer block is blank
+    # 4: nor has one whose answer block is blank; a completion cut at max_tokens is flagged (or dropped)
     outputs=("data", "failed"),
     columns=_columns,
     partition="rows",
@@ -117,10 +121,20 @@ def generate(inputs: dict[str, pl.DataFrame], cfg: GenerateConfig, ctx: Context)
         )
     failed_df = pl.DataFrame(failed, schema=FAILED_SCHEMA)
     detail = {"model": cfg.model.model, "backend": cfg.model.backend}
+    cut = out.filter(pl.col("finish_reason") == "length")
+    if cfg.truncated == "drop":
+        out = out.filter(pl.col("finish_reason") != "length")
     return StepResult(
         {"data": out, "failed": failed_df},
         events=[
             events(out["_id"], "generated", "generated", related_id=out["_parent_id"], detail=detail),
+            events(
+                cut["_id"],
+                "dropped" if cfg.truncated == "drop" else "flagged",
+                "generation:truncated",
+                related_id=cut["_parent_id"],
+                detail={"max_tokens": cfg.max_tokens},
+            ),
             events(
                 failed_df["_id"],
                 "dropped",
@@ -137,7 +151,10 @@ def card_section(ps: PlannedStep, load: Callable[[Ref], pl.DataFrame], plan: Pla
     """The card's lines for this step (see ``dataforge.card``)."""
     step_name = ps.name
     data, failed = load(Ref(step_name, "data")), load(Ref(step_name, "failed"))
+    cut = int((data["finish_reason"] == "length").sum())
     lines = [f"From step `{step_name}` (generate): {data.height:,} completions, {failed.height:,} failed."]
+    if cut:
+        lines[0] += f" {cut:,} of them cut at `max_tokens` (flagged `generation:truncated`)."
     if failed.height:
         counts = failed.group_by("error").len().sort("error")
         lines += ["", "| failure | completions |", "|---|---|"]

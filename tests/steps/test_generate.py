@@ -83,9 +83,24 @@ def test_n_completions_per_row_with_lineage(gen_ws, tiny_lm):
     ).fetchall()
     assert len(edges) == 8 and all(c.startswith(p.replace("raw:", "solve:raw:")) for c, p in edges)
     assert con.execute("SELECT count(*) FROM latest_events WHERE action = 'generated'").fetchone() == (8,)
+    # a completion cut at max_tokens (8 here: the random model rarely stops) is flagged, not silent
+    cut = out.filter(pl.col("finish_reason") == "length")["_id"].sort().to_list()
+    flagged = con.execute(
+        "SELECT row_id FROM latest_events WHERE reason = 'generation:truncated' AND action = 'flagged' ORDER BY 1"
+    ).fetchall()
+    assert cut and [r for (r,) in flagged] == cut
     con.close()
     card = (ws.out / "datasets" / "out" / "card.md").read_text()
-    assert "8 completions, 0 failed" in card
+    assert "8 completions, 0 failed" in card and f"{len(cut)} of them cut at `max_tokens`" in card
+    # truncated: drop keeps only completions that ended, each dropped one with its reason
+    dropped = build(recipe, ws.out, show_progress=False, models=tiny(tiny_lm), settings=["solve.truncated=drop"])
+    assert {s.name: s for s in dropped.steps}["solve"].rows_out == 8 - len(cut)
+    con = duckdb.connect(str(ws.out / "lineage.duckdb"), read_only=True)
+    gone = con.execute(
+        "SELECT row_id FROM latest_events WHERE reason = 'generation:truncated' AND action = 'dropped' ORDER BY 1"
+    ).fetchall()
+    con.close()
+    assert [r for (r,) in gone] == cut
     # the requests are cached: a forced rebuild sends none and gives the same completions
     again = build(recipe, ws.out, show_progress=False, models=tiny(tiny_lm), force=["solve"])
     assert again.executed == ["solve", "graded"]
