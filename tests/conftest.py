@@ -153,7 +153,8 @@ def model_server(tiny_lm):
 @pytest.fixture
 def scripted_model():
     """Start an OpenAI-compatible server on loopback whose answers the test scripts: ``start(fn)``
-    with ``fn(messages) -> str`` (or an int: answer with that HTTP status) returns the ModelSpec
+    with ``fn(messages) -> str`` (or an int: answer with that HTTP status; or a (text,
+    finish_reason) pair, "length" for an answer cut at max_tokens) returns the ModelSpec
     fields of a model served by it. The HTTP,
     client, cache and retries are real; only the model is a script, so a test knows each answer."""
     import json as _json
@@ -168,7 +169,10 @@ def scripted_model():
             texts = [fn(body["messages"]) for _ in range(body.get("n", 1))]
             if isinstance(texts[0], int):
                 return texts[0], b"{}"
-            choices = [{"index": i, "finish_reason": "stop", "message": {"content": t}} for i, t in enumerate(texts)]
+            pairs = [t if isinstance(t, tuple) else (t, "stop") for t in texts]
+            choices = [
+                {"index": i, "finish_reason": reason, "message": {"content": t}} for i, (t, reason) in enumerate(pairs)
+            ]
             return 200, _json.dumps({"choices": choices}).encode()
 
         server = ModelServer(("127.0.0.1", 0), backend=None, model_name="scripted", fault=answer)

@@ -21,7 +21,8 @@ an edge ``revised_from`` to the original and a ``revised`` event (``critique_rev
 ``critique:no_violation``; a request that failed, or answered nothing (``empty_critique``,
 ``empty_revision``), before any revision drops the response (``generation_failed:<error>``); one
 that failed later keeps the revisions made so far, its row flagged ``generation_failed:<error>``
-with the round that failed.
+with the round that failed. A row whose final revision was cut at ``max_tokens`` is flagged
+``generation:truncated`` with its round, as ``generate`` flags its completions.
 
 Example::
 
@@ -130,7 +131,8 @@ def failure(gen: Any, blank: str) -> str:
     "critique_revise",
     version=4,  # 3: a payload asked by several rows in one call is sent once
     # 4: a blank critique or revision is a failed request (a blank revision was kept as the response);
-    # a row kept after a later round failed is flagged generation_failed:<error>
+    # a row kept after a later round failed is flagged generation_failed:<error>; a final revision cut at
+    # max_tokens is flagged generation:truncated
     outputs=("data", "rounds"),
     columns=_columns,
     data_fingerprint=_fingerprint,
@@ -162,6 +164,7 @@ def critique_revise(inputs: dict[str, pl.DataFrame], cfg: CritiqueConfig, ctx: C
     round_rows: list[dict[str, Any]] = []
     flagged: list[tuple[str, str]] = []  # (version id, detail)
     failed: dict[int, str] = {}
+    truncated: dict[int, int] = {}  # row → the round whose revision, now its response, was cut at max_tokens
 
     def principle(i: int, rd: int) -> Principle:
         return const.principles[int(draws[i, rd])] if cfg.principle == "random" else const.by_id(cfg.principle)
@@ -220,6 +223,10 @@ def critique_revise(inputs: dict[str, pl.DataFrame], cfg: CritiqueConfig, ctx: C
             version[i], current[i] = rid, gen.texts[0]
             used[i].append(chosen[i].id)
             active.append(i)
+            if gen.finish_reasons and gen.finish_reasons[0] == "length":
+                truncated[i] = rd + 1
+            else:
+                truncated.pop(i, None)
 
     keep = [i for i in range(len(rows)) if not (i in failed and not used[i])]
     out = df[keep].with_columns(
@@ -233,6 +240,7 @@ def critique_revise(inputs: dict[str, pl.DataFrame], cfg: CritiqueConfig, ctx: C
     rounds = pl.DataFrame(round_rows, schema=ROUND_SCHEMA)
     lost = [i for i in range(len(rows)) if i in failed and not used[i]]
     cut_short = [i for i in keep if i in failed]  # kept with the revisions made before a round failed
+    cut_off = [i for i in keep if i in truncated]  # their revision stops at max_tokens
     final_detail = pl.Series([json.dumps({"rounds": len(used[i]), "principles": used[i]}) for i in keep])
     return StepResult(
         {"data": out, "rounds": rounds},
@@ -267,6 +275,12 @@ def critique_revise(inputs: dict[str, pl.DataFrame], cfg: CritiqueConfig, ctx: C
                     [json.dumps({"failed_round": len(used[i]) + 1, "rounds": len(used[i])}) for i in cut_short],
                     dtype=pl.String,
                 ),
+            ),
+            events(
+                pl.Series([f"{ctx.step}:{rows[i]['_id']}" for i in cut_off], dtype=pl.String),
+                "flagged",
+                "generation:truncated",
+                detail=pl.Series([json.dumps({"round": truncated[i]}) for i in cut_off], dtype=pl.String),
             ),
         ],
         edges=[

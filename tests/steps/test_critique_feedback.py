@@ -168,6 +168,28 @@ def test_fixed_principle_and_failed_requests(tmp_path, scripted_model):
     assert json.loads(flagged["detail_json"][0]) == {"failed_round": 2, "rounds": 1}
 
 
+def test_a_final_revision_cut_at_max_tokens_is_flagged(tmp_path, scripted_model):
+    """A revision that stops at max_tokens becomes the response (and the chosen side of a pair):
+    the row is flagged generation:truncated with its round. A later revision that ends clears it."""
+
+    def cutting(messages):
+        text = critic(messages)
+        if messages[-1]["content"].startswith("REVISE"):
+            revised_twice = "revised(" in messages[-4]["content"]
+            if "tension" in json.dumps(messages) and revised_twice:  # g:0: its second revision is cut
+                return text[:12], "length"
+            if "Here is how" in json.dumps(messages) and not revised_twice:  # g:1: its first one only
+                return text[:12], "length"
+        return text
+
+    path = str(write(tmp_path, CONSTITUTION))
+    cfg = CritiqueConfig(model=scripted_model(cutting), constitution=path, rounds=2)
+    res = critique_revise({"data": RESPONSES}, cfg, ctx_with_pool(tmp_path))
+    flagged = pl.concat(res.events).filter(pl.col("reason") == "generation:truncated")
+    assert flagged.select("row_id", "action").rows() == [("test:g:0", "flagged")]
+    assert json.loads(flagged["detail_json"][0]) == {"round": 2}
+
+
 def test_a_blank_critique_or_revision_is_no_revision(tmp_path, scripted_model):
     """A model that answers nothing gives no revision: a blank revision had become the response
     (and the chosen side of its preference pair)."""
