@@ -65,12 +65,15 @@ def row_messages(cfg: PromptConfig, row: dict[str, Any], system: str | None) -> 
         msgs = [{"role": "user", "content": render(cfg.template, row)}]
     else:
         value = row[cfg.prompt or ""]
-        if isinstance(value, str):
+        if isinstance(value, str) and value.strip():
             msgs = [{"role": "user", "content": value}]
         elif isinstance(value, list) and value:
             msgs = [{"role": str(m["role"]), "content": str(m["content"])} for m in value]
         else:
-            raise DataError(f"row {row.get('_id')}: prompt column '{cfg.prompt}' is empty")
+            raise DataError(
+                f"row {row.get('_id')}: prompt column '{cfg.prompt}' is empty; drop such rows before this step "
+                f"(clean.filter with required: [{cfg.prompt}])"
+            )
     if system and msgs[0]["role"] != "system":
         msgs.insert(0, {"role": "system", "content": system})
     return msgs

@@ -167,7 +167,8 @@ def judge_scores(cfg: JudgeConfig, rows: list[dict[str, Any]], ctx: Context) -> 
 
 @step(
     "score.judge",
-    version=2,  # 2: a payload asked by several rows in one call is sent once
+    version=3,  # 2: a payload asked by several rows in one call is sent once
+    # 3: a null the rubric prints is an error naming the row (it was sent as "None")
     inputs=None,
     per_table_columns=_judge_columns,
     partition="rows",

@@ -18,7 +18,7 @@ import pytest
 
 from dataforge.engine.plan import plan_recipe
 from dataforge.engine.runner import build
-from dataforge.errors import RecipeError
+from dataforge.errors import DataError, RecipeError, StepError
 from dataforge.llm import openai_compat
 from dataforge.llm.client import load_backend
 from dataforge.llm.server import ModelServer
@@ -117,6 +117,28 @@ def test_template_variables_are_checked_at_plan_time(gen_ws):
     broken = ws.recipe(RECIPE.replace("{{ question }}", "{{ question "), "broken.yaml")
     with pytest.raises(RecipeError, match="template syntax error"):
         plan_recipe(broken)
+
+
+def test_a_null_the_template_prints_is_an_error_naming_the_row(ws, tiny_lm):
+    """A row whose question is null rendered as "Question: None" and went to the model; it is an
+    error naming the row and how to drop such rows. A template that tests for it renders."""
+    rows = [dict(r) for r in QA_ROWS]
+    rows[2]["question"] = None
+    ws.jsonl("qa.jsonl", rows)
+    recipe = ws.recipe(RECIPE)
+    with pytest.raises(StepError, match=r"step 'solve': row raw:2: the template prints a null value \(question\)"):
+        build(recipe, ws.out, show_progress=False, models=tiny(tiny_lm))
+    # the same for a prompt column: a blank prompt went to the model as it was
+    from dataforge.steps.generate import GenerateConfig
+    from dataforge.steps.prompting import row_messages
+
+    cfg = GenerateConfig(model=ModelSpec(backend="transformers", model="m"), prompt="question")
+    for blank in ("", "  ", None, []):
+        with pytest.raises(DataError, match=r"row q:1: prompt column 'question' is empty.*required: \[question\]"):
+            row_messages(cfg, {"_id": "q:1", "question": blank}, None)
+    guarded = RECIPE.replace("{{ question }}", "{% if question %}{{ question }}{% else %}(none){% endif %}")
+    report = build(ws.recipe(guarded, "guarded.yaml"), ws.out, show_progress=False, models=tiny(tiny_lm))
+    assert {s.name: s for s in report.steps}["solve"].rows_out == 8
 
 
 def test_model_references_are_checked(gen_ws, tiny_lm):
