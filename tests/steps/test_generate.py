@@ -92,7 +92,13 @@ def test_n_completions_per_row_with_lineage(gen_ws, tiny_lm):
     con.close()
     card = (ws.out / "datasets" / "out" / "card.md").read_text()
     assert "8 completions, 0 failed" in card and f"{len(cut)} of them cut at `max_tokens`" in card
-    # truncated: drop keeps only completions that ended, each dropped one with its reason
+    # the requests are cached: a forced rebuild sends none and gives the same completions
+    again = build(recipe, ws.out, show_progress=False, models=tiny(tiny_lm), force=["solve"])
+    assert again.executed == ["solve", "graded"]
+    out2 = pl.read_parquet(next((ws.out / "artifacts" / "graded").glob("*/data/part-00000.parquet")))
+    assert out2.sort("_id")["completion"].to_list() == out.sort("_id")["completion"].to_list()
+    # truncated: drop keeps only completions that ended, each dropped one with its reason (last in
+    # this test: it adds a second artifact of `graded`, which the glob above would also find)
     dropped = build(recipe, ws.out, show_progress=False, models=tiny(tiny_lm), settings=["solve.truncated=drop"])
     assert {s.name: s for s in dropped.steps}["solve"].rows_out == 8 - len(cut)
     con = duckdb.connect(str(ws.out / "lineage.duckdb"), read_only=True)
@@ -101,11 +107,6 @@ def test_n_completions_per_row_with_lineage(gen_ws, tiny_lm):
     ).fetchall()
     con.close()
     assert [r for (r,) in gone] == cut
-    # the requests are cached: a forced rebuild sends none and gives the same completions
-    again = build(recipe, ws.out, show_progress=False, models=tiny(tiny_lm), force=["solve"])
-    assert again.executed == ["solve", "graded"]
-    out2 = pl.read_parquet(next((ws.out / "artifacts" / "graded").glob("*/data/part-00000.parquet")))
-    assert out2.sort("_id")["completion"].to_list() == out.sort("_id")["completion"].to_list()
 
 
 def test_template_variables_are_checked_at_plan_time(gen_ws):
