@@ -115,14 +115,14 @@ def _conversation(value: Any) -> list[dict[str, str]]:
     return [{"role": str(m["role"]), "content": str(m["content"])} for m in value or []]
 
 
-def answered(gen: Any) -> bool:
+def _answered(gen: Any) -> bool:
     """Whether a request came back with text: a failed request, or an empty or blank answer, is
     no critique and no revision (a blank revision would become the response and the ``chosen``
     side of its preference pair)."""
     return bool(gen.ok and gen.texts[0].strip())
 
 
-def failure(gen: Any, blank: str) -> str:
+def _failure(gen: Any, blank: str) -> str:
     """The reason a request gave no text: its error, or ``blank`` when it answered nothing."""
     return (gen.error or "unknown") if not gen.ok else blank
 
@@ -181,8 +181,8 @@ def critique_revise(inputs: dict[str, pl.DataFrame], cfg: CritiqueConfig, ctx: C
         )
         to_revise = []
         for i, gen in zip(active, critiques, strict=True):
-            if not answered(gen):
-                failed[i] = failure(gen, "empty_critique")
+            if not _answered(gen):
+                failed[i] = _failure(gen, "empty_critique")
             elif cfg.stop_on_no_violation and const.found_no_violation(gen.texts[0]):
                 flagged.append((version[i], json.dumps({"round": rd + 1, "principle": chosen[i].id})))
             else:
@@ -205,8 +205,8 @@ def critique_revise(inputs: dict[str, pl.DataFrame], cfg: CritiqueConfig, ctx: C
         )
         active = []
         for (i, critique), gen in zip(to_revise, revisions, strict=True):
-            if not answered(gen):
-                failed[i] = failure(gen, "empty_revision")
+            if not _answered(gen):
+                failed[i] = _failure(gen, "empty_revision")
                 continue
             rid = f"{ctx.step}:{rows[i]['_id']}:r{rd + 1}"
             round_rows.append(
