@@ -2,7 +2,10 @@
 
 clean.normalize — consumes the string columns in ``fields``; produces the same columns,
 normalized (Unicode form, whitespace, optional lowercasing). Each changed row gets a
-``revised`` event, reason ``clean:normalize``, with the changed fields in ``detail_json``.
+``revised`` event, reason ``clean:normalize``, with the changed fields in ``detail_json``. The
+default form, NFKC, folds full-width characters, ligatures and no-break spaces but keeps
+superscripts, subscripts and vulgar fractions (``keep_math: true``): plain NFKC turns "5² = 25"
+into "52 = 25" and "½" into "1⁄2", a change of meaning in math data.
 
 clean.filter — consumes ``fields`` (length rules), ``required``, and the keys of the regex
 maps; produces the kept rows unchanged. Each dropped row gets a ``dropped`` event with the
@@ -50,6 +53,8 @@ from dataforge.text.normalize import UnicodeForm, Whitespace, normalize_text
 class NormalizeConfig(StepConfig):
     fields: list[str]
     form: UnicodeForm | None = "NFKC"
+    # NFKC keeps superscripts, subscripts and vulgar fractions ("5²" would become "52"); false: plain NFKC
+    keep_math: bool = True
     whitespace: Whitespace = "collapse"
     lowercase: bool = False
 
@@ -66,7 +71,8 @@ def _normalize_columns(cfg: NormalizeConfig, cols: Columns, info: PlanInfo) -> C
     return cols
 
 
-@step("clean.normalize", version=1, inputs=None, per_table_columns=_normalize_columns, partition="rows")
+# 2: NFKC keeps superscripts, subscripts and vulgar fractions (keep_math; "5²" became "52")
+@step("clean.normalize", version=2, inputs=None, per_table_columns=_normalize_columns, partition="rows")
 def normalize(inputs: dict[str, pl.DataFrame], cfg: NormalizeConfig, ctx: Context) -> StepResult:
     """Normalize text fields; record a `revised` event for every row that changed."""
 
@@ -74,7 +80,7 @@ def normalize(inputs: dict[str, pl.DataFrame], cfg: NormalizeConfig, ctx: Contex
         for f in cfg.fields:
             require_text(df, f)
         new = df.with_columns(
-            normalize_text(df[f], cfg.form, cfg.whitespace, cfg.lowercase).alias(f) for f in cfg.fields
+            normalize_text(df[f], cfg.form, cfg.whitespace, cfg.lowercase, cfg.keep_math).alias(f) for f in cfg.fields
         )
         changed = [(new[f] != df[f]).fill_null(False) for f in cfg.fields]
         mask = pl.DataFrame({f: c for f, c in zip(cfg.fields, changed, strict=True)})

@@ -6,6 +6,7 @@ runs of spaces and tabs, trims each line, turns CRLF into LF and at most one bla
 
 from __future__ import annotations
 
+import re
 import unicodedata
 from collections.abc import Callable
 from typing import Literal
@@ -78,28 +79,49 @@ def changed_by_nfkc(text: pl.Series, lowercase: bool = True) -> pl.Series:
     return pl.Series(changed)
 
 
-def nfkc_where_needed(text: pl.Series, lowercase: bool = True, lowercase_rest: bool | None = None) -> pl.Series:
+# superscripts, subscripts and vulgar fractions: NFKC turns "5²" into "52" and "x₂" into "x2"
+_MATH_COMPAT = "[\u00b2\u00b3\u00b9\u00bc-\u00be\u2070-\u209f\u2150-\u215f\u2189]+"
+
+
+def nfkc_keeping_math(text: str) -> str:
+    """NFKC of ``text`` except its superscripts, subscripts and vulgar fractions, whose folding
+    changes what the text says ("5² = 25" would read "52 = 25", "½" "1⁄2"); the rest is folded
+    as NFKC folds it (full-width digits, ligatures, no-break spaces)."""
+    parts = re.split(f"({_MATH_COMPAT})", text)
+    return "".join(part if k % 2 else unicodedata.normalize("NFKC", part) for k, part in enumerate(parts))
+
+
+def nfkc_where_needed(
+    text: pl.Series, lowercase: bool = True, lowercase_rest: bool | None = None, keep_math: bool = False
+) -> pl.Series:
     """NFKC (+ lowercase) of the texts ``changed_by_nfkc`` finds — CPython's unicodedata, ~3x
     faster than polars' str.normalize here (measured) — and the rest lowercased (ASCII case only,
     so the same as NFKC + lowercase) when ``lowercase_rest`` (default: ``lowercase``), else left
-    as they are (the MinHash kernel lowercases ASCII itself)."""
+    as they are (the MinHash kernel lowercases ASCII itself). ``keep_math``: superscripts,
+    subscripts and vulgar fractions are kept (``nfkc_keeping_math``)."""
     rest = lowercase if lowercase_rest is None else lowercase_rest
     idx = changed_by_nfkc(text, lowercase).arg_true()
     out = text.str.to_lowercase() if rest else text
     if len(idx):
         texts = text.gather(idx).to_list()
-        normalized = [unicodedata.normalize("NFKC", t) for t in texts]
+        fold = nfkc_keeping_math if keep_math else lambda t: unicodedata.normalize("NFKC", t)
+        normalized = [fold(t) for t in texts]
         out = out.scatter(idx, pl.Series([t.lower() for t in normalized] if lowercase else normalized, dtype=pl.String))
     return out
 
 
 def normalize_text(
-    text: pl.Series, form: UnicodeForm | None = "NFKC", whitespace: Whitespace = "collapse", lowercase: bool = False
+    text: pl.Series,
+    form: UnicodeForm | None = "NFKC",
+    whitespace: Whitespace = "collapse",
+    lowercase: bool = False,
+    keep_math: bool = False,
 ) -> pl.Series:
     """``normalize_expr`` of a column, computed faster for NFKC: only the texts it changes are
-    normalized (most are ASCII). The same result (tested)."""
+    normalized (most are ASCII). The same result (tested). ``keep_math`` (NFKC only): superscripts,
+    subscripts and vulgar fractions are kept as they are (``nfkc_keeping_math``)."""
     if form == "NFKC":
-        text = nfkc_where_needed(text, lowercase)
+        text = nfkc_where_needed(text, lowercase, keep_math=keep_math)
     else:
         text = pl.select(normalize_expr(pl.lit(text), form, "keep", lowercase)).to_series()
     if whitespace == "keep":

@@ -28,6 +28,16 @@ def test_normalize_nfkc_and_whitespace(ctx):
     assert df["q"][0].startswith("ﬁ")  # the input is not mutated
 
 
+def test_normalize_keeps_superscripts_subscripts_and_fractions(ctx):
+    """NFKC folds "5²" into "52" and "½" into "1⁄2": in math data a change of meaning. The default
+    keeps them (and still folds the rest); keep_math: false is plain NFKC."""
+    df = _df(q=["5² = 25 and x₂ is ½ of ﬁve ２", "3¾ cups"])
+    kept = normalize({"data": df}, NormalizeConfig(fields=["q"]), ctx).tables["data"]["q"].to_list()
+    assert kept == ["5² = 25 and x₂ is ½ of five 2", "3¾ cups"]
+    plain = normalize({"data": df}, NormalizeConfig(fields=["q"], keep_math=False), ctx).tables["data"]["q"]
+    assert plain.to_list() == ["52 = 25 and x2 is 1\u20442 of five 2", "33\u20444 cups"]
+
+
 def test_normalize_lowercase_only_named_fields(ctx):
     df = _df(q=["HeLLo"], a=["KEEP"])
     out = normalize({"x": df}, NormalizeConfig(fields=["q"], lowercase=True), ctx).tables["x"]
