@@ -44,6 +44,9 @@ class Request:
         return body
 
 
+CUT_AT_MAX_TOKENS = "length"  # the finish reason of an answer stopped by max_tokens (vLLM's and OpenAI's word)
+
+
 @dataclass
 class Generation:
     """The answer to one request."""

@@ -12,7 +12,7 @@ import hashlib
 from collections import defaultdict
 from typing import Any
 
-from dataforge.llm.base import Generation, LLMError, OnAnswer, Request, truncate_at_stop
+from dataforge.llm.base import CUT_AT_MAX_TOKENS, Generation, LLMError, OnAnswer, Request, truncate_at_stop
 from dataforge.llm.spec import ModelSpec
 
 
@@ -106,7 +106,7 @@ class TransformersBackend:
                 tokens += len(row)
                 text, stopped = truncate_at_stop(self.tokenizer.decode(row, skip_special_tokens=True), params.stop)
                 texts.append(text)
-                reasons.append("stop" if ended or stopped else "length")
+                reasons.append("stop" if ended or stopped else CUT_AT_MAX_TOKENS)
             results.append(Generation(texts=texts, finish_reasons=reasons, completion_tokens=tokens))
         return results
 

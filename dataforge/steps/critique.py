@@ -53,7 +53,7 @@ from dataforge.engine.plan import Plan, PlannedStep, Ref
 from dataforge.engine.step import Columns, Context, PlanInfo, StepConfig, StepResult, require, step, with_columns
 from dataforge.errors import RecipeError
 from dataforge.graders import completion_text
-from dataforge.llm.base import Request
+from dataforge.llm.base import CUT_AT_MAX_TOKENS, Request
 from dataforge.llm.spec import ModelSpec, SamplingParams
 from dataforge.steps.prompting import track
 from dataforge.steps.split import unit_hash
@@ -223,14 +223,18 @@ def critique_revise(inputs: dict[str, pl.DataFrame], cfg: CritiqueConfig, ctx: C
             version[i], current[i] = rid, gen.texts[0]
             used[i].append(chosen[i].id)
             active.append(i)
-            if gen.finish_reasons and gen.finish_reasons[0] == "length":
+            if gen.finish_reasons and gen.finish_reasons[0] == CUT_AT_MAX_TOKENS:
                 truncated[i] = rd + 1
             else:
                 truncated.pop(i, None)
 
+    def out_ids(which: list[int]) -> pl.Series:
+        """The ``data`` row ids of the rows ``which``."""
+        return pl.Series([f"{ctx.step}:{rows[i]['_id']}" for i in which], dtype=pl.String)
+
     keep = [i for i in range(len(rows)) if not (i in failed and not used[i])]
     out = df[keep].with_columns(
-        pl.Series("_id", [f"{ctx.step}:{rows[i]['_id']}" for i in keep], dtype=pl.String),
+        out_ids(keep).alias("_id"),
         pl.Series("_parent_id", [rows[i]["_id"] for i in keep], dtype=pl.String),
         pl.Series("original", [completion_text(rows[i][cfg.response]) for i in keep], dtype=pl.String),
         pl.Series("revision", [current[i] for i in keep], dtype=pl.String),
@@ -268,7 +272,7 @@ def critique_revise(inputs: dict[str, pl.DataFrame], cfg: CritiqueConfig, ctx: C
                 pl.Series([f"generation_failed:{failed[i]}" for i in lost], dtype=pl.String),
             ),
             events(
-                pl.Series([f"{ctx.step}:{rows[i]['_id']}" for i in cut_short], dtype=pl.String),
+                out_ids(cut_short),
                 "flagged",
                 pl.Series([f"generation_failed:{failed[i]}" for i in cut_short], dtype=pl.String),
                 detail=pl.Series(
@@ -277,7 +281,7 @@ def critique_revise(inputs: dict[str, pl.DataFrame], cfg: CritiqueConfig, ctx: C
                 ),
             ),
             events(
-                pl.Series([f"{ctx.step}:{rows[i]['_id']}" for i in cut_off], dtype=pl.String),
+                out_ids(cut_off),
                 "flagged",
                 "generation:truncated",
                 detail=pl.Series([json.dumps({"round": truncated[i]}) for i in cut_off], dtype=pl.String),

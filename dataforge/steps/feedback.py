@@ -48,7 +48,7 @@ from dataforge.graders import completion_text
 from dataforge.llm.base import Request
 from dataforge.llm.spec import ModelSpec, SamplingParams
 from dataforge.llm.templates import render, template_variables
-from dataforge.steps.prompting import track
+from dataforge.steps.prompting import last_stated, track
 
 PAIRWISE_TEMPLATE = (
     "Which response answers the user better: more helpful, honest and harmless?\n\n"
@@ -111,10 +111,9 @@ def _columns(cfg: FeedbackConfig, cols: dict[str, Columns], info: PlanInfo) -> d
 
 def parse_ab(text: str) -> str | None:
     """ "A" or "B" from a pairwise verdict, or None."""
-    for pattern in _AB:
-        found = pattern.findall(text or "")
-        if found:
-            return found[-1].upper()
+    stated = last_stated(text, _AB)
+    if stated is not None:
+        return stated.upper()
     stripped = (text or "").strip().strip(".").upper()
     return stripped if stripped in ("A", "B") else None
 

@@ -38,6 +38,7 @@ from pydantic import Field
 from dataforge.engine.events import edges, events
 from dataforge.engine.plan import Plan, PlannedStep, Ref
 from dataforge.engine.step import Columns, Context, PlanInfo, StepResult, step, with_columns
+from dataforge.llm.base import CUT_AT_MAX_TOKENS
 from dataforge.steps.prompting import PromptConfig, build_requests, client, require_prompt_columns, track
 from dataforge.text.fields import MESSAGES
 from dataforge.text.reasoning import REASONING_INSTRUCTION, split_reasoning
@@ -122,9 +123,10 @@ def generate(inputs: dict[str, pl.DataFrame], cfg: GenerateConfig, ctx: Context)
         )
     failed_df = pl.DataFrame(failed, schema=FAILED_SCHEMA)
     detail = {"model": cfg.model.model, "backend": cfg.model.backend}
-    cut = out.filter(pl.col("finish_reason") == "length")
+    is_cut = pl.col("finish_reason") == CUT_AT_MAX_TOKENS
+    cut = out.filter(is_cut)
     if cfg.truncated == "drop":
-        out = out.filter(pl.col("finish_reason") != "length")
+        out = out.filter(~is_cut)
     return StepResult(
         {"data": out, "failed": failed_df},
         events=[
@@ -152,7 +154,7 @@ def card_section(ps: PlannedStep, load: Callable[[Ref], pl.DataFrame], plan: Pla
     """The card's lines for this step (see ``dataforge.card``)."""
     step_name = ps.name
     data, failed = load(Ref(step_name, "data")), load(Ref(step_name, "failed"))
-    cut = int((data["finish_reason"] == "length").sum())
+    cut = int((data["finish_reason"] == CUT_AT_MAX_TOKENS).sum())
     lines = [f"From step `{step_name}` (generate): {data.height:,} completions, {failed.height:,} failed."]
     if cut:
         lines[0] += f" {cut:,} of them cut at `max_tokens` (flagged `generation:truncated`)."

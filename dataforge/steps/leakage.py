@@ -958,8 +958,10 @@ def parse_verdict(text: str) -> bool | None:
     ``[[YES]]`` / ``[[NO]]`` (the judge's final word, as ``ai_feedback`` reads ``[[A]]``), else a
     YES or NO that opens the answer. A judge that weighs "[[NO]] … on reflection [[YES]]" said
     YES."""
-    found = _VERDICT.findall(text or "") or _LEADING_VERDICT.findall(text or "")
-    return None if not found else found[-1].upper() == "YES"
+    from dataforge.steps.prompting import last_stated  # (the model clients load only with a judge)
+
+    stated = last_stated(text, (_VERDICT, _LEADING_VERDICT))
+    return None if stated is None else stated.upper() == "YES"
 
 
 def _judge(borderline: list[dict[str, Any]], cfg: LeakageConfig, ctx: Context) -> list[dict[str, Any]]:

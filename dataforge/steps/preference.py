@@ -137,10 +137,10 @@ def _is_blank(response: Any) -> bool:
 def _candidates(cfg: PairsConfig, rows: list[dict[str, Any]], d: _Decisions) -> list[tuple[dict, dict, float, float]]:
     """(chosen, rejected, chosen score, rejected score) candidates of one prompt's responses."""
     col = cfg.column or ""
-    blank = [r for r in rows if _is_blank(r[cfg.completion])]
-    if blank:
-        d.drop_rows(blank, "pair:empty_response")
-        rows = [r for r in rows if not _is_blank(r[cfg.completion])]
+    blank = [_is_blank(r[cfg.completion]) for r in rows]
+    if any(blank):
+        d.drop_rows([r for r, b in zip(rows, blank, strict=True) if b], "pair:empty_response")
+        rows = [r for r, b in zip(rows, blank, strict=True) if not b]
     missing = [r for r in rows if r[col] is None]
     if missing:
         d.drop_rows(missing, "pair:missing_score", column=col)

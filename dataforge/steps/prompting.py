@@ -7,6 +7,8 @@ template reads are checked at plan time.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
 from typing import Any, Literal
 
 from pydantic import Field, model_validator
@@ -106,6 +108,17 @@ def build_requests(
             requests.append(Request(params, prompt=text))
             prompts.append(text)
     return requests, prompts
+
+
+def last_stated(text: str | None, patterns: Sequence[re.Pattern[str]]) -> str | None:
+    """What a model's answer states in the first of ``patterns`` it uses (most explicit first):
+    that pattern's last match, the answer's final word ("[[NO]] … on reflection [[YES]]" is YES);
+    None when it uses none. How every judge's verdict, ranking or score is read."""
+    for pattern in patterns:
+        found = pattern.findall(text or "")
+        if found:
+            return found[-1]
+    return None
 
 
 def client(cfg: PromptConfig, ctx: Context) -> LLMClient:

@@ -38,7 +38,14 @@ from dataforge.engine.step import Columns, Context, PlanInfo, StepConfig, StepRe
 from dataforge.engine.step import with_columns as added_columns
 from dataforge.errors import DataError
 from dataforge.graders import completion_text
-from dataforge.steps.prompting import PromptConfig, build_requests, client, require_prompt_columns, track
+from dataforge.steps.prompting import (
+    PromptConfig,
+    build_requests,
+    client,
+    last_stated,
+    require_prompt_columns,
+    track,
+)
 
 # -- reward model -----------------------------------------------------------------------------------
 
@@ -129,12 +136,11 @@ _SCORE_PATTERNS = (
 
 def parse_judge_score(text: str, low: float, high: float) -> float | None:
     """The score a judge's answer states, if it states one within [low, high]."""
-    for pattern in _SCORE_PATTERNS:
-        found = pattern.findall(text or "")
-        if found:
-            value = float(found[-1])
-            return value if low <= value <= high else None
-    return None
+    stated = last_stated(text, _SCORE_PATTERNS)
+    if stated is None:
+        return None
+    value = float(stated)
+    return value if low <= value <= high else None
 
 
 class JudgeConfig(PromptConfig):

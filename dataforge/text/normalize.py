@@ -80,14 +80,14 @@ def changed_by_nfkc(text: pl.Series, lowercase: bool = True) -> pl.Series:
 
 
 # superscripts, subscripts and vulgar fractions: NFKC turns "5²" into "52" and "x₂" into "x2"
-_MATH_COMPAT = "[\u00b2\u00b3\u00b9\u00bc-\u00be\u2070-\u209f\u2150-\u215f\u2189]+"
+_MATH_COMPAT = re.compile("([\u00b2\u00b3\u00b9\u00bc-\u00be\u2070-\u209f\u2150-\u215f\u2189]+)")
 
 
 def nfkc_keeping_math(text: str) -> str:
     """NFKC of ``text`` except its superscripts, subscripts and vulgar fractions, whose folding
     changes what the text says ("5² = 25" would read "52 = 25", "½" "1⁄2"); the rest is folded
     as NFKC folds it (full-width digits, ligatures, no-break spaces)."""
-    parts = re.split(f"({_MATH_COMPAT})", text)
+    parts = _MATH_COMPAT.split(text)  # (the pattern's group keeps the runs, at odd positions)
     return "".join(part if k % 2 else unicodedata.normalize("NFKC", part) for k, part in enumerate(parts))
 
 
