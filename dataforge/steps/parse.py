@@ -2,8 +2,9 @@
 
 parse.gsm8k — consumes ``answer`` (a worked solution with ``<<a*b=c>>`` calculator annotations
 and a final line ``#### N``); produces ``reasoning`` (the solution without annotations or the
-final line) and ``final_answer`` (N, thousands separators removed). A row without a numeric
-final answer is dropped: ``parse:gsm8k_no_final_answer``.
+final line) and ``final_answer`` (N, thousands separators removed). A row whose ``question`` is
+null or blank is dropped, ``parse:gsm8k_no_question`` (a problem with no text to prompt with or
+train on); one without a numeric final answer, ``parse:gsm8k_no_final_answer``.
 
 parse.hh_rlhf — consumes ``chosen`` and ``rejected``, two whole conversations written as
 ``\\n\\nHuman: …\\n\\nAssistant: …`` that share every turn but the last; produces TRL's
@@ -38,6 +39,7 @@ from dataforge.text.fields import MESSAGES
 
 
 class Gsm8kConfig(StepConfig):
+    question: str | None = "question"  # null: the rows hold no question column (not checked)
     answer: str = "answer"
     reasoning_column: str = "reasoning"
     final_answer_column: str = "final_answer"
@@ -45,10 +47,18 @@ class Gsm8kConfig(StepConfig):
 
 def _gsm8k_columns(cfg: Gsm8kConfig, cols: Columns, info: PlanInfo) -> Columns:
     require(cols, [cfg.answer], "answer")
+    if cfg.question is not None:
+        require(cols, [cfg.question], "question")
     return with_columns(cols, [cfg.reasoning_column, cfg.final_answer_column])
 
 
-@step("parse.gsm8k", version=1, inputs=None, per_table_columns=_gsm8k_columns, partition="rows")
+@step(
+    "parse.gsm8k",
+    version=2,  # 2: a row with a blank question is dropped (it was kept: a blank prompt, an empty SFT turn)
+    inputs=None,
+    per_table_columns=_gsm8k_columns,
+    partition="rows",
+)
 def parse_gsm8k(inputs: dict[str, pl.DataFrame], cfg: Gsm8kConfig, ctx: Context) -> StepResult:
     """Split GSM8K solutions into reasoning (annotations removed) and the numeric final answer."""
 
@@ -62,10 +72,20 @@ def parse_gsm8k(inputs: dict[str, pl.DataFrame], cfg: Gsm8kConfig, ctx: Context)
             .alias(cfg.reasoning_column),
             ans.str.extract(r"####\s*([^\n]*?)\s*$").str.replace_all(",", "").alias(cfg.final_answer_column),
         )
-        ok = parsed[cfg.final_answer_column].str.contains(r"^-?\d+(\.\d+)?$").fill_null(False)
-        bad = parsed.filter(~ok)
-        ev = events(bad["_id"], "dropped", "parse:gsm8k_no_final_answer", detail={"field": cfg.answer})
-        return StepResult({name: parsed.filter(ok)}, events=[ev])
+        asked = pl.lit(True)
+        if cfg.question is not None:
+            require_text(df, cfg.question)
+            asked = pl.col(cfg.question).str.strip_chars().str.len_chars().fill_null(0) > 0
+        answered = pl.col(cfg.final_answer_column).str.contains(r"^-?\d+(\.\d+)?$").fill_null(False)
+        parsed = parsed.with_columns(asked.alias("_asked"), answered.alias("_answered"))
+        unasked = parsed.filter(~pl.col("_asked"))["_id"]
+        unanswered = parsed.filter(pl.col("_asked") & ~pl.col("_answered"))["_id"]
+        evs = [
+            events(unasked, "dropped", "parse:gsm8k_no_question", detail={"field": cfg.question}),
+            events(unanswered, "dropped", "parse:gsm8k_no_final_answer", detail={"field": cfg.answer}),
+        ]
+        kept = parsed.filter(pl.col("_asked") & pl.col("_answered")).drop("_asked", "_answered")
+        return StepResult({name: kept}, events=evs)
 
     return per_table(inputs, one)
 

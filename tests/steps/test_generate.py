@@ -121,13 +121,14 @@ def test_template_variables_are_checked_at_plan_time(gen_ws):
 
 
 def test_a_null_the_template_prints_is_an_error_naming_the_row(ws, tiny_lm):
-    """A row whose question is null rendered as "Question: None" and went to the model; it is an
+    """A row whose hint is null rendered as "Question: … None" and went to the model; it is an
     error naming the row and how to drop such rows. A template that tests for it renders."""
-    rows = [dict(r) for r in QA_ROWS]
-    rows[2]["question"] = None
+    rows = [dict(r, hint="Think.") for r in QA_ROWS]
+    rows[2]["hint"] = None  # (a null question is dropped before: parse.gsm8k's parse:gsm8k_no_question)
     ws.jsonl("qa.jsonl", rows)
-    recipe = ws.recipe(RECIPE)
-    with pytest.raises(StepError, match=r"step 'solve': row raw:2: the template prints a null value \(question\)"):
+    hinted = RECIPE.replace("{{ question }}", "{{ question }} {{ hint }}")
+    recipe = ws.recipe(hinted)
+    with pytest.raises(StepError, match=r"step 'solve': row raw:2: the template prints a null value \(hint\)"):
         build(recipe, ws.out, show_progress=False, models=tiny(tiny_lm))
     # the same for a prompt column: a blank prompt went to the model as it was
     from dataforge.steps.generate import GenerateConfig
@@ -137,7 +138,7 @@ def test_a_null_the_template_prints_is_an_error_naming_the_row(ws, tiny_lm):
     for blank in ("", "  ", None, []):
         with pytest.raises(DataError, match=r"row q:1: prompt column 'question' is empty.*required: \[question\]"):
             row_messages(cfg, {"_id": "q:1", "question": blank}, None)
-    guarded = RECIPE.replace("{{ question }}", "{% if question %}{{ question }}{% else %}(none){% endif %}")
+    guarded = RECIPE.replace("{{ question }}", "{{ question }}{% if hint %} {{ hint }}{% endif %}")
     report = build(ws.recipe(guarded, "guarded.yaml"), ws.out, show_progress=False, models=tiny(tiny_lm))
     assert {s.name: s for s in report.steps}["solve"].rows_out == 8
 

@@ -36,12 +36,29 @@ def test_gsm8k_first_row_exactly(ctx):
     assert out["final_answer"][0] == "72"
 
 
-def test_gsm8k_without_final_answer_is_dropped(ctx):
-    df = pl.DataFrame({"_id": ["a", "b", "c"], "answer": ["x\n#### 1,234", "no final line", "y\n#### many"]})
+def test_gsm8k_without_question_or_final_answer_is_dropped(ctx):
+    """A row with a blank question (it was kept, and became a blank prompt) or no numeric final
+    answer is dropped with its reason, one reason a row."""
+    df = pl.DataFrame(
+        {
+            "_id": ["a", "b", "c", "d", "e"],
+            "question": ["Q1?", "Q2?", "Q3?", " \n", None],
+            "answer": ["x\n#### 1,234", "no final line", "y\n#### many", "z\n#### 5", "no final line"],
+        }
+    )
     res = parse_gsm8k({"data": df}, Gsm8kConfig(), ctx)
     assert res.tables["data"]["final_answer"].to_list() == ["1234"]
-    assert res.events[0]["row_id"].to_list() == ["b", "c"]
-    assert set(res.events[0]["reason"]) == {"parse:gsm8k_no_final_answer"}
+    assert res.tables["data"].columns == ["_id", "question", "answer", "reasoning", "final_answer"]
+    drops = pl.concat(res.events).sort("row_id").select("row_id", "reason").rows()
+    assert drops == [
+        ("b", "parse:gsm8k_no_final_answer"),
+        ("c", "parse:gsm8k_no_final_answer"),
+        ("d", "parse:gsm8k_no_question"),
+        ("e", "parse:gsm8k_no_question"),
+    ]
+    # rows with no question column at all: question: null
+    res = parse_gsm8k({"data": df.drop("question")}, Gsm8kConfig(question=None), ctx)
+    assert res.tables["data"]["_id"].to_list() == ["a", "d"]
 
 
 def test_hh_real_data_pairs_and_drops(ctx):
