@@ -1,8 +1,10 @@
-"""TRL's dataset types, told apart by their columns (the table in TRL's "Dataset formats" guide)."""
+"""TRL's dataset types, told apart by their columns (the table in TRL's "Dataset formats" guide), and
+the conversational form of a prompt or completion."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 # (type, columns that identify it), most specific first
 TRL_TYPES: list[tuple[str, tuple[str, ...]]] = [
@@ -24,3 +26,18 @@ def trl_dataset_type(columns: Sequence[str]) -> str | None:
         if cols.issuperset(needed):
             return name
     return None
+
+
+def message_content(message: Mapping[str, Any]) -> str:
+    """A chat message's text: its ``content``, where a null (an assistant turn that only calls a
+    tool, in the OpenAI format) or a missing one is no text, never the word "None"."""
+    content = message.get("content")
+    return "" if content is None else str(content)
+
+
+def as_messages(value: Any, role: str) -> list[dict[str, str]]:
+    """A prompt or completion in TRL's conversational form: a string is one message of ``role``;
+    a list of messages keeps its roles, each content read by :func:`message_content`."""
+    if isinstance(value, str):
+        return [{"role": role, "content": value}]
+    return [{"role": str(m["role"]), "content": message_content(m)} for m in value or []]

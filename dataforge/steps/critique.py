@@ -52,6 +52,7 @@ from dataforge.engine.fingerprint import file_sha256
 from dataforge.engine.plan import Plan, PlannedStep, Ref
 from dataforge.engine.step import Columns, Context, PlanInfo, StepConfig, StepResult, require, step, with_columns
 from dataforge.errors import RecipeError
+from dataforge.formats import as_messages
 from dataforge.graders import completion_text
 from dataforge.llm.base import CUT_AT_MAX_TOKENS, Request
 from dataforge.llm.spec import ModelSpec, SamplingParams
@@ -109,12 +110,6 @@ def _fingerprint(cfg: CritiqueConfig, info: PlanInfo) -> str:
     return file_sha256(info.resolve(cfg.constitution))  # editing the constitution re-runs the step
 
 
-def _conversation(value: Any) -> list[dict[str, str]]:
-    if isinstance(value, str):
-        return [{"role": "user", "content": value}]
-    return [{"role": str(m["role"]), "content": str(m["content"])} for m in value or []]
-
-
 def _answered(gen: Any) -> bool:
     """Whether a request came back with text: a failed request, or an empty or blank answer, is
     no critique and no revision (a blank revision would become the response and the ``chosen``
@@ -129,10 +124,11 @@ def _failure(gen: Any, blank: str) -> str:
 
 @step(
     "critique_revise",
-    version=4,  # 3: a payload asked by several rows in one call is sent once
+    version=5,  # 3: a payload asked by several rows in one call is sent once
     # 4: a blank critique or revision is a failed request (a blank revision was kept as the response);
     # a row kept after a later round failed is flagged generation_failed:<error>; a final revision cut at
     # max_tokens is flagged generation:truncated
+    # 5: a message whose content is null is empty (it was read as the text "None")
     outputs=("data", "rounds"),
     columns=_columns,
     data_fingerprint=_fingerprint,
@@ -156,7 +152,7 @@ def critique_revise(inputs: dict[str, pl.DataFrame], cfg: CritiqueConfig, ctx: C
         ],
         dtype=np.int64,
     ).reshape(len(rows), cfg.rounds)
-    convo = [_conversation(r[cfg.prompt]) for r in rows]
+    convo = [as_messages(r[cfg.prompt], "user") for r in rows]
     current = [completion_text(r[cfg.response]) for r in rows]
     version = [r["_id"] for r in rows]
     used: list[list[str]] = [[] for _ in rows]

@@ -137,10 +137,11 @@ def parse_ranking(text: str, k: int) -> list[int] | None:
 
 @step(
     "ai_feedback",
-    version=3,  # 2: a payload asked by several rows in one call is sent once
+    version=4,  # 2: a payload asked by several rows in one call is sent once
     # 3: a ranking is read from its chain of [n]s, or a bare "2 > 1 > 3" (digits in prose were read as the order);
     # a pairwise verdict in words needs "is" or ":" ("Response A is better than Response B" read as B);
     # a null the template prints is an error naming the row
+    # 4: a message whose content is null is empty (it was read as the text "None")
     outputs=("data", "verdicts"),
     columns=_columns,
     partition="key",

@@ -52,6 +52,7 @@ from dataforge.engine.step import (
     require,
     step,
 )
+from dataforge.formats import as_messages, message_content
 from dataforge.graders import completion_text
 from dataforge.steps.split import unit_hash
 from dataforge.text.fields import MESSAGES
@@ -193,27 +194,22 @@ def _keep(cfg: PairsConfig, cands: list[tuple[dict, dict, float, float]], d: _De
     d.pairs.extend(agreed[:limit])
 
 
-def _as_messages(value: Any, role: str) -> list[dict[str, str]]:
-    if isinstance(value, str):
-        return [{"role": role, "content": value}]
-    return [{"role": str(m["role"]), "content": str(m["content"])} for m in value or []]
-
-
 def _as_text(value: Any) -> str:
     """Text of a prompt or response: a single message's content; several as ``role: content`` lines."""
     if isinstance(value, str):
         return value
     turns = [m for m in value or [] if m["role"] != "system"]
     if len(turns) == 1:
-        return str(turns[0]["content"])
-    return "\n".join(f"{m['role']}: {m['content']}" for m in turns)
+        return message_content(turns[0])
+    return "\n".join(f"{m['role']}: {message_content(m)}" for m in turns)
 
 
 @step(
     "preference.pairs",
-    version=3,  # 2: a NaN score is a missing one (it was ranked: NaN compares false both ways)
+    version=4,  # 2: a NaN score is a missing one (it was ranked: NaN compares false both ways)
     # 3: a blank response is no side of a pair (pair:empty_response; it could be chosen); a revision equal to
     # its original is recorded as pair:tie (recording it raised a TypeError: the build failed)
+    # 4: a message whose content is null is empty (it was read as the text "None")
     inputs=None,
     per_table_columns=_columns,
     partition="key",
@@ -255,9 +251,9 @@ def _pairs_of(name: str, df: pl.DataFrame, cfg: PairsConfig, ctx: Context) -> St
         rows.append(
             {
                 "_id": f"{ctx.step}:{a['_id']}>{b['_id']}",
-                "prompt": _as_messages(prompt, "user") if conv else _as_text(prompt),
-                "chosen": _as_messages(a[cfg.completion], "assistant") if conv else _as_text(a[cfg.completion]),
-                "rejected": _as_messages(b[cfg.completion], "assistant") if conv else _as_text(b[cfg.completion]),
+                "prompt": as_messages(prompt, "user") if conv else _as_text(prompt),
+                "chosen": as_messages(a[cfg.completion], "assistant") if conv else _as_text(a[cfg.completion]),
+                "rejected": as_messages(b[cfg.completion], "assistant") if conv else _as_text(b[cfg.completion]),
                 "score_chosen": sa,
                 "score_rejected": sb,
                 "margin": sa - sb,

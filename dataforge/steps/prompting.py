@@ -15,6 +15,7 @@ from pydantic import Field, model_validator
 
 from dataforge.engine.step import Columns, Context, StepConfig, require
 from dataforge.errors import DataError
+from dataforge.formats import as_messages
 from dataforge.llm.base import Request
 from dataforge.llm.client import LLMClient
 from dataforge.llm.spec import ModelSpec, SamplingParams
@@ -70,7 +71,7 @@ def row_messages(cfg: PromptConfig, row: dict[str, Any], system: str | None) -> 
         if isinstance(value, str) and value.strip():
             msgs = [{"role": "user", "content": value}]
         elif isinstance(value, list) and value:
-            msgs = [{"role": str(m["role"]), "content": str(m["content"])} for m in value]
+            msgs = as_messages(value, "user")
         else:
             raise DataError(
                 f"row {row.get('_id')}: prompt column '{cfg.prompt}' is empty; drop such rows before this step "

@@ -37,6 +37,7 @@ from dataforge.engine.events import events
 from dataforge.engine.step import Columns, Context, PlanInfo, StepConfig, StepResult, per_table, require, step
 from dataforge.engine.step import with_columns as added_columns
 from dataforge.errors import DataError
+from dataforge.formats import as_messages
 from dataforge.graders import completion_text
 from dataforge.steps.prompting import (
     PromptConfig,
@@ -66,24 +67,24 @@ def _rm_columns(cfg: RewardModelConfig, cols: Columns, info: PlanInfo) -> Column
     return added_columns(cols, [cfg.column])
 
 
-def _as_messages(value: Any, role: str) -> list[dict[str, str]]:
-    if isinstance(value, str):
-        return [{"role": role, "content": value}]
-    return [{"role": str(m["role"]), "content": str(m["content"])} for m in value or []]
-
-
 def reward_model_texts(tokenizer: Any, prompts: list[Any], completions: list[Any]) -> list[str]:
     """prompt + completion as the reward model reads them: its chat template, or plain text."""
     if tokenizer.chat_template:
         return [
-            tokenizer.apply_chat_template(_as_messages(p, "user") + _as_messages(c, "assistant"), tokenize=False)
+            tokenizer.apply_chat_template(as_messages(p, "user") + as_messages(c, "assistant"), tokenize=False)
             for p, c in zip(prompts, completions, strict=True)
         ]
     return [completion_text(p) + "\n" + completion_text(c) for p, c in zip(prompts, completions, strict=True)]
 
 
 # 2: a model whose config names no pad token is told the tokenizer's (a batch of several rows raised)
-@step("score.reward_model", version=2, inputs=None, per_table_columns=_rm_columns, partition="rows")
+@step(
+    "score.reward_model",
+    version=3,  # 3: a message whose content is null is empty (it was read as the text "None")
+    inputs=None,
+    per_table_columns=_rm_columns,
+    partition="rows",
+)
 def score_reward_model(inputs: dict[str, pl.DataFrame], cfg: RewardModelConfig, ctx: Context) -> StepResult:
     """The scalar of a reward model for every (prompt, completion)."""
     import torch
@@ -173,8 +174,9 @@ def judge_scores(cfg: JudgeConfig, rows: list[dict[str, Any]], ctx: Context) -> 
 
 @step(
     "score.judge",
-    version=3,  # 2: a payload asked by several rows in one call is sent once
+    version=4,  # 2: a payload asked by several rows in one call is sent once
     # 3: a null the rubric prints is an error naming the row (it was sent as "None")
+    # 4: a message whose content is null is empty (it was read as the text "None")
     inputs=None,
     per_table_columns=_judge_columns,
     partition="rows",

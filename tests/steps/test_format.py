@@ -6,7 +6,7 @@ import polars as pl
 import pytest
 from pydantic import ValidationError
 
-from dataforge.formats import trl_dataset_type
+from dataforge.formats import as_messages, trl_dataset_type
 from dataforge.steps.format import FormatConfig, ReasoningConfig, format_reasoning, format_trl
 from dataforge.text.fields import MESSAGES
 from dataforge.text.reasoning import REASONING_RE
@@ -116,3 +116,16 @@ def test_reasoning_format(ctx):
     sft = format_trl({"d": out}, cfg, ctx)
     assert sft.tables["d"]["_id"].to_list() == ["a"]
     assert set(pl.concat(sft.events)["reason"]) == {"format:missing_field"}
+
+
+def test_a_null_message_content_is_no_text():
+    """An OpenAI-format assistant turn that only calls a tool has ``content: null``; it is an empty
+    message, never the text "None" (which critique, reward-model scoring and preference pairs sent
+    on or wrote out)."""
+    turns = [{"role": "user", "content": "Weather in Oslo?"}, {"role": "assistant", "content": None}]
+    assert as_messages(turns, "user") == [
+        {"role": "user", "content": "Weather in Oslo?"},
+        {"role": "assistant", "content": ""},
+    ]
+    assert as_messages("Hi", "assistant") == [{"role": "assistant", "content": "Hi"}]
+    assert as_messages(None, "user") == []

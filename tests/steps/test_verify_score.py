@@ -313,3 +313,11 @@ def test_pairs_in_both_trl_styles_with_lineage(ctx):
     _, _, res = pairs(df, ctx, rule="scores", column="score", style="standard")
     row = res.tables["data"].row(0, named=True)
     assert (row["prompt"], row["chosen"], row["rejected"]) == ("the prompt", "response 0", "response 1")
+    # a conversation with a null content (a tool-calling turn) is written with an empty turn, not "None"
+    tool_turn = [{"role": "user", "content": "Weather?"}, {"role": "assistant", "content": None}]
+    convo = df.with_columns(pl.Series("prompt", [tool_turn, tool_turn]))
+    for style, expected in (("standard", "user: Weather?\nassistant: "), ("conversational", tool_turn[:1])):
+        _, _, res = pairs(convo, ctx, rule="scores", column="score", style=style)
+        prompt = res.tables["data"]["prompt"][0]
+        got = prompt if isinstance(prompt, str) else prompt.to_list()[:1]
+        assert got == expected and "None" not in str(res.tables["data"].row(0))
