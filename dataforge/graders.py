@@ -19,7 +19,7 @@ Built in:
   hangul): the share of the completion's letters written in that script; None for a blank
   completion.
 - ``length`` (options ``min_words``, ``max_words``): 1.0 inside the bounds, falling linearly to 0
-  at twice the distance.
+  at twice the distance; None for a blank completion.
 
 A user grader is named ``package.module:function`` and is imported and run as trusted code.
 """
@@ -34,6 +34,7 @@ import unicodedata
 from collections.abc import Callable
 from typing import Any, Literal, get_args
 
+from dataforge.formats import message_content
 from dataforge.text.answers import answers_equal, exact_number
 from dataforge.text.reasoning import THINK_CLOSE, split_reasoning
 
@@ -64,7 +65,7 @@ def completion_text(value: Any) -> str:
         return value
     if isinstance(value, list | tuple) and value:
         last = value[-1]
-        return str(last.get("content", "")) if isinstance(last, dict) else str(last)
+        return message_content(last) if isinstance(last, dict) else str(last)
     return "" if value is None else str(value)
 
 
@@ -216,10 +217,13 @@ def language_consistency(completion: Any, script: str = "latin") -> float | None
     return inside / len(letters)
 
 
-def length_reward(completion: Any, min_words: int = 0, max_words: int | None = None) -> float:
+def length_reward(completion: Any, min_words: int = 0, max_words: int | None = None) -> float | None:
     """1.0 when the word count is within [min_words, max_words], falling linearly to 0 at twice
-    the distance outside."""
+    the distance outside. A blank completion has nothing to grade: None, as ``language`` (under a
+    bare ``max_words`` it scored 1.0, so a GRPO policy was paid for brevity by saying nothing)."""
     words = len(completion_text(completion).split())
+    if not words:
+        return None
     if words < min_words:
         return max(0.0, words / min_words * 2 - 1) if min_words else 1.0
     if max_words is not None and words > max_words:

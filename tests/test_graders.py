@@ -177,6 +177,15 @@ def test_partial_credit_is_an_explicit_reward_shaping_option(gsm8k_test, factor,
         ("<think>\\boxed{150}</think>\nThe answer is 151.", "151", 1.0),
         ("<think>3 * 50 is 150, so the answer is 150", "150", 0.0),  # the thinking never closed
         ("<think>\\boxed{150}</think>\n<answer>", "150", 0.0),  # answer tags: held to them
+        # a number in inline math with its unit after it, and a unit with its power (were 0.0)
+        ("The answer is $150$ dollars.", "150", 1.0),
+        ("The answer is $150$ dollars.", "151", 0.0),
+        ("The answer is $150$ and $151$.", "150", 0.0),
+        ("\\boxed{150\\text{ cm}^2}", "150", 1.0),
+        ("\\boxed{150 \\text{ m}^{3}}", "150", 1.0),
+        ("The area is 150 cm². The answer is 150 cm².", "150", 1.0),
+        ("\\boxed{150\\text{ cm}^2}", "1500", 0.0),
+        ("\\boxed{x^2}", "2", 0.0),
     ],
 )
 def test_math_is_exact(completion, reference, expected):
@@ -236,12 +245,19 @@ def test_language_and_length():
     assert language_consistency("") is None
     assert language_consistency(" \n ") is None
     assert language_consistency([{"role": "assistant", "content": ""}]) is None
+    # a null content (an assistant turn that only calls a tool) is no text: it was graded as the word "None"
+    assert language_consistency([{"role": "assistant", "content": None}]) is None
+    assert math_answer([{"role": "assistant", "content": None}], "None") == 0.0
     with pytest.raises(ValueError, match="unknown script"):
         language_consistency("x", script="klingon")
     assert length_reward("a b c", min_words=2, max_words=4) == 1.0
     assert length_reward("a b c d e f", max_words=4) == 0.5
     assert length_reward("a", min_words=4) == 0.0
     assert length_reward("a b c", min_words=4) == 0.5
+    # a blank completion is not graded either (it scored 1.0 under a bare max_words: brevity paid for nothing)
+    assert length_reward("", max_words=50) is None
+    assert length_reward("  ", min_words=3) is None
+    assert length_reward([{"role": "assistant", "content": None}], max_words=50) is None
 
 
 def test_user_grader_by_module_path(tmp_path, monkeypatch):

@@ -114,12 +114,14 @@ def _verify_columns(cfg: VerifyConfig, cols: Columns, info: PlanInfo) -> Columns
 
 @step(
     "verify",
-    version=5,  # 3: math reads "1.5e2", "−5", "5\\%", "**5**", "18\\text{ dollars}" (all scored 0); format: one tag
+    version=6,  # 3: math reads "1.5e2", "−5", "5\\%", "**5**", "18\\text{ dollars}" (all scored 0); format: one tag
     # 4: math reads "Answer: 5" lines, "$5$" / "\\(5\\)", Minerva's "I hope it is correct.", "(B)", "5°", "1\\,500"
     # and a reference that is a worked solution ("… #### 72") as its final answer; no reference: a null score
     # 5: math reads "\\{2,3\\}" as a set, "\\text{yes}" as yes, an "Answer:" label after a sentence's end and
     # an R1 / Qwen3 completion after its "</think>" (it scored 0); format: a blank answer block is not the format;
     # language: a blank completion gets a null score (it scored 1.0)
+    # 6: math reads "$150$ dollars" and "150\\text{ cm}^2" (0.0); length: a blank completion gets a null score
+    # (1.0 under a bare max_words); a message whose content is null is empty (it was read as the text "None")
     inputs=None,
     per_table_columns=_verify_columns,
     partition="rows",

@@ -6,7 +6,8 @@
   answers are bare numbers). Scientific notation is read exactly too: ``1.5e2`` = ``1.5E+02`` =
   ``150``; the typeset minus sign (U+2212) is a minus, and LaTeX's ``\\%`` a percent sign. What only
   typesets an answer is read past: Markdown emphasis around it (``**5**``), inline math
-  delimiters (``$5$``, ``\\(5\\)``), a unit in ``\\text{…}`` (``18\\text{ dollars}``), a degree
+  delimiters (``$5$``, ``\\(5\\)``, ``$150$ dollars``), a unit in ``\\text{…}`` (``18\\text{ dollars}``,
+  ``150\\text{ cm}^2``) or after the number (``5 cm²``), a degree
   sign, LaTeX's thin space between thousands (``1\\,500``) and a sentence's closing period.
 - An answer written as mathematics (LaTeX, an expression with variables or operators) is parsed
   with math-verify, the field's library; numbers it yields are compared exactly, never by
@@ -31,12 +32,14 @@ _EMPHASIS = re.compile(r"^(\*\*|__|\*|_)(.+?)\1$", re.DOTALL)  # Markdown: "**5*
 _INLINE_MATH = re.compile(r"^(?:\$\$(.+)\$\$|\$([^$]+)\$|\\\((.+)\\\)|\\\[(.+)\\\])$", re.DOTALL)  # "$5$", "\\(5\\)"
 _CHOICE_LETTER = re.compile(r"^\(([A-Za-z])\)$")  # "(B)", as multiple-choice answers are written
 _THIN_SPACE_THOUSANDS = re.compile(r"(?<=\d)\\,(?=\d{3}(?!\d))")  # LaTeX "1\,500"
-_TEXT_COMMAND = re.compile(r"\\(?:text|textrm|mathrm|mbox)\{([^{}]*)\}")  # "18\text{ dollars}"
+# "18\text{ dollars}", "150\text{ cm}^2": a unit (its power too)
+_TEXT_COMMAND = re.compile(r"\\(?:text|textrm|mathrm|mbox)\{([^{}]*)\}(?:\^\{?[23]\}?)?")
 _TEXT_ANSWER = re.compile(r"^\\(?:text|textrm|textbf|textit|mathrm|mathbf|mbox)\{([^{}]*)\}$")  # "\text{yes}": yes
 _CURRENCY = re.compile(r"^(?:\\?\$|€|£|¥|USD|EUR)\s*")
 _PLAIN = re.compile(r"^[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)?(?:\.\d+)?(?:(?<=\d)[eE][-+]?\d+)?$")  # "1.5e2" = 150
 _RATIO = re.compile(r"^([-+]?\d+)\s*/\s*(\d+)$")
-_UNIT = re.compile(r"^([^\sA-Za-z]+)\s+[A-Za-z]+\.?$")  # "18 dollars", "5 cm"
+_UNIT = re.compile(r"^([^\sA-Za-z]+)\s+[A-Za-z]+[²³]?\.?$")  # "18 dollars", "5 cm", "5 cm²"
+_MATH_THEN_UNIT = re.compile(r"^\$([^$]+)\$(\s+[A-Za-z]+[²³]?\.?)$")  # "$150$ dollars": 150 dollars
 _LATEX_COMMAND = re.compile(r"\\(?:[A-Za-z]+|[{}%,;:! ])")  # "\frac", and "\{" "\," (a set's braces, spaces)
 _MATH_CHARS = re.compile(r"^[\w\s+\-*/^().,{}\[\]=<>|!'√π∞·×÷]+$")
 
@@ -50,7 +53,7 @@ def exact_number(text: str) -> Fraction | None:
 def _number(answer: str) -> Fraction | None:
     """``exact_number`` of an answer already ``_unwrapped``."""
     s = answer.rstrip(".").strip()
-    s = _CURRENCY.sub("", _TEXT_COMMAND.sub(r" \1", s)).strip()
+    s = _CURRENCY.sub("", _MATH_THEN_UNIT.sub(r"\1\2", _TEXT_COMMAND.sub(r" \1", s))).strip()
     unit = _UNIT.match(s)
     if unit:
         s = unit.group(1)
