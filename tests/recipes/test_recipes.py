@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 import duckdb
+import polars as pl
 import pytest
 from datasets import DatasetDict, load_from_disk
 
@@ -69,6 +70,58 @@ def test_recipe_builds_and_every_dataset_loads(recipe, built, tiny_lm):
     assert con.execute("SELECT bool_and(cache_hit) FROM latest_steps").fetchone() == (True,)
 
 
+# inputs a step reads and never passes on: the eval side it compares against, the splits it audits
+REFERENCE_INPUTS = {"dedup.exact": {"against"}, "dedup.minhash": {"against"}, "dedup.semantic": {"against"}}
+
+
+def _references(kind: str, inputs: list[str]) -> set[str]:
+    if kind == "split.audit":
+        return set(inputs)
+    if kind == "leakage.check":
+        return set(inputs) - {"train"}
+    return REFERENCE_INPUTS.get(kind, set()) & set(inputs)
+
+
+@pytest.mark.parametrize("recipe", ALL)
+def test_every_input_row_is_kept_dropped_or_a_parent(recipe, built, tiny_lm):
+    """No silent drops, by the lineage of every step of every shipped recipe: each row a step is
+    given (bar those it only compares against) is in one of its outputs, has a ``dropped`` event
+    with a reason, or is the parent (an edge) of a row the step made."""
+    from dataforge.engine.plan import plan_recipe
+
+    out = built(recipe)
+    overrides = tiny_overrides(recipe, tiny_lm)
+    plan = plan_recipe(RECIPES / recipe, overrides["models"], overrides["settings"])
+    con = duckdb.connect(str(out / "lineage.duckdb"), read_only=True)
+    paths = {(s, o): p for s, o, p in con.execute("SELECT step, output, path FROM latest_artifacts").fetchall()}
+
+    def ids(step: str, output: str) -> pl.Series:
+        return pl.read_parquet(Path(paths[step, output]) / "*.parquet", columns=["_id"])["_id"]
+
+    checked = 0
+    for ps in plan.steps:
+        passed_on = [ref for name, ref in ps.inputs.items() if name not in _references(ps.kind, list(ps.inputs))]
+        if not passed_on:
+            continue
+        given = pl.concat([ids(ref.step, ref.output) for ref in passed_on]).unique()
+        accounted = pl.concat(
+            [ids(ps.name, o) for o in ps.outputs]
+            + [
+                pl.Series([r[0] for r in con.execute(sql, [ps.name]).fetchall()], dtype=pl.String)
+                for sql in (
+                    "SELECT row_id FROM latest_events WHERE step = ? AND action = 'dropped'",
+                    "SELECT parent_id FROM latest_edges WHERE step = ?",
+                )
+            ]
+        )
+        lost = given.filter(~given.is_in(accounted.implode()))
+        assert lost.is_empty(), (
+            f"{recipe}: step '{ps.name}' ({ps.kind}) lost {lost.len()} rows, e.g. {lost.head(3).to_list()}"
+        )
+        checked += given.len()
+    assert checked > 0
+
+
 def test_gsm8k_reasoning_outputs(built):
     out = built("gsm8k_reasoning.yaml")
     sft = load_from_disk(str(out / "datasets" / "gsm8k_sft"))
@@ -85,7 +138,6 @@ def test_gsm8k_reasoning_outputs(built):
     assert len(grpo["test"]) == 1319 and grpo["test"].column_names == ["_id", "prompt", "answer"]
     assert grpo["test"][0]["prompt"][0]["role"] == "system"
     # the SFT splits share no normalized question
-    import polars as pl
 
     def questions(split: str) -> set[str]:
         qs = [m[-2]["content"] for m in sft[split]["messages"]]
@@ -266,7 +318,6 @@ def test_leakage_decisions_are_lineage_and_query_lists_contaminated_items(built,
     assert all(i["eval_item"].startswith("hh_harmless_test:") for i in items)
     report = (out / "reports" / "leakage_dpo_clean.md").read_text()
     assert "| test |" in report and "## Top" in report
-    import polars as pl
 
     matches = pl.read_parquet(out / "reports" / "leakage_dpo_clean.parquet")
     assert set(matches["eval_id"]) == {i["eval_item"] for i in items if i["step"] == "dpo_clean"}
