@@ -264,7 +264,8 @@ def summarize(findings: pl.DataFrame, names: Sequence[str]) -> list[list[object]
 
 @step(
     "split.audit",
-    version=2,  # 2: two blank prompts are no exact overlap
+    version=3,  # 2: two blank prompts are no exact overlap
+    # 3: comparison keys drop invisible characters (zero-width spaces, the BOM, soft hyphens, bidi marks)
     inputs=None,
     outputs=("findings",),
     columns=_columns,

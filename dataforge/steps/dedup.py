@@ -62,7 +62,7 @@ from dataforge.errors import DataError, RecipeError
 from dataforge.lsh_buckets import BandKeys
 from dataforge.staging import staging
 from dataforge.text.fields import text_expr
-from dataforge.text.normalize import comparable_text, nfkc_where_needed
+from dataforge.text.normalize import comparable_text, nfkc_where_needed, visible_text
 
 TEMPLATE_TOKENS = (
     r"<\|im_start\|>\s*(?:system|user|assistant)?|<\|[^|>\s]{1,40}\|>|\[/?INST\]|<</?SYS>>|</?s>"
@@ -173,10 +173,10 @@ def _mask_template(text: str) -> str:
 def dedup_text(
     df: pl.DataFrame, cfg: DedupConfig, exact: bool = True, shared: dict[str, list[str]] | None = None
 ) -> pl.Series:
-    """The cleaned text each row is compared by. For exact comparison it is fully normalized
-    (NFKC, case, all whitespace folded to one space). For MinHash, whose kernel already splits
-    words and lowercases ASCII, only rows holding non-ASCII text are NFKC-normalized and
-    lowercased: the same shingles, at a fraction of the cost. ``shared`` gives the shared system
+    """The cleaned text each row is compared by, without invisible characters. For exact comparison
+    it is fully normalized (NFKC, case, all whitespace folded to one space). For MinHash, whose
+    kernel already splits words and lowercases ASCII, only rows holding non-ASCII text are
+    NFKC-normalized and lowercased: the same shingles, at a fraction of the cost. ``shared`` gives the shared system
     prompts per field when ``df`` is one batch of a larger table (see ``shared_prompts``)."""
     shared = shared if shared is not None else shared_prompts(df, cfg)
     parts = []
@@ -193,7 +193,7 @@ def dedup_text(
         text = pl.Series("t", [_mask_template(t) for t in text.to_list()], dtype=pl.String)
     if exact:
         return comparable_text(text)
-    return nfkc_where_needed(text.fill_null(""), lowercase_rest=False)
+    return nfkc_where_needed(visible_text(text.fill_null("")), lowercase_rest=False)
 
 
 def keep_rank(df: pl.DataFrame, cfg: DedupConfig) -> np.ndarray:
@@ -358,7 +358,7 @@ def _drop_matches(
 
 @step(
     "dedup.exact",
-    version=1,
+    version=2,  # 2: comparison keys drop invisible characters (zero-width spaces, the BOM, soft hyphens, bidi marks)
     inputs=None,
     outputs=_outputs,
     columns=_columns,
@@ -396,7 +396,9 @@ OUT_OF_CORE_DEDUP: dict[str, Any] = dict(
 )
 
 
-@step("dedup.minhash", version=2, **OUT_OF_CORE_DEDUP)
+@step(
+    "dedup.minhash", version=3, **OUT_OF_CORE_DEDUP
+)  # 3: comparison keys drop invisible characters (zero-width spaces, the BOM, soft hyphens, bidi marks)
 def dedup_minhash(inputs: dict[str, Table], cfg: MinhashConfig, ctx: Context) -> StepResult:
     """Drop near-duplicates: MinHash LSH candidates (below the threshold), verified, clustered around
     the rows kept (no chaining), one kept per cluster.
@@ -644,7 +646,9 @@ class SemanticConfig(DedupConfig):
         return self
 
 
-@step("dedup.semantic", version=3, **OUT_OF_CORE_DEDUP)
+@step(
+    "dedup.semantic", version=4, **OUT_OF_CORE_DEDUP
+)  # 4: comparison keys drop invisible characters (zero-width spaces, the BOM, soft hyphens, bidi marks)
 def dedup_semantic(inputs: dict[str, Table], cfg: SemanticConfig, ctx: Context) -> StepResult:
     """Drop rows whose embedding is within ``threshold`` cosine of a kept row (or an ``against`` row).
 

@@ -700,13 +700,14 @@ def _clone_hits(train: _Side, evals: _Side, cfg: LeakageConfig) -> pl.DataFrame:
 
 @step(
     "leakage.check",
-    version=18,  # 10: corroborated static matches; 11: answers_from_text; 12: train_tokens_margin; 13: templates;
+    version=19,  # 10: corroborated static matches; 11: answers_from_text; 12: train_tokens_margin; 13: templates;
     # 14: numbers with a scale ("$32M", "1.5 million", "a hundred"), "an hour and a half", "per cent";
     # 15: a row matched before the transformer is not embedded, nor judged, for its other pairs
     # 16: a train row without text is no `exact` copy of an eval item without text
     # 17: a train row's stated answer is also read from an "Answer: N" line (graders.extract_answer)
     # 18: … and from an "Answer: N" label after a sentence's end ("Wait, no. Answer: 6"), and after "</think>";
     # the judge's verdict is its last [[YES]] / [[NO]] (it was the first)
+    # 19: comparison keys drop invisible characters (zero-width spaces, the BOM, soft hyphens, bidi marks)
     inputs=None,
     outputs=("data", "matches", "scores"),
     columns=_columns,

@@ -17,12 +17,14 @@ KEY_SEPARATOR = "\x1f"  # between the fields of a ``key_text``
 def key_text(
     df: pl.DataFrame, fields: Sequence[str], roles: Sequence[str] | None = None, first_turns: int | None = None
 ) -> pl.Series:
-    """The normalized (NFKC, whitespace, lowercase) text of ``fields`` joined by a unit separator:
-    the key rows are grouped (splits) and matched (audits) by."""
-    from dataforge.text.normalize import normalize_text
+    """The normalized (invisible characters dropped, NFKC, whitespace, lowercase) text of ``fields``
+    joined by a unit separator: the key rows are grouped (splits) and matched (audits) by."""
+    from dataforge.text.normalize import normalize_text, visible_text
 
     parts = [
-        normalize_text(df.select(text_expr(df, f, roles, first_turns).alias(f)).to_series(), lowercase=True)
+        normalize_text(
+            visible_text(df.select(text_expr(df, f, roles, first_turns).alias(f)).to_series()), lowercase=True
+        )
         for f in fields
     ]
     return pl.select(pl.concat_str([pl.lit(p) for p in parts], separator=KEY_SEPARATOR)).to_series()

@@ -24,17 +24,19 @@ def test_planted_leaks_are_found(ctx):
     verbatim = train[5].with_columns(pl.lit("t:x1").alias("_id"))
     other_target = train[6].with_columns(pl.lit("t:x2").alias("_id"), pl.lit("different\n#### 0").alias("answer"))
     q = train["question"][7]
+    invisible = train[8].with_columns(pl.lit("t:x4").alias("_id"), pl.col("question") + "\u200b")
     reworded = train[7].with_columns(
         pl.lit("t:x3").alias("_id"), pl.lit(q.replace(".", "!", 1) + " Thanks.").alias("question")
     )
-    test = pl.concat([test, verbatim, other_target, reworded])
+    test = pl.concat([test, verbatim, other_target, reworded, invisible])
     res = split_audit({"train": train, "test": test}, AuditConfig(prompt="question", target="answer"), ctx)
     f = res.tables["findings"]
     got = {(r["finding"], r["row_a"], r["row_b"]) for r in f.iter_rows(named=True)}
     assert ("exact_overlap", "g:5", "t:x1") in got
     assert ("same_prompt_different_target", "g:6", "t:x2") in got
     assert ("near_overlap", "g:7", "t:x3") in got
-    assert f.height == 3  # nothing else: the 100 other test items are clean
+    assert ("exact_overlap", "g:8", "t:x4") in got  # a trailing zero-width space is no new prompt
+    assert f.height == 4  # nothing else: the 100 other test items are clean
     ev = res.events[0]
     assert set(ev["action"]) == {"flagged"}
     assert set(ev["reason"]) == {"audit:exact_overlap", "audit:same_prompt_different_target", "audit:near_overlap"}

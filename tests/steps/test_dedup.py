@@ -143,6 +143,19 @@ def test_exact_dedup_keeps_smallest_id_and_records_representative(ctx):
     assert set(ev["score"]) == {1.0}
 
 
+def test_exact_dedup_sees_through_invisible_characters(ctx):
+    """A copy carrying a zero-width space, a byte-order mark, a soft hyphen or a bidirectional mark
+    (text copied from web pages and files) is the same text to a reader; NFKC keeps those
+    characters, so each such copy was kept. The row kept keeps its text as it was."""
+    copies = ["Same question?\u200b", "\ufeffsame question?", "same ques\u00adtion?", "same\u200e question?"]
+    df = _frame(["Same question?", "Same question? No: another one.", *copies, "same quest\u200bion"])
+    res = dedup_exact({"data": df}, DedupConfig(fields=["q"]), ctx)
+    assert res.tables["data"]["_id"].to_list() == ["r:000", "r:001", "r:006"]
+    assert res.events[0].sort("row_id")["row_id"].to_list() == ["r:002", "r:003", "r:004", "r:005"]
+    kept = res.tables["data"].filter(pl.col("_id") == "r:006")["q"].item()
+    assert kept == "same quest\u200bion"  # (only the comparison drops them: the row's text is as it was)
+
+
 def test_minhash_finds_planted_near_duplicates_only(ctx):
     base = QUESTIONS.head(300).to_list()
     planted = [_near_copy(base[i]) for i in range(0, 300, 10)]
@@ -408,7 +421,7 @@ def test_candidates_come_from_lsh_below_the_threshold_so_pairs_just_above_it_are
 def test_comparable_text_equals_the_full_normalization_on_real_and_unicode_text():
     """The exact-dedup key, computed with NFKC only where it changes something, equals NFKC +
     lowercase + folded whitespace applied to every text."""
-    from dataforge.text.normalize import comparable_expr, comparable_text, normalize_expr
+    from dataforge.text.normalize import INVISIBLE, comparable_expr, comparable_text, normalize_expr
 
     answers = pl.read_ndjson(GSM8K / "train.jsonl")["answer"].head(3000).to_list()
     odd = ["Café", "cafe\u0301 au lait", "ＦＵＬＬ width", "ﬁ ligature", "İstanbul", "ß straße", "Ω ΣΑΣ", "ǅ title"]
@@ -417,7 +430,9 @@ def test_comparable_text_equals_the_full_normalization_on_real_and_unicode_text(
     texts = pl.Series([*QUESTIONS.head(3000).to_list(), *answers, *odd], dtype=pl.String)
     assert comparable_text(texts).to_list() == pl.select(comparable_expr(pl.lit(texts))).to_series().to_list()
     # the fold matches only runs that change; the result is every whitespace run → one space
-    every_run = normalize_expr(pl.lit(texts), lowercase=True).str.replace_all(r"\s+", " ")
+    every_run = normalize_expr(pl.lit(texts).str.replace_all(INVISIBLE, ""), lowercase=True).str.replace_all(
+        r"\s+", " "
+    )
     assert comparable_text(texts).to_list() == pl.select(every_run).to_series().to_list()
 
 
