@@ -4,7 +4,8 @@ together crosses a split boundary.
 Consumes one input ``data``; produces one output per split. The unit of assignment is a set of
 rows that must stay together — rows sharing a ``group`` key (normalized text of one or more
 columns: a prompt, a conversation id, a source document id; for a messages column,
-``group_turns: N`` keys on its first N user turns only) and rows of one near-duplicate
+``group_turns: N`` keys on its first N user turns only; a row whose key is blank, null or empty
+in every group field, has no group and is a unit of its own, drawn by its id) and rows of one near-duplicate
 ``cluster`` (a cluster id column from a dedup step, or clusters computed here with MinHash LSH
 over text fields) are joined into one unit, transitively. Each unit then goes to one split:
 
@@ -59,7 +60,7 @@ from dataforge.engine.streaming import key_hashes
 from dataforge.engine.table import Mapper, Table
 from dataforge.errors import DataError
 from dataforge.recipe import NAME_RE
-from dataforge.text.fields import key_text
+from dataforge.text.fields import blank_keys, key_text
 
 
 def _check_names(names: Sequence[str]) -> None:
@@ -227,13 +228,16 @@ def _link_equal(keys: pl.DataFrame) -> np.ndarray:
 
 
 def group_hashes(table: Table, cfg: SplitConfig) -> pl.DataFrame:
-    """Each row's group key (``text_key``) as its ``key_hashes`` (null where the key is null),
-    computed a batch at a time, so the keys of all rows are never held."""
+    """Each row's group key (``text_key``) as its ``key_hashes``, computed a batch at a time, so the
+    keys of all rows are never held; null where the key is blank (null or blank text in every
+    group field): such a row has no group to keep together. (Every blank key was one group: a
+    ``group: conversation_id`` that most rows lack put all of those rows in one split.)"""
     assert cfg.group
     parts = [pl.DataFrame(schema={"h0": pl.UInt64, "h1": pl.UInt64})]
     for batch in table.batches(columns=list(dict.fromkeys(cfg.group))):
         key = text_key(batch, cfg.group, cfg.group_turns)
-        parts.append(key_hashes(key).with_columns(pl.when(key.is_not_null()).then(pl.all()).name.keep()))
+        keyed = ~blank_keys(key)
+        parts.append(key_hashes(key).with_columns(pl.when(pl.lit(keyed)).then(pl.all()).name.keep()))
     return pl.concat(parts)
 
 
@@ -337,8 +341,9 @@ def assign(
 
 def _unit_draws(table: Table, df: pl.DataFrame, unit: np.ndarray, cfg: SplitConfig) -> pl.DataFrame:
     """Each unit's draw ``u`` in [0, 1): ``unit_hash(seed, k)`` of its smallest key ``k`` (group
-    key, else row id). Group keys are read a batch at a time: a unit of one row is drawn from
-    its own key at once; for larger units only their smallest key so far is held."""
+    key, else row id; a row whose group key is blank has none: its id). Group keys are read a batch
+    at a time: a unit of one row is drawn from its own key at once; for larger units only their
+    smallest key so far is held."""
     if not cfg.group:  # (a random split has no group)
         keys = pl.DataFrame({"unit": unit, "key": df["_id"]}).group_by("unit").agg(pl.col("key").min())
         return keys.select("unit", _draws(cfg.seed, keys["key"]))
@@ -346,8 +351,9 @@ def _unit_draws(table: Table, df: pl.DataFrame, unit: np.ndarray, cfg: SplitConf
     drawn: list[pl.DataFrame] = []
     smallest: list[pl.DataFrame] = []  # per batch, the smallest key of each larger unit in it
     compacted, at = 0, 0
-    for batch in table.batches(columns=list(dict.fromkeys(cfg.group))):
+    for batch in table.batches(columns=list(dict.fromkeys([*cfg.group, "_id"]))):
         key = text_key(batch, cfg.group, cfg.group_turns)
+        key = key.zip_with(~blank_keys(key), batch["_id"])
         mine = unit[at : at + batch.height]
         at += batch.height
         alone = single[mine]
@@ -448,7 +454,15 @@ def _note(cfg: SplitConfig) -> str | None:
     return "Split " + ", ".join(said) + "."
 
 
-@step("split", version=2, outputs=_outputs, columns=_columns, partition="global", out_of_core=True)
+@step(
+    "split",
+    version=3,  # 3: a blank group key joins nothing (every blank key was one unit);
+    # comparison keys drop invisible characters (zero-width spaces, the BOM, soft hyphens, bidi marks)
+    outputs=_outputs,
+    columns=_columns,
+    partition="global",
+    out_of_core=True,
+)
 def split(inputs: dict[str, Table], cfg: SplitConfig, ctx: Context) -> StepResult:
     """Assign each row to one split; rows that must stay together always share one.
 

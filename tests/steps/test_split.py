@@ -58,6 +58,34 @@ def test_group_split_keeps_groups_together(ctx):
     assert json.loads(ev["detail_json"][0])["unit_rows"] == 3
 
 
+def test_blank_group_keys_join_nothing_and_invisible_characters_change_no_key(ctx):
+    """Rows whose group field is null or blank have no group: each is its own unit, drawn by its
+    id (they were one unit, so a ``group: conversation_id`` that most rows lack put all of those
+    rows in one split). A prompt with a zero-width space or a byte-order mark is the same prompt."""
+    rows = [{"_id": f"b:{i}", "q": [None, "", "  \n "][i % 3]} for i in range(300)]
+    rows += [
+        {"_id": f"q:{i}:{j}", "q": f"Question {i}?" + ["", "\u200b", " \ufeff", "\u00ad"][j]}
+        for i in range(50)
+        for j in range(4)
+    ]
+    cfg = SplitConfig(group="q", fractions={"train": 0.5, "test": 0.5}, seed=3)
+    res = split({"data": pl.DataFrame(rows)}, cfg, ctx)
+    where = _assignment(res)
+    blank = [where[f"b:{i}"] for i in range(300)]
+    assert 100 < blank.count("train") < 200  # (all 300 went to one split)
+    for i in range(50):
+        assert len({where[f"q:{i}:{j}"] for j in range(4)}) == 1, i
+    units = {
+        json.loads(d)["unit_rows"]
+        for r, d in res.events[0].select("row_id", "detail_json").rows()
+        if r.startswith("b:")
+    }
+    assert units == {1}
+    # the same rows in another order: the same splits
+    again = split({"data": pl.DataFrame(rows).reverse()}, cfg, ctx)
+    assert _assignment(again) == where
+
+
 def test_cluster_keeps_near_duplicates_together(ctx):
     df = _pool(600)
     group_only = split({"data": df}, SplitConfig(group="q", fractions={"a": 0.5, "b": 0.5}, seed=2), ctx)
