@@ -157,7 +157,7 @@ def reference_answer(answer: Any) -> str:
 
 def math_answer(completion: Any, answer: Any, extract: str = "auto", partial_credit: bool = False) -> float | None:
     """1.0 when the stated final answer equals the reference ``answer`` exactly, else 0; None when
-    there is no reference (null or blank): nothing to check the answer against.
+    there is no reference (null, NaN or blank): nothing to check the answer against.
 
     Equal means the same number (exact rational arithmetic: ``1,000`` = ``1000.00`` = ``$1000``,
     ``0.5`` = ``1/2``; ``1005`` ≠ ``1000``), the same mathematical object for LaTeX and
@@ -166,8 +166,8 @@ def math_answer(completion: Any, answer: Any, extract: str = "auto", partial_cre
     final answer it states (:func:`reference_answer`). ``extract`` says where the answer is read
     (:func:`extract_answer`). ``partial_credit: true`` is for reward shaping only: a numeric
     answer near the reference then scores by :func:`relative_error_score`."""
-    if answer is None or not str(answer).strip():
-        return None
+    if answer is None or (isinstance(answer, float) and math.isnan(answer)) or not str(answer).strip():
+        return None  # (a NaN is a float column's missing value: it scored 0, and "#### nan" 1.0)
     stated = extract_answer(completion_text(completion), extract)
     if stated is None or not stated.strip():
         return 0.0

@@ -54,6 +54,10 @@ def test_no_reference_is_no_grade():
     assert math_answer("#### 5", None) is None
     assert math_answer("#### 5", "  ") is None
     assert math_answer("no answer stated", None) is None
+    # a NaN is a float column's missing value: it was a reference, so "#### nan" scored 1.0
+    assert math_answer("#### nan", float("nan")) is None
+    assert math_answer("#### 5", float("nan")) is None
+    assert math_answer("#### 72", 72.0) == 1.0
     reward = as_trl_reward(math_answer)
     assert reward(["p"] * 3, ["#### 5", "#### 5", "#### 6"], answer=["5", None, "5"]) == [1.0, None, 0.0]
     assert as_trl_reward(lambda completion: float("nan"))(["p"], ["x"]) == [None]  # NaN: ungraded too

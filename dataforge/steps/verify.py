@@ -121,7 +121,8 @@ def _verify_columns(cfg: VerifyConfig, cols: Columns, info: PlanInfo) -> Columns
     # an R1 / Qwen3 completion after its "</think>" (it scored 0); format: a blank answer block is not the format;
     # language: a blank completion gets a null score (it scored 1.0)
     # 6: math reads "$150$ dollars" and "150\\text{ cm}^2" (0.0); length: a blank completion gets a null score
-    # (1.0 under a bare max_words); a message whose content is null is empty (it was read as the text "None")
+    # (1.0 under a bare max_words); a message whose content is null is empty (it was read as the text "None");
+    # a NaN reference is none: a null score (0.0, and "#### nan" scored 1.0)
     inputs=None,
     per_table_columns=_verify_columns,
     partition="rows",
