@@ -3,7 +3,10 @@
 Both consume ``data`` (and optionally ``against``: a second input whose rows are never touched,
 such as a validation split or a released dataset) and read the text of ``fields`` — plain
 text columns or ``messages`` lists (``roles`` picks the turns). Before comparing, the text is
-cleaned: chat-template tokens (``<|im_start|>``, ``[INST]``, ``<s>`` …) are removed, a system
+cleaned: chat-format tokens and turn headers (``<|im_start|>user``, ``[INST]``, ``<s>``, Llama 3's
+and Gemma's headers, role labels opening a line such as ``user:``, ``Human:``, ``### Response:``)
+are removed (``strip_template``, on by default), so one conversation in any of these formats, or
+as a messages list, is one text; a system
 prompt shared by at least ``shared_system`` of the rows is ignored, and the text is normalized
 (NFKC, whitespace, case). With ``template_aware: true`` numbers and capitalized names are masked
 too, so "Alice has 3 apples" and "Bob has 7 apples" are one item.
@@ -64,9 +67,15 @@ from dataforge.staging import staging
 from dataforge.text.fields import text_expr
 from dataforge.text.normalize import comparable_text, nfkc_where_needed, visible_text
 
+# what a chat format adds to a conversation, removed so that one conversation is one text in any
+# of them: special tokens and turn headers with their role names (ChatML, Llama 2 and 3, Mistral,
+# Gemma, Phi-3, Zephyr) and role labels opening a line ("user:" as a messages column reads,
+# HH-RLHF's "Human:" / "Assistant:", Alpaca's "### Instruction:" / "### Response:")
 TEMPLATE_TOKENS = (
-    r"<\|im_start\|>\s*(?:system|user|assistant)?|<\|[^|>\s]{1,40}\|>|\[/?INST\]|<</?SYS>>|</?s>"
-    r"|<(?:start|end)_of_turn>|<bos>|<eos>"
+    r"<\|start_header_id\|>[^<>|]{0,40}<\|end_header_id\|>"
+    r"|<\|im_start\|>\s*(?:system|user|assistant|tool)?|<start_of_turn>(?:user|model|system)?"
+    r"|<\|[^|>\s]{1,40}\|>|\[/?INST\]|<</?SYS>>|</?s>|<end_of_turn>|<bos>|<eos>"
+    r"|(?m:^)[ \t]*(?:#{1,4}[ \t]*)?(?i:system|user|assistant|human|model|instruction|input|response)[ \t]*:"
 )
 _NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
 _CAPITALIZED = re.compile(r"\b[A-Z][a-z]+\b")
@@ -359,6 +368,7 @@ def _drop_matches(
 @step(
     "dedup.exact",
     version=2,  # 2: comparison keys drop invisible characters (zero-width spaces, the BOM, soft hyphens, bidi marks)
+    # and strip_template removes Llama 3 / Gemma role headers and role labels opening a line
     inputs=None,
     outputs=_outputs,
     columns=_columns,
@@ -396,9 +406,9 @@ OUT_OF_CORE_DEDUP: dict[str, Any] = dict(
 )
 
 
-@step(
-    "dedup.minhash", version=3, **OUT_OF_CORE_DEDUP
-)  # 3: comparison keys drop invisible characters (zero-width spaces, the BOM, soft hyphens, bidi marks)
+# 3: comparison keys drop invisible characters (zero-width spaces, the BOM, soft hyphens, bidi marks);
+# strip_template removes Llama 3 / Gemma role headers and role labels opening a line
+@step("dedup.minhash", version=3, **OUT_OF_CORE_DEDUP)
 def dedup_minhash(inputs: dict[str, Table], cfg: MinhashConfig, ctx: Context) -> StepResult:
     """Drop near-duplicates: MinHash LSH candidates (below the threshold), verified, clustered around
     the rows kept (no chaining), one kept per cluster.
@@ -646,9 +656,9 @@ class SemanticConfig(DedupConfig):
         return self
 
 
-@step(
-    "dedup.semantic", version=4, **OUT_OF_CORE_DEDUP
-)  # 4: comparison keys drop invisible characters (zero-width spaces, the BOM, soft hyphens, bidi marks)
+# 4: comparison keys drop invisible characters (zero-width spaces, the BOM, soft hyphens, bidi marks);
+# strip_template removes Llama 3 / Gemma role headers and role labels opening a line
+@step("dedup.semantic", version=4, **OUT_OF_CORE_DEDUP)
 def dedup_semantic(inputs: dict[str, Table], cfg: SemanticConfig, ctx: Context) -> StepResult:
     """Drop rows whose embedding is within ``threshold`` cosine of a kept row (or an ``against`` row).
 

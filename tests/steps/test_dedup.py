@@ -236,6 +236,47 @@ def test_chat_template_tokens_and_shared_system_prompt_are_ignored(ctx):
     assert res.events[0].select("row_id", "related_id").rows() == [("m:30", "m:04")]
 
 
+def test_one_conversation_in_any_chat_format_is_one_text(ctx):
+    """The same exchange written in ChatML, Llama 2 and 3, Mistral, Gemma, Phi-3, Zephyr, HH-RLHF's
+    and Alpaca's formats, as "role: content" lines, and as a messages list: exact duplicates.
+    (Llama 3's and Gemma's role names, and every role label opening a line, were kept: six of the
+    ten text forms survived exact dedup.) A different answer in the same format is kept."""
+    q, a = "What is the capital of France?", "Paris."
+    forms = [
+        f"<|im_start|>user\n{q}<|im_end|>\n<|im_start|>assistant\n{a}<|im_end|>",
+        f"<s>[INST] {q} [/INST] {a} </s>",
+        f"<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\n{q}<|eot_id|>"
+        f"<|start_header_id|>assistant<|end_header_id|>\n\n{a}<|eot_id|>",
+        f"<bos><start_of_turn>user\n{q}<end_of_turn>\n<start_of_turn>model\n{a}<end_of_turn>",
+        f"<|user|>\n{q}<|end|>\n<|assistant|>\n{a}<|end|>",
+        f"[INST] {q} [/INST]{a}</s>",
+        f"user: {q}\nassistant: {a}",
+        f"### Instruction:\n{q}\n\n### Response:\n{a}",
+        f"\n\nHuman: {q}\n\nAssistant: {a}",
+        f"<|user|>\n{q}</s>\n<|assistant|>\n{a}</s>",
+        f"<|im_start|>user\n{q}<|im_end|>\n<|im_start|>assistant\nLyon.<|im_end|>",
+    ]
+    res = dedup_exact({"data": _frame(forms)}, DedupConfig(fields=["q"]), ctx)
+    assert res.tables["data"]["_id"].to_list() == ["r:000", "r:010"]
+    assert len(res.events[0]) == 9 and set(res.events[0]["related_id"]) == {"r:000"}
+    # a messages list against a released set in Llama 3's format: the copy is dropped
+    msgs = pl.DataFrame(
+        {
+            "_id": ["m:0", "m:1"],
+            "q": [
+                [{"role": "user", "content": q}, {"role": "assistant", "content": a}],
+                [{"role": "user", "content": q}, {"role": "assistant", "content": "Marseille."}],
+            ],
+        }
+    )
+    res = dedup_exact({"data": msgs, "against": _frame(forms[2:3], prefix="eval")}, DedupConfig(fields=["q"]), ctx)
+    assert res.tables["data"]["_id"].to_list() == ["m:1"]
+    assert res.events[0].select("row_id", "related_id").rows() == [("m:0", "eval:000")]
+    # with strip_template: false the formats are text like any other
+    kept = dedup_exact({"data": _frame(forms)}, DedupConfig(fields=["q"], strip_template=False), ctx)
+    assert kept.tables["data"].height == len(forms)
+
+
 def test_empty_text_kept_or_dropped(ctx):
     df = _frame(["", "", "a real question here"])
     kept = dedup_minhash({"data": df}, MinhashConfig(fields=["q"]), ctx)
