@@ -11,6 +11,8 @@ clean.filter — consumes ``fields`` (length rules), ``required``, and the keys 
 maps; produces the kept rows unchanged. Each dropped row gets a ``dropped`` event with the
 first rule it failed: ``filter:required``, ``filter:min_length``, ``filter:max_length``,
 ``filter:regex_keep``, ``filter:regex_drop`` (score = the measured length where one applies).
+``required`` reads a field as missing when it is null or blank text, a messages list with no turn
+holding text, or an empty list.
 
 Example::
 
@@ -167,7 +169,13 @@ def _load_tokenizer(name: str, ctx: Context) -> object:
         raise DataError(f"cannot load tokenizer '{name}': {exc}") from None
 
 
-@step("clean.filter", version=1, inputs=None, per_table_columns=_filter_columns, partition="rows")
+@step(
+    "clean.filter",
+    version=2,  # 2: a required conversation with no turn holding text, or an empty list, is missing (it was kept)
+    inputs=None,
+    per_table_columns=_filter_columns,
+    partition="rows",
+)
 def filter_rows(inputs: dict[str, pl.DataFrame], cfg: FilterConfig, ctx: Context) -> StepResult:
     """Drop rows that fail a rule; each drop is an event naming the first rule it failed."""
     tokenizer = _load_tokenizer(cfg.tokenizer, ctx) if cfg.unit == "tokens" and cfg.tokenizer else None
@@ -193,11 +201,16 @@ def filter_rows(inputs: dict[str, pl.DataFrame], cfg: FilterConfig, ctx: Context
 
         for f in cfg.required:
             col = df[f]
-            empty = (
-                col.is_null() | (col.cast(pl.String).str.strip_chars() == "")
-                if col.dtype == pl.String
-                else col.is_null()
-            )
+            if col.dtype == pl.String:
+                empty = col.is_null() | (col.str.strip_chars() == "")
+            elif isinstance(col.dtype, pl.List) and isinstance(col.dtype.inner, pl.Struct):
+                # a conversation with no turns, or with nothing in any turn's content
+                content = col.list.eval(pl.element().struct.field("content").fill_null("")).list.join("")
+                empty = col.is_null() | (content.str.strip_chars().fill_null("") == "")
+            elif isinstance(col.dtype, pl.List):  # a list with no items
+                empty = col.is_null() | (col.list.len() == 0)
+            else:
+                empty = col.is_null()
             drop(empty, "filter:required", None, {"field": f})
         for f in cfg.fields:
             require_text(df, f)

@@ -72,6 +72,24 @@ def test_filter_rules_and_first_failing_reason(ctx):
     assert len(ev) == 4  # one event per dropped row, never two
 
 
+def test_required_conversation_needs_a_turn_with_text(ctx):
+    """``required`` on a messages column drops a conversation with no turns or only blank ones (an
+    empty list was not null, so it was kept), and on a list column an empty list."""
+    user = {"role": "user", "content": "Hi"}
+    df = pl.DataFrame(
+        {
+            "_id": ["s:0", "s:1", "s:2", "s:3", "s:4"],
+            "m": [[user], [], None, [{"role": "user", "content": "  "}], [{"role": "system", "content": None}, user]],
+            "tags": [["a"], ["b"], ["c"], [], None],
+        }
+    )
+    res = filter_rows({"data": df}, FilterConfig(required=["m"]), ctx)
+    assert res.tables["data"]["_id"].to_list() == ["s:0", "s:4"]
+    assert sorted(res.events[0]["row_id"].to_list()) == ["s:1", "s:2", "s:3"]
+    res = filter_rows({"data": df}, FilterConfig(required=["tags"]), ctx)
+    assert res.tables["data"]["_id"].to_list() == ["s:0", "s:1", "s:2"]
+
+
 def test_filter_words_unit(ctx):
     df = _df(q=["one two three", "one"])
     res = filter_rows({"data": df}, FilterConfig(fields=["q"], min_length=2, unit="words"), ctx)
