@@ -4,6 +4,14 @@
 Produces: ``_id`` = ``<name>:<id column value, or the row's 0-based ordinal>``, ``_ts`` (UTC)
 when ``timestamp_column`` is set, then the source's columns (after ``rename``/``columns``).
 
+Timestamps (what time splits cut on) are read only where their reading is certain: a time
+column as it is (naive: UTC); text in ISO 8601 (``2024-01-02``, ``2024-01-02T03:04:05+02:00``;
+without an offset: UTC), or in ``timestamp_format`` (strftime, e.g. ``"%m/%d/%Y"``) — any other
+text is an error naming a value and its row, never a guess ("01/02/2024" is the 1st of February
+to one reader and the 2nd of January to another); numbers as seconds since 1970 or
+``timestamp_unit`` (``ms``, ``us``, ``ns``), and a number that would read past the year 2200 is an
+error saying which unit fits. A null or blank timestamp is a missing one (``_ts`` null).
+
 Example::
 
     train_raw:
@@ -23,6 +31,7 @@ import os
 import shutil
 from collections.abc import Iterator
 from contextlib import suppress
+from datetime import datetime, timezone
 from itertools import islice
 from pathlib import Path
 from typing import Any, Literal
@@ -52,6 +61,8 @@ class SourceConfig(StepConfig):
     name: str | None = None
     id_column: str | None = None
     timestamp_column: str | None = None
+    timestamp_format: str | None = None  # strftime of a text timestamp column; default: ISO 8601 only
+    timestamp_unit: Literal["s", "ms", "us", "ns"] = "s"  # of a numeric timestamp column (since 1970)
     rename: dict[str, str] = {}
     columns: list[str] | None = None
     on_error: Literal["fail", "skip"] = "fail"
@@ -244,7 +255,15 @@ def source_fingerprint(cfg: SourceConfig, info: PlanInfo) -> str:
 # -- run time -----------------------------------------------------------------------------------
 
 
-@step("source", version=1, inputs=(), columns=source_columns, data_fingerprint=source_fingerprint, partition="rows")
+@step(
+    "source",
+    version=2,  # 2: a text timestamp is ISO 8601 or in timestamp_format (others were inferred: "01/02/2024" read
+    # day first); a number past the year 2200 is an error (timestamp_unit); a blank timestamp is a missing one
+    inputs=(),
+    columns=source_columns,
+    data_fingerprint=source_fingerprint,
+    partition="rows",
+)
 def source(inputs: dict[str, pl.DataFrame], cfg: SourceConfig, ctx: Context) -> StepResult:
     """Read a file, directory or hub dataset into rows with stable ``_id``s."""
     name = cfg.name or ctx.step
@@ -306,7 +325,7 @@ def _shaped(df: pl.DataFrame, cfg: SourceConfig, ctx: Context, name: str, where:
     df = df.with_columns((pl.lit(f"{name}:") + id_expr).alias("_id"))
     lead = ["_id"]
     if cfg.timestamp_column:
-        df = df.with_columns(_to_utc(df[cfg.timestamp_column], cfg.timestamp_column, ctx.step).alias("_ts"))
+        df = df.with_columns(_to_utc(df[cfg.timestamp_column], df["_ordinal"], cfg, ctx.step).alias("_ts"))
         lead.append("_ts")
     checked = [pl.col(cfg.id_column).alias(ID_VALUE)] if cfg.id_column else []
     return df.select(*lead, *user_cols, *checked)
@@ -834,15 +853,65 @@ def _check_ids(df: pl.DataFrame, column: str, step_name: str, where: str) -> Non
         raise StepError(step_name, f"{where}: id column '{column}' repeats value {dup[0]!r}")
 
 
-def _to_utc(series: pl.Series, column: str, step_name: str) -> pl.Series:
+# ISO 8601: a date, then optionally a time (fractions of a second too) and a UTC offset
+_ISO_TIME = r"^\d{4}-\d{2}-\d{2}(?:[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?)?(?:Z|[+-]\d{2}:?\d{2})?$"
+_MICROS = {"s": 1_000_000, "ms": 1_000, "us": 1, "ns": 0.001}
+_LAST_YEAR = 2200  # a numeric timestamp read past this is in another unit
+
+
+def _to_utc(series: pl.Series, ordinals: pl.Series, cfg: SourceConfig, step_name: str) -> pl.Series:
+    """A timestamp column as UTC microseconds, read as the module doc says; a StepError names a value
+    that has no certain reading and its row."""
+    column = cfg.timestamp_column
+
+    def refuse(bad: pl.Series, why: str) -> StepError:
+        at = int(bad.arg_true()[0])
+        return StepError(step_name, f"timestamp column '{column}', row {ordinals[at]}: {series[at]!r} {why}")
+
     try:
         if series.dtype == pl.String:
-            return series.str.to_datetime(time_zone="UTC", time_unit="us")
+            text = series.str.strip_chars().replace("", None)  # a blank timestamp is a missing one
+            if cfg.timestamp_format is None:
+                odd = text.is_not_null() & ~text.str.contains(_ISO_TIME)
+                if odd.any():
+                    raise refuse(odd, "is not an ISO 8601 time; give timestamp_format (e.g. '%m/%d/%Y %H:%M')")
+                return _iso_utc(text)
+            read = text.str.to_datetime(cfg.timestamp_format, time_unit="us", strict=False)
+            if (read.is_null() & text.is_not_null()).any():
+                raise refuse(read.is_null() & text.is_not_null(), f"does not read as '{cfg.timestamp_format}'")
+            return _as_utc(read)
         if series.dtype.is_numeric():
-            return (series.cast(pl.Float64) * 1_000_000).cast(pl.Int64).cast(pl.Datetime("us", "UTC"))
+            micros = series.cast(pl.Float64).fill_nan(None) * _MICROS[cfg.timestamp_unit]
+            late = micros > (datetime(_LAST_YEAR, 1, 1, tzinfo=timezone.utc).timestamp() * 1_000_000)
+            if late.any():
+                fits = next((u for u in ("ms", "us", "ns") if _MICROS[u] < _MICROS[cfg.timestamp_unit]), None)
+                hint = f"; if it counts {fits}, set timestamp_unit: {fits}" if fits else ""
+                raise refuse(late.fill_null(False), f"read in {cfg.timestamp_unit} is after {_LAST_YEAR}{hint}")
+            return micros.round(0).cast(pl.Int64).cast(pl.Datetime("us", "UTC"))
         if isinstance(series.dtype, pl.Datetime):
-            s = series.dt.cast_time_unit("us")
-            return s.dt.replace_time_zone("UTC") if s.dtype.time_zone is None else s.dt.convert_time_zone("UTC")  # type: ignore[union-attr]
+            return _as_utc(series.dt.cast_time_unit("us"))
+    except StepError:
+        raise
     except Exception as exc:
         raise StepError(step_name, f"timestamp column '{column}' does not parse as a time: {exc}") from None
     raise StepError(step_name, f"timestamp column '{column}' has type {series.dtype}, not a time, a number or text")
+
+
+def _iso_utc(text: pl.Series) -> pl.Series:
+    """ISO 8601 texts (``_ISO_TIME``) as UTC times, each read alone: with and without an offset in
+    one column, and with and without seconds (polars infers one format for the whole column)."""
+    full = (
+        text.str.replace(r"^(\d{4}-\d{2}-\d{2})$", "${1}T00:00")
+        .str.replace(r"^(\d{4}-\d{2}-\d{2}) ", "${1}T")
+        .str.replace(r"T(\d{2}:\d{2})($|Z|[+-])", "T${1}:00${2}")
+        .str.replace(r"Z$", "+00:00")
+        .str.replace(r"([+-]\d{2})(\d{2})$", "${1}:${2}")
+    )
+    full = full.zip_with(full.str.contains(r"[+-]\d{2}:\d{2}$").fill_null(True), full + "+00:00")  # naive: UTC
+    return full.str.to_datetime("%Y-%m-%dT%H:%M:%S%.f%:z", time_unit="us").dt.convert_time_zone("UTC")
+
+
+def _as_utc(times: pl.Series) -> pl.Series:
+    """Times in UTC: naive ones read as UTC, others converted."""
+    zone = times.dtype.time_zone  # type: ignore[union-attr]
+    return times.dt.replace_time_zone("UTC") if zone is None else times.dt.convert_time_zone("UTC")

@@ -68,6 +68,65 @@ def test_every_format_gives_same_rows_and_ids(ws, fmt):
     assert df.columns[:2] == ["_id", "_ts"]
 
 
+def _times(ws, values: list, **extra) -> pl.Series:
+    (ws.root / "t.jsonl").write_text(
+        "".join(json.dumps({"text": f"row {i}", "when": v}) + "\n" for i, v in enumerate(values))
+    )
+    return _run(ws, {"path": "t.jsonl"}, timestamp_column="when", **extra)["_ts"]
+
+
+def test_timestamps_are_read_only_where_their_reading_is_certain(ws):
+    """Time splits cut on ``_ts``, so a timestamp is never guessed. "01/02/2024" was read as the
+    1st of February (day first, inferred from the values) where a US file means the 2nd of
+    January; now it is an error naming it, and ``timestamp_format`` says how to read it. ISO 8601
+    values are read each alone (with and without an offset or seconds in one column failed), a
+    blank one is missing, and a number past the year 2200 (milliseconds read as seconds) is an
+    error that names the unit that fits."""
+    from datetime import datetime, timezone
+
+    from dataforge.errors import StepError
+
+    def utc(*a: int) -> datetime:
+        return datetime(*a, tzinfo=timezone.utc)
+
+    iso = [
+        "2024-01-01T10:00:00+02:00",
+        "2024-01-01T10:00:00",
+        "2024-01-02",
+        "2024-01-02 03:04",
+        "2024-01-02T03:04:05Z",
+        "",
+    ]
+    assert _times(ws, iso).to_list() == [
+        utc(2024, 1, 1, 8),
+        utc(2024, 1, 1, 10),
+        utc(2024, 1, 2),
+        utc(2024, 1, 2, 3, 4),
+        utc(2024, 1, 2, 3, 4, 5),
+        None,
+    ]
+    with pytest.raises(
+        StepError, match=r"timestamp column 'when', row 1: '01/02/2024' is not an ISO 8601 time; give timestamp_format"
+    ):
+        _times(ws, ["2024-01-05", "01/02/2024", "13/02/2024"])
+    assert _times(ws, ["01/02/2024", "12/31/2023"], timestamp_format="%m/%d/%Y").to_list() == [
+        utc(2024, 1, 2),
+        utc(2023, 12, 31),
+    ]
+    with pytest.raises(StepError, match=r"row 1: '13/02/2024' does not read as '%m/%d/%Y'"):
+        _times(ws, ["01/02/2024", "13/02/2024"], timestamp_format="%m/%d/%Y")
+    assert _times(ws, [1704067200, 1704067200.5, None]).to_list() == [
+        utc(2024, 1, 1),
+        utc(2024, 1, 1, 0, 0, 0, 500000),
+        None,
+    ]
+    with pytest.raises(
+        StepError, match=r"row 0: 1704067200000 read in s is after 2200; if it counts ms, set timestamp_unit: ms"
+    ):
+        _times(ws, [1704067200000])
+    assert _times(ws, [1704067200000], timestamp_unit="ms").to_list() == [utc(2024, 1, 1)]
+
+
 def test_ordinal_ids_rename_and_select(ws):
     df = _run(ws, _write("jsonl", ws.root), rename={"text": "body"}, columns=["body", "n"])
     assert df.columns == ["_id", "body", "n"]
