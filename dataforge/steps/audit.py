@@ -6,7 +6,9 @@ per leak found, with ``finding``, ``input_a``, ``row_a``, ``input_b``, ``row_b``
 
 For every pair of inputs it finds:
 - ``exact_overlap``: the same normalized prompt (and the same target, or no target given); a
-  blank prompt (empty or null in every prompt field) is no copy of another blank one;
+  blank prompt (empty or null in every prompt field) is no copy of another blank one. Normalized
+  is ``key_text``: one prompt in any chat format (ChatML, Llama, Gemma, HH) or as a messages list
+  is one prompt, and invisible characters do not count;
 - ``same_prompt_different_target``: the same normalized prompt with another target;
 - ``near_overlap``: prompts whose word-shingle Jaccard reaches ``threshold`` (MinHash LSH
   candidates, verified exactly), not already an exact overlap;
@@ -266,6 +268,7 @@ def summarize(findings: pl.DataFrame, names: Sequence[str]) -> list[list[object]
     "split.audit",
     version=3,  # 2: two blank prompts are no exact overlap
     # 3: comparison keys drop invisible characters (zero-width spaces, the BOM, soft hyphens, bidi marks)
+    # and chat-format tokens, turn headers and role labels (one prompt is one key in any chat format)
     inputs=None,
     outputs=("findings",),
     columns=_columns,

@@ -64,19 +64,9 @@ from dataforge.engine.table import Streamed, Table
 from dataforge.errors import DataError, RecipeError
 from dataforge.lsh_buckets import BandKeys
 from dataforge.staging import staging
-from dataforge.text.fields import text_expr
+from dataforge.text.fields import text_expr, without_chat_format
 from dataforge.text.normalize import comparable_text, nfkc_where_needed, visible_text
 
-# what a chat format adds to a conversation, removed so that one conversation is one text in any
-# of them: special tokens and turn headers with their role names (ChatML, Llama 2 and 3, Mistral,
-# Gemma, Phi-3, Zephyr) and role labels opening a line ("user:" as a messages column reads,
-# HH-RLHF's "Human:" / "Assistant:", Alpaca's "### Instruction:" / "### Response:")
-TEMPLATE_TOKENS = (
-    r"<\|start_header_id\|>[^<>|]{0,40}<\|end_header_id\|>"
-    r"|<\|im_start\|>\s*(?:system|user|assistant|tool)?|<start_of_turn>(?:user|model|system)?"
-    r"|<\|[^|>\s]{1,40}\|>|\[/?INST\]|<</?SYS>>|</?s>|<end_of_turn>|<bos>|<eos>"
-    r"|(?m:^)[ \t]*(?:#{1,4}[ \t]*)?(?i:system|user|assistant|human|model|instruction|input|response)[ \t]*:"
-)
 _NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
 _CAPITALIZED = re.compile(r"\b[A-Z][a-z]+\b")
 _NOT_NAMES = frozenset(
@@ -185,8 +175,9 @@ def dedup_text(
     """The cleaned text each row is compared by, without invisible characters. For exact comparison
     it is fully normalized (NFKC, case, all whitespace folded to one space). For MinHash, whose
     kernel already splits words and lowercases ASCII, only rows holding non-ASCII text are
-    NFKC-normalized and lowercased: the same shingles, at a fraction of the cost. ``shared`` gives the shared system
-    prompts per field when ``df`` is one batch of a larger table (see ``shared_prompts``)."""
+    NFKC-normalized and lowercased: the same shingles, at a fraction of the cost. ``shared`` gives
+    the shared system prompts per field when ``df`` is one batch of a larger table (see
+    ``shared_prompts``)."""
     shared = shared if shared is not None else shared_prompts(df, cfg)
     parts = []
     for f in cfg.fields:
@@ -195,9 +186,9 @@ def dedup_text(
             expr = expr.str.replace_all("system: " + prompt, "", literal=True)
         parts.append(expr)
     expr = pl.concat_str(parts, separator="\n") if len(parts) > 1 else parts[0]
-    if cfg.strip_template:
-        expr = expr.str.replace_all(TEMPLATE_TOKENS, " ")
     text = df.select(expr.alias("t"))["t"]
+    if cfg.strip_template:
+        text = without_chat_format(text)
     if cfg.template_aware:
         text = pl.Series("t", [_mask_template(t) for t in text.to_list()], dtype=pl.String)
     if exact:

@@ -458,6 +458,7 @@ def _note(cfg: SplitConfig) -> str | None:
     "split",
     version=3,  # 3: a blank group key joins nothing (every blank key was one unit);
     # comparison keys drop invisible characters (zero-width spaces, the BOM, soft hyphens, bidi marks)
+    # and chat-format tokens, turn headers and role labels (one prompt is one key in any chat format)
     outputs=_outputs,
     columns=_columns,
     partition="global",

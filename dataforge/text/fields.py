@@ -12,22 +12,39 @@ from dataforge.errors import DataError
 
 MESSAGES = pl.List(pl.Struct({"role": pl.String, "content": pl.String}))
 KEY_SEPARATOR = "\x1f"  # between the fields of a ``key_text``
+# what a chat format adds to a conversation, removed so that one conversation is one text in any
+# of them: special tokens and turn headers with their role names (ChatML, Llama 2 and 3, Mistral,
+# Gemma, Phi-3, Zephyr) and role labels opening a line ("user:" as a messages column reads,
+# HH-RLHF's "Human:" / "Assistant:", Alpaca's "### Instruction:" / "### Response:")
+CHAT_FORMAT = (
+    r"<\|start_header_id\|>[^<>|]{0,40}<\|end_header_id\|>"
+    r"|<\|im_start\|>\s*(?:system|user|assistant|tool)?|<start_of_turn>(?:user|model|system)?"
+    r"|<\|[^|>\s]{1,40}\|>|\[/?INST\]|<</?SYS>>|</?s>|<end_of_turn>|<bos>|<eos>"
+    r"|(?m:^)[ \t]*(?:#{1,4}[ \t]*)?(?i:system|user|assistant|human|model|instruction|input|response)[ \t]*:"
+)
 
 
 def key_text(
     df: pl.DataFrame, fields: Sequence[str], roles: Sequence[str] | None = None, first_turns: int | None = None
 ) -> pl.Series:
-    """The normalized (invisible characters dropped, NFKC, whitespace, lowercase) text of ``fields``
-    joined by a unit separator: the key rows are grouped (splits) and matched (audits) by."""
+    """The normalized text of ``fields`` (chat-format tokens, turn headers and role labels removed:
+    ``CHAT_FORMAT``; invisible characters dropped, NFKC, whitespace, lowercase) joined by a unit
+    separator: the key rows are grouped (splits) and matched (audits) by, so one prompt is one key
+    in any chat format or as a messages list."""
     from dataforge.text.normalize import normalize_text, visible_text
 
-    parts = [
-        normalize_text(
-            visible_text(df.select(text_expr(df, f, roles, first_turns).alias(f)).to_series()), lowercase=True
-        )
-        for f in fields
-    ]
+    texts = (without_chat_format(df.select(text_expr(df, f, roles, first_turns).alias(f))[f]) for f in fields)
+    parts = [normalize_text(visible_text(text), lowercase=True) for text in texts]
     return pl.select(pl.concat_str([pl.lit(p) for p in parts], separator=KEY_SEPARATOR)).to_series()
+
+
+def without_chat_format(text: pl.Series) -> pl.Series:
+    """``text`` with ``CHAT_FORMAT`` replaced by spaces, read only in the texts that hold one of the
+    characters every part of it needs (``<``, ``[`` or ``:``)."""
+    idx = text.str.contains(r"[<\[:]").fill_null(False).arg_true()
+    if len(idx) == 0:
+        return text
+    return text.scatter(idx, text.gather(idx).str.replace_all(CHAT_FORMAT, " "))
 
 
 def blank_keys(keys: pl.Series) -> pl.Series:

@@ -62,6 +62,23 @@ def test_blank_prompts_in_two_splits_are_no_overlap(ctx):
         assert f.select("finding", "row_a", "row_b").rows() == [("exact_overlap", "g:4", "t:copy")], target
 
 
+def test_a_prompt_as_messages_and_as_formatted_text_is_one_prompt(ctx):
+    """Train holds conversations as messages lists, test the same prompts as ChatML text: an exact
+    overlap (the format's tokens and role labels kept them apart)."""
+    qs = [f"Question {i}: how many apples are left?" for i in range(5)]
+    train = pl.DataFrame(
+        {"_id": [f"g:{i}" for i in range(5)], "prompt": [[{"role": "user", "content": q}] for q in qs]}
+    )
+    test = pl.DataFrame(
+        {
+            "_id": ["t:0", "t:1"],
+            "prompt": [f"<|im_start|>user\n{qs[3]}<|im_end|>", "<|im_start|>user\nAnother one?<|im_end|>"],
+        }
+    )
+    res = split_audit({"train": train, "test": test}, AuditConfig(prompt="prompt"), ctx)
+    assert res.tables["findings"].select("finding", "row_a", "row_b").rows() == [("exact_overlap", "g:3", "t:0")]
+
+
 def test_time_order_finding(ctx):
     t0 = datetime(2023, 1, 1, tzinfo=timezone.utc)
     a = _gsm8k(20).with_columns(pl.Series("_ts", [t0 + timedelta(days=i) for i in range(20)]))

@@ -86,6 +86,23 @@ def test_blank_group_keys_join_nothing_and_invisible_characters_change_no_key(ct
     assert _assignment(again) == where
 
 
+def test_one_prompt_in_any_chat_format_is_one_group(ctx):
+    """A prompt written in ChatML, Llama 3, Gemma or HH form, or as "user: …", is one group key, so
+    it never lands in two splits (the format's tokens and role names made each form its own group)."""
+    forms = [
+        "<|im_start|>user\n{q}<|im_end|>",
+        "<|start_header_id|>user<|end_header_id|>\n\n{q}<|eot_id|>",
+        "<start_of_turn>user\n{q}<end_of_turn>",
+        "\n\nHuman: {q}",
+        "user: {q}",
+    ]
+    rows = [{"_id": f"q:{i}:{j}", "q": f.format(q=f"Question {i}?")} for i in range(60) for j, f in enumerate(forms)]
+    res = split({"data": pl.DataFrame(rows)}, SplitConfig(group="q", fractions={"a": 0.5, "b": 0.5}, seed=5), ctx)
+    where = _assignment(res)
+    assert all(len({where[f"q:{i}:{j}"] for j in range(len(forms))}) == 1 for i in range(60))
+    assert 15 < sum(where[f"q:{i}:0"] == "a" for i in range(60)) < 45
+
+
 def test_cluster_keeps_near_duplicates_together(ctx):
     df = _pool(600)
     group_only = split({"data": df}, SplitConfig(group="q", fractions={"a": 0.5, "b": 0.5}, seed=2), ctx)
