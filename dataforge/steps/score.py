@@ -128,20 +128,25 @@ def score_reward_model(inputs: dict[str, pl.DataFrame], cfg: RewardModelConfig, 
 
 # -- LLM judge --------------------------------------------------------------------------------------
 
+_OUT_OF = r"(?:\s*(?:/|out of)\s*\d+(?:\.\d+)?)?"  # "8/10", "4 out of 5": the scale the judge used
 _SCORE_PATTERNS = (
-    re.compile(r"\[\[\s*(-?\d+(?:\.\d+)?)\s*\]\]"),
-    re.compile(r"(?i)\bscore\s*[:=]\s*(-?\d+(?:\.\d+)?)"),
-    re.compile(r"^\s*(-?\d+(?:\.\d+)?)\s*(?:/\s*\d+)?\s*\.?\s*$"),
+    re.compile(rf"(?i)\[\[\s*(-?\d+(?:\.\d+)?{_OUT_OF})\s*\]\]"),
+    re.compile(rf"(?i)\bscore\s*[:=]\s*(-?\d+(?:\.\d+)?{_OUT_OF})"),
+    re.compile(rf"(?i)^\s*(-?\d+(?:\.\d+)?{_OUT_OF})\s*\.?\s*$"),
 )
 
 
 def parse_judge_score(text: str, low: float, high: float) -> float | None:
-    """The score a judge's answer states, if it states one within [low, high]."""
+    """The score a judge's answer states, if it states one within [low, high] — on that scale: a
+    score out of another number ("Score: 4/5" on a 1–10 rubric, which means 8, not 4) is none."""
     stated = last_stated(text, _SCORE_PATTERNS)
     if stated is None:
         return None
-    value = float(stated)
-    return value if low <= value <= high else None
+    value, _, out_of = re.sub(r"\s*out of\s*", "/", stated.lower()).partition("/")
+    if out_of and float(out_of) != high:
+        return None
+    number = float(value)
+    return number if low <= number <= high else None
 
 
 class JudgeConfig(PromptConfig):
@@ -176,7 +181,8 @@ def judge_scores(cfg: JudgeConfig, rows: list[dict[str, Any]], ctx: Context) -> 
     "score.judge",
     version=4,  # 2: a payload asked by several rows in one call is sent once
     # 3: a null the rubric prints is an error naming the row (it was sent as "None")
-    # 4: a message whose content is null is empty (it was read as the text "None")
+    # 4: a message whose content is null is empty (it was read as the text "None"); a score out of another
+    # number than the scale's top ("Score: 4/5" on 1-10) is unparseable (it read 4)
     inputs=None,
     per_table_columns=_judge_columns,
     partition="rows",

@@ -185,6 +185,12 @@ def test_judge_score_parsing():
     assert parse_judge_score("6/10", 1, 10) == 6.0
     assert parse_judge_score("Score: 11", 1, 10) is None
     assert parse_judge_score("I like it", 1, 10) is None
+    # a score out of another number is on another scale: "4/5" on a 1-10 rubric means 8 (it read 4)
+    assert parse_judge_score("Score: 4/5", 1, 10) is None
+    assert parse_judge_score("Score: 4 out of 5", 1, 10) is None
+    assert parse_judge_score("[[4/5]]", 1, 10) is None
+    assert parse_judge_score("Score: 4/5", 1, 5) == 4.0
+    assert parse_judge_score("Score: 8 out of 10", 1, 10) == 8.0
 
 
 def test_judge_records_unparseable_answers(tiny_lm, tmp_path):
