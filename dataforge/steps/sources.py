@@ -115,8 +115,10 @@ def _existing(cfg: SourceConfig, info: PlanInfo | Context) -> Path:
 
 
 def _read_bytes(path: Path) -> bytes:
+    """A file's bytes (decompressed when it is gzipped), without a UTF-8 byte-order mark at the
+    start: Windows tools write one, and it is no part of the first record (JSON refused it)."""
     data = path.read_bytes()
-    return gzip.decompress(data) if path.name.endswith(".gz") else data
+    return (gzip.decompress(data) if path.name.endswith(".gz") else data).removeprefix(codecs.BOM_UTF8)
 
 
 def _decode(data: bytes, path: Path, encoding: str, hint: str = "") -> str:
@@ -184,7 +186,7 @@ def _peek_columns(cfg: SourceConfig, info: PlanInfo) -> Columns:
     with opener(path, "rb") as fh:  # type: ignore[operator]
         for lineno, raw in enumerate(fh, start=1):
             try:
-                line = raw.decode(cfg.encoding)
+                line = (raw.removeprefix(codecs.BOM_UTF8) if lineno == 1 else raw).decode(cfg.encoding)
             except UnicodeDecodeError as exc:
                 if cfg.on_error == "skip":
                     continue  # a decode_error event when the step runs
@@ -258,7 +260,8 @@ def source_fingerprint(cfg: SourceConfig, info: PlanInfo) -> str:
 @step(
     "source",
     version=2,  # 2: a text timestamp is ISO 8601 or in timestamp_format (others were inferred: "01/02/2024" read
-    # day first); a number past the year 2200 is an error (timestamp_unit); a blank timestamp is a missing one
+    # day first); a number past the year 2200 is an error (timestamp_unit); a blank timestamp is a missing one;
+    # a UTF-8 byte-order mark opening a JSON(L) file is read past (it failed line 1)
     inputs=(),
     columns=source_columns,
     data_fingerprint=source_fingerprint,
@@ -587,7 +590,7 @@ def _json_document_records(path: Path, chunk: int = 1 << 20) -> Iterator[dict[st
     chunk at a time; ValueError where the document is not of that shape or not JSON (from the
     record where that shows), UnicodeDecodeError where it is not UTF-8."""
     opener = gzip.open if path.name.endswith(".gz") else open
-    with opener(path, "rt", encoding="utf-8") as src:  # type: ignore[operator]
+    with opener(path, "rt", encoding="utf-8-sig") as src:  # type: ignore[operator]  (a BOM is no text)
         text = _JsonText(src, chunk)
         wrapped = text.take("{")
         if wrapped and not (isinstance(text.value(), str) and text.take(":")):

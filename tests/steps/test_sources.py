@@ -127,6 +127,28 @@ def test_timestamps_are_read_only_where_their_reading_is_certain(ws):
     assert _times(ws, [1704067200000], timestamp_unit="ms").to_list() == [utc(2024, 1, 1)]
 
 
+@pytest.mark.parametrize("fmt", ["jsonl", "jsonl.gz", "json", "csv"])
+@pytest.mark.parametrize("batch_rows", [None, 1])
+def test_a_utf8_byte_order_mark_is_no_part_of_the_first_record(ws, fmt, batch_rows):
+    """Windows tools start a UTF-8 file with a byte-order mark. A JSONL file that had one failed
+    at line 1 ("malformed JSON line", advising on_error: skip, which would have dropped the row);
+    read whole or in batches, it now reads as the file without it."""
+    origin = _write(fmt, ws.root)
+    path = ws.root / origin["path"]
+    if fmt == "jsonl.gz":
+        path.write_bytes(gzip.compress(b"\xef\xbb\xbf" + gzip.decompress(path.read_bytes())))
+    else:
+        path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    body = {"kind": "source", **origin, "name": "demo", "timestamp_column": "when", "id_column": "uid"}
+    recipe = ws.recipe(yaml.safe_dump({"name": "src", "steps": {"src": body}}))
+    build(recipe, ws.out, show_progress=False, batch_rows=batch_rows)
+    from dataforge.engine.plan import plan_recipe
+
+    df = Store(ws.out).read_table("src", plan_recipe(recipe).steps[0].fingerprint, "data")
+    assert df["_id"].to_list() == ["demo:a1", "demo:b2", "demo:c3"]
+    assert df["text"].to_list() == ["first row", "second row", "third row"]
+
+
 def test_ordinal_ids_rename_and_select(ws):
     df = _run(ws, _write("jsonl", ws.root), rename={"text": "body"}, columns=["body", "n"])
     assert df.columns == ["_id", "body", "n"]
