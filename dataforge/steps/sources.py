@@ -261,7 +261,8 @@ def source_fingerprint(cfg: SourceConfig, info: PlanInfo) -> str:
     "source",
     version=2,  # 2: a text timestamp is ISO 8601 or in timestamp_format (others were inferred: "01/02/2024" read
     # day first); a number past the year 2200 is an error (timestamp_unit); a blank timestamp is a missing one;
-    # a UTF-8 byte-order mark opening a JSON(L) file is read past (it failed line 1)
+    # a UTF-8 byte-order mark opening a JSON(L) file is read past (it failed line 1); a CSV id column is text as
+    # written ("007" was read as 7.0: the _id was "raw:7.0")
     inputs=(),
     columns=source_columns,
     data_fingerprint=source_fingerprint,
@@ -293,7 +294,7 @@ def source(inputs: dict[str, pl.DataFrame], cfg: SourceConfig, ctx: Context) -> 
         elif fmt == "parquet":
             df = pl.read_parquet(path).with_row_index("_ordinal")
         elif fmt == "csv":
-            df, bad_lines = _read_csv(path, cfg.on_error, cfg.encoding)
+            df, bad_lines = _read_csv(path, cfg)
             if bad_lines:
                 ids = pl.Series([f"{name}:{o}" for o, _, _ in bad_lines], dtype=pl.String)
                 details = pl.Series(
@@ -401,7 +402,7 @@ def _csv_batches(path: Path, cfg: SourceConfig, ctx: Context, batch_rows: int) -
     text. A pass to check the bytes and one to count the rows come before the first batch."""
     if not _is_utf8(cfg.encoding) or _utf8_records(path) is None:
         return None
-    scan = pl.scan_csv(path, infer_schema_length=10_000)
+    scan = pl.scan_csv(path, infer_schema_length=10_000, schema_overrides=_csv_as_written(cfg))
     rows = int(scan.select(pl.len()).collect().item())
     total = rows if cfg.limit is None else min(rows, cfg.limit)
     if total <= batch_rows:
@@ -773,24 +774,34 @@ def _read_jsonl(
     return df.with_columns(pl.Series("_ordinal", ordinals, dtype=pl.UInt32)), bad
 
 
-def _read_csv(path: Path, on_error: str, encoding: str) -> tuple[pl.DataFrame, list[tuple[int, int, str]]]:
-    """A CSV file decoded strictly. With ``on_error: skip`` a line that does not decode becomes
-    a row left out, returned as (ordinal, line number, error); the other rows keep their
-    ordinals (one line per row assumed for the placeholder: quoted line breaks before a bad line
-    shift it)."""
-    data = _read_bytes(path)
+def _csv_as_written(cfg: SourceConfig) -> dict[str, Any]:
+    """The CSV columns read as text, never typed by inference: the id column (by its name in the
+    file), so "007" is the id 007 (inference read it as the number 7, and the _id as "raw:7")."""
+    if not cfg.id_column:
+        return {}
+    named = {new: old for old, new in cfg.rename.items()}.get(cfg.id_column, cfg.id_column)
+    return {named: pl.String}
+
+
+def _read_csv(path: Path, cfg: SourceConfig) -> tuple[pl.DataFrame, list[tuple[int, int, str]]]:
+    """A CSV file decoded strictly (``cfg.encoding``; its id column as written: ``_csv_as_written``).
+    With ``on_error: skip`` a line that does not decode becomes a row left out, returned as
+    (ordinal, line number, error); the other rows keep their ordinals (one line per row assumed
+    for the placeholder: quoted line breaks before a bad line shift it)."""
+    data, encoding, text = _read_bytes(path), cfg.encoding, _csv_as_written(cfg)
     if _is_utf8(encoding):
         try:
             data.decode("utf-8")  # polars would replace bad bytes without a word
-            return pl.read_csv(data, infer_schema_length=10_000).with_row_index("_ordinal"), []
+            return pl.read_csv(data, infer_schema_length=10_000, schema_overrides=text).with_row_index("_ordinal"), []
         except UnicodeDecodeError:
             pass
-    lines, bad = _text_lines(data, path, encoding, on_error)
+    lines, bad = _text_lines(data, path, encoding, cfg.on_error)
     if bad:
         width = lines[0].count(",") if lines else 0
         for lineno, _ in bad:
             lines[lineno - 1] = "," * width  # a placeholder row, removed below
-    df = pl.read_csv("\n".join(lines).encode(), infer_schema_length=10_000).with_row_index("_ordinal")
+    df = pl.read_csv("\n".join(lines).encode(), infer_schema_length=10_000, schema_overrides=text)
+    df = df.with_row_index("_ordinal")
     skipped = [(lineno - 2, lineno, err) for lineno, err in bad if lineno > 1]
     if skipped:
         df = df.filter(~pl.col("_ordinal").is_in([o for o, _, _ in skipped]))

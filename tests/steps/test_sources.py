@@ -149,6 +149,22 @@ def test_a_utf8_byte_order_mark_is_no_part_of_the_first_record(ws, fmt, batch_ro
     assert df["text"].to_list() == ["first row", "second row", "third row"]
 
 
+@pytest.mark.parametrize("batch_rows", [None, 2])
+def test_a_csv_id_column_is_read_as_written(ws, batch_rows):
+    """CSV type inference read the ids "007", "0008", "1e3" as numbers: the _ids were "demo:7.0",
+    "demo:8.0", "demo:1000.0" and the user's column held 7.0. The id column is text, as written
+    (under its name in the file when it is renamed); the other columns are inferred as before."""
+    (ws.root / "ids.csv").write_text("code,q,n\n007,first,1\n0008,second,2\n1e3,third,3\n")
+    body = {"kind": "source", "path": "ids.csv", "name": "demo", "rename": {"code": "uid"}, "id_column": "uid"}
+    recipe = ws.recipe(yaml.safe_dump({"name": "src", "steps": {"src": body}}))
+    build(recipe, ws.out, show_progress=False, batch_rows=batch_rows)
+    from dataforge.engine.plan import plan_recipe
+
+    df = Store(ws.out).read_table("src", plan_recipe(recipe).steps[0].fingerprint, "data")
+    assert df["_id"].to_list() == ["demo:007", "demo:0008", "demo:1e3"]
+    assert df["uid"].to_list() == ["007", "0008", "1e3"] and df.schema["n"] == pl.Int64
+
+
 def test_ordinal_ids_rename_and_select(ws):
     df = _run(ws, _write("jsonl", ws.root), rename={"text": "body"}, columns=["body", "n"])
     assert df.columns == ["_id", "body", "n"]
