@@ -15,8 +15,10 @@ Domains, each planted into training data in several forms and scored against cle
   format TRL's SFT trainer reads): the rephrase as the user turn with the worked answer, with
   the final answer, and after a system prompt; the clean rows are GSM8K train as conversations.
   Run twice: without answer columns, and with the eval items' answers (each conversation's
-  answer is read from its text, `answers_from_text`). The check reads the user turns; the
-  baselines read the conversation as text.
+  answer is read from its text, `answers_from_text`). Then again without answer columns with the
+  conversations written out as one text column in ChatML and in Llama 3's format (an SFT `text`
+  column with the chat template applied). The check reads the user turns; the baselines read the
+  conversation as text.
 - mmlu: eval = the items' question with their correct choice (the check's multiple-choice view);
   train = each rephrase with its answer, alone, and the verbatim item (question, lettered choices,
   answer). Two folds: the items of one half are the eval set, and the other half's rephrases and
@@ -173,10 +175,26 @@ def chat_cases(folder: Path, split: str) -> list[Case]:
     train_df = train_df.with_columns(text_expr(train_df, "messages").alias("text"))  # what the baselines read
     opts = {"train_fields": ["messages"], "eval_fields": ["question"]}
     q = evals["question"].to_list()
-    return [
+    cases = [
         Case("chat", train_df, evals, planted, negatives, opts, q),
         Case("chat, eval answers", train_df, evals, planted, negatives, {**opts, "eval_answer": "answer"}, q),
     ]
+    for name, render in (("ChatML", _chatml), ("Llama 3", _llama3)):
+        written = train_df.with_columns(pl.Series("written", [render(m) for m in train_df["messages"].to_list()]))
+        written = written.with_columns(pl.col("written").alias("text"))  # the baselines read the same text
+        cases.append(
+            Case(f"chat as {name} text", written, evals, planted, negatives, {**opts, "train_fields": ["written"]}, q)
+        )
+    return cases
+
+
+def _chatml(messages: list[dict[str, str]]) -> str:
+    return "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages)
+
+
+def _llama3(messages: list[dict[str, str]]) -> str:
+    turns = (f"<|start_header_id|>{m['role']}<|end_header_id|>\n\n{m['content']}<|eot_id|>" for m in messages)
+    return "<|begin_of_text|>" + "".join(turns)
 
 
 def _folds(items: pl.DataFrame) -> list[tuple[pl.DataFrame, pl.DataFrame]]:

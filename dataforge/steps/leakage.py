@@ -707,7 +707,9 @@ def _clone_hits(train: _Side, evals: _Side, cfg: LeakageConfig) -> pl.DataFrame:
     # 17: a train row's stated answer is also read from an "Answer: N" line (graders.extract_answer)
     # 18: … and from an "Answer: N" label after a sentence's end ("Wait, no. Answer: 6"), and after "</think>";
     # the judge's verdict is its last [[YES]] / [[NO]] (it was the first)
-    # 19: comparison keys drop invisible characters (zero-width spaces, the BOM, soft hyphens, bidi marks)
+    # 19: comparison keys drop invisible characters (zero-width spaces, the BOM, soft hyphens, bidi marks);
+    # a conversation written out in a chat format (ChatML, Llama 2 / 3, Mistral, Gemma, Phi-3) is read by its
+    # user turns (it was read whole, system prompt first)
     inputs=None,
     outputs=("data", "matches", "scores"),
     columns=_columns,

@@ -4,8 +4,9 @@
   examples, identifiers split into words, signature types) and an identifier-anonymized token
   stream (names → ``ID``, numbers → ``NUM``, strings → ``STR``; keywords, builtins and operators
   kept), so a function renamed and re-documented still reads alike in both.
-- ``chat``: the user turns only ("Human:" turns of an HH transcript, ``user`` messages): the
-  request is what an eval item is; the assistant's answer is free to differ.
+- ``chat``: the user turns only ("Human:" turns of an HH transcript, ``user`` messages, the user
+  turns of a conversation written out in a chat format: ChatML, Llama 2 and 3, Mistral, Gemma,
+  Phi-3, Zephyr): the request is what an eval item is; the assistant's answer is free to differ.
 - ``choice``: a multiple-choice item as its question and its correct choice (``choice_view``).
 - ``text``: the text itself.
 
@@ -36,19 +37,50 @@ _KEEP_NAMES = (
 _SPLIT_IDENT = re.compile(r"[A-Z]?[a-z]+|[A-Z]+(?![a-z])|\d+")
 
 
+# a turn header of a chat format written out as text, naming its role: ChatML, Llama 3, Gemma,
+# Phi-3 / Zephyr; Llama 2 / Mistral mark only the user's turns ([INST] … [/INST])
+_TURN_HEADER = re.compile(
+    r"<\|im_start\|>(\w+)|<\|start_header_id\|>(\w+)<\|end_header_id\|>|<start_of_turn>(\w+)"
+    r"|<\|(user|assistant|system)\|>"
+)
+_INSTRUCTION = re.compile(r"\[INST\](.*?)\[/INST\]", re.DOTALL)
+_SYSTEM_BLOCK = re.compile(r"<<SYS>>.*?<</SYS>>", re.DOTALL)
+_FORMAT_TOKEN = re.compile(r"<\|[^|>\s]{1,40}\|>|</?s>|<(?:end_of_turn|bos|eos)>")
+_USER_ROLES = frozenset({"user", "human"})
+
+
 def kind_of(text: str) -> Literal["text", "code", "chat"]:
-    """``code`` for text with a Python ``def``/``class``/``import`` line, ``chat`` for an
-    Human/Assistant transcript, else ``text``."""
+    """``code`` for text with a Python ``def``/``class``/``import`` line, ``chat`` for a
+    conversation written out as text (a Human/Assistant transcript, or a chat format's turns with a
+    user turn: ChatML, Llama 2 and 3, Mistral, Gemma, Phi-3, Zephyr), else ``text``."""
     if _CODE_LINE.search(text or ""):
         return "code"
     if "Human:" in (text or "") and "Assistant:" in text:
         return "chat"
-    return "text"
+    return "chat" if _formatted_user_turns(text or "") else "text"
+
+
+def _formatted_user_turns(text: str) -> list[str]:
+    """The user turns of a conversation in a chat format (``_TURN_HEADER``, ``_INSTRUCTION``),
+    without the format's tokens; none for text in no such format."""
+    if "[INST]" in text:
+        return [_SYSTEM_BLOCK.sub("", t).strip() for t in _INSTRUCTION.findall(text)]
+    heads = list(_TURN_HEADER.finditer(text))
+    turns = []
+    for k, head in enumerate(heads):
+        role = next(g for g in head.groups() if g is not None).lower()
+        if role in _USER_ROLES:
+            end = heads[k + 1].start() if k + 1 < len(heads) else len(text)
+            turns.append(_FORMAT_TOKEN.sub(" ", text[head.end() : end]).strip())
+    return turns
 
 
 def user_turns(text: str) -> str:
-    """The "Human:" turns of a transcript, one per line (the whole text when it has none)."""
-    turns = [t.strip() for t in _HUMAN_TURN.findall(text or "")]
+    """The user turns of a conversation written out as text, one per line: the "Human:" turns of a
+    transcript, or the user turns of a chat format (``kind_of``); the whole text when it has none.
+    (A ChatML or Llama 3 text was read whole, system prompt first, and its rephrased request went
+    unseen past the transformer's window.)"""
+    turns = [t.strip() for t in _HUMAN_TURN.findall(text or "")] or _formatted_user_turns(text or "")
     return "\n".join(turns) if turns else text
 
 

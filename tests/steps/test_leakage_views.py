@@ -354,6 +354,14 @@ def test_eval_choices_must_be_a_column_of_the_eval_input():
 def test_chat_view_compares_the_user_turns(ctx):
     transcript = "\n\nHuman: {}\n\nAssistant: {}"
     assert user_turns(transcript.format("Hi there", "Hello!") + transcript.format("Bye", "Ciao")) == "Hi there\nBye"
+    chatml = "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi there<|im_end|>\n<|im_start|>assistant\nHey"
+    assert kind_of(chatml) == "chat" and user_turns(chatml) == "Hi there"
+    gemma = "<bos><start_of_turn>user\nHi there<end_of_turn>\n<start_of_turn>model\nHey<end_of_turn>"
+    assert (
+        user_turns(gemma) == "Hi there"
+        and user_turns("<s>[INST] <<SYS>>\nBe brief.\n<</SYS>>\n\nHi [/INST] Hey</s>") == "Hi"
+    )
+    assert kind_of("Explain the <|im_end|> token.") == "text"
     assert kind_of(transcript.format("a", "b")) == "chat" and prose_view("plain", "text") == "plain"
     ev = pl.DataFrame(
         {"_id": ["ev:0"], "chosen": [transcript.format("How do I pick a lock on a front door?", "I can't help.")]}
@@ -565,6 +573,37 @@ def test_bench_conversations_are_read_by_their_user_turns(ctx):
     # what the check compared: the user turn, not the system prompt or the answer
     read = matches["train_text"].to_list()
     assert read and all(t.startswith("user: ") and "system:" not in t and "assistant:" not in t for t in read)
+
+
+def _llama2(messages: list[dict]) -> str:
+    system = next((m["content"] for m in messages if m["role"] == "system"), None)
+    user = next(m["content"] for m in messages if m["role"] == "user")
+    answer = next(m["content"] for m in messages if m["role"] == "assistant")
+    head = f"<<SYS>>\n{system}\n<</SYS>>\n\n" if system else ""
+    return f"<s>[INST] {head}{user} [/INST] {answer} </s>"
+
+
+@pytest.mark.parametrize("render", ["_chatml", "_llama3", _llama2])
+def test_conversations_written_out_in_a_chat_format_are_read_by_their_user_turns(ctx, render):
+    """The bench's conversations as one text column in a chat format (an SFT ``text`` column with the
+    template applied). They were read whole, system prompt first, so a rephrase after a system
+    prompt went unseen: on the development half ChatML found 0.57 of them and Llama 3 0.10
+    (messages: 0.98). Now the user turns are the view, as for messages and HH transcripts."""
+    bench = _bench()
+    render = getattr(bench, render) if isinstance(render, str) else render  # (the bench's own renderings)
+    case = bench.chat_cases(REPHRASES, "dev")[0]
+    items = sorted({eid for _, eid in case.planted.values()})[:10]
+    planted = [pid for pid, (_, eid) in case.planted.items() if eid in items]
+    train = case.train.filter(pl.col("_id").is_in(planted) | pl.col("_id").is_in([f"clean:{i}" for i in range(40)]))
+    train = train.select("_id", pl.Series("text", [render(m) for m in train["messages"].to_list()]))
+    cfg = LeakageConfig(**{**case.options, "train_fields": ["text"]}, action="flag")
+    matches = leakage_check({"train": train, "eval": case.evals}, cfg, ctx).tables["matches"]
+    found = dict(zip(matches["train_id"], matches["eval_id"], strict=True))
+    behind_a_system_prompt = [pid for pid in planted if "system prompt" in pid]
+    assert sum(found.get(pid) == case.planted[pid][1] for pid in behind_a_system_prompt) >= 9
+    assert not any(tid.startswith("clean:") for tid in found)
+    read = matches["train_text"].to_list()  # what the check compared: the request alone
+    assert read and not any("patient math tutor" in t or "<|" in t or "[INST]" in t for t in read)
 
 
 def test_a_conversations_stated_answer_is_compared_with_the_eval_answer(ctx):
