@@ -361,14 +361,35 @@ def _rm_columns(cfg: RmPairsConfig, cols: Columns, info: PlanInfo) -> Columns:
     return ["_id", "input", "output_a", "output_b", "preference"]
 
 
-@step("preference.rm_pairs", version=2, inputs=None, per_table_columns=_rm_columns, partition="rows")
+@step(
+    "preference.rm_pairs",
+    version=3,  # 3: a pair with a blank side is dropped (pair:empty_response), one with equal sides (pair:tie);
+    # both were written out (a blank rejected response was in the shipped hh_rm_pairwise train split)
+    inputs=None,
+    per_table_columns=_rm_columns,
+    partition="rows",
+)
 def rm_pairs(inputs: dict[str, pl.DataFrame], cfg: RmPairsConfig, ctx: Context) -> StepResult:
     """Pairs → reward-model rows ``{input, output_a, output_b, preference}`` (text; ``preference``
     0 = ``output_a`` is preferred, 1 = ``output_b``). Which side the chosen response lands on is a
     stable hash of (``seed``, row id) (``split.unit_hash``), so the label is balanced and the same
-    in every build, whatever changes upstream and whatever polars version runs it."""
+    in every build, whatever changes upstream and whatever polars version runs it. A pair with a
+    blank side is dropped as ``pair:empty_response`` (as ``preference.pairs`` drops it: a reward
+    model taught that silence loses, or wins, learns nothing of the answer), one whose two sides
+    are the same text as ``pair:tie`` (its label says nothing)."""
 
     def one(name: str, df: pl.DataFrame) -> StepResult:
+        sides = list(zip(df[cfg.chosen].to_list(), df[cfg.rejected].to_list(), strict=True))
+        blank = [_is_blank(c) or _is_blank(r) for c, r in sides]
+        same = [
+            not b and completion_text(c).strip() == completion_text(r).strip()
+            for (c, r), b in zip(sides, blank, strict=True)
+        ]
+        dropped = [
+            events(df["_id"].filter(pl.Series(blank)), "dropped", "pair:empty_response"),
+            events(df["_id"].filter(pl.Series(same)), "dropped", "pair:tie"),
+        ]
+        df = df.filter(~(pl.Series(blank) | pl.Series(same)))
         prompts = [_as_text(p) for p in df[cfg.prompt].to_list()]
         chosen = [_as_text(c) for c in df[cfg.chosen].to_list()]
         rejected = [_as_text(r) for r in df[cfg.rejected].to_list()]
@@ -389,6 +410,6 @@ def rm_pairs(inputs: dict[str, pl.DataFrame], cfg: RmPairsConfig, ctx: Context) 
                 "preference": pl.Int8,
             },
         )
-        return StepResult({name: out})
+        return StepResult({name: out}, events=dropped)
 
     return per_table(inputs, one)

@@ -205,11 +205,22 @@ def test_hh_preferences_outputs(built):
     con = open_read(out)  # with the artifact views
     leaks = con.execute("SELECT count(*) FROM latest_events WHERE reason LIKE 'leakage:%'").fetchone()[0]
     assert leaks > 0  # HH conversations that open like an evaluation conversation
-    # two HH test pairs whose chosen response is empty ("Assistant: " and nothing; rows 516 and
-    # 1103): the reward-model format drops them with their reason rather than export no response
-    blank = con.execute("SELECT row_id FROM latest_events WHERE reason = 'format:missing_field'").fetchall()
-    assert sorted(blank) == [("hh_harmless_test:1103",), ("hh_harmless_test:516",)]
-    assert sum(len(d[s]) for d in (dpo, rm) for s in ("train", "test")) + leaks + len(blank) == 2312 - 9
+    # three HH test pairs with an empty side ("Assistant: " and nothing: the chosen response of rows
+    # 516 and 1103, the rejected one of row 86): wherever the split puts them, each is dropped with
+    # its reason (the DPO ranking as pair:empty_response, the reward-model format as
+    # format:missing_field, the pairwise reward-model rows as pair:empty_response), never exported
+    empty = con.execute(
+        "SELECT row_id, step FROM latest_events WHERE reason IN ('format:missing_field', 'pair:empty_response')"
+    ).fetchall()
+    pair = {
+        rid: rid.removeprefix("responses:").rsplit(":", 1)[0] if rid.startswith("responses:") else rid
+        for rid, _ in empty
+    }
+    assert set(pair.values()) == {f"hh_harmless_test:{i}" for i in (86, 516, 1103)}
+    exported = [r["_id"] for d in (dpo, rm, rm_pairwise) for s in d for r in d[s]]
+    assert not [i for i in exported if any(f"hh_harmless_test:{n}:" in i + ":" for n in (86, 516, 1103))]
+    unpaired = {pair[r] for r, step in empty if step in ("ranked", "rm")}  # (rm_pairwise reads rm's input too)
+    assert sum(len(d[s]) for d in (dpo, rm) for s in ("train", "test")) + leaks + len(unpaired) == 2312 - 9
     matched = con.execute(
         "SELECT count(*) FROM latest_events e JOIN artifact_split_test t ON t._id = e.related_id "
         "WHERE e.reason LIKE 'leakage:%'"

@@ -12,7 +12,7 @@ from pydantic import ValidationError
 from dataforge.engine.step import ColumnContractError, PlanInfo
 from dataforge.errors import RecipeError
 from dataforge.llm.client import ModelPool
-from dataforge.steps.preference import PairsConfig, preference_pairs
+from dataforge.steps.preference import PairsConfig, RmPairsConfig, preference_pairs, rm_pairs
 from dataforge.steps.rollout import RolloutConfig, pass_at_k, rollout
 from dataforge.steps.score import (
     JudgeConfig,
@@ -289,6 +289,35 @@ def test_a_blank_response_is_no_side_of_a_pair(ctx):
     got, drops, _ = pairs(revised, ctx, rule="revision")
     assert got == [("rev:0", "g:0")]
     assert sorted(drops.select("row_id", "reason").rows()) == [("rev:1", "pair:empty_response"), ("rev:2", "pair:tie")]
+
+
+def test_reward_model_pairs_have_two_different_sides_that_say_something(ctx):
+    """``preference.rm_pairs`` wrote a pair with a blank rejected response into the shipped
+    hh_rm_pairwise train split (HH test row 86), and would write one whose sides are equal: the
+    first teaches a reward model that silence loses, the second carries a label that says nothing.
+    They are dropped as pair:empty_response and pair:tie; the label side is a stable hash."""
+
+    def said(text: str) -> list[dict[str, str]]:
+        return [{"role": "assistant", "content": text}]
+
+    user = [{"role": "user", "content": "Can you help?"}]
+    df = pl.DataFrame(
+        {
+            "_id": ["p:0", "p:1", "p:2", "p:3", "p:4"],
+            "prompt": [user] * 5,
+            "chosen": [said("Yes, here is how."), said(""), said("Sure."), said("Same words."), said("I can.")],
+            "rejected": [said("No."), said("No."), said("  "), said("Same words. "), said("I cannot.")],
+        }
+    )
+    res = rm_pairs({"data": df}, RmPairsConfig(), ctx)
+    out = res.tables["data"]
+    assert out["_id"].to_list() == ["p:0", "p:4"]
+    assert out["input"].to_list() == ["Can you help?"] * 2
+    for row in out.iter_rows(named=True):
+        chosen = row["output_b"] if row["preference"] else row["output_a"]
+        assert chosen in ("Yes, here is how.", "I can.")
+    drops = sorted(pl.concat(res.events).select("row_id", "reason").rows())
+    assert drops == [("p:1", "pair:empty_response"), ("p:2", "pair:empty_response"), ("p:3", "pair:tie")]
 
 
 def test_verifier_pairs_correct_against_incorrect(ctx):
