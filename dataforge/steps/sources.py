@@ -262,7 +262,7 @@ def source_fingerprint(cfg: SourceConfig, info: PlanInfo) -> str:
     version=2,  # 2: a text timestamp is ISO 8601 or in timestamp_format (others were inferred: "01/02/2024" read
     # day first); a number past the year 2200 is an error (timestamp_unit); a blank timestamp is a missing one;
     # a UTF-8 byte-order mark opening a JSON(L) file is read past (it failed line 1); a CSV id column is text as
-    # written ("007" was read as 7.0: the _id was "raw:7.0")
+    # written ("007" was read as 7.0: the _id was "raw:7.0"); a text timestamp column streams (it was read whole)
     inputs=(),
     columns=source_columns,
     data_fingerprint=source_fingerprint,
@@ -344,8 +344,8 @@ def _source_batches(cfg: SourceConfig, ctx: Context, batch_rows: int) -> Iterato
     read whole: a source of one batch or fewer, a JSON document that is not a list of objects (or
     an object whose one key holds one) or is malformed, a JSON, JSONL or CSV file
     with a byte that is not UTF-8 or a line that is not a JSON object (the whole read reports its
-    bad lines), or a timestamp column of text (its format is inferred from the
-    values, which a batch would do on its own rows). A JSON document (or a gzipped JSONL file) is
+    bad lines). A timestamp column of text streams too: each value is read alone (``_to_utc``), so
+    a batch reads it as the whole read does. A JSON document (or a gzipped JSONL file) is
     first rewritten one record a line to a scratch file, streaming. Ids are checked over every
     batch: a repeat across batches fails the step as in a whole read."""
     import pyarrow.parquet as pq
@@ -368,8 +368,6 @@ def _source_batches(cfg: SourceConfig, ctx: Context, batch_rows: int) -> Iterato
     pf = pq.ParquetFile(path)
     total = pf.metadata.num_rows if cfg.limit is None else min(pf.metadata.num_rows, cfg.limit)
     if total <= batch_rows:
-        return None
-    if _text_timestamp(cfg, pl.read_parquet_schema(path)):
         return None
     return _shaped_batches(_parquet_frames(pf, batch_rows), cfg, ctx, total, str(path))
 
@@ -398,8 +396,8 @@ def _parquet_frames(pf: Any, batch_rows: int) -> Iterator[pl.DataFrame]:
 def _csv_batches(path: Path, cfg: SourceConfig, ctx: Context, batch_rows: int) -> Iterator[StepResult] | None:
     """A UTF-8 CSV file ``batch_rows`` rows at a time, typed as a whole read types it (the same
     inference, over its first 10,000 rows); None (read whole) where a byte is not UTF-8 (the
-    whole read reports the line), the file is one batch or fewer, or the timestamp column is
-    text. A pass to check the bytes and one to count the rows come before the first batch."""
+    whole read reports the line) or the file is one batch or fewer. A pass to check the bytes and
+    one to count the rows come before the first batch."""
     if not _is_utf8(cfg.encoding) or _utf8_records(path) is None:
         return None
     scan = pl.scan_csv(path, infer_schema_length=10_000, schema_overrides=_csv_as_written(cfg))
@@ -408,8 +406,6 @@ def _csv_batches(path: Path, cfg: SourceConfig, ctx: Context, batch_rows: int) -
     if total <= batch_rows:
         return None
     schema = scan.collect_schema()
-    if _text_timestamp(cfg, schema):
-        return None
     frames = (pl.read_csv(io.BytesIO(chunk), schema=schema) for chunk in _csv_chunks(path, batch_rows))
     return _shaped_batches(frames, cfg, ctx, total, str(path))
 
@@ -460,22 +456,14 @@ def _utf8_records(path: Path) -> int | None:
     return records
 
 
-def _text_timestamp(cfg: SourceConfig, schema: Any) -> bool:
-    """Whether the source's timestamp column is text in ``schema`` (a polars schema): its format
-    is inferred from the values, which a batch would do on its own rows, so it is read whole."""
-    return bool(cfg.timestamp_column) and schema.get(cfg.timestamp_column) == pl.String
-
-
 def _dataset_batches(
     ds: Any, cfg: SourceConfig, ctx: Context, batch_rows: int, where: str
 ) -> Iterator[StepResult] | None:
     """A ``datasets.Dataset`` (hub or ``save_to_disk``: memory-mapped Arrow) ``batch_rows`` rows
     at a time, each as its slice of the whole read; None (read whole) where it is one batch or
-    fewer or has a text timestamp column."""
+    fewer."""
     total = len(ds) if cfg.limit is None else min(len(ds), cfg.limit)
     if total <= batch_rows:
-        return None
-    if _text_timestamp(cfg, pl.from_arrow(ds.features.arrow_schema.empty_table()).schema):  # type: ignore[union-attr]
         return None
     arrow = ds.with_format("arrow")
     frames = (pl.from_arrow(arrow[start : start + batch_rows]) for start in range(0, total, batch_rows))
@@ -629,7 +617,7 @@ def _plain_jsonl_batches(
     """A plain UTF-8 JSONL file (read from ``path``, named ``where`` in messages) in batches of
     ``batch_rows`` records, typed by one schema inferred over the whole file as a whole read
     infers it; None (read whole) where the file has a line that is not UTF-8 or not a JSON
-    object, is one batch or fewer, or has a text timestamp column. Two passes over the file
+    object, or is one batch or fewer. Two passes over the file
     before the first batch, each holding one line (one, where ``records`` — the file's record
     count, of a file this module wrote one record a line — is given)."""
     records = records if records is not None else _utf8_records(path)
@@ -641,8 +629,6 @@ def _plain_jsonl_batches(
     try:  # every line parsed once, only the schema kept
         schema = pl.scan_ndjson(path, infer_schema_length=None).collect_schema()
     except Exception:
-        return None
-    if _text_timestamp(cfg, schema):
         return None
 
     def frames() -> Iterator[pl.DataFrame]:

@@ -262,12 +262,22 @@ def test_an_id_repeated_in_another_batch_fails_the_source(ws):
     assert not any((ws.out / "artifacts" / "raw").glob("*/meta.json"))
 
 
-def test_a_text_timestamp_source_is_read_whole(ws):
+def test_a_text_timestamp_source_streams_and_reads_as_a_whole_read(ws, tmp_path):
+    """A source whose timestamp column is text was read whole (polars inferred one format from the
+    values, which a batch would do on its own rows). Each value is now read alone, so it streams, and
+    its batches read every timestamp as the whole read does."""
     _parquet_source(ws.root)
     recipe = ws.recipe(PARQUET_RECIPE.format(ts="stamp"))
     report = build(recipe, ws.out, show_progress=False, batch_rows=1000)
-    store = Store(ws.out)
-    assert len(store.output_files("raw", report.steps[0].fingerprint, "data")) == 1  # its format is read once
+    fp = report.steps[0].fingerprint
+    assert len(Store(ws.out).output_files("raw", fp, "data")) > 1
+    whole = build(recipe, tmp_path / "whole", show_progress=False)
+    assert whole.steps[0].fingerprint == fp
+    streamed, read_whole = (
+        Store(ws.out).read_table("raw", fp, "data"),
+        Store(tmp_path / "whole").read_table("raw", fp, "data"),
+    )
+    assert streamed["_ts"].null_count() == 0 and streamed.equals(read_whole)
 
 
 EXACT_RECIPE = """
