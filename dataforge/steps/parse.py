@@ -72,20 +72,21 @@ def parse_gsm8k(inputs: dict[str, pl.DataFrame], cfg: Gsm8kConfig, ctx: Context)
             .alias(cfg.reasoning_column),
             ans.str.extract(r"####\s*([^\n]*?)\s*$").str.replace_all(",", "").alias(cfg.final_answer_column),
         )
-        asked = pl.lit(True)
+        asked = pl.Series([True] * df.height)
         if cfg.question is not None:
             require_text(df, cfg.question)
-            asked = pl.col(cfg.question).str.strip_chars().str.len_chars().fill_null(0) > 0
-        answered = pl.col(cfg.final_answer_column).str.contains(r"^-?\d+(\.\d+)?$").fill_null(False)
-        parsed = parsed.with_columns(asked.alias("_asked"), answered.alias("_answered"))
-        unasked = parsed.filter(~pl.col("_asked"))["_id"]
-        unanswered = parsed.filter(pl.col("_asked") & ~pl.col("_answered"))["_id"]
+            asked = (df[cfg.question].str.strip_chars() != "").fill_null(False)
+        answered = parsed[cfg.final_answer_column].str.contains(r"^-?\d+(\.\d+)?$").fill_null(False)
         evs = [
-            events(unasked, "dropped", "parse:gsm8k_no_question", detail={"field": cfg.question}),
-            events(unanswered, "dropped", "parse:gsm8k_no_final_answer", detail={"field": cfg.answer}),
+            events(df["_id"].filter(~asked), "dropped", "parse:gsm8k_no_question", detail={"field": cfg.question}),
+            events(
+                df["_id"].filter(asked & ~answered),
+                "dropped",
+                "parse:gsm8k_no_final_answer",
+                detail={"field": cfg.answer},
+            ),
         ]
-        kept = parsed.filter(pl.col("_asked") & pl.col("_answered")).drop("_asked", "_answered")
-        return StepResult({name: kept}, events=evs)
+        return StepResult({name: parsed.filter(asked & answered)}, events=evs)
 
     return per_table(inputs, one)
 

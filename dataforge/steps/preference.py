@@ -35,7 +35,7 @@ output_b, preference}``).
 from __future__ import annotations
 
 import json
-from itertools import combinations
+from itertools import combinations, compress
 from typing import Any, Literal
 
 import polars as pl
@@ -379,24 +379,22 @@ def rm_pairs(inputs: dict[str, pl.DataFrame], cfg: RmPairsConfig, ctx: Context) 
     are the same text as ``pair:tie`` (its label says nothing)."""
 
     def one(name: str, df: pl.DataFrame) -> StepResult:
-        sides = list(zip(df[cfg.chosen].to_list(), df[cfg.rejected].to_list(), strict=True))
-        blank = [_is_blank(c) or _is_blank(r) for c, r in sides]
-        same = [
-            not b and completion_text(c).strip() == completion_text(r).strip()
-            for (c, r), b in zip(sides, blank, strict=True)
-        ]
+        chosen_raw, rejected_raw = df[cfg.chosen].to_list(), df[cfg.rejected].to_list()
+        chosen, rejected = [_as_text(c) for c in chosen_raw], [_as_text(r) for r in rejected_raw]
+        blank = pl.Series([_is_blank(c) or _is_blank(r) for c, r in zip(chosen_raw, rejected_raw, strict=True)])
+        same = pl.Series([c.strip() == r.strip() for c, r in zip(chosen, rejected, strict=True)]) & ~blank
         dropped = [
-            events(df["_id"].filter(pl.Series(blank)), "dropped", "pair:empty_response"),
-            events(df["_id"].filter(pl.Series(same)), "dropped", "pair:tie"),
+            events(df["_id"].filter(blank), "dropped", "pair:empty_response"),
+            events(df["_id"].filter(same), "dropped", "pair:tie"),
         ]
-        df = df.filter(~(pl.Series(blank) | pl.Series(same)))
-        prompts = [_as_text(p) for p in df[cfg.prompt].to_list()]
-        chosen = [_as_text(c) for c in df[cfg.chosen].to_list()]
-        rejected = [_as_text(r) for r in df[cfg.rejected].to_list()]
-        flip = [unit_hash(cfg.seed, i) >= 0.5 for i in df["_id"].to_list()]
+        kept = (~(blank | same)).to_list()
+        ids = df["_id"].filter(pl.Series(kept))
+        prompts = [_as_text(p) for p in compress(df[cfg.prompt].to_list(), kept)]
+        chosen, rejected = list(compress(chosen, kept)), list(compress(rejected, kept))
+        flip = [unit_hash(cfg.seed, i) >= 0.5 for i in ids.to_list()]
         out = pl.DataFrame(
             {
-                "_id": df["_id"],
+                "_id": ids,
                 "input": prompts,
                 "output_a": [r if f else c for c, r, f in zip(chosen, rejected, flip, strict=True)],
                 "output_b": [c if f else r for c, r, f in zip(chosen, rejected, flip, strict=True)],

@@ -77,10 +77,10 @@ def reward_model_texts(tokenizer: Any, prompts: list[Any], completions: list[Any
     return [completion_text(p) + "\n" + completion_text(c) for p, c in zip(prompts, completions, strict=True)]
 
 
-# 2: a model whose config names no pad token is told the tokenizer's (a batch of several rows raised)
 @step(
     "score.reward_model",
-    version=3,  # 3: a message whose content is null is empty (it was read as the text "None")
+    version=3,  # 2: a model whose config names no pad token is told the tokenizer's (a batch of several rows raised)
+    # 3: a message whose content is null is empty (it was read as the text "None")
     inputs=None,
     per_table_columns=_rm_columns,
     partition="rows",

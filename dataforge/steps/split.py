@@ -5,8 +5,8 @@ Consumes one input ``data``; produces one output per split. The unit of assignme
 rows that must stay together — rows sharing a ``group`` key (normalized text of one or more
 columns: a prompt, a conversation id, a source document id; for a messages column,
 ``group_turns: N`` keys on its first N user turns only; a row whose key is blank, null or empty
-in every group field, has no group and is a unit of its own, drawn by its id) and rows of one near-duplicate
-``cluster`` (a cluster id column from a dedup step, or clusters computed here with MinHash LSH
+in every group field, has no group and is a unit of its own, drawn by its id) and rows of one
+near-duplicate ``cluster`` (a cluster id column from a dedup step, or clusters computed here with MinHash LSH
 over text fields) are joined into one unit, transitively. Each unit then goes to one split:
 
 - by ``fractions``: a seeded hash of the unit's key into [0, 1), cut at the cumulative
@@ -227,16 +227,22 @@ def _link_equal(keys: pl.DataFrame) -> np.ndarray:
     return np.column_stack([linked["f"].to_numpy(), linked["i"].to_numpy()]).astype(np.int64)
 
 
+def _group_keys(batch: pl.DataFrame, cfg: SplitConfig) -> tuple[pl.Series, pl.Series]:
+    """A batch's group keys (``text_key``) and whether each row has one: a key that is blank (null
+    or blank text in every group field) is no group to keep together. (Every blank key was one
+    group: a ``group: conversation_id`` that most rows lack put all of those rows in one split.)"""
+    assert cfg.group
+    key = text_key(batch, cfg.group, cfg.group_turns)
+    return key, ~blank_keys(key)
+
+
 def group_hashes(table: Table, cfg: SplitConfig) -> pl.DataFrame:
-    """Each row's group key (``text_key``) as its ``key_hashes``, computed a batch at a time, so the
-    keys of all rows are never held; null where the key is blank (null or blank text in every
-    group field): such a row has no group to keep together. (Every blank key was one group: a
-    ``group: conversation_id`` that most rows lack put all of those rows in one split.)"""
+    """Each row's group key (``_group_keys``) as its ``key_hashes``, computed a batch at a time, so
+    the keys of all rows are never held; null where the row has no group."""
     assert cfg.group
     parts = [pl.DataFrame(schema={"h0": pl.UInt64, "h1": pl.UInt64})]
     for batch in table.batches(columns=list(dict.fromkeys(cfg.group))):
-        key = text_key(batch, cfg.group, cfg.group_turns)
-        keyed = ~blank_keys(key)
+        key, keyed = _group_keys(batch, cfg)
         parts.append(key_hashes(key).with_columns(pl.when(pl.lit(keyed)).then(pl.all()).name.keep()))
     return pl.concat(parts)
 
@@ -352,8 +358,8 @@ def _unit_draws(table: Table, df: pl.DataFrame, unit: np.ndarray, cfg: SplitConf
     smallest: list[pl.DataFrame] = []  # per batch, the smallest key of each larger unit in it
     compacted, at = 0, 0
     for batch in table.batches(columns=list(dict.fromkeys([*cfg.group, "_id"]))):
-        key = text_key(batch, cfg.group, cfg.group_turns)
-        key = key.zip_with(~blank_keys(key), batch["_id"])
+        key, keyed = _group_keys(batch, cfg)
+        key = key.zip_with(keyed, batch["_id"])
         mine = unit[at : at + batch.height]
         at += batch.height
         alone = single[mine]

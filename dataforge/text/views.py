@@ -22,6 +22,8 @@ import re
 import tokenize
 from typing import Literal
 
+from dataforge.text.fields import CHAT_FORMAT
+
 View = Literal["auto", "text", "code", "chat"]
 
 _CODE_LINE = re.compile(r"^\s*(?:def|class)\s+\w+\s*[(:]|^\s*(?:from\s+\w[\w.]*\s+)?import\s+\w", re.MULTILINE)
@@ -45,7 +47,7 @@ _TURN_HEADER = re.compile(
 )
 _INSTRUCTION = re.compile(r"\[INST\](.*?)\[/INST\]", re.DOTALL)
 _SYSTEM_BLOCK = re.compile(r"<<SYS>>.*?<</SYS>>", re.DOTALL)
-_FORMAT_TOKEN = re.compile(r"<\|[^|>\s]{1,40}\|>|</?s>|<(?:end_of_turn|bos|eos)>")
+_CHAT_FORMAT = re.compile(CHAT_FORMAT)
 _USER_ROLES = frozenset({"user", "human"})
 
 
@@ -62,7 +64,7 @@ def kind_of(text: str) -> Literal["text", "code", "chat"]:
 
 def _formatted_user_turns(text: str) -> list[str]:
     """The user turns of a conversation in a chat format (``_TURN_HEADER``, ``_INSTRUCTION``),
-    without the format's tokens; none for text in no such format."""
+    without what the format adds (``text.fields.CHAT_FORMAT``); none for text in no such format."""
     if "[INST]" in text:
         return [_SYSTEM_BLOCK.sub("", t).strip() for t in _INSTRUCTION.findall(text)]
     heads = list(_TURN_HEADER.finditer(text))
@@ -71,7 +73,7 @@ def _formatted_user_turns(text: str) -> list[str]:
         role = next(g for g in head.groups() if g is not None).lower()
         if role in _USER_ROLES:
             end = heads[k + 1].start() if k + 1 < len(heads) else len(text)
-            turns.append(_FORMAT_TOKEN.sub(" ", text[head.end() : end]).strip())
+            turns.append(_CHAT_FORMAT.sub(" ", text[head.end() : end]).strip())
     return turns
 
 
