@@ -41,3 +41,14 @@ def as_messages(value: Any, role: str) -> list[dict[str, str]]:
     if isinstance(value, str):
         return [{"role": role, "content": value}]
     return [{"role": str(m["role"]), "content": message_content(m)} for m in value or []]
+
+
+def conversation_text(value: Any) -> str:
+    """A prompt or response as one text: a string as it is; a list of messages without its system
+    turns, a single turn as its content, several as ``role: content`` lines."""
+    if isinstance(value, str):
+        return value
+    turns = [m for m in value or [] if m["role"] != "system"]
+    if len(turns) == 1:
+        return message_content(turns[0])
+    return "\n".join(f"{m['role']}: {message_content(m)}" for m in turns)

@@ -17,7 +17,9 @@ format — consumes the columns named by its keys; produces exactly one TRL data
 | preference        | prompt, chosen, rejected     | prompt: [system?, user…]; chosen/rejected: [assistant] |
 
 A source column may be text (wrapped as one message) or already a list of messages. Rows
-whose needed fields are empty are dropped with ``format:missing_field``.
+whose needed fields are empty are dropped with ``format:missing_field``; preference pairs whose
+chosen and rejected sides are the same text, with ``format:tie``. ``system`` opens each prompt
+with a system message; a prompt that already opens with one is an error (it would get two).
 
 Example::
 
@@ -51,6 +53,7 @@ from dataforge.engine.step import (
     with_columns,
 )
 from dataforge.errors import DataError
+from dataforge.formats import conversation_text
 from dataforge.text.fields import MESSAGES
 from dataforge.text.reasoning import reasoning_expr
 
@@ -159,16 +162,57 @@ def _empty(df: pl.DataFrame, column: str) -> pl.Expr:
     return missing | blank.list.all()
 
 
-@step("format", version=2, inputs=None, per_table_columns=_format_columns, partition="rows")
+def _ties(df: pl.DataFrame, chosen: str, rejected: str) -> pl.Series:
+    """Whether a preference pair's two sides are the same text (``formats.conversation_text``,
+    outer whitespace aside): a pair that prefers a response to itself teaches nothing, as
+    ``preference.pairs`` and ``preference.rm_pairs`` hold (``pair:tie``)."""
+    same = [
+        conversation_text(c).strip() == conversation_text(r).strip()
+        for c, r in zip(df[chosen].to_list(), df[rejected].to_list(), strict=True)
+    ]
+    return pl.Series(same, dtype=pl.Boolean)
+
+
+def _refuse_a_second_system_turn(df: pl.DataFrame, column: str, name: str) -> None:
+    """``system`` opens every prompt with the recipe's system message; a prompt that opens with
+    its own would get two, which chat templates refuse or render as one instruction after the
+    other. Refused, naming the key, the column and the rows."""
+    if df.schema[column] != MESSAGES or df.is_empty():
+        return
+    first_role = pl.col(column).list.first().struct.field("role")
+    has = df.filter((first_role == "system").fill_null(False))["_id"]
+    if has.len():
+        raise DataError(
+            f"'system' is set, but {has.len():,} row(s) of '{name}' already open their '{column}' with a system "
+            f"message (first: {has[0]}): each would get two; remove 'system' from the step to keep the rows' own"
+        )
+
+
+@step(
+    "format",
+    version=3,  # 3: a preference pair whose sides are the same text is dropped (format:tie); 'system' on
+    # prompts that open with a system message is refused (they got two)
+    inputs=None,
+    per_table_columns=_format_columns,
+    partition="rows",
+)
 def format_trl(inputs: dict[str, pl.DataFrame], cfg: FormatConfig, ctx: Context) -> StepResult:
-    """Shape rows into one of TRL's dataset types."""
+    """Shape rows into one of TRL's dataset types. A row with a needed field empty is dropped as
+    ``format:missing_field``; a preference pair whose chosen and rejected sides are the same text,
+    as ``format:tie``."""
     fields = {f: getattr(cfg, f) for f in FIELDS[cfg.type]}
 
     def one(name: str, df: pl.DataFrame) -> StepResult:
         missing = pl.any_horizontal([_empty(df, c) for c in fields.values()])
         bad = df.filter(missing)
-        dropped = events(bad["_id"], "dropped", "format:missing_field", detail={"fields": list(fields.values())})
+        dropped = [events(bad["_id"], "dropped", "format:missing_field", detail={"fields": list(fields.values())})]
         df = df.filter(~missing)
+        if cfg.type == "preference":
+            tie = _ties(df, fields["chosen"], fields["rejected"])
+            dropped.append(events(df["_id"].filter(tie), "dropped", "format:tie"))
+            df = df.filter(~tie)
+        if cfg.system:
+            _refuse_a_second_system_turn(df, fields["prompt"], name)
         system = (
             [pl.concat_list(pl.struct(pl.lit("system").alias("role"), pl.lit(cfg.system).alias("content")))]
             if cfg.system
@@ -190,6 +234,6 @@ def format_trl(inputs: dict[str, pl.DataFrame], cfg: FormatConfig, ctx: Context)
             *[e.alias(n) for n, e in out.items()],
             *[pl.col(src).alias(dst) for dst, src in cfg.extra.items()],
         )
-        return StepResult({name: shaped}, events=[dropped])
+        return StepResult({name: shaped}, events=dropped)
 
     return per_table(inputs, one)

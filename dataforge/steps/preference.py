@@ -52,7 +52,7 @@ from dataforge.engine.step import (
     require,
     step,
 )
-from dataforge.formats import as_messages, message_content
+from dataforge.formats import as_messages, conversation_text
 from dataforge.graders import completion_text
 from dataforge.steps.split import unit_hash
 from dataforge.text.fields import MESSAGES
@@ -194,16 +194,6 @@ def _keep(cfg: PairsConfig, cands: list[tuple[dict, dict, float, float]], d: _De
     d.pairs.extend(agreed[:limit])
 
 
-def _as_text(value: Any) -> str:
-    """Text of a prompt or response: a single message's content; several as ``role: content`` lines."""
-    if isinstance(value, str):
-        return value
-    turns = [m for m in value or [] if m["role"] != "system"]
-    if len(turns) == 1:
-        return message_content(turns[0])
-    return "\n".join(f"{m['role']}: {message_content(m)}" for m in turns)
-
-
 @step(
     "preference.pairs",
     version=4,  # 2: a NaN score is a missing one (it was ranked: NaN compares false both ways)
@@ -245,15 +235,18 @@ def _pairs_of(name: str, df: pl.DataFrame, cfg: PairsConfig, ctx: Context) -> St
         for g in ctx.progress.track(groups, total=len(groups), description="pairs", unit="prompts"):
             _keep(cfg, _candidates(cfg, g.to_dicts(), d), d)
     conv = cfg.style == "conversational"
+
+    def side(value: Any, role: str) -> Any:
+        return as_messages(value, role) if conv else conversation_text(value)
+
     rows = []
     for a, b, sa, sb in d.pairs:
-        prompt = a[cfg.prompt]
         rows.append(
             {
                 "_id": f"{ctx.step}:{a['_id']}>{b['_id']}",
-                "prompt": as_messages(prompt, "user") if conv else _as_text(prompt),
-                "chosen": as_messages(a[cfg.completion], "assistant") if conv else _as_text(a[cfg.completion]),
-                "rejected": as_messages(b[cfg.completion], "assistant") if conv else _as_text(b[cfg.completion]),
+                "prompt": side(a[cfg.prompt], "user"),
+                "chosen": side(a[cfg.completion], "assistant"),
+                "rejected": side(b[cfg.completion], "assistant"),
                 "score_chosen": sa,
                 "score_rejected": sb,
                 "margin": sa - sb,
@@ -380,7 +373,7 @@ def rm_pairs(inputs: dict[str, pl.DataFrame], cfg: RmPairsConfig, ctx: Context) 
 
     def one(name: str, df: pl.DataFrame) -> StepResult:
         chosen_raw, rejected_raw = df[cfg.chosen].to_list(), df[cfg.rejected].to_list()
-        chosen, rejected = [_as_text(c) for c in chosen_raw], [_as_text(r) for r in rejected_raw]
+        chosen, rejected = [conversation_text(c) for c in chosen_raw], [conversation_text(r) for r in rejected_raw]
         blank = pl.Series([_is_blank(c) or _is_blank(r) for c, r in zip(chosen_raw, rejected_raw, strict=True)])
         same = pl.Series([c.strip() == r.strip() for c, r in zip(chosen, rejected, strict=True)]) & ~blank
         dropped = [
@@ -389,7 +382,7 @@ def rm_pairs(inputs: dict[str, pl.DataFrame], cfg: RmPairsConfig, ctx: Context) 
         ]
         kept = (~(blank | same)).to_list()
         ids = df["_id"].filter(pl.Series(kept))
-        prompts = [_as_text(p) for p in compress(df[cfg.prompt].to_list(), kept)]
+        prompts = [conversation_text(p) for p in compress(df[cfg.prompt].to_list(), kept)]
         chosen, rejected = list(compress(chosen, kept)), list(compress(rejected, kept))
         flip = [unit_hash(cfg.seed, i) >= 0.5 for i in ids.to_list()]
         out = pl.DataFrame(

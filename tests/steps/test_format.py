@@ -6,6 +6,7 @@ import polars as pl
 import pytest
 from pydantic import ValidationError
 
+from dataforge.errors import DataError
 from dataforge.formats import as_messages, trl_dataset_type
 from dataforge.steps.format import FormatConfig, ReasoningConfig, format_reasoning, format_trl
 from dataforge.text.fields import MESSAGES
@@ -129,3 +130,40 @@ def test_a_null_message_content_is_no_text():
     ]
     assert as_messages("Hi", "assistant") == [{"role": "assistant", "content": "Hi"}]
     assert as_messages(None, "user") == []
+
+
+def test_a_preference_pair_whose_sides_are_the_same_text_is_dropped_as_a_tie(ctx):
+    pairs = pl.DataFrame(
+        {
+            "_id": ["p:0", "p:1", "p:2"],
+            "q": ["Say hi.", "Say hi.", "Say bye."],
+            "a": ["Hi!", "Hi! ", "Bye."],
+            "b": ["Hello.", " Hi!", "Bye now."],
+        }
+    )
+    res = format_trl({"data": pairs}, FormatConfig(type="preference", prompt="q", chosen="a", rejected="b"), ctx)
+    assert res.tables["data"]["_id"].to_list() == ["p:0", "p:2"]
+    ties = pl.concat(res.events).filter(pl.col("reason") == "format:tie")
+    assert ties["row_id"].to_list() == ["p:1"]
+    # messages sides are compared by their text
+    conv = pairs.with_columns(
+        pl.Series("a", [as_messages(t, "assistant") for t in pairs["a"]], dtype=MESSAGES),
+        pl.Series("b", [as_messages(t, "assistant") for t in pairs["b"]], dtype=MESSAGES),
+    )
+    res = format_trl({"data": conv}, FormatConfig(type="preference", prompt="q", chosen="a", rejected="b"), ctx)
+    assert res.tables["data"]["_id"].to_list() == ["p:0", "p:2"]
+
+
+def test_system_on_prompts_that_open_with_their_own_system_message_is_refused(ctx):
+    prompts = [
+        [{"role": "user", "content": "What is 2+2?"}],
+        [{"role": "system", "content": "You are a pirate."}, {"role": "user", "content": "Hi"}],
+    ]
+    df = pl.DataFrame({"_id": ["s:0", "s:1"], "prompt": pl.Series(prompts, dtype=MESSAGES), "a": ["4", "Arr"]})
+    with pytest.raises(DataError, match=r"'system' is set, but 1 row\(s\) of 'data'.*'prompt'.*first: s:1"):
+        format_trl(
+            {"data": df}, FormatConfig(type="messages", prompt="prompt", completion="a", system="Be brief."), ctx
+        )
+    # without 'system' the rows keep their own
+    out = format_trl({"data": df}, FormatConfig(type="messages", prompt="prompt", completion="a"), ctx).tables["data"]
+    assert out["messages"][1].to_list()[0] == {"role": "system", "content": "You are a pirate."}
