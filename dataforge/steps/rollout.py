@@ -13,7 +13,8 @@ prompt (``_id`` = group id) with ``n``, ``correct`` (reward ≥ ``correct_at``),
 and ``pass@k`` for each ``k`` ≤ n, by the unbiased estimator 1 − C(n−c, k) / C(n, k) (Chen et
 al., 2021). The card shows the mean pass@k over prompts. No row is dropped. A null reward (a
 sample no grader could grade: ``math`` without a reference; NaN reads the same) counts in none of these: ``n`` and
-``group_size`` are the graded samples, and the row's ``advantage`` is null.
+``group_size`` are the graded samples, and the row's ``advantage`` is null. ``group_id`` is the
+group column as text; a row whose group is null or blank is a group of its own (its ``_id``).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from collections.abc import Callable
 from math import comb
 
 import polars as pl
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from dataforge.engine.plan import Plan, PlannedStep, Ref
 from dataforge.engine.step import (
@@ -36,6 +37,7 @@ from dataforge.engine.step import (
     step,
     with_columns,
 )
+from dataforge.errors import DataError
 
 
 class RolloutConfig(StepConfig):
@@ -46,6 +48,15 @@ class RolloutConfig(StepConfig):
     correct_at: float = 1.0
     k: list[int] = Field(default_factory=lambda: [1], min_length=1)
     epsilon: float = Field(1e-4, gt=0)
+
+    @field_validator("k")
+    @classmethod
+    def _ks(cls, k: list[int]) -> list[int]:
+        if any(v < 1 for v in k):
+            raise ValueError(f"each k is a number of samples, 1 or more (got {k})")
+        if len(set(k)) < len(k):
+            raise ValueError(f"k lists a value twice (got {k})")
+        return k
 
 
 GROUP_STATS = ["reward", "group_id", "group_size", "group_mean", "group_std", "advantage"]
@@ -68,10 +79,25 @@ def pass_at_k(n: int, c: int, k: int) -> float | None:
     return 1.0 - comb(n - c, k) / comb(n, k)
 
 
+def _group_ids(df: pl.DataFrame, column: str) -> pl.Expr:
+    """``group_id``: the group column as text; a row whose group is null or blank is a group of its
+    own, named by its ``_id`` (they were one group: samples of different prompts compared with
+    each other, and a ``groups`` row with a null id)."""
+    dtype = df.schema[column]
+    if dtype.is_nested():
+        raise DataError(
+            f"rollout 'group' column '{column}' is {dtype}; samples are grouped by a text or number column "
+            "(default _parent_id, the prompt row generate wrote each sample from)"
+        )
+    key = pl.col(column).cast(pl.String)
+    return pl.when(key.str.strip_chars() != "").then(key).otherwise(pl.col("_id")).alias("group_id")
+
+
 @step(
     "rollout",
-    version=3,  # 2: a null or NaN reward is no sample of n / group_size (it counted as a wrong one in pass@k)
+    version=4,  # 2: a null or NaN reward is no sample of n / group_size (it counted as a wrong one in pass@k)
     # 3: group_std with Bessel's correction, as TRL's GRPOTrainer (it was the population std: advantages differed)
+    # 4: a row with a null or blank group is a group of its own (all such rows were one group); group_id is text
     outputs=("data", "groups"),
     columns=_columns,
     partition="key",
@@ -82,14 +108,19 @@ def rollout(inputs: dict[str, pl.DataFrame], cfg: RolloutConfig, ctx: Context) -
     """Group statistics and advantages per prompt; pass@k per prompt."""
     df = inputs["data"]
     r = pl.col(cfg.reward).cast(pl.Float64).fill_nan(None)  # NaN: ungraded, as null
-    g = pl.col(cfg.group)
-    data = df.with_columns(
-        r.alias("reward"),
-        g.alias("group_id"),
-        r.count().over(g).cast(pl.Int64).alias("group_size"),
-        r.mean().over(g).alias("group_mean"),
-        r.std(ddof=1).over(g).alias("group_std"),  # TRL's nanstd: Bessel-corrected
-    ).with_columns(((r - pl.col("group_mean")) / (pl.col("group_std") + cfg.epsilon)).alias("advantage"))
+    g = pl.col("group_id")
+    data = (
+        df.with_columns(
+            r.alias("reward"),
+            _group_ids(df, cfg.group),
+        )
+        .with_columns(
+            r.count().over(g).cast(pl.Int64).alias("group_size"),
+            r.mean().over(g).alias("group_mean"),
+            r.std(ddof=1).over(g).alias("group_std"),  # TRL's nanstd: Bessel-corrected
+        )
+        .with_columns(((r - pl.col("group_mean")) / (pl.col("group_std") + cfg.epsilon)).alias("advantage"))
+    )
     stats = (
         data.group_by("group_id", maintain_order=True)
         .agg(

@@ -10,7 +10,7 @@ import pytest
 from pydantic import ValidationError
 
 from dataforge.engine.step import ColumnContractError, PlanInfo
-from dataforge.errors import RecipeError
+from dataforge.errors import DataError, RecipeError
 from dataforge.llm.client import ModelPool
 from dataforge.steps.preference import PairsConfig, RmPairsConfig, preference_pairs, rm_pairs
 from dataforge.steps.rollout import RolloutConfig, pass_at_k, rollout
@@ -148,6 +148,48 @@ def test_rollout_group_statistics_and_pass_at_k(ctx):
     assert q0["group_size"].to_list() == [1, 1] and q0["advantage"].to_list() == [None, None]  # a group of one
     assert pass_at_k(10, 3, 1) == pytest.approx(0.3)
     assert pass_at_k(5, 0, 2) == 0.0 and pass_at_k(3, 1, 4) is None
+
+
+def test_rollout_rows_without_a_group_are_groups_of_their_own(ctx):
+    """Samples with no prompt to group by (a null or blank group) are not compared with each other:
+    they were one group, so samples of different prompts shared a mean and advantages."""
+    df = pl.DataFrame(
+        {
+            "_id": ["s:0", "s:1", "s:2", "s:3", "s:4"],
+            "_parent_id": ["q:0", "q:0", None, " ", None],
+            "prompt": ["2+2?", "2+2?", "3+3?", "4+4?", "5+5?"],
+            "completion": ["4", "5", "6", "8", "9"],
+            "reward": [1.0, 0.0, 1.0, 1.0, 0.0],
+        }
+    )
+    res = rollout({"data": df}, RolloutConfig(k=[1]), ctx)
+    data = res.tables["data"]
+    assert data["group_id"].to_list() == ["q:0", "q:0", "s:2", "s:3", "s:4"]
+    assert data["group_size"].to_list() == [2, 2, 1, 1, 1]
+    assert data["advantage"].to_list()[2:] == [None, None, None]  # a group of one: nothing to compare with
+    assert res.tables["groups"].select("_id", "n", "pass@1").rows() == [
+        ("q:0", 2, 0.5),
+        ("s:2", 1, 1.0),
+        ("s:3", 1, 1.0),
+        ("s:4", 1, 0.0),
+    ]
+    # a number group column is read as text, ids included
+    numbered = df.with_columns(pl.Series("_parent_id", [7, 7, None, None, None]))
+    assert rollout({"data": numbered}, RolloutConfig(), ctx).tables["groups"]["_id"].to_list() == [
+        "7",
+        "s:2",
+        "s:3",
+        "s:4",
+    ]
+    with pytest.raises(DataError, match="'group' column 'prompt' is List"):
+        messages = df.with_columns(pl.Series("prompt", [[{"role": "user", "content": p}] for p in df["prompt"]]))
+        rollout({"data": messages}, RolloutConfig(group="prompt"), ctx)
+
+
+@pytest.mark.parametrize("k, message", [([0], "1 or more"), ([-2], "1 or more"), ([1, 4, 1], "twice")])
+def test_rollout_k_is_a_list_of_distinct_sample_counts(k, message):
+    with pytest.raises(ValidationError, match=message):
+        RolloutConfig(k=k)
     assert pass_at_k(4, 2, 2) == pytest.approx(1 - math.comb(2, 2) / math.comb(4, 2))
 
 
