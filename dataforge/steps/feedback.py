@@ -16,6 +16,10 @@ answer kept (``group_id``, the two or K response ids, the raw answers, the parse
 ``status``). Then ``preference.pairs`` turns ranks (``rule: ranking``) or wins (``rule: scores``)
 into pairs.
 
+Rows whose group is null or blank, and groups whose rows hold different prompts, are not judged:
+they keep ``ai_wins`` 0 / ``ai_rank`` null and are flagged ``feedback:no_group`` /
+``feedback:prompts_differ`` (``steps.prompt_groups``).
+
 The judge's prompt is a Jinja2 ``template`` (defaults below) over ``prompt`` (text) and
 ``response_a`` / ``response_b`` (pairwise) or ``responses`` (a list, ranking).
 """
@@ -48,6 +52,7 @@ from dataforge.graders import completion_text
 from dataforge.llm.base import Request
 from dataforge.llm.spec import ModelSpec, SamplingParams
 from dataforge.llm.templates import render, template_variables
+from dataforge.steps.prompt_groups import prompt_groups
 from dataforge.steps.prompting import last_stated, track
 
 PAIRWISE_TEMPLATE = (
@@ -137,11 +142,13 @@ def parse_ranking(text: str, k: int) -> list[int] | None:
 
 @step(
     "ai_feedback",
-    version=4,  # 2: a payload asked by several rows in one call is sent once
+    version=5,  # 2: a payload asked by several rows in one call is sent once
     # 3: a ranking is read from its chain of [n]s, or a bare "2 > 1 > 3" (digits in prose were read as the order);
     # a pairwise verdict in words needs "is" or ":" ("Response A is better than Response B" read as B);
     # a null the template prints is an error naming the row
     # 4: a message whose content is null is empty (it was read as the text "None")
+    # 5: rows with a null or blank group and groups mixing prompts are not judged (flagged feedback:no_group,
+    # feedback:prompts_differ): they were judged against responses to another prompt, under the first's prompt
     outputs=("data", "verdicts"),
     columns=_columns,
     partition="key",
@@ -154,7 +161,8 @@ def ai_feedback(inputs: dict[str, pl.DataFrame], cfg: FeedbackConfig, ctx: Conte
     df = inputs["data"]
     client = ctx.llm.client(cfg.model)
     params = SamplingParams(temperature=cfg.temperature, max_tokens=cfg.max_tokens, seed=cfg.seed)
-    groups = [g.to_dicts() for g in df.partition_by(cfg.group, maintain_order=True)]
+    grouped = prompt_groups(df, cfg.group, cfg.prompt)
+    groups = [g.to_dicts() for g in grouped.groups]
     text = lambda r, col: completion_text(r[col])  # noqa: E731
     jobs: list[tuple[str, list[dict[str, Any]], list[str]]] = []  # (group id, responses, prompts)
     for g in groups:
@@ -233,10 +241,13 @@ def ai_feedback(inputs: dict[str, pl.DataFrame], cfg: FeedbackConfig, ctx: Conte
         out = df.with_columns(pl.col("_id").replace_strict(ranks, default=None, return_dtype=pl.Int32).alias("ai_rank"))
     bad = table.filter(pl.col("status") != "consistent")
     detail = pl.Series([json.dumps({"answers": a}) for a in bad["answers"].to_list()], dtype=pl.String)
+    mixed = pl.concat([g["_id"] for g in grouped.mixed]) if grouped.mixed else grouped.ungrouped.clear()
     return StepResult(
         {"data": out, "verdicts": table},
         events=[
             events(bad["_id"], "dropped", "feedback:" + bad["status"], related_id=bad["group_id"], detail=detail),
+            events(grouped.ungrouped, "flagged", "feedback:no_group", detail={"group": cfg.group}),
+            events(mixed, "flagged", "feedback:prompts_differ", detail={"group": cfg.group}),
         ],
     )
 

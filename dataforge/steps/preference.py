@@ -25,7 +25,9 @@ recorded as ``dropped``: ``pair:tie`` and ``pair:below_margin`` (the would-be pa
 ``pair:no_contrast`` (a prompt whose responses are all correct or all wrong),
 ``pair:single_response``, ``pair:invalid_ranking`` (repeated ranks), ``pair:missing_score``,
 ``pair:empty_response`` (a blank response, or a blank revision or original: never a side),
-``pair:disagree`` (``agree`` prefers the rejected side), ``pair:over_max_pairs``.
+``pair:disagree`` (``agree`` prefers the rejected side), ``pair:over_max_pairs``, ``pair:no_group``
+(a null or blank group: no prompt to pair within) and ``pair:prompts_differ`` (a group whose rows
+hold different prompts: ``group`` is not the prompt's; see ``steps.prompt_groups``).
 
 Also here: ``preference.responses`` (ranked response columns → one row per response, to pair
 again by rank) and ``preference.rm_pairs`` (pairs → reward-model rows ``{input, output_a,
@@ -54,6 +56,7 @@ from dataforge.engine.step import (
 )
 from dataforge.formats import as_messages, conversation_text
 from dataforge.graders import completion_text
+from dataforge.steps.prompt_groups import prompt_groups
 from dataforge.steps.split import unit_hash
 from dataforge.text.fields import MESSAGES
 
@@ -196,10 +199,12 @@ def _keep(cfg: PairsConfig, cands: list[tuple[dict, dict, float, float]], d: _De
 
 @step(
     "preference.pairs",
-    version=4,  # 2: a NaN score is a missing one (it was ranked: NaN compares false both ways)
+    version=5,  # 2: a NaN score is a missing one (it was ranked: NaN compares false both ways)
     # 3: a blank response is no side of a pair (pair:empty_response; it could be chosen); a revision equal to
     # its original is recorded as pair:tie (recording it raised a TypeError: the build failed)
     # 4: a message whose content is null is empty (it was read as the text "None")
+    # 5: rows with a null or blank group (pair:no_group) and groups mixing prompts (pair:prompts_differ) are
+    # not paired: they were, a response to one prompt against a response to another
     inputs=None,
     per_table_columns=_columns,
     partition="key",
@@ -231,7 +236,11 @@ def _pairs_of(name: str, df: pl.DataFrame, cfg: PairsConfig, ctx: Context) -> St
         col = cfg.column or ""  # (given for every rule but revision)
         if df.schema[col].is_float():  # a NaN score is no score, as in `filter`
             df = df.with_columns(pl.col(col).fill_nan(None))
-        groups = df.partition_by(cfg.group, maintain_order=True, as_dict=False)
+        grouped = prompt_groups(df, cfg.group, cfg.prompt)
+        d.dropped.extend((i, "pair:no_group", None, {"group": cfg.group}) for i in grouped.ungrouped)
+        for g in grouped.mixed:
+            d.drop_rows(g.to_dicts(), "pair:prompts_differ", group=cfg.group)
+        groups = grouped.groups
         for g in ctx.progress.track(groups, total=len(groups), description="pairs", unit="prompts"):
             _keep(cfg, _candidates(cfg, g.to_dicts(), d), d)
     conv = cfg.style == "conversational"

@@ -255,6 +255,44 @@ def test_ranking_feedback_and_unparseable_rankings(tmp_path, scripted_model):
     assert pl.concat(bad.events)["reason"].to_list() == ["feedback:invalid_ranking"]
 
 
+def test_responses_without_a_group_or_of_different_prompts_are_not_judged(tmp_path, scripted_model):
+    """They were judged against each other (a response to one prompt against one to another, the
+    judge shown the first one's prompt): flagged instead, unjudged."""
+    ctx = ctx_with_pool(tmp_path)
+    asked: list[str] = []
+
+    def judge(messages) -> str:
+        asked.append(messages[-1]["content"])
+        return "[[A]]" if "tension" in messages[-1]["content"].split("Response B:")[0] else "[[B]]"
+
+    df = pl.concat(
+        [
+            RESPONSES.head(2),
+            pl.DataFrame(
+                {
+                    "_id": ["u:0", "u:1", "m:0", "m:1"],
+                    "_parent_id": [None, "", "q:9", "q:9"],
+                    "prompt": [[{"role": "user", "content": t}] for t in ("Hi", "Bye", "Name a tool.", "Name a fish.")],
+                    "completion": ["Hello!", "See you.", "A tension wrench.", "A trout."],
+                }
+            ),
+        ]
+    )
+    for mode in ("pairwise", "ranking"):
+        asked.clear()
+        res = ai_feedback({"data": df}, FeedbackConfig(model=scripted_model(judge), mode=mode), ctx)
+        assert len(res.tables["verdicts"]) == 1 and res.tables["verdicts"]["group_id"].to_list() == ["q:0"]
+        assert all("How do I pick a lock?" in a for a in asked)
+        flags = pl.concat(res.events).filter(pl.col("action") == "flagged")
+        assert flags.select("row_id", "reason").rows() == [
+            ("u:0", "feedback:no_group"),
+            ("u:1", "feedback:no_group"),
+            ("m:0", "feedback:prompts_differ"),
+            ("m:1", "feedback:prompts_differ"),
+        ]
+    assert res.tables["data"].filter(pl.col("_id").str.contains("^[um]:"))["ai_rank"].null_count() == 4
+
+
 def test_verdict_parsers():
     assert parse_ab("After thought, [[B]]") == "B" and parse_ab("The answer is: A") == "A" and parse_ab(" b. ") == "B"
     assert parse_ab("both are fine") is None

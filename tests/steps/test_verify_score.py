@@ -312,6 +312,26 @@ def test_scores_best_vs_worst_ties_margins_and_k(ctx):
     assert drops.filter(pl.col("row_id") == "r:1")["reason"].to_list() == ["pair:missing_score"]
 
 
+def test_responses_without_a_group_or_of_different_prompts_are_not_paired(ctx):
+    """Rows with a null or blank group were one group, so a response to one prompt was paired with
+    a response to another, under the first one's prompt; so were the rows of a group that holds
+    different prompts (a group column that is not the prompt's)."""
+    df = responses("score", [0.9, 0.1, 0.8, 0.2, 0.7, 0.3], groups=["q:0", "q:0", None, " ", "q:2", "q:2"])
+    df = df.with_columns(pl.Series("prompt", ["2+2?", "2+2?", "3+3?", "4+4?", "5+5?", "6+6?"]))
+    got, drops, _ = pairs(df, ctx, rule="scores", column="score")
+    assert got == [("r:0", "r:1")]
+    assert drops.select("row_id", "reason").sort("row_id").rows() == [
+        ("r:2", "pair:no_group"),
+        ("r:3", "pair:no_group"),
+        ("r:4", "pair:prompts_differ"),
+        ("r:5", "pair:prompts_differ"),
+    ]
+    # the same prompt as messages and as text, or with outer whitespace, is one prompt
+    same = df.with_columns(pl.Series("prompt", ["2+2?", " 2+2? ", "3+3?", "4+4?", "5+5?", "5+5?"]))
+    got, _, _ = pairs(same, ctx, rule="scores", column="score")
+    assert got == [("r:0", "r:1"), ("r:4", "r:5")]
+
+
 def test_a_blank_response_is_no_side_of_a_pair(ctx):
     """A reward model can score silence highest ("harmless"); a pair that prefers it teaches a
     policy to answer nothing. A blank response is dropped as pair:empty_response (it was chosen)."""
