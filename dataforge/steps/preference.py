@@ -315,6 +315,12 @@ class ResponsesConfig(StepConfig):
     completion: str = "completion"
     rank: str = "rank"
 
+    @model_validator(mode="after")
+    def _distinct(self) -> ResponsesConfig:
+        if len(set(self.responses)) < len(self.responses):
+            raise ValueError(f"responses lists a column twice ({self.responses}): its responses would share ids")
+        return self
+
 
 def _responses_columns(cfg: ResponsesConfig, cols: Columns, info: PlanInfo) -> Columns:
     require(cols, [cfg.prompt, *cfg.responses], "responses")
@@ -326,14 +332,16 @@ def _responses_columns(cfg: ResponsesConfig, cols: Columns, info: PlanInfo) -> C
 
 # 2: rows in input order (a row's responses together, by rank), not sorted by parent id: the
 # output of a batch is then exactly its part of the whole table's, as streaming needs
-@step("preference.responses", version=2, inputs=None, per_table_columns=_responses_columns, partition="rows")
+# 3: an input with a _parent_id column (rows generate wrote) is taken; the build failed on a duplicate column
+@step("preference.responses", version=3, inputs=None, per_table_columns=_responses_columns, partition="rows")
 def preference_responses(inputs: dict[str, pl.DataFrame], cfg: ResponsesConfig, ctx: Context) -> StepResult:
     """One row per response of a ranked set of columns (e.g. HH-RLHF's ``chosen``, ``rejected``):
     ``_id`` = ``<step>:<row>:<column>``, ``_parent_id`` = the row, ``completion``, ``rank`` (1 =
     the first column), in input order. ``preference.pairs`` with ``rule: ranking`` pairs them again."""
 
     def one(name: str, df: pl.DataFrame) -> StepResult:
-        base = df.drop(cfg.responses).rename({"_id": "_parent_id"}).with_row_index(ROW)
+        # the row is its responses' parent: a _parent_id it has (its own parent) is in the lineage already
+        base = df.drop(*cfg.responses, "_parent_id", strict=False).rename({"_id": "_parent_id"}).with_row_index(ROW)
         parts = [
             base.with_columns(
                 (pl.lit(f"{ctx.step}:") + pl.col("_parent_id") + pl.lit(f":{col}")).alias("_id"),

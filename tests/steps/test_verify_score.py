@@ -12,7 +12,14 @@ from pydantic import ValidationError
 from dataforge.engine.step import ColumnContractError, PlanInfo
 from dataforge.errors import DataError, RecipeError
 from dataforge.llm.client import ModelPool
-from dataforge.steps.preference import PairsConfig, RmPairsConfig, preference_pairs, rm_pairs
+from dataforge.steps.preference import (
+    PairsConfig,
+    ResponsesConfig,
+    RmPairsConfig,
+    preference_pairs,
+    preference_responses,
+    rm_pairs,
+)
 from dataforge.steps.rollout import RolloutConfig, pass_at_k, rollout
 from dataforge.steps.score import (
     JudgeConfig,
@@ -418,3 +425,32 @@ def test_pairs_in_both_trl_styles_with_lineage(ctx):
         prompt = res.tables["data"]["prompt"][0]
         got = prompt if isinstance(prompt, str) else prompt.to_list()[:1]
         assert got == expected and "None" not in str(res.tables["data"].row(0))
+
+
+def test_preference_responses_takes_rows_that_have_a_parent_and_refuses_a_repeated_column(ctx):
+    """Rows generate wrote have a _parent_id (their prompt row); the build failed on a duplicate
+    column. Each response's parent is now its row, whose own parent the lineage holds already."""
+    rows = pl.DataFrame(
+        {
+            "_id": ["gen:0", "gen:1"],
+            "_parent_id": ["q:0", "q:1"],
+            "prompt": ["2+2?", "3+3?"],
+            "best": ["4", "6"],
+            "worst": ["5", "7"],
+        }
+    )
+    res = preference_responses({"data": rows}, ResponsesConfig(responses=["best", "worst"]), ctx)
+    out = res.tables["data"]
+    assert out.select("_id", "_parent_id", "completion", "rank").rows() == [
+        (f"{ctx.step}:gen:0:best", "gen:0", "4", 1),
+        (f"{ctx.step}:gen:0:worst", "gen:0", "5", 2),
+        (f"{ctx.step}:gen:1:best", "gen:1", "6", 1),
+        (f"{ctx.step}:gen:1:worst", "gen:1", "7", 2),
+    ]
+    got, _, _ = pairs(out, ctx, rule="ranking", column="rank")
+    assert got == [
+        (f"{ctx.step}:gen:0:best", f"{ctx.step}:gen:0:worst"),
+        (f"{ctx.step}:gen:1:best", f"{ctx.step}:gen:1:worst"),
+    ]
+    with pytest.raises(ValidationError, match="lists a column twice"):
+        ResponsesConfig(responses=["best", "best"])
