@@ -1,7 +1,11 @@
 """``clean.normalize`` and ``clean.filter``: per-table steps (any named inputs, one output each).
 
 clean.normalize — consumes the string columns in ``fields``; produces the same columns,
-normalized (Unicode form, whitespace, optional lowercasing). Each changed row gets a
+normalized (Unicode form, whitespace, optional lowercasing). ``whitespace: collapse`` (the
+default) folds runs of spaces, trims lines and keeps at most one blank line, but keeps the layout
+of code: every line's indentation and fenced code blocks exactly (``collapse_keeping_code``;
+inner runs of spaces on a line outside a fence are still folded, so use ``keep`` for raw code
+whose string literals hold them). Each changed row gets a
 ``revised`` event, reason ``clean:normalize``, with the changed fields in ``detail_json``. The
 default form, NFKC, folds full-width characters, ligatures and no-break spaces but keeps
 superscripts, subscripts and vulgar fractions (``keep_math: true``): plain NFKC turns "5² = 25"
@@ -74,7 +78,8 @@ def _normalize_columns(cfg: NormalizeConfig, cols: Columns, info: PlanInfo) -> C
 
 
 # 2: NFKC keeps superscripts, subscripts and vulgar fractions (keep_math; "5²" became "52")
-@step("clean.normalize", version=2, inputs=None, per_table_columns=_normalize_columns, partition="rows")
+# 3: collapse keeps indentation and fenced code blocks (it folded them: Python no longer parsed)
+@step("clean.normalize", version=3, inputs=None, per_table_columns=_normalize_columns, partition="rows")
 def normalize(inputs: dict[str, pl.DataFrame], cfg: NormalizeConfig, ctx: Context) -> StepResult:
     """Normalize text fields; record a `revised` event for every row that changed."""
 
@@ -82,7 +87,8 @@ def normalize(inputs: dict[str, pl.DataFrame], cfg: NormalizeConfig, ctx: Contex
         for f in cfg.fields:
             require_text(df, f)
         new = df.with_columns(
-            normalize_text(df[f], cfg.form, cfg.whitespace, cfg.lowercase, cfg.keep_math).alias(f) for f in cfg.fields
+            normalize_text(df[f], cfg.form, cfg.whitespace, cfg.lowercase, cfg.keep_math, keep_code=True).alias(f)
+            for f in cfg.fields
         )
         changed = [(new[f] != df[f]).fill_null(False) for f in cfg.fields]
         mask = pl.DataFrame({f: c for f, c in zip(cfg.fields, changed, strict=True)})

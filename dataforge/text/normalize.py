@@ -122,10 +122,13 @@ def normalize_text(
     whitespace: Whitespace = "collapse",
     lowercase: bool = False,
     keep_math: bool = False,
+    keep_code: bool = False,
 ) -> pl.Series:
     """``normalize_expr`` of a column, computed faster for NFKC: only the texts it changes are
     normalized (most are ASCII). The same result (tested). ``keep_math`` (NFKC only): superscripts,
-    subscripts and vulgar fractions are kept as they are (``nfkc_keeping_math``)."""
+    subscripts and vulgar fractions are kept as they are (``nfkc_keeping_math``). ``keep_code``
+    (for text a step emits, not for comparison keys): ``collapse`` keeps indentation and fenced
+    code blocks (``collapse_keeping_code``) in the texts that have either."""
     if form == "NFKC":
         text = nfkc_where_needed(text, lowercase, keep_math=keep_math)
     else:
@@ -134,8 +137,55 @@ def normalize_text(
         return text
     if whitespace == "strip":
         return text.str.strip_chars()
+    coded = text.str.contains(_CODE_LAYOUT).fill_null(False) if keep_code else pl.Series([False] * len(text))
     # collapse: its four regex passes only over the texts they would change
-    return _where(text, text.str.contains(_COLLAPSES), lambda t: pl.select(normalize_expr(pl.lit(t), None)).to_series())
+    folded = _where(
+        text,
+        text.str.contains(_COLLAPSES) & ~coded,
+        lambda t: pl.select(normalize_expr(pl.lit(t), None)).to_series(),
+    )
+    return _where(folded, coded, lambda t: pl.Series([collapse_keeping_code(x) for x in t], dtype=pl.String))
+
+
+# a text with layout that whitespace carries: an indented line after the first, or a fenced code block
+_CODE_LAYOUT = r"\n[ \t]+\S|(?m)^[ \t]*(?:```|~~~)"
+_FENCE = re.compile(r"^[ \t]*(```|~~~)")
+_LINE_HSPACE = re.compile(_HSPACE)
+
+
+def collapse_keeping_code(text: str) -> str:
+    """``collapse`` for a text whose whitespace is layout (code, nested Markdown lists): CRLF → LF,
+    at most one blank line, each line's trailing whitespace trimmed and its inner runs of spaces
+    folded, but every line's indentation kept, and the lines of a fenced code block (```` ``` ````
+    or ``~~~``) kept exactly. The text's leading blank lines and trailing whitespace are trimmed;
+    its first line's indentation is kept when a later line is indented (the body of a function
+    written from its first statement), else trimmed. Folding indentation turned Python code into
+    text that no longer parses ("def f(x):\n    return x" → "def f(x):\nreturn x")."""
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    out: list[str] = []
+    fence: str | None = None
+    for line in lines:
+        opened = _FENCE.match(line)
+        if fence is not None:  # inside a fenced block: verbatim, up to its closing fence
+            out.append(line)
+            if opened and opened.group(1) == fence and not line.strip()[3:].strip(" `~"):
+                fence = None
+            continue
+        if opened:
+            fence = opened.group(1)
+        body = line.lstrip(" \t")
+        indent = line[: len(line) - len(body)]
+        body = _LINE_HSPACE.sub(" ", body).rstrip()
+        if not body and out and not out[-1]:
+            continue  # at most one blank line
+        out.append(indent + body if body else "")
+    while out and not out[0].strip():
+        out.pop(0)
+    while out and not out[-1].strip():
+        out.pop()
+    if out and not any(line[:1] in (" ", "\t") and line.strip() for line in out[1:]):
+        out[0] = out[0].lstrip()
+    return "\n".join(out).rstrip()
 
 
 def visible_text(text: pl.Series) -> pl.Series:

@@ -17,7 +17,7 @@ def _df(**cols):
 
 
 def test_normalize_nfkc_and_whitespace(ctx):
-    df = _df(q=["ﬁve  apples\u00a0and\t２ pears ", "line one \r\n  line two\n\n\n\nend", "same"])
+    df = _df(q=["ﬁve  apples\u00a0and\t２ pears ", "  line one \r\nline  two \n\n\n\nend", "same"])
     res = normalize({"data": df}, NormalizeConfig(fields=["q"]), ctx)
     out = res.tables["data"]["q"].to_list()
     assert out == ["five apples and 2 pears", "line one\nline two\n\nend", "same"]
@@ -26,6 +26,24 @@ def test_normalize_nfkc_and_whitespace(ctx):
     assert set(ev["action"]) == {"revised"} and set(ev["reason"]) == {"clean:normalize"}
     assert json.loads(ev["detail_json"][0]) == {"fields": ["q"]}
     assert df["q"][0].startswith("ﬁ")  # the input is not mutated
+
+
+def test_normalize_keeps_the_layout_of_code(ctx):
+    """Collapsing whitespace folded indentation: Python in a completion no longer parsed. Each
+    line's indentation is kept, and fenced code blocks are kept exactly; the rest is collapsed."""
+    import ast
+
+    code = "def area(w, h):\n    if w < 0:  \n        raise ValueError('w')\n\n\n\n    return  w * h\n"
+    body = "    total = 0\n    for x in xs:\n        total += x\n    return total"  # a body, first line indented
+    fenced = "Use this:\r\n\r\n```python\ndef pad(s):\n    return s + '   '\n\n\n\n```\n\n\n\nIt  pads.  "
+    listed = "Steps:\n- mix\n  - flour   and water\n- bake"
+    df = _df(c=[code, body, fenced, listed])
+    out = normalize({"data": df}, NormalizeConfig(fields=["c"]), ctx).tables["data"]["c"].to_list()
+    assert out[0] == "def area(w, h):\n    if w < 0:\n        raise ValueError('w')\n\n    return w * h"
+    assert ast.dump(ast.parse(out[0])) == ast.dump(ast.parse(code))
+    assert out[1] == body
+    assert out[2] == "Use this:\n\n```python\ndef pad(s):\n    return s + '   '\n\n\n\n```\n\nIt pads."
+    assert out[3] == "Steps:\n- mix\n  - flour and water\n- bake"
 
 
 def test_normalize_keeps_superscripts_subscripts_and_fractions(ctx):
