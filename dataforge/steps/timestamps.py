@@ -3,7 +3,8 @@
 Consumes any named inputs; produces the same tables with ``_ts`` = ``start`` + a seeded hash of
 the row's ``_id`` scaled into [start, end). For demos and tests of time-based splits only: the
 dataset card says the timestamps are synthetic. Real data should bring its own
-(``source`` with ``timestamp_column``).
+(``source`` with ``timestamp_column``); an input that has them is refused when the recipe is
+planned, never overwritten.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import polars as pl
 from pydantic import model_validator
 
 from dataforge.engine.step import Columns, Context, PlanInfo, StepConfig, StepResult, per_table, step, with_columns
+from dataforge.errors import RecipeError
 from dataforge.steps.split import unit_hash
 
 
@@ -34,6 +36,12 @@ class SyntheticTimeConfig(StepConfig):
 
 
 def _columns(cfg: SyntheticTimeConfig, cols: Columns, info: PlanInfo) -> Columns:
+    if cols is not None and "_ts" in cols:  # a source with timestamp_column, or time.synthetic again
+        raise RecipeError(
+            "its input already has timestamps (_ts: a source's timestamp_column, or an earlier time.synthetic); "
+            "synthetic ones would replace them: remove this step, or feed it the rows that have none",
+            key="inputs",
+        )
     return with_columns(cols, ["_ts"])
 
 

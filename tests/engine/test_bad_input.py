@@ -207,3 +207,18 @@ def test_an_embedding_model_path_that_does_not_exist_is_a_plan_error(ws, step):
     plan_recipe(ws.recipe(text))
     assert resolve_model("./models/minilm", ws.root) == str(ws.root / "models" / "minilm")
     assert resolve_model("org/name", ws.root) == "org/name"  # a hub id stays as given
+
+
+def test_synthetic_timestamps_over_real_ones_are_a_plan_error(ws):
+    """time.synthetic overwrote the _ts a source read from its timestamp_column: real times lost,
+    and a time split cut on hashes, without a word."""
+    ws.jsonl("dated.jsonl", [{"question": "q" * 20, "answer": "a\n#### 1", "at": "2024-05-01T00:00:00Z"}])
+    text = (
+        "name: t\nsteps:\n  raw:\n    kind: source\n    path: dated.jsonl\n    timestamp_column: at\n"
+        "  dated:\n    kind: time.synthetic\n    inputs: raw\n    start: 2021-01-01\n    end: 2022-01-01\n"
+        "datasets:\n  d:\n    splits: {train: dated.data}\n"
+    )
+    with pytest.raises(RecipeError) as exc:
+        plan_recipe(ws.recipe(text))
+    assert (exc.value.step, exc.value.key) == ("dated", "inputs") and "already has timestamps" in str(exc.value)
+    plan_recipe(ws.recipe(text.replace("    timestamp_column: at\n", "")))  # without them: planned
