@@ -112,6 +112,12 @@ def test_partial_credit_is_an_explicit_reward_shaping_option(gsm8k_test, factor,
         ("<answer>$18</answer>", "18", 1.0),
         ("<answer>18 dollars</answer>", "18", 1.0),
         ("<answer>18 or 20</answer>", "18", 0.0),
+        ("<answer>5 1/2</answer>", "5.5", 1.0),  # a mixed number is its value (was 0.0)
+        ("The answer is 3 1/3 cups.", "10/3", 1.0),
+        ("<answer>-2 3/4</answer>", "-2.75", 1.0),
+        ("<answer>5 1/2</answer>", "51/2", 0.0),
+        ("<answer>5 1/2</answer>", "6", 0.0),
+        ("<answer>5 6/3</answer>", "7", 0.0),  # no proper fraction: two numbers, never guessed
         ("<answer>B</answer>", "b", 1.0),
         ("<answer>1.5e2</answer>", "150", 1.0),  # scientific notation, read exactly (was 0.0)
         ("<answer>1.5e+02</answer>", "150", 1.0),

@@ -114,7 +114,7 @@ def _verify_columns(cfg: VerifyConfig, cols: Columns, info: PlanInfo) -> Columns
 
 @step(
     "verify",
-    version=6,  # 3: math reads "1.5e2", "−5", "5\\%", "**5**", "18\\text{ dollars}" (all scored 0); format: one tag
+    version=7,  # 3: math reads "1.5e2", "−5", "5\\%", "**5**", "18\\text{ dollars}" (all scored 0); format: one tag
     # 4: math reads "Answer: 5" lines, "$5$" / "\\(5\\)", Minerva's "I hope it is correct.", "(B)", "5°", "1\\,500"
     # and a reference that is a worked solution ("… #### 72") as its final answer; no reference: a null score
     # 5: math reads "\\{2,3\\}" as a set, "\\text{yes}" as yes, an "Answer:" label after a sentence's end and
@@ -123,6 +123,7 @@ def _verify_columns(cfg: VerifyConfig, cols: Columns, info: PlanInfo) -> Columns
     # 6: math reads "$150$ dollars" and "150\\text{ cm}^2" (0.0); length: a blank completion gets a null score
     # (1.0 under a bare max_words); a message whose content is null is empty (it was read as the text "None");
     # a NaN reference is none: a null score (0.0, and "#### nan" scored 1.0)
+    # 7: math reads a mixed number, "5 1/2" = 5.5 (it scored 0)
     inputs=None,
     per_table_columns=_verify_columns,
     partition="rows",

@@ -2,7 +2,8 @@
 
 - A numeric answer is read as an exact rational (``fractions.Fraction``): ``1,000`` = ``1000.00``
   = ``$1000`` = ``1000 dollars``; ``0.5`` = ``1/2`` = ``50%``-free ``.5``; ``1005`` ≠ ``1000`` and
-  ``0.3333333`` ≠ ``1/3``. A percent sign is read as the number before it (GSM8K's "what percent"
+  ``0.3333333`` ≠ ``1/3``; a mixed number is its value (``5 1/2`` = ``5.5`` = ``11/2``, with a
+  proper fraction only: ``5 6/3`` is no number). A percent sign is read as the number before it (GSM8K's "what percent"
   answers are bare numbers). Scientific notation is read exactly too: ``1.5e2`` = ``1.5E+02`` =
   ``150``; the typeset minus sign (U+2212) is a minus, and LaTeX's ``\\%`` a percent sign. What only
   typesets an answer is read past: Markdown emphasis around it (``**5**``), inline math
@@ -38,6 +39,8 @@ _TEXT_ANSWER = re.compile(r"^\\(?:text|textrm|textbf|textit|mathrm|mathbf|mbox)\
 _CURRENCY = re.compile(r"^(?:\\?\$|€|£|¥|USD|EUR)\s*")
 _PLAIN = re.compile(r"^[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)?(?:\.\d+)?(?:(?<=\d)[eE][-+]?\d+)?$")  # "1.5e2" = 150
 _RATIO = re.compile(r"^([-+]?\d+)\s*/\s*(\d+)$")
+# "5 1/2", "-2 3/4 cups": a whole number and a proper fraction (a unit word may follow)
+_MIXED = re.compile(r"^([-+]?)(\d+)\s+(\d+)/(\d+)(?:\s+[A-Za-z]+[²³]?\.?)?$")
 _UNIT = re.compile(r"^([^\sA-Za-z]+)\s+[A-Za-z]+[²³]?\.?$")  # "18 dollars", "5 cm", "5 cm²"
 _MATH_THEN_UNIT = re.compile(r"^\$([^$]+)\$(\s+[A-Za-z]+[²³]?\.?)$")  # "$150$ dollars": 150 dollars
 _LATEX_COMMAND = re.compile(r"\\(?:[A-Za-z]+|[{}%,;:! ])")  # "\frac", and "\{" "\," (a set's braces, spaces)
@@ -54,6 +57,13 @@ def _number(answer: str) -> Fraction | None:
     """``exact_number`` of an answer already ``_unwrapped``."""
     s = answer.rstrip(".").strip()
     s = _CURRENCY.sub("", _MATH_THEN_UNIT.sub(r"\1\2", _TEXT_COMMAND.sub(r" \1", s))).strip()
+    mixed = _MIXED.match(s)
+    if mixed:
+        sign, whole, num, den = mixed.group(1), int(mixed.group(2)), int(mixed.group(3)), int(mixed.group(4))
+        if not 0 < num < den:  # "5 6/3" is no mixed number: two numbers, never guessed
+            return None
+        value = whole + Fraction(num, den)
+        return -value if sign == "-" else value
     unit = _UNIT.match(s)
     if unit:
         s = unit.group(1)
