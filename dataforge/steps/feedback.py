@@ -8,8 +8,12 @@ Consumes ``data``: responses grouped by ``group`` (default ``_parent_id``) with 
   order is discarded as position bias (``feedback:position_bias``), one that cannot be parsed as
   ``feedback:unparseable``. ``ai_wins`` counts each response's consistent wins.
 - ``ranking``: the judge sees all K responses, numbered, and answers an order such as
-  ``2 > 1 > 3``; ``ai_rank`` holds each response's place (1 = best). An answer that is not a
-  permutation of 1…K leaves the ranks null (``feedback:invalid_ranking``).
+  ``2 > 1 > 3``; ``ai_rank`` holds each response's place (1 = best). It ranks them twice, as
+  listed and in reverse (``swap: true``, the default): only a ranking that is the same both times
+  counts; one that changes with the order is discarded as position bias
+  (``feedback:position_bias``: judges favour the first or last response listed). An answer that
+  is not a permutation of 1…K leaves the ranks null (``feedback:invalid_ranking``). ``swap:
+  false`` asks once (half the calls; position bias unchecked).
 
 Produces ``data`` (the responses with ``ai_wins`` / ``ai_rank``) and ``verdicts``: every judge
 answer kept (``group_id``, the two or K response ids, the raw answers, the parsed verdict, the
@@ -93,6 +97,7 @@ class FeedbackConfig(StepConfig):
     max_tokens: int = Field(64, ge=1)
     seed: int = 0
     max_failure_rate: float = Field(0.5, ge=0, le=1)  # above it the step fails, naming the errors
+    swap: bool = True  # ranking: rank again in reverse order, keep only a ranking that agrees (pairwise: always)
 
     def source(self) -> str:
         return self.template or (PAIRWISE_TEMPLATE if self.mode == "pairwise" else RANKING_TEMPLATE)
@@ -140,15 +145,30 @@ def parse_ranking(text: str, k: int) -> list[int] | None:
     return numbers if sorted(numbers) == list(range(k)) else None
 
 
+def _ranking(answers: list[str], k: int) -> tuple[list[int] | None, str]:
+    """The order (indices into the responses as listed, best first) and status of a ranking asked
+    once, or twice with the second listing reversed: the reversed answer read back into the
+    listed order must be the same ranking, else ``position_bias``."""
+    orders = [parse_ranking(a, k) for a in answers]
+    if any(o is None for o in orders):
+        return None, "invalid_ranking"
+    if len(orders) == 2:
+        back = [k - 1 - i for i in orders[1]]  # type: ignore[union-attr]
+        if back != orders[0]:
+            return None, "position_bias"
+    return orders[0], "consistent"
+
+
 @step(
     "ai_feedback",
-    version=5,  # 2: a payload asked by several rows in one call is sent once
+    version=6,  # 2: a payload asked by several rows in one call is sent once
     # 3: a ranking is read from its chain of [n]s, or a bare "2 > 1 > 3" (digits in prose were read as the order);
     # a pairwise verdict in words needs "is" or ":" ("Response A is better than Response B" read as B);
     # a null the template prints is an error naming the row
     # 4: a message whose content is null is empty (it was read as the text "None")
     # 5: rows with a null or blank group and groups mixing prompts are not judged (flagged feedback:no_group,
     # feedback:prompts_differ): they were judged against responses to another prompt, under the first's prompt
+    # 6: a ranking is asked again with the responses listed in reverse (swap); one that changes is position_bias
     outputs=("data", "verdicts"),
     columns=_columns,
     partition="key",
@@ -183,13 +203,9 @@ def ai_feedback(inputs: dict[str, pl.DataFrame], cfg: FeedbackConfig, ctx: Conte
                 jobs.append((str(a[cfg.group]), [a, b], prompts))
         elif len(g) >= 2:
             responses = [text(r, cfg.completion) for r in g]
-            jobs.append(
-                (
-                    str(g[0][cfg.group]),
-                    g,
-                    [render(cfg.source(), {"prompt": text(g[0], cfg.prompt), "responses": responses})],
-                )
-            )
+            shown = [responses, responses[::-1]] if cfg.swap else [responses]
+            prompts = [render(cfg.source(), {"prompt": text(g[0], cfg.prompt), "responses": s}) for s in shown]
+            jobs.append((str(g[0][cfg.group]), g, prompts))
     requests = [Request(params, messages=({"role": "user", "content": p},)) for _, _, ps in jobs for p in ps]
     answers = client.generate(requests, track(ctx), f"ai feedback · {cfg.model.model}")
     pos = 0
@@ -217,8 +233,7 @@ def ai_feedback(inputs: dict[str, pl.DataFrame], cfg: FeedbackConfig, ctx: Conte
             for i in ids:
                 comparisons[i] = comparisons.get(i, 0) + (status == "consistent")
         else:
-            order = parse_ranking(raw[0], len(ids))
-            status = "consistent" if order is not None else "invalid_ranking"
+            order, status = _ranking(raw, len(ids))
             for place, idx in enumerate(order or []):
                 ranks[ids[idx]] = place + 1
         verdicts.append(

@@ -4,6 +4,7 @@ OpenAI-compatible server (so each answer, and so each decision, is known)."""
 from __future__ import annotations
 
 import json
+import re
 import textwrap
 
 import polars as pl
@@ -242,12 +243,44 @@ def test_pairwise_feedback_swaps_order_and_discards_position_bias(tmp_path, scri
     assert json.loads(ev["detail_json"][0])["answers"] == ["[[A]]", "[[A]]"]
 
 
+def ranking_judge(best: str):
+    """A scripted judge that ranks the listed response containing ``best`` first."""
+
+    def judge(messages) -> str:
+        listed = re.findall(r"(?m)^\[(\d+)\] (.*)$", messages[-1]["content"])
+        first = next(n for n, text in listed if best in text)
+        return " > ".join(f"[{n}]" for n in [first] + [n for n, _ in listed if n != first])
+
+    return judge
+
+
 def test_ranking_feedback_and_unparseable_rankings(tmp_path, scripted_model):
     ctx = ctx_with_pool(tmp_path)
+    asked: list[str] = []
+    judge = ranking_judge("Here is")
     res = ai_feedback(
-        {"data": RESPONSES}, FeedbackConfig(model=scripted_model(lambda m: "[2] > [1]"), mode="ranking"), ctx
+        {"data": RESPONSES},
+        FeedbackConfig(model=scripted_model(lambda m: asked.append(m[-1]["content"]) or judge(m)), mode="ranking"),
+        ctx,
     )
     assert res.tables["data"].sort("_id")["ai_rank"].to_list() == [2, 1, None]
+    # asked twice, the responses listed as they come and in reverse
+    assert len(asked) == 2 and asked[0].index("[1] Use a tension") < asked[0].index("[2] Here is")
+    assert asked[1].index("[1] Here is") < asked[1].index("[2] Use a tension")
+    v = res.tables["verdicts"].row(0, named=True)
+    assert v["status"] == "consistent" and v["verdict"] == [1, 0] and len(v["answers"]) == 2
+    # a judge that ranks by position ("[2] > [1]" whatever is listed) changes its ranking with the order
+    biased = ai_feedback(
+        {"data": RESPONSES}, FeedbackConfig(model=scripted_model(lambda m: "[2] > [1]"), mode="ranking"), ctx
+    )
+    assert biased.tables["data"]["ai_rank"].null_count() == 3
+    assert pl.concat(biased.events)["reason"].to_list() == ["feedback:position_bias"]
+    once = ai_feedback(
+        {"data": RESPONSES},
+        FeedbackConfig(model=scripted_model(lambda m: "[2] > [1]"), mode="ranking", swap=False),
+        ctx,
+    )
+    assert once.tables["data"].sort("_id")["ai_rank"].to_list() == [2, 1, None]  # asked once: taken as said
     bad = ai_feedback(
         {"data": RESPONSES}, FeedbackConfig(model=scripted_model(lambda m: "[1] > [1]"), mode="ranking"), ctx
     )
