@@ -9,6 +9,7 @@ import pytest
 from pydantic import ValidationError
 
 from dataforge.steps.clean import FilterConfig, NormalizeConfig, filter_rows, normalize
+from dataforge.text.normalize import normalize_text
 
 
 def _df(**cols):
@@ -44,6 +45,8 @@ def test_normalize_keeps_the_layout_of_code(ctx):
     assert out[1] == body
     assert out[2] == "Use this:\n\n```python\ndef pad(s):\n    return s + '   '\n\n\n\n```\n\nIt pads."
     assert out[3] == "Steps:\n- mix\n  - flour and water\n- bake"
+    for keep_code in (True, False):  # an empty batch too (a typed empty mask: the Ray audit failed on it)
+        assert normalize_text(pl.Series([], dtype=pl.String), keep_code=keep_code).dtype == pl.String
 
 
 def test_normalize_keeps_superscripts_subscripts_and_fractions(ctx):
