@@ -4,7 +4,9 @@ judge with a rubric). Neither drops rows: a ``filter`` step on the score column 
 score.reward_model — consumes ``prompt`` and ``completion`` (text or messages); produces
 ``column`` (default ``score_rm``): the scalar logit of a sequence-classification model (any
 ``AutoModelForSequenceClassification`` with one label), on prompt + completion rendered with the
-model's chat template when it has one.
+model's chat template when it has one. A text longer than ``max_length`` tokens loses the start
+of its prompt (never its response, which is what is scored) and is flagged ``score:truncated``
+(score = its length in tokens).
 
 score.judge — consumes the columns its rubric ``template`` reads; produces ``column`` (default
 ``score_judge``) and ``<column>_text`` (the judge's answer). The score is parsed from
@@ -79,8 +81,10 @@ def reward_model_texts(tokenizer: Any, prompts: list[Any], completions: list[Any
 
 @step(
     "score.reward_model",
-    version=3,  # 2: a model whose config names no pad token is told the tokenizer's (a batch of several rows raised)
+    version=4,  # 2: a model whose config names no pad token is told the tokenizer's (a batch of several rows raised)
     # 3: a message whose content is null is empty (it was read as the text "None")
+    # 4: a text over max_length is cut from the left and flagged score:truncated (cut from the right, a long
+    # conversation lost its response: the score was the prompt's, the same for every response to it)
     inputs=None,
     per_table_columns=_rm_columns,
     partition="rows",
@@ -105,8 +109,12 @@ def score_reward_model(inputs: dict[str, pl.DataFrame], cfg: RewardModelConfig, 
     if model.config.pad_token_id is None:  # else a batch of several rows raises: the model finds each
         model.config.pad_token_id = tok.pad_token_id  # row's last token by the padding it is told of
 
+    tok.truncation_side = "left"  # a text over max_length loses the start of its prompt, never its response
+
     def one(name: str, df: pl.DataFrame) -> StepResult:
         texts = reward_model_texts(tok, df[cfg.prompt].to_list(), df[cfg.completion].to_list())
+        special = not tok.chat_template
+        lengths = [len(ids) for ids in tok(texts, add_special_tokens=special)["input_ids"]]
         scores: list[float] = []
         starts = range(0, len(texts), cfg.batch_size)
         batch = lambda s: min(cfg.batch_size, len(texts) - s)  # noqa: E731
@@ -117,11 +125,19 @@ def score_reward_model(inputs: dict[str, pl.DataFrame], cfg: RewardModelConfig, 
                 padding=True,
                 truncation=True,
                 max_length=cfg.max_length,
-                add_special_tokens=not tok.chat_template,
+                add_special_tokens=special,
             ).to(device)
             with torch.no_grad():
                 scores.extend(model(**batch).logits[:, 0].float().tolist())
-        return StepResult({name: df.with_columns(pl.Series(cfg.column, scores, dtype=pl.Float64))})
+        long = pl.Series(lengths) > cfg.max_length
+        cut = events(
+            df["_id"].filter(long),
+            "flagged",
+            "score:truncated",
+            score=pl.Series(lengths).filter(long).cast(pl.Float64),
+            detail={"max_length": cfg.max_length, "kept": "the end: the response and the last of the prompt"},
+        )
+        return StepResult({name: df.with_columns(pl.Series(cfg.column, scores, dtype=pl.Float64))}, events=[cut])
 
     return per_table(inputs, one)
 

@@ -207,6 +207,32 @@ def test_reward_model_scores_every_pair(tiny_rm, ctx):
     assert len(set(scores)) > 1  # different texts, different scores
 
 
+def test_a_conversation_over_max_length_keeps_its_response_and_is_flagged(tiny_rm, ctx):
+    """Cut from the right, a long conversation lost its response: every response to it got the
+    prompt's score. The start of the prompt goes instead, and the row is flagged."""
+    prompt = "Tell me about the history of the city. " * 20
+    df = pl.DataFrame(
+        {
+            "_id": ["r:0", "r:1", "r:2"],
+            "prompt": [prompt, prompt, "Hi"],
+            "completion": ["It was founded by traders.", "I would rather not say anything.", "Hello!"],
+        }
+    )
+    res = score_reward_model({"data": df}, RewardModelConfig(reward_model=str(tiny_rm), max_length=32), ctx)
+    scores = res.tables["data"]["score_rm"].to_list()
+    assert scores[0] != pytest.approx(scores[1], abs=1e-6)  # the responses are read
+    flagged = pl.concat(res.events)
+    assert flagged.select("row_id", "action", "reason").rows() == [
+        ("r:0", "flagged", "score:truncated"),
+        ("r:1", "flagged", "score:truncated"),
+    ]
+    assert (flagged["score"] > 32).all()
+    whole = score_reward_model({"data": df[2:]}, RewardModelConfig(reward_model=str(tiny_rm)), ctx)
+    assert whole.tables["data"]["score_rm"][0] == pytest.approx(scores[2], abs=1e-5) and not len(
+        pl.concat(whole.events)
+    )
+
+
 def test_a_reward_model_without_a_pad_token_in_its_config_scores_batches(tiny_rm, ctx, tmp_path):
     """Many reward models name no pad token in their config: transformers then refuses a batch of
     several rows (it finds each row's last token by the padding). The step tells the model the
