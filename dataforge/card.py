@@ -63,6 +63,7 @@ def render_card(
         "",
         _table(["split", "rows", "from"], [[s, t.num_rows, f"`{ds.splits[s]}`"] for s, t in tables.items()]),
         "",
+        *_empty_splits_note(tables),
         "### Statistics",
         "",
         *statistics_section(tables, None, tokenizer_name(ds)),
@@ -166,3 +167,17 @@ def _card_notes(step: Any) -> list[str]:
     note = getattr(step.stepdef.fn, "card_note", None)
     text = note(step.cfg) if note else None
     return [text] if text else []
+
+
+def _empty_splits_note(tables: dict[str, Any]) -> list[str]:
+    """A line naming the splits with no row (a filter too strict, a fraction too small): an empty
+    evaluation split reads as a clean score, so the card says it plainly."""
+    empty = [s for s, t in tables.items() if t.num_rows == 0]
+    if not empty:
+        return []
+    names = ", ".join(f"`{s}`" for s in empty)
+    return [
+        f"**Empty: {names}.** No row reached {'it' if len(empty) == 1 else 'them'}; the steps below say where "
+        "rows were dropped.",
+        "",
+    ]

@@ -57,6 +57,22 @@ def test_build_summary_and_cached_message(qa, capsys):
     assert "Nothing to execute" in capsys.readouterr().out
 
 
+def test_an_empty_split_is_named_in_a_warning_and_in_the_card(qa, capsys):
+    """A filter that drops every row bound for a split exported it empty without a word; an empty
+    evaluation split reads as a clean score."""
+    ws, recipe = qa
+    recipe.write_text(recipe.read_text().replace("min_length: 10", "min_length: 1000"))
+    assert main(["build", str(recipe), "--out", str(ws.out), "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert "warning: dataset 'qa_sft' split 'train' is empty" in " ".join(err.split())
+    card = (ws.out / "datasets" / "qa_sft" / "card.md").read_text()
+    assert "**Empty: `train`.** No row reached it" in card
+    recipe.write_text(recipe.read_text().replace("min_length: 1000", "min_length: 10"))
+    assert main(["build", str(recipe), "--out", str(ws.out), "--quiet"]) == 0
+    assert "is empty" not in capsys.readouterr().err
+    assert "**Empty" not in (ws.out / "datasets" / "qa_sft" / "card.md").read_text()
+
+
 def test_why_unknown_row(qa, capsys):
     ws, recipe = qa
     main(["build", str(recipe), "--out", str(ws.out), "--quiet"])

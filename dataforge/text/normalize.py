@@ -137,7 +137,9 @@ def normalize_text(
         return text
     if whitespace == "strip":
         return text.str.strip_chars()
-    coded = text.str.contains(_CODE_LAYOUT).fill_null(False) if keep_code else pl.Series([False] * len(text), dtype=pl.Boolean)
+    coded = pl.Series([False] * len(text), dtype=pl.Boolean)
+    if keep_code:
+        coded = text.str.contains(_CODE_LAYOUT).fill_null(False)
     # collapse: its four regex passes only over the texts they would change
     folded = _where(
         text,
