@@ -30,6 +30,17 @@ def torch_dtype(name: str, device: str) -> Any:
     return getattr(torch, name)
 
 
+def end_token_ids(generation_eos: int | list[int] | None, tokenizer_eos: int | None) -> list[int]:
+    """The tokens that end a completion: the model's generation config's (an instruct model's
+    end-of-turn token: Llama 3's ``<|eot_id|>``, often not the tokenizer's ``eos_token``) and the
+    tokenizer's. Given the tokenizer's alone, such a model went on past its turn, writing the next
+    one, until ``max_tokens``."""
+    ids = [generation_eos] if isinstance(generation_eos, int) else list(generation_eos or [])
+    if tokenizer_eos is not None and tokenizer_eos not in ids:
+        ids.append(tokenizer_eos)
+    return ids
+
+
 class TransformersBackend:
     """``AutoModelForCausalLM`` + ``AutoTokenizer`` from a local path or the hub."""
 
@@ -47,6 +58,7 @@ class TransformersBackend:
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.stop_ids = end_token_ids(self.model.generation_config.eos_token_id, self.tokenizer.eos_token_id)
 
     def render(self, request: Request) -> tuple[str, bool]:
         """The prompt text, and whether the tokenizer should add its special tokens to it."""
@@ -92,17 +104,17 @@ class TransformersBackend:
                 max_new_tokens=params.max_tokens,
                 num_return_sequences=params.n,
                 pad_token_id=self.tokenizer.pad_token_id,
-                eos_token_id=self.tokenizer.eos_token_id,
+                eos_token_id=self.stop_ids or None,
                 **kwargs,
             )
         new = seqs[:, enc["input_ids"].shape[1] :].tolist()
-        eos = self.tokenizer.eos_token_id
         results = []
         for r_i in range(len(requests)):
             texts, reasons, tokens = [], [], 0
             for row in new[r_i * params.n : (r_i + 1) * params.n]:
-                ended = eos in row
-                row = row[: row.index(eos)] if ended else row
+                end = next((k for k, t in enumerate(row) if t in self.stop_ids), None)
+                ended = end is not None
+                row = row[:end] if ended else row
                 tokens += len(row)
                 text, stopped = truncate_at_stop(self.tokenizer.decode(row, skip_special_tokens=True), params.stop)
                 texts.append(text)

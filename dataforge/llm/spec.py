@@ -45,9 +45,24 @@ class ModelSpec(BaseModel):
             raise ValueError("backend 'openai' needs 'base_url' (e.g. http://localhost:8000/v1)")
         return self
 
-    def identity(self) -> dict[str, str | None]:
-        """What decides the outputs (the request cache key); concurrency and timeouts do not."""
-        return {"backend": self.backend, "model": self.model, "base_url": self.base_url, "dtype": self.dtype}
+    def identity(self) -> dict[str, str | int | None]:
+        """What decides the outputs (the request cache key); concurrency and timeouts do not. A
+        backend whose answers changed (``BACKEND_REVISIONS``) names its revision, so answers stored
+        before are not reused."""
+        ident: dict[str, str | int | None] = {
+            "backend": self.backend,
+            "model": self.model,
+            "base_url": self.base_url,
+            "dtype": self.dtype,
+        }
+        if self.backend in BACKEND_REVISIONS:
+            ident["revision"] = BACKEND_REVISIONS[self.backend]
+        return ident
+
+
+# 2: transformers stops at the generation config's end-of-turn tokens (it stopped at the tokenizer's
+# eos_token only: an instruct model such as Llama 3 wrote past its turn until max_tokens)
+BACKEND_REVISIONS = {"transformers": 2}
 
 
 def parse_model_override(text: str) -> tuple[str, dict[str, str]]:

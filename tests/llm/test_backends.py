@@ -99,3 +99,31 @@ def test_vllm_backend_without_vllm_says_how_to_install():
             load_backend(ModelSpec(backend="vllm", model="x"))
     else:
         pytest.skip("vLLM is installed here")
+
+
+def test_transformers_stops_at_the_models_end_of_turn_token(tiny_lm, tmp_path):
+    """An instruct model's generation config names its end-of-turn token (Llama 3's <|eot_id|>),
+    often not the tokenizer's eos_token; told only the tokenizer's, generation went on past the
+    turn until max_tokens. Here a token the tiny model writes is made its end of turn."""
+    import json
+    import shutil
+
+    params = SamplingParams(max_tokens=8, temperature=0.0)
+    free_backend = load_backend(ModelSpec(backend="transformers", model=str(tiny_lm), device="cpu"))
+    ids = free_backend.model.generate(
+        **free_backend.tokenizer("hello", return_tensors="pt"), max_new_tokens=8, do_sample=False, eos_token_id=None
+    )[0, -8:].tolist()
+    first = max(k for k in range(len(ids)) if ids[k] not in ids[:k])  # the last token first written there
+    end, kept = ids[first], ids[:first]
+    model = shutil.copytree(tiny_lm, tmp_path / "eot")
+    config = (
+        json.loads((model / "generation_config.json").read_text())
+        if (model / "generation_config.json").exists()
+        else {}
+    )
+    config["eos_token_id"] = [free_backend.tokenizer.eos_token_id, end]
+    (model / "generation_config.json").write_text(json.dumps(config))
+    backend = load_backend(ModelSpec(backend="transformers", model=str(model), device="cpu"))
+    got = backend.generate([Request(params, prompt="hello")])[0]
+    assert got.finish_reasons == ["stop"] and got.completion_tokens == len(kept)
+    assert got.texts[0] == backend.tokenizer.decode(kept, skip_special_tokens=True)
