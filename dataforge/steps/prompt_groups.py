@@ -1,5 +1,5 @@
 """A prompt's responses, grouped for the steps that compare them with each other
-(``preference.pairs``, ``ai_feedback``).
+(``preference.pairs``, ``ai_feedback``, ``rollout``).
 
 Consumes a table of responses with a ``group`` column (default ``_parent_id``: the prompt row
 ``generate`` wrote each response from) and a ``prompt`` column; produces the groups to compare
@@ -28,6 +28,14 @@ class PromptGroups:
     mixed: list[pl.DataFrame] = field(default_factory=list)  # groups whose rows hold different prompts
 
 
+def prompt_texts(df: pl.DataFrame, prompt: str) -> pl.Series:
+    """Each row's prompt as the text groups are compared by (``formats.conversation_text``, outer
+    whitespace aside)."""
+    if df.schema[prompt] == pl.String:
+        return df[prompt].str.strip_chars().fill_null("")
+    return pl.Series([conversation_text(p).strip() for p in df[prompt].to_list()], dtype=pl.String)
+
+
 def prompt_groups(df: pl.DataFrame, group: str, prompt: str) -> PromptGroups:
     """``df``'s rows by ``group``, the rows without one and the groups that mix prompts apart."""
     key = pl.col(group)
@@ -36,6 +44,5 @@ def prompt_groups(df: pl.DataFrame, group: str, prompt: str) -> PromptGroups:
         none = none | (key.str.strip_chars() == "")
     out = PromptGroups(ungrouped=df.filter(none)["_id"])
     for g in df.filter(~none).partition_by(group, maintain_order=True):
-        texts = {conversation_text(p).strip() for p in g[prompt].to_list()}
-        (out.mixed if len(texts) > 1 else out.groups).append(g)
+        (out.mixed if prompt_texts(g, prompt).n_unique() > 1 else out.groups).append(g)
     return out

@@ -14,7 +14,9 @@ and ``pass@k`` for each ``k`` ≤ n, by the unbiased estimator 1 − C(n−c, k)
 al., 2021). The card shows the mean pass@k over prompts. No row is dropped. A null reward (a
 sample no grader could grade: ``math`` without a reference; NaN reads the same) counts in none of these: ``n`` and
 ``group_size`` are the graded samples, and the row's ``advantage`` is null. ``group_id`` is the
-group column as text; a row whose group is null or blank is a group of its own (its ``_id``).
+group column as text; a row whose group is null or blank is a group of its own (its ``_id``), and
+so is each row of a group whose rows hold different prompts (flagged ``rollout:prompts_differ``:
+advantages compare samples of one prompt only).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from math import comb
 import polars as pl
 from pydantic import Field, field_validator
 
+from dataforge.engine.events import events
 from dataforge.engine.plan import Plan, PlannedStep, Ref
 from dataforge.engine.step import (
     Columns,
@@ -38,6 +41,7 @@ from dataforge.engine.step import (
     with_columns,
 )
 from dataforge.errors import DataError
+from dataforge.steps.prompt_groups import prompt_texts
 
 
 class RolloutConfig(StepConfig):
@@ -79,25 +83,32 @@ def pass_at_k(n: int, c: int, k: int) -> float | None:
     return 1.0 - comb(n - c, k) / comb(n, k)
 
 
-def _group_ids(df: pl.DataFrame, column: str) -> pl.Expr:
+def _group_ids(df: pl.DataFrame, cfg: RolloutConfig) -> tuple[pl.Series, pl.Series]:
     """``group_id``: the group column as text; a row whose group is null or blank is a group of its
     own, named by its ``_id`` (they were one group: samples of different prompts compared with
-    each other, and a ``groups`` row with a null id)."""
-    dtype = df.schema[column]
+    each other, and a ``groups`` row with a null id), and so is each row of a group whose rows hold
+    different prompts (``steps.prompt_groups``: a ``group`` column that is not the prompt's).
+    Returns the ids and which rows are in such a mixed group."""
+    dtype = df.schema[cfg.group]
     if dtype.is_nested():
         raise DataError(
-            f"rollout 'group' column '{column}' is {dtype}; samples are grouped by a text or number column "
+            f"rollout 'group' column '{cfg.group}' is {dtype}; samples are grouped by a text or number column "
             "(default _parent_id, the prompt row generate wrote each sample from)"
         )
-    key = pl.col(column).cast(pl.String)
-    return pl.when(key.str.strip_chars() != "").then(key).otherwise(pl.col("_id")).alias("group_id")
+    key = pl.col(cfg.group).cast(pl.String)
+    keyed = df.select(pl.when(key.str.strip_chars() != "").then(key).alias("g"), pl.col("_id"))
+    keyed = keyed.with_columns(prompt_texts(df, cfg.prompt).alias("p"))
+    mixed = (pl.col("p").n_unique().over("g") > 1) & pl.col("g").is_not_null()
+    ids = keyed.select(pl.when(mixed).then(pl.col("_id")).otherwise(pl.col("g").fill_null(pl.col("_id"))))
+    return ids.to_series().alias("group_id"), keyed.select(mixed).to_series()
 
 
 @step(
     "rollout",
     version=4,  # 2: a null or NaN reward is no sample of n / group_size (it counted as a wrong one in pass@k)
     # 3: group_std with Bessel's correction, as TRL's GRPOTrainer (it was the population std: advantages differed)
-    # 4: a row with a null or blank group is a group of its own (all such rows were one group); group_id is text
+    # 4: a row with a null or blank group is a group of its own (all such rows were one group); group_id is text;
+    # so is each row of a group whose rows hold different prompts (flagged rollout:prompts_differ)
     outputs=("data", "groups"),
     columns=_columns,
     partition="key",
@@ -109,11 +120,9 @@ def rollout(inputs: dict[str, pl.DataFrame], cfg: RolloutConfig, ctx: Context) -
     df = inputs["data"]
     r = pl.col(cfg.reward).cast(pl.Float64).fill_nan(None)  # NaN: ungraded, as null
     g = pl.col("group_id")
+    group_ids, mixed = _group_ids(df, cfg)
     data = (
-        df.with_columns(
-            r.alias("reward"),
-            _group_ids(df, cfg.group),
-        )
+        df.with_columns(r.alias("reward"), group_ids)
         .with_columns(
             r.count().over(g).cast(pl.Int64).alias("group_size"),
             r.mean().over(g).alias("group_mean"),
@@ -136,7 +145,8 @@ def rollout(inputs: dict[str, pl.DataFrame], cfg: RolloutConfig, ctx: Context) -
         )
         for k in cfg.k
     )
-    return StepResult({"data": data, "groups": groups})
+    flagged = events(df["_id"].filter(mixed), "flagged", "rollout:prompts_differ", detail={"group": cfg.group})
+    return StepResult({"data": data, "groups": groups}, events=[flagged])
 
 
 def card_section(ps: PlannedStep, load: Callable[[Ref], pl.DataFrame], plan: Plan) -> list[str]:

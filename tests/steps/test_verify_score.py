@@ -188,6 +188,16 @@ def test_rollout_rows_without_a_group_are_groups_of_their_own(ctx):
         "s:3",
         "s:4",
     ]
+    assert not len(pl.concat(res.events))  # nothing flagged: every group holds one prompt
+    # a group whose rows hold different prompts (a group column that is not the prompt's): each row alone
+    mixed = df.with_columns(pl.Series("_parent_id", ["q:0", "q:0", "q:9", "q:9", None]))
+    res = rollout({"data": mixed}, RolloutConfig(), ctx)
+    assert res.tables["data"]["group_id"].to_list() == ["q:0", "q:0", "s:2", "s:3", "s:4"]
+    assert res.tables["data"]["advantage"].to_list()[2:] == [None, None, None]
+    assert pl.concat(res.events).select("row_id", "reason").rows() == [
+        ("s:2", "rollout:prompts_differ"),
+        ("s:3", "rollout:prompts_differ"),
+    ]
     with pytest.raises(DataError, match="'group' column 'prompt' is List"):
         messages = df.with_columns(pl.Series("prompt", [[{"role": "user", "content": p}] for p in df["prompt"]]))
         rollout({"data": messages}, RolloutConfig(group="prompt"), ctx)
