@@ -39,8 +39,9 @@ from dataforge.steps.audit import dataset_audit
 
 # 2: cards open with the Hub's YAML front matter; 3: statistics; 4: plots; 5: leakage and audit plots,
 # token counts; 6: the funnel counts the rows that lead on to the dataset; 7: time order only for time
-# splits; 8: splits written batch by batch (shards by rows, not bytes)
-EXPORT_VERSION = 8
+# splits; 8: splits written batch by batch (shards by rows, not bytes); 9: the split audit's counts in
+# dataforge.json, and a warning for splits that share prompts; a card names its empty splits
+EXPORT_VERSION = 9
 EXPORT_SHARD_ROWS = 1_000_000  # rows per .arrow file of a split
 EXPORT_BLOCK_ROWS = 10_000  # rows handed to the writer at once (a multiple of its 1,000-row record batches)
 
@@ -90,8 +91,27 @@ def export_datasets(
         if meta is None:
             meta = _write_dataset(plan, ds, fp, target, run_id, reports, load, peek, mapper, store.out)
         exported[ds.name] = {s: v["rows"] for s, v in meta["splits"].items()}
+        for shared in overlap_warnings(ds.name, meta.get("audit", [])):
+            (warn or (lambda _: None))(shared)
         record(ds.name, fp, [(s, str(target / s), v["rows"], v["sha256"]) for s, v in meta["splits"].items()])
     return exported
+
+
+AUDIT_COUNTS = ("split_a", "split_b", "exact_overlap", "same_prompt_different_target", "near_overlap", "time_order")
+
+
+def overlap_warnings(dataset: str, audit: list[dict[str, Any]]) -> list[str]:
+    """A line per pair of a dataset's splits that share prompts (the split audit's exact and
+    near-duplicate overlap): one prompt in two splits of what a team trains and evaluates on."""
+    out = []
+    for pair in audit:
+        exact, near = pair["exact_overlap"] + pair["same_prompt_different_target"], pair["near_overlap"]
+        if exact or near:
+            out.append(
+                f"dataset '{dataset}': splits '{pair['split_a']}' and '{pair['split_b']}' share {exact:,} prompt(s) "
+                f"and {near:,} near-duplicate prompt(s) (see its card's split audit)"
+            )
+    return out
 
 
 def _reusable_export(
@@ -200,6 +220,7 @@ def _write_dataset(
         }
         by_time = any(s.kind == "split" and getattr(s.cfg, "time", None) for s in plan.steps if s.name in ancestors)
         audit = dataset_audit(frames, by_time, mapper, step_scratch(out, "export")) if len(frames) > 1 else None
+        meta["audit"] = [dict(zip(AUDIT_COUNTS, row, strict=True)) for row in audit.summary()] if audit else []
         flow: dict[str, set[str]] = {}  # the outputs on the way to this dataset, for the funnel
         for ref in [*ds.splits.values(), *(r for s in plan.steps if s.name in ancestors for r in s.inputs.values())]:
             flow.setdefault(ref.step, set()).add(ref.output)

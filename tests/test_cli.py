@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import re
 
 import pytest
@@ -71,6 +72,33 @@ def test_an_empty_split_is_named_in_a_warning_and_in_the_card(qa, capsys):
     assert main(["build", str(recipe), "--out", str(ws.out), "--quiet"]) == 0
     assert "is empty" not in capsys.readouterr().err
     assert "**Empty" not in (ws.out / "datasets" / "qa_sft" / "card.md").read_text()
+
+
+def test_splits_that_share_prompts_are_named_in_a_warning_and_one_output_in_two_splits_is_refused(qa, capsys):
+    """A dataset whose train split is built from all rows and whose test split from some of them
+    exported one prompt in both without a word (the card's audit counted them); two splits naming
+    one output are refused when the recipe is planned."""
+    ws, recipe = qa
+    text = recipe.read_text().replace(
+        "datasets:\n  qa_sft:\n    splits: {train: sft}\n",
+        "  some:\n    kind: split\n    inputs: sft\n    group: prompt\n    fractions: {a: 0.5, b: 0.5}\n"
+        "datasets:\n  qa_sft:\n    splits: {train: sft, test: some.b}\n",
+    )
+    recipe.write_text(text)
+    assert main(["build", str(recipe), "--out", str(ws.out), "--quiet"]) == 0
+    err = " ".join(capsys.readouterr().err.split())
+    assert "dataset 'qa_sft': splits 'train' and 'test' share" in err
+    meta = json.loads((ws.out / "datasets" / "qa_sft" / "dataforge.json").read_text())
+    shared = meta["audit"][0]
+    assert shared["exact_overlap"] == meta["splits"]["test"]["rows"] > 0
+    assert main(["build", str(recipe), "--out", str(ws.out), "--quiet"]) == 0  # reused: still said
+    assert "share" in capsys.readouterr().err
+    recipe.write_text(text.replace("splits: {train: sft, test: some.b}", "splits: {train: some.a, test: some.b}"))
+    assert main(["build", str(recipe), "--out", str(ws.out), "--quiet"]) == 0
+    assert "share" not in capsys.readouterr().err
+    recipe.write_text(text.replace("splits: {train: sft, test: some.b}", "splits: {train: sft, test: sft}"))
+    assert main(["build", str(recipe), "--out", str(ws.out), "--quiet"]) == 2
+    assert "splits 'train' and 'test' both read sft.data" in " ".join(capsys.readouterr().err.split())
 
 
 def test_why_unknown_row(qa, capsys):

@@ -377,6 +377,15 @@ def _plan_dataset(loaded: LoadedRecipe, name: str, planned: dict[str, PlannedSte
                     line=loaded.line("datasets", name, "columns"),
                     key=f"datasets.{name}.columns",
                 )
+        twin = next((s for s, r in splits.items() if r == Ref(up, output)), None)
+        if twin is not None:
+            raise RecipeError(
+                f"splits '{twin}' and '{split}' both read {up}.{output}: every row would be in both (a train "
+                "split that holds its test rows); give each split its own output (a split step's)",
+                file=str(loaded.path),
+                line=loaded.line(*at),
+                key=f"datasets.{name}.splits.{split}",
+            )
         splits[split] = Ref(up, output)
     licenses = [spec.license] if isinstance(spec.license, str) else spec.license
     tokenizer = resolve_model(spec.tokenizer, loaded.base_dir)
