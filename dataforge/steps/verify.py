@@ -80,19 +80,28 @@ class GraderSpec(StepConfig):
 class VerifyConfig(StepConfig):
     graders: list[GraderSpec] = Field(min_length=1)
     completion: str = "completion"
-    weights: dict[str, float] = Field(default_factory=dict)  # grader name → weight of its score in `reward`
+    weights: dict[str, float] = Field(default_factory=dict)  # grader name or score column → its weight in `reward`
     reward_column: str = "reward"
 
     @model_validator(mode="after")
     def _check(self) -> VerifyConfig:
         names = [g.name for g in self.graders]
-        unknown = sorted(set(self.weights) - set(names))
-        if unknown:
-            raise ValueError(f"weights name graders that are not listed: {', '.join(unknown)}")
         cols = [g.score_column() for g in self.graders]
         if len(set(cols)) != len(cols):
             raise ValueError("two graders write the same score column; give one a 'column'")
+        unknown = sorted(set(self.weights) - set(names) - set(cols))
+        if unknown:
+            raise ValueError(f"weights name graders that are not listed: {', '.join(unknown)}")
+        twice = sorted(w for w in self.weights if w not in cols and names.count(w) > 1)
+        if twice:
+            raise ValueError(f"weights name grader '{twice[0]}', which is listed twice: name its score column instead")
         return self
+
+    def weighted_columns(self) -> dict[str, float]:
+        """Score column → its weight in ``reward`` (a weight names a grader or its score column)."""
+        column_of = {g.name: g.score_column() for g in self.graders}  # (naming one listed twice: refused)
+        cols = {g.score_column() for g in self.graders}
+        return {(w if w in cols else column_of[w]): v for w, v in self.weights.items()}
 
 
 def _verify_columns(cfg: VerifyConfig, cols: Columns, info: PlanInfo) -> Columns:
@@ -123,7 +132,8 @@ def _verify_columns(cfg: VerifyConfig, cols: Columns, info: PlanInfo) -> Columns
     # 6: math reads "$150$ dollars" and "150\\text{ cm}^2" (0.0); length: a blank completion gets a null score
     # (1.0 under a bare max_words); a message whose content is null is empty (it was read as the text "None");
     # a NaN reference is none: a null score (0.0, and "#### nan" scored 1.0)
-    # 7: math reads a mixed number, "5 1/2" = 5.5 (it scored 0)
+    # 7: math reads a mixed number, "5 1/2" = 5.5 (it scored 0); a grader listed twice (with its own column)
+    # writes both columns (the first one's scores were lost)
     inputs=None,
     per_table_columns=_verify_columns,
     partition="rows",
@@ -143,10 +153,11 @@ def verify(inputs: dict[str, pl.DataFrame], cfg: VerifyConfig, ctx: Context) -> 
                     ctx.progress.track(completions, total=df.height, description=f"grade {g.name}", unit="rows")
                 )
             ]
-            scores[g.name] = pl.Series(g.score_column(), values, dtype=pl.Float64)
+            scores[g.score_column()] = pl.Series(g.score_column(), values, dtype=pl.Float64)
         out = df.with_columns(list(scores.values()))
         if cfg.weights:
-            total = sum((scores[n] * w for n, w in cfg.weights.items()), pl.Series([0.0] * df.height))
+            weighted = cfg.weighted_columns().items()
+            total = sum((scores[c] * w for c, w in weighted), pl.Series([0.0] * df.height, dtype=pl.Float64))
             out = out.with_columns(total.alias(cfg.reward_column))
         return StepResult({name: out})
 

@@ -62,6 +62,25 @@ def test_verify_adds_scores_and_a_weighted_reward(ctx):
     assert verify({"data": SOLUTIONS}, shaped, ctx).tables["data"]["score_math"].to_list() == [1.0, 0.5, 1.0, 0.5]
 
 
+def test_one_grader_listed_twice_writes_both_columns_and_is_weighted_by_column(ctx):
+    """math with and without partial credit, each in its own column: the first one's scores were
+    lost (only the last column written); a weight names a score column, since the name is ambiguous."""
+    strict = {"name": "math", "inputs": {"answer": "final_answer"}}
+    shaped = {**strict, "options": {"partial_credit": True}, "column": "score_math_shaped"}
+    cfg = VerifyConfig(graders=[strict, shaped], weights={"score_math": 1.0, "score_math_shaped": 0.5})
+    out = verify({"data": SOLUTIONS}, cfg, ctx).tables["data"]
+    assert out["score_math"].to_list() == [1.0, 0.0, 1.0, 0.0]
+    assert out["score_math_shaped"].to_list() == [1.0, 0.5, 1.0, 0.5]
+    assert out["reward"].to_list() == [1.5, 0.25, 1.5, 0.25]
+    assert _verify_columns(cfg, list(SOLUTIONS.columns), PlanInfo(base_dir=".", step="v"))[-3:] == [
+        "score_math",
+        "score_math_shaped",
+        "reward",
+    ]
+    with pytest.raises(ValidationError, match="grader 'math', which is listed twice: name its score column"):
+        VerifyConfig(graders=[strict, shaped], weights={"math": 1.0})
+
+
 def test_a_row_without_a_reference_is_not_graded_wrong(ctx):
     """A null or blank reference answer gives a null score and reward (0 called the answer wrong),
     so the filter drops the row as missing, not as a wrong answer."""
