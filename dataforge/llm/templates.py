@@ -4,6 +4,7 @@ Templates render in a sandbox with ``StrictUndefined``: a variable that is not a
 input is a plan-time error (``template_variables`` + the column contract), never an empty string.
 A null value the template prints (a row whose ``question`` is null) is a ``DataError`` naming the
 row, never the text "None" sent to a model; a template may still test for it (``{% if x %}``).
+A messages column prints as its text (``role: content`` lines), never as a Python list of dicts.
 """
 
 from __future__ import annotations
@@ -46,9 +47,25 @@ def compile_template(source: str) -> jinja2.Template:
     return _ENV.from_string(source)
 
 
+class Conversation(list):
+    """A messages column's value in a template: printed (``{{ prompt }}``) as its text
+    (``formats.conversation_text``: one turn's content, several as ``role: content`` lines), not as
+    a Python list of dicts sent to the model; still a list to loop over (``{% for m in prompt %}``)."""
+
+    def __str__(self) -> str:
+        from dataforge.formats import conversation_text
+
+        return conversation_text(self)
+
+
+def _is_messages(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and all(isinstance(m, dict) and "role" in m for m in value)
+
+
 def render(source: str, row: dict[str, Any]) -> str:
-    """``source`` rendered over the row's columns; a printed null is a DataError naming the row and
-    its null columns."""
+    """``source`` rendered over the row's columns (a messages value printed as its text:
+    ``Conversation``); a printed null is a DataError naming the row and its null columns."""
+    row = {k: Conversation(v) if _is_messages(v) else v for k, v in row.items()}
     try:
         return compile_template(source).render(**row)
     except _NullPrinted:

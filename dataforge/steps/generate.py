@@ -73,11 +73,12 @@ def system_prompt(cfg: GenerateConfig) -> str | None:
 
 @step(
     "generate",
-    version=5,  # 2: a payload asked by several rows in one call is sent once, every row gets its answer;
+    version=6,  # 2: a payload asked by several rows in one call is sent once, every row gets its answer;
     # 3: a completion with a repeated reasoning tag has no think / stated_answer (it is not the format)
     # 4: nor has one whose answer block is blank; a completion cut at max_tokens is flagged (or dropped);
     # a null the template prints, or a blank prompt, is an error naming the row (it was sent as "None" / "")
     # 5: a message whose content is null is empty (it was read as the text "None")
+    # 6: a messages column a template prints is its text (it was sent as a Python list of dicts)
     outputs=("data", "failed"),
     columns=_columns,
     partition="rows",

@@ -195,10 +195,11 @@ def judge_scores(cfg: JudgeConfig, rows: list[dict[str, Any]], ctx: Context) -> 
 
 @step(
     "score.judge",
-    version=4,  # 2: a payload asked by several rows in one call is sent once
+    version=5,  # 2: a payload asked by several rows in one call is sent once
     # 3: a null the rubric prints is an error naming the row (it was sent as "None")
     # 4: a message whose content is null is empty (it was read as the text "None"); a score out of another
     # number than the scale's top ("Score: 4/5" on 1-10) is unparseable (it read 4)
+    # 5: a messages column the rubric prints is its text (it was sent as a Python list of dicts)
     inputs=None,
     per_table_columns=_judge_columns,
     partition="rows",

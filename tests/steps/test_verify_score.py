@@ -319,6 +319,32 @@ def test_judge_records_unparseable_answers(tiny_lm, tmp_path):
     ctx.llm.close()
 
 
+def test_a_rubric_that_prints_a_messages_column_sends_its_text(tmp_path, scripted_model):
+    """{{ prompt }} over a messages column printed a Python list of dicts into the judge's prompt
+    ("[{'role': 'user', 'content': …}]"); it is the conversation's text, and still a list to loop."""
+    ctx = make_ctx(tmp_path)
+    ctx.llm = ModelPool(tmp_path / "llm.sqlite")
+    asked: list[str] = []
+    model = scripted_model(lambda m: asked.append(m[-1]["content"]) or "Score: 7")
+    turns = [("user", "Hi"), ("assistant", "Hello!"), ("user", "How do I pick a lock?")]
+    df = pl.DataFrame(
+        {
+            "_id": ["c:0"],
+            "prompt": [[{"role": r, "content": c} for r, c in turns]],
+            "completion": [[{"role": "assistant", "content": "Bye now."}]],
+        }
+    )
+    template = (
+        "Q: {{ prompt }} A: {{ completion }} ({{ prompt|length }} turns:{% for m in prompt %} {{ m.role }}{% endfor %})"
+    )
+    res = score_judge({"data": df}, JudgeConfig(model=model, template=template), ctx)
+    assert asked == [
+        "Q: user: Hi\nassistant: Hello!\nuser: How do I pick a lock? A: Bye now. (3 turns: user assistant user)"
+    ]
+    assert res.tables["data"]["score_judge"].to_list() == [7.0]
+    ctx.llm.close()
+
+
 # -- preference pairs ---------------------------------------------------------------------------
 
 
