@@ -39,6 +39,7 @@ Example::
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -110,6 +111,25 @@ def _fingerprint(cfg: CritiqueConfig, info: PlanInfo) -> str:
     return file_sha256(info.resolve(cfg.constitution))  # editing the constitution re-runs the step
 
 
+# a label a model puts before its revision: "Revision: …", "**Revised response:** …", or a line
+# "Here is a revised version of the response:" — it would open the chosen side of a preference pair
+_INLINE_LABEL = re.compile(
+    r"^\s*[*_]*(?:revision|revised (?:response|answer|version)|rewritten (?:response|answer)|rewrite)[*_]*\s*:[*_]*\s*",
+    re.IGNORECASE,
+)
+_LEAD_IN = re.compile(
+    r"^\s*(?:sure[,!.]?\s*)?here(?:'s| is) (?:a |the |my )?(?:revised|rewritten|improved|updated)\b"
+    r"[^\n:]{0,60}:[ \t]*\n",
+    re.IGNORECASE,
+)
+
+
+def revision_text(answer: str) -> str:
+    """A revision request's answer without the label or lead-in line a model opens it with
+    ("Revision: …", "Here is a revised response:"); the rest exactly as written."""
+    return _LEAD_IN.sub("", _INLINE_LABEL.sub("", answer, count=1), count=1).strip()
+
+
 def _answered(gen: Any) -> bool:
     """Whether a request came back with text: a failed request, or an empty or blank answer, is
     no critique and no revision (a blank revision would become the response and the ``chosen``
@@ -124,11 +144,12 @@ def _failure(gen: Any, blank: str) -> str:
 
 @step(
     "critique_revise",
-    version=5,  # 3: a payload asked by several rows in one call is sent once
+    version=6,  # 3: a payload asked by several rows in one call is sent once
     # 4: a blank critique or revision is a failed request (a blank revision was kept as the response);
     # a row kept after a later round failed is flagged generation_failed:<error>; a final revision cut at
     # max_tokens is flagged generation:truncated
     # 5: a message whose content is null is empty (it was read as the text "None")
+    # 6: a revision's opening label or lead-in line ("Revision:", "Here is a revised response:") is not kept
     outputs=("data", "rounds"),
     columns=_columns,
     data_fingerprint=_fingerprint,
@@ -201,7 +222,8 @@ def critique_revise(inputs: dict[str, pl.DataFrame], cfg: CritiqueConfig, ctx: C
         )
         active = []
         for (i, critique), gen in zip(to_revise, revisions, strict=True):
-            if not _answered(gen):
+            text = revision_text(gen.texts[0]) if gen.ok else ""
+            if not text:
                 failed[i] = _failure(gen, "empty_revision")
                 continue
             rid = f"{ctx.step}:{rows[i]['_id']}:r{rd + 1}"
@@ -213,10 +235,10 @@ def critique_revise(inputs: dict[str, pl.DataFrame], cfg: CritiqueConfig, ctx: C
                     "round": rd + 1,
                     "principle": chosen[i].id,
                     "critique": critique,
-                    "revision": gen.texts[0],
+                    "revision": text,
                 }
             )
-            version[i], current[i] = rid, gen.texts[0]
+            version[i], current[i] = rid, text
             used[i].append(chosen[i].id)
             active.append(i)
             if gen.finish_reasons and gen.finish_reasons[0] == CUT_AT_MAX_TOKENS:

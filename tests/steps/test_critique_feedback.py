@@ -13,7 +13,7 @@ import pytest
 from dataforge.constitution import load_constitution
 from dataforge.errors import RecipeError
 from dataforge.llm.client import ModelPool
-from dataforge.steps.critique import CritiqueConfig, critique_revise
+from dataforge.steps.critique import CritiqueConfig, critique_revise, revision_text
 from dataforge.steps.feedback import FeedbackConfig, ai_feedback, parse_ab, parse_ranking
 from tests.conftest import RECIPES, make_ctx
 
@@ -140,6 +140,33 @@ def test_critique_revise_rounds_principles_and_early_stop(tmp_path, scripted_mod
     # the principles come from the seeded RNG: the same fingerprint draws the same ones
     again = critique_revise({"data": RESPONSES}, cfg, ctx_with_pool(tmp_path / "again"))
     assert again.tables["data"].sort("_id")["principles"].to_list() == data["principles"].to_list()
+
+
+def test_a_revisions_label_or_lead_in_is_not_kept(tmp_path, scripted_model):
+    """Models open revisions with "Revision:" or "Here is a revised response:"; kept, that line
+    opened the chosen side of every revision pair (a policy learns to say it)."""
+    openings = {
+        "Use a tension wrench.": "Revision: I can't help with picking locks.",
+        "Here is how.": "Here is a revised version of the response:\n\nPlease call a locksmith.",
+        "Hello!": "**Revised response:**   ",  # a label and nothing else: no revision
+    }
+
+    def policy(messages) -> str:
+        last = messages[-1]["content"]
+        return "A problem." if last.startswith("CRITIQUE") else openings[messages[-4]["content"]]
+
+    ctx = ctx_with_pool(tmp_path)
+    cfg = CritiqueConfig(model=scripted_model(policy), constitution=str(write(tmp_path, CONSTITUTION)), rounds=1)
+    res = critique_revise({"data": RESPONSES}, cfg, ctx)
+    data = res.tables["data"].sort("_id")
+    assert data["revision"].to_list() == ["I can't help with picking locks.", "Please call a locksmith."]
+    assert res.tables["rounds"].sort("_id")["revision"].to_list() == data["revision"].to_list()
+    dropped = pl.concat(res.events).filter(pl.col("action") == "dropped")
+    assert dropped.select("row_id", "reason").rows() == [("g:2", "generation_failed:empty_revision")]
+    assert revision_text("Revisions are hard: no.") == "Revisions are hard: no."  # no label: as written
+    assert (
+        revision_text("Here is how to stay safe:\n1. Lock the door.") == "Here is how to stay safe:\n1. Lock the door."
+    )
 
 
 def test_fixed_principle_and_failed_requests(tmp_path, scripted_model):
