@@ -221,13 +221,23 @@ def source_columns(cfg: SourceConfig, inputs: dict[str, Columns], info: PlanInfo
     cols = _peek_columns(cfg, info)
     if cols is None:
         return {"data": None}
-    for old, new in cfg.rename.items():
+    for old in cfg.rename:
         if old not in cols:
             raise RecipeError(
                 f"renames column '{old}', which the source does not have (it has: {', '.join(cols)})",
                 key=f"rename.{old}",
             )
-        cols = [new if c == old else c for c in cols]
+    renamed = [cfg.rename.get(c, c) for c in cols]  # (all at once, as the read renames them)
+    for old, new in cfg.rename.items():
+        if renamed.count(new) > 1:
+            other = next(c for c in cols if c != old and cfg.rename.get(c, c) == new)
+            raise RecipeError(
+                f"renames column '{old}' to '{new}', which column '{other}' of the source "
+                + ("is renamed to as well" if other in cfg.rename else "already is")
+                + f"; give it another name, or rename '{other}' too",
+                key=f"rename.{old}",
+            )
+    cols = renamed
     if cfg.columns is not None:
         for c in cfg.columns:
             if c not in cols:

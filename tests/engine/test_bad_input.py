@@ -222,3 +222,23 @@ def test_synthetic_timestamps_over_real_ones_are_a_plan_error(ws):
         plan_recipe(ws.recipe(text))
     assert (exc.value.step, exc.value.key) == ("dated", "inputs") and "already has timestamps" in str(exc.value)
     plan_recipe(ws.recipe(text.replace("    timestamp_column: at\n", "")))  # without them: planned
+
+
+@pytest.mark.parametrize(
+    "rename, message",
+    [
+        ("{question: answer}", "renames column 'question' to 'answer', which column 'answer' of the source already is"),
+        (
+            "{question: x, answer: x}",
+            "renames column 'question' to 'x', which column 'answer' of the source is renamed",
+        ),
+    ],
+)
+def test_a_rename_onto_another_column_is_a_plan_error(ws, rename, message):
+    """The read failed on polars' DuplicateError, naming neither the key nor the columns."""
+    err = _plan_error(
+        ws,
+        f"name: r\nsteps:\n  raw:\n    kind: source\n    path: qa.jsonl\n    rename: {rename}\n"
+        "datasets:\n  d:\n    splits: {train: raw}\n",
+    )
+    assert (err.step, err.key) == ("raw", "rename.question") and message in str(err)
