@@ -121,6 +121,12 @@ class FormatConfig(StepConfig):
             raise ValueError("type 'messages' is conversational; for standard text use prompt_completion")
         if self.system is not None and self.style == "standard":
             raise ValueError("'system' needs the conversational style")
+        taken = [c for c in self.extra if c in self.output_columns() or c.startswith("_")]
+        if taken:
+            raise ValueError(
+                f"extra column '{taken[0]}' is one the step writes itself ({', '.join(self.output_columns())}, or an "
+                "internal _ column); give it another name"
+            )
         return self
 
     def output_columns(self) -> list[str]:

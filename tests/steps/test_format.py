@@ -96,6 +96,9 @@ def test_standard_style_refuses_messages(ctx):
         ({"type": "prompt_only", "prompt": "q", "completion": "a"}, "does not use 'completion'"),
         ({"type": "messages", "style": "standard", "prompt": "q", "completion": "a"}, "conversational"),
         ({"type": "prompt_only", "style": "standard", "prompt": "q", "system": "s"}, "conversational"),
+        # an extra column named as one the step writes failed on polars' DuplicateError
+        ({"type": "prompt_only", "prompt": "q", "extra": {"prompt": "a"}}, "extra column 'prompt' is one the step"),
+        ({"type": "messages", "prompt": "q", "completion": "a", "extra": {"_id": "a"}}, "extra column '_id'"),
     ],
 )
 def test_format_config_errors(kwargs, message):
