@@ -16,7 +16,8 @@ maps; produces the kept rows unchanged. Each dropped row gets a ``dropped`` even
 first rule it failed: ``filter:required``, ``filter:min_length``, ``filter:max_length``,
 ``filter:regex_keep``, ``filter:regex_drop`` (score = the measured length where one applies).
 ``required`` reads a field as missing when it is null or blank text, a messages list with no turn
-holding text, or an empty list.
+holding text, or an empty list. Length and regex rules read a messages field as its turns'
+contents joined by newlines.
 
 Example::
 
@@ -51,6 +52,7 @@ from dataforge.engine.step import (
     step,
 )
 from dataforge.errors import DataError
+from dataforge.text.fields import MESSAGES
 from dataforge.text.normalize import UnicodeForm, Whitespace, normalize_text
 
 # -- clean.normalize ------------------------------------------------------------------------------
@@ -153,8 +155,20 @@ def _filter_columns(cfg: FilterConfig, cols: Columns, info: PlanInfo) -> Columns
     return cols
 
 
+def _field_text(df: pl.DataFrame, field: str) -> pl.Series:
+    """The text a length or regex rule reads: a text column as it is (null: ""), a messages column
+    as its turns' contents joined by newlines (a conversation is measured and matched on what it
+    says); anything else is a DataError naming the field."""
+    col = df[field]
+    if col.dtype == MESSAGES or (isinstance(col.dtype, pl.List) and isinstance(col.dtype.inner, pl.Struct)):
+        contents = col.list.eval(pl.element().struct.field("content").fill_null(""))
+        return contents.list.join("\n").fill_null("")
+    require_text(df, field)
+    return col.fill_null("")
+
+
 def _lengths(df: pl.DataFrame, field: str, cfg: FilterConfig, tokenizer: object) -> pl.Series:
-    col = df[field].fill_null("")
+    col = _field_text(df, field)
     if cfg.unit == "chars":
         return col.str.len_chars().cast(pl.Int64)
     if cfg.unit == "words":
@@ -177,7 +191,8 @@ def _load_tokenizer(name: str, ctx: Context) -> object:
 
 @step(
     "clean.filter",
-    version=2,  # 2: a required conversation with no turn holding text, or an empty list, is missing (it was kept)
+    version=3,  # 2: a required conversation with no turn holding text, or an empty list, is missing (it was kept)
+    # 3: length and regex rules read a messages field as its turns' contents (it was refused as not text)
     inputs=None,
     per_table_columns=_filter_columns,
     partition="rows",
@@ -219,20 +234,17 @@ def filter_rows(inputs: dict[str, pl.DataFrame], cfg: FilterConfig, ctx: Context
                 empty = col.is_null()
             drop(empty, "filter:required", None, {"field": f})
         for f in cfg.fields:
-            require_text(df, f)
             n = _lengths(df, f, cfg, tokenizer)
             if cfg.min_length is not None:
                 drop(n < cfg.min_length, "filter:min_length", n, {"field": f, "min": cfg.min_length, "unit": cfg.unit})
             if cfg.max_length is not None:
                 drop(n > cfg.max_length, "filter:max_length", n, {"field": f, "max": cfg.max_length, "unit": cfg.unit})
         for f, pattern in cfg.keep_regex.items():
-            require_text(df, f)
-            drop(
-                ~df[f].fill_null("").str.contains(pattern), "filter:regex_keep", None, {"field": f, "pattern": pattern}
-            )
+            found_in = _field_text(df, f).str.contains(pattern)
+            drop(~found_in, "filter:regex_keep", None, {"field": f, "pattern": pattern})
         for f, pattern in cfg.drop_regex.items():
-            require_text(df, f)
-            drop(df[f].fill_null("").str.contains(pattern), "filter:regex_drop", None, {"field": f, "pattern": pattern})
+            found_in = _field_text(df, f).str.contains(pattern)
+            drop(found_in, "filter:regex_drop", None, {"field": f, "pattern": pattern})
         return StepResult({name: df.filter(alive)}, events=found)
 
     return per_table(inputs, one)

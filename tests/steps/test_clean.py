@@ -8,7 +8,9 @@ import polars as pl
 import pytest
 from pydantic import ValidationError
 
+from dataforge.errors import DataError
 from dataforge.steps.clean import FilterConfig, NormalizeConfig, filter_rows, normalize
+from dataforge.text.fields import MESSAGES
 from dataforge.text.normalize import normalize_text
 
 
@@ -109,6 +111,26 @@ def test_required_conversation_needs_a_turn_with_text(ctx):
     assert sorted(res.events[0]["row_id"].to_list()) == ["s:1", "s:2", "s:3"]
     res = filter_rows({"data": df}, FilterConfig(required=["tags"]), ctx)
     assert res.tables["data"]["_id"].to_list() == ["s:0", "s:1", "s:2"]
+
+
+def test_length_and_regex_rules_read_a_conversation_by_what_it_says(ctx):
+    """A messages column was refused as not text; it is measured and matched on its turns' contents."""
+    convs = [
+        [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello there, how can I help?"}],
+        [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yo"}],
+        [{"role": "user", "content": "Visit http://spam"}, {"role": "assistant", "content": "No thanks, not today."}],
+    ]
+    df = pl.DataFrame({"_id": ["c:0", "c:1", "c:2"], "messages": pl.Series(convs, dtype=MESSAGES)})
+    cfg = FilterConfig(fields=["messages"], min_length=4, unit="words", drop_regex={"messages": "http"})
+    res = filter_rows({"data": df}, cfg, ctx)
+    assert res.tables["data"]["_id"].to_list() == ["c:0"]
+    ev = pl.concat(res.events).sort("row_id")
+    assert ev.select("row_id", "reason", "score").rows() == [
+        ("c:1", "filter:min_length", 2.0),  # "Hi" + "Yo": two words, the role names not counted
+        ("c:2", "filter:regex_drop", None),
+    ]
+    with pytest.raises(DataError, match="field 'n' is Int32, not text"):
+        filter_rows({"data": df.with_columns(pl.lit(1).alias("n"))}, FilterConfig(fields=["n"], max_length=3), ctx)
 
 
 def test_filter_words_unit(ctx):
