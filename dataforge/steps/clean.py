@@ -1,6 +1,7 @@
 """``clean.normalize`` and ``clean.filter``: per-table steps (any named inputs, one output each).
 
-clean.normalize — consumes the string columns in ``fields``; produces the same columns,
+clean.normalize — consumes the text or messages columns in ``fields`` (a messages column: each
+turn's content); produces the same columns,
 normalized (Unicode form, whitespace, optional lowercasing). ``whitespace: collapse`` (the
 default) folds runs of spaces, trims lines and keeps at most one blank line, but keeps the layout
 of code: every line's indentation and fenced code blocks exactly (``collapse_keeping_code``;
@@ -34,6 +35,7 @@ Example::
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Literal
 
 import polars as pl
@@ -79,19 +81,39 @@ def _normalize_columns(cfg: NormalizeConfig, cols: Columns, info: PlanInfo) -> C
     return cols
 
 
+def _normalized_field(df: pl.DataFrame, field: str, text: Callable[[pl.Series], pl.Series]) -> pl.Series:
+    """``field`` with ``text`` applied to it: a text column whole, a messages column to each turn's
+    content (roles and the turns' order kept)."""
+    col = df[field]
+    if not (isinstance(col.dtype, pl.List) and isinstance(col.dtype.inner, pl.Struct)):
+        require_text(df, field)
+        return text(col)
+    turns = pl.DataFrame({"row": pl.int_range(df.height, eager=True), "turn": col}).explode("turn")
+    contents = turns["turn"].struct.field("content")
+    fixed = turns.with_columns(
+        pl.when(pl.col("turn").is_not_null())
+        .then(pl.col("turn").struct.with_fields(text(contents).alias("content")))
+        .alias("turn")
+    )
+    rebuilt = fixed.group_by("row", maintain_order=True).agg(pl.col("turn").drop_nulls())
+    every = pl.DataFrame({"row": pl.int_range(df.height, eager=True), "was": col})  # (explode drops empty lists)
+    joined = every.join(rebuilt, on="row", how="left", maintain_order="left")
+    keep = pl.col("was").is_null() | (pl.col("was").list.len() == 0)
+    return joined.select(pl.when(keep).then(pl.col("was")).otherwise(pl.col("turn")))["was"].cast(col.dtype)
+
+
 # 2: NFKC keeps superscripts, subscripts and vulgar fractions (keep_math; "5²" became "52")
 # 3: collapse keeps indentation and fenced code blocks (it folded them: Python no longer parsed)
-@step("clean.normalize", version=3, inputs=None, per_table_columns=_normalize_columns, partition="rows")
+# 4: a messages field's turn contents are normalized (the field was refused as not text)
+@step("clean.normalize", version=4, inputs=None, per_table_columns=_normalize_columns, partition="rows")
 def normalize(inputs: dict[str, pl.DataFrame], cfg: NormalizeConfig, ctx: Context) -> StepResult:
     """Normalize text fields; record a `revised` event for every row that changed."""
 
+    def text(values: pl.Series) -> pl.Series:
+        return normalize_text(values, cfg.form, cfg.whitespace, cfg.lowercase, cfg.keep_math, keep_code=True)
+
     def one(name: str, df: pl.DataFrame) -> StepResult:
-        for f in cfg.fields:
-            require_text(df, f)
-        new = df.with_columns(
-            normalize_text(df[f], cfg.form, cfg.whitespace, cfg.lowercase, cfg.keep_math, keep_code=True).alias(f)
-            for f in cfg.fields
-        )
+        new = df.with_columns(_normalized_field(df, f, text).alias(f) for f in cfg.fields)
         changed = [(new[f] != df[f]).fill_null(False) for f in cfg.fields]
         mask = pl.DataFrame({f: c for f, c in zip(cfg.fields, changed, strict=True)})
         detail = mask.select(

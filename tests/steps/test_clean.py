@@ -51,6 +51,28 @@ def test_normalize_keeps_the_layout_of_code(ctx):
         assert normalize_text(pl.Series([], dtype=pl.String), keep_code=keep_code).dtype == pl.String
 
 
+def test_normalize_a_conversation_turn_by_turn(ctx):
+    """A messages column was refused as not text; each turn's content is normalized, roles, order,
+    empty and null conversations kept."""
+    convs = [
+        [{"role": "user", "content": "ﬁve  apples "}, {"role": "assistant", "content": "def f():\n    return  1"}],
+        [],
+        None,
+        [{"role": "user", "content": "same"}],
+    ]
+    df = pl.DataFrame({"_id": ["c:0", "c:1", "c:2", "c:3"], "m": pl.Series(convs, dtype=MESSAGES)})
+    res = normalize({"data": df}, NormalizeConfig(fields=["m"]), ctx)
+    out = res.tables["data"]
+    assert out.schema["m"] == MESSAGES
+    assert out["m"].to_list() == [
+        [{"role": "user", "content": "five apples"}, {"role": "assistant", "content": "def f():\n    return 1"}],
+        [],
+        None,
+        [{"role": "user", "content": "same"}],
+    ]
+    assert res.events[0]["row_id"].to_list() == ["c:0"]
+
+
 def test_normalize_keeps_superscripts_subscripts_and_fractions(ctx):
     """NFKC folds "5²" into "52" and "½" into "1⁄2": in math data a change of meaning. The default
     keeps them (and still folds the rest); keep_math: false is plain NFKC."""
