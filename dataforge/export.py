@@ -35,6 +35,7 @@ from dataforge.engine.fingerprint import canonical_json, hash_text, output_finge
 from dataforge.engine.plan import Plan, PlannedDataset, Ref
 from dataforge.engine.store import Store, atomic_directory, file_stamp, files_sha256, step_scratch, verify_files
 from dataforge.engine.table import Mapper, Part, Table, shard_slices
+from dataforge.errors import DataError
 from dataforge.steps.audit import dataset_audit
 
 # 2: cards open with the Hub's YAML front matter; 3: statistics; 4: plots; 5: leakage and audit plots,
@@ -178,6 +179,22 @@ def export_columns(df: pl.DataFrame, columns: list[str] | None) -> list[str]:
     return ["_id"] + [c for c in df.columns if not c.startswith("_")]
 
 
+def _same_types_in_every_split(ds: PlannedDataset, frames: dict[str, Table]) -> None:
+    """Each exported column has one type in every split of a dataset (the plan checked their
+    names): a ``prompt`` that is text in train and messages in test is a DataError naming both,
+    raised before anything is written."""
+    first: dict[str, tuple[str, Any]] = {}
+    for split, table in frames.items():
+        schema = table.empty().schema
+        for c in export_columns(table.empty(), ds.columns):
+            seen = first.setdefault(c, (split, schema[c]))
+            if seen[1] != schema[c] and schema[c] != pl.Null and seen[1] != pl.Null:
+                raise DataError(
+                    f"dataset '{ds.name}': column '{c}' is {seen[1]} in split '{seen[0]}' and {schema[c]} in split "
+                    f"'{split}'; the splits of a dataset share their columns' types (shape both with one format step)"
+                )
+
+
 def _write_dataset(
     plan: Plan,
     ds: PlannedDataset,
@@ -193,6 +210,7 @@ def _write_dataset(
     by_name = plan.by_name
     tokenizer = card_tokenizer(ds)
     frames = {split: load(ref) for split, ref in ds.splits.items()}
+    _same_types_in_every_split(ds, frames)
     with atomic_directory(target) as tmp:
         summaries: dict[str, SplitSummary] = {}
         splits = {}

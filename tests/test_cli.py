@@ -101,6 +101,39 @@ def test_splits_that_share_prompts_are_named_in_a_warning_and_one_output_in_two_
     assert "splits 'train' and 'test' both read sft.data" in " ".join(capsys.readouterr().err.split())
 
 
+def test_splits_of_one_dataset_must_share_their_columns_and_types(qa, capsys):
+    """A train split in prompt-completion form and a test split in messages form were exported as one
+    dataset (its card describing the first); so were splits whose prompt was text in one and
+    messages in the other."""
+    ws, recipe = qa
+    text = recipe.read_text().replace(
+        "datasets:\n  qa_sft:\n    splits: {train: sft}\n",
+        "  some:\n    kind: split\n    inputs: parsed\n    group: question\n    fractions: {a: 0.5, b: 0.5}\n"
+        "  fa:\n    kind: format\n    type: prompt_completion\n    inputs: {data: some.a}\n"
+        "    prompt: question\n    completion: reasoning\n"
+        "  fb:\n    kind: format\n    type: messages\n    inputs: {data: some.b}\n"
+        "    prompt: question\n    completion: reasoning\n"
+        "datasets:\n  qa_sft:\n    splits: {train: fa, test: fb}\n",
+    )
+    recipe.write_text(text)
+    assert main(["build", str(recipe), "--out", str(ws.out), "--quiet"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "splits 'train' and 'test' have different columns" in err and "datasets.qa_sft.splits.test" in err
+    styled = text.replace("    type: messages\n", "    type: prompt_completion\n    style: standard\n")
+    recipe.write_text(styled)  # the same names, but the prompt is messages in train and text in test
+    assert main(["build", str(recipe), "--out", str(ws.out), "--quiet"]) != 0
+    err = " ".join(capsys.readouterr().err.split())
+    assert "dataset 'qa_sft': column 'prompt' is List" in err and "String in split 'test'" in err
+    assert not (ws.out / "datasets" / "qa_sft").exists()  # nothing written
+    recipe.write_text(
+        styled.replace(
+            "    type: prompt_completion\n    inputs: {data: some.a}",
+            "    type: prompt_completion\n    style: standard\n    inputs: {data: some.a}",
+        )
+    )
+    assert main(["build", str(recipe), "--out", str(ws.out), "--quiet"]) == 0
+
+
 def test_why_unknown_row(qa, capsys):
     ws, recipe = qa
     main(["build", str(recipe), "--out", str(ws.out), "--quiet"])

@@ -359,6 +359,26 @@ def _find_cycle(stuck: list[str], refs: dict[str, dict[str, Ref]]) -> list[str]:
         seen.add(node)
 
 
+def _same_columns_in_every_split(loaded: LoadedRecipe, name: str, columns: dict[str, list[str] | None]) -> None:
+    """The splits of one dataset hold the same columns (``_`` columns aside), as a ``DatasetDict``
+    a trainer reads train and eval from must: a train split in prompt-completion form and a test
+    split in messages form was exported, its card describing the first one only."""
+    known = {s: [c for c in cols if not c.startswith("_")] for s, cols in columns.items() if cols is not None}
+    if len(known) < 2:
+        return
+    (first, cols), *rest = known.items()
+    for split, other in rest:
+        if set(other) != set(cols):
+            only = sorted(set(cols) ^ set(other))
+            raise RecipeError(
+                f"splits '{first}' and '{split}' have different columns ({', '.join(cols)} against "
+                f"{', '.join(other)}; {', '.join(only)} in one only): the splits of a dataset share its columns",
+                file=str(loaded.path),
+                line=loaded.line("datasets", name, "splits", split),
+                key=f"datasets.{name}.splits.{split}",
+            )
+
+
 def _plan_dataset(loaded: LoadedRecipe, name: str, planned: dict[str, PlannedStep]) -> PlannedDataset:
     spec = loaded.recipe.datasets[name]
     splits: dict[str, Ref] = {}
@@ -387,6 +407,9 @@ def _plan_dataset(loaded: LoadedRecipe, name: str, planned: dict[str, PlannedSte
                 key=f"datasets.{name}.splits.{split}",
             )
         splits[split] = Ref(up, output)
+    if spec.columns is None:  # (with `columns:` every split is exported with those, checked above)
+        planned_columns = {s: planned[r.step].columns.get(r.output) for s, r in splits.items()}
+        _same_columns_in_every_split(loaded, name, planned_columns)
     licenses = [spec.license] if isinstance(spec.license, str) else spec.license
     tokenizer = resolve_model(spec.tokenizer, loaded.base_dir)
     if is_local_path(spec.tokenizer) and not Path(str(tokenizer)).exists():

@@ -631,7 +631,11 @@ steps:
     completion: answer
 datasets:
   ro:
-    splits: {train: rollouts.data, groups: rollouts.groups, pairs: pairs.data}
+    splits: {train: rollouts.data}
+  ro_groups:
+    splits: {train: rollouts.groups}
+  ro_pairs:
+    splits: {train: pairs.data}
 """
 
 
