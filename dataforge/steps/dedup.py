@@ -204,7 +204,10 @@ def keep_rank(df: pl.DataFrame, cfg: DedupConfig) -> np.ndarray:
         by, desc = [cfg.keep_column, "_id"], [True, False]
     else:
         by, desc = ["_id"], [False]
-    order = df.with_row_index("i").sort(by, descending=desc, nulls_last=True)["i"].to_numpy()
+    frame = df.with_row_index("i")
+    if cfg.keep == "highest" and frame.schema[cfg.keep_column].is_float():  # a NaN is no value: it sorted highest
+        frame = frame.with_columns(pl.col(cfg.keep_column).fill_nan(None))
+    order = frame.sort(by, descending=desc, nulls_last=True)["i"].to_numpy()
     rank = np.empty(df.height, dtype=np.int64)
     rank[order] = np.arange(df.height)
     return rank
@@ -358,8 +361,9 @@ def _drop_matches(
 
 @step(
     "dedup.exact",
-    version=2,  # 2: comparison keys drop invisible characters (zero-width spaces, the BOM, soft hyphens, bidi marks)
+    version=3,  # 2: comparison keys drop invisible characters (zero-width spaces, the BOM, soft hyphens, bidi marks)
     # and strip_template removes Llama 3 / Gemma role headers and role labels opening a line
+    # 3: keep: highest reads a NaN as no value (it sorted highest: the unscored row was kept)
     inputs=None,
     outputs=_outputs,
     columns=_columns,
@@ -399,7 +403,8 @@ OUT_OF_CORE_DEDUP: dict[str, Any] = dict(
 
 # 3: comparison keys drop invisible characters (zero-width spaces, the BOM, soft hyphens, bidi marks);
 # strip_template removes Llama 3 / Gemma role headers and role labels opening a line
-@step("dedup.minhash", version=3, **OUT_OF_CORE_DEDUP)
+# 4: keep: highest reads a NaN as no value (it sorted highest: the unscored row was kept)
+@step("dedup.minhash", version=4, **OUT_OF_CORE_DEDUP)
 def dedup_minhash(inputs: dict[str, Table], cfg: MinhashConfig, ctx: Context) -> StepResult:
     """Drop near-duplicates: MinHash LSH candidates (below the threshold), verified, clustered around
     the rows kept (no chaining), one kept per cluster.
@@ -649,7 +654,8 @@ class SemanticConfig(DedupConfig):
 
 # 4: comparison keys drop invisible characters (zero-width spaces, the BOM, soft hyphens, bidi marks);
 # strip_template removes Llama 3 / Gemma role headers and role labels opening a line
-@step("dedup.semantic", version=4, **OUT_OF_CORE_DEDUP)
+# 5: keep: highest reads a NaN as no value (it sorted highest: the unscored row was kept)
+@step("dedup.semantic", version=5, **OUT_OF_CORE_DEDUP)
 def dedup_semantic(inputs: dict[str, Table], cfg: SemanticConfig, ctx: Context) -> StepResult:
     """Drop rows whose embedding is within ``threshold`` cosine of a kept row (or an ``against`` row).
 

@@ -192,6 +192,10 @@ def test_keep_rules(ctx):
     )
     highest = dedup_exact({"data": df}, DedupConfig(fields=["q"], keep="highest", keep_column="quality"), ctx)
     assert highest.tables["data"]["_id"].to_list() == ["r:001"]
+    # a NaN quality is no quality (polars sorts it above every number: that row was kept)
+    unscored = df.with_columns(pl.Series("quality", [0.1, float("nan"), 0.5]))
+    kept = dedup_exact({"data": unscored}, DedupConfig(fields=["q"], keep="highest", keep_column="quality"), ctx)
+    assert kept.tables["data"]["_id"].to_list() == ["r:002"]
     ts = pl.Series([3, 1, 2]).cast(pl.Datetime("us", "UTC"))
     earliest = dedup_exact(
         {"data": df.with_columns(ts.alias("_ts"))}, DedupConfig(fields=["q"], keep="earliest_ts"), ctx
