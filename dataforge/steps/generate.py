@@ -33,7 +33,7 @@ from collections.abc import Callable
 from typing import Any, Literal
 
 import polars as pl
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from dataforge.engine.events import edges, events
 from dataforge.engine.plan import Plan, PlannedStep, Ref
@@ -53,6 +53,15 @@ class GenerateConfig(PromptConfig):
     truncated: Literal["keep", "drop"] = "keep"
     column: str = "completion"
     prompt_column: str = "prompt"
+
+    @model_validator(mode="after")
+    def _samples_can_differ(self) -> GenerateConfig:
+        if self.n > 1 and self.temperature == 0:
+            raise ValueError(
+                f"n: {self.n} samples at temperature 0 are one greedy completion {self.n} times (duplicate rows); "
+                "set a temperature above 0, or n: 1"
+            )
+        return self
 
 
 def _added(cfg: GenerateConfig) -> list[str]:

@@ -120,6 +120,16 @@ def test_template_variables_are_checked_at_plan_time(gen_ws):
         plan_recipe(broken)
 
 
+def test_several_samples_at_temperature_zero_are_refused(gen_ws):
+    """n: 2 at temperature 0 gave one greedy completion twice: duplicate rows, a rejection-sampling
+    step that could never find a second answer."""
+    ws, _ = gen_ws
+    greedy = ws.recipe(RECIPE.replace("temperature: 1.0", "temperature: 0"), "greedy.yaml")
+    with pytest.raises(RecipeError, match=r"step 'solve'.*n: 2 samples at temperature 0 are one greedy completion"):
+        plan_recipe(greedy)
+    plan_recipe(ws.recipe(RECIPE.replace("temperature: 1.0", "temperature: 0").replace("n: 2", "n: 1"), "one.yaml"))
+
+
 def test_a_null_the_template_prints_is_an_error_naming_the_row(ws, tiny_lm):
     """A row whose hint is null rendered as "Question: … None" and went to the model; it is an
     error naming the row and how to drop such rows. A template that tests for it renders."""
