@@ -23,6 +23,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from dataforge.errors import RecipeError
+from dataforge.text.reasoning import after_thinking
 from dataforge.yamlpos import load_yaml_with_lines
 
 ID_RE = r"^[A-Za-z0-9_.-]+$"
@@ -69,7 +70,9 @@ class Constitution(BaseModel):
         raise KeyError(pid)
 
     def found_no_violation(self, critique: str) -> bool:
-        return bool(self.no_violation and re.search(self.no_violation, critique))
+        """Whether the critique, past a thinking model's reasoning, says ``no_violation``."""
+        said = after_thinking(critique)
+        return bool(self.no_violation and said is not None and re.search(self.no_violation, said))
 
 
 def load_constitution(path: Path) -> Constitution:

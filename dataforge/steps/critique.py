@@ -149,7 +149,8 @@ def _failure(gen: Any, blank: str) -> str:
     # a row kept after a later round failed is flagged generation_failed:<error>; a final revision cut at
     # max_tokens is flagged generation:truncated
     # 5: a message whose content is null is empty (it was read as the text "None")
-    # 6: a revision's opening label or lead-in line ("Revision:", "Here is a revised response:") is not kept
+    # 6: a revision's opening label or lead-in line ("Revision:", "Here is a revised response:") is not kept;
+    # a critique's "no violation" is read past a thinking model's reasoning (after its last </think>)
     outputs=("data", "rounds"),
     columns=_columns,
     data_fingerprint=_fingerprint,

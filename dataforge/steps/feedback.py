@@ -58,6 +58,7 @@ from dataforge.llm.spec import ModelSpec, SamplingParams
 from dataforge.llm.templates import render, template_variables
 from dataforge.steps.prompt_groups import prompt_groups
 from dataforge.steps.prompting import last_stated, track
+from dataforge.text.reasoning import after_thinking
 
 PAIRWISE_TEMPLATE = (
     "Which response answers the user better: more helpful, honest and harmless?\n\n"
@@ -138,7 +139,7 @@ def parse_ranking(text: str, k: int) -> list[int] | None:
     (what follows it, "[3] repeats itself", is comment), or from an answer that is only numbers
     and separators ("2 > 1 > 3"); never from numbers in prose ("1 is worse than 2 …" says the
     reverse of what its digits read)."""
-    text = text or ""
+    text = after_thinking(text) or ""
     chain = _RANKING_CHAIN.search(text)
     found = chain.group(0) if chain else text if _BARE_RANKING.match(text) else ""
     numbers = [int(n) - 1 for n in re.findall(r"\d+", found)]
@@ -168,7 +169,8 @@ def _ranking(answers: list[str], k: int) -> tuple[list[int] | None, str]:
     # 4: a message whose content is null is empty (it was read as the text "None")
     # 5: rows with a null or blank group and groups mixing prompts are not judged (flagged feedback:no_group,
     # feedback:prompts_differ): they were judged against responses to another prompt, under the first's prompt
-    # 6: a ranking is asked again with the responses listed in reverse (swap); one that changes is position_bias
+    # 6: a ranking is asked again with the responses listed in reverse (swap); one that changes is position_bias;
+    # verdicts and rankings are read past a thinking model's reasoning (after its last </think>)
     outputs=("data", "verdicts"),
     columns=_columns,
     partition="key",

@@ -700,7 +700,7 @@ def _clone_hits(train: _Side, evals: _Side, cfg: LeakageConfig) -> pl.DataFrame:
 
 @step(
     "leakage.check",
-    version=19,  # 10: corroborated static matches; 11: answers_from_text; 12: train_tokens_margin; 13: templates;
+    version=20,  # 10: corroborated static matches; 11: answers_from_text; 12: train_tokens_margin; 13: templates;
     # 14: numbers with a scale ("$32M", "1.5 million", "a hundred"), "an hour and a half", "per cent";
     # 15: a row matched before the transformer is not embedded, nor judged, for its other pairs
     # 16: a train row without text is no `exact` copy of an eval item without text
@@ -710,6 +710,7 @@ def _clone_hits(train: _Side, evals: _Side, cfg: LeakageConfig) -> pl.DataFrame:
     # 19: comparison keys drop invisible characters (zero-width spaces, the BOM, soft hyphens, bidi marks);
     # a conversation written out in a chat format (ChatML, Llama 2 / 3, Mistral, Gemma, Phi-3) is read by its
     # user turns (it was read whole, system prompt first)
+    # 20: the judge's verdict is read past a thinking model's reasoning (after its last </think>)
     inputs=None,
     outputs=("data", "matches", "scores"),
     columns=_columns,

@@ -20,6 +20,7 @@ from dataforge.llm.base import Request
 from dataforge.llm.client import LLMClient
 from dataforge.llm.spec import ModelSpec, SamplingParams
 from dataforge.llm.templates import render, template_variables
+from dataforge.text.reasoning import after_thinking
 
 
 class PromptConfig(StepConfig):
@@ -114,7 +115,9 @@ def build_requests(
 def last_stated(text: str | None, patterns: Sequence[re.Pattern[str]]) -> str | None:
     """What a model's answer states in the first of ``patterns`` it uses (most explicit first):
     that pattern's last match, the answer's final word ("[[NO]] … on reflection [[YES]]" is YES);
-    None when it uses none. How every judge's verdict, ranking or score is read."""
+    None when it uses none. Read past a thinking model's reasoning (``after_thinking``). How every
+    judge's verdict, ranking or score is read."""
+    text = after_thinking(text)
     for pattern in patterns:
         found = pattern.findall(text or "")
         if found:

@@ -199,7 +199,8 @@ def judge_scores(cfg: JudgeConfig, rows: list[dict[str, Any]], ctx: Context) -> 
     # 3: a null the rubric prints is an error naming the row (it was sent as "None")
     # 4: a message whose content is null is empty (it was read as the text "None"); a score out of another
     # number than the scale's top ("Score: 4/5" on 1-10) is unparseable (it read 4)
-    # 5: a messages column the rubric prints is its text (it was sent as a Python list of dicts)
+    # 5: a messages column the rubric prints is its text (it was sent as a Python list of dicts); the score is read
+    # past a thinking model's reasoning (after its last </think>; a score tried inside it was read)
     inputs=None,
     per_table_columns=_judge_columns,
     partition="rows",

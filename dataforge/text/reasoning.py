@@ -45,3 +45,13 @@ def split_reasoning(text: str) -> tuple[str | None, str | None]:
 
 
 _TAGS = (THINK_OPEN, THINK_CLOSE, ANSWER_OPEN, ANSWER_CLOSE)
+
+
+def after_thinking(text: str | None) -> str | None:
+    """A judge's answer past its reasoning: what follows the last ``</think>`` (DeepSeek-R1, Qwen3
+    and other thinking models reason before they answer, trying verdicts and scores on the way);
+    None while a ``<think>`` never closes (cut at ``max_tokens``: no answer yet)."""
+    text = text or ""
+    if THINK_CLOSE in text:
+        return text.rpartition(THINK_CLOSE)[2]
+    return None if THINK_OPEN in text else text

@@ -15,6 +15,7 @@ from dataforge.errors import RecipeError
 from dataforge.llm.client import ModelPool
 from dataforge.steps.critique import CritiqueConfig, critique_revise, revision_text
 from dataforge.steps.feedback import FeedbackConfig, ai_feedback, parse_ab, parse_ranking
+from dataforge.steps.score import parse_judge_score
 from tests.conftest import RECIPES, make_ctx
 
 CONSTITUTION = """
@@ -351,6 +352,21 @@ def test_responses_without_a_group_or_of_different_prompts_are_not_judged(tmp_pa
             ("m:1", "feedback:prompts_differ"),
         ]
     assert res.tables["data"].filter(pl.col("_id").str.contains("^[um]:"))["ai_rank"].null_count() == 4
+
+
+def test_a_thinking_judges_answer_is_read_past_its_reasoning():
+    """A thinking model (R1, Qwen3) tries verdicts, scores and rankings while it reasons: they were
+    read as its answer (the first ranking chain, a "No violation" anchored at a critique's start
+    never matched after "<think>"). Only what follows the last </think> counts; an unclosed think
+    block is no answer yet."""
+    assert parse_ab("<think>Maybe [[A]]? No: B is safer.</think>[[B]]") == "B"
+    assert parse_ab("<think>[[A]] looks right, but") is None
+    assert parse_ranking("<think>[1] > [2] at first sight…</think>[2] > [1]", 2) == [1, 0]
+    assert parse_judge_score("<think>Score: 3? too harsh</think>Score: 8", 1, 10) == 8.0
+    assert parse_judge_score("<think>Score: 3 seems", 1, 10) is None
+    c = load_constitution(RECIPES / "constitutions" / "harmless.yaml")
+    assert c.found_no_violation("<think>Is this harmful? It declines.</think>\nNo violation found.")
+    assert not c.found_no_violation("<think>No violation found? Wait, it names a poison.</think>It is dangerous.")
 
 
 def test_verdict_parsers():
