@@ -320,6 +320,14 @@ def _parse_inputs(
             close = difflib.get_close_matches(up, list(steps), n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
             raise loaded.error(f"no step named '{up}'{hint}", step=name, key=f"inputs.{in_name}")
+        twin = next((n for n, r in out.items() if r == Ref(up, output)), None)
+        if twin is not None:  # a leakage check or audit of a table against itself, a dedup against itself
+            raise loaded.error(
+                f"inputs '{twin}' and '{in_name}' both read {up}.{output}: a step keeps its inputs apart (it compares "
+                "them, or writes each its own output); feed each its own table",
+                step=name,
+                key=f"inputs.{in_name}",
+            )
         out[in_name] = Ref(up, output)
     return out
 

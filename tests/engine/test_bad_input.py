@@ -186,7 +186,7 @@ def test_dedup_unknown_input_name_is_a_plan_error(ws):
 @pytest.mark.parametrize(
     "step",
     [
-        "kind: leakage.check\n    inputs: {train: parsed, eval: parsed}\n    train_fields: [question]\n"
+        "kind: leakage.check\n    inputs: {train: parsed, eval: clean}\n    train_fields: [question]\n"
         "    eval_fields: [question]",
         "kind: dedup.semantic\n    inputs: {data: parsed}\n    fields: [question]",
     ],
@@ -242,3 +242,24 @@ def test_a_rename_onto_another_column_is_a_plan_error(ws, rename, message):
         "datasets:\n  d:\n    splits: {train: raw}\n",
     )
     assert (err.step, err.key) == ("raw", "rename.question") and message in str(err)
+
+
+@pytest.mark.parametrize(
+    "step, key, ref",
+    [
+        (
+            "kind: leakage.check\n    inputs: {train: parsed, test: parsed.data}\n    train_fields: [question]\n"
+            "    eval_fields: [question]",
+            "test",
+            "parsed",
+        ),
+        ("kind: dedup.exact\n    inputs: {data: parsed, against: parsed}\n    fields: [question]", "against", "parsed"),
+        ("kind: split.audit\n    inputs: {a: sft, b: sft}\n    prompt: [prompt]", "b", "sft"),
+    ],
+)
+def test_a_step_fed_one_table_under_two_input_names_is_a_plan_error(ws, step, key, ref):
+    """A leakage check of a table against itself dropped every row as a leak; a dedup against itself
+    dropped every row; an audit of a table against itself found every prompt in both."""
+    err = _plan_error(ws, QA_RECIPE.replace("datasets:", f"  twice:\n    {step}\ndatasets:"))
+    assert (err.step, err.key) == ("twice", f"inputs.{key}")
+    assert f"both read {ref}.data" in str(err)
