@@ -2,7 +2,8 @@
 
 parse.gsm8k — consumes ``answer`` (a worked solution with ``<<a*b=c>>`` calculator annotations
 and a final line ``#### N``); produces ``reasoning`` (the solution without annotations or the
-final line) and ``final_answer`` (N, thousands separators removed). A row whose ``question`` is
+final line) and ``final_answer`` (N, thousands separators removed: an integer, a decimal or a
+fraction such as ``3/4``). A row whose ``question`` is
 null or blank is dropped, ``parse:gsm8k_no_question`` (a problem with no text to prompt with or
 train on); one without a numeric final answer, ``parse:gsm8k_no_final_answer``.
 
@@ -54,7 +55,8 @@ def _gsm8k_columns(cfg: Gsm8kConfig, cols: Columns, info: PlanInfo) -> Columns:
 
 @step(
     "parse.gsm8k",
-    version=2,  # 2: a row with a blank question is dropped (it was kept: a blank prompt, an empty SFT turn)
+    version=3,  # 2: a row with a blank question is dropped (it was kept: a blank prompt, an empty SFT turn)
+    # 3: a fraction final answer ("#### 3/4") is an answer (it was dropped as parse:gsm8k_no_final_answer)
     inputs=None,
     per_table_columns=_gsm8k_columns,
     partition="rows",
@@ -76,7 +78,8 @@ def parse_gsm8k(inputs: dict[str, pl.DataFrame], cfg: Gsm8kConfig, ctx: Context)
         if cfg.question is not None:
             require_text(df, cfg.question)
             asked = (df[cfg.question].str.strip_chars() != "").fill_null(False)
-        answered = parsed[cfg.final_answer_column].str.contains(r"^-?\d+(\.\d+)?$").fill_null(False)
+        # an integer, a decimal or a fraction ("3/4": GSM8K-format sets beyond GSM8K's integers)
+        answered = parsed[cfg.final_answer_column].str.contains(r"^-?\d+(\.\d+)?(/\d+)?$").fill_null(False)
         evs = [
             events(df["_id"].filter(~asked), "dropped", "parse:gsm8k_no_question", detail={"field": cfg.question}),
             events(

@@ -59,6 +59,13 @@ def test_gsm8k_without_question_or_final_answer_is_dropped(ctx):
     # rows with no question column at all: question: null
     res = parse_gsm8k({"data": df.drop("question")}, Gsm8kConfig(question=None), ctx)
     assert res.tables["data"]["_id"].to_list() == ["a", "d"]
+    # a decimal or a fraction is an answer (GSM8K-format sets beyond GSM8K's integers); "3/4 cup" is not
+    other = pl.DataFrame(
+        {"_id": ["f", "g", "h"], "question": ["Q?"] * 3, "answer": ["x\n#### 3/4", "x\n#### -2.5", "x\n#### 3/4 cup"]}
+    )
+    res = parse_gsm8k({"data": other}, Gsm8kConfig(), ctx)
+    assert res.tables["data"]["final_answer"].to_list() == ["3/4", "-2.5"]
+    assert pl.concat(res.events)["row_id"].to_list() == ["h"]
 
 
 def test_hh_real_data_pairs_and_drops(ctx):
