@@ -44,11 +44,6 @@ def _fmt_drops(drops: dict[str, int]) -> str:
     return ", ".join(f"{r}: {n}" for r, n in sorted(drops.items())) or "-"
 
 
-def empty_splits(datasets: dict[str, dict[str, int]]) -> list[tuple[str, str]]:
-    """(dataset, split) of every exported split with no row."""
-    return [(name, split) for name, splits in datasets.items() for split, rows in splits.items() if rows == 0]
-
-
 def _fmt_rows(per_name: dict[str, int], total: int) -> str:
     """Rows of one table as a number; of several (data and eval inputs, data and failed outputs)
     each by name, so eval rows and failed generations are never counted as data."""
@@ -102,14 +97,6 @@ def cmd_build(args: argparse.Namespace) -> int:
         for split, rows in splits.items():
             ds_table.add_row(name, split, f"{rows:,}", f"{where}/datasets/{name}")
     out_console.print(ds_table)
-    for name, split in empty_splits(report.datasets):
-        err_console.print(
-            Text.assemble(
-                ("warning: ", "bold yellow"),
-                f"dataset '{name}' split '{split}' is empty: no row reached it (the steps above say where rows were "
-                "dropped)",
-            )
-        )
     if report.executed:
         out_console.print(
             f"{len(report.executed)} step(s) executed, {len(report.steps) - len(report.executed)} reused from cache."

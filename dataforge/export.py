@@ -92,8 +92,8 @@ def export_datasets(
         if meta is None:
             meta = _write_dataset(plan, ds, fp, target, run_id, reports, load, peek, mapper, store.out)
         exported[ds.name] = {s: v["rows"] for s, v in meta["splits"].items()}
-        for shared in overlap_warnings(ds.name, meta.get("audit", [])):
-            (warn or (lambda _: None))(shared)
+        for line in dataset_warnings(ds.name, meta):
+            (warn or (lambda _: None))(line)
         record(ds.name, fp, [(s, str(target / s), v["rows"], v["sha256"]) for s, v in meta["splits"].items()])
     return exported
 
@@ -101,11 +101,18 @@ def export_datasets(
 AUDIT_COUNTS = ("split_a", "split_b", "exact_overlap", "same_prompt_different_target", "near_overlap", "time_order")
 
 
-def overlap_warnings(dataset: str, audit: list[dict[str, Any]]) -> list[str]:
-    """A line per pair of a dataset's splits that share prompts (the split audit's exact and
-    near-duplicate overlap): one prompt in two splits of what a team trains and evaluates on."""
-    out = []
-    for pair in audit:
+def dataset_warnings(dataset: str, meta: dict[str, Any]) -> list[str]:
+    """What a build says of an exported dataset (its ``dataforge.json``, so a reused export says it
+    too): a line per split with no row (an empty eval split reads as a clean score), and per pair
+    of splits that share prompts (the split audit's exact and near-duplicate overlap: one prompt in
+    two splits of what a team trains and evaluates on)."""
+    out = [
+        f"dataset '{dataset}' split '{split}' is empty: no row reached it (the build's summary says where rows "
+        "were dropped)"
+        for split, v in meta["splits"].items()
+        if v["rows"] == 0
+    ]
+    for pair in meta.get("audit", []):
         exact, near = pair["exact_overlap"] + pair["same_prompt_different_target"], pair["near_overlap"]
         if exact or near:
             out.append(
@@ -185,12 +192,13 @@ def _same_types_in_every_split(ds: PlannedDataset, frames: dict[str, Table]) -> 
     raised before anything is written."""
     first: dict[str, tuple[str, Any]] = {}
     for split, table in frames.items():
-        schema = table.empty().schema
-        for c in export_columns(table.empty(), ds.columns):
-            seen = first.setdefault(c, (split, schema[c]))
-            if seen[1] != schema[c] and schema[c] != pl.Null and seen[1] != pl.Null:
+        empty = table.empty()
+        for c in export_columns(empty, ds.columns):
+            dtype = empty.schema[c]
+            seen = first.setdefault(c, (split, dtype))
+            if seen[1] != dtype and pl.Null not in (dtype, seen[1]):
                 raise DataError(
-                    f"dataset '{ds.name}': column '{c}' is {seen[1]} in split '{seen[0]}' and {schema[c]} in split "
+                    f"dataset '{ds.name}': column '{c}' is {seen[1]} in split '{seen[0]}' and {dtype} in split "
                     f"'{split}'; the splits of a dataset share their columns' types (shape both with one format step)"
                 )
 

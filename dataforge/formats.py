@@ -52,3 +52,9 @@ def conversation_text(value: Any) -> str:
     if len(turns) == 1:
         return message_content(turns[0])
     return "\n".join(f"{m['role']}: {message_content(m)}" for m in turns)
+
+
+def same_text(a: Any, b: Any) -> bool:
+    """Whether two responses say the same (``conversation_text``, outer whitespace aside): the
+    sides of a tie, a pair that prefers a response to itself."""
+    return conversation_text(a).strip() == conversation_text(b).strip()

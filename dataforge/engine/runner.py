@@ -308,7 +308,7 @@ class Runner:
                     forced=forced,
                     recorded=lambda name, fp: self.recorded.get((f"export:{name}", fp), {}),
                     full_verify=self.verify,
-                    warn=lambda message: self.console.print(Text(message, style="yellow")),
+                    warn=lambda message: self.console.print(Text(f"warning: {message}", style="yellow")),
                     mapper=self._mapper("export"),
                 )
                 export_seconds = time.perf_counter() - export_started

@@ -54,7 +54,7 @@ from dataforge.engine.step import (
     step,
 )
 from dataforge.errors import DataError
-from dataforge.text.fields import MESSAGES
+from dataforge.text.fields import contents_text, is_conversation
 from dataforge.text.normalize import UnicodeForm, Whitespace, normalize_text
 
 # -- clean.normalize ------------------------------------------------------------------------------
@@ -85,19 +85,22 @@ def _normalized_field(df: pl.DataFrame, field: str, text: Callable[[pl.Series], 
     """``field`` with ``text`` applied to it: a text column whole, a messages column to each turn's
     content (roles and the turns' order kept)."""
     col = df[field]
-    if not (isinstance(col.dtype, pl.List) and isinstance(col.dtype.inner, pl.Struct)):
+    if not is_conversation(col.dtype):
         require_text(df, field)
         return text(col)
-    turns = pl.DataFrame({"row": pl.int_range(df.height, eager=True), "turn": col}).explode("turn")
-    contents = turns["turn"].struct.field("content")
-    fixed = turns.with_columns(
-        pl.when(pl.col("turn").is_not_null())
-        .then(pl.col("turn").struct.with_fields(text(contents).alias("content")))
-        .alias("turn")
+    rows = pl.DataFrame({"row": pl.int_range(df.height, eager=True), "was": col})
+    turns = rows.explode("was")  # (a null or empty conversation: no turn, or a null one, to rebuild)
+    contents = text(turns["was"].struct.field("content"))
+    rebuilt = (
+        turns.with_columns(
+            pl.when(pl.col("was").is_not_null())
+            .then(pl.col("was").struct.with_fields(contents.alias("content")))
+            .alias("turn")
+        )
+        .group_by("row", maintain_order=True)
+        .agg(pl.col("turn").drop_nulls())
     )
-    rebuilt = fixed.group_by("row", maintain_order=True).agg(pl.col("turn").drop_nulls())
-    every = pl.DataFrame({"row": pl.int_range(df.height, eager=True), "was": col})  # (explode drops empty lists)
-    joined = every.join(rebuilt, on="row", how="left", maintain_order="left")
+    joined = rows.join(rebuilt, on="row", how="left", maintain_order="left")
     keep = pl.col("was").is_null() | (pl.col("was").list.len() == 0)
     return joined.select(pl.when(keep).then(pl.col("was")).otherwise(pl.col("turn")))["was"].cast(col.dtype)
 
@@ -181,12 +184,10 @@ def _field_text(df: pl.DataFrame, field: str) -> pl.Series:
     """The text a length or regex rule reads: a text column as it is (null: ""), a messages column
     as its turns' contents joined by newlines (a conversation is measured and matched on what it
     says); anything else is a DataError naming the field."""
-    col = df[field]
-    if col.dtype == MESSAGES or (isinstance(col.dtype, pl.List) and isinstance(col.dtype.inner, pl.Struct)):
-        contents = col.list.eval(pl.element().struct.field("content").fill_null(""))
-        return contents.list.join("\n").fill_null("")
+    if is_conversation(df.schema[field]):
+        return df.select(contents_text(field).fill_null(""))[field]
     require_text(df, field)
-    return col.fill_null("")
+    return df[field].fill_null("")
 
 
 def _lengths(df: pl.DataFrame, field: str, cfg: FilterConfig, tokenizer: object) -> pl.Series:
@@ -246,7 +247,7 @@ def filter_rows(inputs: dict[str, pl.DataFrame], cfg: FilterConfig, ctx: Context
             col = df[f]
             if col.dtype == pl.String:
                 empty = col.is_null() | (col.str.strip_chars() == "")
-            elif isinstance(col.dtype, pl.List) and isinstance(col.dtype.inner, pl.Struct):
+            elif is_conversation(col.dtype):
                 # a conversation with no turns, or with nothing in any turn's content
                 content = col.list.eval(pl.element().struct.field("content").fill_null("")).list.join("")
                 empty = col.is_null() | (content.str.strip_chars().fill_null("") == "")

@@ -64,7 +64,7 @@ from dataforge.engine.table import Streamed, Table
 from dataforge.errors import DataError, RecipeError
 from dataforge.lsh_buckets import BandKeys
 from dataforge.staging import staging
-from dataforge.text.fields import text_expr, without_chat_format
+from dataforge.text.fields import is_conversation, text_expr, without_chat_format
 from dataforge.text.normalize import comparable_text, nfkc_where_needed, visible_text
 
 _NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
@@ -150,7 +150,7 @@ class MinhashConfig(DedupConfig):
 
 def _shared_system_prompts(df: pl.DataFrame, field: str, share: float) -> list[str]:
     dtype = df.schema[field]
-    if not (isinstance(dtype, pl.List) and isinstance(dtype.inner, pl.Struct)) or df.is_empty():
+    if not is_conversation(dtype) or df.is_empty():
         return []
     turns = df.select(pl.col(field).alias("m")).with_row_index("r").explode("m").unnest("m")
     system = turns.filter(pl.col("role") == "system").group_by("content").agg(pl.col("r").n_unique().alias("n"))

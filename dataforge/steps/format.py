@@ -53,7 +53,7 @@ from dataforge.engine.step import (
     with_columns,
 )
 from dataforge.errors import DataError
-from dataforge.formats import conversation_text
+from dataforge.formats import same_text
 from dataforge.text.fields import MESSAGES
 from dataforge.text.reasoning import reasoning_expr
 
@@ -169,13 +169,10 @@ def _empty(df: pl.DataFrame, column: str) -> pl.Expr:
 
 
 def _ties(df: pl.DataFrame, chosen: str, rejected: str) -> pl.Series:
-    """Whether a preference pair's two sides are the same text (``formats.conversation_text``,
-    outer whitespace aside): a pair that prefers a response to itself teaches nothing, as
-    ``preference.pairs`` and ``preference.rm_pairs`` hold (``pair:tie``)."""
-    same = [
-        conversation_text(c).strip() == conversation_text(r).strip()
-        for c, r in zip(df[chosen].to_list(), df[rejected].to_list(), strict=True)
-    ]
+    """Whether a preference pair's two sides are the same text (``formats.same_text``): a pair that
+    prefers a response to itself teaches nothing, as ``preference.pairs`` and ``preference.rm_pairs``
+    hold (``pair:tie``)."""
+    same = [same_text(c, r) for c, r in zip(df[chosen].to_list(), df[rejected].to_list(), strict=True)]
     return pl.Series(same, dtype=pl.Boolean)
 
 

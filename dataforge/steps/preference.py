@@ -54,7 +54,7 @@ from dataforge.engine.step import (
     require,
     step,
 )
-from dataforge.formats import as_messages, conversation_text
+from dataforge.formats import as_messages, conversation_text, same_text
 from dataforge.graders import completion_text
 from dataforge.steps.prompt_groups import prompt_groups
 from dataforge.steps.split import unit_hash
@@ -228,7 +228,7 @@ def _pairs_of(name: str, df: pl.DataFrame, cfg: PairsConfig, ctx: Context) -> St
             rejected = {"_id": original, cfg.completion: r[cfg.rejected]}
             if _is_blank(r[cfg.chosen]) or _is_blank(r[cfg.rejected]):
                 d.drop_rows([r], "pair:empty_response")
-            elif completion_text(r[cfg.chosen]).strip() == completion_text(r[cfg.rejected]).strip():
+            elif same_text(r[cfg.chosen], r[cfg.rejected]):
                 d.drop_rows([r], "pair:tie", note="revision equals the original")
             else:
                 _keep(cfg, [(chosen, rejected, 1.0, 0.0)], d)
@@ -392,7 +392,7 @@ def rm_pairs(inputs: dict[str, pl.DataFrame], cfg: RmPairsConfig, ctx: Context) 
         chosen_raw, rejected_raw = df[cfg.chosen].to_list(), df[cfg.rejected].to_list()
         chosen, rejected = [conversation_text(c) for c in chosen_raw], [conversation_text(r) for r in rejected_raw]
         blank = pl.Series([_is_blank(c) or _is_blank(r) for c, r in zip(chosen_raw, rejected_raw, strict=True)])
-        same = pl.Series([c.strip() == r.strip() for c, r in zip(chosen, rejected, strict=True)]) & ~blank
+        same = pl.Series([same_text(c, r) for c, r in zip(chosen, rejected, strict=True)]) & ~blank
         dropped = [
             events(df["_id"].filter(blank), "dropped", "pair:empty_response"),
             events(df["_id"].filter(same), "dropped", "pair:tie"),

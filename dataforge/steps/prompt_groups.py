@@ -36,13 +36,23 @@ def prompt_texts(df: pl.DataFrame, prompt: str) -> pl.Series:
     return pl.Series([conversation_text(p).strip() for p in df[prompt].to_list()], dtype=pl.String)
 
 
-def prompt_groups(df: pl.DataFrame, group: str, prompt: str) -> PromptGroups:
-    """``df``'s rows by ``group``, the rows without one and the groups that mix prompts apart."""
+def group_marks(df: pl.DataFrame, group: str, prompt: str) -> tuple[pl.Series, pl.Series]:
+    """Per row, whether it has a group (a null or blank group is none) and whether its group mixes
+    prompts: read once over the whole table, not group by group."""
     key = pl.col(group)
     none = key.is_null()
     if df.schema[group] == pl.String:
         none = none | (key.str.strip_chars() == "")
-    out = PromptGroups(ungrouped=df.filter(none)["_id"])
-    for g in df.filter(~none).partition_by(group, maintain_order=True):
-        (out.mixed if prompt_texts(g, prompt).n_unique() > 1 else out.groups).append(g)
-    return out
+    marks = df.select(key, (~none).alias("has"), prompt_texts(df, prompt).alias("p"))
+    mixed = marks.select((pl.col("p").n_unique().over(group) > 1) & pl.col("has"))
+    return marks["has"], mixed.to_series()
+
+
+def prompt_groups(df: pl.DataFrame, group: str, prompt: str) -> PromptGroups:
+    """``df``'s rows by ``group``, the rows without one and the groups that mix prompts apart."""
+    has, mixed = group_marks(df, group, prompt)
+    return PromptGroups(
+        groups=df.filter(has & ~mixed).partition_by(group, maintain_order=True),
+        ungrouped=df.filter(~has)["_id"],
+        mixed=df.filter(mixed).partition_by(group, maintain_order=True),
+    )

@@ -41,7 +41,7 @@ from dataforge.engine.step import (
     with_columns,
 )
 from dataforge.errors import DataError
-from dataforge.steps.prompt_groups import prompt_texts
+from dataforge.steps.prompt_groups import group_marks
 
 
 class RolloutConfig(StepConfig):
@@ -95,12 +95,10 @@ def _group_ids(df: pl.DataFrame, cfg: RolloutConfig) -> tuple[pl.Series, pl.Seri
             f"rollout 'group' column '{cfg.group}' is {dtype}; samples are grouped by a text or number column "
             "(default _parent_id, the prompt row generate wrote each sample from)"
         )
-    key = pl.col(cfg.group).cast(pl.String)
-    keyed = df.select(pl.when(key.str.strip_chars() != "").then(key).alias("g"), pl.col("_id"))
-    keyed = keyed.with_columns(prompt_texts(df, cfg.prompt).alias("p"))
-    mixed = (pl.col("p").n_unique().over("g") > 1) & pl.col("g").is_not_null()
-    ids = keyed.select(pl.when(mixed).then(pl.col("_id")).otherwise(pl.col("g").fill_null(pl.col("_id"))))
-    return ids.to_series().alias("group_id"), keyed.select(mixed).to_series()
+    has, mixed = group_marks(df, cfg.group, cfg.prompt)
+    own = pl.lit(has & ~mixed)
+    ids = df.select(pl.when(own).then(pl.col(cfg.group).cast(pl.String)).otherwise(pl.col("_id")).alias("group_id"))
+    return ids.to_series(), mixed
 
 
 @step(

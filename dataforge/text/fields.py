@@ -11,6 +11,19 @@ import polars as pl
 from dataforge.errors import DataError
 
 MESSAGES = pl.List(pl.Struct({"role": pl.String, "content": pl.String}))
+
+
+def is_conversation(dtype: pl.DataType) -> bool:
+    """Whether a column of ``dtype`` holds conversations: a list of structs (messages, with
+    ``role`` and ``content``, and perhaps more fields)."""
+    return isinstance(dtype, pl.List) and isinstance(dtype.inner, pl.Struct)
+
+
+def contents_text(column: str) -> pl.Expr:
+    """A conversation column as text: its turns' contents joined by newlines (a null content: "")."""
+    return pl.col(column).list.eval(pl.element().struct.field("content").cast(pl.String).fill_null("")).list.join("\n")
+
+
 KEY_SEPARATOR = "\x1f"  # between the fields of a ``key_text``
 # what a chat format adds to a conversation, removed so that one conversation is one text in any
 # of them: special tokens and turn headers with their role names (ChatML, Llama 2 and 3, Mistral,
@@ -60,7 +73,7 @@ def text_expr(
     dtype = df.schema[column]
     if dtype == pl.String:
         return pl.col(column).fill_null("")
-    if isinstance(dtype, pl.List) and isinstance(dtype.inner, pl.Struct):
+    if is_conversation(dtype):
         turns = pl.col(column).list.eval(
             pl.when(pl.element().struct.field("role").is_in(list(roles)) if roles else pl.lit(True))
             .then(pl.concat_str(pl.element().struct.field("role"), pl.lit(": "), pl.element().struct.field("content")))
