@@ -277,6 +277,8 @@ _TRAIN_FLAGS = {  # flag → TrainConfig key
     "max_length": "max_length",
     "seed": "seed",
     "output_dir": "output_dir",
+    "eval_split": "eval_split",
+    "eval_steps": "eval_steps",
 }
 
 
@@ -321,16 +323,23 @@ def cmd_train(args: argparse.Namespace) -> int:
             f"{st.over_max_length:,}",
         )
     out_console.print(sizes)
+    for line in report.warnings:
+        err_console.print(Text(f"warning: {line}", style="yellow"))
     if args.check:
         out_console.print("pre-flight passed; nothing trained (--check).")
         return 0
     result = train(args.trainer, args.data, args.model, cfg)
     summary = Table(title=f"trained {args.trainer} → {result.output_dir}")
-    for col in ("steps", "train loss", "trainable params", "total params", "provenance"):
+    for col in ("steps", "train loss", "eval loss", "trainable params", "total params", "provenance"):
         summary.add_column(col)
+    eval_loss = (result.eval_metrics or {}).get("eval_loss")
+    evaluated = "no eval split" if result.eval_split is None else f"— ({result.eval_split})"
+    if eval_loss is not None:
+        evaluated = f"{eval_loss:.4f} ({result.eval_split})"
     summary.add_row(
         str(result.steps),
         f"{result.train_loss:.4f}",
+        evaluated,
         f"{result.trainable_params:,}",
         f"{result.total_params:,}",
         str(result.provenance),
@@ -534,6 +543,11 @@ def make_parser() -> argparse.ArgumentParser:
     t.add_argument("--lora-target-modules", help="comma-separated module names, or all-linear (implies --lora)")
     t.add_argument("--bf16", action="store_true", help="train in bfloat16 (GPU)")
     t.add_argument("--seed", type=int, help="random seed (default 0)")
+    t.add_argument(
+        "--eval-split",
+        help="the split evaluated on after training: a split's name, none, or auto (default: validation, else test)",
+    )
+    t.add_argument("--eval-steps", type=int, help="also evaluate every N steps (default: once, after training)")
     t.add_argument("--check", action="store_true", help="run the pre-flight check only; train nothing")
     t.set_defaults(fn=cmd_train)
 

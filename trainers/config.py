@@ -6,6 +6,8 @@ batch_size: 4
 max_length: 1024
 lora: {r: 16, alpha: 32, target_modules: all-linear}
 bf16: true
+eval_split: auto          # validation, else test; a split's name; none: no evaluation
+eval_steps: 50            # also evaluate every 50 steps (default: once, after training)
 rewards:                  # grpo: graders, as in the verify step
   - {name: math, inputs: {answer: answer}}
   - {name: format, weight: 0.2}
@@ -59,6 +61,12 @@ class TrainConfig(_Strict):
     logging_steps: int = Field(10, ge=1)
     save_steps: int | None = None  # default: save at the end only
     gradient_checkpointing: bool = False
+    # evaluation: ``auto`` takes the dataset's validation split, else its test split (one with rows);
+    # a split's name takes that one; ``none`` evaluates nothing. Evaluated once after training, and
+    # every ``eval_steps`` steps too when set.
+    eval_split: str = "auto"
+    eval_steps: int | None = Field(None, ge=1)
+    eval_batch_size: int | None = Field(None, ge=1)  # default: batch_size (grpo: rounded up to whole groups)
     # dpo
     beta: float = Field(0.1, gt=0)
     # grpo

@@ -7,7 +7,10 @@ Checks, in order (the first failure raises ``PreflightError`` with what to do):
    prompt-only); a ``train`` split exists and is not empty;
 2. conversational data: the tokenizer has a chat template and it renders the first rows;
 3. no doubled BOS: the first example tokenized the way TRL will does not start with BOS twice;
-4. GRPO: every column a reward grader reads is in the dataset.
+4. GRPO: every column a reward grader reads is in the dataset;
+5. the split evaluated on (``eval_split``): ``auto`` takes ``validation``, else ``test`` (one
+   with rows; a held-out test split is the second choice, as it is what a team reports on); a
+   named one must exist, hold rows and not be ``train``.
 Then it reports, per split, rows and token-length statistics against ``max_length`` (how many
 rows would be truncated).
 """
@@ -36,6 +39,7 @@ SUGGEST = {
     "prompt_only": "`dataforge train grpo`",
 }
 MAX_ROWS_MEASURED = 20_000
+EVAL_SPLITS = ("validation", "test")  # what eval_split: auto takes, in this order
 
 
 class PreflightError(DataforgeError):
@@ -60,6 +64,8 @@ class PreflightReport:
     conversational: bool
     max_length: int
     checks: list[tuple[str, str]] = field(default_factory=list)  # (check, what was found)
+    eval_split: str | None = None  # the split evaluated on; None: no evaluation
+    warnings: list[str] = field(default_factory=list)
     splits: dict[str, SplitStats] = field(default_factory=dict)
 
 
@@ -101,8 +107,34 @@ def _join(prompt: Any, completion: Any) -> Any:
     return str(prompt) + str(completion)
 
 
+def eval_split_of(dataset: Any, wanted: str) -> tuple[str | None, str]:
+    """The split to evaluate on (see the module doc) and what the pre-flight says of it."""
+    names = ", ".join(dataset) or "none"
+    if wanted == "none":
+        return None, "none (eval_split: none)"
+    if wanted == "auto":
+        for name in EVAL_SPLITS:
+            if name in dataset and len(dataset[name]):
+                return name, f"{name} ({len(dataset[name]):,} rows)"
+        empty = [n for n in EVAL_SPLITS if n in dataset]
+        why = f"split '{empty[0]}' is empty" if empty else f"no validation or test split (splits: {names})"
+        return None, f"none: {why}"
+    if wanted == "train":
+        raise PreflightError("eval_split: 'train' is the split trained on; its loss is not a held-out figure")
+    if wanted not in dataset:
+        raise PreflightError(f"eval_split: the dataset has no split '{wanted}' (splits: {names})")
+    if len(dataset[wanted]) == 0:
+        raise PreflightError(f"eval_split: split '{wanted}' is empty")
+    return wanted, f"{wanted} ({len(dataset[wanted]):,} rows)"
+
+
 def check(
-    dataset: Any, trainer: str, tokenizer: Any, max_length: int, reward_columns: list[str] = ()
+    dataset: Any,
+    trainer: str,
+    tokenizer: Any,
+    max_length: int,
+    reward_columns: list[str] = (),
+    eval_split: str = "auto",
 ) -> PreflightReport:
     """Check a ``DatasetDict`` against a trainer and tokenizer; raises PreflightError on a misfit."""
     if "train" not in dataset or len(dataset["train"]) == 0:
@@ -141,6 +173,8 @@ def check(
         raise PreflightError(f"the rewards read columns the dataset lacks: {', '.join(missing)}")
     if reward_columns:
         report.checks.append(("reward columns", ", ".join(sorted(set(reward_columns)))))
+    report.eval_split, said = eval_split_of(dataset, eval_split)
+    report.checks.append(("eval split", said))
     for name, split in dataset.items():
         report.splits[name] = _split_stats(split, tokenizer, trl_type, max_length)
     return report

@@ -29,6 +29,8 @@ class TrainResult:
     provenance: Path
     metrics: dict[str, float]
     log_history: list[dict[str, Any]]
+    eval_split: str | None = None
+    eval_metrics: dict[str, float] | None = None  # trainer.evaluate() on eval_split after training
 
 
 def load_built(data: str | Path) -> tuple[Any, dict[str, Any] | None]:
@@ -108,7 +110,22 @@ def _lora(kind: Kind, cfg: TrainConfig) -> Any:
     )
 
 
-def _args(kind: Kind, cfg: TrainConfig, output_dir: Path, trl_type: str) -> Any:
+def _eval_batch_size(kind: Kind, cfg: TrainConfig) -> int:
+    """Rows per evaluation batch: ``eval_batch_size``, else ``batch_size``; for GRPO a multiple of
+    ``num_generations`` (TRL samples each prompt's completions in one batch)."""
+    if kind != "grpo":
+        return cfg.eval_batch_size or cfg.batch_size
+    if cfg.eval_batch_size is not None:
+        if cfg.eval_batch_size % cfg.num_generations:
+            raise TrainConfigError(
+                f"grpo: eval_batch_size ({cfg.eval_batch_size}) must be a multiple of num_generations "
+                f"({cfg.num_generations})"
+            )
+        return cfg.eval_batch_size
+    return -(-cfg.batch_size // cfg.num_generations) * cfg.num_generations
+
+
+def _args(kind: Kind, cfg: TrainConfig, output_dir: Path, trl_type: str, evaluating: bool = False) -> Any:
     import torch
     import trl
 
@@ -130,6 +147,11 @@ def _args(kind: Kind, cfg: TrainConfig, output_dir: Path, trl_type: str) -> Any:
     }
     if cfg.gradient_checkpointing:
         common["gradient_checkpointing"] = True
+    if evaluating:  # once after training (``_train``), and every eval_steps steps when set
+        common["per_device_eval_batch_size"] = _eval_batch_size(kind, cfg)
+        common["eval_strategy"] = "steps" if cfg.eval_steps else "no"
+        if cfg.eval_steps:
+            common["eval_steps"] = cfg.eval_steps
     if kind == "sft":  # the loss on the completion only, for prompt/completion data
         return trl.SFTConfig(max_length=cfg.max_length, completion_only_loss=trl_type == "prompt_completion", **common)
     if kind == "dpo":
@@ -152,10 +174,34 @@ def _args(kind: Kind, cfg: TrainConfig, output_dir: Path, trl_type: str) -> Any:
 
 
 def preflight(kind: Kind, data: str | Path, model: str, cfg: TrainConfig) -> tuple[PreflightReport, Any, dict | None]:
+    """``preflight.check`` of the built dataset ``data``, and what its build's split audit
+    (``dataforge.json``) says of the eval split against ``train``; the dataset and that meta."""
     dd, meta = load_built(data)
     tok = load_tokenizer(model)
     columns = reward_functions(cfg)[2] if kind == "grpo" else []
-    return check(dd, kind, tok, cfg.max_length, columns), dd, meta
+    report = check(dd, kind, tok, cfg.max_length, columns, cfg.eval_split)
+    if report.eval_split is not None:
+        _audit_eval_split(report, meta)
+    return report, dd, meta
+
+
+def _audit_eval_split(report: PreflightReport, meta: dict | None) -> None:
+    """Say whether the eval split shares prompts with ``train`` by the build's split audit: a
+    shared prompt makes the eval loss a training figure, so it is a warning."""
+    split = report.eval_split
+    pairs = [p for p in (meta or {}).get("audit", []) if {p["split_a"], p["split_b"]} == {"train", split}]
+    if not pairs:
+        why = "not built by dataforge" if meta is None else "the build audited no such pair"
+        report.checks.append(("eval split overlap", f"not audited ({why})"))
+        return
+    exact = pairs[0]["exact_overlap"] + pairs[0]["same_prompt_different_target"]
+    near = pairs[0]["near_overlap"]
+    if exact or near:
+        said = f"shares {exact:,} prompt(s) and {near:,} near-duplicate prompt(s) with train"
+        report.checks.append(("eval split overlap", said))
+        report.warnings.append(f"eval split '{split}' {said} (the build's split audit): its loss is not held out")
+    else:
+        report.checks.append(("eval split overlap", "no prompt shared with train (the build's split audit)"))
 
 
 def train(kind: Kind, data: str | Path, model: str, cfg: TrainConfig) -> TrainResult:
@@ -178,12 +224,14 @@ def _train(kind: Kind, data: str | Path, model: str, cfg: TrainConfig) -> TrainR
     report, dd, meta = preflight(kind, data, model, cfg)
     tok = load_tokenizer(model)
     output_dir = Path(cfg.output_dir or f"runs/{kind}-{Path(data).name}")
-    args = _args(kind, cfg, output_dir, report.trl_type)
+    evaluating = report.eval_split is not None
+    args = _args(kind, cfg, output_dir, report.trl_type, evaluating)
     m = _load_model(kind, model, cfg, tok)
     kwargs: dict[str, Any] = {
         "model": m,
         "args": args,
         "train_dataset": dd["train"],
+        "eval_dataset": dd[report.eval_split] if evaluating else None,
         "processing_class": tok,
         "peft_config": _lora(kind, cfg),
     }
@@ -195,15 +243,16 @@ def _train(kind: Kind, data: str | Path, model: str, cfg: TrainConfig) -> TrainR
     t0 = time.perf_counter()
     trainer = trainer_cls(**kwargs)
     result = trainer.train()
-    seconds = time.perf_counter() - t0
+    seconds = time.perf_counter() - t0  # training; the evaluation after it is timed in its metrics
+    evaluated = _evaluated(trainer, result.global_step) if evaluating else None
     trainer.save_model(str(output_dir))
     trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in trainer.model.parameters())
-    metrics = {k: float(v) for k, v in result.metrics.items() if isinstance(v, int | float)}
+    metrics = _numbers(result.metrics)
     provenance = output_dir / PROVENANCE
     provenance.write_text(
         json.dumps(
-            _provenance(kind, data, model, cfg, meta, report, started, seconds, metrics, trainable, total),
+            _provenance(kind, data, model, cfg, meta, report, started, seconds, metrics, evaluated, trainable, total),
             indent=1,
             sort_keys=True,
             default=str,
@@ -220,7 +269,20 @@ def _train(kind: Kind, data: str | Path, model: str, cfg: TrainConfig) -> TrainR
         provenance=provenance,
         metrics=metrics,
         log_history=list(trainer.state.log_history),
+        eval_split=report.eval_split,
+        eval_metrics=evaluated,
     )
+
+
+def _evaluated(trainer: Any, step: int) -> dict[str, float]:
+    """The eval split's metrics after training: those of the evaluation TRL ran at the last step
+    (``eval_steps`` dividing it), else of one run now."""
+    at_end = [e for e in trainer.state.log_history if e.get("step") == step and any(k.startswith("eval_") for k in e)]
+    return _numbers(at_end[-1] if at_end else trainer.evaluate())
+
+
+def _numbers(metrics: dict[str, Any]) -> dict[str, float]:
+    return {k: float(v) for k, v in metrics.items() if isinstance(v, int | float)}
 
 
 def _provenance(
@@ -233,6 +295,7 @@ def _provenance(
     started: datetime,
     seconds: float,
     metrics: dict[str, float],
+    evaluated: dict[str, float] | None,
     trainable: int,
     total: int,
 ) -> dict[str, Any]:
@@ -264,6 +327,7 @@ def _provenance(
         "started_at": started.isoformat(),
         "seconds": seconds,
         "metrics": metrics,
+        "eval": {"split": report.eval_split, "metrics": evaluated, "warnings": report.warnings},
         "trainable_params": trainable,
         "total_params": total,
         "versions": {

@@ -53,6 +53,35 @@ steps:
     inputs: {{train: reasoning}}
     prompt: question
     extra: {{answer: final_answer}}
+  held:
+    kind: split
+    inputs: reasoning
+    fractions: {{train: 0.75, validation: 0.25}}
+    group: question
+    seed: 1
+  sft_held:
+    kind: format
+    type: messages
+    inputs: {{train: held.train, validation: held.validation}}
+    prompt: question
+    completion: completion
+  grpo_held:
+    kind: format
+    type: prompt_only
+    inputs: {{train: held.train, test: held.validation}}
+    prompt: question
+    extra: {{answer: final_answer}}
+  short:
+    kind: clean.filter
+    inputs: {{train: reasoning}}
+    fields: [question]
+    max_length: 200
+  sft_short:
+    kind: format
+    type: messages
+    inputs: {{train: short.train}}
+    prompt: question
+    completion: completion
   hh:
     kind: source
     path: {RECIPES}/data/hh-rlhf-harmless-base/test.jsonl.gz
@@ -72,6 +101,9 @@ datasets:
   sft_pc: {{splits: {{train: sft_pc.train}}}}
   grpo: {{splits: {{train: grpo.train}}}}
   dpo: {{splits: {{train: dpo.train}}}}
+  sft_held: {{splits: {{train: sft_held.train, validation: sft_held.validation}}}}
+  grpo_held: {{splits: {{train: grpo_held.train, test: grpo_held.test}}}}
+  sft_leaky: {{splits: {{train: sft.train, validation: sft_short.train}}}}
 """
 
 
@@ -143,6 +175,68 @@ def test_grpo_is_rewarded_by_the_gsm8k_verifier(data, tiny_lm, tmp_path):
     assert "rewards/math_answer/mean" in logged and "rewards/format_reward/mean" in logged
 
 
+def test_sft_evaluates_on_the_validation_split_after_training_and_every_eval_steps(data, tiny_lm, tmp_path):
+    result = train("sft", data / "sft_held", str(tiny_lm), cfg(tmp_path, eval_steps=1))
+    assert_trained(result, data / "sft_held")
+    assert result.eval_split == "validation" and math.isfinite(result.eval_metrics["eval_loss"])
+    assert [e["step"] for e in result.log_history if "eval_loss" in e] == [1, 2]  # eval_steps: 1
+    checks = dict(result.preflight.checks)
+    rows = json.loads((data / "sft_held" / "dataforge.json").read_text())["splits"]["validation"]["rows"]
+    assert checks["eval split"] == f"validation ({rows} rows)" and rows > 0
+    assert checks["eval split overlap"] == "no prompt shared with train (the build's split audit)"
+    prov = json.loads(result.provenance.read_text())["eval"]
+    assert prov["split"] == "validation" and prov["metrics"]["eval_loss"] == result.eval_metrics["eval_loss"]
+    assert prov["warnings"] == []
+
+
+def test_grpo_evaluates_its_test_split_with_the_rewards(data, tiny_lm, tmp_path):
+    result = train("grpo", data / "grpo_held", str(tiny_lm), cfg(tmp_path, num_generations=2, max_completion_length=8))
+    assert result.eval_split == "test"  # no validation split: auto takes test
+    assert "eval_rewards/math_answer/mean" in result.eval_metrics
+    with pytest.raises(TrainConfigError, match=r"eval_batch_size \(3\) must be a multiple of num_generations \(2\)"):
+        train("grpo", data / "grpo_held", str(tiny_lm), cfg(tmp_path, num_generations=2, eval_batch_size=3))
+
+
+def test_without_an_eval_split_nothing_is_evaluated(data, tiny_lm, tmp_path):
+    result = train("sft", data / "sft_held", str(tiny_lm), cfg(tmp_path, eval_split="none"))
+    assert result.eval_split is None and result.eval_metrics is None
+    assert not [e for e in result.log_history if "eval_loss" in e]
+    tok = load_tokenizer(str(tiny_lm))
+    from datasets import load_from_disk
+
+    report = check(load_from_disk(str(data / "sft")), "sft", tok, 128)  # auto, and only a train split
+    assert report.eval_split is None
+    assert ("eval split", "none: no validation or test split (splits: train)") in report.checks
+
+
+def test_a_bad_eval_split_is_refused_naming_the_splits(data, tiny_lm):
+    from datasets import load_from_disk
+
+    tok = load_tokenizer(str(tiny_lm))
+    held = load_from_disk(str(data / "sft_held"))
+    with pytest.raises(PreflightError, match=r"no split 'test' \(splits: train, validation\)"):
+        check(held, "sft", tok, 128, eval_split="test")
+    with pytest.raises(PreflightError, match="'train' is the split trained on"):
+        check(held, "sft", tok, 128, eval_split="train")
+    empty = DatasetDict({"train": held["train"], "validation": held["validation"].select([])})
+    with pytest.raises(PreflightError, match="split 'validation' is empty"):
+        check(empty, "sft", tok, 128, eval_split="validation")
+    assert check(empty, "sft", tok, 128).eval_split is None  # auto passes an empty split by, and says so
+    assert ("eval split", "none: split 'validation' is empty") in check(empty, "sft", tok, 128).checks
+
+
+def test_an_eval_split_sharing_prompts_with_train_is_a_warning(data, tiny_lm, capsys):
+    args = ["train", "sft", "--data", str(data / "sft_leaky"), "--model", str(tiny_lm), "--check"]
+    assert main(args) == 0
+    err = " ".join(capsys.readouterr().err.split())  # as one line, however the console wrapped it
+    meta = json.loads((data / "sft_leaky" / "dataforge.json").read_text())
+    shared = meta["splits"]["validation"]["rows"]
+    assert 0 < shared < 24  # every short question is in train too
+    assert f"warning: eval split 'validation' shares {shared} prompt(s)" in err and "its loss is not held out" in err
+    assert main([*args[:-1], "--eval-split", "none", "--check"]) == 0
+    assert "warning" not in capsys.readouterr().err
+
+
 def test_preflight_catches_a_mismatched_dataset(data, tiny_lm):
     from datasets import load_from_disk
 
@@ -180,12 +274,15 @@ def test_cli_check_and_mismatch(data, tiny_lm, capsys):
 
 
 def test_cli_trains_with_lora_flags(data, tiny_lm, tmp_path, capsys):
-    args = ["train", "sft", "--data", str(data / "sft"), "--model", str(tiny_lm), "--max-steps", "2"]
+    args = ["train", "sft", "--data", str(data / "sft_held"), "--model", str(tiny_lm), "--max-steps", "2"]
     args += ["--batch-size", "2", "--max-length", "96", "--lora-r", "2", "--output-dir", str(tmp_path / "o")]
     assert main(args) == 0
-    assert "trained sft" in capsys.readouterr().out
+    out = capsys.readouterr().out
     prov = json.loads((tmp_path / "o" / "dataforge_provenance.json").read_text())
     assert prov["config"]["lora"]["r"] == 2 and prov["config"]["max_steps"] == 2
+    assert "trained sft" in out and f"{prov['eval']['metrics']['eval_loss']:.4f} (validation)" in out
+    assert main([*args, "--eval-split", "none"]) == 0
+    assert "no eval split" in capsys.readouterr().out
 
 
 def test_training_config_errors_name_file_and_key(tmp_path):
