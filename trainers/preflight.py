@@ -17,6 +17,7 @@ rows would be truncated).
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -86,10 +87,12 @@ def _token_ids(tokenizer: Any, example: dict[str, Any], trl_type: str) -> list[l
         prompt = example.get("prompt")
         parts = [_join(prompt, example["chosen"]), _join(prompt, example["rejected"])]
     out = []
+    tools = example.get("tools")  # a tool-calling dataset's tools, rendered as TRL renders them
+    tools = json.loads(tools) if isinstance(tools, str) else tools
     for p in parts:
         if _is_messages(p):
             prompt_only = trl_type == "prompt_only"
-            ids = tokenizer.apply_chat_template(p, tokenize=True, add_generation_prompt=prompt_only)
+            ids = tokenizer.apply_chat_template(p, tokenize=True, add_generation_prompt=prompt_only, tools=tools)
             if isinstance(ids, dict) or hasattr(ids, "keys"):
                 ids = ids["input_ids"]
             out.append(list(ids))

@@ -16,7 +16,12 @@ format — consumes the columns named by its keys; produces exactly one TRL data
 | prompt_only       | prompt                       | prompt: [system?, user…]                 |
 | preference        | prompt, chosen, rejected     | prompt: [system?, user…]; chosen/rejected: [assistant] |
 
-A source column may be text (wrapped as one message) or already a list of messages. Rows
+A source column may be text (wrapped as one message) or already a list of messages. A
+conversation's turns may carry more than ``role`` and ``content`` (the OpenAI tool-calling
+format: an assistant turn's ``tool_calls`` with a null content, a ``tool`` turn's
+``tool_call_id`` / ``name``): they are kept, and every turn of the shaped column gets every such
+field (null where it has none), as one Arrow column must; a ``tools`` column goes through
+``extra`` (TRL reads it, as a list or as JSON text). Rows
 whose needed fields are empty are dropped with ``format:missing_field``; preference pairs whose
 chosen and rejected sides are the same text, with ``format:tie``. ``system`` opens each prompt
 with a system message; a prompt that already opens with one is an error (it would get two).
@@ -34,6 +39,7 @@ Example::
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Literal
 
 import polars as pl
@@ -54,7 +60,7 @@ from dataforge.engine.step import (
 )
 from dataforge.errors import DataError
 from dataforge.formats import same_text
-from dataforge.text.fields import MESSAGES
+from dataforge.text.fields import MESSAGES, is_conversation
 from dataforge.text.reasoning import reasoning_expr
 
 # -- format.reasoning -------------------------------------------------------------------------------
@@ -142,30 +148,87 @@ def _format_columns(cfg: FormatConfig, cols: Columns, info: PlanInfo) -> Columns
     return [c for c in cols if c.startswith("_")] + cfg.output_columns() + list(cfg.extra)
 
 
-def _messages(df: pl.DataFrame, column: str, role: str, style: str) -> pl.Expr:
+def turn_fields(df: pl.DataFrame, columns: Iterable[str]) -> dict[str, pl.DataType]:
+    """The fields of the turns the shaped conversations hold: ``role`` and ``content`` (text),
+    then every other field a conversation column among ``columns`` has (a tool-calling turn's
+    ``tool_calls``, a tool result's ``tool_call_id`` or ``name``), in the order first seen. A
+    field with another type in another column is an error naming both."""
+    fields: dict[str, pl.DataType] = dict(MESSAGES.inner.to_schema())
+    where: dict[str, str] = {}
+    for column in columns:
+        dtype = df.schema[column]
+        if not is_conversation(dtype):
+            continue
+        turn = dtype.inner.to_schema()
+        if turn.get("role") != pl.String or turn.get("content") not in (pl.String, pl.Null):
+            raise DataError(
+                f"column '{column}' is {dtype}; a conversation's turns need a text 'role' and 'content' (a turn that "
+                "only calls a tool has a null content)"
+            )
+        for name, ftype in turn.items():
+            if name in ("role", "content"):
+                continue
+            if name in fields and fields[name] != ftype:
+                raise DataError(
+                    f"the turns of column '{column}' have a '{name}' of type {ftype}, those of '{where[name]}' of "
+                    f"type {fields[name]}: one conversation cannot hold both"
+                )
+            fields.setdefault(name, ftype)
+            where.setdefault(name, column)
+    return fields
+
+
+def _messages(df: pl.DataFrame, column: str, role: str, style: str, fields: dict[str, pl.DataType]) -> pl.Expr:
+    """``column`` as the step writes it: text as it is (standard style) or as one turn of ``role``;
+    a conversation as its turns, each with every field of ``fields`` (null where it has none)."""
     dtype = df.schema[column]
     if dtype == pl.String:
         if style == "standard":
             return pl.col(column)
-        return pl.concat_list(pl.struct(pl.lit(role).alias("role"), pl.col(column).alias("content")))
-    if dtype == MESSAGES and style == "conversational":
-        return pl.col(column)
+        return pl.concat_list(_turn(pl.lit(role), pl.col(column), fields))
+    if is_conversation(dtype) and style == "conversational":
+        have = dtype.inner.to_schema()
+        if list(have) == list(fields) and all(have[n] == t for n, t in fields.items()):
+            return pl.col(column)
+        element = pl.element().struct
+        return pl.col(column).list.eval(
+            pl.struct(
+                *[
+                    (element.field(n).cast(t) if n in have else pl.lit(None, dtype=t)).alias(n)
+                    for n, t in fields.items()
+                ]
+            )
+        )
     raise DataError(
         f"column '{column}' is {dtype}; the {style} style needs text or a list of {{role, content}} messages"
     )
 
 
+def _turn(role: pl.Expr, content: pl.Expr, fields: dict[str, pl.DataType]) -> pl.Expr:
+    """One turn of ``role`` saying ``content``, with ``fields``' other fields null."""
+    others = [pl.lit(None, dtype=t).alias(n) for n, t in fields.items() if n not in ("role", "content")]
+    return pl.struct(role.alias("role"), content.cast(pl.String).alias("content"), *others)
+
+
 def _empty(df: pl.DataFrame, column: str) -> pl.Expr:
-    """Whether a needed field is missing: null, blank text, no turns, or turns whose contents are
-    all blank (a chosen response ``[{assistant: ""}]`` is no response)."""
+    """Whether a needed field is missing: null, blank text, no turns, or turns that say nothing —
+    a blank content and no other field set (a chosen response ``[{assistant: ""}]`` is no
+    response; an assistant turn that only calls a tool says something)."""
     col = pl.col(column)
-    if df.schema[column] == pl.String:
+    dtype = df.schema[column]
+    if dtype == pl.String:
         return col.is_null() | (col.str.strip_chars() == "")
     missing = col.is_null() | (col.list.len() == 0)
-    if df.schema[column] != MESSAGES:
+    if not is_conversation(dtype):
         return missing  # not messages: ``_messages`` refuses the column, naming it
-    blank = col.list.eval(pl.element().struct.field("content").fill_null("").str.strip_chars() == "")
-    return missing | blank.list.all()
+    element = pl.element().struct
+    silent = element.field("content").cast(pl.String).fill_null("").str.strip_chars() == ""
+    for name, ftype in dtype.inner.to_schema().items():
+        if name not in ("role", "content"):
+            value = element.field(name)
+            set_ = value.is_not_null() & (value.list.len() > 0 if isinstance(ftype, pl.List) else True)
+            silent = silent & ~set_.fill_null(False)
+    return missing | col.list.eval(silent).list.all()
 
 
 def _ties(df: pl.DataFrame, chosen: str, rejected: str) -> pl.Series:
@@ -180,7 +243,7 @@ def _refuse_a_second_system_turn(df: pl.DataFrame, column: str, name: str) -> No
     """``system`` opens every prompt with the recipe's system message; a prompt that opens with
     its own would get two, which chat templates refuse or render as one instruction after the
     other. Refused, naming the key, the column and the rows."""
-    if df.schema[column] != MESSAGES or df.is_empty():
+    if not is_conversation(df.schema[column]) or df.is_empty():
         return
     first_role = pl.col(column).list.first().struct.field("role")
     has = df.filter((first_role == "system").fill_null(False))["_id"]
@@ -193,8 +256,10 @@ def _refuse_a_second_system_turn(df: pl.DataFrame, column: str, name: str) -> No
 
 @step(
     "format",
-    version=3,  # 3: a preference pair whose sides are the same text is dropped (format:tie); 'system' on
+    version=4,  # 3: a preference pair whose sides are the same text is dropped (format:tie); 'system' on
     # prompts that open with a system message is refused (they got two)
+    # 4: tool-calling turns are kept (they were refused); a turn that only calls a tool is not missing;
+    # two sides tie only with the same tool calls
     inputs=None,
     per_table_columns=_format_columns,
     partition="rows",
@@ -206,6 +271,7 @@ def format_trl(inputs: dict[str, pl.DataFrame], cfg: FormatConfig, ctx: Context)
     fields = {f: getattr(cfg, f) for f in FIELDS[cfg.type]}
 
     def one(name: str, df: pl.DataFrame) -> StepResult:
+        turns = turn_fields(df, fields.values())  # first: it refuses turns without text role and content
         missing = pl.any_horizontal([_empty(df, c) for c in fields.values()])
         bad = df.filter(missing)
         dropped = [events(bad["_id"], "dropped", "format:missing_field", detail={"fields": list(fields.values())})]
@@ -216,21 +282,18 @@ def format_trl(inputs: dict[str, pl.DataFrame], cfg: FormatConfig, ctx: Context)
             df = df.filter(~tie)
         if cfg.system:
             _refuse_a_second_system_turn(df, fields["prompt"], name)
-        system = (
-            [pl.concat_list(pl.struct(pl.lit("system").alias("role"), pl.lit(cfg.system).alias("content")))]
-            if cfg.system
-            else []
-        )
-        prompt = _messages(df, fields["prompt"], "user", cfg.style)
+        system = [pl.concat_list(_turn(pl.lit("system"), pl.lit(cfg.system), turns))] if cfg.system else []
+        prompt = _messages(df, fields["prompt"], "user", cfg.style, turns)
         prompt = pl.concat_list([*system, prompt]) if system else prompt
         out: dict[str, pl.Expr] = {}
         if cfg.type == "messages":
-            out["messages"] = pl.concat_list([prompt, _messages(df, fields["completion"], "assistant", cfg.style)])
+            completion = _messages(df, fields["completion"], "assistant", cfg.style, turns)
+            out["messages"] = pl.concat_list([prompt, completion])
         else:
             out["prompt"] = prompt
             for f in ("completion", "chosen", "rejected"):
                 if f in fields:
-                    out[f] = _messages(df, fields[f], "assistant", cfg.style)
+                    out[f] = _messages(df, fields[f], "assistant", cfg.style, turns)
         internal = [c for c in df.columns if c.startswith("_")]
         shaped = df.select(
             *internal,

@@ -199,12 +199,13 @@ def _keep(cfg: PairsConfig, cands: list[tuple[dict, dict, float, float]], d: _De
 
 @step(
     "preference.pairs",
-    version=5,  # 2: a NaN score is a missing one (it was ranked: NaN compares false both ways)
+    version=6,  # 2: a NaN score is a missing one (it was ranked: NaN compares false both ways)
     # 3: a blank response is no side of a pair (pair:empty_response; it could be chosen); a revision equal to
     # its original is recorded as pair:tie (recording it raised a TypeError: the build failed)
     # 4: a message whose content is null is empty (it was read as the text "None")
     # 5: rows with a null or blank group (pair:no_group) and groups mixing prompts (pair:prompts_differ) are
     # not paired: they were, a response to one prompt against a response to another
+    # 6: two sides that only call tools tie only when the calls are the same (formats.same_text)
     inputs=None,
     per_table_columns=_columns,
     partition="key",
@@ -373,8 +374,9 @@ def _rm_columns(cfg: RmPairsConfig, cols: Columns, info: PlanInfo) -> Columns:
 
 @step(
     "preference.rm_pairs",
-    version=3,  # 3: a pair with a blank side is dropped (pair:empty_response), one with equal sides (pair:tie);
+    version=4,  # 3: a pair with a blank side is dropped (pair:empty_response), one with equal sides (pair:tie);
     # both were written out (a blank rejected response was in the shipped hh_rm_pairwise train split)
+    # 4: two sides that only call tools tie only when the calls are the same (formats.same_text)
     inputs=None,
     per_table_columns=_rm_columns,
     partition="rows",

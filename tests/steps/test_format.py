@@ -170,3 +170,80 @@ def test_system_on_prompts_that_open_with_their_own_system_message_is_refused(ct
     # without 'system' the rows keep their own
     out = format_trl({"data": df}, FormatConfig(type="messages", prompt="prompt", completion="a"), ctx).tables["data"]
     assert out["messages"][1].to_list()[0] == {"role": "system", "content": "You are a pirate."}
+
+
+CALL = {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}
+TOOL_PROMPTS = [
+    [
+        {"role": "user", "content": "Weather in Paris?", "tool_calls": None, "tool_call_id": None},
+        {"role": "assistant", "content": None, "tool_calls": [CALL], "tool_call_id": None},
+        {"role": "tool", "content": '{"temp": 18}', "tool_calls": None, "tool_call_id": "c1"},
+    ],
+    [{"role": "user", "content": "Hi", "tool_calls": None, "tool_call_id": None}],
+]
+
+
+def test_tool_calling_turns_keep_their_fields_and_every_turn_gets_them(ctx):
+    """A conversation in the OpenAI tool-calling format was refused (its turns carry more than role
+    and content), so tool-use data could not be shaped for TRL at all."""
+    df = pl.DataFrame({"_id": ["t:0", "t:1"], "prompt": TOOL_PROMPTS, "a": ["It is 18 °C in Paris.", "Hello!"]})
+    cfg = FormatConfig(type="messages", prompt="prompt", completion="a", system="Use the tools.")
+    out = format_trl({"data": df}, cfg, ctx).tables["data"]
+    turns = out["messages"][0].to_list()
+    assert [t["role"] for t in turns] == ["system", "user", "assistant", "tool", "assistant"]
+    assert turns[2]["tool_calls"] == [CALL] and turns[2]["content"] is None
+    assert turns[3]["tool_call_id"] == "c1"
+    assert turns[0] == {"role": "system", "content": "Use the tools.", "tool_calls": None, "tool_call_id": None}
+    assert turns[4] == {
+        "role": "assistant",
+        "content": "It is 18 °C in Paris.",
+        "tool_calls": None,
+        "tool_call_id": None,
+    }
+    # prompt-completion: the completion may be a turn that only calls a tool; one that says nothing is missing
+    calls = pl.Series(
+        "c",
+        [
+            [{"role": "assistant", "content": None, "tool_calls": [CALL]}],
+            [{"role": "assistant", "content": " ", "tool_calls": []}],
+        ],
+    )
+    res = format_trl(
+        {"data": df.with_columns(calls)}, FormatConfig(type="prompt_completion", prompt="prompt", completion="c"), ctx
+    )
+    assert res.tables["data"]["_id"].to_list() == ["t:0"]
+    assert res.tables["data"]["completion"][0].to_list()[0]["tool_calls"] == [CALL]
+    assert res.events[0]["row_id"].to_list() == ["t:1"] and res.events[0]["reason"][0] == "format:missing_field"
+
+
+def test_two_responses_that_only_call_tools_tie_only_when_the_calls_are_the_same(ctx):
+    other = {**CALL, "function": {"name": "get_weather", "arguments": '{"city": "Lyon"}'}}
+    side = lambda call: [{"role": "assistant", "content": None, "tool_calls": [call]}]  # noqa: E731
+    df = pl.DataFrame(
+        {
+            "_id": ["p:0", "p:1"],
+            "q": ["Weather in Paris?"] * 2,
+            "a": [side(CALL), side(CALL)],
+            "b": [side(other), side(CALL)],
+        }
+    )
+    res = format_trl({"data": df}, FormatConfig(type="preference", prompt="q", chosen="a", rejected="b"), ctx)
+    assert res.tables["data"]["_id"].to_list() == ["p:0"]  # Paris against Lyon is a preference
+    assert pl.concat(res.events).filter(pl.col("reason") == "format:tie")["row_id"].to_list() == ["p:1"]
+
+
+def test_a_turn_field_of_two_types_is_refused_naming_both_columns(ctx):
+    df = pl.DataFrame(
+        {
+            "_id": ["x:0"],
+            "p": [[{"role": "user", "content": "hi", "name": "ann"}]],
+            "c": [[{"role": "assistant", "content": "hello", "name": 3}]],
+        }
+    )
+    with pytest.raises(
+        DataError, match=r"turns of column 'c' have a 'name' of type Int64, those of 'p' of type String"
+    ):
+        format_trl({"data": df}, FormatConfig(type="messages", prompt="p", completion="c"), ctx)
+    bad = pl.DataFrame({"_id": ["x:0"], "p": [[{"role": "user", "content": ["a", "b"]}]], "c": ["y"]})
+    with pytest.raises(DataError, match="column 'p' .* need a text 'role' and 'content'"):
+        format_trl({"data": bad}, FormatConfig(type="messages", prompt="p", completion="c"), ctx)

@@ -343,3 +343,60 @@ def test_grpo_rewards_load_without_the_build_dependencies():
     out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=False)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[1.0] [1.0, 0.2] ['answer']"
+
+
+TOOL_TEMPLATE = (
+    "{{ bos_token }}{% if tools %}tools: {{ tools | tojson }}{{ eos_token }}{% endif %}"
+    "{% for m in messages %}{{ m['role'] }}: {% if m['tool_calls'] %}{% for c in m['tool_calls'] %}"
+    "call {{ c['function']['name'] }}({{ c['function']['arguments'] }}){% endfor %}{% else %}{{ m['content'] }}"
+    "{% endif %}{{ eos_token }}{% endfor %}{% if add_generation_prompt %}assistant:{% endif %}"
+)
+
+
+def test_tool_calling_conversations_build_pass_the_preflight_and_train(tiny_lm, tmp_path):
+    """OpenAI-format tool-use data (an assistant turn that only calls a tool, a tool turn with the
+    result, a `tools` column) goes from a JSONL source through `format` to TRL's SFT trainer, the
+    calls rendered by the model's chat template."""
+    import shutil
+
+    tools = json.dumps([{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}])
+    rows = []
+    for i, city in enumerate(["Paris", "Lyon", "Nice", "Lille"]):
+        call = {
+            "id": f"c{i}",
+            "type": "function",
+            "function": {"name": "get_weather", "arguments": f'{{"city": "{city}"}}'},
+        }
+        convo = [
+            {"role": "user", "content": f"Weather in {city}?"},
+            {"role": "assistant", "content": None, "tool_calls": [call]},
+            {"role": "tool", "content": f'{{"temp": {10 + i}}}', "tool_call_id": f"c{i}"},
+        ]
+        rows.append({"conversation": convo, "answer": f"It is {10 + i} °C in {city}.", "tools": tools})
+    (tmp_path / "tools.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "recipe.yaml").write_text(
+        "name: tools\nsteps:\n  src: {kind: source, path: tools.jsonl}\n"
+        "  sft: {kind: format, type: messages, inputs: {train: src}, prompt: conversation, completion: answer,"
+        " extra: {tools: tools}}\n"
+        "datasets:\n  tool_sft: {splits: {train: sft.train}}\n"
+    )
+    build(tmp_path / "recipe.yaml", tmp_path / "build", show_progress=False)
+    from datasets import load_from_disk
+
+    data = tmp_path / "build" / "datasets" / "tool_sft"
+    turns = load_from_disk(str(data))["train"][1]["messages"]
+    assert [t["role"] for t in turns] == ["user", "assistant", "tool", "assistant"]
+    assert turns[1]["tool_calls"][0]["function"]["arguments"] == '{"city": "Lyon"}' and turns[2]["tool_call_id"] == "c1"
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_lm, model)
+    tok = load_tokenizer(str(model))
+    tok.chat_template = TOOL_TEMPLATE
+    tok.save_pretrained(str(model))
+    report = check(load_from_disk(str(data)), "sft", tok, 256)
+    assert ("chat template", "renders") in report.checks
+    from trainers.preflight import _token_ids
+
+    rendered = tok.decode(_token_ids(tok, load_from_disk(str(data))["train"][1], "language_modeling")[0])
+    assert "call get _ weather" in rendered and "lyon" in rendered and "tools :" in rendered  # WordPiece decoding
+    assert_trained(train("sft", data, str(model), cfg(tmp_path, max_length=256)), data)
