@@ -30,7 +30,7 @@ import json
 import os
 import shutil
 from collections.abc import Iterator
-from contextlib import suppress
+from contextlib import contextmanager, suppress
 from datetime import datetime, timezone
 from itertools import islice
 from pathlib import Path
@@ -165,7 +165,10 @@ def _peek_columns(cfg: SourceConfig, info: PlanInfo) -> Columns:
     path = _existing(cfg, info)
     fmt = _format_of(cfg, path)
     if fmt == "parquet":
-        return list(pl.read_parquet_schema(path))
+        try:
+            return list(pl.read_parquet_schema(path))
+        except (pl.exceptions.PolarsError, OSError) as exc:
+            raise RecipeError(f"{path}: not a readable Parquet file: {exc}", key="path") from None
     if fmt == "csv":
         with (gzip.open if path.name.endswith(".gz") else open)(path, "rb") as f:
             head = f.readline(1 << 16).split(b"\n", 1)[0]  # the header line: not the whole file
@@ -183,6 +186,7 @@ def _peek_columns(cfg: SourceConfig, info: PlanInfo) -> Columns:
         return _keys(records[:PEEK_LINES])
     opener = gzip.open if path.name.endswith(".gz") else open
     records = []
+    unread: tuple[int, str] | None = None  # the first line that is no JSON object
     with opener(path, "rb") as fh:  # type: ignore[operator]
         for lineno, raw in enumerate(fh, start=1):
             try:
@@ -198,14 +202,20 @@ def _peek_columns(cfg: SourceConfig, info: PlanInfo) -> Columns:
             if line.strip():
                 try:
                     obj = json.loads(line)
-                except json.JSONDecodeError:
+                except json.JSONDecodeError as exc:
+                    unread = unread or (lineno, f"malformed JSON line: {exc}")
                     continue  # reported with its line number when the step runs
                 if isinstance(obj, dict):
                     records.append(obj)
+                else:
+                    unread = unread or (lineno, f"a JSON {type(obj).__name__}, not an object")
                 if len(records) >= PEEK_LINES:
                     break
+    if not records and unread and cfg.on_error != "skip":  # not "no rows": a file of lines that are not objects
+        raise RecipeError(f"{path}:{unread[0]}: {unread[1]} (set on_error: skip to drop such lines)", key="path")
     if not records and not cfg.allow_empty:
-        raise RecipeError(f"{path} has no rows (set allow_empty: true if that is expected)", key="path")
+        skipped = f" once the lines that are no JSON object are skipped (the first: line {unread[0]})" if unread else ""
+        raise RecipeError(f"{path} has no rows{skipped} (set allow_empty: true if that is expected)", key="path")
     return _keys(records) if records else None
 
 
@@ -302,9 +312,11 @@ def source(inputs: dict[str, pl.DataFrame], cfg: SourceConfig, ctx: Context) -> 
             df = _frame(_json_records(path, cfg.encoding), where)
             df = df.with_columns(pl.int_range(pl.len(), dtype=pl.Int64).alias("_ordinal"))
         elif fmt == "parquet":
-            df = pl.read_parquet(path).with_row_index("_ordinal")
+            with _reading(path, fmt):
+                df = pl.read_parquet(path).with_row_index("_ordinal")
         elif fmt == "csv":
-            df, bad_lines = _read_csv(path, cfg)
+            with _reading(path, fmt):
+                df, bad_lines = _read_csv(path, cfg)
             if bad_lines:
                 ids = pl.Series([f"{name}:{o}" for o, _, _ in bad_lines], dtype=pl.String)
                 details = pl.Series(
@@ -375,11 +387,32 @@ def _source_batches(cfg: SourceConfig, ctx: Context, batch_rows: int) -> Iterato
         return _csv_batches(path, cfg, ctx, batch_rows)
     if fmt != "parquet":
         return None
-    pf = pq.ParquetFile(path)
+    with _reading(path, fmt):
+        pf = pq.ParquetFile(path)
     total = pf.metadata.num_rows if cfg.limit is None else min(pf.metadata.num_rows, cfg.limit)
     if total <= batch_rows:
         return None
-    return _shaped_batches(_parquet_frames(pf, batch_rows), cfg, ctx, total, str(path))
+    return _shaped_batches(_guarded(_parquet_frames(pf, batch_rows), path, fmt), cfg, ctx, total, str(path))
+
+
+@contextmanager
+def _reading(path: Path, fmt: str) -> Iterator[None]:
+    """Turn a reader's failure on ``path`` (a corrupt Parquet page, a CSV field that does not
+    parse) into an error naming the file, with the reader's first line of explanation (it was a
+    polars or Arrow error naming neither)."""
+    import pyarrow as pa
+
+    try:
+        yield
+    except (pl.exceptions.PolarsError, pa.ArrowException, OSError, EOFError) as exc:
+        said = " ".join(str(exc).split("\n\n", 1)[0].split())
+        raise DataError(f"{path}: cannot be read as {fmt.upper()}: {said}") from None
+
+
+def _guarded(frames: Iterator[pl.DataFrame], path: Path, fmt: str) -> Iterator[pl.DataFrame]:
+    """``frames`` read from ``path``, a reader's failure named as ``_reading`` names it."""
+    with _reading(path, fmt):
+        yield from frames
 
 
 def _parquet_frames(pf: Any, batch_rows: int) -> Iterator[pl.DataFrame]:
@@ -410,14 +443,15 @@ def _csv_batches(path: Path, cfg: SourceConfig, ctx: Context, batch_rows: int) -
     one to count the rows come before the first batch."""
     if not _is_utf8(cfg.encoding) or _utf8_records(path) is None:
         return None
-    scan = pl.scan_csv(path, infer_schema_length=10_000, schema_overrides=_csv_as_written(cfg))
-    rows = int(scan.select(pl.len()).collect().item())
-    total = rows if cfg.limit is None else min(rows, cfg.limit)
-    if total <= batch_rows:
-        return None
-    schema = scan.collect_schema()
+    with _reading(path, "csv"):
+        scan = pl.scan_csv(path, infer_schema_length=10_000, schema_overrides=_csv_as_written(cfg))
+        rows = int(scan.select(pl.len()).collect().item())
+        total = rows if cfg.limit is None else min(rows, cfg.limit)
+        if total <= batch_rows:
+            return None
+        schema = scan.collect_schema()
     frames = (pl.read_csv(io.BytesIO(chunk), schema=schema) for chunk in _csv_chunks(path, batch_rows))
-    return _shaped_batches(frames, cfg, ctx, total, str(path))
+    return _shaped_batches(_guarded(frames, path, "csv"), cfg, ctx, total, str(path))
 
 
 def _csv_chunks(path: Path, records: int) -> Iterator[bytes]:
@@ -446,7 +480,7 @@ def _csv_chunks(path: Path, records: int) -> Iterator[bytes]:
                 if held == records:
                     yield header + b"".join(chunk)
                     chunk, held = [], 0
-        if held:
+        if chunk:  # (a record whose quote never closes too: the reader says so, as a whole read does)
             yield header + b"".join(chunk)
 
 
@@ -660,12 +694,17 @@ def _shaped_batches(
     frames: Iterator[pl.DataFrame], cfg: SourceConfig, ctx: Context, total: int, where: str
 ) -> Iterator[StepResult]:
     """Frames read from a source in order, each shaped as its part of the whole read: ordinals
-    go on across frames, reading ends at ``total`` rows, ids are checked over all of them."""
+    go on across frames, ids are checked over all of them. With a ``limit`` reading ends at
+    ``total`` rows; without one every frame is read (a row count taken before the read is not
+    trusted to end it: a CSV record whose quote never closes was left out of polars' count, and so
+    out of the source without a word, where the whole read fails on it)."""
     name = cfg.name or ctx.step
     seen = _SeenIds()
     offset = 0
     for df in frames:
-        df = df.head(total - offset).with_row_index("_ordinal", offset=offset)
+        if cfg.limit is not None:
+            df = df.head(total - offset)
+        df = df.with_row_index("_ordinal", offset=offset)
         offset += df.height
         data = _shaped(df, cfg, ctx, name, where)
         if cfg.id_column:
@@ -676,7 +715,7 @@ def _shaped_batches(
                 repeat = ids[ID_VALUE].filter(pl.Series(again))[0]
                 raise StepError(ctx.step, f"{where}: id column '{cfg.id_column}' repeats value {repeat!r}")
         yield StepResult({"data": data.drop(ID_VALUE, strict=False)})
-        if offset >= total:
+        if cfg.limit is not None and offset >= total:
             break
 
 
@@ -831,7 +870,10 @@ def _json_records(path: Path, encoding: str = "utf-8") -> list[dict[str, Any]]:
 def _load_hf_disk(cfg: SourceConfig, path: Path) -> Any:
     from datasets import DatasetDict, load_from_disk
 
-    ds = load_from_disk(str(path))
+    try:
+        ds = load_from_disk(str(path))
+    except (FileNotFoundError, ValueError) as exc:
+        raise RecipeError(f"{path}: not a dataset saved with save_to_disk ({exc})", key="path") from None
     if isinstance(ds, DatasetDict):
         if cfg.split is None or cfg.split not in ds:
             raise RecipeError(f"{path} holds splits {', '.join(ds)}: name one with 'split'", key="split")

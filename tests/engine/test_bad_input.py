@@ -132,6 +132,58 @@ def test_empty_input(ws):
     assert (exc.value.step, exc.value.key) == ("raw", "path") and "has no rows" in str(exc.value)
 
 
+def test_a_file_of_lines_that_are_no_json_object_is_named_not_called_empty(ws):
+    """A JSONL file whose only line is not JSON (or not an object) was "has no rows": the plan-time
+    peek passed such lines by, and the message pointed away from the bad line."""
+    (ws.root / "qa.jsonl").write_text("garbage")
+    with pytest.raises(RecipeError) as exc:
+        build(ws.recipe(QA_RECIPE), ws.out, show_progress=False)
+    assert (exc.value.step, exc.value.key) == ("raw", "path")
+    assert "qa.jsonl:1: malformed JSON line" in str(exc.value) and "has no rows" not in str(exc.value)
+    (ws.root / "qa.jsonl").write_text("\n[1, 2]\n")
+    with pytest.raises(RecipeError, match=r"qa.jsonl:2: a JSON list, not an object"):
+        build(ws.recipe(QA_RECIPE), ws.out, show_progress=False)
+    skip = QA_RECIPE.replace("path: qa.jsonl", "path: qa.jsonl\n    on_error: skip")
+    with pytest.raises(RecipeError, match=r"has no rows once the lines that are no JSON object are skipped"):
+        build(ws.recipe(skip), ws.out, show_progress=False)
+
+
+@pytest.mark.parametrize("batch_rows", [None, 100])
+def test_a_corrupt_parquet_or_csv_file_is_an_error_naming_the_file(ws, batch_rows):
+    """A Parquet file with a bad footer failed planning with polars' traceback; one with corrupt
+    pages, and a CSV field that does not parse, failed the step with polars' message alone."""
+    path = ws.root / "qa.parquet"
+    path.write_bytes(b"not parquet at all")
+    recipe = ws.recipe(QA_RECIPE.replace("qa.jsonl", "qa.parquet"))
+    with pytest.raises(RecipeError) as exc:
+        build(recipe, ws.out, show_progress=False, batch_rows=batch_rows)
+    assert (exc.value.step, exc.value.key) == ("raw", "path") and "qa.parquet: not a readable Parquet file" in str(
+        exc.value
+    )
+    questions = [f"question number {i} " * 20 for i in range(1_000)]
+    pl.DataFrame({"question": questions, "answer": ["x\n#### 1"] * 1_000}).write_parquet(path, compression="zstd")
+    data = bytearray(path.read_bytes())
+    for i in range(100, len(data) - 2_000, 97):  # the pages, not the footer
+        data[i] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(StepError, match=r"step 'raw'.*qa.parquet: cannot be read as PARQUET: .*"):
+        build(recipe, ws.out, show_progress=False, batch_rows=batch_rows)
+    rows = "".join(f"q{i},a{i}\n" for i in range(300))
+    (ws.root / "qa.csv").write_text(f'question,answer\n{rows}"broken,4\n')
+    with pytest.raises(StepError, match=r"step 'raw'.*qa.csv: cannot be read as CSV: could not parse"):
+        build(ws.recipe(QA_RECIPE.replace("qa.jsonl", "qa.csv")), ws.out, show_progress=False, batch_rows=batch_rows)
+
+
+def test_a_folder_that_is_no_saved_dataset_is_a_plan_error(ws):
+    (ws.root / "notds").mkdir()
+    (ws.root / "notds" / "x.txt").write_text("hi")
+    with pytest.raises(RecipeError) as exc:
+        build(ws.recipe(QA_RECIPE.replace("qa.jsonl", "notds")), ws.out, show_progress=False)
+    assert (exc.value.step, exc.value.key) == ("raw", "path") and "notds: not a dataset saved with save_to_disk" in str(
+        exc.value
+    )
+
+
 def test_empty_parquet_input_fails_at_run_time(ws):
     pl.DataFrame({"question": [], "answer": []}, schema={"question": pl.String, "answer": pl.String}).write_parquet(
         ws.root / "qa.parquet"
