@@ -245,5 +245,5 @@ def test_a_turn_field_of_two_types_is_refused_naming_both_columns(ctx):
     ):
         format_trl({"data": df}, FormatConfig(type="messages", prompt="p", completion="c"), ctx)
     bad = pl.DataFrame({"_id": ["x:0"], "p": [[{"role": "user", "content": ["a", "b"]}]], "c": ["y"]})
-    with pytest.raises(DataError, match="column 'p' .* need a text 'role' and 'content'"):
+    with pytest.raises(DataError, match=r"column 'p' .* need a text 'role' and 'content'"):
         format_trl({"data": bad}, FormatConfig(type="messages", prompt="p", completion="c"), ctx)
