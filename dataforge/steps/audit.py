@@ -48,7 +48,7 @@ from dataforge.engine.step import ColumnContractError, Columns, Context, Fields,
 from dataforge.engine.streaming import key_hashes
 from dataforge.engine.table import Mapper, Table
 from dataforge.errors import DataError, RecipeError
-from dataforge.text.fields import blank_keys, key_text
+from dataforge.text.fields import blank_keys, folded_keys, key_text
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -235,8 +235,12 @@ def audit_batch(
     hashed = batch.select(
         pl.lit(name).alias("input"),
         pl.col("_id").alias("row"),
-        pl.lit(key_hashes(prompts)["h0"]).alias("p"),
-        (pl.lit(key_hashes(key_text(batch, target, roles[1]))["h0"]) if target else pl.lit(0, pl.UInt64)).alias("t"),
+        pl.lit(key_hashes(folded_keys(prompts))["h0"]).alias("p"),  # ("2 + 2 ?" and "2+2?" are one prompt)
+        (
+            pl.lit(key_hashes(folded_keys(key_text(batch, target, roles[1])))["h0"])
+            if target
+            else pl.lit(0, pl.UInt64)
+        ).alias("t"),
         pl.lit(blank_keys(prompts)).alias("blank"),
     )
     if lsh is None:
@@ -266,9 +270,10 @@ def summarize(findings: pl.DataFrame, names: Sequence[str]) -> list[list[object]
 
 @step(
     "split.audit",
-    version=3,  # 2: two blank prompts are no exact overlap
+    version=4,  # 2: two blank prompts are no exact overlap
     # 3: comparison keys drop invisible characters (zero-width spaces, the BOM, soft hyphens, bidi marks)
     # and chat-format tokens, turn headers and role labels (one prompt is one key in any chat format)
+    # 4: exact overlaps are found without the spaces beside punctuation ("2 + 2 ?" and "2+2?")
     inputs=None,
     outputs=("findings",),
     columns=_columns,

@@ -60,7 +60,7 @@ from dataforge.engine.streaming import key_hashes
 from dataforge.engine.table import Mapper, Table
 from dataforge.errors import DataError
 from dataforge.recipe import NAME_RE
-from dataforge.text.fields import blank_keys, key_text
+from dataforge.text.fields import blank_keys, folded_keys, key_text
 
 
 def _check_names(names: Sequence[str]) -> None:
@@ -243,7 +243,7 @@ def group_hashes(table: Table, cfg: SplitConfig) -> pl.DataFrame:
     parts = [pl.DataFrame(schema={"h0": pl.UInt64, "h1": pl.UInt64})]
     for batch in table.batches(columns=list(dict.fromkeys(cfg.group))):
         key, keyed = _group_keys(batch, cfg)
-        parts.append(key_hashes(key).with_columns(pl.when(pl.lit(keyed)).then(pl.all()).name.keep()))
+        parts.append(key_hashes(folded_keys(key)).with_columns(pl.when(pl.lit(keyed)).then(pl.all()).name.keep()))
     return pl.concat(parts)
 
 
@@ -462,9 +462,11 @@ def _note(cfg: SplitConfig) -> str | None:
 
 @step(
     "split",
-    version=3,  # 3: a blank group key joins nothing (every blank key was one unit);
+    version=4,  # 3: a blank group key joins nothing (every blank key was one unit);
     # comparison keys drop invisible characters (zero-width spaces, the BOM, soft hyphens, bidi marks)
     # and chat-format tokens, turn headers and role labels (one prompt is one key in any chat format)
+    # 4: group keys are linked without the spaces beside punctuation ("2 + 2 ?" and "2+2?" were two groups);
+    # each unit is still drawn from its unfolded key, so no other unit moves
     outputs=_outputs,
     columns=_columns,
     partition="global",

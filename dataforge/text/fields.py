@@ -60,6 +60,14 @@ def without_chat_format(text: pl.Series) -> pl.Series:
     return text.scatter(idx, text.gather(idx).str.replace_all(CHAT_FORMAT, " "))
 
 
+def folded_keys(keys: pl.Series) -> pl.Series:
+    """``key_text`` keys without the spaces beside punctuation and symbols: "what is 2 + 2 ?" and
+    "what is 2+2?" are one key (tokenized text, as older datasets hold it, puts spaces where the
+    same prompt elsewhere has none). What rows are linked and matched by; a split draws each unit
+    from its unfolded key, so folding joins units without re-drawing any other."""
+    return keys.str.replace_all(r" ?([\p{P}\p{S}]) ?", "${1}")
+
+
 def blank_keys(keys: pl.Series) -> pl.Series:
     """Whether each ``key_text`` has no text in any of its fields (only separators left)."""
     return keys.str.replace_all(KEY_SEPARATOR, "", literal=True) == ""

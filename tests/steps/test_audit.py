@@ -79,6 +79,13 @@ def test_a_prompt_as_messages_and_as_formatted_text_is_one_prompt(ctx):
     assert res.tables["findings"].select("finding", "row_a", "row_b").rows() == [("exact_overlap", "g:3", "t:0")]
 
 
+def test_a_prompt_with_spaces_beside_its_punctuation_is_the_same_prompt(ctx):
+    train = pl.DataFrame({"_id": ["g:0", "g:1"], "q": ["What is 2 + 2 ?", "Name a colour , please ."]})
+    test = pl.DataFrame({"_id": ["t:0", "t:1"], "q": ["what is 2+2?", "Name a color, please."]})
+    res = split_audit({"train": train, "test": test}, AuditConfig(prompt="q", near=False), ctx)
+    assert res.tables["findings"].select("finding", "row_a", "row_b").rows() == [("exact_overlap", "g:0", "t:0")]
+
+
 def test_time_order_finding(ctx):
     t0 = datetime(2023, 1, 1, tzinfo=timezone.utc)
     a = _gsm8k(20).with_columns(pl.Series("_ts", [t0 + timedelta(days=i) for i in range(20)]))

@@ -86,6 +86,24 @@ def test_blank_group_keys_join_nothing_and_invisible_characters_change_no_key(ct
     assert _assignment(again) == where
 
 
+def test_spaces_beside_punctuation_join_groups_without_moving_any_other_unit(ctx):
+    """"What is 2 + 2 ?" (tokenized text, as older datasets hold it) and "What is 2+2?" were two
+    groups, so one prompt could be in train and test. They are one now, and the other units keep
+    their splits: each unit is still drawn from its own (unfolded) key."""
+    qs = [f"How many apples does shop {i} sell , in total ?" for i in range(300)]
+    base = pl.DataFrame({"_id": [f"r:{i}" for i in range(300)], "q": qs})
+    cfg = SplitConfig(group="q", fractions={"train": 0.5, "test": 0.5}, seed=7)
+    before = _assignment(split({"data": base}, cfg, ctx))
+    variants = pl.DataFrame(
+        {"_id": [f"v:{i}" for i in range(300)], "q": [q.replace(" , ", ", ").replace(" ?", "?") for q in qs]}
+    )
+    after = _assignment(split({"data": pl.concat([base, variants])}, cfg, ctx))
+    assert all(after[f"v:{i}"] == after[f"r:{i}"] for i in range(300))  # each variant with its original
+    moved = [i for i in range(300) if after[f"r:{i}"] != before[f"r:{i}"]]
+    assert moved == []  # the spaced form sorts first (" " < ","), so every unit keeps its draw
+    assert set(before.values()) == {"train", "test"}
+
+
 def test_one_prompt_in_any_chat_format_is_one_group(ctx):
     """A prompt written in ChatML, Llama 3, Gemma or HH form, or as "user: …", is one group key, so
     it never lands in two splits (the format's tokens and role names made each form its own group)."""
