@@ -237,9 +237,7 @@ def audit_batch(
         pl.col("_id").alias("row"),
         pl.lit(key_hashes(folded_keys(prompts))["h0"]).alias("p"),  # ("2 + 2 ?" and "2+2?" are one prompt)
         (
-            pl.lit(key_hashes(folded_keys(key_text(batch, target, roles[1])))["h0"])
-            if target
-            else pl.lit(0, pl.UInt64)
+            pl.lit(key_hashes(folded_keys(key_text(batch, target, roles[1])))["h0"]) if target else pl.lit(0, pl.UInt64)
         ).alias("t"),
         pl.lit(blank_keys(prompts)).alias("blank"),
     )

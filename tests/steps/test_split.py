@@ -87,7 +87,7 @@ def test_blank_group_keys_join_nothing_and_invisible_characters_change_no_key(ct
 
 
 def test_spaces_beside_punctuation_join_groups_without_moving_any_other_unit(ctx):
-    """"What is 2 + 2 ?" (tokenized text, as older datasets hold it) and "What is 2+2?" were two
+    """ "What is 2 + 2 ?" (tokenized text, as older datasets hold it) and "What is 2+2?" were two
     groups, so one prompt could be in train and test. They are one now, and the other units keep
     their splits: each unit is still drawn from its own (unfolded) key."""
     qs = [f"How many apples does shop {i} sell , in total ?" for i in range(300)]
