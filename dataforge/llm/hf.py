@@ -2,8 +2,15 @@
 
 Chat requests go through the tokenizer's chat template (``add_generation_prompt=True``);
 prompt requests are tokenized as they are. Requests with the same sampling params are batched
-together (``spec.batch_size`` prompts, ``n`` samples each); each batch is seeded from the
-params' seed and its prompts, so the same batch gives the same samples.
+together (``spec.batch_size`` prompts, ``n`` samples each).
+
+Sampling is per request, not per batch: each sample draws its token at every step as the argmax
+of its logits (temperature and top-p applied) plus Gumbel noise from a generator of its own,
+seeded from the params' seed, its prompt and its sample index (the Gumbel-max trick: an exact draw
+from the tempered distribution). So a request's samples do not depend on which requests share its
+batch — a local build and a Ray build, whose batches differ, sample alike with an empty request
+cache (up to the float rounding that padding brings to the logits). Before, one seed per batch,
+taken from all its prompts, made every sample depend on the batch.
 """
 
 from __future__ import annotations
@@ -39,6 +46,33 @@ def end_token_ids(generation_eos: int | list[int] | None, tokenizer_eos: int | N
     if tokenizer_eos is not None and tokenizer_eos not in ids:
         ids.append(tokenizer_eos)
     return ids
+
+
+def sample_seed(seed: int | None, prompt: str, index: int) -> int:
+    """The seed of sample ``index`` of ``prompt`` under the params' ``seed``: the same wherever
+    and with whatever batch the request is sent."""
+    return int(hashlib.sha256(f"{seed}|{index}|{prompt}".encode()).hexdigest()[:16], 16)
+
+
+class GumbelNoise:
+    """A logits processor adding to each row's scores Gumbel noise from that row's own generator
+    (``seeds``, one per row), drawn anew at each step; with greedy decoding after it, each row's
+    token is a draw from the softmax of its scores, and depends on its seed alone."""
+
+    def __init__(self, seeds: list[int]):
+        self.seeds = [s % 2**63 for s in seeds]
+        self.generators: list[Any] = []  # made on the device of the first scores (drawn there, not copied)
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        import torch
+
+        if not self.generators:
+            self.generators = [torch.Generator(device=scores.device).manual_seed(s) for s in self.seeds]
+        uniform = torch.stack(
+            [torch.rand(scores.shape[-1], generator=g, device=scores.device) for g in self.generators]
+        )
+        gumbel = -torch.log(-torch.log(uniform.clamp_min(torch.finfo(uniform.dtype).tiny)))
+        return scores + gumbel.to(scores.dtype)
 
 
 class TransformersBackend:
@@ -85,27 +119,31 @@ class TransformersBackend:
 
     def _generate_batch(self, requests: list[Request]) -> list[Generation]:
         import torch
+        from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopPLogitsWarper
 
         params = requests[0].params
         rendered = [self.render(r) for r in requests]
         add_special = rendered[0][1]
-        enc = self.tokenizer(
-            [t for t, _ in rendered], return_tensors="pt", padding=True, add_special_tokens=add_special
-        ).to(self.device)
-        seed_src = f"{params.seed}|" + "|".join(t for t, _ in rendered)
-        torch.manual_seed(int(hashlib.sha256(seed_src.encode()).hexdigest()[:8], 16))
-        sample = params.temperature > 0
-        kwargs: dict[str, Any] = {"do_sample": sample}
-        if sample:
-            kwargs.update(temperature=params.temperature, top_p=params.top_p, top_k=0)
+        texts = [t for t, _ in rendered for _ in range(params.n)]  # each request's n samples, in a row
+        enc = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=add_special).to(self.device)
+        processors = LogitsProcessorList()
+        if params.temperature > 0:  # sampled: greedy over tempered, top-p-cut logits plus per-sample noise
+            processors.append(TemperatureLogitsWarper(params.temperature))
+            if params.top_p < 1:
+                processors.append(TopPLogitsWarper(params.top_p))
+            seeds = [sample_seed(params.seed, t, j) for t, _ in rendered for j in range(params.n)]
+            processors.append(GumbelNoise(seeds))
         with torch.no_grad():
             seqs = self.model.generate(
                 **enc,
                 max_new_tokens=params.max_tokens,
-                num_return_sequences=params.n,
                 pad_token_id=self.tokenizer.pad_token_id,
                 eos_token_id=self.stop_ids or None,
-                **kwargs,
+                do_sample=False,
+                temperature=None,
+                top_p=None,
+                top_k=None,
+                logits_processor=processors,
             )
         new = seqs[:, enc["input_ids"].shape[1] :].tolist()
         results = []

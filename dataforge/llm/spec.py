@@ -62,7 +62,9 @@ class ModelSpec(BaseModel):
 
 # 2: transformers stops at the generation config's end-of-turn tokens (it stopped at the tokenizer's
 # eos_token only: an instruct model such as Llama 3 wrote past its turn until max_tokens)
-BACKEND_REVISIONS = {"transformers": 2}
+# 3: transformers samples each request from its own seed (a batch's one seed made every sample depend on
+# the requests batched with it)
+BACKEND_REVISIONS = {"transformers": 3}
 
 
 def parse_model_override(text: str) -> tuple[str, dict[str, str]]:

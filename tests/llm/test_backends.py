@@ -127,3 +127,29 @@ def test_transformers_stops_at_the_models_end_of_turn_token(tiny_lm, tmp_path):
     got = backend.generate([Request(params, prompt="hello")])[0]
     assert got.finish_reasons == ["stop"] and got.completion_tokens == len(kept)
     assert got.texts[0] == backend.tokenizer.decode(kept, skip_special_tokens=True)
+
+
+def test_transformers_samples_a_request_alike_whatever_it_is_batched_with(tiny_lm):
+    """Each sample draws from its own seed (params' seed, prompt, sample index): alone or batched
+    with other prompts of other lengths (left padding), a request gets the same samples. Before,
+    one seed per batch made them depend on the batch, so a local and a Ray build sampled apart."""
+    params = SamplingParams(n=3, max_tokens=8, temperature=1.0, top_p=0.9, seed=5)
+    target = Request(params, messages=CHAT)
+    others = [
+        Request(params, messages=({"role": "user", "content": "Name a colour, any colour you like, and say why."},)),
+        Request(params, messages=({"role": "user", "content": "Hi"},)),
+    ]
+    alone = load_backend(ModelSpec(backend="transformers", model=str(tiny_lm), device="cpu", batch_size=1))
+    batched = load_backend(ModelSpec(backend="transformers", model=str(tiny_lm), device="cpu", batch_size=3))
+    once = alone.generate([target])[0].texts
+    assert batched.generate([others[0], target, others[1]])[1].texts == once
+    assert batched.generate([target, *others])[0].texts == once
+    assert len(set(once)) > 1  # sampled: three draws, not one greedy answer thrice
+    reseeded = alone.generate([Request(params.model_copy(update={"seed": 6}), messages=CHAT)])[0].texts
+    assert reseeded != once
+    near_greedy = params.model_copy(update={"temperature": 1e-6, "top_p": 1.0, "n": 1})
+    greedy = params.model_copy(update={"temperature": 0.0, "n": 1})
+    assert (
+        alone.generate([Request(near_greedy, messages=CHAT)])[0].texts
+        == alone.generate([Request(greedy, messages=CHAT)])[0].texts
+    )
