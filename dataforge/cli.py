@@ -279,6 +279,7 @@ _TRAIN_FLAGS = {  # flag → TrainConfig key
     "output_dir": "output_dir",
     "eval_split": "eval_split",
     "eval_steps": "eval_steps",
+    "save_steps": "save_steps",
 }
 
 
@@ -291,6 +292,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     overrides: dict[str, Any] = {k: getattr(args, f) for f, k in _TRAIN_FLAGS.items() if getattr(args, f) is not None}
     if args.bf16:
         overrides["bf16"] = True
+    if args.resume:
+        overrides["resume"] = True
     lora = {k: v for k, v in (("r", args.lora_r), ("alpha", args.lora_alpha)) if v is not None}
     if args.lora_target_modules:
         mods = args.lora_target_modules.split(",")
@@ -548,6 +551,12 @@ def make_parser() -> argparse.ArgumentParser:
         help="the split evaluated on after training: a split's name, none, or auto (default: validation, else test)",
     )
     t.add_argument("--eval-steps", type=int, help="also evaluate every N steps (default: once, after training)")
+    t.add_argument("--save-steps", type=int, help="write a checkpoint every N steps (default: at the end only)")
+    t.add_argument(
+        "--resume",
+        action="store_true",
+        help="go on from the last checkpoint in the output directory (the same trainer, model and dataset)",
+    )
     t.add_argument("--check", action="store_true", help="run the pre-flight check only; train nothing")
     t.set_defaults(fn=cmd_train)
 

@@ -60,6 +60,7 @@ class TrainConfig(_Strict):
     output_dir: str | None = None  # default runs/<trainer>-<dataset>
     logging_steps: int = Field(10, ge=1)
     save_steps: int | None = None  # default: save at the end only
+    resume: bool = False  # go on from the last checkpoint-N in output_dir (same trainer, model and dataset)
     gradient_checkpointing: bool = False
     # evaluation: ``auto`` takes the dataset's validation split, else its test split (one with rows);
     # a split's name takes that one; ``none`` evaluates nothing. Evaluated once after training, and

@@ -16,6 +16,7 @@ from trainers.preflight import PreflightReport, check
 
 Kind = Literal["sft", "dpo", "grpo", "reward"]
 PROVENANCE = "dataforge_provenance.json"
+STARTED = "dataforge_training.json"  # written when training starts: what a resumed run must match
 
 
 @dataclass
@@ -235,6 +236,9 @@ def _train(kind: Kind, data: str | Path, model: str, cfg: TrainConfig) -> TrainR
         "processing_class": tok,
         "peft_config": _lora(kind, cfg),
     }
+    resume_from = _resumable(kind, model, meta, output_dir, data) if cfg.resume else None
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / STARTED).write_text(json.dumps(_started(kind, model, meta, data), indent=1, sort_keys=True) + "\n")
     trainer_cls = {"sft": trl.SFTTrainer, "dpo": trl.DPOTrainer, "reward": trl.RewardTrainer}.get(kind)
     if kind == "grpo":
         trainer_cls = trl.GRPOTrainer
@@ -242,7 +246,7 @@ def _train(kind: Kind, data: str | Path, model: str, cfg: TrainConfig) -> TrainR
     started = datetime.now(timezone.utc)
     t0 = time.perf_counter()
     trainer = trainer_cls(**kwargs)
-    result = trainer.train()
+    result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     seconds = time.perf_counter() - t0  # training; the evaluation after it is timed in its metrics
     evaluated = _evaluated(trainer, result.global_step) if evaluating else None
     trainer.save_model(str(output_dir))
@@ -252,7 +256,12 @@ def _train(kind: Kind, data: str | Path, model: str, cfg: TrainConfig) -> TrainR
     provenance = output_dir / PROVENANCE
     provenance.write_text(
         json.dumps(
-            _provenance(kind, data, model, cfg, meta, report, started, seconds, metrics, evaluated, trainable, total),
+            {
+                **_provenance(
+                    kind, data, model, cfg, meta, report, started, seconds, metrics, evaluated, trainable, total
+                ),
+                "resumed_from": str(resume_from) if resume_from else None,
+            },
             indent=1,
             sort_keys=True,
             default=str,
@@ -272,6 +281,36 @@ def _train(kind: Kind, data: str | Path, model: str, cfg: TrainConfig) -> TrainR
         eval_split=report.eval_split,
         eval_metrics=evaluated,
     )
+
+
+def _started(kind: Kind, model: str, meta: dict | None, data: str | Path) -> dict[str, Any]:
+    """What a training run starts from: its trainer, model and dataset (the build's fingerprint and
+    run, else the dataset's path)."""
+    dataset = {k: meta[k] for k in ("fingerprint", "run_id")} if meta else {"path": str(Path(data).resolve())}
+    return {"trainer": kind, "model": model, "dataset": dataset}
+
+
+def _resumable(kind: Kind, model: str, meta: dict | None, output_dir: Path, data: str | Path) -> Path:
+    """The last checkpoint in ``output_dir`` to resume from, once its run is known to have had this
+    trainer, model and dataset (a checkpoint trained on other data would go on silently on this)."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    last = get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
+    if last is None:
+        raise TrainConfigError(
+            f"resume: no checkpoint-N folder in {output_dir} (a run writes them every save_steps steps)"
+        )
+    started = output_dir / STARTED
+    if not started.exists():
+        raise TrainConfigError(f"resume: {output_dir} has no {STARTED}: its checkpoints were not written here")
+    before, now = json.loads(started.read_text()), _started(kind, model, meta, data)
+    for key in ("trainer", "model", "dataset"):
+        if before[key] != now[key]:
+            raise TrainConfigError(
+                f"resume: the checkpoints in {output_dir} were trained with {key} {before[key]}, this run has "
+                f"{now[key]}; resume the same run, or train into another output_dir"
+            )
+    return Path(last)
 
 
 def _evaluated(trainer: Any, step: int) -> dict[str, float]:

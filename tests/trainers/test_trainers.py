@@ -400,3 +400,16 @@ def test_tool_calling_conversations_build_pass_the_preflight_and_train(tiny_lm, 
     rendered = tok.decode(_token_ids(tok, load_from_disk(str(data))["train"][1], "language_modeling")[0])
     assert "call get _ weather" in rendered and "lyon" in rendered and "tools :" in rendered  # WordPiece decoding
     assert_trained(train("sft", data, str(model), cfg(tmp_path, max_length=256)), data)
+
+
+def test_resume_goes_on_from_the_last_checkpoint_of_the_same_run_only(data, tiny_lm, tmp_path):
+    first = train("sft", data / "sft", str(tiny_lm), cfg(tmp_path, save_steps=1))
+    assert (first.output_dir / "checkpoint-2").is_dir()
+    more = train("sft", data / "sft", str(tiny_lm), cfg(tmp_path, max_steps=3, save_steps=1, resume=True))
+    assert more.steps == 3 and math.isfinite(more.train_loss)
+    assert json.loads(more.provenance.read_text())["resumed_from"].endswith("checkpoint-2")
+    # a checkpoint trained on other data, or by another trainer, is not gone on from silently
+    with pytest.raises(TrainConfigError, match=r"resume: the checkpoints in .* were trained with dataset"):
+        train("sft", data / "sft_pc", str(tiny_lm), cfg(tmp_path, max_steps=4, resume=True))
+    with pytest.raises(TrainConfigError, match=r"resume: no checkpoint-N folder in"):
+        train("sft", data / "sft", str(tiny_lm), cfg(tmp_path / "elsewhere", resume=True))
