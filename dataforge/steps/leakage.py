@@ -629,8 +629,11 @@ def stated_answers(df: pl.DataFrame, fields: list[str]) -> list[str | None]:
 
 
 def _fields_text(df: pl.DataFrame, fields: list[str], roles: list[str] | None = None) -> list[str]:
-    """Each row's ``fields`` as one text, a line apart (messages: the turns of ``roles``, all when None)."""
-    return df.select(pl.concat_str([text_expr(df, f, roles) for f in fields], separator="\n").alias("t"))["t"].to_list()
+    """Each row's ``fields`` as one text, a line apart (messages: the turns of ``roles``, all when
+    None). The turns of one role are read by their contents alone, as ``views.user_turns`` reads a
+    conversation written out in a chat format: one conversation is one text either way."""
+    texts = [text_expr(df, f, roles, labels=roles is None) for f in fields]
+    return df.select(pl.concat_str(texts, separator="\n").alias("t"))["t"].to_list()
 
 
 def both_ways(forward: float | None, train_written: Any, eval_searched: Any, k: int) -> float | None:
@@ -700,7 +703,7 @@ def _clone_hits(train: _Side, evals: _Side, cfg: LeakageConfig) -> pl.DataFrame:
 
 @step(
     "leakage.check",
-    version=20,  # 10: corroborated static matches; 11: answers_from_text; 12: train_tokens_margin; 13: templates;
+    version=21,  # 10: corroborated static matches; 11: answers_from_text; 12: train_tokens_margin; 13: templates;
     # 14: numbers with a scale ("$32M", "1.5 million", "a hundred"), "an hour and a half", "per cent";
     # 15: a row matched before the transformer is not embedded, nor judged, for its other pairs
     # 16: a train row without text is no `exact` copy of an eval item without text
@@ -711,6 +714,8 @@ def _clone_hits(train: _Side, evals: _Side, cfg: LeakageConfig) -> pl.DataFrame:
     # a conversation written out in a chat format (ChatML, Llama 2 / 3, Mistral, Gemma, Phi-3) is read by its
     # user turns (it was read whole, system prompt first)
     # 20: the judge's verdict is read past a thinking model's reasoning (after its last </think>)
+    # 21: a messages column's user turns are read by their contents, as a chat format's text is ("user: "
+    # labels lifted short texts' cosines and made word n-grams: one conversation gave two decisions)
     inputs=None,
     outputs=("data", "matches", "scores"),
     columns=_columns,

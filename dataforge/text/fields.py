@@ -74,17 +74,23 @@ def blank_keys(keys: pl.Series) -> pl.Series:
 
 
 def text_expr(
-    df: pl.DataFrame, column: str, roles: Sequence[str] | None = None, first_turns: int | None = None
+    df: pl.DataFrame,
+    column: str,
+    roles: Sequence[str] | None = None,
+    first_turns: int | None = None,
+    labels: bool = True,
 ) -> pl.Expr:
     """An expression giving the text of ``column`` of ``df``; for messages, only ``roles`` if given,
-    and only the first ``first_turns`` of those turns if given (text columns are whole)."""
+    and only the first ``first_turns`` of those turns if given (text columns are whole), each turn
+    as ``role: content`` (``labels``) or its content alone."""
     dtype = df.schema[column]
     if dtype == pl.String:
         return pl.col(column).fill_null("")
     if is_conversation(dtype):
+        role, content = pl.element().struct.field("role"), pl.element().struct.field("content")
         turns = pl.col(column).list.eval(
-            pl.when(pl.element().struct.field("role").is_in(list(roles)) if roles else pl.lit(True))
-            .then(pl.concat_str(pl.element().struct.field("role"), pl.lit(": "), pl.element().struct.field("content")))
+            pl.when(role.is_in(list(roles)) if roles else pl.lit(True))
+            .then(pl.concat_str(role, pl.lit(": "), content) if labels else content)
             .otherwise(None)
             .drop_nulls()
         )
