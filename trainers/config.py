@@ -65,7 +65,7 @@ class TrainConfig(_Strict):
     # evaluation: ``auto`` takes the dataset's validation split, else its test split (one with rows);
     # a split's name takes that one; ``none`` evaluates nothing. Evaluated once after training, and
     # every ``eval_steps`` steps too when set.
-    eval_split: str = "auto"
+    eval_split: str | None = "auto"  # (null: none)
     eval_steps: int | None = Field(None, ge=1)
     eval_batch_size: int | None = Field(None, ge=1)  # default: batch_size (grpo: rounded up to whole groups)
     # dpo

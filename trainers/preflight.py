@@ -110,10 +110,10 @@ def _join(prompt: Any, completion: Any) -> Any:
     return str(prompt) + str(completion)
 
 
-def eval_split_of(dataset: Any, wanted: str) -> tuple[str | None, str]:
+def eval_split_of(dataset: Any, wanted: str | None) -> tuple[str | None, str]:
     """The split to evaluate on (see the module doc) and what the pre-flight says of it."""
     names = ", ".join(dataset) or "none"
-    if wanted == "none":
+    if wanted is None or wanted == "none":
         return None, "none (eval_split: none)"
     if wanted == "auto":
         for name in EVAL_SPLITS:
@@ -137,7 +137,7 @@ def check(
     tokenizer: Any,
     max_length: int,
     reward_columns: list[str] = (),
-    eval_split: str = "auto",
+    eval_split: str | None = "auto",
 ) -> PreflightReport:
     """Check a ``DatasetDict`` against a trainer and tokenizer; raises PreflightError on a misfit."""
     if "train" not in dataset or len(dataset["train"]) == 0:

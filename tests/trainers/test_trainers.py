@@ -204,6 +204,8 @@ def test_without_an_eval_split_nothing_is_evaluated(data, tiny_lm, tmp_path):
     tok = load_tokenizer(str(tiny_lm))
     from datasets import load_from_disk
 
+    assert check(load_from_disk(str(data / "sft_held")), "sft", tok, 128, eval_split=None).eval_split is None  # null
+    assert load_train_config(None, {"eval_split": None}).eval_split is None
     report = check(load_from_disk(str(data / "sft")), "sft", tok, 128)  # auto, and only a train split
     assert report.eval_split is None
     assert ("eval split", "none: no validation or test split (splits: train)") in report.checks
