@@ -9,8 +9,9 @@ Checks, in order (the first failure raises ``PreflightError`` with what to do):
 3. no doubled BOS: the first example tokenized the way TRL will does not start with BOS twice;
 4. GRPO: every column a reward grader reads is in the dataset;
 5. the split evaluated on (``eval_split``): ``auto`` takes ``validation``, else ``test`` (one
-   with rows; a held-out test split is the second choice, as it is what a team reports on); a
-   named one must exist, hold rows and not be ``train``.
+   with rows; a held-out test split is the second choice, as it is what a team reports on; for
+   GRPO, which evaluates by generating, ``validation`` only); a named one must exist, hold rows
+   and not be ``train``.
 Then it reports, per split, rows and token-length statistics against ``max_length`` (how many
 rows would be truncated).
 """
@@ -41,6 +42,9 @@ SUGGEST = {
 }
 MAX_ROWS_MEASURED = 20_000
 EVAL_SPLITS = ("validation", "test")  # what eval_split: auto takes, in this order
+# GRPO evaluates by generating num_generations completions per prompt: on a benchmark's whole test
+# split (GSM8K's 1,319 prompts) that is hours after training, so auto takes a validation split only
+GENERATING_EVAL_SPLITS = ("validation",)
 
 
 class PreflightError(DataforgeError):
@@ -110,17 +114,20 @@ def _join(prompt: Any, completion: Any) -> Any:
     return str(prompt) + str(completion)
 
 
-def eval_split_of(dataset: Any, wanted: str | None) -> tuple[str | None, str]:
+def eval_split_of(dataset: Any, wanted: str | None, trainer: str = "sft") -> tuple[str | None, str]:
     """The split to evaluate on (see the module doc) and what the pre-flight says of it."""
     names = ", ".join(dataset) or "none"
     if wanted is None or wanted == "none":
         return None, "none (eval_split: none)"
     if wanted == "auto":
-        for name in EVAL_SPLITS:
+        candidates = GENERATING_EVAL_SPLITS if trainer == "grpo" else EVAL_SPLITS
+        for name in candidates:
             if name in dataset and len(dataset[name]):
                 return name, f"{name} ({len(dataset[name]):,} rows)"
-        empty = [n for n in EVAL_SPLITS if n in dataset]
-        why = f"split '{empty[0]}' is empty" if empty else f"no validation or test split (splits: {names})"
+        empty = [n for n in candidates if n in dataset]
+        why = f"split '{empty[0]}' is empty" if empty else f"no {' or '.join(candidates)} split (splits: {names})"
+        if trainer == "grpo" and "test" in dataset:
+            why += "; grpo evaluates by generating, so auto leaves a test split alone: name it to evaluate on it"
         return None, f"none: {why}"
     if wanted == "train":
         raise PreflightError("eval_split: 'train' is the split trained on; its loss is not a held-out figure")
@@ -176,7 +183,7 @@ def check(
         raise PreflightError(f"the rewards read columns the dataset lacks: {', '.join(missing)}")
     if reward_columns:
         report.checks.append(("reward columns", ", ".join(sorted(set(reward_columns)))))
-    report.eval_split, said = eval_split_of(dataset, eval_split)
+    report.eval_split, said = eval_split_of(dataset, eval_split, trainer)
     report.checks.append(("eval split", said))
     for name, split in dataset.items():
         report.splits[name] = _split_stats(split, tokenizer, trl_type, max_length)

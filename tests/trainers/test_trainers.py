@@ -189,12 +189,18 @@ def test_sft_evaluates_on_the_validation_split_after_training_and_every_eval_ste
     assert prov["warnings"] == []
 
 
-def test_grpo_evaluates_its_test_split_with_the_rewards(data, tiny_lm, tmp_path):
-    result = train("grpo", data / "grpo_held", str(tiny_lm), cfg(tmp_path, num_generations=2, max_completion_length=8))
-    assert result.eval_split == "test"  # no validation split: auto takes test
+def test_grpo_evaluates_a_named_test_split_with_the_rewards_and_auto_leaves_it_alone(data, tiny_lm, tmp_path):
+    grpo = {"num_generations": 2, "max_completion_length": 8}
+    result = train("grpo", data / "grpo_held", str(tiny_lm), cfg(tmp_path, eval_split="test", **grpo))
+    assert result.eval_split == "test"
     assert "eval_rewards/math_answer/mean" in result.eval_metrics
+    # auto leaves a test split alone for grpo: generating for a whole benchmark is hours after training
+    from datasets import load_from_disk
+
+    report = check(load_from_disk(str(data / "grpo_held")), "grpo", load_tokenizer(str(tiny_lm)), 128)
+    assert report.eval_split is None and "name it to evaluate on it" in dict(report.checks)["eval split"]
     with pytest.raises(TrainConfigError, match=r"eval_batch_size \(3\) must be a multiple of num_generations \(2\)"):
-        train("grpo", data / "grpo_held", str(tiny_lm), cfg(tmp_path, num_generations=2, eval_batch_size=3))
+        train("grpo", data / "grpo_held", str(tiny_lm), cfg(tmp_path, eval_split="test", eval_batch_size=3, **grpo))
 
 
 def test_without_an_eval_split_nothing_is_evaluated(data, tiny_lm, tmp_path):
