@@ -227,6 +227,7 @@ def _train(kind: Kind, data: str | Path, model: str, cfg: TrainConfig) -> TrainR
     output_dir = Path(cfg.output_dir or f"runs/{kind}-{Path(data).name}")
     evaluating = report.eval_split is not None
     args = _args(kind, cfg, output_dir, report.trl_type, evaluating)
+    resume_from = _resumable(kind, model, meta, output_dir, data) if cfg.resume else _fresh(output_dir)
     m = _load_model(kind, model, cfg, tok)
     kwargs: dict[str, Any] = {
         "model": m,
@@ -236,7 +237,6 @@ def _train(kind: Kind, data: str | Path, model: str, cfg: TrainConfig) -> TrainR
         "processing_class": tok,
         "peft_config": _lora(kind, cfg),
     }
-    resume_from = _resumable(kind, model, meta, output_dir, data) if cfg.resume else None
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / STARTED).write_text(json.dumps(_started(kind, model, meta, data), indent=1, sort_keys=True) + "\n")
     trainer_cls = {"sft": trl.SFTTrainer, "dpo": trl.DPOTrainer, "reward": trl.RewardTrainer}.get(kind)
@@ -311,6 +311,20 @@ def _resumable(kind: Kind, model: str, meta: dict | None, output_dir: Path, data
                 f"{now[key]}; resume the same run, or train into another output_dir"
             )
     return Path(last)
+
+
+def _fresh(output_dir: Path) -> None:
+    """Refuse to start a run in an output directory holding an earlier run's checkpoints: a later
+    ``--resume`` would take the newest checkpoint-N, which could be the earlier run's."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    last = get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
+    if last is not None:
+        raise TrainConfigError(
+            f"output_dir {output_dir} holds the checkpoints of an earlier run ({Path(last).name}): resume it "
+            "(--resume), or train into another output_dir"
+        )
+    return None
 
 
 def _evaluated(trainer: Any, step: int) -> dict[str, float]:

@@ -419,5 +419,7 @@ def test_resume_goes_on_from_the_last_checkpoint_of_the_same_run_only(data, tiny
     # a checkpoint trained on other data, or by another trainer, is not gone on from silently
     with pytest.raises(TrainConfigError, match=r"resume: the checkpoints in .* were trained with dataset"):
         train("sft", data / "sft_pc", str(tiny_lm), cfg(tmp_path, max_steps=4, resume=True))
+    with pytest.raises(TrainConfigError, match=r"holds the checkpoints of an earlier run \(checkpoint-3\)"):
+        train("sft", data / "sft", str(tiny_lm), cfg(tmp_path, save_steps=1))  # a fresh run over them
     with pytest.raises(TrainConfigError, match=r"resume: no checkpoint-N folder in"):
         train("sft", data / "sft", str(tiny_lm), cfg(tmp_path / "elsewhere", resume=True))
