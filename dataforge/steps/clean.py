@@ -108,7 +108,8 @@ def _normalized_field(df: pl.DataFrame, field: str, text: Callable[[pl.Series], 
 # 2: NFKC keeps superscripts, subscripts and vulgar fractions (keep_math; "5²" became "52")
 # 3: collapse keeps indentation and fenced code blocks (it folded them: Python no longer parsed)
 # 4: a messages field's turn contents are normalized (the field was refused as not text)
-@step("clean.normalize", version=4, inputs=None, per_table_columns=_normalize_columns, partition="rows")
+# 5: collapse keeps the spaces inside a string literal of code ('a   b' became 'a b')
+@step("clean.normalize", version=5, inputs=None, per_table_columns=_normalize_columns, partition="rows")
 def normalize(inputs: dict[str, pl.DataFrame], cfg: NormalizeConfig, ctx: Context) -> StepResult:
     """Normalize text fields; record a `revised` event for every row that changed."""
 

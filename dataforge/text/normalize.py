@@ -153,12 +153,23 @@ def normalize_text(
 _CODE_LAYOUT = r"\n[ \t]+\S|(?m)^[ \t]*(?:```|~~~)"
 _FENCE = re.compile(r"^[ \t]*(```|~~~)")
 _LINE_HSPACE = re.compile(_HSPACE)
+# a string literal on one line: its spaces are its value ('a   b' is not 'a b')
+_QUOTED = re.compile(r"""("(?:[^"\\\n]|\\.)*"|'(?:[^'\\\n]|\\.)*')""")
+
+
+def _fold_outside_quotes(body: str) -> str:
+    """A line's runs of spaces folded to one, but not inside a string literal on it (an apostrophe
+    in prose may open one: such a line keeps some runs, never loses a literal's value)."""
+    if "'" not in body and '"' not in body:
+        return _LINE_HSPACE.sub(" ", body)
+    parts = _QUOTED.split(body)  # literals at odd positions
+    return "".join(part if k % 2 else _LINE_HSPACE.sub(" ", part) for k, part in enumerate(parts))
 
 
 def collapse_keeping_code(text: str) -> str:
     """``collapse`` for a text whose whitespace is layout (code, nested Markdown lists): CRLF → LF,
     at most one blank line, each line's trailing whitespace trimmed and its inner runs of spaces
-    folded, but every line's indentation kept, and the lines of a fenced code block (```` ``` ````
+    folded outside string literals, but every line's indentation kept, and the lines of a fenced code block (```` ``` ````
     or ``~~~``) kept exactly. The text's leading blank lines and trailing whitespace are trimmed;
     its first line's indentation is kept when a later line is indented (the body of a function
     written from its first statement), else trimmed. Folding indentation turned Python code into
@@ -177,7 +188,7 @@ def collapse_keeping_code(text: str) -> str:
             fence = opened.group(1)
         body = line.lstrip(" \t")
         indent = line[: len(line) - len(body)]
-        body = _LINE_HSPACE.sub(" ", body).rstrip()
+        body = _fold_outside_quotes(body).rstrip()
         if not body and out and not out[-1]:
             continue  # at most one blank line
         out.append(indent + body if body else "")
