@@ -169,11 +169,12 @@ def _fold_outside_quotes(body: str) -> str:
 def collapse_keeping_code(text: str) -> str:
     """``collapse`` for a text whose whitespace is layout (code, nested Markdown lists): CRLF → LF,
     at most one blank line, each line's trailing whitespace trimmed and its inner runs of spaces
-    folded outside string literals, but every line's indentation kept, and the lines of a fenced code block (```` ``` ````
-    or ``~~~``) kept exactly. The text's leading blank lines and trailing whitespace are trimmed;
-    its first line's indentation is kept when a later line is indented (the body of a function
-    written from its first statement), else trimmed. Folding indentation turned Python code into
-    text that no longer parses ("def f(x):\n    return x" → "def f(x):\nreturn x")."""
+    folded outside string literals, but every line's indentation kept, and the lines of a fenced
+    code block (```` ``` ```` or ``~~~``) kept exactly. The text's leading blank lines and
+    trailing whitespace are trimmed; its first line's indentation is kept when a later line is
+    indented (the body of a function written from its first statement), else trimmed. Folding
+    indentation turned Python code into text that no longer parses ("def f(x):\n    return x" →
+    "def f(x):\nreturn x")."""
     lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
     out: list[str] = []
     fence: str | None = None
