@@ -48,7 +48,7 @@ def test_normalize_keeps_the_layout_of_code(ctx):
     assert out[2] == "Use this:\n\n```python\ndef pad(s):\n    return s + '   '\n\n\n\n```\n\nIt pads."
     assert out[3] == "Steps:\n- mix\n  - flour and water\n- bake"
     # a string literal's spaces are its value: kept (they were folded, 'a   b' became 'a b')
-    literal = "def sep():\n    return 'a   b' + \"c\\\"  d\"  # joins   them\n"
+    literal = 'def sep():\n    return \'a   b\' + "c\\"  d"  # joins   them\n'
     kept = normalize({"data": _df(c=[literal])}, NormalizeConfig(fields=["c"]), ctx).tables["data"]["c"][0]
     assert ast.dump(ast.parse(kept)) == ast.dump(ast.parse(literal)) and kept.endswith("# joins them")
     for keep_code in (True, False):  # an empty batch too (a typed empty mask: the Ray audit failed on it)
