@@ -44,6 +44,12 @@ def load_built(data: str | Path) -> tuple[Any, dict[str, Any] | None]:
     try:
         dd = load_from_disk(str(path))
     except (FileNotFoundError, ValueError) as exc:
+        built = sorted(p.name for p in (path / "datasets").glob("*") if p.is_dir())
+        if built:  # a build folder: name its datasets
+            raise DataforgeError(
+                f"--data {path}: a build folder, not a dataset; its datasets: "
+                + ", ".join(str(path / "datasets" / name) for name in built)
+            ) from None
         raise DataforgeError(f"--data {path}: not a dataset saved with save_to_disk: {exc}") from None
     if not isinstance(dd, DatasetDict):
         raise DataforgeError(f"--data {path}: a single split; dataforge exports a DatasetDict with named splits")

@@ -273,6 +273,12 @@ def test_preflight_catches_doubled_bos_and_a_missing_chat_template(tiny_lm):
         check(chat, "sft", tok, 128)
 
 
+def test_a_build_folder_given_as_data_names_its_datasets(data, tiny_lm, capsys):
+    assert main(["train", "sft", "--data", str(data.parent), "--model", str(tiny_lm), "--check"]) == 1
+    err = " ".join(capsys.readouterr().err.split())
+    assert "a build folder, not a dataset; its datasets:" in err and str(data / "sft_held") in err
+
+
 def test_cli_check_and_mismatch(data, tiny_lm, capsys):
     assert main(["train", "sft", "--data", str(data / "sft"), "--model", str(tiny_lm), "--check"]) == 0
     out = capsys.readouterr().out
