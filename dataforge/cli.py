@@ -333,12 +333,14 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 0
     result = train(args.trainer, args.data, args.model, cfg)
     summary = Table(title=f"trained {args.trainer} → {result.output_dir}")
-    for col in ("steps", "train loss", "eval loss", "trainable params", "total params", "provenance"):
+    for col in ("steps", "train loss", "eval", "trainable params", "total params", "provenance"):
         summary.add_column(col)
-    eval_loss = (result.eval_metrics or {}).get("eval_loss")
+    measured = result.eval_metrics or {}
     evaluated = "no eval split" if result.eval_split is None else f"— ({result.eval_split})"
-    if eval_loss is not None:
-        evaluated = f"{eval_loss:.4f} ({result.eval_split})"
+    if "eval_reward" in measured:  # grpo: the mean reward of its generations says more than its loss
+        evaluated = f"reward {measured['eval_reward']:.4f} ({result.eval_split})"
+    elif "eval_loss" in measured:
+        evaluated = f"{measured['eval_loss']:.4f} ({result.eval_split})"
     summary.add_row(
         str(result.steps),
         f"{result.train_loss:.4f}",

@@ -193,7 +193,7 @@ def test_grpo_evaluates_a_named_test_split_with_the_rewards_and_auto_leaves_it_a
     grpo = {"num_generations": 2, "max_completion_length": 8}
     result = train("grpo", data / "grpo_held", str(tiny_lm), cfg(tmp_path, eval_split="test", **grpo))
     assert result.eval_split == "test"
-    assert "eval_rewards/math_answer/mean" in result.eval_metrics
+    assert "eval_rewards/math_answer/mean" in result.eval_metrics and "eval_reward" in result.eval_metrics
     # auto leaves a test split alone for grpo: generating for a whole benchmark is hours after training
     from datasets import load_from_disk
 
