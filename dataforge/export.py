@@ -42,8 +42,8 @@ from dataforge.steps.audit import dataset_audit
 # token counts; 6: the funnel counts the rows that lead on to the dataset; 7: time order only for time
 # splits; 8: splits written batch by batch (shards by rows, not bytes); 9: the split audit's counts in
 # dataforge.json, and a warning for splits that share prompts; a card names its empty splits; 10: the audit's
-# exact overlaps are found without the spaces beside punctuation
-EXPORT_VERSION = 10
+# exact overlaps are found without the spaces beside punctuation; 11: a turn's tool calls are its text too
+EXPORT_VERSION = 11
 EXPORT_SHARD_ROWS = 1_000_000  # rows per .arrow file of a split
 EXPORT_BLOCK_ROWS = 10_000  # rows handed to the writer at once (a multiple of its 1,000-row record batches)
 

@@ -268,10 +268,11 @@ def summarize(findings: pl.DataFrame, names: Sequence[str]) -> list[list[object]
 
 @step(
     "split.audit",
-    version=4,  # 2: two blank prompts are no exact overlap
+    version=5,  # 2: two blank prompts are no exact overlap
     # 3: comparison keys drop invisible characters (zero-width spaces, the BOM, soft hyphens, bidi marks)
     # and chat-format tokens, turn headers and role labels (one prompt is one key in any chat format)
     # 4: exact overlaps are found without the spaces beside punctuation ("2 + 2 ?" and "2+2?")
+    # 5: a turn's tool calls (function name, arguments) are its text too (a tool-only turn was no text)
     inputs=None,
     outputs=("findings",),
     columns=_columns,

@@ -361,9 +361,10 @@ def _drop_matches(
 
 @step(
     "dedup.exact",
-    version=3,  # 2: comparison keys drop invisible characters (zero-width spaces, the BOM, soft hyphens, bidi marks)
+    version=4,  # 2: comparison keys drop invisible characters (zero-width spaces, the BOM, soft hyphens, bidi marks)
     # and strip_template removes Llama 3 / Gemma role headers and role labels opening a line
     # 3: keep: highest reads a NaN as no value (it sorted highest: the unscored row was kept)
+    # 4: a turn's tool calls (function name, arguments) are its text too (a tool-only turn was no text)
     inputs=None,
     outputs=_outputs,
     columns=_columns,
@@ -404,7 +405,8 @@ OUT_OF_CORE_DEDUP: dict[str, Any] = dict(
 # 3: comparison keys drop invisible characters (zero-width spaces, the BOM, soft hyphens, bidi marks);
 # strip_template removes Llama 3 / Gemma role headers and role labels opening a line
 # 4: keep: highest reads a NaN as no value (it sorted highest: the unscored row was kept)
-@step("dedup.minhash", version=4, **OUT_OF_CORE_DEDUP)
+# 5: a turn's tool calls (function name, arguments) are its text too (a tool-only turn was no text)
+@step("dedup.minhash", version=5, **OUT_OF_CORE_DEDUP)
 def dedup_minhash(inputs: dict[str, Table], cfg: MinhashConfig, ctx: Context) -> StepResult:
     """Drop near-duplicates: MinHash LSH candidates (below the threshold), verified, clustered around
     the rows kept (no chaining), one kept per cluster.
@@ -655,7 +657,8 @@ class SemanticConfig(DedupConfig):
 # 4: comparison keys drop invisible characters (zero-width spaces, the BOM, soft hyphens, bidi marks);
 # strip_template removes Llama 3 / Gemma role headers and role labels opening a line
 # 5: keep: highest reads a NaN as no value (it sorted highest: the unscored row was kept)
-@step("dedup.semantic", version=5, **OUT_OF_CORE_DEDUP)
+# 6: a turn's tool calls (function name, arguments) are its text too (a tool-only turn was no text)
+@step("dedup.semantic", version=6, **OUT_OF_CORE_DEDUP)
 def dedup_semantic(inputs: dict[str, Table], cfg: SemanticConfig, ctx: Context) -> StepResult:
     """Drop rows whose embedding is within ``threshold`` cosine of a kept row (or an ``against`` row).
 

@@ -462,11 +462,12 @@ def _note(cfg: SplitConfig) -> str | None:
 
 @step(
     "split",
-    version=4,  # 3: a blank group key joins nothing (every blank key was one unit);
+    version=5,  # 3: a blank group key joins nothing (every blank key was one unit);
     # comparison keys drop invisible characters (zero-width spaces, the BOM, soft hyphens, bidi marks)
     # and chat-format tokens, turn headers and role labels (one prompt is one key in any chat format)
     # 4: group keys are linked without the spaces beside punctuation ("2 + 2 ?" and "2+2?" were two groups);
     # each unit is still drawn from its unfolded key, so no other unit moves
+    # 5: a turn's tool calls (function name, arguments) are its text too (a tool-only turn was no text)
     outputs=_outputs,
     columns=_columns,
     partition="global",

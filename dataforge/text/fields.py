@@ -73,6 +73,24 @@ def blank_keys(keys: pl.Series) -> pl.Series:
     return keys.str.replace_all(KEY_SEPARATOR, "", literal=True) == ""
 
 
+def turn_text(dtype: pl.DataType) -> pl.Expr:
+    """Inside ``list.eval`` over a conversation column of ``dtype``: a turn's text. Its content,
+    and for a turn that calls tools (the OpenAI format's ``tool_calls``) each call's function, name
+    and arguments, as JSON on a line of its own; the calls' ids are left out (two samples of one
+    call have other ids). Read as its content alone, a turn that only calls a tool was no text, so
+    two answers calling different tools were exact duplicates of each other."""
+    content = pl.element().struct.field("content").cast(pl.String)
+    turn = dtype.inner.to_schema()  # type: ignore[attr-defined]
+    calls_type = turn.get("tool_calls")
+    if not (isinstance(calls_type, pl.List) and isinstance(calls_type.inner, pl.Struct)):
+        return content
+    function = calls_type.inner.to_schema().get("function")
+    call = pl.element().struct.field("function") if isinstance(function, pl.Struct) else pl.element()
+    calls = pl.element().struct.field("tool_calls").list.eval(call.struct.json_encode()).list.join("\n")
+    said = pl.concat_str(content.fill_null(""), calls, separator="\n").str.strip_chars()
+    return pl.when(calls.fill_null("") != "").then(said).otherwise(content)
+
+
 def text_expr(
     df: pl.DataFrame,
     column: str,
@@ -82,12 +100,12 @@ def text_expr(
 ) -> pl.Expr:
     """An expression giving the text of ``column`` of ``df``; for messages, only ``roles`` if given,
     and only the first ``first_turns`` of those turns if given (text columns are whole), each turn
-    as ``role: content`` (``labels``) or its content alone."""
+    as ``role: text`` (``labels``) or its text alone (``turn_text``: a tool call is text too)."""
     dtype = df.schema[column]
     if dtype == pl.String:
         return pl.col(column).fill_null("")
     if is_conversation(dtype):
-        role, content = pl.element().struct.field("role"), pl.element().struct.field("content")
+        role, content = pl.element().struct.field("role"), turn_text(dtype)
         turns = pl.col(column).list.eval(
             pl.when(role.is_in(list(roles)) if roles else pl.lit(True))
             .then(pl.concat_str(role, pl.lit(": "), content) if labels else content)

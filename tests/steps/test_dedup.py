@@ -240,6 +240,25 @@ def test_chat_template_tokens_and_shared_system_prompt_are_ignored(ctx):
     assert res.events[0].select("row_id", "related_id").rows() == [("m:30", "m:04")]
 
 
+def test_answers_that_call_different_tools_are_no_duplicates(ctx):
+    """A turn that only calls a tool (the OpenAI format: null content, `tool_calls`) was no text, so
+    every such answer to one request was an exact duplicate of the others and all but one were
+    dropped. Its calls (function and arguments, not the call's id) are its text now."""
+
+    def call(city: str, call_id: str) -> list[dict]:
+        fn = {"name": "get_weather", "arguments": f'{{"city": "{city}"}}'}
+        return [
+            {"role": "user", "content": "What is the weather like?", "tool_calls": None},
+            {"role": "assistant", "content": None, "tool_calls": [{"id": call_id, "type": "function", "function": fn}]},
+        ]
+
+    convs = [call("Paris", "c1"), call("Lyon", "c2"), call("Paris", "c3")]  # the third repeats the first call
+    df = pl.DataFrame({"_id": ["t:0", "t:1", "t:2"], "messages": convs})
+    res = dedup_exact({"data": df}, DedupConfig(fields=["messages"]), ctx)
+    assert res.tables["data"]["_id"].to_list() == ["t:0", "t:1"]
+    assert res.events[0].select("row_id", "related_id").rows() == [("t:2", "t:0")]
+
+
 def test_one_conversation_in_any_chat_format_is_one_text(ctx):
     """The same exchange written in ChatML, Llama 2 and 3, Mistral, Gemma, Phi-3, Zephyr, HH-RLHF's
     and Alpaca's formats, as "role: content" lines, and as a messages list: exact duplicates.
