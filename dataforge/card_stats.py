@@ -25,7 +25,7 @@ def _column_text(name: str, dtype: pl.DataType) -> pl.Expr:
     col = pl.col(name)
     if is_conversation(dtype):
         if "content" in {f.name for f in dtype.inner.fields}:  # type: ignore[attr-defined]
-            return contents_text(name)
+            return contents_text(name, dtype)
         return col.map_elements(str, return_dtype=pl.String)
     if isinstance(dtype, pl.List) and not isinstance(dtype.inner, pl.List | pl.Struct | pl.Array):
         return col.list.eval(pl.element().cast(pl.String).fill_null("")).list.join("\n")

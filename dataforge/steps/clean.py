@@ -186,7 +186,7 @@ def _field_text(df: pl.DataFrame, field: str) -> pl.Series:
     as its turns' contents joined by newlines (a conversation is measured and matched on what it
     says); anything else is a DataError naming the field."""
     if is_conversation(df.schema[field]):
-        return df.select(contents_text(field).fill_null(""))[field]
+        return df.select(contents_text(field, df.schema[field]).fill_null(""))[field]
     require_text(df, field)
     return df[field].fill_null("")
 
@@ -215,8 +215,9 @@ def _load_tokenizer(name: str, ctx: Context) -> object:
 
 @step(
     "clean.filter",
-    version=3,  # 2: a required conversation with no turn holding text, or an empty list, is missing (it was kept)
+    version=4,  # 2: a required conversation with no turn holding text, or an empty list, is missing (it was kept)
     # 3: length and regex rules read a messages field as its turns' contents (it was refused as not text)
+    # 4: a turn's tool calls are its text too (a tool-only answer had length 0: min_length dropped it)
     inputs=None,
     per_table_columns=_filter_columns,
     partition="rows",

@@ -19,9 +19,10 @@ def is_conversation(dtype: pl.DataType) -> bool:
     return isinstance(dtype, pl.List) and isinstance(dtype.inner, pl.Struct)
 
 
-def contents_text(column: str) -> pl.Expr:
-    """A conversation column as text: its turns' contents joined by newlines (a null content: "")."""
-    return pl.col(column).list.eval(pl.element().struct.field("content").cast(pl.String).fill_null("")).list.join("\n")
+def contents_text(column: str, dtype: pl.DataType) -> pl.Expr:
+    """A conversation column of ``dtype`` as text: its turns' texts (``turn_text``: a tool call is
+    text too) joined by newlines (a turn with none: "")."""
+    return pl.col(column).list.eval(turn_text(dtype).fill_null("")).list.join("\n")
 
 
 KEY_SEPARATOR = "\x1f"  # between the fields of a ``key_text``

@@ -159,6 +159,20 @@ def test_length_and_regex_rules_read_a_conversation_by_what_it_says(ctx):
         filter_rows({"data": df.with_columns(pl.lit(1).alias("n"))}, FilterConfig(fields=["n"], max_length=3), ctx)
 
 
+def test_an_answer_that_only_calls_a_tool_has_the_length_of_its_call(ctx):
+    """A turn that only calls a tool (null content) read as no text, so `min_length` dropped every
+    tool-calling answer as too short."""
+    fn = {"name": "get_weather", "arguments": '{"city": "Paris", "unit": "celsius"}'}
+    calls = [
+        [{"role": "assistant", "content": None, "tool_calls": [{"id": "c1", "type": "function", "function": fn}]}],
+        [{"role": "assistant", "content": "ok", "tool_calls": None}],
+    ]
+    df = pl.DataFrame({"_id": ["t:0", "t:1"], "completion": calls})
+    res = filter_rows({"data": df}, FilterConfig(fields=["completion"], min_length=10), ctx)
+    assert res.tables["data"]["_id"].to_list() == ["t:0"]
+    assert pl.concat(res.events)["row_id"].to_list() == ["t:1"]
+
+
 def test_filter_words_unit(ctx):
     df = _df(q=["one two three", "one"])
     res = filter_rows({"data": df}, FilterConfig(fields=["q"], min_length=2, unit="words"), ctx)
