@@ -56,17 +56,18 @@ def conversation_text(value: Any) -> str:
 
 def same_text(a: Any, b: Any) -> bool:
     """Whether two responses say the same (``conversation_text``, outer whitespace aside, and the
-    same tool calls or other fields set on their turns): the sides of a tie, a pair that prefers a
-    response to itself. Two turns that only call tools say the same only when the calls are."""
-    return conversation_text(a).strip() == conversation_text(b).strip() and _turn_extras(a) == _turn_extras(b)
+    same tool calls): the sides of a tie, a pair that prefers a response to itself. Two turns
+    that only call tools say the same only when the calls are."""
+    return conversation_text(a).strip() == conversation_text(b).strip() and _calls(a) == _calls(b)
 
 
-def _turn_extras(value: Any) -> list[dict[str, Any]]:
-    """Each turn's fields beyond role and content that are set (not null, not empty)."""
+def _calls(value: Any) -> list[list[Any]]:
+    """Each non-system turn's tool calls as ``text.fields.turn_text`` reads them: a call's function
+    (name and arguments), not its id, which differs between two samples of one call."""
     if isinstance(value, str):
         return []
     return [
-        {k: v for k, v in m.items() if k not in ("role", "content") and v is not None and v != []}
+        [c.get("function", c) if isinstance(c, dict) else c for c in m.get("tool_calls") or []]
         for m in value or []
         if m["role"] != "system"
     ]

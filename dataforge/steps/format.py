@@ -60,7 +60,7 @@ from dataforge.engine.step import (
 )
 from dataforge.errors import DataError
 from dataforge.formats import same_text
-from dataforge.text.fields import MESSAGES, is_conversation
+from dataforge.text.fields import MESSAGES, is_conversation, turn_text
 from dataforge.text.reasoning import reasoning_expr
 
 # -- format.reasoning -------------------------------------------------------------------------------
@@ -211,9 +211,9 @@ def _turn(role: pl.Expr, content: pl.Expr, fields: dict[str, pl.DataType]) -> pl
 
 
 def _empty(df: pl.DataFrame, column: str) -> pl.Expr:
-    """Whether a needed field is missing: null, blank text, no turns, or turns that say nothing —
-    a blank content and no other field set (a chosen response ``[{assistant: ""}]`` is no
-    response; an assistant turn that only calls a tool says something)."""
+    """Whether a needed field is missing: null, blank text, no turns, or turns that say nothing
+    (``text.fields.turn_text`` blank: a chosen response ``[{assistant: ""}]`` is no response; an
+    assistant turn that only calls a tool says something)."""
     col = pl.col(column)
     dtype = df.schema[column]
     if dtype == pl.String:
@@ -221,13 +221,7 @@ def _empty(df: pl.DataFrame, column: str) -> pl.Expr:
     missing = col.is_null() | (col.list.len() == 0)
     if not is_conversation(dtype):
         return missing  # not messages: ``_messages`` refuses the column, naming it
-    element = pl.element().struct
-    silent = element.field("content").cast(pl.String).fill_null("").str.strip_chars() == ""
-    for name, ftype in dtype.inner.to_schema().items():
-        if name not in ("role", "content"):
-            value = element.field(name)
-            set_ = value.is_not_null() & (value.list.len() > 0 if isinstance(ftype, pl.List) else True)
-            silent = silent & ~set_.fill_null(False)
+    silent = turn_text(dtype).fill_null("").str.strip_chars() == ""  # (a tool call is text)
     return missing | col.list.eval(silent).list.all()
 
 

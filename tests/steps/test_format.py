@@ -221,15 +221,16 @@ def test_two_responses_that_only_call_tools_tie_only_when_the_calls_are_the_same
     side = lambda call: [{"role": "assistant", "content": None, "tool_calls": [call]}]  # noqa: E731
     df = pl.DataFrame(
         {
-            "_id": ["p:0", "p:1"],
-            "q": ["Weather in Paris?"] * 2,
-            "a": [side(CALL), side(CALL)],
-            "b": [side(other), side(CALL)],
+            "_id": ["p:0", "p:1", "p:2"],
+            "q": ["Weather in Paris?"] * 3,
+            "a": [side(CALL), side(CALL), side(CALL)],
+            "b": [side(other), side(CALL), side({**CALL, "id": "c7"})],
         }
     )
     res = format_trl({"data": df}, FormatConfig(type="preference", prompt="q", chosen="a", rejected="b"), ctx)
     assert res.tables["data"]["_id"].to_list() == ["p:0"]  # Paris against Lyon is a preference
-    assert pl.concat(res.events).filter(pl.col("reason") == "format:tie")["row_id"].to_list() == ["p:1"]
+    # one call under another id (two samples of it) is the same call, as dedup reads it
+    assert pl.concat(res.events).filter(pl.col("reason") == "format:tie")["row_id"].to_list() == ["p:1", "p:2"]
 
 
 def test_a_turn_field_of_two_types_is_refused_naming_both_columns(ctx):
