@@ -16,17 +16,15 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
-from dataforge.text.fields import contents_text, is_conversation
+from dataforge.text.fields import contents_text, is_messages
 
 
 def _column_text(name: str, dtype: pl.DataType) -> pl.Expr:
     """A column as text: a messages list → its contents joined by newlines, a list → its items,
     anything else → its string form; null → ""."""
     col = pl.col(name)
-    if is_conversation(dtype):
-        if "content" in {f.name for f in dtype.inner.fields}:  # type: ignore[attr-defined]
-            return contents_text(name, dtype)
-        return col.map_elements(str, return_dtype=pl.String)
+    if is_messages(dtype):
+        return contents_text(name, dtype)
     if isinstance(dtype, pl.List) and not isinstance(dtype.inner, pl.List | pl.Struct | pl.Array):
         return col.list.eval(pl.element().cast(pl.String).fill_null("")).list.join("\n")
     if isinstance(dtype, pl.Struct | pl.List | pl.Array | pl.Object):

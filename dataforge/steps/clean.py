@@ -54,7 +54,7 @@ from dataforge.engine.step import (
     step,
 )
 from dataforge.errors import DataError
-from dataforge.text.fields import contents_text, is_conversation
+from dataforge.text.fields import contents_text, is_conversation, require_messages
 from dataforge.text.normalize import UnicodeForm, Whitespace, normalize_text
 
 # -- clean.normalize ------------------------------------------------------------------------------
@@ -88,6 +88,7 @@ def _normalized_field(df: pl.DataFrame, field: str, text: Callable[[pl.Series], 
     if not is_conversation(col.dtype):
         require_text(df, field)
         return text(col)
+    require_messages(field, col.dtype)
     rows = pl.DataFrame({"row": pl.int_range(df.height, eager=True), "was": col})
     turns = rows.explode("was")  # (a null or empty conversation: no turn, or a null one, to rebuild)
     contents = text(turns["was"].struct.field("content"))
@@ -215,9 +216,10 @@ def _load_tokenizer(name: str, ctx: Context) -> object:
 
 @step(
     "clean.filter",
-    version=4,  # 2: a required conversation with no turn holding text, or an empty list, is missing (it was kept)
+    version=5,  # 2: a required conversation with no turn holding text, or an empty list, is missing (it was kept)
     # 3: length and regex rules read a messages field as its turns' contents (it was refused as not text)
     # 4: a turn's tool calls are its text too (a tool-only answer had length 0: min_length dropped it)
+    # 5: `required` reads tool calls too (a tool-only answer was missing)
     inputs=None,
     per_table_columns=_filter_columns,
     partition="rows",
@@ -250,9 +252,9 @@ def filter_rows(inputs: dict[str, pl.DataFrame], cfg: FilterConfig, ctx: Context
             if col.dtype == pl.String:
                 empty = col.is_null() | (col.str.strip_chars() == "")
             elif is_conversation(col.dtype):
-                # a conversation with no turns, or with nothing in any turn's content
-                content = col.list.eval(pl.element().struct.field("content").fill_null("")).list.join("")
-                empty = col.is_null() | (content.str.strip_chars().fill_null("") == "")
+                # a conversation with no turns, or with nothing in any turn (a tool call is something)
+                said = df.select(contents_text(f, col.dtype))[f]
+                empty = col.is_null() | (said.str.strip_chars().fill_null("") == "")
             elif isinstance(col.dtype, pl.List):  # a list with no items
                 empty = col.is_null() | (col.list.len() == 0)
             else:

@@ -64,7 +64,7 @@ from dataforge.engine.table import Streamed, Table
 from dataforge.errors import DataError, RecipeError
 from dataforge.lsh_buckets import BandKeys
 from dataforge.staging import staging
-from dataforge.text.fields import is_conversation, text_expr, without_chat_format
+from dataforge.text.fields import is_conversation, require_messages, text_expr, without_chat_format
 from dataforge.text.normalize import comparable_text, nfkc_where_needed, visible_text
 
 _NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
@@ -152,6 +152,7 @@ def _shared_system_prompts(df: pl.DataFrame, field: str, share: float) -> list[s
     dtype = df.schema[field]
     if not is_conversation(dtype) or df.is_empty():
         return []
+    require_messages(field, dtype)
     turns = df.select(pl.col(field).alias("m")).with_row_index("r").explode("m").unnest("m")
     system = turns.filter(pl.col("role") == "system").group_by("content").agg(pl.col("r").n_unique().alias("n"))
     return system.filter(pl.col("n") >= share * df.height)["content"].to_list()

@@ -16,7 +16,9 @@ format — consumes the columns named by its keys; produces exactly one TRL data
 | prompt_only       | prompt                       | prompt: [system?, user…]                 |
 | preference        | prompt, chosen, rejected     | prompt: [system?, user…]; chosen/rejected: [assistant] |
 
-A source column may be text (wrapped as one message) or already a list of messages. A
+Type ``messages`` is made from ``prompt`` + ``completion``, or from ``messages``, a column of
+whole conversations kept as they are (one without an assistant turn that says something is
+dropped, ``format:no_response``). A source column may be text (wrapped as one message) or already a list of messages. A
 conversation's turns may carry more than ``role`` and ``content`` (the OpenAI tool-calling
 format: an assistant turn's ``tool_calls`` with a null content, a ``tool`` turn's
 ``tool_call_id`` / ``name``): they are kept, and every turn of the shaped column gets every such
@@ -24,7 +26,9 @@ field (null where it has none), as one Arrow column must; a ``tools`` column goe
 ``extra`` (TRL reads it, as a list or as JSON text). Rows
 whose needed fields are empty are dropped with ``format:missing_field``; preference pairs whose
 chosen and rejected sides are the same text, with ``format:tie``. ``system`` opens each prompt
-with a system message; a prompt that already opens with one is an error (it would get two).
+with a system message; a prompt that already opens with one is an error (it would get two). A
+turn whose role is none of system, user, assistant, tool ("human", "gpt") is an error naming it:
+chat templates refuse such roles or render them as text (``parse.chat`` names them).
 
 Example::
 
@@ -60,7 +64,7 @@ from dataforge.engine.step import (
 )
 from dataforge.errors import DataError
 from dataforge.formats import same_text
-from dataforge.text.fields import MESSAGES, is_conversation, turn_text
+from dataforge.text.fields import MESSAGES, ROLES, is_conversation, require_messages, turn_text
 from dataforge.text.reasoning import reasoning_expr
 
 # -- format.reasoning -------------------------------------------------------------------------------
@@ -106,6 +110,7 @@ FIELDS: dict[str, tuple[str, ...]] = {
 class FormatConfig(StepConfig):
     type: TrlType
     style: Literal["conversational", "standard"] = "conversational"
+    messages: str | None = None  # type 'messages': a column of whole conversations (else prompt + completion)
     prompt: str | None = None
     completion: str | None = None
     chosen: str | None = None
@@ -113,13 +118,24 @@ class FormatConfig(StepConfig):
     system: str | None = None
     extra: dict[str, str] = {}
 
+    def needed(self) -> tuple[str, ...]:
+        """The keys naming the input columns the step shapes."""
+        return ("messages",) if self.messages is not None else FIELDS[self.type]
+
     @model_validator(mode="after")
     def _fields_for_type(self) -> FormatConfig:
-        for f in FIELDS[self.type]:
+        if self.messages is not None and self.type != "messages":
+            raise ValueError(f"type '{self.type}' does not use 'messages' (whole conversations are type 'messages')")
+        if self.messages is not None and (self.prompt or self.completion):
+            raise ValueError(
+                "type 'messages' takes 'messages' (whole conversations) or 'prompt' and 'completion', not both"
+            )
+        for f in self.needed():
             if getattr(self, f) is None:
-                raise ValueError(f"type '{self.type}' needs '{f}' (the input column to use)")
+                also = " (or 'messages', a column of whole conversations)" if self.type == "messages" else ""
+                raise ValueError(f"type '{self.type}' needs '{f}' (the input column to use){also}")
         unused = [
-            f for f in ("prompt", "completion", "chosen", "rejected") if getattr(self, f) and f not in FIELDS[self.type]
+            f for f in ("prompt", "completion", "chosen", "rejected") if getattr(self, f) and f not in self.needed()
         ]
         if unused:
             raise ValueError(f"type '{self.type}' does not use '{unused[0]}'")
@@ -140,7 +156,7 @@ class FormatConfig(StepConfig):
 
 
 def _format_columns(cfg: FormatConfig, cols: Columns, info: PlanInfo) -> Columns:
-    for f in FIELDS[cfg.type]:
+    for f in cfg.needed():
         require(cols, [getattr(cfg, f)], f)
     require(cols, cfg.extra.values(), "extra")
     if cols is None:
@@ -159,12 +175,8 @@ def turn_fields(df: pl.DataFrame, columns: Iterable[str]) -> dict[str, pl.DataTy
         dtype = df.schema[column]
         if not is_conversation(dtype):
             continue
+        require_messages(column, dtype)
         turn = dtype.inner.to_schema()
-        if turn.get("role") != pl.String or turn.get("content") not in (pl.String, pl.Null):
-            raise DataError(
-                f"column '{column}' is {dtype}; a conversation's turns need a text 'role' and 'content' (a turn that "
-                "only calls a tool has a null content)"
-            )
         for name, ftype in turn.items():
             if name in ("role", "content"):
                 continue
@@ -221,7 +233,7 @@ def _empty(df: pl.DataFrame, column: str) -> pl.Expr:
     missing = col.is_null() | (col.list.len() == 0)
     if not is_conversation(dtype):
         return missing  # not messages: ``_messages`` refuses the column, naming it
-    silent = turn_text(dtype).fill_null("").str.strip_chars() == ""  # (a tool call is text)
+    silent = turn_text(dtype, column).fill_null("").str.strip_chars() == ""  # (a tool call is text)
     return missing | col.list.eval(silent).list.all()
 
 
@@ -231,6 +243,33 @@ def _ties(df: pl.DataFrame, chosen: str, rejected: str) -> pl.Series:
     hold (``pair:tie``)."""
     same = [same_text(c, r) for c, r in zip(df[chosen].to_list(), df[rejected].to_list(), strict=True)]
     return pl.Series(same, dtype=pl.Boolean)
+
+
+def _answered(df: pl.DataFrame, column: str) -> pl.Expr:
+    """Whether a whole conversation (``messages``) has an assistant turn that says something: one
+    without is nothing to train on. A text column is refused: it is no conversation."""
+    dtype = df.schema[column]
+    if not is_conversation(dtype):
+        raise DataError(f"column '{column}' is {dtype}; 'messages' takes whole conversations (a list of messages)")
+    said = turn_text(dtype, column).fill_null("").str.strip_chars() != ""
+    answer = (pl.element().struct.field("role") == "assistant") & said
+    return pl.col(column).list.eval(answer).list.any().fill_null(False)
+
+
+def _refuse_unknown_roles(df: pl.DataFrame, column: str) -> None:
+    """A conversation's roles must be those chat templates name (``ROLES``): "human" or "gpt" would
+    reach the trainer's template, which refuses them or renders them as text. Refused, naming the
+    role, a row and the step that renames them."""
+    if not is_conversation(df.schema[column]) or df.is_empty():
+        return
+    roles = df.select(pl.col("_id"), pl.col(column).list.eval(pl.element().struct.field("role")).alias("r"))
+    odd = roles.explode("r").filter(pl.col("r").is_not_null() & ~pl.col("r").is_in(ROLES))
+    if odd.height:
+        raise DataError(
+            f"column '{column}': row {odd['_id'][0]} has a turn of role '{odd['r'][0]}', which is none of "
+            f"{', '.join(ROLES)}; a 'parse.chat' step before this one names roles (human → user, gpt → assistant, "
+            "and its 'roles' for others)"
+        )
 
 
 def _refuse_a_second_system_turn(df: pl.DataFrame, column: str, name: str) -> None:
@@ -250,10 +289,11 @@ def _refuse_a_second_system_turn(df: pl.DataFrame, column: str, name: str) -> No
 
 @step(
     "format",
-    version=4,  # 3: a preference pair whose sides are the same text is dropped (format:tie); 'system' on
+    version=5,  # 3: a preference pair whose sides are the same text is dropped (format:tie); 'system' on
     # prompts that open with a system message is refused (they got two)
     # 4: tool-calling turns are kept (they were refused); a turn that only calls a tool is not missing;
     # two sides tie only with the same tool calls
+    # 5: whole conversations (`messages`); roles a chat template does not name are refused (they passed)
     inputs=None,
     per_table_columns=_format_columns,
     partition="rows",
@@ -262,7 +302,7 @@ def format_trl(inputs: dict[str, pl.DataFrame], cfg: FormatConfig, ctx: Context)
     """Shape rows into one of TRL's dataset types. A row with a needed field empty is dropped as
     ``format:missing_field``; a preference pair whose chosen and rejected sides are the same text,
     as ``format:tie``."""
-    fields = {f: getattr(cfg, f) for f in FIELDS[cfg.type]}
+    fields = {f: getattr(cfg, f) for f in cfg.needed()}
 
     def one(name: str, df: pl.DataFrame) -> StepResult:
         turns = turn_fields(df, fields.values())  # first: it refuses turns without text role and content
@@ -270,17 +310,26 @@ def format_trl(inputs: dict[str, pl.DataFrame], cfg: FormatConfig, ctx: Context)
         bad = df.filter(missing)
         dropped = [events(bad["_id"], "dropped", "format:missing_field", detail={"fields": list(fields.values())})]
         df = df.filter(~missing)
+        for column in fields.values():
+            _refuse_unknown_roles(df, column)
+        if "messages" in fields:
+            unanswered = df.select(~_answered(df, fields["messages"]))[fields["messages"]]
+            dropped.append(events(df["_id"].filter(unanswered), "dropped", "format:no_response"))
+            df = df.filter(~unanswered)
         if cfg.type == "preference":
             tie = _ties(df, fields["chosen"], fields["rejected"])
             dropped.append(events(df["_id"].filter(tie), "dropped", "format:tie"))
             df = df.filter(~tie)
+        opening = fields.get("prompt", fields.get("messages"))
         if cfg.system:
-            _refuse_a_second_system_turn(df, fields["prompt"], name)
+            _refuse_a_second_system_turn(df, opening, name)
         system = [pl.concat_list(_turn(pl.lit("system"), pl.lit(cfg.system), turns))] if cfg.system else []
-        prompt = _messages(df, fields["prompt"], "user", cfg.style, turns)
+        prompt = _messages(df, opening, "user", cfg.style, turns)
         prompt = pl.concat_list([*system, prompt]) if system else prompt
         out: dict[str, pl.Expr] = {}
-        if cfg.type == "messages":
+        if "messages" in fields:
+            out["messages"] = prompt
+        elif cfg.type == "messages":
             completion = _messages(df, fields["completion"], "assistant", cfg.style, turns)
             out["messages"] = pl.concat_list([prompt, completion])
         else:

@@ -7,6 +7,17 @@ fraction such as ``3/4``). A row whose ``question`` is
 null or blank is dropped, ``parse:gsm8k_no_question`` (a problem with no text to prompt with or
 train on); one without a numeric final answer, ``parse:gsm8k_no_final_answer``.
 
+parse.chat — consumes conversation ``fields`` in the forms chat datasets come in; produces each
+as messages (``{role, content}`` turns), which every other step reads: ShareGPT turns (``{from,
+value}``) take ``role`` / ``content``; a content given as a list of parts (``[{type: text, text:
+…}]``, the OpenAI and Hugging Face multimodal form; also as the JSON text polars makes of it when
+other rows hold plain text) is its text parts joined by newlines; roles are named as chat templates
+name them (``human`` → user, ``gpt`` / ``model`` / ``chatgpt`` / ``bot`` → assistant, any case;
+``roles`` maps others, e.g. ``{observation: tool}``). A role that maps to none of system, user,
+assistant, tool is an error naming it and a row. A turn's other fields (``tool_calls``, ``name``)
+are kept. A row with a part that is not text (an image, audio) is dropped, ``parse:chat_not_text``
+(a text dataset would train on the conversation without it).
+
 parse.hh_rlhf — consumes ``chosen`` and ``rejected``, two whole conversations written as
 ``\\n\\nHuman: …\\n\\nAssistant: …`` that share every turn but the last; produces TRL's
 conversational preference form: ``prompt`` (the shared turns as messages), ``chosen`` and
@@ -17,9 +28,12 @@ dropped with a reason, never guessed: ``parse:hh_no_leading_human``, ``parse:hh_
 
 from __future__ import annotations
 
+import json
 import re
+from typing import Any
 
 import polars as pl
+from pydantic import field_validator
 
 from dataforge.engine.events import events
 from dataforge.engine.step import (
@@ -34,7 +48,8 @@ from dataforge.engine.step import (
     step,
     with_columns,
 )
-from dataforge.text.fields import MESSAGES
+from dataforge.errors import DataError
+from dataforge.text.fields import MESSAGES, ROLES, is_conversation
 
 # -- GSM8K ------------------------------------------------------------------------------------------
 
@@ -90,6 +105,127 @@ def parse_gsm8k(inputs: dict[str, pl.DataFrame], cfg: Gsm8kConfig, ctx: Context)
             ),
         ]
         return StepResult({name: parsed.filter(asked & answered)}, events=evs)
+
+    return per_table(inputs, one)
+
+
+# -- chat -----------------------------------------------------------------------------------------
+
+ROLE_NAMES = {"human": "user", "gpt": "assistant", "chatgpt": "assistant", "bot": "assistant", "model": "assistant"}
+_PARTS_TEXT = re.compile(r'^\s*\[\s*\{\s*"type"\s*:')  # a list of parts that polars wrote as JSON text
+
+
+class ChatConfig(StepConfig):
+    fields: list[str] = ["messages"]
+    roles: dict[str, str] = {}  # a role name in the data → one of ROLES (adds to and overrides ROLE_NAMES)
+
+    @field_validator("roles")
+    @classmethod
+    def _known_roles(cls, roles: dict[str, str]) -> dict[str, str]:
+        wrong = {k: v for k, v in roles.items() if v not in ROLES}
+        if wrong:
+            name, to = next(iter(wrong.items()))
+            raise ValueError(f"'{name}' maps to '{to}', which is not a role; one of {', '.join(ROLES)}")
+        return roles
+
+
+def _chat_columns(cfg: ChatConfig, cols: Columns, info: PlanInfo) -> Columns:
+    require(cols, cfg.fields, "fields")
+    return cols
+
+
+def _content_parts(content: Any) -> tuple[str | None, str | None]:
+    """``(text, None)`` for a content: text, or a list of parts whose text parts are joined by
+    newlines; ``(None, part type)`` when a part is not text."""
+    if isinstance(content, str) and _PARTS_TEXT.match(content):
+        try:
+            parsed = json.loads(content)
+        except ValueError:
+            parsed = None
+        if isinstance(parsed, list) and all(isinstance(p, dict) and "type" in p for p in parsed):
+            content = parsed
+    if content is None or isinstance(content, str):
+        return content, None
+    texts = []
+    for part in content:
+        kind = (part or {}).get("type")
+        if kind != "text":
+            return None, str(kind)
+        texts.append(part.get("text") or "")
+    return "\n".join(texts), None
+
+
+class _Chat:
+    """Reads one conversation column into messages (``parse.chat``)."""
+
+    def __init__(self, column: str, dtype: pl.DataType, roles: dict[str, str]):
+        if not is_conversation(dtype):
+            raise DataError(
+                f"column '{column}' is {dtype}, not a list of turns; parse.chat reads conversations (HH-RLHF "
+                "transcripts are text: parse.hh_rlhf)"
+            )
+        turn = dtype.inner.to_schema()  # type: ignore[attr-defined]
+        if not ({"role", "from"} & turn.keys() and {"content", "value"} & turn.keys()):
+            raise DataError(
+                f"column '{column}': its turns have the fields {', '.join(turn)}; parse.chat needs a role ('role' or "
+                "'from') and a content ('content' or 'value')"
+            )
+        self.column = column
+        self.names = {**ROLE_NAMES, **{r: r for r in ROLES}, **{k.lower(): v for k, v in roles.items()}}
+        self.others = {n: t for n, t in turn.items() if n not in ("role", "from", "content", "value")}
+        self.dtype = pl.List(pl.Struct({"role": pl.String, "content": pl.String, **self.others}))
+
+    def role(self, named: Any, row_id: str) -> str:
+        role = self.names.get(str(named).lower()) if named is not None else None
+        if role is None:
+            raise DataError(
+                f"column '{self.column}': row {row_id} has a turn of role '{named}', which is none of "
+                f"{', '.join(ROLES)}; name it with the step's 'roles' (e.g. roles: {{{named}: assistant}})"
+            )
+        return role
+
+    def conversation(self, turns: list[dict[str, Any]] | None, row_id: str) -> tuple[list | None, str | None]:
+        """The conversation as messages, or ``(None, part type)`` when a part is not text."""
+        if turns is None:
+            return None, None
+        out = []
+        for turn in turns:
+            if turn is None:
+                out.append(None)
+                continue
+            said = turn.get("content") if turn.get("content") is not None else turn.get("value")
+            content, not_text = _content_parts(said)
+            if not_text is not None:
+                return None, not_text
+            role = turn.get("role") if turn.get("role") is not None else turn.get("from")
+            others = {n: turn.get(n) for n in self.others}
+            out.append({"role": self.role(role, row_id), "content": content, **others})
+        return out, None
+
+
+# 1: ShareGPT turns, contents as lists of parts and role names read into messages
+@step("parse.chat", version=1, inputs=None, per_table_columns=_chat_columns, partition="rows")
+def parse_chat(inputs: dict[str, pl.DataFrame], cfg: ChatConfig, ctx: Context) -> StepResult:
+    """Conversations in ShareGPT form, with contents as lists of parts or other role names → messages."""
+
+    def one(name: str, df: pl.DataFrame) -> StepResult:
+        keep = [True] * df.height
+        columns, dropped, kinds = {}, [], []
+        for field in cfg.fields:
+            chat = _Chat(field, df.schema[field], cfg.roles)
+            values = []
+            for i, (row_id, turns) in enumerate(zip(df["_id"], df[field].to_list(), strict=True)):
+                messages, not_text = chat.conversation(turns, row_id)
+                values.append(messages)
+                if not_text is not None and keep[i]:
+                    keep[i] = False
+                    dropped.append(row_id)
+                    kinds.append(json.dumps({"field": field, "part": not_text}))
+            columns[field] = pl.Series(field, values, dtype=chat.dtype)
+        parsed = df.with_columns(columns.values()).filter(pl.Series(keep, dtype=pl.Boolean))
+        detail = pl.Series(kinds, dtype=pl.String)
+        ev = events(pl.Series(dropped, dtype=pl.String), "dropped", "parse:chat_not_text", detail=detail)
+        return StepResult({name: parsed}, events=[ev])
 
     return per_table(inputs, one)
 

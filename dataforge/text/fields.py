@@ -11,6 +11,7 @@ import polars as pl
 from dataforge.errors import DataError
 
 MESSAGES = pl.List(pl.Struct({"role": pl.String, "content": pl.String}))
+ROLES = ("system", "user", "assistant", "tool")  # the roles chat templates name
 
 
 def is_conversation(dtype: pl.DataType) -> bool:
@@ -19,10 +20,33 @@ def is_conversation(dtype: pl.DataType) -> bool:
     return isinstance(dtype, pl.List) and isinstance(dtype.inner, pl.Struct)
 
 
+def is_messages(dtype: pl.DataType) -> bool:
+    """Whether a conversation column of ``dtype`` holds messages as every reader takes them: turns
+    with a text ``role`` and a text ``content`` (null in a turn that only calls a tool)."""
+    if not is_conversation(dtype):
+        return False
+    turn = dtype.inner.to_schema()  # type: ignore[attr-defined]
+    return turn.get("role") == pl.String and turn.get("content") in (pl.String, pl.Null)
+
+
+def require_messages(column: str, dtype: pl.DataType) -> None:
+    """Raise DataError unless conversation column ``column`` holds messages (``is_messages``),
+    naming what its turns hold and the step that reads such turns: ShareGPT's ``{from, value}``, a
+    content given as a list of parts (``[{type: text, text: …}]``)."""
+    if is_messages(dtype):
+        return
+    turn = dtype.inner.to_schema()  # type: ignore[attr-defined]
+    held = ", ".join(f"{name}: {kind}" for name, kind in turn.items())
+    raise DataError(
+        f"column '{column}' holds turns of {{{held}}}, not messages with a text 'role' and 'content'; a "
+        "'parse.chat' step reads ShareGPT turns ({from, value}) and contents given as lists of parts into messages"
+    )
+
+
 def contents_text(column: str, dtype: pl.DataType) -> pl.Expr:
     """A conversation column of ``dtype`` as text: its turns' texts (``turn_text``: a tool call is
     text too) joined by newlines (a turn with none: "")."""
-    return pl.col(column).list.eval(turn_text(dtype).fill_null("")).list.join("\n")
+    return pl.col(column).list.eval(turn_text(dtype, column).fill_null("")).list.join("\n")
 
 
 KEY_SEPARATOR = "\x1f"  # between the fields of a ``key_text``
@@ -74,12 +98,14 @@ def blank_keys(keys: pl.Series) -> pl.Series:
     return keys.str.replace_all(KEY_SEPARATOR, "", literal=True) == ""
 
 
-def turn_text(dtype: pl.DataType) -> pl.Expr:
+def turn_text(dtype: pl.DataType, column: str = "") -> pl.Expr:
     """Inside ``list.eval`` over a conversation column of ``dtype``: a turn's text. Its content,
     and for a turn that calls tools (the OpenAI format's ``tool_calls``) each call's function, name
     and arguments, as JSON on a line of its own; the calls' ids are left out (two samples of one
     call have other ids). Read as its content alone, a turn that only calls a tool was no text, so
-    two answers calling different tools were exact duplicates of each other."""
+    two answers calling different tools were exact duplicates of each other. Turns that are not
+    messages are an error naming ``column`` (``require_messages``)."""
+    require_messages(column, dtype)
     content = pl.element().struct.field("content").cast(pl.String)
     turn = dtype.inner.to_schema()  # type: ignore[attr-defined]
     calls_type = turn.get("tool_calls")
@@ -106,7 +132,7 @@ def text_expr(
     if dtype == pl.String:
         return pl.col(column).fill_null("")
     if is_conversation(dtype):
-        role, content = pl.element().struct.field("role"), turn_text(dtype)
+        role, content = pl.element().struct.field("role"), turn_text(dtype, column)
         turns = pl.col(column).list.eval(
             pl.when(role.is_in(list(roles)) if roles else pl.lit(True))
             .then(pl.concat_str(role, pl.lit(": "), content) if labels else content)

@@ -171,6 +171,12 @@ def test_an_answer_that_only_calls_a_tool_has_the_length_of_its_call(ctx):
     res = filter_rows({"data": df}, FilterConfig(fields=["completion"], min_length=10), ctx)
     assert res.tables["data"]["_id"].to_list() == ["t:0"]
     assert pl.concat(res.events)["row_id"].to_list() == ["t:1"]
+    # nor is such an answer missing to `required` (it read the turns' contents alone)
+    calls[1] = [{"role": "assistant", "content": " ", "tool_calls": None}]
+    df = pl.DataFrame({"_id": ["t:0", "t:1"], "completion": calls})
+    res = filter_rows({"data": df}, FilterConfig(required=["completion"]), ctx)
+    assert res.tables["data"]["_id"].to_list() == ["t:0"]
+    assert pl.concat(res.events).select("row_id", "reason").rows() == [("t:1", "filter:required")]
 
 
 def test_filter_words_unit(ctx):

@@ -99,6 +99,9 @@ def test_standard_style_refuses_messages(ctx):
         # an extra column named as one the step writes failed on polars' DuplicateError
         ({"type": "prompt_only", "prompt": "q", "extra": {"prompt": "a"}}, "extra column 'prompt' is one the step"),
         ({"type": "messages", "prompt": "q", "completion": "a", "extra": {"_id": "a"}}, "extra column '_id'"),
+        ({"type": "messages", "prompt": "q"}, r"needs 'completion' .*\(or 'messages', a column of whole"),
+        ({"type": "messages", "messages": "m", "prompt": "q"}, "'messages' .* or 'prompt' and 'completion', not both"),
+        ({"type": "prompt_only", "prompt": "q", "messages": "m"}, "does not use 'messages'"),
     ],
 )
 def test_format_config_errors(kwargs, message):
@@ -246,5 +249,45 @@ def test_a_turn_field_of_two_types_is_refused_naming_both_columns(ctx):
     ):
         format_trl({"data": df}, FormatConfig(type="messages", prompt="p", completion="c"), ctx)
     bad = pl.DataFrame({"_id": ["x:0"], "p": [[{"role": "user", "content": ["a", "b"]}]], "c": ["y"]})
-    with pytest.raises(DataError, match=r"column 'p' .* need a text 'role' and 'content'"):
+    with pytest.raises(DataError, match=r"column 'p' holds turns of .*, not messages with a text 'role' and 'content'"):
         format_trl({"data": bad}, FormatConfig(type="messages", prompt="p", completion="c"), ctx)
+
+
+def test_whole_conversations_are_shaped_as_messages(ctx):
+    """A dataset that already holds conversations (the most common SFT form) could not be shaped:
+    type 'messages' took only a prompt and a completion column."""
+    convo = lambda *turns: [{"role": r, "content": c} for r, c in turns]  # noqa: E731
+    df = pl.DataFrame(
+        {
+            "_id": ["m:0", "m:1", "m:2", "m:3", "m:4"],
+            "m": [
+                convo(("user", "Hi"), ("assistant", "Hello!"), ("user", "2+2?"), ("assistant", "4")),
+                convo(("user", "Hi"), ("assistant", "  ")),  # no answer said
+                convo(("user", "Anyone there?")),  # no assistant turn
+                [],
+                convo(("user", "Bye"), ("assistant", "Bye!")),
+            ],
+        }
+    )
+    res = format_trl({"data": df}, FormatConfig(type="messages", messages="m", system="Be kind."), ctx)
+    out = res.tables["data"]
+    assert out.columns == ["_id", "messages"] and out["_id"].to_list() == ["m:0", "m:4"]
+    assert [t["role"] for t in out["messages"][0]] == ["system", "user", "assistant", "user", "assistant"]
+    assert out["messages"][1].to_list()[0] == {"role": "system", "content": "Be kind."}
+    reasons = pl.concat(res.events).select("row_id", "reason").rows()
+    assert sorted(reasons) == [
+        ("m:1", "format:no_response"),
+        ("m:2", "format:no_response"),
+        ("m:3", "format:missing_field"),
+    ]
+    assert trl_dataset_type(out.columns) == "language_modeling"
+    # a text column is no conversation; roles a chat template does not name are refused
+    with pytest.raises(DataError, match="column 'q' is String; 'messages' takes whole conversations"):
+        format_trl({"data": DF}, FormatConfig(type="messages", messages="q"), ctx)
+    human = df.with_columns(pl.Series("m", [convo(("human", "Hi"), ("gpt", "Yo"))] * 5))
+    with pytest.raises(DataError, match=r"row m:0 has a turn of role 'human'.*'parse\.chat'"):
+        format_trl({"data": human}, FormatConfig(type="messages", messages="m"), ctx)
+    with pytest.raises(DataError, match="role 'human'"):  # in a prompt column too
+        format_trl(
+            {"data": human.with_columns(a=pl.lit("x"))}, FormatConfig(type="messages", prompt="m", completion="a"), ctx
+        )

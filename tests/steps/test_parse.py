@@ -1,4 +1,4 @@
-"""parse.gsm8k and parse.hh_rlhf on the real shipped data."""
+"""parse.gsm8k and parse.hh_rlhf on the real shipped data; parse.chat on the forms chat data comes in."""
 
 from __future__ import annotations
 
@@ -6,8 +6,20 @@ import gzip
 import json
 
 import polars as pl
+import pytest
+from pydantic import ValidationError
 
-from dataforge.steps.parse import Gsm8kConfig, HhConfig, parse_gsm8k, parse_hh_rlhf, split_hh_conversation
+from dataforge.errors import DataError
+from dataforge.steps.dedup import DedupConfig, dedup_exact
+from dataforge.steps.parse import (
+    ChatConfig,
+    Gsm8kConfig,
+    HhConfig,
+    parse_chat,
+    parse_gsm8k,
+    parse_hh_rlhf,
+    split_hh_conversation,
+)
 from tests.conftest import GSM8K, HH
 
 
@@ -104,3 +116,110 @@ def test_hh_prefix_mismatch_and_identical(ctx):
     )
     ev = parse_hh_rlhf({"data": df}, HhConfig(), ctx).events[0]
     assert ev["reason"].to_list() == ["parse:hh_prefix_mismatch", "parse:hh_identical"]
+
+
+# -- parse.chat -------------------------------------------------------------------------------------
+
+
+def _read(tmp_path, rows: list[dict]) -> pl.DataFrame:
+    """Rows as the JSONL source reads them (polars infers one type per column)."""
+    path = tmp_path / "chat.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    df = pl.read_ndjson(path)
+    return df.with_columns(pl.format("c:{}", pl.int_range(pl.len())).alias("_id"))
+
+
+def test_sharegpt_turns_become_messages_with_the_roles_templates_name(ctx, tmp_path):
+    """ShareGPT data ({from: human | gpt | system, value}) was no conversation to any step: dedup
+    failed with a polars error on a missing 'content' field, and format could not shape it."""
+    rows = [
+        {
+            "conversations": [
+                {"from": "system", "value": "Be brief."},
+                {"from": "human", "value": "Hi"},
+                {"from": "gpt", "value": "Hello!"},
+                {"from": "Human", "value": "Bye"},
+                {"from": "GPT", "value": "Bye!"},
+            ]
+        },
+        {"conversations": [{"from": "user", "value": "2+2?"}, {"from": "observation", "value": "4"}]},
+        {"conversations": None},
+    ]
+    df = _read(tmp_path, rows)
+    with pytest.raises(DataError, match=r"row c:1 has a turn of role 'observation'.*roles: \{observation: assistant\}"):
+        parse_chat({"data": df}, ChatConfig(fields=["conversations"]), ctx)
+    res = parse_chat({"data": df}, ChatConfig(fields=["conversations"], roles={"Observation": "tool"}), ctx)
+    out = res.tables["data"]
+    assert out.schema["conversations"] == pl.List(pl.Struct({"role": pl.String, "content": pl.String}))
+    first = out["conversations"][0].to_list()
+    assert [t["role"] for t in first] == ["system", "user", "assistant", "user", "assistant"]
+    assert [t["content"] for t in first] == ["Be brief.", "Hi", "Hello!", "Bye", "Bye!"]
+    assert out["conversations"][1].to_list()[1] == {"role": "tool", "content": "4"}
+    assert out["conversations"][2] is None and res.events[0].is_empty()  # a null conversation: format's to drop
+    # the output is messages every step reads: two ShareGPT copies of one chat are exact duplicates
+    twice = pl.concat([out.head(1), out.head(1).with_columns(pl.lit("c:9").alias("_id"))])
+    deduped = dedup_exact({"data": twice}, DedupConfig(fields=["conversations"]), ctx).tables["data"]
+    assert deduped["_id"].to_list() == ["c:0"]
+    with pytest.raises(ValidationError, match="'narrator' maps to 'bot', which is not a role"):
+        ChatConfig(roles={"narrator": "bot"})
+
+
+def test_contents_given_as_parts_are_their_text_and_a_row_with_an_image_is_dropped(ctx, tmp_path):
+    """OpenAI / Hugging Face content parts ([{type: text, text}]) failed every step with a polars
+    cast error; where other rows held plain text, polars had read the parts as JSON text, which
+    would have been trained on as the message."""
+    image = {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}
+    rows = [
+        {
+            "messages": [
+                {"role": "user", "content": [{"type": "text", "text": "Describe"}, {"type": "text", "text": "it."}]},
+                {"role": "assistant", "content": [{"type": "text", "text": "A cat."}]},
+            ]
+        },
+        {
+            "messages": [
+                {"role": "user", "content": [{"type": "text", "text": "What is this?"}, image]},
+                {"role": "assistant", "content": [{"type": "text", "text": "A cat."}]},
+            ]
+        },
+    ]
+    res = parse_chat({"data": _read(tmp_path, rows)}, ChatConfig(), ctx)
+    assert res.tables["data"]["messages"].to_list() == [
+        [{"role": "user", "content": "Describe\nit."}, {"role": "assistant", "content": "A cat."}]
+    ]
+    dropped = res.events[0]
+    assert dropped["row_id"].to_list() == ["c:1"] and dropped["reason"][0] == "parse:chat_not_text"
+    assert json.loads(dropped["detail_json"][0]) == {"field": "messages", "part": "image_url"}
+
+    mixed = _read(tmp_path, [{"messages": [{"role": "user", "content": "Hi"}]}, rows[0]])
+    assert mixed.schema["messages"].inner.to_schema()["content"] == pl.String  # polars made the parts JSON text
+    assert mixed["messages"][1].to_list()[0]["content"].startswith('[{"type": "text"')
+    out = parse_chat({"data": mixed}, ChatConfig(), ctx).tables["data"]
+    assert [t["content"] for t in out["messages"][1].to_list()] == ["Describe\nit.", "A cat."]
+    assert out["messages"][0].to_list() == [{"role": "user", "content": "Hi"}]
+
+
+def test_parse_chat_keeps_a_turns_other_fields_and_refuses_what_is_no_conversation(ctx):
+    call = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+    df = pl.DataFrame(
+        {
+            "_id": ["t:0"],
+            "m": [
+                [
+                    {"from": "human", "value": "Go", "tool_calls": None},
+                    {"from": "gpt", "value": None, "tool_calls": [call]},
+                ]
+            ],
+            "text": ["Human: hi"],
+            "odd": [[{"speaker": "a", "says": "b"}]],
+        }
+    )
+    out = parse_chat({"data": df}, ChatConfig(fields=["m"]), ctx).tables["data"]
+    assert out["m"][0].to_list()[1] == {"role": "assistant", "content": None, "tool_calls": [call]}
+    with pytest.raises(DataError, match=r"column 'text' is String, not a list of turns.*parse\.hh_rlhf"):
+        parse_chat({"data": df}, ChatConfig(fields=["text"]), ctx)
+    with pytest.raises(DataError, match=r"its turns have the fields speaker, says; parse\.chat needs a role"):
+        parse_chat({"data": df}, ChatConfig(fields=["odd"]), ctx)
+    # a step that reads text names the step that reads such turns, not a polars error
+    with pytest.raises(DataError, match=r"column 'odd' holds turns of \{speaker: String, says: String\}.*'parse.chat'"):
+        dedup_exact({"data": df}, DedupConfig(fields=["odd"]), ctx)

@@ -416,6 +416,46 @@ def test_tool_calling_conversations_build_pass_the_preflight_and_train(tiny_lm, 
     assert_trained(train("sft", data, str(model), cfg(tmp_path, max_length=256)), data)
 
 
+def test_sharegpt_conversations_build_through_parse_chat_pass_the_preflight_and_train(tiny_lm, tmp_path):
+    """ShareGPT data ({from, value} turns; human / gpt roles), the form most open chat sets come in,
+    could not be built: no step read its turns, and `format` took no whole conversations."""
+    rows = []
+    for i in range(6):
+        turns = [{"from": "human", "value": f"What is {i} + {i}?"}, {"from": "gpt", "value": f"It is {2 * i}."}]
+        if i % 2:
+            turns = [{"from": "system", "value": "Answer in one sentence."}, *turns]
+        rows.append({"conversations": turns})
+    rows.append(rows[0])  # a copy
+    rows.append({"conversations": [{"from": "human", "value": "Hello?"}]})  # nothing answered
+    (tmp_path / "chat.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "recipe.yaml").write_text(
+        "name: sharegpt\nsteps:\n  src: {kind: source, path: chat.jsonl, name: chat}\n"
+        "  chat: {kind: parse.chat, inputs: {train: src}, fields: [conversations]}\n"
+        "  dedup: {kind: dedup.exact, inputs: {data: chat.train}, fields: [conversations]}\n"
+        "  sft: {kind: format, type: messages, inputs: {train: dedup}, messages: conversations}\n"
+        "datasets:\n  chat_sft: {splits: {train: sft.train}}\n"
+    )
+    build(tmp_path / "recipe.yaml", tmp_path / "build", show_progress=False)
+    from datasets import load_from_disk
+
+    from dataforge.lineage import open_read
+
+    data = tmp_path / "build" / "datasets" / "chat_sft"
+    train_split = load_from_disk(str(data))["train"]
+    assert train_split["_id"] == [f"chat:{i}" for i in range(6)]
+    assert train_split[1]["messages"] == [
+        {"role": "system", "content": "Answer in one sentence."},
+        {"role": "user", "content": "What is 1 + 1?"},
+        {"role": "assistant", "content": "It is 2."},
+    ]
+    con = open_read(tmp_path / "build")
+    dropped = con.execute("SELECT row_id, reason FROM latest_events WHERE action = 'dropped' ORDER BY 1").fetchall()
+    assert dropped == [("chat:6", "exact_duplicate"), ("chat:7", "format:no_response")]
+    report = check(load_from_disk(str(data)), "sft", load_tokenizer(str(tiny_lm)), 128)
+    assert ("chat template", "renders") in report.checks
+    assert_trained(train("sft", data, str(tiny_lm), cfg(tmp_path)), data)
+
+
 def test_resume_goes_on_from_the_last_checkpoint_of_the_same_run_only(data, tiny_lm, tmp_path):
     first = train("sft", data / "sft", str(tiny_lm), cfg(tmp_path, save_steps=1))
     assert (first.output_dir / "checkpoint-2").is_dir()
