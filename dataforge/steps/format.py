@@ -18,7 +18,9 @@ format — consumes the columns named by its keys; produces exactly one TRL data
 
 Type ``messages`` is made from ``prompt`` + ``completion``, or from ``messages``, a column of
 whole conversations kept as they are (one without an assistant turn that says something is
-dropped, ``format:no_response``). A source column may be text (wrapped as one message) or already a list of messages. A
+dropped, ``format:no_response``). ``prompt`` may name several text columns: their texts that
+are not blank, joined by a blank line (Alpaca's ``[instruction, input]``). A source column may be
+text (wrapped as one message) or already a list of messages. A
 conversation's turns may carry more than ``role`` and ``content`` (the OpenAI tool-calling
 format: an assistant turn's ``tool_calls`` with a null content, a ``tool`` turn's
 ``tool_call_id`` / ``name``): they are kept, and every turn of the shaped column gets every such
@@ -111,7 +113,7 @@ class FormatConfig(StepConfig):
     type: TrlType
     style: Literal["conversational", "standard"] = "conversational"
     messages: str | None = None  # type 'messages': a column of whole conversations (else prompt + completion)
-    prompt: str | None = None
+    prompt: str | list[str] | None = None  # a list: text columns joined (Alpaca's instruction and input)
     completion: str | None = None
     chosen: str | None = None
     rejected: str | None = None
@@ -122,8 +124,15 @@ class FormatConfig(StepConfig):
         """The keys naming the input columns the step shapes."""
         return ("messages",) if self.messages is not None else FIELDS[self.type]
 
+    def columns_of(self, key: str) -> list[str]:
+        """The input columns a key names (``prompt`` may name several)."""
+        value = getattr(self, key)
+        return [] if value is None else [value] if isinstance(value, str) else list(value)
+
     @model_validator(mode="after")
     def _fields_for_type(self) -> FormatConfig:
+        if isinstance(self.prompt, list) and (not self.prompt or len(set(self.prompt)) < len(self.prompt)):
+            raise ValueError("a list 'prompt' names one or more text columns, each once")
         if self.messages is not None and self.type != "messages":
             raise ValueError(f"type '{self.type}' does not use 'messages' (whole conversations are type 'messages')")
         if self.messages is not None and (self.prompt or self.completion):
@@ -157,7 +166,7 @@ class FormatConfig(StepConfig):
 
 def _format_columns(cfg: FormatConfig, cols: Columns, info: PlanInfo) -> Columns:
     for f in cfg.needed():
-        require(cols, [getattr(cfg, f)], f)
+        require(cols, cfg.columns_of(f), f)
     require(cols, cfg.extra.values(), "extra")
     if cols is None:
         return None
@@ -245,6 +254,20 @@ def _ties(df: pl.DataFrame, chosen: str, rejected: str) -> pl.Series:
     return pl.Series(same, dtype=pl.Boolean)
 
 
+def _joined_prompt(df: pl.DataFrame, cfg: FormatConfig) -> tuple[pl.DataFrame, dict[str, str]]:
+    """``df`` and the column each needed key reads. A ``prompt`` naming several text columns reads
+    them joined: their texts that are not blank, in order, separated by a blank line (Alpaca's
+    instruction, then its input when it has one), in a column of its own; all blank is missing."""
+    fields = {f: cfg.columns_of(f)[0] for f in cfg.needed()}
+    if not isinstance(cfg.prompt, list):
+        return df, fields
+    for column in cfg.prompt:
+        require_text(df, column)
+    fields["prompt"] = next(f"prompt{'_' * k}" for k in range(1, len(df.columns) + 2) if f"prompt{'_' * k}" not in df)
+    said = [pl.when(pl.col(c).str.strip_chars() != "").then(pl.col(c)) for c in cfg.prompt]
+    return df.with_columns(pl.concat_str(said, separator="\n\n", ignore_nulls=True).alias(fields["prompt"])), fields
+
+
 def _answered(df: pl.DataFrame, column: str) -> pl.Expr:
     """Whether a whole conversation (``messages``) has an assistant turn that says something: one
     without is nothing to train on. A text column is refused: it is no conversation."""
@@ -302,13 +325,14 @@ def format_trl(inputs: dict[str, pl.DataFrame], cfg: FormatConfig, ctx: Context)
     """Shape rows into one of TRL's dataset types. A row with a needed field empty is dropped as
     ``format:missing_field``; a preference pair whose chosen and rejected sides are the same text,
     as ``format:tie``."""
-    fields = {f: getattr(cfg, f) for f in cfg.needed()}
+    named = [c for f in cfg.needed() for c in cfg.columns_of(f)]
 
     def one(name: str, df: pl.DataFrame) -> StepResult:
+        df, fields = _joined_prompt(df, cfg)
         turns = turn_fields(df, fields.values())  # first: it refuses turns without text role and content
         missing = pl.any_horizontal([_empty(df, c) for c in fields.values()])
         bad = df.filter(missing)
-        dropped = [events(bad["_id"], "dropped", "format:missing_field", detail={"fields": list(fields.values())})]
+        dropped = [events(bad["_id"], "dropped", "format:missing_field", detail={"fields": named})]
         df = df.filter(~missing)
         for column in fields.values():
             _refuse_unknown_roles(df, column)

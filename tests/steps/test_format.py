@@ -102,6 +102,7 @@ def test_standard_style_refuses_messages(ctx):
         ({"type": "messages", "prompt": "q"}, r"needs 'completion' .*\(or 'messages', a column of whole"),
         ({"type": "messages", "messages": "m", "prompt": "q"}, "'messages' .* or 'prompt' and 'completion', not both"),
         ({"type": "prompt_only", "prompt": "q", "messages": "m"}, "does not use 'messages'"),
+        ({"type": "prompt_only", "prompt": ["q", "q"]}, "names one or more text columns, each once"),
     ],
 )
 def test_format_config_errors(kwargs, message):
@@ -291,3 +292,35 @@ def test_whole_conversations_are_shaped_as_messages(ctx):
         format_trl(
             {"data": human.with_columns(a=pl.lit("x"))}, FormatConfig(type="messages", prompt="m", completion="a"), ctx
         )
+
+
+def test_a_prompt_of_several_columns_joins_their_texts(ctx):
+    """Alpaca-form data (instruction, input, output) could not be shaped: `prompt` named one column,
+    so the input was lost or the instruction was."""
+    df = pl.DataFrame(
+        {
+            "_id": ["a:0", "a:1", "a:2", "a:3"],
+            "instruction": ["Translate to English.", "Add 2 and 3.", " ", "Say hi."],
+            "input": ["Bonjour", "", None, "Politely."],
+            "output": ["Hello", "5", "x", "Hello!"],
+            "prompt_": ["kept", "kept", "kept", "kept"],  # a column the joined prompt must not take the name of
+        }
+    )
+    cfg = FormatConfig(
+        type="prompt_completion", prompt=["instruction", "input"], completion="output", extra={"p": "prompt_"}
+    )
+    res = format_trl({"data": df}, cfg, ctx)
+    out = res.tables["data"]
+    assert [p[0]["content"] for p in out["prompt"].to_list()] == [
+        "Translate to English.\n\nBonjour",
+        "Add 2 and 3.",
+        "Say hi.\n\nPolitely.",
+    ]
+    assert out.columns == ["_id", "prompt", "completion", "p"] and out["p"].to_list() == ["kept"] * 3
+    dropped = res.events[0]
+    assert dropped["row_id"].to_list() == ["a:2"] and dropped["reason"][0] == "format:missing_field"
+    assert '"fields": ["instruction", "input", "output"]' in dropped["detail_json"][0]
+    standard = FormatConfig(type="prompt_only", style="standard", prompt=["instruction", "input"])
+    assert format_trl({"data": df}, standard, ctx).tables["data"]["prompt"][1] == "Add 2 and 3."
+    with pytest.raises(DataError, match="field 'input' is Int32, not text"):
+        format_trl({"data": df.with_columns(pl.lit(1).alias("input"))}, cfg, ctx)
