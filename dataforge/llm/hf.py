@@ -104,9 +104,9 @@ class TransformersBackend:
         return text, False
 
     def generate(self, requests: list[Request], on_answer: OnAnswer | None = None) -> list[Generation]:
-        groups: dict[str, list[int]] = defaultdict(list)
-        for i, r in enumerate(requests):
-            groups[r.params.model_dump_json()].append(i)
+        groups: dict[tuple[str, bool], list[int]] = defaultdict(list)
+        for i, r in enumerate(requests):  # a batch shares its params, and whether its prompts are rendered chats
+            groups[(r.params.model_dump_json(), r.messages is None)].append(i)
         out: list[Generation | None] = [None] * len(requests)
         for idx in groups.values():
             for start in range(0, len(idx), self.spec.batch_size):

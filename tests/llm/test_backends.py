@@ -129,6 +129,28 @@ def test_transformers_stops_at_the_models_end_of_turn_token(tiny_lm, tmp_path):
     assert got.texts[0] == backend.tokenizer.decode(kept, skip_special_tokens=True)
 
 
+def test_transformers_tokenizes_a_prompt_and_a_rendered_chat_each_as_its_own(tiny_lm):
+    """A prompt-mode request takes the tokenizer's special tokens (its BOS); a rendered chat holds
+    them already. Batched together, both were tokenized as the batch's first request said, so a
+    raw prompt after a chat lost its BOS (and a chat after a raw prompt got two)."""
+    backend = load_backend(ModelSpec(backend="transformers", model=str(tiny_lm), device="cpu", batch_size=4))
+    tokenizer, calls = backend.tokenizer, []
+
+    class Recording:
+        def __call__(self, texts, **kwargs):
+            calls.append((tuple(texts), kwargs.get("add_special_tokens")))
+            return tokenizer(texts, **kwargs)
+
+        def __getattr__(self, name):
+            return getattr(tokenizer, name)
+
+    backend.tokenizer = Recording()
+    params = SamplingParams(max_tokens=2, temperature=0.0)
+    chat, raw = Request(params, messages=CHAT), Request(params, prompt="Name a colour.")
+    backend.generate([chat, raw, chat])
+    assert sorted(calls) == sorted([((backend.render(chat)[0],) * 2, False), (("Name a colour.",), True)])
+
+
 def test_transformers_samples_a_request_alike_whatever_it_is_batched_with(tiny_lm):
     """Each sample draws from its own seed (params' seed, prompt, sample index): alone or batched
     with other prompts of other lengths (left padding), a request gets the same samples. Before,
