@@ -61,6 +61,26 @@ def same_text(a: Any, b: Any) -> bool:
     return conversation_text(a).strip() == conversation_text(b).strip() and _calls(a) == _calls(b)
 
 
+def same_turn(a: Mapping[str, Any] | None, b: Mapping[str, Any] | None) -> bool:
+    """Whether two turns are one: the same role saying the same (``message_content``, outer
+    whitespace aside) with the same tool calls (by function, as ``same_text`` compares them)."""
+    if a is None or b is None:
+        return a is b
+    return (
+        a.get("role") == b.get("role")
+        and message_content(a).strip() == message_content(b).strip()
+        and _calls([a]) == _calls([b])
+    )
+
+
+def shared_turns(a: Sequence[Mapping[str, Any]], b: Sequence[Mapping[str, Any]]) -> int:
+    """How many turns two conversations open with alike (``same_turn``)."""
+    n = 0
+    while n < min(len(a), len(b)) and same_turn(a[n], b[n]):
+        n += 1
+    return n
+
+
 def _calls(value: Any) -> list[list[Any]]:
     """Each non-system turn's tool calls as ``text.fields.turn_text`` reads them: a call's function
     (name and arguments), not its id, which differs between two samples of one call."""

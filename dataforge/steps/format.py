@@ -25,7 +25,11 @@ conversation's turns may carry more than ``role`` and ``content`` (the OpenAI to
 format: an assistant turn's ``tool_calls`` with a null content, a ``tool`` turn's
 ``tool_call_id`` / ``name``): they are kept, and every turn of the shaped column gets every such
 field (null where it has none), as one Arrow column must; a ``tools`` column goes through
-``extra`` (TRL reads it, as a list or as JSON text). Rows
+``extra`` (TRL reads it, as a list or as JSON text). A
+response written as the whole conversation (UltraFeedback's ``chosen`` = [user, assistant]) that
+opens with the prompt's turns has them removed; a preference without ``prompt`` takes as its prompt
+the turns chosen and rejected open with alike (TRL's implicit prompt); see
+``_responses_after_prompt`` for the rows dropped on the way. Rows
 whose needed fields are empty are dropped with ``format:missing_field``; preference pairs whose
 chosen and rejected sides are the same text, with ``format:tie``. ``system`` opens each prompt
 with a system message; a prompt that already opens with one is an error (it would get two). A
@@ -65,7 +69,7 @@ from dataforge.engine.step import (
     with_columns,
 )
 from dataforge.errors import DataError
-from dataforge.formats import same_text
+from dataforge.formats import same_text, shared_turns
 from dataforge.text.fields import MESSAGES, ROLES, is_conversation, require_messages, turn_text
 from dataforge.text.reasoning import reasoning_expr
 
@@ -122,6 +126,8 @@ class FormatConfig(StepConfig):
 
     def needed(self) -> tuple[str, ...]:
         """The keys naming the input columns the step shapes."""
+        if self.type == "preference" and self.prompt is None:
+            return ("chosen", "rejected")  # the prompt is the turns the two open with alike
         return ("messages",) if self.messages is not None else FIELDS[self.type]
 
     def columns_of(self, key: str) -> list[str]:
@@ -254,6 +260,87 @@ def _ties(df: pl.DataFrame, chosen: str, rejected: str) -> pl.Series:
     return pl.Series(same, dtype=pl.Boolean)
 
 
+def _fresh(df: pl.DataFrame, name: str) -> str:
+    """A column name ``df`` does not have, for a column the step makes for itself."""
+    return next(f"{name}{'_' * k}" for k in range(1, len(df.columns) + 2) if f"{name}{'_' * k}" not in df)
+
+
+SIDES = ("completion", "chosen", "rejected")  # the keys whose columns hold responses
+
+
+def _responses_after_prompt(
+    df: pl.DataFrame, fields: dict[str, str], cfg: FormatConfig
+) -> tuple[pl.DataFrame, dict[str, str], list[pl.DataFrame]]:
+    """Responses without the prompt's turns. A response written as the whole conversation (the
+    UltraFeedback form: ``chosen`` = [user, assistant]) that opens with the prompt's turns has them
+    removed: kept, the trainer would read the prompt twice. A preference without ``prompt`` takes
+    as its prompt the turns chosen and rejected open with alike, up to the last turn that is not
+    the assistant's (TRL's implicit prompt); a pair with none is dropped, ``format:no_prompt``.
+    A response left holding a user or system turn (it goes on past the point the sides part, or
+    opens with another prompt) is dropped, ``format:user_turn_in_response``; one left with no turn
+    that says something, ``format:missing_field``."""
+    sides = [s for s in SIDES if s in fields and is_conversation(df.schema[fields[s]])]
+    implicit = cfg.type == "preference" and "prompt" not in fields
+    if implicit and len(sides) < 2:
+        raise DataError(
+            "without 'prompt', chosen and rejected must be conversations that open with their prompt's turns "
+            f"(columns '{fields['chosen']}' and '{fields['rejected']}' are {df.schema[fields['chosen']]} and "
+            f"{df.schema[fields['rejected']]}); name the prompt column with 'prompt'"
+        )
+    if not sides:
+        return df, fields, []
+    values = {s: df[fields[s]].to_list() for s in sides}
+    if implicit:
+        cut = []
+        for chosen, rejected in zip(values["chosen"], values["rejected"], strict=True):
+            n = shared_turns(chosen, rejected)
+            while n and (chosen[n - 1] or {}).get("role") == "assistant":
+                n -= 1
+            cut.append(n)
+        prompt = _fresh(df, "prompt")
+        df = df.with_columns(pl.col(fields["chosen"]).list.head(pl.lit(pl.Series(cut, dtype=pl.Int64))).alias(prompt))
+        fields = {**fields, "prompt": prompt}
+        cuts = dict.fromkeys(sides, cut)
+    else:
+        asked = df[fields["prompt"]]
+        opening = asked.to_list() if is_conversation(asked.dtype) else [[{"role": "user", "content": t}] for t in asked]
+        cuts = {
+            s: [len(p) if shared_turns(v or [], p) == len(p) else 0 for v, p in zip(values[s], opening, strict=True)]
+            for s in sides
+        }
+    fields = dict(fields)
+    for s in sides:
+        column = _fresh(df, s)
+        df = df.with_columns(pl.col(fields[s]).list.slice(pl.lit(pl.Series(cuts[s], dtype=pl.Int64))).alias(column))
+        fields[s] = column
+    dropped = []
+    bad = pl.lit(False)
+    if implicit:
+        none = pl.col(fields["prompt"]).list.len() == 0
+        dropped.append(events(df["_id"].filter(df.select(none).to_series()), "dropped", "format:no_prompt"))
+        bad = none
+    asking = pl.any_horizontal(
+        [
+            pl.col(fields[s]).list.eval(pl.element().struct.field("role").is_in(["user", "system"])).list.any()
+            for s in sides
+        ]
+    ).fill_null(False)
+    dropped.append(
+        events(df["_id"].filter(df.select(~bad & asking).to_series()), "dropped", "format:user_turn_in_response")
+    )
+    bad = bad | asking
+    empty = pl.any_horizontal([_empty(df, fields[s]) for s in sides])
+    dropped.append(
+        events(
+            df["_id"].filter(df.select(~bad & empty).to_series()),
+            "dropped",
+            "format:missing_field",
+            detail={"fields": [cfg.columns_of(s)[0] for s in sides]},
+        )
+    )
+    return df.filter(~(bad | empty)), fields, dropped
+
+
 def _joined_prompt(df: pl.DataFrame, cfg: FormatConfig) -> tuple[pl.DataFrame, dict[str, str]]:
     """``df`` and the column each needed key reads. A ``prompt`` naming several text columns reads
     them joined: their texts that are not blank, in order, separated by a blank line (Alpaca's
@@ -263,7 +350,7 @@ def _joined_prompt(df: pl.DataFrame, cfg: FormatConfig) -> tuple[pl.DataFrame, d
         return df, fields
     for column in cfg.prompt:
         require_text(df, column)
-    fields["prompt"] = next(f"prompt{'_' * k}" for k in range(1, len(df.columns) + 2) if f"prompt{'_' * k}" not in df)
+    fields["prompt"] = _fresh(df, "prompt")
     said = [pl.when(pl.col(c).str.strip_chars() != "").then(pl.col(c)) for c in cfg.prompt]
     return df.with_columns(pl.concat_str(said, separator="\n\n", ignore_nulls=True).alias(fields["prompt"])), fields
 
@@ -312,11 +399,13 @@ def _refuse_a_second_system_turn(df: pl.DataFrame, column: str, name: str) -> No
 
 @step(
     "format",
-    version=5,  # 3: a preference pair whose sides are the same text is dropped (format:tie); 'system' on
+    version=6,  # 3: a preference pair whose sides are the same text is dropped (format:tie); 'system' on
     # prompts that open with a system message is refused (they got two)
     # 4: tool-calling turns are kept (they were refused); a turn that only calls a tool is not missing;
     # two sides tie only with the same tool calls
     # 5: whole conversations (`messages`); roles a chat template does not name are refused (they passed)
+    # 6: a response that opens with the prompt's turns loses them (DPO read the request twice); a
+    # preference without `prompt` takes the turns its sides open with
     inputs=None,
     per_table_columns=_format_columns,
     partition="rows",
@@ -336,6 +425,8 @@ def format_trl(inputs: dict[str, pl.DataFrame], cfg: FormatConfig, ctx: Context)
         df = df.filter(~missing)
         for column in fields.values():
             _refuse_unknown_roles(df, column)
+        df, fields, after = _responses_after_prompt(df, fields, cfg)
+        dropped.extend(after)
         if "messages" in fields:
             unanswered = df.select(~_answered(df, fields["messages"]))[fields["messages"]]
             dropped.append(events(df["_id"].filter(unanswered), "dropped", "format:no_response"))

@@ -324,3 +324,98 @@ def test_a_prompt_of_several_columns_joins_their_texts(ctx):
     assert format_trl({"data": df}, standard, ctx).tables["data"]["prompt"][1] == "Add 2 and 3."
     with pytest.raises(DataError, match="field 'input' is Int32, not text"):
         format_trl({"data": df.with_columns(pl.lit(1).alias("input"))}, cfg, ctx)
+
+
+def _user(text: str) -> dict:
+    return {"role": "user", "content": text}
+
+
+def _assistant(text: str) -> dict:
+    return {"role": "assistant", "content": text}
+
+
+def test_responses_written_as_whole_conversations_lose_the_prompts_turns(ctx):
+    """UltraFeedback-form pairs (a `prompt`, and `chosen` / `rejected` as the whole conversation)
+    were shaped with the prompt's turn in each side too, so DPO read the request twice."""
+    df = pl.DataFrame(
+        {
+            "_id": ["u:0", "u:1", "u:2", "u:3"],
+            "prompt": ["Name a colour.", "Hi", "Q", "Q2"],
+            "chosen": [
+                [_user("Name a colour."), _assistant("Blue.")],
+                [_assistant("Hello")],  # a response alone: kept as it is
+                [_user("Another question"), _assistant("x")],  # opens with another prompt
+                [_user("Q2"), _assistant("A"), _user("more"), _assistant("B")],  # goes on past the request
+            ],
+            "rejected": [
+                [_user("Name a colour. "), _assistant("No.")],  # outer whitespace aside, the same turn
+                [_assistant("Go away")],
+                [_user("Q"), _assistant("y")],
+                [_user("Q2"), _assistant("C")],
+            ],
+        }
+    )
+    res = format_trl(
+        {"data": df}, FormatConfig(type="preference", prompt="prompt", chosen="chosen", rejected="rejected"), ctx
+    )
+    out = res.tables["data"]
+    assert out["_id"].to_list() == ["u:0", "u:1"] and out.columns == ["_id", "prompt", "chosen", "rejected"]
+    assert out.row(0) == ("u:0", [_user("Name a colour.")], [_assistant("Blue.")], [_assistant("No.")])
+    assert out["chosen"][1].to_list() == [_assistant("Hello")]
+    reasons = pl.concat(res.events).select("row_id", "reason").rows()
+    assert reasons == [("u:2", "format:user_turn_in_response"), ("u:3", "format:user_turn_in_response")]
+    # the same for a completion, and for messages made of prompt + completion
+    pc = df.head(1).select("_id", "prompt", pl.col("chosen").alias("c"))
+    messages = format_trl({"data": pc}, FormatConfig(type="messages", prompt="prompt", completion="c"), ctx).tables[
+        "data"
+    ]
+    assert messages["messages"][0].to_list() == [_user("Name a colour."), _assistant("Blue.")]
+    shaped = format_trl(
+        {"data": pc}, FormatConfig(type="prompt_completion", prompt="prompt", completion="c", system="S"), ctx
+    )
+    assert shaped.tables["data"].row(0)[1:] == (
+        [{"role": "system", "content": "S"}, _user("Name a colour.")],
+        [_assistant("Blue.")],
+    )
+
+
+def test_a_preference_without_a_prompt_takes_the_turns_its_sides_open_with(ctx):
+    """TRL's implicit prompt: chosen and rejected as whole conversations that part at the last
+    assistant turn (HH-RLHF multi-turn pairs as messages)."""
+    df = pl.DataFrame(
+        {
+            "_id": ["i:0", "i:1", "i:2", "i:3", "i:4"],
+            "chosen": [
+                [_user("Hi"), _assistant("Hello"), _user("A joke?"), _assistant("Knock knock.")],
+                [_user("Q"), _assistant("Same")],  # the two sides are one: a tie
+                [_assistant("Unprompted")],  # nothing the two open with: no prompt
+                [_user("Q"), _assistant("Shared start"), _assistant("then this")],  # part after an assistant turn
+                [_user("Q"), _assistant("")],  # nothing said
+            ],
+            "rejected": [
+                [_user("Hi"), _assistant("Hello"), _user("A joke?"), _assistant("No.")],
+                [_user("Q"), _assistant("Same")],
+                [_assistant("Other")],
+                [_user("Q"), _assistant("Shared start"), _assistant("or that")],
+                [_user("Q"), _assistant("Fine")],
+            ],
+        }
+    )
+    res = format_trl({"data": df}, FormatConfig(type="preference", chosen="chosen", rejected="rejected"), ctx)
+    out = res.tables["data"]
+    assert out["_id"].to_list() == ["i:0", "i:3"]
+    assert out.row(0)[1:] == (
+        [_user("Hi"), _assistant("Hello"), _user("A joke?")],
+        [_assistant("Knock knock.")],
+        [_assistant("No.")],
+    )
+    # the prompt ends at the last turn that is not the assistant's: each side opens with its own answer
+    assert out.row(1)[1:] == (
+        [_user("Q")],
+        [_assistant("Shared start"), _assistant("then this")],
+        [_assistant("Shared start"), _assistant("or that")],
+    )
+    reasons = sorted(pl.concat(res.events).select("row_id", "reason").rows())
+    assert reasons == [("i:1", "format:tie"), ("i:2", "format:no_prompt"), ("i:4", "format:missing_field")]
+    with pytest.raises(DataError, match="without 'prompt', chosen and rejected must be conversations"):
+        format_trl({"data": DF}, FormatConfig(type="preference", chosen="a", rejected="b"), ctx)
