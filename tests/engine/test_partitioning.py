@@ -12,6 +12,8 @@ round by round and answered ahead as when it sends them itself."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import polars as pl
 import pytest
@@ -69,6 +71,23 @@ def data(tmp_path_factory) -> dict[str, pl.DataFrame]:
     )
     leak_train = _with_ids(pl.concat([gsm.head(240).select("question", "answer"), planted]), "lt")
     responses = _run("preference.responses", {"data": hh}, {"responses": ["chosen", "rejected"]}, ctx).tables["data"]
+    # the HH conversations whole (UltraFeedback's form), and in ShareGPT form with every fifth
+    # request given as content parts, every seventh with an image part (dropped)
+    whole = hh.select(
+        "_id",
+        pl.concat_list("prompt", "chosen").alias("chosen"),
+        pl.concat_list("prompt", "rejected").alias("rejected"),
+    )
+    sharegpt = []
+    for k, turns in enumerate(whole["chosen"].to_list()):
+        said = [{"from": {"user": "human", "assistant": "gpt"}[t["role"]], "value": t["content"]} for t in turns]
+        if k % 5 == 0:
+            parts = [{"type": "text", "text": said[0]["value"]}] + (
+                [{"type": "image_url", "text": None}] if k % 7 == 0 else []
+            )
+            said[0]["value"] = json.dumps(parts)  # as polars reads parts beside plain text
+        sharegpt.append(said)
+    sharegpt = hh.select("_id").with_columns(pl.Series("conversations", sharegpt))
     verified = _run(
         "verify", {"data": parsed}, {"graders": [{"name": "math", "inputs": {"answer": "final_answer"}}]}, ctx
     )
@@ -78,6 +97,8 @@ def data(tmp_path_factory) -> dict[str, pl.DataFrame]:
         "parsed": parsed,
         "hh": hh,
         "responses": responses,
+        "whole": whole,
+        "sharegpt": sharegpt,
         "verified": verified.tables["data"],
         "leak_train": leak_train.sample(fraction=1.0, shuffle=True, seed=3),  # the plants spread out
         "leak_eval": tests,
@@ -88,12 +109,14 @@ def data(tmp_path_factory) -> dict[str, pl.DataFrame]:
 CASES = [
     ("parse.gsm8k", {}, "gsm"),
     ("parse.hh_rlhf", {}, "hh_raw"),
+    ("parse.chat", {"fields": ["conversations"]}, "sharegpt"),
     ("clean.normalize", {"fields": ["question"], "lowercase": True}, "gsm"),
     ("clean.filter", {"fields": ["question"], "min_length": 150, "drop_regex": {"question": r"\$"}}, "gsm"),
     ("verify", {"graders": [{"name": "math", "inputs": {"answer": "final_answer"}}, {"name": "format"}]}, "parsed"),
     ("filter", {"column": "score_math", "min": 1.0}, "verified"),
     ("format.reasoning", {}, "parsed"),
     ("format", {"type": "preference", "prompt": "prompt", "chosen": "chosen", "rejected": "rejected"}, "hh"),
+    ("format", {"type": "preference", "chosen": "chosen", "rejected": "rejected"}, "whole"),
     ("preference.responses", {"responses": ["chosen", "rejected"]}, "hh"),
     ("preference.pairs", {"rule": "ranking", "column": "rank"}, "responses"),
     ("preference.pairs", {"rule": "revision", "chosen": "chosen", "rejected": "rejected"}, "hh"),
