@@ -18,7 +18,9 @@ format — consumes the columns named by its keys; produces exactly one TRL data
 
 Type ``messages`` is made from ``prompt`` + ``completion``, or from ``messages``, a column of
 whole conversations kept as they are (one without an assistant turn that says something is
-dropped, ``format:no_response``). ``prompt`` may name several text columns: their texts that
+dropped, ``format:no_response``). ``prompt_completion`` and ``prompt_only`` take ``messages`` too:
+every turn up to the last user turn is the prompt, what follows it the completion
+(``_parted_at_last_request``). ``prompt`` may name several text columns: their texts that
 are not blank, joined by a blank line (Alpaca's ``[instruction, input]``). A source column may be
 text (wrapped as one message) or already a list of messages. A
 conversation's turns may carry more than ``role`` and ``content`` (the OpenAI tool-calling
@@ -139,11 +141,13 @@ class FormatConfig(StepConfig):
     def _fields_for_type(self) -> FormatConfig:
         if isinstance(self.prompt, list) and (not self.prompt or len(set(self.prompt)) < len(self.prompt)):
             raise ValueError("a list 'prompt' names one or more text columns, each once")
-        if self.messages is not None and self.type != "messages":
-            raise ValueError(f"type '{self.type}' does not use 'messages' (whole conversations are type 'messages')")
+        if self.messages is not None and self.type == "preference":
+            raise ValueError(
+                "type 'preference' does not use 'messages' (a pair is two responses: 'chosen', 'rejected')"
+            )
         if self.messages is not None and (self.prompt or self.completion):
             raise ValueError(
-                "type 'messages' takes 'messages' (whole conversations) or 'prompt' and 'completion', not both"
+                f"type '{self.type}' takes 'messages' (whole conversations) or 'prompt' and 'completion', not both"
             )
         for f in self.needed():
             if getattr(self, f) is None:
@@ -355,6 +359,32 @@ def _joined_prompt(df: pl.DataFrame, cfg: FormatConfig) -> tuple[pl.DataFrame, d
     return df.with_columns(pl.concat_str(said, separator="\n\n", ignore_nulls=True).alias(fields["prompt"])), fields
 
 
+def _parted_at_last_request(
+    df: pl.DataFrame, column: str, completion: bool
+) -> tuple[pl.DataFrame, dict[str, str], list[pl.DataFrame]]:
+    """Whole conversations parted into a prompt (every turn up to the last user turn) and, with
+    ``completion``, what follows it (the assistant's answer, with its tool calls and their results).
+    One with no user turn is dropped, ``format:no_prompt``; one whose last request has no answer
+    that says something, ``format:no_response`` (with ``completion``; a prompt needs none)."""
+    dtype = df.schema[column]
+    users = pl.col(column).list.eval(pl.element().struct.field("role") == "user")
+    cut = pl.col(column).list.len() - users.list.reverse().list.arg_max()
+    fields = {"prompt": _fresh(df, "prompt")}
+    df = df.with_columns(pl.col(column).list.head(cut).alias(fields["prompt"]))
+    asked = df.select(users.list.any().fill_null(False)).to_series()
+    dropped = [events(df["_id"].filter(~asked), "dropped", "format:no_prompt")]
+    df = df.filter(asked)
+    if completion:
+        fields["completion"] = _fresh(df, "completion")
+        df = df.with_columns(pl.col(column).list.slice(cut).alias(fields["completion"]))
+        said = turn_text(dtype, column).fill_null("").str.strip_chars() != ""
+        answer = (pl.element().struct.field("role") == "assistant") & said
+        answered = df.select(pl.col(fields["completion"]).list.eval(answer).list.any().fill_null(False)).to_series()
+        dropped.append(events(df["_id"].filter(~answered), "dropped", "format:no_response"))
+        df = df.filter(answered)
+    return df, fields, dropped
+
+
 def _answered(df: pl.DataFrame, column: str) -> pl.Expr:
     """Whether a whole conversation (``messages``) has an assistant turn that says something: one
     without is nothing to train on. A text column is refused: it is no conversation."""
@@ -428,9 +458,14 @@ def format_trl(inputs: dict[str, pl.DataFrame], cfg: FormatConfig, ctx: Context)
         df, fields, after = _responses_after_prompt(df, fields, cfg)
         dropped.extend(after)
         if "messages" in fields:
-            unanswered = df.select(~_answered(df, fields["messages"]))[fields["messages"]]
-            dropped.append(events(df["_id"].filter(unanswered), "dropped", "format:no_response"))
-            df = df.filter(~unanswered)
+            conversation = _answered(df, fields["messages"])  # (first: it refuses a text column)
+            if cfg.type != "messages":
+                df, fields, parted = _parted_at_last_request(df, fields["messages"], cfg.type == "prompt_completion")
+                dropped.extend(parted)
+            else:
+                unanswered = df.select(~conversation)[fields["messages"]]
+                dropped.append(events(df["_id"].filter(unanswered), "dropped", "format:no_response"))
+                df = df.filter(~unanswered)
         if cfg.type == "preference":
             tie = _ties(df, fields["chosen"], fields["rejected"])
             dropped.append(events(df["_id"].filter(tie), "dropped", "format:tie"))

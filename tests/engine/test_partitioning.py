@@ -117,6 +117,7 @@ CASES = [
     ("format.reasoning", {}, "parsed"),
     ("format", {"type": "preference", "prompt": "prompt", "chosen": "chosen", "rejected": "rejected"}, "hh"),
     ("format", {"type": "preference", "chosen": "chosen", "rejected": "rejected"}, "whole"),
+    ("format", {"type": "prompt_completion", "messages": "chosen"}, "whole"),
     ("preference.responses", {"responses": ["chosen", "rejected"]}, "hh"),
     ("preference.pairs", {"rule": "ranking", "column": "rank"}, "responses"),
     ("preference.pairs", {"rule": "revision", "chosen": "chosen", "rejected": "rejected"}, "hh"),

@@ -101,7 +101,8 @@ def test_standard_style_refuses_messages(ctx):
         ({"type": "messages", "prompt": "q", "completion": "a", "extra": {"_id": "a"}}, "extra column '_id'"),
         ({"type": "messages", "prompt": "q"}, r"needs 'completion' .*\(or 'messages', a column of whole"),
         ({"type": "messages", "messages": "m", "prompt": "q"}, "'messages' .* or 'prompt' and 'completion', not both"),
-        ({"type": "prompt_only", "prompt": "q", "messages": "m"}, "does not use 'messages'"),
+        ({"type": "preference", "messages": "m", "chosen": "a", "rejected": "b"}, "does not use 'messages'"),
+        ({"type": "prompt_only", "prompt": "q", "messages": "m"}, "'prompt_only' takes 'messages' .* not both"),
         ({"type": "prompt_only", "prompt": ["q", "q"]}, "names one or more text columns, each once"),
     ],
 )
@@ -419,3 +420,33 @@ def test_a_preference_without_a_prompt_takes_the_turns_its_sides_open_with(ctx):
     assert reasons == [("i:1", "format:tie"), ("i:2", "format:no_prompt"), ("i:4", "format:missing_field")]
     with pytest.raises(DataError, match="without 'prompt', chosen and rejected must be conversations"):
         format_trl({"data": DF}, FormatConfig(type="preference", chosen="a", rejected="b"), ctx)
+
+
+def test_whole_conversations_part_at_their_last_request(ctx):
+    """A conversation dataset gives prompts to generate from (distillation, GRPO) and
+    prompt-completion pairs: every turn up to the last user turn is the prompt, what follows it
+    the completion."""
+    system = {"role": "system", "content": "S"}
+    df = pl.DataFrame(
+        {
+            "_id": ["m:0", "m:1", "m:2", "m:3"],
+            "m": [
+                [system, _user("Hi"), _assistant("Hello"), _user("A joke?"), _assistant("Knock knock.")],
+                [_user("Unanswered")],
+                [_assistant("No request")],
+                [_user("Q"), _assistant(" ")],
+            ],
+        }
+    )
+    res = format_trl({"data": df}, FormatConfig(type="prompt_completion", messages="m"), ctx)
+    out = res.tables["data"]
+    assert out.columns == ["_id", "prompt", "completion"] and out["_id"].to_list() == ["m:0"]
+    assert out.row(0)[1:] == (
+        [system, _user("Hi"), _assistant("Hello"), _user("A joke?")],
+        [_assistant("Knock knock.")],
+    )
+    reasons = sorted(pl.concat(res.events).select("row_id", "reason").rows())
+    assert reasons == [("m:1", "format:no_response"), ("m:2", "format:no_prompt"), ("m:3", "format:no_response")]
+    prompts = format_trl({"data": df}, FormatConfig(type="prompt_only", messages="m"), ctx)
+    assert prompts.tables["data"]["_id"].to_list() == ["m:0", "m:1", "m:3"]  # a prompt needs no answer
+    assert prompts.tables["data"]["prompt"][1].to_list() == [_user("Unanswered")]
