@@ -8,7 +8,9 @@ null or blank is dropped, ``parse:gsm8k_no_question`` (a problem with no text to
 train on); one without a numeric final answer, ``parse:gsm8k_no_final_answer``.
 
 parse.chat — consumes conversation ``fields`` in the forms chat datasets come in; produces each
-as messages (``{role, content}`` turns), which every other step reads: ShareGPT turns (``{from,
+as messages (``{role, content}`` turns), which every other step reads. A text field is a
+conversation written out in a chat format (``chat_format``: ``auto`` or a named one,
+``text.chat_text``); one in no format it reads is dropped, ``parse:chat_unknown_format``. ShareGPT turns (``{from,
 value}``) take ``role`` / ``content``; a content given as a list of parts (``[{type: text, text:
 …}]``, the OpenAI and Hugging Face multimodal form; also as the JSON text polars makes of it when
 other rows hold plain text) is its text parts joined by newlines; roles are named as chat templates
@@ -49,6 +51,7 @@ from dataforge.engine.step import (
     with_columns,
 )
 from dataforge.errors import DataError
+from dataforge.text.chat_text import ChatFormat, read_chat_text
 from dataforge.text.fields import MESSAGES, ROLES, is_conversation
 
 # -- GSM8K ------------------------------------------------------------------------------------------
@@ -118,6 +121,7 @@ _PARTS_TEXT = re.compile(r'^\s*\[\s*\{\s*"type"\s*:')  # a list of parts that po
 class ChatConfig(StepConfig):
     fields: list[str] = ["messages"]
     roles: dict[str, str] = {}  # a role name in the data → one of ROLES (adds to and overrides ROLE_NAMES)
+    chat_format: ChatFormat = "auto"  # how a text field is written (text.chat_text)
 
     @field_validator("roles")
     @classmethod
@@ -155,14 +159,25 @@ def _content_parts(content: Any) -> tuple[str | None, str | None]:
     return "\n".join(texts), None
 
 
+def _read_texts(df: pl.DataFrame, column: str, chat_format: str) -> tuple[pl.Series, pl.Series]:
+    """A text column of conversations written out in a chat format, as messages; and which rows
+    hold text in no format ``read_chat_text`` reads (their messages null)."""
+    values, unread = [], []
+    for text in df[column]:
+        messages = read_chat_text(text, chat_format)
+        values.append(messages)
+        unread.append(text is not None and messages is None)
+    return pl.Series(column, values, dtype=MESSAGES), pl.Series(unread, dtype=pl.Boolean)
+
+
 class _Chat:
     """Reads one conversation column into messages (``parse.chat``)."""
 
     def __init__(self, column: str, dtype: pl.DataType, roles: dict[str, str]):
         if not is_conversation(dtype):
             raise DataError(
-                f"column '{column}' is {dtype}, not a list of turns; parse.chat reads conversations (HH-RLHF "
-                "transcripts are text: parse.hh_rlhf)"
+                f"column '{column}' is {dtype}, neither text nor a list of turns (HH-RLHF chosen/rejected "
+                "pairs: parse.hh_rlhf)"
             )
         turn = dtype.inner.to_schema()  # type: ignore[attr-defined]
         if not ({"role", "from"} & turn.keys() and {"content", "value"} & turn.keys()):
@@ -211,7 +226,12 @@ def parse_chat(inputs: dict[str, pl.DataFrame], cfg: ChatConfig, ctx: Context) -
     def one(name: str, df: pl.DataFrame) -> StepResult:
         keep = [True] * df.height
         columns, dropped, kinds = {}, [], []
+        unread = pl.Series([False] * df.height, dtype=pl.Boolean)
         for field in cfg.fields:
+            if df.schema[field] == pl.String:
+                columns[field], unread_here = _read_texts(df, field, cfg.chat_format)
+                unread = unread | unread_here
+                continue
             chat = _Chat(field, df.schema[field], cfg.roles)
             values = []
             for i, (row_id, turns) in enumerate(zip(df["_id"], df[field].to_list(), strict=True)):
@@ -222,10 +242,19 @@ def parse_chat(inputs: dict[str, pl.DataFrame], cfg: ChatConfig, ctx: Context) -
                     dropped.append(row_id)
                     kinds.append(json.dumps({"field": field, "part": not_text}))
             columns[field] = pl.Series(field, values, dtype=chat.dtype)
-        parsed = df.with_columns(columns.values()).filter(pl.Series(keep, dtype=pl.Boolean))
+        keep = pl.Series(keep, dtype=pl.Boolean)
+        parsed = df.with_columns(columns.values()).filter(keep & ~unread)
         detail = pl.Series(kinds, dtype=pl.String)
-        ev = events(pl.Series(dropped, dtype=pl.String), "dropped", "parse:chat_not_text", detail=detail)
-        return StepResult({name: parsed}, events=[ev])
+        evs = [
+            events(pl.Series(dropped, dtype=pl.String), "dropped", "parse:chat_not_text", detail=detail),
+            events(
+                df["_id"].filter(keep & unread),
+                "dropped",
+                "parse:chat_unknown_format",
+                detail={"chat_format": cfg.chat_format},
+            ),
+        ]
+        return StepResult({name: parsed}, events=evs)
 
     return per_table(inputs, one)
 

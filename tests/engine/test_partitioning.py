@@ -110,6 +110,7 @@ CASES = [
     ("parse.gsm8k", {}, "gsm"),
     ("parse.hh_rlhf", {}, "hh_raw"),
     ("parse.chat", {"fields": ["conversations"]}, "sharegpt"),
+    ("parse.chat", {"fields": ["chosen", "rejected"]}, "hh_raw"),
     ("clean.normalize", {"fields": ["question"], "lowercase": True}, "gsm"),
     ("clean.filter", {"fields": ["question"], "min_length": 150, "drop_regex": {"question": r"\$"}}, "gsm"),
     ("verify", {"graders": [{"name": "math", "inputs": {"answer": "final_answer"}}, {"name": "format"}]}, "parsed"),

@@ -216,10 +216,90 @@ def test_parse_chat_keeps_a_turns_other_fields_and_refuses_what_is_no_conversati
     )
     out = parse_chat({"data": df}, ChatConfig(fields=["m"]), ctx).tables["data"]
     assert out["m"][0].to_list()[1] == {"role": "assistant", "content": None, "tool_calls": [call]}
-    with pytest.raises(DataError, match=r"column 'text' is String, not a list of turns.*parse\.hh_rlhf"):
-        parse_chat({"data": df}, ChatConfig(fields=["text"]), ctx)
+    with pytest.raises(DataError, match=r"column 'n' is Int64, neither text nor a list of turns"):
+        parse_chat({"data": df.with_columns(n=pl.lit(1, dtype=pl.Int64))}, ChatConfig(fields=["n"]), ctx)
     with pytest.raises(DataError, match=r"its turns have the fields speaker, says; parse\.chat needs a role"):
         parse_chat({"data": df}, ChatConfig(fields=["odd"]), ctx)
     # a step that reads text names the step that reads such turns, not a polars error
     with pytest.raises(DataError, match=r"column 'odd' holds turns of \{speaker: String, says: String\}.*'parse.chat'"):
         dedup_exact({"data": df}, DedupConfig(fields=["odd"]), ctx)
+
+
+CHATS = {
+    "chatml": "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi\nthere<|im_end|>\n"
+    "<|im_start|>assistant\nHello!<|im_end|>\n<|im_start|>user\n2+2?<|im_end|>\n<|im_start|>assistant\n4<|im_end|>\n",
+    "llama3": "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nBe brief.<|eot_id|>"
+    "<|start_header_id|>user<|end_header_id|>\n\nHi\nthere<|eot_id|><|start_header_id|>assistant<|end_header_id|>"
+    "\n\nHello!<|eot_id|><|start_header_id|>user<|end_header_id|>\n\n2+2?<|eot_id|>"
+    "<|start_header_id|>assistant<|end_header_id|>\n\n4<|eot_id|>",
+    "gemma": "<bos><start_of_turn>system\nBe brief.<end_of_turn>\n<start_of_turn>user\nHi\nthere<end_of_turn>\n"
+    "<start_of_turn>model\nHello!<end_of_turn>\n<start_of_turn>user\n2+2?<end_of_turn>\n<start_of_turn>model\n4<end_of_turn>\n",
+    "phi3": "<|system|>\nBe brief.<|end|>\n<|user|>\nHi\nthere<|end|>\n<|assistant|>\nHello!<|end|>\n"
+    "<|user|>\n2+2?<|end|>\n<|assistant|>\n4<|end|>\n<|endoftext|>",
+    "zephyr": "<|system|>\nBe brief.</s>\n<|user|>\nHi\nthere</s>\n<|assistant|>\nHello!</s>\n<|user|>\n2+2?</s>\n"
+    "<|assistant|>\n4</s>\n",
+    "llama2": "<s>[INST] <<SYS>>\nBe brief.\n<</SYS>>\n\nHi\nthere [/INST] Hello! </s><s>[INST] 2+2? [/INST] 4 </s>",
+    "transcript": "### System: Be brief.\n### Human: Hi\nthere\n### Assistant: Hello!\n"
+    "### Human: 2+2?\n### Assistant: 4",
+}
+SAID = [
+    {"role": "system", "content": "Be brief."},
+    {"role": "user", "content": "Hi\nthere"},
+    {"role": "assistant", "content": "Hello!"},
+    {"role": "user", "content": "2+2?"},
+    {"role": "assistant", "content": "4"},
+]
+
+
+@pytest.mark.parametrize("chat_format", sorted(CHATS))
+def test_a_conversation_written_out_in_a_chat_format_is_read_back_into_its_turns(ctx, chat_format):
+    """SFT sets often hold one `text` column with a chat template applied; read back into turns,
+    they can be deduplicated by turn, split by request and shaped for another model's template."""
+    text = CHATS[chat_format]
+    df = pl.DataFrame({"_id": ["t:0", "t:1"], "text": [text, None]})
+    for given in ("auto", chat_format):
+        out = parse_chat({"data": df}, ChatConfig(fields=["text"], chat_format=given), ctx).tables["data"]
+        assert out["text"][0].to_list() == SAID and out["text"][1] is None
+
+
+def test_text_in_no_chat_format_is_dropped_with_its_reason_and_a_generation_prompt_is_no_turn(ctx):
+    df = pl.DataFrame(
+        {
+            "_id": ["t:0", "t:1", "t:2", "t:3"],
+            "text": [
+                "Just a sentence about Human rights.",
+                "Preamble first. <|im_start|>user\nHi<|im_end|>",  # text before the first turn: not guessed
+                "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n",  # ends with a generation prompt
+                "<|im_start|>narrator\nOnce<|im_end|>",  # a role no template names
+            ],
+        }
+    )
+    res = parse_chat({"data": df}, ChatConfig(fields=["text"]), ctx)
+    assert res.tables["data"]["text"].to_list() == [[{"role": "user", "content": "Hi"}]]
+    dropped = pl.concat(res.events)
+    assert dropped.select("row_id", "reason").rows() == [
+        ("t:0", "parse:chat_unknown_format"),
+        ("t:1", "parse:chat_unknown_format"),
+        ("t:3", "parse:chat_unknown_format"),
+    ]
+    # a format named is the one read: ChatML text asked for as Llama 3 is no Llama 3 conversation
+    res = parse_chat({"data": df.slice(2, 1)}, ChatConfig(fields=["text"], chat_format="llama3"), ctx)
+    assert res.tables["data"].is_empty() and pl.concat(res.events)["reason"].to_list() == ["parse:chat_unknown_format"]
+
+
+def test_hh_transcripts_read_as_parse_hh_rlhf_reads_them(ctx):
+    """The real HH-RLHF harmless-base test transcripts: every chosen conversation parse.chat reads
+    is the prompt and chosen answer parse.hh_rlhf finds in it — but an empty final answer, which is
+    read as an answer not written (a transcript ending in "Assistant:", as a generation prompt does)."""
+    df = pl.read_ndjson(HH / "test.jsonl.gz").with_columns(pl.format("h:{}", pl.int_range(pl.len())).alias("_id"))
+    pairs = parse_hh_rlhf({"data": df}, HhConfig(), ctx).tables["data"]
+    res = parse_chat({"data": df.select("_id", "chosen")}, ChatConfig(fields=["chosen"]), ctx)
+    assert res.tables["data"].height == df.height and pl.concat(res.events).is_empty()
+    read = dict(zip(res.tables["data"]["_id"], res.tables["data"]["chosen"].to_list(), strict=True))
+    unanswered = 0
+    for row in pairs.iter_rows(named=True):
+        whole = row["prompt"] + row["chosen"]
+        if not row["chosen"][0]["content"]:
+            whole, unanswered = whole[:-1], unanswered + 1
+        assert read[row["_id"]] == whole, row["_id"]
+    assert pairs.height == 2303 and unanswered == 4

@@ -1,0 +1,127 @@
+"""Conversations written out as text in a chat format, read back into messages (``parse.chat``).
+
+An SFT set is often one ``text`` column with a model's chat template applied. Read back into
+``{role, content}`` turns, it can be deduplicated by turn, split by its requests and shaped again
+for another model's template. Formats read (``FORMATS``):
+
+- ``chatml``: ``<|im_start|>user\\n…<|im_end|>`` (Qwen, OpenHermes);
+- ``llama3``: ``<|start_header_id|>user<|end_header_id|>\\n\\n…<|eot_id|>``;
+- ``gemma``: ``<start_of_turn>user\\n…<end_of_turn>`` (its ``model`` is the assistant);
+- ``phi3`` / ``zephyr``: ``<|user|>\\n…<|end|>`` or ``…</s>``;
+- ``llama2`` / ``mistral``: ``[INST] (<<SYS>>…<</SYS>>) … [/INST] answer</s>``;
+- ``transcript``: ``Human: … Assistant: …`` turns opening a paragraph (HH-RLHF's
+  ``\n\nHuman: ``), or ``### Human: … ### Assistant: …`` anywhere (Guanaco).
+
+Each turn's content is the text between its header and the next one, without the format's end of
+turn and outer whitespace. A final assistant header with nothing after it (a generation prompt)
+is no turn. ``read_chat_text`` gives None for text in no format or with text before its first
+turn (a format it does not know), never a guess.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+ChatFormat = Literal["auto", "chatml", "llama3", "gemma", "phi3", "zephyr", "llama2", "mistral", "transcript"]
+FORMATS: tuple[str, ...] = ("chatml", "llama3", "gemma", "phi3", "zephyr", "llama2", "mistral", "transcript")
+
+_HEADERS = {
+    "chatml": re.compile(r"<\|im_start\|>(\w+)[ \t]*\n?"),
+    "llama3": re.compile(r"<\|start_header_id\|>(\w+)<\|end_header_id\|>[ \t]*\n{0,2}"),
+    "gemma": re.compile(r"<start_of_turn>(\w+)[ \t]*\n?"),
+    "phi3": re.compile(r"<\|(user|assistant|system)\|>[ \t]*\n?"),
+    # HH-RLHF's labels open a paragraph ("\n\nHuman: "); Guanaco's "### Human: " stand anywhere
+    "transcript": re.compile(
+        r"(?:^|\n\n)[ \t]*(Human|Assistant|System):[ \t]*|###[ \t]*(Human|Assistant|System):[ \t]*"
+    ),
+}
+_HEADERS["zephyr"] = _HEADERS["phi3"]
+# what a format writes around its turns: beginnings of text, ends of turns and of text
+_AROUND = re.compile(
+    r"<\|im_end\|>|<\|eot_id\|>|<\|begin_of_text\|>|<\|end_of_text\|>|<end_of_turn>|<bos>|<eos>|<\|end\|>"
+    r"|<\|endoftext\|>|</?s>"
+)
+_INSTRUCTION = re.compile(r"\[INST\](.*?)\[/INST\]", re.DOTALL)
+_SYSTEM_BLOCK = re.compile(r"^\s*<<SYS>>(.*?)<</SYS>>", re.DOTALL)
+_ROLES = {
+    "user": "user",
+    "human": "user",
+    "assistant": "assistant",
+    "model": "assistant",
+    "system": "system",
+    "tool": "tool",
+    "ipython": "tool",  # Llama 3's tool results
+}
+
+
+def format_of(text: str) -> str | None:
+    """The chat format ``text`` is written in (the first whose markers it holds), or None."""
+    if "<|im_start|>" in text:
+        return "chatml"
+    if "<|start_header_id|>" in text:
+        return "llama3"
+    if "<start_of_turn>" in text:
+        return "gemma"
+    if "[INST]" in text and "[/INST]" in text:
+        return "llama2"
+    if re.search(r"<\|(user|assistant)\|>", text):
+        return "phi3"
+    labels = {next(g for g in m.groups() if g) for m in _HEADERS["transcript"].finditer(text)}
+    if {"Human", "Assistant"} <= labels:
+        return "transcript"
+    return None
+
+
+def _content(text: str) -> str:
+    return _AROUND.sub("", text).strip()
+
+
+def _headed(text: str, header: re.Pattern[str]) -> list[dict[str, str]] | None:
+    heads = list(header.finditer(text))
+    if not heads or _content(text[: heads[0].start()]):
+        return None  # no turn, or text before the first one
+    turns = []
+    for k, head in enumerate(heads):
+        role = _ROLES.get(next(g for g in head.groups() if g).lower())
+        if role is None:
+            return None
+        end = heads[k + 1].start() if k + 1 < len(heads) else len(text)
+        turns.append({"role": role, "content": _content(text[head.end() : end])})
+    if turns[-1]["role"] == "assistant" and not turns[-1]["content"]:
+        turns.pop()  # a generation prompt: the answer it asks for is not written
+    return turns or None
+
+
+def _instructed(text: str) -> list[dict[str, str]] | None:
+    """Llama 2 / Mistral: each ``[INST] … [/INST]`` a user turn (the first may open with a
+    ``<<SYS>>`` block, the system turn), the text up to the next one the assistant's answer."""
+    spans = list(_INSTRUCTION.finditer(text))
+    if not spans or _content(text[: spans[0].start()]):
+        return None
+    turns = []
+    for k, span in enumerate(spans):
+        asked = span.group(1)
+        system = _SYSTEM_BLOCK.match(asked) if k == 0 else None
+        if system:
+            turns.append({"role": "system", "content": system.group(1).strip()})
+            asked = asked[system.end() :]
+        turns.append({"role": "user", "content": _content(asked)})
+        end = spans[k + 1].start() if k + 1 < len(spans) else len(text)
+        answer = _content(text[span.end() : end])
+        if answer or k + 1 < len(spans):
+            turns.append({"role": "assistant", "content": answer})
+    return turns
+
+
+def read_chat_text(text: str | None, chat_format: str = "auto") -> list[dict[str, str]] | None:
+    """``text`` as messages, read in ``chat_format`` (``auto``: ``format_of``), or None when it is
+    not written in it."""
+    if text is None:
+        return None
+    kind = format_of(text) if chat_format == "auto" else chat_format
+    if kind is None:
+        return None
+    if kind in ("llama2", "mistral"):
+        return _instructed(text)
+    return _headed(text, _HEADERS[kind])
