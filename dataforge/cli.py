@@ -411,6 +411,45 @@ def cmd_trace(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_inspect(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from dataforge.data_forms import recognize, starter_recipe
+    from dataforge.engine.step import Context
+    from dataforge.steps.sources import SourceConfig, first_rows
+
+    path = Path(args.file).resolve()
+    recipe_dir = Path(args.recipe).resolve().parent if args.recipe else Path.cwd()
+    with tempfile.TemporaryDirectory(prefix="dataforge-inspect-") as scratch:
+        ctx = Context(step="inspect", fingerprint="0" * 16, base_dir=Path.cwd(), scratch_dir=Path(scratch))
+        try:
+            rows = first_rows(SourceConfig(path=str(path), name="inspect"), ctx, args.rows)
+        except RecipeError as exc:
+            raise RecipeError(f"{args.file}: {exc.detail}") from None
+    table = Table(title=f"{args.file}: the first {rows.height:,} rows")
+    for name in ("column", "type", "first value"):
+        table.add_column(name, overflow="fold")
+    for name, dtype in rows.schema.items():
+        if name != "_id":
+            table.add_row(name, str(dtype), _cell(rows[name][0] if rows.height else None))
+    out_console.print(table)
+    form = recognize(rows)
+    if form is None:
+        out_console.print(
+            "form: none recognized. Name the columns to shape in a `format` step (see README, Step kinds); "
+            "a conversation column of other fields, or text in another chat format, needs a step of its own."
+        )
+        return 1
+    out_console.print(f"form: {form.name}: {form.summary}")
+    recipe = starter_recipe(path, form, recipe_dir)
+    if args.recipe:
+        Path(args.recipe).write_text(recipe)
+        out_console.print(f"wrote {args.recipe}: dataforge build {args.recipe}")
+    else:
+        out_console.print(Text(recipe))
+    return 0
+
+
 def _cell(v: Any) -> str:
     text = "NULL" if v is None else str(v)
     return text if len(text) <= 200 else text[:200] + "…"
@@ -570,6 +609,19 @@ def make_parser() -> argparse.ArgumentParser:
     )
     tr.add_argument("model_dir", help="a training output directory written by `dataforge train`")
     tr.set_defaults(fn=cmd_trace)
+
+    i = sub.add_parser(
+        "inspect",
+        help="the form a data file is in, and a recipe to start from",
+        description="Read the first rows of a data file (JSONL, JSON, Parquet, CSV or a save_to_disk folder) as a "
+        "source step does, show its columns, say which form they are in (chat conversations, ShareGPT, a chat "
+        "template written out as text, preference pairs, Alpaca, GSM8K, prompts and responses) and print a recipe "
+        "that builds it into a TRL dataset: the parse step it needs, format, exact dedup and a split by prompt.",
+    )
+    i.add_argument("file", help="a data file or save_to_disk folder")
+    i.add_argument("--rows", type=int, default=200, help="how many rows to read (default: 200)")
+    i.add_argument("--recipe", metavar="FILE", help="write the recipe to FILE instead of printing it")
+    i.set_defaults(fn=cmd_inspect)
 
     x = sub.add_parser(
         "export",

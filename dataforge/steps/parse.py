@@ -51,7 +51,7 @@ from dataforge.engine.step import (
     with_columns,
 )
 from dataforge.errors import DataError
-from dataforge.text.chat_text import ChatFormat, read_chat_text
+from dataforge.text.chat_text import PARTS_AS_TEXT, ChatFormat, read_chat_text
 from dataforge.text.fields import MESSAGES, ROLES, is_conversation
 
 # -- GSM8K ------------------------------------------------------------------------------------------
@@ -115,7 +115,6 @@ def parse_gsm8k(inputs: dict[str, pl.DataFrame], cfg: Gsm8kConfig, ctx: Context)
 # -- chat -----------------------------------------------------------------------------------------
 
 ROLE_NAMES = {"human": "user", "gpt": "assistant", "chatgpt": "assistant", "bot": "assistant", "model": "assistant"}
-_PARTS_TEXT = re.compile(r'^\s*\[\s*\{\s*"type"\s*:')  # a list of parts that polars wrote as JSON text
 
 
 class ChatConfig(StepConfig):
@@ -141,7 +140,7 @@ def _chat_columns(cfg: ChatConfig, cols: Columns, info: PlanInfo) -> Columns:
 def _content_parts(content: Any) -> tuple[str | None, str | None]:
     """``(text, None)`` for a content: text, or a list of parts whose text parts are joined by
     newlines; ``(None, part type)`` when a part is not text."""
-    if isinstance(content, str) and _PARTS_TEXT.match(content):
+    if isinstance(content, str) and PARTS_AS_TEXT.match(content):
         try:
             parsed = json.loads(content)
         except ValueError:

@@ -395,6 +395,21 @@ def _source_batches(cfg: SourceConfig, ctx: Context, batch_rows: int) -> Iterato
     return _shaped_batches(_guarded(_parquet_frames(pf, batch_rows), path, fmt), cfg, ctx, total, str(path))
 
 
+def first_rows(cfg: SourceConfig, ctx: Context, rows: int) -> pl.DataFrame:
+    """The source's first ``rows`` rows as the step reads them, read a batch at a time where
+    the source streams (a large file is not read whole to look at its start)."""
+    cfg = cfg.model_copy(update={"limit": rows if cfg.limit is None else min(rows, cfg.limit)})
+    batches = _source_batches(cfg, ctx, rows)
+    if batches is None:
+        return source({}, cfg, ctx).tables["data"]
+    try:
+        return next(iter(batches)).tables["data"]
+    finally:
+        close = getattr(batches, "close", None)
+        if close is not None:
+            close()
+
+
 @contextmanager
 def _reading(path: Path, fmt: str) -> Iterator[None]:
     """Turn a reader's failure on ``path`` (a corrupt Parquet page, a CSV field that does not
@@ -848,10 +863,58 @@ def _is_utf8(encoding: str) -> bool:
 
 
 def _frame(records: list[dict[str, Any]], where: str) -> pl.DataFrame:
+    """Records as one table. A field that holds text in some places and lists, objects or numbers
+    in others (an OpenAI conversation whose user turn gives its content as a list of parts, its
+    assistant turn as text) is read as text, the others written as JSON (``_as_text_where_mixed``),
+    as polars' own reader does across rows; other mixes are an error."""
     try:
         return pl.DataFrame(records, infer_schema_length=None)
     except Exception as exc:
-        raise DataError(f"{where}: rows do not share a consistent schema: {exc}") from None
+        error = exc
+    kinds: dict[tuple[str, ...], set[str]] = {}
+    for record in records:
+        _kinds(record, (), kinds)
+    mixed = {path for path, seen in kinds.items() if "str" in seen and len(seen) > 1}
+    if mixed:
+        try:
+            return pl.DataFrame([_as_text_where_mixed(r, (), mixed) for r in records], infer_schema_length=None)
+        except Exception:
+            pass
+    raise DataError(f"{where}: rows do not share a consistent schema: {error}") from None
+
+
+def _kinds(value: Any, path: tuple[str, ...], kinds: dict[tuple[str, ...], set[str]]) -> None:
+    """The kinds of value (text, object, list, other) found at each path of a record."""
+    if value is None:
+        return
+    kind = (
+        "str"
+        if isinstance(value, str)
+        else "dict"
+        if isinstance(value, dict)
+        else "list"
+        if isinstance(value, list)
+        else "scalar"
+    )
+    kinds.setdefault(path, set()).add(kind)
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _kinds(item, (*path, key), kinds)
+    elif isinstance(value, list):
+        for item in value:
+            _kinds(item, (*path, "[]"), kinds)
+
+
+def _as_text_where_mixed(value: Any, path: tuple[str, ...], mixed: set[tuple[str, ...]]) -> Any:
+    if value is None or isinstance(value, str):
+        return value
+    if path in mixed:
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, dict):
+        return {key: _as_text_where_mixed(item, (*path, key), mixed) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_as_text_where_mixed(item, (*path, "[]"), mixed) for item in value]
+    return value
 
 
 def _json_records(path: Path, encoding: str = "utf-8") -> list[dict[str, Any]]:

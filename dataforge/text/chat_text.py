@@ -42,6 +42,8 @@ _AROUND = re.compile(
     r"<\|im_end\|>|<\|eot_id\|>|<\|begin_of_text\|>|<\|end_of_text\|>|<end_of_turn>|<bos>|<eos>|<\|end\|>"
     r"|<\|endoftext\|>|</?s>"
 )
+# a content given as a list of parts that polars wrote as JSON text (other rows held plain text)
+PARTS_AS_TEXT = re.compile(r'^\s*\[\s*\{\s*"type"\s*:')
 _INSTRUCTION = re.compile(r"\[INST\](.*?)\[/INST\]", re.DOTALL)
 _SYSTEM_BLOCK = re.compile(r"^\s*<<SYS>>(.*?)<</SYS>>", re.DOTALL)
 _ROLES = {

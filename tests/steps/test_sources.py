@@ -365,3 +365,31 @@ def test_planning_a_csv_source_reads_its_header_line_only(ws, monkeypatch):
     monkeypatch.setattr(sources, "_read_bytes", whole)
     with pytest.raises(RecipeError, match=r"nope.*(question|answer)"):  # the columns were named from the header
         plan_recipe(recipe, None, [])
+
+
+def test_a_field_of_text_and_of_lists_is_read_as_text_and_other_mixes_fail_naming_the_file(tmp_path):
+    """An OpenAI conversation whose user turn gives its content as a list of parts and whose
+    assistant turn gives text failed to read ("rows do not share a consistent schema"), though
+    polars reads the same mix across rows as text; both now read alike, the parts as JSON text,
+    which parse.chat reads back."""
+    from dataforge.engine.step import Context
+    from dataforge.errors import DataError
+    from dataforge.steps.parse import ChatConfig, parse_chat
+    from dataforge.steps.sources import SourceConfig, source
+
+    parts = [{"type": "text", "text": "Hi"}]
+    rows = [
+        {"messages": [{"role": "user", "content": parts}, {"role": "assistant", "content": "Hello"}], "n": 1},
+        {"messages": [{"role": "user", "content": "Bye"}, {"role": "assistant", "content": "Bye!"}], "n": "two"},
+    ]
+    (tmp_path / "mixed.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    ctx = Context(step="src", fingerprint="0" * 16, base_dir=tmp_path, scratch_dir=tmp_path / "scratch")
+    df = source({}, SourceConfig(path="mixed.jsonl"), ctx).tables["data"]
+    assert df["messages"][0].to_list()[0] == {"role": "user", "content": json.dumps(parts)}
+    assert df["n"].to_list() == ["1", "two"]
+    read = parse_chat({"data": df}, ChatConfig(), ctx).tables["data"]
+    assert read["messages"][0].to_list()[0] == {"role": "user", "content": "Hi"}
+
+    (tmp_path / "odd.jsonl").write_text(json.dumps({"a": {"b": 1}}) + "\n" + json.dumps({"a": [1]}) + "\n")
+    with pytest.raises(DataError, match=r"odd.jsonl: rows do not share a consistent schema"):
+        source({}, SourceConfig(path="odd.jsonl"), ctx)

@@ -1,0 +1,146 @@
+"""`dataforge inspect`: the form a data file is in, and a starter recipe that builds it. Each
+recipe it writes is built here, and the dataset it exports is checked for its TRL type and rows."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from datasets import load_from_disk
+
+from dataforge.cli import main
+from dataforge.engine.runner import build
+from dataforge.formats import trl_dataset_type
+from tests.conftest import GSM8K, HH
+
+
+def _user(text: str) -> dict:
+    return {"role": "user", "content": text}
+
+
+def _assistant(text: str) -> dict:
+    return {"role": "assistant", "content": text}
+
+
+QUESTIONS = [f"What is {i} times {i + 1}?" for i in range(40)]
+ANSWERS = [f"It is {i * (i + 1)}." for i in range(40)]
+
+FORMS = {
+    "sharegpt": (
+        "conversations",
+        "ShareGPT",
+        [
+            {"conversations": [{"from": "human", "value": q}, {"from": "gpt", "value": a}]}
+            for q, a in zip(QUESTIONS, ANSWERS, strict=True)
+        ],
+    ),
+    "parts": (
+        "conversations",
+        "lists of parts",
+        [
+            {"messages": [{"role": "user", "content": [{"type": "text", "text": q}]}, _assistant(a)]}
+            for q, a in zip(QUESTIONS, ANSWERS, strict=True)
+        ],
+    ),
+    "chatml": (
+        "chat_text",
+        "(chatml)",
+        [
+            {"text": f"<|im_start|>user\n{q}<|im_end|>\n<|im_start|>assistant\n{a}<|im_end|>\n"}
+            for q, a in zip(QUESTIONS, ANSWERS, strict=True)
+        ],
+    ),
+    "ultrafeedback": (
+        "preference",
+        "prompt 'prompt'",
+        [
+            {"prompt": q, "chosen": [_user(q), _assistant(a)], "rejected": [_user(q), _assistant("No idea.")]}
+            for q, a in zip(QUESTIONS, ANSWERS, strict=True)
+        ],
+    ),
+    "implicit": (
+        "preference",
+        "no prompt column",
+        [
+            {"chosen": [_user(q), _assistant(a)], "rejected": [_user(q), _assistant("No.")]}
+            for q, a in zip(QUESTIONS, ANSWERS, strict=True)
+        ],
+    ),
+    "alpaca": (
+        "alpaca",
+        "Alpaca",
+        [
+            {"instruction": q, "input": "" if i % 2 else "Show your work.", "output": a}
+            for i, (q, a) in enumerate(zip(QUESTIONS, ANSWERS, strict=True))
+        ],
+    ),
+    "prompt_completion": (
+        "prompt_completion",
+        "responses 'response'",
+        [{"prompt": q, "response": a} for q, a in zip(QUESTIONS, ANSWERS, strict=True)],
+    ),
+    "prompt_only": ("prompt_only", "prompts alone", [{"query": q, "source": "math"} for q in QUESTIONS]),
+}
+TRL_TYPES = {"preference": "preference", "prompt_completion": "prompt_completion", "prompt_only": "prompt_only"}
+
+
+def _inspect(path: Path, recipe: Path, capsys) -> tuple[int, str]:
+    code = main(["inspect", str(path), "--recipe", str(recipe)])
+    return code, capsys.readouterr().out
+
+
+def _built(recipe: Path, out: Path) -> dict:
+    build(recipe, out, show_progress=False)
+    (folder,) = (out / "datasets").iterdir()
+    return load_from_disk(str(folder))
+
+
+@pytest.mark.parametrize("name", sorted(FORMS))
+def test_inspect_names_the_form_and_its_recipe_builds_a_trl_dataset(name, tmp_path, capsys):
+    form, said, rows = FORMS[name]
+    data = tmp_path / "data" / f"{name}.jsonl"
+    data.parent.mkdir()
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    recipe = tmp_path / "recipes" / "start.yaml"
+    recipe.parent.mkdir()
+    code, out = _inspect(data, recipe, capsys)
+    assert code == 0 and f"form: {form}:" in out and said in out, out
+    splits = _built(recipe, tmp_path / "build")
+    assert sorted(splits) == ["test", "train"]
+    assert sum(s.num_rows for s in splits.values()) == len(rows)  # no row lost, none repeated
+    assert trl_dataset_type(splits["train"].column_names) == TRL_TYPES.get(form, "language_modeling")
+    first = splits["train"][0]
+    if form in ("conversations", "chat_text", "alpaca"):
+        assert [t["role"] for t in first["messages"]] == ["user", "assistant"]
+        assert first["messages"][0]["content"] in QUESTIONS or first["messages"][0]["content"].endswith(
+            "Show your work."
+        )
+    if form == "preference":  # the prompt's turn is in the prompt only
+        assert [t["role"] for t in first["prompt"]] == ["user"] and [t["role"] for t in first["chosen"]] == [
+            "assistant"
+        ]
+
+
+def test_inspect_reads_the_shipped_gsm8k_and_hh_files(tmp_path, capsys):
+    code, out = _inspect(GSM8K / "test.jsonl", tmp_path / "gsm.yaml", capsys)
+    assert code == 0 and "form: gsm8k:" in out and "1,319" not in out  # it read 200 rows, not the file
+    splits = _built(tmp_path / "gsm.yaml", tmp_path / "gsm")
+    assert sum(s.num_rows for s in splits.values()) == 1319
+    assert "<think>" in splits["train"][0]["messages"][1]["content"]
+
+    code, out = _inspect(HH / "test.jsonl.gz", tmp_path / "hh.yaml", capsys)
+    assert code == 0 and "form: hh_pairs:" in out
+    splits = _built(tmp_path / "hh.yaml", tmp_path / "hh")
+    assert trl_dataset_type(splits["train"].column_names) == "preference"
+    assert 2000 < sum(s.num_rows for s in splits.values()) < 2312  # malformed pairs and repeats dropped, with reasons
+
+
+def test_inspect_says_when_it_recognizes_no_form(tmp_path, capsys):
+    data = tmp_path / "odd.jsonl"
+    data.write_text("".join(json.dumps({"a": i, "b": "x"}) + "\n" for i in range(5)))
+    code = main(["inspect", str(data)])
+    out = capsys.readouterr().out
+    assert code == 1 and "form: none recognized" in out and "Int64" in out
+    assert main(["inspect", str(tmp_path / "missing.jsonl")]) == 2
+    assert "missing.jsonl: file not found" in capsys.readouterr().err
