@@ -17,8 +17,9 @@ format — consumes the columns named by its keys; produces exactly one TRL data
 | preference        | prompt, chosen, rejected     | prompt: [system?, user…]; chosen/rejected: [assistant] |
 
 Type ``messages`` is made from ``prompt`` + ``completion``, or from ``messages``, a column of
-whole conversations kept as they are (one without an assistant turn that says something is
-dropped, ``format:no_response``). ``prompt_completion`` and ``prompt_only`` take ``messages`` too:
+whole conversations kept as they are (one whose last request has no answer that says something
+is dropped, ``format:no_response``; one with no request, ``format:no_prompt``).
+``prompt_completion`` and ``prompt_only`` take ``messages`` too:
 every turn up to the last user turn is the prompt, what follows it the completion
 (``_parted_at_last_request``). ``prompt`` may name several text columns: their texts that
 are not blank, joined by a blank line (Alpaca's ``[instruction, input]``). A source column may be
@@ -365,8 +366,12 @@ def _parted_at_last_request(
     """Whole conversations parted into a prompt (every turn up to the last user turn) and, with
     ``completion``, what follows it (the assistant's answer, with its tool calls and their results).
     One with no user turn is dropped, ``format:no_prompt``; one whose last request has no answer
-    that says something, ``format:no_response`` (with ``completion``; a prompt needs none)."""
+    that says something, ``format:no_response`` (with ``completion``; a prompt needs none: a
+    conversation to train on does, or its last request would be trained on unanswered). A text
+    column is refused: it is no conversation."""
     dtype = df.schema[column]
+    if not is_conversation(dtype):
+        raise DataError(f"column '{column}' is {dtype}; 'messages' takes whole conversations (a list of messages)")
     users = pl.col(column).list.eval(pl.element().struct.field("role") == "user")
     cut = pl.col(column).list.len() - users.list.reverse().list.arg_max()
     fields = {"prompt": _fresh(df, "prompt")}
@@ -383,17 +388,6 @@ def _parted_at_last_request(
         dropped.append(events(df["_id"].filter(~answered), "dropped", "format:no_response"))
         df = df.filter(answered)
     return df, fields, dropped
-
-
-def _answered(df: pl.DataFrame, column: str) -> pl.Expr:
-    """Whether a whole conversation (``messages``) has an assistant turn that says something: one
-    without is nothing to train on. A text column is refused: it is no conversation."""
-    dtype = df.schema[column]
-    if not is_conversation(dtype):
-        raise DataError(f"column '{column}' is {dtype}; 'messages' takes whole conversations (a list of messages)")
-    said = turn_text(dtype, column).fill_null("").str.strip_chars() != ""
-    answer = (pl.element().struct.field("role") == "assistant") & said
-    return pl.col(column).list.eval(answer).list.any().fill_null(False)
 
 
 def _refuse_unknown_roles(df: pl.DataFrame, column: str) -> None:
@@ -457,15 +451,10 @@ def format_trl(inputs: dict[str, pl.DataFrame], cfg: FormatConfig, ctx: Context)
             _refuse_unknown_roles(df, column)
         df, fields, after = _responses_after_prompt(df, fields, cfg)
         dropped.extend(after)
-        if "messages" in fields:
-            conversation = _answered(df, fields["messages"])  # (first: it refuses a text column)
-            if cfg.type != "messages":
-                df, fields, parted = _parted_at_last_request(df, fields["messages"], cfg.type == "prompt_completion")
-                dropped.extend(parted)
-            else:
-                unanswered = df.select(~conversation)[fields["messages"]]
-                dropped.append(events(df["_id"].filter(unanswered), "dropped", "format:no_response"))
-                df = df.filter(~unanswered)
+        if "messages" in fields:  # whole conversations: kept whole (type messages), or parted
+            df, parted, more = _parted_at_last_request(df, fields["messages"], cfg.type != "prompt_only")
+            dropped.extend(more)
+            fields = fields if cfg.type == "messages" else parted
         if cfg.type == "preference":
             tie = _ties(df, fields["chosen"], fields["rejected"])
             dropped.append(events(df["_id"].filter(tie), "dropped", "format:tie"))

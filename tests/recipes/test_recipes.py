@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import re
 import shutil
@@ -252,6 +253,44 @@ def test_hh_preferences_outputs(built):
         "SELECT reason, count(*) FROM latest_events WHERE action='dropped' AND step = 'pairs' GROUP BY 1"
     ).fetchall()
     assert reasons == [("parse:hh_roles_not_alternating", 9)]
+
+
+def test_hh_chat_sft_outputs(built):
+    """The HH transcripts read back into turns: multi-turn conversations that open with a request
+    and end with an answer, split by their opening request, decontaminated, and their prompts."""
+    out = built("hh_chat_sft.yaml")
+    sft = load_from_disk(str(out / "datasets" / "hh_chat_sft"))
+    prompts = load_from_disk(str(out / "datasets" / "hh_chat_prompts"))
+    assert sft["train"].column_names == ["_id", "messages"] and prompts["train"].column_names == ["_id", "prompt"]
+    for split in sft:
+        for row in sft[split]:
+            turns = row["messages"]
+            assert turns[0]["role"] == "user" and turns[-1]["role"] == "assistant" and turns[-1]["content"].strip()
+    assert max(len(r["messages"]) for r in sft["train"]) > 4  # multi-turn, as HH is
+    # the four transcripts whose last answer is empty ("Assistant:" and nothing) are dropped, with the reason
+    raw = [json.loads(line) for line in gzip.open(RECIPES / "data/hh-rlhf-harmless-base/test.jsonl.gz", "rt")]
+    unanswered = {f"hh_harmless_test:{i}" for i, r in enumerate(raw) if r["chosen"].rstrip().endswith("Assistant:")}
+    from dataforge.lineage import open_read
+
+    con = open_read(out)
+    dropped = dict(con.execute("SELECT row_id, reason FROM latest_events WHERE action = 'dropped'").fetchall())
+    related = con.execute(
+        "SELECT count(*) FROM latest_events e JOIN artifact_split_test t ON t._id = e.related_id "
+        "WHERE e.reason LIKE 'leakage:%'"
+    ).fetchone()[0]
+    con.close()
+    assert len(unanswered) == 4 and {i for i, r in dropped.items() if r == "format:no_response"} == unanswered
+    leaks = [i for i, r in dropped.items() if r.startswith("leakage:")]
+    assert leaks and related == len(leaks)  # each match names the test conversation it copies
+    assert len(dropped) == 4 + len(leaks) and sum(len(sft[s]) for s in sft) == 2312 - len(dropped)
+    # no opening request in both splits; the prompts are the same conversations up to their last request
+    opening = {s: {r["messages"][0]["content"].strip().lower() for r in sft[s]} for s in sft}
+    assert not opening["train"] & opening["test"]
+    for split in sft:
+        assert prompts[split]["_id"] == sft[split]["_id"]
+        for conversation, prompt in zip(sft[split]["messages"][:200], prompts[split]["prompt"][:200], strict=True):
+            last = max(k for k, t in enumerate(conversation) if t["role"] == "user")
+            assert prompt == conversation[: last + 1]
 
 
 def test_gsm8k_time_split_outputs(built):
