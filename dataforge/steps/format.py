@@ -309,10 +309,7 @@ def _responses_after_prompt(
     else:
         asked = df[fields["prompt"]]
         opening = asked.to_list() if is_conversation(asked.dtype) else [[{"role": "user", "content": t}] for t in asked]
-        cuts = {
-            s: [len(p) if shared_turns(v or [], p) == len(p) else 0 for v, p in zip(values[s], opening, strict=True)]
-            for s in sides
-        }
+        cuts = {s: [_opened_with(v or [], p) for v, p in zip(values[s], opening, strict=True)] for s in sides}
     fields = dict(fields)
     for s in sides:
         column = _fresh(df, s)
@@ -344,6 +341,15 @@ def _responses_after_prompt(
         )
     )
     return df.filter(~(bad | empty)), fields, dropped
+
+
+def _opened_with(response: list[dict], prompt: list[dict]) -> int:
+    """How many turns ``response`` repeats its prompt with: all the prompt's turns, or those but
+    its system turns (a response written as the conversation without the system prompt), or none."""
+    for asked in (prompt, [t for t in prompt if (t or {}).get("role") != "system"]):
+        if asked and shared_turns(response, asked) == len(asked):
+            return len(asked)
+    return 0
 
 
 def _joined_prompt(df: pl.DataFrame, cfg: FormatConfig) -> tuple[pl.DataFrame, dict[str, str]]:

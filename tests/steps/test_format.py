@@ -374,6 +374,12 @@ def test_responses_written_as_whole_conversations_lose_the_prompts_turns(ctx):
     shaped = format_trl(
         {"data": pc}, FormatConfig(type="prompt_completion", prompt="prompt", completion="c", system="S"), ctx
     )
+    # a prompt with its own system turn, and a response that repeats the request without it
+    with_system = pc.with_columns(pl.Series("prompt", [[{"role": "system", "content": "S"}, _user("Name a colour.")]]))
+    res = format_trl(
+        {"data": with_system}, FormatConfig(type="prompt_completion", prompt="prompt", completion="c"), ctx
+    )
+    assert res.tables["data"]["completion"].to_list() == [[_assistant("Blue.")]]
     assert shaped.tables["data"].row(0)[1:] == (
         [{"role": "system", "content": "S"}, _user("Name a colour.")],
         [_assistant("Blue.")],
