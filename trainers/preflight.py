@@ -78,9 +78,9 @@ def _is_messages(value: Any) -> bool:
     return isinstance(value, list) and bool(value) and isinstance(value[0], dict) and "role" in value[0]
 
 
-def _token_ids(tokenizer: Any, example: dict[str, Any], trl_type: str) -> list[list[int]]:
-    """The token ids TRL will see for one example: the full sequence(s) — prompt + completion, or
-    prompt + chosen and prompt + rejected; just the prompt for prompt-only data."""
+def _sequences(example: dict[str, Any], trl_type: str) -> tuple[list[Any], Any]:
+    """The sequence(s) TRL renders for one example — prompt + completion, or prompt + chosen and
+    prompt + rejected; just the prompt for prompt-only data — and the tools it renders them with."""
     if trl_type == "language_modeling":
         parts = [example["messages"]] if "messages" in example else [example["text"]]
     elif trl_type == "prompt_only":
@@ -90,9 +90,14 @@ def _token_ids(tokenizer: Any, example: dict[str, Any], trl_type: str) -> list[l
     else:
         prompt = example.get("prompt")
         parts = [_join(prompt, example["chosen"]), _join(prompt, example["rejected"])]
-    out = []
     tools = example.get("tools")  # a tool-calling dataset's tools, rendered as TRL renders them
-    tools = json.loads(tools) if isinstance(tools, str) else tools
+    return parts, json.loads(tools) if isinstance(tools, str) else tools
+
+
+def _token_ids(tokenizer: Any, example: dict[str, Any], trl_type: str) -> list[list[int]]:
+    """The token ids TRL will see for one example (``_sequences``)."""
+    parts, tools = _sequences(example, trl_type)
+    out = []
     for p in parts:
         if _is_messages(p):
             prompt_only = trl_type == "prompt_only"
@@ -164,12 +169,8 @@ def check(
     if conversational:
         if not tokenizer.chat_template:
             raise PreflightError("the data is conversational but the tokenizer has no chat template")
-        try:
-            for i in range(min(3, len(dataset["train"]))):
-                _token_ids(tokenizer, dataset["train"][i], trl_type)
-        except Exception as exc:
-            raise PreflightError(f"the chat template does not render row {i} of train: {exc}") from exc
-        report.checks.append(("chat template", "renders"))
+        rendered = _render_every_row(dataset, tokenizer, trl_type)
+        report.checks.append(("chat template", f"renders every row ({rendered:,})"))
     ids = _token_ids(tokenizer, first, trl_type)[0]
     bos = tokenizer.bos_token_id
     if bos is not None and len(ids) >= 2 and ids[0] == bos and ids[1] == bos:
@@ -188,6 +189,27 @@ def check(
     for name, split in dataset.items():
         report.splits[name] = _split_stats(split, tokenizer, trl_type, max_length)
     return report
+
+
+def _render_every_row(dataset: Any, tokenizer: Any, trl_type: str) -> int:
+    """Render every conversation of every split with the chat template, as TRL will before it
+    trains; the first that does not render (a template that wants roles to alternate, a role it
+    does not know) is a PreflightError naming its split, row and ``_id``. The first rows alone
+    were tried, so such a row failed TRL's own preparation with the template's error and no row."""
+    prompt_only = trl_type == "prompt_only"
+    n = 0
+    for name, split in dataset.items():
+        for i, example in enumerate(split):
+            parts, tools = _sequences(example, trl_type)
+            try:
+                for p in parts:
+                    if _is_messages(p):
+                        tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=prompt_only, tools=tools)
+            except Exception as exc:
+                which = f" ({example['_id']})" if "_id" in example else ""
+                raise PreflightError(f"the chat template does not render row {i}{which} of {name}: {exc}") from exc
+            n += 1
+    return n
 
 
 def _split_stats(split: Any, tokenizer: Any, trl_type: str, max_length: int) -> SplitStats:

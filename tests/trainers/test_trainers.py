@@ -408,7 +408,7 @@ def test_tool_calling_conversations_build_pass_the_preflight_and_train(tiny_lm, 
     tok.chat_template = TOOL_TEMPLATE
     tok.save_pretrained(str(model))
     report = check(load_from_disk(str(data)), "sft", tok, 256)
-    assert ("chat template", "renders") in report.checks
+    assert dict(report.checks)["chat template"].startswith("renders every row")
     from trainers.preflight import _token_ids
 
     rendered = tok.decode(_token_ids(tok, load_from_disk(str(data))["train"][1], "language_modeling")[0])
@@ -452,8 +452,37 @@ def test_sharegpt_conversations_build_through_parse_chat_pass_the_preflight_and_
     dropped = con.execute("SELECT row_id, reason FROM latest_events WHERE action = 'dropped' ORDER BY 1").fetchall()
     assert dropped == [("chat:6", "exact_duplicate"), ("chat:7", "format:no_response")]
     report = check(load_from_disk(str(data)), "sft", load_tokenizer(str(tiny_lm)), 128)
-    assert ("chat template", "renders") in report.checks
+    assert dict(report.checks)["chat template"].startswith("renders every row")
     assert_trained(train("sft", data, str(tiny_lm), cfg(tmp_path)), data)
+
+
+STRICT_TEMPLATE = (
+    "{% for m in messages %}{% if (m['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}"
+    "{{ m['role'] }}: {{ m['content'] }}{{ eos_token }}{% endfor %}"
+)
+
+
+def test_preflight_renders_every_row_and_names_the_one_the_template_refuses(tiny_lm):
+    """The pre-flight rendered the first three rows only; a conversation further on that the
+    template refuses (two user turns in a row, as nine HH-RLHF transcripts hold, under a template
+    that wants roles to alternate) failed TRL's preparation with the template's error and no row."""
+    turn = lambda role, text: {"role": role, "content": text}  # noqa: E731
+    good = [turn("user", "Hi"), turn("assistant", "Hello")]
+    rows = [good] * 5 + [[turn("user", "Hi"), turn("user", "Are you there?"), turn("assistant", "Yes")]]
+    dataset = DatasetDict(
+        {
+            "train": Dataset.from_dict({"_id": [f"c:{i}" for i in range(6)], "messages": rows}),
+            "test": Dataset.from_dict({"_id": ["t:0"], "messages": [good]}),
+        }
+    )
+    tok = load_tokenizer(str(tiny_lm))
+    assert dict(check(dataset, "sft", tok, 128).checks)["chat template"] == "renders every row (7)"
+    tok.chat_template = STRICT_TEMPLATE
+    with pytest.raises(
+        PreflightError, match=r"does not render row 5 \(c:5\) of train: Conversation roles must alternate"
+    ):
+        check(dataset, "sft", tok, 128)
 
 
 def test_resume_goes_on_from_the_last_checkpoint_of_the_same_run_only(data, tiny_lm, tmp_path):
