@@ -144,3 +144,21 @@ def test_inspect_says_when_it_recognizes_no_form(tmp_path, capsys):
     assert code == 1 and "form: none recognized" in out and "Int64" in out
     assert main(["inspect", str(tmp_path / "missing.jsonl")]) == 2
     assert "missing.jsonl: file not found" in capsys.readouterr().err
+
+
+def test_inspect_reads_the_first_rows_only(tmp_path, capsys):
+    """A large file is not read whole to look at its start: a malformed line past the rows read
+    is not reached (the whole read would fail on it), and a Parquet file is read a batch at a time."""
+    import polars as pl
+
+    lines = [json.dumps({"prompt": q, "response": a}) for q, a in zip(QUESTIONS * 10, ANSWERS * 10, strict=True)]
+    data = tmp_path / "big.jsonl"
+    data.write_text("\n".join([*lines, "{not json"]) + "\n")
+    assert main(["inspect", str(data), "--rows", "50"]) == 0
+    out = " ".join(capsys.readouterr().out.split())  # (the table's title wraps)
+    assert "the first 50 rows" in out and "form: prompt_completion:" in out
+    assert main(["inspect", str(data), "--rows", "500"]) == 1  # the rows asked for reach the bad line
+    assert f"{data}:401: malformed JSON line" in capsys.readouterr().err.replace("\n", "")
+    pl.DataFrame({"prompt": QUESTIONS * 10}).write_parquet(tmp_path / "p.parquet")
+    assert main(["inspect", str(tmp_path / "p.parquet"), "--rows", "30"]) == 0
+    assert "the first 30 rows" in " ".join(capsys.readouterr().out.split())

@@ -396,14 +396,27 @@ def _source_batches(cfg: SourceConfig, ctx: Context, batch_rows: int) -> Iterato
 
 
 def first_rows(cfg: SourceConfig, ctx: Context, rows: int) -> pl.DataFrame:
-    """The source's first ``rows`` rows as the step reads them, read a batch at a time where
-    the source streams (a large file is not read whole to look at its start)."""
-    cfg = cfg.model_copy(update={"limit": rows if cfg.limit is None else min(rows, cfg.limit)})
+    """The source's first ``rows`` rows as the step reads them, without reading a large file whole:
+    a JSONL file's first lines are read as a file of their own (an error names the file and line
+    as in the whole read), others a batch at a time where the source streams."""
+    if cfg.path is not None and _format_of(cfg, _existing(cfg, ctx)) == "jsonl":
+        path = _existing(cfg, ctx)
+        head = _scratch_file(ctx, "first-rows", "jsonl")
+        try:
+            with gzip.open(path, "rb") if path.name.endswith(".gz") else path.open("rb") as f, head.open("wb") as out:
+                for line in islice((line for line in f if line.strip()), rows):
+                    out.write(line if line.endswith(b"\n") else line + b"\n")
+            return source({}, cfg.model_copy(update={"path": str(head), "format": "jsonl"}), ctx).tables["data"]
+        except DataError as exc:
+            raise DataError(str(exc).replace(str(head), str(path))) from None
+        finally:
+            head.unlink(missing_ok=True)
+    cfg = cfg.model_copy(update={"limit": rows + 1 if cfg.limit is None else min(rows + 1, cfg.limit)})
     batches = _source_batches(cfg, ctx, rows)
     if batches is None:
-        return source({}, cfg, ctx).tables["data"]
+        return source({}, cfg, ctx).tables["data"].head(rows)
     try:
-        return next(iter(batches)).tables["data"]
+        return next(iter(batches)).tables["data"].head(rows)
     finally:
         close = getattr(batches, "close", None)
         if close is not None:
