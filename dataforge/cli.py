@@ -423,15 +423,17 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="dataforge-inspect-") as scratch:
         ctx = Context(step="inspect", fingerprint="0" * 16, base_dir=Path.cwd(), scratch_dir=Path(scratch))
         try:
-            rows = first_rows(SourceConfig(path=str(path), name="inspect"), ctx, args.rows)
-        except RecipeError as exc:
-            raise RecipeError(f"{args.file}: {exc.detail}") from None
+            rows = first_rows(SourceConfig(path=str(path), name="inspect", split=args.split), ctx, args.rows)
+        except RecipeError as exc:  # (a source key's error, without the file when it does not name it)
+            said = exc.detail if str(path) in exc.detail else f"{args.file}: {exc.detail}"
+            raise RecipeError(said) from None
     table = Table(title=f"{args.file}: the first {rows.height:,} rows")
     for name in ("column", "type", "first value"):
         table.add_column(name, overflow="fold")
     for name, dtype in rows.schema.items():
         if name != "_id":
-            table.add_row(name, str(dtype), _cell(rows[name][0] if rows.height else None))
+            first = rows[name][0] if rows.height else None
+            table.add_row(name, str(dtype), _cell(first.to_list() if hasattr(first, "to_list") else first))
     out_console.print(table)
     form = recognize(rows)
     if form is None:
@@ -441,7 +443,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         )
         return 1
     out_console.print(f"form: {form.name}: {form.summary}")
-    recipe = starter_recipe(path, form, recipe_dir)
+    recipe = starter_recipe(path, form, recipe_dir, split=args.split)
     if args.recipe:
         Path(args.recipe).write_text(recipe)
         out_console.print(f"wrote {args.recipe}: dataforge build {args.recipe}")
@@ -620,6 +622,7 @@ def make_parser() -> argparse.ArgumentParser:
     )
     i.add_argument("file", help="a data file or save_to_disk folder")
     i.add_argument("--rows", type=int, default=200, help="how many rows to read (default: 200)")
+    i.add_argument("--split", help="the split to read, of a save_to_disk folder that holds several")
     i.add_argument("--recipe", metavar="FILE", help="write the recipe to FILE instead of printing it")
     i.set_defaults(fn=cmd_inspect)
 

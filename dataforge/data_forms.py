@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import os
 import re
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -197,13 +198,13 @@ def _name(path: Path) -> str:
     return re.sub(r"[^A-Za-z0-9_]+", "_", stem).strip("_").lower() or "data"
 
 
-def starter_recipe(path: Path, form: Form, recipe_dir: Path) -> str:
-    """A recipe (YAML) that reads ``path`` from a recipe in ``recipe_dir`` and builds it into a
-    dataset of ``form``'s TRL type, split 95/5 into train and test by prompt."""
+def starter_recipe(path: Path, form: Form, recipe_dir: Path, split: str | None = None) -> str:
+    """A recipe (YAML) that reads ``path`` (its ``split``, of a folder that holds several) from a
+    recipe in ``recipe_dir`` and builds it into a dataset of ``form``'s TRL type, split 95/5 into
+    train and test by prompt."""
     name = _name(path)
-    steps: dict[str, dict[str, Any]] = {
-        "raw": {"kind": "source", "path": os.path.relpath(path, recipe_dir), "name": name}
-    }
+    source = {"kind": "source", "path": os.path.relpath(path, recipe_dir), "name": name}
+    steps: dict[str, dict[str, Any]] = {"raw": {**source, **({"split": split} if split else {})}}
     previous = "raw"
     for step_name, config in form.steps:
         steps[step_name] = {
@@ -214,13 +215,11 @@ def starter_recipe(path: Path, form: Form, recipe_dir: Path) -> str:
         previous = f"{step_name}.data"
     fields, group = _SHAPED[form.trl_type]
     steps["dedup"] = {"kind": "dedup.exact", "inputs": {"data": previous}, "fields": fields}
-    steps["split"] = {
-        "kind": "split",
-        "inputs": "dedup",
-        "fractions": {"train": 0.95, "test": 0.05},
-        **group,
-        "seed": 0,
-    }
+    # a seed of the file's own: rows split before with the same seed and fractions (a built
+    # dataset's test split read again) would all fall in the same split again
+    seed = zlib.crc32(f"{source['path']}:{split or ''}".encode()) % 10_000
+    fractions = {"train": 0.95, "test": 0.05}
+    steps["split"] = {"kind": "split", "inputs": "dedup", "fractions": fractions, **group, "seed": seed}
     recipe = {
         "name": name,
         "description": f"{name}: {form.summary} → TRL {form.trl_type} (written by dataforge inspect)",

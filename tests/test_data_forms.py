@@ -85,8 +85,8 @@ FORMS = {
 TRL_TYPES = {"preference": "preference", "prompt_completion": "prompt_completion", "prompt_only": "prompt_only"}
 
 
-def _inspect(path: Path, recipe: Path, capsys) -> tuple[int, str]:
-    code = main(["inspect", str(path), "--recipe", str(recipe)])
+def _inspect(path: Path, recipe: Path, capsys, *more: str) -> tuple[int, str]:
+    code = main(["inspect", str(path), "--recipe", str(recipe), *more])
     return code, capsys.readouterr().out
 
 
@@ -134,6 +134,12 @@ def test_inspect_reads_the_shipped_gsm8k_and_hh_files(tmp_path, capsys):
     splits = _built(tmp_path / "hh.yaml", tmp_path / "hh")
     assert trl_dataset_type(splits["train"].column_names) == "preference"
     assert 2000 < sum(s.num_rows for s in splits.values()) < 2312  # malformed pairs and repeats dropped, with reasons
+    # a built dataset (a save_to_disk folder of splits) is read split by split
+    (folder,) = (tmp_path / "hh" / "datasets").iterdir()
+    assert main(["inspect", str(folder)]) == 2 and "holds splits train, test: name one" in capsys.readouterr().err
+    code, out = _inspect(folder, tmp_path / "again.yaml", capsys, "--split", "test")
+    assert code == 0 and "form: preference:" in out and "split: test" in (tmp_path / "again.yaml").read_text()
+    assert len(_built(tmp_path / "again.yaml", tmp_path / "again")["train"]) > 0
 
 
 def test_inspect_says_when_it_recognizes_no_form(tmp_path, capsys):
@@ -143,7 +149,7 @@ def test_inspect_says_when_it_recognizes_no_form(tmp_path, capsys):
     out = capsys.readouterr().out
     assert code == 1 and "form: none recognized" in out and "Int64" in out
     assert main(["inspect", str(tmp_path / "missing.jsonl")]) == 2
-    assert "missing.jsonl: file not found" in capsys.readouterr().err
+    assert "file not found: " in capsys.readouterr().err
 
 
 def test_inspect_reads_the_first_rows_only(tmp_path, capsys):
