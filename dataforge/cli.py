@@ -279,6 +279,7 @@ _TRAIN_FLAGS = {  # flag → TrainConfig key
     "output_dir": "output_dir",
     "eval_split": "eval_split",
     "eval_steps": "eval_steps",
+    "eval_rows": "eval_rows",
     "save_steps": "save_steps",
 }
 
@@ -594,6 +595,7 @@ def make_parser() -> argparse.ArgumentParser:
         help="the split evaluated on after training: a split's name, none, or auto (default: validation, else test)",
     )
     t.add_argument("--eval-steps", type=int, help="also evaluate every N steps (default: once, after training)")
+    t.add_argument("--eval-rows", type=int, help="evaluate on at most N rows of the eval split, a seeded sample")
     t.add_argument("--save-steps", type=int, help="write a checkpoint every N steps (default: at the end only)")
     t.add_argument(
         "--resume",

@@ -8,6 +8,7 @@ lora: {r: 16, alpha: 32, target_modules: all-linear}
 bf16: true
 eval_split: auto          # validation, else test; a split's name; none: no evaluation
 eval_steps: 50            # also evaluate every 50 steps (default: once, after training)
+eval_rows: 256            # evaluate on at most 256 rows of it, a seeded sample (default: every row)
 rewards:                  # grpo: graders, as in the verify step
   - {name: math, inputs: {answer: answer}}
   - {name: format, weight: 0.2}
@@ -67,6 +68,9 @@ class TrainConfig(_Strict):
     # every ``eval_steps`` steps too when set.
     eval_split: str | None = "auto"  # (null: none)
     eval_steps: int | None = Field(None, ge=1)
+    # at most this many rows of the eval split, drawn with ``seed`` (GRPO evaluates by generating
+    # num_generations completions per prompt: a whole test split can take longer than training)
+    eval_rows: int | None = Field(None, ge=1)
     eval_batch_size: int | None = Field(None, ge=1)  # default: batch_size (grpo: rounded up to whole groups)
     # dpo
     beta: float = Field(0.1, gt=0)

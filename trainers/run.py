@@ -117,6 +117,16 @@ def _lora(kind: Kind, cfg: TrainConfig) -> Any:
     )
 
 
+def _eval_rows(split: Any, cfg: TrainConfig) -> Any:
+    """The eval split, or ``eval_rows`` of its rows drawn with ``seed`` (in the split's order)."""
+    if cfg.eval_rows is None or len(split) <= cfg.eval_rows:
+        return split
+    import numpy as np
+
+    picked = np.random.default_rng(cfg.seed).choice(len(split), cfg.eval_rows, replace=False)
+    return split.select(sorted(picked.tolist()))
+
+
 def _eval_batch_size(kind: Kind, cfg: TrainConfig) -> int:
     """Rows per evaluation batch: ``eval_batch_size``, else ``batch_size``; for GRPO a multiple of
     ``num_generations`` (TRL samples each prompt's completions in one batch)."""
@@ -239,7 +249,7 @@ def _train(kind: Kind, data: str | Path, model: str, cfg: TrainConfig) -> TrainR
         "model": m,
         "args": args,
         "train_dataset": dd["train"],
-        "eval_dataset": dd[report.eval_split] if evaluating else None,
+        "eval_dataset": _eval_rows(dd[report.eval_split], cfg) if evaluating else None,
         "processing_class": tok,
         "peft_config": _lora(kind, cfg),
     }
@@ -266,6 +276,7 @@ def _train(kind: Kind, data: str | Path, model: str, cfg: TrainConfig) -> TrainR
                 **_provenance(
                     kind, data, model, cfg, meta, report, started, seconds, metrics, evaluated, trainable, total
                 ),
+                "eval_rows": len(kwargs["eval_dataset"]) if evaluating else None,
                 "resumed_from": str(resume_from) if resume_from else None,
             },
             indent=1,

@@ -184,6 +184,7 @@ def test_sft_evaluates_on_the_validation_split_after_training_and_every_eval_ste
     rows = json.loads((data / "sft_held" / "dataforge.json").read_text())["splits"]["validation"]["rows"]
     assert checks["eval split"] == f"validation ({rows} rows)" and rows > 0
     assert checks["eval split overlap"] == "no prompt shared with train (the build's split audit)"
+    assert json.loads(result.provenance.read_text())["eval_rows"] == rows  # every row, by default
     prov = json.loads(result.provenance.read_text())["eval"]
     assert prov["split"] == "validation" and prov["metrics"]["eval_loss"] == result.eval_metrics["eval_loss"]
     assert prov["warnings"] == []
@@ -191,9 +192,12 @@ def test_sft_evaluates_on_the_validation_split_after_training_and_every_eval_ste
 
 def test_grpo_evaluates_a_named_test_split_with_the_rewards_and_auto_leaves_it_alone(data, tiny_lm, tmp_path):
     grpo = {"num_generations": 2, "max_completion_length": 8}
-    result = train("grpo", data / "grpo_held", str(tiny_lm), cfg(tmp_path, eval_split="test", **grpo))
+    result = train("grpo", data / "grpo_held", str(tiny_lm), cfg(tmp_path, eval_split="test", eval_rows=2, **grpo))
     assert result.eval_split == "test"
     assert "eval_rewards/math_answer/mean" in result.eval_metrics and "eval_reward" in result.eval_metrics
+    # eval_rows: a seeded sample of the split, not the whole benchmark generated for
+    tests = json.loads((data / "grpo_held" / "dataforge.json").read_text())["splits"]["test"]["rows"]
+    assert tests > 2 and json.loads(result.provenance.read_text())["eval_rows"] == 2
     # auto leaves a test split alone for grpo: generating for a whole benchmark is hours after training
     from datasets import load_from_disk
 
