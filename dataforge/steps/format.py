@@ -396,6 +396,28 @@ def _parted_at_last_request(
     return df, fields, dropped
 
 
+_ROLE_LETTERS = {"user": "u", "assistant": "a", "tool": "t"}  # a system turn is no letter
+
+
+def _not_alternating(shaped: pl.DataFrame) -> pl.Series:
+    """Whether a shaped conversation (messages; prompt + completion; prompt + either side) has two
+    user turns in a row, or two assistant turns with no tool result between them: chat templates
+    that want roles to alternate (Llama 2, Mistral, Gemma) refuse to render it, which TRL meets only
+    when it prepares the data. Flagged, not dropped: other templates render it."""
+    sequences = [[c] for c in ("messages",) if c in shaped.columns] or [
+        ["prompt", *([side] if side in shaped.columns else [])] for side in ("completion", "chosen", "rejected")
+    ]
+    flags = pl.Series([False] * shaped.height, dtype=pl.Boolean)
+    for columns in sequences:
+        if not all(is_conversation(shaped.schema[c]) for c in columns):
+            continue
+        letters = pl.concat_list(columns).list.eval(
+            pl.element().struct.field("role").replace_strict(_ROLE_LETTERS, default="", return_dtype=pl.String)
+        )
+        flags = flags | shaped.select(letters.list.join("").str.contains("uu|aa").fill_null(False)).to_series()
+    return flags
+
+
 def _refuse_unknown_roles(df: pl.DataFrame, column: str) -> None:
     """A conversation's roles must be those chat templates name (``ROLES``): "human" or "gpt" would
     reach the trainer's template, which refuses them or renders them as text. Refused, naming the
@@ -435,7 +457,8 @@ def _refuse_a_second_system_turn(df: pl.DataFrame, column: str, name: str) -> No
     # two sides tie only with the same tool calls
     # 5: whole conversations (`messages`); roles a chat template does not name are refused (they passed)
     # 6: a response that opens with the prompt's turns loses them (DPO read the request twice); a
-    # preference without `prompt` takes the turns its sides open with
+    # preference without `prompt` takes the turns its sides open with; roles that do not alternate
+    # are flagged
     inputs=None,
     per_table_columns=_format_columns,
     partition="rows",
@@ -488,6 +511,7 @@ def format_trl(inputs: dict[str, pl.DataFrame], cfg: FormatConfig, ctx: Context)
             *[e.alias(n) for n, e in out.items()],
             *[pl.col(src).alias(dst) for dst, src in cfg.extra.items()],
         )
-        return StepResult({name: shaped}, events=dropped)
+        flagged = events(shaped["_id"].filter(_not_alternating(shaped)), "flagged", "format:roles_not_alternating")
+        return StepResult({name: shaped}, events=[*dropped, flagged])
 
     return per_table(inputs, one)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import itertools
 import json
 import re
 import shutil
@@ -280,6 +281,18 @@ def test_hh_chat_sft_outputs(built):
     ).fetchone()[0]
     con.close()
     assert len(unanswered) == 4 and {i for i, r in dropped.items() if r == "format:no_response"} == unanswered
+    # transcripts with two turns of one role in a row are kept, and flagged for the templates that refuse them
+    roles = [re.findall(r"\n\n(Human|Assistant):", r["chosen"]) for r in raw]
+    repeated = {f"hh_harmless_test:{i}" for i, rs in enumerate(roles) if any(a == b for a, b in itertools.pairwise(rs))}
+    con = open_read(out)
+    flagged = {
+        r
+        for (r,) in con.execute(
+            "SELECT row_id FROM latest_events WHERE reason = 'format:roles_not_alternating'"
+        ).fetchall()
+    }
+    con.close()
+    assert flagged and flagged == repeated - unanswered
     leaks = [i for i, r in dropped.items() if r.startswith("leakage:")]
     assert leaks and related == len(leaks)  # each match names the test conversation it copies
     assert len(dropped) == 4 + len(leaks) and sum(len(sft[s]) for s in sft) == 2312 - len(dropped)

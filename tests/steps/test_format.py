@@ -423,7 +423,12 @@ def test_a_preference_without_a_prompt_takes_the_turns_its_sides_open_with(ctx):
         [_assistant("Shared start"), _assistant("or that")],
     )
     reasons = sorted(pl.concat(res.events).select("row_id", "reason").rows())
-    assert reasons == [("i:1", "format:tie"), ("i:2", "format:no_prompt"), ("i:4", "format:missing_field")]
+    assert reasons == [
+        ("i:1", "format:tie"),
+        ("i:2", "format:no_prompt"),
+        ("i:3", "format:roles_not_alternating"),  # kept, flagged: two assistant turns in a row
+        ("i:4", "format:missing_field"),
+    ]
     with pytest.raises(DataError, match="without 'prompt', chosen and rejected must be conversations"):
         format_trl({"data": DF}, FormatConfig(type="preference", chosen="a", rejected="b"), ctx)
 
@@ -456,3 +461,28 @@ def test_whole_conversations_part_at_their_last_request(ctx):
     prompts = format_trl({"data": df}, FormatConfig(type="prompt_only", messages="m"), ctx)
     assert prompts.tables["data"]["_id"].to_list() == ["m:0", "m:1", "m:3"]  # a prompt needs no answer
     assert prompts.tables["data"]["prompt"][1].to_list() == [_user("Unanswered")]
+
+
+def test_conversations_whose_roles_do_not_alternate_are_flagged(ctx):
+    """Two user turns in a row (nine HH-RLHF transcripts), or two assistant turns with no tool
+    result between them: templates that want roles to alternate refuse them, which TRL met only when
+    it prepared the data. Kept and flagged; a tool call, its result and the answer alternate."""
+    tool = {"role": "tool", "content": "18"}
+    df = pl.DataFrame(
+        {
+            "_id": ["a:0", "a:1", "a:2", "a:3"],
+            "m": [
+                [_user("Hi"), _assistant("Hello")],
+                [_user("Hi"), _user("Are you there?"), _assistant("Yes")],
+                [_user("Weather?"), _assistant("calling"), tool, _assistant("18 degrees")],
+                [_user("Q"), _assistant("x"), _assistant("y")],
+            ],
+        }
+    )
+    res = format_trl({"data": df}, FormatConfig(type="messages", messages="m", system="S"), ctx)
+    assert res.tables["data"].height == 4
+    flagged = pl.concat(res.events).filter(pl.col("action") == "flagged")
+    assert flagged.select("row_id", "reason").rows() == [
+        ("a:1", "format:roles_not_alternating"),
+        ("a:3", "format:roles_not_alternating"),
+    ]
