@@ -158,12 +158,12 @@ def _content_parts(content: Any) -> tuple[str | None, str | None]:
     return "\n".join(texts), None
 
 
-def _read_texts(df: pl.DataFrame, column: str, chat_format: str) -> tuple[pl.Series, pl.Series]:
+def _read_texts(df: pl.DataFrame, column: str, chat_format: str, roles: dict[str, str]) -> tuple[pl.Series, pl.Series]:
     """A text column of conversations written out in a chat format, as messages; and which rows
     hold text in no format ``read_chat_text`` reads (their messages null)."""
     values, unread = [], []
     for text in df[column]:
-        messages = read_chat_text(text, chat_format)
+        messages = read_chat_text(text, chat_format, {k.lower(): v for k, v in roles.items()})
         values.append(messages)
         unread.append(text is not None and messages is None)
     return pl.Series(column, values, dtype=MESSAGES), pl.Series(unread, dtype=pl.Boolean)
@@ -228,7 +228,7 @@ def parse_chat(inputs: dict[str, pl.DataFrame], cfg: ChatConfig, ctx: Context) -
         unread = pl.Series([False] * df.height, dtype=pl.Boolean)
         for field in cfg.fields:
             if df.schema[field] == pl.String:
-                columns[field], unread_here = _read_texts(df, field, cfg.chat_format)
+                columns[field], unread_here = _read_texts(df, field, cfg.chat_format, cfg.roles)
                 unread = unread | unread_here
                 continue
             chat = _Chat(field, df.schema[field], cfg.roles)

@@ -21,6 +21,7 @@ turn (a format it does not know), never a guess.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import Literal
 
 ChatFormat = Literal["auto", "chatml", "llama3", "gemma", "phi3", "zephyr", "llama2", "mistral", "transcript"]
@@ -79,13 +80,13 @@ def _content(text: str) -> str:
     return _AROUND.sub("", text).strip()
 
 
-def _headed(text: str, header: re.Pattern[str]) -> list[dict[str, str]] | None:
+def _headed(text: str, header: re.Pattern[str], roles: Mapping[str, str]) -> list[dict[str, str]] | None:
     heads = list(header.finditer(text))
     if not heads or _content(text[: heads[0].start()]):
         return None  # no turn, or text before the first one
     turns = []
     for k, head in enumerate(heads):
-        role = _ROLES.get(next(g for g in head.groups() if g).lower())
+        role = roles.get(next(g for g in head.groups() if g).lower())
         if role is None:
             return None
         end = heads[k + 1].start() if k + 1 < len(heads) else len(text)
@@ -116,9 +117,11 @@ def _instructed(text: str) -> list[dict[str, str]] | None:
     return turns
 
 
-def read_chat_text(text: str | None, chat_format: str = "auto") -> list[dict[str, str]] | None:
+def read_chat_text(
+    text: str | None, chat_format: str = "auto", roles: Mapping[str, str] | None = None
+) -> list[dict[str, str]] | None:
     """``text`` as messages, read in ``chat_format`` (``auto``: ``format_of``), or None when it is
-    not written in it."""
+    not written in it; ``roles`` names more header roles (lowercase name → role)."""
     if text is None:
         return None
     kind = format_of(text) if chat_format == "auto" else chat_format
@@ -126,4 +129,4 @@ def read_chat_text(text: str | None, chat_format: str = "auto") -> list[dict[str
         return None
     if kind in ("llama2", "mistral"):
         return _instructed(text)
-    return _headed(text, _HEADERS[kind])
+    return _headed(text, _HEADERS[kind], {**_ROLES, **(roles or {})})

@@ -282,6 +282,9 @@ def test_text_in_no_chat_format_is_dropped_with_its_reason_and_a_generation_prom
         ("t:1", "parse:chat_unknown_format"),
         ("t:3", "parse:chat_unknown_format"),
     ]
+    # a header role no template names is read when the step's roles name it
+    named = parse_chat({"data": df.slice(3, 1)}, ChatConfig(fields=["text"], roles={"Narrator": "system"}), ctx)
+    assert named.tables["data"]["text"].to_list() == [[{"role": "system", "content": "Once"}]]
     # a format named is the one read: ChatML text asked for as Llama 3 is no Llama 3 conversation
     res = parse_chat({"data": df.slice(2, 1)}, ChatConfig(fields=["text"], chat_format="llama3"), ctx)
     assert res.tables["data"].is_empty() and pl.concat(res.events)["reason"].to_list() == ["parse:chat_unknown_format"]
