@@ -162,8 +162,9 @@ def _read_texts(df: pl.DataFrame, column: str, chat_format: str, roles: dict[str
     """A text column of conversations written out in a chat format, as messages; and which rows
     hold text in no format ``read_chat_text`` reads (their messages null)."""
     values, unread = [], []
+    named = {k.lower(): v for k, v in roles.items()}
     for text in df[column]:
-        messages = read_chat_text(text, chat_format, {k.lower(): v for k, v in roles.items()})
+        messages = read_chat_text(text, chat_format, named)
         values.append(messages)
         unread.append(text is not None and messages is None)
     return pl.Series(column, values, dtype=MESSAGES), pl.Series(unread, dtype=pl.Boolean)
@@ -220,7 +221,8 @@ class _Chat:
 # 1: ShareGPT turns, contents as lists of parts and role names read into messages
 @step("parse.chat", version=1, inputs=None, per_table_columns=_chat_columns, partition="rows")
 def parse_chat(inputs: dict[str, pl.DataFrame], cfg: ChatConfig, ctx: Context) -> StepResult:
-    """Conversations in ShareGPT form, with contents as lists of parts or other role names → messages."""
+    """Conversations in the forms chat sets come in (ShareGPT turns, contents as lists of parts,
+    other role names, a chat template written out as text) → messages."""
 
     def one(name: str, df: pl.DataFrame) -> StepResult:
         keep = [True] * df.height
