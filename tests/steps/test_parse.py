@@ -7,6 +7,7 @@ import json
 
 import polars as pl
 import pytest
+from polars.testing import assert_frame_equal
 from pydantic import ValidationError
 
 from dataforge.errors import DataError
@@ -306,3 +307,31 @@ def test_hh_transcripts_read_as_parse_hh_rlhf_reads_them(ctx):
             whole, unanswered = whole[:-1], unanswered + 1
         assert read[row["_id"]] == whole, row["_id"]
     assert pairs.height == 2303 and unanswered == 4
+
+
+def test_hh_pairs_read_by_parse_chat_and_the_implicit_prompt_are_parse_hh_rlhfs_pairs(ctx):
+    """Two paths to the same DPO pairs, on the real HH-RLHF harmless-base test file: parse.hh_rlhf
+    then format, and parse.chat on both transcripts then format without a prompt (the turns the
+    sides open with). Every pair both keep is the same; the chat path keeps, flagged, the nine
+    conversations with two turns of one role in a row that parse.hh_rlhf drops."""
+    from dataforge.steps.format import FormatConfig, format_trl
+
+    df = pl.read_ndjson(HH / "test.jsonl.gz").with_columns(pl.format("h:{}", pl.int_range(pl.len())).alias("_id"))
+    pairs = parse_hh_rlhf({"data": df}, HhConfig(), ctx)
+    explicit = format_trl(
+        {"data": pairs.tables["data"]},
+        FormatConfig(type="preference", prompt="prompt", chosen="chosen", rejected="rejected"),
+        ctx,
+    )
+    chats = parse_chat({"data": df}, ChatConfig(fields=["chosen", "rejected"]), ctx)
+    implicit = format_trl(
+        {"data": chats.tables["data"]}, FormatConfig(type="preference", chosen="chosen", rejected="rejected"), ctx
+    )
+    a, b = explicit.tables["data"], implicit.tables["data"]
+    assert a.height == 2299 and b.height == 2308
+    assert_frame_equal(b.filter(pl.col("_id").is_in(a["_id"].implode())), a, check_dtypes=False)
+    kept_more = set(b["_id"]) - set(a["_id"])
+    not_alternating = pl.concat(pairs.events).filter(pl.col("reason") == "parse:hh_roles_not_alternating")
+    assert kept_more == set(not_alternating["row_id"]) and len(kept_more) == 9
+    flagged = pl.concat(implicit.events).filter(pl.col("reason") == "format:roles_not_alternating")
+    assert set(flagged["row_id"]) == kept_more
