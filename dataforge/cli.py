@@ -415,20 +415,25 @@ def cmd_trace(args: argparse.Namespace) -> int:
 def cmd_inspect(args: argparse.Namespace) -> int:
     import tempfile
 
-    from dataforge.data_forms import recognize, starter_recipe
+    from dataforge.data_forms import recognize, source_of, starter_recipe
     from dataforge.engine.step import Context
     from dataforge.steps.sources import SourceConfig, first_rows
 
-    path = Path(args.file).resolve()
+    if (args.file is None) == (args.hub is None):
+        raise RecipeError("inspect: give a data file, or --hub NAME, not both")
+    path = Path(args.file).resolve() if args.file else None
+    hub = {"hub": args.hub, "hub_config": args.hub_config, "data_files": args.data_files} if args.hub else None
     recipe_dir = Path(args.recipe).resolve().parent if args.recipe else Path.cwd()
+    name, source = source_of(path, recipe_dir, hub, args.split)
+    read = {"path": str(path)} if path else hub
     with tempfile.TemporaryDirectory(prefix="dataforge-inspect-") as scratch:
         ctx = Context(step="inspect", fingerprint="0" * 16, base_dir=Path.cwd(), scratch_dir=Path(scratch))
         try:
-            rows = first_rows(SourceConfig(path=str(path), name="inspect", split=args.split), ctx, args.rows)
+            rows = first_rows(SourceConfig(**read, name="inspect", split=args.split), ctx, args.rows)
         except RecipeError as exc:  # (a source key's error, without the file when it does not name it)
-            said = exc.detail if str(path) in exc.detail else f"{args.file}: {exc.detail}"
+            said = exc.detail if path and str(path) in exc.detail else f"{args.file or args.hub}: {exc.detail}"
             raise RecipeError(said) from None
-    table = Table(title=f"{args.file}: the first {rows.height:,} rows")
+    table = Table(title=f"{args.file or args.hub}: the first {rows.height:,} rows")
     for name in ("column", "type", "first value"):
         table.add_column(name, overflow="fold")
     for name, dtype in rows.schema.items():
@@ -444,7 +449,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         )
         return 1
     out_console.print(f"form: {form.name}: {form.summary}")
-    recipe = starter_recipe(path, form, recipe_dir, split=args.split)
+    recipe = starter_recipe(name, source, form)
     if args.recipe:
         Path(args.recipe).write_text(recipe)
         out_console.print(f"wrote {args.recipe}: dataforge build {args.recipe}")
@@ -622,9 +627,14 @@ def make_parser() -> argparse.ArgumentParser:
         "template written out as text, preference pairs, Alpaca, GSM8K, prompts and responses) and print a recipe "
         "that builds it into a TRL dataset: the parse step it needs, format, exact dedup and a split by prompt.",
     )
-    i.add_argument("file", help="a data file or save_to_disk folder")
+    i.add_argument("file", nargs="?", help="a data file or save_to_disk folder")
+    i.add_argument(
+        "--hub", help="a Hub dataset instead, streamed (datasets.load_dataset): only its first rows are read"
+    )
+    i.add_argument("--hub-config", help="the Hub dataset's config")
+    i.add_argument("--data-files", help="the Hub dataset's data files (e.g. --hub json --data-files x.jsonl)")
     i.add_argument("--rows", type=int, default=200, help="how many rows to read (default: 200)")
-    i.add_argument("--split", help="the split to read, of a save_to_disk folder that holds several")
+    i.add_argument("--split", help="the split to read, of a save_to_disk folder or Hub dataset that holds several")
     i.add_argument("--recipe", metavar="FILE", help="write the recipe to FILE instead of printing it")
     i.set_defaults(fn=cmd_inspect)
 

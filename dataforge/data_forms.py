@@ -25,6 +25,7 @@ answer); none is guessed from column names alone where the values say otherwise.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import zlib
@@ -193,18 +194,24 @@ _SHAPED = {
 }
 
 
-def _name(path: Path) -> str:
-    stem = path.name.split(".")[0]
-    return re.sub(r"[^A-Za-z0-9_]+", "_", stem).strip("_").lower() or "data"
+def source_of(
+    path: Path | None, recipe_dir: Path, hub: dict[str, Any] | None = None, split: str | None = None
+) -> tuple[str, dict[str, Any]]:
+    """The name and the ``source`` step of a recipe in ``recipe_dir`` that reads a local ``path``
+    or the hub dataset ``hub`` (its ``hub``, ``hub_config``, ``data_files`` keys), its ``split``."""
+    if path is not None:
+        stem, where = path.name.split(".")[0], {"path": os.path.relpath(path, recipe_dir)}
+    else:
+        assert hub is not None
+        stem, where = str(hub["hub"]).rstrip("/").split("/")[-1], {k: v for k, v in hub.items() if v is not None}
+    name = re.sub(r"[^A-Za-z0-9_]+", "_", stem).strip("_").lower() or "data"
+    return name, {"kind": "source", **where, "name": name, **({"split": split} if split else {})}
 
 
-def starter_recipe(path: Path, form: Form, recipe_dir: Path, split: str | None = None) -> str:
-    """A recipe (YAML) that reads ``path`` (its ``split``, of a folder that holds several) from a
-    recipe in ``recipe_dir`` and builds it into a dataset of ``form``'s TRL type, split 95/5 into
-    train and test by prompt."""
-    name = _name(path)
-    source = {"kind": "source", "path": os.path.relpath(path, recipe_dir), "name": name}
-    steps: dict[str, dict[str, Any]] = {"raw": {**source, **({"split": split} if split else {})}}
+def starter_recipe(name: str, source: dict[str, Any], form: Form) -> str:
+    """A recipe (YAML) that reads ``source`` (``source_of``) and builds it into a dataset of
+    ``form``'s TRL type, split 95/5 into train and test by prompt."""
+    steps: dict[str, dict[str, Any]] = {"raw": source}
     previous = "raw"
     for step_name, config in form.steps:
         steps[step_name] = {
@@ -217,7 +224,7 @@ def starter_recipe(path: Path, form: Form, recipe_dir: Path, split: str | None =
     steps["dedup"] = {"kind": "dedup.exact", "inputs": {"data": previous}, "fields": fields}
     # a seed of the file's own: rows split before with the same seed and fractions (a built
     # dataset's test split read again) would all fall in the same split again
-    seed = zlib.crc32(f"{source['path']}:{split or ''}".encode()) % 10_000
+    seed = zlib.crc32(json.dumps(source, sort_keys=True).encode()) % 10_000
     fractions = {"train": 0.95, "test": 0.05}
     steps["split"] = {"kind": "split", "inputs": "dedup", "fractions": fractions, **group, "seed": seed}
     recipe = {

@@ -85,8 +85,8 @@ FORMS = {
 TRL_TYPES = {"preference": "preference", "prompt_completion": "prompt_completion", "prompt_only": "prompt_only"}
 
 
-def _inspect(path: Path, recipe: Path, capsys, *more: str) -> tuple[int, str]:
-    code = main(["inspect", str(path), "--recipe", str(recipe), *more])
+def _inspect(path: Path | None, recipe: Path, capsys, *more: str) -> tuple[int, str]:
+    code = main(["inspect", *([str(path)] if path else []), "--recipe", str(recipe), *more])
     return code, capsys.readouterr().out
 
 
@@ -168,3 +168,21 @@ def test_inspect_reads_the_first_rows_only(tmp_path, capsys):
     pl.DataFrame({"prompt": QUESTIONS * 10}).write_parquet(tmp_path / "p.parquet")
     assert main(["inspect", str(tmp_path / "p.parquet"), "--rows", "30"]) == 0
     assert "the first 30 rows" in " ".join(capsys.readouterr().out.split())
+
+
+def test_inspect_streams_a_hub_dataset_and_its_recipe_reads_it_from_the_hub(tmp_path, capsys):
+    """--hub reads a Hub dataset's first rows streamed (here the json builder on a local file, as
+    the source tests load the Hub offline); the recipe names the same hub, data files and split."""
+    data = tmp_path / "ultra.jsonl"
+    rows = FORMS["ultrafeedback"][2]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    recipe = tmp_path / "hub.yaml"
+    args = ["--hub", "json", "--data-files", str(data), "--split", "train", "--rows", "10"]
+    code, out = _inspect(None, recipe, capsys, *args)
+    assert code == 0 and "form: preference:" in out and "the first 10 rows" in " ".join(out.split())
+    text = recipe.read_text()
+    assert "hub: json" in text and f"data_files: {data}" in text and "split: train" in text
+    splits = _built(recipe, tmp_path / "build")
+    assert sum(s.num_rows for s in splits.values()) == len(rows)
+    assert main(["inspect", str(data), "--hub", "json"]) == 2
+    assert "give a data file, or --hub NAME, not both" in capsys.readouterr().err

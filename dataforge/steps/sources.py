@@ -398,7 +398,19 @@ def _source_batches(cfg: SourceConfig, ctx: Context, batch_rows: int) -> Iterato
 def first_rows(cfg: SourceConfig, ctx: Context, rows: int) -> pl.DataFrame:
     """The source's first ``rows`` rows as the step reads them, without reading a large file whole:
     a JSONL file's first lines are read as a file of their own (an error names the file and line
-    as in the whole read), others a batch at a time where the source streams."""
+    as in the whole read), a hub dataset's streamed (``datasets.load_dataset(streaming=True)``:
+    nothing is downloaded whole), others a batch at a time where the source streams."""
+    if cfg.hub is not None:
+        from datasets import IterableDatasetDict, load_dataset
+
+        where = f"hub dataset {cfg.hub}"
+        ds = load_dataset(
+            cfg.hub, cfg.hub_config, split=cfg.split, revision=cfg.revision, data_files=cfg.data_files, streaming=True
+        )
+        if isinstance(ds, IterableDatasetDict):
+            raise DataError(f"{where} has splits {', '.join(ds)}: name one with 'split'")
+        df = _frame(list(islice(ds, rows)), where).with_row_index("_ordinal")
+        return _shaped(df, cfg, ctx, cfg.name or ctx.step, where)
     if cfg.path is not None and _format_of(cfg, _existing(cfg, ctx)) == "jsonl":
         path = _existing(cfg, ctx)
         head = _scratch_file(ctx, "first-rows", "jsonl")
