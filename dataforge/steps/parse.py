@@ -14,7 +14,8 @@ conversation written out in a chat format (``chat_format``: ``auto`` or a named 
 value}``) take ``role`` / ``content``; a content given as a list of parts (``[{type: text, text:
 …}]``, the OpenAI and Hugging Face multimodal form; also as the JSON text polars makes of it when
 other rows hold plain text) is its text parts joined by newlines; roles are named as chat templates
-name them (``human`` → user, ``gpt`` / ``model`` / ``chatgpt`` / ``bot`` → assistant, any case;
+name them (``human`` → user, ``gpt`` / ``model`` / ``chatgpt`` / ``bot`` → assistant, ``developer``
+→ system, ``function`` / ``ipython`` → tool, any case;
 ``roles`` maps others, e.g. ``{observation: tool}``). A role that maps to none of system, user,
 assistant, tool is an error naming it and a row. A turn's other fields (``tool_calls``, ``name``)
 are kept. A row with a part that is not text (an image, audio) is dropped, ``parse:chat_not_text``
@@ -114,7 +115,16 @@ def parse_gsm8k(inputs: dict[str, pl.DataFrame], cfg: Gsm8kConfig, ctx: Context)
 
 # -- chat -----------------------------------------------------------------------------------------
 
-ROLE_NAMES = {"human": "user", "gpt": "assistant", "chatgpt": "assistant", "bot": "assistant", "model": "assistant"}
+ROLE_NAMES = {
+    "human": "user",
+    "gpt": "assistant",
+    "chatgpt": "assistant",
+    "bot": "assistant",
+    "model": "assistant",  # Gemma
+    "developer": "system",  # OpenAI's system role for its reasoning models
+    "function": "tool",  # OpenAI's former function results
+    "ipython": "tool",  # Llama 3.1's tool results
+}
 
 
 class ChatConfig(StepConfig):

@@ -144,6 +144,7 @@ def test_sharegpt_turns_become_messages_with_the_roles_templates_name(ctx, tmp_p
             ]
         },
         {"conversations": [{"from": "user", "value": "2+2?"}, {"from": "observation", "value": "4"}]},
+        {"conversations": [{"from": "developer", "value": "Be exact."}, {"from": "user", "value": "Hi"}]},
         {"conversations": None},
     ]
     df = _read(tmp_path, rows)
@@ -156,7 +157,8 @@ def test_sharegpt_turns_become_messages_with_the_roles_templates_name(ctx, tmp_p
     assert [t["role"] for t in first] == ["system", "user", "assistant", "user", "assistant"]
     assert [t["content"] for t in first] == ["Be brief.", "Hi", "Hello!", "Bye", "Bye!"]
     assert out["conversations"][1].to_list()[1] == {"role": "tool", "content": "4"}
-    assert out["conversations"][2] is None and res.events[0].is_empty()  # a null conversation: format's to drop
+    assert out["conversations"][2].to_list()[0] == {"role": "system", "content": "Be exact."}  # OpenAI's developer
+    assert out["conversations"][3] is None and res.events[0].is_empty()  # a null conversation: format's to drop
     # the output is messages every step reads: two ShareGPT copies of one chat are exact duplicates
     twice = pl.concat([out.head(1), out.head(1).with_columns(pl.lit("c:9").alias("_id"))])
     deduped = dedup_exact({"data": twice}, DedupConfig(fields=["conversations"]), ctx).tables["data"]
