@@ -195,10 +195,39 @@ class _Chat:
                 f"column '{column}': its turns have the fields {', '.join(turn)}; parse.chat needs a role ('role' or "
                 "'from') and a content ('content' or 'value')"
             )
-        self.column = column
+        self.column, self.dtype_in = column, dtype
         self.names = {**ROLE_NAMES, **{r: r for r in ROLES}, **{k.lower(): v for k, v in roles.items()}}
         self.others = {n: t for n, t in turn.items() if n not in ("role", "from", "content", "value")}
         self.dtype = pl.List(pl.Struct({"role": pl.String, "content": pl.String, **self.others}))
+
+    def whole(self, df: pl.DataFrame) -> pl.Series | None:
+        """The column read at once by polars expressions, where no turn needs Python: every content
+        is text (no parts, none as JSON text) and no turn is null; else None (read row by row,
+        ``conversation``). The same messages either way."""
+        turn = self.dtype_in.inner.to_schema()  # type: ignore[attr-defined]
+        said = [k for k in ("content", "value") if k in turn]
+        if any(turn[k] not in (pl.String, pl.Null) for k in said):
+            return None
+        e = pl.element().struct
+        content = pl.coalesce([e.field(k).cast(pl.String) for k in said])
+        named = pl.coalesce([e.field(k).cast(pl.String) for k in ("role", "from") if k in turn])
+        column = pl.col(self.column)
+        odd = df.select(
+            column.list.eval(pl.element().is_null()).list.any().any().alias("null_turn"),
+            column.list.eval(content.str.contains(PARTS_AS_TEXT.pattern)).list.any().any().alias("parts"),
+        ).row(0)
+        if any(odd):
+            return None
+        role = named.str.to_lowercase().replace_strict(self.names, default=None, return_dtype=pl.String)
+        unknown = (
+            df.select("_id", column.list.eval(pl.when(named.is_not_null() & role.is_null()).then(named)).alias("r"))
+            .explode("r")
+            .drop_nulls("r")
+        )
+        if unknown.height:
+            self.role(unknown["r"][0], unknown["_id"][0])  # raises, naming it as a row read alone would
+        turns = pl.struct(role.alias("role"), content.alias("content"), *[e.field(n) for n in self.others])
+        return df.select(column.list.eval(turns).cast(self.dtype))[self.column]
 
     def role(self, named: Any, row_id: str) -> str:
         role = self.names.get(str(named).lower()) if named is not None else None
@@ -244,6 +273,10 @@ def parse_chat(inputs: dict[str, pl.DataFrame], cfg: ChatConfig, ctx: Context) -
                 unread = unread | unread_here
                 continue
             chat = _Chat(field, df.schema[field], cfg.roles)
+            whole = chat.whole(df)
+            if whole is not None:
+                columns[field] = whole
+                continue
             values = []
             for i, (row_id, turns) in enumerate(zip(df["_id"], df[field].to_list(), strict=True)):
                 messages, not_text = chat.conversation(turns, row_id)

@@ -21,6 +21,7 @@ from dataforge.steps.parse import (
     parse_hh_rlhf,
     split_hh_conversation,
 )
+from dataforge.text.chat_text import read_chat_text
 from tests.conftest import GSM8K, HH
 
 
@@ -337,3 +338,40 @@ def test_hh_pairs_read_by_parse_chat_and_the_implicit_prompt_are_parse_hh_rlhfs_
     assert kept_more == set(not_alternating["row_id"]) and len(kept_more) == 9
     flagged = pl.concat(implicit.events).filter(pl.col("reason") == "format:roles_not_alternating")
     assert set(flagged["row_id"]) == kept_more
+
+
+def test_conversations_read_at_once_are_those_read_row_by_row(ctx):
+    """Where no turn needs Python (every content text, no null turn), parse.chat reads a column by
+    polars expressions at once; the messages are the ones the row-by-row reading gives. Checked on
+    the real HH conversations in ShareGPT form, with mixed-case roles, a turn field and an empty
+    and a null conversation."""
+    from dataforge.steps.parse import _Chat
+
+    df = pl.read_ndjson(HH / "test.jsonl.gz").head(400)
+    convos = []
+    for k, text in enumerate(df["chosen"]):
+        turns = [
+            {"from": ("Human" if role == "user" else "GPT") if k % 2 else role, "value": t["content"], "weight": k % 3}
+            for t in read_chat_text(text, "transcript")
+            for role in [t["role"]]
+        ]
+        convos.append(turns)
+    convos[5], convos[6] = [], None
+    table = pl.DataFrame({"_id": [f"h:{k}" for k in range(len(convos))], "c": convos})
+    chat = _Chat("c", table.schema["c"], {})
+    at_once = chat.whole(table)
+    assert at_once is not None
+    one_by_one = [
+        chat.conversation(turns, rid)[0] for rid, turns in zip(table["_id"], table["c"].to_list(), strict=True)
+    ]
+    assert at_once.to_list() == one_by_one and at_once.dtype == chat.dtype
+    assert at_once[1].to_list()[0] == {"role": "user", "content": one_by_one[1][0]["content"], "weight": 1}
+    # a turn that needs Python (a part, a null turn) reads the column row by row
+    with_parts = table.with_columns(
+        pl.Series("c", [[{"from": "human", "value": '[{"type": "text", "text": "x"}]', "weight": 0}]] * 400)
+    )
+    assert _Chat("c", with_parts.schema["c"], {}).whole(with_parts) is None
+    # a role no template names is refused as the row-by-row reading refuses it
+    odd = table.with_columns(pl.Series("c", [[{"from": "Narrator", "value": "x", "weight": 0}]] * 400))
+    with pytest.raises(DataError, match="row h:0 has a turn of role 'Narrator'"):
+        _Chat("c", odd.schema["c"], {}).whole(odd)
