@@ -19,6 +19,8 @@ rows would be truncated).
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -166,11 +168,13 @@ def check(
     conversational = any(_is_messages(first.get(c)) for c in ("messages", "prompt", "chosen", "completion"))
     report = PreflightReport(trainer, trl_type, conversational, max_length)
     report.checks.append(("dataset type", f"{trl_type} ({'conversational' if conversational else 'standard'})"))
+    lengths = None  # each split's measured token counts (``_token_lengths``)
     if conversational:
         if not tokenizer.chat_template:
             raise PreflightError("the data is conversational but the tokenizer has no chat template")
-        rendered = _render_every_row(dataset, tokenizer, trl_type)
-        report.checks.append(("chat template", f"renders every row ({rendered:,})"))
+        # every row rendered (and the measured ones counted) before anything reads a row alone
+        lengths = {name: _token_lengths(split, name, tokenizer, trl_type, True) for name, split in dataset.items()}
+        report.checks.append(("chat template", f"renders every row ({sum(len(s) for s in dataset.values()):,})"))
     ids = _token_ids(tokenizer, first, trl_type)[0]
     bos = tokenizer.bos_token_id
     if bos is not None and len(ids) >= 2 and ids[0] == bos and ids[1] == bos:
@@ -186,40 +190,61 @@ def check(
         report.checks.append(("reward columns", ", ".join(sorted(set(reward_columns)))))
     report.eval_split, said = eval_split_of(dataset, eval_split, trainer)
     report.checks.append(("eval split", said))
+    if lengths is None:
+        lengths = {name: _token_lengths(split, name, tokenizer, trl_type, False) for name, split in dataset.items()}
     for name, split in dataset.items():
-        report.splits[name] = _split_stats(split, tokenizer, trl_type, max_length)
+        report.splits[name] = _split_stats(len(split), lengths[name], max_length)
     return report
 
 
-def _render_every_row(dataset: Any, tokenizer: Any, trl_type: str) -> int:
-    """Render every conversation of every split with the chat template, as TRL will before it
-    trains; the first that does not render (a template that wants roles to alternate, a role it
-    does not know) is a PreflightError naming its split, row and ``_id``. The first rows alone
-    were tried, so such a row failed TRL's own preparation with the template's error and no row."""
-    prompt_only = trl_type == "prompt_only"
-    n = 0
-    for name, split in dataset.items():
-        for i, example in enumerate(split):
+def _token_lengths(split: Any, name: str, tokenizer: Any, trl_type: str, conversational: bool) -> list[int]:
+    """The token count of each row of a split its statistics measure (``_measured_rows``); with
+    ``conversational``, every other row is rendered with the chat template too, as TRL will render
+    it before it trains. A row the template refuses (roles that do not alternate, a role it does not
+    know) is a PreflightError naming its split, row and ``_id`` (``_refused``). The first three rows
+    alone were rendered, so such a row further on failed TRL's own preparation with the template's
+    error and no row. Each row is rendered once."""
+    measured = _measured_rows(len(split))
+    lengths = []
+    for i in measured:
+        example = split[i]
+        with _refused(name, i, example) if conversational else nullcontext():
+            lengths.append(max(len(ids) for ids in _token_ids(tokenizer, example, trl_type)))
+    if conversational:
+        prompt_only = trl_type == "prompt_only"
+        rest = sorted(set(range(len(split))) - set(measured))
+        for i, example in zip(rest, split.select(rest) if rest else [], strict=True):
             parts, tools = _sequences(example, trl_type)
-            try:
+            with _refused(name, i, example):
                 for p in parts:
                     if _is_messages(p):
                         tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=prompt_only, tools=tools)
-            except Exception as exc:
-                which = f" ({example['_id']})" if "_id" in example else ""
-                raise PreflightError(f"the chat template does not render row {i}{which} of {name}: {exc}") from exc
-            n += 1
-    return n
+    return lengths
 
 
-def _split_stats(split: Any, tokenizer: Any, trl_type: str, max_length: int) -> SplitStats:
-    n = len(split)
+@contextmanager
+def _refused(split: str, i: int, example: dict[str, Any]) -> Iterator[None]:
+    """A row the chat template does not render, as a PreflightError naming the split, row and ``_id``."""
+    try:
+        yield
+    except Exception as exc:
+        which = f" ({example['_id']})" if "_id" in example else ""
+        raise PreflightError(f"the chat template does not render row {i}{which} of {split}: {exc}") from exc
+
+
+def _measured_rows(n: int) -> list[int] | range:
+    """The rows of a split of ``n`` that its statistics tokenize: all, or a seeded sample of
+    ``MAX_ROWS_MEASURED`` (the truncated count is scaled up)."""
+    if n > MAX_ROWS_MEASURED:
+        return sorted(np.random.default_rng(0).choice(n, MAX_ROWS_MEASURED, replace=False).tolist())
+    return range(n)
+
+
+def _split_stats(n: int, measured: list[int], max_length: int) -> SplitStats:
+    """A split of ``n`` rows from the token counts of its measured rows (``_token_lengths``)."""
     if n == 0:
         return SplitStats(0, 0, 0, 0.0, 0.0, 0, 0)
-    rows = range(n)
-    if n > MAX_ROWS_MEASURED:  # a seeded sample; the truncated count is scaled up
-        rows = sorted(np.random.default_rng(0).choice(n, MAX_ROWS_MEASURED, replace=False).tolist())
-    lengths = np.array([max(len(ids) for ids in _token_ids(tokenizer, split[i], trl_type)) for i in rows])
+    lengths = np.array(measured)
     over = int((lengths > max_length).sum() * n / len(lengths))
     return SplitStats(
         rows=n,

@@ -242,6 +242,12 @@ def _turn(role: pl.Expr, content: pl.Expr, fields: dict[str, pl.DataType]) -> pl
     return pl.struct(role.alias("role"), content.cast(pl.String).alias("content"), *others)
 
 
+def _says(dtype: pl.DataType, column: str) -> pl.Expr:
+    """Inside ``list.eval`` over conversation column ``column``: whether a turn says something
+    (``text.fields.turn_text`` not blank: a tool call is something)."""
+    return turn_text(dtype, column).fill_null("").str.strip_chars() != ""
+
+
 def _empty(df: pl.DataFrame, column: str) -> pl.Expr:
     """Whether a needed field is missing: null, blank text, no turns, or turns that say nothing
     (``text.fields.turn_text`` blank: a chosen response ``[{assistant: ""}]`` is no response; an
@@ -253,8 +259,7 @@ def _empty(df: pl.DataFrame, column: str) -> pl.Expr:
     missing = col.is_null() | (col.list.len() == 0)
     if not is_conversation(dtype):
         return missing  # not messages: ``_messages`` refuses the column, naming it
-    silent = turn_text(dtype, column).fill_null("").str.strip_chars() == ""  # (a tool call is text)
-    return missing | col.list.eval(silent).list.all()
+    return missing | col.list.eval(~_says(dtype, column)).list.all()
 
 
 def _ties(df: pl.DataFrame, chosen: str, rejected: str) -> pl.Series:
@@ -388,8 +393,7 @@ def _parted_at_last_request(
     if completion:
         fields["completion"] = _fresh(df, "completion")
         df = df.with_columns(pl.col(column).list.slice(cut).alias(fields["completion"]))
-        said = turn_text(dtype, column).fill_null("").str.strip_chars() != ""
-        answer = (pl.element().struct.field("role") == "assistant") & said
+        answer = (pl.element().struct.field("role") == "assistant") & _says(dtype, column)
         answered = df.select(pl.col(fields["completion"]).list.eval(answer).list.any().fill_null(False)).to_series()
         dropped.append(events(df["_id"].filter(~answered), "dropped", "format:no_response"))
         df = df.filter(answered)

@@ -53,7 +53,7 @@ from dataforge.engine.step import (
 )
 from dataforge.errors import DataError
 from dataforge.text.chat_text import PARTS_AS_TEXT, ChatFormat, read_chat_text
-from dataforge.text.fields import MESSAGES, ROLES, is_conversation
+from dataforge.text.fields import MESSAGES, ROLES, is_conversation, role_names
 
 # -- GSM8K ------------------------------------------------------------------------------------------
 
@@ -115,21 +115,10 @@ def parse_gsm8k(inputs: dict[str, pl.DataFrame], cfg: Gsm8kConfig, ctx: Context)
 
 # -- chat -----------------------------------------------------------------------------------------
 
-ROLE_NAMES = {
-    "human": "user",
-    "gpt": "assistant",
-    "chatgpt": "assistant",
-    "bot": "assistant",
-    "model": "assistant",  # Gemma
-    "developer": "system",  # OpenAI's system role for its reasoning models
-    "function": "tool",  # OpenAI's former function results
-    "ipython": "tool",  # Llama 3.1's tool results
-}
-
 
 class ChatConfig(StepConfig):
     fields: list[str] = ["messages"]
-    roles: dict[str, str] = {}  # a role name in the data → one of ROLES (adds to and overrides ROLE_NAMES)
+    roles: dict[str, str] = {}  # a role name in the data → one of ROLES (adds to text.fields.ROLE_NAMES)
     chat_format: ChatFormat = "auto"  # how a text field is written (text.chat_text)
 
     @field_validator("roles")
@@ -172,7 +161,7 @@ def _read_texts(df: pl.DataFrame, column: str, chat_format: str, roles: dict[str
     """A text column of conversations written out in a chat format, as messages; and which rows
     hold text in no format ``read_chat_text`` reads (their messages null)."""
     values, unread = [], []
-    named = {k.lower(): v for k, v in roles.items()}
+    named = role_names(roles)
     for text in df[column]:
         messages = read_chat_text(text, chat_format, named)
         values.append(messages)
@@ -196,7 +185,7 @@ class _Chat:
                 "'from') and a content ('content' or 'value')"
             )
         self.column, self.dtype_in = column, dtype
-        self.names = {**ROLE_NAMES, **{r: r for r in ROLES}, **{k.lower(): v for k, v in roles.items()}}
+        self.names = role_names(roles)
         self.others = {n: t for n, t in turn.items() if n not in ("role", "from", "content", "value")}
         self.dtype = pl.List(pl.Struct({"role": pl.String, "content": pl.String, **self.others}))
 

@@ -411,8 +411,8 @@ def first_rows(cfg: SourceConfig, ctx: Context, rows: int) -> pl.DataFrame:
             raise DataError(f"{where} has splits {', '.join(ds)}: name one with 'split'")
         df = _frame(list(islice(ds, rows)), where).with_row_index("_ordinal")
         return _shaped(df, cfg, ctx, cfg.name or ctx.step, where)
-    if cfg.path is not None and _format_of(cfg, _existing(cfg, ctx)) == "jsonl":
-        path = _existing(cfg, ctx)
+    path = _existing(cfg, ctx) if cfg.path is not None else None
+    if path is not None and _format_of(cfg, path) == "jsonl":
         head = _scratch_file(ctx, "first-rows", "jsonl")
         try:
             with gzip.open(path, "rb") if path.name.endswith(".gz") else path.open("rb") as f, head.open("wb") as out:
@@ -912,15 +912,7 @@ def _kinds(value: Any, path: tuple[str, ...], kinds: dict[tuple[str, ...], set[s
     """The kinds of value (text, object, list, other) found at each path of a record."""
     if value is None:
         return
-    kind = (
-        "str"
-        if isinstance(value, str)
-        else "dict"
-        if isinstance(value, dict)
-        else "list"
-        if isinstance(value, list)
-        else "scalar"
-    )
+    kind = {str: "str", dict: "dict", list: "list"}.get(type(value), "scalar")
     kinds.setdefault(path, set()).add(kind)
     if isinstance(value, dict):
         for key, item in value.items():

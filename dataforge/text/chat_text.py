@@ -2,7 +2,7 @@
 
 An SFT set is often one ``text`` column with a model's chat template applied. Read back into
 ``{role, content}`` turns, it can be deduplicated by turn, split by its requests and shaped again
-for another model's template. Formats read (``FORMATS``):
+for another model's template. Formats read:
 
 - ``chatml``: ``<|im_start|>user\\n…<|im_end|>`` (Qwen, OpenHermes);
 - ``llama3``: ``<|start_header_id|>user<|end_header_id|>\\n\\n…<|eot_id|>``;
@@ -24,8 +24,9 @@ import re
 from collections.abc import Mapping
 from typing import Literal
 
+from dataforge.text.fields import role_names
+
 ChatFormat = Literal["auto", "chatml", "llama3", "gemma", "phi3", "zephyr", "llama2", "mistral", "transcript"]
-FORMATS: tuple[str, ...] = ("chatml", "llama3", "gemma", "phi3", "zephyr", "llama2", "mistral", "transcript")
 
 _HEADERS = {
     "chatml": re.compile(r"<\|im_start\|>(\w+)[ \t]*\n?"),
@@ -38,6 +39,7 @@ _HEADERS = {
     ),
 }
 _HEADERS["zephyr"] = _HEADERS["phi3"]
+_PHI3_TURN = re.compile(r"<\|(?:user|assistant)\|>")  # (a system header alone is no conversation)
 # what a format writes around its turns: beginnings of text, ends of turns and of text
 _AROUND = re.compile(
     r"<\|im_end\|>|<\|eot_id\|>|<\|begin_of_text\|>|<\|end_of_text\|>|<end_of_turn>|<bos>|<eos>|<\|end\|>"
@@ -47,15 +49,6 @@ _AROUND = re.compile(
 PARTS_AS_TEXT = re.compile(r'^\s*\[\s*\{\s*"type"\s*:')
 _INSTRUCTION = re.compile(r"\[INST\](.*?)\[/INST\]", re.DOTALL)
 _SYSTEM_BLOCK = re.compile(r"^\s*<<SYS>>(.*?)<</SYS>>", re.DOTALL)
-_ROLES = {
-    "user": "user",
-    "human": "user",
-    "assistant": "assistant",
-    "model": "assistant",
-    "system": "system",
-    "tool": "tool",
-    "ipython": "tool",  # Llama 3's tool results
-}
 
 
 def format_of(text: str) -> str | None:
@@ -68,7 +61,7 @@ def format_of(text: str) -> str | None:
         return "gemma"
     if "[INST]" in text and "[/INST]" in text:
         return "llama2"
-    if re.search(r"<\|(user|assistant)\|>", text):
+    if _PHI3_TURN.search(text):
         return "phi3"
     labels = {next(g for g in m.groups() if g) for m in _HEADERS["transcript"].finditer(text)}
     if {"Human", "Assistant"} <= labels:
@@ -121,7 +114,8 @@ def read_chat_text(
     text: str | None, chat_format: str = "auto", roles: Mapping[str, str] | None = None
 ) -> list[dict[str, str]] | None:
     """``text`` as messages, read in ``chat_format`` (``auto``: ``format_of``), or None when it is
-    not written in it; ``roles`` names more header roles (lowercase name → role)."""
+    not written in it; a header's role is named by ``roles`` (lowercase name → role; default
+    ``text.fields.role_names()``), and one it does not name means the text is in no format read."""
     if text is None:
         return None
     kind = format_of(text) if chat_format == "auto" else chat_format
@@ -129,4 +123,4 @@ def read_chat_text(
         return None
     if kind in ("llama2", "mistral"):
         return _instructed(text)
-    return _headed(text, _HEADERS[kind], {**_ROLES, **(roles or {})})
+    return _headed(text, _HEADERS[kind], role_names() if roles is None else roles)

@@ -12,6 +12,23 @@ from dataforge.errors import DataError
 
 MESSAGES = pl.List(pl.Struct({"role": pl.String, "content": pl.String}))
 ROLES = ("system", "user", "assistant", "tool")  # the roles chat templates name
+# other names datasets and chat formats give those roles (lowercase)
+ROLE_NAMES = {
+    "human": "user",
+    "gpt": "assistant",
+    "chatgpt": "assistant",
+    "bot": "assistant",
+    "model": "assistant",  # Gemma
+    "developer": "system",  # OpenAI's system role for its reasoning models
+    "function": "tool",  # OpenAI's former function results
+    "ipython": "tool",  # Llama 3.1's tool results
+}
+
+
+def role_names(more: dict[str, str] | None = None) -> dict[str, str]:
+    """Lowercase role name → the role chat templates name it by: ``ROLES`` as they are,
+    ``ROLE_NAMES``, then ``more`` (a recipe's own names, any case)."""
+    return {**{r: r for r in ROLES}, **ROLE_NAMES, **{k.lower(): v for k, v in (more or {}).items()}}
 
 
 def is_conversation(dtype: pl.DataType) -> bool:

@@ -363,6 +363,18 @@ def test_grpo_rewards_load_without_the_build_dependencies():
     assert out.stdout.strip() == "[1.0] [1.0, 0.2] ['answer']"
 
 
+def _built(tmp_path: Path, rows: list[dict], steps: str, dataset: str) -> Path:
+    """``rows`` as ``data.jsonl`` (source ``src``, ids ``data:N``), built by a recipe of ``steps``
+    (YAML lines after the source) exporting ``dataset`` from its step ``sft``; the dataset's folder."""
+    (tmp_path / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "recipe.yaml").write_text(
+        f"name: {dataset}\nsteps:\n  src: {{kind: source, path: data.jsonl, name: data}}\n{steps}"
+        f"datasets:\n  {dataset}: {{splits: {{train: sft.train}}}}\n"
+    )
+    build(tmp_path / "recipe.yaml", tmp_path / "build", show_progress=False)
+    return tmp_path / "build" / "datasets" / dataset
+
+
 TOOL_TEMPLATE = (
     "{{ bos_token }}{% if tools %}tools: {{ tools | tojson }}{{ eos_token }}{% endif %}"
     "{% for m in messages %}{{ m['role'] }}: {% if m['tool_calls'] %}{% for c in m['tool_calls'] %}"
@@ -391,17 +403,10 @@ def test_tool_calling_conversations_build_pass_the_preflight_and_train(tiny_lm, 
             {"role": "tool", "content": f'{{"temp": {10 + i}}}', "tool_call_id": f"c{i}"},
         ]
         rows.append({"conversation": convo, "answer": f"It is {10 + i} °C in {city}.", "tools": tools})
-    (tmp_path / "tools.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    (tmp_path / "recipe.yaml").write_text(
-        "name: tools\nsteps:\n  src: {kind: source, path: tools.jsonl}\n"
-        "  sft: {kind: format, type: messages, inputs: {train: src}, prompt: conversation, completion: answer,"
-        " extra: {tools: tools}}\n"
-        "datasets:\n  tool_sft: {splits: {train: sft.train}}\n"
-    )
-    build(tmp_path / "recipe.yaml", tmp_path / "build", show_progress=False)
+    sft = "  sft: {kind: format, type: messages, inputs: {train: src}, prompt: conversation, completion: answer"
+    data = _built(tmp_path, rows, sft + ", extra: {tools: tools}}\n", "tool_sft")
     from datasets import load_from_disk
 
-    data = tmp_path / "build" / "datasets" / "tool_sft"
     turns = load_from_disk(str(data))["train"][1]["messages"]
     assert [t["role"] for t in turns] == ["user", "assistant", "tool", "assistant"]
     assert turns[1]["tool_calls"][0]["function"]["arguments"] == '{"city": "Lyon"}' and turns[2]["tool_call_id"] == "c1"
@@ -431,22 +436,18 @@ def test_sharegpt_conversations_build_through_parse_chat_pass_the_preflight_and_
         rows.append({"conversations": turns})
     rows.append(rows[0])  # a copy
     rows.append({"conversations": [{"from": "human", "value": "Hello?"}]})  # nothing answered
-    (tmp_path / "chat.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    (tmp_path / "recipe.yaml").write_text(
-        "name: sharegpt\nsteps:\n  src: {kind: source, path: chat.jsonl, name: chat}\n"
+    steps = (
         "  chat: {kind: parse.chat, inputs: {train: src}, fields: [conversations]}\n"
         "  dedup: {kind: dedup.exact, inputs: {data: chat.train}, fields: [conversations]}\n"
         "  sft: {kind: format, type: messages, inputs: {train: dedup}, messages: conversations}\n"
-        "datasets:\n  chat_sft: {splits: {train: sft.train}}\n"
     )
-    build(tmp_path / "recipe.yaml", tmp_path / "build", show_progress=False)
+    data = _built(tmp_path, rows, steps, "chat_sft")
     from datasets import load_from_disk
 
     from dataforge.lineage import open_read
 
-    data = tmp_path / "build" / "datasets" / "chat_sft"
     train_split = load_from_disk(str(data))["train"]
-    assert train_split["_id"] == [f"chat:{i}" for i in range(6)]
+    assert train_split["_id"] == [f"data:{i}" for i in range(6)]
     assert train_split[1]["messages"] == [
         {"role": "system", "content": "Answer in one sentence."},
         {"role": "user", "content": "What is 1 + 1?"},
@@ -454,7 +455,7 @@ def test_sharegpt_conversations_build_through_parse_chat_pass_the_preflight_and_
     ]
     con = open_read(tmp_path / "build")
     dropped = con.execute("SELECT row_id, reason FROM latest_events WHERE action = 'dropped' ORDER BY 1").fetchall()
-    assert dropped == [("chat:6", "exact_duplicate"), ("chat:7", "format:no_response")]
+    assert dropped == [("data:6", "exact_duplicate"), ("data:7", "format:no_response")]
     report = check(load_from_disk(str(data)), "sft", load_tokenizer(str(tiny_lm)), 128)
     assert dict(report.checks)["chat template"].startswith("renders every row")
     assert_trained(train("sft", data, str(tiny_lm), cfg(tmp_path)), data)
@@ -467,7 +468,7 @@ STRICT_TEMPLATE = (
 )
 
 
-def test_preflight_renders_every_row_and_names_the_one_the_template_refuses(tiny_lm):
+def test_preflight_renders_every_row_and_names_the_one_the_template_refuses(tiny_lm, monkeypatch):
     """The pre-flight rendered the first three rows only; a conversation further on that the
     template refuses (two user turns in a row, as nine HH-RLHF transcripts hold, under a template
     that wants roles to alternate) failed TRL's preparation with the template's error and no row."""
@@ -483,9 +484,15 @@ def test_preflight_renders_every_row_and_names_the_one_the_template_refuses(tiny
     tok = load_tokenizer(str(tiny_lm))
     assert dict(check(dataset, "sft", tok, 128).checks)["chat template"] == "renders every row (7)"
     tok.chat_template = STRICT_TEMPLATE
-    with pytest.raises(
-        PreflightError, match=r"does not render row 5 \(c:5\) of train: Conversation roles must alternate"
-    ):
+    refused = r"does not render row 5 \(c:5\) of train: Conversation roles must alternate"
+    with pytest.raises(PreflightError, match=refused):
+        check(dataset, "sft", tok, 128)
+    # a split larger than its measured sample: the rows the statistics do not tokenize are rendered too
+    import trainers.preflight as preflight
+
+    monkeypatch.setattr(preflight, "MAX_ROWS_MEASURED", 2)
+    assert 5 not in preflight._measured_rows(6)
+    with pytest.raises(PreflightError, match=refused):
         check(dataset, "sft", tok, 128)
 
 
