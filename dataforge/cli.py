@@ -103,6 +103,11 @@ def cmd_build(args: argparse.Namespace) -> int:
         )
     else:
         out_console.print("Nothing to execute: every step was reused from cache.")
+    if report.node_answers:
+        out_console.print(
+            f"{report.node_answers:,} model answer(s) the cluster's tasks logged stored in the request cache "
+            "by the driver"
+        )
     if report.cluster is not None:
         tasks = ", ".join(f"{kind} {n:,}" for kind, n in report.tasks.items()) or "none"
         out_console.print(f"Ray cluster {report.cluster}: tasks run by kind: {tasks}")

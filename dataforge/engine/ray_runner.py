@@ -37,7 +37,10 @@ What runs where:
 Models: every worker process keeps one ``ModelPool`` on the build's request cache (the SQLite
 file under ``<out>/cache``), so a model loads once per worker process, not per batch (and only
 when a request has no stored answer), and an answer stored by one worker is not asked again by
-the next build. Each task reports the requests it sent and those that failed; the driver counts
+the next build. On a cluster of several nodes the workers do not write the SQLite file, which is
+on a shared mount: each appends its answers to a log of its own, and the driver stores them in
+the file before tasks that may read them and after each step (``llm.cache``, ``_settled``). Each
+task reports the requests it sent and those that failed; the driver counts
 them with its own (``max_failure_rate``). Requests to a model sent through ``ray.data.llm``
 (``--ray-llm``) are answered by a processor into the request cache (``engine.ray_llm``): for a
 step run in the driver, call by call as it asks; a step with ``gathers_requests`` that runs in
@@ -118,6 +121,8 @@ class WorkerStep:
     stage_dir: Path | None = None  # where a rows task writes its batch's files (under the build folder)
     failed: dict[str, str] = field(default_factory=dict)  # requests failed in ray.data.llm (engine.ray_llm)
     skip: frozenset[str] = frozenset()  # requests not to gather again for ray.data.llm (left to the backend)
+    driver_node: str = ""  # on a cluster of several nodes, the driver's (``RayRunner._settled``)
+    cache_epoch: int = 0  # the driver's merge of the answer logs the tasks read after (``llm.cache``)
 
 
 @dataclass
@@ -145,10 +150,12 @@ def _context(ps: PlannedStep, spec: WorkerStep, collect: bool = False) -> Contex
     collecting pool, which loads no model: ``engine.ray_llm``)."""
     slot = "collecting pool" if collect else "pool"
     pool = _WORKER.get(slot)
-    if pool is None or pool.cache_path != spec.cache_path:  # another build: another request cache
+    logged = _node_id() if spec.driver_node else ""  # a cluster of several nodes: a LoggedCache (``llm.cache``)
+    if pool is None or pool.cache_path != spec.cache_path or pool.node != logged:  # another build
         if pool is not None:
             pool.close()
-        pool = _WORKER[slot] = ModelPool(spec.cache_path, collect=collect)
+        pool = _WORKER[slot] = ModelPool(spec.cache_path, collect=collect, node=logged)
+    pool.at_epoch(spec.cache_epoch)
     pool.failed.clear()
     pool.failed.update(spec.failed)
     return Context(ps.name, ps.fingerprint, spec.base_dir, spec.scratch_dir, llm=pool)
@@ -188,12 +195,18 @@ def _assigned() -> dict[str, float]:
     return {k: float(v) for k, v in ray.get_runtime_context().get_assigned_resources().items()}
 
 
+def _node_id() -> str:
+    import ray
+
+    return ray.get_runtime_context().get_node_id()
+
+
 def _node() -> str:
     """The running task's node: its address, and its id's first characters (nodes of one machine
     share an address)."""
     import ray
 
-    return f"{ray.util.get_node_ip_address()} ({ray.get_runtime_context().get_node_id()[:8]})"
+    return f"{ray.util.get_node_ip_address()} ({_node_id()[:8]})"
 
 
 def _rows_task(
@@ -369,6 +382,8 @@ class RayRunner(Runner):
         self.tasks_run: Counter[str] = Counter()  # tasks done by kind (rows, partition, bucket)
         self.tasks_on: Counter[str] = Counter()  # tasks done by node (``_node``)
         self.nodes_checked = 0  # nodes besides the driver's found to see the build and recipe folders
+        self.driver_node = ""  # the driver's node, on a cluster of several (``_settled``)
+        self.cache_epoch = 0  # the driver's merges of the answer logs so far (``_settled``)
         self.shuffled: Counter[str] = Counter()  # bytes of bucket files written, by key step
         self.rounds: Counter[str] = Counter()  # map rounds (one Context.mapper call each), by step
         self.assigned: dict[str, dict[str, float]] = {}  # per step, the most Ray assigned one of its tasks
@@ -438,6 +453,7 @@ class RayRunner(Runner):
         others = [n for n in nodes if n.get("Alive") and n.get("NodeID") != here]
         if not others:
             return  # one machine: the driver's folders are every task's
+        self.driver_node = here
         scratch = self.out / SCRATCH
         scratch.mkdir(parents=True, exist_ok=True)
         probe = scratch / f"probe-{uuid.uuid4().hex}"
@@ -485,13 +501,34 @@ class RayRunner(Runner):
         return asked + self.remote_asked, failures + self.remote_failures
 
     def _worker_step(self, ps: PlannedStep, whole: Iterable[str] = ()) -> WorkerStep:
-        return WorkerStep(
-            fingerprint=ps.fingerprint,
-            base_dir=self.plan.loaded.base_dir,
-            scratch_dir=step_scratch(self.out, ps.name),
-            cache_path=self.out / "cache" / "llm.sqlite",
-            whole={name: [str(f) for f in self._files(ps.inputs[name])] for name in whole},
+        """What the tasks of ``ps`` about to run need (``_settled``)."""
+        return self._settled(
+            WorkerStep(
+                fingerprint=ps.fingerprint,
+                base_dir=self.plan.loaded.base_dir,
+                scratch_dir=step_scratch(self.out, ps.name),
+                cache_path=self.cache_path,
+                whole={name: [str(f) for f in self._files(ps.inputs[name])] for name in whole},
+            )
         )
+
+    def _settled(self, spec: WorkerStep, **changes: Any) -> WorkerStep:
+        """``spec`` with ``changes``, for tasks about to run (none is running). On a cluster of
+        several nodes, the answers the tasks logged are stored in the request cache first and
+        the file checkpointed (``llm.cache.merge_logs``), and the tasks are told to read it
+        anew (``ModelPool.at_epoch``)."""
+        if self.driver_node:
+            self._merge_answer_logs()
+            self.cache_epoch += 1
+            changes.update(driver_node=self.driver_node, cache_epoch=self.cache_epoch)
+        return replace(spec, **changes)
+
+    def _execute(self, ps: PlannedStep, progress: StepProgress) -> StepReport:
+        try:
+            return super()._execute(ps, progress)
+        finally:  # the answers its tasks logged, in the request cache (failed or not)
+            if self.driver_node:
+                self._merge_answer_logs()
 
     def _files(self, ref: Ref) -> list[Path]:
         self.background.wait()  # the artifact may still be on its way to disk
@@ -566,7 +603,7 @@ class RayRunner(Runner):
         collect, task = self.tasks["collect"], self._task("rows", ps.name)  # (collecting: no model, no resources)
 
         def gathered(failed: dict[str, str], skip: frozenset[str], folder: Path) -> Iterator[ray_llm.Written]:
-            now, where = replace(spec, failed=failed, skip=skip), str(folder)
+            now, where = self._settled(spec, failed=failed, skip=skip), str(folder)
             tasks = self._ordered(
                 ps.name, "collect", lambda job: collect.remote(planned, now, *job, where, self.llm_mode), jobs
             )
@@ -574,7 +611,7 @@ class RayRunner(Runner):
 
         def results() -> Iterator[Any]:  # (the gathering inside: its time is the step's)
             failed = self._gather_requests(ps, gathered, progress) if self._gathers(ps) else {}
-            run = replace(spec, failed=failed)
+            run = self._settled(spec, failed=failed)
             yield from self._ordered(ps.name, "rows", lambda job: task.remote(planned, run, *job), jobs)
 
         tracked = progress.track(results(), total=len(jobs), description="batches on Ray", unit="batches")
@@ -622,8 +659,7 @@ class RayRunner(Runner):
             return progress.track(rows, total=total, description="ray.data.llm", unit="requests")
 
         folder = step_scratch(self.out, ps.name) / "ray.data.llm"
-        cache = self.out / "cache" / "llm.sqlite"
-        return ray_llm.Answering(cache, folder, self.llm_mode, self.llm_replicas or 1, track)
+        return ray_llm.Answering(self.cache_path, folder, self.llm_mode, self.llm_replicas or 1, track)
 
     def _gather_requests(
         self,
@@ -685,7 +721,7 @@ class RayRunner(Runner):
             collect = self.tasks["collect bucket"]  # not the step's resources: a collecting pool loads no model
 
             def gathered(failed: dict[str, str], skip: frozenset[str], folder: Path) -> Iterator[ray_llm.Written]:
-                now, where = replace(spec, failed=failed, skip=skip), str(folder)
+                now, where = self._settled(spec, failed=failed, skip=skip), str(folder)
                 tasks = self._ordered(
                     ps.name,
                     "collect",
@@ -694,7 +730,7 @@ class RayRunner(Runner):
                 )
                 return progress.track(tasks, total=len(order), description="requests", unit="buckets")
 
-            spec = replace(spec, failed=self._gather_requests(ps, gathered, progress))
+            spec = self._settled(spec, failed=self._gather_requests(ps, gathered, progress))
         task = self._task("bucket", ps.name)
         results = self._ordered(
             ps.name, "bucket", lambda b: task.remote(planned, spec, name, written[b], grouped), order

@@ -58,6 +58,7 @@ from dataforge.engine.streaming import (
 from dataforge.engine.table import Mapper, Streamed, Table
 from dataforge.errors import DataforgeError, RecipeError, StepError
 from dataforge.lineage import LineageWriter, StepRow
+from dataforge.llm.cache import merge_logs
 from dataforge.llm.client import ModelPool
 from dataforge.recipe import EXECUTORS
 
@@ -93,6 +94,7 @@ class BuildReport:
     cluster: str | None = None  # the Ray cluster's address (GCS) where the build ran on Ray
     nodes: dict[str, int] = field(default_factory=dict)  # tasks run by node of the cluster (none locally)
     nodes_checked: int = 0  # Ray nodes besides the driver's found to see the build and recipe folders
+    node_answers: int = 0  # model answers of the tasks' logs stored in the request cache (``llm.cache``)
     assigned: dict[str, dict[str, float]] = field(default_factory=dict)  # per step, what Ray gave a task (most)
     published: str | None = None  # the object-store URI the build was published to (``engine.remote``)
     sent: Synced | None = None  # what publishing it copied
@@ -244,6 +246,17 @@ class Runner:
         self.position = {s.name: i for i, s in enumerate(plan.steps)}
         self.memory: dict[str, pl.DataFrame] = {}
         self.remaining: dict[str, int] = {}
+        self.node_answers = 0  # answers of the tasks' logs merged (``_merge_answer_logs``)
+
+    @property
+    def cache_path(self) -> Path:
+        """The build's request cache (``llm.cache``)."""
+        return self.out / "cache" / "llm.sqlite"
+
+    def _merge_answer_logs(self) -> None:
+        """The answers the tasks of a build on a cluster of several nodes logged (this build's, or
+        a killed one's) stored in the request cache (``llm.cache.merge_logs``)."""
+        self.node_answers += merge_logs(self.cache_path)
 
     def run(self, force: Iterable[str] = (), wait: bool = False) -> BuildReport:
         force = set(force)
@@ -275,7 +288,8 @@ class Runner:
         self.recorded = self.lineage.recorded_artifacts()  # what reuse is checked against
         self.background = _Background()
         self.reused: list[tuple[StepRow, list[tuple[str, str, int, str]]]] = []
-        self.llm = ModelPool(self.out / "cache" / "llm.sqlite")
+        self._merge_answer_logs()  # those a killed build on a cluster left (``llm.cache``)
+        self.llm = ModelPool(self.cache_path)
         reports: list[StepReport] = []
         current: PlannedStep | None = None
         try:
@@ -331,7 +345,13 @@ class Runner:
             "report": time.perf_counter() - report_started,
         }
         return BuildReport(
-            run_id=self.run_id, out=self.out, steps=reports, datasets=exported, timings=timings, staged=self._staged()
+            run_id=self.run_id,
+            out=self.out,
+            steps=reports,
+            datasets=exported,
+            timings=timings,
+            staged=self._staged(),
+            node_answers=self.node_answers,
         )
 
     def _staged(self) -> dict[str, int]:

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from dataforge.llm.base import Backend, Generation, Request
-from dataforge.llm.cache import RequestCache, request_key
+from dataforge.llm.cache import LoggedCache, RequestCache, request_key
 from dataforge.llm.spec import ModelSpec
 
 Track = Callable[[Iterable[Any], int, str], Iterator[Any]]
@@ -83,7 +83,7 @@ class LLMClient:
     """Generation through the cache: cached requests are answered from it, the others are sent
     in chunks, and each answer is committed to the cache as it comes back (a failure never is)."""
 
-    def __init__(self, spec: ModelSpec, cache: RequestCache | None, collect: bool = False):
+    def __init__(self, spec: ModelSpec, cache: RequestCache | LoggedCache | None, collect: bool = False):
         self.spec, self.cache, self.collect = spec, cache, collect
         self.failed: dict[str, str] = {}  # requests that failed elsewhere, by key: answered so, not sent
         self.elsewhere: Elsewhere | None = None  # what answers unstored requests before the backend
@@ -174,23 +174,36 @@ class LLMClient:
 
 
 class ModelPool:
-    """The clients of one build, by model spec; one cache file for all of them."""
+    """The clients of one build, by model spec; one cache file for all of them. ``node``: the
+    pool is a worker process's of a build on a Ray cluster of several nodes (its node's id), and
+    its cache a ``LoggedCache`` (see ``llm.cache``)."""
 
-    def __init__(self, cache_path: Path | None, collect: bool = False):
-        self.cache_path, self.collect = cache_path, collect
+    def __init__(self, cache_path: Path | None, collect: bool = False, node: str = ""):
+        self.cache_path, self.collect, self.node = cache_path, collect, node
         self.failed: dict[str, str] = {}  # given to every client (see the module doc); set per step
         self.elsewhere: Elsewhere | None = None  # given to every client (see the module doc); set per step
-        self.cache: RequestCache | None = None  # opened by the first client: builds without models make no file
+        self.cache: RequestCache | LoggedCache | None = None  # opened at the first client: no model, no file
+        self.epoch = 0  # the driver's merge of the logs this pool's cache reads after (``at_epoch``)
         self._clients: dict[str, LLMClient] = {}
 
     def client(self, spec: ModelSpec) -> LLMClient:
         key = json.dumps(spec.model_dump(mode="json"), sort_keys=True)
+        if self.cache is None and self.cache_path is not None:
+            self.cache = LoggedCache(self.cache_path, self.node) if self.node else RequestCache(self.cache_path)
         if key not in self._clients:
-            if self.cache is None and self.cache_path is not None:
-                self.cache = RequestCache(self.cache_path)
             self._clients[key] = LLMClient(spec, self.cache, self.collect)
-        self._clients[key].failed, self._clients[key].elsewhere = self.failed, self.elsewhere
-        return self._clients[key]
+        chosen = self._clients[key]
+        chosen.failed, chosen.elsewhere, chosen.cache = self.failed, self.elsewhere, self.cache
+        return chosen
+
+    def at_epoch(self, epoch: int) -> None:
+        """A ``LoggedCache`` read after the driver's merge number ``epoch``: one read after an
+        earlier merge is closed (the file it reads was written since) and the next client opens
+        another, with a log of its own. The models stay loaded."""
+        if self.node and epoch != self.epoch and self.cache is not None:
+            self.cache.close()
+            self.cache = None
+        self.epoch = epoch
 
     def failure_counts(self) -> tuple[int, Counter[str]]:
         """(requests asked, failures by reason) over every client of the build so far; the

@@ -4,6 +4,7 @@ equivalence with the local executor is in tests/recipes."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -224,12 +225,36 @@ cluster = Cluster(initialize_head=True, connect=False, head_node_args={"num_cpus
 cluster.add_node(num_cpus=1)
 cluster.wait_for_nodes()
 try:
-    build = [sys.executable, "-m", "dataforge.cli", "build", *sys.argv[1:]]
-    done = subprocess.run(build, env={**os.environ, "RAY_ADDRESS": cluster.address}, capture_output=True, text=True)
-    print(done.stdout, done.stderr, f"exit {done.returncode}")
+    for args in sys.argv[1:]:  # a build's arguments, each
+        build = [sys.executable, "-m", "dataforge.cli", "build", *args.split("\t")]
+        done = subprocess.run(build, env={**os.environ, "RAY_ADDRESS": cluster.address}, capture_output=True, text=True)
+        print(done.stdout, done.stderr, f"exit {done.returncode}")
 finally:
     cluster.shutdown()
 """
+
+
+def _on_two_nodes(tmp_path: Path, *builds: list[str]) -> list[str]:
+    """``dataforge build`` with each of ``builds``' arguments, one after the other, on a real Ray
+    cluster of two nodes on this machine (``TWO_NODES``: a head and a worker raylet of 1 CPU
+    each, in a process of its own, apart from the tests' local instance); what each printed."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "two_nodes.py"
+    script.write_text(TWO_NODES)
+    args = ["\t".join(b) for b in builds]
+    done = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=600)
+    printed = done.stdout.split(" exit ")
+    assert done.stdout.count(" exit 0") == len(builds), done.stdout + done.stderr
+    return printed[: len(builds)]
+
+
+def _tasks_on_both_nodes(printed: str) -> None:
+    by_node = re.search(r"tasks run by node: (.*)", printed)
+    assert by_node is not None, printed
+    counts = re.findall(r"\) ([\d,]+)", by_node.group(1))
+    assert len(counts) == 2 and all(int(n.replace(",", "")) > 0 for n in counts), by_node.group(1)
 
 
 def test_a_cluster_of_two_nodes_runs_tasks_on_both_and_gives_the_local_datasets(ws, tmp_path):
@@ -238,9 +263,6 @@ def test_a_cluster_of_two_nodes_runs_tasks_on_both_and_gives_the_local_datasets(
     reached by ``dataforge build`` through ``RAY_ADDRESS``: the node that is not the driver's is
     asked whether it sees the build and recipe folders (it does: one machine), tasks run on
     both nodes, and the datasets are the local executor's."""
-    import subprocess
-    import sys
-
     from tests.conftest import GSM8K
 
     rows = pl.read_ndjson(GSM8K / "train.jsonl").head(1200).with_columns(pl.col("question").alias("group"))
@@ -249,17 +271,54 @@ def test_a_cluster_of_two_nodes_runs_tasks_on_both_and_gives_the_local_datasets(
     recipe = ws.recipe(BOUNDED_RECIPE)
     build(recipe, tmp_path / "local", show_progress=False)
     args = [str(recipe), "--out", str(tmp_path / "ray"), "--executor", "ray", "--batch-rows", "200", "--quiet"]
-    script = tmp_path / "two_nodes.py"
-    script.write_text(TWO_NODES)
-    done = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=600)
-    printed = done.stdout
-    assert "exit 0" in printed, printed + done.stderr
+    (printed,) = _on_two_nodes(tmp_path, args)
     assert "1 node(s) besides the driver's checked before the build: each sees the build folder" in printed
-    by_node = re.search(r"tasks run by node: (.*)", printed)
-    assert by_node is not None, printed
-    counts = re.findall(r"\) ([\d,]+)", by_node.group(1))
-    assert len(counts) == 2 and all(int(n.replace(",", "")) > 0 for n in counts), by_node.group(1)
+    _tasks_on_both_nodes(printed)
+    assert "answer(s) the cluster's tasks logged" not in printed  # no model: no log
     assert _tree_hashes(tmp_path / "ray" / "datasets") == _tree_hashes(tmp_path / "local" / "datasets")
+
+
+def test_on_two_nodes_workers_log_their_model_answers_and_the_driver_alone_stores_them(ws, tmp_path, scripted_model):
+    """A generate step on a real Ray cluster of two nodes, whose build folder would be a shared
+    mount on two machines, where SQLite must not be written by two hosts: the workers of both
+    nodes log their answers (``llm.cache.LoggedCache``) and the driver stores them in the request
+    cache, which then holds every answer, with no log left. A second build of the step (forced)
+    finds every answer there and sends nothing; the datasets are the local executor's."""
+    import sqlite3
+
+    from tests.engine.test_trust import PROMPTS, SLOW_RECIPE
+
+    asked: list[str] = []
+
+    def answer(messages):
+        asked.append(messages[-1]["content"])
+        return f"the answer to {messages[-1]['content']}"
+
+    spec = scripted_model(answer)
+    ws.jsonl("prompts.jsonl", [{"text": f"prompt {i}"} for i in range(PROMPTS)])
+    recipe = ws.recipe(SLOW_RECIPE.replace("URL", spec["base_url"]), "answers.yaml")
+    build(recipe, tmp_path / "local", show_progress=False)
+    asked.clear()
+    out = tmp_path / "ray"
+    args = [str(recipe), "--executor", "ray", "--batch-rows", "3", "--quiet"]
+    first, forced = _on_two_nodes(tmp_path, [*args, "--out", str(out)], [*args, "--out", str(out), "--force", "solve"])
+    _tasks_on_both_nodes(first)
+    assert f"{PROMPTS} model answer(s) the cluster's tasks logged stored in the request cache by the driver" in first
+    assert sorted(asked) == sorted(f"prompt {i}" for i in range(PROMPTS))  # each once
+    with sqlite3.connect(out / "cache" / "llm.sqlite") as db:
+        assert db.execute("SELECT count(*) FROM responses").fetchone()[0] == PROMPTS
+    assert not list((out / "cache" / "answers").iterdir())
+    assert "1 step(s) executed" in forced and "answer(s) the cluster's tasks logged" not in forced
+    assert len(asked) == PROMPTS  # the forced build found every answer stored
+    assert _tree_hashes(out / "datasets") == _tree_hashes(tmp_path / "local" / "datasets")
+
+    # through ray.data.llm: the driver stores the answers between the rounds of collecting tasks,
+    # whose second round, on both nodes, reads them anew and finds none missing
+    asked.clear()
+    (through,) = _on_two_nodes(tmp_path, [*args, "--out", str(tmp_path / "llm"), "--ray-llm", "all"])
+    assert f"ray.data.llm, step solve: {PROMPTS} requests in 1 round(s), {PROMPTS} answers stored" in through
+    assert len(asked) == PROMPTS
+    assert _tree_hashes(tmp_path / "llm" / "datasets") == _tree_hashes(tmp_path / "local" / "datasets")
 
 
 def test_a_recipe_naming_no_executor_is_refused_with_its_line(qa):
@@ -348,6 +407,44 @@ def test_a_killed_driver_resumes_on_ray_from_what_was_finished(qa, scripted_mode
     assert len(asked) == PROMPTS - stored  # only the requests with no stored answer
     solve = next(s for s in report.steps if s.name == "solve")
     assert solve.outputs == {"data": PROMPTS, "failed": 0}
+
+
+def test_the_answers_a_killed_cluster_build_logged_are_stored_by_the_next_build_which_sends_none_again(
+    qa, scripted_model
+):
+    """A cluster build killed midway leaves its workers' answers in their logs (``LoggedCache``),
+    not yet in the request cache file. The next build, on any executor, stores them there before
+    its steps run, and sends none of those requests again."""
+    import sqlite3
+
+    from dataforge.llm.cache import LoggedCache
+    from tests.engine.test_trust import PROMPTS, SLOW_RECIPE
+
+    ws, _ = qa
+    asked: list[str] = []
+
+    def answer(messages):
+        asked.append(messages[-1]["content"])
+        return "an answer"
+
+    spec = scripted_model(answer)
+    ws.jsonl("prompts.jsonl", [{"text": f"prompt {i}"} for i in range(PROMPTS)])
+    recipe = ws.recipe(SLOW_RECIPE.replace("URL", spec["base_url"]), "answers.yaml")
+    build(recipe, ws.out, show_progress=False)
+    cache = ws.out / "cache" / "llm.sqlite"
+    with sqlite3.connect(cache) as db:
+        stored = db.execute("SELECT key, model, response FROM responses ORDER BY key").fetchall()
+    for suffix in ("", "-wal", "-shm"):  # the answers in two workers' logs alone, as a killed build leaves them
+        Path(f"{cache}{suffix}").unlink(missing_ok=True)
+    for node, half in (("node-a", stored[::2]), ("node-b", stored[1::2])):
+        log = LoggedCache(cache, node)
+        log.put_many(half[0][1], [(key, json.loads(response)) for key, _, response in half])
+        log.close()
+    asked.clear()
+    report = build(recipe, ws.out, show_progress=False, force=["solve"])
+    assert report.node_answers == PROMPTS and asked == []
+    assert "solve" in report.executed
+    assert not list((cache.parent / "answers").iterdir())
 
 
 def _recorded_maps(monkeypatch) -> list[tuple[str, str, int]]:
