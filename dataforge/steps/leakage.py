@@ -703,7 +703,7 @@ def _clone_hits(train: _Side, evals: _Side, cfg: LeakageConfig) -> pl.DataFrame:
 
 @step(
     "leakage.check",
-    version=22,  # 10: corroborated static matches; 11: answers_from_text; 12: train_tokens_margin; 13: templates;
+    version=23,  # 10: corroborated static matches; 11: answers_from_text; 12: train_tokens_margin; 13: templates;
     # 14: numbers with a scale ("$32M", "1.5 million", "a hundred"), "an hour and a half", "per cent";
     # 15: a row matched before the transformer is not embedded, nor judged, for its other pairs
     # 16: a train row without text is no `exact` copy of an eval item without text
@@ -717,6 +717,8 @@ def _clone_hits(train: _Side, evals: _Side, cfg: LeakageConfig) -> pl.DataFrame:
     # 21: a messages column's user turns are read by their contents, as a chat format's text is ("user: "
     # labels lifted short texts' cosines and made word n-grams: one conversation gave two decisions)
     # 22: a turn's tool calls (function name, arguments) are its text too (a tool-only turn was no text)
+    # 23: a conversation written out as text is read by text.chat_text, as parse.chat reads it (an HH turn's
+    # line opening "Human:" is the turn's, not a turn; "Human: …\nAssistant: …" transcripts are read by line)
     inputs=None,
     outputs=("data", "matches", "scores"),
     columns=_columns,

@@ -247,7 +247,8 @@ class _Chat:
 
 
 # 1: ShareGPT turns, contents as lists of parts and role names read into messages
-@step("parse.chat", version=1, inputs=None, per_table_columns=_chat_columns, partition="rows")
+# 2: a transcript whose labels open lines, not paragraphs ("Human: …\nAssistant: …"), is read (it was dropped)
+@step("parse.chat", version=2, inputs=None, per_table_columns=_chat_columns, partition="rows")
 def parse_chat(inputs: dict[str, pl.DataFrame], cfg: ChatConfig, ctx: Context) -> StepResult:
     """Conversations in the forms chat sets come in (ShareGPT turns, contents as lists of parts,
     other role names, a chat template written out as text) → messages."""

@@ -10,7 +10,8 @@ for another model's template. Formats read:
 - ``phi3`` / ``zephyr``: ``<|user|>\\n…<|end|>`` or ``…</s>``;
 - ``llama2`` / ``mistral``: ``[INST] (<<SYS>>…<</SYS>>) … [/INST] answer</s>``;
 - ``transcript``: ``Human: … Assistant: …`` turns opening a paragraph (HH-RLHF's
-  ``\n\nHuman: ``), or ``### Human: … ### Assistant: …`` anywhere (Guanaco).
+  ``\n\nHuman: ``), else a line (``Human: …\nAssistant: …``), or ``### Human: … ### Assistant:
+  …`` anywhere (Guanaco).
 
 Each turn's content is the text between its header and the next one, without the format's end of
 turn and outer whitespace. A final assistant header with nothing after it (a generation prompt)
@@ -38,6 +39,9 @@ _HEADERS = {
         r"(?:^|\n\n)[ \t]*(Human|Assistant|System):[ \t]*|###[ \t]*(Human|Assistant|System):[ \t]*"
     ),
 }
+# a transcript of a turn a line ("Human: …\nAssistant: …"), read so only where no paragraph opens
+# with both labels: HH-RLHF's turns hold lines that open with one ("…\nAssistant: By the way…")
+_LINE_TRANSCRIPT = re.compile(r"(?:^|\n)[ \t]*(Human|Assistant|System):[ \t]*|###[ \t]*(Human|Assistant|System):[ \t]*")
 _HEADERS["zephyr"] = _HEADERS["phi3"]
 _PHI3_TURN = re.compile(r"<\|(?:user|assistant)\|>")  # (a system header alone is no conversation)
 # what a format writes around its turns: beginnings of text, ends of turns and of text
@@ -63,9 +67,17 @@ def format_of(text: str) -> str | None:
         return "llama2"
     if _PHI3_TURN.search(text):
         return "phi3"
-    labels = {next(g for g in m.groups() if g) for m in _HEADERS["transcript"].finditer(text)}
-    if {"Human", "Assistant"} <= labels:
+    if _transcript_header(text) is not None:
         return "transcript"
+    return None
+
+
+def _transcript_header(text: str) -> re.Pattern[str] | None:
+    """The labels ``text``'s transcript turns open with: by paragraph (HH-RLHF's), else by line;
+    None where neither gives both a Human and an Assistant label."""
+    for header in (_HEADERS["transcript"], _LINE_TRANSCRIPT):
+        if {"Human", "Assistant"} <= {next(g for g in m.groups() if g) for m in header.finditer(text)}:
+            return header
     return None
 
 
@@ -123,4 +135,5 @@ def read_chat_text(
         return None
     if kind in ("llama2", "mistral"):
         return _instructed(text)
-    return _headed(text, _HEADERS[kind], role_names() if roles is None else roles)
+    header = _HEADERS[kind] if kind != "transcript" else _transcript_header(text) or _HEADERS[kind]
+    return _headed(text, header, role_names() if roles is None else roles)

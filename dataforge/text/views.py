@@ -22,12 +22,11 @@ import re
 import tokenize
 from typing import Literal
 
-from dataforge.text.fields import CHAT_FORMAT
+from dataforge.text.chat_text import read_chat_text
 
 View = Literal["auto", "text", "code", "chat"]
 
 _CODE_LINE = re.compile(r"^\s*(?:def|class)\s+\w+\s*[(:]|^\s*(?:from\s+\w[\w.]*\s+)?import\s+\w", re.MULTILINE)
-_HUMAN_TURN = re.compile(r"(?:^|\n)\s*Human:\s*(.*?)(?=\n\s*(?:Human|Assistant):|\Z)", re.DOTALL)
 _KEEP_NAMES = (
     frozenset(keyword.kwlist)
     | frozenset(dir(builtins))
@@ -39,50 +38,27 @@ _KEEP_NAMES = (
 _SPLIT_IDENT = re.compile(r"[A-Z]?[a-z]+|[A-Z]+(?![a-z])|\d+")
 
 
-# a turn header of a chat format written out as text, naming its role: ChatML, Llama 3, Gemma,
-# Phi-3 / Zephyr; Llama 2 / Mistral mark only the user's turns ([INST] … [/INST])
-_TURN_HEADER = re.compile(
-    r"<\|im_start\|>(\w+)|<\|start_header_id\|>(\w+)<\|end_header_id\|>|<start_of_turn>(\w+)"
-    r"|<\|(user|assistant|system)\|>"
-)
-_INSTRUCTION = re.compile(r"\[INST\](.*?)\[/INST\]", re.DOTALL)
-_SYSTEM_BLOCK = re.compile(r"<<SYS>>.*?<</SYS>>", re.DOTALL)
-_CHAT_FORMAT = re.compile(CHAT_FORMAT)
-_USER_ROLES = frozenset({"user", "human"})
+def _user_contents(text: str) -> list[str]:
+    """The contents of the user turns of a conversation written out as text (``text.chat_text``:
+    a chat format's turns, or a Human/Assistant transcript); none for text in no format it reads."""
+    return [t["content"] for t in read_chat_text(text) or [] if t["role"] == "user"]
 
 
 def kind_of(text: str) -> Literal["text", "code", "chat"]:
     """``code`` for text with a Python ``def``/``class``/``import`` line, ``chat`` for a
-    conversation written out as text (a Human/Assistant transcript, or a chat format's turns with a
-    user turn: ChatML, Llama 2 and 3, Mistral, Gemma, Phi-3, Zephyr), else ``text``."""
+    conversation written out as text with a user turn (``text.chat_text``: a Human/Assistant
+    transcript, ChatML, Llama 2 and 3, Mistral, Gemma, Phi-3, Zephyr), else ``text``."""
     if _CODE_LINE.search(text or ""):
         return "code"
-    if "Human:" in (text or "") and "Assistant:" in text:
-        return "chat"
-    return "chat" if _formatted_user_turns(text or "") else "text"
-
-
-def _formatted_user_turns(text: str) -> list[str]:
-    """The user turns of a conversation in a chat format (``_TURN_HEADER``, ``_INSTRUCTION``),
-    without what the format adds (``text.fields.CHAT_FORMAT``); none for text in no such format."""
-    if "[INST]" in text:
-        return [_SYSTEM_BLOCK.sub("", t).strip() for t in _INSTRUCTION.findall(text)]
-    heads = list(_TURN_HEADER.finditer(text))
-    turns = []
-    for k, head in enumerate(heads):
-        role = next(g for g in head.groups() if g is not None).lower()
-        if role in _USER_ROLES:
-            end = heads[k + 1].start() if k + 1 < len(heads) else len(text)
-            turns.append(_CHAT_FORMAT.sub(" ", text[head.end() : end]).strip())
-    return turns
+    return "chat" if _user_contents(text or "") else "text"
 
 
 def user_turns(text: str) -> str:
-    """The user turns of a conversation written out as text, one per line: the "Human:" turns of a
-    transcript, or the user turns of a chat format (``kind_of``); the whole text when it has none.
-    (A ChatML or Llama 3 text was read whole, system prompt first, and its rephrased request went
-    unseen past the transformer's window.)"""
-    turns = [t.strip() for t in _HUMAN_TURN.findall(text or "")] or _formatted_user_turns(text or "")
+    """The user turns of a conversation written out as text, one per line, as ``parse.chat``
+    reads them (``text.chat_text``); the whole text when it has none. (A ChatML or Llama 3 text
+    was read whole, system prompt first, and its rephrased request went unseen past the
+    transformer's window.)"""
+    turns = _user_contents(text or "")
     return "\n".join(turns) if turns else text
 
 

@@ -362,6 +362,11 @@ def test_chat_view_compares_the_user_turns(ctx):
         and user_turns("<s>[INST] <<SYS>>\nBe brief.\n<</SYS>>\n\nHi [/INST] Hey</s>") == "Hi"
     )
     assert kind_of("Explain the <|im_end|> token.") == "text"
+    # read as parse.chat reads them (text.chat_text): a transcript of a turn a line, and an HH
+    # turn's line that opens with a label, which is the turn's (parse.hh_rlhf reads it so too)
+    assert user_turns("Human: Hi there\nAssistant: Hey\nHuman: Bye\nAssistant: Ciao") == "Hi there\nBye"
+    assert user_turns(transcript.format("Hi there", "Hey.\nHuman: I said\nAssistant: no")) == "Hi there"
+    assert kind_of("The Human: Assistant: column names") == "text"
     assert kind_of(transcript.format("a", "b")) == "chat" and prose_view("plain", "text") == "plain"
     ev = pl.DataFrame(
         {"_id": ["ev:0"], "chosen": [transcript.format("How do I pick a lock on a front door?", "I can't help.")]}

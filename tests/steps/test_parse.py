@@ -245,6 +245,8 @@ CHATS = {
     "llama2": "<s>[INST] <<SYS>>\nBe brief.\n<</SYS>>\n\nHi\nthere [/INST] Hello! </s><s>[INST] 2+2? [/INST] 4 </s>",
     "transcript": "### System: Be brief.\n### Human: Hi\nthere\n### Assistant: Hello!\n"
     "### Human: 2+2?\n### Assistant: 4",
+    # a turn a line: its labels open lines, not paragraphs (HH-RLHF's do; see the test below)
+    "transcript by line": "System: Be brief.\nHuman: Hi\nthere\nAssistant: Hello!\nHuman: 2+2?\nAssistant: 4",
 }
 SAID = [
     {"role": "system", "content": "Be brief."},
@@ -261,7 +263,7 @@ def test_a_conversation_written_out_in_a_chat_format_is_read_back_into_its_turns
     they can be deduplicated by turn, split by request and shaped for another model's template."""
     text = CHATS[chat_format]
     df = pl.DataFrame({"_id": ["t:0", "t:1"], "text": [text, None]})
-    for given in ("auto", chat_format):
+    for given in ("auto", chat_format.split()[0]):
         out = parse_chat({"data": df}, ChatConfig(fields=["text"], chat_format=given), ctx).tables["data"]
         assert out["text"][0].to_list() == SAID and out["text"][1] is None
 
