@@ -154,7 +154,8 @@ def test_inspect_says_when_it_recognizes_no_form(tmp_path, capsys):
 
 def test_inspect_reads_the_first_rows_only(tmp_path, capsys):
     """A large file is not read whole to look at its start: a malformed line past the rows read
-    is not reached (the whole read would fail on it), and a Parquet file is read a batch at a time."""
+    is not reached (the whole read would fail on it) in a JSONL, CSV or JSON file, and a Parquet
+    file is read a batch at a time."""
     import polars as pl
 
     lines = [json.dumps({"prompt": q, "response": a}) for q, a in zip(QUESTIONS * 10, ANSWERS * 10, strict=True)]
@@ -165,6 +166,17 @@ def test_inspect_reads_the_first_rows_only(tmp_path, capsys):
     assert "the first 50 rows" in out and "form: prompt_completion:" in out
     assert main(["inspect", str(data), "--rows", "500"]) == 1  # the rows asked for reach the bad line
     assert f"{data}:401: malformed JSON line" in capsys.readouterr().err.replace("\n", "")
+    table = pl.DataFrame({"prompt": QUESTIONS * 10, "response": ANSWERS * 10})
+    csv = tmp_path / "big.csv"
+    csv.write_bytes(table.write_csv().encode() + b'"\xff not UTF-8",x\n')
+    document = tmp_path / "big.json"
+    document.write_text("[" + ",\n".join(lines) + ",\n{not json]")
+    for data in (csv, document):
+        assert main(["inspect", str(data), "--rows", "50"]) == 0, capsys.readouterr().err
+        out = " ".join(capsys.readouterr().out.split())
+        assert "the first 50 rows" in out and "form: prompt_completion:" in out
+        assert main(["inspect", str(data), "--rows", "500"]) == 1  # the whole file, bad line and all
+        capsys.readouterr()
     pl.DataFrame({"prompt": QUESTIONS * 10}).write_parquet(tmp_path / "p.parquet")
     assert main(["inspect", str(tmp_path / "p.parquet"), "--rows", "30"]) == 0
     assert "the first 30 rows" in " ".join(capsys.readouterr().out.split())

@@ -397,9 +397,10 @@ def _source_batches(cfg: SourceConfig, ctx: Context, batch_rows: int) -> Iterato
 
 def first_rows(cfg: SourceConfig, ctx: Context, rows: int) -> pl.DataFrame:
     """The source's first ``rows`` rows as the step reads them, without reading a large file whole:
-    a JSONL file's first lines are read as a file of their own (an error names the file and line
-    as in the whole read), a hub dataset's streamed (``datasets.load_dataset(streaming=True)``:
-    nothing is downloaded whole), others a batch at a time where the source streams."""
+    a JSONL, CSV or JSON file's first records are read as a file of their own (``_write_head``; an
+    error names the file and line as in the whole read; their column types are inferred over
+    those records), a hub dataset's streamed (``datasets.load_dataset(streaming=True)``: nothing
+    is downloaded whole), others a batch at a time where the source streams."""
     if cfg.hub is not None:
         from datasets import IterableDatasetDict, load_dataset
 
@@ -412,13 +413,13 @@ def first_rows(cfg: SourceConfig, ctx: Context, rows: int) -> pl.DataFrame:
         df = _frame(list(islice(ds, rows)), where).with_row_index("_ordinal")
         return _shaped(df, cfg, ctx, cfg.name or ctx.step, where)
     path = _existing(cfg, ctx) if cfg.path is not None else None
-    if path is not None and _format_of(cfg, path) == "jsonl":
-        head = _scratch_file(ctx, "first-rows", "jsonl")
+    fmt = _format_of(cfg, path) if path is not None else None
+    if path is not None and fmt in ("jsonl", "json", "csv") and (fmt == "jsonl" or _is_utf8(cfg.encoding)):
+        head = _scratch_file(ctx, "first-rows", "csv" if fmt == "csv" else "jsonl")
         try:
-            with gzip.open(path, "rb") if path.name.endswith(".gz") else path.open("rb") as f, head.open("wb") as out:
-                for line in islice((line for line in f if line.strip()), rows):
-                    out.write(line if line.endswith(b"\n") else line + b"\n")
-            return source({}, cfg.model_copy(update={"path": str(head), "format": "jsonl"}), ctx).tables["data"]
+            if _write_head(path, fmt, head, rows):
+                read = {"path": str(head), "format": "csv" if fmt == "csv" else "jsonl"}
+                return source({}, cfg.model_copy(update=read), ctx).tables["data"]
         except DataError as exc:
             raise DataError(str(exc).replace(str(head), str(path))) from None
         finally:
@@ -433,6 +434,29 @@ def first_rows(cfg: SourceConfig, ctx: Context, rows: int) -> pl.DataFrame:
         close = getattr(batches, "close", None)
         if close is not None:
             close()
+
+
+def _write_head(path: Path, fmt: str, head: Path, rows: int) -> bool:
+    """The first ``rows`` records of file ``path`` written to ``head`` as a file of their own: a
+    JSONL file's first lines, a CSV file's header and first records (``_csv_chunks``), a JSON
+    document's first records one a line (``_json_document_records``: read up to them). False
+    where the file is no JSON document of records or no UTF-8 (a whole read says what is wrong)."""
+    if fmt == "csv" and not path.name.endswith(".gz"):
+        head.write_bytes(next(_csv_chunks(path, rows), b""))
+        return True
+    if fmt == "json":
+        try:
+            records = list(islice(_json_document_records(path), rows))
+        except (OSError, EOFError, ValueError):  # not of that shape, not JSON, not UTF-8
+            return False
+        head.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+        return True
+    if fmt == "jsonl":
+        with gzip.open(path, "rb") if path.name.endswith(".gz") else path.open("rb") as f, head.open("wb") as out:
+            for line in islice((line for line in f if line.strip()), rows):
+                out.write(line if line.endswith(b"\n") else line + b"\n")
+        return True
+    return False
 
 
 @contextmanager
