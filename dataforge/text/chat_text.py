@@ -67,7 +67,7 @@ def format_of(text: str) -> str | None:
         return "llama2"
     if _PHI3_TURN.search(text):
         return "phi3"
-    if _transcript_header(text) is not None:
+    if "Human" in text and "Assistant" in text and _transcript_header(text) is not None:  # (both labels needed)
         return "transcript"
     return None
 
@@ -82,20 +82,21 @@ def _transcript_header(text: str) -> re.Pattern[str] | None:
 
 
 def _content(text: str) -> str:
-    return _AROUND.sub("", text).strip()
+    return (_AROUND.sub("", text) if "<" in text else text).strip()  # (every marker opens with "<")
 
 
 def _headed(text: str, header: re.Pattern[str], roles: Mapping[str, str]) -> list[dict[str, str]] | None:
-    heads = list(header.finditer(text))
-    if not heads or _content(text[: heads[0].start()]):
+    pieces = header.split(text)  # the text before the first header, then each header's names and turn
+    if len(pieces) == 1 or _content(pieces[0]):
         return None  # no turn, or text before the first one
+    width = header.groups + 1
     turns = []
-    for k, head in enumerate(heads):
-        role = roles.get(next(g for g in head.groups() if g).lower())
+    for k in range(1, len(pieces), width):
+        name = pieces[k] if width == 2 else next(g for g in pieces[k : k + width - 1] if g)
+        role = roles.get(name.lower())
         if role is None:
             return None
-        end = heads[k + 1].start() if k + 1 < len(heads) else len(text)
-        turns.append({"role": role, "content": _content(text[head.end() : end])})
+        turns.append({"role": role, "content": _content(pieces[k + width - 1])})
     if turns[-1]["role"] == "assistant" and not turns[-1]["content"]:
         turns.pop()  # a generation prompt: the answer it asks for is not written
     return turns or None

@@ -268,6 +268,18 @@ def test_a_conversation_written_out_in_a_chat_format_is_read_back_into_its_turns
         assert out["text"][0].to_list() == SAID and out["text"][1] is None
 
 
+def test_a_text_column_with_no_rows_or_only_nulls_reads_as_messages(ctx):
+    """The column is built as Arrow arrays (``_read_texts``): no rows, and only null rows, give
+    a messages column of as many rows (an empty batch of a build reads so)."""
+    from dataforge.text.fields import MESSAGES
+
+    for texts in ([], [None, None]):
+        ids = [f"t:{i}" for i in range(len(texts))]
+        df = pl.DataFrame({"_id": ids, "text": texts}, schema_overrides={"text": pl.String})
+        out = parse_chat({"data": df}, ChatConfig(fields=["text"]), ctx).tables["data"]
+        assert out.schema["text"] == MESSAGES and out["text"].to_list() == texts
+
+
 def test_text_in_no_chat_format_is_dropped_with_its_reason_and_a_generation_prompt_is_no_turn(ctx):
     df = pl.DataFrame(
         {
