@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import gzip
 import json
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
 
 import polars as pl
 import pytest
@@ -266,6 +268,31 @@ def test_a_conversation_written_out_in_a_chat_format_is_read_back_into_its_turns
     for given in ("auto", chat_format.split()[0]):
         out = parse_chat({"data": df}, ChatConfig(fields=["text"], chat_format=given), ctx).tables["data"]
         assert out["text"][0].to_list() == SAID and out["text"][1] is None
+
+
+@pytest.mark.parametrize(
+    "dtype, value",
+    [
+        (pl.Categorical, "x"),
+        (pl.Enum(["a", "b"]), "a"),
+        (pl.Datetime("us", "UTC"), datetime(2024, 1, 1, tzinfo=timezone.utc)),
+        (pl.Decimal(10, 2), Decimal("1.25")),
+        (pl.Duration("us"), timedelta(seconds=3)),
+        (pl.Binary, b"ab"),
+        (pl.Array(pl.Int64, 2), [1, 2]),
+        (pl.List(pl.Struct({"name": pl.String, "arguments": pl.String})), [{"name": "f", "arguments": "{}"}]),
+    ],
+)
+def test_turns_read_row_by_row_keep_their_other_fields_of_any_type(dtype, value):
+    """A conversation read row by row (contents as parts) is built into its column by Arrow
+    (``_as_column``): a turn's other fields, of any type polars gives them, come out as polars
+    would build them itself."""
+    from dataforge.steps.parse import _as_column
+
+    column = pl.List(pl.Struct({"role": pl.String, "content": pl.String, "extra": dtype}))
+    rows = [[{"role": "user", "content": "hi", "extra": value}, {"role": "assistant", "content": None}], None, []]
+    built = _as_column("c", rows, column)
+    assert built.dtype == column and built.equals(pl.Series("c", rows, dtype=column))
 
 
 def test_a_text_column_with_no_rows_or_only_nulls_reads_as_messages(ctx):
