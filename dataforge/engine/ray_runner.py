@@ -501,15 +501,13 @@ class RayRunner(Runner):
         return asked + self.remote_asked, failures + self.remote_failures
 
     def _worker_step(self, ps: PlannedStep, whole: Iterable[str] = ()) -> WorkerStep:
-        """What the tasks of ``ps`` about to run need (``_settled``)."""
-        return self._settled(
-            WorkerStep(
-                fingerprint=ps.fingerprint,
-                base_dir=self.plan.loaded.base_dir,
-                scratch_dir=step_scratch(self.out, ps.name),
-                cache_path=self.cache_path,
-                whole={name: [str(f) for f in self._files(ps.inputs[name])] for name in whole},
-            )
+        """What the tasks of ``ps`` need (given them through ``_settled``)."""
+        return WorkerStep(
+            fingerprint=ps.fingerprint,
+            base_dir=self.plan.loaded.base_dir,
+            scratch_dir=step_scratch(self.out, ps.name),
+            cache_path=self.cache_path,
+            whole={name: [str(f) for f in self._files(ps.inputs[name])] for name in whole},
         )
 
     def _settled(self, spec: WorkerStep, **changes: Any) -> WorkerStep:
@@ -717,6 +715,7 @@ class RayRunner(Runner):
         spec = self._worker_step(ps, [n for n in ps.inputs if n != name])
         grouped = tuple(group_outputs(ps) or ())
         order = sorted(written)
+        failed: dict[str, str] = {}
         if self._gathers(ps):
             collect = self.tasks["collect bucket"]  # not the step's resources: a collecting pool loads no model
 
@@ -730,7 +729,8 @@ class RayRunner(Runner):
                 )
                 return progress.track(tasks, total=len(order), description="requests", unit="buckets")
 
-            spec = self._settled(spec, failed=self._gather_requests(ps, gathered, progress))
+            failed = self._gather_requests(ps, gathered, progress)
+        spec = self._settled(spec, failed=failed)
         task = self._task("bucket", ps.name)
         results = self._ordered(
             ps.name, "bucket", lambda b: task.remote(planned, spec, name, written[b], grouped), order

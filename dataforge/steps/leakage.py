@@ -103,7 +103,7 @@ from dataforge.text.numbers import (
     parse_number,
     readings_agreement,
 )
-from dataforge.text.views import choice_views, code_views, kind_of, ngram_view, user_turns
+from dataforge.text.views import choice_views, code_views, ngram_view, user_turns, viewed
 
 JUDGE_TEMPLATE = (
     "Are these two texts the same problem, one a copy or a rephrasing of the other (same question, "
@@ -661,8 +661,9 @@ class _Side:
             self.owner = [k for k, v in enumerate(views) for _ in v]
             raw = [text for v in views for text in v]
             shingled = [ngram_view(text, listed[k]) for k, text in zip(self.owner, raw, strict=True)]
-        self.kinds = [kind_of(t) if cfg.view == "auto" else cfg.view for t in raw]
-        self.base = [user_turns(t) if k == "chat" else t for t, k in zip(raw, self.kinds, strict=True)]
+        read = [viewed(t, cfg.view) for t in raw]
+        self.kinds = [k for k, _ in read]
+        self.base = [b for _, b in read]
         views = [code_views(t) if k == "code" else (t, "") for t, k in zip(self.base, self.kinds, strict=True)]
         self.prose = [v[0] for v in views]
         self.code = [v[1] for v in views]

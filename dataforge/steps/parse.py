@@ -160,21 +160,13 @@ def _content_parts(content: Any) -> tuple[str | None, str | None]:
 def _read_texts(df: pl.DataFrame, column: str, chat_format: str, roles: dict[str, str]) -> tuple[pl.Series, pl.Series]:
     """A text column of conversations written out in a chat format, as messages; and which rows
     hold text in no format ``read_chat_text`` reads (their messages null)."""
-    import pyarrow as pa
-
-    offsets, said, absent, unread = [0], [], [], []
+    values, unread = [], []
     named = role_names(roles)
     for text in df[column]:
         messages = read_chat_text(text, chat_format, named)
-        said.extend(messages or ())
-        offsets.append(len(said))
-        absent.append(messages is None)
+        values.append(messages)
         unread.append(text is not None and messages is None)
-    # built as Arrow arrays: a Series made from the rows' lists of dicts took longer than reading them
-    fields = [pa.array([t[k] for t in said], pa.large_string()) for k in ("role", "content")]
-    turns = pa.StructArray.from_arrays(fields, ["role", "content"])
-    listed = pa.LargeListArray.from_arrays(pa.array(offsets, pa.int64()), turns, mask=pa.array(absent, pa.bool_()))
-    return pl.Series(column, listed).cast(MESSAGES), pl.Series(unread, dtype=pl.Boolean)
+    return _as_column(column, values, MESSAGES), pl.Series(unread, dtype=pl.Boolean)
 
 
 def _as_column(name: str, values: list[Any], dtype: pl.DataType) -> pl.Series:

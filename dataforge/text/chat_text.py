@@ -29,19 +29,18 @@ from dataforge.text.fields import role_names
 
 ChatFormat = Literal["auto", "chatml", "llama3", "gemma", "phi3", "zephyr", "llama2", "mistral", "transcript"]
 
+_TRANSCRIPT = r"(?:^|{opens})[ \t]*(Human|Assistant|System):[ \t]*|###[ \t]*(Human|Assistant|System):[ \t]*"
 _HEADERS = {
     "chatml": re.compile(r"<\|im_start\|>(\w+)[ \t]*\n?"),
     "llama3": re.compile(r"<\|start_header_id\|>(\w+)<\|end_header_id\|>[ \t]*\n{0,2}"),
     "gemma": re.compile(r"<start_of_turn>(\w+)[ \t]*\n?"),
     "phi3": re.compile(r"<\|(user|assistant|system)\|>[ \t]*\n?"),
     # HH-RLHF's labels open a paragraph ("\n\nHuman: "); Guanaco's "### Human: " stand anywhere
-    "transcript": re.compile(
-        r"(?:^|\n\n)[ \t]*(Human|Assistant|System):[ \t]*|###[ \t]*(Human|Assistant|System):[ \t]*"
-    ),
+    "transcript": re.compile(_TRANSCRIPT.format(opens=r"\n\n")),
 }
 # a transcript of a turn a line ("Human: …\nAssistant: …"), read so only where no paragraph opens
 # with both labels: HH-RLHF's turns hold lines that open with one ("…\nAssistant: By the way…")
-_LINE_TRANSCRIPT = re.compile(r"(?:^|\n)[ \t]*(Human|Assistant|System):[ \t]*|###[ \t]*(Human|Assistant|System):[ \t]*")
+_LINE_TRANSCRIPT = re.compile(_TRANSCRIPT.format(opens=r"\n"))
 _HEADERS["zephyr"] = _HEADERS["phi3"]
 _PHI3_TURN = re.compile(r"<\|(?:user|assistant)\|>")  # (a system header alone is no conversation)
 # what a format writes around its turns: beginnings of text, ends of turns and of text
@@ -57,24 +56,31 @@ _SYSTEM_BLOCK = re.compile(r"^\s*<<SYS>>(.*?)<</SYS>>", re.DOTALL)
 
 def format_of(text: str) -> str | None:
     """The chat format ``text`` is written in (the first whose markers it holds), or None."""
+    return _format_and_header(text)[0]
+
+
+def _format_and_header(text: str) -> tuple[str | None, re.Pattern[str] | None]:
+    """``format_of``, and the pattern of its turn headers (a transcript's: by paragraph, HH-RLHF's,
+    else by line; None for Llama 2 / Mistral, read by their instructions)."""
     if "<|im_start|>" in text:
-        return "chatml"
+        return "chatml", _HEADERS["chatml"]
     if "<|start_header_id|>" in text:
-        return "llama3"
+        return "llama3", _HEADERS["llama3"]
     if "<start_of_turn>" in text:
-        return "gemma"
+        return "gemma", _HEADERS["gemma"]
     if "[INST]" in text and "[/INST]" in text:
-        return "llama2"
+        return "llama2", None
     if _PHI3_TURN.search(text):
-        return "phi3"
-    if "Human" in text and "Assistant" in text and _transcript_header(text) is not None:  # (both labels needed)
-        return "transcript"
-    return None
+        return "phi3", _HEADERS["phi3"]
+    header = _transcript_header(text)
+    return ("transcript", header) if header is not None else (None, None)
 
 
 def _transcript_header(text: str) -> re.Pattern[str] | None:
     """The labels ``text``'s transcript turns open with: by paragraph (HH-RLHF's), else by line;
     None where neither gives both a Human and an Assistant label."""
+    if "Human" not in text or "Assistant" not in text:
+        return None
     for header in (_HEADERS["transcript"], _LINE_TRANSCRIPT):
         if {"Human", "Assistant"} <= {next(g for g in m.groups() if g) for m in header.finditer(text)}:
             return header
@@ -131,10 +137,13 @@ def read_chat_text(
     ``text.fields.role_names()``), and one it does not name means the text is in no format read."""
     if text is None:
         return None
-    kind = format_of(text) if chat_format == "auto" else chat_format
+    kind, header = _format_and_header(text)
+    if chat_format not in ("auto", kind):  # a format named is the one read
+        kind = chat_format
+        header = (_transcript_header(text) if kind == "transcript" else None) or _HEADERS.get(kind)
     if kind is None:
         return None
     if kind in ("llama2", "mistral"):
         return _instructed(text)
-    header = _HEADERS[kind] if kind != "transcript" else _transcript_header(text) or _HEADERS[kind]
+    assert header is not None
     return _headed(text, header, role_names() if roles is None else roles)

@@ -48,9 +48,18 @@ def kind_of(text: str) -> Literal["text", "code", "chat"]:
     """``code`` for text with a Python ``def``/``class``/``import`` line, ``chat`` for a
     conversation written out as text with a user turn (``text.chat_text``: a Human/Assistant
     transcript, ChatML, Llama 2 and 3, Mistral, Gemma, Phi-3, Zephyr), else ``text``."""
-    if _CODE_LINE.search(text or ""):
-        return "code"
-    return "chat" if _user_contents(text or "") else "text"
+    return viewed(text)[0]
+
+
+def viewed(text: str, view: View = "auto") -> tuple[Literal["text", "code", "chat"], str]:
+    """The kind of ``text`` (``view``, or ``kind_of`` for ``auto``) and what of it is compared
+    (a conversation's user turns, ``user_turns``; else the text), the text read once."""
+    if view == "auto":
+        if _CODE_LINE.search(text or ""):
+            return "code", text
+        turns = _user_contents(text or "")
+        return ("chat", "\n".join(turns)) if turns else ("text", text)
+    return view, user_turns(text) if view == "chat" else text
 
 
 def user_turns(text: str) -> str:
