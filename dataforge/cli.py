@@ -119,6 +119,13 @@ def cmd_build(args: argparse.Namespace) -> int:
                 f"{report.nodes_checked} node(s) besides the driver's checked before the build: each sees the "
                 "build folder and the recipe's folder"
             )
+        if report.relayed:
+            moved = report.relayed
+            out_console.print(
+                f"{moved['nodes']} node(s) that do not mount the build folder: files passed through the store, "
+                f"{moved['to_nodes']:,} to them ({moved['to_nodes_bytes'] / 1e6:,.1f} MB), "
+                f"{moved['back']:,} back ({moved['back_bytes'] / 1e6:,.1f} MB)"
+            )
         placed = {s: r for s, r in report.assigned.items() if r != {"CPU": 1.0}}  # Ray's default, left out
         if placed:
             given = "; ".join(f"{s} {', '.join(f'{k} {v:g}' for k, v in sorted(r.items()))}" for s, r in placed.items())

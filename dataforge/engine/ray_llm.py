@@ -76,6 +76,7 @@ REPLICAS_ENV = "DATAFORGE_RAY_LLM_REPLICAS"
 MAX_ROUNDS = 64  # rounds of gathering a step's requests (a round without a new request ends them)
 
 Track = Callable[[Iterable[Any], int], Iterator[Any]]
+Readable = Callable[[list[str]], tuple[list[str], Any]]  # request files → the paths and filesystem to read them by
 Written = dict[str, tuple[str, int, int]]  # by processor: (file, requests, rows); see ``write_requests``
 
 
@@ -298,11 +299,22 @@ class Answering:
     """One step's requests answered through ``ray.data.llm`` into the request cache at
     ``cache_path``, over its rounds (``send``: the files tasks wrote) or, for a step run in the
     driver, call by call as it asks (``ask``, a model pool's ``elsewhere``), counted in ``done``.
-    Request files go under ``folder``, removed by ``close``."""
+    Request files go under ``folder``, removed by ``close``. ``readable``: where the processor
+    reads request files from (``engine.relay``: the store, for nodes that do not mount the build
+    folder; default: where they are)."""
 
-    def __init__(self, cache_path: Path, folder: Path, mode: str, replicas: int, track: Track | None = None):
+    def __init__(
+        self,
+        cache_path: Path,
+        folder: Path,
+        mode: str,
+        replicas: int,
+        track: Track | None = None,
+        readable: Readable | None = None,
+    ):
         self.cache = RequestCache(cache_path)
         self.folder, self.mode, self.replicas, self.track = folder, mode, replicas, track
+        self.readable = readable
         self.done = Answered()
         self.rounds = 0  # rounds (or calls) that sent something
 
@@ -313,7 +325,7 @@ class Answering:
         if not files:
             return False
         self.rounds += 1
-        answer_requests(files, self.cache, self.replicas, self.done, self.track)
+        answer_requests(files, self.cache, self.replicas, self.done, self.track, self.readable)
         return True
 
     def ask(self, spec: ModelSpec, requests: list[Request]) -> bool:
@@ -376,6 +388,11 @@ def unique_requests(parts: list[tuple[str, int, int]], spec: ModelSpec) -> list[
     return out
 
 
+def _as_they_are(paths: list[str]) -> tuple[list[str], Any]:
+    """Request files read where they are (every node mounts the build folder)."""
+    return paths, None
+
+
 def _samples(spec: ModelSpec) -> Callable[[dict[str, Any]], list[dict[str, Any]]]:
     """A request's rows for the processor of ``spec``: one per sample for vLLM (``k``), else one."""
 
@@ -392,6 +409,7 @@ def answer_requests(
     replicas: int,
     done: Answered,
     track: Track | None = None,
+    readable: Readable | None = None,
 ) -> None:
     """Send the requests written by ``write_requests`` (``files``: {group: [its values]}) through
     ``ray.data.llm``, a processor per group, and store each answer in ``cache`` as it comes back
@@ -405,7 +423,7 @@ def answer_requests(
     logging.getLogger("ray.data").setLevel(logging.WARNING)  # the step's own progress bar tells
     ray.data.DataContext.get_current().enable_progress_bars = False
     for group, parts in files.items():
-        _answer_group(group, parts, cache, replicas, track, done)
+        _answer_group(group, parts, cache, replicas, track, done, readable)
 
 
 def _answer_group(
@@ -415,6 +433,7 @@ def _answer_group(
     replicas: int,
     track: Track | None,
     done: Answered,
+    readable: Readable | None = None,
 ) -> None:
     """``answer_requests`` for the requests of one processor (``group``), counted in ``done``."""
     import ray
@@ -445,7 +464,8 @@ def _answer_group(
         samples.pop(key, None)
         return 1
 
-    requests = ray.data.read_parquet([f for f, _, _ in parts]).flat_map(_samples(spec))
+    paths, filesystem = (readable or _as_they_are)([f for f, _, _ in parts])
+    requests = ray.data.read_parquet(paths, filesystem=filesystem).flat_map(_samples(spec))
     answers = build(spec, chat, replicas)(requests).iter_rows()
     out = iter(track(answers, rows) if track else answers)
     settled = 0  # requests stored, failed or left

@@ -53,15 +53,17 @@ A killed driver leaves the finished artifacts, which the next build reuses.
 
 Every path a task reads or writes is under the build folder or the recipe's folder: on a cluster
 they must be on storage every node mounts, which is checked before any step runs
-(``_check_shared_folders``). With ``--out s3://…`` the build folder is the local staging folder
-``engine.remote`` publishes from, so on several nodes ``$DATAFORGE_STAGING`` must be such a path:
-tasks do not write to the store. Buckets and the hashes tasks give back are
+(``_check_shared_folders``), but for the build folder of a build with ``--out s3://…`` (the local
+staging folder ``engine.remote`` publishes from): a node that does not see it gets the files its
+tasks read and gives back those they write through the store (``engine.relay``; every task is
+submitted through ``_relayed``). Buckets and the hashes tasks give back are
 ``streaming.key_hashes`` (XXH3-128 of the key's text), the same on every node whatever its CPU or
 its build of polars.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import uuid
@@ -79,6 +81,7 @@ from dataforge.engine import ray_llm
 from dataforge.engine.calls import call_bucket, call_step, partition_batch, step_errors
 from dataforge.engine.plan import PlannedStep, Ref
 from dataforge.engine.progress import StepProgress
+from dataforge.engine.relay import Needed, Relay, RelaySpec, bring, named_paths, send_back, versions
 from dataforge.engine.runner import BuildReport, Runner, StepReport
 from dataforge.engine.step import Context, StepResult
 from dataforge.engine.store import SCRATCH, WrittenBatch, step_scratch, write_batch
@@ -86,6 +89,7 @@ from dataforge.engine.streaming import divided_inputs, group_outputs
 from dataforge.engine.table import Mapper, Part, Table, shard_slices
 from dataforge.errors import DataforgeError, StepError
 from dataforge.llm.base import Request
+from dataforge.llm.cache import LOGS
 from dataforge.llm.client import ModelPool, Unanswered
 from dataforge.llm.spec import ModelSpec
 
@@ -136,6 +140,7 @@ class Done:
     error: StepError | None = None
     assigned: dict[str, float] = field(default_factory=dict)  # what Ray gave the task (CPU, GPU, …)
     node: str = ""  # the node it ran on (``_node``)
+    relayed: dict[str, int] = field(default_factory=dict)  # files it wrote, sent through the store (``engine.relay``)
 
 
 # -- in the worker processes -----------------------------------------------------------------
@@ -207,6 +212,22 @@ def _node() -> str:
     import ray
 
     return f"{ray.util.get_node_ip_address()} ({_node_id()[:8]})"
+
+
+def _relayed(fn: Callable[..., Done], relay: RelaySpec | None, needed: Needed | None, *args: Any) -> Done:
+    """Every task of the executor: ``fn(*args)``, on a node that does not mount the build folder
+    with the files it reads brought down first and those it wrote sent back through the store
+    (``engine.relay``; ``relay`` None: every node mounts it)."""
+    if relay is None or needed is None or _node_id() == relay.driver_node:
+        return fn(*args)
+    bring(relay, needed)
+    before = versions(named_paths(args, relay.root))
+    done = fn(*args)
+    if done.error is None:
+        pools = (_WORKER.get("pool"), _WORKER.get("collecting pool"))
+        logs = [getattr(getattr(p, "cache", None), "log_path", None) for p in pools]
+        done.relayed = send_back(relay, args, done.value, before, [log for log in logs if log is not None])
+    return done
 
 
 def _rows_task(
@@ -353,6 +374,20 @@ def _sees(probe: str, token: str, recipe_folder: str) -> dict[str, str]:
 # -- in the driver ---------------------------------------------------------------------------
 
 
+class _Task:
+    """A task kind of the executor (``fn`` with Ray ``options``), submitted as ``_relayed`` by
+    ``RayRunner._submit``."""
+
+    def __init__(self, runner: RayRunner, fn: Callable[..., Done], options: dict[str, Any] | None = None):
+        self.runner, self.fn, self.opts = runner, fn, options or {}
+
+    def options(self, **options: Any) -> _Task:
+        return _Task(self.runner, self.fn, {**self.opts, **options})
+
+    def remote(self, *args: Any) -> Any:
+        return self.runner._submit(self.fn, self.opts, args)
+
+
 class RayRunner(Runner):
     """``Runner`` with its batch-by-batch steps (rows and key) run as Ray tasks; see the module
     doc. ``in_flight``: tasks submitted ahead of the one the driver waits for (default: twice
@@ -365,9 +400,14 @@ class RayRunner(Runner):
         in_flight: int | None = None,
         llm: str | None = None,
         llm_replicas: int | None = None,
+        store_uri: str | None = None,
         **kwargs: Any,
     ):
         super().__init__(*args, **kwargs)
+        self.store_uri = store_uri  # with --out s3://…: the store the build publishes to (``engine.relay``)
+        self.relay: Relay | None = None  # other nodes do not mount the build folder: files pass through the store
+        self.relayed_nodes = 0
+        self._named_refs: dict[str, list[str]] = {}  # an object put in Ray's store → the paths it names
         self.llm_mode = ray_llm.mode_setting(llm)
         self.llm_replicas = llm_replicas
         self.llm_sent: dict[str, dict[str, Any]] = {}  # per step: rounds, requests sent and stored, left
@@ -395,13 +435,14 @@ class RayRunner(Runner):
         try:
             if self.in_flight is None:
                 self.in_flight = max(2, 2 * int(ray.cluster_resources().get("CPU", 1)))
+            self._remote = ray.remote(max_retries=TASK_RETRIES)(_relayed)
             self.tasks = {
-                "rows": ray.remote(max_retries=TASK_RETRIES)(_rows_task),
-                "partition": ray.remote(max_retries=TASK_RETRIES)(_partition_task),
-                "bucket": ray.remote(max_retries=TASK_RETRIES)(_bucket_task),
-                "map": ray.remote(max_retries=TASK_RETRIES)(_map_task),
-                "collect": ray.remote(max_retries=TASK_RETRIES)(_collect_task),
-                "collect bucket": ray.remote(max_retries=TASK_RETRIES)(_collect_bucket_task),
+                "rows": _Task(self, _rows_task),
+                "partition": _Task(self, _partition_task),
+                "bucket": _Task(self, _bucket_task),
+                "map": _Task(self, _map_task),
+                "collect": _Task(self, _collect_task),
+                "collect bucket": _Task(self, _collect_bucket_task),
             }
             gpus = float(ray.cluster_resources().get("GPU", 0))
             self.llm_replicas = ray_llm.replicas_setting(self.llm_replicas, gpus)
@@ -415,8 +456,12 @@ class RayRunner(Runner):
             report.rounds = dict(self.rounds)
             report.llm = dict(self.llm_sent)
             report.cluster = ray.get_runtime_context().gcs_address
+            if self.relay is not None:
+                report.relayed = {"nodes": self.relayed_nodes, **dataclasses.asdict(self.relay.moved)}
             return report
         finally:
+            if self.relay is not None:
+                self.relay.clear()
             if connected:
                 ray.shutdown()
 
@@ -445,7 +490,9 @@ class RayRunner(Runner):
         """Refuse, before anything runs, a cluster with a node other than the driver's (``here``:
         its node id, default this process's) that does not see the build folder the driver
         writes (a file the driver writes in its scratch folder, read back there by a task pinned
-        to each such node) and the recipe's folder: tasks read and write both."""
+        to each such node) and the recipe's folder: tasks read and write both. A node that lacks
+        only the build folder of a build with ``--out`` a store gets and gives its tasks' files
+        through the store instead (``self.relay``, ``engine.relay``)."""
         import ray
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -471,6 +518,7 @@ class RayRunner(Runner):
             answers = {node: ray.get(ref) if ref in ready else None for node, ref in asked.items()}
         finally:
             probe.unlink(missing_ok=True)
+        relayed = 0
         for n in others:
             where = f"Ray node {n.get('NodeManagerAddress', '?')} ({n['NodeID'][:12]})"
             lacking = answers[n["NodeID"]]
@@ -478,17 +526,44 @@ class RayRunner(Runner):
                 raise DataforgeError(
                     f"{where} did not answer within {PROBE_SECONDS:g} s whether it sees the build folder {self.out}"
                 )
-            if lacking:
+            if set(lacking) == {"the build folder"} and self.store_uri:
+                relayed += 1  # its tasks get the files they read, and send back those they write, through the store
+            elif lacking:
                 what, why = next(iter(lacking.items()))
                 hint = {
-                    "the build folder": "for --out s3://…, set $DATAFORGE_STAGING to such a path",
+                    "the build folder": "or give --out s3://… (or gs://…): files then pass through the store",
                     "the recipe's folder": "keep the recipe and the files it names there",
                 }[what]
                 raise DataforgeError(
                     f"{what} is not the same on {where} as on the driver ({why}): every node's tasks read "
                     f"it, so on a cluster of several machines it must be on a path every node mounts ({hint})"
                 )
-        self.nodes_checked = len(others)
+        self.nodes_checked = len(others) - relayed
+        if relayed:
+            assert self.store_uri is not None
+            logs = os.path.relpath(self.cache_path.parent / LOGS, self.out)  # a killed build's, kept
+            self.relay, self.relayed_nodes = Relay(self.store_uri, self.out, here, logs), relayed
+
+    def _submit(self, fn: Callable[..., Done], options: dict[str, Any], args: tuple[Any, ...]) -> Any:
+        """Submit a task (``_Task.remote``): ``fn(*args)`` through ``_relayed``, with what it needs
+        of the build folder on a node that does not mount it (``Relay.needed``)."""
+        import ray
+
+        task = self._remote.options(**options) if options else self._remote
+        if self.relay is None:
+            return task.remote(fn, None, None, *args)
+        named = [self._named_in(a) if isinstance(a, ray.ObjectRef) else a for a in args]
+        return task.remote(fn, self.relay.spec, self.relay.needed(named), *args)
+
+    def _named_in(self, ref: Any) -> list[str]:
+        """The build folder's paths an object put in Ray's store names (read once per object)."""
+        import ray
+
+        key = ref.hex()
+        if key not in self._named_refs:
+            assert self.relay is not None
+            self._named_refs[key] = sorted(named_paths(ray.get(ref), self.relay.spec.root))
+        return self._named_refs[key]
 
     def _task(self, kind: str, step: str) -> Any:
         """The remote function of ``kind`` with the options of ``step``'s ``resources:``."""
@@ -520,6 +595,11 @@ class RayRunner(Runner):
             self.cache_epoch += 1
             changes.update(driver_node=self.driver_node, cache_epoch=self.cache_epoch)
         return replace(spec, **changes)
+
+    def _merge_answer_logs(self) -> None:
+        super()._merge_answer_logs()
+        if self.relay is not None:  # stored: not to be brought down again by a killed build's next
+            self.relay.forget_logs()
 
     def _execute(self, ps: PlannedStep, progress: StepProgress) -> StepReport:
         try:
@@ -572,6 +652,8 @@ class RayRunner(Runner):
                     raise StepError(name, f"a Ray task failed: {type(exc).__name__}: {exc}") from exc
                 if done.error is not None:
                     raise done.error
+                if done.relayed and self.relay is not None:
+                    self.relay.fetch(done.relayed)
                 self.tasks_run[kind] += 1
                 self.tasks_on[done.node] += 1
                 most = self.assigned.setdefault(name, {})
@@ -657,7 +739,8 @@ class RayRunner(Runner):
             return progress.track(rows, total=total, description="ray.data.llm", unit="requests")
 
         folder = step_scratch(self.out, ps.name) / "ray.data.llm"
-        return ray_llm.Answering(self.cache_path, folder, self.llm_mode, self.llm_replicas or 1, track)
+        readable = self.relay.readable if self.relay is not None else None
+        return ray_llm.Answering(self.cache_path, folder, self.llm_mode, self.llm_replicas or 1, track, readable)
 
     def _gather_requests(
         self,

@@ -15,9 +15,9 @@ checked against the lineage before reuse). ``dataforge plan`` reads only the man
 the published build holds); ``dataforge report`` brings the build down, writes the report in the
 staging folder and publishes what changed (``rewrite``).
 
-What it is not: steps and Ray tasks do not write to the store themselves, they write to the staging
-folder; on a Ray cluster of several nodes that folder must be on a path every node mounts
-(``$DATAFORGE_STAGING``).
+Steps write to the staging folder, not to the store; on a Ray cluster, nodes that do not mount
+that folder get and give the files of their tasks through the store (``engine.relay``, under
+``.dataforge-relay/``, which publishes leave out).
 
 Across machines. The build lock is the staging folder's. Publishes to one URI exclude each other
 by *claims*: a publish first writes a claim of its own under ``.dataforge-publishing/`` in the
@@ -57,6 +57,7 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn, TransferSpeedColumn
 
 from dataforge.engine.lock import LOCK_NAME, BuildLockedError, file_lock
+from dataforge.engine.relay import RELAY
 from dataforge.engine.store import MARKER, SCRATCH, STEP_SCRATCH, file_stamp, is_uri
 from dataforge.errors import DataforgeError, OutputDirError
 
@@ -188,7 +189,7 @@ class RemoteBuild:
         selector = pafs.FileSelector(self.root, recursive=True, allow_not_found=True)
         infos = self._remote("listing the prefix", self.fs.get_file_info, selector)
         files = {i.path[len(self.root) + 1 :]: i.size for i in infos if i.type == pafs.FileType.File}
-        return {rel: size for rel, size in files.items() if not rel.startswith(f"{CLAIMS}/")}
+        return {rel: size for rel, size in files.items() if not rel.startswith((f"{CLAIMS}/", f"{RELAY}/"))}
 
     def published_files(self) -> dict[str, int]:
         """The files of the finished build at the URI (its manifest's: path → size); none where no

@@ -95,6 +95,7 @@ class BuildReport:
     nodes: dict[str, int] = field(default_factory=dict)  # tasks run by node of the cluster (none locally)
     nodes_checked: int = 0  # Ray nodes besides the driver's found to see the build and recipe folders
     node_answers: int = 0  # model answers of the tasks' logs stored in the request cache (``llm.cache``)
+    relayed: dict[str, int] = field(default_factory=dict)  # nodes not mounting the build folder, files moved
     assigned: dict[str, dict[str, float]] = field(default_factory=dict)  # per step, what Ray gave a task (most)
     published: str | None = None  # the object-store URI the build was published to (``engine.remote``)
     sent: Synced | None = None  # what publishing it copied
@@ -157,9 +158,10 @@ def build(
 
         runner_class = functools.partial(RayRunner, llm=ray_llm, llm_replicas=ray_llm_replicas)
 
-    def run(folder: Path) -> BuildReport:
+    def run(folder: Path, store: str | None = None) -> BuildReport:
+        relay = {"store_uri": store} if on_ray and store else {}  # (``engine.relay``)
         runner = runner_class(
-            plan, folder, console=console, show_progress=show_progress, verify=verify, batch_rows=rows
+            plan, folder, console=console, show_progress=show_progress, verify=verify, batch_rows=rows, **relay
         )
         report = runner.run(force, wait=wait)
         report.timings["plan"] = planned
@@ -173,7 +175,7 @@ def build(
         while True:
             remote.pull(bars)
             remote.probe()
-            report = run(remote.local)
+            report = run(remote.local, remote.uri)
             sent_at = time.perf_counter()
             try:
                 report.sent = remote.publish(report.run_id, bars)

@@ -16,9 +16,12 @@ import polars as pl
 import pytest
 
 from dataforge.cli import main
+from dataforge.engine.relay import RELAY
+from dataforge.engine.remote import staging_folder
 from dataforge.engine.runner import EXECUTOR_ENV, build
 from dataforge.engine.step import REGISTRY, Context, StepConfig, StepResult, step
 from dataforge.errors import DataforgeError, RecipeError, StepError
+from tests.engine.conftest import _stored
 from tests.engine.test_runner import _tree_hashes
 from tests.engine.test_streaming import SPLIT_RECIPE, _with_failing_step
 
@@ -217,36 +220,107 @@ def test_a_node_that_does_not_see_the_build_or_recipe_folder_is_refused_before_a
     }
 
 
-TWO_NODES = """
-import os, subprocess, sys
+# ``dataforge build``, with the module constants of ``$TEST_CONSTANTS`` ({"module.NAME": value})
+# set first, printing the Ray runner's map rounds (step, function, jobs) as a line "maps: [...]"
+BUILD = """
+import importlib, json, os, sys
+from dataforge.engine.ray_runner import RayRunner
+
+for name, value in json.loads(os.environ.get("TEST_CONSTANTS", "{}")).items():
+    module, attr = name.rsplit(".", 1)
+    setattr(importlib.import_module(module), attr, value)
+rounds, real_map = [], RayRunner._map
+
+def recorded(self, name, fn, jobs):
+    rounds.append((name, getattr(fn, "func", fn).__name__, len(jobs)))
+    return real_map(self, name, fn, jobs)
+
+RayRunner._map = recorded
+from dataforge.cli import main
+code = main(["build", *sys.argv[1:]])
+print("maps:", json.dumps(rounds))
+sys.exit(code)
+"""
+
+TWO_NODES = (
+    f"""
+BUILD = {BUILD!r}
+"""
+    + """
+import os, subprocess, sys, time
+import ray
 from ray.cluster_utils import Cluster
 
-cluster = Cluster(initialize_head=True, connect=False, head_node_args={"num_cpus": 1, "include_dashboard": False})
-cluster.add_node(num_cpus=1)
-cluster.wait_for_nodes()
+hidden, node = os.environ.get("HIDDEN_FROM_WORKER_NODE"), None
+head = {"num_cpus": 0 if hidden else 1, "include_dashboard": False}  # (hidden: every task on the worker node, 2 CPUs)
+cluster = Cluster(initialize_head=True, connect=False, head_node_args=head)
+if hidden:  # the worker node in a mount namespace of its own, an empty tmpfs over the hidden folder
+    start = [os.path.join(os.path.dirname(sys.executable), "ray"), "start", "--block", f"--address={cluster.address}",
+             "--num-cpus=2", "--object-store-memory=200000000", "--disable-usage-stats"]
+    mount = f'mount -t tmpfs tmpfs "{hidden}" && exec "$@"'
+    own = ["--user", "--map-root-user"] if os.geteuid() else []
+    log = open(os.path.join(os.path.dirname(hidden), "worker-node.log"), "w")
+    node = subprocess.Popen(
+        ["unshare", *own, "--mount", "--propagation", "private", "sh", "-c", mount, "sh", *start],
+        stdout=log,
+        stderr=log,
+    )
+    ray.init(address=cluster.address)
+    while len([n for n in ray.nodes() if n["Alive"]]) < 2:
+        assert node.poll() is None, "the worker node did not start"
+        time.sleep(0.5)
+    ray.shutdown()
+else:
+    cluster.add_node(num_cpus=1)
+    cluster.wait_for_nodes()
 try:
     for args in sys.argv[1:]:  # a build's arguments, each
-        build = [sys.executable, "-m", "dataforge.cli", "build", *args.split("\t")]
+        build = [sys.executable, "-c", BUILD, *args.split("\t")]
         done = subprocess.run(build, env={**os.environ, "RAY_ADDRESS": cluster.address}, capture_output=True, text=True)
         print(done.stdout, done.stderr, f"exit {done.returncode}")
 finally:
+    if node is not None:
+        node.terminate()
+        node.wait(60)
     cluster.shutdown()
 """
+)
 
 
-def _on_two_nodes(tmp_path: Path, *builds: list[str]) -> list[str]:
+def _on_two_nodes(
+    tmp_path: Path, *builds: list[str], hidden: Path | None = None, constants: dict[str, int] | None = None
+) -> list[str]:
     """``dataforge build`` with each of ``builds``' arguments, one after the other, on a real Ray
     cluster of two nodes on this machine (``TWO_NODES``: a head and a worker raylet of 1 CPU
-    each, in a process of its own, apart from the tests' local instance); what each printed."""
+    each, in a process of its own, apart from the tests' local instance); what each printed.
+    ``hidden``: a folder the worker node does not see (it runs in a mount namespace of its own,
+    where an empty tmpfs covers the folder), as a machine that does not mount it; the head then
+    has no CPU and the worker node 2, so every task runs on the worker node. ``constants``:
+    module constants each build sets first (``BUILD``)."""
     import subprocess
     import sys
 
     script = tmp_path / "two_nodes.py"
     script.write_text(TWO_NODES)
     args = ["\t".join(b) for b in builds]
-    done = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=600)
-    printed = done.stdout.split(" exit ")
-    assert done.stdout.count(" exit 0") == len(builds), done.stdout + done.stderr
+    env = {**os.environ, "TEST_CONSTANTS": json.dumps(constants or {})}
+    if hidden:
+        env["HIDDEN_FROM_WORKER_NODE"] = str(hidden)
+    with subprocess.Popen(
+        [sys.executable, str(script), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        start_new_session=True,
+    ) as cluster:
+        try:
+            out, err = cluster.communicate(timeout=600)
+        except subprocess.TimeoutExpired:  # the cluster's processes too, not only the script
+            os.killpg(cluster.pid, signal.SIGKILL)
+            out, err = cluster.communicate()
+    printed = out.split(" exit ")
+    assert out.count(" exit 0") == len(builds), out + err
     return printed[: len(builds)]
 
 
@@ -255,6 +329,12 @@ def _tasks_on_both_nodes(printed: str) -> None:
     assert by_node is not None, printed
     counts = re.findall(r"\) ([\d,]+)", by_node.group(1))
     assert len(counts) == 2 and all(int(n.replace(",", "")) > 0 for n in counts), by_node.group(1)
+
+
+def _tasks_on_the_worker_node_alone(printed: str) -> None:
+    """The head node of a cluster with a hidden folder has no CPU: every task ran on the other node."""
+    assert re.search(r"tasks run by kind: .*rows [1-9]", printed), printed
+    assert "tasks run by node" not in printed, printed  # (printed where two nodes ran tasks)
 
 
 def test_a_cluster_of_two_nodes_runs_tasks_on_both_and_gives_the_local_datasets(ws, tmp_path):
@@ -278,14 +358,62 @@ def test_a_cluster_of_two_nodes_runs_tasks_on_both_and_gives_the_local_datasets(
     assert _tree_hashes(tmp_path / "ray" / "datasets") == _tree_hashes(tmp_path / "local" / "datasets")
 
 
-def test_on_two_nodes_workers_log_their_model_answers_and_the_driver_alone_stores_them(ws, tmp_path, scripted_model):
-    """A generate step on a real Ray cluster of two nodes, whose build folder would be a shared
-    mount on two machines, where SQLite must not be written by two hosts: the workers of both
-    nodes log their answers (``llm.cache.LoggedCache``) and the driver stores them in the request
-    cache, which then holds every answer, with no log left. A second build of the step (forced)
-    finds every answer there and sends nothing; the datasets are the local executor's."""
-    import sqlite3
+def test_a_node_that_does_not_mount_the_build_folder_gets_and_gives_its_files_through_the_store(
+    ws, tmp_path, s3, monkeypatch
+):
+    """``--out s3://…`` on a real Ray cluster of two nodes whose worker node does not see the
+    driver's staging folder (its own mount namespace, an empty tmpfs over it; the store is moto's
+    S3 server on loopback): the node's tasks bring the files they read down from the store and
+    send back those they write (``engine.relay``). Every task kind runs (with blocks of 16 rows,
+    LSH buckets of about 100 rows, edge shards of 40 and export files of 150 rows, as the
+    candidate-pairs test below): rows batches, the key step's shuffle, MinHash signatures, band
+    keys by bucket, staged texts and their comparison, the split's components in rounds, the
+    export's files. The datasets and decisions are the local executor's, and nothing of the
+    relay is left in the store."""
+    from dataforge.lineage import open_read
 
+    uri, fs, prefix = s3
+    _near_copies(ws.root / "rows.parquet")
+    import dataforge.export
+
+    recipe = ws.recipe(BOUNDED_RECIPE)
+    monkeypatch.setattr(dataforge.export, "EXPORT_SHARD_ROWS", 150)  # the files the Ray build writes
+    build(recipe, tmp_path / "local", show_progress=False)
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    args = [str(recipe), "--out", uri, "--executor", "ray", "--batch-rows", "200", "--quiet"]
+    constants = {
+        "dataforge.cluster.VERIFY_ROWS": 16,
+        "dataforge.lsh_buckets.KEY_ROWS": 100,
+        "dataforge.divided_components.EDGE_ROWS": 40,
+        "dataforge.export.EXPORT_SHARD_ROWS": 150,
+    }
+    (printed,) = _on_two_nodes(tmp_path, args, hidden=staging, constants=constants)
+    moved = re.search(
+        r"1 node\(s\) that do not mount the build folder: files passed through the store, "
+        r"([\d,]+) to them .*, ([\d,]+) back",
+        printed,
+    )
+    assert moved is not None, printed
+    assert int(moved.group(1).replace(",", "")) > 0 and int(moved.group(2).replace(",", "")) > 0
+    _tasks_on_the_worker_node_alone(printed)
+    assert "checked before the build: each sees" not in printed
+    maps = json.loads(re.search(r"maps: (.*)", printed).group(1))
+    ran = {fn for _, fn, _ in maps}
+    assert {"_stage_texts", "_compare_block", "bucket_pairs", "_hooks", "write_file"} <= ran, maps
+    built = staging_folder(uri)
+    assert _tree_hashes(built / "datasets") == _tree_hashes(tmp_path / "local" / "datasets")
+    query = "SELECT step, row_id, action, reason, related_id, score FROM latest_events ORDER BY ALL"
+    decided = open_read(tmp_path / "local").execute(query).fetchall()
+    assert decided == open_read(built).execute(query).fetchall()
+    assert ("near", "near_duplicate") in {(step, reason) for step, _, _, reason, _, _ in decided}
+    assert not _stored(fs, f"{prefix}/{RELAY}")
+
+
+def _answering(ws, local: Path, scripted_model) -> tuple[Path, list[str]]:
+    """The generate recipe of the trust tests on ``PROMPTS`` prompts, against a scripted model
+    that answers each and records it; built into ``local``. Returns the recipe and the record
+    (emptied)."""
     from tests.engine.test_trust import PROMPTS, SLOW_RECIPE
 
     asked: list[str] = []
@@ -297,8 +425,57 @@ def test_on_two_nodes_workers_log_their_model_answers_and_the_driver_alone_store
     spec = scripted_model(answer)
     ws.jsonl("prompts.jsonl", [{"text": f"prompt {i}"} for i in range(PROMPTS)])
     recipe = ws.recipe(SLOW_RECIPE.replace("URL", spec["base_url"]), "answers.yaml")
-    build(recipe, tmp_path / "local", show_progress=False)
+    build(recipe, local, show_progress=False)
     asked.clear()
+    return recipe, asked
+
+
+def test_through_the_store_a_nodes_model_answers_come_back_and_ray_data_llm_reads_its_requests(
+    ws, tmp_path, s3, scripted_model
+):
+    """A generate step, ``--out s3://…``, on two nodes of which the worker node does not see the
+    staging folder: its workers' answer logs come back through the store and the driver stores
+    every answer in the request cache, each request sent once; a forced rebuild sends nothing.
+    Through ``ray.data.llm`` (``--ray-llm all``), the step whole in the driver (its input in one
+    batch), the processor's readers on the worker node read the request files the driver wrote
+    from the store. The datasets are the local executor's each time."""
+    from tests.engine.test_trust import PROMPTS
+
+    uri, _, prefix = s3
+    through = uri.replace(prefix, f"{prefix}-llm")
+    recipe, asked = _answering(ws, tmp_path / "local", scripted_model)
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    args = [str(recipe), "--executor", "ray", "--batch-rows", "3", "--quiet"]
+    first, forced, llm = _on_two_nodes(
+        tmp_path,
+        [*args, "--out", uri],
+        [*args, "--out", uri, "--force", "solve"],
+        [*args, "--out", through, "--ray-llm", "all", "--batch-rows", "1000"],
+        hidden=staging,
+    )
+    relayed = "1 node(s) that do not mount the build folder: files passed through the store"
+    assert relayed in first and relayed in llm
+    _tasks_on_the_worker_node_alone(first)
+    assert f"{PROMPTS} model answer(s) the cluster's tasks logged stored in the request cache by the driver" in first
+    assert "1 step(s) executed" in forced and "answer(s) the cluster's tasks logged" not in forced
+    assert f"ray.data.llm, step solve: {PROMPTS} requests in 1 round(s), {PROMPTS} answers stored" in llm
+    assert sorted(asked) == sorted([f"prompt {i}" for i in range(PROMPTS)] * 2)  # once a build, not forced
+    for done in (uri, through):
+        assert _tree_hashes(staging_folder(done) / "datasets") == _tree_hashes(tmp_path / "local" / "datasets")
+
+
+def test_on_two_nodes_workers_log_their_model_answers_and_the_driver_alone_stores_them(ws, tmp_path, scripted_model):
+    """A generate step on a real Ray cluster of two nodes, whose build folder would be a shared
+    mount on two machines, where SQLite must not be written by two hosts: the workers of both
+    nodes log their answers (``llm.cache.LoggedCache``) and the driver stores them in the request
+    cache, which then holds every answer, with no log left. A second build of the step (forced)
+    finds every answer there and sends nothing; the datasets are the local executor's."""
+    import sqlite3
+
+    from tests.engine.test_trust import PROMPTS
+
+    recipe, asked = _answering(ws, tmp_path / "local", scripted_model)
     out = tmp_path / "ray"
     args = [str(recipe), "--executor", "ray", "--batch-rows", "3", "--quiet"]
     first, forced = _on_two_nodes(tmp_path, [*args, "--out", str(out)], [*args, "--out", str(out), "--force", "solve"])
@@ -563,6 +740,26 @@ NEAR_RECIPE = (
 )
 
 
+def _near_copies(path: Path) -> None:
+    """900 GSM8K rows in ``path``: 600 train rows, near-copies of 150 of their questions (one
+    word changed) with unrelated answers (MinHash dedup and audit pairs), and near-copies of 150
+    answers with unrelated questions (the split's cluster pairs); ``key`` and ``group`` the row's."""
+    from tests.conftest import GSM8K
+
+    base = pl.read_ndjson(GSM8K / "train.jsonl").head(600).select("question", "answer")
+    reversed_words = pl.col("question").str.split(" ").list.reverse().list.join(" ")
+    copied_questions = base.slice(0, 150).with_columns(
+        pl.col("question").str.replace(r"^(\S+)", "Now"),
+        base.slice(300, 150)["answer"].str.replace_all(r"\d", "7").alias("answer"),
+    )
+    copied_answers = base.slice(150, 150).with_columns(
+        reversed_words.alias("question"), pl.col("answer").str.replace(r"\n####", " so.\n####")
+    )
+    rows = pl.concat([base, copied_questions, copied_answers])
+    rows = rows.with_columns(pl.format("k{}", pl.int_range(pl.len())).alias("key")).with_columns(group=pl.col("key"))
+    rows.write_parquet(path, row_group_size=200)
+
+
 def test_candidate_pairs_verification_and_export_files_run_in_ray_tasks_with_the_same_results(
     ws, tmp_path, monkeypatch, ray_local
 ):
@@ -581,22 +778,8 @@ def test_candidate_pairs_verification_and_export_files_run_in_ray_tasks_with_the
     import dataforge.export
     import dataforge.lsh_buckets
     from dataforge.lineage import open_read
-    from tests.conftest import GSM8K
 
-    base = pl.read_ndjson(GSM8K / "train.jsonl").head(600).select("question", "answer")
-    reversed_words = pl.col("question").str.split(" ").list.reverse().list.join(" ")
-    # near-copies of 150 questions (one word changed) with unrelated answers: MinHash dedup and
-    # audit pairs; near-copies of 150 answers with unrelated questions: the split's cluster pairs
-    copied_questions = base.slice(0, 150).with_columns(
-        pl.col("question").str.replace(r"^(\S+)", "Now"),
-        base.slice(300, 150)["answer"].str.replace_all(r"\d", "7").alias("answer"),
-    )
-    copied_answers = base.slice(150, 150).with_columns(
-        reversed_words.alias("question"), pl.col("answer").str.replace(r"\n####", " so.\n####")
-    )
-    rows = pl.concat([base, copied_questions, copied_answers])
-    rows = rows.with_columns(pl.format("k{}", pl.int_range(pl.len())).alias("key")).with_columns(group=pl.col("key"))
-    rows.write_parquet(ws.root / "rows.parquet", row_group_size=200)
+    _near_copies(ws.root / "rows.parquet")
     assert "kept: sft.kept" in NEAR_RECIPE and "kind: dedup.minhash" in NEAR_RECIPE
     recipe = ws.recipe(NEAR_RECIPE)
     monkeypatch.setattr(dataforge.export, "EXPORT_SHARD_ROWS", 150)  # several files a split, each a task on Ray

@@ -1,0 +1,305 @@
+"""Files of a build passed through its object store, for Ray nodes that do not mount the build folder.
+
+A build with ``--out s3://…`` (or any store URI) runs in the driver's local staging folder
+(``engine.remote``). On a Ray cluster whose other nodes do not see that folder (no shared mount:
+``RayRunner._check_shared_folders`` finds it out before any step runs), each such node keeps a
+copy of the files its tasks need under the same path, and the files pass through the store:
+
+- **to a node**: every path under the build folder that a task's arguments name (a shard a batch
+  is read from, the inputs a step reads whole, the request cache, a staged file a job reads,
+  a folder it writes into) is listed by the driver when it submits the task (``Relay.needed``):
+  a file with its size and mtime, sent to ``<uri>/.dataforge-relay/up/<path>`` the first time the
+  driver names it in that version; a folder to create. The node brings down what its copy lacks
+  or holds in another version before the task runs (``bring``);
+- **back to the driver**: the files the task wrote are those its arguments or its value name
+  (a batch's folder, a bucket's files, an exported ``.arrow`` file, a staged block) that it
+  created or changed, and the answer log of its worker process (``llm.cache.LoggedCache``); the
+  node sends them to ``<uri>/.dataforge-relay/down/<path>`` and the task's ``Done`` lists them;
+  the driver brings them into the build folder, at the same path, before it reads the task's
+  value (``Relay.fetch``).
+
+So a task's code is the same with and without the relay: it reads and writes the paths it is
+given, on its node's copy. The driver's node needs no relay (its tasks see the folder). The
+relay's prefix is cleared when a build starts and when it ends, and publishes leave it out.
+
+What a task reads or writes must be named in its arguments or its value (a path string, a
+``Path``, inside lists, dicts, dataclasses, ``functools.partial``s and objects' attributes):
+every task kind of the Ray executor does so (tested on a node that sees none of the driver's
+build folder, ``tests/engine/test_ray.py``). A task's folder argument is created on the node but
+not sent back whole (several tasks write into one: each names its own files in its value).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+RELAY = ".dataforge-relay"  # under the build's URI, while a build on a cluster without a shared folder runs
+_SKIPPED = (bytes, bytearray, memoryview, int, float, bool, type(None))
+_MAX_DEPTH = 8
+
+
+@dataclass(frozen=True)
+class Needed:
+    """What a task needs of the build folder on a node that does not mount it: files (path
+    relative to the build folder → (size, mtime ns) of the driver's copy, sent to the store) and
+    folders to create."""
+
+    files: dict[str, tuple[int, int]] = field(default_factory=dict)
+    folders: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class RelaySpec:
+    """What a task's wrapper needs to relay: the build's store URI, the build folder (the same
+    path on every node: each node's own copy), and the driver's node (its tasks need no relay)."""
+
+    uri: str
+    root: str
+    driver_node: str
+
+
+def named_paths(value: Any, root: str) -> set[str]:
+    """The paths under ``root`` that ``value`` names: strings and ``Path``s, found inside lists,
+    tuples, sets, dicts, dataclasses, ``functools.partial``s, closures, bound methods and objects'
+    attributes (not inside arrays, frames or bytes)."""
+    inside = root.rstrip("/") + "/"
+    found: set[str] = set()
+    seen: set[int] = set()
+
+    def walk(v: Any, depth: int) -> None:
+        if isinstance(v, _SKIPPED) or depth > _MAX_DEPTH:
+            return
+        if isinstance(v, str | Path):
+            s = os.fspath(v)
+            if s.startswith(inside):
+                found.add(os.path.normpath(s))
+            return
+        if id(v) in seen:
+            return
+        seen.add(id(v))
+        if isinstance(v, dict):
+            for k, item in v.items():
+                walk(k, depth + 1)
+                walk(item, depth + 1)
+        elif isinstance(v, list | tuple | set | frozenset):
+            for item in v:
+                walk(item, depth + 1)
+        elif isinstance(v, functools.partial):
+            walk(v.func, depth + 1)
+            walk(v.args, depth + 1)
+            walk(v.keywords, depth + 1)
+        elif dataclasses.is_dataclass(v) and not isinstance(v, type):
+            for f in dataclasses.fields(v):
+                walk(getattr(v, f.name, None), depth + 1)
+        elif callable(v):
+            walk(getattr(v, "__self__", None), depth + 1)
+            for cell in getattr(v, "__closure__", None) or ():
+                try:
+                    walk(cell.cell_contents, depth + 1)
+                except ValueError:  # an empty cell
+                    pass
+        elif type(v).__module__.split(".")[0] not in {"numpy", "polars", "pyarrow", "pandas", "torch"}:
+            attrs = getattr(v, "__dict__", None)
+            if attrs is not None:
+                walk(attrs, depth + 1)
+
+    walk(value, 0)
+    return found
+
+
+def _store(uri: str) -> tuple[Any, str]:
+    """The pyarrow filesystem of a build's URI and the relay's prefix in it."""
+    import pyarrow.fs as pafs
+
+    from dataforge.engine.remote import bounded_retries
+
+    fs, root = pafs.FileSystem.from_uri(bounded_retries(uri))
+    return fs, f"{root.rstrip('/')}/{RELAY}"
+
+
+def _download(fs: Any, source: str, target: Path, mtime_ns: int | None = None) -> int:
+    """Copy ``source`` in the store to ``target`` (through a file beside it, renamed in place, so
+    a reader never sees half of it; ``mtime_ns``: set on it); its bytes."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".relay-{uuid.uuid4().hex[:8]}-{target.name}")
+    try:
+        with fs.open_input_stream(source) as src, open(tmp, "wb") as dst:
+            while chunk := src.read(8 << 20):
+                dst.write(chunk)
+        if mtime_ns is not None:
+            os.utime(tmp, ns=(mtime_ns, mtime_ns))
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return target.stat().st_size
+
+
+def _upload(fs: Any, source: Path, target: str) -> int:
+    """Copy ``source`` to ``target`` in the store; its bytes."""
+    sent = 0
+    with open(source, "rb") as src, fs.open_output_stream(target) as dst:
+        while chunk := src.read(8 << 20):
+            dst.write(chunk)
+            sent += len(chunk)
+    return sent
+
+
+@dataclass
+class Moved:
+    """Files and bytes the relay moved each way over a build."""
+
+    to_nodes: int = 0
+    to_nodes_bytes: int = 0
+    back: int = 0
+    back_bytes: int = 0
+
+
+class Relay:
+    """The driver's side: files named by tasks sent up, files tasks wrote brought down (see the
+    module doc)."""
+
+    def __init__(self, uri: str, root: Path, driver_node: str, logs: str):
+        self.spec = RelaySpec(uri, str(root.resolve()), driver_node)
+        self.root = Path(self.spec.root)
+        self.fs, self.prefix = _store(uri)
+        self.sent: dict[str, tuple[int, int]] = {}  # path → the version sent up
+        self.moved = Moved()
+        self.logs = logs
+        self.logs_kept = self._bring_logs(logs)
+        self.clear()
+
+    def _bring_logs(self, logs: str) -> int:
+        """The answer logs a killed build's nodes sent and its driver did not bring down, brought
+        into the folder ``logs`` (relative to the build folder), where the build's start stores
+        them in the request cache (``llm.cache.merge_logs``); how many."""
+        import pyarrow.fs as pafs
+
+        selector = pafs.FileSelector(f"{self.prefix}/down/{logs}", allow_not_found=True)
+        found = [i for i in self.fs.get_file_info(selector) if i.type == pafs.FileType.File]
+        for info in found:
+            self.moved.back_bytes += _download(self.fs, info.path, self.root / logs / info.base_name)
+            self.moved.back += 1
+        return len(found)
+
+    def clear(self) -> None:
+        """Remove what the relay's prefix holds (a killed build's files, or this build's at its end)."""
+        self.fs.delete_dir_contents(self.prefix, missing_dir_ok=True)
+
+    def forget_logs(self) -> None:
+        """Delete the answer logs nodes sent, once the driver stored them in the request cache (a
+        killed build's next build would bring them down again)."""
+        self.fs.delete_dir_contents(f"{self.prefix}/down/{self.logs}", missing_dir_ok=True)
+
+    def needed(self, args: Any) -> Needed:
+        """What a task with ``args`` needs on its node: each file its arguments name, sent up in
+        its present version if it was not, and each folder (a named one, or the one a named path
+        that does not exist yet is to be written into)."""
+        files: dict[str, tuple[int, int]] = {}
+        folders: set[str] = set()
+        for path in named_paths(args, self.spec.root):
+            p = Path(path)
+            rel = os.path.relpath(path, self.spec.root)
+            if p.is_file():
+                st = p.stat()
+                version = (st.st_size, st.st_mtime_ns)
+                if self.sent.get(rel) != version:
+                    self.moved.to_nodes_bytes += _upload(self.fs, p, f"{self.prefix}/up/{rel}")
+                    self.moved.to_nodes += 1
+                    self.sent[rel] = version
+                files[rel] = version
+            elif p.is_dir():
+                folders.add(rel)
+            elif p.parent.is_dir() and p.parent != self.root:
+                folders.add(os.path.relpath(p.parent, self.spec.root))
+        return Needed(files, tuple(sorted(folders)))
+
+    def readable(self, paths: list[str]) -> tuple[list[str], Any]:
+        """Files of the build folder as a reader on any node reads them (``ray.data.llm``'s
+        request files): sent up, and their paths in the store with its filesystem."""
+        self.needed(paths)
+        return [f"{self.prefix}/up/{os.path.relpath(p, self.spec.root)}" for p in paths], self.fs
+
+    def fetch(self, written: dict[str, int]) -> None:
+        """Bring the files a task wrote (path → bytes, as its node sent them) into the build
+        folder. A worker's answer log is kept in the longest
+        version brought (a process's log only grows; its tasks may come back out of order)."""
+        for rel, size in written.items():
+            target = self.root / rel
+            source = f"{self.prefix}/down/{rel}"
+            if rel.endswith(".jsonl") and target.exists() and target.stat().st_size >= size:
+                continue
+            self.moved.back_bytes += _download(self.fs, source, target)
+            self.moved.back += 1
+
+
+_NODE: dict[str, Any] = {}  # per worker process: the store opened for a URI; logs sent (path → bytes)
+
+
+def _node_store(uri: str) -> tuple[Any, str]:
+    if _NODE.get("uri") != uri:
+        _NODE.update(uri=uri, store=_store(uri), logs={})
+    return _NODE["store"]
+
+
+def bring(spec: RelaySpec, needed: Needed) -> None:
+    """On a node: the folders a task needs made, and the files it reads brought down where this
+    node's copy lacks them or holds another version (a file brought takes the driver's mtime)."""
+    fs, prefix = _node_store(spec.uri)
+    root = Path(spec.root)
+    for rel in needed.folders:
+        (root / rel).mkdir(parents=True, exist_ok=True)
+    for rel, (size, mtime_ns) in needed.files.items():
+        target = root / rel
+        try:
+            st = target.stat()
+            if (st.st_size, st.st_mtime_ns) == (size, mtime_ns):
+                continue
+        except FileNotFoundError:
+            pass
+        _download(fs, f"{prefix}/up/{rel}", target, mtime_ns)
+
+
+def versions(paths: Iterable[str]) -> dict[str, tuple[int, int]]:
+    """The (size, mtime ns) of each of ``paths`` that is a file."""
+    out = {}
+    for path in paths:
+        try:
+            st = os.stat(path)
+        except OSError:
+            continue
+        if os.path.isfile(path):
+            out[path] = (st.st_size, st.st_mtime_ns)
+    return out
+
+
+def send_back(
+    spec: RelaySpec, args: Any, value: Any, before: dict[str, tuple[int, int]], logs: Iterable[Path]
+) -> dict[str, int]:
+    """On a node, after a task: the files it wrote sent to the store (those its arguments or
+    ``value`` name, created or changed since ``before``; every file of a folder its value names;
+    its process's answer ``logs`` that grew); returns path (relative to the build folder) → bytes."""
+    fs, prefix = _node_store(spec.uri)
+    candidates = named_paths(args, spec.root) | named_paths(value, spec.root)
+    for folder in named_paths(value, spec.root):
+        if os.path.isdir(folder):
+            for where, _, names in os.walk(folder):
+                candidates.update(os.path.join(where, n) for n in names)
+    sent: dict[str, int] = {}
+    for path, version in versions(candidates).items():
+        if before.get(path) != version:
+            rel = os.path.relpath(path, spec.root)
+            sent[rel] = _upload(fs, Path(path), f"{prefix}/down/{rel}")
+    logged: dict[str, int] = _NODE["logs"]
+    for log in logs:
+        size = log.stat().st_size if log.exists() else 0
+        if size and logged.get(str(log)) != size:
+            rel = os.path.relpath(log, spec.root)
+            sent[rel] = logged[str(log)] = _upload(fs, log, f"{prefix}/down/{rel}")
+    return sent
