@@ -35,12 +35,14 @@ import dataclasses
 import functools
 import os
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 RELAY = ".dataforge-relay"  # under the build's URI, while a build on a cluster without a shared folder runs
+TRANSFERS = 8  # files moved at once (a store's latency is per request)
 _SKIPPED = (bytes, bytearray, memoryview, int, float, bool, type(None))
 _MAX_DEPTH = 8
 
@@ -124,6 +126,15 @@ def _store(uri: str) -> tuple[Any, str]:
     return fs, f"{root.rstrip('/')}/{RELAY}"
 
 
+def _each(work: Callable[[Any], Any], items: Iterable[Any]) -> list[Any]:
+    """``work`` on each item, ``TRANSFERS`` at a time; the values in item order."""
+    items = list(items)
+    if len(items) <= 1:
+        return [work(item) for item in items]
+    with ThreadPoolExecutor(min(TRANSFERS, len(items))) as pool:
+        return list(pool.map(work, items))
+
+
 def _download(fs: Any, source: str, target: Path, mtime_ns: int | None = None) -> int:
     """Copy ``source`` in the store to ``target`` (through a file beside it, renamed in place, so
     a reader never sees half of it; ``mtime_ns``: set on it); its bytes."""
@@ -183,9 +194,9 @@ class Relay:
 
         selector = pafs.FileSelector(f"{self.prefix}/down/{logs}", allow_not_found=True)
         found = [i for i in self.fs.get_file_info(selector) if i.type == pafs.FileType.File]
-        for info in found:
-            self.moved.back_bytes += _download(self.fs, info.path, self.root / logs / info.base_name)
-            self.moved.back += 1
+        brought = _each(lambda info: _download(self.fs, info.path, self.root / logs / info.base_name), found)
+        self.moved.back += len(brought)
+        self.moved.back_bytes += sum(brought)
         return len(found)
 
     def clear(self) -> None:
@@ -208,16 +219,16 @@ class Relay:
             rel = os.path.relpath(path, self.spec.root)
             if p.is_file():
                 st = p.stat()
-                version = (st.st_size, st.st_mtime_ns)
-                if self.sent.get(rel) != version:
-                    self.moved.to_nodes_bytes += _upload(self.fs, p, f"{self.prefix}/up/{rel}")
-                    self.moved.to_nodes += 1
-                    self.sent[rel] = version
-                files[rel] = version
+                files[rel] = (st.st_size, st.st_mtime_ns)
             elif p.is_dir():
                 folders.add(rel)
             elif p.parent.is_dir() and p.parent != self.root:
                 folders.add(os.path.relpath(p.parent, self.spec.root))
+        todo = [rel for rel, version in files.items() if self.sent.get(rel) != version]
+        sent = _each(lambda rel: _upload(self.fs, self.root / rel, f"{self.prefix}/up/{rel}"), todo)
+        self.sent.update((rel, files[rel]) for rel in todo)
+        self.moved.to_nodes += len(todo)
+        self.moved.to_nodes_bytes += sum(sent)
         return Needed(files, tuple(sorted(folders)))
 
     def readable(self, paths: list[str]) -> tuple[list[str], Any]:
@@ -228,15 +239,17 @@ class Relay:
 
     def fetch(self, written: dict[str, int]) -> None:
         """Bring the files a task wrote (path → bytes, as its node sent them) into the build
-        folder. A worker's answer log is kept in the longest
-        version brought (a process's log only grows; its tasks may come back out of order)."""
-        for rel, size in written.items():
+        folder. A worker's answer log is kept in the longest version brought (a process's log
+        only grows; its tasks may come back out of order)."""
+
+        def older(rel: str, size: int) -> bool:
             target = self.root / rel
-            source = f"{self.prefix}/down/{rel}"
-            if rel.endswith(".jsonl") and target.exists() and target.stat().st_size >= size:
-                continue
-            self.moved.back_bytes += _download(self.fs, source, target)
-            self.moved.back += 1
+            return rel.startswith(f"{self.logs}/") and target.exists() and target.stat().st_size >= size
+
+        todo = [rel for rel, size in written.items() if not older(rel, size)]
+        brought = _each(lambda rel: _download(self.fs, f"{self.prefix}/down/{rel}", self.root / rel), todo)
+        self.moved.back += len(brought)
+        self.moved.back_bytes += sum(brought)
 
 
 _NODE: dict[str, Any] = {}  # per worker process: the store opened for a URI; logs sent (path → bytes)
@@ -255,15 +268,9 @@ def bring(spec: RelaySpec, needed: Needed) -> None:
     root = Path(spec.root)
     for rel in needed.folders:
         (root / rel).mkdir(parents=True, exist_ok=True)
-    for rel, (size, mtime_ns) in needed.files.items():
-        target = root / rel
-        try:
-            st = target.stat()
-            if (st.st_size, st.st_mtime_ns) == (size, mtime_ns):
-                continue
-        except FileNotFoundError:
-            pass
-        _download(fs, f"{prefix}/up/{rel}", target, mtime_ns)
+    local = {os.path.relpath(p, spec.root): v for p, v in versions(str(root / rel) for rel in needed.files).items()}
+    todo = [rel for rel, version in needed.files.items() if local.get(rel) != version]
+    _each(lambda rel: _download(fs, f"{prefix}/up/{rel}", root / rel, needed.files[rel][1]), todo)
 
 
 def versions(paths: Iterable[str]) -> dict[str, tuple[int, int]]:
@@ -291,11 +298,9 @@ def send_back(
         if os.path.isdir(folder):
             for where, _, names in os.walk(folder):
                 candidates.update(os.path.join(where, n) for n in names)
-    sent: dict[str, int] = {}
-    for path, version in versions(candidates).items():
-        if before.get(path) != version:
-            rel = os.path.relpath(path, spec.root)
-            sent[rel] = _upload(fs, Path(path), f"{prefix}/down/{rel}")
+    changed = [os.path.relpath(p, spec.root) for p, version in versions(candidates).items() if before.get(p) != version]
+    sizes = _each(lambda rel: _upload(fs, Path(spec.root) / rel, f"{prefix}/down/{rel}"), changed)
+    sent = dict(zip(changed, sizes, strict=True))
     logged: dict[str, int] = _NODE["logs"]
     for log in logs:
         size = log.stat().st_size if log.exists() else 0
