@@ -50,11 +50,13 @@ _MAX_DEPTH = 8
 @dataclass(frozen=True)
 class Needed:
     """What a task needs of the build folder on a node that does not mount it: files (path
-    relative to the build folder → (size, mtime ns) of the driver's copy, sent to the store) and
-    folders to create."""
+    relative to the build folder → (size, mtime ns) of the driver's copy, in the store), those of
+    them the store holds where a node sent them (``down/``: a task wrote them; the others the
+    driver sent ``up/``), and folders to create."""
 
     files: dict[str, tuple[int, int]] = field(default_factory=dict)
     folders: tuple[str, ...] = ()
+    down: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -180,7 +182,8 @@ class Relay:
         self.spec = RelaySpec(uri, str(root.resolve()), driver_node)
         self.root = Path(self.spec.root)
         self.fs, self.prefix = _store(uri)
-        self.sent: dict[str, tuple[int, int]] = {}  # path → the version sent up
+        self.sent: dict[str, tuple[int, int]] = {}  # path → the version the store holds
+        self.where: dict[str, str] = {}  # path → "up" (the driver sent it) or "down" (a node did)
         self.moved = Moved()
         self.logs = logs
         self.logs_kept = self._bring_logs(logs)
@@ -227,20 +230,24 @@ class Relay:
         todo = [rel for rel, version in files.items() if self.sent.get(rel) != version]
         sent = _each(lambda rel: _upload(self.fs, self.root / rel, f"{self.prefix}/up/{rel}"), todo)
         self.sent.update((rel, files[rel]) for rel in todo)
+        self.where.update((rel, "up") for rel in todo)
         self.moved.to_nodes += len(todo)
         self.moved.to_nodes_bytes += sum(sent)
-        return Needed(files, tuple(sorted(folders)))
+        down = tuple(sorted(rel for rel in files if self.where[rel] == "down"))
+        return Needed(files, tuple(sorted(folders)), down)
 
     def readable(self, paths: list[str]) -> tuple[list[str], Any]:
         """Files of the build folder as a reader on any node reads them (``ray.data.llm``'s
         request files): sent up, and their paths in the store with its filesystem."""
         self.needed(paths)
-        return [f"{self.prefix}/up/{os.path.relpath(p, self.spec.root)}" for p in paths], self.fs
+        rels = [os.path.relpath(p, self.spec.root) for p in paths]
+        return [f"{self.prefix}/{self.where[rel]}/{rel}" for rel in rels], self.fs
 
     def fetch(self, written: dict[str, int]) -> None:
         """Bring the files a task wrote (path → bytes, as its node sent them) into the build
-        folder. A worker's answer log is kept in the longest version brought (a process's log
-        only grows; its tasks may come back out of order)."""
+        folder. A file brought is read by later tasks from where its node sent it (it is not
+        sent up again). A worker's answer log is kept in the longest version brought (a process's
+        log only grows; its tasks may come back out of order)."""
 
         def older(rel: str, size: int) -> bool:
             target = self.root / rel
@@ -250,6 +257,10 @@ class Relay:
         brought = _each(lambda rel: _download(self.fs, f"{self.prefix}/down/{rel}", self.root / rel), todo)
         self.moved.back += len(brought)
         self.moved.back_bytes += sum(brought)
+        for rel in todo:
+            if not rel.startswith(f"{self.logs}/"):  # (the logs are deleted once stored: ``forget_logs``)
+                st = (self.root / rel).stat()
+                self.sent[rel], self.where[rel] = (st.st_size, st.st_mtime_ns), "down"
 
 
 _NODE: dict[str, Any] = {}  # per worker process: the store opened for a URI; logs sent (path → bytes)
@@ -270,7 +281,12 @@ def bring(spec: RelaySpec, needed: Needed) -> None:
         (root / rel).mkdir(parents=True, exist_ok=True)
     local = {os.path.relpath(p, spec.root): v for p, v in versions(str(root / rel) for rel in needed.files).items()}
     todo = [rel for rel, version in needed.files.items() if local.get(rel) != version]
-    _each(lambda rel: _download(fs, f"{prefix}/up/{rel}", root / rel, needed.files[rel][1]), todo)
+    down = set(needed.down)
+
+    def one(rel: str) -> int:
+        return _download(fs, f"{prefix}/{'down' if rel in down else 'up'}/{rel}", root / rel, needed.files[rel][1])
+
+    _each(one, todo)
 
 
 def versions(paths: Iterable[str]) -> dict[str, tuple[int, int]]:

@@ -63,7 +63,8 @@ def test_a_relay_sends_what_a_task_names_and_brings_back_what_it_wrote(tmp_path,
     each named file once per version, the node's ``bring`` writes it with the driver's mtime and
     skips it when its copy is current, ``send_back`` sends only what the task created or changed
     (a folder its value names, whole; a folder its arguments name, not), and ``fetch`` brings it
-    into the driver's folder. The relay's prefix is cleared."""
+    into the driver's folder, whence a later task's node reads it from where it was sent. The
+    relay's prefix is cleared."""
     uri, fs, prefix = s3
     driver, node = tmp_path / "driver", tmp_path / "node"
     (driver / "artifacts").mkdir(parents=True)
@@ -103,6 +104,12 @@ def test_a_relay_sends_what_a_task_names_and_brings_back_what_it_wrote(tmp_path,
     assert (driver / ".tmp" / "step" / "batch-1" / "data.parquet").read_bytes() == b"out"
     assert (driver / "cache" / "answers" / "n-1.jsonl").read_text() == '{"key": "k"}\n'
     assert driver_relay.moved.back == 2
+    # a later task reading what a task wrote reads it where its node sent it: not sent up again
+    again = driver_relay.needed((str(driver / ".tmp" / "step" / "batch-1" / "data.parquet"),))
+    assert again.down == (".tmp/step/batch-1/data.parquet",) and driver_relay.moved.to_nodes == 1
+    other = tmp_path / "other-node"
+    bring(relay.RelaySpec(uri, str(other), "driver-node"), again)
+    assert (other / ".tmp" / "step" / "batch-1" / "data.parquet").read_bytes() == b"out"
     driver_relay.forget_logs()  # once stored in the request cache
     assert set(_stored(fs, f"{prefix}/{RELAY}")) == {
         "up/artifacts/part-0.parquet",
