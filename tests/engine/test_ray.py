@@ -24,6 +24,7 @@ from dataforge.errors import DataforgeError, RecipeError, StepError
 from tests.engine.conftest import _stored
 from tests.engine.test_runner import _tree_hashes
 from tests.engine.test_streaming import SPLIT_RECIPE, _with_failing_step
+from tests.two_nodes import on_two_nodes
 
 
 class DieOnceConfig(StepConfig):
@@ -220,110 +221,6 @@ def test_a_node_that_does_not_see_the_build_or_recipe_folder_is_refused_before_a
     }
 
 
-# ``dataforge build``, with the module constants of ``$TEST_CONSTANTS`` ({"module.NAME": value})
-# set first, printing the Ray runner's map rounds (step, function, jobs) as a line "maps: [...]"
-BUILD = """
-import importlib, json, os, sys
-from dataforge.engine.ray_runner import RayRunner
-
-for name, value in json.loads(os.environ.get("TEST_CONSTANTS", "{}")).items():
-    module, attr = name.rsplit(".", 1)
-    setattr(importlib.import_module(module), attr, value)
-rounds, real_map = [], RayRunner._map
-
-def recorded(self, name, fn, jobs):
-    rounds.append((name, getattr(fn, "func", fn).__name__, len(jobs)))
-    return real_map(self, name, fn, jobs)
-
-RayRunner._map = recorded
-from dataforge.cli import main
-code = main(["build", *sys.argv[1:]])
-print("maps:", json.dumps(rounds))
-sys.exit(code)
-"""
-
-TWO_NODES = (
-    f"""
-BUILD = {BUILD!r}
-"""
-    + """
-import os, subprocess, sys, time
-import ray
-from ray.cluster_utils import Cluster
-
-hidden, node = os.environ.get("HIDDEN_FROM_WORKER_NODE"), None
-head = {"num_cpus": 0 if hidden else 1, "include_dashboard": False}  # (hidden: every task on the worker node, 2 CPUs)
-cluster = Cluster(initialize_head=True, connect=False, head_node_args=head)
-if hidden:  # the worker node in a mount namespace of its own, an empty tmpfs over the hidden folder
-    start = [os.path.join(os.path.dirname(sys.executable), "ray"), "start", "--block", f"--address={cluster.address}",
-             "--num-cpus=2", "--object-store-memory=200000000", "--disable-usage-stats"]
-    mount = f'mount -t tmpfs tmpfs "{hidden}" && exec "$@"'
-    own = ["--user", "--map-root-user"] if os.geteuid() else []
-    log = open(os.path.join(os.path.dirname(hidden), "worker-node.log"), "w")
-    node = subprocess.Popen(
-        ["unshare", *own, "--mount", "--propagation", "private", "sh", "-c", mount, "sh", *start],
-        stdout=log,
-        stderr=log,
-    )
-    ray.init(address=cluster.address)
-    while len([n for n in ray.nodes() if n["Alive"]]) < 2:
-        assert node.poll() is None, "the worker node did not start"
-        time.sleep(0.5)
-    ray.shutdown()
-else:
-    cluster.add_node(num_cpus=1)
-    cluster.wait_for_nodes()
-try:
-    for args in sys.argv[1:]:  # a build's arguments, each
-        build = [sys.executable, "-c", BUILD, *args.split("\t")]
-        done = subprocess.run(build, env={**os.environ, "RAY_ADDRESS": cluster.address}, capture_output=True, text=True)
-        print(done.stdout, done.stderr, f"exit {done.returncode}")
-finally:
-    if node is not None:
-        node.terminate()
-        node.wait(60)
-    cluster.shutdown()
-"""
-)
-
-
-def _on_two_nodes(
-    tmp_path: Path, *builds: list[str], hidden: Path | None = None, constants: dict[str, int] | None = None
-) -> list[str]:
-    """``dataforge build`` with each of ``builds``' arguments, one after the other, on a real Ray
-    cluster of two nodes on this machine (``TWO_NODES``: a head and a worker raylet of 1 CPU
-    each, in a process of its own, apart from the tests' local instance); what each printed.
-    ``hidden``: a folder the worker node does not see (it runs in a mount namespace of its own,
-    where an empty tmpfs covers the folder), as a machine that does not mount it; the head then
-    has no CPU and the worker node 2, so every task runs on the worker node. ``constants``:
-    module constants each build sets first (``BUILD``)."""
-    import subprocess
-    import sys
-
-    script = tmp_path / "two_nodes.py"
-    script.write_text(TWO_NODES)
-    args = ["\t".join(b) for b in builds]
-    env = {**os.environ, "TEST_CONSTANTS": json.dumps(constants or {})}
-    if hidden:
-        env["HIDDEN_FROM_WORKER_NODE"] = str(hidden)
-    with subprocess.Popen(
-        [sys.executable, str(script), *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-        start_new_session=True,
-    ) as cluster:
-        try:
-            out, err = cluster.communicate(timeout=600)
-        except subprocess.TimeoutExpired:  # the cluster's processes too, not only the script
-            os.killpg(cluster.pid, signal.SIGKILL)
-            out, err = cluster.communicate()
-    printed = out.split(" exit ")
-    assert out.count(" exit 0") == len(builds), out + err
-    return printed[: len(builds)]
-
-
 def _tasks_on_both_nodes(printed: str) -> None:
     by_node = re.search(r"tasks run by node: (.*)", printed)
     assert by_node is not None, printed
@@ -351,7 +248,7 @@ def test_a_cluster_of_two_nodes_runs_tasks_on_both_and_gives_the_local_datasets(
     recipe = ws.recipe(BOUNDED_RECIPE)
     build(recipe, tmp_path / "local", show_progress=False)
     args = [str(recipe), "--out", str(tmp_path / "ray"), "--executor", "ray", "--batch-rows", "200", "--quiet"]
-    (printed,) = _on_two_nodes(tmp_path, args)
+    (printed,) = on_two_nodes(tmp_path, args)
     assert "1 node(s) besides the driver's checked before the build: each sees the build folder" in printed
     _tasks_on_both_nodes(printed)
     assert "answer(s) the cluster's tasks logged" not in printed  # no model: no log
@@ -388,7 +285,7 @@ def test_a_node_that_does_not_mount_the_build_folder_gets_and_gives_its_files_th
         "dataforge.divided_components.EDGE_ROWS": 40,
         "dataforge.export.EXPORT_SHARD_ROWS": 150,
     }
-    (printed,) = _on_two_nodes(tmp_path, args, hidden=staging, constants=constants)
+    (printed,) = on_two_nodes(tmp_path, args, hidden=staging, constants=constants)
     moved = re.search(
         r"1 node\(s\) that do not mount the build folder: files passed through the store, "
         r"([\d,]+) to them .*, ([\d,]+) back",
@@ -447,7 +344,7 @@ def test_through_the_store_a_nodes_model_answers_come_back_and_ray_data_llm_read
     staging = tmp_path / "staging"
     staging.mkdir()
     args = [str(recipe), "--executor", "ray", "--batch-rows", "3", "--quiet"]
-    first, forced, llm = _on_two_nodes(
+    first, forced, llm = on_two_nodes(
         tmp_path,
         [*args, "--out", uri],
         [*args, "--out", uri, "--force", "solve"],
@@ -478,7 +375,7 @@ def test_on_two_nodes_workers_log_their_model_answers_and_the_driver_alone_store
     recipe, asked = _answering(ws, tmp_path / "local", scripted_model)
     out = tmp_path / "ray"
     args = [str(recipe), "--executor", "ray", "--batch-rows", "3", "--quiet"]
-    first, forced = _on_two_nodes(tmp_path, [*args, "--out", str(out)], [*args, "--out", str(out), "--force", "solve"])
+    first, forced = on_two_nodes(tmp_path, [*args, "--out", str(out)], [*args, "--out", str(out), "--force", "solve"])
     _tasks_on_both_nodes(first)
     assert f"{PROMPTS} model answer(s) the cluster's tasks logged stored in the request cache by the driver" in first
     assert sorted(asked) == sorted(f"prompt {i}" for i in range(PROMPTS))  # each once
@@ -492,7 +389,7 @@ def test_on_two_nodes_workers_log_their_model_answers_and_the_driver_alone_store
     # through ray.data.llm: the driver stores the answers between the rounds of collecting tasks,
     # whose second round, on both nodes, reads them anew and finds none missing
     asked.clear()
-    (through,) = _on_two_nodes(tmp_path, [*args, "--out", str(tmp_path / "llm"), "--ray-llm", "all"])
+    (through,) = on_two_nodes(tmp_path, [*args, "--out", str(tmp_path / "llm"), "--ray-llm", "all"])
     assert f"ray.data.llm, step solve: {PROMPTS} requests in 1 round(s), {PROMPTS} answers stored" in through
     assert len(asked) == PROMPTS
     assert _tree_hashes(tmp_path / "llm" / "datasets") == _tree_hashes(tmp_path / "local" / "datasets")
@@ -678,7 +575,7 @@ def test_semantic_dedup_on_a_node_that_does_not_mount_the_build_folder_gives_the
     staging = tmp_path / "staging"
     staging.mkdir()
     args = [str(recipe), "--out", uri, "--executor", "ray", "--batch-rows", "250", "--quiet"]
-    (printed,) = _on_two_nodes(tmp_path, args, hidden=staging, constants={"dataforge.embed.SEARCH_ROWS": 512})
+    (printed,) = on_two_nodes(tmp_path, args, hidden=staging, constants={"dataforge.embed.SEARCH_ROWS": 512})
     assert "1 node(s) that do not mount the build folder: files passed through the store" in printed
     _tasks_on_the_worker_node_alone(printed)
     maps = json.loads(re.search(r"maps: (.*)", printed).group(1))
