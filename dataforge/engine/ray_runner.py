@@ -69,7 +69,7 @@ import shutil
 import uuid
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -461,7 +461,8 @@ class RayRunner(Runner):
             return report
         finally:
             if self.relay is not None:
-                self.relay.clear()
+                with suppress(DataforgeError):  # (what is left there, the next build clears)
+                    self.relay.clear()
             if connected:
                 ray.shutdown()
 
@@ -531,7 +532,7 @@ class RayRunner(Runner):
             elif lacking:
                 what, why = next(iter(lacking.items()))
                 hint = {
-                    "the build folder": "or give --out s3://… (or gs://…): files then pass through the store",
+                    "the build folder": "or build with --out s3://… or gs://…, whose files can pass through the store",
                     "the recipe's folder": "keep the recipe and the files it names there",
                 }[what]
                 raise DataforgeError(

@@ -35,11 +35,14 @@ import dataclasses
 import functools
 import os
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from dataforge.errors import DataforgeError
 
 RELAY = ".dataforge-relay"  # under the build's URI, while a build on a cluster without a shared folder runs
 TRANSFERS = 8  # files moved at once (a store's latency is per request)
@@ -181,13 +184,25 @@ class Relay:
     def __init__(self, uri: str, root: Path, driver_node: str, logs: str):
         self.spec = RelaySpec(uri, str(root.resolve()), driver_node)
         self.root = Path(self.spec.root)
-        self.fs, self.prefix = _store(uri)
+        with self._store_errors("opening the store"):
+            self.fs, self.prefix = _store(uri)
         self.sent: dict[str, tuple[int, int]] = {}  # path → the version the store holds
         self.where: dict[str, str] = {}  # path → "up" (the driver sent it) or "down" (a node did)
         self.moved = Moved()
         self.logs = logs
-        self.logs_kept = self._bring_logs(logs)
+        with self._store_errors("bringing down a killed build's answer logs"):
+            self.logs_kept = self._bring_logs(logs)
         self.clear()
+
+    @contextmanager
+    def _store_errors(self, what: str) -> Iterator[None]:
+        """The store's errors (credentials, the network) raised naming the URI and what failed."""
+        try:
+            yield
+        except OSError as exc:
+            raise DataforgeError(
+                f"{self.spec.uri}: {what} (the relay to nodes without the build folder): {exc}"
+            ) from exc
 
     def _bring_logs(self, logs: str) -> int:
         """The answer logs a killed build's nodes sent and its driver did not bring down, brought
@@ -204,12 +219,14 @@ class Relay:
 
     def clear(self) -> None:
         """Remove what the relay's prefix holds (a killed build's files, or this build's at its end)."""
-        self.fs.delete_dir_contents(self.prefix, missing_dir_ok=True)
+        with self._store_errors("clearing the relay's files"):
+            self.fs.delete_dir_contents(self.prefix, missing_dir_ok=True)
 
     def forget_logs(self) -> None:
         """Delete the answer logs nodes sent, once the driver stored them in the request cache (a
         killed build's next build would bring them down again)."""
-        self.fs.delete_dir_contents(f"{self.prefix}/down/{self.logs}", missing_dir_ok=True)
+        with self._store_errors("deleting the answer logs stored"):
+            self.fs.delete_dir_contents(f"{self.prefix}/down/{self.logs}", missing_dir_ok=True)
 
     def needed(self, args: Any) -> Needed:
         """What a task with ``args`` needs on its node: each file its arguments name, sent up in
@@ -228,7 +245,8 @@ class Relay:
             elif p.parent.is_dir() and p.parent != self.root:
                 folders.add(os.path.relpath(p.parent, self.spec.root))
         todo = [rel for rel, version in files.items() if self.sent.get(rel) != version]
-        sent = _each(lambda rel: _upload(self.fs, self.root / rel, f"{self.prefix}/up/{rel}"), todo)
+        with self._store_errors("sending a task's files"):
+            sent = _each(lambda rel: _upload(self.fs, self.root / rel, f"{self.prefix}/up/{rel}"), todo)
         self.sent.update((rel, files[rel]) for rel in todo)
         self.where.update((rel, "up") for rel in todo)
         self.moved.to_nodes += len(todo)
@@ -254,7 +272,8 @@ class Relay:
             return rel.startswith(f"{self.logs}/") and target.exists() and target.stat().st_size >= size
 
         todo = [rel for rel, size in written.items() if not older(rel, size)]
-        brought = _each(lambda rel: _download(self.fs, f"{self.prefix}/down/{rel}", self.root / rel), todo)
+        with self._store_errors("bringing in the files a task wrote"):
+            brought = _each(lambda rel: _download(self.fs, f"{self.prefix}/down/{rel}", self.root / rel), todo)
         self.moved.back += len(brought)
         self.moved.back_bytes += sum(brought)
         for rel in todo:

@@ -12,9 +12,11 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
+import pytest
 
 from dataforge.engine import relay
 from dataforge.engine.relay import RELAY, Needed, Relay, bring, named_paths, send_back, versions
+from dataforge.errors import DataforgeError
 from tests.engine.conftest import _stored
 
 
@@ -131,3 +133,12 @@ def test_a_killed_builds_answer_logs_left_in_the_store_are_brought_down_by_the_n
     again = Relay(uri, root, "driver-node", "cache/answers")
     assert again.logs_kept == 1 and (root / "cache" / "answers" / "a.jsonl").read_bytes() == b"one\n"
     assert not _stored(fs, f"{prefix}/{RELAY}")
+
+
+def test_a_store_the_relay_cannot_reach_stops_the_build_naming_the_uri_and_what_failed(tmp_path, s3):
+    """(The ``s3`` fixture for its credentials; the URI points at a closed port.)"""
+    uri = "s3://builds/x?endpoint_override=127.0.0.1:1&scheme=http&region=us-east-1"
+    with pytest.raises(
+        DataforgeError, match=r"^s3://builds/x\?.*: bringing down a killed build's answer logs .*NETWORK"
+    ):
+        Relay(uri, tmp_path / "build", "driver-node", "cache/answers")
