@@ -29,14 +29,14 @@ def staging(folder: Path | None, prefix: str) -> Iterator[str]:
                 yield path
             finally:
                 if folder is not None:
-                    STAGED[str(folder.resolve())] += _bytes_under(path)
+                    STAGED[str(folder.resolve())] += bytes_under(path)
     finally:
         for d in made:
             with suppress(OSError):
                 d.rmdir()
 
 
-def _bytes_under(path: str) -> int:
+def bytes_under(path: str) -> int:
     """The bytes of the files under ``path``."""
     total = 0
     for root, _, files in os.walk(path):

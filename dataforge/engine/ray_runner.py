@@ -84,7 +84,7 @@ from dataforge.engine.progress import StepProgress
 from dataforge.engine.relay import Needed, Relay, RelaySpec, bring, named_paths, send_back, versions
 from dataforge.engine.runner import BuildReport, Runner, StepReport
 from dataforge.engine.step import Context, StepResult
-from dataforge.engine.store import SCRATCH, WrittenBatch, step_scratch, write_batch
+from dataforge.engine.store import SCRATCH, STEP_SCRATCH, WrittenBatch, step_scratch, write_batch
 from dataforge.engine.streaming import divided_inputs, group_outputs
 from dataforge.engine.table import Mapper, Part, Table, shard_slices
 from dataforge.errors import DataforgeError, StepError
@@ -356,6 +356,19 @@ def _map_task(name: str, fn: Callable[[Any], Any], job: Any) -> Done:
     return _answer(None, work)
 
 
+def _sweep(root: str, names: list[str]) -> int:
+    """On a node that relays (``RayRunner._sweep_relayed_nodes``): the folders ``names`` of its
+    copy of the build folder ``root`` removed; their bytes."""
+    from dataforge.staging import bytes_under
+
+    swept = 0
+    for name in names:
+        folder = os.path.join(root, name)
+        swept += bytes_under(folder)
+        shutil.rmtree(folder, ignore_errors=True)
+    return swept
+
+
 def _sees(probe: str, token: str, recipe_folder: str) -> dict[str, str]:
     """On one node: what it lacks of the driver's build folder (the ``probe`` file the driver
     wrote there, holding ``token``) and of the recipe's folder, by folder; empty when it sees both."""
@@ -406,7 +419,7 @@ class RayRunner(Runner):
         super().__init__(*args, **kwargs)
         self.store_uri = store_uri  # with --out s3://…: the store the build publishes to (``engine.relay``)
         self.relay: Relay | None = None  # other nodes do not mount the build folder: files pass through the store
-        self.relayed_nodes = 0
+        self.relayed_nodes: list[str] = []  # the ids of the nodes that relay
         self._named_refs: dict[str, list[str]] = {}  # an object put in Ray's store → the paths it names
         self.llm_mode = ray_llm.mode_setting(llm)
         self.llm_replicas = llm_replicas
@@ -457,7 +470,8 @@ class RayRunner(Runner):
             report.llm = dict(self.llm_sent)
             report.cluster = ray.get_runtime_context().gcs_address
             if self.relay is not None:
-                report.relayed = {"nodes": self.relayed_nodes, **dataclasses.asdict(self.relay.moved)}
+                self._sweep_relayed_nodes()
+                report.relayed = {"nodes": len(self.relayed_nodes), **dataclasses.asdict(self.relay.moved)}
             return report
         finally:
             if self.relay is not None:
@@ -519,7 +533,7 @@ class RayRunner(Runner):
             answers = {node: ray.get(ref) if ref in ready else None for node, ref in asked.items()}
         finally:
             probe.unlink(missing_ok=True)
-        relayed = 0
+        relayed: list[str] = []
         for n in others:
             where = f"Ray node {n.get('NodeManagerAddress', '?')} ({n['NodeID'][:12]})"
             lacking = answers[n["NodeID"]]
@@ -528,7 +542,7 @@ class RayRunner(Runner):
                     f"{where} did not answer within {PROBE_SECONDS:g} s whether it sees the build folder {self.out}"
                 )
             if set(lacking) == {"the build folder"} and self.store_uri:
-                relayed += 1  # its tasks get the files they read, and send back those they write, through the store
+                relayed.append(n["NodeID"])  # its tasks get and give their files through the store
             elif lacking:
                 what, why = next(iter(lacking.items()))
                 hint = {
@@ -539,11 +553,31 @@ class RayRunner(Runner):
                     f"{what} is not the same on {where} as on the driver ({why}): every node's tasks read "
                     f"it, so on a cluster of several machines it must be on a path every node mounts ({hint})"
                 )
-        self.nodes_checked = len(others) - relayed
+        self.nodes_checked = len(others) - len(relayed)
         if relayed:
             assert self.store_uri is not None
             logs = os.path.relpath(self.cache_path.parent / LOGS, self.out)  # a killed build's, kept
             self.relay, self.relayed_nodes = Relay(self.store_uri, self.out, here, logs), relayed
+
+    def _sweep_relayed_nodes(self) -> None:
+        """After a build through the relay: each such node's copy of the build's scratch folders
+        removed (its tasks' batch folders, buckets, staged files: what the driver removes from its
+        own as each step ends) and of its workers' answer logs (stored by the driver by now), by a
+        task pinned to it; the rest of its copy is kept for the next build. Counted in the relay's
+        ``Moved.swept`` (bytes)."""
+        import ray
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        assert self.relay is not None
+        sweep = ray.remote(num_cpus=0, max_retries=TASK_RETRIES)(_sweep)
+        asked = [
+            sweep.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)).remote(
+                self.relay.spec.root, [SCRATCH, STEP_SCRATCH, self.relay.logs]
+            )
+            for node in self.relayed_nodes
+        ]
+        ready, _ = ray.wait(asked, num_returns=len(asked), timeout=PROBE_SECONDS)
+        self.relay.moved.swept += sum(ray.get(ref) for ref in ready)
 
     def _submit(self, fn: Callable[..., Done], options: dict[str, Any], args: tuple[Any, ...]) -> Any:
         """Submit a task (``_Task.remote``): ``fn(*args)`` through ``_relayed``, with what it needs

@@ -20,7 +20,9 @@ copy of the files its tasks need under the same path, and the files pass through
 
 So a task's code is the same with and without the relay: it reads and writes the paths it is
 given, on its node's copy. The driver's node needs no relay (its tasks see the folder). The
-relay's prefix is cleared when a build starts and when it ends, and publishes leave it out.
+relay's prefix is cleared when a build starts and when it ends, and publishes leave it out. At a
+build's end each node's copy loses its scratch folders and answer logs
+(``RayRunner._sweep_relayed_nodes``); its artifacts stay for the next build.
 
 What a task reads or writes must be named in its arguments or its value (a path string, a
 ``Path``, inside lists, dicts, dataclasses, ``functools.partial``s and objects' attributes):
@@ -175,6 +177,7 @@ class Moved:
     to_nodes_bytes: int = 0
     back: int = 0
     back_bytes: int = 0
+    swept: int = 0  # bytes of scratch removed from the nodes' copies at the build's end
 
 
 class Relay:

@@ -286,13 +286,16 @@ def test_a_node_that_does_not_mount_the_build_folder_gets_and_gives_its_files_th
         "dataforge.export.EXPORT_SHARD_ROWS": 150,
     }
     (printed,) = on_two_nodes(tmp_path, args, hidden=staging, constants=constants)
+    said = " ".join(printed.split())  # (the console wraps long lines)
     moved = re.search(
         r"1 node\(s\) that do not mount the build folder: files passed through the store, "
         r"([\d,]+) to them .*, ([\d,]+) back",
-        printed,
+        said,
     )
     assert moved is not None, printed
     assert int(moved.group(1).replace(",", "")) > 0 and int(moved.group(2).replace(",", "")) > 0
+    swept = re.search(r"; ([\d,.]+) MB of scratch removed from their copies", said)  # its batch folders, buckets
+    assert swept is not None and float(swept.group(1).replace(",", "")) > 0, printed
     _tasks_on_the_worker_node_alone(printed)
     assert "checked before the build: each sees" not in printed
     maps = json.loads(re.search(r"maps: (.*)", printed).group(1))
@@ -352,7 +355,7 @@ def test_through_the_store_a_nodes_model_answers_come_back_and_ray_data_llm_read
         hidden=staging,
     )
     relayed = "1 node(s) that do not mount the build folder: files passed through the store"
-    assert relayed in first and relayed in llm
+    assert all(relayed in " ".join(said.split()) for said in (first, llm))
     _tasks_on_the_worker_node_alone(first)
     assert f"{PROMPTS} model answer(s) the cluster's tasks logged stored in the request cache by the driver" in first
     assert "1 step(s) executed" in forced and "answer(s) the cluster's tasks logged" not in forced
@@ -576,7 +579,7 @@ def test_semantic_dedup_on_a_node_that_does_not_mount_the_build_folder_gives_the
     staging.mkdir()
     args = [str(recipe), "--out", uri, "--executor", "ray", "--batch-rows", "250", "--quiet"]
     (printed,) = on_two_nodes(tmp_path, args, hidden=staging, constants={"dataforge.embed.SEARCH_ROWS": 512})
-    assert "1 node(s) that do not mount the build folder: files passed through the store" in printed
+    assert "1 node(s) that do not mount the build folder: files passed through the store" in " ".join(printed.split())
     _tasks_on_the_worker_node_alone(printed)
     maps = json.loads(re.search(r"maps: (.*)", printed).group(1))
     assert [r for r in maps if r[1] == "_search_files"] == [["near", "_search_files", 2]] * 2, maps
