@@ -123,8 +123,8 @@ def cmd_build(args: argparse.Namespace) -> int:
             moved = report.relayed
             out_console.print(
                 f"{moved['nodes']} node(s) that do not mount the build folder: files passed through the store, "
-                f"{moved['to_nodes']:,} to them ({moved['to_nodes_bytes'] / 1e6:,.1f} MB), "
-                f"{moved['back']:,} back ({moved['back_bytes'] / 1e6:,.1f} MB); "
+                f"{moved['to_nodes']['copied']:,} to them ({moved['to_nodes']['nbytes'] / 1e6:,.1f} MB), "
+                f"{moved['back']['copied']:,} back ({moved['back']['nbytes'] / 1e6:,.1f} MB); "
                 f"{moved['swept'] / 1e6:,.1f} MB of scratch removed from their copies"
             )
         placed = {s: r for s, r in report.assigned.items() if r != {"CPU": 1.0}}  # Ray's default, left out

@@ -221,12 +221,13 @@ def _relayed(fn: Callable[..., Done], relay: RelaySpec | None, needed: Needed | 
     if relay is None or needed is None or _node_id() == relay.driver_node:
         return fn(*args)
     bring(relay, needed)
-    before = versions(named_paths(args, relay.root))
+    named = named_paths(args, relay.root)
+    before = versions(named)
     done = fn(*args)
     if done.error is None:
         pools = (_WORKER.get("pool"), _WORKER.get("collecting pool"))
         logs = [getattr(getattr(p, "cache", None), "log_path", None) for p in pools]
-        done.relayed = send_back(relay, args, done.value, before, [log for log in logs if log is not None])
+        done.relayed = send_back(relay, named, done.value, before, [log for log in logs if log is not None])
     return done
 
 

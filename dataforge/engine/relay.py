@@ -37,17 +37,17 @@ import dataclasses
 import functools
 import os
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dataforge.errors import DataforgeError
+from dataforge.engine.remote import RELAY, TRANSFERS, Synced, bounded_retries, download, store_errors, upload
+from dataforge.engine.store import file_stamp
 
-RELAY = ".dataforge-relay"  # under the build's URI, while a build on a cluster without a shared folder runs
-TRANSFERS = 8  # files moved at once (a store's latency is per request)
+Stamp = dict[str, int]  # ``store.file_stamp``: a file's size and mtime (ns)
+
 _SKIPPED = (bytes, bytearray, memoryview, int, float, bool, type(None))
 _MAX_DEPTH = 8
 
@@ -59,7 +59,7 @@ class Needed:
     them the store holds where a node sent them (``down/``: a task wrote them; the others the
     driver sent ``up/``), and folders to create."""
 
-    files: dict[str, tuple[int, int]] = field(default_factory=dict)
+    files: dict[str, Stamp] = field(default_factory=dict)
     folders: tuple[str, ...] = ()
     down: tuple[str, ...] = ()
 
@@ -127,8 +127,6 @@ def _store(uri: str) -> tuple[Any, str]:
     """The pyarrow filesystem of a build's URI and the relay's prefix in it."""
     import pyarrow.fs as pafs
 
-    from dataforge.engine.remote import bounded_retries
-
     fs, root = pafs.FileSystem.from_uri(bounded_retries(uri))
     return fs, f"{root.rstrip('/')}/{RELAY}"
 
@@ -142,41 +140,21 @@ def _each(work: Callable[[Any], Any], items: Iterable[Any]) -> list[Any]:
         return list(pool.map(work, items))
 
 
-def _download(fs: Any, source: str, target: Path, mtime_ns: int | None = None) -> int:
-    """Copy ``source`` in the store to ``target`` (through a file beside it, renamed in place, so
-    a reader never sees half of it; ``mtime_ns``: set on it); its bytes."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".relay-{uuid.uuid4().hex[:8]}-{target.name}")
-    try:
-        with fs.open_input_stream(source) as src, open(tmp, "wb") as dst:
-            while chunk := src.read(8 << 20):
-                dst.write(chunk)
-        if mtime_ns is not None:
-            os.utime(tmp, ns=(mtime_ns, mtime_ns))
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return target.stat().st_size
-
-
-def _upload(fs: Any, source: Path, target: str) -> int:
-    """Copy ``source`` to ``target`` in the store; its bytes."""
-    sent = 0
-    with open(source, "rb") as src, fs.open_output_stream(target) as dst:
-        while chunk := src.read(8 << 20):
-            dst.write(chunk)
-            sent += len(chunk)
-    return sent
+def _brought(fs: Any, source: str, target: Path, mtime_ns: int = 0) -> int:
+    """``remote.download`` through a file beside ``target`` (several processes of a node may bring
+    one file at once); its bytes."""
+    return download(
+        fs, source, target, target.with_name(f".relay-{uuid.uuid4().hex[:8]}-{target.name}"), None, mtime_ns
+    )
 
 
 @dataclass
 class Moved:
-    """Files and bytes the relay moved each way over a build."""
+    """What the relay moved each way over a build (``copied`` files, ``nbytes``), and the bytes of
+    scratch removed from the nodes' copies at its end."""
 
-    to_nodes: int = 0
-    to_nodes_bytes: int = 0
-    back: int = 0
-    back_bytes: int = 0
+    to_nodes: Synced = field(default_factory=Synced)
+    back: Synced = field(default_factory=Synced)
     swept: int = 0  # bytes of scratch removed from the nodes' copies at the build's end
 
 
@@ -187,25 +165,15 @@ class Relay:
     def __init__(self, uri: str, root: Path, driver_node: str, logs: str):
         self.spec = RelaySpec(uri, str(root.resolve()), driver_node)
         self.root = Path(self.spec.root)
-        with self._store_errors("opening the store"):
+        with store_errors(uri, "opening the store for the relay to nodes without the build folder"):
             self.fs, self.prefix = _store(uri)
-        self.sent: dict[str, tuple[int, int]] = {}  # path → the version the store holds
+        self.sent: dict[str, Stamp] = {}  # path → the version the store holds
         self.where: dict[str, str] = {}  # path → "up" (the driver sent it) or "down" (a node did)
         self.moved = Moved()
         self.logs = logs
-        with self._store_errors("bringing down a killed build's answer logs"):
+        with store_errors(uri, "bringing down a killed build's answer logs"):
             self.logs_kept = self._bring_logs(logs)
         self.clear()
-
-    @contextmanager
-    def _store_errors(self, what: str) -> Iterator[None]:
-        """The store's errors (credentials, the network) raised naming the URI and what failed."""
-        try:
-            yield
-        except OSError as exc:
-            raise DataforgeError(
-                f"{self.spec.uri}: {what} (the relay to nodes without the build folder): {exc}"
-            ) from exc
 
     def _bring_logs(self, logs: str) -> int:
         """The answer logs a killed build's nodes sent and its driver did not bring down, brought
@@ -215,45 +183,44 @@ class Relay:
 
         selector = pafs.FileSelector(f"{self.prefix}/down/{logs}", allow_not_found=True)
         found = [i for i in self.fs.get_file_info(selector) if i.type == pafs.FileType.File]
-        brought = _each(lambda info: _download(self.fs, info.path, self.root / logs / info.base_name), found)
-        self.moved.back += len(brought)
-        self.moved.back_bytes += sum(brought)
+        brought = _each(lambda info: _brought(self.fs, info.path, self.root / logs / info.base_name), found)
+        self.moved.back.copied += len(brought)
+        self.moved.back.nbytes += sum(brought)
         return len(found)
 
     def clear(self) -> None:
         """Remove what the relay's prefix holds (a killed build's files, or this build's at its end)."""
-        with self._store_errors("clearing the relay's files"):
+        with store_errors(self.spec.uri, "clearing the relay's files"):
             self.fs.delete_dir_contents(self.prefix, missing_dir_ok=True)
 
     def forget_logs(self) -> None:
         """Delete the answer logs nodes sent, once the driver stored them in the request cache (a
         killed build's next build would bring them down again)."""
-        with self._store_errors("deleting the answer logs stored"):
+        with store_errors(self.spec.uri, "deleting the answer logs stored"):
             self.fs.delete_dir_contents(f"{self.prefix}/down/{self.logs}", missing_dir_ok=True)
 
     def needed(self, args: Any) -> Needed:
         """What a task with ``args`` needs on its node: each file its arguments name, sent up in
         its present version if it was not, and each folder (a named one, or the one a named path
         that does not exist yet is to be written into)."""
-        files: dict[str, tuple[int, int]] = {}
+        files: dict[str, Stamp] = {}
         folders: set[str] = set()
         for path in named_paths(args, self.spec.root):
             p = Path(path)
             rel = os.path.relpath(path, self.spec.root)
             if p.is_file():
-                st = p.stat()
-                files[rel] = (st.st_size, st.st_mtime_ns)
+                files[rel] = file_stamp(p)
             elif p.is_dir():
                 folders.add(rel)
             elif p.parent.is_dir() and p.parent != self.root:
                 folders.add(os.path.relpath(p.parent, self.spec.root))
         todo = [rel for rel, version in files.items() if self.sent.get(rel) != version]
-        with self._store_errors("sending a task's files"):
-            sent = _each(lambda rel: _upload(self.fs, self.root / rel, f"{self.prefix}/up/{rel}"), todo)
+        with store_errors(self.spec.uri, "sending a task's files"):
+            sent = _each(lambda rel: upload(self.fs, self.root / rel, f"{self.prefix}/up/{rel}"), todo)
         self.sent.update((rel, files[rel]) for rel in todo)
         self.where.update((rel, "up") for rel in todo)
-        self.moved.to_nodes += len(todo)
-        self.moved.to_nodes_bytes += sum(sent)
+        self.moved.to_nodes.copied += len(todo)
+        self.moved.to_nodes.nbytes += sum(sent)
         down = tuple(sorted(rel for rel in files if self.where[rel] == "down"))
         return Needed(files, tuple(sorted(folders)), down)
 
@@ -275,14 +242,13 @@ class Relay:
             return rel.startswith(f"{self.logs}/") and target.exists() and target.stat().st_size >= size
 
         todo = [rel for rel, size in written.items() if not older(rel, size)]
-        with self._store_errors("bringing in the files a task wrote"):
-            brought = _each(lambda rel: _download(self.fs, f"{self.prefix}/down/{rel}", self.root / rel), todo)
-        self.moved.back += len(brought)
-        self.moved.back_bytes += sum(brought)
+        with store_errors(self.spec.uri, "bringing in the files a task wrote"):
+            brought = _each(lambda rel: _brought(self.fs, f"{self.prefix}/down/{rel}", self.root / rel), todo)
+        self.moved.back.copied += len(brought)
+        self.moved.back.nbytes += sum(brought)
         for rel in todo:
             if not rel.startswith(f"{self.logs}/"):  # (the logs are deleted once stored: ``forget_logs``)
-                st = (self.root / rel).stat()
-                self.sent[rel], self.where[rel] = (st.st_size, st.st_mtime_ns), "down"
+                self.sent[rel], self.where[rel] = file_stamp(self.root / rel), "down"
 
 
 _NODE: dict[str, Any] = {}  # per worker process: the store opened for a URI; logs sent (path → bytes)
@@ -306,43 +272,38 @@ def bring(spec: RelaySpec, needed: Needed) -> None:
     down = set(needed.down)
 
     def one(rel: str) -> int:
-        return _download(fs, f"{prefix}/{'down' if rel in down else 'up'}/{rel}", root / rel, needed.files[rel][1])
+        source = f"{prefix}/{'down' if rel in down else 'up'}/{rel}"
+        return _brought(fs, source, root / rel, needed.files[rel]["mtime_ns"])
 
     _each(one, todo)
 
 
-def versions(paths: Iterable[str]) -> dict[str, tuple[int, int]]:
-    """The (size, mtime ns) of each of ``paths`` that is a file."""
-    out = {}
-    for path in paths:
-        try:
-            st = os.stat(path)
-        except OSError:
-            continue
-        if os.path.isfile(path):
-            out[path] = (st.st_size, st.st_mtime_ns)
-    return out
+def versions(paths: Iterable[str]) -> dict[str, Stamp]:
+    """The ``file_stamp`` of each of ``paths`` that is a file."""
+    return {path: file_stamp(Path(path)) for path in paths if os.path.isfile(path)}
 
 
 def send_back(
-    spec: RelaySpec, args: Any, value: Any, before: dict[str, tuple[int, int]], logs: Iterable[Path]
+    spec: RelaySpec, named: set[str], value: Any, before: dict[str, Stamp], logs: Iterable[Path]
 ) -> dict[str, int]:
-    """On a node, after a task: the files it wrote sent to the store (those its arguments or
-    ``value`` name, created or changed since ``before``; every file of a folder its value names;
-    its process's answer ``logs`` that grew); returns path (relative to the build folder) → bytes."""
+    """On a node, after a task: the files it wrote sent to the store (those its arguments
+    (``named``: ``named_paths`` of them) or ``value`` name, created or changed since ``before``;
+    every file of a folder its value names; its process's answer ``logs`` that grew); returns
+    path (relative to the build folder) → bytes."""
     fs, prefix = _node_store(spec.uri)
-    candidates = named_paths(args, spec.root) | named_paths(value, spec.root)
-    for folder in named_paths(value, spec.root):
+    returned = named_paths(value, spec.root)
+    candidates = named | returned
+    for folder in returned:
         if os.path.isdir(folder):
             for where, _, names in os.walk(folder):
                 candidates.update(os.path.join(where, n) for n in names)
     changed = [os.path.relpath(p, spec.root) for p, version in versions(candidates).items() if before.get(p) != version]
-    sizes = _each(lambda rel: _upload(fs, Path(spec.root) / rel, f"{prefix}/down/{rel}"), changed)
+    sizes = _each(lambda rel: upload(fs, Path(spec.root) / rel, f"{prefix}/down/{rel}"), changed)
     sent = dict(zip(changed, sizes, strict=True))
     logged: dict[str, int] = _NODE["logs"]
     for log in logs:
         size = log.stat().st_size if log.exists() else 0
         if size and logged.get(str(log)) != size:
             rel = os.path.relpath(log, spec.root)
-            sent[rel] = logged[str(log)] = _upload(fs, log, f"{prefix}/down/{rel}")
+            sent[rel] = logged[str(log)] = upload(fs, log, f"{prefix}/down/{rel}")
     return sent

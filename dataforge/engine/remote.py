@@ -57,12 +57,13 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn, TransferSpeedColumn
 
 from dataforge.engine.lock import LOCK_NAME, BuildLockedError, file_lock
-from dataforge.engine.relay import RELAY
 from dataforge.engine.store import MARKER, SCRATCH, STEP_SCRATCH, file_stamp, is_uri
 from dataforge.errors import DataforgeError, OutputDirError
 
 MANIFEST = ".dataforge-published.json"  # in the store, written last by a publish
 CLAIMS = ".dataforge-publishing"  # in the store: a claim per publish under way (see the module doc)
+RELAY = ".dataforge-relay"  # in the store: files relayed to Ray nodes without the build folder (``engine.relay``)
+TRANSFERS = 8  # files copied at once to or from a store (its latency is per request)
 CLAIM_REFRESH_SECONDS = 60.0
 CLAIM_STALE_SECONDS = 600.0
 PUBLISH_WAIT_SECONDS = 30.0  # with --wait, between a publish another stopped and the next try
@@ -158,10 +159,8 @@ class RemoteBuild:
     def _remote(self, what: str, fn: Callable[..., Any], *args: Any) -> Any:
         """``fn(*args)`` against the store; its errors (credentials, a missing bucket, the network)
         raised as an ``OutputDirError`` naming the URI and what was being done."""
-        try:
+        with store_errors(self.uri, what):
             return fn(*args)
-        except OSError as exc:
-            raise OutputDirError(f"{self.uri}: {what} failed: {exc}") from None
 
     def _put(self, what: str, path: str, data: bytes) -> None:
         """Write one small object (an S3 upload happens when the stream closes: its errors too are
@@ -435,25 +434,15 @@ class RemoteBuild:
 
             def one(rel: str) -> None:
                 local, remote = self.local / rel, f"{self.root}/{rel}"
-                try:
+                with store_errors(self.uri, f"{'reading' if down else 'writing'} {rel}"):
                     if down:
-                        local.parent.mkdir(parents=True, exist_ok=True)
                         (self.local / SCRATCH).mkdir(exist_ok=True)  # never published
                         tmp = self.local / SCRATCH / f"pull-{uuid.uuid4().hex}"
-                        try:
-                            with self.fs.open_input_stream(remote) as src, open(tmp, "wb") as dst:
-                                _pump(src, dst, lambda n: bar.advance(task, n))
-                            os.replace(tmp, local)  # a reader of the staging folder never sees half a file
-                        finally:
-                            tmp.unlink(missing_ok=True)
+                        download(self.fs, remote, local, tmp, lambda n: bar.advance(task, n))
                     else:
-                        with open(local, "rb") as src, self.fs.open_output_stream(remote) as dst:
-                            _pump(src, dst, lambda n: bar.advance(task, n))
-                except OSError as exc:  # the store's errors surface on open, write or close
-                    doing = "reading" if down else "writing"
-                    raise OutputDirError(f"{self.uri}: {doing} {rel} failed: {exc}") from None
+                        upload(self.fs, local, remote, lambda n: bar.advance(task, n))
 
-            with ThreadPoolExecutor(8) as pool:
+            with ThreadPoolExecutor(TRANSFERS) as pool:
                 for _ in pool.map(one, todo):
                     pass
         done.copied += len(todo)
@@ -473,10 +462,48 @@ def _dead_here(claim: dict[str, Any]) -> bool:
     return False
 
 
-def _pump(src: Any, dst: Any, advance: Callable[[int], None]) -> None:
+def _pump(src: Any, dst: Any, advance: Callable[[int], None] | None) -> int:
+    """Copy a stream in chunks; its bytes (``advance`` told each chunk's)."""
+    copied = 0
     while chunk := src.read(_CHUNK):
         dst.write(chunk)
-        advance(len(chunk))
+        copied += len(chunk)
+        if advance is not None:
+            advance(len(chunk))
+    return copied
+
+
+@contextmanager
+def store_errors(uri: str, what: str) -> Iterator[None]:
+    """A store's errors (credentials, a missing bucket, the network: they surface on open, write
+    or close) raised as an ``OutputDirError`` naming ``uri`` and what was being done."""
+    try:
+        yield
+    except OSError as exc:
+        raise OutputDirError(f"{uri}: {what} failed: {exc}") from None
+
+
+def download(
+    fs: Any, source: str, target: Path, tmp: Path, advance: Callable[[int], None] | None = None, mtime_ns: int = 0
+) -> int:
+    """Copy ``source`` in the store to ``target`` through ``tmp``, renamed in place (a reader never
+    sees half a file; ``mtime_ns``: set on it first); its bytes."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with fs.open_input_stream(source) as src, open(tmp, "wb") as dst:
+            copied = _pump(src, dst, advance)
+        if mtime_ns:
+            os.utime(tmp, ns=(mtime_ns, mtime_ns))
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return copied
+
+
+def upload(fs: Any, source: Path, target: str, advance: Callable[[int], None] | None = None) -> int:
+    """Copy ``source`` to ``target`` in the store; its bytes."""
+    with open(source, "rb") as src, fs.open_output_stream(target) as dst:
+        return _pump(src, dst, advance)
 
 
 def rewrite(uri: str, write: Callable[[Path], Any], console: Console | None = None) -> tuple[Any, Synced]:

@@ -95,7 +95,7 @@ class BuildReport:
     nodes: dict[str, int] = field(default_factory=dict)  # tasks run by node of the cluster (none locally)
     nodes_checked: int = 0  # Ray nodes besides the driver's found to see the build and recipe folders
     node_answers: int = 0  # model answers of the tasks' logs stored in the request cache (``llm.cache``)
-    relayed: dict[str, int] = field(default_factory=dict)  # nodes not mounting the build folder, files moved
+    relayed: dict[str, Any] = field(default_factory=dict)  # nodes not mounting the build folder, files moved
     assigned: dict[str, dict[str, float]] = field(default_factory=dict)  # per step, what Ray gave a task (most)
     published: str | None = None  # the object-store URI the build was published to (``engine.remote``)
     sent: Synced | None = None  # what publishing it copied

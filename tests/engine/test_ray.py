@@ -16,8 +16,7 @@ import polars as pl
 import pytest
 
 from dataforge.cli import main
-from dataforge.engine.relay import RELAY
-from dataforge.engine.remote import staging_folder
+from dataforge.engine.remote import RELAY, staging_folder
 from dataforge.engine.runner import EXECUTOR_ENV, build
 from dataforge.engine.step import REGISTRY, Context, StepConfig, StepResult, step
 from dataforge.errors import DataforgeError, RecipeError, StepError

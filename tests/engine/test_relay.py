@@ -15,7 +15,8 @@ import polars as pl
 import pytest
 
 from dataforge.engine import relay
-from dataforge.engine.relay import RELAY, Needed, Relay, bring, named_paths, send_back, versions
+from dataforge.engine.relay import Needed, Relay, bring, named_paths, send_back, versions
+from dataforge.engine.remote import RELAY
 from dataforge.errors import DataforgeError
 from tests.engine.conftest import _stored
 
@@ -78,7 +79,7 @@ def test_a_relay_sends_what_a_task_names_and_brings_back_what_it_wrote(tmp_path,
     args = (str(shard), str(out_folder))
     needed = driver_relay.needed(args)
     assert needed == Needed({"artifacts/part-0.parquet": versions([str(shard)])[str(shard)]}, (".tmp/step",))
-    assert driver_relay.needed(args) == needed and driver_relay.moved.to_nodes == 1  # sent once
+    assert driver_relay.needed(args) == needed and driver_relay.moved.to_nodes.copied == 1  # sent once
 
     # the node's copy: the same relative paths under another folder (the relay maps by the spec's root)
     spec = relay.RelaySpec(uri, str(node), "driver-node")
@@ -90,7 +91,8 @@ def test_a_relay_sends_what_a_task_names_and_brings_back_what_it_wrote(tmp_path,
     bring(spec, needed)
     assert copy.stat().st_mtime_ns == shard.stat().st_mtime_ns
 
-    before = versions(named_paths(node_args, spec.root))
+    named = named_paths(node_args, spec.root)
+    before = versions(named)
     written = node / ".tmp" / "step" / "batch-1"
     written.mkdir()
     (written / "data.parquet").write_bytes(b"out")
@@ -98,17 +100,17 @@ def test_a_relay_sends_what_a_task_names_and_brings_back_what_it_wrote(tmp_path,
     log = node / "cache" / "answers" / "n-1.jsonl"
     log.parent.mkdir(parents=True)
     log.write_text('{"key": "k"}\n')
-    sent = send_back(spec, node_args, {"folder": written}, before, [log])
+    sent = send_back(spec, named, {"folder": written}, before, [log])
     assert sent == {".tmp/step/batch-1/data.parquet": 3, "cache/answers/n-1.jsonl": 13}
-    assert send_back(spec, node_args, None, versions(named_paths(node_args, spec.root)), [log]) == {}  # unchanged
+    assert send_back(spec, named, None, versions(named), [log]) == {}  # unchanged
 
     driver_relay.fetch(sent)
     assert (driver / ".tmp" / "step" / "batch-1" / "data.parquet").read_bytes() == b"out"
     assert (driver / "cache" / "answers" / "n-1.jsonl").read_text() == '{"key": "k"}\n'
-    assert driver_relay.moved.back == 2
+    assert driver_relay.moved.back.copied == 2
     # a later task reading what a task wrote reads it where its node sent it: not sent up again
     again = driver_relay.needed((str(driver / ".tmp" / "step" / "batch-1" / "data.parquet"),))
-    assert again.down == (".tmp/step/batch-1/data.parquet",) and driver_relay.moved.to_nodes == 1
+    assert again.down == (".tmp/step/batch-1/data.parquet",) and driver_relay.moved.to_nodes.copied == 1
     other = tmp_path / "other-node"
     bring(relay.RelaySpec(uri, str(other), "driver-node"), again)
     assert (other / ".tmp" / "step" / "batch-1" / "data.parquet").read_bytes() == b"out"
